@@ -1,0 +1,31 @@
+# `make run`: set up and start the gateway on the built-in Moodle sandbox.
+# `make test`: set up and run the linter and the whole test suite.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+PORT ?= 6543
+
+.PHONY: run test lint install clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(BIN)/python setup.py requirements.txt
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(BIN)/pserve development.ini http_port=$(PORT)
+
+lint: install
+	$(BIN)/ruff check lms_api tests scripts
+	$(BIN)/ruff format --check lms_api tests scripts
+
+test: lint
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,23 @@
+"""lms_api: a safe REST gateway in front of Moodle web services."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from pyramid.router import Router
+
+from lms_api.config import make_app
+from lms_api.settings import SETTING_NAMES, SettingsError, load_settings, read_dotenv
+
+
+def main(global_config: dict[str, Any], **ini_settings: Any) -> Router:
+    """PasteDeploy entry point used by ``pserve development.ini`` and ``pserve production.ini``."""
+    try:
+        settings = load_settings(ini_settings, os.environ, read_dotenv(global_config.get("here")))
+    except SettingsError as error:
+        print(f"lms_api: configuration error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    pyramid_settings = {key: value for key, value in ini_settings.items() if key.upper() not in SETTING_NAMES}
+    return make_app(settings, pyramid_settings)

@@ -1,0 +1,95 @@
+"""The ``lms-api`` command: mint a development JWT, or run the Moodle sandbox on its own."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from lms_api.sandbox.server import FAULT_KINDS, build_sandbox
+from lms_api.sandbox.site import DEFAULT_MAX_INPUT_VARS
+from lms_api.security import Scope, TokenVerifier
+from lms_api.settings import DEVELOPMENT, SettingsError, load_settings, read_dotenv
+
+
+def _scopes(value: str) -> list[str]:
+    scopes = value.split()
+    known = {scope.value for scope in Scope}
+    unknown = [scope for scope in scopes if scope not in known]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown scope(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return scopes
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lms-api", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    token = commands.add_parser("token", help="print a JWT signed with the configured JWT_SECRET")
+    token.add_argument("--sub", required=True, help="who the token stands for")
+    token.add_argument(
+        "--scope", type=_scopes, default=[], help='space-separated scopes, e.g. "siteinfo:read courses:read"'
+    )
+    token.add_argument("--moodle-userid", type=int, help="the caller's Moodle user id")
+    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
+
+    sandbox = commands.add_parser("sandbox", help="run the Moodle sandbox alone")
+    sandbox.add_argument("--host", default="127.0.0.1")
+    sandbox.add_argument("--port", type=int, default=8089)
+    sandbox.add_argument(
+        "--token", default=os.environ.get("SANDBOX_TOKEN"), help="web-service token (default: random, printed)"
+    )
+    sandbox.add_argument("--latency-ms", type=float, default=0.0, help="added to every web-service call")
+    sandbox.add_argument("--fault-rate", type=float, default=0.0, help="share of calls (0..1) that get --fault")
+    sandbox.add_argument("--fault", choices=FAULT_KINDS, default="reset", help="fault injected at --fault-rate")
+    sandbox.add_argument("--max-input-vars", type=int, default=DEFAULT_MAX_INPUT_VARS, help="PHP max_input_vars")
+    sandbox.add_argument("--functions", help="comma-separated functions of the token's service (default: all)")
+    sandbox.add_argument("--debug", action="store_true", help="answer errors with debuginfo, like Moodle's debug mode")
+    return parser
+
+
+def _mint(args: argparse.Namespace) -> int:
+    environ = {**read_dotenv(None), **os.environ}
+    try:
+        settings = load_settings({"lms_api.environment": DEVELOPMENT}, environ)
+    except SettingsError as error:
+        print(f"lms-api: configuration error: {error}", file=sys.stderr)
+        return 2
+    if settings.uses_development_jwt_secret:
+        print("lms-api: JWT_SECRET is unset: signing with the development secret", file=sys.stderr)
+    verifier = TokenVerifier.from_settings(settings)
+    print(verifier.mint(args.sub, args.scope, args.moodle_userid, args.ttl))
+    return 0
+
+
+def _sandbox(args: argparse.Namespace) -> int:
+    functions = [name.strip() for name in args.functions.split(",") if name.strip()] if args.functions else None
+    server = build_sandbox(
+        args.host,
+        args.port,
+        token=args.token,
+        service_functions=functions,
+        debug=args.debug,
+        max_input_vars=args.max_input_vars,
+        latency_ms=args.latency_ms,
+        fault_rate=args.fault_rate,
+        random_fault=args.fault,
+    )
+    print(f"Moodle sandbox on {server.url}  token: {server.site.token}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    return _mint(args) if args.command == "token" else _sandbox(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,89 @@
+"""The composition root: the one place the application is wired together."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+from pyramid.config import Configurator
+from pyramid.router import Router
+from pyramid.tweens import EXCVIEW
+
+from lms_api.logging import configure_logging, request_id
+from lms_api.moodle.client import MoodleService
+from lms_api.sandbox.server import SandboxServer, start_sandbox
+from lms_api.security import UNDECLARED_PERMISSION, JWTSecurityPolicy, TokenVerifier
+from lms_api.settings import Settings
+from lms_api.views import ENVELOPE_RENDERER, EnvelopeRenderer
+
+log = structlog.get_logger("lms_api")
+
+
+def add_routes(config: Configurator) -> None:
+    config.add_route("api.moodle.siteinfo", "/api/moodle/siteinfo")
+
+
+def moodle_service(settings: Settings, base_url: str, token: str) -> MoodleService:
+    return MoodleService(
+        base_url,
+        token,
+        timeout_s=settings.moodle_timeout_ms / 1000,
+        max_retries=settings.moodle_max_retries,
+        functions_ttl_s=settings.moodle_functions_ttl_s,
+        debug=settings.moodle_debug,
+    )
+
+
+def make_app(settings: Settings, pyramid_settings: Mapping[str, Any] | None = None) -> Router:
+    """Build the WSGI app. With no ``MOODLE_BASE_URL`` (development only) a sandbox starts alongside it."""
+    sandbox: SandboxServer | None = None
+    if settings.uses_sandbox:
+        sandbox = start_sandbox()
+        base_url, token = sandbox.url, sandbox.site.token
+    else:
+        assert settings.moodle_base_url and settings.moodle_token
+        base_url, token = settings.moodle_base_url, settings.moodle_token
+    configure_logging(settings.log_format, (*settings.secrets, token))
+    if sandbox is not None:
+        log.info(
+            "sandbox.started",
+            moodle_base_url=base_url,
+            note="MOODLE_BASE_URL is unset: using the built-in Moodle sandbox",
+        )
+    if settings.uses_development_jwt_secret:
+        log.warning("jwt.development_secret", note="JWT_SECRET is unset: tokens are signed with the development secret")
+
+    config = Configurator(settings=dict(pyramid_settings or {}))
+    config.registry.lms_settings = settings
+    config.registry.moodle = moodle_service(settings, base_url, token)
+    config.registry.sandbox = sandbox
+    config.add_request_method(lambda request: request.registry.moodle, "moodle", reify=True)
+    config.add_request_method(request_id, "id", reify=True)
+
+    config.set_security_policy(JWTSecurityPolicy(TokenVerifier.from_settings(settings)))
+    config.set_default_permission(UNDECLARED_PERMISSION)  # a view that forgets its permission is closed
+    config.add_renderer(ENVELOPE_RENDERER, EnvelopeRenderer)
+    config.add_tween("lms_api.logging.request_tween_factory", over=EXCVIEW)
+
+    add_routes(config)
+    config.scan("lms_api.views")
+    config.commit()
+    config.registry.allowed_methods = _allowed_methods(config)
+    return config.make_wsgi_app()
+
+
+def _allowed_methods(config: Configurator) -> dict[str, tuple[str, ...]]:
+    """The methods each route answers, for 405 responses and their ``Allow`` header."""
+    methods: dict[str, set[str]] = {}
+    for view in config.registry.introspector.get_category("views"):
+        introspectable = view["introspectable"]
+        route_name, request_methods = introspectable["route_name"], introspectable["request_methods"]
+        if route_name and request_methods:
+            if isinstance(request_methods, str):
+                request_methods = (request_methods,)
+            methods.setdefault(route_name, set()).update(request_methods)
+    for names in methods.values():
+        if "GET" in names:
+            names.add("HEAD")
+    return {route: tuple(sorted(names)) for route, names in methods.items()}

@@ -1,0 +1,107 @@
+"""structlog set-up, request ids, and the one summary line per request."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import structlog
+from pyramid.registry import Registry
+from pyramid.request import Request
+from pyramid.response import Response
+
+from lms_api.moodle.client import recording_calls
+from lms_api.moodle.errors import redact
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+log = structlog.get_logger("lms_api.request")
+
+
+def configure_logging(log_format: str, secrets: Iterable[str], stream: Any = None) -> None:
+    """Route structlog and stdlib logs (waitress included) through one renderer.
+
+    Secrets are scrubbed from every rendered line as a last line of defence: nothing should log them in
+    the first place.
+    """
+    secrets = tuple(secret for secret in secrets if secret)
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    renderer: Any
+    if log_format == "console":
+        renderer = structlog.dev.ConsoleRenderer(colors=False)
+    else:
+        renderer = structlog.processors.JSONRenderer()
+
+    def scrub(_logger: Any, _name: str, line: str) -> str:
+        return redact(line, secrets)
+
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            renderer,
+            scrub,
+        ],
+    )
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in list(root.handlers):  # one renderer for everything, including what pserve set up
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def request_id(request: Request) -> str:
+    """The caller's ``X-Request-ID`` when it is safe to echo, else a new one."""
+    incoming = request.headers.get(REQUEST_ID_HEADER, "")
+    if _VALID_REQUEST_ID.fullmatch(incoming):
+        return incoming
+    return uuid.uuid4().hex
+
+
+def request_tween_factory(handler: Callable[[Request], Response], registry: Registry) -> Callable[[Request], Response]:
+    """Bind the request id to every log line, echo it, and log one summary line per request.
+
+    Placed over EXCVIEW, so error responses rendered by exception views pass through here too.
+    """
+
+    def tween(request: Request) -> Response:
+        started = time.perf_counter()
+        with structlog.contextvars.bound_contextvars(request_id=request.id), recording_calls() as calls:
+            response = handler(request)
+            response.headers[REQUEST_ID_HEADER] = request.id
+            identity = request.identity
+            log.info(
+                "request",
+                method=request.method,
+                path=request.path,
+                route=request.matched_route.name if request.matched_route else None,
+                status=response.status_code,
+                ms=round((time.perf_counter() - started) * 1000, 1),
+                sub=identity.sub if identity else None,
+                moodle_functions=calls.functions,
+                moodle_ms=calls.ms,
+                retries=calls.retries,
+            )
+        return response
+
+    return tween

@@ -1,0 +1,311 @@
+"""MoodleService: the one synchronous client that talks to Moodle's REST server.
+
+It bracket-encodes params, keeps the token in the POST body, gives each logical call one deadline
+(retries included), retries only read-only functions, turns every failure into a :class:`MoodleError`
+and checks a function is enabled before calling it.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+import structlog
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import NewConnectionError
+
+from lms_api.moodle.encoding import encode_params
+from lms_api.moodle.errors import (
+    DEFAULT_RETRY_AFTER_S,
+    MoodleError,
+    error_from_moodle,
+    function_not_available,
+    redact,
+)
+from lms_api.moodle.functions import READ_ONLY_FUNCTIONS, SITE_INFO
+
+log = structlog.get_logger("lms_api.moodle")
+
+REST_PATH = "/webservice/rest/server.php"
+BACKOFF_BASE_S = 0.1
+MAX_CONNECT_TIMEOUT_S = 3.0
+RETRYABLE_STATUSES = frozenset({502, 503, 504})
+POOL_SIZE = 4
+
+
+@dataclass
+class CallRecord:
+    """What one logical Moodle call cost; the request summary log line adds these up."""
+
+    function: str
+    ms: float = 0.0
+    attempts: int = 0
+
+
+@dataclass
+class CallLog:
+    calls: list[CallRecord] = field(default_factory=list)
+
+    @property
+    def functions(self) -> list[str]:
+        return [call.function for call in self.calls]
+
+    @property
+    def ms(self) -> float:
+        return round(sum(call.ms for call in self.calls), 1)
+
+    @property
+    def retries(self) -> int:
+        return sum(call.attempts - 1 for call in self.calls if call.attempts)
+
+
+_call_log: ContextVar[CallLog | None] = ContextVar("moodle_call_log", default=None)
+
+
+@contextmanager
+def recording_calls() -> Iterator[CallLog]:
+    """Collect the Moodle calls made inside the block (one request) for its summary line."""
+    call_log = CallLog()
+    reset_token = _call_log.set(call_log)
+    try:
+        yield call_log
+    finally:
+        _call_log.reset(reset_token)
+
+
+@dataclass(frozen=True)
+class _TransportFailure:
+    """A try that got no usable answer.
+
+    ``sent``: bytes may have reached Moodle, so a write must not be sent again.
+    ``outcome_unknown``: for a write, Moodle may or may not have applied it.
+    """
+
+    status: int
+    code: str
+    message: str
+    sent: bool
+    outcome_unknown: bool
+    retry_after_s: int | None = None
+
+
+class MoodleService:
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        timeout_s: float,
+        max_retries: int,
+        functions_ttl_s: float,
+        debug: bool = False,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        jitter: Callable[[], float] = lambda: random.uniform(0.8, 1.2),
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._endpoint = self.base_url + REST_PATH
+        self._token = token
+        self._timeout_s = timeout_s
+        self._max_retries = max_retries
+        self._functions_ttl_s = functions_ttl_s
+        self._debug = debug
+        self._sleep = sleep
+        self._clock = clock
+        self._jitter = jitter
+        self._local = threading.local()
+        self._functions: frozenset[str] | None = None
+        self._functions_expire_at = 0.0
+        self._functions_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"MoodleService(base_url={self.base_url!r})"
+
+    # -- public API -------------------------------------------------------------------------------
+
+    def call(self, function: str, params: Mapping[str, Any] | None = None) -> Any:
+        """Call ``function`` if the site offers it; answer 501 ``functionnotavailable`` without calling otherwise."""
+        if function not in self.available_functions():
+            raise function_not_available(function)
+        try:
+            return self._call(function, params or {})
+        except MoodleError as error:
+            if error.code == "accessexception":
+                self.forget_functions()  # the service may have changed: look again next time
+            raise
+
+    def site_info(self) -> dict[str, Any]:
+        info = self._call(SITE_INFO, {})
+        if not isinstance(info, dict) or not isinstance(info.get("functions"), list):
+            raise MoodleError(502, "badresponse", "Moodle's site info has an unexpected shape", {"function": SITE_INFO})
+        self._remember_functions(info)
+        return info
+
+    def available_functions(self) -> frozenset[str]:
+        """The functions of the token's service, from site info, cached for ``functions_ttl_s``."""
+        if self._functions is not None and self._clock() < self._functions_expire_at:
+            return self._functions
+        with self._functions_lock:  # one site-info fetch at a time, the others reuse its answer
+            if self._functions is None or self._clock() >= self._functions_expire_at:
+                self.site_info()
+            assert self._functions is not None
+            return self._functions
+
+    def forget_functions(self) -> None:
+        self._functions_expire_at = 0.0
+
+    # -- one logical call -------------------------------------------------------------------------
+
+    def _remember_functions(self, info: Mapping[str, Any]) -> None:
+        names = frozenset(entry["name"] for entry in info["functions"] if isinstance(entry, dict) and "name" in entry)
+        self._functions = names | {SITE_INFO}
+        self._functions_expire_at = self._clock() + self._functions_ttl_s
+
+    def _call(self, function: str, params: Mapping[str, Any]) -> Any:
+        form = [("wstoken", self._token), ("wsfunction", function), ("moodlewsrestformat", "json")]
+        form += encode_params(params)
+        record = CallRecord(function)
+        call_log = _call_log.get()
+        if call_log is not None:
+            call_log.calls.append(record)
+        started = self._clock()
+        outcome = "error"
+        try:
+            result = self._send_with_retries(function, form, record, started + self._timeout_s)
+            outcome = "ok"
+            return result
+        finally:
+            record.ms = round((self._clock() - started) * 1000, 1)
+            if self._debug:
+                log.info(
+                    "moodle.call",
+                    function=function,
+                    param_names=sorted(params),
+                    fields=len(form) - 3,
+                    ms=record.ms,
+                    attempts=record.attempts,
+                    outcome=outcome,
+                )
+
+    def _send_with_retries(
+        self, function: str, form: list[tuple[str, str]], record: CallRecord, deadline: float
+    ) -> Any:
+        read_only = function in READ_ONLY_FUNCTIONS
+        while True:
+            record.attempts += 1
+            answer = self._try_once(form, deadline - self._clock())
+            if isinstance(answer, requests.Response):
+                return self._parse(function, answer)
+            delay = BACKOFF_BASE_S * 2 ** (record.attempts - 1) * self._jitter()
+            may_retry = read_only or not answer.sent
+            if not may_retry or record.attempts > self._max_retries or self._clock() + delay >= deadline:
+                raise _failure_error(function, answer, read_only)
+            self._sleep(delay)
+
+    def _try_once(self, form: list[tuple[str, str]], remaining: float) -> requests.Response | _TransportFailure:
+        try:
+            response = self._session().post(
+                self._endpoint,
+                data=form,
+                timeout=(min(remaining, MAX_CONNECT_TIMEOUT_S), remaining),
+                allow_redirects=False,
+            )
+        except requests.ConnectTimeout:
+            return _TransportFailure(504, "moodletimeout", "Moodle did not accept a connection in time", False, False)
+        except requests.ReadTimeout:
+            return _TransportFailure(504, "moodletimeout", "Moodle did not answer in time", True, True)
+        except requests.ConnectionError as error:
+            if _never_connected(error):
+                return _TransportFailure(503, "moodleunavailable", "Moodle refused the connection", False, False)
+            return _TransportFailure(503, "moodleunavailable", "The connection to Moodle was reset", True, True)
+        except requests.RequestException as error:
+            message = f"Moodle's answer could not be read ({type(error).__name__})"
+            return _TransportFailure(502, "badresponse", message, True, True)
+        if response.status_code in RETRYABLE_STATUSES:
+            status = response.status_code
+            return _TransportFailure(
+                status,
+                "moodleunavailable" if status == 503 else "badgateway",
+                f"Moodle answered HTTP {status}",
+                sent=True,
+                outcome_unknown=status != 503,  # 503 is Moodle's maintenance page: nothing was applied
+                retry_after_s=_retry_after(response),
+            )
+        return response
+
+    def _parse(self, function: str, response: requests.Response) -> Any:
+        if 300 <= response.status_code < 400:
+            raise MoodleError(
+                502,
+                "badresponse",
+                f"Moodle answered with a redirect (HTTP {response.status_code}); check MOODLE_BASE_URL",
+                {"function": function, "moodle_status": response.status_code},
+            )
+        try:
+            body = response.json()
+        except ValueError:
+            raise MoodleError(
+                502,
+                "badresponse",
+                f"Moodle answered HTTP {response.status_code} with a body that is not JSON; "
+                "check MOODLE_BASE_URL and that the REST protocol is enabled",
+                {"function": function, "moodle_status": response.status_code},
+            ) from None
+        if isinstance(body, dict) and "exception" in body:
+            raise error_from_moodle(body, function, (self._token,), _retry_after(response))
+        if response.status_code != 200:
+            raise MoodleError(
+                502,
+                "badresponse",
+                f"Moodle answered HTTP {response.status_code}",
+                {"function": function, "moodle_status": response.status_code},
+            )
+        return body
+
+    def _session(self) -> requests.Session:
+        # requests.Session is not thread-safe: one pooled session per server thread.
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.trust_env = False  # no proxy or netrc surprises: the gateway talks to MOODLE_BASE_URL only
+            adapter = HTTPAdapter(pool_connections=1, pool_maxsize=POOL_SIZE)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            self._local.session = session
+        return session
+
+
+def _failure_error(function: str, failure: _TransportFailure, read_only: bool) -> MoodleError:
+    details: dict[str, Any] = {"function": function}
+    if failure.outcome_unknown and not read_only:
+        details["outcome"] = "unknown"
+        message = failure.message + "; the write may or may not have been applied"
+        # A reset after sending is reported like a timeout: the caller must check before writing again.
+        return MoodleError(504 if failure.status == 503 else failure.status, failure.code, message, details)
+    headers = {"Retry-After": str(failure.retry_after_s or DEFAULT_RETRY_AFTER_S)} if failure.status == 503 else {}
+    return MoodleError(failure.status, failure.code, failure.message, details, headers)
+
+
+def _never_connected(error: requests.ConnectionError) -> bool:
+    """True when no connection was made, so no byte of the request reached Moodle."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, NewConnectionError) or isinstance(getattr(cause, "reason", None), NewConnectionError):
+            return True
+        cause = cause.args[0] if cause.args and isinstance(cause.args[0], BaseException) else cause.__cause__
+    return False
+
+
+def _retry_after(response: requests.Response) -> int | None:
+    value = response.headers.get("Retry-After", "")
+    return int(value) if value.isdigit() else None
+
+
+__all__ = ["MoodleError", "MoodleService", "recording_calls", "redact"]

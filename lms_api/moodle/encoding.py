@@ -1,0 +1,36 @@
+"""PHP bracket form encoding, the only request body Moodle's REST server reads."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+def encode_params(params: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Flatten nested params into ``(name, value)`` pairs the way PHP parses ``$_POST``.
+
+    Lists become ``a[0]``, mappings ``a[key]``, nested to any depth; booleans become ``1``/``0`` (Moodle
+    rejects ``true``); ``None`` is left out. An empty list or mapping produces no pair at all: form
+    encoding cannot express it, so route schemas reject an empty list where Moodle requires one.
+    """
+    pairs: list[tuple[str, str]] = []
+    for name, value in params.items():
+        _encode(str(name), value, pairs)
+    return pairs
+
+
+def _encode(name: str, value: Any, pairs: list[tuple[str, str]]) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool):
+        pairs.append((name, "1" if value else "0"))
+    elif isinstance(value, (str, int, float)):
+        pairs.append((name, str(value)))
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            _encode(f"{name}[{key}]", item, pairs)
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _encode(f"{name}[{index}]", item, pairs)
+    else:
+        raise TypeError(f"cannot encode {type(value).__name__} for Moodle parameter {name!r}")

@@ -1,0 +1,18 @@
+"""Moodle web-service function names the gateway uses, and which of them are safe to retry."""
+
+SITE_INFO = "core_webservice_get_site_info"
+
+# Only these are retried after a transport failure: calling them twice changes nothing in Moodle.
+# Any function missing from this list is treated as a write and never sent twice.
+READ_ONLY_FUNCTIONS = frozenset(
+    {
+        SITE_INFO,
+        "core_course_get_courses",
+        "core_course_get_courses_by_field",
+        "core_course_search_courses",
+        "core_user_get_users_by_field",
+        "core_enrol_get_enrolled_users",
+        "message_popup_get_popup_notifications",
+        "message_popup_get_unread_popup_notification_count",
+    }
+)

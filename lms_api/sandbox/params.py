@@ -1,0 +1,100 @@
+"""A small copy of Moodle's external parameter descriptions and of ``external_api::validate_parameters()``."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from lms_api.sandbox.errors import MoodleException
+
+_INT = re.compile(r"-?\d+")
+_FLOAT = re.compile(r"-?\d+(\.\d+)?")
+_ALPHANUMEXT = re.compile(r"[A-Za-z0-9_\-]*")
+REQUIRED, DEFAULT, OPTIONAL = "required", "default", "optional"
+
+
+@dataclass(frozen=True)
+class Value:
+    """``external_value``: ``type`` is one of int, float, bool, text, alphanumext."""
+
+    type: str
+    presence: str = REQUIRED
+    default: Any = None
+
+
+@dataclass(frozen=True)
+class Single:
+    """``external_single_structure``."""
+
+    keys: dict[str, Any]
+    presence: str = REQUIRED
+    default: Any = None
+
+
+@dataclass(frozen=True)
+class Multiple:
+    """``external_multiple_structure``: list indexes sent by the client are ignored and renumbered."""
+
+    item: Any
+    presence: str = REQUIRED
+    default: Any = field(default_factory=list)
+
+
+def invalid_parameter(debuginfo: str) -> MoodleException:
+    return MoodleException(
+        "core\\exception\\invalid_parameter_exception",
+        "invalidparameter",
+        "Invalid parameter value detected",
+        debuginfo,
+    )
+
+
+def validate(description: Any, value: Any) -> Any:
+    if isinstance(description, Value):
+        return _validate_value(description, value)
+    if not isinstance(value, dict):
+        raise invalid_parameter(f"Only arrays accepted. The bad value is: '{value}'")
+    if isinstance(description, Multiple):
+        return [validate(description.item, item) for item in value.values()]
+    unexpected = [key for key in value if key not in description.keys]
+    if unexpected:
+        raise invalid_parameter(f"Unexpected keys ({', '.join(unexpected)}) detected in parameter array.")
+    result: dict[str, Any] = {}
+    for key, sub in description.keys.items():
+        if key not in value:
+            if sub.presence == REQUIRED:
+                raise invalid_parameter(f"Missing required key in single structure: {key}")
+            if sub.presence == DEFAULT:
+                result[key] = sub.default
+            continue
+        try:
+            result[key] = validate(sub, value[key])
+        except MoodleException as error:
+            raise invalid_parameter(
+                f"{key} => Invalid parameter value detected ({error.debuginfo}): {error.debuginfo}"
+            ) from None
+    return result
+
+
+def _validate_value(description: Value, value: Any) -> Any:
+    if isinstance(value, dict):
+        raise invalid_parameter("Invalid external api parameter: the value is array, the server was expecting a scalar")
+    wrong_type = invalid_parameter(
+        f'Invalid external api parameter: the value is "{value}", the server was expecting "{description.type}" type'
+    )
+    if description.type == "int":
+        if not _INT.fullmatch(value):
+            raise wrong_type
+        return int(value)
+    if description.type == "float":
+        if not _FLOAT.fullmatch(value):
+            raise wrong_type
+        return float(value)
+    if description.type == "bool":
+        if value not in ("0", "1"):
+            raise wrong_type
+        return value == "1"
+    if description.type == "alphanumext" and not _ALPHANUMEXT.fullmatch(value):
+        raise wrong_type
+    return value

@@ -1,0 +1,55 @@
+"""Parse a form body into nested arrays the way PHP fills ``$_POST``, ``max_input_vars`` included."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+_SEGMENT = re.compile(r"\[([^\]]*)\]")
+MAX_NESTING = 64
+
+
+class PhpArray(dict):
+    """A PHP array: string keys in insertion order; ``[]`` appends the next integer key."""
+
+    def append(self, value: Any) -> None:
+        numeric = [int(key) for key in self if key.lstrip("-").isdigit()]
+        self[str(max(numeric) + 1 if numeric else 0)] = value
+
+
+def parse_php_form(pairs: list[tuple[str, str]], max_input_vars: int) -> tuple[PhpArray, int]:
+    """Return the parsed variables and how many were dropped past ``max_input_vars`` (PHP drops them silently)."""
+    result = PhpArray()
+    kept = pairs[:max_input_vars]
+    for name, value in kept:
+        _assign(result, name, value)
+    return result, len(pairs) - len(kept)
+
+
+def _assign(target: PhpArray, name: str, value: str) -> None:
+    bracket = name.find("[")
+    if bracket <= 0 or not name.endswith("]"):
+        base, segments = (name if bracket < 0 else name.replace("[", "_", 1)), []
+    else:
+        base, segments = name[:bracket], _SEGMENT.findall(name[bracket:])
+    base = base.replace(".", "_").replace(" ", "_")
+    if not base or len(segments) > MAX_NESTING:
+        return
+    keys = [base, *segments]
+    node = target
+    for index, key in enumerate(keys):
+        last = index == len(keys) - 1
+        if last:
+            if key == "":
+                node.append(value)
+            else:
+                node[key] = value
+            return
+        child = node.get(key) if key != "" else None
+        if not isinstance(child, PhpArray):
+            child = PhpArray()
+            if key == "":
+                node.append(child)
+            else:
+                node[key] = child
+        node = child

@@ -1,0 +1,226 @@
+"""The sandbox over real HTTP, with added latency and injected faults for tests and benchmarks.
+
+Control endpoints (header ``X-Sandbox-Token: <the sandbox's token>``):
+
+- ``POST /__sandbox__/faults`` ``{"kind": ..., "times": 1, "function": null, "status": 500, "seconds": 30}``
+  queues a fault for the next matching calls. Kinds: ``reset`` (connection dropped after the request
+  was read), ``delay`` (answer after ``seconds``), ``http`` (HTML page with ``status``; 503 adds
+  ``Retry-After``), ``maintenance`` (Moodle's ``sitemaintenance`` error in a 200), ``notjson`` (HTML with 200).
+- ``DELETE /__sandbox__/faults`` clears them; ``GET /__sandbox__/calls`` counts calls per function.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import secrets
+import socket
+import struct
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl
+
+import structlog
+
+from lms_api.sandbox.errors import MoodleException, site_maintenance
+from lms_api.sandbox.phpform import parse_php_form
+from lms_api.sandbox.site import SandboxSite
+
+log = structlog.get_logger("lms_api.sandbox")
+
+REST_PATH = "/webservice/rest/server.php"
+CONTROL_PREFIX = "/__sandbox__/"
+FAULT_KINDS = ("reset", "delay", "http", "maintenance", "notjson")
+MAX_BODY_BYTES = 64 * 1024 * 1024
+
+
+@dataclass
+class Fault:
+    kind: str
+    times: int = 1
+    function: str | None = None
+    status: int = 500
+    seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAULT_KINDS:
+            raise ValueError(f"fault kind must be one of {', '.join(FAULT_KINDS)}")
+        if self.times < 1:
+            raise ValueError("times must be at least 1")
+
+
+class SandboxServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(
+        self,
+        site: SandboxSite,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        latency_ms: float = 0.0,
+        fault_rate: float = 0.0,
+        random_fault: str = "reset",
+    ) -> None:
+        super().__init__((host, port), _Handler)
+        self.site = site
+        self.site.base_url = self.url
+        self.latency_s = latency_ms / 1000
+        self.fault_rate = fault_rate
+        self.random_fault = Fault(random_fault)
+        self.faults: list[Fault] = []
+        self.calls: Counter[str] = Counter()
+        self.state_lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def take_fault(self, function: str) -> Fault | None:
+        with self.state_lock:
+            self.calls[function] += 1
+            for fault in self.faults:
+                if fault.function in (None, function):
+                    fault.times -= 1
+                    if fault.times == 0:
+                        self.faults.remove(fault)
+                    return fault
+        if self.fault_rate and random.random() < self.fault_rate:
+            return self.random_fault
+        return None
+
+    def start(self) -> SandboxServer:
+        threading.Thread(target=self.serve_forever, name="moodle-sandbox", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+def build_sandbox(host: str = "127.0.0.1", port: int = 0, token: str | None = None, **options: Any) -> SandboxServer:
+    """A sandbox bound to ``host:port`` (``port=0`` picks a free one), not yet serving."""
+    site_options = {key: options.pop(key) for key in ("service_functions", "debug", "max_input_vars") if key in options}
+    site = SandboxSite(token or secrets.token_hex(16), **site_options)
+    return SandboxServer(site, host, port, **options)
+
+
+def start_sandbox(host: str = "127.0.0.1", port: int = 0, token: str | None = None, **options: Any) -> SandboxServer:
+    """A sandbox serving from a background thread."""
+    return build_sandbox(host, port, token, **options).start()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, so the gateway's connection pool is exercised
+    server: SandboxServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
+        pass  # quiet: the gateway logs what matters
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    def do_POST(self) -> None:
+        self._dispatch()
+
+    def do_DELETE(self) -> None:
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        path, _, query = self.path.partition("?")
+        body = self._read_body()
+        if body is None:
+            return
+        if path.startswith(CONTROL_PREFIX):
+            self._control(path[len(CONTROL_PREFIX) :], body)
+        elif path == REST_PATH:
+            self._rest(
+                parse_qsl(query, keep_blank_values=True), parse_qsl(body.decode("latin-1"), keep_blank_values=True)
+            )
+        else:
+            self._send(404, b"<html><body><h1>Not Found</h1></body></html>", "text/html")
+
+    def _read_body(self) -> bytes | None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY_BYTES:
+            self._send(413, b"", "text/plain")
+            return None
+        return self.rfile.read(length) if length else b""
+
+    def _rest(self, query: list[tuple[str, str]], form: list[tuple[str, str]]) -> None:
+        site = self.server.site
+        get_vars, _ = parse_php_form(query, site.max_input_vars)
+        post_vars, _ = parse_php_form(form, site.max_input_vars)
+        variables = get_vars | post_vars  # $_POST wins over $_GET, as in array_merge($_GET, $_POST)
+        if self.server.latency_s:
+            time.sleep(self.server.latency_s)
+        fault = self.server.take_fault(str(variables.get("wsfunction", "")))
+        if fault is not None and self._inject(fault):
+            return
+        try:
+            result: Any = site.rest(variables)
+        except MoodleException as error:
+            result = site.error_body(error)
+        self._send(200, json.dumps(result, separators=(",", ":")).encode(), "application/json")
+
+    def _inject(self, fault: Fault) -> bool:
+        """Apply ``fault``; True when it replaced the answer."""
+        if fault.kind == "reset":
+            # SO_LINGER 0 makes close() send RST: the client sees "connection reset", as with a crashed PHP worker.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            self.connection.close()
+            return True
+        if fault.kind == "delay":
+            time.sleep(fault.seconds)
+            return False
+        if fault.kind == "maintenance":
+            body = json.dumps(site_maintenance().body(False)).encode()
+            self._send(200, body, "application/json")
+            return True
+        status = fault.status if fault.kind == "http" else 200
+        headers = {"Retry-After": "300"} if status == 503 else {}
+        page = f"<html><body><h1>Error {status}</h1><p>Fatal error in PHP</p></body></html>".encode()
+        self._send(status, page, "text/html", headers)
+        return True
+
+    def _control(self, action: str, body: bytes) -> None:
+        server = self.server
+        if self.headers.get("X-Sandbox-Token") != server.site.token:
+            self._send_json(403, {"error": "X-Sandbox-Token header missing or wrong"})
+            return
+        if action == "faults" and self.command == "POST":
+            try:
+                fault = Fault(**json.loads(body or b"{}"))
+            except (TypeError, ValueError) as error:
+                self._send_json(400, {"error": str(error)})
+                return
+            with server.state_lock:
+                server.faults.append(fault)
+            self._send_json(201, {"queued": fault.__dict__})
+        elif action == "faults" and self.command == "DELETE":
+            with server.state_lock:
+                server.faults.clear()
+            self._send_json(200, {"cleared": True})
+        elif action == "calls" and self.command == "GET":
+            with server.state_lock:
+                self._send_json(200, {"calls": dict(server.calls), "total": sum(server.calls.values())})
+        else:
+            self._send_json(404, {"error": f"unknown control action {self.command} {action}"})
+
+    def _send_json(self, status: int, body: dict[str, Any]) -> None:
+        self._send(status, json.dumps(body).encode(), "application/json")
+
+    def _send(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)

@@ -1,0 +1,41 @@
+"""View registration for the API: every view goes through :func:`api_view`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pyramid.view import view_config
+
+from lms_api.errors import success_body
+from lms_api.security import Scope
+
+ENVELOPE_RENDERER = "lms_api:envelope"
+
+
+def api_view(*, route_name: str, request_method: str, permission: Scope, **settings: Any) -> view_config:
+    """``view_config`` for an API view: the permission is a required argument, never a default."""
+    if not isinstance(permission, Scope):
+        raise TypeError(f"permission must be a Scope, got {permission!r}")
+    return view_config(
+        route_name=route_name,
+        request_method=request_method,
+        permission=permission.value,
+        renderer=ENVELOPE_RENDERER,
+        **settings,
+    )
+
+
+def dumps(body: Any) -> str:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+
+class EnvelopeRenderer:
+    """Renders what a view returns as ``{"ok": true, "data": ...}``."""
+
+    def __init__(self, info: Any) -> None:
+        pass
+
+    def __call__(self, value: Any, system: dict[str, Any]) -> str:
+        system["request"].response.content_type = "application/json"
+        return dumps(success_body(value))
