@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 from pyramid.config import Configurator
@@ -35,7 +35,9 @@ def moodle_service(settings: Settings, base_url: str, token: str) -> MoodleServi
     )
 
 
-def make_app(settings: Settings, pyramid_settings: Mapping[str, Any] | None = None) -> Router:
+def make_app(
+    settings: Settings, pyramid_settings: Mapping[str, Any] | None = None, log_stream: TextIO | None = None
+) -> Router:
     """Build the WSGI app. With no ``MOODLE_BASE_URL`` (development only) a sandbox starts alongside it."""
     sandbox: SandboxServer | None = None
     if settings.uses_sandbox:
@@ -44,7 +46,7 @@ def make_app(settings: Settings, pyramid_settings: Mapping[str, Any] | None = No
     else:
         assert settings.moodle_base_url and settings.moodle_token
         base_url, token = settings.moodle_base_url, settings.moodle_token
-    configure_logging(settings.log_format, (*settings.secrets, token))
+    configure_logging(settings.log_format, (*settings.secrets, token), log_stream)
     if sandbox is not None:
         log.info(
             "sandbox.started",

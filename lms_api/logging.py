@@ -8,7 +8,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 from pyramid.registry import Registry
@@ -24,7 +24,7 @@ _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 log = structlog.get_logger("lms_api.request")
 
 
-def configure_logging(log_format: str, secrets: Iterable[str], stream: Any = None) -> None:
+def configure_logging(log_format: str, secrets: Iterable[str], stream: TextIO | None = None) -> None:
     """Route structlog and stdlib logs (waitress included) through one renderer.
 
     Secrets are scrubbed from every rendered line as a last line of defence: nothing should log them in

@@ -51,9 +51,12 @@ class Identity:
 class ScopeDenied(Denied):
     """Refused because the caller's token lacks ``scope``."""
 
-    def __init__(self, scope: str) -> None:
-        super().__init__(f"This token lacks the scope {scope}")
-        self.scope = scope
+    scope: str
+
+    def __new__(cls, scope: str) -> ScopeDenied:
+        denied = super().__new__(cls, "This token lacks the scope %s", scope)
+        denied.scope = scope
+        return denied
 
 
 class InvalidToken(Exception):

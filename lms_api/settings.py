@@ -24,8 +24,9 @@ PRODUCTION = "production"
 # without any set-up. Production refuses to start without a real key.
 DEVELOPMENT_JWT_SECRET = "lms-api-development-only-secret-never-use-in-production-0123456789"
 
-SUPPORTED_JWT_ALGORITHMS = ("HS256", "HS384", "HS512")
-MIN_JWT_SECRET_LENGTH = 32
+# RFC 7518 3.2: an HMAC key at least as long as the hash output.
+MIN_JWT_SECRET_LENGTH = {"HS256": 32, "HS384": 48, "HS512": 64}
+SUPPORTED_JWT_ALGORITHMS = tuple(MIN_JWT_SECRET_LENGTH)
 
 
 class SettingsError(Exception):
@@ -180,8 +181,10 @@ def load_settings(
     uses_development_secret = False
     if not jwt_secret:
         jwt_secret, uses_development_secret = DEVELOPMENT_JWT_SECRET, True
-    elif len(jwt_secret) < MIN_JWT_SECRET_LENGTH:
-        raise SettingsError(f"JWT_SECRET must be at least {MIN_JWT_SECRET_LENGTH} characters long")
+    else:
+        minimum = max(MIN_JWT_SECRET_LENGTH[name] for name in values["JWT_ALGORITHMS"])
+        if len(jwt_secret.encode()) < minimum:
+            raise SettingsError(f"JWT_SECRET must be at least {minimum} bytes long for {', '.join(values['JWT_ALGORITHMS'])}")
 
     return Settings(
         environment=environment,

@@ -1,0 +1,102 @@
+import io
+import json
+import time
+
+import jwt
+import pytest
+import structlog
+import webtest
+
+from lms_api.config import make_app
+from lms_api.sandbox.server import Fault, start_sandbox
+from lms_api.settings import load_settings
+
+JWT_TEST_SECRET = "test-secret-0123456789-abcdefghij-KLMNOPQRST-0123456789-abcdefghijklmn"
+ALL_SCOPES = "siteinfo:read courses:read courses:write users:read enrol:write notifications:read files:write"
+
+
+@pytest.fixture(autouse=True)
+def _clear_log_context():
+    structlog.contextvars.clear_contextvars()
+    yield
+    structlog.contextvars.clear_contextvars()
+
+
+@pytest.fixture(scope="session")
+def sandbox():
+    server = start_sandbox()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _clear_sandbox_faults(request):
+    yield
+    if "sandbox" in request.fixturenames:
+        server = request.getfixturevalue("sandbox")
+        with server.state_lock:
+            server.faults.clear()
+
+
+def settings_for(base_url, token, **environ):
+    values = {"MOODLE_BASE_URL": base_url, "MOODLE_TOKEN": token, "JWT_SECRET": JWT_TEST_SECRET, **environ}
+    return load_settings({"lms_api.environment": "production"}, values)
+
+
+class Gateway:
+    """The WSGI app under webtest, with the log lines it wrote."""
+
+    def __init__(self, settings):
+        self.log_stream = io.StringIO()
+        self.router = make_app(settings, log_stream=self.log_stream)
+        self.app = webtest.TestApp(self.router)
+
+    @property
+    def log_lines(self):
+        return [json.loads(line) for line in self.log_stream.getvalue().splitlines()]
+
+    def get(self, path, token=None, **kwargs):
+        headers = kwargs.pop("headers", {})
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        return self.app.get(path, headers=headers, expect_errors=True, **kwargs)
+
+
+@pytest.fixture
+def make_gateway(sandbox):
+    def build(base_url=None, token=None, **environ):
+        environ.setdefault("MOODLE_TIMEOUT_MS", "2000")
+        return Gateway(settings_for(base_url or sandbox.url, token or sandbox.site.token, **environ))
+
+    return build
+
+
+@pytest.fixture
+def gateway(make_gateway):
+    return make_gateway()
+
+
+def mint(scope=ALL_SCOPES, sub="user-1", secret=JWT_TEST_SECRET, algorithm="HS256", ttl=300, **claims):
+    now = int(time.time())
+    payload = {"sub": sub, "scope": scope, "iat": now, "exp": now + ttl, **claims}
+    payload = {key: value for key, value in payload.items() if value is not None}
+    return jwt.encode(payload, secret, algorithm=algorithm)
+
+
+def sandbox_calls(server):
+    with server.state_lock:
+        return dict(server.calls)
+
+
+def queue_fault(server, **fault):
+    with server.state_lock:
+        server.faults.append(Fault(**fault))
+
+
+@pytest.fixture
+def unused_port():
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
