@@ -45,7 +45,7 @@ NOW = int(time.time())
     "token",
     [
         pytest.param(mint("siteinfo:read", ttl=-120), id="expired"),
-        pytest.param(mint("siteinfo:read", secret="another-secret-0123456789-abcdefghijkl-0123456789-abcdefghijklmnop"), id="wrong-key"),
+        pytest.param(mint("siteinfo:read", secret=JWT_TEST_SECRET[::-1]), id="wrong-key"),
         pytest.param(_unsigned({"sub": "x", "scope": "admin", "exp": NOW + 600}), id="alg-none"),
         pytest.param(mint("siteinfo:read", algorithm="HS512"), id="algorithm-not-allowed"),
         pytest.param(mint("siteinfo:read", nbf=NOW + 600), id="not-yet-valid"),
