@@ -1,0 +1,138 @@
+"""The gateway and the sandbox as a user runs them: real processes, real HTTP, free ports."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+SECRET_KEYS = ("MOODLE_BASE_URL", "MOODLE_TOKEN", "JWT_SECRET", "JWT_AUDIENCE", "JWT_ISSUER", "JWT_ALGORITHMS")
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def clean_env(**extra):
+    env = {key: value for key, value in os.environ.items() if key not in SECRET_KEYS}
+    return {**env, **extra}
+
+
+def wait_for_port(port, process, timeout=20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"process exited early: {process.communicate()}")
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"nothing listens on {port}")
+
+
+@pytest.fixture
+def spawn(tmp_path):
+    processes = []
+
+    def start(*args, env):
+        # Run from an empty folder with a copy of the ini, so a developer's own .env cannot leak in.
+        if args[0] == "pserve":
+            shutil.copy(ROOT / args[1], tmp_path / args[1])
+        process = subprocess.Popen(
+            [str(BIN / args[0]), *args[1:]],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        processes.append(process)
+        return process
+
+    yield start
+    for process in processes:
+        process.terminate()
+        try:
+            process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def mint_with_cli(*args, env):
+    result = subprocess.run(
+        [str(BIN / "lms-api"), "token", *args], env=env, capture_output=True, text=True, check=True, timeout=30
+    )
+    return result.stdout.strip(), result.stderr
+
+
+def test_development_ini_serves_the_sandbox_on_the_port_given_on_the_command_line(spawn, tmp_path):
+    port = free_port()
+    env = clean_env()
+    gateway = spawn("pserve", "development.ini", f"http_port={port}", env=env)
+    wait_for_port(port, gateway)
+    token, warning = mint_with_cli("--sub", "demo-user", "--scope", "siteinfo:read", "--moodle-userid", "3", env=env)
+
+    response = requests.get(
+        f"http://127.0.0.1:{port}/api/moodle/siteinfo", headers={"Authorization": f"Bearer {token}"}, timeout=10
+    )
+
+    assert "development secret" in warning
+    assert response.status_code == 200
+    assert response.json()["data"]["sitename"] == "lms_api Moodle sandbox"
+    assert response.headers["X-Request-ID"]
+    refused = requests.get(f"http://127.0.0.1:{port}/api/moodle/siteinfo", timeout=10)
+    assert refused.status_code == 401
+
+
+def test_production_ini_against_a_standalone_sandbox(spawn):
+    moodle_port, gateway_port = free_port(), free_port()
+    sandbox = spawn("lms-api", "sandbox", "--port", str(moodle_port), "--token", "integration-token", env=clean_env())
+    wait_for_port(moodle_port, sandbox)
+    env = clean_env(
+        MOODLE_BASE_URL=f"http://127.0.0.1:{moodle_port}",
+        MOODLE_TOKEN="integration-token",
+        JWT_SECRET="integration-secret-" + "x" * 40,
+        JWT_AUDIENCE="lms-spa",
+    )
+    gateway = spawn("pserve", "production.ini", f"http_port={gateway_port}", env=env)
+    wait_for_port(gateway_port, gateway)
+    token, warning = mint_with_cli("--sub", "ops", "--scope", "admin", env=env)
+
+    response = requests.get(
+        f"http://127.0.0.1:{gateway_port}/api/moodle/siteinfo",
+        headers={"Authorization": f"Bearer {token}", "X-Request-ID": "it-1"},
+        timeout=10,
+    )
+
+    assert warning == ""
+    assert response.status_code == 200, response.text
+    assert response.json()["data"]["siteurl"] == f"http://127.0.0.1:{moodle_port}"
+    gateway.terminate()
+    _, logs = gateway.communicate(timeout=10)
+    assert '"request_id": "it-1"' in logs
+    assert "integration-token" not in logs
+
+
+def test_production_ini_refuses_to_start_without_its_settings(tmp_path):
+    shutil.copy(ROOT / "production.ini", tmp_path)
+    result = subprocess.run(
+        [str(BIN / "pserve"), "production.ini", f"http_port={free_port()}"],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 2
+    assert "MOODLE_BASE_URL is required with production.ini" in result.stderr
+    assert "Traceback" not in result.stderr
