@@ -117,6 +117,7 @@ def start_sandbox(host: str = "127.0.0.1", port: int = 0, token: str | None = No
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, so the gateway's connection pool is exercised
+    disable_nagle_algorithm = True  # headers and body go out in separate writes: without this, 40 ms stalls
     server: SandboxServer
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
