@@ -182,9 +182,10 @@ def load_settings(
     if not jwt_secret:
         jwt_secret, uses_development_secret = DEVELOPMENT_JWT_SECRET, True
     else:
-        minimum = max(MIN_JWT_SECRET_LENGTH[name] for name in values["JWT_ALGORITHMS"])
+        algorithms = values["JWT_ALGORITHMS"]
+        minimum = max(MIN_JWT_SECRET_LENGTH[name] for name in algorithms)
         if len(jwt_secret.encode()) < minimum:
-            raise SettingsError(f"JWT_SECRET must be at least {minimum} bytes long for {', '.join(values['JWT_ALGORITHMS'])}")
+            raise SettingsError(f"JWT_SECRET must be at least {minimum} bytes long for {', '.join(algorithms)}")
 
     return Settings(
         environment=environment,

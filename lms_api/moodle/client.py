@@ -22,13 +22,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import NewConnectionError
 
 from lms_api.moodle.encoding import encode_params
-from lms_api.moodle.errors import (
-    DEFAULT_RETRY_AFTER_S,
-    MoodleError,
-    error_from_moodle,
-    function_not_available,
-    redact,
-)
+from lms_api.moodle.errors import MoodleError, error_from_moodle, function_not_available, retry_after_header
 from lms_api.moodle.functions import READ_ONLY_FUNCTIONS, SITE_INFO
 
 log = structlog.get_logger("lms_api.moodle")
@@ -232,7 +226,7 @@ class MoodleService:
             status = response.status_code
             return _TransportFailure(
                 status,
-                "moodleunavailable" if status == 503 else "badgateway",
+                {502: "badgateway", 503: "moodleunavailable", 504: "moodletimeout"}[status],
                 f"Moodle answered HTTP {status}",
                 sent=True,
                 outcome_unknown=status != 503,  # 503 is Moodle's maintenance page: nothing was applied
@@ -289,7 +283,7 @@ def _failure_error(function: str, failure: _TransportFailure, read_only: bool) -
         message = failure.message + "; the write may or may not have been applied"
         # A reset after sending is reported like a timeout: the caller must check before writing again.
         return MoodleError(504 if failure.status == 503 else failure.status, failure.code, message, details)
-    headers = {"Retry-After": str(failure.retry_after_s or DEFAULT_RETRY_AFTER_S)} if failure.status == 503 else {}
+    headers = retry_after_header(failure.retry_after_s) if failure.status == 503 else {}
     return MoodleError(failure.status, failure.code, failure.message, details, headers)
 
 
@@ -305,7 +299,4 @@ def _never_connected(error: requests.ConnectionError) -> bool:
 
 def _retry_after(response: requests.Response) -> int | None:
     value = response.headers.get("Retry-After", "")
-    return int(value) if value.isdigit() else None
-
-
-__all__ = ["MoodleError", "MoodleService", "recording_calls", "redact"]
+    return int(value) if value.isascii() and value.isdigit() else None

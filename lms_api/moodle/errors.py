@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -30,6 +31,7 @@ _STATUS_BY_ERRORCODE = {
     "invalidtoken": 502,
 }
 _FORBIDDEN_PREFIX = "wsaccessuser"
+_ERRORCODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 CREDENTIAL_REFUSED_MESSAGE = (
     "Moodle refused the gateway's web-service token; an operator should check MOODLE_TOKEN "
@@ -56,6 +58,10 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
+def retry_after_header(seconds: int | None) -> dict[str, str]:
+    return {"Retry-After": str(DEFAULT_RETRY_AFTER_S if seconds is None else seconds)}
+
+
 def error_from_moodle(
     body: Mapping[str, Any],
     function: str,
@@ -64,18 +70,28 @@ def error_from_moodle(
 ) -> MoodleError:
     """Build the gateway error for Moodle's ``{"exception", "errorcode", "message"}`` body.
 
-    ``debuginfo`` is never passed on: in debug mode it echoes the values that were sent.
+    ``debuginfo`` is never passed on, not even where debug mode repeats it inside ``message``: it echoes the
+    values that were sent. An errorcode that is not an identifier (Moodle puts the password policy's HTML
+    there) becomes ``moodleexception``.
     """
-    errorcode = str(body.get("errorcode") or "moodleexception")
+    errorcode = str(body.get("errorcode") or "")
+    if not _ERRORCODE.fullmatch(errorcode):
+        errorcode = "moodleexception"
     status = status_for_errorcode(errorcode)
     if errorcode == "invalidtoken":
         message = CREDENTIAL_REFUSED_MESSAGE
     else:
-        message = redact(str(body.get("message") or "Moodle reported an error"), secrets)
-    headers = {}
-    if status == 503:
-        headers["Retry-After"] = str(retry_after_s or DEFAULT_RETRY_AFTER_S)
+        message = _without_debuginfo(str(body.get("message") or ""), body.get("debuginfo"))
+        message = redact(message, secrets) or "Moodle reported an error"
+    headers = retry_after_header(retry_after_s) if status == 503 else {}
     return MoodleError(status, errorcode, message, {"function": function}, headers)
+
+
+def _without_debuginfo(message: str, debuginfo: Any) -> str:
+    suffix = f" ({debuginfo})" if debuginfo else ""
+    if suffix and message.endswith(suffix):
+        return message[: -len(suffix)]
+    return message
 
 
 def function_not_available(function: str) -> MoodleError:

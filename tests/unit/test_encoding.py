@@ -1,0 +1,97 @@
+"""PHP bracket form encoding of Moodle web-service parameters."""
+
+from __future__ import annotations
+
+import datetime
+from decimal import Decimal
+
+import pytest
+
+from lms_api.moodle.encoding import encode_params
+
+
+def test_flat_scalars_become_strings():
+    assert encode_params({"courseid": 7, "grade": 2.5, "name": "Python 101"}) == [
+        ("courseid", "7"),
+        ("grade", "2.5"),
+        ("name", "Python 101"),
+    ]
+
+
+def test_nested_lists_and_dicts_use_brackets():
+    params = {"courses": [{"fullname": "Python", "categoryid": 1}, {"fullname": "Go", "categoryid": 2}]}
+
+    assert encode_params(params) == [
+        ("courses[0][fullname]", "Python"),
+        ("courses[0][categoryid]", "1"),
+        ("courses[1][fullname]", "Go"),
+        ("courses[1][categoryid]", "2"),
+    ]
+
+
+def test_deep_nesting_and_tuples():
+    params = {"options": {"ids": (3, 4), "filter": {"field": [{"name": "id", "value": 9}]}}}
+
+    assert encode_params(params) == [
+        ("options[ids][0]", "3"),
+        ("options[ids][1]", "4"),
+        ("options[filter][field][0][name]", "id"),
+        ("options[filter][field][0][value]", "9"),
+    ]
+
+
+def test_booleans_become_one_and_zero():
+    assert encode_params({"visible": True, "hidden": False, "flags": [True, False]}) == [
+        ("visible", "1"),
+        ("hidden", "0"),
+        ("flags[0]", "1"),
+        ("flags[1]", "0"),
+    ]
+
+
+def test_none_is_omitted_at_any_depth():
+    params = {"a": None, "b": 1, "c": {"d": None, "e": "x"}, "f": [None, 2]}
+
+    assert encode_params(params) == [("b", "1"), ("c[e]", "x"), ("f[1]", "2")]
+
+
+def test_empty_list_and_empty_dict_produce_no_pairs():
+    assert encode_params({"ids": [], "options": {}, "keep": 0}) == [("keep", "0")]
+    assert encode_params({}) == []
+
+
+def test_zero_empty_string_and_negative_numbers_are_kept():
+    assert encode_params({"zero": 0, "empty": "", "neg": -3, "small": 0.125}) == [
+        ("zero", "0"),
+        ("empty", ""),
+        ("neg", "-3"),
+        ("small", "0.125"),
+    ]
+
+
+def test_non_string_keys_are_stringified():
+    assert encode_params({"values": {0: "a", 1: "b"}}) == [("values[0]", "a"), ("values[1]", "b")]
+
+
+def test_order_is_preserved():
+    params = {"z": 1, "a": 2, "m": {"y": 3, "b": 4}, "list": ["c", "a", "b"]}
+
+    assert encode_params(params) == [
+        ("z", "1"),
+        ("a", "2"),
+        ("m[y]", "3"),
+        ("m[b]", "4"),
+        ("list[0]", "c"),
+        ("list[1]", "a"),
+        ("list[2]", "b"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [object(), b"bytes", {1, 2}, Decimal("1.5"), datetime.date(2025, 1, 1)],
+    ids=["object", "bytes", "set", "decimal", "date"],
+)
+def test_unsupported_type_raises_type_error_naming_the_parameter(value):
+    with pytest.raises(TypeError, match=r"for Moodle parameter 'courses\[0\]\[x\]'"):
+        encode_params({"courses": [{"x": value}]})
