@@ -8,8 +8,9 @@ from typing import Any
 
 from lms_api.sandbox.errors import MoodleException
 
-_INT = re.compile(r"-?\d+")
-_FLOAT = re.compile(r"-?\d+(\.\d+)?")
+_INT = re.compile(r"0|-?[1-9][0-9]*")  # what survives PHP's (string)(int)$value === $value
+_INT_RANGE = range(-(2**63), 2**63)
+_FLOAT = re.compile(r"[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?")
 _ALPHANUMEXT = re.compile(r"[A-Za-z0-9_\-]*")
 REQUIRED, DEFAULT, OPTIONAL = "required", "default", "optional"
 
@@ -57,9 +58,6 @@ def validate(description: Any, value: Any) -> Any:
         raise invalid_parameter(f"Only arrays accepted. The bad value is: '{value}'")
     if isinstance(description, Multiple):
         return [validate(description.item, item) for item in value.values()]
-    unexpected = [key for key in value if key not in description.keys]
-    if unexpected:
-        raise invalid_parameter(f"Unexpected keys ({', '.join(unexpected)}) detected in parameter array.")
     result: dict[str, Any] = {}
     for key, sub in description.keys.items():
         if key not in value:
@@ -74,17 +72,20 @@ def validate(description: Any, value: Any) -> Any:
             raise invalid_parameter(
                 f"{key} => Invalid parameter value detected ({error.debuginfo}): {error.debuginfo}"
             ) from None
+    unexpected = [key for key in value if key not in description.keys]
+    if unexpected:  # Moodle reports these only once every declared key has passed
+        raise invalid_parameter(f"Unexpected keys ({', '.join(unexpected)}) detected in parameter array.")
     return result
 
 
 def _validate_value(description: Value, value: Any) -> Any:
     if isinstance(value, dict):
-        raise invalid_parameter("Invalid external api parameter: the value is array, the server was expecting a scalar")
+        raise invalid_parameter("Scalar type expected, array or object received.")
     wrong_type = invalid_parameter(
         f'Invalid external api parameter: the value is "{value}", the server was expecting "{description.type}" type'
     )
     if description.type == "int":
-        if not _INT.fullmatch(value):
+        if not _INT.fullmatch(value) or int(value) not in _INT_RANGE:
             raise wrong_type
         return int(value)
     if description.type == "float":

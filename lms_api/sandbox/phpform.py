@@ -6,6 +6,8 @@ import re
 from typing import Any
 
 _SEGMENT = re.compile(r"\[([^\]]*)\]")
+# PHP turns a key into an integer only when it is written the canonical way: "01" and "²" stay strings.
+_INTEGER_KEY = re.compile(r"0|-?[1-9][0-9]*")
 MAX_NESTING = 64
 
 
@@ -13,7 +15,7 @@ class PhpArray(dict):
     """A PHP array: string keys in insertion order; ``[]`` appends the next integer key."""
 
     def append(self, value: Any) -> None:
-        numeric = [int(key) for key in self if key.lstrip("-").isdigit()]
+        numeric = [int(key) for key in self if _INTEGER_KEY.fullmatch(key)]
         self[str(max(numeric) + 1 if numeric else 0)] = value
 
 

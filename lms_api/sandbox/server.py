@@ -47,6 +47,10 @@ class Fault:
     seconds: float = 30.0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.times, int) or not isinstance(self.status, int):
+            raise ValueError("times and status must be integers")
+        if not isinstance(self.seconds, (int, float)) or self.seconds < 0:
+            raise ValueError("seconds must be a number of at least 0")
         if self.kind not in FAULT_KINDS:
             raise ValueError(f"fault kind must be one of {', '.join(FAULT_KINDS)}")
         if self.times < 1:
@@ -149,6 +153,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _read_body(self) -> bytes | None:
         length = int(self.headers.get("Content-Length") or 0)
         if length > MAX_BODY_BYTES:
+            self.close_connection = True  # the unread body must not be taken for the next request
             self._send(413, b"", "text/plain")
             return None
         return self.rfile.read(length) if length else b""

@@ -71,13 +71,14 @@ class SandboxSite:
 
     def rest(self, form: PhpArray) -> Any:
         """Run one ``server.php`` call; checks happen in Moodle's order: token, function, params."""
-        form = PhpArray(form)
+        # The REST server's own parameters never reach the function.
+        form = PhpArray((key, value) for key, value in form.items() if not key.startswith("moodlewssetting"))
         token = form.pop("wstoken", None)
         function = form.pop("wsfunction", None)
         form.pop("moodlewsrestformat", None)
         if token != self.token:
             raise invalid_token()
-        if not function:
+        if not isinstance(function, str) or not function:
             raise invalid_parameter("Missing function name")
         if function not in FUNCTIONS:
             raise unknown_function(function, self.debug)
