@@ -44,12 +44,29 @@ def unknown_function(name: str, debug: bool) -> MoodleException:
     )
 
 
+# Moodle's own text, as debug mode shows it.
+_NOT_IN_SERVICE_DEBUGINFO = (
+    "Access to the function {name}() is not allowed.\n"
+    "                     There could be multiple reasons for this:\n"
+    "                     1. The service linked to the user token does not contain the function.\n"
+    "                     2. The service is user-restricted and the user is not listed.\n"
+    "                     3. The service is IP-restricted and the user IP is not listed.\n"
+    "                     4. The service is time-restricted and the time has expired.\n"
+    "                     5. The token is time-restricted and the time has expired.\n"
+    "                     6. The service requires a specific capability which the user does not have.\n"
+    "                     7. The function is called with username/password (no user token is sent)\n"
+    "                     and none of the services has the function to allow the user.\n"
+    "                     These settings can be found in Administration > Site administration\n"
+    "                     > Server > Web services > External services and Manage tokens."
+)
+
+
 def not_in_service(name: str) -> MoodleException:
     return MoodleException(
         "webservice_access_exception",
         "accessexception",
         "Access control exception",
-        f"Access to the function {name}() is not allowed.",
+        _NOT_IN_SERVICE_DEBUGINFO.format(name=name),
     )
 
 

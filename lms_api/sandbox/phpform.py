@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-_SEGMENT = re.compile(r"\[([^\]]*)\]")
 # PHP turns a key into an integer only when it is written the canonical way: "01" and "²" stay strings.
 _INTEGER_KEY = re.compile(r"0|-?[1-9][0-9]*")
 MAX_NESTING = 64
@@ -29,12 +28,7 @@ def parse_php_form(pairs: list[tuple[str, str]], max_input_vars: int) -> tuple[P
 
 
 def _assign(target: PhpArray, name: str, value: str) -> None:
-    bracket = name.find("[")
-    if bracket <= 0 or not name.endswith("]"):
-        base, segments = (name if bracket < 0 else name.replace("[", "_", 1)), []
-    else:
-        base, segments = name[:bracket], _SEGMENT.findall(name[bracket:])
-    base = base.replace(".", "_").replace(" ", "_")
+    base, segments = _split_name(name.lstrip(" "))
     if not base or len(segments) > MAX_NESTING:
         return
     keys = [base, *segments]
@@ -55,3 +49,22 @@ def _assign(target: PhpArray, name: str, value: str) -> None:
             else:
                 node[key] = child
         node = child
+
+
+def _split_name(name: str) -> tuple[str, list[str]]:
+    """``a.b[x][]`` → (``a_b``, [``x``, ``""``]), as php_register_variable_ex() reads a name."""
+    bracket = name.find("[")
+    if bracket == 0:
+        return "", []
+    if bracket < 0 or name.find("]", bracket) < 0:
+        # No (closed) bracket: a plain name, where PHP also turns the first "[" into "_".
+        return name.replace("[", "_", 1).replace(".", "_").replace(" ", "_"), []
+    segments = []
+    position = bracket
+    while position < len(name) and name[position] == "[":
+        end = name.find("]", position)
+        if end < 0:
+            break
+        segments.append(name[position + 1 : end])
+        position = end + 1  # PHP ignores anything after the last closing bracket
+    return name[:bracket].replace(".", "_").replace(" ", "_"), segments

@@ -1,9 +1,8 @@
 """The Moodle web-service sandbox against PHP's form parsing, Moodle's parameter validation and a real Moodle 5.0.
 
 The expected bodies below are copies of the raw answers of a real Moodle 5.0 (Build 20250414) kept in
-``/work/shared/moodle-golden/``; ``test_inlined_golden_copies_match_the_recorded_files`` keeps the copies honest
-when that folder is present. Tests marked ``xfail(strict=True)`` pin a known difference between the sandbox and
-PHP/Moodle: when the sandbox is fixed they XPASS, which fails the run, so the marker must then be removed.
+``shared/moodle-golden/`` beside the checkout; ``test_inlined_golden_copies_match_the_recorded_files`` keeps the
+copies honest when that folder is present.
 """
 
 from __future__ import annotations
@@ -249,17 +248,14 @@ def test_nesting_deeper_than_php_max_input_nesting_level_is_dropped():
     assert node == {"k": "kept"}
 
 
-@pytest.mark.xfail(strict=True, reason="PHP drops a variable whose name starts with '['; the sandbox keeps '_a]'")
 def test_php_drops_a_name_that_starts_with_a_bracket():
     assert form(("[a]", "x")) == {}
 
 
-@pytest.mark.xfail(strict=True, reason="PHP skips leading spaces of a name; the sandbox turns them into '_'")
 def test_php_ignores_leading_spaces_in_a_name():
     assert form((" a", "x")) == {"a": "x"}
 
 
-@pytest.mark.xfail(strict=True, reason="PHP ignores text after the last ']' (a[b]c is a[b]); the sandbox keeps 'a_b]c'")
 def test_php_ignores_text_after_the_closing_bracket():
     assert form(("a[b]c", "x")) == {"a": {"b": "x"}}
 
@@ -482,9 +478,6 @@ def test_a_function_outside_the_service_names_the_function_in_debug_mode():
     assert body["message"] == f"Access control exception ({body['debuginfo']})"
 
 
-@pytest.mark.xfail(
-    strict=True, reason="Moodle's debuginfo goes on with 'There could be multiple reasons for this: ...'"
-)
 def test_a_function_outside_the_service_has_moodles_full_debuginfo():
     site = SandboxSite(TOKEN, service_functions=[], debug=True)
     body = rest_error(site, {"wstoken": TOKEN, "wsfunction": SITE_INFO})
