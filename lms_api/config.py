@@ -57,9 +57,7 @@ def make_app(
         log.warning("jwt.development_secret", note="JWT_SECRET is unset: tokens are signed with the development secret")
 
     config = Configurator(settings=dict(pyramid_settings or {}))
-    config.registry.lms_settings = settings
     config.registry.moodle = moodle_service(settings, base_url, token)
-    config.registry.sandbox = sandbox
     config.add_request_method(lambda request: request.registry.moodle, "moodle", reify=True)
     config.add_request_method(request_id, "id", reify=True)
 

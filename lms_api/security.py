@@ -31,6 +31,8 @@ class Scope(StrEnum):
     ADMIN = "admin"  # acting on other users; implies every other scope
 
 
+_SCOPES = frozenset(scope.value for scope in Scope)
+
 # The default permission of every view. No token carries it, so a view registered without an explicit
 # permission is closed to everyone instead of open to anyone.
 UNDECLARED_PERMISSION = "lms_api:undeclared-permission"
@@ -43,7 +45,7 @@ class Identity:
     moodle_userid: int | None = None
 
     def has_scope(self, scope: str) -> bool:
-        if scope not in Scope.__members__.values():
+        if scope not in _SCOPES:
             return False
         return scope in self.scopes or Scope.ADMIN in self.scopes
 

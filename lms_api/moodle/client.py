@@ -57,7 +57,7 @@ class CallLog:
 
     @property
     def retries(self) -> int:
-        return sum(call.attempts - 1 for call in self.calls if call.attempts)
+        return sum(call.attempts - 1 for call in self.calls)
 
 
 _call_log: ContextVar[CallLog | None] = ContextVar("moodle_call_log", default=None)
@@ -132,7 +132,7 @@ class MoodleService:
             return self._call(function, params or {})
         except MoodleError as error:
             if error.code == "accessexception":
-                self.forget_functions()  # the service may have changed: look again next time
+                self._functions_expire_at = 0.0  # the service may have changed: look again next time
             raise
 
     def site_info(self) -> dict[str, Any]:
@@ -151,9 +151,6 @@ class MoodleService:
                 self.site_info()
             assert self._functions is not None
             return self._functions
-
-    def forget_functions(self) -> None:
-        self._functions_expire_at = 0.0
 
     # -- one logical call -------------------------------------------------------------------------
 
@@ -235,32 +232,24 @@ class MoodleService:
         return response
 
     def _parse(self, function: str, response: requests.Response) -> Any:
-        if 300 <= response.status_code < 400:
-            raise MoodleError(
-                502,
-                "badresponse",
-                f"Moodle answered with a redirect (HTTP {response.status_code}); check MOODLE_BASE_URL",
-                {"function": function, "moodle_status": response.status_code},
+        status = response.status_code
+        if 300 <= status < 400:
+            raise _bad_response(
+                function, status, f"Moodle answered with a redirect (HTTP {status}); check MOODLE_BASE_URL"
             )
         try:
             body = response.json()
         except ValueError:
-            raise MoodleError(
-                502,
-                "badresponse",
-                f"Moodle answered HTTP {response.status_code} with a body that is not JSON; "
+            raise _bad_response(
+                function,
+                status,
+                f"Moodle answered HTTP {status} with a body that is not JSON; "
                 "check MOODLE_BASE_URL and that the REST protocol is enabled",
-                {"function": function, "moodle_status": response.status_code},
             ) from None
         if isinstance(body, dict) and "exception" in body:
             raise error_from_moodle(body, function, (self._token,), _retry_after(response))
-        if response.status_code != 200:
-            raise MoodleError(
-                502,
-                "badresponse",
-                f"Moodle answered HTTP {response.status_code}",
-                {"function": function, "moodle_status": response.status_code},
-            )
+        if status != 200:
+            raise _bad_response(function, status, f"Moodle answered HTTP {status}")
         return body
 
     def _session(self) -> requests.Session:
@@ -274,6 +263,10 @@ class MoodleService:
             session.mount("https://", adapter)
             self._local.session = session
         return session
+
+
+def _bad_response(function: str, status: int, message: str) -> MoodleError:
+    return MoodleError(502, "badresponse", message, {"function": function, "moodle_status": status})
 
 
 def _failure_error(function: str, failure: _TransportFailure, read_only: bool) -> MoodleError:

@@ -41,7 +41,6 @@ class SiteUser:
     username: str
     firstname: str
     lastname: str
-    email: str
     siteadmin: bool = False
 
     @property
@@ -67,7 +66,7 @@ class SandboxSite:
         self.service_functions = list(service_functions) if service_functions is not None else sorted(FUNCTIONS)
         self.lock = threading.RLock()
         self.private_access_key = secrets.token_hex(16)
-        self.admin = SiteUser(2, "admin", "Admin", "User", "admin@sandbox.example", siteadmin=True)
+        self.admin = SiteUser(2, "admin", "Admin", "User", siteadmin=True)
 
     def rest(self, form: PhpArray) -> Any:
         """Run one ``server.php`` call; checks happen in Moodle's order: token, function, params."""

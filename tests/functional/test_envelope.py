@@ -3,6 +3,7 @@
 import pytest
 from marshmallow import fields
 from pyramid.config import Configurator
+from pyramid.httpexceptions import HTTPConflict
 from pyramid.request import Request
 
 from lms_api.errors import ApiError
@@ -83,6 +84,21 @@ def test_an_unexpected_exception_is_a_500_envelope_and_logged(gateway):
     logged = [line for line in gateway.log_lines if line["event"] == "unexpected.error"]
     assert logged and "kaboom" in logged[0]["exception"]
     assert logged[0]["request_id"] == response.headers["X-Request-ID"]
+
+
+def test_any_other_http_exception_keeps_its_status_in_the_envelope(gateway):
+    config = Configurator(registry=gateway.router.registry)
+    config.add_route("conflict", "/api/moodle/conflict")
+
+    def conflict(request):
+        raise HTTPConflict()
+
+    config.add_view(conflict, route_name="conflict", permission="siteinfo:read")
+    config.commit()
+
+    response = gateway.get("/api/moodle/conflict", mint())
+
+    assert_error_envelope(response, 409, "conflict")
 
 
 class _Body(RequestSchema):
