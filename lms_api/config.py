@@ -22,6 +22,14 @@ log = structlog.get_logger("lms_api")
 
 def add_routes(config: Configurator) -> None:
     config.add_route("api.moodle.siteinfo", "/api/moodle/siteinfo")
+    config.add_route("api.moodle.courses", "/api/moodle/courses")
+    config.add_route("api.moodle.course", "/api/moodle/courses/{course_id}")
+    config.add_route("api.moodle.users.by_field", "/api/moodle/users/by-field")
+    config.add_route("api.moodle.enrol", "/api/moodle/enrol")
+    config.add_route("api.moodle.notifications", "/api/moodle/notifications")
+    config.add_route("api.moodle.notifications.unread_count", "/api/moodle/notifications/unread-count")
+    config.add_route("api.moodle.files.upload", "/api/moodle/files/upload")
+    config.add_route("api.moodle.files.attach", "/api/moodle/files/attach")
 
 
 def moodle_service(settings: Settings, base_url: str, token: str) -> MoodleService:
@@ -31,6 +39,7 @@ def moodle_service(settings: Settings, base_url: str, token: str) -> MoodleServi
         timeout_s=settings.moodle_timeout_ms / 1000,
         max_retries=settings.moodle_max_retries,
         functions_ttl_s=settings.moodle_functions_ttl_s,
+        max_input_vars=settings.moodle_max_input_vars,
         debug=settings.moodle_debug,
     )
 
@@ -58,7 +67,9 @@ def make_app(
 
     config = Configurator(settings=dict(pyramid_settings or {}))
     config.registry.moodle = moodle_service(settings, base_url, token)
+    config.registry.lms_settings = settings
     config.add_request_method(lambda request: request.registry.moodle, "moodle", reify=True)
+    config.add_request_method(lambda request: request.registry.lms_settings, "lms_settings", reify=True)
     config.add_request_method(request_id, "id", reify=True)
 
     config.set_security_policy(JWTSecurityPolicy(TokenVerifier.from_settings(settings)))

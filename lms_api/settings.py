@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -42,6 +43,10 @@ class Settings:
     moodle_debug: bool
     moodle_max_retries: int
     moodle_functions_ttl_s: int
+    moodle_max_input_vars: int
+    moodle_max_upload_mb: int
+    moodle_attach_function: str
+    moodle_role_ids: Mapping[str, int]
     jwt_secret: str
     jwt_algorithms: tuple[str, ...]
     jwt_audience: str | None
@@ -111,6 +116,33 @@ def _algorithms(key: str, raw: str) -> tuple[str, ...]:
     return names
 
 
+# Moodle's default archetype role ids; MOODLE_ROLE_IDS overrides or extends them for sites that differ.
+DEFAULT_ROLE_IDS = {"manager": 1, "editingteacher": 3, "teacher": 4, "student": 5}
+# The function of the public local_sync_service plugin; Moodle core has none that creates a file resource.
+DEFAULT_ATTACH_FUNCTION = "local_course_add_new_course_module_resource"
+_ROLE_NAME = re.compile(r"[a-z][a-z0-9_]{0,99}")
+_FUNCTION_NAME = re.compile(r"[a-z][a-z0-9_]{2,165}")
+
+
+def _role_ids(key: str, raw: str) -> Mapping[str, int]:
+    roles = dict(DEFAULT_ROLE_IDS)
+    for entry in (part.strip() for part in raw.split(",")):
+        if not entry:
+            continue
+        name, separator, number = (piece.strip() for piece in entry.partition("="))
+        if not separator or not _ROLE_NAME.fullmatch(name) or not number.isdigit() or int(number) < 1:
+            raise SettingsError(f"{key} must look like 'student=5,teacher=4', got {entry!r}")
+        roles[name] = int(number)
+    return MappingProxyType(roles)
+
+
+def _function_name(key: str, raw: str) -> str:
+    name = raw.strip()
+    if not _FUNCTION_NAME.fullmatch(name):
+        raise SettingsError(f"{key} must be a Moodle web-service function name, got {raw!r}")
+    return name
+
+
 def _log_format(key: str, raw: str) -> str:
     value = raw.strip().lower()
     if value not in ("json", "console"):
@@ -133,6 +165,11 @@ _KEYS = (
     _Key("MOODLE_DEBUG", _boolean, "false"),
     _Key("MOODLE_MAX_RETRIES", _whole_number(0), "2"),
     _Key("MOODLE_FUNCTIONS_TTL_S", _whole_number(1), "300"),
+    # PHP's max_input_vars on the Moodle server (Moodle requires at least 5000); the room for one enrolment is 9.
+    _Key("MOODLE_MAX_INPUT_VARS", _whole_number(9), "5000"),
+    _Key("MOODLE_MAX_UPLOAD_MB", _whole_number(1), "50"),
+    _Key("MOODLE_ATTACH_FUNCTION", _function_name, DEFAULT_ATTACH_FUNCTION),
+    _Key("MOODLE_ROLE_IDS", _role_ids, ""),
     _Key("JWT_SECRET", _text, secret=True),
     _Key("JWT_ALGORITHMS", _algorithms, "HS256"),
     _Key("JWT_AUDIENCE", _text),
@@ -195,6 +232,10 @@ def load_settings(
         moodle_debug=values["MOODLE_DEBUG"],
         moodle_max_retries=values["MOODLE_MAX_RETRIES"],
         moodle_functions_ttl_s=values["MOODLE_FUNCTIONS_TTL_S"],
+        moodle_max_input_vars=values["MOODLE_MAX_INPUT_VARS"],
+        moodle_max_upload_mb=values["MOODLE_MAX_UPLOAD_MB"],
+        moodle_attach_function=values["MOODLE_ATTACH_FUNCTION"],
+        moodle_role_ids=values["MOODLE_ROLE_IDS"],
         jwt_secret=jwt_secret,
         jwt_algorithms=values["JWT_ALGORITHMS"],
         jwt_audience=values["JWT_AUDIENCE"],

@@ -10,24 +10,33 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 import requests
 import structlog
 from requests.adapters import HTTPAdapter
+from requests_toolbelt.multipart.encoder import MultipartEncoder
 from urllib3.exceptions import NewConnectionError
 
 from lms_api.moodle.encoding import encode_params
-from lms_api.moodle.errors import MoodleError, error_from_moodle, function_not_available, retry_after_header
-from lms_api.moodle.functions import READ_ONLY_FUNCTIONS, SITE_INFO
+from lms_api.moodle.errors import (
+    MoodleError,
+    error_from_moodle,
+    function_not_available,
+    is_moodle_error,
+    redact,
+    retry_after_header,
+)
+from lms_api.moodle.functions import READ_ONLY_FUNCTIONS, SITE_INFO, UPLOAD_FUNCTION
 
 log = structlog.get_logger("lms_api.moodle")
 
 REST_PATH = "/webservice/rest/server.php"
+UPLOAD_PATH = "/webservice/upload.php"
 BACKOFF_BASE_S = 0.1
 MAX_CONNECT_TIMEOUT_S = 3.0
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
@@ -41,6 +50,7 @@ class CallRecord:
     function: str
     ms: float = 0.0
     attempts: int = 0
+    deadline: float = 0.0
 
 
 @dataclass
@@ -75,6 +85,15 @@ def recording_calls() -> Iterator[CallLog]:
 
 
 @dataclass(frozen=True)
+class UploadFile:
+    """One file for upload.php, read from ``stream`` (rewound before each attempt)."""
+
+    filename: str
+    stream: IO[bytes]
+    content_type: str = "application/octet-stream"
+
+
+@dataclass(frozen=True)
 class _TransportFailure:
     """A try that got no usable answer.
 
@@ -99,6 +118,7 @@ class MoodleService:
         timeout_s: float,
         max_retries: int,
         functions_ttl_s: float,
+        max_input_vars: int = 5000,
         debug: bool = False,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
@@ -106,10 +126,12 @@ class MoodleService:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._endpoint = self.base_url + REST_PATH
+        self._upload_url = self.base_url + UPLOAD_PATH
         self._token = token
         self._timeout_s = timeout_s
         self._max_retries = max_retries
         self._functions_ttl_s = functions_ttl_s
+        self.max_input_vars = max_input_vars
         self._debug = debug
         self._sleep = sleep
         self._clock = clock
@@ -135,6 +157,10 @@ class MoodleService:
                 self._functions_expire_at = 0.0  # the service may have changed: look again next time
             raise
 
+    def redact(self, text: str) -> str:
+        """``text`` without the gateway's token, for Moodle texts that are passed on."""
+        return redact(text, (self._token,))
+
     def site_info(self) -> dict[str, Any]:
         info = self._call(SITE_INFO, {})
         if not isinstance(info, dict) or not isinstance(info.get("functions"), list):
@@ -152,6 +178,29 @@ class MoodleService:
             assert self._functions is not None
             return self._functions
 
+    def upload(self, files: Sequence[UploadFile], itemid: int = 0) -> list[dict[str, Any]]:
+        """Store ``files`` in the token user's draft area through ``upload.php``; ``itemid`` 0 starts a new one.
+
+        The body is streamed from each file object, so a large file is never held in memory. Moodle's answer
+        is one entry per file; an entry may be a per-file error, which the caller must look at.
+        """
+
+        def body() -> tuple[MultipartEncoder, dict[str, str]]:
+            fields: list[tuple[str, Any]] = [("token", self._token), ("itemid", str(itemid)), ("filepath", "/")]
+            for number, upload in enumerate(files, start=1):
+                upload.stream.seek(0)
+                fields.append((f"file_{number}", (upload.filename, upload.stream, upload.content_type)))
+            encoder = MultipartEncoder(fields)
+            return encoder, {"Content-Type": encoder.content_type}
+
+        with self._recorded(UPLOAD_FUNCTION, {"files": files, "itemid": itemid}, 3 + len(files)) as record:
+            answer = self._parse(
+                UPLOAD_FUNCTION, self._send_with_retries(UPLOAD_FUNCTION, self._upload_url, body, record)
+            )
+        if not isinstance(answer, list) or not all(isinstance(entry, dict) for entry in answer):
+            raise _bad_response(UPLOAD_FUNCTION, 200, "Moodle's upload.php answered something other than a file list")
+        return answer
+
     # -- one logical call -------------------------------------------------------------------------
 
     def _remember_functions(self, info: Mapping[str, Any]) -> None:
@@ -162,16 +211,23 @@ class MoodleService:
     def _call(self, function: str, params: Mapping[str, Any]) -> Any:
         form = [("wstoken", self._token), ("wsfunction", function), ("moodlewsrestformat", "json")]
         form += encode_params(params)
+        with self._recorded(function, params, len(form) - 3) as record:
+            answer = self._send_with_retries(function, self._endpoint, lambda: (form, {}), record)
+            return self._parse(function, answer)
+
+    @contextmanager
+    def _recorded(self, function: str, params: Mapping[str, Any], fields: int) -> Iterator[CallRecord]:
+        """Account one logical call for the request's summary line and, with MOODLE_DEBUG, its own line."""
         record = CallRecord(function)
         call_log = _call_log.get()
         if call_log is not None:
             call_log.calls.append(record)
         started = self._clock()
+        record.deadline = started + self._timeout_s
         outcome = "error"
         try:
-            result = self._send_with_retries(function, form, record, started + self._timeout_s)
+            yield record
             outcome = "ok"
-            return result
         finally:
             record.ms = round((self._clock() - started) * 1000, 1)
             if self._debug:
@@ -179,32 +235,36 @@ class MoodleService:
                     "moodle.call",
                     function=function,
                     param_names=sorted(params),
-                    fields=len(form) - 3,
+                    fields=fields,
                     ms=record.ms,
                     attempts=record.attempts,
                     outcome=outcome,
                 )
 
     def _send_with_retries(
-        self, function: str, form: list[tuple[str, str]], record: CallRecord, deadline: float
-    ) -> Any:
+        self, function: str, url: str, body: Callable[[], tuple[Any, dict[str, str]]], record: CallRecord
+    ) -> requests.Response:
         read_only = function in READ_ONLY_FUNCTIONS
         while True:
             record.attempts += 1
-            answer = self._try_once(form, deadline - self._clock())
+            data, headers = body()
+            answer = self._try_once(url, data, headers, record.deadline - self._clock())
             if isinstance(answer, requests.Response):
-                return self._parse(function, answer)
+                return answer
             delay = BACKOFF_BASE_S * 2 ** (record.attempts - 1) * self._jitter()
             may_retry = read_only or not answer.sent
-            if not may_retry or record.attempts > self._max_retries or self._clock() + delay >= deadline:
+            if not may_retry or record.attempts > self._max_retries or self._clock() + delay >= record.deadline:
                 raise _failure_error(function, answer, read_only)
             self._sleep(delay)
 
-    def _try_once(self, form: list[tuple[str, str]], remaining: float) -> requests.Response | _TransportFailure:
+    def _try_once(
+        self, url: str, data: Any, headers: dict[str, str], remaining: float
+    ) -> requests.Response | _TransportFailure:
         try:
             response = self._session().post(
-                self._endpoint,
-                data=form,
+                url,
+                data=data,
+                headers=headers,
                 timeout=(min(remaining, MAX_CONNECT_TIMEOUT_S), remaining),
                 allow_redirects=False,
             )
@@ -246,7 +306,7 @@ class MoodleService:
                 f"Moodle answered HTTP {status} with a body that is not JSON; "
                 "check MOODLE_BASE_URL and that the REST protocol is enabled",
             ) from None
-        if isinstance(body, dict) and "exception" in body:
+        if is_moodle_error(body):
             raise error_from_moodle(body, function, (self._token,), _retry_after(response))
         if status != 200:
             raise _bad_response(function, status, f"Moodle answered HTTP {status}")

@@ -34,3 +34,35 @@ def _encode(name: str, value: Any, pairs: list[tuple[str, str]]) -> None:
             _encode(f"{name}[{index}]", item, pairs)
     else:
         raise TypeError(f"cannot encode {type(value).__name__} for Moodle parameter {name!r}")
+
+
+# wstoken, wsfunction and moodlewsrestformat take three of the server's max_input_vars.
+RESERVED_INPUT_VARS = 3
+
+
+class BatchTooLarge(ValueError):
+    """One item alone needs more form fields than the Moodle server accepts."""
+
+
+def split_by_input_vars(
+    name: str, items: list[Any], other_params: Mapping[str, Any], max_input_vars: int
+) -> list[range]:
+    """Split ``items`` (the list param ``name``) into consecutive runs whose call fits ``max_input_vars``.
+
+    PHP silently drops every form variable past ``max_input_vars``, so a call that does not fit is not
+    refused: Moodle acts on the part it kept and answers success. Each run is sent as its own call.
+    """
+    budget = max_input_vars - RESERVED_INPUT_VARS - len(encode_params(other_params))
+    runs: list[range] = []
+    start, used = 0, 0
+    for index, item in enumerate(items):
+        fields = len(encode_params({name: [item]}))
+        if fields > budget:
+            raise BatchTooLarge(f"{name}[{index}] needs {fields} form fields; the Moodle server accepts {budget}")
+        if used + fields > budget:
+            runs.append(range(start, index))
+            start, used = index, 0
+        used += fields
+    if start < len(items):
+        runs.append(range(start, len(items)))
+    return runs

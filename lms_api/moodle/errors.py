@@ -12,7 +12,20 @@ from lms_api.errors import ApiError
 DEFAULT_RETRY_AFTER_S = 30
 
 _STATUS_BY_ERRORCODE = {
-    **dict.fromkeys(("invalidparameter", "errorinvalidparam", "missingparam", "codingerror"), 400),
+    **dict.fromkeys(
+        (
+            "invalidparameter",
+            "errorinvalidparam",
+            "missingparam",
+            "codingerror",
+            "enddatebeforestartdate",
+            "guestsarenotallowed",
+            "nofile",
+            "upload_error_no_file",
+            "upload_error_partial",
+        ),
+        400,
+    ),
     **dict.fromkeys(
         (
             "accessexception",
@@ -21,11 +34,29 @@ _STATUS_BY_ERRORCODE = {
             "requireloginerror",
             "restrictedcontextexception",
             "wsusercannotassign",
+            "wscannotenrol",
+            "errorcoursecontextnotvalid",
         ),
         403,
     ),
-    **dict.fromkeys(("invalidrecord", "invalidrecordunknown", "invaliduser", "invalidcourseid", "filenotfound"), 404),
-    **dict.fromkeys(("shortnametaken", "courseidnumbertaken", "filenameexist"), 409),
+    **dict.fromkeys(
+        # errorcatcontextnotvalid: create_courses wraps a missing (or hidden) category in it.
+        (
+            "invalidrecord",
+            "invalidrecordunknown",
+            "invaliduser",
+            "invalidcourseid",
+            "filenotfound",
+            "errorcatcontextnotvalid",
+        ),
+        404,
+    ),
+    **dict.fromkeys(
+        ("shortnametaken", "courseidnumbertaken", "filenameexist", "userdeleted", "usernotconfirmed", "wsnoinstance"),
+        409,
+    ),
+    **dict.fromkeys(("fileoversized", "userquotalimit", "upload_error_ini_size", "upload_error_form_size"), 413),
+    "manualpluginnotinstalled": 501,
     **dict.fromkeys(("sitemaintenance", "upgraderunning"), 503),
     # The gateway's own Moodle credential was refused: an operator's problem, not the caller's (401 is theirs).
     "invalidtoken": 502,
@@ -62,13 +93,19 @@ def retry_after_header(seconds: int | None) -> dict[str, str]:
     return {"Retry-After": str(DEFAULT_RETRY_AFTER_S if seconds is None else seconds)}
 
 
+def is_moodle_error(body: Any) -> bool:
+    """REST errors carry ``exception``; upload.php and the other AJAX scripts answer ``{"error", "errorcode"}``."""
+    return isinstance(body, dict) and ("exception" in body or ("errorcode" in body and "error" in body))
+
+
 def error_from_moodle(
     body: Mapping[str, Any],
     function: str,
     secrets: Iterable[str],
     retry_after_s: int | None = None,
 ) -> MoodleError:
-    """Build the gateway error for Moodle's ``{"exception", "errorcode", "message"}`` body.
+    """Build the gateway error for Moodle's ``{"exception", "errorcode", "message"}`` body (or upload.php's
+    ``{"error", "errorcode"}``).
 
     ``debuginfo`` is never passed on, not even where debug mode repeats it inside ``message``: it echoes the
     values that were sent. An errorcode that is not an identifier (Moodle puts the password policy's HTML
@@ -81,7 +118,8 @@ def error_from_moodle(
     if errorcode == "invalidtoken":
         message = CREDENTIAL_REFUSED_MESSAGE
     else:
-        message = _without_debuginfo(str(body.get("message") or ""), body.get("debuginfo"))
+        text = body.get("message") if "exception" in body else body.get("error")
+        message = _without_debuginfo(str(text or ""), body.get("debuginfo"))
         message = redact(message, secrets) or "Moodle reported an error"
     headers = retry_after_header(retry_after_s) if status == 503 else {}
     return MoodleError(status, errorcode, message, {"function": function}, headers)
@@ -94,12 +132,34 @@ def _without_debuginfo(message: str, debuginfo: Any) -> str:
     return message
 
 
-def function_not_available(function: str) -> MoodleError:
+def function_not_available(function: str, remedy: str = "") -> MoodleError:
     return MoodleError(
         501,
         "functionnotavailable",
-        f"The Moodle web-service function {function} is not available to the gateway's token. A Moodle "
+        f"The Moodle web-service function {function} is not available to the gateway's token. {remedy}A Moodle "
         "administrator can add it under Site administration > Server > Web services > External services > "
         "(the token's service) > Functions.",
         {"function": function},
     )
+
+
+def unexpected_answer(function: str) -> MoodleError:
+    return MoodleError(
+        502, "badresponse", f"Moodle's answer to {function} has an unexpected shape", {"function": function}
+    )
+
+
+def expect_object(answer: Any, function: str) -> dict[str, Any]:
+    """``answer`` if it is a JSON object; a 502 otherwise, so a changed Moodle never causes a 500."""
+    if not isinstance(answer, dict):
+        raise unexpected_answer(function)
+    return answer
+
+
+def expect_list(answer: Any, function: str, *, key: str | None = None) -> list[dict[str, Any]]:
+    """``answer`` if it is a list of objects (each with ``key`` when given); a 502 otherwise."""
+    if not isinstance(answer, list) or not all(
+        isinstance(item, dict) and (key is None or key in item) for item in answer
+    ):
+        raise unexpected_answer(function)
+    return answer

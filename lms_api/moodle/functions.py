@@ -1,6 +1,8 @@
 """Moodle web-service function names the gateway uses, and which of them are safe to retry."""
 
 SITE_INFO = "core_webservice_get_site_info"
+# Not a web-service function: upload.php is its own script; the name labels its calls in logs and errors.
+UPLOAD_FUNCTION = "upload.php"
 
 # Only these are retried after a transport failure: calling them twice changes nothing in Moodle.
 # Any function missing from this list is treated as a write and never sent twice.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import RAISE, Schema
+from marshmallow import RAISE, Schema, ValidationError, fields
 from pyramid.request import Request
 
 from lms_api.errors import ApiError
@@ -23,11 +23,26 @@ class ResponseSchema(Schema):
 
 def load_query(request: Request, schema: RequestSchema) -> dict[str, Any]:
     """Validate the query string; a repeated parameter is kept as a list for the schema to refuse."""
-    query: dict[str, Any] = {}
-    for name in request.GET:
-        values = request.GET.getall(name)
-        query[name] = values[0] if len(values) == 1 else values
-    return schema.load(query)
+    return schema.load(_as_dict(request.GET))
+
+
+def load_multipart(request: Request, schema: RequestSchema) -> dict[str, Any]:
+    """Validate a ``multipart/form-data`` body; file parts stay file objects (spooled to disk when large)."""
+    if request.content_type != "multipart/form-data":
+        raise ApiError(415, "unsupportedmediatype", "This route takes a multipart/form-data body")
+    return schema.load(_as_dict(request.POST))
+
+
+def load_matchdict(request: Request, schema: RequestSchema) -> dict[str, Any]:
+    return schema.load(dict(request.matchdict or {}))
+
+
+def _as_dict(multidict: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name in multidict:
+        found = multidict.getall(name)
+        values[name] = found[0] if len(found) == 1 else found
+    return values
 
 
 def load_json_body(request: Request, schema: RequestSchema) -> dict[str, Any]:
@@ -38,3 +53,46 @@ def load_json_body(request: Request, schema: RequestSchema) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ApiError(400, "invalidjson", "The request body must be a JSON object")
     return schema.load(body)
+
+
+def not_blank(value: str) -> None:
+    if not value.strip():
+        raise ValidationError("Must not be blank")
+
+
+class Flag(fields.Field):
+    """A yes/no input: JSON ``true``/``false`` or Moodle's ``1``/``0``; nothing else (no "yes", no 2, no 1.0)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if type(value) in (bool, int) and value in (0, 1):
+            return bool(value)
+        raise ValidationError("Must be true, false, 1 or 0")
+
+
+class CommaSeparated(fields.Field):
+    """``a,b,c`` in a query string, each item loaded by ``item``; blanks around items are dropped."""
+
+    def __init__(self, item: fields.Field, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.item = item
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[Any]:
+        if not isinstance(value, str):
+            raise ValidationError("Give the values once, separated by commas")
+        items = [part.strip() for part in value.split(",")]
+        if any(not part for part in items):
+            raise ValidationError("Empty value in the comma-separated list")
+        loaded, problems = [], {}
+        for index, part in enumerate(items):
+            try:
+                loaded.append(self.item.deserialize(part))
+            except ValidationError as error:
+                problems[index] = error.messages
+        if problems:
+            raise ValidationError(problems)
+        return loaded
+
+
+def strict_int(**kwargs: Any) -> fields.Integer:
+    """An integer field for JSON bodies: ``1.5``, ``"1"`` and ``true`` are refused, not coerced."""
+    return fields.Integer(strict=True, **kwargs)

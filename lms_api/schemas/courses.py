@@ -1,0 +1,97 @@
+"""Courses: listing query, create and update bodies, and the one course shape every course route answers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import ValidationError, fields, post_load, validate, validates_schema
+
+from lms_api.schemas.base import Flag, RequestSchema, ResponseSchema, not_blank, strict_int
+
+MAX_PERPAGE = 200
+# Moodle's column sizes (course.fullname 1333, shortname 255, idnumber 100).
+FULLNAME_MAX, SHORTNAME_MAX, IDNUMBER_MAX = 1333, 255, 100
+# FORMAT_MOODLE, FORMAT_HTML, FORMAT_PLAIN, FORMAT_MARKDOWN
+SUMMARY_FORMATS = (0, 1, 2, 4)
+
+
+class CoursesQuery(RequestSchema):
+    search = fields.String(validate=validate.Length(min=1, max=255))
+    category = fields.Integer(validate=validate.Range(min=1))
+    page = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    perpage = fields.Integer(load_default=50, validate=validate.Range(min=1, max=MAX_PERPAGE))
+
+    @post_load
+    def _trim_search(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        if "search" in data:
+            data["search"] = data["search"].strip()
+            if not data["search"]:
+                raise ValidationError({"search": ["Search text must not be blank"]})
+        return data
+
+
+class CoursePath(RequestSchema):
+    course_id = fields.Integer(required=True, validate=validate.Range(min=1))
+
+
+class CourseFields(RequestSchema):
+    """The course fields a caller may set; Moodle's own validation runs again on its side."""
+
+    fullname = fields.String(validate=[validate.Length(max=FULLNAME_MAX), not_blank])
+    shortname = fields.String(validate=[validate.Length(max=SHORTNAME_MAX), not_blank])
+    categoryid = strict_int(validate=validate.Range(min=1))
+    summary = fields.String()
+    summaryformat = strict_int(validate=validate.OneOf(SUMMARY_FORMATS))
+    format = fields.String(validate=validate.Regexp(r"^[a-z][a-z0-9_]{0,20}$", error="Not a course format name"))
+    visible = Flag()
+    startdate = strict_int(validate=validate.Range(min=0))
+    enddate = strict_int(validate=validate.Range(min=0))
+    idnumber = fields.String(validate=validate.Length(max=IDNUMBER_MAX))
+
+    @validates_schema
+    def _dates_in_order(self, data: dict[str, Any], **kwargs: Any) -> None:
+        start, end = data.get("startdate"), data.get("enddate")
+        if start is not None and end and end < start:
+            raise ValidationError("Must not be before startdate", "enddate")
+
+
+class CourseCreate(CourseFields):
+    fullname = fields.String(required=True, validate=[validate.Length(max=FULLNAME_MAX), not_blank])
+    shortname = fields.String(required=True, validate=[validate.Length(max=SHORTNAME_MAX), not_blank])
+    categoryid = strict_int(required=True, validate=validate.Range(min=1))
+
+
+class CourseUpdate(CourseFields):
+    @validates_schema
+    def _something_to_change(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if not data:
+            raise ValidationError(f"Give at least one of: {', '.join(sorted(CourseFields._declared_fields))}")
+
+
+class CourseSchema(ResponseSchema):
+    """Every course route answers these fields; one Moodle did not give is ``null``."""
+
+    id = fields.Integer()
+    shortname = fields.String(dump_default=None)
+    fullname = fields.String(dump_default=None)
+    displayname = fields.String(dump_default=None)
+    categoryid = fields.Integer(dump_default=None)
+    summary = fields.String(dump_default=None)
+    summaryformat = fields.Integer(dump_default=None)
+    format = fields.String(dump_default=None)
+    startdate = fields.Integer(dump_default=None)
+    enddate = fields.Integer(dump_default=None)
+    visible = fields.Integer(dump_default=None)
+    idnumber = fields.String(dump_default=None)
+
+
+class CourseListSchema(ResponseSchema):
+    courses = fields.List(fields.Nested(CourseSchema))
+    total = fields.Integer()
+    page = fields.Integer()
+    perpage = fields.Integer()
+
+
+class CreatedCourseSchema(ResponseSchema):
+    id = fields.Integer()
+    shortname = fields.String()

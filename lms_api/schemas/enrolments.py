@@ -1,0 +1,50 @@
+"""Manual enrolments: each one's role (an id or a role name), user, course and optional dates."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from marshmallow import ValidationError, fields, validate, validates_schema
+
+from lms_api.schemas.base import Flag, RequestSchema, ResponseSchema, strict_int
+
+MAX_ENROLMENTS = 10000
+_ROLE_NAME = re.compile(r"[a-z][a-z0-9_]{0,99}")
+
+
+class Role(fields.Field):
+    """A Moodle role id, or a role name the gateway maps to one (``student``, ``teacher``, ...)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int | str:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+        if isinstance(value, str) and _ROLE_NAME.fullmatch(value):
+            return value
+        raise ValidationError("A role id (a positive integer) or a role name such as 'student'")
+
+
+class EnrolmentSchema(RequestSchema):
+    roleid = Role(required=True)
+    userid = strict_int(required=True, validate=validate.Range(min=1))
+    courseid = strict_int(required=True, validate=validate.Range(min=1))
+    timestart = strict_int(validate=validate.Range(min=0))
+    timeend = strict_int(validate=validate.Range(min=0))
+    suspend = Flag()
+
+    @validates_schema
+    def _dates_in_order(self, data: dict[str, Any], **kwargs: Any) -> None:
+        start, end = data.get("timestart"), data.get("timeend")
+        if start is not None and end and end < start:
+            raise ValidationError("Must not be before timestart", "timeend")
+
+
+class EnrolBody(RequestSchema):
+    enrolments = fields.List(
+        fields.Nested(EnrolmentSchema), required=True, validate=validate.Length(min=1, max=MAX_ENROLMENTS)
+    )
+
+
+class EnrolResultSchema(ResponseSchema):
+    enrolled = fields.Integer()
+    calls = fields.Integer()

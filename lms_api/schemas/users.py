@@ -1,0 +1,55 @@
+"""Users by field: which field, which values, and the user fields that leave the gateway."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import ValidationError, fields, post_load, validate
+
+from lms_api.schemas.base import CommaSeparated, RequestSchema, ResponseSchema
+from lms_api.services.users import USER_FIELDS
+
+MAX_VALUES = 1000
+
+
+class UsersByFieldQuery(RequestSchema):
+    field = fields.String(required=True, validate=validate.OneOf(USER_FIELDS))
+    values = CommaSeparated(fields.String(validate=validate.Length(max=255)), required=True)
+
+    @post_load
+    def _typed_values(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        values = data["values"]
+        if len(values) > MAX_VALUES:
+            raise ValidationError({"values": [f"At most {MAX_VALUES} values per request"]})
+        if data["field"] == "id":
+            bad = [value for value in values if not value.isascii() or not value.isdigit() or int(value) < 1]
+            if bad:
+                raise ValidationError({"values": [f"User ids must be positive integers: {', '.join(bad)}"]})
+            data["values"] = [int(value) for value in values]
+        return data
+
+
+class UserSchema(ResponseSchema):
+    id = fields.Integer()
+    username = fields.String()
+    firstname = fields.String()
+    lastname = fields.String()
+    fullname = fields.String()
+    email = fields.String()
+    idnumber = fields.String()
+    department = fields.String()
+    institution = fields.String()
+    auth = fields.String()
+    suspended = fields.Boolean()
+    confirmed = fields.Boolean()
+    lang = fields.String()
+    timezone = fields.String()
+    firstaccess = fields.Integer()
+    lastaccess = fields.Integer()
+    profileimageurl = fields.String()
+    profileimageurlsmall = fields.String()
+
+
+class UsersByFieldSchema(ResponseSchema):
+    users = fields.List(fields.Nested(UserSchema))
+    missing = fields.List(fields.Raw())

@@ -1,0 +1,126 @@
+"""Courses: one listing shape over three Moodle functions, create, read one, and update with read-back."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from lms_api.errors import ApiError
+from lms_api.moodle.client import MoodleService
+from lms_api.moodle.errors import MoodleError, expect_list, expect_object, status_for_errorcode, unexpected_answer
+
+GET_COURSES = "core_course_get_courses"
+GET_COURSES_BY_FIELD = "core_course_get_courses_by_field"
+SEARCH_COURSES = "core_course_search_courses"
+CREATE_COURSES = "core_course_create_courses"
+UPDATE_COURSES = "core_course_update_courses"
+
+SITE_FORMAT = "site"  # the front-page course every Moodle has; never a course a caller means
+
+
+def list_courses(
+    moodle: MoodleService, *, search: str | None = None, category: int | None = None, page: int = 0, perpage: int = 50
+) -> dict[str, Any]:
+    """Courses matching ``search`` and/or in ``category``, page ``page`` (0-based) of ``perpage``.
+
+    ``total`` counts every match before paging. Search results carry only Moodle's public course fields,
+    so the page's courses are read again by id to give every listing the same fields.
+    """
+    if search is None:
+        if category is None:
+            matches = [
+                course
+                for course in expect_list(moodle.call(GET_COURSES), GET_COURSES, key="id")
+                if not _is_site(course)
+            ]
+        else:
+            matches = _by_field(moodle, "category", str(category))
+        start = page * perpage
+        return _listing(matches[start : start + perpage], len(matches), page, perpage)
+
+    criteria = {"criterianame": "search", "criteriavalue": search}
+    if category is None:
+        found = expect_object(
+            moodle.call(SEARCH_COURSES, {**criteria, "page": page, "perpage": perpage}), SEARCH_COURSES
+        )
+        page_ids, total = (
+            [course["id"] for course in expect_list(found.get("courses"), SEARCH_COURSES, key="id")],
+            found.get("total"),
+        )
+        if not isinstance(total, int):
+            raise unexpected_answer(SEARCH_COURSES)
+    else:
+        found = expect_object(moodle.call(SEARCH_COURSES, {**criteria, "page": 0, "perpage": 0}), SEARCH_COURSES)
+        in_category = [
+            c["id"]
+            for c in expect_list(found.get("courses"), SEARCH_COURSES, key="id")
+            if c.get("categoryid") == category
+        ]
+        page_ids, total = in_category[page * perpage : (page + 1) * perpage], len(in_category)
+    return _listing(courses_by_ids(moodle, page_ids), total, page, perpage)
+
+
+def courses_by_ids(moodle: MoodleService, course_ids: Iterable[int]) -> list[dict[str, Any]]:
+    """The courses with these ids that exist, in the order asked."""
+    wanted = list(dict.fromkeys(course_ids))
+    if not wanted:
+        return []
+    found = {course["id"]: course for course in _by_field(moodle, "ids", ",".join(map(str, wanted)))}
+    return [found[course_id] for course_id in wanted if course_id in found]
+
+
+def get_course(moodle: MoodleService, course_id: int) -> dict[str, Any]:
+    courses = _by_field(moodle, "id", str(course_id))
+    if not courses:
+        raise course_not_found([course_id])
+    return courses[0]
+
+
+def create_course(moodle: MoodleService, fields: Mapping[str, Any]) -> dict[str, Any]:
+    created = expect_list(moodle.call(CREATE_COURSES, {"courses": [dict(fields)]}), CREATE_COURSES)
+    if len(created) != 1 or not isinstance(created[0].get("id"), int):
+        raise unexpected_answer(CREATE_COURSES)
+    return {"id": created[0]["id"], "shortname": created[0].get("shortname", fields["shortname"])}
+
+
+def update_course(moodle: MoodleService, course_id: int, changes: Mapping[str, Any]) -> dict[str, Any]:
+    """Send only ``changes``; Moodle reports a failed update as a warning in a 200, which becomes the error."""
+    answer = expect_object(moodle.call(UPDATE_COURSES, {"courses": [{"id": course_id, **changes}]}), UPDATE_COURSES)
+    for warning in expect_list(answer.get("warnings", []), UPDATE_COURSES):
+        raise _warning_error(warning, course_id, moodle)
+    return get_course(moodle, course_id)
+
+
+def course_not_found(course_ids: list[int]) -> ApiError:
+    names = ", ".join(map(str, course_ids))
+    return ApiError(
+        404,
+        "coursenotfound",
+        f"No course with id {names} in Moodle" if len(course_ids) == 1 else f"No courses with ids {names} in Moodle",
+        {"missing_courses": course_ids},
+    )
+
+
+def _warning_error(warning: Mapping[str, Any], course_id: int, moodle: MoodleService) -> ApiError:
+    code = str(warning.get("warningcode") or "")
+    status = status_for_errorcode(code)
+    if status == 404:
+        return course_not_found([course_id])
+    # Debug mode appends the SQL of the failed query to the message; the first line is the human part.
+    message = moodle.redact(str(warning.get("message") or "").split("\n")[0]) or "Moodle did not update the course"
+    return MoodleError(status, code or "moodlewarning", message, {"function": UPDATE_COURSES, "course_id": course_id})
+
+
+def _by_field(moodle: MoodleService, field: str, value: str) -> list[dict[str, Any]]:
+    answer = expect_object(moodle.call(GET_COURSES_BY_FIELD, {"field": field, "value": value}), GET_COURSES_BY_FIELD)
+    return [
+        course for course in expect_list(answer.get("courses"), GET_COURSES_BY_FIELD, key="id") if not _is_site(course)
+    ]
+
+
+def _listing(courses: list[dict[str, Any]], total: int, page: int, perpage: int) -> dict[str, Any]:
+    return {"courses": courses, "total": total, "page": page, "perpage": perpage}
+
+
+def _is_site(course: Mapping[str, Any]) -> bool:
+    return course.get("format") == SITE_FORMAT

@@ -1,0 +1,115 @@
+"""Files: upload to the token user's draft area through upload.php, then attach a draft item to a course."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from lms_api.errors import ApiError
+from lms_api.moodle.client import MoodleService, UploadFile
+from lms_api.moodle.errors import MoodleError, expect_object, function_not_available, status_for_errorcode
+from lms_api.moodle.functions import UPLOAD_FUNCTION
+from lms_api.settings import DEFAULT_ATTACH_FUNCTION
+
+SYNC_SERVICE_PLUGIN = "https://github.com/lectureStudio/moodle-local_sync_service"
+MIB = 1024 * 1024
+# Room for the multipart boundaries, part headers and small form fields around the files themselves.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+
+
+def refuse_oversized_body(content_length: int | None, max_mb: int) -> None:
+    """413 from the declared length alone, before the body is read: nothing is spooled, nothing sent."""
+    if content_length is not None and content_length > max_mb * MIB + MULTIPART_OVERHEAD_BYTES:
+        raise _too_large(max_mb)
+
+
+def check_sizes(files: Sequence[UploadFile], max_mb: int) -> None:
+    """413 when the files together exceed MOODLE_MAX_UPLOAD_MB; checked before anything is sent to Moodle."""
+    total = 0
+    for upload in files:
+        upload.stream.seek(0, 2)
+        total += upload.stream.tell()
+    if total > max_mb * MIB:
+        raise _too_large(max_mb)
+
+
+def _too_large(max_mb: int) -> ApiError:
+    return ApiError(
+        413,
+        "filetoolarge",
+        f"Uploads are limited to {max_mb} MiB (MOODLE_MAX_UPLOAD_MB)",
+        {"max_bytes": max_mb * MIB},
+    )
+
+
+def upload(moodle: MoodleService, files: Sequence[UploadFile], itemid: int = 0) -> dict[str, Any]:
+    """Upload ``files`` into one draft item; any per-file refusal is an error naming what was stored anyway."""
+    entries = moodle.upload(files, itemid)
+    refused = [entry for entry in entries if "errortype" in entry]
+    stored = [entry for entry in entries if "errortype" not in entry]
+    if refused:
+        raise _refused_file(refused[0], stored)
+    if len(stored) != len(files):
+        raise MoodleError(
+            502,
+            "badresponse",
+            f"Moodle's upload.php stored {len(stored)} of {len(files)} files",
+            {"function": UPLOAD_FUNCTION, "stored": [entry.get("filename") for entry in stored]},
+        )
+    return {"itemid": stored[0].get("itemid"), "files": stored}
+
+
+def _refused_file(entry: dict[str, Any], stored: list[dict[str, Any]]) -> ApiError:
+    # The entry is Moodle's internal record: its filepath is a temporary path on the Moodle server.
+    errortype, filename = str(entry.get("errortype")), str(entry.get("filename"))
+    messages = {
+        "fileoversized": f"{filename} is larger than the Moodle site's maximum upload size",
+        "filenameexist": f"A file named {filename} is already in this draft item",
+    }
+    details: dict[str, Any] = {"function": UPLOAD_FUNCTION, "filename": filename}
+    if stored:
+        details |= {"itemid": stored[0].get("itemid"), "stored": [item.get("filename") for item in stored]}
+    return MoodleError(
+        status_for_errorcode(errortype),
+        errortype if errortype in messages else "uploadrefused",
+        messages.get(errortype, f"Moodle refused {filename} ({errortype})"),
+        details,
+    )
+
+
+def attach(moodle: MoodleService, function: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """Create a file resource in a course from a draft item, with ``function`` (the sync_service plugin's)."""
+    params = {
+        "courseid": fields["courseid"],
+        "sectionnum": fields["section"],
+        "itemid": fields["draftitemid"],
+        "displayname": fields["name"],
+        "visible": "true" if fields["visible"] else "false",  # the plugin hides the module only for 'false'
+    }
+    try:
+        answer = expect_object(moodle.call(function, params), function)
+    except MoodleError as error:
+        if error.code == "functionnotavailable":
+            raise _attach_function_missing(function) from None
+        raise
+    cmid = answer.get("id")
+    if not (isinstance(cmid, int) or (isinstance(cmid, str) and cmid.isdigit())):
+        raise MoodleError(502, "badresponse", f"{function} did not answer a course module id", {"function": function})
+    return {
+        "cmid": int(cmid),
+        "courseid": fields["courseid"],
+        "section": fields["section"],
+        "name": fields["name"],
+        "visible": fields["visible"],
+    }
+
+
+def _attach_function_missing(function: str) -> MoodleError:
+    remedy = (
+        f"Moodle core has no web-service function that creates a file resource: install the local_sync_service "
+        f"plugin ({SYNC_SERVICE_PLUGIN}), which provides it, or set MOODLE_ATTACH_FUNCTION to a function "
+        "with the same parameters. "
+        if function == DEFAULT_ATTACH_FUNCTION
+        else "It is set by MOODLE_ATTACH_FUNCTION. "
+    )
+    return function_not_available(function, remedy)

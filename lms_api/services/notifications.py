@@ -1,0 +1,58 @@
+"""Popup notifications of one Moodle user: the caller's own, or anyone's with ``admin``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lms_api.errors import ApiError
+from lms_api.moodle.client import MoodleService
+from lms_api.moodle.errors import expect_list, expect_object, unexpected_answer
+from lms_api.security import Identity, Scope
+
+GET_POPUP_NOTIFICATIONS = "message_popup_get_popup_notifications"
+GET_UNREAD_COUNT = "message_popup_get_unread_popup_notification_count"
+
+
+def notification_user(identity: Identity, userid: int | None) -> int:
+    """Whose notifications: ``userid`` or the token's ``moodle_userid``; anyone else's needs ``admin``.
+
+    Checked before Moodle is called: the gateway's Moodle token can read every user's notifications.
+    """
+    if userid is None:
+        if identity.moodle_userid is None:
+            raise ApiError(
+                400,
+                "validationerror",
+                "Invalid input: userid",
+                {"fields": {"userid": ["Required: this token has no moodle_userid claim to default to"]}},
+            )
+        return identity.moodle_userid
+    if userid != identity.moodle_userid and not identity.has_scope(Scope.ADMIN):
+        raise ApiError(
+            403,
+            "forbidden",
+            "Reading another user's notifications needs the admin scope",
+            {"required_scope": Scope.ADMIN.value},
+        )
+    return userid
+
+
+def notifications(moodle: MoodleService, userid: int, limit: int, offset: int) -> dict[str, Any]:
+    answer = expect_object(
+        moodle.call(
+            GET_POPUP_NOTIFICATIONS, {"useridto": userid, "newestfirst": True, "limit": limit, "offset": offset}
+        ),
+        GET_POPUP_NOTIFICATIONS,
+    )
+    unread = answer.get("unreadcount")
+    if not isinstance(unread, int):
+        raise unexpected_answer(GET_POPUP_NOTIFICATIONS)
+    found = expect_list(answer.get("notifications"), GET_POPUP_NOTIFICATIONS, key="id")
+    return {"userid": userid, "notifications": found, "unreadcount": unread, "limit": limit, "offset": offset}
+
+
+def unread_count(moodle: MoodleService, userid: int) -> dict[str, Any]:
+    count = moodle.call(GET_UNREAD_COUNT, {"useridto": userid})
+    if isinstance(count, bool) or not isinstance(count, int):  # Moodle answers a bare integer
+        raise unexpected_answer(GET_UNREAD_COUNT)
+    return {"userid": userid, "count": count}

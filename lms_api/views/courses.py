@@ -1,0 +1,44 @@
+from typing import Any
+
+from pyramid.request import Request
+
+from lms_api.schemas.base import load_json_body, load_matchdict, load_query
+from lms_api.schemas.courses import (
+    CourseCreate,
+    CourseListSchema,
+    CoursePath,
+    CourseSchema,
+    CoursesQuery,
+    CourseUpdate,
+    CreatedCourseSchema,
+)
+from lms_api.security import Scope
+from lms_api.services import courses
+from lms_api.views import api_view
+
+_query, _create, _update, _path = CoursesQuery(), CourseCreate(), CourseUpdate(), CoursePath()
+_listing, _course, _created = CourseListSchema(), CourseSchema(), CreatedCourseSchema()
+
+
+@api_view(route_name="api.moodle.courses", request_method="GET", permission=Scope.COURSES_READ)
+def list_courses(request: Request) -> dict[str, Any]:
+    return _listing.dump(courses.list_courses(request.moodle, **load_query(request, _query)))
+
+
+@api_view(route_name="api.moodle.courses", request_method="POST", permission=Scope.COURSES_WRITE)
+def create_course(request: Request) -> dict[str, Any]:
+    created = courses.create_course(request.moodle, load_json_body(request, _create))
+    request.response.status = 201
+    request.response.location = request.route_url("api.moodle.course", course_id=created["id"])
+    return _created.dump(created)
+
+
+@api_view(route_name="api.moodle.course", request_method="GET", permission=Scope.COURSES_READ)
+def get_course(request: Request) -> dict[str, Any]:
+    return _course.dump(courses.get_course(request.moodle, load_matchdict(request, _path)["course_id"]))
+
+
+@api_view(route_name="api.moodle.course", request_method="PATCH", permission=Scope.COURSES_WRITE)
+def update_course(request: Request) -> dict[str, Any]:
+    course_id = load_matchdict(request, _path)["course_id"]
+    return _course.dump(courses.update_course(request.moodle, course_id, load_json_body(request, _update)))

@@ -1,0 +1,19 @@
+from typing import Any
+
+from pyramid.request import Request
+
+from lms_api.schemas.base import load_json_body
+from lms_api.schemas.enrolments import EnrolBody, EnrolResultSchema
+from lms_api.security import Scope
+from lms_api.services import enrolments
+from lms_api.views import api_view
+
+_body, _result = EnrolBody(), EnrolResultSchema()
+
+
+@api_view(route_name="api.moodle.enrol", request_method="POST", permission=Scope.ENROL_WRITE)
+def enrol(request: Request) -> dict[str, Any]:
+    wanted = enrolments.resolve_roles(
+        load_json_body(request, _body)["enrolments"], request.lms_settings.moodle_role_ids
+    )
+    return _result.dump(enrolments.enrol(request.moodle, wanted))

@@ -1,0 +1,29 @@
+from typing import Any
+
+from pyramid.request import Request
+
+from lms_api.schemas.base import load_json_body, load_multipart
+from lms_api.schemas.files import AttachBody, AttachedSchema, UploadForm, UploadSchema
+from lms_api.security import Scope
+from lms_api.services import files
+from lms_api.views import api_view
+
+_form, _attach = UploadForm(), AttachBody()
+_uploaded, _attached = UploadSchema(), AttachedSchema()
+
+
+@api_view(route_name="api.moodle.files.upload", request_method="POST", permission=Scope.FILES_WRITE)
+def upload(request: Request) -> dict[str, Any]:
+    max_mb = request.lms_settings.moodle_max_upload_mb
+    files.refuse_oversized_body(request.content_length, max_mb)
+    form = load_multipart(request, _form)
+    files.check_sizes(form["file"], max_mb)
+    request.response.status = 201
+    return _uploaded.dump(files.upload(request.moodle, form["file"], form["itemid"]))
+
+
+@api_view(route_name="api.moodle.files.attach", request_method="POST", permission=Scope.FILES_WRITE)
+def attach(request: Request) -> dict[str, Any]:
+    body = load_json_body(request, _attach)
+    request.response.status = 201
+    return _attached.dump(files.attach(request.moodle, request.lms_settings.moodle_attach_function, body))

@@ -1,0 +1,30 @@
+from typing import Any
+
+from pyramid.request import Request
+
+from lms_api.schemas.base import load_query
+from lms_api.schemas.notifications import (
+    NotificationsQuery,
+    NotificationsSchema,
+    UnreadCountQuery,
+    UnreadCountSchema,
+)
+from lms_api.security import Scope
+from lms_api.services import notifications
+from lms_api.views import api_view
+
+_list_query, _count_query = NotificationsQuery(), UnreadCountQuery()
+_listing, _count = NotificationsSchema(), UnreadCountSchema()
+
+
+@api_view(route_name="api.moodle.notifications", request_method="GET", permission=Scope.NOTIFICATIONS_READ)
+def list_notifications(request: Request) -> dict[str, Any]:
+    query = load_query(request, _list_query)
+    userid = notifications.notification_user(request.identity, query.get("userid"))
+    return _listing.dump(notifications.notifications(request.moodle, userid, query["limit"], query["offset"]))
+
+
+@api_view(route_name="api.moodle.notifications.unread_count", request_method="GET", permission=Scope.NOTIFICATIONS_READ)
+def unread_count(request: Request) -> dict[str, Any]:
+    userid = notifications.notification_user(request.identity, load_query(request, _count_query).get("userid"))
+    return _count.dump(notifications.unread_count(request.moodle, userid))
