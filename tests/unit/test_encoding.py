@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from lms_api.moodle.encoding import encode_params
+from lms_api.moodle.encoding import BatchTooLarge, encode_params, split_by_input_vars
 
 
 def test_flat_scalars_become_strings():
@@ -95,3 +95,54 @@ def test_order_is_preserved():
 def test_unsupported_type_raises_type_error_naming_the_parameter(value):
     with pytest.raises(TypeError, match=r"for Moodle parameter 'courses\[0\]\[x\]'"):
         encode_params({"courses": [{"x": value}]})
+
+
+def enrolment(user, **extra):
+    return {"roleid": 5, "userid": user, "courseid": 2, **extra}
+
+
+def test_a_batch_that_fits_is_one_run():
+    items = [enrolment(user) for user in range(10)]
+
+    assert split_by_input_vars("enrolments", items, {}, 5000) == [range(0, 10)]
+
+
+def test_runs_fill_the_budget_left_after_the_three_reserved_fields():
+    # 12 vars - 3 reserved = 9 fields = three enrolments of three fields each.
+    items = [enrolment(user) for user in range(7)]
+
+    assert split_by_input_vars("enrolments", items, {}, 12) == [range(0, 3), range(3, 6), range(6, 7)]
+
+
+def test_items_of_different_sizes_and_other_params_count():
+    items = [enrolment(1, timestart=1, timeend=2, suspend=0), enrolment(2), enrolment(3)]
+
+    # 13 - 3 reserved - 1 for "field" = 9: the six-field item and one three-field item share a run.
+    assert split_by_input_vars("enrolments", items, {"field": "x"}, 13) == [range(0, 2), range(2, 3)]
+
+
+def test_every_item_lands_in_exactly_one_run_in_order():
+    items = [enrolment(user, **({"timeend": 9} if user % 3 else {})) for user in range(1000)]
+
+    runs = split_by_input_vars("enrolments", items, {}, 5000)
+
+    assert [index for run in runs for index in run] == list(range(1000))
+    for run in runs:
+        assert len(encode_params({"enrolments": items[run.start : run.stop]})) <= 5000 - 3
+
+
+def test_the_real_moodle_case_of_1800_enrolments_needs_two_calls():
+    items = [enrolment(user) for user in range(1800)]
+
+    runs = split_by_input_vars("enrolments", items, {}, 5000)
+
+    assert [len(run) for run in runs] == [1665, 135]
+
+
+def test_an_item_too_big_for_any_call_is_refused():
+    with pytest.raises(BatchTooLarge, match=r"enrolments\[0\] needs 6 form fields"):
+        split_by_input_vars("enrolments", [enrolment(1, timestart=1, timeend=2, suspend=0)], {}, 8)
+
+
+def test_no_items_no_runs():
+    assert split_by_input_vars("values", [], {"field": "id"}, 5000) == []

@@ -133,51 +133,6 @@ def assert_token_absent(error: MoodleError) -> None:
         assert TOKEN not in text
 
 
-# -- fixtures --------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def clock():
-    return FakeClock()
-
-
-@pytest.fixture
-def sleeps():
-    return []
-
-
-@pytest.fixture
-def make_service(clock, sleeps):
-    def fake_sleep(seconds):
-        sleeps.append(seconds)
-        clock.advance(seconds)
-
-    def make(**overrides):
-        options = {
-            "timeout_s": 2.0,
-            "max_retries": 2,
-            "functions_ttl_s": 300,
-            "sleep": fake_sleep,
-            "clock": clock,
-            "jitter": lambda: 1.0,
-            **overrides,
-        }
-        return MoodleService(BASE_URL, TOKEN, **options)
-
-    return make
-
-
-@pytest.fixture
-def service(make_service):
-    return make_service()
-
-
-@pytest.fixture
-def rsps():
-    with responses.RequestsMock() as mock:
-        yield mock
-
-
 def test_test_functions_are_classified_as_assumed():
     assert READ_FN in READ_ONLY_FUNCTIONS
     assert SITE_INFO in READ_ONLY_FUNCTIONS

@@ -1,0 +1,49 @@
+"""Fixtures for MoodleService tests against a mocked Moodle (``responses``) with a fake clock."""
+
+import pytest
+import responses
+
+from lms_api.moodle.client import MoodleService
+from tests.unit.test_moodle_client import BASE_URL, TOKEN, FakeClock
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def sleeps():
+    return []
+
+
+@pytest.fixture
+def make_service(clock, sleeps):
+    def fake_sleep(seconds):
+        sleeps.append(seconds)
+        clock.advance(seconds)
+
+    def make(**overrides):
+        options = {
+            "timeout_s": 2.0,
+            "max_retries": 2,
+            "functions_ttl_s": 300,
+            "sleep": fake_sleep,
+            "clock": clock,
+            "jitter": lambda: 1.0,
+            **overrides,
+        }
+        return MoodleService(BASE_URL, TOKEN, **options)
+
+    return make
+
+
+@pytest.fixture
+def service(make_service):
+    return make_service()
+
+
+@pytest.fixture
+def rsps():
+    with responses.RequestsMock() as mock:
+        yield mock
