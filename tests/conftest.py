@@ -4,10 +4,12 @@ import time
 
 import jwt
 import pytest
+import requests
 import structlog
 import webtest
 
 from lms_api.config import make_app
+from lms_api.moodle.encoding import encode_params
 from lms_api.sandbox.server import Fault, start_sandbox
 from lms_api.settings import load_settings
 
@@ -27,6 +29,21 @@ def sandbox():
     server = start_sandbox()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def make_sandbox():
+    """Sandboxes with their own options (service functions, max_input_vars, ...), stopped after the test."""
+    started = []
+
+    def start(**options):
+        server = start_sandbox(**options)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
 
 
 @pytest.fixture(autouse=True)
@@ -56,10 +73,26 @@ class Gateway:
         return [json.loads(line) for line in self.log_stream.getvalue().splitlines()]
 
     def get(self, path, token=None, **kwargs):
-        headers = kwargs.pop("headers", {})
-        if token is not None:
-            headers["Authorization"] = f"Bearer {token}"
-        return self.app.get(path, headers=headers, expect_errors=True, **kwargs)
+        return self.app.get(path, headers=_auth(token, kwargs), expect_errors=True, **kwargs)
+
+    def post(self, path, body=None, token=None, **kwargs):
+        return self.app.post_json(path, body, headers=_auth(token, kwargs), expect_errors=True, **kwargs)
+
+    def patch(self, path, body=None, token=None, **kwargs):
+        return self.app.patch_json(path, body, headers=_auth(token, kwargs), expect_errors=True, **kwargs)
+
+    def upload(self, path, files, token=None, fields=(), **kwargs):
+        """POST multipart: ``files`` are ``(field, filename, content)`` tuples."""
+        return self.app.post(
+            path, list(fields), upload_files=list(files), headers=_auth(token, kwargs), expect_errors=True, **kwargs
+        )
+
+
+def _auth(token, kwargs):
+    headers = kwargs.pop("headers", {})
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    return headers
 
 
 @pytest.fixture
@@ -81,6 +114,13 @@ def mint(scope=ALL_SCOPES, sub="user-1", secret=JWT_TEST_SECRET, algorithm="HS25
     payload = {"sub": sub, "scope": scope, "iat": now, "exp": now + ttl, **claims}
     payload = {key: value for key, value in payload.items() if value is not None}
     return jwt.encode(payload, secret, algorithm=algorithm)
+
+
+def moodle_call(server, function, **params):
+    """Call the sandbox directly, as Moodle's REST server, to check its state behind the gateway's back."""
+    form = {"wstoken": server.site.token, "wsfunction": function, "moodlewsrestformat": "json"}
+    response = requests.post(server.url + "/webservice/rest/server.php", data=[*form.items(), *encode_params(params)])
+    return response.json()
 
 
 def sandbox_calls(server):
