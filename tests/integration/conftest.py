@@ -1,0 +1,66 @@
+"""Real processes on free ports: ``pserve`` with the ini files and ``lms-api sandbox``."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+SECRET_KEYS = ("MOODLE_BASE_URL", "MOODLE_TOKEN", "JWT_SECRET", "JWT_AUDIENCE", "JWT_ISSUER", "JWT_ALGORITHMS")
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def clean_env(**extra):
+    env = {key: value for key, value in os.environ.items() if key not in SECRET_KEYS}
+    return {**env, **extra}
+
+
+def wait_for_port(port, process, timeout=20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"process exited early: {process.communicate()}")
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"nothing listens on {port}")
+
+
+@pytest.fixture
+def spawn(tmp_path):
+    processes = []
+
+    def start(*args, env):
+        # Run from an empty folder with a copy of the ini, so a developer's own .env cannot leak in.
+        if args[0] == "pserve":
+            shutil.copy(ROOT / args[1], tmp_path / args[1])
+        process = subprocess.Popen(
+            [str(BIN / args[0]), *args[1:]],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        processes.append(process)
+        return process
+
+    yield start
+    for process in processes:
+        process.terminate()
+        try:
+            process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
