@@ -84,7 +84,13 @@ class Gateway:
     def upload(self, path, files, token=None, fields=(), **kwargs):
         """POST multipart: ``files`` are ``(field, filename, content)`` tuples."""
         return self.app.post(
-            path, list(fields), upload_files=list(files), headers=_auth(token, kwargs), expect_errors=True, **kwargs
+            path,
+            list(fields),
+            upload_files=list(files),
+            content_type="multipart/form-data",
+            headers=_auth(token, kwargs),
+            expect_errors=True,
+            **kwargs,
         )
 
 

@@ -15,15 +15,81 @@ class MoodleException(Exception):
     message: str
     debuginfo: str | None = None
 
+    def text(self, debug: bool) -> str:
+        """What ``getMessage()`` gives, e.g. in a warning: in debug mode Moodle appends the debuginfo."""
+        return f"{self.message} ({self.debuginfo})" if debug and self.debuginfo else self.message
+
     def body(self, debug: bool) -> dict[str, Any]:
         if not debug or not self.debuginfo:
             return {"exception": self.exception, "errorcode": self.errorcode, "message": self.message}
         return {
             "exception": self.exception,
             "errorcode": self.errorcode,
-            "message": f"{self.message} ({self.debuginfo})",
+            "message": self.text(debug),
             "debuginfo": self.debuginfo,
         }
+
+
+def moodle_exception(errorcode: str, message: str, debuginfo: str | None = None) -> MoodleException:
+    return MoodleException("core\\exception\\moodle_exception", errorcode, message, debuginfo)
+
+
+def coding_exception(hint: str, debuginfo: str | None = None) -> MoodleException:
+    message = f"Coding error detected, it must be fixed by a programmer: {hint}"
+    return MoodleException("core\\exception\\coding_exception", "codingerror", message, debuginfo)
+
+
+def var_export(params: list[int | str]) -> str:
+    """PHP's ``var_export()`` of a query's parameter list, as Moodle puts it in a DML error's debuginfo."""
+    lines = []
+    for index, value in enumerate(params):
+        shown = str(value) if isinstance(value, int) else "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        lines.append(f"  {index} => {shown},\n")
+    return "array (\n" + "".join(lines) + ")"
+
+
+# The messages of dml_missing_record_exception per table, in debug mode; production hides the table.
+_MISSING_RECORD_CODES = {
+    "user": ("invaliduser", "Invalid user"),
+    "course_modules": ("invalidcoursemodule", "Invalid course module ID"),
+}
+
+
+def missing_record(table: str, fields: str, record_id: int | str, debug: bool) -> MoodleException:
+    """``get_record($table, ['id' => $record_id], $fields, MUST_EXIST)`` finding nothing.
+
+    Production mode hides the table (``invalidrecordunknown``); debug mode names it, and a few tables have their own
+    errorcode, as in Moodle's ``dml_missing_record_exception``.
+    """
+    debuginfo = f"SELECT {fields} FROM {{{table}}} WHERE id = ?\n[{var_export([record_id])}]"
+    if not debug:
+        message = "Can't find data record in database."
+        return MoodleException("dml_missing_record_exception", "invalidrecordunknown", message, debuginfo)
+    default = ("invalidrecord", f"Can't find data record in database table {table}.")
+    errorcode, message = _MISSING_RECORD_CODES.get(table, default)
+    return MoodleException("dml_missing_record_exception", errorcode, message, debuginfo)
+
+
+def bigint_read_error(sql: str, params: list[int | str], bad: str) -> MoodleException:
+    """PostgreSQL refusing a non-integer compared with a bigint column (the plugin passes text straight to SQL)."""
+    debuginfo = f'ERROR:  invalid input syntax for type bigint: "{bad}"\n{sql}\n[{var_export(params)}]'
+    return MoodleException("dml_read_exception", "dmlreadexception", "Error reading from database", debuginfo)
+
+
+def course_ids_read_error(ids: list[str]) -> MoodleException:
+    """``get_courses_by_field('ids')`` with an empty id in its list, read by the query that preloads categories."""
+    placeholders = ",".join("?" * len(ids))
+    sql = (
+        "SELECT DISTINCT cc.id FROM {course} c JOIN {course_categories} cc ON cc.id = c.category "
+        f"WHERE c.id IN ({placeholders})"
+    )
+    return bigint_read_error(sql, list(ids), "")
+
+
+def bigint_write_error(table: str, bad: str) -> MoodleException:
+    """PostgreSQL refusing a non-integer written to a bigint column; the INSERT is left out of the debuginfo."""
+    debuginfo = f'ERROR:  invalid input syntax for type bigint: "{bad}"\nINSERT INTO {{{table}}} ...'
+    return MoodleException("dml_write_exception", "dmlwriteexception", "Error writing to database", debuginfo)
 
 
 def invalid_token() -> MoodleException:
@@ -32,7 +98,7 @@ def invalid_token() -> MoodleException:
 
 def unknown_function(name: str, debug: bool) -> MoodleException:
     if debug:  # debug mode names the table and the query, as a real Moodle does
-        query = f"SELECT * FROM {{external_functions}} WHERE name = ?\n[array (\n  0 => '{name}',\n)]"
+        query = f"SELECT * FROM {{external_functions}} WHERE name = ?\n[{var_export([name])}]"
         return MoodleException(
             "dml_missing_record_exception",
             "invalidrecord",

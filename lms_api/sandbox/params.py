@@ -3,21 +3,36 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from lms_api.sandbox.errors import MoodleException
+from lms_api.sandbox.php import is_valid_plugin_name, strip_tags
 
 _INT = re.compile(r"0|-?[1-9][0-9]*")  # what survives PHP's (string)(int)$value === $value
 _INT_RANGE = range(-(2**63), 2**63)
 _FLOAT = re.compile(r"[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?")
-_ALPHANUMEXT = re.compile(r"[A-Za-z0-9_\-]*")
+_CAPABILITY = re.compile(r"[a-z][a-z0-9_]*/[a-z][a-z0-9_]*:[a-z0-9_]+")
 REQUIRED, DEFAULT, OPTIONAL = "required", "default", "optional"
+
+# clean_param() per PARAM_* type: validate_parameters() refuses a value that cleaning would change.
+_CLEANERS: dict[str, Callable[[str], str]] = {
+    "raw": lambda value: value,
+    "text": strip_tags,
+    "alpha": lambda value: re.sub(r"[^A-Za-z]", "", value),
+    "alphanumext": lambda value: re.sub(r"[^A-Za-z0-9_\-]", "", value),
+    "safedir": lambda value: re.sub(r"[^A-Za-z0-9_\-]", "", value),
+    "plugin": lambda value: value if is_valid_plugin_name(value) else "",
+    # Moodle keeps only capabilities it knows; the sandbox accepts any well-formed name.
+    "capability": lambda value: value if _CAPABILITY.fullmatch(value) else "",
+}
 
 
 @dataclass(frozen=True)
 class Value:
-    """``external_value``: ``type`` is one of int, float, bool, text, alphanumext."""
+    """``external_value``: ``type`` is int, float, bool or a string type (raw, text, alpha, alphanumext, safedir,
+    plugin, capability), named like Moodle's PARAM_* values so errors show the same type names."""
 
     type: str
     presence: str = REQUIRED
@@ -96,6 +111,6 @@ def _validate_value(description: Value, value: Any) -> Any:
         if value not in ("0", "1"):
             raise wrong_type
         return value == "1"
-    if description.type == "alphanumext" and not _ALPHANUMEXT.fullmatch(value):
+    if _CLEANERS[description.type](value) != value:
         raise wrong_type
     return value

@@ -1,5 +1,9 @@
 """The sandbox over real HTTP, with added latency and injected faults for tests and benchmarks.
 
+Moodle endpoints: ``/webservice/rest/server.php`` (JSON answers) and ``/webservice/upload.php`` (multipart files into
+the token user's draft area, see ``upload.py``). Calls are counted per function, upload calls as ``upload.php``, and a
+queued fault with ``"function": "upload.php"`` hits only uploads (its ``maintenance`` answer is upload.php's own).
+
 Control endpoints (header ``X-Sandbox-Token: <the sandbox's token>``):
 
 - ``POST /__sandbox__/faults`` ``{"kind": ..., "times": 1, "function": null, "status": 500, "seconds": 30}``
@@ -27,12 +31,15 @@ from urllib.parse import parse_qsl
 import structlog
 
 from lms_api.sandbox.errors import MoodleException, site_maintenance
+from lms_api.sandbox.php import php_json
 from lms_api.sandbox.phpform import parse_php_form
 from lms_api.sandbox.site import SandboxSite
+from lms_api.sandbox.upload import UPLOAD_FUNCTION, UploadedFile, ajax_error, read_multipart, upload
 
 log = structlog.get_logger("lms_api.sandbox")
 
 REST_PATH = "/webservice/rest/server.php"
+UPLOAD_PATH = "/webservice/upload.php"
 CONTROL_PREFIX = "/__sandbox__/"
 FAULT_KINDS = ("reset", "delay", "http", "maintenance", "notjson")
 MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -108,8 +115,12 @@ class SandboxServer(ThreadingHTTPServer):
 
 
 def build_sandbox(host: str = "127.0.0.1", port: int = 0, token: str | None = None, **options: Any) -> SandboxServer:
-    """A sandbox bound to ``host:port`` (``port=0`` picks a free one), not yet serving."""
-    site_options = {key: options.pop(key) for key in ("service_functions", "debug", "max_input_vars") if key in options}
+    """A sandbox bound to ``host:port`` (``port=0`` picks a free one), not yet serving.
+
+    Site options: ``service_functions``, ``debug``, ``max_input_vars``, ``max_bytes``; the rest go to the server.
+    """
+    site_keys = ("service_functions", "debug", "max_input_vars", "max_bytes")
+    site_options = {key: options.pop(key) for key in site_keys if key in options}
     site = SandboxSite(token or secrets.token_hex(16), **site_options)
     return SandboxServer(site, host, port, **options)
 
@@ -138,6 +149,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self) -> None:
         path, _, query = self.path.partition("?")
+        if path == UPLOAD_PATH:
+            self._upload(parse_qsl(query, keep_blank_values=True))
+            return
         body = self._read_body()
         if body is None:
             return
@@ -150,11 +164,18 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, b"<html><body><h1>Not Found</h1></body></html>", "text/html")
 
-    def _read_body(self) -> bytes | None:
+    def _content_length(self) -> int | None:
+        """The body's length, or None after answering 413 when it is too big to read."""
         length = int(self.headers.get("Content-Length") or 0)
         if length > MAX_BODY_BYTES:
             self.close_connection = True  # the unread body must not be taken for the next request
             self._send(413, b"", "text/plain")
+            return None
+        return length
+
+    def _read_body(self) -> bytes | None:
+        length = self._content_length()
+        if length is None:
             return None
         return self.rfile.read(length) if length else b""
 
@@ -166,16 +187,44 @@ class _Handler(BaseHTTPRequestHandler):
         if self.server.latency_s:
             time.sleep(self.server.latency_s)
         fault = self.server.take_fault(str(variables.get("wsfunction", "")))
-        if fault is not None and self._inject(fault):
+        if fault is not None and self._inject(fault, site.error_body(site_maintenance()), "application/json"):
             return
         try:
             result: Any = site.rest(variables)
         except MoodleException as error:
             result = site.error_body(error)
-        self._send(200, json.dumps(result, separators=(",", ":")).encode(), "application/json")
+        self._send(200, php_json(result), "application/json")
 
-    def _inject(self, fault: Fault) -> bool:
-        """Apply ``fault``; True when it replaced the answer."""
+    def _upload(self, query: list[tuple[str, str]]) -> None:
+        """``upload.php``: multipart read as it arrives; a urlencoded body can only carry fields."""
+        length = self._content_length()
+        if length is None:
+            return
+        content_type = self.headers.get("Content-Type", "")
+        files: dict[str, UploadedFile] = {}
+        if content_type.lower().startswith("multipart/form-data"):
+            form, files = read_multipart(self.rfile, length, content_type)
+        else:
+            body = self.rfile.read(length) if length else b""
+            form = parse_qsl(body.decode("latin-1"), keep_blank_values=True)
+        site = self.server.site
+        get_vars, _ = parse_php_form(query, site.max_input_vars)
+        post_vars, _ = parse_php_form(form, site.max_input_vars)
+        # core_renderer_ajax answers text/plain whenever $_FILES is not empty.
+        answer_type = "text/plain; charset=utf-8" if files else "application/json; charset=utf-8"
+        if self.server.latency_s:
+            time.sleep(self.server.latency_s)
+        fault = self.server.take_fault(UPLOAD_FUNCTION)
+        if fault is not None and self._inject(fault, ajax_error(site, site_maintenance()), answer_type):
+            return
+        try:
+            result: Any = upload(site, get_vars | post_vars, files)
+        except MoodleException as error:
+            result = ajax_error(site, error)
+        self._send(200, php_json(result), answer_type)
+
+    def _inject(self, fault: Fault, maintenance: Any, content_type: str) -> bool:
+        """Apply ``fault``; True when it replaced the answer. ``maintenance`` is the script's own error body."""
         if fault.kind == "reset":
             # SO_LINGER 0 makes close() send RST: the client sees "connection reset", as with a crashed PHP worker.
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -186,8 +235,7 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(fault.seconds)
             return False
         if fault.kind == "maintenance":
-            body = json.dumps(site_maintenance().body(False)).encode()
-            self._send(200, body, "application/json")
+            self._send(200, php_json(maintenance), content_type)
             return True
         status = fault.status if fault.kind == "http" else 200
         headers = {"Retry-After": "300"} if status == 503 else {}

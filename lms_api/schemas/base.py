@@ -30,7 +30,17 @@ def load_multipart(request: Request, schema: RequestSchema) -> dict[str, Any]:
     """Validate a ``multipart/form-data`` body; file parts stay file objects (spooled to disk when large)."""
     if request.content_type != "multipart/form-data":
         raise ApiError(415, "unsupportedmediatype", "This route takes a multipart/form-data body")
-    return schema.load(_as_dict(request.POST))
+    form = _as_dict(request.POST)
+    request.add_finished_callback(_close_spooled_body)
+    return schema.load(form)
+
+
+def _close_spooled_body(request: Request) -> None:
+    """Delete the spooled copies of the body and its files now, not whenever the garbage collector runs."""
+    for value in request.POST.values():
+        if hasattr(value, "file") and hasattr(value.file, "close"):
+            value.file.close()
+    request.body_file_raw.close()
 
 
 def load_matchdict(request: Request, schema: RequestSchema) -> dict[str, Any]:

@@ -1,0 +1,548 @@
+"""Course functions as ``course/externallib.php`` runs them for a site admin.
+
+Listing: ``core_course_get_courses`` (every field, front page included), ``core_course_get_courses_by_field`` (the
+public structure plus the manager-only extras) and ``core_course_search_courses`` (public structure, front page never
+listed). Writing: ``core_course_create_courses`` (one transaction) and ``core_course_update_courses`` (each failure a
+warning, no transaction).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from lms_api.sandbox.errors import MoodleException, course_ids_read_error, missing_record, moodle_exception
+from lms_api.sandbox.functions.formatting import format_string, format_text
+from lms_api.sandbox.params import DEFAULT, OPTIONAL, Multiple, Single, Value, invalid_parameter
+from lms_api.sandbox.php import is_valid_plugin_name, php_empty, php_intval, php_loose_equals, php_trim, strip_tags
+from lms_api.sandbox.records import Course
+from lms_api.sandbox.registry import sandbox_function
+from lms_api.sandbox.seed import EDITING_TEACHER_ROLE_ID, FORMAT_OPTIONS, SITE_COURSE_ID
+
+if TYPE_CHECKING:
+    from lms_api.sandbox.site import SandboxSite
+
+AVAILABLE_LANGS = ("en",)  # get_string_manager()->get_list_of_translations() of a stock site
+TEXT_FORMATS = (0, 1, 2, 4)  # FORMAT_MOODLE, FORMAT_HTML, FORMAT_PLAIN, FORMAT_MARKDOWN
+_FORMAT_OPTION_LIST = Multiple(Single({"name": Value("alphanumext"), "value": Value("raw")}), OPTIONAL)
+_CUSTOM_FIELD_LIST = Multiple(Single({"shortname": Value("alphanumext"), "value": Value("raw")}), OPTIONAL)
+
+
+def _course_fields(defaults: dict[str, Any]) -> dict[str, Value | Multiple]:
+    """The optional course fields of create (with the site's ``moodlecourse`` defaults) and update (no defaults)."""
+
+    def value(kind: str, name: str) -> Value:
+        return Value(kind, DEFAULT, defaults[name]) if name in defaults else Value(kind, OPTIONAL)
+
+    return {
+        "idnumber": Value("raw", OPTIONAL),
+        "summary": Value("raw", OPTIONAL),
+        "summaryformat": value("int", "summaryformat"),
+        "format": value("plugin", "format"),
+        "showgrades": value("int", "showgrades"),
+        "newsitems": value("int", "newsitems"),
+        "startdate": Value("int", OPTIONAL),
+        "enddate": Value("int", OPTIONAL),
+        "numsections": Value("int", OPTIONAL),
+        "maxbytes": value("int", "maxbytes"),
+        "showreports": value("int", "showreports"),
+        "visible": Value("int", OPTIONAL),
+        "hiddensections": Value("int", OPTIONAL),
+        "groupmode": value("int", "groupmode"),
+        "groupmodeforce": value("int", "groupmodeforce"),
+        "defaultgroupingid": value("int", "defaultgroupingid"),
+        "enablecompletion": Value("int", OPTIONAL),
+        "completionnotify": Value("int", OPTIONAL),
+        "lang": Value("safedir", OPTIONAL),
+        "forcetheme": Value("plugin", OPTIONAL),
+        "courseformatoptions": _FORMAT_OPTION_LIST,
+        "customfields": _CUSTOM_FIELD_LIST,
+    }
+
+
+_CREATE_DEFAULTS = {
+    "summaryformat": 1,
+    "format": "topics",
+    "showgrades": 1,
+    "newsitems": 5,
+    "maxbytes": 0,
+    "showreports": 0,
+    "groupmode": 0,
+    "groupmodeforce": 0,
+    "defaultgroupingid": 0,
+}
+CREATE_COURSES = Single(
+    {
+        "courses": Multiple(
+            Single(
+                {
+                    "fullname": Value("text"),
+                    "shortname": Value("text"),
+                    "categoryid": Value("int"),
+                    **_course_fields(_CREATE_DEFAULTS),
+                }
+            )
+        )
+    }
+)
+UPDATE_COURSES = Single(
+    {
+        "courses": Multiple(
+            Single(
+                {
+                    "id": Value("int"),
+                    "fullname": Value("text", OPTIONAL),
+                    "shortname": Value("text", OPTIONAL),
+                    "categoryid": Value("int", OPTIONAL),
+                    **_course_fields({}),
+                }
+            )
+        )
+    }
+)
+GET_COURSES = Single({"options": Single({"ids": Multiple(Value("int"), OPTIONAL)}, DEFAULT, {})})
+GET_COURSES_BY_FIELD = Single({"field": Value("alpha", DEFAULT, ""), "value": Value("raw", DEFAULT, "")})
+SEARCH_COURSES = Single(
+    {
+        "criterianame": Value("alpha"),
+        "criteriavalue": Value("raw"),
+        "page": Value("int", DEFAULT, 0),
+        "perpage": Value("int", DEFAULT, 0),
+        "requiredcapabilities": Multiple(Value("capability"), DEFAULT),
+        "limittoenrolled": Value("bool", DEFAULT, False),
+        "onlywithcompletion": Value("bool", DEFAULT, False),
+    }
+)
+_SEARCH_CRITERIA = ("search", "modulelist", "blocklist", "tagid")
+
+
+# --- Answers --------------------------------------------------------------------------------------------------------
+
+
+def _format_option_list(options: dict[str, int | str]) -> list[dict[str, int | str]]:
+    return [{"name": name, "value": value} for name, value in options.items()]
+
+
+def get_courses_record(course: Course) -> dict[str, Any]:
+    """One course as ``core_course_get_courses`` answers a site admin (key order of its returns description)."""
+    summary, summaryformat = format_text(course.summary, course.summaryformat)
+    record: dict[str, Any] = {
+        "id": course.id,
+        "shortname": format_string(course.shortname),
+        "categoryid": course.category,
+        "categorysortorder": course.sortorder,
+        "fullname": format_string(course.fullname),
+        "displayname": format_string(course.fullname),
+        "idnumber": course.idnumber,
+        "summary": summary,
+        "summaryformat": summaryformat,
+        "format": course.format,
+        "showgrades": course.showgrades,
+        "newsitems": course.newsitems,
+        "startdate": course.startdate,
+        "enddate": course.enddate,
+        "numsections": course.last_section,
+        "maxbytes": course.maxbytes,
+        "showreports": course.showreports,
+        "visible": course.visible,
+    }
+    if "hiddensections" in course.format_options:
+        record["hiddensections"] = course.format_options["hiddensections"]
+    return record | {
+        "groupmode": course.groupmode,
+        "groupmodeforce": course.groupmodeforce,
+        "defaultgroupingid": course.defaultgroupingid,
+        "timecreated": course.timecreated,
+        "timemodified": course.timemodified,
+        "enablecompletion": course.enablecompletion,
+        "completionnotify": course.completionnotify,
+        "lang": course.lang,
+        "forcetheme": course.theme,
+        "courseformatoptions": _format_option_list(course.format_options),
+        "showactivitydates": course.showactivitydates,
+        "showcompletionconditions": course.showcompletionconditions,
+    }
+
+
+def public_record(site: SandboxSite, course: Course) -> dict[str, Any]:
+    """``get_course_public_information()``: what search and get_courses_by_field show anyone who may see the course.
+
+    ``courseimage`` (a generated SVG data URL in Moodle) and ``customfields`` (none on a stock site) are left out.
+    """
+    category = site.state.categories.get(course.category)
+    summary, summaryformat = format_text(course.summary, course.summaryformat)
+    now = site.now()
+    contacts = sorted(
+        (
+            site.state.users[enrolment.userid]
+            for enrolment in site.state.enrolments.values()
+            if enrolment.courseid == course.id
+            and enrolment.is_active(now)
+            and EDITING_TEACHER_ROLE_ID in enrolment.roleids
+        ),
+        key=lambda user: (user.lastname, user.firstname, user.id),
+    )
+    return {
+        "id": course.id,
+        "fullname": format_string(course.fullname),
+        "displayname": format_string(course.fullname),
+        "shortname": format_string(course.shortname),
+        "categoryid": course.category,
+        "categoryname": format_string(category.name) if category else "",
+        "sortorder": course.sortorder,
+        "summary": summary,
+        "summaryformat": summaryformat,
+        "summaryfiles": [],
+        "overviewfiles": [],
+        "showactivitydates": course.showactivitydates,
+        "showcompletionconditions": course.showcompletionconditions,
+        "contacts": [{"id": user.id, "fullname": format_string(user.fullname)} for user in contacts],
+        "enrollmentmethods": [] if course.id == SITE_COURSE_ID else ["manual"],
+    }
+
+
+def _by_field_record(site: SandboxSite, course: Course) -> dict[str, Any]:
+    """The public structure plus what ``get_courses_by_field`` adds for a manager (``filters`` left out)."""
+    config = dict(course.format_options)
+    if course.format in ("topics", "weeks"):
+        config["indentation"] = "1"  # format_*::get_config_for_external() adds the plugin setting
+    elif course.format == "site":
+        config = {}
+    return public_record(site, course) | {
+        "idnumber": course.idnumber,
+        "format": course.format,
+        "showgrades": course.showgrades,
+        "newsitems": course.newsitems,
+        "startdate": course.startdate,
+        "enddate": course.enddate,
+        "maxbytes": course.maxbytes,
+        "showreports": course.showreports,
+        "visible": course.visible,
+        "groupmode": course.groupmode,
+        "groupmodeforce": course.groupmodeforce,
+        "defaultgroupingid": course.defaultgroupingid,
+        "enablecompletion": course.enablecompletion,
+        "completionnotify": course.completionnotify,
+        "lang": course.lang,
+        "theme": course.theme,
+        "marker": course.marker,
+        "legacyfiles": course.legacyfiles,
+        "calendartype": course.calendartype,
+        "timecreated": course.timecreated,
+        "timemodified": course.timemodified,
+        "requested": course.requested,
+        "cacherev": course.cacherev,
+        "courseformatoptions": _format_option_list(config),
+    }
+
+
+# --- Listing ----------------------------------------------------------------------------------------------------------
+
+
+@sandbox_function("core_course_get_courses", GET_COURSES)
+def get_courses(site: SandboxSite, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """All courses (front page included) or those of ``options[ids]``, unknown ids skipped, in id order."""
+    courses = site.state.courses
+    ids = params["options"].get("ids")
+    chosen = sorted(set(ids) & set(courses)) if ids else sorted(courses)
+    return [get_courses_record(courses[course_id]) for course_id in chosen]
+
+
+@sandbox_function("core_course_get_courses_by_field", GET_COURSES_BY_FIELD)
+def get_courses_by_field(site: SandboxSite, params: dict[str, Any]) -> dict[str, Any]:
+    """Courses whose ``field`` (id, ids, shortname, idnumber, category; none for all) matches exactly, by id."""
+    field, value = params["field"], params["value"]
+    courses = site.state.courses
+    warnings: list[dict[str, Any]] = []
+    if field == "":
+        found = [courses[course_id] for course_id in sorted(courses)]
+    elif field in ("id", "category"):
+        wanted = php_intval(value)
+        column = "id" if field == "id" else "category"
+        found = [courses[course_id] for course_id in sorted(courses) if getattr(courses[course_id], column) == wanted]
+    elif field == "ids":
+        found, warnings = _courses_by_ids(site, re.sub(r"[^0-9,]", "", value))
+    elif field in ("shortname", "idnumber"):
+        wanted_text = strip_tags(value) if field == "shortname" else value  # PARAM_TEXT and PARAM_RAW
+        found = [
+            courses[course_id] for course_id in sorted(courses) if getattr(courses[course_id], field) == wanted_text
+        ]
+    else:
+        raise invalid_parameter("Invalid field name")
+    return {"courses": [_by_field_record(site, course) for course in found], "warnings": warnings}
+
+
+def _courses_by_ids(site: SandboxSite, sequence: str) -> tuple[list[Course], list[dict[str, Any]]]:
+    """``util::validate_courses()``: courses in the order asked, a warning (code ``'1'``) for each missing one."""
+    pieces = sequence.split(",")
+    if "" in pieces:  # PostgreSQL refuses '' as a bigint in the query that preloads the categories
+        raise course_ids_read_error(pieces)
+    found, warnings = [], []
+    for course_id in dict.fromkeys(int(piece) for piece in pieces):
+        course = site.state.courses.get(course_id)
+        if course is None:
+            warnings.append(
+                {
+                    "item": "course",
+                    "itemid": course_id,
+                    "warningcode": "1",
+                    "message": "No access rights in course context",
+                }
+            )
+        else:
+            found.append(course)
+    return found, warnings
+
+
+@sandbox_function("core_course_search_courses", SEARCH_COURSES)
+def search_courses(site: SandboxSite, params: dict[str, Any]) -> dict[str, Any]:
+    """Matches in category sort order; ``total`` counts them all, ``courses`` is page ``page`` of ``perpage``."""
+    criterion, value = params["criterianame"], params["criteriavalue"]
+    if criterion not in _SEARCH_CRITERIA:
+        raise invalid_parameter(
+            f"Invalid value for criterianame parameter (value: {criterion}),"
+            f"allowed values are: {','.join(_SEARCH_CRITERIA)}"
+        )
+    courses = [course for course in site.state.courses.values() if _criterion_matches(site, criterion, value, course)]
+    if params["onlywithcompletion"]:
+        courses = [course for course in courses if course.enablecompletion]
+    courses.sort(key=lambda course: course.sortorder)
+    total = len(courses)
+    if params["perpage"]:
+        offset = params["page"] * params["perpage"]
+        courses = [course for index, course in enumerate(courses) if offset <= index < offset + params["perpage"]]
+    if params["limittoenrolled"]:
+        # Moodle drops the token user's other courses from this page only, and takes them off the total.
+        now, enrolments = site.now(), site.state.enrolments
+        mine = [
+            course
+            for course in courses
+            if (course.id, site.admin.id) in enrolments and enrolments[(course.id, site.admin.id)].is_active(now)
+        ]
+        total -= len(courses) - len(mine)
+        courses = mine
+    return {"total": total, "courses": [public_record(site, course) for course in courses], "warnings": []}
+
+
+def _criterion_matches(site: SandboxSite, criterion: str, value: str, course: Course) -> bool:
+    """``core_course_category::search_courses()``; blocks and tags are not modelled, so they never match."""
+    if criterion == "search":
+        terms = value.split()
+        return not php_empty(value) and bool(terms) and course.id != SITE_COURSE_ID and _text_matches(course, terms)
+    if criterion == "modulelist":
+        modname = value if is_valid_plugin_name(value) else ""
+        return modname != "" and any(
+            cm.course == course.id and cm.modname == modname for cm in site.state.course_modules.values()
+        )
+    return False
+
+
+def _text_matches(course: Course, terms: list[str]) -> bool:
+    """``get_courses_search()``: each term in summary, full name, idnumber or short name, case-insensitively.
+
+    A plain term is an SQL ``ILIKE '%term%'`` (so ``%`` and ``_`` are wildcards); ``+word`` must and ``-word`` must
+    not occur as a whole word.
+    """
+    haystack = f"{course.summary} {course.fullname} {course.idnumber} {course.shortname}"
+    for term in terms:
+        if term.startswith("+") or (term.startswith("-") and len(term) > 1):
+            word = re.escape(term.strip("+-"))
+            found = re.search(rf"(^|[^a-zA-Z0-9]){word}([^a-zA-Z0-9]|$)", haystack, re.IGNORECASE) is not None
+            if found != term.startswith("+"):
+                return False
+        elif not re.search(_like_pattern(term), haystack, re.IGNORECASE | re.DOTALL):
+            return False
+    return True
+
+
+def _like_pattern(term: str) -> str:
+    """The regular expression of SQL ``LIKE '%term%'`` with ``\\`` as the escape character."""
+    pieces, escaped = [], False
+    for char in term:
+        if escaped:
+            pieces.append(re.escape(char))
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        else:
+            pieces.append({"%": ".*", "_": "."}.get(char, re.escape(char)))
+    return "".join(pieces)
+
+
+# --- Writing ----------------------------------------------------------------------------------------------------------
+
+
+def _invalid_param(name: str) -> MoodleException:
+    return moodle_exception("errorinvalidparam", f'The param "{name}" is invalid.')
+
+
+def _validate_format(text_format: int) -> None:
+    """``util::validate_format()``; its string is missing from Moodle's language pack, hence the brackets."""
+    if text_format not in TEXT_FORMATS:
+        debuginfo = f"The format with value={text_format} is not supported by this Moodle site"
+        raise moodle_exception("formatnotsupported", "[[formatnotsupported]]", debuginfo)
+
+
+def _validate_dates(fields: dict[str, Any]) -> None:
+    """``course_validate_dates()`` on the fields given (an update checks only what it sends)."""
+    start, end = fields.get("startdate"), fields.get("enddate")
+    if not php_empty(start) and not php_empty(end) and end < start:
+        raise moodle_exception("enddatebeforestartdate", "The course end date must be after the start date.")
+    if php_empty(start) and not php_empty(end):
+        raise moodle_exception("nostartdatenoenddate", "A course end date can only be set if a start date is also set.")
+
+
+def _taken(site: SandboxSite, column: str, value: str, course_id: int | None = None) -> bool:
+    return any(getattr(other, column) == value and other.id != course_id for other in site.state.courses.values())
+
+
+def _check_unique(site: SandboxSite, fields: dict[str, Any], course_id: int | None = None) -> None:
+    shortname, idnumber = fields.get("shortname"), fields.get("idnumber")
+    if not php_empty(shortname) and _taken(site, "shortname", shortname, course_id):
+        raise moodle_exception("shortnametaken", f"Short name is already used for another course ({shortname})")
+    if not php_empty(idnumber) and _taken(site, "idnumber", idnumber, course_id):
+        raise moodle_exception("courseidnumbertaken", f"ID number is already used for another course ({idnumber})")
+
+
+def _place_first(site: SandboxSite, course: Course, category: int) -> None:
+    """Move ``course`` to the top of ``category``: Moodle puts a new or moved course before the others."""
+    base = site.state.categories[category].sortorder
+    for other in site.state.courses.values():
+        if other.category == category and other.id != course.id:
+            other.sortorder += 1
+    course.category, course.sortorder = category, base + 1
+
+
+def _apply_format_options(course: Course, fields: dict[str, Any]) -> None:
+    """``hiddensections`` and ``courseformatoptions`` land in the options the course format knows, as integers."""
+    given = {option["name"]: option["value"] for option in fields.get("courseformatoptions", [])}
+    if "hiddensections" in fields:
+        given["hiddensections"] = fields["hiddensections"]
+    for name, value in given.items():
+        if name in course.format_options:
+            default = FORMAT_OPTIONS[course.format][name]
+            course.format_options[name] = php_intval(str(value)) if isinstance(default, int) else str(value)
+
+
+_COPIED_FIELDS = (
+    "fullname", "shortname", "idnumber", "summary", "summaryformat", "showgrades", "newsitems", "startdate", "enddate",
+    "maxbytes", "showreports", "visible", "groupmode", "groupmodeforce", "defaultgroupingid", "enablecompletion",
+    "completionnotify", "lang",
+)  # fmt: skip
+
+
+@sandbox_function("core_course_create_courses", CREATE_COURSES)
+def create_courses(site: SandboxSite, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """All or nothing: the first failing course rolls back those created before it in the same call."""
+    with site.transaction():
+        return [_create_course(site, fields) for fields in params["courses"]]
+
+
+def _create_course(site: SandboxSite, fields: dict[str, Any]) -> dict[str, Any]:
+    category = site.state.categories.get(fields["categoryid"])
+    if category is None:  # validate_context() of a missing context, wrapped by create_courses()
+        inner = invalid_parameter("Context does not exist").text(site.debug)
+        raise moodle_exception(
+            "errorcatcontextnotvalid",
+            f"You cannot execute functions in the category context (category id:{fields['categoryid']}). "
+            f"The context error message was: {inner}",
+        )
+    if php_trim(fields["fullname"]) == "":
+        raise _invalid_param("fullname")
+    if php_trim(fields["shortname"]) == "":
+        raise _invalid_param("shortname")
+    if "lang" in fields and fields["lang"] not in AVAILABLE_LANGS:
+        raise _invalid_param("lang")
+    _validate_format(fields["summaryformat"])
+    _check_unique(site, fields)
+    _validate_dates(fields)
+    now = site.now()
+    course_format = fields["format"]
+    course = Course(
+        id=site.state.next_id("course"),
+        shortname=fields["shortname"],
+        fullname=fields["fullname"],
+        category=category.id,
+        format=course_format,
+        sortorder=0,
+        timecreated=now,
+        timemodified=now,
+        cacherev=now,
+        visible=category.visible,
+        format_options=dict(FORMAT_OPTIONS.get(course_format, {})),
+        sections={number: [] for number in range(max(fields.get("numsections", 0), 0) + 1)},
+    )
+    for name in _COPIED_FIELDS:
+        if name in fields:
+            setattr(course, name, fields[name])
+    course.showcompletionconditions = True if course.enablecompletion else None
+    _apply_format_options(course, fields)
+    site.state.courses[course.id] = course
+    _place_first(site, course, category.id)
+    return {"id": course.id, "shortname": course.shortname}
+
+
+@sandbox_function("core_course_update_courses", UPDATE_COURSES)
+def update_courses(site: SandboxSite, params: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Each course on its own: a failure becomes a warning and the courses before it stay updated."""
+    warnings = []
+    for fields in params["courses"]:
+        try:
+            _update_course(site, fields)
+        except MoodleException as error:
+            warnings.append(
+                {
+                    "item": "course",
+                    "itemid": fields["id"],
+                    "warningcode": error.errorcode,
+                    "message": error.text(site.debug),
+                }
+            )
+    return {"warnings": warnings}
+
+
+def _changes(old: Course, fields: dict[str, Any], name: str, column: str | None = None) -> bool:
+    """``array_key_exists($name) && $old->column != $new``, with PHP's loose comparison."""
+    if name not in fields:
+        return False
+    current = getattr(old, column or name)
+    new = fields[name]
+    return not (php_loose_equals(new, current) if isinstance(new, str) else new == current)
+
+
+def _update_course(site: SandboxSite, fields: dict[str, Any]) -> None:
+    course = site.state.courses.get(fields["id"])
+    if course is None:  # context_course::instance($id, MUST_EXIST)
+        raise missing_record("course", "id,category", fields["id"], site.debug)
+    if _changes(course, fields, "fullname") and php_trim(fields["fullname"]) == "":
+        raise _invalid_param("fullname")
+    if _changes(course, fields, "shortname") and php_trim(fields["shortname"]) == "":
+        raise _invalid_param("shortname")
+    if _changes(course, fields, "summaryformat"):
+        _validate_format(fields["summaryformat"])
+    if _changes(course, fields, "lang") and fields["lang"] not in AVAILABLE_LANGS:
+        raise _invalid_param("lang")
+    if course.id == SITE_COURSE_ID:  # update_course() refuses the front page
+        raise moodle_exception("invalidcourse", "Invalid course")
+    unique = {name: fields[name] for name in ("shortname", "idnumber") if _changes(course, fields, name)}
+    _check_unique(site, unique, course.id)
+    _validate_dates(fields)
+    new_category = fields.get("categoryid", 0)
+    moving = not php_empty(new_category) and new_category != course.category
+    if moving and new_category not in site.state.categories:
+        # Moodle has already written the course by then; the sandbox keeps it as it was.
+        raise missing_record("course_categories", "id,parent", new_category, site.debug)
+    for name in _COPIED_FIELDS:
+        if name in fields:
+            setattr(course, name, fields[name])
+    if fields.get("maxbytes") and site.max_bytes:
+        course.maxbytes = min(fields["maxbytes"], site.max_bytes)
+    if "format" in fields and fields["format"] != course.format:
+        course.format = fields["format"]
+        course.format_options = dict(FORMAT_OPTIONS.get(course.format, {}))
+    if "enablecompletion" in fields:
+        course.showcompletionconditions = True if course.enablecompletion else None
+    _apply_format_options(course, fields)
+    if moving:
+        _place_first(site, course, new_category)
+    course.timemodified = site.now()

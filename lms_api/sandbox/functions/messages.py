@@ -1,0 +1,123 @@
+"""Popup notifications (``message/output/popup/externallib.php``) as the token's site admin reads them."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from lms_api.sandbox.errors import MoodleException, missing_record, moodle_exception
+from lms_api.sandbox.params import DEFAULT, Single, Value
+from lms_api.sandbox.records import Notification, theme_image_url
+from lms_api.sandbox.registry import sandbox_function
+
+if TYPE_CHECKING:
+    from lms_api.sandbox.site import SandboxSite
+
+GET_POPUP_NOTIFICATIONS = Single(
+    {
+        "useridto": Value("int"),
+        "newestfirst": Value("bool", DEFAULT, True),
+        "limit": Value("int", DEFAULT, 0),
+        "offset": Value("int", DEFAULT, 0),
+    }
+)
+GET_UNREAD_COUNT = Single({"useridto": Value("int")})
+_YEAR, _DAY, _HOUR, _MINUTE = 31536000, 86400, 3600, 60
+
+
+def format_time(seconds: int) -> str:
+    """Moodle's ``format_time()``, including its quirk of counting hours from the whole time when there are days."""
+    seconds = abs(seconds)
+    years = seconds // _YEAR
+    days = (seconds - years * _YEAR) // _DAY
+    remainder = seconds - days * _DAY
+    hours = remainder // _HOUR
+    remainder -= hours * _HOUR
+    minutes = remainder // _MINUTE
+    secs = remainder - minutes * _MINUTE
+
+    def part(count: int, unit: str) -> str:
+        return f"{count} {unit if count == 1 else unit + 's'}" if count else ""
+
+    if years:
+        return f"{part(years, 'year')} {part(days, 'day')}".strip()
+    if days:
+        return f"{part(days, 'day')} {part(hours, 'hour')}".strip()
+    if hours:
+        return f"{part(hours, 'hour')} {part(minutes, 'min')}".strip()
+    if minutes:
+        return f"{part(minutes, 'min')} {part(secs, 'sec')}".strip()
+    return part(secs, "sec") if secs else "now"
+
+
+def _invalid_user() -> MoodleException:
+    return moodle_exception("invaliduser", "Invalid user")
+
+
+@sandbox_function("message_popup_get_popup_notifications", GET_POPUP_NOTIFICATIONS)
+def get_popup_notifications(site: SandboxSite, params: dict[str, Any]) -> dict[str, Any]:
+    """``useridto`` 0 means the token user; the admin may read anybody's. A user id nobody has gets an empty list:
+    Moodle only refuses ids that cannot be real users (zero or below)."""
+    useridto = params["useridto"] or site.admin.id
+    if useridto <= 0:
+        raise _invalid_user()
+    mine = sorted(
+        (notification for notification in site.state.notifications.values() if notification.useridto == useridto),
+        key=lambda notification: (notification.timecreated, notification.id),
+        reverse=params["newestfirst"],
+    )
+    offset, limit = max(params["offset"], 0), max(params["limit"], 0)
+    mine = mine[offset : offset + limit] if limit else mine[offset:]
+    return {
+        "notifications": [_notification_record(site, notification) for notification in mine],
+        "unreadcount": _unread_count(site, useridto),
+    }
+
+
+@sandbox_function("message_popup_get_unread_popup_notification_count", GET_UNREAD_COUNT)
+def get_unread_popup_notification_count(site: SandboxSite, params: dict[str, Any]) -> int:
+    """A bare number. Here 0 is not replaced by the token user: Moodle counts the notifications of user 0 (none)."""
+    useridto = params["useridto"]
+    if useridto < 0:
+        raise _invalid_user()
+    if useridto and useridto not in site.state.users:  # core_user::get_user($useridto, '*', MUST_EXIST)
+        raise missing_record("user", "*", useridto, site.debug)
+    return _unread_count(site, useridto)
+
+
+def _unread_count(site: SandboxSite, useridto: int) -> int:
+    return sum(
+        1
+        for notification in site.state.notifications.values()
+        if notification.useridto == useridto and notification.timeread is None
+    )
+
+
+def _notification_record(site: SandboxSite, notification: Notification) -> dict[str, Any]:
+    """``popup_notification::export_for_template()`` cut to the returns description, in its key order.
+
+    The seeded subjects are short, so ``shorten_text()`` leaves them as they are.
+    """
+    text = notification.fullmessagehtml or notification.fullmessage or notification.smallmessage
+    return {
+        "id": notification.id,
+        "useridfrom": notification.useridfrom,
+        "useridto": notification.useridto,
+        "subject": notification.subject,
+        "shortenedsubject": notification.subject,
+        "text": text,
+        "fullmessage": notification.fullmessage,
+        "fullmessageformat": notification.fullmessageformat,
+        "fullmessagehtml": notification.fullmessagehtml,
+        "smallmessage": notification.smallmessage,
+        "contexturl": site.base_url + notification.contexturl,
+        "contexturlname": notification.contexturlname,
+        "timecreated": notification.timecreated,
+        "timecreatedpretty": f"{format_time(site.now() - notification.timecreated)} ago",
+        "timeread": notification.timeread,
+        "read": notification.timeread is not None,
+        "deleted": False,
+        "iconurl": theme_image_url(site.base_url, "i/marker"),
+        "component": notification.component,
+        "eventtype": notification.eventtype,
+        "customdata": notification.customdata,
+    }

@@ -1,0 +1,32 @@
+"""The web-service functions the sandbox knows, registered by name with Moodle's parameter description."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from lms_api.sandbox.params import Single
+
+if TYPE_CHECKING:
+    from lms_api.sandbox.site import SandboxSite
+
+
+@dataclass(frozen=True)
+class SandboxFunction:
+    name: str
+    params: Single
+    run: Callable[[SandboxSite, dict[str, Any]], Any]
+
+
+FUNCTIONS: dict[str, SandboxFunction] = {}
+
+
+def sandbox_function(name: str, params: Single) -> Callable:
+    """Register ``run(site, params)`` as web-service function ``name``; ``params`` are validated before it runs."""
+
+    def register(run: Callable[[SandboxSite, dict[str, Any]], Any]) -> Callable:
+        FUNCTIONS[name] = SandboxFunction(name, params, run)
+        return run
+
+    return register
