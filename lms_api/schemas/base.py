@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields
@@ -68,6 +69,15 @@ def load_json_body(request: Request, schema: RequestSchema) -> dict[str, Any]:
 def not_blank(value: str) -> None:
     if not value.strip():
         raise ValidationError("Must not be blank")
+
+
+_HTML_TAG = re.compile(r"<[A-Za-z/!?]")
+
+
+def no_html(value: str) -> None:
+    """Moodle's PARAM_TEXT refuses tags with a bare ``invalidparameter``; say so here instead."""
+    if _HTML_TAG.search(value):
+        raise ValidationError("Must not contain HTML tags")
 
 
 class Flag(fields.Field):

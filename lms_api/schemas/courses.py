@@ -6,13 +6,15 @@ from typing import Any
 
 from marshmallow import ValidationError, fields, post_load, validate, validates_schema
 
-from lms_api.schemas.base import Flag, RequestSchema, ResponseSchema, not_blank, strict_int
+from lms_api.schemas.base import Flag, RequestSchema, ResponseSchema, no_html, not_blank, strict_int
 
 MAX_PERPAGE = 200
 # Moodle's column sizes (course.fullname 1333, shortname 255, idnumber 100).
 FULLNAME_MAX, SHORTNAME_MAX, IDNUMBER_MAX = 1333, 255, 100
 # FORMAT_MOODLE, FORMAT_HTML, FORMAT_PLAIN, FORMAT_MARKDOWN
 SUMMARY_FORMATS = (0, 1, 2, 4)
+_FULLNAME_RULES = (validate.Length(max=FULLNAME_MAX), not_blank, no_html)
+_SHORTNAME_RULES = (validate.Length(max=SHORTNAME_MAX), not_blank, no_html)
 
 
 class CoursesQuery(RequestSchema):
@@ -37,8 +39,8 @@ class CoursePath(RequestSchema):
 class CourseFields(RequestSchema):
     """The course fields a caller may set; Moodle's own validation runs again on its side."""
 
-    fullname = fields.String(validate=[validate.Length(max=FULLNAME_MAX), not_blank])
-    shortname = fields.String(validate=[validate.Length(max=SHORTNAME_MAX), not_blank])
+    fullname = fields.String(validate=_FULLNAME_RULES)
+    shortname = fields.String(validate=_SHORTNAME_RULES)
     categoryid = strict_int(validate=validate.Range(min=1))
     summary = fields.String()
     summaryformat = strict_int(validate=validate.OneOf(SUMMARY_FORMATS))
@@ -56,8 +58,8 @@ class CourseFields(RequestSchema):
 
 
 class CourseCreate(CourseFields):
-    fullname = fields.String(required=True, validate=[validate.Length(max=FULLNAME_MAX), not_blank])
-    shortname = fields.String(required=True, validate=[validate.Length(max=SHORTNAME_MAX), not_blank])
+    fullname = fields.String(required=True, validate=_FULLNAME_RULES)
+    shortname = fields.String(required=True, validate=_SHORTNAME_RULES)
     categoryid = strict_int(required=True, validate=validate.Range(min=1))
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from marshmallow import ValidationError, fields, validate
 
 from lms_api.moodle.client import UploadFile
-from lms_api.schemas.base import Flag, RequestSchema, ResponseSchema, not_blank, strict_int
+from lms_api.schemas.base import Flag, RequestSchema, ResponseSchema, no_html, not_blank, strict_int
 
 MAX_FILES = 20
 
@@ -43,7 +43,7 @@ class UploadForm(RequestSchema):
 class AttachBody(RequestSchema):
     courseid = strict_int(required=True, validate=validate.Range(min=1))
     draftitemid = strict_int(required=True, validate=validate.Range(min=1))
-    name = fields.String(required=True, validate=[validate.Length(max=255), not_blank])
+    name = fields.String(required=True, validate=[validate.Length(max=255), not_blank, no_html])
     intro = fields.String()  # accepted for the original design; the default function has no intro parameter
     section = strict_int(load_default=0, validate=validate.Range(min=0))
     visible = Flag(load_default=True)

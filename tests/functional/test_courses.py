@@ -135,6 +135,7 @@ def test_a_missing_category_is_a_404(gateway):
         ({"fullname": "A", "shortname": "B", "categoryid": "1"}, {"categoryid"}),
         ({"fullname": "A", "shortname": "B", "categoryid": 1.5}, {"categoryid"}),
         ({"fullname": " ", "shortname": "B", "categoryid": 1}, {"fullname"}),
+        ({"fullname": "<b>Bold</b>", "shortname": "B", "categoryid": 1}, {"fullname"}),
         ({"fullname": "A", "shortname": "B", "categoryid": 1, "visible": "yes"}, {"visible"}),
         ({"fullname": "A", "shortname": "B", "categoryid": 1, "visible": 2}, {"visible"}),
         ({"fullname": "A", "shortname": "B", "categoryid": 1, "startdate": 10, "enddate": 5}, {"enddate"}),
