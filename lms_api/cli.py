@@ -60,6 +60,9 @@ def _mint(args: argparse.Namespace) -> int:
     if settings.uses_development_jwt_secret:
         print("lms-api: JWT_SECRET is unset: signing with the development secret", file=sys.stderr)
     verifier = TokenVerifier.from_settings(settings)
+    if not verifier.can_mint:
+        print("lms-api: tokens can only be signed with JWT_SECRET and an HS* algorithm", file=sys.stderr)
+        return 2
     print(verifier.mint(args.sub, args.scope, args.moodle_userid, args.ttl))
     return 0
 

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 import jwt
+import requests
+import structlog
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from pyramid.request import Request, RequestLocalCache
 from pyramid.security import Allowed, Denied
 
-from lms_api.settings import Settings
+from lms_api.settings import HMAC_ALGORITHMS, Settings
+
+log = structlog.get_logger("lms_api.security")
 
 MAX_TOKEN_BYTES = 8192
+QUERY_TOKEN_PARAMETER = "access_token"  # noqa: S105 - a parameter name, not a secret
 LEEWAY_S = 30
 
 
@@ -71,33 +78,114 @@ class _Authentication:
     problem: str | None  # None: no token was sent, or the token was valid
 
 
-class TokenVerifier:
+class JwksKeys:
+    """Signing keys from an identity provider's JWKS URL, cached by ``kid``.
+
+    The set is fetched on first use, again after ``max_age_s``, and again when a token names an unknown ``kid``
+    (the provider rotated its keys), but never more often than every ``min_refresh_s``: a flood of tokens with
+    made-up ``kid``s costs the provider one request per interval. When a fetch fails, the keys already known stay.
+    """
+
     def __init__(
         self,
-        secret: str,
+        url: str,
+        *,
+        min_refresh_s: float = 60.0,
+        max_age_s: float = 3600.0,
+        timeout_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.url = url
+        self._min_refresh_s = min_refresh_s
+        self._max_age_s = max_age_s
+        self._timeout_s = timeout_s
+        self._clock = clock
+        self._keys: dict[str, Any] = {}
+        self._fetched_at: float | None = None
+        self._lock = threading.Lock()
+        self.fetches = 0
+
+    def key_for(self, kid: Any) -> Any:
+        if not isinstance(kid, str) or not kid:
+            raise InvalidToken("the token names no key ('kid')")
+        with self._lock:
+            stale = self._fetched_at is None or self._clock() - self._fetched_at >= self._max_age_s
+            if stale or (kid not in self._keys and self._clock() - self._fetched_at >= self._min_refresh_s):
+                self._refresh()
+            if kid not in self._keys:
+                raise InvalidToken("the token's signing key ('kid') is not one of the identity provider's")
+            return self._keys[kid]
+
+    def _refresh(self) -> None:
+        self._fetched_at = self._clock()
+        self.fetches += 1
+        try:
+            response = requests.get(self.url, timeout=self._timeout_s, allow_redirects=False)
+            response.raise_for_status()
+            key_set = jwt.PyJWKSet.from_dict(response.json())
+        except (requests.RequestException, ValueError, jwt.PyJWTError) as error:
+            log.warning("jwks.unavailable", jwks_url=self.url, error=type(error).__name__, kept=len(self._keys))
+            return
+        self._keys = {key.key_id: key.key for key in key_set.keys if key.key_id}
+
+
+class TokenVerifier:
+    """Checks bearer JWTs: the algorithm must be one of ``algorithms`` and picks the key, never the reverse.
+
+    HS* tokens are checked with ``secret``; RS*/PS*/ES* tokens with ``public_key`` or the JWKS key their ``kid``
+    names. An HS256 token signed with the RSA public key (algorithm confusion) is refused: HS256 is either not
+    accepted, or checked against the secret.
+    """
+
+    def __init__(
+        self,
+        secret: str | None,
         algorithms: Iterable[str],
         audience: str | None = None,
         issuer: str | None = None,
         leeway_s: int = LEEWAY_S,
+        public_key: str | None = None,
+        jwks: JwksKeys | None = None,
     ) -> None:
         self._secret = secret
         self._algorithms = list(algorithms)
         self._audience = audience
         self._issuer = issuer
         self._leeway_s = leeway_s
+        self._public_key = load_pem_public_key(public_key.encode()) if public_key else None
+        self._jwks = jwks
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TokenVerifier:
-        return cls(settings.jwt_secret, settings.jwt_algorithms, settings.jwt_audience, settings.jwt_issuer)
+        return cls(
+            settings.jwt_secret,
+            settings.jwt_algorithms,
+            settings.jwt_audience,
+            settings.jwt_issuer,
+            settings.jwt_leeway_s,
+            settings.jwt_public_key,
+            JwksKeys(settings.jwt_jwks_url) if settings.jwt_jwks_url else None,
+        )
+
+    @property
+    def can_mint(self) -> bool:
+        return bool(self._secret) and any(name in HMAC_ALGORITHMS for name in self._algorithms)
 
     def verify(self, token: str) -> Identity:
         if len(token) > MAX_TOKEN_BYTES:
             raise InvalidToken("token too large")
         try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as error:
+            raise InvalidToken(str(error)) from None
+        algorithm = header.get("alg")
+        if algorithm not in self._algorithms:
+            raise InvalidToken(f"the algorithm {algorithm!r} is not accepted")
+        try:
             claims = jwt.decode(
                 token,
-                self._secret,
-                algorithms=self._algorithms,  # pinned: the token's own "alg" header is never trusted
+                self._key_for(algorithm, header),
+                algorithms=[algorithm],
                 audience=self._audience,
                 issuer=self._issuer,
                 leeway=self._leeway_s,
@@ -107,7 +195,15 @@ class TokenVerifier:
             raise InvalidToken(str(error)) from None
         return _identity_from_claims(claims)
 
+    def _key_for(self, algorithm: str, header: dict[str, Any]) -> Any:
+        if algorithm in HMAC_ALGORITHMS:
+            return self._secret
+        if self._jwks is not None:
+            return self._jwks.key_for(header.get("kid"))
+        return self._public_key
+
     def mint(self, sub: str, scopes: Iterable[str], moodle_userid: int | None = None, ttl_s: int = 3600) -> str:
+        """A token for development and tests; only the HMAC secret can sign (public keys only verify)."""
         now = int(time.time())
         claims: dict[str, Any] = {"sub": sub, "scope": " ".join(scopes), "iat": now, "nbf": now, "exp": now + ttl_s}
         if moodle_userid is not None:
@@ -116,7 +212,8 @@ class TokenVerifier:
             claims["aud"] = self._audience
         if self._issuer:
             claims["iss"] = self._issuer
-        return jwt.encode(claims, self._secret, algorithm=self._algorithms[0])
+        algorithm = next(name for name in self._algorithms if name in HMAC_ALGORITHMS)
+        return jwt.encode(claims, self._secret, algorithm=algorithm)
 
 
 def _identity_from_claims(claims: dict[str, Any]) -> Identity:
@@ -150,6 +247,9 @@ class JWTSecurityPolicy:
         self._cache = RequestLocalCache(self._authenticate)
 
     def _authenticate(self, request: Request) -> _Authentication:
+        if QUERY_TOKEN_PARAMETER in request.GET:
+            # Query strings land in access logs, proxies and browser history; RFC 6750 allows them, we do not.
+            return _Authentication(None, "a token in the query string is refused: send 'Authorization: Bearer'")
         token = bearer_token(request)
         if token is None:
             return _Authentication(None, None)

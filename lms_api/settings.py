@@ -11,11 +11,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
+from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from dotenv import dotenv_values
 
 DEVELOPMENT = "development"
@@ -27,11 +31,25 @@ DEVELOPMENT_JWT_SECRET = "lms-api-development-only-secret-never-use-in-productio
 
 # RFC 7518 3.2: an HMAC key at least as long as the hash output.
 MIN_JWT_SECRET_LENGTH = {"HS256": 32, "HS384": 48, "HS512": 64}
-SUPPORTED_JWT_ALGORITHMS = tuple(MIN_JWT_SECRET_LENGTH)
+HMAC_ALGORITHMS = tuple(MIN_JWT_SECRET_LENGTH)
+RSA_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
+EC_ALGORITHMS = ("ES256", "ES384", "ES512")
+SUPPORTED_JWT_ALGORITHMS = HMAC_ALGORITHMS + RSA_ALGORITHMS + EC_ALGORITHMS
 
 
 class SettingsError(Exception):
     """A setting is missing or malformed; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A budget of ``count`` requests per ``period_s`` seconds."""
+
+    count: int
+    period_s: int
+
+    def __str__(self) -> str:
+        return f"{self.count}/{self.period_s}s"
 
 
 @dataclass(frozen=True)
@@ -47,11 +65,20 @@ class Settings:
     moodle_max_upload_mb: int
     moodle_attach_function: str
     moodle_role_ids: Mapping[str, int]
-    jwt_secret: str
+    jwt_secret: str | None
+    jwt_public_key: str | None
+    jwt_jwks_url: str | None
     jwt_algorithms: tuple[str, ...]
     jwt_audience: str | None
     jwt_issuer: str | None
+    jwt_leeway_s: int
     log_format: str
+    rate_limit_read: Rate
+    rate_limit_write: Rate
+    rate_limit_unauthenticated: Rate
+    redis_url: str | None
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...]
+    cors_allowed_origins: tuple[str, ...]
     uses_development_jwt_secret: bool = False
     secrets: tuple[str, ...] = field(default=(), repr=False)
 
@@ -103,6 +130,74 @@ def _base_url(key: str, raw: str) -> str:
         raise SettingsError(f"{key} must be an http:// or https:// URL such as https://moodle.example.edu")
     if parts.query or parts.fragment:
         raise SettingsError(f"{key} must not carry a query string or fragment")
+    return url
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _https_url(key: str, raw: str) -> str:
+    url = raw.strip()
+    parts = urlsplit(url)
+    if not parts.hostname or not (parts.scheme == "https" or (parts.scheme == "http" and _is_loopback(parts.hostname))):
+        raise SettingsError(f"{key} must be an https:// URL (http:// only on loopback)")
+    return url
+
+
+def _public_key(key: str, raw: str) -> str:
+    """PEM text, or the path of a PEM file; checked to be an RSA or EC public key."""
+    text = raw.strip()
+    if not text.startswith("-----BEGIN"):
+        path = Path(text)
+        if not path.is_file():
+            raise SettingsError(f"{key} must be a PEM public key or the path of a PEM file")
+        text = path.read_text().strip()
+    text = text.replace("\\n", "\n")  # a PEM in one .env line, with literal \n
+    try:
+        loaded = load_pem_public_key(text.encode())
+    except ValueError:
+        raise SettingsError(f"{key} is not a readable PEM public key") from None
+    if not isinstance(loaded, (RSAPublicKey, EllipticCurvePublicKey)):
+        raise SettingsError(f"{key} must be an RSA or EC public key")
+    return text
+
+
+_PERIODS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+
+
+def _rate(key: str, raw: str) -> Rate:
+    count, _, period = raw.strip().partition("/")
+    if not count.strip().isdigit() or int(count) < 1 or period.strip() not in _PERIODS:
+        raise SettingsError(f"{key} must look like '600/minute' (per second, minute, hour or day), got {raw!r}")
+    return Rate(int(count), _PERIODS[period.strip()])
+
+
+def _networks(key: str, raw: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    try:
+        return tuple(ip_network(part, strict=False) for part in re.split(r"[\s,]+", raw.strip()) if part)
+    except ValueError as error:
+        raise SettingsError(f"{key} must list IP addresses or networks (10.0.0.0/8, ::1): {error}") from None
+
+
+def _origins(key: str, raw: str) -> tuple[str, ...]:
+    origins = tuple(part.rstrip("/") for part in re.split(r"[\s,]+", raw.strip()) if part)
+    for origin in origins:
+        parts = urlsplit(origin)
+        if origin == "*" or parts.scheme not in ("http", "https") or not parts.hostname or parts.path:
+            raise SettingsError(f"{key} lists exact origins such as https://app.example.edu (no '*'), got {origin!r}")
+    return origins
+
+
+def _redis_url(key: str, raw: str) -> str:
+    url = raw.strip()
+    if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+        raise SettingsError(f"{key} must be a redis://, rediss:// or unix:// URL")
     return url
 
 
@@ -170,11 +265,21 @@ _KEYS = (
     _Key("MOODLE_MAX_UPLOAD_MB", _whole_number(1), "50"),
     _Key("MOODLE_ATTACH_FUNCTION", _function_name, DEFAULT_ATTACH_FUNCTION),
     _Key("MOODLE_ROLE_IDS", _role_ids, ""),
+    _Key("MOODLE_ALLOW_INSECURE", _boolean, "false"),
     _Key("JWT_SECRET", _text, secret=True),
-    _Key("JWT_ALGORITHMS", _algorithms, "HS256"),
+    _Key("JWT_PUBLIC_KEY", _public_key),
+    _Key("JWT_JWKS_URL", _https_url),
+    _Key("JWT_ALGORITHMS", _algorithms),
     _Key("JWT_AUDIENCE", _text),
     _Key("JWT_ISSUER", _text),
+    _Key("JWT_LEEWAY_S", _whole_number(0), "30"),
     _Key("LOG_FORMAT", _log_format, "json"),
+    _Key("RATE_LIMIT_READ", _rate, "600/minute"),
+    _Key("RATE_LIMIT_WRITE", _rate, "120/minute"),
+    _Key("RATE_LIMIT_UNAUTHENTICATED", _rate, "300/minute"),
+    _Key("REDIS_URL", _redis_url, secret=True),  # may carry a password
+    _Key("TRUSTED_PROXIES", _networks, ""),
+    _Key("CORS_ALLOWED_ORIGINS", _origins, ""),
 )
 
 SETTING_NAMES = tuple(key.name for key in _KEYS)
@@ -207,23 +312,20 @@ def load_settings(
         if key.secret and values[key.name]:
             secrets.append(values[key.name])
 
-    base_url, token, jwt_secret = values["MOODLE_BASE_URL"], values["MOODLE_TOKEN"], values["JWT_SECRET"]
+    base_url, token = values["MOODLE_BASE_URL"], values["MOODLE_TOKEN"]
     if environment == PRODUCTION:
-        for name in ("MOODLE_BASE_URL", "MOODLE_TOKEN", "JWT_SECRET"):
+        for name in ("MOODLE_BASE_URL", "MOODLE_TOKEN"):
             if not values[name]:
                 raise SettingsError(f"{name} is required with production.ini: set it in the environment or in .env")
+        host = urlsplit(base_url).hostname or ""
+        if base_url.startswith("http://") and not _is_loopback(host) and not values["MOODLE_ALLOW_INSECURE"]:
+            raise SettingsError(
+                "MOODLE_BASE_URL must be https:// with production.ini (the token would cross the network in clear); "
+                "set MOODLE_ALLOW_INSECURE=true to accept http://"
+            )
     if base_url and not token:
         raise SettingsError("MOODLE_TOKEN is required when MOODLE_BASE_URL is set")
-
-    uses_development_secret = False
-    if not jwt_secret:
-        jwt_secret, uses_development_secret = DEVELOPMENT_JWT_SECRET, True
-    else:
-        algorithms = values["JWT_ALGORITHMS"]
-        minimum = max(MIN_JWT_SECRET_LENGTH[name] for name in algorithms)
-        if len(jwt_secret.encode()) < minimum:
-            raise SettingsError(f"JWT_SECRET must be at least {minimum} bytes long for {', '.join(algorithms)}")
-
+    jwt_secret, algorithms, uses_development_secret = _jwt_keys(environment, values)
     return Settings(
         environment=environment,
         moodle_base_url=base_url,
@@ -237,10 +339,68 @@ def load_settings(
         moodle_attach_function=values["MOODLE_ATTACH_FUNCTION"],
         moodle_role_ids=values["MOODLE_ROLE_IDS"],
         jwt_secret=jwt_secret,
-        jwt_algorithms=values["JWT_ALGORITHMS"],
+        jwt_public_key=values["JWT_PUBLIC_KEY"],
+        jwt_jwks_url=values["JWT_JWKS_URL"],
+        jwt_algorithms=algorithms,
         jwt_audience=values["JWT_AUDIENCE"],
         jwt_issuer=values["JWT_ISSUER"],
+        jwt_leeway_s=values["JWT_LEEWAY_S"],
         log_format=values["LOG_FORMAT"],
+        rate_limit_read=values["RATE_LIMIT_READ"],
+        rate_limit_write=values["RATE_LIMIT_WRITE"],
+        rate_limit_unauthenticated=values["RATE_LIMIT_UNAUTHENTICATED"],
+        redis_url=values["REDIS_URL"],
+        trusted_proxies=values["TRUSTED_PROXIES"],
+        cors_allowed_origins=values["CORS_ALLOWED_ORIGINS"],
         uses_development_jwt_secret=uses_development_secret,
         secrets=tuple(secrets),
     )
+
+
+def _jwt_keys(environment: str, values: Mapping[str, Any]) -> tuple[str | None, tuple[str, ...], bool]:
+    """The HMAC secret, the accepted algorithms, and whether the development secret stands in.
+
+    Each algorithm needs its key: HS* the secret, RS*/PS*/ES* a public key or a JWKS URL. Unset algorithms
+    follow the keys given: HS256 for a secret, the public key's own family, RS256 and ES256 for a JWKS.
+    """
+    secret, public_key, jwks_url = values["JWT_SECRET"], values["JWT_PUBLIC_KEY"], values["JWT_JWKS_URL"]
+    if public_key and jwks_url:
+        raise SettingsError("Set JWT_PUBLIC_KEY or JWT_JWKS_URL, not both")
+    uses_development_secret = False
+    if not (secret or public_key or jwks_url):
+        if environment == PRODUCTION:
+            raise SettingsError(
+                "JWT_SECRET, JWT_PUBLIC_KEY or JWT_JWKS_URL is required with production.ini: "
+                "set it in the environment or in .env"
+            )
+        secret, uses_development_secret = DEVELOPMENT_JWT_SECRET, True
+    algorithms = values["JWT_ALGORITHMS"]
+    if algorithms is None:
+        algorithms = ("HS256",) if secret else ()
+        if public_key:
+            algorithms += ("ES256",) if _key_family(public_key) == "EC" else ("RS256",)
+        if jwks_url:
+            algorithms += ("RS256", "ES256")
+    for name in algorithms:
+        if name in HMAC_ALGORITHMS and not secret:
+            raise SettingsError(f"JWT_ALGORITHMS has {name}, which needs JWT_SECRET")
+        if name not in HMAC_ALGORITHMS and not (public_key or jwks_url):
+            raise SettingsError(f"JWT_ALGORITHMS has {name}, which needs JWT_PUBLIC_KEY or JWT_JWKS_URL")
+    if public_key:
+        family = _key_family(public_key)
+        wrong = [name for name in algorithms if name not in HMAC_ALGORITHMS and name[:2] not in _PREFIXES[family]]
+        if wrong:
+            raise SettingsError(f"JWT_PUBLIC_KEY is an {family} key; it cannot verify {', '.join(wrong)}")
+    hmac = [name for name in algorithms if name in HMAC_ALGORITHMS]
+    if secret and hmac and not uses_development_secret:
+        minimum = max(MIN_JWT_SECRET_LENGTH[name] for name in hmac)
+        if len(secret.encode()) < minimum:
+            raise SettingsError(f"JWT_SECRET must be at least {minimum} bytes long for {', '.join(hmac)}")
+    return secret, algorithms, uses_development_secret
+
+
+_PREFIXES = {"RSA": ("RS", "PS"), "EC": ("ES",)}
+
+
+def _key_family(pem: str) -> str:
+    return "EC" if isinstance(load_pem_public_key(pem.encode()), EllipticCurvePublicKey) else "RSA"

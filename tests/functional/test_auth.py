@@ -74,9 +74,14 @@ def test_a_non_bearer_scheme_is_refused(gateway):
 
 
 def test_a_token_in_the_query_string_is_not_accepted(gateway):
-    response = gateway.get(f"{SITEINFO}?access_token={mint('siteinfo:read')}")
+    valid = mint("siteinfo:read")
 
-    assert response.status_int == 401
+    alone = gateway.get(f"{SITEINFO}?access_token={valid}")
+    with_header = gateway.get(f"{SITEINFO}?access_token={valid}", valid)
+
+    assert_unauthorized(alone, invalid_token=True)
+    assert_unauthorized(with_header, invalid_token=True)
+    assert "query string" in alone.json["error"]["message"]
 
 
 def test_a_valid_token_without_the_scope_is_a_403(gateway, sandbox):

@@ -1,4 +1,8 @@
+import re
+
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from lms_api import main
 from lms_api.settings import DEVELOPMENT_JWT_SECRET, SettingsError, load_settings, read_dotenv
@@ -116,3 +120,96 @@ def test_main_stops_with_one_clear_line_on_a_bad_setting(monkeypatch, capsys, tm
         "lms_api: configuration error: MOODLE_BASE_URL is required with production.ini: "
         "set it in the environment or in .env"
     )
+
+
+def _pem(private):
+    return (
+        private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+@pytest.fixture(scope="module")
+def rsa_pem():
+    return _pem(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+
+
+@pytest.fixture(scope="module")
+def ec_pem():
+    return _pem(ec.generate_private_key(ec.SECP256R1()))
+
+
+def without_secret(**extra):
+    return {**{k: v for k, v in COMPLETE.items() if k != "JWT_SECRET"}, **extra}
+
+
+def test_algorithms_follow_the_keys_given(rsa_pem, ec_pem):
+    assert load_settings(PRODUCTION, COMPLETE).jwt_algorithms == ("HS256",)
+    assert load_settings(PRODUCTION, without_secret(JWT_PUBLIC_KEY=rsa_pem)).jwt_algorithms == ("RS256",)
+    assert load_settings(PRODUCTION, without_secret(JWT_PUBLIC_KEY=ec_pem)).jwt_algorithms == ("ES256",)
+    jwks = load_settings(PRODUCTION, without_secret(JWT_JWKS_URL="https://idp.example.edu/jwks"))
+    assert jwks.jwt_algorithms == ("RS256", "ES256") and jwks.jwt_secret is None
+
+
+def test_a_public_key_may_be_a_file_or_one_line_with_escaped_newlines(tmp_path, rsa_pem):
+    (tmp_path / "idp.pem").write_text(rsa_pem)
+
+    from_file = load_settings(PRODUCTION, without_secret(JWT_PUBLIC_KEY=str(tmp_path / "idp.pem")))
+    one_line = load_settings(PRODUCTION, without_secret(JWT_PUBLIC_KEY=rsa_pem.strip().replace("\n", "\\n")))
+
+    assert from_file.jwt_public_key.strip() == one_line.jwt_public_key.strip() == rsa_pem.strip()
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"JWT_ALGORITHMS": "RS256"}, "RS256, which needs JWT_PUBLIC_KEY or JWT_JWKS_URL"),
+        ({"JWT_SECRET": "", "JWT_JWKS_URL": "https://idp/jwks", "JWT_ALGORITHMS": "HS256"}, "needs JWT_SECRET"),
+        ({"JWT_SECRET": "", "JWT_PUBLIC_KEY": "not a key"}, "JWT_PUBLIC_KEY"),
+        ({"JWT_JWKS_URL": "http://idp.example.edu/jwks"}, "JWT_JWKS_URL must be an https:// URL"),
+        ({"JWT_ALGORITHMS": "none"}, "'none' is not supported"),
+        ({"JWT_SECRET": ""}, "JWT_SECRET, JWT_PUBLIC_KEY or JWT_JWKS_URL is required"),
+        ({"MOODLE_BASE_URL": "http://moodle.example.edu"}, "MOODLE_BASE_URL must be https://"),
+        ({"RATE_LIMIT_READ": "600 per minute"}, "RATE_LIMIT_READ must look like '600/minute'"),
+        ({"RATE_LIMIT_WRITE": "0/minute"}, "RATE_LIMIT_WRITE"),
+        ({"CORS_ALLOWED_ORIGINS": "*"}, "no '*'"),
+        ({"CORS_ALLOWED_ORIGINS": "https://app.example.edu/spa"}, "CORS_ALLOWED_ORIGINS"),
+        ({"TRUSTED_PROXIES": "10.0.0.0/8,proxy.local"}, "TRUSTED_PROXIES"),
+        ({"REDIS_URL": "http://cache:6379"}, "REDIS_URL"),
+    ],
+)
+def test_bad_security_settings_are_refused_naming_the_key(environ, message):
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        load_settings(PRODUCTION, {**COMPLETE, **environ})
+
+
+def test_an_ec_key_cannot_verify_rsa_algorithms(ec_pem):
+    with pytest.raises(SettingsError, match="EC key; it cannot verify RS256"):
+        load_settings(PRODUCTION, without_secret(JWT_PUBLIC_KEY=ec_pem, JWT_ALGORITHMS="RS256"))
+
+
+def test_plain_http_to_moodle_is_allowed_on_loopback_or_when_asked():
+    assert load_settings(PRODUCTION, {**COMPLETE, "MOODLE_BASE_URL": "http://127.0.0.1:8089"}).moodle_base_url
+    insecure = {**COMPLETE, "MOODLE_BASE_URL": "http://moodle.internal", "MOODLE_ALLOW_INSECURE": "true"}
+    assert load_settings(PRODUCTION, insecure).moodle_base_url == "http://moodle.internal"
+    assert load_settings(DEVELOPMENT, {"MOODLE_BASE_URL": "http://moodle.internal", "MOODLE_TOKEN": "t"})
+
+
+def test_rate_limits_proxies_and_origins():
+    settings = load_settings(
+        PRODUCTION,
+        {
+            **COMPLETE,
+            "RATE_LIMIT_READ": "10/second",
+            "TRUSTED_PROXIES": "10.0.0.0/8, ::1",
+            "CORS_ALLOWED_ORIGINS": "https://app.example.edu, http://localhost:5173/",
+            "REDIS_URL": "redis://:hunter2@cache:6379/0",
+        },
+    )
+
+    assert (settings.rate_limit_read.count, settings.rate_limit_read.period_s) == (10, 1)
+    assert (settings.rate_limit_write.count, settings.rate_limit_write.period_s) == (120, 60)
+    assert [str(network) for network in settings.trusted_proxies] == ["10.0.0.0/8", "::1/128"]
+    assert settings.cors_allowed_origins == ("https://app.example.edu", "http://localhost:5173")
+    assert "redis://:hunter2@cache:6379/0" in settings.secrets
