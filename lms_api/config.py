@@ -10,8 +10,10 @@ from pyramid.config import Configurator
 from pyramid.router import Router
 from pyramid.tweens import EXCVIEW
 
+from lms_api.audit import audit_targets
 from lms_api.logging import configure_logging, request_id
 from lms_api.moodle.client import MoodleService
+from lms_api.ratelimit import counter_from_settings
 from lms_api.sandbox.server import SandboxServer, start_sandbox
 from lms_api.security import UNDECLARED_PERMISSION, JWTSecurityPolicy, TokenVerifier
 from lms_api.settings import Settings
@@ -75,7 +77,17 @@ def make_app(
     config.set_security_policy(JWTSecurityPolicy(TokenVerifier.from_settings(settings)))
     config.set_default_permission(UNDECLARED_PERMISSION)  # a view that forgets its permission is closed
     config.add_renderer(ENVELOPE_RENDERER, EnvelopeRenderer)
+    config.registry.rate_counter = counter_from_settings(settings)
+    config.add_request_method(audit_targets, "audit_targets", reify=True)
+    # Outermost first; all sit over the exception views, so error answers pass through each of them.
     config.add_tween("lms_api.logging.request_tween_factory", over=EXCVIEW)
+    config.add_tween(
+        "lms_api.hygiene.hygiene_tween_factory", over=EXCVIEW, under="lms_api.logging.request_tween_factory"
+    )
+    config.add_tween("lms_api.audit.audit_tween_factory", over=EXCVIEW, under="lms_api.hygiene.hygiene_tween_factory")
+    config.add_tween(
+        "lms_api.ratelimit.rate_limit_tween_factory", over=EXCVIEW, under="lms_api.audit.audit_tween_factory"
+    )
 
     add_routes(config)
     config.scan("lms_api.views")

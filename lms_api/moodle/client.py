@@ -73,6 +73,11 @@ class CallLog:
 _call_log: ContextVar[CallLog | None] = ContextVar("moodle_call_log", default=None)
 
 
+def current_call_log() -> CallLog:
+    """The calls of the request being handled so far (an empty log outside :func:`recording_calls`)."""
+    return _call_log.get() or CallLog()
+
+
 @contextmanager
 def recording_calls() -> Iterator[CallLog]:
     """Collect the Moodle calls made inside the block (one request) for its summary line."""

@@ -10,6 +10,8 @@ from pyramid.request import Request
 
 from lms_api.errors import ApiError
 
+MAX_JSON_BYTES = 1024 * 1024
+
 
 class RequestSchema(Schema):
     """Input schema: unknown fields are an error that names them, so a caller's typo never passes silently."""
@@ -31,7 +33,10 @@ def load_multipart(request: Request, schema: RequestSchema) -> dict[str, Any]:
     """Validate a ``multipart/form-data`` body; file parts stay file objects (spooled to disk when large)."""
     if request.content_type != "multipart/form-data":
         raise ApiError(415, "unsupportedmediatype", "This route takes a multipart/form-data body")
-    form = _as_dict(request.POST)
+    try:
+        form = _as_dict(request.POST)
+    except ValueError:  # no boundary, or a body that does not follow it
+        raise ApiError(400, "invalidmultipart", "The multipart/form-data body cannot be read") from None
     request.add_finished_callback(_close_spooled_body)
     return schema.load(form)
 
@@ -57,6 +62,13 @@ def _as_dict(multidict: Any) -> dict[str, Any]:
 
 
 def load_json_body(request: Request, schema: RequestSchema) -> dict[str, Any]:
+    """A JSON object body: 415 for another media type, 413 past MAX_JSON_BYTES (judged before it is read)."""
+    if request.content_type != "application/json":
+        raise ApiError(415, "unsupportedmediatype", "This route takes a JSON body (Content-Type: application/json)")
+    if request.content_length is not None and request.content_length > MAX_JSON_BYTES:
+        raise ApiError(
+            413, "bodytoolarge", f"JSON bodies are limited to {MAX_JSON_BYTES} bytes", {"max_bytes": MAX_JSON_BYTES}
+        )
     try:
         body = request.json_body
     except ValueError:

@@ -27,7 +27,10 @@ def list_courses(request: Request) -> dict[str, Any]:
 
 @api_view(route_name="api.moodle.courses", request_method="POST", permission=Scope.COURSES_WRITE)
 def create_course(request: Request) -> dict[str, Any]:
-    created = courses.create_course(request.moodle, load_json_body(request, _create))
+    fields = load_json_body(request, _create)
+    request.audit_targets.update(categoryid=fields["categoryid"], shortname=fields["shortname"])
+    created = courses.create_course(request.moodle, fields)
+    request.audit_targets["course_id"] = created["id"]
     request.response.status = 201
     request.response.location = request.route_url("api.moodle.course", course_id=created["id"])
     return _created.dump(created)
@@ -41,4 +44,7 @@ def get_course(request: Request) -> dict[str, Any]:
 @api_view(route_name="api.moodle.course", request_method="PATCH", permission=Scope.COURSES_WRITE)
 def update_course(request: Request) -> dict[str, Any]:
     course_id = load_matchdict(request, _path)["course_id"]
-    return _course.dump(courses.update_course(request.moodle, course_id, load_json_body(request, _update)))
+    request.audit_targets["course_id"] = course_id
+    changes = load_json_body(request, _update)
+    request.audit_targets["fields"] = sorted(changes)
+    return _course.dump(courses.update_course(request.moodle, course_id, changes))

@@ -13,7 +13,11 @@ _body, _result = EnrolBody(), EnrolResultSchema()
 
 @api_view(route_name="api.moodle.enrol", request_method="POST", permission=Scope.ENROL_WRITE)
 def enrol(request: Request) -> dict[str, Any]:
-    wanted = enrolments.resolve_roles(
-        load_json_body(request, _body)["enrolments"], request.lms_settings.moodle_role_ids
+    wanted = load_json_body(request, _body)["enrolments"]
+    request.audit_targets.update(
+        course_ids=sorted({enrolment["courseid"] for enrolment in wanted}),
+        user_ids=sorted({enrolment["userid"] for enrolment in wanted}),
+        enrolments=len(wanted),
     )
+    wanted = enrolments.resolve_roles(wanted, request.lms_settings.moodle_role_ids)
     return _result.dump(enrolments.enrol(request.moodle, wanted))

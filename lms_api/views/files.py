@@ -17,13 +17,19 @@ def upload(request: Request) -> dict[str, Any]:
     max_mb = request.lms_settings.moodle_max_upload_mb
     files.refuse_oversized_body(request.content_length, max_mb)
     form = load_multipart(request, _form)
+    request.audit_targets.update(filenames=[upload.filename for upload in form["file"]], itemid=form["itemid"])
     files.check_sizes(form["file"], max_mb)
+    uploaded = files.upload(request.moodle, form["file"], form["itemid"])
+    request.audit_targets["itemid"] = uploaded["itemid"]
     request.response.status = 201
-    return _uploaded.dump(files.upload(request.moodle, form["file"], form["itemid"]))
+    return _uploaded.dump(uploaded)
 
 
 @api_view(route_name="api.moodle.files.attach", request_method="POST", permission=Scope.FILES_WRITE)
 def attach(request: Request) -> dict[str, Any]:
     body = load_json_body(request, _attach)
+    request.audit_targets.update(course_id=body["courseid"], draftitemid=body["draftitemid"])
+    attached = files.attach(request.moodle, request.lms_settings.moodle_attach_function, body)
+    request.audit_targets["cmid"] = attached["cmid"]
     request.response.status = 201
-    return _attached.dump(files.attach(request.moodle, request.lms_settings.moodle_attach_function, body))
+    return _attached.dump(attached)

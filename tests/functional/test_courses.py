@@ -156,10 +156,30 @@ def test_bad_course_bodies_are_400s_naming_the_fields_before_moodle_is_called(ga
 
 def test_a_body_that_is_not_json_is_a_400(gateway):
     response = gateway.app.post(
-        "/api/moodle/courses", "fullname=x", headers={"Authorization": f"Bearer {WRITE}"}, expect_errors=True
+        "/api/moodle/courses",
+        "{fullname: x",
+        headers={"Authorization": f"Bearer {WRITE}", "Content-Type": "application/json"},
+        expect_errors=True,
     )
 
     assert (response.status_int, response.json["error"]["code"]) == (400, "invalidjson")
+
+
+def test_a_body_of_another_media_type_is_a_415(gateway):
+    response = gateway.app.post(
+        "/api/moodle/courses", "fullname=x", headers={"Authorization": f"Bearer {WRITE}"}, expect_errors=True
+    )
+
+    assert (response.status_int, response.json["error"]["code"]) == (415, "unsupportedmediatype")
+
+
+def test_a_json_body_over_one_mib_is_a_413_before_it_is_parsed(gateway, sandbox):
+    before = sandbox_calls(sandbox)
+
+    response = gateway.post("/api/moodle/courses", {"fullname": "x" * (1024 * 1024), "shortname": "B"}, WRITE)
+
+    assert (response.status_int, response.json["error"]["code"]) == (413, "bodytoolarge")
+    assert sandbox_calls(sandbox) == before
 
 
 def test_reading_a_course_that_does_not_exist_is_a_404(gateway):

@@ -1,0 +1,54 @@
+"""An ``audit`` event for every write attempt, refused ones included: who, what, which ids, what outcome."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from pyramid.registry import Registry
+from pyramid.request import Request
+from pyramid.response import Response
+
+from lms_api.moodle.client import CallLog, current_call_log
+
+log = structlog.get_logger("lms_api.audit")
+
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def audit_targets(request: Request) -> dict[str, Any]:
+    """Views add the ids a write touches here (``request.audit_targets["course_id"] = 7``)."""
+    return {}
+
+
+def audit_tween_factory(handler: Callable[[Request], Response], registry: Registry) -> Callable[[Request], Response]:
+    def tween(request: Request) -> Response:
+        if request.method not in WRITE_METHODS or not request.path.startswith("/api/"):
+            return handler(request)
+        response = handler(request)
+        _log(request, response, current_call_log())
+        return response
+
+    return tween
+
+
+def _log(request: Request, response: Response, calls: CallLog) -> None:
+    identity = request.identity
+    outcome = "ok"
+    if response.status_code >= 400:
+        try:
+            outcome = response.json_body["error"]["code"]
+        except (ValueError, KeyError, TypeError):
+            outcome = "error"
+    log.info(
+        "audit",
+        sub=identity.sub if identity else None,
+        method=request.method,
+        route=request.matched_route.name if request.matched_route else None,
+        path=request.path,
+        status=response.status_code,
+        outcome=outcome,
+        moodle_functions=calls.functions,
+        targets=request.audit_targets,
+    )

@@ -1,0 +1,198 @@
+"""Rate limits per caller: budgets for reads, writes and unauthenticated requests, in-process or shared in Redis.
+
+A window starts at a caller's first request and lasts the rate's period; the count resets when it ends. With
+``REDIS_URL`` every gateway replica counts in the same Redis keys, so N replicas enforce one budget. If Redis
+goes away the gateway keeps serving with in-process counters, says so once in the log, and goes back to Redis
+once it answers again.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network, ip_address
+from typing import Protocol
+
+import redis
+import structlog
+from pyramid.registry import Registry
+from pyramid.request import Request
+from pyramid.response import Response
+
+from lms_api.settings import Rate, Settings
+from lms_api.views.exceptions import error_response
+
+log = structlog.get_logger("lms_api.ratelimit")
+
+READ_METHODS = frozenset({"GET", "HEAD"})
+REDIS_RETRY_AFTER_S = 5.0
+KEY_PREFIX = "lms_api:ratelimit:"
+
+# INCR, and start the window's clock on the first hit: atomic, so replicas never lose a count.
+_REDIS_HIT = """
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]); ttl = tonumber(ARGV[1]) end
+return {count, ttl}
+"""
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_s: int  # until the window ends
+
+    def headers(self) -> dict[str, str]:
+        headers = {
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": str(self.remaining),
+            "RateLimit-Reset": str(self.reset_s),
+        }
+        if not self.allowed:
+            headers["Retry-After"] = str(self.reset_s)
+        return headers
+
+
+def _decision(count: int, rate: Rate, remaining_ms: float) -> Decision:
+    reset_s = max(1, math.ceil(remaining_ms / 1000))
+    return Decision(count <= rate.count, rate.count, max(0, rate.count - count), reset_s)
+
+
+class Counter(Protocol):
+    def hit(self, key: str, rate: Rate) -> Decision: ...
+
+
+class LocalCounter:
+    """Counts in this process only."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._windows: dict[str, tuple[float, int]] = {}  # key -> (window end, count)
+        self._lock = threading.Lock()
+        self._next_sweep = 0.0
+
+    def hit(self, key: str, rate: Rate) -> Decision:
+        now = self._clock()
+        with self._lock:
+            if now >= self._next_sweep:  # forget ended windows, so memory follows active callers only
+                self._windows = {k: w for k, w in self._windows.items() if w[0] > now}
+                self._next_sweep = now + 60
+            ends, count = self._windows.get(key, (0.0, 0))
+            if now >= ends:
+                ends, count = now + rate.period_s, 0
+            count += 1
+            self._windows[key] = (ends, count)
+        return _decision(count, rate, (ends - now) * 1000)
+
+
+class RedisCounter:
+    """Counts in Redis, shared by every replica; falls back to ``fallback`` while Redis is unreachable."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        fallback: LocalCounter,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._script = client.register_script(_REDIS_HIT)
+        self._fallback = fallback
+        self._clock = clock
+        self._down_until: float | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisCounter:
+        client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5, retry_on_timeout=False)
+        return cls(client, LocalCounter())
+
+    def hit(self, key: str, rate: Rate) -> Decision:
+        if self._down_until is not None and self._clock() < self._down_until:
+            return self._fallback.hit(key, rate)
+        try:
+            count, ttl_ms = self._script(keys=[KEY_PREFIX + key], args=[rate.period_s * 1000])
+        except redis.RedisError as error:
+            self._went_down(error)
+            return self._fallback.hit(key, rate)
+        self._came_back()
+        return _decision(int(count), rate, float(ttl_ms))
+
+    def _went_down(self, error: Exception) -> None:
+        with self._lock:
+            if self._down_until is None:
+                log.warning(
+                    "ratelimit.redis_unavailable",
+                    error=type(error).__name__,
+                    note="rate limits are counted per process until Redis answers again",
+                )
+            self._down_until = self._clock() + REDIS_RETRY_AFTER_S
+
+    def _came_back(self) -> None:
+        if self._down_until is not None:
+            with self._lock:
+                if self._down_until is not None:
+                    self._down_until = None
+                    log.info("ratelimit.redis_restored")
+
+
+def counter_from_settings(settings: Settings) -> Counter:
+    return RedisCounter.from_url(settings.redis_url) if settings.redis_url else LocalCounter()
+
+
+def client_address(request: Request, trusted_proxies: tuple[IPv4Network | IPv6Network, ...]) -> str:
+    """The caller's address: ``X-Forwarded-For`` is believed only as far as it was written by trusted proxies."""
+    address = request.remote_addr or "unknown"
+    if not trusted_proxies:
+        return address
+    hops = [hop.strip() for hop in request.headers.get("X-Forwarded-For", "").split(",") if hop.strip()]
+    while _is_trusted(address, trusted_proxies) and hops:
+        address = hops.pop()
+    return address
+
+
+def _is_trusted(address: str, networks: tuple[IPv4Network | IPv6Network, ...]) -> bool:
+    try:
+        parsed = ip_address(address)
+    except ValueError:
+        return False
+    return any(parsed in network for network in networks)
+
+
+def rate_limit_tween_factory(
+    handler: Callable[[Request], Response], registry: Registry
+) -> Callable[[Request], Response]:
+    """429 ``ratelimited`` over budget; the ``RateLimit-*`` headers on every API answer, errors included."""
+    settings: Settings = registry.lms_settings
+    counter: Counter = registry.rate_counter
+
+    def tween(request: Request) -> Response:
+        if not request.path.startswith("/api/") or request.method == "OPTIONS":
+            return handler(request)
+        identity = request.identity
+        if identity is None:
+            key, rate = "anon:" + client_address(request, settings.trusted_proxies), settings.rate_limit_unauthenticated
+        elif request.method in READ_METHODS:
+            key, rate = "read:" + identity.sub, settings.rate_limit_read
+        else:
+            key, rate = "write:" + identity.sub, settings.rate_limit_write
+        decision = counter.hit(key, rate)
+        if decision.allowed:
+            response = handler(request)
+        else:
+            response = error_response(
+                request,
+                429,
+                "ratelimited",
+                f"Too many requests: the budget is {rate.count} per {rate.period_s} s; retry in {decision.reset_s} s",
+                {"limit": rate.count, "period_s": rate.period_s, "retry_after_s": decision.reset_s},
+            )
+        response.headers.update(decision.headers())
+        return response
+
+    return tween
