@@ -7,6 +7,8 @@ from typing import Any
 
 import waitress
 
+from lms_api.services.files import MIB, MULTIPART_OVERHEAD_BYTES
+
 DEFAULT_PORT = 6543
 
 
@@ -21,6 +23,9 @@ def server_factory(
     port = int(global_conf.get("http_port") or DEFAULT_PORT)
 
     def serve(app: Any) -> None:
+        # waitress spools a whole body before the app sees it: refuse bodies no route would accept, unread.
+        settings = app.registry.lms_settings
+        options.setdefault("max_request_body_size", settings.moodle_max_upload_mb * MIB + MULTIPART_OVERHEAD_BYTES)
         waitress.serve(app, host=host, port=port, threads=int(threads), **options)
 
     return serve

@@ -153,14 +153,24 @@ class MoodleService:
 
     def call(self, function: str, params: Mapping[str, Any] | None = None) -> Any:
         """Call ``function`` if the site offers it; answer 501 ``functionnotavailable`` without calling otherwise."""
-        if function not in self.available_functions():
-            raise function_not_available(function)
+        self.require(function)
         try:
             return self._call(function, params or {})
         except MoodleError as error:
             if error.code == "accessexception":
-                self._functions_expire_at = 0.0  # the service may have changed: look again next time
+                self.forget_functions()
             raise
+
+    def require(self, *functions: str) -> None:
+        """501 ``functionnotavailable`` for the first of ``functions`` the site does not offer."""
+        available = self.available_functions()
+        for function in functions:
+            if function not in available:
+                raise function_not_available(function)
+
+    def forget_functions(self) -> None:
+        """The token's service may have changed: read the function list again on the next call."""
+        self._functions_expire_at = 0.0
 
     def redact(self, text: str) -> str:
         """``text`` without the gateway's token, for Moodle texts that are passed on."""

@@ -48,6 +48,7 @@ _STATUS_BY_ERRORCODE = {
             "invalidcourseid",
             "filenotfound",
             "errorcatcontextnotvalid",
+            "invalidcourse",  # update_courses on the front-page course
         ),
         404,
     ),
@@ -79,7 +80,7 @@ def status_for_errorcode(errorcode: str) -> int:
         return _STATUS_BY_ERRORCODE[errorcode]
     if errorcode.startswith(_FORBIDDEN_PREFIX):
         return 403
-    return 500
+    return 502  # Moodle failed in a way the gateway has no better word for (dmlwriteexception, ...)
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:

@@ -9,6 +9,7 @@ from marshmallow import ValidationError, fields, post_load, validate, validates_
 from lms_api.schemas.base import Flag, RequestSchema, ResponseSchema, no_html, not_blank, strict_int
 
 MAX_PERPAGE = 200
+MAX_PAGE = 1_000_000  # page * perpage stays far inside Moodle's SQL offsets
 # Moodle's column sizes (course.fullname 1333, shortname 255, idnumber 100).
 FULLNAME_MAX, SHORTNAME_MAX, IDNUMBER_MAX = 1333, 255, 100
 # FORMAT_MOODLE, FORMAT_HTML, FORMAT_PLAIN, FORMAT_MARKDOWN
@@ -20,7 +21,7 @@ _SHORTNAME_RULES = (validate.Length(max=SHORTNAME_MAX), not_blank, no_html)
 class CoursesQuery(RequestSchema):
     search = fields.String(validate=validate.Length(min=1, max=255))
     category = fields.Integer(validate=validate.Range(min=1))
-    page = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    page = fields.Integer(load_default=0, validate=validate.Range(min=0, max=MAX_PAGE))
     perpage = fields.Integer(load_default=50, validate=validate.Range(min=1, max=MAX_PERPAGE))
 
     @post_load

@@ -84,11 +84,20 @@ def create_course(moodle: MoodleService, fields: Mapping[str, Any]) -> dict[str,
 
 
 def update_course(moodle: MoodleService, course_id: int, changes: Mapping[str, Any]) -> dict[str, Any]:
-    """Send only ``changes``; Moodle reports a failed update as a warning in a 200, which becomes the error."""
+    """Send only ``changes``; Moodle reports a failed update as a warning in a 200, which becomes the error.
+
+    Both functions are checked first, so a missing read-back function never follows an applied update.
+    """
+    moodle.require(UPDATE_COURSES, GET_COURSES_BY_FIELD)
     answer = expect_object(moodle.call(UPDATE_COURSES, {"courses": [{"id": course_id, **changes}]}), UPDATE_COURSES)
     for warning in expect_list(answer.get("warnings", []), UPDATE_COURSES):
-        raise _warning_error(warning, course_id, moodle)
-    return get_course(moodle, course_id)
+        raise _warning_error(warning, course_id, changes, moodle)
+    try:
+        return get_course(moodle, course_id)
+    except ApiError as error:
+        error.message = f"The update was applied, but reading the course back failed: {error.message}"
+        error.details["updated"] = True
+        raise
 
 
 def course_not_found(course_ids: list[int]) -> ApiError:
@@ -101,11 +110,23 @@ def course_not_found(course_ids: list[int]) -> ApiError:
     )
 
 
-def _warning_error(warning: Mapping[str, Any], course_id: int, moodle: MoodleService) -> ApiError:
+def _warning_error(
+    warning: Mapping[str, Any], course_id: int, changes: Mapping[str, Any], moodle: MoodleService
+) -> ApiError:
     code = str(warning.get("warningcode") or "")
     status = status_for_errorcode(code)
     if status == 404:
-        return course_not_found([course_id])
+        if not _by_field(moodle, "id", str(course_id)):
+            return course_not_found([course_id])
+        # The course exists, so a record the update names is missing: the category, the only one it can name.
+        # Moodle writes the course before it looks the category up, so other fields may have been saved.
+        what = f"category {changes['categoryid']}" if "categoryid" in changes else "a record this update names"
+        return MoodleError(
+            404,
+            code,
+            f"Moodle could not find {what}; other fields of this update may have been saved",
+            {"function": UPDATE_COURSES, "course_id": course_id, "outcome": "unknown"},
+        )
     # Debug mode appends the SQL of the failed query to the message; the first line is the human part.
     message = moodle.redact(str(warning.get("message") or "").split("\n")[0]) or "Moodle did not update the course"
     return MoodleError(status, code or "moodlewarning", message, {"function": UPDATE_COURSES, "course_id": course_id})

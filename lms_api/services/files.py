@@ -18,7 +18,11 @@ MULTIPART_OVERHEAD_BYTES = 64 * 1024
 
 
 def refuse_oversized_body(content_length: int | None, max_mb: int) -> None:
-    """413 from the declared length alone, before the body is read: nothing is spooled, nothing sent."""
+    """413 from the declared length alone, before the body is parsed or anything is sent to Moodle.
+
+    Under pserve, waitress's ``max_request_body_size`` (set from the same limit) refuses such a body before
+    it is even received; this check covers other WSGI servers.
+    """
     if content_length is not None and content_length > max_mb * MIB + MULTIPART_OVERHEAD_BYTES:
         raise _too_large(max_mb)
 
@@ -91,6 +95,9 @@ def attach(moodle: MoodleService, function: str, fields: dict[str, Any]) -> dict
     except MoodleError as error:
         if error.code == "functionnotavailable":
             raise _attach_function_missing(function) from None
+        if error.code in ("invalidrecordunknown", "invalidrecord"):
+            # Also what Moodle says when the plugin was removed since the function list was read.
+            moodle.forget_functions()
         raise
     cmid = answer.get("id")
     if not (isinstance(cmid, int) or (isinstance(cmid, str) and cmid.isdigit())):

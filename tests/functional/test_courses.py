@@ -272,3 +272,28 @@ def test_the_sandbox_really_holds_what_the_gateway_created(gateway, sandbox):
     courses = moodle_call(sandbox, "core_course_get_courses", options={"ids": [created["id"]]})
 
     assert [course["fullname"] for course in courses] == ["Held in the sandbox"]
+
+
+def test_updating_into_a_missing_category_names_the_category_not_the_course(gateway):
+    course_id = create(gateway).json["data"]["id"]
+
+    response = gateway.patch(f"/api/moodle/courses/{course_id}", {"categoryid": 999}, WRITE)
+
+    assert response.status_int == 404
+    error = response.json["error"]
+    assert "category 999" in error["message"] and error["code"] != "coursenotfound"
+    assert error["details"]["outcome"] == "unknown"
+
+
+def test_the_front_page_course_cannot_be_updated(gateway):
+    response = gateway.patch("/api/moodle/courses/1", {"fullname": "Front"}, WRITE)
+
+    assert response.status_int == 404
+
+
+def test_a_taken_idnumber_is_a_409(gateway):
+    response = gateway.post(
+        "/api/moodle/courses", {"fullname": "X", "shortname": unique(), "categoryid": 1, "idnumber": "HIST-201"}, WRITE
+    )
+
+    assert (response.status_int, response.json["error"]["code"]) == (409, "courseidnumbertaken")

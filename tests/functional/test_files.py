@@ -209,3 +209,17 @@ def test_bad_attach_bodies_are_400s(gateway, body, field):
 
     assert response.status_int == 400
     assert field in response.json["error"]["details"]["fields"]
+
+
+def test_a_multipart_body_without_a_boundary_is_a_400(gateway, sandbox):
+    before = uploads(sandbox)
+
+    response = gateway.app.post(
+        UPLOAD,
+        b"--x\r\nContent-Disposition: form-data; name=file\r\n\r\nx\r\n",
+        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "multipart/form-data"},
+        expect_errors=True,
+    )
+
+    assert (response.status_int, response.json["error"]["code"]) == (400, "invalidmultipart")
+    assert uploads(sandbox) == before

@@ -260,7 +260,7 @@ def test_site_info_with_an_unexpected_shape_is_a_bad_response(service, rsps, bod
         ("shortnametaken", 409),
         ("courseidnumbertaken", 409),
         ("filenameexist", 409),
-        ("dmlwriteexception", 500),
+        ("dmlwriteexception", 502),
     ],
 )
 def test_moodle_errorcode_maps_to_status(service, rsps, errorcode, status):
@@ -344,13 +344,13 @@ def test_golden_error_bodies(service, rsps, body, status, code, message):
     assert sent_functions(rsps) == [SITE_INFO, WRITE_FN]
 
 
-def test_error_without_errorcode_is_a_500_moodleexception(service, rsps):
+def test_error_without_errorcode_is_a_502_moodleexception(service, rsps):
     prime(service, rsps)
     add(rsps, READ_FN, json={"exception": "moodle_exception", "message": "Something broke"})
 
     error = raised(service.call, READ_FN)
 
-    assert (error.status, error.code, error.message) == (500, "moodleexception", "Something broke")
+    assert (error.status, error.code, error.message) == (502, "moodleexception", "Something broke")
 
 
 def test_debuginfo_is_never_passed_on(service, rsps):
@@ -366,7 +366,7 @@ def test_debuginfo_is_never_passed_on(service, rsps):
 
     error = raised(service.call, "core_user_create_users")
 
-    assert (error.status, error.code, error.message) == (500, "dmlwriteexception", "Error writing to database")
+    assert (error.status, error.code, error.message) == (502, "dmlwriteexception", "Error writing to database")
     assert error.details == {"function": "core_user_create_users"}
     for text in (str(error), error.message, repr(error.details), repr(error.headers)):
         assert "Student-Pass-1" not in text
@@ -973,7 +973,7 @@ def test_an_errorcode_that_is_not_an_identifier_becomes_moodleexception(service,
 
     error = raised(service.call, "core_user_create_users")
 
-    assert (error.status, error.code) == (500, "moodleexception")
+    assert (error.status, error.code) == (502, "moodleexception")
 
 
 @pytest.mark.parametrize(("header", "expected"), [("\u00b2", "30"), ("soon", "30"), ("0", "0"), ("7", "7")])

@@ -182,13 +182,48 @@ def test_update_sends_only_the_given_fields_and_reads_the_course_back(moodle, rs
 def test_update_warnings_are_errors(moodle, rsps, warningcode, message, status, code):
     warning = {"item": "course", "itemid": 2, "warningcode": warningcode, "message": message}
     add(rsps, courses.UPDATE_COURSES, json={"warnings": [warning]})
+    if status == 404:
+        add(rsps, courses.GET_COURSES_BY_FIELD, json=by_field_answer())
 
     with pytest.raises(ApiError) as info:
         courses.update_course(moodle, 2, {"shortname": "PY101"})
 
     assert (info.value.status, info.value.code) == (status, code)
     assert "SELECT" not in info.value.message
-    assert sent_functions(rsps)[-1] == courses.UPDATE_COURSES  # no read-back after a failure
+
+
+def test_a_missing_category_on_update_is_not_reported_as_a_missing_course(moodle, rsps):
+    warning = {"item": "course", "itemid": 2, "warningcode": "invalidrecordunknown", "message": "Can't find data"}
+    add(rsps, courses.UPDATE_COURSES, json={"warnings": [warning]})
+    add(rsps, courses.GET_COURSES_BY_FIELD, json=by_field_answer(course(2)))
+
+    error = raised(courses.update_course, moodle, 2, {"categoryid": 999, "fullname": "New"})
+
+    assert (error.status, error.code) == (404, "invalidrecordunknown")
+    assert "category 999" in error.message
+    assert error.details["outcome"] == "unknown"
+
+
+def test_an_update_is_not_sent_when_the_read_back_function_is_missing(make_service, rsps):
+    moodle = make_service()
+    prime(moodle, rsps, [f for f in FUNCTIONS if f != courses.GET_COURSES_BY_FIELD])
+
+    error = raised(courses.update_course, moodle, 2, {"fullname": "New"})
+
+    assert (error.status, error.details["function"]) == (501, courses.GET_COURSES_BY_FIELD)
+    assert courses.UPDATE_COURSES not in sent_functions(rsps)
+
+
+def test_a_failed_read_back_says_the_update_was_applied(moodle, rsps):
+    add(rsps, courses.UPDATE_COURSES, json={"warnings": []})
+    add(rsps, courses.GET_COURSES_BY_FIELD, body=reset())
+    add(rsps, courses.GET_COURSES_BY_FIELD, body=reset())
+    add(rsps, courses.GET_COURSES_BY_FIELD, body=reset())
+
+    error = raised(courses.update_course, moodle, 2, {"fullname": "New"})
+
+    assert error.details["updated"] is True
+    assert error.message.startswith("The update was applied")
 
 
 # -- users -----------------------------------------------------------------------------------------
@@ -215,6 +250,18 @@ def test_usernames_are_sent_lower_case_and_matched_as_sent(moodle, rsps):
     values = [value for key, value in form_of(rsps.calls[-1].request) if key.startswith("values")]
     assert values == ["ada", "bob"]
     assert found["missing"] == ["Bob"]
+
+
+def test_values_are_asked_one_by_one_when_moodle_hides_the_field(moodle, rsps):
+    hidden = {"id": 3, "fullname": "Ada Lovelace"}  # a token that may not see idnumbers
+    add(rsps, users.GET_USERS_BY_FIELD, json=[hidden])
+    add(rsps, users.GET_USERS_BY_FIELD, json=[hidden])
+    add(rsps, users.GET_USERS_BY_FIELD, json=[])
+
+    found = users.users_by_field(moodle, "idnumber", ["S001", "X9"])
+
+    assert found["missing"] == ["X9"]
+    assert sent_functions(rsps).count(users.GET_USERS_BY_FIELD) == 3
 
 
 def test_ids_are_matched_as_integers(moodle, rsps):
@@ -406,7 +453,7 @@ def test_upload_errors_in_upload_phps_own_shape_are_mapped(moodle, rsps):
     assert_token_absent(error)
 
 
-@pytest.mark.parametrize(("errortype", "status"), [("fileoversized", 413), ("filenameexist", 409), ("virusfound", 500)])
+@pytest.mark.parametrize(("errortype", "status"), [("fileoversized", 413), ("filenameexist", 409), ("virusfound", 502)])
 def test_a_refused_file_is_an_error_that_never_shows_moodles_temp_path(moodle, rsps, errortype, status):
     refused_entry = {"filename": "big.bin", "errortype": errortype, "error": "[[maxbytes]]",
                      "filepath": "/var/moodledata/temp/phpAbC123", "size": 99}  # fmt: skip
@@ -483,6 +530,15 @@ def test_attach_without_the_plugin_is_a_501_naming_it(make_service, rsps):
     assert files.SYNC_SERVICE_PLUGIN in error.message and "MOODLE_ATTACH_FUNCTION" in error.message
     other = raised(files.attach, moodle, "local_other_attach", ATTACH_FIELDS)
     assert "MOODLE_ATTACH_FUNCTION" in other.message and files.SYNC_SERVICE_PLUGIN not in other.message
+
+
+def test_a_missing_record_on_attach_makes_the_function_list_be_read_again(moodle, rsps):
+    missing = {"exception": "dml_missing_record_exception", "errorcode": "invalidrecordunknown", "message": "x"}
+    add(rsps, ATTACH, json=missing)
+
+    assert raised(files.attach, moodle, ATTACH, ATTACH_FIELDS).status == 404
+    add(rsps, "core_webservice_get_site_info", json={"functions": []})
+    assert raised(files.attach, moodle, ATTACH, ATTACH_FIELDS).status == 501
 
 
 @pytest.mark.parametrize("answer", [{"message": "Successful"}, {"id": "x"}, {"id": None}])
