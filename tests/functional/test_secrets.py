@@ -12,13 +12,35 @@ JWT_SECRET = "JWT-SECRET-CANARY-" + "k" * 50
 FAULTS = [
     None,
     {"kind": "reset", "times": 5},
-    {"kind": "delay", "seconds": 1.0},
+    {"kind": "delay", "seconds": 0.5},
     {"kind": "http", "status": 500, "times": 5},
     {"kind": "http", "status": 502, "times": 5},
     {"kind": "http", "status": 503, "times": 5},
     {"kind": "maintenance"},
     {"kind": "notjson"},
 ]
+EVERY_SCOPE = "siteinfo:read courses:read courses:write users:read enrol:write notifications:read files:write"
+
+
+def every_route(gateway, bearer, marker):
+    """One request to each route; the writes use fresh names so that they can succeed on a healthy Moodle."""
+    course = {"fullname": f"Leak {marker}", "shortname": f"LEAK{marker}", "categoryid": 1}
+    enrolment = {"enrolments": [{"roleid": "student", "userid": 3, "courseid": 2}]}
+    return [
+        gateway.get("/api/moodle/siteinfo", bearer),
+        gateway.get("/api/moodle/courses", bearer),
+        gateway.get("/api/moodle/courses?search=python", bearer),
+        gateway.get("/api/moodle/courses?category=2", bearer),
+        gateway.get("/api/moodle/courses/2", bearer),
+        gateway.post("/api/moodle/courses", course, bearer),
+        gateway.patch("/api/moodle/courses/2", {"summary": f"Leak {marker}"}, bearer),
+        gateway.get("/api/moodle/users/by-field?field=email&values=student1@example.com", bearer),
+        gateway.post("/api/moodle/enrol", enrolment, bearer),
+        gateway.get("/api/moodle/notifications", bearer),
+        gateway.get("/api/moodle/notifications/unread-count", bearer),
+        gateway.upload("/api/moodle/files/upload", [("file", f"{marker}.txt", b"leak test")], bearer),
+        gateway.post("/api/moodle/files/attach", {"courseid": 2, "draftitemid": 1, "name": marker}, bearer),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -28,32 +50,44 @@ def debug_sandbox():
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def tiny_upload_sandbox():
+    server = start_sandbox(token=MOODLE_TOKEN, debug=True, max_bytes=4)
+    yield server
+    server.stop()
+
+
 @pytest.mark.parametrize("moodle_debug", ["true", "false"])
 @pytest.mark.parametrize("log_format", ["json", "console"])
-def test_no_secret_in_any_response_or_log_line(debug_sandbox, unused_port, moodle_debug, log_format):
+def test_no_secret_in_any_response_or_log_line(
+    debug_sandbox, tiny_upload_sandbox, unused_port, moodle_debug, log_format
+):
     options = {"MOODLE_DEBUG": moodle_debug, "LOG_FORMAT": log_format, "JWT_SECRET": JWT_SECRET}
-    gateway = Gateway(settings_for(debug_sandbox.url, MOODLE_TOKEN, MOODLE_TIMEOUT_MS="400", **options))
+    gateway = Gateway(settings_for(debug_sandbox.url, MOODLE_TOKEN, MOODLE_TIMEOUT_MS="300", **options))
     wrong_token = Gateway(settings_for(debug_sandbox.url, MOODLE_TOKEN[::-1], **options))
     unreachable = Gateway(settings_for(f"http://127.0.0.1:{unused_port}", MOODLE_TOKEN, **options))
-    bearer = mint("siteinfo:read", secret=JWT_SECRET)
+    tiny = Gateway(settings_for(tiny_upload_sandbox.url, MOODLE_TOKEN, **options))
+    bearer = mint(EVERY_SCOPE, secret=JWT_SECRET, moodle_userid=3)
     responses = []
 
-    for fault in FAULTS:
+    for number, fault in enumerate(FAULTS):
         if fault:
             queue_fault(debug_sandbox, **fault)
-        responses.append(gateway.get("/api/moodle/siteinfo", bearer))
+        responses += every_route(gateway, bearer, f"{log_format}{moodle_debug}{number}")
         with debug_sandbox.state_lock:
             debug_sandbox.faults.clear()
+    for other in (wrong_token, unreachable, tiny):
+        responses += every_route(other, bearer, f"{log_format}{moodle_debug}other")
     responses.append(gateway.get("/api/moodle/siteinfo?bad=1", bearer))
     responses.append(gateway.get("/api/moodle/siteinfo", mint("courses:read", secret=JWT_SECRET)))
     responses.append(gateway.get("/api/moodle/siteinfo", bearer + "x"))
+    responses.append(gateway.get(f"/api/moodle/siteinfo?access_token={bearer}"))
     responses.append(gateway.get("/api/moodle/nowhere", bearer))
-    responses.append(wrong_token.get("/api/moodle/siteinfo", bearer))
-    responses.append(unreachable.get("/api/moodle/siteinfo", bearer))
 
-    statuses = sorted({response.status_int for response in responses})
-    assert statuses == [200, 400, 401, 403, 404, 502, 503, 504]
-    logs = gateway.log_stream.getvalue() + wrong_token.log_stream.getvalue() + unreachable.log_stream.getvalue()
+    statuses = {response.status_int for response in responses}
+    assert {200, 201, 400, 401, 403, 404, 413, 502, 503, 504} <= statuses
+    gateways = (gateway, wrong_token, unreachable, tiny)
+    logs = "".join(each.log_stream.getvalue() for each in gateways)
     assert logs.count("request") >= len(responses)
     for secret in (MOODLE_TOKEN, JWT_SECRET, bearer):
         assert secret not in logs
