@@ -1,9 +1,14 @@
 import io
 import json
+import os
+import shutil
+import socket
+import subprocess
 import time
 
 import jwt
 import pytest
+import redis
 import requests
 import structlog
 import webtest
@@ -29,6 +34,43 @@ def sandbox():
     server = start_sandbox()
     yield server
     server.stop()
+
+
+def start_redis_server():
+    """A throw-away ``redis-server`` on a free port, no persistence; returns (process, url)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed: the rate-limit tests need a real Redis (apt install redis-server)")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    for _ in range(100):
+        try:
+            client.ping()
+            return process, url
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    process.kill()
+    pytest.fail("redis-server did not start")
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """``REDIS_URL`` when given (CI with a service), else a redis-server of the test run's own."""
+    if os.environ.get("REDIS_URL"):
+        yield os.environ["REDIS_URL"]
+        return
+    process, url = start_redis_server()
+    yield url
+    process.terminate()
+    process.wait(10)
 
 
 @pytest.fixture
@@ -141,8 +183,6 @@ def queue_fault(server, **fault):
 
 @pytest.fixture
 def unused_port():
-    import socket
-
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
