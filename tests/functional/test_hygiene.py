@@ -1,0 +1,85 @@
+"""CORS for the SPA's exact origins, and the headers every API answer carries, errors included."""
+
+import pytest
+
+from tests.conftest import mint
+
+APP = "https://app.example.edu"
+COURSES = "/api/moodle/courses"
+
+
+@pytest.fixture
+def gateway(make_gateway):
+    return make_gateway(CORS_ALLOWED_ORIGINS=f"{APP}, http://localhost:5173")
+
+
+def preflight(gateway, origin, method="POST", path=COURSES):
+    headers = {
+        "Origin": origin,
+        "Access-Control-Request-Method": method,
+        "Access-Control-Request-Headers": "authorization",
+    }
+    return gateway.app.options(path, headers=headers, expect_errors=True)
+
+
+def test_a_preflight_from_an_allowed_origin_is_204_with_the_routes_methods(gateway):
+    response = preflight(gateway, APP)
+
+    assert response.status_int == 204
+    assert response.headers["Access-Control-Allow-Origin"] == APP
+    assert response.headers["Access-Control-Allow-Methods"] == "GET, HEAD, POST"
+    assert "Authorization" in response.headers["Access-Control-Allow-Headers"]
+    assert "Origin" in response.headers["Vary"]
+
+
+def test_a_preflight_from_another_origin_is_403_without_any_allow_header(gateway):
+    response = preflight(gateway, "https://evil.example")
+
+    assert response.status_int == 403
+    assert response.json["error"]["code"] == "corsrefused"
+    assert not [name for name in response.headers if name.lower().startswith("access-control-allow")]
+
+
+def test_no_origin_is_allowed_when_none_is_configured(make_gateway):
+    response = preflight(make_gateway(), APP)
+
+    assert response.status_int == 403
+
+
+@pytest.mark.parametrize(
+    ("path", "token", "status"),
+    [
+        ("/api/moodle/siteinfo", mint("siteinfo:read"), 200),
+        ("/api/moodle/siteinfo", None, 401),
+        ("/api/moodle/siteinfo", mint("courses:read"), 403),
+        ("/api/moodle/nowhere", mint("siteinfo:read"), 404),
+        ("/api/moodle/courses?perpage=0", mint("courses:read"), 400),
+    ],
+)
+def test_cors_and_hygiene_headers_are_on_successes_and_errors(gateway, path, token, status):
+    response = gateway.get(path, token, headers={"Origin": APP})
+
+    assert response.status_int == status
+    assert response.headers["Access-Control-Allow-Origin"] == APP
+    assert "X-Request-ID" in response.headers["Access-Control-Expose-Headers"]
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_a_request_from_another_origin_gets_no_cors_header_and_never_a_wildcard(gateway):
+    response = gateway.get("/api/moodle/siteinfo", mint("siteinfo:read"), headers={"Origin": "https://evil.example"})
+
+    assert response.status_int == 200  # the browser, not the gateway, withholds the answer
+    assert "Access-Control-Allow-Origin" not in response.headers
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_a_429_carries_cors_headers_so_the_spa_can_read_retry_after(make_gateway):
+    gateway = make_gateway(CORS_ALLOWED_ORIGINS=APP, RATE_LIMIT_UNAUTHENTICATED="1/minute")
+
+    gateway.get("/api/moodle/siteinfo", headers={"Origin": APP})
+    response = gateway.get("/api/moodle/siteinfo", headers={"Origin": APP})
+
+    assert response.status_int == 429
+    assert response.headers["Access-Control-Allow-Origin"] == APP
+    assert "Retry-After" in response.headers["Access-Control-Expose-Headers"]
