@@ -1,4 +1,5 @@
 import re
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -213,3 +214,12 @@ def test_rate_limits_proxies_and_origins():
     assert [str(network) for network in settings.trusted_proxies] == ["10.0.0.0/8", "::1/128"]
     assert settings.cors_allowed_origins == ("https://app.example.edu", "http://localhost:5173")
     assert "redis://:hunter2@cache:6379/0" in settings.secrets
+
+
+def test_a_copy_of_env_example_starts_the_development_gateway(tmp_path):
+    (tmp_path / ".env").write_text((Path(__file__).resolve().parents[2] / ".env.example").read_text())
+
+    settings = load_settings(DEVELOPMENT, {}, read_dotenv(tmp_path))
+
+    assert settings.uses_sandbox and settings.uses_development_jwt_secret
+    assert settings.jwt_algorithms == ("HS256",)
