@@ -64,3 +64,15 @@ def spawn(tmp_path):
             process.communicate(timeout=10)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@pytest.fixture
+def standalone_sandbox(spawn):
+    """``lms-api sandbox`` as its own process: ``start(token)`` answers its base URL."""
+
+    def start(token):
+        port = free_port()
+        wait_for_port(port, spawn("lms-api", "sandbox", "--port", str(port), "--token", token, env=clean_env()))
+        return f"http://127.0.0.1:{port}"
+
+    return start

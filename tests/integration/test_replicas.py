@@ -10,12 +10,9 @@ from tests.integration.conftest import clean_env, free_port, wait_for_port
 SECRET = "replica-secret-" + "r" * 40
 
 
-def test_two_gateway_processes_share_one_budget(spawn, redis_url):
-    moodle_port = free_port()
-    sandbox = spawn("lms-api", "sandbox", "--port", str(moodle_port), "--token", "replica-token", env=clean_env())
-    wait_for_port(moodle_port, sandbox)
+def test_two_gateway_processes_share_one_budget(spawn, standalone_sandbox, redis_url):
     env = clean_env(
-        MOODLE_BASE_URL=f"http://127.0.0.1:{moodle_port}",
+        MOODLE_BASE_URL=standalone_sandbox("replica-token"),
         MOODLE_TOKEN="replica-token",
         JWT_SECRET=SECRET,
         REDIS_URL=redis_url,

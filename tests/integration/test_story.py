@@ -13,12 +13,10 @@ EVERYTHING = "courses:read courses:write users:read enrol:write notifications:re
 
 
 @pytest.fixture
-def api(spawn):
-    moodle_port, gateway_port = free_port(), free_port()
-    sandbox = spawn("lms-api", "sandbox", "--port", str(moodle_port), "--token", "story-token", env=clean_env())
-    wait_for_port(moodle_port, sandbox)
+def api(spawn, standalone_sandbox):
+    gateway_port = free_port()
     env = clean_env(
-        MOODLE_BASE_URL=f"http://127.0.0.1:{moodle_port}",
+        MOODLE_BASE_URL=standalone_sandbox("story-token"),
         MOODLE_TOKEN="story-token",
         JWT_SECRET=SECRET,
         MOODLE_MAX_UPLOAD_MB="1",
