@@ -11,6 +11,7 @@ from pyramid.request import Request
 from pyramid.response import Response
 
 from lms_api.moodle.client import CallLog, current_call_log
+from lms_api.security import checked_identity
 
 log = structlog.get_logger("lms_api.audit")
 
@@ -24,7 +25,7 @@ def audit_targets(request: Request) -> dict[str, Any]:
 
 def audit_tween_factory(handler: Callable[[Request], Response], registry: Registry) -> Callable[[Request], Response]:
     def tween(request: Request) -> Response:
-        if request.method not in WRITE_METHODS or not request.path.startswith("/api/"):
+        if request.method not in WRITE_METHODS or not request.path_info.startswith("/api/"):
             return handler(request)
         response = handler(request)
         _log(request, response, current_call_log())
@@ -34,7 +35,7 @@ def audit_tween_factory(handler: Callable[[Request], Response], registry: Regist
 
 
 def _log(request: Request, response: Response, calls: CallLog) -> None:
-    identity = request.identity
+    identity = checked_identity(request)
     outcome = "ok"
     if response.status_code >= 400:
         try:
@@ -50,5 +51,5 @@ def _log(request: Request, response: Response, calls: CallLog) -> None:
         status=response.status_code,
         outcome=outcome,
         moodle_functions=calls.functions,
-        targets=request.audit_targets,
+        targets=request.audit_targets or dict(request.matchdict or {}),
     )

@@ -23,7 +23,7 @@ def hygiene_tween_factory(handler: Callable[[Request], Response], registry: Regi
     allowed_origins = frozenset(settings.cors_allowed_origins)
 
     def tween(request: Request) -> Response:
-        if not request.path.startswith("/api/"):
+        if not request.path_info.startswith("/api/"):
             return handler(request)
         origin = request.headers.get("Origin")
         if request.method == "OPTIONS" and origin and "Access-Control-Request-Method" in request.headers:
@@ -45,12 +45,13 @@ def _preflight(request: Request, origin: str, allowed: bool, registry: Registry)
     if not allowed:
         return error_response(request, 403, "corsrefused", f"Cross-origin requests from {origin} are not allowed")
     route = registry.getUtility(IRoutesMapper)(request)["route"]
-    methods = registry.allowed_methods.get(route.name, ()) if route else ()
+    if route is None:
+        return error_response(request, 404, "notfound", f"No route matches {request.path}")
     response = Response(status=204)
     response.headers.update(
         {
             "Access-Control-Allow-Origin": origin,
-            "Access-Control-Allow-Methods": ", ".join(methods) if methods else "GET",
+            "Access-Control-Allow-Methods": ", ".join(registry.allowed_methods.get(route.name, ())),
             "Access-Control-Allow-Headers": ALLOWED_REQUEST_HEADERS,
             "Access-Control-Max-Age": str(PREFLIGHT_MAX_AGE_S),
         }

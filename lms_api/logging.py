@@ -17,6 +17,7 @@ from pyramid.response import Response
 
 from lms_api.moodle.client import recording_calls
 from lms_api.moodle.errors import redact
+from lms_api.security import checked_identity
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -89,7 +90,7 @@ def request_tween_factory(handler: Callable[[Request], Response], registry: Regi
         with structlog.contextvars.bound_contextvars(request_id=request.id), recording_calls() as calls:
             response = handler(request)
             response.headers[REQUEST_ID_HEADER] = request.id
-            identity = request.identity
+            identity = checked_identity(request)
             log.info(
                 "request",
                 method=request.method,

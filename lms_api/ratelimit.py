@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Network, IPv6Network, ip_address
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from typing import Protocol
 
 import redis
@@ -30,6 +30,7 @@ log = structlog.get_logger("lms_api.ratelimit")
 READ_METHODS = frozenset({"GET", "HEAD"})
 REDIS_RETRY_AFTER_S = 5.0
 KEY_PREFIX = "lms_api:ratelimit:"
+MAX_LOCAL_KEYS = 100_000
 
 # INCR, and start the window's clock on the first hit: atomic, so replicas never lose a count.
 _REDIS_HIT = """
@@ -80,15 +81,22 @@ class LocalCounter:
     def hit(self, key: str, rate: Rate) -> Decision:
         now = self._clock()
         with self._lock:
-            if now >= self._next_sweep:  # forget ended windows, so memory follows active callers only
-                self._windows = {k: w for k, w in self._windows.items() if w[0] > now}
-                self._next_sweep = now + 60
+            if now >= self._next_sweep or len(self._windows) >= MAX_LOCAL_KEYS:
+                self._sweep(now)
             ends, count = self._windows.get(key, (0.0, 0))
             if now >= ends:
                 ends, count = now + rate.period_s, 0
             count += 1
             self._windows[key] = (ends, count)
         return _decision(count, rate, (ends - now) * 1000)
+
+    def _sweep(self, now: float) -> None:
+        """Forget ended windows; past MAX_LOCAL_KEYS also the half nearest to ending, so memory stays bounded."""
+        self._windows = {key: window for key, window in self._windows.items() if window[0] > now}
+        if len(self._windows) >= MAX_LOCAL_KEYS:
+            keep = sorted(self._windows.items(), key=lambda item: item[1][0])[MAX_LOCAL_KEYS // 2 :]
+            self._windows = dict(keep)
+        self._next_sweep = now + 60
 
 
 class RedisCounter:
@@ -156,6 +164,15 @@ def client_address(request: Request, trusted_proxies: tuple[IPv4Network | IPv6Ne
     return address
 
 
+def _address_key(address: str) -> str:
+    """IPv6 callers are counted per /64: one end site holds a whole /64 and could rotate through it."""
+    try:
+        parsed = ip_address(address)
+    except ValueError:
+        return address
+    return str(ip_network(f"{parsed}/64", strict=False)) if parsed.version == 6 else address
+
+
 def _is_trusted(address: str, networks: tuple[IPv4Network | IPv6Network, ...]) -> bool:
     try:
         parsed = ip_address(address)
@@ -172,11 +189,14 @@ def rate_limit_tween_factory(
     counter: Counter = registry.rate_counter
 
     def tween(request: Request) -> Response:
-        if not request.path.startswith("/api/") or request.method == "OPTIONS":
+        if not request.path_info.startswith("/api/"):
             return handler(request)
         identity = request.identity
         if identity is None:
-            key, rate = "anon:" + client_address(request, settings.trusted_proxies), settings.rate_limit_unauthenticated
+            key, rate = (
+                "anon:" + _address_key(client_address(request, settings.trusted_proxies)),
+                settings.rate_limit_unauthenticated,
+            )
         elif request.method in READ_METHODS:
             key, rate = "read:" + identity.sub, settings.rate_limit_read
         else:

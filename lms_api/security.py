@@ -12,7 +12,10 @@ from typing import Any
 import jwt
 import requests
 import structlog
+from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from pyramid.interfaces import ISecurityPolicy
 from pyramid.request import Request, RequestLocalCache
 from pyramid.security import Allowed, Denied
 
@@ -108,13 +111,24 @@ class JwksKeys:
     def key_for(self, kid: Any) -> Any:
         if not isinstance(kid, str) or not kid:
             raise InvalidToken("the token names no key ('kid')")
-        with self._lock:
-            stale = self._fetched_at is None or self._clock() - self._fetched_at >= self._max_age_s
-            if stale or (kid not in self._keys and self._clock() - self._fetched_at >= self._min_refresh_s):
-                self._refresh()
-            if kid not in self._keys:
-                raise InvalidToken("the token's signing key ('kid') is not one of the identity provider's")
-            return self._keys[kid]
+        # Only the first fetch makes callers wait; later ones run in one thread while the others go on with
+        # the keys they have, so a slow provider never stalls every request.
+        if self._wants_refresh(kid) and self._lock.acquire(blocking=self._fetched_at is None):
+            try:
+                if self._wants_refresh(kid):
+                    self._refresh()
+            finally:
+                self._lock.release()
+        keys = self._keys
+        if kid not in keys:
+            raise InvalidToken("the token's signing key ('kid') is not one of the identity provider's")
+        return keys[kid]
+
+    def _wants_refresh(self, kid: str) -> bool:
+        if self._fetched_at is None:
+            return True
+        age = self._clock() - self._fetched_at
+        return age >= self._max_age_s or (kid not in self._keys and age >= self._min_refresh_s)
 
     def _refresh(self) -> None:
         self._fetched_at = self._clock()
@@ -123,7 +137,7 @@ class JwksKeys:
             response = requests.get(self.url, timeout=self._timeout_s, allow_redirects=False)
             response.raise_for_status()
             key_set = jwt.PyJWKSet.from_dict(response.json())
-        except (requests.RequestException, ValueError, jwt.PyJWTError) as error:
+        except (requests.RequestException, ValueError, TypeError, AttributeError, jwt.PyJWTError) as error:
             log.warning("jwks.unavailable", jwks_url=self.url, error=type(error).__name__, kept=len(self._keys))
             return
         self._keys = {key.key_id: key.key for key in key_set.keys if key.key_id}
@@ -193,14 +207,18 @@ class TokenVerifier:
             )
         except jwt.PyJWTError as error:
             raise InvalidToken(str(error)) from None
+        except (TypeError, ValueError) as error:  # a key PyJWT cannot use for this token: refuse, never crash
+            raise InvalidToken(f"the token cannot be verified ({type(error).__name__})") from None
         return _identity_from_claims(claims)
 
     def _key_for(self, algorithm: str, header: dict[str, Any]) -> Any:
         if algorithm in HMAC_ALGORITHMS:
             return self._secret
-        if self._jwks is not None:
-            return self._jwks.key_for(header.get("kid"))
-        return self._public_key
+        key = self._jwks.key_for(header.get("kid")) if self._jwks is not None else self._public_key
+        family = EllipticCurvePublicKey if algorithm.startswith("ES") else RSAPublicKey
+        if not isinstance(key, family):
+            raise InvalidToken(f"the token's key cannot verify {algorithm}")
+        return key
 
     def mint(self, sub: str, scopes: Iterable[str], moodle_userid: int | None = None, ttl_s: int = 3600) -> str:
         """A token for development and tests; only the HMAC secret can sign (public keys only verify)."""
@@ -263,6 +281,11 @@ class JWTSecurityPolicy:
     def identity(self, request: Request) -> Identity | None:
         return self._cache.get_or_create(request).identity
 
+    def known_identity(self, request: Request) -> Identity | None:
+        """The identity if the token was already checked for this request; never checks it (for log lines)."""
+        authentication = self._cache.get(request, None)
+        return authentication.identity if authentication is not None else None
+
     def token_problem(self, request: Request) -> str | None:
         """Why the presented token was refused, or None when no token was sent or it was valid."""
         return self._cache.get_or_create(request).problem
@@ -284,3 +307,12 @@ class JWTSecurityPolicy:
 
     def forget(self, request: Request, **kw: Any) -> list:
         return []
+
+
+def checked_identity(request: Request) -> Identity | None:
+    """Who the request was authenticated as, if its token was checked at all; for log and audit lines.
+
+    Reading ``request.identity`` there would check the token of every request, rate limit or not.
+    """
+    policy = request.registry.queryUtility(ISecurityPolicy)
+    return policy.known_identity(request) if isinstance(policy, JWTSecurityPolicy) else None

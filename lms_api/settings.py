@@ -124,8 +124,9 @@ def _boolean(key: str, raw: str) -> bool:
 
 
 def _base_url(key: str, raw: str) -> str:
-    url = raw.strip().rstrip("/")
-    parts = urlsplit(url)
+    parts = urlsplit(raw.strip().rstrip("/"))
+    parts = parts._replace(scheme=parts.scheme.lower())  # HTTP:// is http://
+    url = parts.geturl()
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise SettingsError(f"{key} must be an http:// or https:// URL such as https://moodle.example.edu")
     if parts.query or parts.fragment:
@@ -318,7 +319,7 @@ def load_settings(
             if not values[name]:
                 raise SettingsError(f"{name} is required with production.ini: set it in the environment or in .env")
         host = urlsplit(base_url).hostname or ""
-        if base_url.startswith("http://") and not _is_loopback(host) and not values["MOODLE_ALLOW_INSECURE"]:
+        if urlsplit(base_url).scheme == "http" and not _is_loopback(host) and not values["MOODLE_ALLOW_INSECURE"]:
             raise SettingsError(
                 "MOODLE_BASE_URL must be https:// with production.ini (the token would cross the network in clear); "
                 "set MOODLE_ALLOW_INSECURE=true to accept http://"

@@ -275,6 +275,8 @@ class MoodleService:
     def _try_once(
         self, url: str, data: Any, headers: dict[str, str], remaining: float
     ) -> requests.Response | _TransportFailure:
+        if remaining <= 0:  # a backoff sleep or a slow thread overran the deadline: nothing is sent
+            return _TransportFailure(504, "moodletimeout", "Moodle did not answer in time", False, False)
         try:
             response = self._session().post(
                 url,

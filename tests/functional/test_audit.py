@@ -70,3 +70,10 @@ def test_reads_are_not_audited(gateway):
     gateway.get("/api/moodle/courses/2", mint("courses:read"))
 
     assert audit_events(gateway) == []
+
+
+def test_a_refused_write_names_the_ids_in_its_path(gateway):
+    gateway.patch("/api/moodle/courses/7", {"fullname": "x"}, mint("courses:read"))
+
+    (event,) = audit_events(gateway)
+    assert (event["status"], event["targets"]) == (403, {"course_id": "7"})

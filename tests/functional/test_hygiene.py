@@ -83,3 +83,10 @@ def test_a_429_carries_cors_headers_so_the_spa_can_read_retry_after(make_gateway
     assert response.status_int == 429
     assert response.headers["Access-Control-Allow-Origin"] == APP
     assert "Retry-After" in response.headers["Access-Control-Expose-Headers"]
+
+
+def test_a_preflight_for_a_path_without_a_route_is_a_404(gateway):
+    response = preflight(gateway, APP, path="/api/moodle/nowhere")
+
+    assert response.status_int == 404
+    assert "Access-Control-Allow-Methods" not in response.headers

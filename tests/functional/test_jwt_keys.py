@@ -213,3 +213,17 @@ def test_an_unreachable_identity_provider_keeps_the_known_keys(idp):
     now[0] += 11
 
     assert jwks.key_for("key-1") is known
+
+
+def test_a_token_whose_algorithm_does_not_fit_its_jwks_key_is_a_401_not_a_crash(make_gateway, idp):
+    gateway = make_gateway(JWT_SECRET="", JWT_JWKS_URL=idp.url)  # accepts RS256 and ES256
+    es256_naming_an_rsa_key = jwt.encode(claims(), EC_PRIVATE, algorithm="ES256", headers={"kid": "key-1"})
+
+    assert_invalid(call(gateway, es256_naming_an_rsa_key))
+
+
+def test_a_jwks_answer_that_is_not_a_key_set_keeps_tokens_refused_not_crashing(make_gateway, idp):
+    idp.jwks = lambda: ["not", "a", "key", "set"]
+    gateway = make_gateway(JWT_SECRET="", JWT_JWKS_URL=idp.url)
+
+    assert_invalid(call(gateway, idp.token("key-1")))

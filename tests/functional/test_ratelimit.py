@@ -6,6 +6,7 @@ import uuid
 import pytest
 import redis
 
+from lms_api import ratelimit
 from lms_api.ratelimit import LocalCounter, RedisCounter
 from lms_api.settings import Rate
 from tests.conftest import mint, start_redis_server
@@ -159,3 +160,30 @@ def test_the_in_process_fallback_still_limits(make_gateway, own_redis):
     token = caller()
 
     assert [gateway.get(SITEINFO, token).status_int for _ in range(3)] == [200, 200, 429]
+
+
+def test_ipv6_callers_are_counted_per_64(make_gateway):
+    gateway = make_gateway(RATE_LIMIT_UNAUTHENTICATED="2/minute")
+
+    answers = [gateway.get(SITEINFO, extra_environ={"REMOTE_ADDR": f"2001:db8:1:2::{n}"}) for n in range(1, 4)]
+
+    assert [answer.status_int for answer in answers] == [401, 401, 429]
+    assert gateway.get(SITEINFO, extra_environ={"REMOTE_ADDR": "2001:db8:1:3::1"}).status_int == 401
+
+
+def test_limits_hold_when_the_gateway_is_mounted_under_a_prefix(make_gateway):
+    gateway = make_gateway(RATE_LIMIT_UNAUTHENTICATED="1/minute")
+    mounted = {"SCRIPT_NAME": "/gateway", "REMOTE_ADDR": "203.0.113.20"}
+
+    answers = [gateway.get(SITEINFO, extra_environ=mounted) for _ in range(2)]
+
+    assert [answer.status_int for answer in answers] == [401, 429]
+    assert answers[1].headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_the_in_process_counter_stays_bounded():
+    counter = LocalCounter(clock=lambda: 0.0)
+    for n in range(ratelimit.MAX_LOCAL_KEYS + 10):
+        counter.hit(f"caller-{n}", Rate(1, 86400))
+
+    assert len(counter._windows) <= ratelimit.MAX_LOCAL_KEYS

@@ -22,24 +22,26 @@ FAULTS = [
 EVERY_SCOPE = "siteinfo:read courses:read courses:write users:read enrol:write notifications:read files:write"
 
 
-def every_route(gateway, bearer, marker):
-    """One request to each route; the writes use fresh names so that they can succeed on a healthy Moodle."""
+def route_calls(marker):
+    """One call per route, as ``(label, call(gateway, bearer))``; writes use fresh names so they can succeed."""
     course = {"fullname": f"Leak {marker}", "shortname": f"LEAK{marker}", "categoryid": 1}
     enrolment = {"enrolments": [{"roleid": "student", "userid": 3, "courseid": 2}]}
+    attach = {"courseid": 2, "draftitemid": 1, "name": marker}
+    upload = [("file", f"{marker}.txt", b"leak test")]
     return [
-        gateway.get("/api/moodle/siteinfo", bearer),
-        gateway.get("/api/moodle/courses", bearer),
-        gateway.get("/api/moodle/courses?search=python", bearer),
-        gateway.get("/api/moodle/courses?category=2", bearer),
-        gateway.get("/api/moodle/courses/2", bearer),
-        gateway.post("/api/moodle/courses", course, bearer),
-        gateway.patch("/api/moodle/courses/2", {"summary": f"Leak {marker}"}, bearer),
-        gateway.get("/api/moodle/users/by-field?field=email&values=student1@example.com", bearer),
-        gateway.post("/api/moodle/enrol", enrolment, bearer),
-        gateway.get("/api/moodle/notifications", bearer),
-        gateway.get("/api/moodle/notifications/unread-count", bearer),
-        gateway.upload("/api/moodle/files/upload", [("file", f"{marker}.txt", b"leak test")], bearer),
-        gateway.post("/api/moodle/files/attach", {"courseid": 2, "draftitemid": 1, "name": marker}, bearer),
+        ("siteinfo", lambda g, b: g.get("/api/moodle/siteinfo", b)),
+        ("courses", lambda g, b: g.get("/api/moodle/courses", b)),
+        ("search", lambda g, b: g.get("/api/moodle/courses?search=python", b)),
+        ("category", lambda g, b: g.get("/api/moodle/courses?category=2", b)),
+        ("course", lambda g, b: g.get("/api/moodle/courses/2", b)),
+        ("create", lambda g, b: g.post("/api/moodle/courses", course, b)),
+        ("update", lambda g, b: g.patch("/api/moodle/courses/2", {"summary": f"Leak {marker}"}, b)),
+        ("users", lambda g, b: g.get("/api/moodle/users/by-field?field=email&values=student1@example.com", b)),
+        ("enrol", lambda g, b: g.post("/api/moodle/enrol", enrolment, b)),
+        ("notifications", lambda g, b: g.get("/api/moodle/notifications", b)),
+        ("unread", lambda g, b: g.get("/api/moodle/notifications/unread-count", b)),
+        ("upload", lambda g, b: g.upload("/api/moodle/files/upload", upload, b)),
+        ("attach", lambda g, b: g.post("/api/moodle/files/attach", attach, b)),
     ]
 
 
@@ -63,21 +65,28 @@ def test_no_secret_in_any_response_or_log_line(
     debug_sandbox, tiny_upload_sandbox, unused_port, moodle_debug, log_format
 ):
     options = {"MOODLE_DEBUG": moodle_debug, "LOG_FORMAT": log_format, "JWT_SECRET": JWT_SECRET}
-    gateway = Gateway(settings_for(debug_sandbox.url, MOODLE_TOKEN, MOODLE_TIMEOUT_MS="300", **options))
+    gateway = Gateway(
+        settings_for(debug_sandbox.url, MOODLE_TOKEN, MOODLE_TIMEOUT_MS="300", MOODLE_MAX_RETRIES="1", **options)
+    )
     wrong_token = Gateway(settings_for(debug_sandbox.url, MOODLE_TOKEN[::-1], **options))
     unreachable = Gateway(settings_for(f"http://127.0.0.1:{unused_port}", MOODLE_TOKEN, **options))
     tiny = Gateway(settings_for(tiny_upload_sandbox.url, MOODLE_TOKEN, **options))
     bearer = mint(EVERY_SCOPE, secret=JWT_SECRET, moodle_userid=3)
     responses = []
 
+    assert gateway.get("/api/moodle/siteinfo", bearer).status_int == 200  # function list read, unfaulted
     for number, fault in enumerate(FAULTS):
-        if fault:
-            queue_fault(debug_sandbox, **fault)
-        responses += every_route(gateway, bearer, f"{log_format}{moodle_debug}{number}")
-        with debug_sandbox.state_lock:
-            debug_sandbox.faults.clear()
+        for label, call in route_calls(f"{log_format}{moodle_debug}{number}"):
+            if fault:  # on the route's own first Moodle call, and on every retry of it
+                queue_fault(debug_sandbox, **{**fault, "times": 5})
+            response = call(gateway, bearer)
+            with debug_sandbox.state_lock:
+                debug_sandbox.faults.clear()
+            if fault:
+                assert response.status_int in (502, 503, 504), (fault["kind"], label, response.text)
+            responses.append(response)
     for other in (wrong_token, unreachable, tiny):
-        responses += every_route(other, bearer, f"{log_format}{moodle_debug}other")
+        responses += [call(other, bearer) for _, call in route_calls(f"{log_format}{moodle_debug}other")]
     responses.append(gateway.get("/api/moodle/siteinfo?bad=1", bearer))
     responses.append(gateway.get("/api/moodle/siteinfo", mint("courses:read", secret=JWT_SECRET)))
     responses.append(gateway.get("/api/moodle/siteinfo", bearer + "x"))

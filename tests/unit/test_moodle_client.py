@@ -984,3 +984,14 @@ def test_only_a_plain_number_of_seconds_is_taken_from_retry_after(service, rsps,
 
     assert error.status == 503
     assert error.headers == {"Retry-After": expected}
+
+
+def test_a_backoff_sleep_that_overruns_the_deadline_is_a_timeout_not_a_crash(make_service, clock, rsps):
+    service = make_service(sleep=lambda seconds: clock.advance(5))  # the thread woke up far too late
+    prime(service, rsps)
+    add(rsps, READ_FN, body=reset())
+
+    error = raised(service.call, READ_FN)
+
+    assert (error.status, error.code) == (504, "moodletimeout")
+    assert sent_functions(rsps).count(READ_FN) == 1
