@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--fault-rate", type=float, default=0.0, help="share of calls (0..1) that get --fault")
     sandbox.add_argument("--fault", choices=FAULT_KINDS, default="reset", help="fault injected at --fault-rate")
     sandbox.add_argument("--max-input-vars", type=int, default=DEFAULT_MAX_INPUT_VARS, help="PHP max_input_vars")
+    sandbox.add_argument(
+        "--no-upload-files", action="store_true", help="the service does not allow uploads (upload.php refuses)"
+    )
     sandbox.add_argument("--max-bytes", type=int, default=0, help="the site's maximum upload size (0: unlimited)")
     sandbox.add_argument("--functions", help="comma-separated functions of the token's service (default: all)")
     sandbox.add_argument("--debug", action="store_true", help="answer errors with debuginfo, like Moodle's debug mode")
@@ -77,6 +80,7 @@ def _sandbox(args: argparse.Namespace) -> int:
         debug=args.debug,
         max_input_vars=args.max_input_vars,
         max_bytes=args.max_bytes,
+        upload_files=not args.no_upload_files,
         latency_ms=args.latency_ms,
         fault_rate=args.fault_rate,
         random_fault=args.fault,

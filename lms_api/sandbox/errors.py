@@ -127,6 +127,15 @@ _NOT_IN_SERVICE_DEBUGINFO = (
 )
 
 
+def uploads_disabled() -> MoodleException:
+    return MoodleException(
+        "webservice_access_exception",
+        "accessexception",
+        "Access control exception",
+        "Web service file upload must be enabled in external service settings",
+    )
+
+
 def not_in_service(name: str) -> MoodleException:
     return MoodleException(
         "webservice_access_exception",

@@ -123,9 +123,10 @@ class SandboxServer(ThreadingHTTPServer):
 def build_sandbox(host: str = "127.0.0.1", port: int = 0, token: str | None = None, **options: Any) -> SandboxServer:
     """A sandbox bound to ``host:port`` (``port=0`` picks a free one), not yet serving.
 
-    Site options: ``service_functions``, ``debug``, ``max_input_vars``, ``max_bytes``; the rest go to the server.
+    Site options: ``service_functions``, ``debug``, ``max_input_vars``, ``max_bytes``, ``upload_files``; the rest
+    go to the server.
     """
-    site_keys = ("service_functions", "debug", "max_input_vars", "max_bytes")
+    site_keys = ("service_functions", "debug", "max_input_vars", "max_bytes", "upload_files")
     site_options = {key: options.pop(key) for key in site_keys if key in options}
     site = SandboxSite(token or secrets.token_hex(16), **site_options)
     return SandboxServer(site, host, port, **options)

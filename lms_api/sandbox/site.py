@@ -41,12 +41,14 @@ class SandboxSite:
         max_input_vars: int = DEFAULT_MAX_INPUT_VARS,
         max_bytes: int = 0,
         clock: Callable[[], float] = time.time,
+        upload_files: bool = True,
     ) -> None:
         self.token = token
         self.base_url = base_url
         self.debug = debug
         self.max_input_vars = max_input_vars
         self.max_bytes = max_bytes
+        self.upload_files = upload_files  # the service's "Can upload files"
         self.clock = clock
         self.service_functions = list(service_functions) if service_functions is not None else sorted(FUNCTIONS)
         self.lock = threading.RLock()

@@ -16,7 +16,7 @@ from email.message import Message
 from email.parser import BytesFeedParser
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from lms_api.sandbox.errors import MoodleException, moodle_exception
+from lms_api.sandbox.errors import MoodleException, moodle_exception, uploads_disabled
 from lms_api.sandbox.php import clean_alphanum, clean_file, clean_path, php_intval
 from lms_api.sandbox.phpform import PhpArray
 from lms_api.sandbox.records import DraftFile
@@ -166,6 +166,8 @@ def upload(site: SandboxSite, variables: PhpArray, files: dict[str, UploadedFile
     # A real token is alphanumeric, so cleaning never changes it; the sandbox's own token is cleaned the same way.
     if not token or token != clean_alphanum(site.token):
         raise moodle_exception("invalidtoken", "Invalid token - token not found")
+    if not site.upload_files:
+        raise uploads_disabled()
     checked = [_check_file(site, uploaded) for uploaded in files.values()]
     with site.lock:
         drafts = site.state.drafts

@@ -223,3 +223,13 @@ def test_a_multipart_body_without_a_boundary_is_a_400(gateway, sandbox):
 
     assert (response.status_int, response.json["error"]["code"]) == (400, "invalidmultipart")
     assert uploads(sandbox) == before
+
+
+def test_a_service_without_file_uploads_is_a_403_saying_so(make_sandbox, make_gateway):
+    closed = make_sandbox(upload_files=False)
+    gateway = make_gateway(base_url=closed.url, token=closed.site.token)
+
+    response = gateway.upload(UPLOAD, [HELLO], TOKEN)
+
+    assert response.status_int == 403
+    assert response.json["error"]["code"] == "accessexception"

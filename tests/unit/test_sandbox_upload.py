@@ -333,3 +333,13 @@ def test_uploaded_files_are_attached_by_the_sync_service_plugin(server):
         module = server.site.state.course_modules[int(answer["id"])]
         assert (module.course, module.section, module.name, module.visible) == (3, 2, "Lecture 1", 0)
         assert [(file.filename, file.filesize) for file in module.files] == [("lecture.pdf", 8)]
+
+
+def test_a_service_without_uploads_refuses_like_moodle():
+    site = SandboxSite("tok", upload_files=False, debug=True)
+
+    with pytest.raises(MoodleException) as info:
+        upload(site, PhpArray({"token": "tok"}), {})
+
+    assert (info.value.errorcode, info.value.message) == ("accessexception", "Access control exception")
+    assert info.value.debuginfo == "Web service file upload must be enabled in external service settings"

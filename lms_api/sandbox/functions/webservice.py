@@ -34,7 +34,7 @@ def get_site_info(site: SandboxSite, params: dict[str, Any]) -> dict[str, Any]:
         "userpictureurl": theme_image_url(site.base_url, "u/f1"),
         "functions": [{"name": name, "version": MOODLE_VERSION} for name in site.service_functions],
         "downloadfiles": 1,
-        "uploadfiles": 1,
+        "uploadfiles": int(site.upload_files),
         "release": MOODLE_RELEASE,
         "version": MOODLE_VERSION,
         "mobilecssurl": "",
