@@ -12,6 +12,7 @@ from pyramid.response import Response
 
 from lms_api.moodle.client import CallLog, current_call_log
 from lms_api.security import checked_identity
+from lms_api.views import is_api_request
 
 log = structlog.get_logger("lms_api.audit")
 
@@ -25,7 +26,7 @@ def audit_targets(request: Request) -> dict[str, Any]:
 
 def audit_tween_factory(handler: Callable[[Request], Response], registry: Registry) -> Callable[[Request], Response]:
     def tween(request: Request) -> Response:
-        if request.method not in WRITE_METHODS or not request.path_info.startswith("/api/"):
+        if request.method not in WRITE_METHODS or not is_api_request(request):
             return handler(request)
         response = handler(request)
         _log(request, response, current_call_log())

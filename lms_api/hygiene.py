@@ -10,6 +10,7 @@ from pyramid.request import Request
 from pyramid.response import Response
 
 from lms_api.settings import Settings
+from lms_api.views import is_api_request
 from lms_api.views.exceptions import error_response
 
 ALLOWED_REQUEST_HEADERS = "Authorization, Content-Type, X-Request-ID"
@@ -23,7 +24,7 @@ def hygiene_tween_factory(handler: Callable[[Request], Response], registry: Regi
     allowed_origins = frozenset(settings.cors_allowed_origins)
 
     def tween(request: Request) -> Response:
-        if not request.path_info.startswith("/api/"):
+        if not is_api_request(request):
             return handler(request)
         origin = request.headers.get("Origin")
         if request.method == "OPTIONS" and origin and "Access-Control-Request-Method" in request.headers:

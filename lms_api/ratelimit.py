@@ -23,6 +23,7 @@ from pyramid.request import Request
 from pyramid.response import Response
 
 from lms_api.settings import Rate, Settings
+from lms_api.views import is_api_request
 from lms_api.views.exceptions import error_response
 
 log = structlog.get_logger("lms_api.ratelimit")
@@ -189,7 +190,7 @@ def rate_limit_tween_factory(
     counter: Counter = registry.rate_counter
 
     def tween(request: Request) -> Response:
-        if not request.path_info.startswith("/api/"):
+        if not is_api_request(request):
             return handler(request)
         identity = request.identity
         if identity is None:

@@ -106,7 +106,6 @@ class JwksKeys:
         self._keys: dict[str, Any] = {}
         self._fetched_at: float | None = None
         self._lock = threading.Lock()
-        self.fetches = 0
 
     def key_for(self, kid: Any) -> Any:
         if not isinstance(kid, str) or not kid:
@@ -132,7 +131,6 @@ class JwksKeys:
 
     def _refresh(self) -> None:
         self._fetched_at = self._clock()
-        self.fetches += 1
         try:
             response = requests.get(self.url, timeout=self._timeout_s, allow_redirects=False)
             response.raise_for_status()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from pathlib import Path
 from types import MappingProxyType
@@ -318,8 +318,8 @@ def load_settings(
         for name in ("MOODLE_BASE_URL", "MOODLE_TOKEN"):
             if not values[name]:
                 raise SettingsError(f"{name} is required with production.ini: set it in the environment or in .env")
-        host = urlsplit(base_url).hostname or ""
-        if urlsplit(base_url).scheme == "http" and not _is_loopback(host) and not values["MOODLE_ALLOW_INSECURE"]:
+        parts = urlsplit(base_url)
+        if parts.scheme == "http" and not _is_loopback(parts.hostname or "") and not values["MOODLE_ALLOW_INSECURE"]:
             raise SettingsError(
                 "MOODLE_BASE_URL must be https:// with production.ini (the token would cross the network in clear); "
                 "set MOODLE_ALLOW_INSECURE=true to accept http://"
@@ -327,34 +327,17 @@ def load_settings(
     if base_url and not token:
         raise SettingsError("MOODLE_TOKEN is required when MOODLE_BASE_URL is set")
     jwt_secret, algorithms, uses_development_secret = _jwt_keys(environment, values)
+    # Each Settings field takes the value of the key of the same name; the rest are worked out above.
+    field_names = {each.name for each in fields(Settings)}
     return Settings(
-        environment=environment,
-        moodle_base_url=base_url,
-        moodle_token=token,
-        moodle_timeout_ms=values["MOODLE_TIMEOUT_MS"],
-        moodle_debug=values["MOODLE_DEBUG"],
-        moodle_max_retries=values["MOODLE_MAX_RETRIES"],
-        moodle_functions_ttl_s=values["MOODLE_FUNCTIONS_TTL_S"],
-        moodle_max_input_vars=values["MOODLE_MAX_INPUT_VARS"],
-        moodle_max_upload_mb=values["MOODLE_MAX_UPLOAD_MB"],
-        moodle_attach_function=values["MOODLE_ATTACH_FUNCTION"],
-        moodle_role_ids=values["MOODLE_ROLE_IDS"],
-        jwt_secret=jwt_secret,
-        jwt_public_key=values["JWT_PUBLIC_KEY"],
-        jwt_jwks_url=values["JWT_JWKS_URL"],
-        jwt_algorithms=algorithms,
-        jwt_audience=values["JWT_AUDIENCE"],
-        jwt_issuer=values["JWT_ISSUER"],
-        jwt_leeway_s=values["JWT_LEEWAY_S"],
-        log_format=values["LOG_FORMAT"],
-        rate_limit_read=values["RATE_LIMIT_READ"],
-        rate_limit_write=values["RATE_LIMIT_WRITE"],
-        rate_limit_unauthenticated=values["RATE_LIMIT_UNAUTHENTICATED"],
-        redis_url=values["REDIS_URL"],
-        trusted_proxies=values["TRUSTED_PROXIES"],
-        cors_allowed_origins=values["CORS_ALLOWED_ORIGINS"],
-        uses_development_jwt_secret=uses_development_secret,
-        secrets=tuple(secrets),
+        **{
+            **{name.lower(): value for name, value in values.items() if name.lower() in field_names},
+            "environment": environment,
+            "jwt_secret": jwt_secret,
+            "jwt_algorithms": algorithms,
+            "uses_development_jwt_secret": uses_development_secret,
+            "secrets": tuple(secrets),
+        }
     )
 
 

@@ -36,14 +36,15 @@ def sandbox():
     server.stop()
 
 
-def start_redis_server():
-    """A throw-away ``redis-server`` on a free port, no persistence; returns (process, url)."""
+def start_redis_server(port=None):
+    """A throw-away ``redis-server`` on ``port`` (default: a free one), no persistence; returns (process, url)."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server is not installed: the rate-limit tests need a real Redis (apt install redis-server)")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    if port is None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
     process = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL,

@@ -26,10 +26,13 @@ from lms_api.moodle.encoding import encode_params
 from lms_api.moodle.errors import (
     MoodleError,
     error_from_moodle,
+    expect_list,
+    expect_object,
     function_not_available,
     is_moodle_error,
     redact,
     retry_after_header,
+    unexpected_answer,
 )
 from lms_api.moodle.functions import READ_ONLY_FUNCTIONS, SITE_INFO, UPLOAD_FUNCTION
 
@@ -177,9 +180,9 @@ class MoodleService:
         return redact(text, (self._token,))
 
     def site_info(self) -> dict[str, Any]:
-        info = self._call(SITE_INFO, {})
-        if not isinstance(info, dict) or not isinstance(info.get("functions"), list):
-            raise MoodleError(502, "badresponse", "Moodle's site info has an unexpected shape", {"function": SITE_INFO})
+        info = expect_object(self._call(SITE_INFO, {}), SITE_INFO)
+        if not isinstance(info.get("functions"), list):
+            raise unexpected_answer(SITE_INFO)
         self._remember_functions(info)
         return info
 
@@ -212,9 +215,7 @@ class MoodleService:
             answer = self._parse(
                 UPLOAD_FUNCTION, self._send_with_retries(UPLOAD_FUNCTION, self._upload_url, body, record)
             )
-        if not isinstance(answer, list) or not all(isinstance(entry, dict) for entry in answer):
-            raise _bad_response(UPLOAD_FUNCTION, 200, "Moodle's upload.php answered something other than a file list")
-        return answer
+        return expect_list(answer, UPLOAD_FUNCTION)
 
     # -- one logical call -------------------------------------------------------------------------
 

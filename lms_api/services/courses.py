@@ -28,35 +28,18 @@ def list_courses(
     """
     if search is None:
         if category is None:
-            matches = [
-                course
-                for course in expect_list(moodle.call(GET_COURSES), GET_COURSES, key="id")
-                if not _is_site(course)
-            ]
+            all_courses = expect_list(moodle.call(GET_COURSES), GET_COURSES, key="id")
+            matches = [course for course in all_courses if not _is_site(course)]
         else:
             matches = _by_field(moodle, "category", str(category))
-        start = page * perpage
-        return _listing(matches[start : start + perpage], len(matches), page, perpage)
-
-    criteria = {"criterianame": "search", "criteriavalue": search}
+        return _listing(_page(matches, page, perpage), len(matches), page, perpage)
     if category is None:
-        found = expect_object(
-            moodle.call(SEARCH_COURSES, {**criteria, "page": page, "perpage": perpage}), SEARCH_COURSES
-        )
-        page_ids, total = (
-            [course["id"] for course in expect_list(found.get("courses"), SEARCH_COURSES, key="id")],
-            found.get("total"),
-        )
-        if not isinstance(total, int):
-            raise unexpected_answer(SEARCH_COURSES)
+        found, total = _search(moodle, search, page, perpage)
+        page_ids = [course["id"] for course in found]
     else:
-        found = expect_object(moodle.call(SEARCH_COURSES, {**criteria, "page": 0, "perpage": 0}), SEARCH_COURSES)
-        in_category = [
-            c["id"]
-            for c in expect_list(found.get("courses"), SEARCH_COURSES, key="id")
-            if c.get("categoryid") == category
-        ]
-        page_ids, total = in_category[page * perpage : (page + 1) * perpage], len(in_category)
+        found, _ = _search(moodle, search, 0, 0)  # everything: Moodle's search has no category filter
+        in_category = [course["id"] for course in found if course.get("categoryid") == category]
+        page_ids, total = _page(in_category, page, perpage), len(in_category)
     return _listing(courses_by_ids(moodle, page_ids), total, page, perpage)
 
 
@@ -137,6 +120,20 @@ def _by_field(moodle: MoodleService, field: str, value: str) -> list[dict[str, A
     return [
         course for course in expect_list(answer.get("courses"), GET_COURSES_BY_FIELD, key="id") if not _is_site(course)
     ]
+
+
+def _search(moodle: MoodleService, text: str, page: int, perpage: int) -> tuple[list[dict[str, Any]], int]:
+    """Moodle's text search: one page of matches (``perpage`` 0: all of them) and the number of all matches."""
+    params = {"criterianame": "search", "criteriavalue": text, "page": page, "perpage": perpage}
+    answer = expect_object(moodle.call(SEARCH_COURSES, params), SEARCH_COURSES)
+    total = answer.get("total")
+    if not isinstance(total, int):
+        raise unexpected_answer(SEARCH_COURSES)
+    return expect_list(answer.get("courses"), SEARCH_COURSES, key="id"), total
+
+
+def _page(items: list[Any], page: int, perpage: int) -> list[Any]:
+    return items[page * perpage : (page + 1) * perpage]
 
 
 def _listing(courses: list[dict[str, Any]], total: int, page: int, perpage: int) -> dict[str, Any]:

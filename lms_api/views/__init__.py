@@ -5,12 +5,19 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pyramid.request import Request
 from pyramid.view import view_config
 
 from lms_api.errors import success_body
 from lms_api.security import Scope
 
 ENVELOPE_RENDERER = "lms_api:envelope"
+API_PREFIX = "/api/"
+
+
+def is_api_request(request: Request) -> bool:
+    """On ``path_info``, not ``path``: a mount prefix (SCRIPT_NAME) must not switch the API's hardening off."""
+    return request.path_info.startswith(API_PREFIX)
 
 
 def api_view(*, route_name: str, request_method: str, permission: Scope, **settings: Any) -> view_config:

@@ -1,5 +1,7 @@
 """Rate limits: budgets per caller for reads and writes, per address before authentication, shared through Redis."""
 
+import io
+import json
 import time
 import uuid
 
@@ -7,6 +9,7 @@ import pytest
 import redis
 
 from lms_api import ratelimit
+from lms_api.logging import configure_logging
 from lms_api.ratelimit import LocalCounter, RedisCounter
 from lms_api.settings import Rate
 from tests.conftest import mint, start_redis_server
@@ -187,3 +190,28 @@ def test_the_in_process_counter_stays_bounded():
         counter.hit(f"caller-{n}", Rate(1, 86400))
 
     assert len(counter._windows) <= ratelimit.MAX_LOCAL_KEYS
+
+
+def test_redis_is_used_again_once_it_is_back_and_that_is_logged_once(own_redis):
+    process, url = own_redis
+    now = [1000.0]
+    counter = RedisCounter(redis.Redis.from_url(url, socket_connect_timeout=0.5), LocalCounter(), clock=lambda: now[0])
+    key, rate = f"back-{uuid.uuid4().hex}", Rate(10, 60)
+    logs = io.StringIO()
+    configure_logging("json", (), logs)
+    assert counter.hit(key, rate).remaining == 9
+
+    process.kill()
+    process.wait(10)
+    assert counter.hit(key, rate).remaining == 9  # a fresh in-process window
+    restarted, _ = start_redis_server(port=int(url.rsplit(":", 1)[1].split("/")[0]))
+    try:
+        assert counter.hit(key, rate).remaining == 8  # still on the fallback until the retry time
+        now[0] += ratelimit.REDIS_RETRY_AFTER_S
+        assert [counter.hit(key, rate).remaining for _ in range(2)] == [9, 8]  # the new Redis counts afresh
+    finally:
+        restarted.terminate()
+        restarted.wait(10)
+
+    events = [json.loads(line)["event"] for line in logs.getvalue().splitlines()]
+    assert events == ["ratelimit.redis_unavailable", "ratelimit.redis_restored"]
