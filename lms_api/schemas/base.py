@@ -11,6 +11,8 @@ from pyramid.request import Request
 from lms_api.errors import ApiError
 
 MAX_JSON_BYTES = 1024 * 1024
+# The largest integer a browser's JSON.parse keeps exactly; no id, count or timestamp of Moodle comes near it.
+MAX_SAFE_INTEGER = 2**53 - 1
 
 
 class RequestSchema(Schema):
