@@ -9,6 +9,7 @@ from typing import Any
 from pyramid.router import Router
 
 from lms_api.config import make_app
+from lms_api.logging import LinesAsLog
 from lms_api.settings import SETTING_NAMES, SettingsError, load_settings, read_dotenv
 
 
@@ -20,4 +21,7 @@ def main(global_config: dict[str, Any], **ini_settings: Any) -> Router:
         print(f"lms_api: configuration error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     pyramid_settings = {key: value for key, value in ini_settings.items() if key.upper() not in SETTING_NAMES}
-    return make_app(settings, pyramid_settings)
+    app = make_app(settings, pyramid_settings)
+    if settings.log_format == "json":
+        sys.stderr = LinesAsLog(sys.stderr)
+    return app

@@ -7,8 +7,9 @@ from typing import Any, TextIO
 
 import structlog
 from pyramid.config import Configurator
+from pyramid.events import ContextFound
 from pyramid.router import Router
-from pyramid.tweens import EXCVIEW
+from pyramid.tweens import EXCVIEW, INGRESS
 
 from lms_api.audit import audit_targets
 from lms_api.logging import configure_logging, request_id
@@ -80,7 +81,11 @@ def make_app(
     config.registry.rate_counter = counter_from_settings(settings)
     config.add_request_method(audit_targets, "audit_targets", reify=True)
     # Outermost first; all sit over the exception views, so error answers pass through each of them.
-    config.add_tween("lms_api.logging.request_tween_factory", over=EXCVIEW)
+    config.add_tween("lms_api.hygiene.encoding_tween_factory", under=INGRESS)
+    config.add_subscriber("lms_api.hygiene.refuse_undecodable", ContextFound)
+    config.add_tween(
+        "lms_api.logging.request_tween_factory", over=EXCVIEW, under="lms_api.hygiene.encoding_tween_factory"
+    )
     config.add_tween(
         "lms_api.hygiene.hygiene_tween_factory", over=EXCVIEW, under="lms_api.logging.request_tween_factory"
     )

@@ -1,21 +1,80 @@
-"""Browser and HTTP hygiene for every API answer: CORS for the configured origins only, nosniff, no-store."""
+"""HTTP and browser hygiene: requests whose path or query is not UTF-8 are refused cleanly, and every API answer
+gets CORS for the configured origins only, nosniff and no-store."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
+from typing import Any
+from urllib.parse import quote, unquote_to_bytes
 
+from pyramid.events import ContextFound
 from pyramid.interfaces import IRoutesMapper
 from pyramid.registry import Registry
 from pyramid.request import Request
 from pyramid.response import Response
 
+from lms_api.errors import ApiError
 from lms_api.settings import Settings
 from lms_api.views import is_api_request
 from lms_api.views.exceptions import error_response
 
-ALLOWED_REQUEST_HEADERS = "Authorization, Content-Type, X-Request-ID"
-EXPOSED_HEADERS = "Location, Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, X-Request-ID"
+# What browsers' fetch, axios, Angular's HttpClient and jQuery send by default, and the gateway's own headers.
+ALLOWED_REQUEST_HEADERS = (
+    "Accept, Accept-Language, Authorization, Cache-Control, Content-Language, Content-Type, Pragma, "
+    "X-Request-ID, X-Requested-With"
+)
+EXPOSED_HEADERS = (
+    "Location, Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, WWW-Authenticate, X-Request-ID"
+)
 PREFLIGHT_MAX_AGE_S = 600
+UNDECODABLE_PART = "lms_api.undecodable_part"
+
+
+def encoding_tween_factory(handler: Callable[[Request], Response], registry: Registry) -> Callable[[Request], Response]:
+    """Outermost: a path or query string that is not UTF-8 once percent-decoded is made readable (the path
+    percent-escaped, the query dropped), so every tween can log, count and answer the request; it is then refused
+    with a 400 by :func:`refuse_undecodable`, inside the exception views."""
+
+    def tween(request: Request) -> Response:
+        undecodable = _make_decodable(request.environ)
+        if undecodable:
+            request.environ[UNDECODABLE_PART] = undecodable
+        return handler(request)
+
+    return tween
+
+
+def refuse_undecodable(event: ContextFound) -> None:
+    undecodable = event.request.environ.get(UNDECODABLE_PART)
+    if undecodable:
+        raise ApiError(
+            400, "invalidencoding", f"The request's {undecodable} is not UTF-8 text once percent-decoded", {}
+        )
+
+
+def _make_decodable(environ: MutableMapping[str, Any]) -> str | None:
+    path = _wsgi_bytes(environ.get("PATH_INFO", ""))
+    query = _wsgi_bytes(environ.get("QUERY_STRING", ""))
+    undecodable = []
+    try:
+        path.decode("utf-8")
+    except UnicodeDecodeError:
+        environ["PATH_INFO"] = quote(path, safe="/")
+        undecodable.append("path")
+    try:
+        unquote_to_bytes(query).decode("utf-8")
+    except UnicodeDecodeError:
+        environ["QUERY_STRING"] = ""
+        undecodable.append("query string")
+    return " and ".join(undecodable) or None
+
+
+def _wsgi_bytes(text: str) -> bytes:
+    """WSGI gives the raw bytes as latin-1 text; anything else came from a non-conforming server."""
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")
 
 
 def hygiene_tween_factory(handler: Callable[[Request], Response], registry: Registry) -> Callable[[Request], Response]:
@@ -45,16 +104,21 @@ def hygiene_tween_factory(handler: Callable[[Request], Response], registry: Regi
 def _preflight(request: Request, origin: str, allowed: bool, registry: Registry) -> Response:
     if not allowed:
         return error_response(request, 403, "corsrefused", f"Cross-origin requests from {origin} are not allowed")
+    # An unknown path is answered like any other, so the real request's 404 reaches the page instead of
+    # looking like a CORS failure.
     route = registry.getUtility(IRoutesMapper)(request)["route"]
-    if route is None:
-        return error_response(request, 404, "notfound", f"No route matches {request.path}")
+    methods = registry.allowed_methods.get(route.name, ()) if route else _all_methods(registry)
     response = Response(status=204)
     response.headers.update(
         {
             "Access-Control-Allow-Origin": origin,
-            "Access-Control-Allow-Methods": ", ".join(registry.allowed_methods.get(route.name, ())),
+            "Access-Control-Allow-Methods": ", ".join(methods),
             "Access-Control-Allow-Headers": ALLOWED_REQUEST_HEADERS,
             "Access-Control-Max-Age": str(PREFLIGHT_MAX_AGE_S),
         }
     )
     return response
+
+
+def _all_methods(registry: Registry) -> tuple[str, ...]:
+    return tuple(sorted({method for methods in registry.allowed_methods.values() for method in methods}))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -46,7 +48,8 @@ def configure_logging(log_format: str, secrets: Iterable[str], stream: TextIO | 
     )
     renderer: Any
     if log_format == "console":
-        renderer = structlog.dev.ConsoleRenderer(colors=False)
+        # In call order, so a request line reads status, method, path, ms and sub first.
+        renderer = structlog.dev.ConsoleRenderer(colors=False, sort_keys=False)
     else:
         renderer = structlog.processors.JSONRenderer()
 
@@ -93,12 +96,12 @@ def request_tween_factory(handler: Callable[[Request], Response], registry: Regi
             identity = checked_identity(request)
             log.info(
                 "request",
+                status=response.status_code,
                 method=request.method,
                 path=request.path,
-                route=request.matched_route.name if request.matched_route else None,
-                status=response.status_code,
                 ms=round((time.perf_counter() - started) * 1000, 1),
                 sub=identity.sub if identity else None,
+                route=request.matched_route.name if request.matched_route else None,
                 moodle_functions=calls.functions,
                 moodle_ms=calls.ms,
                 retries=calls.retries,
@@ -106,3 +109,38 @@ def request_tween_factory(handler: Callable[[Request], Response], registry: Regi
         return response
 
     return tween
+
+
+class LinesAsLog(io.TextIOBase):
+    """A text stream whose lines become log events, so that what pserve prints to stderr (``Starting server in
+    PID N.``) is a JSON line like every other when logs are JSON.
+
+    Text written while a line is being logged (logging reporting its own failure) goes to ``fallback`` as it is.
+    """
+
+    def __init__(self, fallback: TextIO, logger_name: str = "pserve") -> None:
+        super().__init__()
+        self._fallback = fallback
+        self._log = structlog.get_logger(logger_name)
+        self._pending = ""
+        self._local = threading.local()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if getattr(self._local, "busy", False):
+            return self._fallback.write(text)
+        self._local.busy = True
+        try:
+            *lines, self._pending = (self._pending + text).split("\n")
+            for line in lines:
+                if line.strip():
+                    self._log.info(line.rstrip())
+        finally:
+            self._local.busy = False
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending:
+            self.write("\n")

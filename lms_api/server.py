@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import socket
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -10,6 +13,7 @@ import waitress
 from lms_api.services.files import MIB, MULTIPART_OVERHEAD_BYTES
 
 DEFAULT_PORT = 6543
+LISTEN_BACKLOG = 1024  # waitress's own default
 
 
 def server_factory(
@@ -18,14 +22,34 @@ def server_factory(
     """Serve with waitress. ``http_port`` comes from the pserve command line (``http_port=8080``), else 6543.
 
     The port is read here rather than interpolated in the ini: a ``[DEFAULT] http_port`` would silently
-    win over the command line.
+    win over the command line. The socket is bound here too, before the app is built, so a port in use is
+    one line and exit status 2, not a traceback after a started sandbox.
     """
     port = int(global_conf.get("http_port") or DEFAULT_PORT)
+    listener = listen(host, port)
 
     def serve(app: Any) -> None:
         # waitress spools a whole body before the app sees it: refuse bodies no route would accept, unread.
         settings = app.registry.lms_settings
         options.setdefault("max_request_body_size", settings.moodle_max_upload_mb * MIB + MULTIPART_OVERHEAD_BYTES)
-        waitress.serve(app, host=host, port=port, threads=int(threads), **options)
+        waitress.serve(app, sockets=[listener], threads=int(threads), **options)
 
     return serve
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host``:``port``; exit status 2 with one line naming them when that fails."""
+    listener = None
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        listener = socket.socket(family, kind, proto)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(LISTEN_BACKLOG)
+    except OSError as error:
+        if listener is not None:
+            listener.close()
+        reason = "the port is already in use" if error.errno == errno.EADDRINUSE else error.strerror or str(error)
+        print(f"lms_api: cannot listen on {host}:{port}: {reason}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return listener

@@ -1,11 +1,19 @@
-"""The base every route schema derives from, and how a request's input is read into it."""
+"""The base every route schema derives from, and how a request's input is read into it.
+
+Input is refused here, before any Moodle call, when it is not what the route takes: a wrong media type or
+charset, JSON that is not UTF-8 text or nests without end, a repeated query parameter, a multipart body that
+does not end with its closing boundary.
+"""
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Iterable
+from email.message import Message
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields
+from marshmallow import RAISE, Schema, ValidationError, fields, validate
 from pyramid.request import Request
 
 from lms_api.errors import ApiError
@@ -13,6 +21,11 @@ from lms_api.errors import ApiError
 MAX_JSON_BYTES = 1024 * 1024
 # The largest integer a browser's JSON.parse keeps exactly; no id, count or timestamp of Moodle comes near it.
 MAX_SAFE_INTEGER = 2**53 - 1
+MAX_JSON_DEPTH = 32
+_UTF8_CHARSETS = frozenset({"utf-8", "utf8"})
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# Where the closing delimiter must be: a body truncated in transit still parses, minus what was cut off.
+_MULTIPART_TAIL_BYTES = 512
 
 
 class RequestSchema(Schema):
@@ -27,39 +40,80 @@ class ResponseSchema(Schema):
 
 
 def load_query(request: Request, schema: RequestSchema) -> dict[str, Any]:
-    """Validate the query string; a repeated parameter is kept as a list for the schema to refuse."""
+    """Validate the query string; a parameter given twice is refused, whichever value a caller meant."""
     return schema.load(_as_dict(request.GET))
-
-
-def load_multipart(request: Request, schema: RequestSchema) -> dict[str, Any]:
-    """Validate a ``multipart/form-data`` body; file parts stay file objects (spooled to disk when large)."""
-    if request.content_type != "multipart/form-data":
-        raise ApiError(415, "unsupportedmediatype", "This route takes a multipart/form-data body")
-    try:
-        form = _as_dict(request.POST)
-    except ValueError:  # no boundary, or a body that does not follow it
-        raise ApiError(400, "invalidmultipart", "The multipart/form-data body cannot be read") from None
-    request.add_finished_callback(_close_spooled_body)
-    return schema.load(form)
-
-
-def _close_spooled_body(request: Request) -> None:
-    """Delete the spooled copies of the body and its files now, not whenever the garbage collector runs."""
-    for value in request.POST.values():
-        if hasattr(value, "file") and hasattr(value.file, "close"):
-            value.file.close()
-    request.body_file_raw.close()
 
 
 def load_matchdict(request: Request, schema: RequestSchema) -> dict[str, Any]:
     return schema.load(dict(request.matchdict or {}))
 
 
-def _as_dict(multidict: Any) -> dict[str, Any]:
+def load_multipart(request: Request, schema: RequestSchema, repeatable: Iterable[str] = ()) -> dict[str, Any]:
+    """Validate a ``multipart/form-data`` body; file parts stay file objects (spooled to disk when large).
+
+    Only the fields named in ``repeatable`` may come more than once (several files in one upload).
+    """
+    if request.content_type != "multipart/form-data":
+        raise ApiError(415, "unsupportedmediatype", "This route takes a multipart/form-data body")
+    server_input = request.body_file_raw
+    boundary = _boundary(request)
+    if not boundary or not _ends_with_closing_boundary(request, boundary):
+        raise _unreadable_multipart("it does not end with its closing boundary")
+    try:
+        form = request.POST
+    except (ValueError, UnicodeDecodeError):  # parts that do not follow the boundary, or text that is not UTF-8
+        raise _unreadable_multipart("its parts cannot be read") from None
+    request.add_finished_callback(lambda finished: _close_spooled_body(finished, server_input))
+    return schema.load(_as_dict(form, frozenset(repeatable)))
+
+
+def _unreadable_multipart(why: str) -> ApiError:
+    return ApiError(400, "invalidmultipart", f"The multipart/form-data body cannot be read: {why}")
+
+
+def _boundary(request: Request) -> bytes | None:
+    header = Message()
+    header["Content-Type"] = request.headers.get("Content-Type", "")
+    boundary = header.get_param("boundary")
+    if not isinstance(boundary, str) or not 1 <= len(boundary) <= 70 or not boundary.isascii():
+        return None  # RFC 2046: 1 to 70 characters
+    return boundary.encode("ascii")
+
+
+def _ends_with_closing_boundary(request: Request, boundary: bytes) -> bool:
+    """RFC 2046's close delimiter (``--boundary--``) ends the body, give or take line breaks and padding."""
+    body = request.body_file_seekable  # also sets the content length of a chunked body
+    body.seek(max(0, (request.content_length or 0) - _MULTIPART_TAIL_BYTES - len(boundary)))
+    tail = body.read().rstrip(b"\r\n\t ")
+    body.seek(0)
+    return tail.endswith(b"--" + boundary + b"--")
+
+
+def _close_spooled_body(request: Request, server_input: Any) -> None:
+    """Delete the spooled copies of the body and its files now, not whenever the garbage collector runs.
+
+    The server's own ``wsgi.input`` is the server's to close (WSGI); only a copy made here is closed.
+    """
+    for value in request.POST.values():
+        if hasattr(value, "file") and hasattr(value.file, "close"):
+            value.file.close()
+    if request.body_file_raw is not server_input:
+        request.body_file_raw.close()
+
+
+def _as_dict(multidict: Any, repeatable: frozenset[str] = frozenset()) -> dict[str, Any]:
     values: dict[str, Any] = {}
+    repeated: dict[str, list[str]] = {}
     for name in multidict:
         found = multidict.getall(name)
-        values[name] = found[0] if len(found) == 1 else found
+        if len(found) == 1:
+            values[name] = found[0]
+        elif name in repeatable:
+            values[name] = found
+        else:
+            repeated[name] = [f"Give {name} once (it was given {len(found)} times)"]
+    if repeated:
+        raise ValidationError(repeated)
     return values
 
 
@@ -68,16 +122,88 @@ def load_json_body(request: Request, schema: RequestSchema) -> dict[str, Any]:
     if request.content_type != "application/json":
         raise ApiError(415, "unsupportedmediatype", "This route takes a JSON body (Content-Type: application/json)")
     if request.content_length is not None and request.content_length > MAX_JSON_BYTES:
-        raise ApiError(
-            413, "bodytoolarge", f"JSON bodies are limited to {MAX_JSON_BYTES} bytes", {"max_bytes": MAX_JSON_BYTES}
-        )
-    try:
-        body = request.json_body
-    except ValueError:
-        raise ApiError(400, "invalidjson", "The request body is not valid JSON") from None
+        raise _json_too_large()
+    if request.charset.lower() not in _UTF8_CHARSETS:
+        raise _invalid_json("JSON bodies must be UTF-8 (RFC 8259): give charset=utf-8 or no charset")
+    # Read once, straight from the input: no spooled copy, and a chunked body without a length is held to the limit.
+    raw = request.body_file.read(MAX_JSON_BYTES + 1)
+    if len(raw) > MAX_JSON_BYTES:
+        raise _json_too_large()
+    body = parse_json(raw)
     if not isinstance(body, dict):
-        raise ApiError(400, "invalidjson", "The request body must be a JSON object")
+        raise _invalid_json("The request body must be a JSON object")
     return schema.load(body)
+
+
+def _json_too_large() -> ApiError:
+    return ApiError(
+        413, "bodytoolarge", f"JSON bodies are limited to {MAX_JSON_BYTES} bytes", {"max_bytes": MAX_JSON_BYTES}
+    )
+
+
+def parse_json(raw: bytes) -> Any:
+    """Strict JSON text: UTF-8, no NaN or Infinity, no key twice in one object, no lone surrogate, not too deep."""
+    try:
+        text = raw.decode("utf-8")
+        value = json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_object_without_repeats)
+    except _RepeatedKey as error:
+        raise _invalid_json(f"The request body gives the key {_shown(error.key)} twice in one object") from None
+    except UnicodeDecodeError:
+        raise _invalid_json("The request body is not UTF-8 text") from None
+    except RecursionError:
+        raise _too_deep() from None
+    except ValueError:
+        raise _invalid_json("The request body is not valid JSON") from None
+    _check_json_value(value)
+    return value
+
+
+class _RepeatedKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _object_without_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for key, item in pairs:
+        if key in value:
+            raise _RepeatedKey(key)
+        value[key] = item
+    return value
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _check_json_value(value: Any) -> None:
+    """Walk without recursion: no lone surrogate in any string or key, and at most MAX_JSON_DEPTH levels."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                raise _invalid_json(
+                    "The request body holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not text"
+                )
+        elif isinstance(item, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise _too_deep()
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children)
+
+
+def _too_deep() -> ApiError:
+    return _invalid_json(f"The request body nests deeper than {MAX_JSON_DEPTH} levels")
+
+
+def _invalid_json(message: str) -> ApiError:
+    return ApiError(400, "invalidjson", message)
+
+
+def _shown(text: str, limit: int = 64) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "…")
 
 
 def not_blank(value: str) -> None:
@@ -86,6 +212,20 @@ def not_blank(value: str) -> None:
 
 
 _HTML_TAG = re.compile(r"<[A-Za-z/!?]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL_BUT_LINE_BREAKS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def single_line(value: str) -> None:
+    """Names, short names, ids and search text: Moodle keeps control characters in them, and they break its pages."""
+    if _CONTROL.search(value):
+        raise ValidationError("Must not contain control characters (line breaks, tabs, NUL, ...)")
+
+
+def no_control_characters(value: str) -> None:
+    """Multi-line text (summaries): tabs and line breaks are text, other control characters are not."""
+    if _CONTROL_BUT_LINE_BREAKS.search(value):
+        raise ValidationError("Must not contain control characters other than tabs and line breaks")
 
 
 def no_html(value: str) -> None:
@@ -127,6 +267,26 @@ class CommaSeparated(fields.Field):
         return loaded
 
 
-def strict_int(**kwargs: Any) -> fields.Integer:
-    """An integer field for JSON bodies: ``1.5``, ``"1"`` and ``true`` are refused, not coerced."""
-    return fields.Integer(strict=True, **kwargs)
+def strict_int(minimum: int, maximum: int = MAX_SAFE_INTEGER, **kwargs: Any) -> fields.Integer:
+    """A bounded integer in a JSON body: ``1.5``, ``"1"`` and ``true`` are refused, not coerced."""
+    return fields.Integer(strict=True, validate=validate.Range(min=minimum, max=maximum), **kwargs)
+
+
+class IntegerText(fields.Integer):
+    """An integer written in a query string, a path or a form field: ASCII digits, an optional minus, nothing else.
+
+    Python's ``int()`` would also take ``1_000``, `` 7 ``, ``+7`` and other scripts' digits (Arabic-Indic, full-width).
+    """
+
+    def _validated(self, value: Any) -> int:
+        if isinstance(value, str) and _INTEGER_TEXT.fullmatch(value):
+            return int(value)
+        raise self.make_error("invalid")
+
+
+_INTEGER_TEXT = re.compile(r"-?[0-9]{1,20}")
+
+
+def text_int(minimum: int, maximum: int = MAX_SAFE_INTEGER, **kwargs: Any) -> IntegerText:
+    """A bounded integer written as text (query string, path, form field)."""
+    return IntegerText(validate=validate.Range(min=minimum, max=maximum), **kwargs)

@@ -6,7 +6,17 @@ from typing import Any
 
 from marshmallow import ValidationError, fields, post_load, validate, validates_schema
 
-from lms_api.schemas.base import Flag, RequestSchema, ResponseSchema, no_html, not_blank, strict_int
+from lms_api.schemas.base import (
+    Flag,
+    RequestSchema,
+    ResponseSchema,
+    no_control_characters,
+    no_html,
+    not_blank,
+    single_line,
+    strict_int,
+    text_int,
+)
 
 MAX_PERPAGE = 200
 MAX_PAGE = 1_000_000  # page * perpage stays far inside Moodle's SQL offsets
@@ -14,15 +24,15 @@ MAX_PAGE = 1_000_000  # page * perpage stays far inside Moodle's SQL offsets
 FULLNAME_MAX, SHORTNAME_MAX, IDNUMBER_MAX = 1333, 255, 100
 # FORMAT_MOODLE, FORMAT_HTML, FORMAT_PLAIN, FORMAT_MARKDOWN
 SUMMARY_FORMATS = (0, 1, 2, 4)
-_FULLNAME_RULES = (validate.Length(max=FULLNAME_MAX), not_blank, no_html)
-_SHORTNAME_RULES = (validate.Length(max=SHORTNAME_MAX), not_blank, no_html)
+_FULLNAME_RULES = (validate.Length(max=FULLNAME_MAX), not_blank, single_line, no_html)
+_SHORTNAME_RULES = (validate.Length(max=SHORTNAME_MAX), not_blank, single_line, no_html)
 
 
 class CoursesQuery(RequestSchema):
-    search = fields.String(validate=validate.Length(min=1, max=255))
-    category = fields.Integer(validate=validate.Range(min=1))
-    page = fields.Integer(load_default=0, validate=validate.Range(min=0, max=MAX_PAGE))
-    perpage = fields.Integer(load_default=50, validate=validate.Range(min=1, max=MAX_PERPAGE))
+    search = fields.String(validate=(validate.Length(min=1, max=255), single_line))
+    category = text_int(1)
+    page = text_int(0, MAX_PAGE, load_default=0)
+    perpage = text_int(1, MAX_PERPAGE, load_default=50)
 
     @post_load
     def _trim_search(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
@@ -34,7 +44,7 @@ class CoursesQuery(RequestSchema):
 
 
 class CoursePath(RequestSchema):
-    course_id = fields.Integer(required=True, validate=validate.Range(min=1))
+    course_id = text_int(1, required=True)
 
 
 class CourseFields(RequestSchema):
@@ -42,14 +52,14 @@ class CourseFields(RequestSchema):
 
     fullname = fields.String(validate=_FULLNAME_RULES)
     shortname = fields.String(validate=_SHORTNAME_RULES)
-    categoryid = strict_int(validate=validate.Range(min=1))
-    summary = fields.String()
-    summaryformat = strict_int(validate=validate.OneOf(SUMMARY_FORMATS))
+    categoryid = strict_int(1)
+    summary = fields.String(validate=no_control_characters)
+    summaryformat = fields.Integer(strict=True, validate=validate.OneOf(SUMMARY_FORMATS))
     format = fields.String(validate=validate.Regexp(r"^[a-z][a-z0-9_]{0,20}$", error="Not a course format name"))
     visible = Flag()
-    startdate = strict_int(validate=validate.Range(min=0))
-    enddate = strict_int(validate=validate.Range(min=0))
-    idnumber = fields.String(validate=validate.Length(max=IDNUMBER_MAX))
+    startdate = strict_int(0)
+    enddate = strict_int(0)
+    idnumber = fields.String(validate=(validate.Length(max=IDNUMBER_MAX), single_line))
 
     @validates_schema
     def _dates_in_order(self, data: dict[str, Any], **kwargs: Any) -> None:
@@ -61,14 +71,15 @@ class CourseFields(RequestSchema):
 class CourseCreate(CourseFields):
     fullname = fields.String(required=True, validate=_FULLNAME_RULES)
     shortname = fields.String(required=True, validate=_SHORTNAME_RULES)
-    categoryid = strict_int(required=True, validate=validate.Range(min=1))
+    categoryid = strict_int(1, required=True)
 
 
 class CourseUpdate(CourseFields):
     @validates_schema
     def _something_to_change(self, data: dict[str, Any], **kwargs: Any) -> None:
         if not data:
-            raise ValidationError(f"Give at least one of: {', '.join(sorted(CourseFields._declared_fields))}")
+            fields = ", ".join(sorted(CourseFields._declared_fields))
+            raise ValidationError(f"The body changes nothing: give at least one of {fields}", "body")
 
 
 class CourseSchema(ResponseSchema):

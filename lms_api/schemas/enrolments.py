@@ -7,7 +7,7 @@ from typing import Any
 
 from marshmallow import ValidationError, fields, validate, validates_schema
 
-from lms_api.schemas.base import Flag, RequestSchema, ResponseSchema, strict_int
+from lms_api.schemas.base import MAX_SAFE_INTEGER, Flag, RequestSchema, ResponseSchema, strict_int
 
 MAX_ENROLMENTS = 10000
 _ROLE_NAME = re.compile(r"[a-z][a-z0-9_]{0,99}")
@@ -17,7 +17,7 @@ class Role(fields.Field):
     """A Moodle role id, or a role name the gateway maps to one (``student``, ``teacher``, ...)."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int | str:
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_SAFE_INTEGER:
             return value
         if isinstance(value, str) and _ROLE_NAME.fullmatch(value):
             return value
@@ -26,10 +26,10 @@ class Role(fields.Field):
 
 class EnrolmentSchema(RequestSchema):
     roleid = Role(required=True)
-    userid = strict_int(required=True, validate=validate.Range(min=1))
-    courseid = strict_int(required=True, validate=validate.Range(min=1))
-    timestart = strict_int(validate=validate.Range(min=0))
-    timeend = strict_int(validate=validate.Range(min=0))
+    userid = strict_int(1, required=True)
+    courseid = strict_int(1, required=True)
+    timestart = strict_int(0)
+    timeend = strict_int(0)
     suspend = Flag()
 
     @validates_schema

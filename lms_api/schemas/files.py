@@ -7,9 +7,21 @@ from typing import Any
 from marshmallow import ValidationError, fields, validate
 
 from lms_api.moodle.client import UploadFile
-from lms_api.schemas.base import Flag, RequestSchema, ResponseSchema, no_html, not_blank, strict_int
+from lms_api.schemas.base import (
+    Flag,
+    RequestSchema,
+    ResponseSchema,
+    no_control_characters,
+    no_html,
+    not_blank,
+    single_line,
+    strict_int,
+    text_int,
+)
 
 MAX_FILES = 20
+MAX_FILENAME = 255  # files.filename in Moodle's database
+MAX_SECTION = 10_000  # Moodle's own cap on course sections is far lower (maxsections, default 52)
 
 
 class FileParts(fields.Field):
@@ -27,25 +39,29 @@ class FileParts(fields.Field):
             filename = part.filename.replace("\\", "/").rsplit("/", 1)[-1].strip()
             if not filename or filename in (".", ".."):
                 raise ValidationError("The file part has no usable filename")
+            if len(filename) > MAX_FILENAME:
+                raise ValidationError(f"File names are limited to {MAX_FILENAME} characters")
+            single_line(filename)
             uploads.append(UploadFile(filename, part.file, part.type or "application/octet-stream"))
         return uploads
 
 
 class UploadForm(RequestSchema):
     file = FileParts(required=True)
-    itemid = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    itemid = text_int(0, load_default=0)
     # Accepted for callers of the original design; Moodle stores every upload in the token user's draft area.
-    contextid = fields.Integer()
-    component = fields.String()
-    filearea = fields.String()
+    contextid = text_int(1)
+    component = fields.String(validate=(validate.Length(max=100), single_line))
+    filearea = fields.String(validate=(validate.Length(max=50), single_line))
 
 
 class AttachBody(RequestSchema):
-    courseid = strict_int(required=True, validate=validate.Range(min=1))
-    draftitemid = strict_int(required=True, validate=validate.Range(min=1))
-    name = fields.String(required=True, validate=[validate.Length(max=255), not_blank, no_html])
-    intro = fields.String()  # accepted for the original design; the default function has no intro parameter
-    section = strict_int(load_default=0, validate=validate.Range(min=0))
+    courseid = strict_int(1, required=True)
+    draftitemid = strict_int(1, required=True)
+    name = fields.String(required=True, validate=[validate.Length(max=255), not_blank, single_line, no_html])
+    # Accepted for the original design; the default function has no intro parameter.
+    intro = fields.String(validate=no_control_characters)
+    section = strict_int(0, MAX_SECTION, load_default=0)
     visible = Flag(load_default=True)
 
 

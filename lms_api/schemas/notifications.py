@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from marshmallow import fields, validate
+from marshmallow import fields
 
-from lms_api.schemas.base import RequestSchema, ResponseSchema
+from lms_api.schemas.base import RequestSchema, ResponseSchema, text_int
 
 MAX_LIMIT = 100
+MAX_OFFSET = 1_000_000  # far past any inbox, far inside Moodle's SQL offsets
 
 
 class UnreadCountQuery(RequestSchema):
-    userid = fields.Integer(validate=validate.Range(min=1))
+    userid = text_int(1)
 
 
 class NotificationsQuery(UnreadCountQuery):
-    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=MAX_LIMIT))
-    offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    limit = text_int(1, MAX_LIMIT, load_default=20)
+    offset = text_int(0, MAX_OFFSET, load_default=0)
 
 
 class NotificationSchema(ResponseSchema):

@@ -19,6 +19,10 @@ from lms_api.views import dumps
 
 log = structlog.get_logger("lms_api.errors")
 
+# An error answer stays small whatever the input: 5,000 unknown parameters must not echo back as 5,000 names.
+MAX_LISTED = 20
+MAX_ECHOED_CHARS = 64
+
 
 def error_response(
     request: Request,
@@ -47,9 +51,37 @@ def api_error(error: ApiError, request: Request) -> Response:
 
 @exception_view_config(ValidationError)
 def validation_error(error: ValidationError, request: Request) -> Response:
-    messages = error.messages if isinstance(error.messages, dict) else {"_schema": error.messages}
-    fields = ", ".join(sorted(messages))
-    return error_response(request, 400, "validationerror", f"Invalid input: {fields}", {"fields": messages})
+    """``details.fields`` maps each field to its messages; past MAX_LISTED fields, ``details.more_fields`` counts
+    the rest. Nested lists and maps are cut the same way, with a ``"..."`` entry saying how many were left out."""
+    messages = error.messages if isinstance(error.messages, dict) else {"input": error.messages}
+    names = sorted(messages, key=str)
+    listed = {_echoed(name): _capped(messages[name]) for name in names[:MAX_LISTED]}
+    details: dict[str, Any] = {"fields": listed}
+    summary = ", ".join(listed)
+    if len(names) > MAX_LISTED:
+        details["more_fields"] = len(names) - MAX_LISTED
+        summary += f" and {len(names) - MAX_LISTED} more"
+    return error_response(request, 400, "validationerror", f"Invalid input: {summary}", details)
+
+
+def _echoed(name: Any) -> str:
+    """A field name as the caller wrote it, cut short; marshmallow's ``_schema`` (the input as a whole) as ``input``."""
+    text = "input" if name == "_schema" else str(name)
+    return text if len(text) <= MAX_ECHOED_CHARS else text[:MAX_ECHOED_CHARS] + "..."
+
+
+def _capped(messages: Any) -> Any:
+    if isinstance(messages, dict):
+        capped = {_echoed(key): _capped(value) for key, value in list(messages.items())[:MAX_LISTED]}
+        if len(messages) > MAX_LISTED:
+            capped["..."] = f"{len(messages) - MAX_LISTED} more"
+        return capped
+    if isinstance(messages, list):
+        capped_list = [_capped(value) for value in messages[:MAX_LISTED]]
+        if len(messages) > MAX_LISTED:
+            capped_list.append(f"... {len(messages) - MAX_LISTED} more")
+        return capped_list
+    return messages
 
 
 @forbidden_view_config()

@@ -16,7 +16,7 @@ _uploaded, _attached = UploadSchema(), AttachedSchema()
 def upload(request: Request) -> dict[str, Any]:
     max_mb = request.lms_settings.moodle_max_upload_mb
     files.refuse_oversized_body(request.content_length, max_mb)
-    form = load_multipart(request, _form)
+    form = load_multipart(request, _form, repeatable=("file",))
     request.audit_targets.update(filenames=[upload.filename for upload in form["file"]], itemid=form["itemid"])
     files.check_sizes(form["file"], max_mb)
     uploaded = files.upload(request.moodle, form["file"], form["itemid"])

@@ -85,8 +85,40 @@ def test_a_429_carries_cors_headers_so_the_spa_can_read_retry_after(make_gateway
     assert "Retry-After" in response.headers["Access-Control-Expose-Headers"]
 
 
-def test_a_preflight_for_a_path_without_a_route_is_a_404(gateway):
+def test_a_preflight_for_a_path_without_a_route_is_answered_so_the_real_404_is_readable(gateway):
     response = preflight(gateway, APP, path="/api/moodle/nowhere")
 
-    assert response.status_int == 404
-    assert "Access-Control-Allow-Methods" not in response.headers
+    assert response.status_int == 204
+    assert response.headers["Access-Control-Allow-Origin"] == APP
+    assert response.headers["Access-Control-Allow-Methods"] == "GET, HEAD, PATCH, POST"
+    real = gateway.get("/api/moodle/nowhere", mint("siteinfo:read"), headers={"Origin": APP})
+    assert real.status_int == 404
+    assert real.headers["Access-Control-Allow-Origin"] == APP
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        "authorization, content-type",
+        "accept, accept-language, content-language",
+        "x-request-id, x-requested-with",
+        "cache-control, pragma",
+    ],
+)
+def test_the_headers_common_spa_libraries_send_are_allowed(gateway, headers):
+    response = gateway.app.options(
+        COURSES,
+        headers={"Origin": APP, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": headers},
+        expect_errors=True,
+    )
+
+    allowed = {name.strip().lower() for name in response.headers["Access-Control-Allow-Headers"].split(",")}
+    assert {name.strip() for name in headers.split(",")} <= allowed
+
+
+def test_why_a_token_failed_is_readable_by_the_page(gateway):
+    response = gateway.get("/api/moodle/siteinfo", "not-a-jwt", headers={"Origin": APP})
+
+    assert response.status_int == 401
+    assert "WWW-Authenticate" in response.headers["Access-Control-Expose-Headers"]
+    assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]
