@@ -1,6 +1,8 @@
 """The gateway and the sandbox as a user runs them: real processes, real HTTP, free ports."""
 
+import json
 import shutil
+import socket
 import subprocess
 
 import requests
@@ -61,6 +63,42 @@ def test_production_ini_against_a_standalone_sandbox(spawn):
     _, logs = gateway.communicate(timeout=10)
     assert '"request_id": "it-1"' in logs
     assert "integration-token" not in logs
+    lines = logs.splitlines()
+    assert [json.loads(line)["logger"] for line in lines if "Starting server in PID" in line] == ["pserve"]
+    assert all(isinstance(json.loads(line), dict) for line in lines), "every line of a JSON log is JSON"
+
+
+def test_console_logs_lead_with_status_method_path_ms_and_sub(spawn):
+    port = free_port()
+    gateway = spawn("pserve", "development.ini", f"http_port={port}", env=clean_env())
+    wait_for_port(port, gateway)
+
+    requests.get(f"http://127.0.0.1:{port}/api/moodle/siteinfo", timeout=10)
+    gateway.terminate()
+    _, logs = gateway.communicate(timeout=10)
+
+    line = next(line for line in logs.splitlines() if " request " in line)
+    fields = [part.split("=", 1)[0] for part in line.split("[lms_api.request]", 1)[1].split()]
+    assert fields[:5] == ["status", "method", "path", "ms", "sub"]
+
+
+def test_a_port_in_use_is_one_line_and_exit_status_2(spawn, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        shutil.copy(ROOT / "development.ini", tmp_path)
+        result = subprocess.run(
+            [str(BIN / "pserve"), "development.ini", f"http_port={port}"],
+            cwd=tmp_path,
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"lms_api: cannot listen on 127.0.0.1:{port}: the port is already in use"
 
 
 def test_production_ini_refuses_to_start_without_its_settings(tmp_path):
