@@ -26,6 +26,7 @@ setup(
             "responses>=0.25,<1",
             "webtest>=3.0,<4",
             "ruff>=0.15,<0.18",
+            "hypothesis>=6.100,<7",
         ],
     },
     entry_points={

@@ -12,11 +12,18 @@ import redis
 import requests
 import structlog
 import webtest
+from hypothesis import settings as hypothesis_settings
 
 from lms_api.config import make_app
 from lms_api.moodle.encoding import encode_params
 from lms_api.sandbox.server import Fault, start_sandbox
 from lms_api.settings import load_settings
+
+# Property tests: bounded so `make test` stays fast; the same examples on every CI run, fresh ones elsewhere.
+hypothesis_settings.register_profile("dev", max_examples=60, deadline=None)
+hypothesis_settings.register_profile("ci", max_examples=60, deadline=None, derandomize=True, database=None)
+hypothesis_settings.register_profile("thorough", max_examples=2000, deadline=None)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
 
 JWT_TEST_SECRET = "test-secret-0123456789-abcdefghij-KLMNOPQRST-0123456789-abcdefghijklmn"
 ALL_SCOPES = "siteinfo:read courses:read courses:write users:read enrol:write notifications:read files:write"
