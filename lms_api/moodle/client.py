@@ -25,12 +25,12 @@ from urllib3.exceptions import NewConnectionError
 from lms_api.moodle.encoding import encode_params
 from lms_api.moodle.errors import (
     MoodleError,
+    clean_text,
     error_from_moodle,
     expect_list,
     expect_object,
     function_not_available,
     is_moodle_error,
-    redact,
     retry_after_header,
     unexpected_answer,
 )
@@ -175,9 +175,9 @@ class MoodleService:
         """The token's service may have changed: read the function list again on the next call."""
         self._functions_expire_at = 0.0
 
-    def redact(self, text: str) -> str:
-        """``text`` without the gateway's token, for Moodle texts that are passed on."""
-        return redact(text, (self._token,))
+    def clean(self, text: str) -> str:
+        """A Moodle text fit to pass on: without the gateway's token or any server path."""
+        return clean_text(text, (self._token,))
 
     def site_info(self) -> dict[str, Any]:
         info = expect_object(self._call(SITE_INFO, {}), SITE_INFO)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 
@@ -45,7 +45,7 @@ class BatchTooLarge(ValueError):
 
 
 def split_by_input_vars(
-    name: str, items: list[Any], other_params: Mapping[str, Any], max_input_vars: int
+    name: str, items: Sequence[Any], other_params: Mapping[str, Any], max_input_vars: int
 ) -> list[range]:
     """Split ``items`` (the list param ``name``) into consecutive runs whose call fits ``max_input_vars``.
 

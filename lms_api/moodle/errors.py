@@ -64,6 +64,7 @@ _STATUS_BY_ERRORCODE = {
 }
 _FORBIDDEN_PREFIX = "wsaccessuser"
 _ERRORCODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_PHP_CLASS = re.compile(r"\\?[A-Za-z_][A-Za-z0-9_]{0,63}(?:\\[A-Za-z_][A-Za-z0-9_]{0,63}){0,7}")
 
 CREDENTIAL_REFUSED_MESSAGE = (
     "Moodle refused the gateway's web-service token; an operator should check MOODLE_TOKEN "
@@ -90,6 +91,47 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
+# Server paths in Moodle's texts (PHP errors name the file that failed, upload errors the temp file): they tell a
+# caller how the server is laid out, so they never leave the gateway. A path is taken out whole, with its separators
+# as they were sent, raw or JSON-escaped (``\/``, ``\\``). Text around a slash that is not a path stays: "3/4",
+# "A/B testing", dates, and URLs (``http://host/pluginfile.php/...``: the slashes there follow a host or a colon).
+PATH_PLACEHOLDER = "[path]"
+_NAME_CHARS = r"\w.~@+%$-"
+# A path's last name never ends in a dot, so a sentence's full stop after it stays.
+_SEGMENT = rf"(?:[{_NAME_CHARS}]*[\w~@+%$-]|\.\.?)"
+_SLASH = r"\\{0,2}/"
+_BACKSLASH_OR_SLASH = r"(?:\\{1,2}|/)"
+# A Windows folder name may hold single spaces and brackets ("Program Files (x86)"); it is followed by a separator,
+# so the words after the path ("on line 12") are never taken for part of it.
+_FOLDER = r"[\w.~@+%$()-]+(?: [\w.~@+%$()-]+)*"
+_SERVER_PATH = re.compile(
+    "|".join(
+        (
+            # file: and phar: URLs point into the server's file system.
+            r"(?i:\b(?:file|phar):)[^\s\"'<>()]*[^\s\"'<>().,;:]",
+            # C:\moodle\lib\x.php, C:/moodle/lib/x.php; not after a letter, so "http://" is no drive.
+            rf"(?<![\w\\/])[A-Za-z]:{_BACKSLASH_OR_SLASH}(?:{_FOLDER}{_BACKSLASH_OR_SLASH})*{_SEGMENT}",
+            # \\server\share\x, raw or JSON-escaped; a PHP namespace (\core\user) has one leading backslash.
+            rf"(?<![\w\\/])\\\\[\w.$-]+(?:\\{_FOLDER})*\\{_SEGMENT}",
+            rf"(?<![\w\\/])\\\\\\\\[\w.$-]+(?:\\\\{_FOLDER})*\\\\{_SEGMENT}",
+            # /var/www/moodle/lib/x.php: at least two names, and not after a name, a slash or a dot, which keeps
+            # "3/4", "A/B", "../x", a URL's path and ".../pluginfile.php/..." as they are.
+            rf"(?<![/\\{_NAME_CHARS}]){_SLASH}{_SEGMENT}(?:{_SLASH}{_SEGMENT})+",
+        )
+    )
+)
+
+
+def scrub_paths(text: str) -> str:
+    """``text`` with every absolute server path (POSIX, Windows, UNC, file: URL) replaced by ``[path]``."""
+    return _SERVER_PATH.sub(PATH_PLACEHOLDER, text)
+
+
+def clean_text(text: str, secrets: Iterable[str]) -> str:
+    """A Moodle text fit to pass on to a caller: without ``secrets`` and without server paths."""
+    return scrub_paths(redact(text, secrets))
+
+
 def retry_after_header(seconds: int | None) -> dict[str, str]:
     return {"Retry-After": str(DEFAULT_RETRY_AFTER_S if seconds is None else seconds)}
 
@@ -110,7 +152,8 @@ def error_from_moodle(
 
     ``debuginfo`` is never passed on, not even where debug mode repeats it inside ``message``: it echoes the
     values that were sent. An errorcode that is not an identifier (Moodle puts the password policy's HTML
-    there) becomes ``moodleexception``.
+    there) becomes ``moodleexception``. A body without an errorcode is a PHP error (``TypeError``, ``Error``...)
+    Moodle did not handle; its message says that Moodle failed, and where, before what PHP said.
     """
     errorcode = str(body.get("errorcode") or "")
     if not _ERRORCODE.fullmatch(errorcode):
@@ -120,10 +163,18 @@ def error_from_moodle(
         message = CREDENTIAL_REFUSED_MESSAGE
     else:
         text = body.get("message") if "exception" in body else body.get("error")
-        message = _without_debuginfo(str(text or ""), body.get("debuginfo"))
-        message = redact(message, secrets) or "Moodle reported an error"
+        message = clean_text(_without_debuginfo(str(text or ""), body.get("debuginfo")), secrets)
+        if "exception" in body and not body.get("errorcode"):
+            message = _internal_failure(body.get("exception"), function, message)
+        message = message or "Moodle reported an error"
     headers = retry_after_header(retry_after_s) if status == 503 else {}
     return MoodleError(status, errorcode, message, {"function": function}, headers)
+
+
+def _internal_failure(exception: Any, function: str, message: str) -> str:
+    kind = f"PHP {exception}" if isinstance(exception, str) and _PHP_CLASS.fullmatch(exception) else "a PHP error"
+    said = f": {message}" if message else ""
+    return f"Moodle failed internally in {function} ({kind}){said}"
 
 
 def _without_debuginfo(message: str, debuginfo: Any) -> str:

@@ -9,6 +9,7 @@ UPLOAD_FUNCTION = "upload.php"
 READ_ONLY_FUNCTIONS = frozenset(
     {
         SITE_INFO,
+        "core_course_get_categories",
         "core_course_get_courses",
         "core_course_get_courses_by_field",
         "core_course_search_courses",

@@ -6,7 +6,7 @@ from typing import Any
 
 from marshmallow import ValidationError, fields, post_load, validate
 
-from lms_api.schemas.base import CommaSeparated, RequestSchema, ResponseSchema
+from lms_api.schemas.base import MAX_SAFE_INTEGER, CommaSeparated, RequestSchema, ResponseSchema
 from lms_api.services.users import USER_FIELDS
 
 MAX_VALUES = 1000
@@ -22,9 +22,15 @@ class UsersByFieldQuery(RequestSchema):
         if len(values) > MAX_VALUES:
             raise ValidationError({"values": [f"At most {MAX_VALUES} values per request"]})
         if data["field"] == "id":
-            bad = [value for value in values if not value.isascii() or not value.isdigit() or int(value) < 1]
+            bad = [
+                value
+                for value in values
+                if not value.isascii() or not value.isdigit() or not 1 <= int(value) <= MAX_SAFE_INTEGER
+            ]
             if bad:
-                raise ValidationError({"values": [f"User ids must be positive integers: {', '.join(bad)}"]})
+                raise ValidationError(
+                    {"values": [f"User ids must be integers from 1 to {MAX_SAFE_INTEGER}: {', '.join(bad)}"]}
+                )
             data["values"] = [int(value) for value in values]
         return data
 
@@ -51,5 +57,9 @@ class UserSchema(ResponseSchema):
 
 
 class UsersByFieldSchema(ResponseSchema):
+    """``missing``: values no user has; ``unchecked``: values the gateway could not check within its bound of
+    Moodle calls (only when Moodle hides the field from its token), so neither found nor missing."""
+
     users = fields.List(fields.Nested(UserSchema))
     missing = fields.List(fields.Raw())
+    unchecked = fields.List(fields.Raw())

@@ -7,8 +7,11 @@ from typing import Any
 
 from lms_api.errors import ApiError
 from lms_api.moodle.client import MoodleService
+from lms_api.moodle.encoding import split_by_input_vars
 from lms_api.moodle.errors import MoodleError, expect_list, expect_object, status_for_errorcode, unexpected_answer
+from lms_api.services.notfound import not_found
 
+GET_CATEGORIES = "core_course_get_categories"
 GET_COURSES = "core_course_get_courses"
 GET_COURSES_BY_FIELD = "core_course_get_courses_by_field"
 SEARCH_COURSES = "core_course_search_courses"
@@ -44,11 +47,16 @@ def list_courses(
 
 
 def courses_by_ids(moodle: MoodleService, course_ids: Iterable[int]) -> list[dict[str, Any]]:
-    """The courses with these ids that exist, in the order asked."""
+    """The courses with these ids that exist, front page left out, in the order asked.
+
+    ``core_course_get_courses`` leaves out an id that does not exist, where ``core_course_get_courses_by_field``
+    with ``field=ids`` fails with a PHP error, even for a course deleted a moment before.
+    """
     wanted = list(dict.fromkeys(course_ids))
-    if not wanted:
-        return []
-    found = {course["id"]: course for course in _by_field(moodle, "ids", ",".join(map(str, wanted)))}
+    found: dict[int, dict[str, Any]] = {}
+    for run in split_by_input_vars("ids", wanted, {}, moodle.max_input_vars):
+        answer = moodle.call(GET_COURSES, {"options": {"ids": wanted[run.start : run.stop]}})
+        found |= {course["id"]: course for course in expect_list(answer, GET_COURSES, key="id") if not _is_site(course)}
     return [found[course_id] for course_id in wanted if course_id in found]
 
 
@@ -60,59 +68,87 @@ def get_course(moodle: MoodleService, course_id: int) -> dict[str, Any]:
 
 
 def create_course(moodle: MoodleService, fields: Mapping[str, Any]) -> dict[str, Any]:
-    created = expect_list(moodle.call(CREATE_COURSES, {"courses": [dict(fields)]}), CREATE_COURSES)
+    """Create one course. Moodle refuses a category that does not exist before it writes anything, so that
+    refusal is only given the category's own error code here, at no extra call."""
+    try:
+        answer = moodle.call(CREATE_COURSES, {"courses": [dict(fields)]})
+    except MoodleError as error:
+        if error.code == "errorcatcontextnotvalid":
+            raise category_not_found([fields["categoryid"]]) from error
+        raise
+    created = expect_list(answer, CREATE_COURSES)
     if len(created) != 1 or not isinstance(created[0].get("id"), int):
         raise unexpected_answer(CREATE_COURSES)
     return {"id": created[0]["id"], "shortname": created[0].get("shortname", fields["shortname"])}
 
 
 def update_course(moodle: MoodleService, course_id: int, changes: Mapping[str, Any]) -> dict[str, Any]:
-    """Send only ``changes``; Moodle reports a failed update as a warning in a 200, which becomes the error.
+    """Send only ``changes``, then read the course back; Moodle reports a failed update as a warning in a 200.
 
-    Both functions are checked first, so a missing read-back function never follows an applied update.
+    Moodle moves a course into a category that does not exist, answering only a warning; such a course breaks
+    every search that finds it and cannot be deleted. So before a move the category is checked, and the course
+    too: a missing record reported after both were found can then only mean one was deleted meanwhile.
+    Every function is checked first, so a missing read-back function never follows an applied update.
     """
-    moodle.require(UPDATE_COURSES, GET_COURSES_BY_FIELD)
+    category_id = changes.get("categoryid")
+    moodle.require(UPDATE_COURSES, GET_COURSES_BY_FIELD, *(() if category_id is None else (GET_CATEGORIES,)))
+    if category_id is not None:
+        get_course(moodle, course_id)
+        require_category(moodle, category_id)
     answer = expect_object(moodle.call(UPDATE_COURSES, {"courses": [{"id": course_id, **changes}]}), UPDATE_COURSES)
-    for warning in expect_list(answer.get("warnings", []), UPDATE_COURSES):
-        raise _warning_error(warning, course_id, changes, moodle)
+    warnings = expect_list(answer.get("warnings", []), UPDATE_COURSES)
+    if warnings:
+        # Debug mode appends the SQL of the failed query to the message; the first line is the human part.
+        message = moodle.clean(str(warnings[0].get("message") or "").split("\n")[0])
+        raise _warning_error(str(warnings[0].get("warningcode") or ""), message, course_id, category_id)
     try:
         return get_course(moodle, course_id)
     except ApiError as error:
-        error.message = f"The update was applied, but reading the course back failed: {error.message}"
-        error.details["updated"] = True
-        raise
+        raise type(error)(
+            error.status,
+            error.code,
+            f"The update was applied, but reading the course back failed: {error.message}",
+            {**error.details, "updated": True},
+            error.headers,
+        ) from error
+
+
+def require_category(moodle: MoodleService, category_id: int) -> None:
+    """404 ``categorynotfound`` unless the category exists (and the gateway's Moodle account may see it)."""
+    # Without addsubcategories=0 Moodle also answers every category below this one.
+    params = {"criteria": [{"key": "id", "value": category_id}], "addsubcategories": False}
+    categories = expect_list(moodle.call(GET_CATEGORIES, params), GET_CATEGORIES, key="id")
+    if not any(category["id"] == category_id for category in categories):
+        raise category_not_found([category_id])
 
 
 def course_not_found(course_ids: list[int]) -> ApiError:
-    names = ", ".join(map(str, course_ids))
-    return ApiError(
-        404,
-        "coursenotfound",
-        f"No course with id {names} in Moodle" if len(course_ids) == 1 else f"No courses with ids {names} in Moodle",
-        {"missing_courses": course_ids},
-    )
+    return not_found("coursenotfound", "course", "courses", course_ids)
 
 
-def _warning_error(
-    warning: Mapping[str, Any], course_id: int, changes: Mapping[str, Any], moodle: MoodleService
-) -> ApiError:
-    code = str(warning.get("warningcode") or "")
+def category_not_found(category_ids: list[int]) -> ApiError:
+    return not_found("categorynotfound", "category", "categories", category_ids)
+
+
+def _warning_error(code: str, message: str, course_id: int, category_id: int | None) -> ApiError:
     status = status_for_errorcode(code)
+    if status == 404 and category_id is None:
+        return course_not_found([course_id])  # the course is the only record such an update looks up
     if status == 404:
-        if not _by_field(moodle, "id", str(course_id)):
-            return course_not_found([course_id])
-        # The course exists, so a record the update names is missing: the category, the only one it can name.
-        # Moodle writes the course before it looks the category up, so other fields may have been saved.
-        what = f"category {changes['categoryid']}" if "categoryid" in changes else "a record this update names"
+        # Both were found just before the update, and Moodle writes the course before it looks the category up.
         return MoodleError(
             404,
             code,
-            f"Moodle could not find {what}; other fields of this update may have been saved",
+            f"Course {course_id} or category {category_id} was deleted during the update; Moodle may have saved "
+            "the update anyway, the move into the missing category included",
             {"function": UPDATE_COURSES, "course_id": course_id, "outcome": "unknown"},
         )
-    # Debug mode appends the SQL of the failed query to the message; the first line is the human part.
-    message = moodle.redact(str(warning.get("message") or "").split("\n")[0]) or "Moodle did not update the course"
-    return MoodleError(status, code or "moodlewarning", message, {"function": UPDATE_COURSES, "course_id": course_id})
+    return MoodleError(
+        status,
+        code or "moodlewarning",
+        message or "Moodle did not update the course",
+        {"function": UPDATE_COURSES, "course_id": course_id},
+    )
 
 
 def _by_field(moodle: MoodleService, field: str, value: str) -> list[dict[str, Any]]:

@@ -9,7 +9,9 @@ from lms_api.errors import ApiError
 from lms_api.moodle.client import MoodleService
 from lms_api.moodle.encoding import split_by_input_vars
 from lms_api.moodle.errors import MoodleError
-from lms_api.services.courses import course_not_found, courses_by_ids
+from lms_api.services.courses import GET_COURSES, courses_by_ids
+from lms_api.services.notfound import missing_ids
+from lms_api.services.users import GET_USERS_BY_FIELD, missing_user_ids
 
 ENROL_USERS = "enrol_manual_enrol_users"
 
@@ -34,15 +36,18 @@ def resolve_roles(enrolments: list[dict[str, Any]], role_ids: Mapping[str, int])
 def enrol(moodle: MoodleService, enrolments: list[dict[str, Any]]) -> dict[str, Any]:
     """Enrol everyone or say exactly who was enrolled.
 
-    Moodle answers ``invalidparameter`` for a course that does not exist, so the courses are checked first.
-    Each Moodle call is all-or-nothing; when one fails, ``details`` lists the indexes ``applied`` by the
-    earlier calls and ``not_applied`` (and ``unknown`` when the failed call's outcome cannot be known).
+    The courses and users are checked before anything is written: Moodle answers ``invalidparameter`` for a
+    course that does not exist and fails with a PHP TypeError for a user that does not exist. Each Moodle call
+    is all-or-nothing; when one fails, ``details`` lists the indexes ``applied`` by the earlier calls and
+    ``not_applied`` (and ``unknown`` when the failed call's outcome cannot be known).
     """
+    moodle.require(GET_COURSES, GET_USERS_BY_FIELD, ENROL_USERS)  # a 501 before any call
     course_ids = list(dict.fromkeys(enrolment["courseid"] for enrolment in enrolments))
     existing = {course["id"] for course in courses_by_ids(moodle, course_ids)}
-    missing = [course_id for course_id in course_ids if course_id not in existing]
-    if missing:
-        raise course_not_found(missing)
+    missing_courses = [course_id for course_id in course_ids if course_id not in existing]
+    missing_users = missing_user_ids(moodle, (enrolment["userid"] for enrolment in enrolments))
+    if missing_courses or missing_users:
+        raise _not_found(missing_courses, missing_users)
     runs = split_by_input_vars("enrolments", enrolments, {}, moodle.max_input_vars)
     for number, run in enumerate(runs):
         try:
@@ -57,3 +62,18 @@ def enrol(moodle: MoodleService, enrolments: list[dict[str, Any]]) -> dict[str, 
             error.details |= account | {"calls": len(runs), "failed_call": number + 1}
             raise
     return {"enrolled": len(enrolments), "calls": len(runs)}
+
+
+def _not_found(missing_courses: list[int], missing_users: list[int]) -> ApiError:
+    """One 404 naming every missing course and user, so a caller fixes the request once; a missing course
+    (``coursenotfound``) is named first, as a course is what every enrolment of the batch is about."""
+    named: list[str] = []
+    details: dict[str, list[int]] = {}
+    if missing_courses:
+        named.append(missing_ids("course", "courses", missing_courses))
+        details["missing_courses"] = missing_courses
+    if missing_users:
+        named.append(missing_ids("user", "users", missing_users))
+        details["missing_users"] = missing_users
+    code = "coursenotfound" if missing_courses else "usernotfound"
+    return ApiError(404, code, f"No {' and no '.join(named)} in Moodle; nothing was enrolled", details)

@@ -52,7 +52,7 @@ def upload(moodle: MoodleService, files: Sequence[UploadFile], itemid: int = 0) 
     refused = [entry for entry in entries if "errortype" in entry]
     stored = [entry for entry in entries if "errortype" not in entry]
     if refused:
-        raise _refused_file(refused[0], stored)
+        raise _refused_file(moodle, refused[0], stored)
     if len(stored) != len(files):
         raise MoodleError(
             502,
@@ -63,9 +63,9 @@ def upload(moodle: MoodleService, files: Sequence[UploadFile], itemid: int = 0) 
     return {"itemid": stored[0].get("itemid"), "files": stored}
 
 
-def _refused_file(entry: dict[str, Any], stored: list[dict[str, Any]]) -> ApiError:
+def _refused_file(moodle: MoodleService, entry: dict[str, Any], stored: list[dict[str, Any]]) -> ApiError:
     # The entry is Moodle's internal record: its filepath is a temporary path on the Moodle server.
-    errortype, filename = str(entry.get("errortype")), str(entry.get("filename"))
+    errortype, filename = moodle.clean(str(entry.get("errortype"))), moodle.clean(str(entry.get("filename")))
     messages = {
         "fileoversized": f"{filename} is larger than the Moodle site's maximum upload size",
         "filenameexist": f"A file named {filename} is already in this draft item",

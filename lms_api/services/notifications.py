@@ -6,8 +6,9 @@ from typing import Any
 
 from lms_api.errors import ApiError
 from lms_api.moodle.client import MoodleService
-from lms_api.moodle.errors import expect_list, expect_object, unexpected_answer
+from lms_api.moodle.errors import MoodleError, expect_list, expect_object, unexpected_answer
 from lms_api.security import Identity, Scope
+from lms_api.services.users import user_not_found
 
 GET_POPUP_NOTIFICATIONS = "message_popup_get_popup_notifications"
 GET_UNREAD_COUNT = "message_popup_get_unread_popup_notification_count"
@@ -38,12 +39,15 @@ def notification_user(identity: Identity, userid: int | None) -> int:
 
 
 def notifications(moodle: MoodleService, userid: int, limit: int, offset: int) -> dict[str, Any]:
-    answer = expect_object(
-        moodle.call(
-            GET_POPUP_NOTIFICATIONS, {"useridto": userid, "newestfirst": True, "limit": limit, "offset": offset}
-        ),
-        GET_POPUP_NOTIFICATIONS,
-    )
+    """One page of ``userid``'s popup notifications, newest first; 404 ``usernotfound`` for a user Moodle lacks."""
+    params = {"useridto": userid, "newestfirst": True, "limit": limit, "offset": offset}
+    try:
+        answer = expect_object(moodle.call(GET_POPUP_NOTIFICATIONS, params), GET_POPUP_NOTIFICATIONS)
+    except MoodleError as error:
+        # The user is the only record this function reads with MUST_EXIST.
+        if error.code in ("invalidrecordunknown", "invalidrecord"):
+            raise user_not_found([userid]) from error
+        raise
     unread = answer.get("unreadcount")
     if not isinstance(unread, int):
         raise unexpected_answer(GET_POPUP_NOTIFICATIONS)
@@ -52,6 +56,7 @@ def notifications(moodle: MoodleService, userid: int, limit: int, offset: int) -
 
 
 def unread_count(moodle: MoodleService, userid: int) -> dict[str, Any]:
+    """Moodle counts 0 for a user it does not have, and so does this: telling them apart would cost a call."""
     count = moodle.call(GET_UNREAD_COUNT, {"useridto": userid})
     if isinstance(count, bool) or not isinstance(count, int):  # Moodle answers a bare integer
         raise unexpected_answer(GET_UNREAD_COUNT)

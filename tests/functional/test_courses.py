@@ -121,11 +121,16 @@ def test_a_taken_shortname_is_a_409(gateway):
     assert "PY101" in response.json["error"]["message"]
 
 
-def test_a_missing_category_is_a_404(gateway):
-    response = gateway.post("/api/moodle/courses", {"fullname": "X", "shortname": unique(), "categoryid": 999}, WRITE)
+def test_creating_in_a_missing_category_is_a_404_naming_the_category_and_nothing_is_created(gateway, sandbox):
+    shortname = unique()
+
+    response = gateway.post("/api/moodle/courses", {"fullname": "X", "shortname": shortname, "categoryid": 999}, WRITE)
 
     assert response.status_int == 404
-    assert response.json["error"]["code"] == "errorcatcontextnotvalid"
+    error = response.json["error"]
+    assert (error["code"], error["details"]) == ("categorynotfound", {"missing_categories": [999]})
+    assert error["message"] == "No category with id 999 in Moodle"
+    assert moodle_call(sandbox, "core_course_get_courses_by_field", field="shortname", value=shortname)["courses"] == []
 
 
 @pytest.mark.parametrize(
@@ -220,7 +225,7 @@ def test_updating_to_a_taken_shortname_is_a_409(gateway):
 @pytest.mark.parametrize(
     ("path", "body", "field"),
     [
-        ("/api/moodle/courses/2", {}, "_schema"),
+        ("/api/moodle/courses/2", {}, "body"),
         ("/api/moodle/courses/abc", {"fullname": "x"}, "course_id"),
         ("/api/moodle/courses/0", {"fullname": "x"}, "course_id"),
         ("/api/moodle/courses/2", {"id": 3}, "id"),
@@ -274,15 +279,55 @@ def test_the_sandbox_really_holds_what_the_gateway_created(gateway, sandbox):
     assert [course["fullname"] for course in courses] == ["Held in the sandbox"]
 
 
-def test_updating_into_a_missing_category_names_the_category_not_the_course(gateway):
-    course_id = create(gateway).json["data"]["id"]
+def sandbox_course(sandbox, course_id):
+    return moodle_call(sandbox, "core_course_get_courses", options={"ids": [course_id]})[0]
 
-    response = gateway.patch(f"/api/moodle/courses/{course_id}", {"categoryid": 999}, WRITE)
+
+def test_moving_into_a_missing_category_is_a_404_and_the_course_is_unchanged(gateway, sandbox):
+    course_id = create(gateway, fullname="Stays put", categoryid=2).json["data"]["id"]
+    before = sandbox_course(sandbox, course_id)
+    updates = sandbox_calls(sandbox).get("core_course_update_courses", 0)
+
+    response = gateway.patch(f"/api/moodle/courses/{course_id}", {"categoryid": 999999, "fullname": "Moved"}, WRITE)
+
+    assert response.status_int == 404, response.text
+    error = response.json["error"]
+    assert (error["code"], error["details"]) == ("categorynotfound", {"missing_categories": [999999]})
+    assert error["message"] == "No category with id 999999 in Moodle"
+    assert sandbox_calls(sandbox).get("core_course_update_courses", 0) == updates
+    assert sandbox_course(sandbox, course_id) == before
+    found = gateway.get("/api/moodle/courses?search=stays%20put", READ)
+    assert found.status_int == 200 and course_id in [course["id"] for course in found.json["data"]["courses"]]
+
+
+def test_moving_into_a_category_that_exists_moves_the_course(gateway):
+    course_id = create(gateway, categoryid=1).json["data"]["id"]
+
+    response = gateway.patch(f"/api/moodle/courses/{course_id}", {"categoryid": 3}, WRITE)
+
+    assert response.status_int == 200, response.text
+    assert response.json["data"]["categoryid"] == 3
+
+
+def test_moving_a_missing_course_is_a_404_for_the_course(gateway, sandbox):
+    updates = sandbox_calls(sandbox).get("core_course_update_courses", 0)
+
+    response = gateway.patch("/api/moodle/courses/99999", {"categoryid": 2}, WRITE)
 
     assert response.status_int == 404
-    error = response.json["error"]
-    assert "category 999" in error["message"] and error["code"] != "coursenotfound"
-    assert error["details"]["outcome"] == "unknown"
+    assert response.json["error"]["details"] == {"missing_courses": [99999]}
+    assert sandbox_calls(sandbox).get("core_course_update_courses", 0) == updates
+
+
+def test_a_search_reads_its_page_back_without_courses_by_field(gateway, sandbox):
+    before = sandbox_calls(sandbox)
+
+    data = gateway.get("/api/moodle/courses?search=python", READ).json["data"]
+
+    after = sandbox_calls(sandbox)
+    assert "PY101" in [course["shortname"] for course in data["courses"]]
+    assert after.get("core_course_get_courses", 0) == before.get("core_course_get_courses", 0) + 1
+    assert after.get("core_course_get_courses_by_field", 0) == before.get("core_course_get_courses_by_field", 0)
 
 
 def test_the_front_page_course_cannot_be_updated(gateway):

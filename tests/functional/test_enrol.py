@@ -71,12 +71,13 @@ def test_missing_courses_are_a_404_naming_them_and_nothing_is_enrolled(gateway, 
     assert enrolled(sandbox, course_id) == {}
 
 
-def test_a_missing_user_is_a_404_and_the_call_is_not_half_applied(gateway, sandbox):
+def test_a_missing_user_is_a_404_naming_it_and_nothing_is_enrolled(gateway, sandbox):
     course_id = new_course(sandbox)
+    before = sandbox_calls(sandbox).get(ENROL, 0)
     body = {
         "enrolments": [
             {"roleid": 5, "userid": 3, "courseid": course_id},
-            {"roleid": 5, "userid": 999, "courseid": course_id},
+            {"roleid": 5, "userid": 999999, "courseid": course_id},
         ]
     }
 
@@ -84,9 +85,34 @@ def test_a_missing_user_is_a_404_and_the_call_is_not_half_applied(gateway, sandb
 
     assert response.status_int == 404
     error = response.json["error"]
-    assert error["code"] == "invalidrecordunknown"  # production Moodle masks the missing user row like this
-    assert (error["details"]["applied"], error["details"]["not_applied"]) == ([], [0, 1])
+    assert (error["code"], error["details"]) == ("usernotfound", {"missing_users": [999999]})
+    assert error["message"] == "No user with id 999999 in Moodle; nothing was enrolled"
+    assert sandbox_calls(sandbox).get(ENROL, 0) == before
     assert enrolled(sandbox, course_id) == {}
+
+
+def test_missing_courses_and_users_are_named_in_one_404(gateway, sandbox):
+    before = sandbox_calls(sandbox).get(ENROL, 0)
+    body = {
+        "enrolments": [{"roleid": 5, "userid": 999999, "courseid": 99999}, {"roleid": 5, "userid": 3, "courseid": 2}]
+    }
+
+    response = gateway.post("/api/moodle/enrol", body, TOKEN)
+
+    assert response.status_int == 404
+    error = response.json["error"]
+    assert (error["code"], error["details"]) == (
+        "coursenotfound",
+        {"missing_courses": [99999], "missing_users": [999999]},
+    )
+    assert sandbox_calls(sandbox).get(ENROL, 0) == before
+
+
+def test_moodle_answers_a_missing_user_with_a_php_type_error(sandbox):
+    """Why users are checked first: Moodle's own answer is a PHP TypeError naming a file on its server."""
+    answer = moodle_call(sandbox, ENROL, enrolments=[{"roleid": 5, "userid": 999999, "courseid": 2}])
+
+    assert answer["exception"] == "TypeError" and "errorcode" not in answer
 
 
 def test_a_role_that_cannot_be_assigned_in_a_course_is_a_403(gateway, sandbox):
@@ -171,16 +197,17 @@ def test_when_a_later_call_fails_the_error_says_what_was_applied(make_sandbox, m
     small = make_sandbox(max_input_vars=12)
     gateway = make_gateway(base_url=small.url, token=small.site.token, MOODLE_MAX_INPUT_VARS="12")
     course_id = new_course(small)
-    users = [3, 4, 5, 999, 6]
-    body = {"enrolments": [{"roleid": 5, "userid": user, "courseid": course_id} for user in users]}
+    roles = [5, 5, 5, 7, 5]  # role 7 cannot be assigned in a course: the second call fails
+    pairs = zip(roles, STUDENTS, strict=True)
+    body = {"enrolments": [{"roleid": role, "userid": user, "courseid": course_id} for role, user in pairs]}
 
     response = gateway.post("/api/moodle/enrol", body, TOKEN)
 
-    assert response.status_int == 404
+    assert response.status_int == 403
     details = response.json["error"]["details"]
     assert (details["applied"], details["not_applied"], details["calls"], details["failed_call"]) == (
         [0, 1, 2], [3, 4], 2, 2)  # fmt: skip
-    assert sorted(enrolled(small, course_id)) == [3, 4, 5]
+    assert sorted(enrolled(small, course_id)) == STUDENTS[:3]
 
 
 def test_a_connection_reset_in_a_later_call_reports_its_enrolments_as_unknown(make_sandbox, make_gateway):

@@ -37,7 +37,7 @@ def test_ids_and_idnumbers(gateway):
 def test_no_match_is_an_empty_list_not_an_error(gateway):
     data = by_field(gateway, "field=email&values=nobody@example.com").json["data"]
 
-    assert data == {"users": [], "missing": ["nobody@example.com"]}
+    assert data == {"users": [], "missing": ["nobody@example.com"], "unchecked": []}
 
 
 @pytest.mark.parametrize(
@@ -46,6 +46,8 @@ def test_no_match_is_an_empty_list_not_an_error(gateway):
         ("field=firstname&values=Ada", "field"),
         ("field=id&values=3,abc", "values"),
         ("field=id&values=0", "values"),
+        ("field=id&values=3,9007199254740992", "values"),
+        (f"field=id&values={'9' * 255}", "values"),
         ("field=email", "values"),
         ("values=a", "field"),
         ("field=email&values=a,,b", "values"),
@@ -61,6 +63,12 @@ def test_bad_queries_are_400s_before_moodle_is_called(gateway, sandbox, query, f
     assert response.status_int == 400
     assert field in response.json["error"]["details"]["fields"]
     assert sandbox_calls(sandbox) == before
+
+
+def test_the_largest_safe_id_is_asked_and_reported_missing(gateway):
+    data = by_field(gateway, "field=id&values=9007199254740991,3").json["data"]
+
+    assert data["missing"] == [9007199254740991] and [user["id"] for user in data["users"]] == [3]
 
 
 def test_it_needs_users_read(gateway):

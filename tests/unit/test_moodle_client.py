@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import time
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
@@ -14,13 +16,14 @@ from structlog.testing import capture_logs
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
 
 from lms_api.moodle import client as client_module
-from lms_api.moodle.client import MoodleError, MoodleService, recording_calls
+from lms_api.moodle.client import MoodleError, MoodleService, UploadFile, recording_calls
+from lms_api.moodle.errors import scrub_paths
 from lms_api.moodle.functions import READ_ONLY_FUNCTIONS, SITE_INFO
 
 BASE_URL = "http://moodle.test"
 URL = BASE_URL + "/webservice/rest/server.php"
 TOKEN = "TOKEN-SECRET-123"
-GOLDEN = Path(__file__).resolve().parents[3] / "shared" / "moodle-golden"
+GOLDEN = Path(__file__).resolve().parents[1] / "moodle_golden"
 
 READ_FN = "core_course_get_courses"
 WRITE_FN = "core_course_create_courses"
@@ -33,7 +36,7 @@ KNOWN_FUNCTIONS = (
     "message_popup_get_unread_popup_notification_count",
 )
 
-# Raw bodies recorded from a real Moodle 5.0 (see /work/shared/moodle-golden), copied as literals.
+# Raw bodies recorded from a real Moodle 5.0 (see tests/moodle_golden), copied as literals.
 BAD_TOKEN_BODY = (
     '{"exception":"core\\\\exception\\\\moodle_exception","errorcode":"invalidtoken",'
     '"message":"Invalid token - token not found"}'
@@ -344,13 +347,14 @@ def test_golden_error_bodies(service, rsps, body, status, code, message):
     assert sent_functions(rsps) == [SITE_INFO, WRITE_FN]
 
 
-def test_error_without_errorcode_is_a_502_moodleexception(service, rsps):
+def test_error_without_errorcode_is_a_502_moodleexception_saying_moodle_failed(service, rsps):
     prime(service, rsps)
     add(rsps, READ_FN, json={"exception": "moodle_exception", "message": "Something broke"})
 
     error = raised(service.call, READ_FN)
 
-    assert (error.status, error.code, error.message) == (502, "moodleexception", "Something broke")
+    assert (error.status, error.code) == (502, "moodleexception")
+    assert error.message == f"Moodle failed internally in {READ_FN} (PHP moodle_exception): Something broke"
 
 
 def test_debuginfo_is_never_passed_on(service, rsps):
@@ -995,3 +999,148 @@ def test_a_backoff_sleep_that_overruns_the_deadline_is_a_timeout_not_a_crash(mak
 
     assert (error.status, error.code) == (504, "moodletimeout")
     assert sent_functions(rsps).count(READ_FN) == 1
+
+
+# -- server paths never leave the gateway -----------------------------------------------------------
+
+
+def golden(name: str) -> str:
+    return (GOLDEN / f"{name}.json").read_text()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("called in /var/www/moodle/lib/enrollib.php on line 3674", "called in [path] on line 3674"),
+        ("called in \\/var\\/www\\/moodle\\/lib\\/enrollib.php on line 3674", "called in [path] on line 3674"),
+        ("in /var/www/moodle/lib/setup.php:12", "in [path]:12"),
+        ("See /srv/moodle/config.php.", "See [path]."),
+        ("(/var/moodledata/temp/phpAbC123)", "([path])"),
+        ("'/var/moodledata/temp/phpAbC123'", "'[path]'"),
+        ('"/opt/moodle/lib/dml/moodle_database.php"', '"[path]"'),
+        ("file=/var/www/x.php,line=3", "file=[path],line=3"),
+        ("Error:/var/www/moodle/index.php", "Error:[path]"),
+        ("/var/www/moodle/../moodledata/x", "[path]"),
+        ("/home/moodle-user/www.site~2/lib_v2+b@x/%41$1", "[path]"),
+        ("/usr/share/php/Zend/Loader.php", "[path]"),
+        ("in C:\\xampp\\htdocs\\moodle\\lib\\enrollib.php on line 12", "in [path] on line 12"),
+        ("in C:\\\\xampp\\\\htdocs\\\\moodle\\\\lib.php.", "in [path]."),
+        ("in C:/xampp/htdocs/moodle/lib.php.", "in [path]."),
+        ("in d:\\moodle\\lib.php", "in [path]"),
+        ("in C:\\Program Files (x86)\\Moodle\\server\\lib\\setup.php on line 3", "in [path] on line 3"),
+        ("on \\\\fileserver\\moodledata\\temp\\phpAbC.tmp now", "on [path] now"),
+        ("on \\\\\\\\fileserver\\\\moodledata\\\\temp now", "on [path] now"),
+        ("open file:///var/moodledata/x.txt now", "open [path] now"),
+        ("open FILE:///C:/moodledata/x.txt.", "open [path]."),
+        ("in phar:///var/www/x.phar/y.php", "in [path]"),
+        ("two: /var/www/a.php and /var/www/b.php", "two: [path] and [path]"),
+        (
+            "https://moodle.example/course/view.php?id=2&return=/var/www/x",
+            "https://moodle.example/course/view.php?id=2&return=[path]",
+        ),
+    ],
+)
+def test_server_paths_are_replaced(text, expected):
+    assert scrub_paths(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "3/4 of the class",
+        "A/B testing and/or TCP/IP, w/o km/h",
+        "due 2024/01/02 or 01/02/2024, 1/2/3",
+        "see http://127.0.0.1:8088/pluginfile.php/1821/course/generated/course.svg.",
+        "see https://moodle.example/webservice/pluginfile.php/12/user/draft/549014061/hello.py?forcedownload=1",
+        "see http:\\/\\/127.0.0.1:8088\\/pluginfile.php\\/1821\\/course.svg",
+        "see //cdn.example.com/lib/x.js",
+        "core\\user::get_name_placeholders(): Argument #1 ($user) must be of type stdClass, bool given",
+        "Class \\core\\exception\\moodle_exception not found",
+        "<div>Passwords must be at least 8 characters long.</div><br/>",
+        "a single /config.php, a lone / and ../relative/path or ./here/too",
+        "Short name is already used for another course (PY101)",
+        "Can't find data record in database table course.",
+        "Note: 10:30 at C: drive, a:b",
+    ],
+)
+def test_text_that_is_no_server_path_stays_as_it_is(text):
+    assert scrub_paths(text) == text
+
+
+def test_the_scrubber_stays_fast_on_long_texts():
+    for text in ("a/" * 50000, "/a" * 50000, "C:\\" + "a b " * 30000, "\\\\" + "x\\" * 50000, "/" + "a" * 100000):
+        started = time.perf_counter()
+        scrub_paths(text)
+        assert time.perf_counter() - started < 1.0
+
+
+def test_a_php_type_error_is_a_502_saying_moodle_failed_without_the_path(service, rsps):
+    prime(service, rsps)
+    add(rsps, "enrol_manual_enrol_users", body=golden("error_enrol_nonexistent_user"), content_type="application/json")
+
+    error = raised(service.call, "enrol_manual_enrol_users")
+
+    assert (error.status, error.code) == (502, "moodleexception")
+    assert error.message.startswith("Moodle failed internally in enrol_manual_enrol_users (PHP TypeError): ")
+    assert "core\\user::get_name_placeholders()" in error.message
+    assert error.message.endswith("called in [path] on line 3674")
+    assert "/var/www" not in error.message and "enrollib" not in error.message
+    assert error.details == {"function": "enrol_manual_enrol_users"}
+
+
+def test_a_php_error_without_errorcode_names_its_class_and_the_function(service, rsps):
+    prime(service, rsps, (*KNOWN_FUNCTIONS, "core_course_get_courses_by_field"))
+    body = golden("core_course_get_courses_by_field__ids_missing")
+    add(rsps, "core_course_get_courses_by_field", body=body, content_type="application/json")
+
+    error = raised(service.call, "core_course_get_courses_by_field")
+
+    assert (error.status, error.code) == (502, "moodleexception")
+    assert error.message == (
+        "Moodle failed internally in core_course_get_courses_by_field (PHP Error): "
+        'Attempt to assign property "contextvalidated" on null'
+    )
+
+
+@pytest.mark.parametrize(
+    ("exception", "named"),
+    [
+        ("ValueError", "PHP ValueError"),
+        ("ArgumentCountError", "PHP ArgumentCountError"),
+        ("core\\exception\\coding_exception", "PHP core\\exception\\coding_exception"),
+        ("<b>odd</b>", "a PHP error"),
+        (None, "a PHP error"),
+    ],
+)
+def test_the_php_class_is_named_only_when_it_is_a_class_name(service, rsps, exception, named):
+    prime(service, rsps)
+    add(rsps, READ_FN, json={"exception": exception, "message": "in C:\\moodle\\lib\\x.php"})
+
+    error = raised(service.call, READ_FN)
+
+    assert error.message == f"Moodle failed internally in {READ_FN} ({named}): in [path]"
+
+
+def test_a_moodle_error_message_loses_its_paths_and_the_token(service, rsps):
+    prime(service, rsps)
+    message = f"Error reading /var/moodledata/filedir/ab/cd for wstoken={TOKEN}"
+    add(rsps, READ_FN, json={"exception": "file_exception", "errorcode": "storedfilecannotread", "message": message})
+
+    error = raised(service.call, READ_FN)
+
+    assert error.code == "storedfilecannotread"
+    assert error.message == "Error reading [path] for wstoken=[redacted]"
+
+
+def test_an_upload_php_error_loses_its_paths(service, rsps):
+    body = {"error": "Cannot write to /var/moodledata/temp/upload", "errorcode": "cannotwrite", "stacktrace": None}
+    rsps.add(responses.POST, BASE_URL + "/webservice/upload.php", json=body)
+    stream = io.BytesIO(b"x")
+
+    error = raised(service.upload, [UploadFile("x.txt", stream)])
+
+    assert (error.code, error.message) == ("cannotwrite", "Cannot write to [path]")
+
+
+def test_clean_drops_the_token_and_paths(service):
+    assert service.clean(f"{TOKEN} at /var/www/moodle/x.php") == "[redacted] at [path]"

@@ -19,6 +19,7 @@ from tests.unit.test_moodle_client import (
     add,
     assert_token_absent,
     form_of,
+    golden,
     prime,
     raised,
     refused,
@@ -29,6 +30,7 @@ from tests.unit.test_moodle_client import (
 UPLOAD_URL = BASE_URL + "/webservice/upload.php"
 ATTACH = "local_course_add_new_course_module_resource"
 FUNCTIONS = (
+    courses.GET_CATEGORIES,
     courses.GET_COURSES,
     courses.GET_COURSES_BY_FIELD,
     courses.SEARCH_COURSES,
@@ -63,6 +65,17 @@ def by_field_answer(*found):
     return {"courses": list(found), "warnings": []}
 
 
+def api_raised(function, *args) -> ApiError:
+    """What ``function`` raised: an ApiError of the gateway's own, or a MoodleError."""
+    with pytest.raises(ApiError) as info:
+        function(*args)
+    return info.value
+
+
+def ids_sent(rsps, index=-1) -> list[str]:
+    return [value for key, value in form_of(rsps.calls[index].request) if key.startswith("options[ids]")]
+
+
 # -- courses ---------------------------------------------------------------------------------------
 
 
@@ -89,14 +102,14 @@ def test_listing_a_category_uses_courses_by_field(moodle, rsps):
 def test_a_search_pages_in_moodle_then_reads_the_page_by_id_in_moodles_order(moodle, rsps):
     public = [{"id": 7, "categoryid": 1}, {"id": 3, "categoryid": 2}]
     add(rsps, courses.SEARCH_COURSES, json={"total": 12, "courses": public, "warnings": []})
-    add(rsps, courses.GET_COURSES_BY_FIELD, json=by_field_answer(course(3, 2, startdate=5), course(7)))
+    add(rsps, courses.GET_COURSES, json=[course(3, 2, startdate=5), course(7)])
 
     listing = courses.list_courses(moodle, search="python", page=2, perpage=2)
 
     search = sent(rsps, -2)
     assert (search["criterianame"], search["criteriavalue"], search["page"], search["perpage"]) == (
         "search", "python", "2", "2")  # fmt: skip
-    assert (sent(rsps)["field"], sent(rsps)["value"]) == ("ids", "7,3")
+    assert sent(rsps)["wsfunction"] == courses.GET_COURSES and ids_sent(rsps) == ["7", "3"]
     assert [c["id"] for c in listing["courses"]] == [7, 3]
     assert listing["courses"][1]["startdate"] == 5
     assert listing["total"] == 12
@@ -105,14 +118,45 @@ def test_a_search_pages_in_moodle_then_reads_the_page_by_id_in_moodles_order(moo
 def test_search_and_category_search_everything_then_keep_the_category(moodle, rsps):
     public = [{"id": n, "categoryid": 2 if n % 2 else 1} for n in range(2, 12)]
     add(rsps, courses.SEARCH_COURSES, json={"total": 10, "courses": public, "warnings": []})
-    add(rsps, courses.GET_COURSES_BY_FIELD, json=by_field_answer(course(7, 2), course(9, 2)))
+    add(rsps, courses.GET_COURSES, json=[course(7, 2), course(9, 2)])
 
     listing = courses.list_courses(moodle, search="x", category=2, page=1, perpage=2)
 
     assert (sent(rsps, -2)["page"], sent(rsps, -2)["perpage"]) == ("0", "0")
-    assert sent(rsps)["value"] == "7,9"
+    assert ids_sent(rsps) == ["7", "9"]
     assert listing["total"] == 5
     assert [c["id"] for c in listing["courses"]] == [7, 9]
+
+
+def test_courses_by_ids_leaves_out_missing_ids_and_the_front_page_in_the_order_asked(moodle, rsps):
+    add(rsps, courses.GET_COURSES, body=golden("core_course_get_courses__ids_missing"))
+
+    assert [c["id"] for c in courses.courses_by_ids(moodle, [987654, 2, 2])] == [2]
+    assert ids_sent(rsps) == ["987654", "2"]
+
+    add(rsps, courses.GET_COURSES, json=[SITE_COURSE, course(3), course(5)])
+    assert [c["id"] for c in courses.courses_by_ids(moodle, [5, 1, 3])] == [5, 3]
+
+
+def test_a_course_deleted_between_the_search_and_its_read_back_is_left_out_of_the_page(moodle, rsps):
+    public = [{"id": 2, "categoryid": 1}, {"id": 6, "categoryid": 1}]
+    add(rsps, courses.SEARCH_COURSES, json={"total": 2, "courses": public, "warnings": []})
+    add(rsps, courses.GET_COURSES, json=[course(2)])
+
+    listing = courses.list_courses(moodle, search="python")
+
+    assert [c["id"] for c in listing["courses"]] == [2]
+    assert courses.GET_COURSES_BY_FIELD not in sent_functions(rsps)
+
+
+def test_courses_by_ids_splits_to_fit_max_input_vars_and_asks_nothing_for_no_ids(make_service, rsps):
+    moodle = make_service(max_input_vars=5)  # 5 - 3 reserved = two ids per call
+    prime(moodle, rsps, FUNCTIONS)
+    add(rsps, courses.GET_COURSES, json=[course(2)])
+
+    assert courses.courses_by_ids(moodle, []) == []
+    assert [c["id"] for c in courses.courses_by_ids(moodle, [2, 3, 4, 5, 6])] == [2]
+    assert [ids_sent(rsps, index) for index in (1, 2, 3)] == [["2", "3"], ["4", "5"], ["6"]]
 
 
 def test_a_search_without_matches_makes_no_second_call(moodle, rsps):
@@ -177,31 +221,136 @@ def test_update_sends_only_the_given_fields_and_reads_the_course_back(moodle, rs
         ("shortnametaken", "Short name is already used for another course (PY101)", 409, "shortnametaken"),
         ("nopermissions", "Sorry, but you do not currently have permissions to do that.", 403, "nopermissions"),
         ("errorinvalidparam", "Invalid parameter", 400, "errorinvalidparam"),
+        ("invalidcourse", "Invalid course", 404, "coursenotfound"),
     ],
 )  # fmt: skip
-def test_update_warnings_are_errors(moodle, rsps, warningcode, message, status, code):
+def test_update_warnings_are_errors_without_another_call(moodle, rsps, warningcode, message, status, code):
     warning = {"item": "course", "itemid": 2, "warningcode": warningcode, "message": message}
     add(rsps, courses.UPDATE_COURSES, json={"warnings": [warning]})
-    if status == 404:
-        add(rsps, courses.GET_COURSES_BY_FIELD, json=by_field_answer())
 
     with pytest.raises(ApiError) as info:
         courses.update_course(moodle, 2, {"shortname": "PY101"})
 
     assert (info.value.status, info.value.code) == (status, code)
     assert "SELECT" not in info.value.message
+    assert sent_functions(rsps)[1:] == [courses.UPDATE_COURSES]
 
 
-def test_a_missing_category_on_update_is_not_reported_as_a_missing_course(moodle, rsps):
-    warning = {"item": "course", "itemid": 2, "warningcode": "invalidrecordunknown", "message": "Can't find data"}
+def test_the_golden_warning_for_a_missing_course_is_a_404_naming_it(moodle, rsps):
+    add(rsps, courses.UPDATE_COURSES, body=golden("error_update_nonexistent_course"))
+
+    error = api_raised(courses.update_course, moodle, 99999, {"fullname": "Nobody"})
+
+    assert (error.status, error.code, error.details) == (404, "coursenotfound", {"missing_courses": [99999]})
+    assert error.message == "No course with id 99999 in Moodle"
+
+
+def test_a_warning_message_loses_server_paths_and_the_token(moodle, rsps):
+    message = f"Cannot write /var/www/moodle/cache/x.php for {TOKEN}\n[SQL]"
+    warning = {"item": "course", "itemid": 2, "warningcode": "cannotwrite", "message": message}
     add(rsps, courses.UPDATE_COURSES, json={"warnings": [warning]})
-    add(rsps, courses.GET_COURSES_BY_FIELD, json=by_field_answer(course(2)))
 
-    error = raised(courses.update_course, moodle, 2, {"categoryid": 999, "fullname": "New"})
+    error = raised(courses.update_course, moodle, 2, {"fullname": "New"})
+
+    assert (error.status, error.code, error.message) == (502, "cannotwrite", "Cannot write [path] for [redacted]")
+
+
+def categories_answer(*category_ids):
+    return [{"id": category_id, "name": f"Category {category_id}", "parent": 0} for category_id in category_ids]
+
+
+def test_a_move_checks_the_course_and_the_category_before_the_update(moodle, rsps):
+    add(rsps, courses.GET_COURSES_BY_FIELD, json=by_field_answer(course(2)))
+    add(rsps, courses.GET_CATEGORIES, json=categories_answer(3))
+    add(rsps, courses.UPDATE_COURSES, json={"warnings": []})
+    add(rsps, courses.GET_COURSES_BY_FIELD, json=by_field_answer(course(2, 3)))
+
+    assert courses.update_course(moodle, 2, {"categoryid": 3})["categoryid"] == 3
+
+    by_field, categories, update = courses.GET_COURSES_BY_FIELD, courses.GET_CATEGORIES, courses.UPDATE_COURSES
+    assert sent_functions(rsps)[1:] == [by_field, categories, update, by_field]
+    assert sent(rsps, 2) | {"wstoken": ""} == {
+        "wstoken": "",
+        "wsfunction": courses.GET_CATEGORIES,
+        "moodlewsrestformat": "json",
+        "criteria[0][key]": "id",
+        "criteria[0][value]": "3",
+        "addsubcategories": "0",
+    }
+
+
+def test_a_move_into_a_missing_category_is_a_404_and_nothing_is_sent_to_update(moodle, rsps):
+    add(rsps, courses.GET_COURSES_BY_FIELD, json=by_field_answer(course(2)))
+    add(rsps, courses.GET_CATEGORIES, json=[])
+
+    error = api_raised(courses.update_course, moodle, 2, {"categoryid": 999999, "fullname": "New"})
+
+    assert (error.status, error.code, error.details) == (404, "categorynotfound", {"missing_categories": [999999]})
+    assert error.message == "No category with id 999999 in Moodle"
+    assert courses.UPDATE_COURSES not in sent_functions(rsps)
+
+
+def test_only_the_asked_category_counts_not_one_of_the_answer_below_it(moodle, rsps):
+    add(rsps, courses.GET_COURSES_BY_FIELD, json=by_field_answer(course(2)))
+    add(rsps, courses.GET_CATEGORIES, json=categories_answer(5, 6))
+
+    assert api_raised(courses.update_course, moodle, 2, {"categoryid": 4}).code == "categorynotfound"
+    assert courses.UPDATE_COURSES not in sent_functions(rsps)
+
+
+def test_moving_a_missing_course_is_a_404_for_the_course_before_the_category_is_asked(moodle, rsps):
+    add(rsps, courses.GET_COURSES_BY_FIELD, json=by_field_answer())
+
+    error = api_raised(courses.update_course, moodle, 99, {"categoryid": 999})
+
+    assert (error.code, error.details) == ("coursenotfound", {"missing_courses": [99]})
+    assert sent_functions(rsps)[1:] == [courses.GET_COURSES_BY_FIELD]
+
+
+def test_a_missing_record_after_both_checks_says_something_was_deleted_meanwhile(moodle, rsps):
+    add(rsps, courses.GET_COURSES_BY_FIELD, json=by_field_answer(course(6)))
+    add(rsps, courses.GET_CATEGORIES, json=categories_answer(7))
+    add(rsps, courses.UPDATE_COURSES, body=golden("core_course_update_courses__category_missing"))
+
+    error = raised(courses.update_course, moodle, 6, {"categoryid": 7})
 
     assert (error.status, error.code) == (404, "invalidrecordunknown")
-    assert "category 999" in error.message
-    assert error.details["outcome"] == "unknown"
+    assert error.details == {"function": courses.UPDATE_COURSES, "course_id": 6, "outcome": "unknown"}
+    assert "Course 6 or category 7 was deleted during the update" in error.message
+
+
+def test_a_move_is_not_checked_or_sent_when_the_category_function_is_missing(make_service, rsps):
+    moodle = make_service()
+    prime(moodle, rsps, [f for f in FUNCTIONS if f != courses.GET_CATEGORIES])
+
+    error = raised(courses.update_course, moodle, 2, {"categoryid": 3})
+
+    assert (error.status, error.details["function"]) == (501, courses.GET_CATEGORIES)
+    assert sent_functions(rsps) == ["core_webservice_get_site_info"]
+
+
+def test_an_update_without_a_move_needs_no_category_function(make_service, rsps):
+    moodle = make_service()
+    prime(moodle, rsps, [f for f in FUNCTIONS if f != courses.GET_CATEGORIES])
+    add(rsps, courses.UPDATE_COURSES, json={"warnings": []})
+    add(rsps, courses.GET_COURSES_BY_FIELD, json=by_field_answer(course(2)))
+
+    assert courses.update_course(moodle, 2, {"fullname": "New"})["id"] == 2
+
+
+def test_creating_in_a_missing_category_is_a_404_naming_the_category(moodle, rsps):
+    refusal = {
+        "exception": "moodle_exception",
+        "errorcode": "errorcatcontextnotvalid",
+        "message": "You cannot execute functions in the category context (category id:999). ...",
+    }
+    add(rsps, courses.CREATE_COURSES, json=refusal)
+
+    error = api_raised(courses.create_course, moodle, {"fullname": "X", "shortname": "X1", "categoryid": 999})
+
+    assert (error.status, error.code, error.details) == (404, "categorynotfound", {"missing_categories": [999]})
+    assert isinstance(error.__cause__, ApiError) and error.__cause__.code == "errorcatcontextnotvalid"
+    assert sent_functions(rsps)[1:] == [courses.CREATE_COURSES]  # no check first: Moodle's refusal writes nothing
 
 
 def test_an_update_is_not_sent_when_the_read_back_function_is_missing(make_service, rsps):
@@ -222,8 +371,21 @@ def test_a_failed_read_back_says_the_update_was_applied(moodle, rsps):
 
     error = raised(courses.update_course, moodle, 2, {"fullname": "New"})
 
-    assert error.details["updated"] is True
-    assert error.message.startswith("The update was applied")
+    assert (error.status, error.code) == (503, "moodleunavailable")
+    assert error.details == {"function": courses.GET_COURSES_BY_FIELD, "updated": True}
+    assert error.message == "The update was applied, but reading the course back failed: " + error.__cause__.message
+    assert "updated" not in error.__cause__.details
+
+
+def test_a_course_deleted_before_its_read_back_is_a_404_saying_the_update_was_applied(moodle, rsps):
+    add(rsps, courses.UPDATE_COURSES, json={"warnings": []})
+    add(rsps, courses.GET_COURSES_BY_FIELD, json=by_field_answer())
+
+    with pytest.raises(ApiError) as info:
+        courses.update_course(moodle, 2, {"fullname": "New"})
+
+    assert (info.value.status, info.value.code) == (404, "coursenotfound")
+    assert info.value.details == {"missing_courses": [2], "updated": True}
 
 
 # -- users -----------------------------------------------------------------------------------------
@@ -282,6 +444,61 @@ def test_many_values_are_split_over_calls_that_fit_max_input_vars(make_service, 
     assert len(found["missing"]) == 13
 
 
+def hidden_user(user_id):
+    return {"id": user_id, "fullname": f"User {user_id}"}  # a token that may not see idnumbers
+
+
+def test_values_asked_one_by_one_are_bounded_and_the_rest_are_unchecked(moodle, rsps):
+    values = [f"S{n:03}" for n in range(30)]
+    add(rsps, users.GET_USERS_BY_FIELD, json=[hidden_user(3)])
+    for n in range(users.MAX_SINGLE_VALUE_CALLS):
+        add(rsps, users.GET_USERS_BY_FIELD, json=[hidden_user(3)] if n == 0 else [])
+
+    found = users.users_by_field(moodle, "idnumber", values)
+
+    assert sent_functions(rsps).count(users.GET_USERS_BY_FIELD) == 1 + users.MAX_SINGLE_VALUE_CALLS == 21
+    assert found["missing"] == values[1:20]
+    assert found["unchecked"] == values[20:]
+    assert [u["id"] for u in found["users"]] == [3]
+
+
+def test_one_value_spelled_twice_is_asked_alone_once(moodle, rsps):
+    add(rsps, users.GET_USERS_BY_FIELD, json=[{"id": 3, "fullname": "Ada"}])  # usernames hidden
+    add(rsps, users.GET_USERS_BY_FIELD, json=[])
+    add(rsps, users.GET_USERS_BY_FIELD, json=[{"id": 3, "fullname": "Ada"}])
+
+    found = users.users_by_field(moodle, "username", ["Ghost", "ghost", "ada"])
+
+    assert sent_functions(rsps).count(users.GET_USERS_BY_FIELD) == 3
+    assert (found["missing"], found["unchecked"]) == (["Ghost", "ghost"], [])
+
+
+def test_nothing_is_unchecked_when_moodle_shows_the_field(moodle, rsps):
+    add(rsps, users.GET_USERS_BY_FIELD, json=[])
+
+    found = users.users_by_field(moodle, "email", [f"u{n}@x" for n in range(50)])
+
+    assert (len(found["missing"]), found["unchecked"]) == (50, [])
+    assert sent_functions(rsps).count(users.GET_USERS_BY_FIELD) == 1
+
+
+def test_missing_user_ids_are_named_in_the_order_given(make_service, rsps):
+    moodle = make_service(max_input_vars=6)  # 6 - 3 reserved - 1 for field = two ids per call
+    prime(moodle, rsps, FUNCTIONS)
+    add(rsps, users.GET_USERS_BY_FIELD, json=users_answer(4))
+
+    assert users.missing_user_ids(moodle, [9, 4, 9, 7]) == [9, 7]
+    assert sent_functions(rsps).count(users.GET_USERS_BY_FIELD) == 2
+    assert (sent(rsps, 1)["field"], sent(rsps, 1)["values[0]"], sent(rsps, 1)["values[1]"]) == ("id", "9", "4")
+
+
+def test_a_not_found_message_names_at_most_twenty_ids_and_details_list_them_all():
+    error = users.user_not_found(list(range(1, 26)))
+
+    assert error.message == f"No users with ids {', '.join(map(str, range(1, 21)))} and 5 more in Moodle"
+    assert error.details == {"missing_users": list(range(1, 26))}
+
+
 # -- enrolments -------------------------------------------------------------------------------------
 
 
@@ -300,21 +517,76 @@ def to_enrol(count, courseid=2):
     return [{"roleid": 5, "userid": 100 + n, "courseid": courseid} for n in range(count)]
 
 
+def users_answer(*user_ids):
+    return [{"id": user_id, "fullname": f"User {user_id}"} for user_id in user_ids]
+
+
 def test_missing_courses_are_a_404_before_anything_is_enrolled(moodle, rsps):
-    add(rsps, courses.GET_COURSES_BY_FIELD, json=by_field_answer(course(2)))
+    add(rsps, courses.GET_COURSES, json=[course(2)])
+    add(rsps, users.GET_USERS_BY_FIELD, json=users_answer(100))
 
     with pytest.raises(ApiError) as info:
         enrolments.enrol(moodle, to_enrol(1) + to_enrol(1, courseid=77) + to_enrol(1, courseid=78))
 
-    assert (info.value.status, info.value.details["missing_courses"]) == (404, [77, 78])
-    assert "77, 78" in info.value.message
+    assert (info.value.status, info.value.code, info.value.details) == (
+        404, "coursenotfound", {"missing_courses": [77, 78]})  # fmt: skip
+    assert info.value.message == "No courses with ids 77, 78 in Moodle; nothing was enrolled"
+    assert ids_sent(rsps, 1) == ["2", "77", "78"]
     assert enrolments.ENROL_USERS not in sent_functions(rsps)
+
+
+def test_missing_users_are_a_404_naming_them_and_nothing_is_enrolled(moodle, rsps):
+    add(rsps, courses.GET_COURSES, json=[course(2)])
+    add(rsps, users.GET_USERS_BY_FIELD, json=users_answer(100))
+
+    error = api_raised(enrolments.enrol, moodle, [*to_enrol(1), {"roleid": 5, "userid": 999999, "courseid": 2}])
+
+    assert (error.status, error.code, error.details) == (404, "usernotfound", {"missing_users": [999999]})
+    assert error.message == "No user with id 999999 in Moodle; nothing was enrolled"
+    form = sent(rsps)
+    assert (form["field"], form["values[0]"], form["values[1]"]) == ("id", "100", "999999")
+    assert enrolments.ENROL_USERS not in sent_functions(rsps)
+
+
+def test_missing_courses_and_users_are_named_together(moodle, rsps):
+    add(rsps, courses.GET_COURSES, json=[])
+    add(rsps, users.GET_USERS_BY_FIELD, json=[])
+
+    error = api_raised(enrolments.enrol, moodle, to_enrol(2, courseid=77))
+
+    assert (error.status, error.code) == (404, "coursenotfound")
+    assert error.details == {"missing_courses": [77], "missing_users": [100, 101]}
+    assert error.message == "No course with id 77 and no users with ids 100, 101 in Moodle; nothing was enrolled"
+    assert enrolments.ENROL_USERS not in sent_functions(rsps)
+
+
+def test_enrolment_is_not_checked_when_the_enrol_function_is_missing(make_service, rsps):
+    moodle = make_service()
+    prime(moodle, rsps, [f for f in FUNCTIONS if f != enrolments.ENROL_USERS])
+
+    error = raised(enrolments.enrol, moodle, to_enrol(1))
+
+    assert (error.status, error.details["function"]) == (501, enrolments.ENROL_USERS)
+    assert sent_functions(rsps) == ["core_webservice_get_site_info"]
+
+
+def test_a_user_deleted_after_the_check_is_moodles_php_error_without_its_path(moodle, rsps):
+    add(rsps, courses.GET_COURSES, json=[course(2)])
+    add(rsps, users.GET_USERS_BY_FIELD, json=users_answer(100))
+    add(rsps, enrolments.ENROL_USERS, body=golden("error_enrol_nonexistent_user"))
+
+    error = raised(enrolments.enrol, moodle, to_enrol(1))
+
+    assert (error.status, error.code) == (502, "moodleexception")
+    assert "PHP TypeError" in error.message and "/var/www" not in error.message
+    assert (error.details["applied"], error.details["not_applied"]) == ([], [0])
 
 
 def test_a_batch_is_split_to_fit_max_input_vars(make_service, rsps):
     moodle = make_service(max_input_vars=12)  # three enrolments of three fields per call
     prime(moodle, rsps, FUNCTIONS)
-    add(rsps, courses.GET_COURSES_BY_FIELD, json=by_field_answer(course(2)))
+    add(rsps, courses.GET_COURSES, json=[course(2)])
+    add(rsps, users.GET_USERS_BY_FIELD, json=users_answer(*range(100, 107)))
     add(rsps, enrolments.ENROL_USERS, body="null")
 
     assert enrolments.enrol(moodle, to_enrol(7)) == {"enrolled": 7, "calls": 3}
@@ -328,7 +600,8 @@ def test_a_batch_is_split_to_fit_max_input_vars(make_service, rsps):
 def test_a_later_call_failing_lists_what_was_applied_and_what_was_not(make_service, rsps):
     moodle = make_service(max_input_vars=12)
     prime(moodle, rsps, FUNCTIONS)
-    add(rsps, courses.GET_COURSES_BY_FIELD, json=by_field_answer(course(2)))
+    add(rsps, courses.GET_COURSES, json=[course(2)])
+    add(rsps, users.GET_USERS_BY_FIELD, json=users_answer(*range(100, 107)))
     add(rsps, enrolments.ENROL_USERS, body="null")
     add(rsps, enrolments.ENROL_USERS, json={"exception": "dml_missing_record_exception", "errorcode": "invaliduser",
                                             "message": "Invalid user"})  # fmt: skip
@@ -345,7 +618,8 @@ def test_a_later_call_failing_lists_what_was_applied_and_what_was_not(make_servi
 def test_a_call_with_an_unknown_outcome_is_reported_as_unknown_and_not_resent(make_service, rsps):
     moodle = make_service(max_input_vars=12)
     prime(moodle, rsps, FUNCTIONS)
-    add(rsps, courses.GET_COURSES_BY_FIELD, json=by_field_answer(course(2)))
+    add(rsps, courses.GET_COURSES, json=[course(2)])
+    add(rsps, users.GET_USERS_BY_FIELD, json=users_answer(*range(100, 107)))
     add(rsps, enrolments.ENROL_USERS, body="null")
     add(rsps, enrolments.ENROL_USERS, body=reset())
 
@@ -395,6 +669,22 @@ def test_notifications_are_asked_newest_first_with_limit_and_offset(moodle, rsps
     form = sent(rsps)
     assert (form["useridto"], form["limit"], form["offset"], form["newestfirst"]) == ("3", "5", "10", "1")
     assert answer == {"userid": 3, "notifications": [{"id": 2}], "unreadcount": 2, "limit": 5, "offset": 10}
+
+
+def test_notifications_of_a_user_moodle_does_not_have_are_a_404_naming_the_user(moodle, rsps):
+    add(rsps, notifications.GET_POPUP_NOTIFICATIONS, body=golden("error_popup_notifications_nonexistent_user"))
+
+    error = api_raised(notifications.notifications, moodle, 999999, 20, 0)
+
+    assert (error.status, error.code, error.details) == (404, "usernotfound", {"missing_users": [999999]})
+    assert error.message == "No user with id 999999 in Moodle"
+
+
+def test_other_notification_errors_pass_as_they_are(moodle, rsps):
+    add(rsps, notifications.GET_POPUP_NOTIFICATIONS, json={"exception": "moodle_exception", "errorcode": "invaliduser",
+                                                           "message": "Invalid user"})  # fmt: skip
+
+    assert raised(notifications.notifications, moodle, -5, 20, 0).code == "invaliduser"
 
 
 @pytest.mark.parametrize("body", ["2", "0"])
@@ -464,6 +754,15 @@ def test_a_refused_file_is_an_error_that_never_shows_moodles_temp_path(moodle, r
     assert error.status == status
     assert error.details["stored"] == ["hello.py"] and error.details["itemid"] == 549014061
     assert "phpAbC123" not in json.dumps(error.details) + error.message
+
+
+def test_a_refused_files_errortype_never_shows_a_server_path(moodle, rsps):
+    refused_entry = {"filename": "x.bin", "errortype": "cannot write /var/moodledata/temp/x", "error": "x"}
+    rsps.add(responses.POST, UPLOAD_URL, json=[refused_entry])
+
+    error = raised(files.upload, moodle, [upload_file("x.bin")])
+
+    assert (error.code, error.message) == ("uploadrefused", "Moodle refused x.bin (cannot write [path])")
 
 
 @pytest.mark.parametrize("answer", [[], {"files": []}, "ok"])
