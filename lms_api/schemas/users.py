@@ -6,15 +6,16 @@ from typing import Any
 
 from marshmallow import ValidationError, fields, post_load, validate
 
-from lms_api.schemas.base import MAX_SAFE_INTEGER, CommaSeparated, RequestSchema, ResponseSchema
+from lms_api.schemas.base import MAX_SAFE_INTEGER, CommaSeparated, RequestSchema, ResponseSchema, single_line
 from lms_api.services.users import USER_FIELDS
 
 MAX_VALUES = 1000
+MAX_NAMED = 20  # bad ids named in the message
 
 
 class UsersByFieldQuery(RequestSchema):
     field = fields.String(required=True, validate=validate.OneOf(USER_FIELDS))
-    values = CommaSeparated(fields.String(validate=validate.Length(max=255)), required=True)
+    values = CommaSeparated(fields.String(validate=(validate.Length(max=255), single_line)), required=True)
 
     @post_load
     def _typed_values(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
@@ -28,8 +29,10 @@ class UsersByFieldQuery(RequestSchema):
                 if not value.isascii() or not value.isdigit() or not 1 <= int(value) <= MAX_SAFE_INTEGER
             ]
             if bad:
+                named = ", ".join(value if len(value) <= 24 else value[:24] + "..." for value in bad[:MAX_NAMED])
+                more = f" and {len(bad) - MAX_NAMED} more" if len(bad) > MAX_NAMED else ""
                 raise ValidationError(
-                    {"values": [f"User ids must be integers from 1 to {MAX_SAFE_INTEGER}: {', '.join(bad)}"]}
+                    {"values": [f"User ids must be integers from 1 to {MAX_SAFE_INTEGER}: {named}{more}"]}
                 )
             data["values"] = [int(value) for value in values]
         return data

@@ -282,3 +282,22 @@ def test_a_well_formed_multipart_body_with_an_epilogue_is_stored(gateway):
 
     assert response.status_int == 201
     assert response.json["data"]["files"][0]["filesize"] == 5
+
+
+def test_many_bad_user_ids_are_named_briefly(gateway, sandbox):
+    values = ",".join(["9" * 200] * 1000)
+    before = sandbox_calls(sandbox)
+
+    response = send(gateway, "GET", f"/api/moodle/users/by-field?field=id&values={values}")
+
+    assert_refused_before_moodle(gateway, sandbox, response, "validationerror", before)
+    assert response.json["error"]["details"]["fields"]["values"][0].endswith("and 980 more")
+    assert len(response.body) < 2000
+
+
+def test_a_control_character_in_a_user_value_is_refused(gateway, sandbox):
+    before = sandbox_calls(sandbox)
+
+    response = send(gateway, "GET", "/api/moodle/users/by-field?field=username&values=ada,bo%07b")
+
+    assert_refused_before_moodle(gateway, sandbox, response, "validationerror", before)
