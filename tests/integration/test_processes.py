@@ -82,35 +82,32 @@ def test_console_logs_lead_with_status_method_path_ms_and_sub(spawn):
     assert fields[:5] == ["status", "method", "path", "ms", "sub"]
 
 
-def test_a_port_in_use_is_one_line_and_exit_status_2(spawn, tmp_path):
+def run_pserve_until_it_exits(ini, port, folder):
+    """``pserve`` from a folder holding only a copy of ``ini``, expected to stop by itself."""
+    shutil.copy(ROOT / ini, folder)
+    return subprocess.run(
+        [str(BIN / "pserve"), ini, f"http_port={port}"],
+        cwd=folder,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_port_in_use_is_one_line_and_exit_status_2(tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        shutil.copy(ROOT / "development.ini", tmp_path)
-        result = subprocess.run(
-            [str(BIN / "pserve"), "development.ini", f"http_port={port}"],
-            cwd=tmp_path,
-            env=clean_env(),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        result = run_pserve_until_it_exits("development.ini", port, tmp_path)
 
     assert result.returncode == 2
     assert result.stderr.strip() == f"lms_api: cannot listen on 127.0.0.1:{port}: the port is already in use"
 
 
 def test_production_ini_refuses_to_start_without_its_settings(tmp_path):
-    shutil.copy(ROOT / "production.ini", tmp_path)
-    result = subprocess.run(
-        [str(BIN / "pserve"), "production.ini", f"http_port={free_port()}"],
-        cwd=tmp_path,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_pserve_until_it_exits("production.ini", free_port(), tmp_path)
 
     assert result.returncode == 2
     assert "MOODLE_BASE_URL is required with production.ini" in result.stderr
