@@ -30,6 +30,17 @@ class MoodleException(Exception):
         }
 
 
+class PhpError(MoodleException):
+    """A PHP ``Error`` (``TypeError``, plain ``Error``...) reaching the REST server: Moodle renders its class and
+    message only, without an errorcode, and it has no debuginfo even in debug mode."""
+
+    def __init__(self, exception: str, message: str) -> None:
+        super().__init__(exception, "", message)
+
+    def body(self, debug: bool) -> dict[str, Any]:
+        return {"exception": self.exception, "message": self.message}
+
+
 def moodle_exception(errorcode: str, message: str, debuginfo: str | None = None) -> MoodleException:
     return MoodleException("core\\exception\\moodle_exception", errorcode, message, debuginfo)
 
@@ -70,20 +81,41 @@ def missing_record(table: str, fields: str, record_id: int | str, debug: bool) -
     return MoodleException("dml_missing_record_exception", errorcode, message, debuginfo)
 
 
+BIGINT_MAX = 2**63 - 1
+
+
 def bigint_read_error(sql: str, params: list[int | str], bad: str) -> MoodleException:
     """PostgreSQL refusing a non-integer compared with a bigint column (the plugin passes text straight to SQL)."""
-    debuginfo = f'ERROR:  invalid input syntax for type bigint: "{bad}"\n{sql}\n[{var_export(params)}]'
+    return _read_error(f'invalid input syntax for type bigint: "{bad}"', sql, params)
+
+
+def bigint_range_read_error(sql: str, params: list[int | str], bad: str) -> MoodleException:
+    """PostgreSQL refusing a number too big for a bigint column."""
+    return _read_error(f'value "{bad}" is out of range for type bigint', sql, params)
+
+
+def _read_error(problem: str, sql: str, params: list[int | str]) -> MoodleException:
+    debuginfo = f"ERROR:  {problem}\n{sql}\n[{var_export(params)}]"
     return MoodleException("dml_read_exception", "dmlreadexception", "Error reading from database", debuginfo)
 
 
-def course_ids_read_error(ids: list[str]) -> MoodleException:
-    """``get_courses_by_field('ids')`` with an empty id in its list, read by the query that preloads categories."""
-    placeholders = ",".join("?" * len(ids))
-    sql = (
-        "SELECT DISTINCT cc.id FROM {course} c JOIN {course_categories} cc ON cc.id = c.category "
-        f"WHERE c.id IN ({placeholders})"
-    )
-    return bigint_read_error(sql, list(ids), "")
+def ids_read_error(select: str, ids: list[str]) -> MoodleException | None:
+    """``$DB->get_in_or_equal($ids)`` appended to ``select``, when PostgreSQL cannot read one of the ids (the pieces
+    of a PARAM_SEQUENCE) as a bigint: an empty one (``2,,3``) or one past the range. None when every id reads."""
+    condition = "= ?" if len(ids) == 1 else f"IN ({','.join('?' * len(ids))})"
+    sql = f"{select} {condition}"
+    for piece in ids:
+        if piece == "":
+            return bigint_read_error(sql, list(ids), "")
+        if int(piece) > BIGINT_MAX:
+            return bigint_range_read_error(sql, list(ids), piece)
+    return None
+
+
+def course_ids_read_error(ids: list[str]) -> MoodleException | None:
+    """``get_courses_by_field('ids')``: the ids are read first by the query that preloads their categories."""
+    select = "SELECT DISTINCT cc.id FROM {course} c JOIN {course_categories} cc ON cc.id = c.category WHERE c.id"
+    return ids_read_error(select, ids)
 
 
 def bigint_write_error(table: str, bad: str) -> MoodleException:

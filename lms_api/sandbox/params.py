@@ -8,13 +8,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lms_api.sandbox.errors import MoodleException
-from lms_api.sandbox.php import is_valid_plugin_name, strip_tags
+from lms_api.sandbox.php import clean_username, is_valid_plugin_name, php_trim, strip_tags
 
 _INT = re.compile(r"0|-?[1-9][0-9]*")  # what survives PHP's (string)(int)$value === $value
 _INT_RANGE = range(-(2**63), 2**63)
 _FLOAT = re.compile(r"[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?")
 _CAPABILITY = re.compile(r"[a-z][a-z0-9_]*/[a-z][a-z0-9_]*:[a-z0-9_]+")
+_TIMEZONE = re.compile(r"([+-]?(0?[0-9](\.[5|0])?|1[0-3](\.0)?|1[0-2]\.5))|(99)|[A-Za-z0-9]+(/?[A-Za-z_-])+")
 REQUIRED, DEFAULT, OPTIONAL = "required", "default", "optional"
+# What a stock Moodle 5.0 site has installed, for the PARAM_* types that keep only installed plugins.
+INSTALLED_LANGS = ("en",)
+INSTALLED_THEMES = ("boost", "classic")
+INSTALLED_AUTHS = (
+    "cas", "db", "email", "ldap", "lti", "manual", "mnet", "nologin", "none", "oauth2", "shibboleth", "webservice",
+)  # fmt: skip
+
+
+def _installed(choices: tuple[str, ...]) -> Callable[[str], str]:
+    return lambda value: value if value in choices else ""
+
 
 # clean_param() per PARAM_* type: validate_parameters() refuses a value that cleaning would change.
 _CLEANERS: dict[str, Callable[[str], str]] = {
@@ -26,13 +38,21 @@ _CLEANERS: dict[str, Callable[[str], str]] = {
     "plugin": lambda value: value if is_valid_plugin_name(value) else "",
     # Moodle keeps only capabilities it knows; the sandbox accepts any well-formed name.
     "capability": lambda value: value if _CAPABILITY.fullmatch(value) else "",
+    "notags": strip_tags,
+    "raw_trimmed": php_trim,
+    "username": clean_username,
+    "timezone": lambda value: value if _TIMEZONE.fullmatch(value) else "",
+    "lang": _installed(INSTALLED_LANGS),
+    "theme": _installed(INSTALLED_THEMES),
+    "auth": _installed(INSTALLED_AUTHS),
 }
 
 
 @dataclass(frozen=True)
 class Value:
     """``external_value``: ``type`` is int, float, bool or a string type (raw, text, alpha, alphanumext, safedir,
-    plugin, capability), named like Moodle's PARAM_* values so errors show the same type names."""
+    plugin, capability, notags, raw_trimmed, username, timezone, lang, theme, auth), named like Moodle's PARAM_*
+    values so errors show the same type names."""
 
     type: str
     presence: str = REQUIRED

@@ -20,10 +20,21 @@ def theme_image_url(base_url: str, image: str) -> str:
 
 @dataclass
 class Category:
+    """A row of ``course_categories``. ``coursecount`` is Moodle's stored count: only ``fix_course_sortorder()``
+    (after creating or moving a course) brings it up to date, so it can lag behind the ``course`` table."""
+
     id: int
     name: str
     sortorder: int
     visible: int = 1
+    parent: int = 0
+    idnumber: str = ""
+    description: str = ""
+    descriptionformat: int = 0
+    visibleold: int = 1
+    timemodified: int = 0
+    coursecount: int = 0
+    theme: str | None = None
 
 
 @dataclass
@@ -64,6 +75,7 @@ class Course:
     cacherev: int = 0
     format_options: dict[str, int | str] = field(default_factory=dict)
     sections: dict[int, list[int]] = field(default_factory=lambda: {0: []})
+    contextid: int = 0  # the course's row in Moodle's context table
 
     @property
     def last_section(self) -> int:
@@ -91,6 +103,8 @@ class User:
     firstaccess: int = 0
     lastaccess: int = 0
     siteadmin: bool = False
+    emailstop: int = 0  # "disable notifications": Moodle then lists none of the user's popup notifications
+    timecreated: int = 0
 
     @property
     def fullname(self) -> str:

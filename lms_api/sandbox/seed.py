@@ -1,6 +1,6 @@
 """The data every new ``SandboxSite`` starts with; tests rely on these exact ids.
 
-Categories: 1 "Category 1", 2 "Science", 3 "Humanities".
+Categories (all top level and visible): 1 "Category 1", 2 "Science", 3 "Humanities".
 
 Courses (id, shortname, fullname, category, format, visible, idnumber):
 
@@ -13,10 +13,13 @@ Courses (id, shortname, fullname, category, format, visible, idnumber):
 
 New courses get ids 6, 7, ... (an id used by a rolled-back call is not given again, as with PostgreSQL).
 
+Context ids: the front page 2 (as on every Moodle site), courses 2-5 get 11-14 (on the recorded site the first
+course created got 11); each new course or user takes the next one, from 15.
+
 Users (id, username, first and last name, email, idnumber): 1 guest "Guest user" " " guest@example.com "";
 2 admin "Admin" "User" admin@example.com "" (site admin, the token's user); 3 student1 "Ada" "Lovelace" "S001";
 4 student2 "Alan" "Turing" "S002"; 5 teacher1 "Grace" "Hopper" "T001"; 6 student3 "Katherine" "Johnson" "S003";
-the emails of 3-6 are ``<username>@example.com``.
+the emails of 3-6 are ``<username>@example.com``. New users get ids 7, 8, ...
 
 Roles: 1 manager, 2 coursecreator, 3 editingteacher, 4 teacher, 5 student, 6 guest, 7 user, 8 frontpage; only
 1, 3, 4 and 5 can be given in a course. Course contacts are the editing teachers (role 3).
@@ -36,6 +39,7 @@ SITE_COURSE_ID = 1
 GUEST_USER_ID = 1
 ADMIN_USER_ID = 2
 ADMIN_CONTEXT_ID = 5  # the admin's user context, home of their draft files
+SITE_CONTEXT_ID = 2  # the front page's course context
 NOREPLY_USER_ID = -10
 SUPPORT_USER_ID = -20
 EDITING_TEACHER_ROLE_ID = 3
@@ -47,6 +51,7 @@ FORMAT_OPTIONS: dict[str, dict[str, int | str]] = {
     "social": {"numdiscussions": 10},
     "singleactivity": {"activitytype": "forum"},
 }
+_COURSE_CONTEXT_IDS = {SITE_COURSE_ID: SITE_CONTEXT_ID, 2: 11, 3: 12, 4: 13, 5: 14}
 _DAY = 86400
 _WEEK = 7 * _DAY
 
@@ -59,6 +64,7 @@ def _course(course_id: int, shortname: str, fullname: str, category: int, course
         category=category,
         format=course_format,
         format_options=dict(FORMAT_OPTIONS[course_format]),
+        contextid=_COURSE_CONTEXT_IDS[course_id],
         **fields,
     )
 
@@ -116,7 +122,13 @@ def seed_state(now: int) -> SiteState:
         Role(7, "user", False),
         Role(8, "frontpage", False),
     ]
-    categories = [Category(1, "Category 1", 10000), Category(2, "Science", 20000), Category(3, "Humanities", 30000)]
+    categories = [
+        Category(1, "Category 1", 10000, timemodified=created),
+        Category(2, "Science", 20000, timemodified=created),
+        Category(3, "Humanities", 30000, timemodified=created),
+    ]
+    for category in categories:
+        category.coursecount = sum(1 for course in courses if course.category == category.id)
     notifications = [
         _notification(1, ADMIN_USER_ID, "Grade released for PY101", now - 7200),
         _notification(2, ADMIN_USER_ID, "New resource in PY101", now - 3600),
@@ -129,7 +141,7 @@ def seed_state(now: int) -> SiteState:
         users={user.id: user for user in users},
         roles={role.id: role for role in roles},
         notifications={notification.id: notification for notification in notifications},
-        sequences={"course": 5, "course_modules": 0, "resource": 0},
+        sequences={"course": 5, "course_modules": 0, "resource": 0, "user": 6, "context": 14},
     )
 
 

@@ -1,8 +1,7 @@
 """The Moodle web-service sandbox against PHP's form parsing, Moodle's parameter validation and a real Moodle 5.0.
 
-The expected bodies below are copies of the raw answers of a real Moodle 5.0 (Build 20250414) kept in
-``shared/moodle-golden/`` beside the checkout; ``test_inlined_golden_copies_match_the_recorded_files`` keeps the
-copies honest when that folder is present.
+The expected bodies below are the raw answers of a real Moodle 5.0 (Build 20250414), read from
+``tests/moodle_golden/``.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ import socket
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import requests
@@ -23,96 +21,26 @@ from lms_api.sandbox.params import DEFAULT, OPTIONAL, Multiple, Single, Value, v
 from lms_api.sandbox.phpform import PhpArray, parse_php_form
 from lms_api.sandbox.server import SandboxServer, start_sandbox
 from lms_api.sandbox.site import SandboxSite
+from tests.unit.test_sandbox_golden import golden_json, golden_text
 
 TOKEN = "sandbox-test-token-0123456789abcdef"
 SITE_INFO = "core_webservice_get_site_info"
 REST_PATH = "/webservice/rest/server.php"
-GOLDEN_DIR = Path("/work/shared/moodle-golden")
 
 # Byte-exact bodies of the real Moodle 5.0, production mode (debugging off).
-GOLDEN_BAD_TOKEN = (
-    r'{"exception":"core\\exception\\moodle_exception","errorcode":"invalidtoken",'
-    r'"message":"Invalid token - token not found"}'
-)
-GOLDEN_NOT_IN_SERVICE = (
-    '{"exception":"webservice_access_exception","errorcode":"accessexception","message":"Access control exception"}'
-)
-GOLDEN_UNKNOWN_FUNCTION = (
-    '{"exception":"dml_missing_record_exception","errorcode":"invalidrecordunknown",'
-    '"message":"Can\'t find data record in database."}'
-)
-GOLDEN_INVALID_PARAMETER = (
-    r'{"exception":"core\\exception\\invalid_parameter_exception","errorcode":"invalidparameter",'
-    r'"message":"Invalid parameter value detected"}'
-)
-# debug_mode/mod_resource_add_resource.json
-GOLDEN_DEBUG_UNKNOWN_FUNCTION = {
-    "exception": "dml_missing_record_exception",
-    "errorcode": "invalidrecord",
-    "message": "Can't find data record in database table external_functions. "
-    "(SELECT * FROM {external_functions} WHERE name = ?\n[array (\n  0 => 'mod_resource_add_resource',\n)])",
-    "debuginfo": "SELECT * FROM {external_functions} WHERE name = ?\n[array (\n  0 => 'mod_resource_add_resource',\n)]",
-}
+GOLDEN_BAD_TOKEN = golden_text("error_bad_token.json")
+GOLDEN_NOT_IN_SERVICE = golden_text("error_function_not_in_service.json")
+GOLDEN_UNKNOWN_FUNCTION = golden_text("mod_resource_add_resource.json")
+GOLDEN_INVALID_PARAMETER = golden_text("error_missing_wsfunction.json")
+GOLDEN_DEBUG_UNKNOWN_FUNCTION = golden_json("debug_mode/mod_resource_add_resource.json")
 # debuginfo of debug_mode/error_invalid_parameter_type.json (message_popup_get_popup_notifications, useridto=abc)
-GOLDEN_DEBUG_BAD_USERIDTO = (
-    'useridto => Invalid parameter value detected (Invalid external api parameter: the value is "abc", '
-    'the server was expecting "int" type): Invalid external api parameter: the value is "abc", '
-    'the server was expecting "int" type'
-)
+GOLDEN_DEBUG_BAD_USERIDTO = golden_json("debug_mode/error_invalid_parameter_type.json")["debuginfo"]
 # debuginfo of debug_mode/error_missing_parameter_create_course.json (courses[0] without shortname)
-GOLDEN_DEBUG_MISSING_SHORTNAME = (
-    "courses => Invalid parameter value detected (Missing required key in single structure: shortname): "
-    "Missing required key in single structure: shortname"
-)
-# debuginfo of debug_mode/error_function_not_in_service.json
-_INDENT = "\n" + " " * 21
-GOLDEN_DEBUG_NOT_IN_SERVICE = _INDENT.join(
-    [
-        "Access to the function core_course_get_courses() is not allowed.",
-        "There could be multiple reasons for this:",
-        "1. The service linked to the user token does not contain the function.",
-        "2. The service is user-restricted and the user is not listed.",
-        "3. The service is IP-restricted and the user IP is not listed.",
-        "4. The service is time-restricted and the time has expired.",
-        "5. The token is time-restricted and the time has expired.",
-        "6. The service requires a specific capability which the user does not have.",
-        "7. The function is called with username/password (no user token is sent)",
-        "and none of the services has the function to allow the user.",
-        "These settings can be found in Administration > Site administration",
-        "> Server > Web services > External services and Manage tokens.",
-    ]
-)
-# Top-level keys of core_webservice_get_site_info.json and the JSON type of each value.
-GOLDEN_SITE_INFO_TYPES = {
-    "sitename": str,
-    "username": str,
-    "firstname": str,
-    "lastname": str,
-    "fullname": str,
-    "lang": str,
-    "userid": int,
-    "siteurl": str,
-    "userpictureurl": str,
-    "functions": list,
-    "downloadfiles": int,
-    "uploadfiles": int,
-    "release": str,
-    "version": str,
-    "mobilecssurl": str,
-    "advancedfeatures": list,
-    "usercanmanageownfiles": bool,
-    "userquota": int,
-    "usermaxuploadfilesize": int,
-    "userhomepage": int,
-    "userprivateaccesskey": str,
-    "siteid": int,
-    "sitecalendartype": str,
-    "usercalendartype": str,
-    "userissiteadmin": bool,
-    "theme": str,
-    "limitconcurrentlogins": int,
-    "policyagreed": int,
-}
+GOLDEN_DEBUG_MISSING_SHORTNAME = golden_json("debug_mode/error_missing_parameter_create_course.json")["debuginfo"]
+GOLDEN_DEBUG_NOT_IN_SERVICE = golden_json("debug_mode/error_function_not_in_service.json")["debuginfo"]
+# Top-level keys of core_webservice_get_site_info.json, in order, and the JSON type of each value.
+GOLDEN_SITE_INFO = golden_json("core_webservice_get_site_info.json")
+GOLDEN_SITE_INFO_TYPES = {key: type(value) for key, value in GOLDEN_SITE_INFO.items()}
 GOLDEN_VERSION = "2025041400"
 GOLDEN_RELEASE = "5.0 (Build: 20250414)"
 
@@ -953,26 +881,13 @@ def test_a_body_over_the_size_limit_closes_the_connection(server):
     assert b"404" not in received
 
 
-@pytest.mark.skipif(not GOLDEN_DIR.is_dir(), reason="the recorded Moodle answers are not on this machine")
-def test_inlined_golden_copies_match_the_recorded_files():
-    def raw(name: str) -> str:
-        return (GOLDEN_DIR / name).read_text()
-
-    assert raw("error_bad_token.json") == GOLDEN_BAD_TOKEN
-    assert raw("debug_mode/error_bad_token.json") == GOLDEN_BAD_TOKEN
-    assert raw("error_function_not_in_service.json") == GOLDEN_NOT_IN_SERVICE
-    assert raw("mod_resource_add_resource.json") == GOLDEN_UNKNOWN_FUNCTION
-    assert raw("error_missing_wsfunction.json") == GOLDEN_INVALID_PARAMETER
-    assert raw("error_invalid_parameter_type.json") == GOLDEN_INVALID_PARAMETER
-    assert json.loads(raw("debug_mode/mod_resource_add_resource.json")) == GOLDEN_DEBUG_UNKNOWN_FUNCTION
-    assert json.loads(raw("debug_mode/error_invalid_parameter_type.json"))["debuginfo"] == GOLDEN_DEBUG_BAD_USERIDTO
-    debug_create = json.loads(raw("debug_mode/error_missing_parameter_create_course.json"))
-    assert debug_create["debuginfo"] == GOLDEN_DEBUG_MISSING_SHORTNAME
-    debug_service = json.loads(raw("debug_mode/error_function_not_in_service.json"))
-    assert debug_service["debuginfo"] == GOLDEN_DEBUG_NOT_IN_SERVICE
-    info = json.loads(raw("core_webservice_get_site_info.json"))
-    assert {key: type(value) for key, value in info.items()} == GOLDEN_SITE_INFO_TYPES
-    assert list(info) == list(GOLDEN_SITE_INFO_TYPES)
+def test_the_recorded_answers_have_the_shapes_these_tests_rely_on():
+    # Several recordings give one and the same body.
+    assert golden_text("debug_mode/error_bad_token.json") == GOLDEN_BAD_TOKEN
+    for name in ("error_invalid_parameter_type.json", "error_missing_parameter.json", "error_duplicate_username.json"):
+        assert golden_text(name) == GOLDEN_INVALID_PARAMETER
+    info = GOLDEN_SITE_INFO
     assert (info["release"], info["version"], info["userid"]) == (GOLDEN_RELEASE, GOLDEN_VERSION, 2)
     assert {function["version"] for function in info["functions"]} == {GOLDEN_VERSION}
     assert re.fullmatch(r"[0-9a-f]{32}", info["userprivateaccesskey"])
+    assert GOLDEN_DEBUG_NOT_IN_SERVICE.startswith("Access to the function core_course_get_courses() is not allowed.")

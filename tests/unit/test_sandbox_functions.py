@@ -1,36 +1,36 @@
 """The sandbox's Moodle functions against the seed data, Moodle's rules and a real Moodle 5.0's recorded answers.
 
-Most tests call ``SandboxSite.rest()`` on a fresh site; the golden bodies are copies of ``shared/moodle-golden/``
-(``test_inlined_golden_copies_match_the_recorded_files`` checks them when that folder is present) and are compared
-byte for byte with ``php_json()``, the encoder the HTTP server uses.
+Most tests call ``SandboxSite.rest()`` on a fresh site; the golden bodies are read from ``tests/moodle_golden/`` and
+compared byte for byte with ``php_json()``, the encoder the HTTP server uses (``test_sandbox_golden.py`` replays
+every recording over HTTP).
 """
 
 from __future__ import annotations
 
-import json
 import threading
-from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
 from lms_api.sandbox.errors import MoodleException
+from lms_api.sandbox.functions.enrol import _enrol as enrol_one
 from lms_api.sandbox.functions.messages import format_time
 from lms_api.sandbox.php import php_json
 from lms_api.sandbox.phpform import parse_php_form
-from lms_api.sandbox.records import DraftFile
+from lms_api.sandbox.records import Category, DraftFile
 from lms_api.sandbox.server import start_sandbox
 from lms_api.sandbox.site import FUNCTIONS, SandboxSite
+from tests.unit.test_sandbox_golden import golden_bytes, golden_json, golden_text
 
 TOKEN = "functions-test-token"
-GOLDEN_DIR = Path("/work/shared/moodle-golden")
 GOLDEN_URL = "http://127.0.0.1:8088"
 COURSE_KEYS_PUBLIC = [
     "id",
     "fullname",
     "displayname",
     "shortname",
+    "courseimage",
     "categoryid",
     "categoryname",
     "sortorder",
@@ -67,116 +67,31 @@ COURSE_KEYS_EXTRA = [
     "timemodified",
     "requested",
     "cacherev",
+    "filters",
     "courseformatoptions",
 ]
 
 # --- Byte-exact answers of the real Moodle 5.0 (production mode unless named DEBUG) ----------------------------------
 
-GOLDEN_CREATE = '[{"id":2,"shortname":"PY101"}]'
-GOLDEN_UPDATE = '{"warnings":[]}'
-_GOLDEN_SITE_COURSE = (
-    '{"id":1,"shortname":"realmoodle","categoryid":0,"categorysortorder":1,"fullname":"Real Moodle Test",'
-    '"displayname":"Real Moodle Test","idnumber":"","summary":"","summaryformat":0,"format":"site","showgrades":1,'
-    '"newsitems":3,"startdate":0,"enddate":0,"numsections":1,"maxbytes":0,"showreports":0,"visible":1,"groupmode":0,'
-    '"groupmodeforce":0,"defaultgroupingid":0,"timecreated":1795619321,"timemodified":1795619361,"enablecompletion":0,'
-    '"completionnotify":0,"lang":"","forcetheme":"","courseformatoptions":[{"name":"numsections","value":1}],'
-    '"showactivitydates":false,"showcompletionconditions":null}'
-)
-_GOLDEN_PY101 = (
-    '{"id":2,"shortname":"PY101","categoryid":1,"categorysortorder":10001,"fullname":"Intro to Python",'
-    '"displayname":"Intro to Python","idnumber":"","summary":"Updated via REST","summaryformat":1,"format":"topics",'
-    '"showgrades":1,"newsitems":5,"startdate":0,"enddate":0,"numsections":0,"maxbytes":0,"showreports":0,"visible":1,'
-    '"hiddensections":1,"groupmode":0,"groupmodeforce":0,"defaultgroupingid":0,"timecreated":1795619432,'
-    '"timemodified":1795619432,"enablecompletion":1,"completionnotify":0,"lang":"","forcetheme":"",'
-    '"courseformatoptions":[{"name":"hiddensections","value":1},{"name":"coursedisplay","value":0}],'
-    '"showactivitydates":false,"showcompletionconditions":true}'
-)
-GOLDEN_GET_COURSES = f"[{_GOLDEN_SITE_COURSE},{_GOLDEN_PY101}]"
-GOLDEN_GET_COURSES_BY_IDS = f"[{_GOLDEN_PY101}]"
-GOLDEN_DUPLICATE_SHORTNAME = (
-    r'{"exception":"core\\exception\\moodle_exception","errorcode":"shortnametaken",'
-    r'"message":"Short name is already used for another course (PY101)"}'
-)
-GOLDEN_INVALID_PARAMETER = (
-    r'{"exception":"core\\exception\\invalid_parameter_exception","errorcode":"invalidparameter",'
-    r'"message":"Invalid parameter value detected"}'
-)
-GOLDEN_UPDATE_MISSING = (
-    '{"warnings":[{"item":"course","itemid":99999,"warningcode":"invalidrecordunknown",'
-    '"message":"Can\'t find data record in database."}]}'
-)
-GOLDEN_DEBUG_UPDATE_MISSING = {
-    "warnings": [
-        {
-            "item": "course",
-            "itemid": 99999,
-            "warningcode": "invalidrecord",
-            "message": "Can't find data record in database table course. "
-            "(SELECT id,category FROM {course} WHERE id = ?\n[array (\n  0 => 99999,\n)])",
-        }
-    ]
-}
-GOLDEN_DEBUG_ENROL_MISSING_COURSE = {
-    "exception": "core\\exception\\invalid_parameter_exception",
-    "errorcode": "invalidparameter",
-    "message": "Invalid parameter value detected (Context does not exist)",
-    "debuginfo": "Context does not exist",
-}
-_PICTURES = (
-    r'"profileimageurlsmall":"http:\/\/127.0.0.1:8088\/theme\/image.php\/boost\/core\/1795619406\/u\/f2",'
-    r'"profileimageurl":"http:\/\/127.0.0.1:8088\/theme\/image.php\/boost\/core\/1795619406\/u\/f1"'
-)
-_GOLDEN_USER_3 = (
-    '{"id":3,"username":"student1","firstname":"Ada","lastname":"Lovelace","fullname":"Ada Lovelace",'
-    '"email":"student1@example.com","department":"","firstaccess":0,"lastaccess":0,"auth":"manual","suspended":false,'
-    '"confirmed":true,"lang":"en","theme":"","timezone":"99","mailformat":1,"trackforums":0,' + _PICTURES + "}"
-)
-_GOLDEN_USER_4 = (
-    '{"id":4,"username":"student2","firstname":"Alan","lastname":"Turing","fullname":"Alan Turing",'
-    '"email":"student2@example.com","department":"","firstaccess":0,"lastaccess":0,"auth":"manual","suspended":false,'
-    '"confirmed":true,"lang":"en","theme":"","timezone":"99","mailformat":1,"trackforums":0,' + _PICTURES + "}"
-)
-GOLDEN_USERS_BY_EMAIL = f"[{_GOLDEN_USER_3}]"
-GOLDEN_USERS_BY_EMAIL_TWO = f"[{_GOLDEN_USER_3},{_GOLDEN_USER_4}]"
-_ENROLLED_TAIL = (
-    ',"roles":[{"roleid":5,"name":"","shortname":"student","sortorder":0}],'
-    '"enrolledcourses":[{"id":2,"fullname":"Intro to Python","shortname":"PY101"}]}'
-)
-GOLDEN_ENROLLED_USERS = (
-    '[{"id":3,"username":"student1","firstname":"Ada","lastname":"Lovelace","fullname":"Ada Lovelace",'
-    '"email":"student1@example.com","department":"","firstaccess":0,"lastaccess":0,"lastcourseaccess":0,'
-    + _PICTURES
-    + _ENROLLED_TAIL
-    + ","
-    '{"id":4,"username":"student2","firstname":"Alan","lastname":"Turing","fullname":"Alan Turing",'
-    '"email":"student2@example.com","department":"","firstaccess":0,"lastaccess":0,"lastcourseaccess":0,'
-    + _PICTURES
-    + _ENROLLED_TAIL
-    + "]"
-)
-
-
-def _golden_notification(notification_id: int, subject: str) -> str:
-    return (
-        f'{{"id":{notification_id},"useridfrom":-10,"useridto":2,"subject":"{subject}","shortenedsubject":"{subject}",'
-        f'"text":"<p>{subject}<\\/p>","fullmessage":"{subject} (full message text)","fullmessageformat":2,'
-        f'"fullmessagehtml":"<p>{subject}<\\/p>","smallmessage":"{subject}",'
-        r'"contexturl":"http:\/\/127.0.0.1:8088\/course\/view.php?id=2","contexturlname":"Intro to Python",'
-        r'"timecreated":1795619449,"timecreatedpretty":"4 secs ago","timeread":null,"read":false,"deleted":false,'
-        r'"iconurl":"http:\/\/127.0.0.1:8088\/theme\/image.php\/boost\/core\/1795619406\/i\/marker",'
-        r'"component":"moodle","eventtype":"notices","customdata":null}'
-    )
-
-
-GOLDEN_TWO_UNREAD = (
-    '{"notifications":['
-    + _golden_notification(2, "New resource in PY101")
-    + ","
-    + _golden_notification(1, "Grade released for PY101")
-    + '],"unreadcount":2}'
-)
-GOLDEN_LIMIT_1 = '{"notifications":[' + _golden_notification(2, "New resource in PY101") + '],"unreadcount":2}'
-GOLDEN_NO_NOTIFICATIONS = '{"notifications":[],"unreadcount":0}'
+GOLDEN_CREATE = golden_text("core_course_create_courses.json")
+GOLDEN_UPDATE = golden_text("core_course_update_courses.json")
+GOLDEN_GET_COURSES = golden_text("core_course_get_courses.json")
+GOLDEN_GET_COURSES_BY_IDS = golden_text("core_course_get_courses__by_ids.json")
+GOLDEN_DUPLICATE_SHORTNAME = golden_text("error_duplicate_shortname.json")
+GOLDEN_INVALID_PARAMETER = golden_text("error_invalid_parameter_type_courseids.json")
+GOLDEN_UPDATE_MISSING = golden_text("error_update_nonexistent_course.json")
+GOLDEN_DEBUG_UPDATE_MISSING = golden_json("debug_mode/error_update_nonexistent_course.json")
+GOLDEN_DEBUG_ENROL_MISSING_COURSE = golden_json("debug_mode/error_enrol_nonexistent_course.json")
+GOLDEN_USERS_BY_EMAIL = golden_text("core_user_get_users_by_field.json")
+GOLDEN_USERS_BY_EMAIL_TWO = golden_text("core_user_get_users_by_field__two.json")
+GOLDEN_ENROLLED_USERS = golden_text("core_enrol_get_enrolled_users.json")
+GOLDEN_TWO_UNREAD = golden_text("message_popup_get_popup_notifications__with_two_unread.json")
+GOLDEN_LIMIT_1 = golden_text("message_popup_get_popup_notifications__limit1.json")
+GOLDEN_NO_NOTIFICATIONS = golden_text("message_popup_get_popup_notifications.json")
+GOLDEN_ENROL_MISSING_USER = golden_text("error_enrol_nonexistent_user.json")
+GOLDEN_BY_IDS_MISSING = golden_text("core_course_get_courses_by_field__ids_missing.json")
+GOLDEN_CATEGORY_MISSING_WARNING = golden_json("core_course_update_courses__category_missing.json")
+GOLDEN_MISSING_RECORD = golden_text("core_course_search_courses__category_missing.json")
 
 
 # --- Helpers ----------------------------------------------------------------------------------------------------------
@@ -246,6 +161,18 @@ def golden_site(clock: Clock, debug: bool = False) -> SandboxSite:
     return site
 
 
+def new_user(site: SandboxSite, username: str, **fields: Any) -> int:
+    user = {
+        "username": username,
+        "password": "Sandbox#1234",
+        "firstname": "New",
+        "lastname": "User",
+        "email": f"{username}@example.org",
+        **fields,
+    }
+    return call(site, "core_user_create_users", users=[user])[0]["id"]
+
+
 def new_course(site: SandboxSite, shortname: str, **fields: Any) -> int:
     course = {"fullname": f"Course {shortname}", "shortname": shortname, "categoryid": 1, **fields}
     return call(site, "core_course_create_courses", courses=[course])[0]["id"]
@@ -306,6 +233,8 @@ def test_a_new_site_holds_the_documented_seed(site):
     }
     assert state.notifications[2].timecreated > state.notifications[1].timecreated
     assert state.enrolments == {} and state.drafts == {} and state.course_modules == {}
+    assert {course.id: course.contextid for course in state.courses.values()} == {1: 2, 2: 11, 3: 12, 4: 13, 5: 14}
+    assert {category.id: category.coursecount for category in state.categories.values()} == {1: 1, 2: 2, 3: 1}
 
 
 def test_two_sites_do_not_share_state(site):
@@ -330,6 +259,8 @@ def test_site_info_lists_every_registered_function_by_default(site):
         "message_popup_get_popup_notifications",
         "message_popup_get_unread_popup_notification_count",
         "local_course_add_new_course_module_resource",
+        "core_course_get_categories",
+        "core_user_create_users",
     } <= set(names)
 
 
@@ -366,13 +297,15 @@ def test_enrolment_and_participants_answer_like_the_recorded_moodle():
     site = golden_site(Clock(1795619440))
     new_course(site, "PY101", fullname="Intro to Python")
     enrolments = [{"roleid": 5, "userid": 3, "courseid": 2}, {"roleid": 5, "userid": 4, "courseid": 2}]
-    assert php_json(call(site, "enrol_manual_enrol_users", enrolments=enrolments)) == b"null"
+    answer = call(site, "enrol_manual_enrol_users", enrolments=enrolments)
+    assert php_json(answer) == golden_bytes("enrol_manual_enrol_users.json") == b"null"
     assert php_json(call(site, "core_enrol_get_enrolled_users", courseid=2)).decode() == GOLDEN_ENROLLED_USERS
 
 
 def test_enrolling_into_a_missing_course_is_invalidparameter_like_the_recorded_moodle(site, debug_site):
     enrolments = [{"roleid": 5, "userid": 3, "courseid": 99999}]
-    assert php_json(error(site, "enrol_manual_enrol_users", enrolments=enrolments)).decode() == GOLDEN_INVALID_PARAMETER
+    body = error(site, "enrol_manual_enrol_users", enrolments=enrolments)
+    assert php_json(body).decode() == golden_text("error_enrol_nonexistent_course.json")
     assert error(debug_site, "enrol_manual_enrol_users", enrolments=enrolments) == GOLDEN_DEBUG_ENROL_MISSING_COURSE
 
 
@@ -385,7 +318,7 @@ def test_users_by_field_answer_like_the_recorded_moodle():
     )
     assert php_json(two).decode() == GOLDEN_USERS_BY_EMAIL_TWO
     nobody = call(site, "core_user_get_users_by_field", field="email", values=["nobody@example.com"])
-    assert php_json(nobody) == b"[]"
+    assert php_json(nobody) == golden_bytes("core_user_get_users_by_field__nomatch.json") == b"[]"
 
 
 def test_notifications_answer_like_the_recorded_moodle():
@@ -397,42 +330,17 @@ def test_notifications_answer_like_the_recorded_moodle():
     assert php_json(two).decode() == GOLDEN_TWO_UNREAD
     first = call(site, "message_popup_get_popup_notifications", useridto=2, limit=1, offset=0, newestfirst=True)
     assert php_json(first).decode() == GOLDEN_LIMIT_1
-    assert php_json(call(site, "message_popup_get_unread_popup_notification_count", useridto=2)) == b"2"
+    two_unread = golden_bytes("message_popup_get_unread_popup_notification_count__two_unread.json")
+    assert php_json(call(site, "message_popup_get_unread_popup_notification_count", useridto=2)) == two_unread == b"2"
     site.state.notifications = {}
     assert php_json(call(site, "message_popup_get_popup_notifications", useridto=2)).decode() == GOLDEN_NO_NOTIFICATIONS
-    assert php_json(call(site, "message_popup_get_unread_popup_notification_count", useridto=2)) == b"0"
+    none_unread = golden_bytes("message_popup_get_unread_popup_notification_count.json")
+    assert php_json(call(site, "message_popup_get_unread_popup_notification_count", useridto=2)) == none_unread == b"0"
 
 
 def test_a_non_integer_course_id_is_invalidparameter_like_the_recorded_moodle(site):
     body = error(site, "core_course_get_courses", options={"ids": ["abc"]})
     assert php_json(body).decode() == GOLDEN_INVALID_PARAMETER
-
-
-@pytest.mark.skipif(not GOLDEN_DIR.is_dir(), reason="the recorded Moodle answers are not on this machine")
-def test_inlined_golden_copies_match_the_recorded_files():
-    def raw(name: str) -> str:
-        return (GOLDEN_DIR / name).read_text()
-
-    assert raw("core_course_create_courses.json") == GOLDEN_CREATE
-    assert raw("core_course_update_courses.json") == GOLDEN_UPDATE
-    assert raw("core_course_get_courses.json") == GOLDEN_GET_COURSES
-    assert raw("core_course_get_courses__by_ids.json") == GOLDEN_GET_COURSES_BY_IDS
-    assert raw("error_duplicate_shortname.json") == GOLDEN_DUPLICATE_SHORTNAME
-    assert raw("error_update_nonexistent_course.json") == GOLDEN_UPDATE_MISSING
-    assert json.loads(raw("debug_mode/error_update_nonexistent_course.json")) == GOLDEN_DEBUG_UPDATE_MISSING
-    assert raw("enrol_manual_enrol_users.json") == "null"
-    assert raw("core_enrol_get_enrolled_users.json") == GOLDEN_ENROLLED_USERS
-    assert raw("error_enrol_nonexistent_course.json") == GOLDEN_INVALID_PARAMETER
-    assert json.loads(raw("debug_mode/error_enrol_nonexistent_course.json")) == GOLDEN_DEBUG_ENROL_MISSING_COURSE
-    assert raw("error_invalid_parameter_type_courseids.json") == GOLDEN_INVALID_PARAMETER
-    assert raw("core_user_get_users_by_field.json") == GOLDEN_USERS_BY_EMAIL
-    assert raw("core_user_get_users_by_field__two.json") == GOLDEN_USERS_BY_EMAIL_TWO
-    assert raw("core_user_get_users_by_field__nomatch.json") == "[]"
-    assert raw("message_popup_get_popup_notifications__with_two_unread.json") == GOLDEN_TWO_UNREAD
-    assert raw("message_popup_get_popup_notifications__limit1.json") == GOLDEN_LIMIT_1
-    assert raw("message_popup_get_popup_notifications.json") == GOLDEN_NO_NOTIFICATIONS
-    assert raw("message_popup_get_unread_popup_notification_count__two_unread.json") == "2"
-    assert raw("message_popup_get_unread_popup_notification_count.json") == "0"
 
 
 # --- core_course_get_courses ------------------------------------------------------------------------------------------
@@ -511,18 +419,85 @@ def test_by_field_public_part_and_extras(site):
     assert course["courseformatoptions"][-1] == {"name": "indentation", "value": "1"}
 
 
-def test_by_field_ids_warns_for_each_missing_course(site):
-    answer = by_field(site, "ids", "99,3")
-    assert [course["id"] for course in answer["courses"]] == [3]
-    assert answer["warnings"] == [
-        {"item": "course", "itemid": 99, "warningcode": "1", "message": "No access rights in course context"}
+def test_every_course_has_the_generated_image_of_its_context_and_the_site_filters(site):
+    courses = by_field(site)["courses"]
+    image = "http://moodle.test/pluginfile.php/{}/course/generated/course.svg"
+    assert [course["courseimage"] for course in courses] == [image.format(context) for context in (2, 11, 12, 13, 14)]
+    recorded = golden_json("core_course_get_courses_by_field__id.json")["courses"][0]["filters"]
+    assert all(course["filters"] == recorded for course in courses)
+    assert [course["courseimage"] for course in search(site, "101")["courses"]] == [
+        "http://moodle.test/pluginfile.php/11/course/generated/course.svg",
+        "http://moodle.test/pluginfile.php/13/course/generated/course.svg",
+        "http://moodle.test/pluginfile.php/12/course/generated/course.svg",
     ]
 
 
-def test_by_field_ids_with_an_empty_id_fails_in_the_database(site):
+def test_new_courses_and_users_take_the_next_context_ids_even_when_rolled_back(site):
+    assert new_course(site, "CTX1") == 6
+    assert site.state.courses[6].contextid == 15
+    taken = {"fullname": "Taken", "shortname": "CTX1", "categoryid": 1}
+    bad = [{"fullname": "Rolled back", "shortname": "CTX2", "categoryid": 1}, taken]
+    assert error(site, "core_course_create_courses", courses=bad)["errorcode"] == "shortnametaken"
+    assert new_user(site, "ctxuser") == 7
+    assert new_course(site, "CTX3") == 8
+    # 16 went to the rolled-back course (kept used, as a PostgreSQL sequence is) and 17 to the user.
+    assert site.state.courses[8].contextid == 18
+
+
+@pytest.mark.parametrize(
+    ("recording", "function", "params"),
+    [
+        (
+            "core_course_get_courses_by_field__id.json",
+            "core_course_get_courses_by_field",
+            {"field": "id", "value": "2"},
+        ),
+        (
+            "core_course_search_courses.json",
+            "core_course_search_courses",
+            {"criterianame": "search", "criteriavalue": "Python"},
+        ),
+    ],
+)
+def test_course_keys_come_in_the_recorded_order(site, recording, function, params):
+    [recorded] = golden_json(recording)["courses"]
+    [course] = call(site, function, **params)["courses"]
+    assert list(course) == list(recorded)
+    assert list(recorded) == (COURSE_KEYS_PUBLIC + COURSE_KEYS_EXTRA if "by_field" in recording else COURSE_KEYS_PUBLIC)
+
+
+@pytest.mark.parametrize("value", ["99,3", "3,99", "99", "3,0", "3,03", "0"])
+def test_by_field_ids_fails_with_a_php_error_when_one_course_is_missing(site, debug_site, value):
+    # A missing id, 0 (no course), or an id with a leading zero (its context is found, the course is not).
+    body = error(site, "core_course_get_courses_by_field", field="ids", value=value)
+    assert php_json(body).decode() == GOLDEN_BY_IDS_MISSING
+    assert error(debug_site, "core_course_get_courses_by_field", field="ids", value=value) == body
+
+
+def test_by_field_ids_keeps_the_order_asked_and_drops_repeats(site):
+    assert [course["id"] for course in by_field(site, "ids", "5,1,3,5,1")["courses"]] == [5, 1, 3]
+    assert [course["id"] for course in by_field(site, "ids", " 4, x2 ")["courses"]] == [4, 2]  # PARAM_SEQUENCE
+
+
+def test_by_field_ids_past_the_bigint_range_fails_in_the_database(debug_site):
+    body = error(debug_site, "core_course_get_courses_by_field", field="ids", value="2,99999999999999999999")
+    assert (body["exception"], body["errorcode"]) == ("dml_read_exception", "dmlreadexception")
+    assert body["debuginfo"].startswith('ERROR:  value "99999999999999999999" is out of range for type bigint\n')
+
+
+def test_by_field_a_single_missing_id_is_an_empty_list_like_the_recorded_moodle(site):
+    assert php_json(by_field(site, "id", "987654")).decode() == golden_text(
+        "core_course_get_courses_by_field__id_missing.json"
+    )
+
+
+def test_by_field_ids_with_an_empty_id_fails_in_the_database(site, debug_site):
     body = error(site, "core_course_get_courses_by_field", field="ids", value="2,,3")
     assert (body["exception"], body["errorcode"]) == ("dml_read_exception", "dmlreadexception")
     assert body["message"] == "Error reading from database"
+    debuginfo = error(debug_site, "core_course_get_courses_by_field", field="ids", value="")["debuginfo"]
+    assert debuginfo.startswith('ERROR:  invalid input syntax for type bigint: ""\nSELECT DISTINCT cc.id')
+    assert debuginfo.endswith("WHERE c.id = ?\n[array (\n  0 => '',\n)]")  # get_in_or_equal() of one id
 
 
 def test_by_field_refuses_an_unknown_field(site, debug_site):
@@ -878,6 +853,97 @@ def test_update_needs_a_course_id(debug_site):
     assert body["debuginfo"].startswith("courses => Invalid parameter value detected (Missing required key")
 
 
+def test_a_move_into_a_missing_category_is_written_then_warned_like_the_recorded_moodle():
+    clock = Clock(1800000000)
+    site = SandboxSite(TOKEN, clock=clock)
+    course = site.state.courses[2]
+    before = (course.sortorder, course.timemodified, course.cacherev)
+    clock.now += 60
+    answer = update(site, {"id": 2, "categoryid": 999999, "fullname": "Moved away", "summary": "Still saved"})
+    recorded = GOLDEN_CATEGORY_MISSING_WARNING["warnings"][0]
+    assert answer == {"warnings": [recorded | {"itemid": 2}]}
+    # Everything update_course() writes before it looks for the category's context stays written.
+    assert (course.category, course.fullname, course.summary) == (999999, "Moved away", "Still saved")
+    assert course.visible == 0  # $DB->get_record() of the category found nothing: empty($newcategory->visible)
+    assert (course.timemodified, course.cacherev) == (1800000060, 1800000060)
+    # fix_course_sortorder() never runs: the sort order and the stored course count of the old category stay.
+    assert course.sortorder == before[0] == 10001
+    assert site.state.categories[1].coursecount == 1
+    [listed] = call(site, "core_course_get_courses", options={"ids": [2]})
+    assert (listed["categoryid"], listed["fullname"], listed["visible"]) == (999999, "Moved away", 0)
+
+
+def test_a_move_into_a_missing_category_names_the_category_query_in_debug_mode(debug_site):
+    [warning] = update(debug_site, {"id": 2, "categoryid": 999999})["warnings"]
+    assert warning == {
+        "item": "course",
+        "itemid": 2,
+        "warningcode": "invalidrecord",
+        "message": "Can't find data record in database table course_categories. "
+        "(SELECT id,parent FROM {course_categories} WHERE id = ?\n[array (\n  0 => 999999,\n)])",
+    }
+    assert debug_site.state.courses[2].category == 999999
+
+
+def test_a_visibility_sent_with_the_move_is_kept(site):
+    update(site, {"id": 5, "categoryid": 999999, "visible": 1})  # HIST201 was hidden: a change, so no category check
+    update(site, {"id": 3, "categoryid": 999999, "visible": 1})  # CHEM101 was visible: no change, so hidden
+    assert (site.state.courses[5].visible, site.state.courses[3].visible) == (1, 0)
+
+
+def test_a_move_into_a_hidden_category_hides_the_course(site):
+    site.state.categories[3].visible = 0
+    assert update(site, {"id": 2, "categoryid": 3}) == {"warnings": []}
+    assert (site.state.courses[2].category, site.state.courses[2].visible) == (3, 0)
+    assert site.state.courses[2].sortorder == 30001
+
+
+def test_a_course_in_a_missing_category_is_listed_but_breaks_every_search_that_finds_it(site, debug_site):
+    for each in (site, debug_site):
+        update(each, {"id": 3, "categoryid": 999999})
+    [course] = by_field(site, "id", "3")["courses"]
+    assert (course["categoryid"], course["categoryname"], course["visible"]) == (999999, "", 0)
+    assert [course["id"] for course in by_field(site, "category", "999999")["courses"]] == [3]
+    assert [course["id"] for course in by_field(site, "ids", "3,2")["courses"]] == [3, 2]
+    body = error(site, "core_course_search_courses", criterianame="search", criteriavalue="101")
+    assert php_json(body).decode() == GOLDEN_MISSING_RECORD
+    # Also when the course is not on the page asked for: every match is checked before paging.
+    assert error(site, "core_course_search_courses", criterianame="search", criteriavalue="101", perpage=1) == body
+    assert search(site, "python")["total"] == 1  # searches that do not find it still work
+    debug = error(debug_site, "core_course_search_courses", criterianame="search", criteriavalue="Chemistry")
+    assert (debug["errorcode"], debug["debuginfo"]) == (
+        "invalidrecord",
+        "SELECT id,parent FROM {course_categories} WHERE id = ?\n[array (\n  0 => 999999,\n)]",
+    )
+
+
+def test_a_search_finds_a_course_in_a_missing_category_the_token_user_is_enrolled_in(site):
+    update(site, {"id": 3, "categoryid": 999999})
+    call(site, "enrol_manual_enrol_users", enrolments=[{"roleid": 3, "userid": 2, "courseid": 3}])
+    [course] = search(site, "chemistry")["courses"]
+    assert (course["id"], course["categoryname"]) == (3, "")
+    call(site, "local_course_add_new_course_module_resource", courseid="4", sectionnum="1", itemid="0",
+         displayname="Notes", visible="true")  # fmt: skip
+    update(site, {"id": 4, "categoryid": 999998})
+    body = error(site, "core_course_search_courses", criterianame="modulelist", criteriavalue="resource")
+    assert body["errorcode"] == "invalidrecordunknown"
+
+
+def test_a_course_moved_back_into_a_real_category_is_placed_and_counted(site):
+    update(site, {"id": 2, "categoryid": 999999})
+    assert update(site, {"id": 2, "categoryid": 2}) == {"warnings": []}
+    course = site.state.courses[2]
+    assert (course.category, course.sortorder, course.visible) == (2, 20001, 0)
+    assert {category.id: category.coursecount for category in site.state.categories.values()} == {1: 0, 2: 3, 3: 1}
+    assert search(site, "python")["total"] == 1
+
+
+def test_updating_a_course_already_in_a_missing_category_works(site):
+    update(site, {"id": 2, "categoryid": 999999})
+    assert update(site, {"id": 2, "fullname": "Still lost", "categoryid": 999999}) == {"warnings": []}
+    assert site.state.courses[2].fullname == "Still lost"
+
+
 # --- core_user_get_users_by_field -------------------------------------------------------------------------------------
 
 
@@ -1072,20 +1138,36 @@ def test_enrolment_errors_are_moodles(site, enrolment, errorcode, message):
     }
 
 
-def test_enrolling_a_missing_user_hides_the_table_unless_debugging(site, debug_site):
-    enrolment = {"roleid": 5, "userid": 99, "courseid": 2}
-    assert error(site, "enrol_manual_enrol_users", enrolments=[enrolment]) == {
-        "exception": "dml_missing_record_exception",
-        "errorcode": "invalidrecordunknown",
-        "message": "Can't find data record in database.",
-    }
-    debuginfo = "SELECT * FROM {user} WHERE id = ?\n[array (\n  0 => 99,\n)]"
-    assert error(debug_site, "enrol_manual_enrol_users", enrolments=[enrolment]) == {
-        "exception": "dml_missing_record_exception",
-        "errorcode": "invaliduser",
-        "message": f"Invalid user ({debuginfo})",
-        "debuginfo": debuginfo,
-    }
+def test_enrolling_a_missing_user_is_the_php_type_error_of_the_recorded_moodle(site, debug_site):
+    enrolment = {"roleid": 5, "userid": 999999, "courseid": 2}
+    body = error(site, "enrol_manual_enrol_users", enrolments=[enrolment])
+    assert php_json(body).decode() == GOLDEN_ENROL_MISSING_USER
+    assert "/var/www/moodle/lib/enrollib.php" in body["message"]  # the server path the gateway must not pass on
+    assert error(debug_site, "enrol_manual_enrol_users", enrolments=[enrolment]) == body  # no debuginfo either
+    assert site.state.enrolments == {}
+
+
+def test_a_missing_user_is_enrolled_before_the_welcome_message_fails():
+    """Moodle inserts the enrolment first; only the call's transaction takes it back."""
+    site = SandboxSite(TOKEN)
+    with pytest.raises(MoodleException) as caught:
+        enrol_one(site, {"roleid": 5, "userid": 999999, "courseid": 2})
+    assert caught.value.exception == "TypeError"
+    assert list(site.state.enrolments) == [(2, 999999)]
+
+
+@pytest.mark.parametrize(
+    ("enrolment", "errorcode"),
+    [
+        ({"roleid": 5, "userid": 999999, "courseid": 99999}, "invalidparameter"),  # the course is checked first
+        ({"roleid": 7, "userid": 999999, "courseid": 2}, "wsusercannotassign"),  # then the role
+        ({"roleid": 5, "userid": 999999, "courseid": 1}, "wsnoinstance"),  # then the manual instance
+        ({"roleid": 7, "userid": 1, "courseid": 2}, "wsusercannotassign"),
+        ({"roleid": 5, "userid": -10, "courseid": 1}, "wsnoinstance"),
+    ],
+)
+def test_the_user_is_only_looked_at_after_the_course_role_and_instance(site, enrolment, errorcode):
+    assert error(site, "enrol_manual_enrol_users", enrolments=[enrolment])["errorcode"] == errorcode
 
 
 def test_enrolment_is_all_or_nothing(site):
@@ -1099,7 +1181,7 @@ def test_enrolment_is_all_or_nothing(site):
             {"roleid": 5, "userid": 99, "courseid": 2},
         ],
     )
-    assert body["errorcode"] == "invalidrecordunknown"
+    assert body["exception"] == "TypeError"
     assert list(site.state.enrolments) == [(2, 3)]
     assert (site.state.enrolments[(2, 3)].roleids, site.state.enrolments[(2, 3)].status) == ([5], 0)
 
@@ -1129,9 +1211,22 @@ def test_the_admin_reads_another_users_notifications(site):
     assert notifications(site, 4) == {"notifications": [], "unreadcount": 0}
 
 
-def test_unknown_and_non_real_users(site, debug_site):
-    # Moodle only checks that the id could be a real user: an unused one just has no notifications.
-    assert notifications(site, 99) == {"notifications": [], "unreadcount": 0}
+def test_a_user_nobody_has_is_a_missing_record_like_the_recorded_moodle(site, debug_site):
+    body = error(site, "message_popup_get_popup_notifications", useridto=999999)
+    assert php_json(body).decode() == golden_text("error_popup_notifications_nonexistent_user.json")
+    debuginfo = "SELECT emailstop FROM {user} WHERE id = ?\n[array (\n  0 => 999999,\n)]"
+    assert error(debug_site, "message_popup_get_popup_notifications", useridto=999999) == {
+        "exception": "dml_missing_record_exception",
+        "errorcode": "invaliduser",
+        "message": f"Invalid user ({debuginfo})",
+        "debuginfo": debuginfo,
+    }
+    # The count never looks the user up.
+    assert php_json(call(site, "message_popup_get_unread_popup_notification_count", useridto=999999)) == b"0"
+    assert call(debug_site, "message_popup_get_unread_popup_notification_count", useridto=999999) == 0
+
+
+def test_ids_that_cannot_be_real_users_are_invaliduser(site):
     invalid_user = {
         "exception": "core\\exception\\moodle_exception",
         "errorcode": "invaliduser",
@@ -1139,12 +1234,13 @@ def test_unknown_and_non_real_users(site, debug_site):
     }
     assert error(site, "message_popup_get_popup_notifications", useridto=-10) == invalid_user
     assert error(site, "message_popup_get_unread_popup_notification_count", useridto=-20) == invalid_user
-    assert error(site, "message_popup_get_unread_popup_notification_count", useridto=99)["errorcode"] == (
-        "invalidrecordunknown"
-    )
-    assert error(debug_site, "message_popup_get_unread_popup_notification_count", useridto=99)["errorcode"] == (
-        "invaliduser"
-    )
+
+
+def test_a_user_who_stopped_notifications_has_none_listed_but_still_counted(site):
+    site.state.users[3].emailstop = 1
+    assert notifications(site, 3) == {"notifications": [], "unreadcount": 1}
+    site.admin.emailstop = 1  # the token user's own setting is read from the session, not the table
+    assert notifications(site, 0) == {"notifications": [], "unreadcount": 2}
 
 
 def test_the_unread_count_is_a_bare_number(site):
@@ -1254,6 +1350,238 @@ def test_text_that_is_no_number_fails_in_the_database(site, field, value):
     assert site.state.course_modules == {}
 
 
+# --- core_course_get_categories ---------------------------------------------------------------------------------------
+
+
+CATEGORY_KEYS = [
+    "id",
+    "name",
+    "idnumber",
+    "description",
+    "descriptionformat",
+    "parent",
+    "sortorder",
+    "coursecount",
+    "visible",
+    "visibleold",
+    "timemodified",
+    "depth",
+    "path",
+    "theme",
+]
+
+
+def categories(site: SandboxSite, *criteria: tuple[str, str], **options: Any) -> list[dict[str, Any]]:
+    listed = [{"key": key, "value": value} for key, value in criteria]
+    return call(site, "core_course_get_categories", criteria=listed, **options)
+
+
+def category_ids(site: SandboxSite, *criteria: tuple[str, str], **options: Any) -> list[int]:
+    return [category["id"] for category in categories(site, *criteria, **options)]
+
+
+def test_categories_are_all_listed_with_the_managers_fields_in_moodles_key_order(site):
+    listed = call(site, "core_course_get_categories")
+    assert [category["id"] for category in listed] == [1, 2, 3]
+    assert all(list(category) == CATEGORY_KEYS for category in listed)
+    assert listed[1] == {
+        "id": 2,
+        "name": "Science",
+        "idnumber": "",
+        "description": "",
+        "descriptionformat": 0,
+        "parent": 0,
+        "sortorder": 20000,
+        "coursecount": 2,
+        "visible": 1,
+        "visibleold": 1,
+        "timemodified": site.state.categories[2].timemodified,
+        "depth": 1,
+        "path": "/2",
+        "theme": "",
+    }
+
+
+def test_a_category_is_found_by_id_and_a_missing_id_gives_an_empty_list(site):
+    # The gateway's existence check before a move.
+    assert category_ids(site, ("id", "2"), addsubcategories=False) == [2]
+    assert php_json(categories(site, ("id", "999999"), addsubcategories=False)) == b"[]"
+    assert categories(site, ("id", "999999")) == []
+    assert categories(site, ("id", "abc")) == []  # PARAM_INT makes it 0
+
+
+@pytest.mark.parametrize(
+    ("criteria", "ids"),
+    [
+        ([("ids", "3,1,77")], [1, 3]),
+        ([("name", "Science")], [2]),
+        ([("name", "science")], []),
+        ([("parent", "0")], [1, 2, 3]),
+        ([("visible", "1"), ("name", "Humanities")], [3]),
+        ([("id", "1"), ("id", "2")], [1]),  # a repeated key counts once
+        ([("ids", "1,2"), ("ids", "2,3")], [2]),  # except ids
+        ([("idnumber", "")], [1, 2, 3]),
+        ([("theme", "boost")], []),  # no category has a theme of its own
+    ],
+)
+def test_criteria_are_anded(site, criteria, ids):
+    assert category_ids(site, *criteria) == ids
+
+
+def test_subcategories_are_added_unless_asked_not_to(site):
+    site.state.categories[4] = Category(4, "Chemistry", 20010, parent=2)
+    site.state.categories[5] = Category(5, "Organic", 20020, parent=4, visible=0)
+    assert category_ids(site, ("id", "2")) == [2, 4, 5]
+    assert category_ids(site, ("id", "2"), addsubcategories=False) == [2]
+    assert category_ids(site, ("id", "2"), ("visible", "1")) == [2, 4]  # the visible criterion applies below too
+    [organic] = categories(site, ("id", "5"))
+    assert (organic["parent"], organic["depth"], organic["path"]) == (4, 3, "/2/4/5")
+
+
+def test_categories_are_sorted_by_sortorder_compared_as_text(site):
+    site.state.categories[4] = Category(4, "Late", 9000)
+    assert category_ids(site) == [1, 2, 3, 4]  # "9000" sorts after "30000" with strcmp()
+
+
+def test_the_course_count_is_the_stored_one(site):
+    update(site, {"id": 2, "categoryid": 999999})
+    assert categories(site, ("id", "1"))[0]["coursecount"] == 1  # not fixed after the failed move
+    new_course(site, "COUNT1", categoryid=3)
+    assert [category["coursecount"] for category in categories(site)] == [0, 2, 2]
+
+
+def test_an_unknown_criterion_is_a_criteriaerror(site, debug_site):
+    body = error(
+        site, "core_course_get_categories", criteria=[{"key": "id", "value": "1"}, {"key": "path", "value": "/1"}]
+    )
+    assert body == {
+        "exception": "core\\exception\\moodle_exception",
+        "errorcode": "criteriaerror",
+        "message": "Missing permissions to search on a criterion.",
+    }
+    debug = error(debug_site, "core_course_get_categories", criteria=[{"key": "ID", "value": "1"}])
+    assert debug["debuginfo"] == "You can not search on this criteria: ID"
+    # PARAM_ALPHA refuses anything else before the function runs.
+    assert error(site, "core_course_get_categories", criteria=[{"key": "id_", "value": "1"}])["errorcode"] == (
+        "invalidparameter"
+    )
+
+
+def test_ids_postgresql_cannot_read_fail_after_every_criterion_is_checked(site, debug_site):
+    body = error(site, "core_course_get_categories", criteria=[{"key": "ids", "value": "1,,2"}])
+    assert (body["exception"], body["errorcode"]) == ("dml_read_exception", "dmlreadexception")
+    unknown_after = [{"key": "ids", "value": ""}, {"key": "nope", "value": "x"}]
+    assert error(site, "core_course_get_categories", criteria=unknown_after)["errorcode"] == "criteriaerror"
+    debug = error(debug_site, "core_course_get_categories", criteria=[{"key": "ids", "value": "x"}])
+    assert debug["debuginfo"].endswith("SELECT * FROM {course_categories} WHERE id = ?\n[array (\n  0 => '',\n)]")
+
+
+# --- core_user_create_users -------------------------------------------------------------------------------------------
+
+
+def user_error(site: SandboxSite, **fields: Any) -> dict[str, Any]:
+    user = {"username": "newbie", "password": "Sandbox#1234", "firstname": "New", "lastname": "User", **fields}
+    return error(site, "core_user_create_users", users=[{"email": "newbie@example.org", **user}])
+
+
+def test_created_users_get_the_next_ids_and_moodles_defaults():
+    site = SandboxSite(TOKEN, clock=Clock(1800000000))
+    created = call(
+        site,
+        "core_user_create_users",
+        users=[
+            {"username": "ada", "password": "Ada#12345", "firstname": "Ada", "lastname": "L", "email": "a@ex.org"},
+            {
+                "username": "bob",
+                "createpassword": 1,
+                "firstname": "Bob",
+                "lastname": "B",
+                "email": "b@ex.org",
+                "idnumber": "B1",
+                "department": "Maths",
+                "timezone": "Europe/Berlin",
+            },
+        ],
+    )
+    assert created == [{"id": 7, "username": "ada"}, {"id": 8, "username": "bob"}]
+    [ada] = call(site, "core_user_get_users_by_field", field="id", values=["7"])
+    assert (ada["auth"], ada["lang"], ada["timezone"], ada["mailformat"], ada["confirmed"]) == (
+        "manual",
+        "en",
+        "99",
+        1,
+        True,
+    )
+    bob = site.state.users[8]
+    assert (bob.idnumber, bob.department, bob.timezone, bob.timecreated) == ("B1", "Maths", "Europe/Berlin", 1800000000)
+
+
+def test_create_users_answers_like_the_recorded_moodle(site, debug_site):
+    duplicate = {"username": "student1", "password": "Student#1234", "firstname": "Dup", "lastname": "User"}
+    body = error(site, "core_user_create_users", users=[duplicate | {"email": "dup@example.com"}])
+    assert php_json(body).decode() == golden_text("error_duplicate_username.json")
+    debug = error(debug_site, "core_user_create_users", users=[duplicate | {"email": "dup@example.com"}])
+    assert debug == golden_json("debug_mode/error_duplicate_username.json")
+    weak = user_error(site, username="student9", password="abc")
+    assert php_json(weak).decode() == golden_text("error_weak_password.json")
+
+
+@pytest.mark.parametrize(
+    ("fields", "debuginfo"),
+    [
+        ({"auth": "webservice"}, "Invalid authentication type: webservice"),
+        ({"auth": "mnet"}, "Invalid authentication type: mnet"),
+        ({"password": ""}, "Invalid password: you must provide a password, or set createpassword."),
+        ({"password": "0"}, "Invalid password: you must provide a password, or set createpassword."),
+        ({"email": "not-an-address"}, "Email address is invalid: not-an-address"),
+        ({"email": "a<b@example.org"}, "Email address is invalid: a<b@example.org"),
+        ({"email": "Student1@Example.com"}, "Email address already exists: Student1@Example.com"),
+    ],
+)
+def test_create_users_refuses_like_moodle(site, debug_site, fields, debuginfo):
+    assert php_json(user_error(site, **fields)).decode() == GOLDEN_INVALID_PARAMETER
+    assert user_error(debug_site, **fields)["debuginfo"] == debuginfo
+
+
+@pytest.mark.parametrize(
+    ("fields", "type_name"),
+    [
+        ({"username": "Newbie"}, "username"),  # PARAM_USERNAME lowercases, so the value is refused
+        ({"auth": "ldapx"}, "auth"),
+        ({"lang": "de"}, "lang"),
+        ({"theme": "fancy"}, "theme"),
+        ({"timezone": "Mars/Olympus Mons"}, "timezone"),
+        ({"email": " a@example.org"}, "raw_trimmed"),
+    ],
+)
+def test_create_users_parameters_are_cleaned_like_moodle(debug_site, fields, type_name):
+    assert f'the server was expecting "{type_name}" type' in user_error(debug_site, **fields)["debuginfo"]
+
+
+def test_a_password_policy_error_lists_each_broken_rule(site):
+    assert user_error(site, password="ALLCAPSLONG")["errorcode"] == (
+        "<div>Passwords must have at least 1 digit(s).</div>"
+        "<div>Passwords must have at least 1 lower case letter(s).</div>"
+        "<div>The password must have at least 1 special character(s) such as *, -, or #.</div>"
+    )
+    assert user_error(site, password="Äpfel#123456")["errorcode"] == (
+        "<div>Passwords must have at least 1 upper case letter(s).</div>"  # only ASCII counts
+    )
+    # External authentication and createpassword keep no password here, so no policy applies.
+    assert call(site, "core_user_create_users", users=[{"username": "ext", "auth": "ldap", "firstname": "E",
+                                                       "lastname": "X", "email": "ext@example.org"}])  # fmt: skip
+
+
+def test_create_users_is_all_or_nothing(site):
+    users = [
+        {"username": "one", "password": "One#12345", "firstname": "O", "lastname": "N", "email": "one@example.org"},
+        {"username": "one", "password": "One#12345", "firstname": "O", "lastname": "N", "email": "two@example.org"},
+    ]
+    assert error(site, "core_user_create_users", users=users)["errorcode"] == "invalidparameter"
+    assert sorted(site.state.users) == [1, 2, 3, 4, 5, 6]
+    assert new_user(site, "three") == 8  # 7 went to the rolled-back user and is not given again
+
+
 # --- Over HTTP: state across calls, JSON encoding, threads -----------------------------------------------------------
 
 
@@ -1292,6 +1620,50 @@ def test_a_course_lives_through_create_list_update_enrol_and_participants(server
     [user] = http_call(server, "core_enrol_get_enrolled_users", courseid=course_id).json()
     assert user["username"] == "student3"
     assert {"id": course_id, "fullname": "Renamed", "shortname": "STATE1"} in user["enrolledcourses"]
+
+
+def test_moodles_php_errors_and_missing_users_come_over_http_byte_for_byte(server):
+    by_ids = http_call(server, "core_course_get_courses_by_field", field="ids", value="2,987654")
+    assert (by_ids.status_code, by_ids.content) == (200, GOLDEN_BY_IDS_MISSING.encode())
+    enrol = http_call(server, "enrol_manual_enrol_users", enrolments=[{"roleid": 5, "userid": 999999, "courseid": 2}])
+    assert (enrol.status_code, enrol.content) == (200, GOLDEN_ENROL_MISSING_USER.encode())
+    with server.site.lock:
+        assert (2, 999999) not in server.site.state.enrolments
+    popup = http_call(server, "message_popup_get_popup_notifications", useridto=999999)
+    assert popup.content == golden_bytes("error_popup_notifications_nonexistent_user.json")
+    assert http_call(server, "message_popup_get_unread_popup_notification_count", useridto=999999).content == b"0"
+
+
+def test_users_and_categories_over_http(server):
+    user = {"username": "httpuser", "password": "Http#12345", "firstname": "H", "lastname": "T", "email": "h@ex.org"}
+    [created] = http_call(server, "core_user_create_users", users=[user]).json()
+    [found] = http_call(server, "core_user_get_users_by_field", field="username", values=["httpuser"]).json()
+    assert found["id"] == created["id"]
+    one = {"criteria": [{"key": "id", "value": "1"}], "addsubcategories": 0}
+    assert [category["name"] for category in http_call(server, "core_course_get_categories", **one).json()] == [
+        "Category 1"
+    ]
+    missing = {"criteria": [{"key": "id", "value": "999999"}], "addsubcategories": 0}
+    assert http_call(server, "core_course_get_categories", **missing).content == b"[]"
+
+
+def test_a_course_moved_into_a_missing_category_over_http():
+    sandbox = start_sandbox(token=TOKEN)
+    try:
+        created = http_call(
+            sandbox, "core_course_create_courses", courses=[{"fullname": "Lost", "shortname": "LOST1", "categoryid": 1}]
+        ).json()
+        course_id = created[0]["id"]
+        moved = http_call(sandbox, "core_course_update_courses", courses=[{"id": course_id, "categoryid": 999999}])
+        assert moved.json() == {"warnings": [GOLDEN_CATEGORY_MISSING_WARNING["warnings"][0] | {"itemid": course_id}]}
+        listed = http_call(sandbox, "core_course_get_courses_by_field", field="id", value=str(course_id)).json()
+        [course] = listed["courses"]
+        assert (course["categoryid"], course["categoryname"], course["visible"]) == (999999, "", 0)
+        assert course["courseimage"] == f"{sandbox.url}/pluginfile.php/15/course/generated/course.svg"
+        lost = http_call(sandbox, "core_course_search_courses", criterianame="search", criteriavalue="Lost")
+        assert lost.content == GOLDEN_MISSING_RECORD.encode()
+    finally:
+        sandbox.stop()
 
 
 def test_answers_escape_slashes_like_php(server):

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import re
 import socket
-from pathlib import Path
 
 import pytest
 import requests
@@ -16,26 +14,14 @@ from lms_api.sandbox.phpform import PhpArray
 from lms_api.sandbox.server import SandboxServer, start_sandbox
 from lms_api.sandbox.site import SandboxSite
 from lms_api.sandbox.upload import UploadedFile, ajax_error, upload
+from tests.unit.test_sandbox_golden import golden_bytes, golden_json, recorded_content_type
 
 TOKEN = "0123456789abcdef0123456789abcdef"
-GOLDEN_DIR = Path("/work/shared/moodle-golden")
 HELLO = b"print('hello from moodle')"  # 26 bytes, like the recorded hello.py
 
-GOLDEN_UPLOAD_DRAFT = (
-    r'[{"component":"user","contextid":5,"userid":"2","filearea":"draft","filename":"hello.py","filepath":"\/",'
-    r'"itemid":549014061,"license":"unknown","author":"Admin User",'
-    r'"source":"O:8:\"stdClass\":1:{s:6:\"source\";s:8:\"hello.py\";}","filesize":26}]'
-)
-GOLDEN_BAD_TOKEN = (
-    '{"error":"Invalid token - token not found","errorcode":"invalidtoken","stacktrace":null,"debuginfo":null,'
-    '"reproductionlink":null}'
-)
-GOLDEN_DEBUG_BAD_TOKEN = (
-    r'{"error":"Invalid token - token not found","errorcode":"invalidtoken","stacktrace":"* line 81 of '
-    r"\/webservice\/lib.php: core\\exception\\moodle_exception thrown\n* line 58 of \/webservice\/upload.php: call to "
-    r'webservice->authenticate_user()\n","debuginfo":"\nError code: invalidtoken",'
-    r'"reproductionlink":"http:\/\/127.0.0.1:8088\/"}'
-)
+GOLDEN_UPLOAD_DRAFT = golden_bytes("upload_draft.json")
+GOLDEN_BAD_TOKEN = golden_bytes("upload_error_bad_token.json")
+GOLDEN_DEBUG_BAD_TOKEN = golden_bytes("debug_mode/upload_error_bad_token.json")
 TEXT_PLAIN = "text/plain; charset=utf-8"
 JSON_UTF8 = "application/json; charset=utf-8"
 
@@ -79,7 +65,7 @@ def test_an_upload_answers_like_the_recorded_moodle(server):
     response = send(server, [("file_1", ("hello.py", HELLO))], filearea="draft", itemid="0")
     assert response.status_code == 200
     assert response.headers["Content-Type"] == TEXT_PLAIN
-    assert re.sub(rb'"itemid":\d+', b'"itemid":549014061', response.content) == GOLDEN_UPLOAD_DRAFT.encode()
+    assert re.sub(rb'"itemid":\d+', b'"itemid":549014061', response.content) == GOLDEN_UPLOAD_DRAFT
     itemid = response.json()[0]["itemid"]
     assert 1 <= itemid <= 999999999
     with server.site.lock:
@@ -91,34 +77,32 @@ def test_an_upload_answers_like_the_recorded_moodle(server):
 def test_a_bad_token_answers_like_the_recorded_moodle(server):
     response = send(server, [("file_1", ("hello.py", HELLO))], token="wrong")
     assert (response.status_code, response.headers["Content-Type"]) == (200, TEXT_PLAIN)
-    assert response.content == GOLDEN_BAD_TOKEN.encode()
+    assert response.content == GOLDEN_BAD_TOKEN
 
 
 def test_a_bad_token_in_debug_mode_answers_like_the_recorded_moodle():
     site = SandboxSite(TOKEN, base_url="http://127.0.0.1:8088", debug=True)
     with pytest.raises(MoodleException) as caught:
         upload(site, PhpArray({"token": "wrong"}), {"file_1": UploadedFile("hello.py", 26)})
-    assert php_json(ajax_error(site, caught.value)) == GOLDEN_DEBUG_BAD_TOKEN.encode()
+    assert php_json(ajax_error(site, caught.value)) == GOLDEN_DEBUG_BAD_TOKEN
 
 
 def test_no_file_is_an_empty_list_like_the_recorded_moodle(server):
     response = send(server, filearea="draft")
-    assert (response.content, response.headers["Content-Type"]) == (b"[]", JSON_UTF8)
+    assert (response.content, response.headers["Content-Type"]) == (
+        golden_bytes("upload_error_no_file.json"),
+        JSON_UTF8,
+    )
 
 
-@pytest.mark.skipif(not GOLDEN_DIR.is_dir(), reason="the recorded Moodle answers are not on this machine")
-def test_inlined_golden_copies_match_the_recorded_files():
-    def raw(name: str) -> str:
-        return (GOLDEN_DIR / name).read_text()
-
-    assert raw("upload_draft.json") == GOLDEN_UPLOAD_DRAFT
-    assert raw("upload_error_bad_token.json") == GOLDEN_BAD_TOKEN
-    assert raw("debug_mode/upload_error_bad_token.json") == GOLDEN_DEBUG_BAD_TOKEN
-    assert raw("upload_error_no_file.json") == "[]"
-    two = json.loads(raw("upload_draft_two_files.json"))
-    assert [(entry["filename"], entry["filesize"]) for entry in two] == [("hello.py", 26), ("notes.txt", 20)]
-    assert two[0]["itemid"] == two[1]["itemid"]
-    assert "Content-type: text/plain; charset=utf-8" in raw("upload_draft.headers.txt")
+def test_two_files_share_one_new_draft_item_like_the_recorded_moodle(server):
+    files = [("file_1", ("hello.py", HELLO)), ("file_2", ("notes.txt", b"notes for the lesson"))]
+    response = send(server, files, filearea="draft", itemid="0")
+    assert response.headers["Content-Type"] == recorded_content_type("upload_draft.json") == TEXT_PLAIN
+    recorded = golden_json("upload_draft_two_files.json")
+    answer = response.json()
+    assert answer[0]["itemid"] == answer[1]["itemid"]
+    assert [entry | {"itemid": 0} for entry in answer] == [entry | {"itemid": 0} for entry in recorded]
 
 
 # --- Draft areas ------------------------------------------------------------------------------------------------------

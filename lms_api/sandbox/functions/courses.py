@@ -4,6 +4,10 @@ Listing: ``core_course_get_courses`` (every field, front page included), ``core_
 public structure plus the manager-only extras) and ``core_course_search_courses`` (public structure, front page never
 listed). Writing: ``core_course_create_courses`` (one transaction) and ``core_course_update_courses`` (each failure a
 warning, no transaction).
+
+A course can end up in a category that does not exist: ``update_course()`` writes the new category before it looks
+for the category's context, and nothing undoes the write. Such a course is still listed by ``get_courses`` and
+``get_courses_by_field`` (with an empty ``categoryname``), but every search that finds it fails.
 """
 
 from __future__ import annotations
@@ -11,11 +15,17 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from lms_api.sandbox.errors import MoodleException, course_ids_read_error, missing_record, moodle_exception
+from lms_api.sandbox.errors import (
+    MoodleException,
+    PhpError,
+    course_ids_read_error,
+    missing_record,
+    moodle_exception,
+)
 from lms_api.sandbox.functions.formatting import format_string, format_text
 from lms_api.sandbox.params import DEFAULT, OPTIONAL, Multiple, Single, Value, invalid_parameter
 from lms_api.sandbox.php import is_valid_plugin_name, php_empty, php_intval, php_loose_equals, php_trim, strip_tags
-from lms_api.sandbox.records import Course
+from lms_api.sandbox.records import Course, SiteState
 from lms_api.sandbox.registry import sandbox_function
 from lms_api.sandbox.seed import EDITING_TEACHER_ROLE_ID, FORMAT_OPTIONS, SITE_COURSE_ID
 
@@ -114,6 +124,9 @@ SEARCH_COURSES = Single(
     }
 )
 _SEARCH_CRITERIA = ("search", "modulelist", "blocklist", "tagid")
+# filter_get_available_in_context() of a course on a stock site: the filters enabled site-wide, none set locally.
+_COURSE_FILTERS = ("displayh5p", "activitynames", "mathjaxloader", "emoticon", "urltolink", "mediaplugin")
+_CANONICAL_ID = re.compile(r"0|[1-9][0-9]*")  # an id PHP turns into an integer array key
 
 
 # --- Answers --------------------------------------------------------------------------------------------------------
@@ -164,10 +177,16 @@ def get_courses_record(course: Course) -> dict[str, Any]:
     }
 
 
+def course_image_url(site: SandboxSite, course: Course) -> str:
+    """``$OUTPUT->get_generated_url_for_course()``: no course of the sandbox has an image of its own."""
+    return f"{site.base_url}/pluginfile.php/{course.contextid}/course/generated/course.svg"
+
+
 def public_record(site: SandboxSite, course: Course) -> dict[str, Any]:
     """``get_course_public_information()``: what search and get_courses_by_field show anyone who may see the course.
 
-    ``courseimage`` (a generated SVG data URL in Moodle) and ``customfields`` (none on a stock site) are left out.
+    ``customfields`` (none on a stock site) is left out. A missing category has an empty ``categoryname``, as
+    Moodle reads it with IGNORE_MISSING.
     """
     category = site.state.categories.get(course.category)
     summary, summaryformat = format_text(course.summary, course.summaryformat)
@@ -187,6 +206,7 @@ def public_record(site: SandboxSite, course: Course) -> dict[str, Any]:
         "fullname": format_string(course.fullname),
         "displayname": format_string(course.fullname),
         "shortname": format_string(course.shortname),
+        "courseimage": course_image_url(site, course),
         "categoryid": course.category,
         "categoryname": format_string(category.name) if category else "",
         "sortorder": course.sortorder,
@@ -202,7 +222,7 @@ def public_record(site: SandboxSite, course: Course) -> dict[str, Any]:
 
 
 def _by_field_record(site: SandboxSite, course: Course) -> dict[str, Any]:
-    """The public structure plus what ``get_courses_by_field`` adds for a manager (``filters`` left out)."""
+    """The public structure plus what ``get_courses_by_field`` adds for a manager."""
     config = dict(course.format_options)
     if course.format in ("topics", "weeks"):
         config["indentation"] = "1"  # format_*::get_config_for_external() adds the plugin setting
@@ -232,6 +252,7 @@ def _by_field_record(site: SandboxSite, course: Course) -> dict[str, Any]:
         "timemodified": course.timemodified,
         "requested": course.requested,
         "cacherev": course.cacherev,
+        "filters": [{"filter": name, "localstate": 0, "inheritedstate": 1} for name in _COURSE_FILTERS],
         "courseformatoptions": _format_option_list(config),
     }
 
@@ -253,7 +274,6 @@ def get_courses_by_field(site: SandboxSite, params: dict[str, Any]) -> dict[str,
     """Courses whose ``field`` (id, ids, shortname, idnumber, category; none for all) matches exactly, by id."""
     field, value = params["field"], params["value"]
     courses = site.state.courses
-    warnings: list[dict[str, Any]] = []
     if field == "":
         found = [courses[course_id] for course_id in sorted(courses)]
     elif field in ("id", "category"):
@@ -261,7 +281,7 @@ def get_courses_by_field(site: SandboxSite, params: dict[str, Any]) -> dict[str,
         column = "id" if field == "id" else "category"
         found = [courses[course_id] for course_id in sorted(courses) if getattr(courses[course_id], column) == wanted]
     elif field == "ids":
-        found, warnings = _courses_by_ids(site, re.sub(r"[^0-9,]", "", value))
+        found = _courses_by_ids(site, re.sub(r"[^0-9,]", "", value))
     elif field in ("shortname", "idnumber"):
         wanted_text = strip_tags(value) if field == "shortname" else value  # PARAM_TEXT and PARAM_RAW
         found = [
@@ -269,29 +289,28 @@ def get_courses_by_field(site: SandboxSite, params: dict[str, Any]) -> dict[str,
         ]
     else:
         raise invalid_parameter("Invalid field name")
-    return {"courses": [_by_field_record(site, course) for course in found], "warnings": warnings}
+    # The warnings are those of courses the token user may not enter, which never happens to a site admin.
+    return {"courses": [_by_field_record(site, course) for course in found], "warnings": []}
 
 
-def _courses_by_ids(site: SandboxSite, sequence: str) -> tuple[list[Course], list[dict[str, Any]]]:
-    """``util::validate_courses()``: courses in the order asked, a warning (code ``'1'``) for each missing one."""
+def _courses_by_ids(site: SandboxSite, sequence: str) -> list[Course]:
+    """``util::validate_courses($ids, [], false, true)``: the courses in the order asked, repeats dropped.
+
+    Moodle 5.0 keeps a course it could not validate by setting ``contextvalidated`` on it, but a missing course is
+    no object, so PHP stops with an ``Error``: one missing id fails the whole call. So does an id written with a
+    leading zero: its context is found, but the loaded courses are keyed by the plain number.
+    """
     pieces = sequence.split(",")
-    if "" in pieces:  # PostgreSQL refuses '' as a bigint in the query that preloads the categories
-        raise course_ids_read_error(pieces)
-    found, warnings = [], []
-    for course_id in dict.fromkeys(int(piece) for piece in pieces):
-        course = site.state.courses.get(course_id)
+    unreadable = course_ids_read_error(pieces)
+    if unreadable is not None:
+        raise unreadable
+    found = []
+    for piece in dict.fromkeys(pieces):  # array_unique() compares the ids as strings
+        course = site.state.courses.get(int(piece)) if _CANONICAL_ID.fullmatch(piece) else None
         if course is None:
-            warnings.append(
-                {
-                    "item": "course",
-                    "itemid": course_id,
-                    "warningcode": "1",
-                    "message": "No access rights in course context",
-                }
-            )
-        else:
-            found.append(course)
-    return found, warnings
+            raise PhpError("Error", 'Attempt to assign property "contextvalidated" on null')
+        found.append(course)
+    return found
 
 
 @sandbox_function("core_course_search_courses", SEARCH_COURSES)
@@ -307,6 +326,7 @@ def search_courses(site: SandboxSite, params: dict[str, Any]) -> dict[str, Any]:
     if params["onlywithcompletion"]:
         courses = [course for course in courses if course.enablecompletion]
     courses.sort(key=lambda course: course.sortorder)
+    _require_course_categories(site, courses)
     total = len(courses)
     if params["perpage"]:
         offset = params["page"] * params["perpage"]
@@ -322,6 +342,18 @@ def search_courses(site: SandboxSite, params: dict[str, Any]) -> dict[str, Any]:
         total -= len(courses) - len(mine)
         courses = mine
     return {"total": total, "courses": [public_record(site, course) for course in courses], "warnings": []}
+
+
+def _require_course_categories(site: SandboxSite, courses: list[Course]) -> None:
+    """``core_course_category::can_view_course_info()`` runs on every match the token user is not enrolled in,
+    before paging; it takes the category's context with MUST_EXIST, so a course in a missing category fails the
+    search."""
+    now, enrolments = site.now(), site.state.enrolments
+    for course in courses:
+        enrolment = enrolments.get((course.id, site.admin.id))
+        mine = enrolment is not None and enrolment.is_active(now)
+        if not mine and course.category not in site.state.categories:
+            raise missing_record("course_categories", "id,parent", course.category, site.debug)
 
 
 def _criterion_matches(site: SandboxSite, criterion: str, value: str, course: Course) -> bool:
@@ -405,12 +437,22 @@ def _check_unique(site: SandboxSite, fields: dict[str, Any], course_id: int | No
 
 
 def _place_first(site: SandboxSite, course: Course, category: int) -> None:
-    """Move ``course`` to the top of ``category``: Moodle puts a new or moved course before the others."""
+    """Move ``course`` to the top of ``category``: Moodle puts a new or moved course before the others, then
+    ``fix_course_sortorder()`` recounts the courses of every category."""
     base = site.state.categories[category].sortorder
     for other in site.state.courses.values():
         if other.category == category and other.id != course.id:
             other.sortorder += 1
     course.category, course.sortorder = category, base + 1
+    fix_course_sortorder(site.state)
+
+
+def fix_course_sortorder(state: SiteState) -> None:
+    """What ``fix_course_sortorder()`` changes beyond the order: the front page's sort order (0 on a new site) and
+    the course count of every category."""
+    state.courses[SITE_COURSE_ID].sortorder = 1
+    for category in state.categories.values():
+        category.coursecount = sum(1 for course in state.courses.values() if course.category == category.id)
 
 
 def _apply_format_options(course: Course, fields: dict[str, Any]) -> None:
@@ -471,6 +513,7 @@ def _create_course(site: SandboxSite, fields: dict[str, Any]) -> dict[str, Any]:
         visible=category.visible,
         format_options=dict(FORMAT_OPTIONS.get(course_format, {})),
         sections={number: [] for number in range(max(fields.get("numsections", 0), 0) + 1)},
+        contextid=site.state.next_id("context"),
     )
     for name in _COPIED_FIELDS:
         if name in fields:
@@ -529,12 +572,17 @@ def _update_course(site: SandboxSite, fields: dict[str, Any]) -> None:
     _validate_dates(fields)
     new_category = fields.get("categoryid", 0)
     moving = not php_empty(new_category) and new_category != course.category
-    if moving and new_category not in site.state.categories:
-        # Moodle has already written the course by then; the sandbox keeps it as it was.
-        raise missing_record("course_categories", "id,parent", new_category, site.debug)
+    target = site.state.categories.get(new_category)
+    visible = fields.get("visible", course.visible)
+    if visible == course.visible and moving and (target is None or not target.visible):
+        # Moved into a hidden category, or one get_record() does not find: empty($newcategory->visible) either way.
+        visible = 0
     for name in _COPIED_FIELDS:
         if name in fields:
             setattr(course, name, fields[name])
+    course.visible = visible
+    if moving:
+        course.category = new_category
     if fields.get("maxbytes") and site.max_bytes:
         course.maxbytes = min(fields["maxbytes"], site.max_bytes)
     if "format" in fields and fields["format"] != course.format:
@@ -543,6 +591,13 @@ def _update_course(site: SandboxSite, fields: dict[str, Any]) -> None:
     if "enablecompletion" in fields:
         course.showcompletionconditions = True if course.enablecompletion else None
     _apply_format_options(course, fields)
-    if moving:
-        _place_first(site, course, new_category)
-    course.timemodified = site.now()
+    now = site.now()
+    course.timemodified = now
+    course.cacherev = max(now, course.cacherev + 1)  # rebuild_course_cache()
+    if not moving:
+        return
+    if target is None:
+        # Moodle has written the course, its new category included, before context_coursecat::instance() fails; no
+        # transaction undoes it, and the sort order and course counts are not fixed.
+        raise missing_record("course_categories", "id,parent", new_category, site.debug)
+    _place_first(site, course, new_category)

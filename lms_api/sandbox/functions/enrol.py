@@ -1,10 +1,15 @@
-"""Manual enrolment (``enrol_manual_enrol_users``) and the participants list (``core_enrol_get_enrolled_users``)."""
+"""Manual enrolment (``enrol_manual_enrol_users``) and the participants list (``core_enrol_get_enrolled_users``).
+
+``enrol/manual/externallib.php`` never looks the user up: a user id nobody has is enrolled, and the course welcome
+message that follows (on by default for manual enrolments since Moodle 4.4) fails on the missing user with a PHP
+``TypeError`` naming the Moodle server's own path. The gateway must not pass that message on.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from lms_api.sandbox.errors import missing_record, moodle_exception
+from lms_api.sandbox.errors import PhpError, missing_record, moodle_exception
 from lms_api.sandbox.functions.formatting import format_string
 from lms_api.sandbox.functions.users import user_details
 from lms_api.sandbox.params import DEFAULT, OPTIONAL, Multiple, Single, Value, invalid_parameter
@@ -39,6 +44,11 @@ GET_ENROLLED_USERS = Single(
     }
 )
 _SORT_FIELDS = ("id", "firstname", "lastname", "siteorder")
+# Where enrol_plugin::send_course_welcome_message_to_user() hands core_user::get_user()'s false on, in Moodle 5.0.
+WELCOME_MESSAGE_TYPE_ERROR = (
+    "core\\user::get_name_placeholders(): Argument #1 ($user) must be of type stdClass, bool given, "
+    "called in /var/www/moodle/lib/enrollib.php on line 3674"
+)
 
 
 @sandbox_function("enrol_manual_enrol_users", ENROL_USERS)
@@ -51,11 +61,11 @@ def enrol_users(site: SandboxSite, params: dict[str, Any]) -> None:
 
 
 def _enrol(site: SandboxSite, enrolment: dict[str, Any]) -> None:
+    """The checks of ``enrol_users()`` in its order: course context, assignable role, manual instance."""
     state = site.state
     course_id, user_id, role_id = enrolment["courseid"], enrolment["userid"], enrolment["roleid"]
     if course_id not in state.courses:  # context_course::instance(IGNORE_MISSING) then validate_context()
         raise invalid_parameter("Context does not exist")
-    _require_active_user(site, user_id)
     role = state.roles.get(role_id)
     if role is None or not role.course_assignable:
         raise moodle_exception(
@@ -68,6 +78,7 @@ def _enrol(site: SandboxSite, enrolment: dict[str, Any]) -> None:
             "wsnoinstance",
             f"Manual enrolment plugin instance doesn't exist or is disabled for the course (id = {course_id})",
         )
+    _refuse_unreal_user(site, user_id)
     now = site.now()
     timestart, timeend = enrolment.get("timestart", 0), enrolment.get("timeend", 0)
     status = 1 if enrolment.get("suspend") else 0
@@ -76,6 +87,10 @@ def _enrol(site: SandboxSite, enrolment: dict[str, Any]) -> None:
         state.enrolments[(course_id, user_id)] = Enrolment(
             course_id, user_id, [role_id], status, timestart, timeend, now, now
         )
+        if user_id not in state.users:
+            # enrol_user() has inserted the user_enrolments row when the welcome message fails; the error aborts the
+            # call's transaction, so the caller's rollback removes the row again, with the call's other enrolments.
+            raise PhpError("TypeError", WELCOME_MESSAGE_TYPE_ERROR)
         return
     if (current.status, current.timestart, current.timeend) != (status, timestart, timeend):
         current.status, current.timestart, current.timeend, current.timemodified = status, timestart, timeend, now
@@ -83,14 +98,13 @@ def _enrol(site: SandboxSite, enrolment: dict[str, Any]) -> None:
         current.roleids.append(role_id)
 
 
-def _require_active_user(site: SandboxSite, user_id: int) -> None:
-    """``core_user::get_user(MUST_EXIST)`` then ``core_user::require_active_user()``."""
-    user = site.state.users.get(user_id)
-    if user_id in (NOREPLY_USER_ID, SUPPORT_USER_ID):  # dummy records, refused as not real users
+def _refuse_unreal_user(site: SandboxSite, user_id: int) -> None:
+    """The sandbox refuses the guest and the dummy no-reply and support users like ``core_user::require_active_user()``
+    does. No recording shows what Moodle 5.0 does with them, so the checks sit where it would fail, if at all: in
+    ``enrol_user()``, after the course, role and instance checks."""
+    if user_id in (NOREPLY_USER_ID, SUPPORT_USER_ID):
         raise moodle_exception("invaliduser", "Invalid user")
-    if user is None:
-        raise missing_record("user", "*", user_id, site.debug)
-    if user.id == GUEST_USER_ID:
+    if user_id == GUEST_USER_ID:
         raise moodle_exception("guestsarenotallowed", "The guest user is not allowed to do this")
 
 

@@ -55,11 +55,19 @@ def _invalid_user() -> MoodleException:
 
 @sandbox_function("message_popup_get_popup_notifications", GET_POPUP_NOTIFICATIONS)
 def get_popup_notifications(site: SandboxSite, params: dict[str, Any]) -> dict[str, Any]:
-    """``useridto`` 0 means the token user; the admin may read anybody's. A user id nobody has gets an empty list:
-    Moodle only refuses ids that cannot be real users (zero or below)."""
+    """``useridto`` 0 means the token user; the admin may read anybody's. Ids that cannot be real users (zero or
+    below) are refused first; then ``message_popup\\api`` reads another user's ``emailstop`` with MUST_EXIST, so an id
+    nobody has is a missing record, and a user who stopped notifications gets none listed (but still a count)."""
     useridto = params["useridto"] or site.admin.id
     if useridto <= 0:
         raise _invalid_user()
+    if useridto == site.admin.id:
+        emailstop = site.admin.emailstop
+    else:
+        user = site.state.users.get(useridto)
+        if user is None:
+            raise missing_record("user", "emailstop", useridto, site.debug)
+        emailstop = user.emailstop
     mine = sorted(
         (notification for notification in site.state.notifications.values() if notification.useridto == useridto),
         key=lambda notification: (notification.timecreated, notification.id),
@@ -67,6 +75,8 @@ def get_popup_notifications(site: SandboxSite, params: dict[str, Any]) -> dict[s
     )
     offset, limit = max(params["offset"], 0), max(params["limit"], 0)
     mine = mine[offset : offset + limit] if limit else mine[offset:]
+    if emailstop:
+        mine = []
     return {
         "notifications": [_notification_record(site, notification) for notification in mine],
         "unreadcount": _unread_count(site, useridto),
@@ -75,12 +85,11 @@ def get_popup_notifications(site: SandboxSite, params: dict[str, Any]) -> dict[s
 
 @sandbox_function("message_popup_get_unread_popup_notification_count", GET_UNREAD_COUNT)
 def get_unread_popup_notification_count(site: SandboxSite, params: dict[str, Any]) -> int:
-    """A bare number. Here 0 is not replaced by the token user: Moodle counts the notifications of user 0 (none)."""
+    """A bare number, 0 for a user id nobody has: Moodle 5.0 only refuses ids that cannot be real users (below
+    zero). Here 0 is not replaced by the token user: Moodle counts the notifications of user 0 (none)."""
     useridto = params["useridto"]
     if useridto < 0:
         raise _invalid_user()
-    if useridto and useridto not in site.state.users:  # core_user::get_user($useridto, '*', MUST_EXIST)
-        raise missing_record("user", "*", useridto, site.debug)
     return _unread_count(site, useridto)
 
 

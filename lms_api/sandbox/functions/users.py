@@ -1,14 +1,16 @@
-"""``core_user_get_users_by_field`` and the user details Moodle's ``user_get_user_details()`` gives a site admin."""
+"""``core_user_create_users``, ``core_user_get_users_by_field`` and the user details Moodle's
+``user_get_user_details()`` gives a site admin."""
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
-from lms_api.sandbox.errors import coding_exception
+from lms_api.sandbox.errors import coding_exception, moodle_exception
 from lms_api.sandbox.functions.formatting import format_string
-from lms_api.sandbox.params import Multiple, Single, Value, invalid_parameter
+from lms_api.sandbox.params import DEFAULT, INSTALLED_LANGS, OPTIONAL, Multiple, Single, Value, invalid_parameter
 from lms_api.sandbox.php import clean_username as _clean_username
-from lms_api.sandbox.php import php_intval, php_loose_equals, php_trim
+from lms_api.sandbox.php import php_empty, php_intval, php_loose_equals, php_trim
 from lms_api.sandbox.records import User, theme_image_url
 from lms_api.sandbox.registry import sandbox_function
 
@@ -16,6 +18,63 @@ if TYPE_CHECKING:
     from lms_api.sandbox.site import SandboxSite
 
 GET_USERS_BY_FIELD = Single({"field": Value("alpha"), "values": Multiple(Value("raw"))})
+# create_users_parameters() of Moodle 5.0, with the PARAM_* type core_user gives each user field.
+CREATE_USERS = Single(
+    {
+        "users": Multiple(
+            Single(
+                {
+                    "createpassword": Value("bool", OPTIONAL),
+                    "username": Value("username"),
+                    "auth": Value("auth", DEFAULT, "manual"),
+                    "password": Value("raw", OPTIONAL),
+                    "firstname": Value("notags"),
+                    "lastname": Value("notags"),
+                    "email": Value("raw_trimmed"),
+                    "maildisplay": Value("int", OPTIONAL),
+                    "city": Value("text", OPTIONAL),
+                    "country": Value("alpha", OPTIONAL),
+                    "timezone": Value("timezone", OPTIONAL),
+                    "description": Value("raw", OPTIONAL),
+                    "firstnamephonetic": Value("notags", OPTIONAL),
+                    "lastnamephonetic": Value("notags", OPTIONAL),
+                    "middlename": Value("notags", OPTIONAL),
+                    "alternatename": Value("notags", OPTIONAL),
+                    "interests": Value("text", OPTIONAL),
+                    "idnumber": Value("raw", DEFAULT, ""),
+                    "institution": Value("text", OPTIONAL),
+                    "department": Value("text", OPTIONAL),
+                    "phone1": Value("notags", OPTIONAL),
+                    "phone2": Value("notags", OPTIONAL),
+                    "address": Value("text", OPTIONAL),
+                    "lang": Value("lang", DEFAULT, "en"),
+                    "calendartype": Value("plugin", DEFAULT, "gregorian"),
+                    "theme": Value("theme", OPTIONAL),
+                    "mailformat": Value("int", OPTIONAL),
+                    "customfields": Multiple(Single({"type": Value("alphanumext"), "value": Value("raw")}), OPTIONAL),
+                    "preferences": Multiple(Single({"type": Value("raw"), "value": Value("raw")}), OPTIONAL),
+                }
+            )
+        )
+    }
+)
+# Every installed auth plugin but mnet and webservice, which create_users() refuses.
+_CREATABLE_AUTHS = ("cas", "db", "email", "ldap", "lti", "manual", "nologin", "none", "oauth2", "shibboleth")
+_INTERNAL_AUTHS = ("email", "manual", "nologin", "none")  # the ones that keep their password in Moodle
+# moodle_phpmailer::validateAddress(), which is PHP's FILTER_VALIDATE_EMAIL, minus addresses with < or >.
+_EMAIL = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+"
+)
+# The site's default password policy after its length rule, in get_password_policy_errors()'s order: at least one
+# of each (the POSIX classes of those patterns are ASCII only).
+_PASSWORD_MIN_LENGTH = 8
+_PASSWORD_RULES = (
+    (re.compile(r"[0-9]"), "Passwords must have at least 1 digit(s)."),
+    (re.compile(r"[a-z]"), "Passwords must have at least 1 lower case letter(s)."),
+    (re.compile(r"[A-Z]"), "Passwords must have at least 1 upper case letter(s)."),
+    (re.compile(r"[^A-Za-z0-9]"), "The password must have at least 1 special character(s) such as *, -, or #."),
+)
 # clean_param() of each searchable user field: PARAM_INT, PARAM_RAW, PARAM_USERNAME and PARAM_RAW_TRIMMED.
 _CLEANERS = {
     "id": php_intval,
@@ -82,3 +141,63 @@ def user_details(site: SandboxSite, user: User) -> dict[str, Any]:
     if user.timezone:
         details["timezone"] = user.timezone
     return details | {"mailformat": user.mailformat, "trackforums": user.trackforums} | picture_urls(site)
+
+
+@sandbox_function("core_user_create_users", CREATE_USERS)
+def create_users(site: SandboxSite, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """All or nothing, like ``create_users()``'s delegated transaction; ids of rolled-back users stay used."""
+    with site.transaction():
+        return [_create_user(site, fields) for fields in params["users"]]
+
+
+def _create_user(site: SandboxSite, fields: dict[str, Any]) -> dict[str, Any]:
+    """The checks of ``create_users()`` then ``user_create_user()``, in their order."""
+    state = site.state
+    username, auth, email = fields["username"], fields["auth"], fields["email"]
+    if any(user.username == username for user in state.users.values()):
+        raise invalid_parameter(f"Username already exists: {username}")
+    if auth not in _CREATABLE_AUTHS:
+        raise invalid_parameter(f"Invalid authentication type: {auth}")
+    if fields["lang"] not in INSTALLED_LANGS:
+        raise invalid_parameter(f"Invalid language code: {fields['lang']}")
+    internal = auth in _INTERNAL_AUTHS
+    if internal and php_empty(fields.get("password")) and not fields.get("createpassword"):
+        raise invalid_parameter("Invalid password: you must provide a password, or set createpassword.")
+    if not _EMAIL.fullmatch(email):
+        raise invalid_parameter(f"Email address is invalid: {email}")
+    if any(user.email.lower() == email.lower() for user in state.users.values()):  # allowaccountssameemail is off
+        raise invalid_parameter(f"Email address already exists: {email}")
+    if php_trim(username) == "":
+        raise moodle_exception("invalidusernameblank", "The username cannot be blank")
+    if internal and not fields.get("createpassword") and "password" in fields:
+        policy = _password_policy_errors(fields["password"])
+        if policy:
+            # Moodle throws the policy text itself as the errorcode; no such string exists, hence "error/...".
+            raise moodle_exception(policy, f"error/{policy}")
+    user = User(
+        id=state.next_id("user"),
+        username=username,
+        firstname=fields["firstname"],
+        lastname=fields["lastname"],
+        email=email,
+        idnumber=fields["idnumber"],
+        auth=auth,
+        lang=fields["lang"],
+        theme=fields.get("theme", ""),
+        timezone=fields.get("timezone", "99"),
+        mailformat=fields.get("mailformat", 1),
+        department=fields.get("department", ""),
+        timecreated=site.now(),
+    )
+    state.next_id("context")  # user_create_user() gives the new user a context
+    state.users[user.id] = user
+    return {"id": user.id, "username": user.username}
+
+
+def _password_policy_errors(password: str) -> str:
+    """``check_password_policy()``'s message: each broken rule in a ``<div>``, or nothing."""
+    errors = [f"Passwords must be at least {_PASSWORD_MIN_LENGTH} characters long."]
+    if len(password) >= _PASSWORD_MIN_LENGTH:
+        errors = []
+    errors += [text for pattern, text in _PASSWORD_RULES if pattern.search(password) is None]
+    return "".join(f"<div>{text}</div>" for text in errors)
