@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import requests
 
+from lms_api.moodle.encoding import encode_params
 from lms_api.sandbox.errors import MoodleException
 from lms_api.sandbox.functions.enrol import _enrol as enrol_one
 from lms_api.sandbox.functions.messages import format_time
@@ -97,22 +98,8 @@ GOLDEN_MISSING_RECORD = golden_text("core_course_search_courses__category_missin
 # --- Helpers ----------------------------------------------------------------------------------------------------------
 
 
-def form_pairs(params: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
-    """Nested params as PHP form pairs: lists as ``name[0]``, dicts as ``name[key]``, booleans as 1/0."""
-    pairs: list[tuple[str, str]] = []
-    for key, value in params.items():
-        name = f"{prefix}[{key}]" if prefix else str(key)
-        if isinstance(value, dict):
-            pairs += form_pairs(value, name)
-        elif isinstance(value, list):
-            pairs += form_pairs(dict(enumerate(value)), name)
-        else:
-            pairs.append((name, str(int(value)) if isinstance(value, bool) else str(value)))
-    return pairs
-
-
 def call(site: SandboxSite, function: str, **params: Any) -> Any:
-    form, _ = parse_php_form([("wstoken", site.token), ("wsfunction", function), *form_pairs(params)], 5000)
+    form, _ = parse_php_form([("wstoken", site.token), ("wsfunction", function), *encode_params(params)], 5000)
     return site.rest(form)
 
 
@@ -1593,7 +1580,7 @@ def server():
 
 
 def http_call(server, function: str, **params: Any) -> requests.Response:
-    data = [("wstoken", TOKEN), ("wsfunction", function), ("moodlewsrestformat", "json"), *form_pairs(params)]
+    data = [("wstoken", TOKEN), ("wsfunction", function), ("moodlewsrestformat", "json"), *encode_params(params)]
     return requests.post(f"{server.url}/webservice/rest/server.php", data=data, timeout=5)
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import requests
 
+from lms_api.moodle.encoding import encode_params
 from lms_api.sandbox.phpform import parse_php_form
 from lms_api.sandbox.server import SandboxServer
 from lms_api.sandbox.site import SandboxSite
@@ -60,23 +61,9 @@ class Clock:
         return self.now
 
 
-def pairs(params: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
-    """Nested params as PHP form pairs: lists as ``name[0]``, dicts as ``name[key]``."""
-    result: list[tuple[str, str]] = []
-    for key, value in params.items():
-        name = f"{prefix}[{key}]" if prefix else str(key)
-        if isinstance(value, dict):
-            result += pairs(value, name)
-        elif isinstance(value, list):
-            result += pairs(dict(enumerate(value)), name)
-        else:
-            result.append((name, str(value)))
-    return result
-
-
 def rest(site: SandboxSite, function: str, **params: Any) -> Any:
     """A call made while building a site; it must succeed."""
-    form, _ = parse_php_form([("wstoken", site.token), ("wsfunction", function), *pairs(params)], 5000)
+    form, _ = parse_php_form([("wstoken", site.token), ("wsfunction", function), *encode_params(params)], 5000)
     return site.rest(form)
 
 
