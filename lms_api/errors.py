@@ -1,28 +1,181 @@
-"""The one error type views and services raise, and the envelope every error response carries."""
+"""Every error the gateway answers: one table of codes, the one error type, and the envelope it is rendered in.
+
+Views, services, tweens and exception views all raise or render through here; README's error catalogue is printed
+from :class:`ErrorCode` (``scripts/error_catalogue.py``), so the documentation cannot drift from the code.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from enum import StrEnum
 from typing import Any
+
+from pyramid.request import Request
+from pyramid.response import Response
+
+
+class ErrorCode(StrEnum):
+    """The ``code`` of an error answer, with the HTTP status it carries and what it means.
+
+    The first group is the gateway's own; the second is Moodle's ``errorcode`` values the gateway knows, passed on
+    as they are (Moodle's message is translated, its code is not). Any other Moodle errorcode is passed on as a 502.
+    """
+
+    status: int
+    meaning: str
+
+    def __new__(cls, value: str, status: int, meaning: str) -> ErrorCode:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.status = status
+        member.meaning = meaning
+        return member
+
+    # -- the gateway's own -------------------------------------------------------------------------------------------
+    VALIDATION_ERROR = (
+        "validationerror",
+        400,
+        "input refused by the route's schema; `details.fields` maps each field to its messages (at most 20; "
+        "`details.more_fields` counts the rest)",
+    )
+    INVALID_JSON = (
+        "invalidjson",
+        400,
+        "a body that is not a JSON object, not UTF-8, not strict JSON (`NaN`, a repeated key, a lone surrogate) or "
+        "nested deeper than 32 levels",
+    )
+    INVALID_ENCODING = "invalidencoding", 400, "a path or query string that is not UTF-8 once percent-decoded"
+    INVALID_MULTIPART = (
+        "invalidmultipart",
+        400,
+        "an upload body that cannot be read: no boundary, or not ending with its closing boundary",
+    )
+    UNAUTHENTICATED = "unauthenticated", 401, "no `Authorization: Bearer` token (see Authentication)"
+    INVALID_TOKEN = "invalid_token", 401, "the bearer token was refused; the message says why (see Authentication)"
+    FORBIDDEN = "forbidden", 403, "the token lacks the route's scope (`details.required_scope`)"
+    CORS_REFUSED = "corsrefused", 403, "a CORS preflight from an origin not in `CORS_ALLOWED_ORIGINS`"
+    NOT_FOUND = "notfound", 404, "no such route"
+    COURSE_NOT_FOUND = "coursenotfound", 404, "a course in the path or body does not exist; `details.missing_courses`"
+    USER_NOT_FOUND = "usernotfound", 404, "a user in the body or query does not exist; `details.missing_users`"
+    CATEGORY_NOT_FOUND = (
+        "categorynotfound",
+        404,
+        "the category of a new or moved course does not exist; `details.missing_categories`",
+    )
+    METHOD_NOT_ALLOWED = "methodnotallowed", 405, "the route exists, not for this method; `Allow` lists the methods"
+    FILE_TOO_LARGE = "filetoolarge", 413, "the files of an upload exceed `MOODLE_MAX_UPLOAD_MB`; nothing is sent"
+    BODY_TOO_LARGE = "bodytoolarge", 413, "a JSON body over 1 MiB"
+    UNSUPPORTED_MEDIA_TYPE = (
+        "unsupportedmediatype",
+        415,
+        "an upload that is not `multipart/form-data`, or a JSON route's body that is not `application/json`",
+    )
+    RATE_LIMITED = "ratelimited", 429, "over the caller's budget; `Retry-After` says when to retry (see Security)"
+    INTERNAL_ERROR = "internalerror", 500, "a gateway bug; the request id finds its log lines"
+    FUNCTION_NOT_AVAILABLE = (
+        "functionnotavailable",
+        501,
+        "the Moodle function is not in the token's service; the message says where an admin adds it. Moodle is "
+        "not called",
+    )
+    MOODLE_EXCEPTION = (
+        "moodleexception",
+        502,
+        "Moodle failed with a PHP error that has no errorcode (`Error`, `TypeError`, ...); the message names the "
+        "PHP class and the function, server paths removed",
+    )
+    MOODLE_WARNING = "moodlewarning", 502, "Moodle refused an update with a warning that has no code"
+    UPLOAD_REFUSED = "uploadrefused", 502, "upload.php refused a file for a reason the gateway does not know"
+    BAD_RESPONSE = (
+        "badresponse",
+        502,
+        "Moodle answered something that is not its JSON (an HTML error page, a proxy page, a redirect, another shape)",
+    )
+    BAD_GATEWAY = "badgateway", 502, "Moodle, or a proxy in front of it, answered HTTP 502"
+    MOODLE_UNAVAILABLE = (
+        "moodleunavailable",
+        503,
+        "Moodle refused the connection, reset it or answered HTTP 503; `Retry-After` says when to retry (504 for a "
+        "write whose outcome is unknown)",
+    )
+    MOODLE_TIMEOUT = "moodletimeout", 504, "no answer within `MOODLE_TIMEOUT_MS`"
+
+    # -- Moodle's errorcodes, passed on ------------------------------------------------------------------------------
+    INVALID_PARAMETER = "invalidparameter", 400, "Moodle refused a parameter (its message names none)"
+    ERROR_INVALID_PARAM = "errorinvalidparam", 400, "Moodle refused a parameter"
+    MISSING_PARAM = "missingparam", 400, "Moodle missed a required parameter"
+    CODING_ERROR = "codingerror", 400, "Moodle refused the call as a programming error (an unknown field name)"
+    END_DATE_BEFORE_START_DATE = "enddatebeforestartdate", 400, "the course ends before it starts"
+    GUESTS_ARE_NOT_ALLOWED = "guestsarenotallowed", 400, "the guest user cannot be enrolled"
+    NO_FILE = "nofile", 400, "upload.php received no file"
+    UPLOAD_ERROR_NO_FILE = "upload_error_no_file", 400, "upload.php received no file"
+    UPLOAD_ERROR_PARTIAL = "upload_error_partial", 400, "upload.php received part of a file"
+    ACCESS_EXCEPTION = "accessexception", 403, "the token's service does not allow this (e.g. file uploads)"
+    NO_PERMISSIONS = "nopermissions", 403, "the token user lacks a capability"
+    ACCESS_DENIED = "accessdenied", 403, "Moodle denied access"
+    REQUIRE_LOGIN_ERROR = "requireloginerror", 403, "the token user may not log in to that course or site"
+    RESTRICTED_CONTEXT_EXCEPTION = "restrictedcontextexception", 403, "the token is restricted to another context"
+    WS_USER_CANNOT_ASSIGN = "wsusercannotassign", 403, "the token user may not assign that role there"
+    WS_CANNOT_ENROL = "wscannotenrol", 403, "the token user may not enrol into that course"
+    ERROR_COURSE_CONTEXT_NOT_VALID = "errorcoursecontextnotvalid", 403, "the token user may not act in that course"
+    INVALID_RECORD = "invalidrecord", 404, "a record Moodle looked up does not exist (debug mode)"
+    INVALID_RECORD_UNKNOWN = "invalidrecordunknown", 404, "a record Moodle looked up does not exist"
+    INVALID_USER = "invaliduser", 404, "the user does not exist"
+    INVALID_COURSE_ID = "invalidcourseid", 404, "the course does not exist"
+    INVALID_COURSE = "invalidcourse", 404, "the course cannot be changed this way (the front page)"
+    FILE_NOT_FOUND = "filenotfound", 404, "the file or draft item does not exist"
+    ERROR_CAT_CONTEXT_NOT_VALID = "errorcatcontextnotvalid", 404, "the category does not exist or cannot be used"
+    SHORTNAME_TAKEN = "shortnametaken", 409, "the course short name is already used"
+    COURSE_IDNUMBER_TAKEN = "courseidnumbertaken", 409, "the course ID number is already used"
+    FILENAME_EXIST = "filenameexist", 409, "a file of that name is already in the draft item"
+    USER_DELETED = "userdeleted", 409, "the user has been deleted"
+    USER_NOT_CONFIRMED = "usernotconfirmed", 409, "the user has not confirmed the account"
+    WS_NO_INSTANCE = "wsnoinstance", 409, "the course has no enabled manual enrolment method"
+    FILE_OVERSIZED = "fileoversized", 413, "a file over the Moodle site's own upload limit"
+    USER_QUOTA_LIMIT = "userquotalimit", 413, "the token user's file quota is full"
+    UPLOAD_ERROR_INI_SIZE = "upload_error_ini_size", 413, "a file over PHP's upload limit on the Moodle server"
+    UPLOAD_ERROR_FORM_SIZE = "upload_error_form_size", 413, "a file over the form's upload limit"
+    MANUAL_PLUGIN_NOT_INSTALLED = "manualpluginnotinstalled", 501, "the manual enrolment plugin is not enabled"
+    INVALID_MOODLE_TOKEN = (
+        "invalidtoken",
+        502,
+        "Moodle refused the **gateway's** token: an operator must check `MOODLE_TOKEN` (never a 401, which would log "
+        "the browser user out)",
+    )
+    SITE_MAINTENANCE = "sitemaintenance", 503, "Moodle is in maintenance mode; `Retry-After` says when to retry"
+    UPGRADE_RUNNING = "upgraderunning", 503, "Moodle is being upgraded; `Retry-After` says when to retry"
+
+    @property
+    def from_moodle(self) -> bool:
+        """True for Moodle's own errorcodes, passed on as Moodle named them."""
+        return self in _FROM_MOODLE
+
+
+_FROM_MOODLE = frozenset(list(ErrorCode)[list(ErrorCode).index(ErrorCode.INVALID_PARAMETER) :])
+UNKNOWN_MOODLE_ERROR_STATUS = 502
 
 
 class ApiError(Exception):
-    """An error with an HTTP status and a stable, machine-readable ``code``.
+    """An error with a stable, machine-readable ``code`` and its HTTP ``status``.
 
-    Exception views turn it into ``{"ok": false, "error": {...}}``; nothing else builds error bodies.
+    The status comes from the code's row in :class:`ErrorCode` unless given; a Moodle errorcode the table does not
+    know is passed on as a 502. Exception views and tweens render it with :func:`error_response`; nothing else
+    builds error bodies.
     """
 
     def __init__(
         self,
-        status: int,
-        code: str,
+        code: ErrorCode | str,
         message: str,
         details: Mapping[str, Any] | None = None,
+        *,
+        status: int | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
-        self.status = status
         self.code = code
+        self.status = status if status is not None else status_of(code)
         self.message = message
         self.details = dict(details or {})
         self.headers = dict(headers or {})
@@ -31,12 +184,38 @@ class ApiError(Exception):
         return f"{self.status} {self.code}: {self.message}"
 
 
-def error_body(code: str, message: str, details: Mapping[str, Any] | None, request_id: str) -> dict[str, Any]:
+def status_of(code: ErrorCode | str) -> int:
+    known = ErrorCode._value2member_map_.get(str(code))
+    return known.status if isinstance(known, ErrorCode) else UNKNOWN_MOODLE_ERROR_STATUS
+
+
+def dumps(body: Any) -> str:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+
+def error_body(error: ApiError, request_id: str) -> dict[str, Any]:
     return {
         "ok": False,
-        "error": {"code": code, "message": message, "details": dict(details or {}), "request_id": request_id},
+        "error": {
+            "code": str(error.code),
+            "message": error.message,
+            "details": error.details,
+            "request_id": request_id,
+        },
     }
 
 
 def success_body(data: Any) -> dict[str, Any]:
     return {"ok": True, "data": data}
+
+
+def error_response(request: Request, error: ApiError) -> Response:
+    """The envelope of ``error`` as a response, for exception views and for tweens that answer on their own."""
+    response = Response(
+        body=dumps(error_body(error, request.id)).encode(),
+        status=error.status,
+        content_type="application/json",
+        charset="utf-8",
+    )
+    response.headers.update(error.headers)
+    return response

@@ -13,10 +13,9 @@ from pyramid.registry import Registry
 from pyramid.request import Request
 from pyramid.response import Response
 
-from lms_api.errors import ApiError
+from lms_api.errors import ApiError, ErrorCode, error_response
 from lms_api.settings import Settings
 from lms_api.views import is_api_request
-from lms_api.views.exceptions import error_response
 
 # What browsers' fetch, axios, Angular's HttpClient and jQuery send by default, and the gateway's own headers.
 ALLOWED_REQUEST_HEADERS = (
@@ -48,7 +47,7 @@ def refuse_undecodable(event: ContextFound) -> None:
     undecodable = event.request.environ.get(UNDECODABLE_PART)
     if undecodable:
         raise ApiError(
-            400, "invalidencoding", f"The request's {undecodable} is not UTF-8 text once percent-decoded", {}
+            ErrorCode.INVALID_ENCODING, f"The request's {undecodable} is not UTF-8 text once percent-decoded"
         )
 
 
@@ -103,7 +102,9 @@ def hygiene_tween_factory(handler: Callable[[Request], Response], registry: Regi
 
 def _preflight(request: Request, origin: str, allowed: bool, registry: Registry) -> Response:
     if not allowed:
-        return error_response(request, 403, "corsrefused", f"Cross-origin requests from {origin} are not allowed")
+        return error_response(
+            request, ApiError(ErrorCode.CORS_REFUSED, f"Cross-origin requests from {origin} are not allowed")
+        )
     # An unknown path is answered like any other, so the real request's 404 reaches the page instead of
     # looking like a CORS failure.
     route = registry.getUtility(IRoutesMapper)(request)["route"]

@@ -22,9 +22,9 @@ from pyramid.registry import Registry
 from pyramid.request import Request
 from pyramid.response import Response
 
+from lms_api.errors import ApiError, ErrorCode, error_response
 from lms_api.settings import Rate, Settings
 from lms_api.views import is_api_request
-from lms_api.views.exceptions import error_response
 
 log = structlog.get_logger("lms_api.ratelimit")
 
@@ -206,13 +206,12 @@ def rate_limit_tween_factory(
         if decision.allowed:
             response = handler(request)
         else:
-            response = error_response(
-                request,
-                429,
-                "ratelimited",
+            refusal = ApiError(
+                ErrorCode.RATE_LIMITED,
                 f"Too many requests: the budget is {rate.count} per {rate.period_s} s; retry in {decision.reset_s} s",
                 {"limit": rate.count, "period_s": rate.period_s, "retry_after_s": decision.reset_s},
             )
+            response = error_response(request, refusal)
         response.headers.update(decision.headers())
         return response
 

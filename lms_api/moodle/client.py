@@ -22,6 +22,7 @@ from requests.adapters import HTTPAdapter
 from requests_toolbelt.multipart.encoder import MultipartEncoder
 from urllib3.exceptions import NewConnectionError
 
+from lms_api.errors import ErrorCode
 from lms_api.moodle.encoding import encode_params
 from lms_api.moodle.errors import (
     MoodleError,
@@ -109,8 +110,7 @@ class _TransportFailure:
     ``outcome_unknown``: for a write, Moodle may or may not have applied it.
     """
 
-    status: int
-    code: str
+    code: ErrorCode
     message: str
     sent: bool
     outcome_unknown: bool
@@ -277,7 +277,7 @@ class MoodleService:
         self, url: str, data: Any, headers: dict[str, str], remaining: float
     ) -> requests.Response | _TransportFailure:
         if remaining <= 0:  # a backoff sleep or a slow thread overran the deadline: nothing is sent
-            return _TransportFailure(504, "moodletimeout", "Moodle did not answer in time", False, False)
+            return _TransportFailure(ErrorCode.MOODLE_TIMEOUT, "Moodle did not answer in time", False, False)
         try:
             response = self._session().post(
                 url,
@@ -287,21 +287,22 @@ class MoodleService:
                 allow_redirects=False,
             )
         except requests.ConnectTimeout:
-            return _TransportFailure(504, "moodletimeout", "Moodle did not accept a connection in time", False, False)
+            return _TransportFailure(
+                ErrorCode.MOODLE_TIMEOUT, "Moodle did not accept a connection in time", False, False
+            )
         except requests.ReadTimeout:
-            return _TransportFailure(504, "moodletimeout", "Moodle did not answer in time", True, True)
+            return _TransportFailure(ErrorCode.MOODLE_TIMEOUT, "Moodle did not answer in time", True, True)
         except requests.ConnectionError as error:
             if _never_connected(error):
-                return _TransportFailure(503, "moodleunavailable", "Moodle refused the connection", False, False)
-            return _TransportFailure(503, "moodleunavailable", "The connection to Moodle was reset", True, True)
+                return _TransportFailure(ErrorCode.MOODLE_UNAVAILABLE, "Moodle refused the connection", False, False)
+            return _TransportFailure(ErrorCode.MOODLE_UNAVAILABLE, "The connection to Moodle was reset", True, True)
         except requests.RequestException as error:
             message = f"Moodle's answer could not be read ({type(error).__name__})"
-            return _TransportFailure(502, "badresponse", message, True, True)
+            return _TransportFailure(ErrorCode.BAD_RESPONSE, message, True, True)
         if response.status_code in RETRYABLE_STATUSES:
             status = response.status_code
             return _TransportFailure(
-                status,
-                {502: "badgateway", 503: "moodleunavailable", 504: "moodletimeout"}[status],
+                {502: ErrorCode.BAD_GATEWAY, 503: ErrorCode.MOODLE_UNAVAILABLE, 504: ErrorCode.MOODLE_TIMEOUT}[status],
                 f"Moodle answered HTTP {status}",
                 sent=True,
                 outcome_unknown=status != 503,  # 503 is Moodle's maintenance page: nothing was applied
@@ -344,7 +345,7 @@ class MoodleService:
 
 
 def _bad_response(function: str, status: int, message: str) -> MoodleError:
-    return MoodleError(502, "badresponse", message, {"function": function, "moodle_status": status})
+    return MoodleError(ErrorCode.BAD_RESPONSE, message, {"function": function, "moodle_status": status})
 
 
 def _failure_error(function: str, failure: _TransportFailure, read_only: bool) -> MoodleError:
@@ -353,9 +354,11 @@ def _failure_error(function: str, failure: _TransportFailure, read_only: bool) -
         details["outcome"] = "unknown"
         message = failure.message + "; the write may or may not have been applied"
         # A reset after sending is reported like a timeout: the caller must check before writing again.
-        return MoodleError(504 if failure.status == 503 else failure.status, failure.code, message, details)
-    headers = retry_after_header(failure.retry_after_s) if failure.status == 503 else {}
-    return MoodleError(failure.status, failure.code, failure.message, details, headers)
+        return MoodleError(
+            failure.code, message, details, status=504 if failure.code == ErrorCode.MOODLE_UNAVAILABLE else None
+        )
+    headers = retry_after_header(failure.retry_after_s) if failure.code.status == 503 else {}
+    return MoodleError(failure.code, failure.message, details, headers=headers)
 
 
 def _never_connected(error: requests.ConnectionError) -> bool:

@@ -6,62 +6,11 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from lms_api.errors import ApiError
+from lms_api.errors import ApiError, ErrorCode, status_of
 
 # Moodle sends no Retry-After with a maintenance error in a 200 body; this is what the caller is told.
 DEFAULT_RETRY_AFTER_S = 30
 
-_STATUS_BY_ERRORCODE = {
-    **dict.fromkeys(
-        (
-            "invalidparameter",
-            "errorinvalidparam",
-            "missingparam",
-            "codingerror",
-            "enddatebeforestartdate",
-            "guestsarenotallowed",
-            "nofile",
-            "upload_error_no_file",
-            "upload_error_partial",
-        ),
-        400,
-    ),
-    **dict.fromkeys(
-        (
-            "accessexception",
-            "nopermissions",
-            "accessdenied",
-            "requireloginerror",
-            "restrictedcontextexception",
-            "wsusercannotassign",
-            "wscannotenrol",
-            "errorcoursecontextnotvalid",
-        ),
-        403,
-    ),
-    **dict.fromkeys(
-        # errorcatcontextnotvalid: create_courses wraps a missing (or hidden) category in it.
-        (
-            "invalidrecord",
-            "invalidrecordunknown",
-            "invaliduser",
-            "invalidcourseid",
-            "filenotfound",
-            "errorcatcontextnotvalid",
-            "invalidcourse",  # update_courses on the front-page course
-        ),
-        404,
-    ),
-    **dict.fromkeys(
-        ("shortnametaken", "courseidnumbertaken", "filenameexist", "userdeleted", "usernotconfirmed", "wsnoinstance"),
-        409,
-    ),
-    **dict.fromkeys(("fileoversized", "userquotalimit", "upload_error_ini_size", "upload_error_form_size"), 413),
-    "manualpluginnotinstalled": 501,
-    **dict.fromkeys(("sitemaintenance", "upgraderunning"), 503),
-    # The gateway's own Moodle credential was refused: an operator's problem, not the caller's (401 is theirs).
-    "invalidtoken": 502,
-}
 _FORBIDDEN_PREFIX = "wsaccessuser"
 _ERRORCODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _PHP_CLASS = re.compile(r"\\?[A-Za-z_][A-Za-z0-9_]{0,63}(?:\\[A-Za-z_][A-Za-z0-9_]{0,63}){0,7}")
@@ -77,11 +26,11 @@ class MoodleError(ApiError):
 
 
 def status_for_errorcode(errorcode: str) -> int:
-    if errorcode in _STATUS_BY_ERRORCODE:
-        return _STATUS_BY_ERRORCODE[errorcode]
+    """The status of a Moodle errorcode: its row in ErrorCode, 403 for ``wsaccessuser*``, else 502 (Moodle failed in
+    a way the gateway has no better word for: ``dmlwriteexception``, ...)."""
     if errorcode.startswith(_FORBIDDEN_PREFIX):
         return 403
-    return 502  # Moodle failed in a way the gateway has no better word for (dmlwriteexception, ...)
+    return status_of(errorcode)
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
@@ -157,9 +106,9 @@ def error_from_moodle(
     """
     errorcode = str(body.get("errorcode") or "")
     if not _ERRORCODE.fullmatch(errorcode):
-        errorcode = "moodleexception"
+        errorcode = ErrorCode.MOODLE_EXCEPTION
     status = status_for_errorcode(errorcode)
-    if errorcode == "invalidtoken":
+    if errorcode == ErrorCode.INVALID_MOODLE_TOKEN:
         message = CREDENTIAL_REFUSED_MESSAGE
     else:
         text = body.get("message") if "exception" in body else body.get("error")
@@ -168,7 +117,7 @@ def error_from_moodle(
             message = _internal_failure(body.get("exception"), function, message)
         message = message or "Moodle reported an error"
     headers = retry_after_header(retry_after_s) if status == 503 else {}
-    return MoodleError(status, errorcode, message, {"function": function}, headers)
+    return MoodleError(errorcode, message, {"function": function}, status=status, headers=headers)
 
 
 def _internal_failure(exception: Any, function: str, message: str) -> str:
@@ -186,8 +135,7 @@ def _without_debuginfo(message: str, debuginfo: Any) -> str:
 
 def function_not_available(function: str, remedy: str = "") -> MoodleError:
     return MoodleError(
-        501,
-        "functionnotavailable",
+        ErrorCode.FUNCTION_NOT_AVAILABLE,
         f"The Moodle web-service function {function} is not available to the gateway's token. {remedy}A Moodle "
         "administrator can add it under Site administration > Server > Web services > External services > "
         "(the token's service) > Functions.",
@@ -197,7 +145,7 @@ def function_not_available(function: str, remedy: str = "") -> MoodleError:
 
 def unexpected_answer(function: str) -> MoodleError:
     return MoodleError(
-        502, "badresponse", f"Moodle's answer to {function} has an unexpected shape", {"function": function}
+        ErrorCode.BAD_RESPONSE, f"Moodle's answer to {function} has an unexpected shape", {"function": function}
     )
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 from pyramid.request import Request
 
-from lms_api.errors import ApiError
+from lms_api.errors import ApiError, ErrorCode
 
 MAX_JSON_BYTES = 1024 * 1024
 # The largest integer a browser's JSON.parse keeps exactly; no id, count or timestamp of Moodle comes near it.
@@ -54,7 +54,7 @@ def load_multipart(request: Request, schema: RequestSchema, repeatable: Iterable
     Only the fields named in ``repeatable`` may come more than once (several files in one upload).
     """
     if request.content_type != "multipart/form-data":
-        raise ApiError(415, "unsupportedmediatype", "This route takes a multipart/form-data body")
+        raise ApiError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, "This route takes a multipart/form-data body")
     server_input = request.body_file_raw
     boundary = _boundary(request)
     if not boundary or not _ends_with_closing_boundary(request, boundary):
@@ -68,7 +68,7 @@ def load_multipart(request: Request, schema: RequestSchema, repeatable: Iterable
 
 
 def _unreadable_multipart(why: str) -> ApiError:
-    return ApiError(400, "invalidmultipart", f"The multipart/form-data body cannot be read: {why}")
+    return ApiError(ErrorCode.INVALID_MULTIPART, f"The multipart/form-data body cannot be read: {why}")
 
 
 def _boundary(request: Request) -> bytes | None:
@@ -120,7 +120,9 @@ def _as_dict(multidict: Any, repeatable: frozenset[str] = frozenset()) -> dict[s
 def load_json_body(request: Request, schema: RequestSchema) -> dict[str, Any]:
     """A JSON object body: 415 for another media type, 413 past MAX_JSON_BYTES (judged before it is read)."""
     if request.content_type != "application/json":
-        raise ApiError(415, "unsupportedmediatype", "This route takes a JSON body (Content-Type: application/json)")
+        raise ApiError(
+            ErrorCode.UNSUPPORTED_MEDIA_TYPE, "This route takes a JSON body (Content-Type: application/json)"
+        )
     if request.content_length is not None and request.content_length > MAX_JSON_BYTES:
         raise _json_too_large()
     if request.charset.lower() not in _UTF8_CHARSETS:
@@ -137,7 +139,7 @@ def load_json_body(request: Request, schema: RequestSchema) -> dict[str, Any]:
 
 def _json_too_large() -> ApiError:
     return ApiError(
-        413, "bodytoolarge", f"JSON bodies are limited to {MAX_JSON_BYTES} bytes", {"max_bytes": MAX_JSON_BYTES}
+        ErrorCode.BODY_TOO_LARGE, f"JSON bodies are limited to {MAX_JSON_BYTES} bytes", {"max_bytes": MAX_JSON_BYTES}
     )
 
 
@@ -199,7 +201,7 @@ def _too_deep() -> ApiError:
 
 
 def _invalid_json(message: str) -> ApiError:
-    return ApiError(400, "invalidjson", message)
+    return ApiError(ErrorCode.INVALID_JSON, message)
 
 
 def _shown(text: str, limit: int = 64) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from lms_api.errors import ApiError
+from lms_api.errors import ApiError, ErrorCode
 from lms_api.moodle.client import MoodleService
 from lms_api.moodle.encoding import split_by_input_vars
 from lms_api.moodle.errors import MoodleError, expect_list, expect_object, status_for_errorcode, unexpected_answer
@@ -105,11 +105,11 @@ def update_course(moodle: MoodleService, course_id: int, changes: Mapping[str, A
         return get_course(moodle, course_id)
     except ApiError as error:
         raise type(error)(
-            error.status,
             error.code,
             f"The update was applied, but reading the course back failed: {error.message}",
             {**error.details, "updated": True},
-            error.headers,
+            status=error.status,
+            headers=error.headers,
         ) from error
 
 
@@ -123,11 +123,11 @@ def require_category(moodle: MoodleService, category_id: int) -> None:
 
 
 def course_not_found(course_ids: list[int]) -> ApiError:
-    return not_found("coursenotfound", "course", "courses", course_ids)
+    return not_found(ErrorCode.COURSE_NOT_FOUND, "course", "courses", course_ids)
 
 
 def category_not_found(category_ids: list[int]) -> ApiError:
-    return not_found("categorynotfound", "category", "categories", category_ids)
+    return not_found(ErrorCode.CATEGORY_NOT_FOUND, "category", "categories", category_ids)
 
 
 def _warning_error(code: str, message: str, course_id: int, category_id: int | None) -> ApiError:
@@ -137,17 +137,16 @@ def _warning_error(code: str, message: str, course_id: int, category_id: int | N
     if status == 404:
         # Both were found just before the update, and Moodle writes the course before it looks the category up.
         return MoodleError(
-            404,
             code,
             f"Course {course_id} or category {category_id} was deleted during the update; Moodle may have saved "
             "the update anyway, the move into the missing category included",
             {"function": UPDATE_COURSES, "course_id": course_id, "outcome": "unknown"},
         )
     return MoodleError(
-        status,
-        code or "moodlewarning",
+        code or ErrorCode.MOODLE_WARNING,
         message or "Moodle did not update the course",
         {"function": UPDATE_COURSES, "course_id": course_id},
+        status=status,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from lms_api.errors import ApiError
+from lms_api.errors import ApiError, ErrorCode
 from lms_api.moodle.client import MoodleService
 from lms_api.moodle.encoding import split_by_input_vars
 from lms_api.moodle.errors import MoodleError
@@ -29,7 +29,7 @@ def resolve_roles(enrolments: list[dict[str, Any]], role_ids: Mapping[str, int])
             enrolment = {**enrolment, "roleid": role_ids[role]}
         resolved.append(enrolment)
     if problems:
-        raise ApiError(400, "validationerror", "Invalid input: enrolments", {"fields": {"enrolments": problems}})
+        raise ApiError(ErrorCode.VALIDATION_ERROR, "Invalid input: enrolments", {"fields": {"enrolments": problems}})
     return resolved
 
 
@@ -75,5 +75,5 @@ def _not_found(missing_courses: list[int], missing_users: list[int]) -> ApiError
     if missing_users:
         named.append(missing_ids("user", "users", missing_users))
         details["missing_users"] = missing_users
-    code = "coursenotfound" if missing_courses else "usernotfound"
-    return ApiError(404, code, f"No {' and no '.join(named)} in Moodle; nothing was enrolled", details)
+    code = ErrorCode.COURSE_NOT_FOUND if missing_courses else ErrorCode.USER_NOT_FOUND
+    return ApiError(code, f"No {' and no '.join(named)} in Moodle; nothing was enrolled", details)

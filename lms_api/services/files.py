@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from lms_api.errors import ApiError
+from lms_api.errors import ApiError, ErrorCode
 from lms_api.moodle.client import MoodleService, UploadFile
 from lms_api.moodle.errors import MoodleError, expect_object, function_not_available, status_for_errorcode
 from lms_api.moodle.functions import UPLOAD_FUNCTION
@@ -39,8 +39,7 @@ def check_sizes(files: Sequence[UploadFile], max_mb: int) -> None:
 
 def _too_large(max_mb: int) -> ApiError:
     return ApiError(
-        413,
-        "filetoolarge",
+        ErrorCode.FILE_TOO_LARGE,
         f"Uploads are limited to {max_mb} MiB (MOODLE_MAX_UPLOAD_MB)",
         {"max_bytes": max_mb * MIB},
     )
@@ -55,8 +54,7 @@ def upload(moodle: MoodleService, files: Sequence[UploadFile], itemid: int = 0) 
         raise _refused_file(moodle, refused[0], stored)
     if len(stored) != len(files):
         raise MoodleError(
-            502,
-            "badresponse",
+            ErrorCode.BAD_RESPONSE,
             f"Moodle's upload.php stored {len(stored)} of {len(files)} files",
             {"function": UPLOAD_FUNCTION, "stored": [entry.get("filename") for entry in stored]},
         )
@@ -74,10 +72,10 @@ def _refused_file(moodle: MoodleService, entry: dict[str, Any], stored: list[dic
     if stored:
         details |= {"itemid": stored[0].get("itemid"), "stored": [item.get("filename") for item in stored]}
     return MoodleError(
-        status_for_errorcode(errortype),
-        errortype if errortype in messages else "uploadrefused",
+        errortype if errortype in messages else ErrorCode.UPLOAD_REFUSED,
         messages.get(errortype, f"Moodle refused {filename} ({errortype})"),
         details,
+        status=status_for_errorcode(errortype),
     )
 
 
@@ -101,7 +99,9 @@ def attach(moodle: MoodleService, function: str, fields: dict[str, Any]) -> dict
         raise
     cmid = answer.get("id")
     if not (isinstance(cmid, int) or (isinstance(cmid, str) and cmid.isdigit())):
-        raise MoodleError(502, "badresponse", f"{function} did not answer a course module id", {"function": function})
+        raise MoodleError(
+            ErrorCode.BAD_RESPONSE, f"{function} did not answer a course module id", {"function": function}
+        )
     return {
         "cmid": int(cmid),
         "courseid": fields["courseid"],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lms_api.errors import ApiError
+from lms_api.errors import ApiError, ErrorCode
 
 # The message names this many ids; ``details`` lists them all.
 MAX_NAMED = 20
@@ -16,6 +16,6 @@ def missing_ids(noun: str, plural: str, ids: list[int]) -> str:
     return f"{noun} with id {named}" if len(ids) == 1 else f"{plural} with ids {named}"
 
 
-def not_found(code: str, noun: str, plural: str, ids: list[int]) -> ApiError:
+def not_found(code: ErrorCode, noun: str, plural: str, ids: list[int]) -> ApiError:
     """404 ``code`` with ``details.missing_<plural>``: every id asked for that Moodle does not have."""
-    return ApiError(404, code, f"No {missing_ids(noun, plural, ids)} in Moodle", {f"missing_{plural}": ids})
+    return ApiError(code, f"No {missing_ids(noun, plural, ids)} in Moodle", {f"missing_{plural}": ids})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lms_api.errors import ApiError
+from lms_api.errors import ApiError, ErrorCode
 from lms_api.moodle.client import MoodleService
 from lms_api.moodle.errors import MoodleError, expect_list, expect_object, unexpected_answer
 from lms_api.security import Identity, Scope
@@ -22,16 +22,14 @@ def notification_user(identity: Identity, userid: int | None) -> int:
     if userid is None:
         if identity.moodle_userid is None:
             raise ApiError(
-                400,
-                "validationerror",
+                ErrorCode.VALIDATION_ERROR,
                 "Invalid input: userid",
                 {"fields": {"userid": ["Required: this token has no moodle_userid claim to default to"]}},
             )
         return identity.moodle_userid
     if userid != identity.moodle_userid and not identity.has_scope(Scope.ADMIN):
         raise ApiError(
-            403,
-            "forbidden",
+            ErrorCode.FORBIDDEN,
             "Reading another user's notifications needs the admin scope",
             {"required_scope": Scope.ADMIN.value},
         )

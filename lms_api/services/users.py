@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from lms_api.errors import ApiError
+from lms_api.errors import ApiError, ErrorCode
 from lms_api.moodle.client import MoodleService
 from lms_api.moodle.encoding import split_by_input_vars
 from lms_api.moodle.errors import expect_list
@@ -45,7 +45,7 @@ def missing_user_ids(moodle: MoodleService, user_ids: Iterable[int]) -> list[int
 
 
 def user_not_found(user_ids: list[int]) -> ApiError:
-    return not_found("usernotfound", "user", "users", user_ids)
+    return not_found(ErrorCode.USER_NOT_FOUND, "user", "users", user_ids)
 
 
 def _users(moodle: MoodleService, field: str, sent: Sequence[str | int]) -> dict[int, dict[str, Any]]:

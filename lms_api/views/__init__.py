@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from pyramid.request import Request
 from pyramid.view import view_config
 
-from lms_api.errors import success_body
+from lms_api.errors import dumps, success_body
 from lms_api.security import Scope
 
 ENVELOPE_RENDERER = "lms_api:envelope"
@@ -31,10 +30,6 @@ def api_view(*, route_name: str, request_method: str, permission: Scope, **setti
         renderer=ENVELOPE_RENDERER,
         **settings,
     )
-
-
-def dumps(body: Any) -> str:
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 
 
 class EnvelopeRenderer:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -13,9 +12,8 @@ from pyramid.request import Request
 from pyramid.response import Response
 from pyramid.view import exception_view_config, forbidden_view_config, notfound_view_config
 
-from lms_api.errors import ApiError, error_body
+from lms_api.errors import ApiError, ErrorCode, error_response
 from lms_api.security import ScopeDenied
-from lms_api.views import dumps
 
 log = structlog.get_logger("lms_api.errors")
 
@@ -24,29 +22,11 @@ MAX_LISTED = 20
 MAX_ECHOED_CHARS = 64
 
 
-def error_response(
-    request: Request,
-    status: int,
-    code: str,
-    message: str,
-    details: Mapping[str, Any] | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> Response:
-    response = Response(
-        body=dumps(error_body(code, message, details, request.id)).encode(),
-        status=status,
-        content_type="application/json",
-        charset="utf-8",
-    )
-    response.headers.update(headers or {})
-    return response
-
-
 @exception_view_config(ApiError)
 def api_error(error: ApiError, request: Request) -> Response:
     if error.status >= 500:
         log.warning("api.error", status=error.status, code=error.code, error_message=error.message)
-    return error_response(request, error.status, error.code, error.message, error.details, error.headers)
+    return error_response(request, error)
 
 
 @exception_view_config(ValidationError)
@@ -61,7 +41,7 @@ def validation_error(error: ValidationError, request: Request) -> Response:
     if len(names) > MAX_LISTED:
         details["more_fields"] = len(names) - MAX_LISTED
         summary += f" and {len(names) - MAX_LISTED} more"
-    return error_response(request, 400, "validationerror", f"Invalid input: {summary}", details)
+    return error_response(request, ApiError(ErrorCode.VALIDATION_ERROR, f"Invalid input: {summary}", details))
 
 
 def _echoed(name: Any) -> str:
@@ -87,27 +67,27 @@ def _capped(messages: Any) -> Any:
 @forbidden_view_config()
 def forbidden(error: HTTPForbidden, request: Request) -> Response:
     """401 when the caller is not authenticated (RFC 6750 challenge), 403 when the token lacks the scope."""
+    return error_response(request, _forbidden_error(error, request))
+
+
+def _forbidden_error(error: HTTPForbidden, request: Request) -> ApiError:
     if request.identity is None:
         problem = request.registry.getUtility(ISecurityPolicy).token_problem(request)
         if problem is None:
-            return error_response(
-                request,
-                401,
-                "unauthenticated",
+            return ApiError(
+                ErrorCode.UNAUTHENTICATED,
                 "This route needs an 'Authorization: Bearer <JWT>' header",
                 headers={"WWW-Authenticate": 'Bearer realm="lms_api"'},
             )
-        return error_response(
-            request,
-            401,
-            "invalid_token",
+        return ApiError(
+            ErrorCode.INVALID_TOKEN,
             f"The bearer token was refused: {problem}",
             headers={"WWW-Authenticate": 'Bearer realm="lms_api", error="invalid_token"'},
         )
     denied = getattr(error, "result", None)
     if isinstance(denied, ScopeDenied):
-        return error_response(request, 403, "forbidden", str(denied), {"required_scope": denied.scope})
-    return error_response(request, 403, "forbidden", "This token may not use this route")
+        return ApiError(ErrorCode.FORBIDDEN, str(denied), {"required_scope": denied.scope})
+    return ApiError(ErrorCode.FORBIDDEN, "This token may not use this route")
 
 
 @notfound_view_config()
@@ -118,24 +98,27 @@ def not_found(error: HTTPNotFound, request: Request) -> Response:
     if allowed and request.method not in allowed:
         return error_response(
             request,
-            405,
-            "methodnotallowed",
-            f"{request.method} is not allowed on {request.path}; use {', '.join(allowed)}",
-            {"allowed": list(allowed)},
-            {"Allow": ", ".join(allowed)},
+            ApiError(
+                ErrorCode.METHOD_NOT_ALLOWED,
+                f"{request.method} is not allowed on {request.path}; use {', '.join(allowed)}",
+                {"allowed": list(allowed)},
+                headers={"Allow": ", ".join(allowed)},
+            ),
         )
-    return error_response(request, 404, "notfound", f"No route matches {request.path}")
+    return error_response(request, ApiError(ErrorCode.NOT_FOUND, f"No route matches {request.path}"))
 
 
 @exception_view_config(HTTPException)
 def http_error(error: HTTPException, request: Request) -> Response:
+    """Any other HTTP error Pyramid raises: its reason phrase, lower case without spaces, is the code."""
     code = error.title.lower().replace(" ", "")
-    return error_response(request, error.code, code, error.explanation or error.title)
+    return error_response(request, ApiError(code, error.explanation or error.title, status=error.code))
 
 
 @exception_view_config(Exception)
 def unexpected_error(error: Exception, request: Request) -> Response:
     log.exception("unexpected.error", error_type=type(error).__name__)
     return error_response(
-        request, 500, "internalerror", "The gateway failed unexpectedly; the request id identifies the log lines"
+        request,
+        ApiError(ErrorCode.INTERNAL_ERROR, "The gateway failed unexpectedly; the request id identifies the log lines"),
     )
