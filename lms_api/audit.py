@@ -10,7 +10,7 @@ from pyramid.registry import Registry
 from pyramid.request import Request
 from pyramid.response import Response
 
-from lms_api.moodle.client import CallLog, current_call_log
+from lms_api.calllog import CallLog, current_call_log
 from lms_api.security import checked_identity
 from lms_api.views import is_api_request
 

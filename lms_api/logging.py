@@ -17,7 +17,7 @@ from pyramid.registry import Registry
 from pyramid.request import Request
 from pyramid.response import Response
 
-from lms_api.moodle.client import recording_calls
+from lms_api.calllog import recording_calls
 from lms_api.moodle.errors import redact
 from lms_api.security import checked_identity
 

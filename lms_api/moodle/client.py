@@ -12,8 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import IO, Any
 
 import requests
@@ -22,6 +21,7 @@ from requests.adapters import HTTPAdapter
 from requests_toolbelt.multipart.encoder import MultipartEncoder
 from urllib3.exceptions import NewConnectionError
 
+from lms_api.calllog import CallRecord, current_call_log
 from lms_api.errors import ErrorCode
 from lms_api.moodle.encoding import encode_params
 from lms_api.moodle.errors import (
@@ -45,52 +45,6 @@ BACKOFF_BASE_S = 0.1
 MAX_CONNECT_TIMEOUT_S = 3.0
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
 POOL_SIZE = 4
-
-
-@dataclass
-class CallRecord:
-    """What one logical Moodle call cost; the request summary log line adds these up."""
-
-    function: str
-    ms: float = 0.0
-    attempts: int = 0
-    deadline: float = 0.0
-
-
-@dataclass
-class CallLog:
-    calls: list[CallRecord] = field(default_factory=list)
-
-    @property
-    def functions(self) -> list[str]:
-        return [call.function for call in self.calls]
-
-    @property
-    def ms(self) -> float:
-        return round(sum(call.ms for call in self.calls), 1)
-
-    @property
-    def retries(self) -> int:
-        return sum(call.attempts - 1 for call in self.calls)
-
-
-_call_log: ContextVar[CallLog | None] = ContextVar("moodle_call_log", default=None)
-
-
-def current_call_log() -> CallLog:
-    """The calls of the request being handled so far (an empty log outside :func:`recording_calls`)."""
-    return _call_log.get() or CallLog()
-
-
-@contextmanager
-def recording_calls() -> Iterator[CallLog]:
-    """Collect the Moodle calls made inside the block (one request) for its summary line."""
-    call_log = CallLog()
-    reset_token = _call_log.set(call_log)
-    try:
-        yield call_log
-    finally:
-        _call_log.reset(reset_token)
 
 
 @dataclass(frozen=True)
@@ -235,9 +189,7 @@ class MoodleService:
     def _recorded(self, function: str, params: Mapping[str, Any], fields: int) -> Iterator[CallRecord]:
         """Account one logical call for the request's summary line and, with MOODLE_DEBUG, its own line."""
         record = CallRecord(function)
-        call_log = _call_log.get()
-        if call_log is not None:
-            call_log.calls.append(record)
+        current_call_log().calls.append(record)
         started = self._clock()
         record.deadline = started + self._timeout_s
         outcome = "error"

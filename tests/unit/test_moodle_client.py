@@ -15,8 +15,9 @@ import structlog
 from structlog.testing import capture_logs
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
 
+from lms_api.calllog import recording_calls
 from lms_api.moodle import client as client_module
-from lms_api.moodle.client import MoodleError, MoodleService, UploadFile, recording_calls
+from lms_api.moodle.client import MoodleError, MoodleService, UploadFile
 from lms_api.moodle.errors import scrub_paths
 from lms_api.moodle.functions import READ_ONLY_FUNCTIONS, SITE_INFO
 
