@@ -14,18 +14,16 @@ import requests
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from pyramid.interfaces import ISecurityPolicy
 from pyramid.request import Request, RequestLocalCache
 from pyramid.security import Allowed, Denied
 
-from lms_api.settings import HMAC_ALGORITHMS, Settings
+from lms_api.settings import DEFAULT_JWT_LEEWAY_S, HMAC_ALGORITHMS, PublicKey, Settings
 
 log = structlog.get_logger("lms_api.security")
 
 MAX_TOKEN_BYTES = 8192
 QUERY_TOKEN_PARAMETER = "access_token"  # noqa: S105 - a parameter name, not a secret
-LEEWAY_S = 30
 
 
 class Scope(StrEnum):
@@ -155,8 +153,8 @@ class TokenVerifier:
         algorithms: Iterable[str],
         audience: str | None = None,
         issuer: str | None = None,
-        leeway_s: int = LEEWAY_S,
-        public_key: str | None = None,
+        leeway_s: int = DEFAULT_JWT_LEEWAY_S,
+        public_key: PublicKey | None = None,
         jwks: JwksKeys | None = None,
     ) -> None:
         self._secret = secret
@@ -164,7 +162,7 @@ class TokenVerifier:
         self._audience = audience
         self._issuer = issuer
         self._leeway_s = leeway_s
-        self._public_key = load_pem_public_key(public_key.encode()) if public_key else None
+        self._public_key = public_key
         self._jwks = jwks
 
     @classmethod

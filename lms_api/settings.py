@@ -35,6 +35,10 @@ HMAC_ALGORITHMS = tuple(MIN_JWT_SECRET_LENGTH)
 RSA_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
 EC_ALGORITHMS = ("ES256", "ES384", "ES512")
 SUPPORTED_JWT_ALGORITHMS = HMAC_ALGORITHMS + RSA_ALGORITHMS + EC_ALGORITHMS
+DEFAULT_JWT_LEEWAY_S = 30
+PublicKey = RSAPublicKey | EllipticCurvePublicKey
+# A Moodle role's short name, as MOODLE_ROLE_IDS and the enrol route's roleid take it.
+ROLE_NAME = re.compile(r"[a-z][a-z0-9_]{0,99}")
 
 
 class SettingsError(Exception):
@@ -66,7 +70,7 @@ class Settings:
     moodle_attach_function: str
     moodle_role_ids: Mapping[str, int]
     jwt_secret: str | None
-    jwt_public_key: str | None
+    jwt_public_key: PublicKey | None
     jwt_jwks_url: str | None
     jwt_algorithms: tuple[str, ...]
     jwt_audience: str | None
@@ -151,8 +155,8 @@ def _https_url(key: str, raw: str) -> str:
     return url
 
 
-def _public_key(key: str, raw: str) -> str:
-    """PEM text, or the path of a PEM file; checked to be an RSA or EC public key."""
+def _public_key(key: str, raw: str) -> PublicKey:
+    """PEM text, or the path of a PEM file, loaded once here: an RSA or EC public key."""
     text = raw.strip()
     if not text.startswith("-----BEGIN"):
         path = Path(text)
@@ -166,7 +170,7 @@ def _public_key(key: str, raw: str) -> str:
         raise SettingsError(f"{key} is not a readable PEM public key") from None
     if not isinstance(loaded, (RSAPublicKey, EllipticCurvePublicKey)):
         raise SettingsError(f"{key} must be an RSA or EC public key")
-    return text
+    return loaded
 
 
 _PERIODS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
@@ -216,7 +220,6 @@ def _algorithms(key: str, raw: str) -> tuple[str, ...]:
 DEFAULT_ROLE_IDS = {"manager": 1, "editingteacher": 3, "teacher": 4, "student": 5}
 # The function of the public local_sync_service plugin; Moodle core has none that creates a file resource.
 DEFAULT_ATTACH_FUNCTION = "local_course_add_new_course_module_resource"
-_ROLE_NAME = re.compile(r"[a-z][a-z0-9_]{0,99}")
 _FUNCTION_NAME = re.compile(r"[a-z][a-z0-9_]{2,165}")
 
 
@@ -226,7 +229,7 @@ def _role_ids(key: str, raw: str) -> Mapping[str, int]:
         if not entry:
             continue
         name, separator, number = (piece.strip() for piece in entry.partition("="))
-        if not separator or not _ROLE_NAME.fullmatch(name) or not number.isdigit() or int(number) < 1:
+        if not separator or not ROLE_NAME.fullmatch(name) or not number.isdigit() or int(number) < 1:
             raise SettingsError(f"{key} must look like 'student=5,teacher=4', got {entry!r}")
         roles[name] = int(number)
     return MappingProxyType(roles)
@@ -273,7 +276,7 @@ _KEYS = (
     _Key("JWT_ALGORITHMS", _algorithms),
     _Key("JWT_AUDIENCE", _text),
     _Key("JWT_ISSUER", _text),
-    _Key("JWT_LEEWAY_S", _whole_number(0), "30"),
+    _Key("JWT_LEEWAY_S", _whole_number(0), str(DEFAULT_JWT_LEEWAY_S)),
     _Key("LOG_FORMAT", _log_format, "json"),
     _Key("RATE_LIMIT_READ", _rate, "600/minute"),
     _Key("RATE_LIMIT_WRITE", _rate, "120/minute"),
@@ -386,5 +389,5 @@ def _jwt_keys(environment: str, values: Mapping[str, Any]) -> tuple[str | None, 
 _PREFIXES = {"RSA": ("RS", "PS"), "EC": ("ES",)}
 
 
-def _key_family(pem: str) -> str:
-    return "EC" if isinstance(load_pem_public_key(pem.encode()), EllipticCurvePublicKey) else "RSA"
+def _key_family(key: PublicKey) -> str:
+    return "EC" if isinstance(key, EllipticCurvePublicKey) else "RSA"

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from marshmallow import ValidationError, fields, validate, validates_schema
 
 from lms_api.schemas.base import MAX_SAFE_INTEGER, Flag, RequestSchema, ResponseSchema, strict_int
+from lms_api.settings import ROLE_NAME
 
 MAX_ENROLMENTS = 10000
-_ROLE_NAME = re.compile(r"[a-z][a-z0-9_]{0,99}")
 
 
 class Role(fields.Field):
@@ -19,7 +18,7 @@ class Role(fields.Field):
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int | str:
         if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_SAFE_INTEGER:
             return value
-        if isinstance(value, str) and _ROLE_NAME.fullmatch(value):
+        if isinstance(value, str) and ROLE_NAME.fullmatch(value):
             return value
         raise ValidationError("A role id (a positive integer) or a role name such as 'student'")
 

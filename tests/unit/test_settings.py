@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from lms_api import main
 from lms_api.settings import DEVELOPMENT_JWT_SECRET, SettingsError, load_settings, read_dotenv
@@ -159,7 +160,8 @@ def test_a_public_key_may_be_a_file_or_one_line_with_escaped_newlines(tmp_path, 
     from_file = load_settings(PRODUCTION, without_secret(JWT_PUBLIC_KEY=str(tmp_path / "idp.pem")))
     one_line = load_settings(PRODUCTION, without_secret(JWT_PUBLIC_KEY=rsa_pem.strip().replace("\n", "\\n")))
 
-    assert from_file.jwt_public_key.strip() == one_line.jwt_public_key.strip() == rsa_pem.strip()
+    expected = load_pem_public_key(rsa_pem.encode()).public_numbers()
+    assert from_file.jwt_public_key.public_numbers() == one_line.jwt_public_key.public_numbers() == expected
 
 
 @pytest.mark.parametrize(
