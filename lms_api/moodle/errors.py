@@ -149,6 +149,11 @@ def unexpected_answer(function: str) -> MoodleError:
     )
 
 
+# One record as Moodle answers it (a course, a user, a notification): its fields are Moodle's, passed through the
+# routes' output schemas, which keep only the documented ones.
+MoodleRecord = dict[str, Any]
+
+
 def expect_object(answer: Any, function: str) -> dict[str, Any]:
     """``answer`` if it is a JSON object; a 502 otherwise, so a changed Moodle never causes a 500."""
     if not isinstance(answer, dict):
@@ -156,7 +161,7 @@ def expect_object(answer: Any, function: str) -> dict[str, Any]:
     return answer
 
 
-def expect_list(answer: Any, function: str, *, key: str | None = None) -> list[dict[str, Any]]:
+def expect_list(answer: Any, function: str, *, key: str | None = None) -> list[MoodleRecord]:
     """``answer`` if it is a list of objects (each with ``key`` when given); a 502 otherwise."""
     if not isinstance(answer, list) or not all(
         isinstance(item, dict) and (key is None or key in item) for item in answer

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypedDict
 
 from lms_api.errors import ApiError, ErrorCode
 from lms_api.moodle.client import MoodleService
 from lms_api.moodle.encoding import split_by_input_vars
-from lms_api.moodle.errors import MoodleError, expect_list, expect_object, status_for_errorcode, unexpected_answer
+from lms_api.moodle.errors import (
+    MoodleError,
+    MoodleRecord,
+    expect_list,
+    expect_object,
+    status_for_errorcode,
+    unexpected_answer,
+)
 from lms_api.services.notfound import not_found
 
 GET_CATEGORIES = "core_course_get_categories"
@@ -21,9 +28,21 @@ UPDATE_COURSES = "core_course_update_courses"
 SITE_FORMAT = "site"  # the front-page course every Moodle has; never a course a caller means
 
 
+class CourseListing(TypedDict):
+    courses: list[MoodleRecord]
+    total: int  # every match, before paging
+    page: int
+    perpage: int
+
+
+class CreatedCourse(TypedDict):
+    id: int
+    shortname: str
+
+
 def list_courses(
     moodle: MoodleService, *, search: str | None = None, category: int | None = None, page: int = 0, perpage: int = 50
-) -> dict[str, Any]:
+) -> CourseListing:
     """Courses matching ``search`` and/or in ``category``, page ``page`` (0-based) of ``perpage``.
 
     ``total`` counts every match before paging. Search results carry only Moodle's public course fields,
@@ -46,28 +65,28 @@ def list_courses(
     return _listing(courses_by_ids(moodle, page_ids), total, page, perpage)
 
 
-def courses_by_ids(moodle: MoodleService, course_ids: Iterable[int]) -> list[dict[str, Any]]:
+def courses_by_ids(moodle: MoodleService, course_ids: Iterable[int]) -> list[MoodleRecord]:
     """The courses with these ids that exist, front page left out, in the order asked.
 
     ``core_course_get_courses`` leaves out an id that does not exist, where ``core_course_get_courses_by_field``
     with ``field=ids`` fails with a PHP error, even for a course deleted a moment before.
     """
     wanted = list(dict.fromkeys(course_ids))
-    found: dict[int, dict[str, Any]] = {}
+    found: dict[int, MoodleRecord] = {}
     for run in split_by_input_vars("ids", wanted, {}, moodle.max_input_vars):
         answer = moodle.call(GET_COURSES, {"options": {"ids": wanted[run.start : run.stop]}})
         found |= {course["id"]: course for course in expect_list(answer, GET_COURSES, key="id") if not _is_site(course)}
     return [found[course_id] for course_id in wanted if course_id in found]
 
 
-def get_course(moodle: MoodleService, course_id: int) -> dict[str, Any]:
+def get_course(moodle: MoodleService, course_id: int) -> MoodleRecord:
     courses = _by_field(moodle, "id", str(course_id))
     if not courses:
         raise course_not_found([course_id])
     return courses[0]
 
 
-def create_course(moodle: MoodleService, fields: Mapping[str, Any]) -> dict[str, Any]:
+def create_course(moodle: MoodleService, fields: Mapping[str, Any]) -> CreatedCourse:
     """Create one course. Moodle refuses a category that does not exist before it writes anything, so that
     refusal is only given the category's own error code here, at no extra call."""
     try:
@@ -82,7 +101,7 @@ def create_course(moodle: MoodleService, fields: Mapping[str, Any]) -> dict[str,
     return {"id": created[0]["id"], "shortname": created[0].get("shortname", fields["shortname"])}
 
 
-def update_course(moodle: MoodleService, course_id: int, changes: Mapping[str, Any]) -> dict[str, Any]:
+def update_course(moodle: MoodleService, course_id: int, changes: Mapping[str, Any]) -> MoodleRecord:
     """Send only ``changes``, then read the course back; Moodle reports a failed update as a warning in a 200.
 
     Moodle moves a course into a category that does not exist, answering only a warning; such a course breaks
@@ -150,14 +169,14 @@ def _warning_error(code: str, message: str, course_id: int, category_id: int | N
     )
 
 
-def _by_field(moodle: MoodleService, field: str, value: str) -> list[dict[str, Any]]:
+def _by_field(moodle: MoodleService, field: str, value: str) -> list[MoodleRecord]:
     answer = expect_object(moodle.call(GET_COURSES_BY_FIELD, {"field": field, "value": value}), GET_COURSES_BY_FIELD)
     return [
         course for course in expect_list(answer.get("courses"), GET_COURSES_BY_FIELD, key="id") if not _is_site(course)
     ]
 
 
-def _search(moodle: MoodleService, text: str, page: int, perpage: int) -> tuple[list[dict[str, Any]], int]:
+def _search(moodle: MoodleService, text: str, page: int, perpage: int) -> tuple[list[MoodleRecord], int]:
     """Moodle's text search: one page of matches (``perpage`` 0: all of them) and the number of all matches."""
     params = {"criterianame": "search", "criteriavalue": text, "page": page, "perpage": perpage}
     answer = expect_object(moodle.call(SEARCH_COURSES, params), SEARCH_COURSES)
@@ -171,7 +190,7 @@ def _page(items: list[Any], page: int, perpage: int) -> list[Any]:
     return items[page * perpage : (page + 1) * perpage]
 
 
-def _listing(courses: list[dict[str, Any]], total: int, page: int, perpage: int) -> dict[str, Any]:
+def _listing(courses: list[MoodleRecord], total: int, page: int, perpage: int) -> CourseListing:
     return {"courses": courses, "total": total, "page": page, "perpage": perpage}
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypedDict
 
 from lms_api.errors import ApiError, ErrorCode
 from lms_api.moodle.client import MoodleService
@@ -14,6 +14,11 @@ from lms_api.services.notfound import missing_ids
 from lms_api.services.users import GET_USERS_BY_FIELD, missing_user_ids
 
 ENROL_USERS = "enrol_manual_enrol_users"
+
+
+class EnrolResult(TypedDict):
+    enrolled: int
+    calls: int  # Moodle calls the batch was split into
 
 
 def resolve_roles(enrolments: list[dict[str, Any]], role_ids: Mapping[str, int]) -> list[dict[str, Any]]:
@@ -33,7 +38,7 @@ def resolve_roles(enrolments: list[dict[str, Any]], role_ids: Mapping[str, int])
     return resolved
 
 
-def enrol(moodle: MoodleService, enrolments: list[dict[str, Any]]) -> dict[str, Any]:
+def enrol(moodle: MoodleService, enrolments: list[dict[str, Any]]) -> EnrolResult:
     """Enrol everyone or say exactly who was enrolled.
 
     The courses and users are checked before anything is written: Moodle answers ``invalidparameter`` for a

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 from lms_api.errors import ApiError, ErrorCode
 from lms_api.moodle.client import MoodleService, UploadFile
-from lms_api.moodle.errors import MoodleError, expect_object, function_not_available, status_for_errorcode
+from lms_api.moodle.errors import MoodleError, MoodleRecord, expect_object, function_not_available, status_for_errorcode
 from lms_api.moodle.functions import UPLOAD_FUNCTION
 from lms_api.settings import DEFAULT_ATTACH_FUNCTION
 
@@ -15,6 +15,19 @@ SYNC_SERVICE_PLUGIN = "https://github.com/lectureStudio/moodle-local_sync_servic
 MIB = 1024 * 1024
 # Room for the multipart boundaries, part headers and small form fields around the files themselves.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
+
+
+class Uploaded(TypedDict):
+    itemid: int  # the draft item every file went into
+    files: list[MoodleRecord]
+
+
+class Attached(TypedDict):
+    cmid: int
+    courseid: int
+    section: int
+    name: str
+    visible: bool
 
 
 def refuse_oversized_body(content_length: int | None, max_mb: int) -> None:
@@ -45,7 +58,7 @@ def _too_large(max_mb: int) -> ApiError:
     )
 
 
-def upload(moodle: MoodleService, files: Sequence[UploadFile], itemid: int = 0) -> dict[str, Any]:
+def upload(moodle: MoodleService, files: Sequence[UploadFile], itemid: int = 0) -> Uploaded:
     """Upload ``files`` into one draft item; any per-file refusal is an error naming what was stored anyway."""
     entries = moodle.upload(files, itemid)
     refused = [entry for entry in entries if "errortype" in entry]
@@ -79,7 +92,7 @@ def _refused_file(moodle: MoodleService, entry: dict[str, Any], stored: list[dic
     )
 
 
-def attach(moodle: MoodleService, function: str, fields: dict[str, Any]) -> dict[str, Any]:
+def attach(moodle: MoodleService, function: str, fields: dict[str, Any]) -> Attached:
     """Create a file resource in a course from a draft item, with ``function`` (the sync_service plugin's)."""
     params = {
         "courseid": fields["courseid"],

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 from lms_api.errors import ApiError, ErrorCode
 from lms_api.moodle.client import MoodleService
 from lms_api.moodle.encoding import split_by_input_vars
-from lms_api.moodle.errors import expect_list
+from lms_api.moodle.errors import MoodleRecord, expect_list
 from lms_api.services.notfound import not_found
 
 GET_USERS_BY_FIELD = "core_user_get_users_by_field"
@@ -18,7 +18,13 @@ USER_FIELDS = ("id", "idnumber", "username", "email")
 MAX_SINGLE_VALUE_CALLS = 20
 
 
-def users_by_field(moodle: MoodleService, field: str, values: list[str | int]) -> dict[str, Any]:
+class UsersFound(TypedDict):
+    users: list[MoodleRecord]
+    missing: list[str | int]  # values no user has, as the caller wrote them
+    unchecked: list[str | int]  # values past the bound of value-by-value calls: neither found nor missing
+
+
+def users_by_field(moodle: MoodleService, field: str, values: list[str | int]) -> UsersFound:
     """The users whose ``field`` is one of ``values``; ``missing`` lists the values no user matched.
 
     Values are compared the way Moodle looks them up: usernames are lower-case in Moodle (and sent so),
