@@ -21,8 +21,8 @@ run: install
 	$(BIN)/pserve development.ini http_port=$(PORT)
 
 lint: install
-	$(BIN)/ruff check lms_api tests scripts
-	$(BIN)/ruff format --check lms_api tests scripts
+	$(BIN)/ruff check lms_api moodle_sandbox tests scripts
+	$(BIN)/ruff format --check lms_api moodle_sandbox tests scripts
 
 test: lint
 	$(BIN)/pytest

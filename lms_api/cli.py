@@ -7,8 +7,6 @@ import os
 import sys
 from collections.abc import Sequence
 
-from lms_api.sandbox.server import FAULT_KINDS, build_sandbox
-from lms_api.sandbox.site import DEFAULT_MAX_INPUT_VARS
 from lms_api.security import Scope, TokenVerifier
 from lms_api.settings import DEVELOPMENT, SettingsError, load_settings, read_dotenv
 
@@ -42,8 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     sandbox.add_argument("--latency-ms", type=float, default=0.0, help="added to every web-service call")
     sandbox.add_argument("--fault-rate", type=float, default=0.0, help="share of calls (0..1) that get --fault")
-    sandbox.add_argument("--fault", choices=FAULT_KINDS, default="reset", help="fault injected at --fault-rate")
-    sandbox.add_argument("--max-input-vars", type=int, default=DEFAULT_MAX_INPUT_VARS, help="PHP max_input_vars")
+    # The sandbox checks --fault and defaults --max-input-vars itself: `lms-api token` must not import it.
+    sandbox.add_argument("--fault", default="reset", help="fault injected at --fault-rate (default: reset)")
+    sandbox.add_argument("--max-input-vars", type=int, help="PHP max_input_vars (default: 5000, Moodle's minimum)")
     sandbox.add_argument(
         "--no-upload-files", action="store_true", help="the service does not allow uploads (upload.php refuses)"
     )
@@ -71,19 +70,26 @@ def _mint(args: argparse.Namespace) -> int:
 
 
 def _sandbox(args: argparse.Namespace) -> int:
+    # Imported here: the gateway never depends on its emulator, only this command runs it.
+    from moodle_sandbox.server import FAULT_KINDS, build_sandbox
+
+    if args.fault not in FAULT_KINDS:
+        print(f"lms-api: --fault must be one of {', '.join(FAULT_KINDS)}", file=sys.stderr)
+        return 2
     functions = [name.strip() for name in args.functions.split(",") if name.strip()] if args.functions else None
+    options = {} if args.max_input_vars is None else {"max_input_vars": args.max_input_vars}
     server = build_sandbox(
         args.host,
         args.port,
         token=args.token,
         service_functions=functions,
         debug=args.debug,
-        max_input_vars=args.max_input_vars,
         max_bytes=args.max_bytes,
         upload_files=not args.no_upload_files,
         latency_ms=args.latency_ms,
         fault_rate=args.fault_rate,
         random_fault=args.fault,
+        **options,
     )
     print(f"Moodle sandbox on {server.url}  token: {server.site.token}", flush=True)
     try:

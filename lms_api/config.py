@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
 from pyramid.config import Configurator
@@ -15,10 +15,12 @@ from lms_api.audit import audit_targets
 from lms_api.logging import configure_logging, request_id
 from lms_api.moodle.client import MoodleService
 from lms_api.ratelimit import counter_from_settings
-from lms_api.sandbox.server import SandboxServer, start_sandbox
 from lms_api.security import UNDECLARED_PERMISSION, JWTSecurityPolicy, TokenVerifier
 from lms_api.settings import Settings
 from lms_api.views import ENVELOPE_RENDERER, EnvelopeRenderer
+
+if TYPE_CHECKING:
+    from moodle_sandbox.server import SandboxServer
 
 log = structlog.get_logger("lms_api")
 
@@ -53,6 +55,9 @@ def make_app(
     """Build the WSGI app. With no ``MOODLE_BASE_URL`` (development only) a sandbox starts alongside it."""
     sandbox: SandboxServer | None = None
     if settings.uses_sandbox:
+        # Imported here so a gateway pointed at a real Moodle never loads the emulator.
+        from moodle_sandbox.server import start_sandbox
+
         sandbox = start_sandbox()
         base_url, token = sandbox.url, sandbox.site.token
     else:

@@ -16,8 +16,8 @@ from hypothesis import settings as hypothesis_settings
 
 from lms_api.config import make_app
 from lms_api.moodle.encoding import encode_params
-from lms_api.sandbox.server import Fault, start_sandbox
 from lms_api.settings import load_settings
+from moodle_sandbox.server import Fault, start_sandbox
 
 # Property tests: bounded so `make test` stays fast; the same examples on every CI run, fresh ones elsewhere.
 hypothesis_settings.register_profile("dev", max_examples=60, deadline=None)

@@ -177,7 +177,7 @@ def test_attach_to_a_missing_course_is_a_404(gateway):
 
 
 def test_a_site_without_the_plugin_answers_501_saying_what_to_install(make_sandbox, make_gateway):
-    from lms_api.sandbox.site import FUNCTIONS
+    from moodle_sandbox.site import FUNCTIONS
 
     without = make_sandbox(service_functions=[name for name in FUNCTIONS if not name.startswith("local_")])
     gateway = make_gateway(base_url=without.url, token=without.site.token)

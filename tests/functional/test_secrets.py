@@ -3,7 +3,7 @@
 import pytest
 import structlog
 
-from lms_api.sandbox.server import start_sandbox
+from moodle_sandbox.server import start_sandbox
 from tests.conftest import Gateway, mint, queue_fault, settings_for
 
 MOODLE_TOKEN = "MOODLETOKENCANARY0123456789abcdef"

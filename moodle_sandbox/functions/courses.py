@@ -15,22 +15,22 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from lms_api.sandbox.errors import (
+from moodle_sandbox.errors import (
     MoodleException,
     PhpError,
     course_ids_read_error,
     missing_record,
     moodle_exception,
 )
-from lms_api.sandbox.functions.formatting import format_string, format_text
-from lms_api.sandbox.params import DEFAULT, OPTIONAL, Multiple, Single, Value, invalid_parameter
-from lms_api.sandbox.php import is_valid_plugin_name, php_empty, php_intval, php_loose_equals, php_trim, strip_tags
-from lms_api.sandbox.records import Course, SiteState
-from lms_api.sandbox.registry import sandbox_function
-from lms_api.sandbox.seed import EDITING_TEACHER_ROLE_ID, FORMAT_OPTIONS, SITE_COURSE_ID
+from moodle_sandbox.functions.formatting import format_string, format_text
+from moodle_sandbox.params import DEFAULT, OPTIONAL, Multiple, Single, Value, invalid_parameter
+from moodle_sandbox.php import is_valid_plugin_name, php_empty, php_intval, php_loose_equals, php_trim, strip_tags
+from moodle_sandbox.records import Course, SiteState
+from moodle_sandbox.registry import sandbox_function
+from moodle_sandbox.seed import EDITING_TEACHER_ROLE_ID, FORMAT_OPTIONS, SITE_COURSE_ID
 
 if TYPE_CHECKING:
-    from lms_api.sandbox.site import SandboxSite
+    from moodle_sandbox.site import SandboxSite
 
 AVAILABLE_LANGS = ("en",)  # get_string_manager()->get_list_of_translations() of a stock site
 TEXT_FORMATS = (0, 1, 2, 4)  # FORMAT_MOODLE, FORMAT_HTML, FORMAT_PLAIN, FORMAT_MARKDOWN

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from lms_api.sandbox.errors import PhpError, missing_record, moodle_exception
-from lms_api.sandbox.functions.formatting import format_string
-from lms_api.sandbox.functions.users import user_details
-from lms_api.sandbox.params import DEFAULT, OPTIONAL, Multiple, Single, Value, invalid_parameter
-from lms_api.sandbox.php import php_intval
-from lms_api.sandbox.records import Enrolment, User
-from lms_api.sandbox.registry import sandbox_function
-from lms_api.sandbox.seed import GUEST_USER_ID, NOREPLY_USER_ID, SITE_COURSE_ID, SUPPORT_USER_ID
+from moodle_sandbox.errors import PhpError, missing_record, moodle_exception
+from moodle_sandbox.functions.formatting import format_string
+from moodle_sandbox.functions.users import user_details
+from moodle_sandbox.params import DEFAULT, OPTIONAL, Multiple, Single, Value, invalid_parameter
+from moodle_sandbox.php import php_intval
+from moodle_sandbox.records import Enrolment, User
+from moodle_sandbox.registry import sandbox_function
+from moodle_sandbox.seed import GUEST_USER_ID, NOREPLY_USER_ID, SITE_COURSE_ID, SUPPORT_USER_ID
 
 if TYPE_CHECKING:
-    from lms_api.sandbox.site import SandboxSite
+    from moodle_sandbox.site import SandboxSite
 
 ENROL_USERS = Single(
     {

@@ -33,7 +33,7 @@ No enrolments, draft files or course modules at the start.
 
 from __future__ import annotations
 
-from lms_api.sandbox.records import Category, Course, Notification, Role, SiteState, User
+from moodle_sandbox.records import Category, Course, Notification, Role, SiteState, User
 
 SITE_COURSE_ID = 1
 GUEST_USER_ID = 1

@@ -6,16 +6,16 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from lms_api.sandbox.errors import coding_exception, moodle_exception
-from lms_api.sandbox.functions.formatting import format_string
-from lms_api.sandbox.params import DEFAULT, INSTALLED_LANGS, OPTIONAL, Multiple, Single, Value, invalid_parameter
-from lms_api.sandbox.php import clean_username as _clean_username
-from lms_api.sandbox.php import php_empty, php_intval, php_loose_equals, php_trim
-from lms_api.sandbox.records import User, theme_image_url
-from lms_api.sandbox.registry import sandbox_function
+from moodle_sandbox.errors import coding_exception, moodle_exception
+from moodle_sandbox.functions.formatting import format_string
+from moodle_sandbox.params import DEFAULT, INSTALLED_LANGS, OPTIONAL, Multiple, Single, Value, invalid_parameter
+from moodle_sandbox.php import clean_username as _clean_username
+from moodle_sandbox.php import php_empty, php_intval, php_loose_equals, php_trim
+from moodle_sandbox.records import User, theme_image_url
+from moodle_sandbox.registry import sandbox_function
 
 if TYPE_CHECKING:
-    from lms_api.sandbox.site import SandboxSite
+    from moodle_sandbox.site import SandboxSite
 
 GET_USERS_BY_FIELD = Single({"field": Value("alpha"), "values": Multiple(Value("raw"))})
 # create_users_parameters() of Moodle 5.0, with the PARAM_* type core_user gives each user field.

@@ -11,13 +11,13 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from lms_api.sandbox import functions  # noqa: F401 - importing the package registers the web-service functions
-from lms_api.sandbox.errors import MoodleException, invalid_token, not_in_service, unknown_function
-from lms_api.sandbox.params import invalid_parameter, validate
-from lms_api.sandbox.phpform import PhpArray
-from lms_api.sandbox.records import SiteState, User
-from lms_api.sandbox.registry import FUNCTIONS, SandboxFunction, sandbox_function
-from lms_api.sandbox.seed import ADMIN_USER_ID, seed_state
+from moodle_sandbox import functions  # noqa: F401 - importing the package registers the web-service functions
+from moodle_sandbox.errors import MoodleException, invalid_token, not_in_service, unknown_function
+from moodle_sandbox.params import invalid_parameter, validate
+from moodle_sandbox.phpform import PhpArray
+from moodle_sandbox.records import SiteState, User
+from moodle_sandbox.registry import FUNCTIONS, SandboxFunction, sandbox_function
+from moodle_sandbox.seed import ADMIN_USER_ID, seed_state
 
 DEFAULT_MAX_INPUT_VARS = 5000
 

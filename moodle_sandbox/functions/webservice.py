@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from lms_api.sandbox.params import DEFAULT, Multiple, Single, Value
-from lms_api.sandbox.records import theme_image_url
-from lms_api.sandbox.registry import sandbox_function
-from lms_api.sandbox.seed import SITE_COURSE_ID
+from moodle_sandbox.params import DEFAULT, Multiple, Single, Value
+from moodle_sandbox.records import theme_image_url
+from moodle_sandbox.registry import sandbox_function
+from moodle_sandbox.seed import SITE_COURSE_ID
 
 if TYPE_CHECKING:
-    from lms_api.sandbox.site import SandboxSite
+    from moodle_sandbox.site import SandboxSite
 
 MOODLE_VERSION = "2025041400"
 MOODLE_RELEASE = "5.0 (Build: 20250414)"

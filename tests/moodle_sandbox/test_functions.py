@@ -1,8 +1,8 @@
 """The sandbox's Moodle functions against the seed data, Moodle's rules and a real Moodle 5.0's recorded answers.
 
 Most tests call ``SandboxSite.rest()`` on a fresh site; the golden bodies are read from ``tests/moodle_golden/`` and
-compared byte for byte with ``php_json()``, the encoder the HTTP server uses (``test_sandbox_golden.py`` replays
-every recording over HTTP).
+compared byte for byte with ``php_json()``, the encoder the HTTP server uses (``test_golden.py`` replays every
+recording over HTTP).
 """
 
 from __future__ import annotations
@@ -14,15 +14,15 @@ import pytest
 import requests
 
 from lms_api.moodle.encoding import encode_params
-from lms_api.sandbox.errors import MoodleException
-from lms_api.sandbox.functions.enrol import _enrol as enrol_one
-from lms_api.sandbox.functions.messages import format_time
-from lms_api.sandbox.php import php_json
-from lms_api.sandbox.phpform import parse_php_form
-from lms_api.sandbox.records import Category, DraftFile
-from lms_api.sandbox.server import start_sandbox
-from lms_api.sandbox.site import FUNCTIONS, SandboxSite
-from tests.unit.test_sandbox_golden import golden_bytes, golden_json, golden_text
+from moodle_sandbox.errors import MoodleException
+from moodle_sandbox.functions.enrol import _enrol as enrol_one
+from moodle_sandbox.functions.messages import format_time
+from moodle_sandbox.php import php_json
+from moodle_sandbox.phpform import parse_php_form
+from moodle_sandbox.records import Category, DraftFile
+from moodle_sandbox.server import start_sandbox
+from moodle_sandbox.site import FUNCTIONS, SandboxSite
+from tests.moodle_sandbox.test_golden import golden_bytes, golden_json, golden_text
 
 TOKEN = "functions-test-token"
 GOLDEN_URL = "http://127.0.0.1:8088"

@@ -1,5 +1,5 @@
 """The web-service functions of the sandbox; importing this package registers them all."""
 
-from lms_api.sandbox.functions import categories, courses, enrol, messages, sync_service, users, webservice
+from moodle_sandbox.functions import categories, courses, enrol, messages, sync_service, users, webservice
 
 __all__ = ["categories", "courses", "enrol", "messages", "sync_service", "users", "webservice"]

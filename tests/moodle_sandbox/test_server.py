@@ -16,12 +16,12 @@ from collections import Counter
 import pytest
 import requests
 
-from lms_api.sandbox.errors import MoodleException
-from lms_api.sandbox.params import DEFAULT, OPTIONAL, Multiple, Single, Value, validate
-from lms_api.sandbox.phpform import PhpArray, parse_php_form
-from lms_api.sandbox.server import SandboxServer, start_sandbox
-from lms_api.sandbox.site import SandboxSite
-from tests.unit.test_sandbox_golden import golden_json, golden_text
+from moodle_sandbox.errors import MoodleException
+from moodle_sandbox.params import DEFAULT, OPTIONAL, Multiple, Single, Value, validate
+from moodle_sandbox.phpform import PhpArray, parse_php_form
+from moodle_sandbox.server import SandboxServer, start_sandbox
+from moodle_sandbox.site import SandboxSite
+from tests.moodle_sandbox.test_golden import golden_json, golden_text
 
 TOKEN = "sandbox-test-token-0123456789abcdef"
 SITE_INFO = "core_webservice_get_site_info"

@@ -7,8 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from lms_api.sandbox.errors import MoodleException
-from lms_api.sandbox.php import clean_username, is_valid_plugin_name, php_trim, strip_tags
+from moodle_sandbox.errors import MoodleException
+from moodle_sandbox.php import clean_username, is_valid_plugin_name, php_trim, strip_tags
 
 _INT = re.compile(r"0|-?[1-9][0-9]*")  # what survives PHP's (string)(int)$value === $value
 _INT_RANGE = range(-(2**63), 2**63)

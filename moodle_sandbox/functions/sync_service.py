@@ -11,15 +11,15 @@ import dataclasses
 import re
 from typing import TYPE_CHECKING, Any
 
-from lms_api.sandbox.errors import bigint_read_error, bigint_write_error, missing_record
-from lms_api.sandbox.params import DEFAULT, Single, Value
-from lms_api.sandbox.php import php_empty
-from lms_api.sandbox.records import CONTEXT_COURSE, CourseModule
-from lms_api.sandbox.registry import sandbox_function
-from lms_api.sandbox.seed import ADMIN_CONTEXT_ID
+from moodle_sandbox.errors import bigint_read_error, bigint_write_error, missing_record
+from moodle_sandbox.params import DEFAULT, Single, Value
+from moodle_sandbox.php import php_empty
+from moodle_sandbox.records import CONTEXT_COURSE, CourseModule
+from moodle_sandbox.registry import sandbox_function
+from moodle_sandbox.seed import ADMIN_CONTEXT_ID
 
 if TYPE_CHECKING:
-    from lms_api.sandbox.site import SandboxSite
+    from moodle_sandbox.site import SandboxSite
 
 ADD_RESOURCE = Single(
     {

@@ -16,14 +16,14 @@ from email.message import Message
 from email.parser import BytesFeedParser
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from lms_api.sandbox.errors import MoodleException, moodle_exception, uploads_disabled
-from lms_api.sandbox.php import clean_alphanum, clean_file, clean_path, php_intval
-from lms_api.sandbox.phpform import PhpArray
-from lms_api.sandbox.records import DraftFile
-from lms_api.sandbox.seed import ADMIN_CONTEXT_ID
+from moodle_sandbox.errors import MoodleException, moodle_exception, uploads_disabled
+from moodle_sandbox.php import clean_alphanum, clean_file, clean_path, php_intval
+from moodle_sandbox.phpform import PhpArray
+from moodle_sandbox.records import DraftFile
+from moodle_sandbox.seed import ADMIN_CONTEXT_ID
 
 if TYPE_CHECKING:
-    from lms_api.sandbox.site import SandboxSite
+    from moodle_sandbox.site import SandboxSite
 
 UPLOAD_FUNCTION = "upload.php"  # the name upload calls are counted and faulted under
 MAX_FILE_UPLOADS = 20  # PHP's max_file_uploads: the files after it are dropped

@@ -10,15 +10,15 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from lms_api.sandbox.errors import MoodleException, ids_read_error
-from lms_api.sandbox.functions.formatting import format_string, format_text
-from lms_api.sandbox.params import DEFAULT, INSTALLED_THEMES, Multiple, Single, Value
-from lms_api.sandbox.php import php_intval, strip_tags
-from lms_api.sandbox.records import Category, SiteState
-from lms_api.sandbox.registry import sandbox_function
+from moodle_sandbox.errors import MoodleException, ids_read_error
+from moodle_sandbox.functions.formatting import format_string, format_text
+from moodle_sandbox.params import DEFAULT, INSTALLED_THEMES, Multiple, Single, Value
+from moodle_sandbox.php import php_intval, strip_tags
+from moodle_sandbox.records import Category, SiteState
+from moodle_sandbox.registry import sandbox_function
 
 if TYPE_CHECKING:
-    from lms_api.sandbox.site import SandboxSite
+    from moodle_sandbox.site import SandboxSite
 
 GET_CATEGORIES = Single(
     {

@@ -24,9 +24,9 @@ import pytest
 import requests
 
 from lms_api.moodle.encoding import encode_params
-from lms_api.sandbox.phpform import parse_php_form
-from lms_api.sandbox.server import SandboxServer
-from lms_api.sandbox.site import SandboxSite
+from moodle_sandbox.phpform import parse_php_form
+from moodle_sandbox.server import SandboxServer
+from moodle_sandbox.site import SandboxSite
 
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "moodle_golden"
 GOLDEN_URL = "http://127.0.0.1:8088"

@@ -31,13 +31,13 @@ from urllib.parse import parse_qsl
 
 import structlog
 
-from lms_api.sandbox.errors import MoodleException, site_maintenance
-from lms_api.sandbox.php import php_json
-from lms_api.sandbox.phpform import parse_php_form
-from lms_api.sandbox.site import SandboxSite
-from lms_api.sandbox.upload import UPLOAD_FUNCTION, UploadedFile, ajax_error, read_multipart, upload
+from moodle_sandbox.errors import MoodleException, site_maintenance
+from moodle_sandbox.php import php_json
+from moodle_sandbox.phpform import parse_php_form
+from moodle_sandbox.site import SandboxSite
+from moodle_sandbox.upload import UPLOAD_FUNCTION, UploadedFile, ajax_error, read_multipart, upload
 
-log = structlog.get_logger("lms_api.sandbox")
+log = structlog.get_logger("moodle_sandbox")
 
 REST_PATH = "/webservice/rest/server.php"
 UPLOAD_PATH = "/webservice/upload.php"

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from lms_api.sandbox.errors import MoodleException, missing_record, moodle_exception
-from lms_api.sandbox.params import DEFAULT, Single, Value
-from lms_api.sandbox.records import Notification, theme_image_url
-from lms_api.sandbox.registry import sandbox_function
+from moodle_sandbox.errors import MoodleException, missing_record, moodle_exception
+from moodle_sandbox.params import DEFAULT, Single, Value
+from moodle_sandbox.records import Notification, theme_image_url
+from moodle_sandbox.registry import sandbox_function
 
 if TYPE_CHECKING:
-    from lms_api.sandbox.site import SandboxSite
+    from moodle_sandbox.site import SandboxSite
 
 GET_POPUP_NOTIFICATIONS = Single(
     {

@@ -8,13 +8,13 @@ import socket
 import pytest
 import requests
 
-from lms_api.sandbox.errors import MoodleException
-from lms_api.sandbox.php import php_json
-from lms_api.sandbox.phpform import PhpArray
-from lms_api.sandbox.server import SandboxServer, start_sandbox
-from lms_api.sandbox.site import SandboxSite
-from lms_api.sandbox.upload import UploadedFile, ajax_error, upload
-from tests.unit.test_sandbox_golden import golden_bytes, golden_json, recorded_content_type
+from moodle_sandbox.errors import MoodleException
+from moodle_sandbox.php import php_json
+from moodle_sandbox.phpform import PhpArray
+from moodle_sandbox.server import SandboxServer, start_sandbox
+from moodle_sandbox.site import SandboxSite
+from moodle_sandbox.upload import UploadedFile, ajax_error, upload
+from tests.moodle_sandbox.test_golden import golden_bytes, golden_json, recorded_content_type
 
 TOKEN = "0123456789abcdef0123456789abcdef"
 HELLO = b"print('hello from moodle')"  # 26 bytes, like the recorded hello.py

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from lms_api.sandbox.php import strip_tags
+from moodle_sandbox.php import strip_tags
 
 _LONE_AMPERSAND = re.compile(r"&(?![a-zA-Z0-9#]{1,8};)")
 
