@@ -6,13 +6,15 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
+from pyramid.config import Configurator
 from pyramid.registry import Registry
 from pyramid.request import Request
 from pyramid.response import Response
+from pyramid.tweens import EXCVIEW
 
 from lms_api.calllog import CallLog, current_call_log
+from lms_api.routes import is_api_request
 from lms_api.security import checked_identity
-from lms_api.views import is_api_request
 
 log = structlog.get_logger("lms_api.audit")
 
@@ -54,3 +56,8 @@ def _log(request: Request, response: Response, calls: CallLog) -> None:
         moodle_functions=calls.functions,
         targets=request.audit_targets or dict(request.matchdict or {}),
     )
+
+
+def includeme(config: Configurator) -> None:
+    config.add_request_method(audit_targets, "audit_targets", reify=True)
+    config.add_tween("lms_api.audit.audit_tween_factory", over=EXCVIEW, under="lms_api.hygiene.hygiene_tween_factory")

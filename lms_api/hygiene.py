@@ -7,15 +7,17 @@ from collections.abc import Callable, MutableMapping
 from typing import Any
 from urllib.parse import quote, unquote_to_bytes
 
+from pyramid.config import Configurator
 from pyramid.events import ContextFound
 from pyramid.interfaces import IRoutesMapper
 from pyramid.registry import Registry
 from pyramid.request import Request
 from pyramid.response import Response
+from pyramid.tweens import EXCVIEW, INGRESS
 
 from lms_api.errors import ApiError, ErrorCode, error_response
+from lms_api.routes import allowed_methods, is_api_request
 from lms_api.settings import Settings
-from lms_api.views import is_api_request
 
 # What browsers' fetch, axios, Angular's HttpClient and jQuery send by default, and the gateway's own headers.
 ALLOWED_REQUEST_HEADERS = (
@@ -78,7 +80,7 @@ def _wsgi_bytes(text: str) -> bytes:
 
 def hygiene_tween_factory(handler: Callable[[Request], Response], registry: Registry) -> Callable[[Request], Response]:
     """Set here, after exception views ran, so error answers carry the same headers as successes."""
-    settings: Settings = registry.lms_settings
+    settings: Settings = registry.settings["lms_api.settings"]
     allowed_origins = frozenset(settings.cors_allowed_origins)
 
     def tween(request: Request) -> Response:
@@ -108,7 +110,7 @@ def _preflight(request: Request, origin: str, allowed: bool, registry: Registry)
     # An unknown path is answered like any other, so the real request's 404 reaches the page instead of
     # looking like a CORS failure.
     route = registry.getUtility(IRoutesMapper)(request)["route"]
-    methods = registry.allowed_methods.get(route.name, ()) if route else _all_methods(registry)
+    methods = allowed_methods(registry, route.name if route else None)
     response = Response(status=204)
     response.headers.update(
         {
@@ -121,5 +123,9 @@ def _preflight(request: Request, origin: str, allowed: bool, registry: Registry)
     return response
 
 
-def _all_methods(registry: Registry) -> tuple[str, ...]:
-    return tuple(sorted({method for methods in registry.allowed_methods.values() for method in methods}))
+def includeme(config: Configurator) -> None:
+    config.add_tween("lms_api.hygiene.encoding_tween_factory", under=INGRESS)
+    config.add_subscriber(refuse_undecodable, ContextFound)
+    config.add_tween(
+        "lms_api.hygiene.hygiene_tween_factory", over=EXCVIEW, under="lms_api.logging.request_tween_factory"
+    )

@@ -13,13 +13,16 @@ from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
 import structlog
+from pyramid.config import Configurator
 from pyramid.registry import Registry
 from pyramid.request import Request
 from pyramid.response import Response
+from pyramid.tweens import EXCVIEW
 
 from lms_api.calllog import recording_calls
 from lms_api.moodle.errors import redact
 from lms_api.security import checked_identity
+from lms_api.settings import Settings
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -27,51 +30,78 @@ _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 log = structlog.get_logger("lms_api.request")
 
 
-def configure_logging(log_format: str, secrets: Iterable[str], stream: TextIO | None = None) -> None:
-    """Route structlog and stdlib logs (waitress included) through one renderer.
+# Scrubbed from every rendered line as a last line of defence: nothing should log them in the first place. A set
+# for the whole process, since logging is: it grows as secrets become known (a sandbox's token once it started).
+_SECRETS: set[str] = set()
 
-    Secrets are scrubbed from every rendered line as a last line of defence: nothing should log them in
-    the first place.
+
+def scrub_from_logs(*secrets: str | None) -> None:
+    _SECRETS.update(secret for secret in secrets if secret)
+
+
+class GatewayLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The gateway's own handler on the root logger, told apart from handlers others put there."""
+
+
+def configure_logging(log_format: str, secrets: Iterable[str]) -> None:
+    """Route structlog and stdlib logs (waitress included) through one renderer on stderr.
+
+    Called again (another app in the same process), it replaces only its own handler: what a host or a test put
+    on the root logger stays.
     """
-    secrets = tuple(secret for secret in secrets if secret)
-    shared: list[Any] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_log_level,
-        structlog.stdlib.add_logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-    ]
+    scrub_from_logs(*secrets)
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        processors=[*_SHARED_PROCESSORS, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
+    root = logging.getLogger()
+    for old in [handler for handler in root.handlers if isinstance(handler, GatewayLogHandler)]:
+        root.removeHandler(old)
+    handler = GatewayLogHandler(sys.stderr)
+    handler.setFormatter(log_formatter(log_format))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def drop_pserve_log_handler() -> None:
+    """pserve put ``logging.basicConfig()``'s plain handler on the root logger (the ini has no ``[loggers]``); the
+    gateway renders every line itself, so that one goes."""
+    root = logging.getLogger()
+    for handler in [handler for handler in root.handlers if not isinstance(handler, GatewayLogHandler)]:
+        root.removeHandler(handler)
+
+
+_SHARED_PROCESSORS: list[Any] = [
+    structlog.contextvars.merge_contextvars,
+    structlog.stdlib.add_log_level,
+    structlog.stdlib.add_logger_name,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+]
+
+
+def log_formatter(log_format: str) -> logging.Formatter:
+    """One line per event, JSON or for people, secrets scrubbed."""
     renderer: Any
     if log_format == "console":
         # In call order, so a request line reads status, method, path, ms and sub first.
         renderer = structlog.dev.ConsoleRenderer(colors=False, sort_keys=False)
     else:
         renderer = structlog.processors.JSONRenderer()
-
-    def scrub(_logger: Any, _name: str, line: str) -> str:
-        return redact(line, secrets)
-
-    formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
+    return structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=_SHARED_PROCESSORS,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
             renderer,
-            scrub,
+            _scrub,
         ],
     )
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(formatter)
-    root = logging.getLogger()
-    for old in list(root.handlers):  # one renderer for everything, including what pserve set up
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
+
+
+def _scrub(_logger: Any, _name: str, line: str) -> str:
+    return redact(line, _SECRETS)
 
 
 def request_id(request: Request) -> str:
@@ -80,6 +110,15 @@ def request_id(request: Request) -> str:
     if _VALID_REQUEST_ID.fullmatch(incoming):
         return incoming
     return uuid.uuid4().hex
+
+
+def includeme(config: Configurator) -> None:
+    settings: Settings = config.registry.settings["lms_api.settings"]
+    configure_logging(settings.log_format, settings.secrets)
+    config.add_request_method(request_id, "id", reify=True)
+    config.add_tween(
+        "lms_api.logging.request_tween_factory", over=EXCVIEW, under="lms_api.hygiene.encoding_tween_factory"
+    )
 
 
 def request_tween_factory(handler: Callable[[Request], Response], registry: Registry) -> Callable[[Request], Response]:

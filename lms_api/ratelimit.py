@@ -18,13 +18,15 @@ from typing import Protocol
 
 import redis
 import structlog
+from pyramid.config import Configurator
 from pyramid.registry import Registry
 from pyramid.request import Request
 from pyramid.response import Response
+from pyramid.tweens import EXCVIEW
 
 from lms_api.errors import ApiError, ErrorCode, error_response
+from lms_api.routes import is_api_request
 from lms_api.settings import Rate, Settings
-from lms_api.views import is_api_request
 
 log = structlog.get_logger("lms_api.ratelimit")
 
@@ -186,7 +188,7 @@ def rate_limit_tween_factory(
     handler: Callable[[Request], Response], registry: Registry
 ) -> Callable[[Request], Response]:
     """429 ``ratelimited`` over budget; the ``RateLimit-*`` headers on every API answer, errors included."""
-    settings: Settings = registry.lms_settings
+    settings: Settings = registry.settings["lms_api.settings"]
     counter: Counter = registry.rate_counter
 
     def tween(request: Request) -> Response:
@@ -216,3 +218,10 @@ def rate_limit_tween_factory(
         return response
 
     return tween
+
+
+def includeme(config: Configurator) -> None:
+    config.registry.rate_counter = counter_from_settings(config.registry.settings["lms_api.settings"])
+    config.add_tween(
+        "lms_api.ratelimit.rate_limit_tween_factory", over=EXCVIEW, under="lms_api.audit.audit_tween_factory"
+    )

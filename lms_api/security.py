@@ -14,6 +14,7 @@ import requests
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from pyramid.config import Configurator
 from pyramid.interfaces import ISecurityPolicy
 from pyramid.request import Request, RequestLocalCache
 from pyramid.security import Allowed, Denied
@@ -312,3 +313,11 @@ def checked_identity(request: Request) -> Identity | None:
     """
     policy = request.registry.queryUtility(ISecurityPolicy)
     return policy.known_identity(request) if isinstance(policy, JWTSecurityPolicy) else None
+
+
+def includeme(config: Configurator) -> None:
+    settings: Settings = config.registry.settings["lms_api.settings"]
+    if settings.uses_development_jwt_secret:
+        log.warning("jwt.development_secret", note="JWT_SECRET is unset: tokens are signed with the development secret")
+    config.set_security_policy(JWTSecurityPolicy(TokenVerifier.from_settings(settings)))
+    config.set_default_permission(UNDECLARED_PERMISSION)  # a view that forgets its permission is closed

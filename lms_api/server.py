@@ -30,7 +30,7 @@ def server_factory(
 
     def serve(app: Any) -> None:
         # waitress spools a whole body before the app sees it: refuse bodies no route would accept, unread.
-        settings = app.registry.lms_settings
+        settings = app.registry.settings["lms_api.settings"]
         options.setdefault("max_request_body_size", settings.moodle_max_upload_mb * MIB + MULTIPART_OVERHEAD_BYTES)
         waitress.serve(app, sockets=[listener], threads=int(threads), **options)
 

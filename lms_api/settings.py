@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from dotenv import dotenv_values
+from pyramid.config import Configurator
 
 DEVELOPMENT = "development"
 PRODUCTION = "production"
@@ -69,6 +70,7 @@ class Settings:
     moodle_max_upload_mb: int
     moodle_attach_function: str
     moodle_role_ids: Mapping[str, int]
+    moodle_sandbox: str
     jwt_secret: str | None
     jwt_public_key: PublicKey | None
     jwt_jwks_url: str | None
@@ -242,6 +244,13 @@ def _function_name(key: str, raw: str) -> str:
     return name
 
 
+def _dotted_name(key: str, raw: str) -> str:
+    name = raw.strip()
+    if not re.fullmatch(r"[A-Za-z_][\w.]*(:[A-Za-z_]\w*)?", name):
+        raise SettingsError(f"{key} must be a dotted name such as package.module:function, got {raw!r}")
+    return name
+
+
 def _log_format(key: str, raw: str) -> str:
     value = raw.strip().lower()
     if value not in ("json", "console"):
@@ -270,6 +279,9 @@ _KEYS = (
     _Key("MOODLE_ATTACH_FUNCTION", _function_name, DEFAULT_ATTACH_FUNCTION),
     _Key("MOODLE_ROLE_IDS", _role_ids, ""),
     _Key("MOODLE_ALLOW_INSECURE", _boolean, "false"),
+    # What stands in for Moodle when MOODLE_BASE_URL is unset (development only): a callable that starts it and
+    # answers an object with its ``url`` and ``token``.
+    _Key("MOODLE_SANDBOX", _dotted_name, "moodle_sandbox.server:start_sandbox"),
     _Key("JWT_SECRET", _text, secret=True),
     _Key("JWT_PUBLIC_KEY", _public_key),
     _Key("JWT_JWKS_URL", _https_url),
@@ -391,3 +403,7 @@ _PREFIXES = {"RSA": ("RS", "PS"), "EC": ("ES",)}
 
 def _key_family(key: PublicKey) -> str:
     return "EC" if isinstance(key, EllipticCurvePublicKey) else "RSA"
+
+
+def includeme(config: Configurator) -> None:
+    config.add_request_method(lambda request: request.registry.settings["lms_api.settings"], "lms_settings", reify=True)

@@ -93,6 +93,11 @@ class SandboxServer(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         return f"http://{host}:{port}"
 
+    @property
+    def token(self) -> str:
+        """The web-service token the site accepts."""
+        return self.site.token
+
     def take_fault(self, function: str) -> Fault | None:
         with self.state_lock:
             self.calls[function] += 1

@@ -1,5 +1,6 @@
 import io
 import json
+import logging
 import os
 import shutil
 import socket
@@ -15,6 +16,7 @@ import webtest
 from hypothesis import settings as hypothesis_settings
 
 from lms_api.config import make_app
+from lms_api.logging import log_formatter
 from lms_api.moodle.encoding import encode_params
 from lms_api.settings import load_settings
 from moodle_sandbox.server import Fault, start_sandbox
@@ -110,12 +112,33 @@ def settings_for(base_url, token, **environ):
     return load_settings({"lms_api.environment": "production"}, values)
 
 
+class _CapturedLogs(logging.StreamHandler):
+    """A test's copy of the rendered log lines; taken off the root logger after each test."""
+
+
+def capture_logs(log_format="json"):
+    """A stream that receives every log line from now to the end of the test, rendered as the gateway renders it."""
+    stream = io.StringIO()
+    handler = _CapturedLogs(stream)
+    handler.setFormatter(log_formatter(log_format))
+    logging.getLogger().addHandler(handler)
+    return stream
+
+
+@pytest.fixture(autouse=True)
+def _release_captured_logs():
+    yield
+    root = logging.getLogger()
+    for handler in [handler for handler in root.handlers if isinstance(handler, _CapturedLogs)]:
+        root.removeHandler(handler)
+
+
 class Gateway:
-    """The WSGI app under webtest, with the log lines it wrote."""
+    """The WSGI app under webtest, with the log lines written while it exists."""
 
     def __init__(self, settings):
-        self.log_stream = io.StringIO()
-        self.router = make_app(settings, log_stream=self.log_stream)
+        self.router = make_app(settings)
+        self.log_stream = capture_logs(settings.log_format)
         self.app = webtest.TestApp(self.router)
 
     @property

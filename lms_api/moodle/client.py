@@ -1,8 +1,11 @@
-"""MoodleService: the one synchronous client that talks to Moodle's REST server.
+"""MoodleClient: the one synchronous client that talks to Moodle's REST server.
 
 It bracket-encodes params, keeps the token in the POST body, gives each logical call one deadline
 (retries included), retries only read-only functions, turns every failure into a :class:`MoodleError`
-and checks a function is enabled before calling it.
+and checks a function is enabled before calling it. Its ``includeme`` registers one client per process as a
+Pyramid service; views look it up with ``request.find_service(MoodleClient)``. Without ``MOODLE_BASE_URL``
+(development only) the client talks to whatever ``MOODLE_SANDBOX`` starts, by default the built-in emulator,
+imported only then.
 """
 
 from __future__ import annotations
@@ -13,16 +16,18 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import requests
 import structlog
+from pyramid.config import Configurator
 from requests.adapters import HTTPAdapter
 from requests_toolbelt.multipart.encoder import MultipartEncoder
 from urllib3.exceptions import NewConnectionError
 
 from lms_api.calllog import CallRecord, current_call_log
 from lms_api.errors import ErrorCode
+from lms_api.logging import scrub_from_logs
 from lms_api.moodle.encoding import encode_params
 from lms_api.moodle.errors import (
     MoodleError,
@@ -36,6 +41,7 @@ from lms_api.moodle.errors import (
     unexpected_answer,
 )
 from lms_api.moodle.functions import READ_ONLY_FUNCTIONS, SITE_INFO, UPLOAD_FUNCTION
+from lms_api.settings import Settings
 
 log = structlog.get_logger("lms_api.moodle")
 
@@ -71,7 +77,7 @@ class _TransportFailure:
     retry_after_s: int | None = None
 
 
-class MoodleService:
+class MoodleClient:
     def __init__(
         self,
         base_url: str,
@@ -104,7 +110,7 @@ class MoodleService:
         self._functions_lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"MoodleService(base_url={self.base_url!r})"
+        return f"MoodleClient(base_url={self.base_url!r})"
 
     # -- public API -------------------------------------------------------------------------------
 
@@ -326,3 +332,40 @@ def _never_connected(error: requests.ConnectionError) -> bool:
 def _retry_after(response: requests.Response) -> int | None:
     value = response.headers.get("Retry-After", "")
     return int(value) if value.isascii() and value.isdigit() else None
+
+
+class StandInMoodle(Protocol):
+    """What ``MOODLE_SANDBOX`` starts: a Moodle web-service server on ``url`` that accepts ``token``."""
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def token(self) -> str: ...
+
+
+def includeme(config: Configurator) -> None:
+    settings: Settings = config.registry.settings["lms_api.settings"]
+    if settings.moodle_base_url and settings.moodle_token:
+        base_url, token = settings.moodle_base_url, settings.moodle_token
+    else:
+        # Imported only now, by its dotted name: a gateway on a real Moodle never loads the emulator.
+        stand_in: StandInMoodle = config.maybe_dotted(settings.moodle_sandbox)()
+        base_url, token = stand_in.url, stand_in.token
+        structlog.get_logger("lms_api").info(
+            "sandbox.started", moodle_base_url=base_url, note="MOODLE_BASE_URL is unset: using the Moodle sandbox"
+        )
+    scrub_from_logs(token)
+    config.include("pyramid_services")
+    config.register_service(
+        MoodleClient(
+            base_url,
+            token,
+            timeout_s=settings.moodle_timeout_ms / 1000,
+            max_retries=settings.moodle_max_retries,
+            functions_ttl_s=settings.moodle_functions_ttl_s,
+            max_input_vars=settings.moodle_max_input_vars,
+            debug=settings.moodle_debug,
+        ),
+        MoodleClient,
+    )

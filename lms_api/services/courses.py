@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, TypedDict
 
 from lms_api.errors import ApiError, ErrorCode
-from lms_api.moodle.client import MoodleService
+from lms_api.moodle.client import MoodleClient
 from lms_api.moodle.encoding import split_by_input_vars
 from lms_api.moodle.errors import (
     MoodleError,
@@ -41,7 +41,7 @@ class CreatedCourse(TypedDict):
 
 
 def list_courses(
-    moodle: MoodleService, *, search: str | None = None, category: int | None = None, page: int = 0, perpage: int = 50
+    moodle: MoodleClient, *, search: str | None = None, category: int | None = None, page: int = 0, perpage: int = 50
 ) -> CourseListing:
     """Courses matching ``search`` and/or in ``category``, page ``page`` (0-based) of ``perpage``.
 
@@ -65,7 +65,7 @@ def list_courses(
     return _listing(courses_by_ids(moodle, page_ids), total, page, perpage)
 
 
-def courses_by_ids(moodle: MoodleService, course_ids: Iterable[int]) -> list[MoodleRecord]:
+def courses_by_ids(moodle: MoodleClient, course_ids: Iterable[int]) -> list[MoodleRecord]:
     """The courses with these ids that exist, front page left out, in the order asked.
 
     ``core_course_get_courses`` leaves out an id that does not exist, where ``core_course_get_courses_by_field``
@@ -79,14 +79,14 @@ def courses_by_ids(moodle: MoodleService, course_ids: Iterable[int]) -> list[Moo
     return [found[course_id] for course_id in wanted if course_id in found]
 
 
-def get_course(moodle: MoodleService, course_id: int) -> MoodleRecord:
+def get_course(moodle: MoodleClient, course_id: int) -> MoodleRecord:
     courses = _by_field(moodle, "id", str(course_id))
     if not courses:
         raise course_not_found([course_id])
     return courses[0]
 
 
-def create_course(moodle: MoodleService, fields: Mapping[str, Any]) -> CreatedCourse:
+def create_course(moodle: MoodleClient, fields: Mapping[str, Any]) -> CreatedCourse:
     """Create one course. Moodle refuses a category that does not exist before it writes anything, so that
     refusal is only given the category's own error code here, at no extra call."""
     try:
@@ -101,7 +101,7 @@ def create_course(moodle: MoodleService, fields: Mapping[str, Any]) -> CreatedCo
     return {"id": created[0]["id"], "shortname": created[0].get("shortname", fields["shortname"])}
 
 
-def update_course(moodle: MoodleService, course_id: int, changes: Mapping[str, Any]) -> MoodleRecord:
+def update_course(moodle: MoodleClient, course_id: int, changes: Mapping[str, Any]) -> MoodleRecord:
     """Send only ``changes``, then read the course back; Moodle reports a failed update as a warning in a 200.
 
     Moodle moves a course into a category that does not exist, answering only a warning; such a course breaks
@@ -132,7 +132,7 @@ def update_course(moodle: MoodleService, course_id: int, changes: Mapping[str, A
         ) from error
 
 
-def require_category(moodle: MoodleService, category_id: int) -> None:
+def require_category(moodle: MoodleClient, category_id: int) -> None:
     """404 ``categorynotfound`` unless the category exists (and the gateway's Moodle account may see it)."""
     # Without addsubcategories=0 Moodle also answers every category below this one.
     params = {"criteria": [{"key": "id", "value": category_id}], "addsubcategories": False}
@@ -169,14 +169,14 @@ def _warning_error(code: str, message: str, course_id: int, category_id: int | N
     )
 
 
-def _by_field(moodle: MoodleService, field: str, value: str) -> list[MoodleRecord]:
+def _by_field(moodle: MoodleClient, field: str, value: str) -> list[MoodleRecord]:
     answer = expect_object(moodle.call(GET_COURSES_BY_FIELD, {"field": field, "value": value}), GET_COURSES_BY_FIELD)
     return [
         course for course in expect_list(answer.get("courses"), GET_COURSES_BY_FIELD, key="id") if not _is_site(course)
     ]
 
 
-def _search(moodle: MoodleService, text: str, page: int, perpage: int) -> tuple[list[MoodleRecord], int]:
+def _search(moodle: MoodleClient, text: str, page: int, perpage: int) -> tuple[list[MoodleRecord], int]:
     """Moodle's text search: one page of matches (``perpage`` 0: all of them) and the number of all matches."""
     params = {"criterianame": "search", "criteriavalue": text, "page": page, "perpage": perpage}
     answer = expect_object(moodle.call(SEARCH_COURSES, params), SEARCH_COURSES)

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any, TypedDict
 
 from lms_api.errors import ApiError, ErrorCode
-from lms_api.moodle.client import MoodleService
+from lms_api.moodle.client import MoodleClient
 from lms_api.moodle.encoding import split_by_input_vars
 from lms_api.moodle.errors import MoodleError
 from lms_api.services.courses import GET_COURSES, courses_by_ids
@@ -38,7 +38,7 @@ def resolve_roles(enrolments: list[dict[str, Any]], role_ids: Mapping[str, int])
     return resolved
 
 
-def enrol(moodle: MoodleService, enrolments: list[dict[str, Any]]) -> EnrolResult:
+def enrol(moodle: MoodleClient, enrolments: list[dict[str, Any]]) -> EnrolResult:
     """Enrol everyone or say exactly who was enrolled.
 
     The courses and users are checked before anything is written: Moodle answers ``invalidparameter`` for a

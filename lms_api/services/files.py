@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any, TypedDict
 
 from lms_api.errors import ApiError, ErrorCode
-from lms_api.moodle.client import MoodleService, UploadFile
+from lms_api.moodle.client import MoodleClient, UploadFile
 from lms_api.moodle.errors import MoodleError, MoodleRecord, expect_object, function_not_available, status_for_errorcode
 from lms_api.moodle.functions import UPLOAD_FUNCTION
 from lms_api.settings import DEFAULT_ATTACH_FUNCTION
@@ -58,7 +58,7 @@ def _too_large(max_mb: int) -> ApiError:
     )
 
 
-def upload(moodle: MoodleService, files: Sequence[UploadFile], itemid: int = 0) -> Uploaded:
+def upload(moodle: MoodleClient, files: Sequence[UploadFile], itemid: int = 0) -> Uploaded:
     """Upload ``files`` into one draft item; any per-file refusal is an error naming what was stored anyway."""
     entries = moodle.upload(files, itemid)
     refused = [entry for entry in entries if "errortype" in entry]
@@ -74,7 +74,7 @@ def upload(moodle: MoodleService, files: Sequence[UploadFile], itemid: int = 0) 
     return {"itemid": stored[0].get("itemid"), "files": stored}
 
 
-def _refused_file(moodle: MoodleService, entry: dict[str, Any], stored: list[dict[str, Any]]) -> ApiError:
+def _refused_file(moodle: MoodleClient, entry: dict[str, Any], stored: list[dict[str, Any]]) -> ApiError:
     # The entry is Moodle's internal record: its filepath is a temporary path on the Moodle server.
     errortype, filename = moodle.clean(str(entry.get("errortype"))), moodle.clean(str(entry.get("filename")))
     messages = {
@@ -92,7 +92,7 @@ def _refused_file(moodle: MoodleService, entry: dict[str, Any], stored: list[dic
     )
 
 
-def attach(moodle: MoodleService, function: str, fields: dict[str, Any]) -> Attached:
+def attach(moodle: MoodleClient, function: str, fields: dict[str, Any]) -> Attached:
     """Create a file resource in a course from a draft item, with ``function`` (the sync_service plugin's)."""
     params = {
         "courseid": fields["courseid"],

@@ -4,19 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from pyramid.request import Request
+from pyramid.config import Configurator
 from pyramid.view import view_config
 
 from lms_api.errors import dumps, success_body
 from lms_api.security import Scope
 
 ENVELOPE_RENDERER = "lms_api:envelope"
-API_PREFIX = "/api/"
-
-
-def is_api_request(request: Request) -> bool:
-    """On ``path_info``, not ``path``: a mount prefix (SCRIPT_NAME) must not switch the API's hardening off."""
-    return request.path_info.startswith(API_PREFIX)
 
 
 def api_view(*, route_name: str, request_method: str, permission: Scope, **settings: Any) -> view_config:
@@ -41,3 +35,8 @@ class EnvelopeRenderer:
     def __call__(self, value: Any, system: dict[str, Any]) -> str:
         system["request"].response.content_type = "application/json"
         return dumps(success_body(value))
+
+
+def includeme(config: Configurator) -> None:
+    config.add_renderer(ENVELOPE_RENDERER, EnvelopeRenderer)
+    config.scan("lms_api.views")

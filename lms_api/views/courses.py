@@ -2,6 +2,7 @@ from typing import Any
 
 from pyramid.request import Request
 
+from lms_api.moodle.client import MoodleClient
 from lms_api.schemas.base import load_json_body, load_matchdict, load_query
 from lms_api.schemas.courses import (
     CourseCreate,
@@ -22,14 +23,14 @@ _listing, _course, _created = CourseListSchema(), CourseSchema(), CreatedCourseS
 
 @api_view(route_name="api.moodle.courses", request_method="GET", permission=Scope.COURSES_READ)
 def list_courses(request: Request) -> dict[str, Any]:
-    return _listing.dump(courses.list_courses(request.moodle, **load_query(request, _query)))
+    return _listing.dump(courses.list_courses(request.find_service(MoodleClient), **load_query(request, _query)))
 
 
 @api_view(route_name="api.moodle.courses", request_method="POST", permission=Scope.COURSES_WRITE)
 def create_course(request: Request) -> dict[str, Any]:
     fields = load_json_body(request, _create)
     request.audit_targets.update(categoryid=fields["categoryid"], shortname=fields["shortname"])
-    created = courses.create_course(request.moodle, fields)
+    created = courses.create_course(request.find_service(MoodleClient), fields)
     request.audit_targets["course_id"] = created["id"]
     request.response.status = 201
     request.response.location = request.route_url("api.moodle.course", course_id=created["id"])
@@ -38,7 +39,9 @@ def create_course(request: Request) -> dict[str, Any]:
 
 @api_view(route_name="api.moodle.course", request_method="GET", permission=Scope.COURSES_READ)
 def get_course(request: Request) -> dict[str, Any]:
-    return _course.dump(courses.get_course(request.moodle, load_matchdict(request, _path)["course_id"]))
+    return _course.dump(
+        courses.get_course(request.find_service(MoodleClient), load_matchdict(request, _path)["course_id"])
+    )
 
 
 @api_view(route_name="api.moodle.course", request_method="PATCH", permission=Scope.COURSES_WRITE)
@@ -47,4 +50,4 @@ def update_course(request: Request) -> dict[str, Any]:
     request.audit_targets["course_id"] = course_id
     changes = load_json_body(request, _update)
     request.audit_targets["fields"] = sorted(changes)
-    return _course.dump(courses.update_course(request.moodle, course_id, changes))
+    return _course.dump(courses.update_course(request.find_service(MoodleClient), course_id, changes))

@@ -2,6 +2,7 @@ from typing import Any
 
 from pyramid.request import Request
 
+from lms_api.moodle.client import MoodleClient
 from lms_api.schemas.base import load_json_body
 from lms_api.schemas.enrolments import EnrolBody, EnrolResultSchema
 from lms_api.security import Scope
@@ -20,4 +21,4 @@ def enrol(request: Request) -> dict[str, Any]:
         enrolments=len(wanted),
     )
     wanted = enrolments.resolve_roles(wanted, request.lms_settings.moodle_role_ids)
-    return _result.dump(enrolments.enrol(request.moodle, wanted))
+    return _result.dump(enrolments.enrol(request.find_service(MoodleClient), wanted))

@@ -13,6 +13,7 @@ from pyramid.response import Response
 from pyramid.view import exception_view_config, forbidden_view_config, notfound_view_config
 
 from lms_api.errors import ApiError, ErrorCode, error_response
+from lms_api.routes import allowed_methods
 from lms_api.security import ScopeDenied
 
 log = structlog.get_logger("lms_api.errors")
@@ -94,7 +95,7 @@ def _forbidden_error(error: HTTPForbidden, request: Request) -> ApiError:
 def not_found(error: HTTPNotFound, request: Request) -> Response:
     """404 for an unknown path; 405 with ``Allow`` when the path exists but not for this method."""
     route = request.matched_route
-    allowed = request.registry.allowed_methods.get(route.name) if route else None
+    allowed = allowed_methods(request.registry, route.name) if route else None
     if allowed and request.method not in allowed:
         return error_response(
             request,

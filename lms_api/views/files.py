@@ -2,6 +2,7 @@ from typing import Any
 
 from pyramid.request import Request
 
+from lms_api.moodle.client import MoodleClient
 from lms_api.schemas.base import load_json_body, load_multipart
 from lms_api.schemas.files import AttachBody, AttachedSchema, UploadForm, UploadSchema
 from lms_api.security import Scope
@@ -19,7 +20,7 @@ def upload(request: Request) -> dict[str, Any]:
     form = load_multipart(request, _form, repeatable=("file",))
     request.audit_targets.update(filenames=[upload.filename for upload in form["file"]], itemid=form["itemid"])
     files.check_sizes(form["file"], max_mb)
-    uploaded = files.upload(request.moodle, form["file"], form["itemid"])
+    uploaded = files.upload(request.find_service(MoodleClient), form["file"], form["itemid"])
     request.audit_targets["itemid"] = uploaded["itemid"]
     request.response.status = 201
     return _uploaded.dump(uploaded)
@@ -29,7 +30,7 @@ def upload(request: Request) -> dict[str, Any]:
 def attach(request: Request) -> dict[str, Any]:
     body = load_json_body(request, _attach)
     request.audit_targets.update(course_id=body["courseid"], draftitemid=body["draftitemid"])
-    attached = files.attach(request.moodle, request.lms_settings.moodle_attach_function, body)
+    attached = files.attach(request.find_service(MoodleClient), request.lms_settings.moodle_attach_function, body)
     request.audit_targets["cmid"] = attached["cmid"]
     request.response.status = 201
     return _attached.dump(attached)

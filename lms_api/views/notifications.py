@@ -2,6 +2,7 @@ from typing import Any
 
 from pyramid.request import Request
 
+from lms_api.moodle.client import MoodleClient
 from lms_api.schemas.base import load_query
 from lms_api.schemas.notifications import (
     NotificationsQuery,
@@ -21,10 +22,12 @@ _listing, _count = NotificationsSchema(), UnreadCountSchema()
 def list_notifications(request: Request) -> dict[str, Any]:
     query = load_query(request, _list_query)
     userid = notifications.notification_user(request.identity, query.get("userid"))
-    return _listing.dump(notifications.notifications(request.moodle, userid, query["limit"], query["offset"]))
+    return _listing.dump(
+        notifications.notifications(request.find_service(MoodleClient), userid, query["limit"], query["offset"])
+    )
 
 
 @api_view(route_name="api.moodle.notifications.unread_count", request_method="GET", permission=Scope.NOTIFICATIONS_READ)
 def unread_count(request: Request) -> dict[str, Any]:
     userid = notifications.notification_user(request.identity, load_query(request, _count_query).get("userid"))
-    return _count.dump(notifications.unread_count(request.moodle, userid))
+    return _count.dump(notifications.unread_count(request.find_service(MoodleClient), userid))

@@ -1,6 +1,5 @@
 """Rate limits: budgets per caller for reads and writes, per address before authentication, shared through Redis."""
 
-import io
 import json
 import time
 import uuid
@@ -9,10 +8,9 @@ import pytest
 import redis
 
 from lms_api import ratelimit
-from lms_api.logging import configure_logging
 from lms_api.ratelimit import LocalCounter, RedisCounter
 from lms_api.settings import Rate
-from tests.conftest import mint, start_redis_server
+from tests.conftest import capture_logs, mint, start_redis_server
 
 SITEINFO = "/api/moodle/siteinfo"
 COURSES = "/api/moodle/courses"
@@ -197,8 +195,7 @@ def test_redis_is_used_again_once_it_is_back_and_that_is_logged_once(own_redis):
     now = [1000.0]
     counter = RedisCounter(redis.Redis.from_url(url, socket_connect_timeout=0.5), LocalCounter(), clock=lambda: now[0])
     key, rate = f"back-{uuid.uuid4().hex}", Rate(10, 60)
-    logs = io.StringIO()
-    configure_logging("json", (), logs)
+    logs = capture_logs()
     assert counter.hit(key, rate).remaining == 9
 
     process.kill()

@@ -1,9 +1,9 @@
-"""Fixtures for MoodleService tests against a mocked Moodle (``responses``) with a fake clock."""
+"""Fixtures for MoodleClient tests against a mocked Moodle (``responses``) with a fake clock."""
 
 import pytest
 import responses
 
-from lms_api.moodle.client import MoodleService
+from lms_api.moodle.client import MoodleClient
 from tests.unit.test_moodle_client import BASE_URL, TOKEN, FakeClock
 
 
@@ -33,7 +33,7 @@ def make_service(clock, sleeps):
             "jitter": lambda: 1.0,
             **overrides,
         }
-        return MoodleService(BASE_URL, TOKEN, **options)
+        return MoodleClient(BASE_URL, TOKEN, **options)
 
     return make
 

@@ -1,4 +1,4 @@
-"""MoodleService against a mocked Moodle REST endpoint: encoding, error mapping, retries, deadline, function cache."""
+"""MoodleClient against a mocked Moodle REST endpoint: encoding, error mapping, retries, deadline, function cache."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
 
 from lms_api.calllog import recording_calls
 from lms_api.moodle import client as client_module
-from lms_api.moodle.client import MoodleError, MoodleService, UploadFile
+from lms_api.moodle.client import MoodleClient, MoodleError, UploadFile
 from lms_api.moodle.errors import scrub_paths
 from lms_api.moodle.functions import READ_ONLY_FUNCTIONS, SITE_INFO
 
@@ -169,7 +169,7 @@ def test_token_function_and_format_are_in_the_post_body_not_the_url(service, rsp
 
 
 def test_trailing_slash_in_base_url_is_ignored(rsps):
-    service = MoodleService(BASE_URL + "/", TOKEN, timeout_s=2.0, max_retries=0, functions_ttl_s=300)
+    service = MoodleClient(BASE_URL + "/", TOKEN, timeout_s=2.0, max_retries=0, functions_ttl_s=300)
     add(rsps, SITE_INFO, json=site_info_body())
 
     service.site_info()
@@ -178,7 +178,7 @@ def test_trailing_slash_in_base_url_is_ignored(rsps):
 
 
 def test_repr_does_not_contain_the_token(service):
-    assert repr(service) == "MoodleService(base_url='http://moodle.test')"
+    assert repr(service) == "MoodleClient(base_url='http://moodle.test')"
     assert TOKEN not in repr(service)
 
 

@@ -1,0 +1,52 @@
+"""The routes, and the methods each one answers (for ``405`` answers, their ``Allow`` header and CORS preflights)."""
+
+from __future__ import annotations
+
+from pyramid.config import Configurator
+from pyramid.registry import Registry
+from pyramid.request import Request
+
+API_PREFIX = "/api/"
+# After the views are registered (the default order), so that every view is known.
+_AFTER_VIEWS = 10
+
+
+def includeme(config: Configurator) -> None:
+    config.add_route("api.moodle.siteinfo", "/api/moodle/siteinfo")
+    config.add_route("api.moodle.courses", "/api/moodle/courses")
+    config.add_route("api.moodle.course", "/api/moodle/courses/{course_id}")
+    config.add_route("api.moodle.users.by_field", "/api/moodle/users/by-field")
+    config.add_route("api.moodle.enrol", "/api/moodle/enrol")
+    config.add_route("api.moodle.notifications", "/api/moodle/notifications")
+    config.add_route("api.moodle.notifications.unread_count", "/api/moodle/notifications/unread-count")
+    config.add_route("api.moodle.files.upload", "/api/moodle/files/upload")
+    config.add_route("api.moodle.files.attach", "/api/moodle/files/attach")
+    config.action(None, lambda: _remember_allowed_methods(config.registry), order=_AFTER_VIEWS)
+
+
+def is_api_request(request: Request) -> bool:
+    """On ``path_info``, not ``path``: a mount prefix (SCRIPT_NAME) must not switch the API's hardening off."""
+    return request.path_info.startswith(API_PREFIX)
+
+
+def allowed_methods(registry: Registry, route_name: str | None = None) -> tuple[str, ...]:
+    """The methods ``route_name`` answers; with no route, those of any route."""
+    methods: dict[str, tuple[str, ...]] = registry.allowed_methods
+    if route_name is None:
+        return tuple(sorted({method for names in methods.values() for method in names}))
+    return methods.get(route_name, ())
+
+
+def _remember_allowed_methods(registry: Registry) -> None:
+    methods: dict[str, set[str]] = {}
+    for view in registry.introspector.get_category("views"):
+        introspectable = view["introspectable"]
+        route_name, request_methods = introspectable["route_name"], introspectable["request_methods"]
+        if route_name and request_methods:
+            if isinstance(request_methods, str):
+                request_methods = (request_methods,)
+            methods.setdefault(route_name, set()).update(request_methods)
+    for names in methods.values():
+        if "GET" in names:
+            names.add("HEAD")
+    registry.allowed_methods = {route: tuple(sorted(names)) for route, names in methods.items()}
