@@ -1,5 +1,5 @@
 # `make run`: set up and start the gateway on the built-in Moodle sandbox.
-# `make test`: set up and run the linter and the whole test suite.
+# `make test`: set up, run the linter and the type checker, then the whole test suite with its coverage floor.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -23,9 +23,10 @@ run: install
 lint: install
 	$(BIN)/ruff check lms_api moodle_sandbox tests scripts
 	$(BIN)/ruff format --check lms_api moodle_sandbox tests scripts
+	$(BIN)/mypy
 
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest --cov --cov-report=term:skip-covered
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache .mypy_cache .coverage .hypothesis

@@ -27,6 +27,8 @@ setup(
             "webtest>=3.0,<4",
             "ruff>=0.15,<0.18",
             "hypothesis>=6.100,<7",
+            "mypy>=1.15,<3",
+            "pytest-cov>=6,<8",
         ],
     },
     entry_points={
