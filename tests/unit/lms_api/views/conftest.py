@@ -1,0 +1,67 @@
+"""View unit tests: the real view functions with a DummyRequest-like request, and the Moodle client replaced through
+its service seam by an autospec fake, so a fake cannot drift from the real client's signatures."""
+
+import json
+from unittest.mock import create_autospec
+
+import pytest
+from pyramid import testing
+from pyramid.request import Request, apply_request_extensions
+
+from lms_api.moodle.client import MoodleClient
+from lms_api.security import Identity
+from lms_api.settings import load_settings
+
+DEVELOPMENT = {"lms_api.environment": "development"}
+
+
+@pytest.fixture
+def moodle():
+    client = create_autospec(MoodleClient, instance=True)
+    client.max_input_vars = 5000
+    return client
+
+
+@pytest.fixture
+def identity():
+    return Identity(sub="ada", scopes=frozenset({"admin"}), moodle_userid=3)
+
+
+@pytest.fixture
+def pyramid_config(moodle, identity):
+    settings = load_settings(DEVELOPMENT, {})
+    with testing.testConfig(settings={"lms_api.settings": settings}) as config:
+        config.include("pyramid_services")
+        config.include("lms_api.settings")
+        config.include("lms_api.audit")
+        config.register_service(moodle, MoodleClient)
+        config.testing_securitypolicy(identity=identity)
+        yield config
+
+
+@pytest.fixture
+def make_request(pyramid_config):
+    """A request as the router hands it to a view: registry, request methods and the route's matchdict."""
+
+    def make(path="/", method="GET", json_body=None, matchdict=None, **kwargs):
+        request = Request.blank(path, method=method, **kwargs)
+        if json_body is not None:
+            request.body = json.dumps(json_body).encode()
+            request.content_type = "application/json"
+        request.registry = pyramid_config.registry
+        apply_request_extensions(request)
+        request.matchdict = matchdict or {}
+        return request
+
+    return make
+
+
+def answering(**answers):
+    """A ``MoodleClient.call`` side effect answering each function's canned answer, and failing on any other."""
+
+    def call(function, params=None):
+        assert function in answers, f"unexpected Moodle call {function}"
+        answer = answers[function]
+        return answer(params) if callable(answer) else answer
+
+    return call

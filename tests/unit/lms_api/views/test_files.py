@@ -1,0 +1,47 @@
+from lms_api.views.files import attach, upload
+from tests.unit.lms_api.views.conftest import answering
+
+BOUNDARY = "b0und4ry"
+
+
+def multipart(*parts):
+    body = b"".join(
+        f"--{BOUNDARY}\r\n".encode() + headers + b"\r\n\r\n" + content + b"\r\n" for headers, content in parts
+    )
+    return body + f"--{BOUNDARY}--\r\n".encode()
+
+
+def test_an_upload_streams_every_file_part_to_upload_php(make_request, moodle):
+    moodle.upload.return_value = [
+        {"filename": "a.txt", "filepath": "/", "filesize": 5, "itemid": 77, "source": "O:8:..."},
+        {"filename": "b.txt", "filepath": "/", "filesize": 3, "itemid": 77},
+    ]
+    body = multipart(
+        (b'Content-Disposition: form-data; name="file"; filename="C:\\\\Users\\\\ada\\\\a.txt"', b"hello"),
+        (b'Content-Disposition: form-data; name="file"; filename="b.txt"', b"abc"),
+    )
+    request = make_request(
+        "/api/moodle/files/upload", "POST", body=body, content_type=f"multipart/form-data; boundary={BOUNDARY}"
+    )
+
+    data = upload(request)
+
+    assert data["itemid"] == 77 and [file["filename"] for file in data["files"]] == ["a.txt", "b.txt"]
+    assert "source" not in data["files"][0]
+    files, itemid = moodle.upload.call_args.args
+    assert [file.filename for file in files] == ["a.txt", "b.txt"] and itemid == 0
+    assert request.response.status_int == 201
+    assert request.audit_targets == {"filenames": ["a.txt", "b.txt"], "itemid": 77}
+
+
+def test_attach_calls_the_configured_function(make_request, moodle, pyramid_config):
+    function = pyramid_config.registry.settings["lms_api.settings"].moodle_attach_function
+    moodle.call.side_effect = answering(**{function: {"id": 12}})
+    body = {"courseid": 2, "draftitemid": 77, "name": "Slides", "section": 1}
+
+    data = attach(make_request("/api/moodle/files/attach", "POST", json_body=body))
+
+    assert data == {"cmid": 12, "courseid": 2, "section": 1, "name": "Slides", "visible": True}
+    moodle.call.assert_called_once_with(
+        function, {"courseid": 2, "sectionnum": 1, "itemid": 77, "displayname": "Slides", "visible": "true"}
+    )
