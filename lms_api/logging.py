@@ -100,13 +100,14 @@ def log_formatter(log_format: str) -> logging.Formatter:
     )
 
 
-def _scrub(_logger: Any, _name: str, line: str) -> str:
+def _scrub(_logger: Any, _name: str, line: Any) -> str:
+    # Last in the chain: the renderer before it has already made the event one line of text.
     return redact(line, _SECRETS)
 
 
 def request_id(request: Request) -> str:
     """The caller's ``X-Request-ID`` when it is safe to echo, else a new one."""
-    incoming = request.headers.get(REQUEST_ID_HEADER, "")
+    incoming: str = request.headers.get(REQUEST_ID_HEADER, "")
     if _VALID_REQUEST_ID.fullmatch(incoming):
         return incoming
     return uuid.uuid4().hex

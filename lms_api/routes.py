@@ -26,7 +26,8 @@ def includeme(config: Configurator) -> None:
 
 def is_api_request(request: Request) -> bool:
     """On ``path_info``, not ``path``: a mount prefix (SCRIPT_NAME) must not switch the API's hardening off."""
-    return request.path_info.startswith(API_PREFIX)
+    path: str = request.path_info
+    return path.startswith(API_PREFIX)
 
 
 def allowed_methods(registry: Registry, route_name: str | None = None) -> tuple[str, ...]:

@@ -59,13 +59,13 @@ class Identity:
         return scope in self.scopes or Scope.ADMIN in self.scopes
 
 
-class ScopeDenied(Denied):
+class ScopeDenied(Denied):  # type: ignore[misc]  # Pyramid ships no type information
     """Refused because the caller's token lacks ``scope``."""
 
     scope: str
 
     def __new__(cls, scope: str) -> ScopeDenied:
-        denied = super().__new__(cls, "This token lacks the scope %s", scope)
+        denied: ScopeDenied = super().__new__(cls, "This token lacks the scope %s", scope)
         denied.scope = scope
         return denied
 
@@ -227,6 +227,8 @@ class TokenVerifier:
             claims["aud"] = self._audience
         if self._issuer:
             claims["iss"] = self._issuer
+        if not self._secret or not self.can_mint:
+            raise ValueError("Tokens are signed only with JWT_SECRET and an HS algorithm in JWT_ALGORITHMS")
         algorithm = next(name for name in self._algorithms if name in HMAC_ALGORITHMS)
         return jwt.encode(claims, self._secret, algorithm=algorithm)
 
@@ -247,7 +249,7 @@ def _identity_from_claims(claims: dict[str, Any]) -> Identity:
 
 
 def bearer_token(request: Request) -> str | None:
-    header = request.headers.get("Authorization", "")
+    header: str = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer":
         return None if not header else ""
@@ -276,16 +278,20 @@ class JWTSecurityPolicy:
             return _Authentication(None, str(error))
 
     def identity(self, request: Request) -> Identity | None:
-        return self._cache.get_or_create(request).identity
+        return self._authentication(request).identity
+
+    def _authentication(self, request: Request) -> _Authentication:
+        authentication: _Authentication = self._cache.get_or_create(request)
+        return authentication
 
     def known_identity(self, request: Request) -> Identity | None:
         """The identity if the token was already checked for this request; never checks it (for log lines)."""
-        authentication = self._cache.get(request, None)
+        authentication: _Authentication | None = self._cache.get(request, None)
         return authentication.identity if authentication is not None else None
 
     def token_problem(self, request: Request) -> str | None:
         """Why the presented token was refused, or None when no token was sent or it was valid."""
-        return self._cache.get_or_create(request).problem
+        return self._authentication(request).problem
 
     def authenticated_userid(self, request: Request) -> str | None:
         identity = self.identity(request)
@@ -299,10 +305,10 @@ class JWTSecurityPolicy:
             return Allowed(f"scope {permission} granted")
         return ScopeDenied(permission)
 
-    def remember(self, request: Request, userid: str, **kw: Any) -> list:
+    def remember(self, request: Request, userid: str, **kw: Any) -> list[tuple[str, str]]:
         return []
 
-    def forget(self, request: Request, **kw: Any) -> list:
+    def forget(self, request: Request, **kw: Any) -> list[tuple[str, str]]:
         return []
 
 

@@ -10,7 +10,7 @@ _INTEGER_KEY = re.compile(r"0|-?[1-9][0-9]*")
 MAX_NESTING = 64
 
 
-class PhpArray(dict):
+class PhpArray(dict[str, Any]):
     """A PHP array: string keys in insertion order; ``[]`` appends the next integer key."""
 
     def append(self, value: Any) -> None:

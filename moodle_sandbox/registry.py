@@ -12,20 +12,23 @@ if TYPE_CHECKING:
     from moodle_sandbox.site import SandboxSite
 
 
+SandboxRun = Callable[["SandboxSite", dict[str, Any]], Any]
+
+
 @dataclass(frozen=True)
 class SandboxFunction:
     name: str
     params: Single
-    run: Callable[[SandboxSite, dict[str, Any]], Any]
+    run: SandboxRun
 
 
 FUNCTIONS: dict[str, SandboxFunction] = {}
 
 
-def sandbox_function(name: str, params: Single) -> Callable:
+def sandbox_function(name: str, params: Single) -> Callable[[SandboxRun], SandboxRun]:
     """Register ``run(site, params)`` as web-service function ``name``; ``params`` are validated before it runs."""
 
-    def register(run: Callable[[SandboxSite, dict[str, Any]], Any]) -> Callable:
+    def register(run: SandboxRun) -> SandboxRun:
         FUNCTIONS[name] = SandboxFunction(name, params, run)
         return run
 

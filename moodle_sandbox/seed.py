@@ -33,6 +33,8 @@ No enrolments, draft files or course modules at the start.
 
 from __future__ import annotations
 
+from typing import Any
+
 from moodle_sandbox.records import Category, Course, Notification, Role, SiteState, User
 
 SITE_COURSE_ID = 1
@@ -56,7 +58,7 @@ _DAY = 86400
 _WEEK = 7 * _DAY
 
 
-def _course(course_id: int, shortname: str, fullname: str, category: int, course_format: str, **fields) -> Course:
+def _course(course_id: int, shortname: str, fullname: str, category: int, course_format: str, **fields: Any) -> Course:
     return Course(
         id=course_id,
         shortname=shortname,
@@ -145,7 +147,7 @@ def seed_state(now: int) -> SiteState:
     )
 
 
-def _notification(notification_id: int, useridto: int, subject: str, timecreated: int, **fields) -> Notification:
+def _notification(notification_id: int, useridto: int, subject: str, timecreated: int, **fields: Any) -> Notification:
     """Shaped like the notifications of the recorded Moodle (plain text, an HTML copy, a link to PY101)."""
     return Notification(
         id=notification_id,

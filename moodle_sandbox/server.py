@@ -33,7 +33,7 @@ import structlog
 
 from moodle_sandbox.errors import MoodleException, site_maintenance
 from moodle_sandbox.php import php_json
-from moodle_sandbox.phpform import parse_php_form
+from moodle_sandbox.phpform import PhpArray, parse_php_form
 from moodle_sandbox.site import SandboxSite
 from moodle_sandbox.upload import UPLOAD_FUNCTION, UploadedFile, ajax_error, read_multipart, upload
 
@@ -90,7 +90,7 @@ class SandboxServer(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
-        host, port = self.server_address[:2]
+        host, port = self.socket.getsockname()[:2]
         return f"http://{host}:{port}"
 
     @property
@@ -195,7 +195,7 @@ class _Handler(BaseHTTPRequestHandler):
         site = self.server.site
         get_vars, _ = parse_php_form(query, site.max_input_vars)
         post_vars, _ = parse_php_form(form, site.max_input_vars)
-        variables = get_vars | post_vars  # $_POST wins over $_GET, as in array_merge($_GET, $_POST)
+        variables = PhpArray(get_vars | post_vars)  # $_POST wins over $_GET, as in array_merge($_GET, $_POST)
         if self.server.latency_s:
             time.sleep(self.server.latency_s)
         fault = self.server.take_fault(str(variables.get("wsfunction", "")))
@@ -230,7 +230,7 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and self._inject(fault, ajax_error(site, site_maintenance()), answer_type):
             return
         try:
-            result: Any = upload(site, get_vars | post_vars, files)
+            result: Any = upload(site, PhpArray(get_vars | post_vars), files)
         except MoodleException as error:
             result = ajax_error(site, error)
         self._send(200, php_json(result), answer_type)

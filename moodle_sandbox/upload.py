@@ -14,7 +14,8 @@ import string
 from dataclasses import dataclass
 from email.message import Message
 from email.parser import BytesFeedParser
-from typing import TYPE_CHECKING, Any, BinaryIO
+from io import BufferedIOBase
+from typing import TYPE_CHECKING, Any
 
 from moodle_sandbox.errors import MoodleException, moodle_exception, uploads_disabled
 from moodle_sandbox.php import clean_alphanum, clean_file, clean_path, php_intval
@@ -52,7 +53,7 @@ class UploadedFile:
 
 
 def read_multipart(
-    stream: BinaryIO, length: int, content_type: str
+    stream: BufferedIOBase, length: int, content_type: str
 ) -> tuple[list[tuple[str, str]], dict[str, UploadedFile]]:
     """Read ``length`` bytes of a ``multipart/form-data`` body into PHP's ``$_POST`` pairs and ``$_FILES``.
 
@@ -74,9 +75,13 @@ def read_multipart(
     if not message.is_multipart():
         return fields, files
     for part in message.get_payload():
+        if not isinstance(part, Message):
+            continue
         disposition = _disposition(_raw_disposition(part))
         name, filename = disposition.get("name", ""), disposition.get("filename")
-        payload = part.get_payload(decode=True) or b""
+        payload = part.get_payload(decode=True)
+        if not isinstance(payload, bytes):
+            payload = b""
         if not name:
             continue
         if filename is None:

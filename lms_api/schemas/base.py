@@ -41,11 +41,11 @@ class ResponseSchema(Schema):
 
 def load_query(request: Request, schema: RequestSchema) -> dict[str, Any]:
     """Validate the query string; a parameter given twice is refused, whichever value a caller meant."""
-    return schema.load(_as_dict(request.GET))
+    return _loaded(schema, _as_dict(request.GET))
 
 
 def load_matchdict(request: Request, schema: RequestSchema) -> dict[str, Any]:
-    return schema.load(dict(request.matchdict or {}))
+    return _loaded(schema, dict(request.matchdict or {}))
 
 
 def load_multipart(request: Request, schema: RequestSchema, repeatable: Iterable[str] = ()) -> dict[str, Any]:
@@ -64,7 +64,13 @@ def load_multipart(request: Request, schema: RequestSchema, repeatable: Iterable
     except (ValueError, UnicodeDecodeError):  # parts that do not follow the boundary, or text that is not UTF-8
         raise _unreadable_multipart("its parts cannot be read") from None
     request.add_finished_callback(lambda finished: _close_spooled_body(finished, server_input))
-    return schema.load(_as_dict(form, frozenset(repeatable)))
+    return _loaded(schema, _as_dict(form, frozenset(repeatable)))
+
+
+def _loaded(schema: RequestSchema, data: dict[str, Any]) -> dict[str, Any]:
+    """A request schema loads one object into a dict of its fields (marshmallow's own ``load`` is untyped)."""
+    loaded: dict[str, Any] = schema.load(data)
+    return loaded
 
 
 def _unreadable_multipart(why: str) -> ApiError:
@@ -84,7 +90,7 @@ def _ends_with_closing_boundary(request: Request, boundary: bytes) -> bool:
     """RFC 2046's close delimiter (``--boundary--``) ends the body, give or take line breaks and padding."""
     body = request.body_file_seekable  # also sets the content length of a chunked body
     body.seek(max(0, (request.content_length or 0) - _MULTIPART_TAIL_BYTES - len(boundary)))
-    tail = body.read().rstrip(b"\r\n\t ")
+    tail: bytes = body.read().rstrip(b"\r\n\t ")
     body.seek(0)
     return tail.endswith(b"--" + boundary + b"--")
 
@@ -134,7 +140,7 @@ def load_json_body(request: Request, schema: RequestSchema) -> dict[str, Any]:
     body = parse_json(raw)
     if not isinstance(body, dict):
         raise _invalid_json("The request body must be a JSON object")
-    return schema.load(body)
+    return _loaded(schema, body)
 
 
 def _json_too_large() -> ApiError:
@@ -236,7 +242,7 @@ def no_html(value: str) -> None:
         raise ValidationError("Must not contain HTML tags")
 
 
-class Flag(fields.Field):
+class Flag(fields.Field[Any]):
     """A yes/no input: JSON ``true``/``false`` or Moodle's ``1``/``0``; nothing else (no "yes", no 2, no 1.0)."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
@@ -245,10 +251,10 @@ class Flag(fields.Field):
         raise ValidationError("Must be true, false, 1 or 0")
 
 
-class CommaSeparated(fields.Field):
+class CommaSeparated(fields.Field[Any]):
     """``a,b,c`` in a query string, each item loaded by ``item``; blanks around items are dropped."""
 
-    def __init__(self, item: fields.Field, **kwargs: Any) -> None:
+    def __init__(self, item: fields.Field[Any], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.item = item
 

@@ -12,7 +12,7 @@ from lms_api.settings import ROLE_NAME
 MAX_ENROLMENTS = 10000
 
 
-class Role(fields.Field):
+class Role(fields.Field[Any]):
     """A Moodle role id, or a role name the gateway maps to one (``student``, ``teacher``, ...)."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int | str:

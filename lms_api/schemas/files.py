@@ -24,7 +24,7 @@ MAX_FILENAME = 255  # files.filename in Moodle's database
 MAX_SECTION = 10_000  # Moodle's own cap on course sections is far lower (maxsections, default 52)
 
 
-class FileParts(fields.Field):
+class FileParts(fields.Field[Any]):
     """One or more multipart file parts (the same field name repeated), as :class:`UploadFile` objects."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[UploadFile]:

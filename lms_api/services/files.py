@@ -71,7 +71,12 @@ def upload(moodle: MoodleClient, files: Sequence[UploadFile], itemid: int = 0) -
             f"Moodle's upload.php stored {len(stored)} of {len(files)} files",
             {"function": UPLOAD_FUNCTION, "stored": [entry.get("filename") for entry in stored]},
         )
-    return {"itemid": stored[0].get("itemid"), "files": stored}
+    draft_itemid = stored[0].get("itemid")
+    if isinstance(draft_itemid, bool) or not isinstance(draft_itemid, int):
+        raise MoodleError(
+            ErrorCode.BAD_RESPONSE, "Moodle's upload.php named no draft item", {"function": UPLOAD_FUNCTION}
+        )
+    return {"itemid": draft_itemid, "files": stored}
 
 
 def _refused_file(moodle: MoodleClient, entry: dict[str, Any], stored: list[dict[str, Any]]) -> ApiError:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from pyramid.config import Configurator
 from pyramid.view import view_config
@@ -12,18 +13,21 @@ from lms_api.security import Scope
 
 ENVELOPE_RENDERER = "lms_api:envelope"
 
+View = TypeVar("View", bound=Callable[..., Any])
 
-def api_view(*, route_name: str, request_method: str, permission: Scope, **settings: Any) -> view_config:
+
+def api_view(*, route_name: str, request_method: str, permission: Scope, **settings: Any) -> Callable[[View], View]:
     """``view_config`` for an API view: the permission is a required argument, never a default."""
     if not isinstance(permission, Scope):
         raise TypeError(f"permission must be a Scope, got {permission!r}")
-    return view_config(
+    register: Callable[[View], View] = view_config(
         route_name=route_name,
         request_method=request_method,
         permission=permission.value,
         renderer=ENVELOPE_RENDERER,
         **settings,
     )
+    return register
 
 
 class EnvelopeRenderer:

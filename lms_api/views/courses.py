@@ -1,5 +1,3 @@
-from typing import Any
-
 from pyramid.request import Request
 
 from lms_api.moodle.client import MoodleClient
@@ -22,12 +20,12 @@ _listing, _course, _created = CourseListSchema(), CourseSchema(), CreatedCourseS
 
 
 @api_view(route_name="api.moodle.courses", request_method="GET", permission=Scope.COURSES_READ)
-def list_courses(request: Request) -> dict[str, Any]:
+def list_courses(request: Request) -> object:
     return _listing.dump(courses.list_courses(request.find_service(MoodleClient), **load_query(request, _query)))
 
 
 @api_view(route_name="api.moodle.courses", request_method="POST", permission=Scope.COURSES_WRITE)
-def create_course(request: Request) -> dict[str, Any]:
+def create_course(request: Request) -> object:
     fields = load_json_body(request, _create)
     request.audit_targets.update(categoryid=fields["categoryid"], shortname=fields["shortname"])
     created = courses.create_course(request.find_service(MoodleClient), fields)
@@ -38,14 +36,14 @@ def create_course(request: Request) -> dict[str, Any]:
 
 
 @api_view(route_name="api.moodle.course", request_method="GET", permission=Scope.COURSES_READ)
-def get_course(request: Request) -> dict[str, Any]:
+def get_course(request: Request) -> object:
     return _course.dump(
         courses.get_course(request.find_service(MoodleClient), load_matchdict(request, _path)["course_id"])
     )
 
 
 @api_view(route_name="api.moodle.course", request_method="PATCH", permission=Scope.COURSES_WRITE)
-def update_course(request: Request) -> dict[str, Any]:
+def update_course(request: Request) -> object:
     course_id = load_matchdict(request, _path)["course_id"]
     request.audit_targets["course_id"] = course_id
     changes = load_json_body(request, _update)

@@ -1,5 +1,3 @@
-from typing import Any
-
 from pyramid.request import Request
 
 from lms_api.moodle.client import MoodleClient
@@ -13,7 +11,7 @@ _body, _result = EnrolBody(), EnrolResultSchema()
 
 
 @api_view(route_name="api.moodle.enrol", request_method="POST", permission=Scope.ENROL_WRITE)
-def enrol(request: Request) -> dict[str, Any]:
+def enrol(request: Request) -> object:
     wanted = load_json_body(request, _body)["enrolments"]
     request.audit_targets.update(
         course_ids=sorted({enrolment["courseid"] for enrolment in wanted}),

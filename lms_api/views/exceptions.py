@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 from marshmallow import ValidationError
+from pyramid import view
 from pyramid.httpexceptions import HTTPException, HTTPForbidden, HTTPNotFound
 from pyramid.interfaces import ISecurityPolicy
 from pyramid.request import Request
 from pyramid.response import Response
-from pyramid.view import exception_view_config, forbidden_view_config, notfound_view_config
 
 from lms_api.errors import ApiError, ErrorCode, error_response
 from lms_api.routes import allowed_methods
 from lms_api.security import ScopeDenied
 
 log = structlog.get_logger("lms_api.errors")
+
+ExceptionView = Callable[[Any, Request], Response]
+# Pyramid ships no type information: these say what its decorators do, so the views below stay checked.
+exception_view_config: Callable[..., Callable[[ExceptionView], ExceptionView]] = view.exception_view_config
+forbidden_view_config: Callable[..., Callable[[ExceptionView], ExceptionView]] = view.forbidden_view_config
+notfound_view_config: Callable[..., Callable[[ExceptionView], ExceptionView]] = view.notfound_view_config
 
 # An error answer stays small whatever the input: 5,000 unknown parameters must not echo back as 5,000 names.
 MAX_LISTED = 20

@@ -1,5 +1,3 @@
-from typing import Any
-
 from pyramid.request import Request
 
 from lms_api.moodle.client import MoodleClient
@@ -14,7 +12,7 @@ _uploaded, _attached = UploadSchema(), AttachedSchema()
 
 
 @api_view(route_name="api.moodle.files.upload", request_method="POST", permission=Scope.FILES_WRITE)
-def upload(request: Request) -> dict[str, Any]:
+def upload(request: Request) -> object:
     max_mb = request.lms_settings.moodle_max_upload_mb
     files.refuse_oversized_body(request.content_length, max_mb)
     form = load_multipart(request, _form, repeatable=("file",))
@@ -27,7 +25,7 @@ def upload(request: Request) -> dict[str, Any]:
 
 
 @api_view(route_name="api.moodle.files.attach", request_method="POST", permission=Scope.FILES_WRITE)
-def attach(request: Request) -> dict[str, Any]:
+def attach(request: Request) -> object:
     body = load_json_body(request, _attach)
     request.audit_targets.update(course_id=body["courseid"], draftitemid=body["draftitemid"])
     attached = files.attach(request.find_service(MoodleClient), request.lms_settings.moodle_attach_function, body)

@@ -1,5 +1,3 @@
-from typing import Any
-
 from pyramid.request import Request
 
 from lms_api.moodle.client import MoodleClient
@@ -19,7 +17,7 @@ _listing, _count = NotificationsSchema(), UnreadCountSchema()
 
 
 @api_view(route_name="api.moodle.notifications", request_method="GET", permission=Scope.NOTIFICATIONS_READ)
-def list_notifications(request: Request) -> dict[str, Any]:
+def list_notifications(request: Request) -> object:
     query = load_query(request, _list_query)
     userid = notifications.notification_user(request.identity, query.get("userid"))
     return _listing.dump(
@@ -28,6 +26,6 @@ def list_notifications(request: Request) -> dict[str, Any]:
 
 
 @api_view(route_name="api.moodle.notifications.unread_count", request_method="GET", permission=Scope.NOTIFICATIONS_READ)
-def unread_count(request: Request) -> dict[str, Any]:
+def unread_count(request: Request) -> object:
     userid = notifications.notification_user(request.identity, load_query(request, _count_query).get("userid"))
     return _count.dump(notifications.unread_count(request.find_service(MoodleClient), userid))

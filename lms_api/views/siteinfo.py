@@ -1,5 +1,3 @@
-from typing import Any
-
 from pyramid.request import Request
 
 from lms_api.moodle.client import MoodleClient
@@ -13,6 +11,6 @@ _site_info = SiteInfoSchema()
 
 
 @api_view(route_name="api.moodle.siteinfo", request_method="GET", permission=Scope.SITEINFO_READ)
-def site_info(request: Request) -> dict[str, Any]:
+def site_info(request: Request) -> object:
     load_query(request, _query)
     return _site_info.dump(request.find_service(MoodleClient).site_info())

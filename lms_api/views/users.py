@@ -1,5 +1,3 @@
-from typing import Any
-
 from pyramid.request import Request
 
 from lms_api.moodle.client import MoodleClient
@@ -13,6 +11,6 @@ _query, _found = UsersByFieldQuery(), UsersByFieldSchema()
 
 
 @api_view(route_name="api.moodle.users.by_field", request_method="GET", permission=Scope.USERS_READ)
-def users_by_field(request: Request) -> dict[str, Any]:
+def users_by_field(request: Request) -> object:
     query = load_query(request, _query)
     return _found.dump(users.users_by_field(request.find_service(MoodleClient), query["field"], query["values"]))

@@ -417,7 +417,7 @@ def _validate_format(text_format: int) -> None:
 
 def _validate_dates(fields: dict[str, Any]) -> None:
     """``course_validate_dates()`` on the fields given (an update checks only what it sends)."""
-    start, end = fields.get("startdate"), fields.get("enddate")
+    start, end = fields.get("startdate", 0), fields.get("enddate", 0)
     if not php_empty(start) and not php_empty(end) and end < start:
         raise moodle_exception("enddatebeforestartdate", "The course end date must be after the start date.")
     if php_empty(start) and not php_empty(end):
@@ -429,7 +429,7 @@ def _taken(site: SandboxSite, column: str, value: str, course_id: int | None = N
 
 
 def _check_unique(site: SandboxSite, fields: dict[str, Any], course_id: int | None = None) -> None:
-    shortname, idnumber = fields.get("shortname"), fields.get("idnumber")
+    shortname, idnumber = fields.get("shortname", ""), fields.get("idnumber", "")
     if not php_empty(shortname) and _taken(site, "shortname", shortname, course_id):
         raise moodle_exception("shortnametaken", f"Short name is already used for another course ({shortname})")
     if not php_empty(idnumber) and _taken(site, "idnumber", idnumber, course_id):

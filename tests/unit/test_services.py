@@ -772,6 +772,15 @@ def test_an_upload_answer_without_the_files_is_a_502(moodle, rsps, answer):
     assert raised(files.upload, moodle, [upload_file()]).status == 502
 
 
+@pytest.mark.parametrize("itemid", [None, "7", True])
+def test_an_upload_answer_naming_no_draft_item_is_a_502(moodle, rsps, itemid):
+    rsps.add(responses.POST, UPLOAD_URL, json=[{**draft_entry("hello.py"), "itemid": itemid}])
+
+    error = raised(files.upload, moodle, [upload_file()])
+
+    assert (error.status, error.code) == (502, "badresponse")
+
+
 def test_an_upload_is_not_sent_twice_after_the_connection_dropped(moodle, rsps):
     rsps.add(responses.POST, UPLOAD_URL, body=reset())
 
