@@ -14,9 +14,11 @@ import requests
 import structlog
 import webtest
 from hypothesis import settings as hypothesis_settings
+from pyramid.config import Configurator
 
 from lms_api.config import make_app
 from lms_api.logging import log_formatter
+from lms_api.moodle.client import MoodleClient
 from lms_api.moodle.encoding import encode_params
 from lms_api.settings import load_settings
 from moodle_sandbox.server import Fault, start_sandbox
@@ -145,6 +147,16 @@ class Gateway:
     def log_lines(self):
         return [json.loads(line) for line in self.log_stream.getvalue().splitlines()]
 
+    def use_moodle_client(self, **overrides):
+        """Serve with a MoodleClient built from the same settings but ``overrides`` (say, a :class:`FakeTime`)."""
+        registry = self.router.registry
+        settings = registry.settings["lms_api.settings"]
+        client = MoodleClient.from_settings(settings, settings.moodle_base_url, settings.moodle_token, **overrides)
+        config = Configurator(registry=registry)
+        config.include("pyramid_services")
+        config.register_service(client, MoodleClient)
+        config.commit()
+
     def get(self, path, token=None, **kwargs):
         return self.app.get(path, headers=_auth(token, kwargs), expect_errors=True, **kwargs)
 
@@ -165,6 +177,19 @@ class Gateway:
             expect_errors=True,
             **kwargs,
         )
+
+
+class FakeTime:
+    """A clock that runs with real time plus every sleep taken on it; a sleep returns at once."""
+
+    def __init__(self):
+        self.slept = []
+
+    def sleep(self, seconds):
+        self.slept.append(seconds)
+
+    def clock(self):
+        return time.monotonic() + sum(self.slept)
 
 
 def _auth(token, kwargs):

@@ -109,6 +109,18 @@ class MoodleClient:
         self._functions_expire_at = 0.0
         self._functions_lock = threading.Lock()
 
+    @classmethod
+    def from_settings(cls, settings: Settings, base_url: str, token: str, **overrides: Any) -> MoodleClient:
+        """The client the gateway uses for ``settings``; ``overrides`` replace keyword arguments (tests: a clock)."""
+        options: dict[str, Any] = {
+            "timeout_s": settings.moodle_timeout_ms / 1000,
+            "max_retries": settings.moodle_max_retries,
+            "functions_ttl_s": settings.moodle_functions_ttl_s,
+            "max_input_vars": settings.moodle_max_input_vars,
+            "debug": settings.moodle_debug,
+        }
+        return cls(base_url, token, **(options | overrides))
+
     def __repr__(self) -> str:
         return f"MoodleClient(base_url={self.base_url!r})"
 
@@ -357,15 +369,4 @@ def includeme(config: Configurator) -> None:
         )
     scrub_from_logs(token)
     config.include("pyramid_services")
-    config.register_service(
-        MoodleClient(
-            base_url,
-            token,
-            timeout_s=settings.moodle_timeout_ms / 1000,
-            max_retries=settings.moodle_max_retries,
-            functions_ttl_s=settings.moodle_functions_ttl_s,
-            max_input_vars=settings.moodle_max_input_vars,
-            debug=settings.moodle_debug,
-        ),
-        MoodleClient,
-    )
+    config.register_service(MoodleClient.from_settings(settings, base_url, token), MoodleClient)

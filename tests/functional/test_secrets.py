@@ -1,18 +1,23 @@
 """The Moodle token, the JWT key and the caller's JWT never appear in a response or a log line, under any fault."""
 
+import json
+import re
+
 import pytest
 import structlog
 
 from moodle_sandbox.server import start_sandbox
-from tests.conftest import Gateway, mint, queue_fault, settings_for
+from tests.conftest import FakeTime, Gateway, mint, queue_fault, settings_for
 
 MOODLE_TOKEN = "MOODLETOKENCANARY0123456789abcdef"
 JWT_SECRET = "JWT-SECRET-CANARY-" + "k" * 50
+TIMEOUT_MS = 50  # of the gateway that meets the slow Moodle: each of its calls gives up this soon
+CONSOLE_SUMMARY = re.compile(r"^\S+ \[\w+ *\] request +\[lms_api\.request\] .*request_id=(\w+)$", re.MULTILINE)
 
 FAULTS = [
     None,
     {"kind": "reset", "times": 5},
-    {"kind": "delay", "seconds": 0.5},
+    {"kind": "delay", "seconds": TIMEOUT_MS / 1000 + 0.05},
     {"kind": "http", "status": 500, "times": 5},
     {"kind": "http", "status": 502, "times": 5},
     {"kind": "http", "status": 503, "times": 5},
@@ -65,21 +70,29 @@ def test_no_secret_in_any_response_or_log_line(
     debug_sandbox, tiny_upload_sandbox, unused_port, moodle_debug, log_format
 ):
     options = {"MOODLE_DEBUG": moodle_debug, "LOG_FORMAT": log_format, "JWT_SECRET": JWT_SECRET}
-    gateway = Gateway(
-        settings_for(debug_sandbox.url, MOODLE_TOKEN, MOODLE_TIMEOUT_MS="300", MOODLE_MAX_RETRIES="1", **options)
+    gateway = Gateway(settings_for(debug_sandbox.url, MOODLE_TOKEN, MOODLE_MAX_RETRIES="1", **options))
+    impatient = Gateway(
+        settings_for(
+            debug_sandbox.url, MOODLE_TOKEN, MOODLE_TIMEOUT_MS=str(TIMEOUT_MS), MOODLE_MAX_RETRIES="1", **options
+        )
     )
     wrong_token = Gateway(settings_for(debug_sandbox.url, MOODLE_TOKEN[::-1], **options))
     unreachable = Gateway(settings_for(f"http://127.0.0.1:{unused_port}", MOODLE_TOKEN, **options))
     tiny = Gateway(settings_for(tiny_upload_sandbox.url, MOODLE_TOKEN, **options))
+    gateways = (gateway, impatient, wrong_token, unreachable, tiny)
+    time = FakeTime()  # backoff sleeps return at once; deadlines still hold
+    for each in gateways:
+        each.use_moodle_client(sleep=time.sleep, clock=time.clock)
     bearer = mint(EVERY_SCOPE, secret=JWT_SECRET, moodle_userid=3)
-    responses = []
+    responses = [each.get("/api/moodle/siteinfo", bearer) for each in (gateway, impatient)]
 
-    assert gateway.get("/api/moodle/siteinfo", bearer).status_int == 200  # function list read, unfaulted
+    assert [response.status_int for response in responses] == [200, 200]  # function lists read, unfaulted
     for number, fault in enumerate(FAULTS):
+        target = impatient if fault and fault["kind"] == "delay" else gateway
         for label, call in route_calls(f"{log_format}{moodle_debug}{number}"):
             if fault:  # on the route's own first Moodle call, and on every retry of it
                 queue_fault(debug_sandbox, **{**fault, "times": 5})
-            response = call(gateway, bearer)
+            response = call(target, bearer)
             with debug_sandbox.state_lock:
                 debug_sandbox.faults.clear()
             if fault:
@@ -95,14 +108,23 @@ def test_no_secret_in_any_response_or_log_line(
 
     statuses = {response.status_int for response in responses}
     assert {200, 201, 400, 401, 403, 404, 413, 502, 503, 504} <= statuses
-    gateways = (gateway, wrong_token, unreachable, tiny)
-    logs = "".join(each.log_stream.getvalue() for each in gateways)
-    assert logs.count("request") >= len(responses)
+    assert time.slept, "no backoff was taken: the faults did not reach the retry path"
+    logs = gateway.log_stream.getvalue()  # made first, so it holds every gateway's lines
+    logged = summary_request_ids(logs, log_format)
+    assert sorted(logged) == sorted(response.headers["X-Request-ID"] for response in responses)
     for secret in (MOODLE_TOKEN, JWT_SECRET, bearer):
         assert secret not in logs
         for response in responses:
             assert secret not in response.text
             assert all(secret not in value for value in response.headers.values())
+
+
+def summary_request_ids(logs, log_format):
+    """The request id of every request summary line (one per request answered)."""
+    if log_format == "json":
+        lines = [json.loads(line) for line in logs.splitlines()]
+        return [line["request_id"] for line in lines if line["event"] == "request"]
+    return CONSOLE_SUMMARY.findall(logs)
 
 
 def test_a_secret_that_reaches_the_logger_is_scrubbed(debug_sandbox):
