@@ -1,5 +1,6 @@
 # `make run`: set up and start the gateway on the built-in Moodle sandbox.
-# `make test`: set up, run the linter and the type checker, then the whole test suite with its coverage floor.
+# `make test`: set up, run the linter and the type checker, then the whole test suite (on every core) with its
+# coverage floor.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -26,7 +27,7 @@ lint: install
 	$(BIN)/mypy
 
 test: lint
-	$(BIN)/pytest --cov --cov-report=term:skip-covered
+	$(BIN)/pytest -n auto --cov --cov-report=term:skip-covered
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache .mypy_cache .coverage .hypothesis

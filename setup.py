@@ -29,6 +29,7 @@ setup(
             "hypothesis>=6.100,<7",
             "mypy>=1.15,<3",
             "pytest-cov>=6,<8",
+            "pytest-xdist>=3.6,<4",
         ],
     },
     entry_points={

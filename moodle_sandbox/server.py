@@ -43,6 +43,7 @@ REST_PATH = "/webservice/rest/server.php"
 UPLOAD_PATH = "/webservice/upload.php"
 CONTROL_PREFIX = "/__sandbox__/"
 FAULT_KINDS = ("reset", "delay", "http", "maintenance", "notjson")
+STOP_POLL_S = 0.05
 MAX_BODY_BYTES = 64 * 1024 * 1024
 
 
@@ -117,7 +118,9 @@ class SandboxServer(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
     def start(self) -> SandboxServer:
-        threading.Thread(target=self.serve_forever, name="moodle-sandbox", daemon=True).start()
+        # A short poll: stop() waits for it, and tests start and stop many sandboxes.
+        thread = threading.Thread(target=self.serve_forever, args=(STOP_POLL_S,), name="moodle-sandbox", daemon=True)
+        thread.start()
         return self
 
     def stop(self) -> None:

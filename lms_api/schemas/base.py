@@ -108,10 +108,12 @@ def _close_spooled_body(request: Request, server_input: Any) -> None:
 
 
 def _as_dict(multidict: Any, repeatable: frozenset[str] = frozenset()) -> dict[str, Any]:
+    grouped: dict[str, list[Any]] = {}
+    for name, value in multidict.items():  # one pass: getall() per name would scan every item for each name
+        grouped.setdefault(name, []).append(value)
     values: dict[str, Any] = {}
     repeated: dict[str, list[str]] = {}
-    for name in multidict:
-        found = multidict.getall(name)
+    for name, found in grouped.items():
         if len(found) == 1:
             values[name] = found[0]
         elif name in repeatable:

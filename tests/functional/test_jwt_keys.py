@@ -119,7 +119,7 @@ class IdentityProvider(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _JwksHandler)
         self.keys = {"key-1": RSA_PRIVATE}
         self.hits = 0
-        threading.Thread(target=self.serve_forever, daemon=True).start()
+        threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True).start()
 
     @property
     def url(self):

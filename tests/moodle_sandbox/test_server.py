@@ -486,10 +486,7 @@ def test_site_info_userid_is_an_int_and_the_private_access_key_is_there_like_moo
 
 @pytest.fixture(scope="module")
 def server_pool():
-    """Sandboxes shared by this module's tests, one per set of options.
-
-    ``stop()`` waits for ``serve_forever``'s 0.5 s poll, so the sandboxes are reused and stopped together at the end.
-    """
+    """Sandboxes shared by this module's tests, one per set of options, stopped together at the end."""
     servers: dict[str, SandboxServer] = {}
     yield servers
     stoppers = [threading.Thread(target=server.stop) for server in servers.values()]
