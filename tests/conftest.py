@@ -201,9 +201,14 @@ def _auth(token, kwargs):
 
 @pytest.fixture
 def make_gateway(sandbox):
+    """Gateways on the sandbox whose backoff sleeps return at once (their deadlines still hold)."""
+
     def build(base_url=None, token=None, **environ):
         environ.setdefault("MOODLE_TIMEOUT_MS", "2000")
-        return Gateway(settings_for(base_url or sandbox.url, token or sandbox.site.token, **environ))
+        gateway = Gateway(settings_for(base_url or sandbox.url, token or sandbox.site.token, **environ))
+        time = FakeTime()
+        gateway.use_moodle_client(sleep=time.sleep, clock=time.clock)
+        return gateway
 
     return build
 
@@ -237,8 +242,13 @@ def queue_fault(server, **fault):
         server.faults.append(Fault(**fault))
 
 
-@pytest.fixture
-def unused_port():
+def free_port():
+    """A port nothing listens on (the system picked it, then it was let go)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+@pytest.fixture
+def unused_port():
+    return free_port()

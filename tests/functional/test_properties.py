@@ -154,8 +154,10 @@ CONTENT_TYPES = st.one_of(
 )
 
 SEGMENT_BYTES = st.binary(min_size=0, max_size=6).map(lambda raw: "".join(f"%{byte:02X}" for byte in raw))
-PATH_SEGMENTS = st.one_of(SEGMENT_BYTES, TEXT.map(lambda text: quote(text, safe="")), NUMBERS.map(str))
-QUERY_PIECES = st.one_of(SEGMENT_BYTES, TEXT.map(lambda text: quote(text, safe="")), NUMBERS.map(str))
+# A lone surrogate is escaped as the bytes it would be in UTF-8 (not valid UTF-8: the gateway must refuse it).
+ESCAPED_TEXT = TEXT.map(lambda text: quote(text, safe="", errors="surrogatepass"))
+PATH_SEGMENTS = st.one_of(SEGMENT_BYTES, ESCAPED_TEXT, NUMBERS.map(str))
+QUERY_PIECES = st.one_of(SEGMENT_BYTES, ESCAPED_TEXT, NUMBERS.map(str))
 
 
 def query_strings(names):

@@ -7,7 +7,8 @@ import subprocess
 
 import requests
 
-from tests.integration.conftest import BIN, ROOT, clean_env, free_port, wait_for_port
+from tests.conftest import free_port
+from tests.integration.conftest import BIN, ROOT, clean_env, wait_for_port
 
 
 def mint_with_cli(*args, env):

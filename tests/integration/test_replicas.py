@@ -4,8 +4,8 @@ import uuid
 
 import requests
 
-from tests.conftest import mint
-from tests.integration.conftest import clean_env, free_port, wait_for_port
+from tests.conftest import free_port, mint
+from tests.integration.conftest import clean_env, wait_for_port
 
 SECRET = "replica-secret-" + "r" * 40
 

@@ -5,8 +5,8 @@ import uuid
 import pytest
 import requests
 
-from tests.conftest import mint
-from tests.integration.conftest import clean_env, free_port, wait_for_port
+from tests.conftest import free_port, mint
+from tests.integration.conftest import clean_env, wait_for_port
 
 SECRET = "story-secret-" + "s" * 40
 EVERYTHING = "courses:read courses:write users:read enrol:write notifications:read files:write"
