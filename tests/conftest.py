@@ -6,6 +6,7 @@ import shutil
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import jwt
 import pytest
@@ -29,6 +30,8 @@ hypothesis_settings.register_profile("ci", max_examples=60, deadline=None, deran
 hypothesis_settings.register_profile("thorough", max_examples=2000, deadline=None)
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
 
+ROOT = Path(__file__).resolve().parents[1]  # the repository
+GOLDEN_DIR = ROOT / "tests" / "moodle_golden"  # answers recorded from a real Moodle 5.0
 JWT_TEST_SECRET = "test-secret-0123456789-abcdefghij-KLMNOPQRST-0123456789-abcdefghijklmn"
 ALL_SCOPES = "siteinfo:read courses:read courses:write users:read enrol:write notifications:read files:write"
 
@@ -177,6 +180,19 @@ class Gateway:
             expect_errors=True,
             **kwargs,
         )
+
+
+class FakeClock:
+    """A clock that moves only when told to."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, seconds):
+        self.now += seconds
 
 
 class FakeTime:

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import ROOT, free_port
 
-ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 SECRET_KEYS = ("MOODLE_BASE_URL", "MOODLE_TOKEN", "JWT_SECRET", "JWT_AUDIENCE", "JWT_ISSUER", "JWT_ALGORITHMS")
 

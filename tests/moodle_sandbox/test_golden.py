@@ -17,7 +17,6 @@ import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,8 +26,8 @@ from lms_api.moodle.encoding import encode_params
 from moodle_sandbox.phpform import parse_php_form
 from moodle_sandbox.server import SandboxServer
 from moodle_sandbox.site import SandboxSite
+from tests.conftest import GOLDEN_DIR
 
-GOLDEN_DIR = Path(__file__).resolve().parents[1] / "moodle_golden"
 GOLDEN_URL = "http://127.0.0.1:8088"
 TOKEN = "golden-replay-token-0123456789abcd"
 SITE_INFO = "core_webservice_get_site_info"

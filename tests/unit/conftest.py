@@ -4,7 +4,8 @@ import pytest
 import responses
 
 from lms_api.moodle.client import MoodleClient
-from tests.unit.test_moodle_client import BASE_URL, TOKEN, FakeClock
+from tests.conftest import FakeClock
+from tests.unit.mocked_moodle import BASE_URL, TOKEN
 
 
 @pytest.fixture
@@ -18,7 +19,7 @@ def sleeps():
 
 
 @pytest.fixture
-def make_service(clock, sleeps):
+def make_client(clock, sleeps):
     def fake_sleep(seconds):
         sleeps.append(seconds)
         clock.advance(seconds)
@@ -39,8 +40,8 @@ def make_service(clock, sleeps):
 
 
 @pytest.fixture
-def service(make_service):
-    return make_service()
+def client(make_client):
+    return make_client()
 
 
 @pytest.fixture

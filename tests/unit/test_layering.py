@@ -11,9 +11,8 @@ import ast
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import ROOT
 
 
 def module_names(package: str) -> list[str]:

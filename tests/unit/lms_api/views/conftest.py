@@ -54,14 +54,3 @@ def make_request(pyramid_config):
         return request
 
     return make
-
-
-def answering(**answers):
-    """A ``MoodleClient.call`` side effect answering each function's canned answer, and failing on any other."""
-
-    def call(function, params=None):
-        assert function in answers, f"unexpected Moodle call {function}"
-        answer = answers[function]
-        return answer(params) if callable(answer) else answer
-
-    return call

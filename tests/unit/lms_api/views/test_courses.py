@@ -3,7 +3,7 @@ from marshmallow import ValidationError
 
 from lms_api.errors import ApiError
 from lms_api.views.courses import create_course, get_course, list_courses, update_course
-from tests.unit.lms_api.views.conftest import answering
+from tests.unit.mocked_moodle import answering
 
 PY101 = {"id": 2, "shortname": "PY101", "fullname": "Intro to Python", "categoryid": 1, "format": "topics"}
 

@@ -2,7 +2,7 @@ import pytest
 
 from lms_api.errors import ApiError
 from lms_api.views.enrolments import enrol
-from tests.unit.lms_api.views.conftest import answering
+from tests.unit.mocked_moodle import answering
 
 
 def test_role_names_become_the_sites_role_ids_and_every_id_is_checked_first(make_request, moodle):

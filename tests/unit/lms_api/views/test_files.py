@@ -1,5 +1,5 @@
 from lms_api.views.files import attach, upload
-from tests.unit.lms_api.views.conftest import answering
+from tests.unit.mocked_moodle import answering
 
 BOUNDARY = "b0und4ry"
 

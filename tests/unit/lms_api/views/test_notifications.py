@@ -3,7 +3,7 @@ import pytest
 from lms_api.errors import ApiError
 from lms_api.security import Identity
 from lms_api.views.notifications import list_notifications, unread_count
-from tests.unit.lms_api.views.conftest import answering
+from tests.unit.mocked_moodle import answering
 
 
 def test_the_callers_own_notifications_by_default(make_request, moodle):

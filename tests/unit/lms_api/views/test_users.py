@@ -1,5 +1,5 @@
 from lms_api.views.users import users_by_field
-from tests.unit.lms_api.views.conftest import answering
+from tests.unit.mocked_moodle import answering
 
 
 def test_users_by_email_with_the_missing_ones_named(make_request, moodle):

@@ -5,136 +5,45 @@ from __future__ import annotations
 import io
 import json
 import time
-from pathlib import Path
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 import pytest
 import requests
 import responses
 import structlog
 from structlog.testing import capture_logs
-from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
 
 from lms_api.calllog import recording_calls
 from lms_api.moodle import client as client_module
-from lms_api.moodle.client import MoodleClient, MoodleError, UploadFile
+from lms_api.moodle.client import MoodleClient, UploadFile
 from lms_api.moodle.errors import scrub_paths
 from lms_api.moodle.functions import READ_ONLY_FUNCTIONS, SITE_INFO
-
-BASE_URL = "http://moodle.test"
-URL = BASE_URL + "/webservice/rest/server.php"
-TOKEN = "TOKEN-SECRET-123"
-GOLDEN = Path(__file__).resolve().parents[1] / "moodle_golden"
-
-READ_FN = "core_course_get_courses"
-WRITE_FN = "core_course_create_courses"
-KNOWN_FUNCTIONS = (
+from tests.conftest import GOLDEN_DIR
+from tests.unit.mocked_moodle import (
+    BAD_TOKEN_BODY,
+    BASE_URL,
+    DEBUG_DUPLICATE_USERNAME_BODY,
+    FUNCTION_NOT_IN_SERVICE_BODY,
+    HTML_PAGE,
+    INVALID_PARAMETER_BODY,
+    KNOWN_FUNCTIONS,
     READ_FN,
+    TOKEN,
+    UNKNOWN_FUNCTION_BODY,
+    URL,
     WRITE_FN,
-    "core_course_update_courses",
-    "core_user_create_users",
-    "enrol_manual_enrol_users",
-    "message_popup_get_unread_popup_notification_count",
+    add,
+    assert_token_absent,
+    form_of,
+    golden,
+    prime,
+    raised,
+    refused,
+    reset,
+    sent_functions,
+    site_info_body,
+    ws_function,
 )
-
-# Raw bodies recorded from a real Moodle 5.0 (see tests/moodle_golden), copied as literals.
-BAD_TOKEN_BODY = (
-    '{"exception":"core\\\\exception\\\\moodle_exception","errorcode":"invalidtoken",'
-    '"message":"Invalid token - token not found"}'
-)
-FUNCTION_NOT_IN_SERVICE_BODY = (
-    '{"exception":"webservice_access_exception","errorcode":"accessexception","message":"Access control exception"}'
-)
-UNKNOWN_FUNCTION_BODY = (
-    '{"exception":"dml_missing_record_exception","errorcode":"invalidrecordunknown",'
-    '"message":"Can\'t find data record in database."}'
-)
-INVALID_PARAMETER_BODY = (
-    '{"exception":"core\\\\exception\\\\invalid_parameter_exception","errorcode":"invalidparameter",'
-    '"message":"Invalid parameter value detected"}'
-)
-# golden/debug_mode/error_duplicate_username.json: in debug mode Moodle appends debuginfo to the message.
-DEBUG_DUPLICATE_USERNAME_BODY = (
-    '{"exception":"core\\\\exception\\\\invalid_parameter_exception","errorcode":"invalidparameter",'
-    '"message":"Invalid parameter value detected (Username already exists: student1)",'
-    '"debuginfo":"Username already exists: student1"}'
-)
-HTML_PAGE = "<!DOCTYPE html><html><body><h1>Service Unavailable</h1></body></html>"
-
-
-# -- helpers ---------------------------------------------------------------------------------------
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-def refused() -> requests.ConnectionError:
-    """What requests raises when nothing listens: no byte of the request reached Moodle."""
-    reason = NewConnectionError(None, "Failed to establish a new connection: [Errno 111] Connection refused")
-    return requests.ConnectionError(MaxRetryError(None, "/webservice/rest/server.php", reason))
-
-
-def reset() -> requests.ConnectionError:
-    """What requests raises when the connection drops after the request was sent."""
-    return requests.ConnectionError(ProtocolError("Connection aborted.", ConnectionResetError(104, "reset by peer")))
-
-
-def form_of(request) -> list[tuple[str, str]]:
-    body = request.body or ""
-    if isinstance(body, bytes):
-        body = body.decode()
-    return parse_qsl(body, keep_blank_values=True)
-
-
-def ws_function(name):
-    """A responses matcher on the ``wsfunction`` form field."""
-
-    def match(request):
-        sent = dict(form_of(request)).get("wsfunction")
-        return sent == name, f"wsfunction {sent!r} is not {name!r}"
-
-    return match
-
-
-def add(rsps, function, **kwargs):
-    rsps.add(responses.POST, URL, match=[ws_function(function)], **kwargs)
-
-
-def site_info_body(functions=KNOWN_FUNCTIONS):
-    return {
-        "sitename": "Moodle test",
-        "userid": 2,
-        "functions": [{"name": name, "version": "2025041400"} for name in functions],
-    }
-
-
-def prime(service, rsps, functions=KNOWN_FUNCTIONS):
-    """Fill the function cache with one site-info call (it stays in ``rsps.calls``)."""
-    add(rsps, SITE_INFO, json=site_info_body(functions))
-    service.available_functions()
-
-
-def sent_functions(rsps) -> list[str]:
-    return [dict(form_of(call.request))["wsfunction"] for call in rsps.calls]
-
-
-def raised(function, *args) -> MoodleError:
-    with pytest.raises(MoodleError) as info:
-        function(*args)
-    return info.value
-
-
-def assert_token_absent(error: MoodleError) -> None:
-    for text in (str(error), repr(error), error.message, repr(error.details), repr(error.headers)):
-        assert TOKEN not in text
 
 
 def test_test_functions_are_classified_as_assumed():
@@ -146,11 +55,11 @@ def test_test_functions_are_classified_as_assumed():
 # -- the request -----------------------------------------------------------------------------------
 
 
-def test_token_function_and_format_are_in_the_post_body_not_the_url(service, rsps):
-    prime(service, rsps)
+def test_token_function_and_format_are_in_the_post_body_not_the_url(client, rsps):
+    prime(client, rsps)
     add(rsps, READ_FN, json=[])
 
-    service.call(READ_FN, {"options": {"ids": [2, 3]}, "visible": True, "skipped": None})
+    client.call(READ_FN, {"options": {"ids": [2, 3]}, "visible": True, "skipped": None})
 
     request = rsps.calls[-1].request
     assert request.method == "POST"
@@ -169,17 +78,17 @@ def test_token_function_and_format_are_in_the_post_body_not_the_url(service, rsp
 
 
 def test_trailing_slash_in_base_url_is_ignored(rsps):
-    service = MoodleClient(BASE_URL + "/", TOKEN, timeout_s=2.0, max_retries=0, functions_ttl_s=300)
+    client = MoodleClient(BASE_URL + "/", TOKEN, timeout_s=2.0, max_retries=0, functions_ttl_s=300)
     add(rsps, SITE_INFO, json=site_info_body())
 
-    service.site_info()
+    client.site_info()
 
     assert rsps.calls[0].request.url == URL
 
 
-def test_repr_does_not_contain_the_token(service):
-    assert repr(service) == "MoodleClient(base_url='http://moodle.test')"
-    assert TOKEN not in repr(service)
+def test_repr_does_not_contain_the_token(client):
+    assert repr(client) == "MoodleClient(base_url='http://moodle.test')"
+    assert TOKEN not in repr(client)
 
 
 # -- success bodies --------------------------------------------------------------------------------
@@ -196,29 +105,29 @@ def test_repr_does_not_contain_the_token(service):
     ],
     ids=["object", "list", "integer", "zero", "null"],
 )
-def test_success_bodies_are_returned_as_is(service, rsps, function, body, expected):
-    prime(service, rsps)
+def test_success_bodies_are_returned_as_is(client, rsps, function, body, expected):
+    prime(client, rsps)
     add(rsps, function, body=body, content_type="application/json")
 
-    result = service.call(function)
+    result = client.call(function)
 
     assert result == expected
     assert type(result) is type(expected)
     assert sent_functions(rsps) == [SITE_INFO, function]
 
 
-def test_site_info_returns_the_golden_body_and_caches_its_functions(service, rsps):
-    path = GOLDEN / "core_webservice_get_site_info.json"
+def test_site_info_returns_the_golden_body_and_caches_its_functions(client, rsps):
+    path = GOLDEN_DIR / "core_webservice_get_site_info.json"
     if not path.is_file():
         pytest.skip(f"golden body {path} is absent")
     body = path.read_text()
     add(rsps, SITE_INFO, body=body, content_type="application/json")
 
-    info = service.site_info()
+    info = client.site_info()
 
     assert info == json.loads(body)
     assert info["sitename"] == "Real Moodle Test"
-    functions = service.available_functions()
+    functions = client.available_functions()
     assert len(functions) == len(info["functions"])  # site info itself is in the list
     assert {WRITE_FN, READ_FN, SITE_INFO} <= functions
     assert len(rsps.calls) == 1
@@ -229,10 +138,10 @@ def test_site_info_returns_the_golden_body_and_caches_its_functions(service, rsp
     [{"sitename": "Moodle test"}, {"sitename": "Moodle test", "functions": {}}, [], None],
     ids=["no-functions", "functions-not-a-list", "list", "null"],
 )
-def test_site_info_with_an_unexpected_shape_is_a_bad_response(service, rsps, body):
+def test_site_info_with_an_unexpected_shape_is_a_bad_response(client, rsps, body):
     add(rsps, SITE_INFO, body=json.dumps(body), content_type="application/json")
 
-    error = raised(service.site_info)
+    error = raised(client.site_info)
 
     assert (error.status, error.code) == (502, "badresponse")
     assert error.details == {"function": SITE_INFO}
@@ -267,11 +176,11 @@ def test_site_info_with_an_unexpected_shape_is_a_bad_response(service, rsps, bod
         ("dmlwriteexception", 502),
     ],
 )
-def test_moodle_errorcode_maps_to_status(service, rsps, errorcode, status):
-    prime(service, rsps)
+def test_moodle_errorcode_maps_to_status(client, rsps, errorcode, status):
+    prime(client, rsps)
     add(rsps, READ_FN, json={"exception": "moodle_exception", "errorcode": errorcode, "message": f"Said {errorcode}"})
 
-    error = raised(service.call, READ_FN)
+    error = raised(client.call, READ_FN)
 
     assert error.status == status
     assert error.code == errorcode
@@ -282,11 +191,11 @@ def test_moodle_errorcode_maps_to_status(service, rsps, errorcode, status):
 
 
 @pytest.mark.parametrize("errorcode", ["sitemaintenance", "upgraderunning"])
-def test_maintenance_errorcodes_are_503_with_default_retry_after(service, rsps, sleeps, errorcode):
-    prime(service, rsps)
+def test_maintenance_errorcodes_are_503_with_default_retry_after(client, rsps, sleeps, errorcode):
+    prime(client, rsps)
     add(rsps, READ_FN, json={"exception": "moodle_exception", "errorcode": errorcode, "message": "Maintenance"})
 
-    error = raised(service.call, READ_FN)
+    error = raised(client.call, READ_FN)
 
     assert (error.status, error.code) == (503, errorcode)
     assert error.headers == {"Retry-After": "30"}
@@ -295,21 +204,21 @@ def test_maintenance_errorcodes_are_503_with_default_retry_after(service, rsps, 
     assert sleeps == []
 
 
-def test_maintenance_error_keeps_moodles_retry_after_header(service, rsps):
-    prime(service, rsps)
+def test_maintenance_error_keeps_moodles_retry_after_header(client, rsps):
+    prime(client, rsps)
     body = {"exception": "moodle_exception", "errorcode": "sitemaintenance", "message": "Maintenance"}
     add(rsps, READ_FN, json=body, headers={"Retry-After": "120"})
 
-    error = raised(service.call, READ_FN)
+    error = raised(client.call, READ_FN)
 
     assert (error.status, error.code) == (503, "sitemaintenance")
     assert error.headers == {"Retry-After": "120"}
 
 
-def test_refused_token_is_502_invalidtoken_for_operators(service, rsps):
+def test_refused_token_is_502_invalidtoken_for_operators(client, rsps):
     add(rsps, SITE_INFO, body=BAD_TOKEN_BODY, content_type="application/json")
 
-    error = raised(service.site_info)
+    error = raised(client.site_info)
 
     assert (error.status, error.code) == (502, "invalidtoken")
     assert "MOODLE_TOKEN" in error.message
@@ -319,10 +228,10 @@ def test_refused_token_is_502_invalidtoken_for_operators(service, rsps):
     assert len(rsps.calls) == 1
 
 
-def test_refused_token_during_the_function_check_stops_the_call(service, rsps):
+def test_refused_token_during_the_function_check_stops_the_call(client, rsps):
     add(rsps, SITE_INFO, body=BAD_TOKEN_BODY, content_type="application/json")
 
-    error = raised(service.call, WRITE_FN)
+    error = raised(client.call, WRITE_FN)
 
     assert (error.status, error.code) == (502, "invalidtoken")
     assert sent_functions(rsps) == [SITE_INFO]
@@ -337,29 +246,29 @@ def test_refused_token_during_the_function_check_stops_the_call(service, rsps):
     ],
     ids=["function-not-in-service", "unknown-function", "invalid-parameter"],
 )
-def test_golden_error_bodies(service, rsps, body, status, code, message):
-    prime(service, rsps)
+def test_golden_error_bodies(client, rsps, body, status, code, message):
+    prime(client, rsps)
     add(rsps, WRITE_FN, body=body, content_type="application/json")
 
-    error = raised(service.call, WRITE_FN)
+    error = raised(client.call, WRITE_FN)
 
     assert (error.status, error.code, error.message) == (status, code, message)
     assert error.details == {"function": WRITE_FN}
     assert sent_functions(rsps) == [SITE_INFO, WRITE_FN]
 
 
-def test_error_without_errorcode_is_a_502_moodleexception_saying_moodle_failed(service, rsps):
-    prime(service, rsps)
+def test_error_without_errorcode_is_a_502_moodleexception_saying_moodle_failed(client, rsps):
+    prime(client, rsps)
     add(rsps, READ_FN, json={"exception": "moodle_exception", "message": "Something broke"})
 
-    error = raised(service.call, READ_FN)
+    error = raised(client.call, READ_FN)
 
     assert (error.status, error.code) == (502, "moodleexception")
     assert error.message == f"Moodle failed internally in {READ_FN} (PHP moodle_exception): Something broke"
 
 
-def test_debuginfo_is_never_passed_on(service, rsps):
-    prime(service, rsps)
+def test_debuginfo_is_never_passed_on(client, rsps):
+    prime(client, rsps)
     debuginfo = "INSERT INTO mdl_user (password) VALUES ('Student-Pass-1')"
     body = {
         "exception": "dml_write_exception",
@@ -369,7 +278,7 @@ def test_debuginfo_is_never_passed_on(service, rsps):
     }
     add(rsps, "core_user_create_users", json=body)
 
-    error = raised(service.call, "core_user_create_users")
+    error = raised(client.call, "core_user_create_users")
 
     assert (error.status, error.code, error.message) == (502, "dmlwriteexception", "Error writing to database")
     assert error.details == {"function": "core_user_create_users"}
@@ -378,18 +287,18 @@ def test_debuginfo_is_never_passed_on(service, rsps):
         assert "debuginfo" not in text
 
 
-def test_debuginfo_repeated_in_a_debug_mode_message_is_not_passed_on(service, rsps):
-    prime(service, rsps)
+def test_debuginfo_repeated_in_a_debug_mode_message_is_not_passed_on(client, rsps):
+    prime(client, rsps)
     add(rsps, "core_user_create_users", body=DEBUG_DUPLICATE_USERNAME_BODY, content_type="application/json")
 
-    error = raised(service.call, "core_user_create_users")
+    error = raised(client.call, "core_user_create_users")
 
     assert error.code == "invalidparameter"
     assert "Username already exists: student1" not in error.message
 
 
-def test_token_in_a_moodle_message_is_redacted(service, rsps):
-    prime(service, rsps)
+def test_token_in_a_moodle_message_is_redacted(client, rsps):
+    prime(client, rsps)
     body = {
         "exception": "invalid_parameter_exception",
         "errorcode": "invalidparameter",
@@ -397,7 +306,7 @@ def test_token_in_a_moodle_message_is_redacted(service, rsps):
     }
     add(rsps, READ_FN, json=body)
 
-    error = raised(service.call, READ_FN)
+    error = raised(client.call, READ_FN)
 
     assert error.message == "Invalid parameter value detected (wstoken=[redacted])"
     assert_token_absent(error)
@@ -406,11 +315,11 @@ def test_token_in_a_moodle_message_is_redacted(service, rsps):
 # -- bodies that are not Moodle's ------------------------------------------------------------------
 
 
-def test_non_json_body_with_200_is_a_bad_response(service, rsps, sleeps):
-    prime(service, rsps)
+def test_non_json_body_with_200_is_a_bad_response(client, rsps, sleeps):
+    prime(client, rsps)
     add(rsps, READ_FN, body="<html>Moodle login page</html>", content_type="text/html")
 
-    error = raised(service.call, READ_FN)
+    error = raised(client.call, READ_FN)
 
     assert (error.status, error.code) == (502, "badresponse")
     assert error.details == {"function": READ_FN, "moodle_status": 200}
@@ -419,43 +328,43 @@ def test_non_json_body_with_200_is_a_bad_response(service, rsps, sleeps):
     assert sleeps == []
 
 
-def test_html_500_page_is_a_bad_response(service, rsps):
-    prime(service, rsps)
+def test_html_500_page_is_a_bad_response(client, rsps):
+    prime(client, rsps)
     add(rsps, READ_FN, body="<html>Internal Server Error</html>", status=500, content_type="text/html")
 
-    error = raised(service.call, READ_FN)
+    error = raised(client.call, READ_FN)
 
     assert (error.status, error.code) == (502, "badresponse")
     assert error.details == {"function": READ_FN, "moodle_status": 500}
     assert sent_functions(rsps) == [SITE_INFO, READ_FN]
 
 
-def test_json_error_body_with_a_non_200_status_is_mapped_on_errorcode(service, rsps):
-    prime(service, rsps)
+def test_json_error_body_with_a_non_200_status_is_mapped_on_errorcode(client, rsps):
+    prime(client, rsps)
     add(rsps, WRITE_FN, body=INVALID_PARAMETER_BODY, status=400, content_type="application/json")
 
-    error = raised(service.call, WRITE_FN)
+    error = raised(client.call, WRITE_FN)
 
     assert (error.status, error.code) == (400, "invalidparameter")
     assert error.details == {"function": WRITE_FN}
     assert sent_functions(rsps) == [SITE_INFO, WRITE_FN]
 
 
-def test_json_success_body_with_a_non_200_status_is_a_bad_response(service, rsps):
-    prime(service, rsps)
+def test_json_success_body_with_a_non_200_status_is_a_bad_response(client, rsps):
+    prime(client, rsps)
     add(rsps, READ_FN, json=[{"id": 1}], status=400)
 
-    error = raised(service.call, READ_FN)
+    error = raised(client.call, READ_FN)
 
     assert (error.status, error.code) == (502, "badresponse")
     assert error.details == {"function": READ_FN, "moodle_status": 400}
 
 
-def test_redirect_is_not_followed_and_is_a_bad_response(service, rsps):
-    prime(service, rsps)
+def test_redirect_is_not_followed_and_is_a_bad_response(client, rsps):
+    prime(client, rsps)
     add(rsps, READ_FN, json=[], status=302, headers={"Location": "http://moodle.test/login/index.php"})
 
-    error = raised(service.call, READ_FN)
+    error = raised(client.call, READ_FN)
 
     assert (error.status, error.code) == (502, "badresponse")
     assert error.details == {"function": READ_FN, "moodle_status": 302}
@@ -477,11 +386,11 @@ def test_redirect_is_not_followed_and_is_a_bad_response(service, rsps):
     ids=["json-success-body", "html-body"],
 )
 def test_gateway_statuses_win_over_the_body_and_are_retried_for_reads(
-    service, rsps, sleeps, status, code, headers, body
+    client, rsps, sleeps, status, code, headers, body
 ):
     add(rsps, SITE_INFO, body=body, status=status)
 
-    error = raised(service.site_info)
+    error = raised(client.site_info)
 
     assert (error.status, error.code) == (status, code)
     assert error.message == f"Moodle answered HTTP {status}"
@@ -491,21 +400,21 @@ def test_gateway_statuses_win_over_the_body_and_are_retried_for_reads(
     assert sleeps == [0.1, 0.2]
 
 
-def test_503_keeps_moodles_retry_after(service, rsps):
+def test_503_keeps_moodles_retry_after(client, rsps):
     add(rsps, SITE_INFO, body=HTML_PAGE, status=503, headers={"Retry-After": "300"})
 
-    error = raised(service.site_info)
+    error = raised(client.site_info)
 
     assert (error.status, error.code) == (503, "moodleunavailable")
     assert error.headers == {"Retry-After": "300"}
     assert len(rsps.calls) == 3
 
 
-def test_503_then_success_on_a_read_returns_the_result(service, rsps, sleeps):
+def test_503_then_success_on_a_read_returns_the_result(client, rsps, sleeps):
     add(rsps, SITE_INFO, body=HTML_PAGE, status=503)
     add(rsps, SITE_INFO, json=site_info_body())
 
-    assert service.site_info() == site_info_body()
+    assert client.site_info() == site_info_body()
     assert len(rsps.calls) == 2
     assert sleeps == [0.1]
 
@@ -513,50 +422,50 @@ def test_503_then_success_on_a_read_returns_the_result(service, rsps, sleeps):
 # -- retries of reads ------------------------------------------------------------------------------
 
 
-def test_refused_then_success_is_retried_once(service, rsps, sleeps):
+def test_refused_then_success_is_retried_once(client, rsps, sleeps):
     add(rsps, SITE_INFO, body=refused())
     add(rsps, SITE_INFO, json=site_info_body())
 
-    assert service.site_info() == site_info_body()
+    assert client.site_info() == site_info_body()
     assert len(rsps.calls) == 2
     assert sleeps == [0.1]
 
 
-def test_read_function_call_is_retried_after_a_refused_connection(service, rsps, sleeps):
-    prime(service, rsps)
+def test_read_function_call_is_retried_after_a_refused_connection(client, rsps, sleeps):
+    prime(client, rsps)
     add(rsps, READ_FN, body=refused())
     add(rsps, READ_FN, json=[{"id": 1}])
 
-    assert service.call(READ_FN) == [{"id": 1}]
+    assert client.call(READ_FN) == [{"id": 1}]
     assert sent_functions(rsps) == [SITE_INFO, READ_FN, READ_FN]
     assert sleeps == [0.1]
 
 
-def test_two_failures_back_off_exponentially(service, rsps, sleeps):
+def test_two_failures_back_off_exponentially(client, rsps, sleeps):
     add(rsps, SITE_INFO, body=refused())
     add(rsps, SITE_INFO, body=refused())
     add(rsps, SITE_INFO, json=site_info_body())
 
-    assert service.site_info() == site_info_body()
+    assert client.site_info() == site_info_body()
     assert len(rsps.calls) == 3
     assert sleeps == [0.1, 0.2]
 
 
-def test_backoff_is_multiplied_by_the_jitter(make_service, rsps, sleeps):
-    service = make_service(jitter=lambda: 1.2)
+def test_backoff_is_multiplied_by_the_jitter(make_client, rsps, sleeps):
+    client = make_client(jitter=lambda: 1.2)
     add(rsps, SITE_INFO, body=refused())
     add(rsps, SITE_INFO, body=refused())
     add(rsps, SITE_INFO, json=site_info_body())
 
-    service.site_info()
+    client.site_info()
 
     assert sleeps == pytest.approx([0.12, 0.24])
 
 
-def test_refused_every_time_gives_up_after_max_retries(service, rsps, sleeps):
+def test_refused_every_time_gives_up_after_max_retries(client, rsps, sleeps):
     add(rsps, SITE_INFO, body=refused())
 
-    error = raised(service.site_info)
+    error = raised(client.site_info)
 
     assert (error.status, error.code) == (503, "moodleunavailable")
     assert error.message == "Moodle refused the connection"
@@ -566,22 +475,22 @@ def test_refused_every_time_gives_up_after_max_retries(service, rsps, sleeps):
     assert sleeps == [0.1, 0.2]
 
 
-def test_max_retries_zero_makes_one_attempt(make_service, rsps, sleeps):
-    service = make_service(max_retries=0)
+def test_max_retries_zero_makes_one_attempt(make_client, rsps, sleeps):
+    client = make_client(max_retries=0)
     add(rsps, SITE_INFO, body=refused())
 
-    error = raised(service.site_info)
+    error = raised(client.site_info)
 
     assert (error.status, error.code) == (503, "moodleunavailable")
     assert len(rsps.calls) == 1
     assert sleeps == []
 
 
-def test_read_timeout_on_a_read_is_retried_then_504(service, rsps, sleeps):
-    prime(service, rsps)
+def test_read_timeout_on_a_read_is_retried_then_504(client, rsps, sleeps):
+    prime(client, rsps)
     add(rsps, READ_FN, body=requests.ReadTimeout("read timed out"))
 
-    error = raised(service.call, READ_FN)
+    error = raised(client.call, READ_FN)
 
     assert (error.status, error.code) == (504, "moodletimeout")
     assert error.message == "Moodle did not answer in time"
@@ -591,21 +500,21 @@ def test_read_timeout_on_a_read_is_retried_then_504(service, rsps, sleeps):
     assert sleeps == [0.1, 0.2]
 
 
-def test_connect_timeout_on_a_read_is_retried_then_504(service, rsps, sleeps):
+def test_connect_timeout_on_a_read_is_retried_then_504(client, rsps, sleeps):
     add(rsps, SITE_INFO, body=requests.ConnectTimeout("connect timed out"))
 
-    error = raised(service.site_info)
+    error = raised(client.site_info)
 
     assert (error.status, error.code) == (504, "moodletimeout")
     assert error.message == "Moodle did not accept a connection in time"
     assert len(rsps.calls) == 3
 
 
-def test_connection_reset_on_a_read_is_retried_then_503(service, rsps, sleeps):
-    prime(service, rsps)
+def test_connection_reset_on_a_read_is_retried_then_503(client, rsps, sleeps):
+    prime(client, rsps)
     add(rsps, READ_FN, body=reset())
 
-    error = raised(service.call, READ_FN)
+    error = raised(client.call, READ_FN)
 
     assert (error.status, error.code) == (503, "moodleunavailable")
     assert error.message == "The connection to Moodle was reset"
@@ -615,11 +524,11 @@ def test_connection_reset_on_a_read_is_retried_then_503(service, rsps, sleeps):
     assert sleeps == [0.1, 0.2]
 
 
-def test_unreadable_answer_on_a_read_is_retried_then_502(service, rsps):
-    prime(service, rsps)
+def test_unreadable_answer_on_a_read_is_retried_then_502(client, rsps):
+    prime(client, rsps)
     add(rsps, READ_FN, body=requests.exceptions.ChunkedEncodingError("truncated"))
 
-    error = raised(service.call, READ_FN)
+    error = raised(client.call, READ_FN)
 
     assert (error.status, error.code) == (502, "badresponse")
     assert error.details == {"function": READ_FN}
@@ -629,11 +538,11 @@ def test_unreadable_answer_on_a_read_is_retried_then_502(service, rsps):
 # -- writes ----------------------------------------------------------------------------------------
 
 
-def test_reset_on_a_write_is_not_retried_and_the_outcome_is_unknown(service, rsps, sleeps):
-    prime(service, rsps)
+def test_reset_on_a_write_is_not_retried_and_the_outcome_is_unknown(client, rsps, sleeps):
+    prime(client, rsps)
     add(rsps, WRITE_FN, body=reset())
 
-    error = raised(service.call, WRITE_FN)
+    error = raised(client.call, WRITE_FN)
 
     assert error.status == 504
     assert error.code == "moodleunavailable"
@@ -644,11 +553,11 @@ def test_reset_on_a_write_is_not_retried_and_the_outcome_is_unknown(service, rsp
     assert sleeps == []
 
 
-def test_read_timeout_on_a_write_is_not_retried_and_the_outcome_is_unknown(service, rsps, sleeps):
-    prime(service, rsps)
+def test_read_timeout_on_a_write_is_not_retried_and_the_outcome_is_unknown(client, rsps, sleeps):
+    prime(client, rsps)
     add(rsps, WRITE_FN, body=requests.ReadTimeout("read timed out"))
 
-    error = raised(service.call, WRITE_FN)
+    error = raised(client.call, WRITE_FN)
 
     assert (error.status, error.code) == (504, "moodletimeout")
     assert error.details == {"function": WRITE_FN, "outcome": "unknown"}
@@ -656,22 +565,22 @@ def test_read_timeout_on_a_write_is_not_retried_and_the_outcome_is_unknown(servi
     assert sleeps == []
 
 
-def test_unreadable_answer_on_a_write_is_not_retried_and_the_outcome_is_unknown(service, rsps):
-    prime(service, rsps)
+def test_unreadable_answer_on_a_write_is_not_retried_and_the_outcome_is_unknown(client, rsps):
+    prime(client, rsps)
     add(rsps, WRITE_FN, body=requests.exceptions.ChunkedEncodingError("truncated"))
 
-    error = raised(service.call, WRITE_FN)
+    error = raised(client.call, WRITE_FN)
 
     assert (error.status, error.code) == (502, "badresponse")
     assert error.details == {"function": WRITE_FN, "outcome": "unknown"}
     assert sent_functions(rsps) == [SITE_INFO, WRITE_FN]
 
 
-def test_http_503_on_a_write_is_not_retried(service, rsps, sleeps):
-    prime(service, rsps)
+def test_http_503_on_a_write_is_not_retried(client, rsps, sleeps):
+    prime(client, rsps)
     add(rsps, WRITE_FN, body=HTML_PAGE, status=503, headers={"Retry-After": "300"})
 
-    error = raised(service.call, WRITE_FN)
+    error = raised(client.call, WRITE_FN)
 
     assert (error.status, error.code) == (503, "moodleunavailable")
     assert error.details == {"function": WRITE_FN}  # maintenance page: nothing was applied
@@ -681,11 +590,11 @@ def test_http_503_on_a_write_is_not_retried(service, rsps, sleeps):
 
 
 @pytest.mark.parametrize("status", [502, 504])
-def test_http_502_and_504_on_a_write_are_not_retried_and_the_outcome_is_unknown(service, rsps, sleeps, status):
-    prime(service, rsps)
+def test_http_502_and_504_on_a_write_are_not_retried_and_the_outcome_is_unknown(client, rsps, sleeps, status):
+    prime(client, rsps)
     add(rsps, WRITE_FN, body=HTML_PAGE, status=status)
 
-    error = raised(service.call, WRITE_FN)
+    error = raised(client.call, WRITE_FN)
 
     assert (error.status, error.code) == (status, {502: "badgateway", 504: "moodletimeout"}[status])
     assert error.details == {"function": WRITE_FN, "outcome": "unknown"}
@@ -694,30 +603,30 @@ def test_http_502_and_504_on_a_write_are_not_retried_and_the_outcome_is_unknown(
     assert sleeps == []
 
 
-def test_refused_connection_on_a_write_is_retried(service, rsps, sleeps):
-    prime(service, rsps)
+def test_refused_connection_on_a_write_is_retried(client, rsps, sleeps):
+    prime(client, rsps)
     add(rsps, WRITE_FN, body=refused())
     add(rsps, WRITE_FN, json=[{"id": 3, "shortname": "PY102"}])
 
-    assert service.call(WRITE_FN, {"courses": [{"shortname": "PY102"}]}) == [{"id": 3, "shortname": "PY102"}]
+    assert client.call(WRITE_FN, {"courses": [{"shortname": "PY102"}]}) == [{"id": 3, "shortname": "PY102"}]
     assert sent_functions(rsps) == [SITE_INFO, WRITE_FN, WRITE_FN]
     assert sleeps == [0.1]
 
 
-def test_connect_timeout_on_a_write_is_retried(service, rsps, sleeps):
-    prime(service, rsps)
+def test_connect_timeout_on_a_write_is_retried(client, rsps, sleeps):
+    prime(client, rsps)
     add(rsps, WRITE_FN, body=requests.ConnectTimeout("connect timed out"))
     add(rsps, WRITE_FN, json=[{"id": 3}])
 
-    assert service.call(WRITE_FN) == [{"id": 3}]
+    assert client.call(WRITE_FN) == [{"id": 3}]
     assert sent_functions(rsps) == [SITE_INFO, WRITE_FN, WRITE_FN]
 
 
-def test_refused_every_time_on_a_write_is_503_without_unknown_outcome(service, rsps, sleeps):
-    prime(service, rsps)
+def test_refused_every_time_on_a_write_is_503_without_unknown_outcome(client, rsps, sleeps):
+    prime(client, rsps)
     add(rsps, WRITE_FN, body=refused())
 
-    error = raised(service.call, WRITE_FN)
+    error = raised(client.call, WRITE_FN)
 
     assert (error.status, error.code) == (503, "moodleunavailable")
     assert error.details == {"function": WRITE_FN}
@@ -739,8 +648,8 @@ def slow_failure(clock, seconds, exception_factory):
     return callback
 
 
-def test_backoff_past_the_deadline_is_not_slept(make_service, rsps, clock, sleeps):
-    service = make_service(max_retries=5)  # timeout_s=2.0
+def test_backoff_past_the_deadline_is_not_slept(make_client, rsps, clock, sleeps):
+    client = make_client(max_retries=5)  # timeout_s=2.0
     rsps.add_callback(
         responses.POST,
         URL,
@@ -748,7 +657,7 @@ def test_backoff_past_the_deadline_is_not_slept(make_service, rsps, clock, sleep
         match=[ws_function(SITE_INFO)],
     )
 
-    error = raised(service.site_info)
+    error = raised(client.site_info)
 
     # t=0.9 fail, sleep 0.1, t=1.9 fail: sleeping 0.2 would end at 2.1 > 2.0, so it gives up.
     assert (error.status, error.code) == (504, "moodletimeout")
@@ -757,8 +666,8 @@ def test_backoff_past_the_deadline_is_not_slept(make_service, rsps, clock, sleep
     assert sleeps == [0.1]
 
 
-def test_timeout_given_to_requests_is_bounded_by_the_remaining_deadline(make_service, rsps, clock):
-    service = make_service(max_retries=5)
+def test_timeout_given_to_requests_is_bounded_by_the_remaining_deadline(make_client, rsps, clock):
+    client = make_client(max_retries=5)
     rsps.add_callback(
         responses.POST,
         URL,
@@ -766,17 +675,17 @@ def test_timeout_given_to_requests_is_bounded_by_the_remaining_deadline(make_ser
         match=[ws_function(SITE_INFO)],
     )
 
-    raised(service.site_info)
+    raised(client.site_info)
 
     timeouts = [call.request.req_kwargs["timeout"] for call in rsps.calls]
     assert timeouts == [pytest.approx((2.0, 2.0)), pytest.approx((1.0, 1.0))]
 
 
-def test_connect_timeout_is_capped_at_three_seconds(make_service, rsps):
-    service = make_service(timeout_s=10.0)
+def test_connect_timeout_is_capped_at_three_seconds(make_client, rsps):
+    client = make_client(timeout_s=10.0)
     add(rsps, SITE_INFO, json=site_info_body())
 
-    service.site_info()
+    client.site_info()
 
     assert rsps.calls[0].request.req_kwargs["timeout"] == pytest.approx((3.0, 10.0))
 
@@ -784,82 +693,82 @@ def test_connect_timeout_is_capped_at_three_seconds(make_service, rsps):
 # -- the function cache ----------------------------------------------------------------------------
 
 
-def test_call_fetches_site_info_first_and_reuses_the_cache(service, rsps):
+def test_call_fetches_site_info_first_and_reuses_the_cache(client, rsps):
     add(rsps, SITE_INFO, json=site_info_body())
     add(rsps, WRITE_FN, json=[{"id": 3}])
 
-    service.call(WRITE_FN)
-    service.call(WRITE_FN)
+    client.call(WRITE_FN)
+    client.call(WRITE_FN)
 
     assert sent_functions(rsps) == [SITE_INFO, WRITE_FN, WRITE_FN]
-    assert service.available_functions() == frozenset(KNOWN_FUNCTIONS) | {SITE_INFO}
+    assert client.available_functions() == frozenset(KNOWN_FUNCTIONS) | {SITE_INFO}
     assert len(rsps.calls) == 3
 
 
-def test_missing_function_is_501_and_is_not_called(service, rsps):
+def test_missing_function_is_501_and_is_not_called(client, rsps):
     add(rsps, SITE_INFO, json=site_info_body([READ_FN]))
 
-    error = raised(service.call, WRITE_FN)
+    error = raised(client.call, WRITE_FN)
 
     assert (error.status, error.code) == (501, "functionnotavailable")
     assert WRITE_FN in error.message
     assert error.details == {"function": WRITE_FN}
     assert sent_functions(rsps) == [SITE_INFO]
 
-    second = raised(service.call, WRITE_FN)
+    second = raised(client.call, WRITE_FN)
 
     assert second.code == "functionnotavailable"
     assert sent_functions(rsps) == [SITE_INFO]  # the cached list answered
 
 
-def test_cache_is_refetched_after_the_ttl(service, rsps, clock):
+def test_cache_is_refetched_after_the_ttl(client, rsps, clock):
     add(rsps, SITE_INFO, json=site_info_body())
     add(rsps, READ_FN, json=[])
 
-    service.call(READ_FN)
+    client.call(READ_FN)
     clock.advance(299.0)
-    service.call(READ_FN)
+    client.call(READ_FN)
     assert sent_functions(rsps) == [SITE_INFO, READ_FN, READ_FN]
 
     clock.advance(2.0)
-    service.call(READ_FN)
+    client.call(READ_FN)
     assert sent_functions(rsps) == [SITE_INFO, READ_FN, READ_FN, SITE_INFO, READ_FN]
 
 
-def test_function_removed_after_the_ttl_becomes_501(service, rsps, clock):
+def test_function_removed_after_the_ttl_becomes_501(client, rsps, clock):
     add(rsps, SITE_INFO, json=site_info_body())
     add(rsps, WRITE_FN, json=[])
-    service.call(WRITE_FN)
+    client.call(WRITE_FN)
 
     clock.advance(301.0)
     add(rsps, SITE_INFO, json=site_info_body([READ_FN]))
-    error = raised(service.call, WRITE_FN)
+    error = raised(client.call, WRITE_FN)
 
     assert error.code == "functionnotavailable"
     assert sent_functions(rsps) == [SITE_INFO, WRITE_FN, SITE_INFO]
 
 
-def test_accessexception_forgets_the_cache(service, rsps):
+def test_accessexception_forgets_the_cache(client, rsps):
     add(rsps, SITE_INFO, json=site_info_body())
     add(rsps, WRITE_FN, body=FUNCTION_NOT_IN_SERVICE_BODY, content_type="application/json")
 
-    error = raised(service.call, WRITE_FN)
+    error = raised(client.call, WRITE_FN)
     assert (error.status, error.code) == (403, "accessexception")
     assert sent_functions(rsps) == [SITE_INFO, WRITE_FN]
 
     add(rsps, SITE_INFO, json=site_info_body([READ_FN]))
-    again = raised(service.call, WRITE_FN)
+    again = raised(client.call, WRITE_FN)
 
     assert again.code == "functionnotavailable"
     assert sent_functions(rsps) == [SITE_INFO, WRITE_FN, SITE_INFO]
 
 
-def test_other_errors_keep_the_cache(service, rsps):
+def test_other_errors_keep_the_cache(client, rsps):
     add(rsps, SITE_INFO, json=site_info_body())
     add(rsps, WRITE_FN, body=INVALID_PARAMETER_BODY, content_type="application/json")
 
-    raised(service.call, WRITE_FN)
-    raised(service.call, WRITE_FN)
+    raised(client.call, WRITE_FN)
+    raised(client.call, WRITE_FN)
 
     assert sent_functions(rsps) == [SITE_INFO, WRITE_FN, WRITE_FN]
 
@@ -867,7 +776,7 @@ def test_other_errors_keep_the_cache(service, rsps):
 # -- call records and debug log ---------------------------------------------------------------------
 
 
-def test_recording_calls_collects_functions_attempts_and_retries(service, rsps):
+def test_recording_calls_collects_functions_attempts_and_retries(client, rsps):
     add(rsps, SITE_INFO, body=refused())
     add(rsps, SITE_INFO, json=site_info_body())
     add(rsps, READ_FN, body=refused())
@@ -876,8 +785,8 @@ def test_recording_calls_collects_functions_attempts_and_retries(service, rsps):
     add(rsps, WRITE_FN, json=[{"id": 3}])
 
     with recording_calls() as call_log:
-        service.call(READ_FN)
-        service.call(WRITE_FN)
+        client.call(READ_FN)
+        client.call(WRITE_FN)
 
     assert call_log.functions == [SITE_INFO, READ_FN, WRITE_FN]
     assert [record.attempts for record in call_log.calls] == [2, 3, 1]
@@ -887,13 +796,13 @@ def test_recording_calls_collects_functions_attempts_and_retries(service, rsps):
     assert call_log.ms == 400.0
 
 
-def test_recording_calls_includes_failed_calls_and_stops_at_the_block_end(service, rsps):
-    prime(service, rsps)
+def test_recording_calls_includes_failed_calls_and_stops_at_the_block_end(client, rsps):
+    prime(client, rsps)
     add(rsps, READ_FN, body=reset())
 
     with recording_calls() as call_log:
-        raised(service.call, READ_FN)
-    raised(service.call, READ_FN)
+        raised(client.call, READ_FN)
+    raised(client.call, READ_FN)
 
     assert call_log.functions == [READ_FN]
     assert call_log.calls[0].attempts == 3
@@ -908,12 +817,12 @@ def captured_logs(monkeypatch):
         yield logs
 
 
-def test_debug_logs_one_line_per_call_without_values_or_token(make_service, rsps, captured_logs):
-    service = make_service(debug=True)
-    prime(service, rsps)
+def test_debug_logs_one_line_per_call_without_values_or_token(make_client, rsps, captured_logs):
+    client = make_client(debug=True)
+    prime(client, rsps)
     add(rsps, "core_user_create_users", json=[{"id": 5, "username": "student9"}])
 
-    service.call("core_user_create_users", {"users": [{"username": "student9", "password": "Student-Pass-1"}]})
+    client.call("core_user_create_users", {"users": [{"username": "student9", "password": "Student-Pass-1"}]})
 
     calls = [entry for entry in captured_logs if entry["event"] == "moodle.call"]
     assert [entry["function"] for entry in calls] == [SITE_INFO, "core_user_create_users"]
@@ -927,22 +836,22 @@ def test_debug_logs_one_line_per_call_without_values_or_token(make_service, rsps
         assert secret not in text
 
 
-def test_debug_log_records_failed_calls(make_service, rsps, captured_logs):
-    service = make_service(debug=True)
+def test_debug_log_records_failed_calls(make_client, rsps, captured_logs):
+    client = make_client(debug=True)
     add(rsps, SITE_INFO, body=refused())
 
-    raised(service.site_info)
+    raised(client.site_info)
 
     assert [(entry["event"], entry["function"], entry["attempts"], entry["outcome"]) for entry in captured_logs] == [
         ("moodle.call", SITE_INFO, 3, "error")
     ]
 
 
-def test_no_call_log_line_without_debug(service, rsps, captured_logs):
-    prime(service, rsps)
+def test_no_call_log_line_without_debug(client, rsps, captured_logs):
+    prime(client, rsps)
     add(rsps, READ_FN, json=[])
 
-    service.call(READ_FN, {"options": {"ids": [1]}})
+    client.call(READ_FN, {"options": {"ids": [1]}})
 
     assert [entry for entry in captured_logs if entry["event"] == "moodle.call"] == []
 
@@ -962,51 +871,47 @@ def test_no_call_log_line_without_debug(service, rsps, captured_logs):
     ],
     ids=["invalidtoken", "http-503", "not-json", "reset", "refused", "timeout-mentioning-token"],
 )
-def test_errors_never_contain_the_token(service, rsps, answer):
+def test_errors_never_contain_the_token(client, rsps, answer):
     add(rsps, SITE_INFO, **answer)
 
-    error = raised(service.site_info)
+    error = raised(client.site_info)
 
     assert_token_absent(error)
 
 
-def test_an_errorcode_that_is_not_an_identifier_becomes_moodleexception(service, rsps):
-    prime(service, rsps)
+def test_an_errorcode_that_is_not_an_identifier_becomes_moodleexception(client, rsps):
+    prime(client, rsps)
     policy = "<div>Passwords must be at least 8 characters long.</div>"
     body = {"exception": "core\\exception\\moodle_exception", "errorcode": policy, "message": f"error/{policy}"}
     add(rsps, "core_user_create_users", json=body)
 
-    error = raised(service.call, "core_user_create_users")
+    error = raised(client.call, "core_user_create_users")
 
     assert (error.status, error.code) == (502, "moodleexception")
 
 
 @pytest.mark.parametrize(("header", "expected"), [("\u00b2", "30"), ("soon", "30"), ("0", "0"), ("7", "7")])
-def test_only_a_plain_number_of_seconds_is_taken_from_retry_after(service, rsps, header, expected):
+def test_only_a_plain_number_of_seconds_is_taken_from_retry_after(client, rsps, header, expected):
     add(rsps, SITE_INFO, body=HTML_PAGE, status=503, headers={"Retry-After": header})
 
-    error = raised(service.site_info)
+    error = raised(client.site_info)
 
     assert error.status == 503
     assert error.headers == {"Retry-After": expected}
 
 
-def test_a_backoff_sleep_that_overruns_the_deadline_is_a_timeout_not_a_crash(make_service, clock, rsps):
-    service = make_service(sleep=lambda seconds: clock.advance(5))  # the thread woke up far too late
-    prime(service, rsps)
+def test_a_backoff_sleep_that_overruns_the_deadline_is_a_timeout_not_a_crash(make_client, clock, rsps):
+    client = make_client(sleep=lambda seconds: clock.advance(5))  # the thread woke up far too late
+    prime(client, rsps)
     add(rsps, READ_FN, body=reset())
 
-    error = raised(service.call, READ_FN)
+    error = raised(client.call, READ_FN)
 
     assert (error.status, error.code) == (504, "moodletimeout")
     assert sent_functions(rsps).count(READ_FN) == 1
 
 
 # -- server paths never leave the gateway -----------------------------------------------------------
-
-
-def golden(name: str) -> str:
-    return (GOLDEN / f"{name}.json").read_text()
 
 
 @pytest.mark.parametrize(
@@ -1075,11 +980,11 @@ def test_the_scrubber_stays_fast_on_long_texts():
         assert time.perf_counter() - started < 1.0
 
 
-def test_a_php_type_error_is_a_502_saying_moodle_failed_without_the_path(service, rsps):
-    prime(service, rsps)
+def test_a_php_type_error_is_a_502_saying_moodle_failed_without_the_path(client, rsps):
+    prime(client, rsps)
     add(rsps, "enrol_manual_enrol_users", body=golden("error_enrol_nonexistent_user"), content_type="application/json")
 
-    error = raised(service.call, "enrol_manual_enrol_users")
+    error = raised(client.call, "enrol_manual_enrol_users")
 
     assert (error.status, error.code) == (502, "moodleexception")
     assert error.message.startswith("Moodle failed internally in enrol_manual_enrol_users (PHP TypeError): ")
@@ -1089,12 +994,12 @@ def test_a_php_type_error_is_a_502_saying_moodle_failed_without_the_path(service
     assert error.details == {"function": "enrol_manual_enrol_users"}
 
 
-def test_a_php_error_without_errorcode_names_its_class_and_the_function(service, rsps):
-    prime(service, rsps, (*KNOWN_FUNCTIONS, "core_course_get_courses_by_field"))
+def test_a_php_error_without_errorcode_names_its_class_and_the_function(client, rsps):
+    prime(client, rsps, (*KNOWN_FUNCTIONS, "core_course_get_courses_by_field"))
     body = golden("core_course_get_courses_by_field__ids_missing")
     add(rsps, "core_course_get_courses_by_field", body=body, content_type="application/json")
 
-    error = raised(service.call, "core_course_get_courses_by_field")
+    error = raised(client.call, "core_course_get_courses_by_field")
 
     assert (error.status, error.code) == (502, "moodleexception")
     assert error.message == (
@@ -1113,35 +1018,35 @@ def test_a_php_error_without_errorcode_names_its_class_and_the_function(service,
         (None, "a PHP error"),
     ],
 )
-def test_the_php_class_is_named_only_when_it_is_a_class_name(service, rsps, exception, named):
-    prime(service, rsps)
+def test_the_php_class_is_named_only_when_it_is_a_class_name(client, rsps, exception, named):
+    prime(client, rsps)
     add(rsps, READ_FN, json={"exception": exception, "message": "in C:\\moodle\\lib\\x.php"})
 
-    error = raised(service.call, READ_FN)
+    error = raised(client.call, READ_FN)
 
     assert error.message == f"Moodle failed internally in {READ_FN} ({named}): in [path]"
 
 
-def test_a_moodle_error_message_loses_its_paths_and_the_token(service, rsps):
-    prime(service, rsps)
+def test_a_moodle_error_message_loses_its_paths_and_the_token(client, rsps):
+    prime(client, rsps)
     message = f"Error reading /var/moodledata/filedir/ab/cd for wstoken={TOKEN}"
     add(rsps, READ_FN, json={"exception": "file_exception", "errorcode": "storedfilecannotread", "message": message})
 
-    error = raised(service.call, READ_FN)
+    error = raised(client.call, READ_FN)
 
     assert error.code == "storedfilecannotread"
     assert error.message == "Error reading [path] for wstoken=[redacted]"
 
 
-def test_an_upload_php_error_loses_its_paths(service, rsps):
+def test_an_upload_php_error_loses_its_paths(client, rsps):
     body = {"error": "Cannot write to /var/moodledata/temp/upload", "errorcode": "cannotwrite", "stacktrace": None}
     rsps.add(responses.POST, BASE_URL + "/webservice/upload.php", json=body)
     stream = io.BytesIO(b"x")
 
-    error = raised(service.upload, [UploadFile("x.txt", stream)])
+    error = raised(client.upload, [UploadFile("x.txt", stream)])
 
     assert (error.code, error.message) == ("cannotwrite", "Cannot write to [path]")
 
 
-def test_clean_drops_the_token_and_paths(service):
-    assert service.clean(f"{TOKEN} at /var/www/moodle/x.php") == "[redacted] at [path]"
+def test_clean_drops_the_token_and_paths(client):
+    assert client.clean(f"{TOKEN} at /var/www/moodle/x.php") == "[redacted] at [path]"

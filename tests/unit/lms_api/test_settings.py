@@ -1,5 +1,4 @@
 import re
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -8,6 +7,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from lms_api import main
 from lms_api.settings import DEVELOPMENT_JWT_SECRET, SettingsError, load_settings, read_dotenv
+from tests.conftest import ROOT
 
 PRODUCTION = {"lms_api.environment": "production"}
 DEVELOPMENT = {"lms_api.environment": "development"}
@@ -220,7 +220,7 @@ def test_rate_limits_proxies_and_origins():
 
 
 def test_a_copy_of_env_example_starts_the_development_gateway(tmp_path):
-    (tmp_path / ".env").write_text((Path(__file__).resolve().parents[2] / ".env.example").read_text())
+    (tmp_path / ".env").write_text((ROOT / ".env.example").read_text())
 
     settings = load_settings(DEVELOPMENT, {}, read_dotenv(tmp_path))
 

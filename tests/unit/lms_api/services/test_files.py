@@ -1,0 +1,178 @@
+"""The files service against a mocked Moodle."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+import responses
+
+from lms_api.errors import ApiError
+from lms_api.moodle.client import UploadFile
+from lms_api.services import files
+from lms_api.settings import DEFAULT_ATTACH_FUNCTION
+from tests.unit.mocked_moodle import (
+    ROUTE_FUNCTIONS,
+    TOKEN,
+    UPLOAD_URL,
+    add,
+    assert_token_absent,
+    prime,
+    raised,
+    refused,
+    reset,
+    sent,
+)
+
+
+def draft_entry(filename, itemid=549014061, size=26):
+    return {"component": "user", "contextid": 5, "userid": "2", "filearea": "draft", "filename": filename,
+            "filepath": "/", "itemid": itemid, "license": "unknown", "author": "Admin User",
+            "source": 'O:8:"stdClass":1:{s:6:"source";s:8:"hello.py";}', "filesize": size}  # fmt: skip
+
+
+def upload_file(name="hello.py", content=b"print('hello from lms_api')"):
+    return UploadFile(name, io.BytesIO(content), "text/x-python")
+
+
+def test_upload_streams_a_multipart_body_with_the_token_in_it(moodle, rsps):
+    rsps.add(responses.POST, UPLOAD_URL, json=[draft_entry("hello.py")], content_type="text/plain")
+
+    answer = files.upload(moodle, [upload_file()], itemid=0)
+
+    request = rsps.calls[-1].request
+    assert request.url == UPLOAD_URL
+    assert request.headers["Content-Type"].startswith("multipart/form-data; boundary=")
+    body = request.body.read() if hasattr(request.body, "read") else request.body
+    body = body if isinstance(body, bytes) else body.encode()
+    assert b'name="token"\r\n\r\n' + TOKEN.encode() in body
+    assert b'name="itemid"\r\n\r\n0\r\n' in body
+    assert b'filename="hello.py"' in body and b"print('hello from lms_api')" in body
+    assert answer["itemid"] == 549014061
+    assert answer["files"][0]["filename"] == "hello.py"
+
+
+def test_upload_errors_in_upload_phps_own_shape_are_mapped(moodle, rsps):
+    bad_token = {"error": "Invalid token - token not found", "errorcode": "invalidtoken", "stacktrace": None,
+                 "debuginfo": None, "reproductionlink": None}  # fmt: skip
+    rsps.add(responses.POST, UPLOAD_URL, json=bad_token)
+
+    error = raised(files.upload, moodle, [upload_file()])
+
+    assert (error.status, error.code) == (502, "invalidtoken")
+    assert "MOODLE_TOKEN" in error.message
+    assert_token_absent(error)
+
+
+@pytest.mark.parametrize(("errortype", "status"), [("fileoversized", 413), ("filenameexist", 409), ("virusfound", 502)])
+def test_a_refused_file_is_an_error_that_never_shows_moodles_temp_path(moodle, rsps, errortype, status):
+    refused_entry = {"filename": "big.bin", "errortype": errortype, "error": "[[maxbytes]]",
+                     "filepath": "/var/moodledata/temp/phpAbC123", "size": 99}  # fmt: skip
+    rsps.add(responses.POST, UPLOAD_URL, json=[draft_entry("hello.py"), refused_entry])
+
+    error = raised(files.upload, moodle, [upload_file(), upload_file("big.bin")])
+
+    assert error.status == status
+    assert error.details["stored"] == ["hello.py"] and error.details["itemid"] == 549014061
+    assert "phpAbC123" not in json.dumps(error.details) + error.message
+
+
+def test_a_refused_files_errortype_never_shows_a_server_path(moodle, rsps):
+    refused_entry = {"filename": "x.bin", "errortype": "cannot write /var/moodledata/temp/x", "error": "x"}
+    rsps.add(responses.POST, UPLOAD_URL, json=[refused_entry])
+
+    error = raised(files.upload, moodle, [upload_file("x.bin")])
+
+    assert (error.code, error.message) == ("uploadrefused", "Moodle refused x.bin (cannot write [path])")
+
+
+@pytest.mark.parametrize("answer", [[], {"files": []}, "ok"])
+def test_an_upload_answer_without_the_files_is_a_502(moodle, rsps, answer):
+    rsps.add(responses.POST, UPLOAD_URL, json=answer)
+
+    assert raised(files.upload, moodle, [upload_file()]).status == 502
+
+
+@pytest.mark.parametrize("itemid", [None, "7", True])
+def test_an_upload_answer_naming_no_draft_item_is_a_502(moodle, rsps, itemid):
+    rsps.add(responses.POST, UPLOAD_URL, json=[{**draft_entry("hello.py"), "itemid": itemid}])
+
+    error = raised(files.upload, moodle, [upload_file()])
+
+    assert (error.status, error.code) == (502, "badresponse")
+
+
+def test_an_upload_is_not_sent_twice_after_the_connection_dropped(moodle, rsps):
+    rsps.add(responses.POST, UPLOAD_URL, body=reset())
+
+    error = raised(files.upload, moodle, [upload_file()])
+
+    assert error.details["outcome"] == "unknown"
+    assert len([c for c in rsps.calls if c.request.url == UPLOAD_URL]) == 1
+
+
+def test_an_upload_that_never_connected_is_retried_from_the_start_of_the_file(moodle, rsps):
+    rsps.add(responses.POST, UPLOAD_URL, body=refused())
+    rsps.add(responses.POST, UPLOAD_URL, json=[draft_entry("hello.py")])
+
+    assert files.upload(moodle, [upload_file()])["files"][0]["filename"] == "hello.py"
+    body = rsps.calls[-1].request.body
+    body = body.read() if hasattr(body, "read") else body
+    assert b"print('hello from lms_api')" in body
+
+
+def test_the_size_limit_counts_all_files():
+    files.check_sizes([upload_file(content=b"x" * (1024 * 1024))], 1)
+    with pytest.raises(ApiError) as info:
+        files.check_sizes([upload_file(content=b"x" * (1024 * 1024)), upload_file(content=b"y")], 1)
+    assert (info.value.status, info.value.code) == (413, "filetoolarge")
+
+
+def test_a_declared_body_length_over_the_limit_is_refused_before_reading():
+    files.refuse_oversized_body(None, 1)
+    files.refuse_oversized_body(1024 * 1024 + 1000, 1)
+    with pytest.raises(ApiError):
+        files.refuse_oversized_body(2 * 1024 * 1024, 1)
+
+
+ATTACH_FIELDS = {"courseid": 2, "draftitemid": 549014061, "name": "Slides", "section": 1, "visible": False}
+
+
+def test_attach_calls_the_plugin_with_its_parameter_names(moodle, rsps):
+    add(rsps, DEFAULT_ATTACH_FUNCTION, json={"message": "Successful", "id": "17"})
+
+    attached = files.attach(moodle, DEFAULT_ATTACH_FUNCTION, ATTACH_FIELDS)
+
+    form = sent(rsps)
+    assert (form["courseid"], form["sectionnum"], form["itemid"], form["displayname"], form["visible"]) == (
+        "2", "1", "549014061", "Slides", "false")  # fmt: skip
+    assert attached == {"cmid": 17, "courseid": 2, "section": 1, "name": "Slides", "visible": False}
+
+
+def test_attach_without_the_plugin_is_a_501_naming_it(make_client, rsps):
+    moodle = make_client()
+    prime(moodle, rsps, [f for f in ROUTE_FUNCTIONS if f != DEFAULT_ATTACH_FUNCTION])
+
+    error = raised(files.attach, moodle, DEFAULT_ATTACH_FUNCTION, ATTACH_FIELDS)
+
+    assert (error.status, error.code) == (501, "functionnotavailable")
+    assert files.SYNC_SERVICE_PLUGIN in error.message and "MOODLE_ATTACH_FUNCTION" in error.message
+    other = raised(files.attach, moodle, "local_other_attach", ATTACH_FIELDS)
+    assert "MOODLE_ATTACH_FUNCTION" in other.message and files.SYNC_SERVICE_PLUGIN not in other.message
+
+
+def test_a_missing_record_on_attach_makes_the_function_list_be_read_again(moodle, rsps):
+    missing = {"exception": "dml_missing_record_exception", "errorcode": "invalidrecordunknown", "message": "x"}
+    add(rsps, DEFAULT_ATTACH_FUNCTION, json=missing)
+
+    assert raised(files.attach, moodle, DEFAULT_ATTACH_FUNCTION, ATTACH_FIELDS).status == 404
+    add(rsps, "core_webservice_get_site_info", json={"functions": []})
+    assert raised(files.attach, moodle, DEFAULT_ATTACH_FUNCTION, ATTACH_FIELDS).status == 501
+
+
+@pytest.mark.parametrize("answer", [{"message": "Successful"}, {"id": "x"}, {"id": None}])
+def test_attach_without_a_module_id_is_a_502(moodle, rsps, answer):
+    add(rsps, DEFAULT_ATTACH_FUNCTION, json=answer)
+
+    assert raised(files.attach, moodle, DEFAULT_ATTACH_FUNCTION, ATTACH_FIELDS).status == 502

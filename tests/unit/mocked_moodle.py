@@ -1,0 +1,179 @@
+"""A Moodle mocked with ``responses``: its answers, the errors requests raises, and what was sent to it."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl
+
+import pytest
+import requests
+import responses
+from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
+
+from lms_api.errors import ApiError
+from lms_api.moodle.client import MoodleError
+from lms_api.moodle.functions import SITE_INFO
+from lms_api.services import courses, enrolments, notifications, users
+from lms_api.settings import DEFAULT_ATTACH_FUNCTION
+from tests.conftest import GOLDEN_DIR
+
+BASE_URL = "http://moodle.test"
+URL = BASE_URL + "/webservice/rest/server.php"
+TOKEN = "TOKEN-SECRET-123"
+UPLOAD_URL = BASE_URL + "/webservice/upload.php"
+
+READ_FN = "core_course_get_courses"
+WRITE_FN = "core_course_create_courses"
+KNOWN_FUNCTIONS = (
+    READ_FN,
+    WRITE_FN,
+    "core_course_update_courses",
+    "core_user_create_users",
+    "enrol_manual_enrol_users",
+    "message_popup_get_unread_popup_notification_count",
+)
+
+# Raw bodies recorded from a real Moodle 5.0 (see tests/moodle_golden), copied as literals.
+BAD_TOKEN_BODY = (
+    '{"exception":"core\\\\exception\\\\moodle_exception","errorcode":"invalidtoken",'
+    '"message":"Invalid token - token not found"}'
+)
+FUNCTION_NOT_IN_SERVICE_BODY = (
+    '{"exception":"webservice_access_exception","errorcode":"accessexception","message":"Access control exception"}'
+)
+UNKNOWN_FUNCTION_BODY = (
+    '{"exception":"dml_missing_record_exception","errorcode":"invalidrecordunknown",'
+    '"message":"Can\'t find data record in database."}'
+)
+INVALID_PARAMETER_BODY = (
+    '{"exception":"core\\\\exception\\\\invalid_parameter_exception","errorcode":"invalidparameter",'
+    '"message":"Invalid parameter value detected"}'
+)
+# golden/debug_mode/error_duplicate_username.json: in debug mode Moodle appends debuginfo to the message.
+DEBUG_DUPLICATE_USERNAME_BODY = (
+    '{"exception":"core\\\\exception\\\\invalid_parameter_exception","errorcode":"invalidparameter",'
+    '"message":"Invalid parameter value detected (Username already exists: student1)",'
+    '"debuginfo":"Username already exists: student1"}'
+)
+HTML_PAGE = "<!DOCTYPE html><html><body><h1>Service Unavailable</h1></body></html>"
+
+
+def refused() -> requests.ConnectionError:
+    """What requests raises when nothing listens: no byte of the request reached Moodle."""
+    reason = NewConnectionError(None, "Failed to establish a new connection: [Errno 111] Connection refused")
+    return requests.ConnectionError(MaxRetryError(None, "/webservice/rest/server.php", reason))
+
+
+def reset() -> requests.ConnectionError:
+    """What requests raises when the connection drops after the request was sent."""
+    return requests.ConnectionError(ProtocolError("Connection aborted.", ConnectionResetError(104, "reset by peer")))
+
+
+def form_of(request) -> list[tuple[str, str]]:
+    body = request.body or ""
+    if isinstance(body, bytes):
+        body = body.decode()
+    return parse_qsl(body, keep_blank_values=True)
+
+
+def ws_function(name):
+    """A responses matcher on the ``wsfunction`` form field."""
+
+    def match(request):
+        sent = dict(form_of(request)).get("wsfunction")
+        return sent == name, f"wsfunction {sent!r} is not {name!r}"
+
+    return match
+
+
+def add(rsps, function, **kwargs):
+    rsps.add(responses.POST, URL, match=[ws_function(function)], **kwargs)
+
+
+def site_info_body(functions=KNOWN_FUNCTIONS):
+    return {
+        "sitename": "Moodle test",
+        "userid": 2,
+        "functions": [{"name": name, "version": "2025041400"} for name in functions],
+    }
+
+
+def prime(client, rsps, functions=KNOWN_FUNCTIONS):
+    """Fill the function cache with one site-info call (it stays in ``rsps.calls``)."""
+    add(rsps, SITE_INFO, json=site_info_body(functions))
+    client.available_functions()
+
+
+def sent_functions(rsps) -> list[str]:
+    return [dict(form_of(call.request))["wsfunction"] for call in rsps.calls]
+
+
+def raised(function, *args) -> MoodleError:
+    with pytest.raises(MoodleError) as info:
+        function(*args)
+    return info.value
+
+
+def assert_token_absent(error: MoodleError) -> None:
+    for text in (str(error), repr(error), error.message, repr(error.details), repr(error.headers)):
+        assert TOKEN not in text
+
+
+def golden(name: str) -> str:
+    return (GOLDEN_DIR / f"{name}.json").read_text()
+
+
+def sent(rsps, index=-1) -> dict[str, str]:
+    return dict(form_of(rsps.calls[index].request))
+
+
+def api_raised(function, *args) -> ApiError:
+    """What ``function`` raised: an ApiError of the gateway's own, or a MoodleError."""
+    with pytest.raises(ApiError) as info:
+        function(*args)
+    return info.value
+
+
+def ids_sent(rsps, index=-1) -> list[str]:
+    return [value for key, value in form_of(rsps.calls[index].request) if key.startswith("options[ids]")]
+
+
+SITE_COURSE = {"id": 1, "shortname": "site", "fullname": "Site", "categoryid": 0, "format": "site"}
+
+
+def course(course_id, categoryid=1, **fields):
+    return {"id": course_id, "shortname": f"C{course_id}", "fullname": f"Course {course_id}", "categoryid": categoryid,
+            "format": "topics", **fields}  # fmt: skip
+
+
+def users_answer(*user_ids):
+    return [{"id": user_id, "fullname": f"User {user_id}"} for user_id in user_ids]
+
+
+def by_field_answer(*found):
+    return {"courses": list(found), "warnings": []}
+
+
+ROUTE_FUNCTIONS = (  # every function the route services call
+    courses.GET_CATEGORIES,
+    courses.GET_COURSES,
+    courses.GET_COURSES_BY_FIELD,
+    courses.SEARCH_COURSES,
+    courses.CREATE_COURSES,
+    courses.UPDATE_COURSES,
+    users.GET_USERS_BY_FIELD,
+    enrolments.ENROL_USERS,
+    notifications.GET_POPUP_NOTIFICATIONS,
+    notifications.GET_UNREAD_COUNT,
+    DEFAULT_ATTACH_FUNCTION,
+)
+
+
+def answering(**answers):
+    """A ``MoodleClient.call`` side effect answering each function's canned answer, and failing on any other."""
+
+    def call(function, params=None):
+        assert function in answers, f"unexpected Moodle call {function}"
+        answer = answers[function]
+        return answer(params) if callable(answer) else answer
+
+    return call
