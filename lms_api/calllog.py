@@ -17,6 +17,7 @@ class CallRecord:
     ms: float = 0.0
     attempts: int = 0
     deadline: float = 0.0
+    sent: bool = False  # an attempt went out: a write may have reached Moodle
 
 
 @dataclass

@@ -96,8 +96,14 @@ class ErrorCode(StrEnum):
     MOODLE_UNAVAILABLE = (
         "moodleunavailable",
         503,
-        "Moodle refused the connection, reset it or answered HTTP 503; `Retry-After` says when to retry (504 for a "
-        "write whose outcome is unknown)",
+        "Moodle refused the connection, reset it or answered HTTP 503, or the circuit breaker is open after repeated "
+        "failures (`details.breaker`); `Retry-After` says when to retry (504 for a write whose outcome is unknown)",
+    )
+    MOODLE_BUSY = (
+        "moodlebusy",
+        503,
+        "`MOODLE_MAX_CONCURRENCY` calls to Moodle are in flight and no slot freed within `MOODLE_QUEUE_TIMEOUT_MS`; "
+        "nothing was sent; `Retry-After` says when to retry",
     )
     MOODLE_TIMEOUT = "moodletimeout", 504, "no answer within `MOODLE_TIMEOUT_MS`"
 

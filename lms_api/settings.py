@@ -85,6 +85,13 @@ class Settings:
     redis_url: str | None
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...]
     cors_allowed_origins: tuple[str, ...]
+    cache_ttls: Mapping[str, int]
+    cache_stale_s: int
+    cache_max_mb: int
+    moodle_max_concurrency: int
+    moodle_queue_timeout_ms: int
+    moodle_breaker_failures: int
+    moodle_breaker_cooldown_s: int
     uses_development_jwt_secret: bool = False
     secrets: tuple[str, ...] = field(default=(), repr=False)
 
@@ -237,6 +244,30 @@ def _role_ids(key: str, raw: str) -> Mapping[str, int]:
     return MappingProxyType(roles)
 
 
+# The read cache's groups, each with its time to live in seconds (0: not cached).
+CACHE_GROUPS = ("siteinfo", "courses", "users", "notifications")
+DEFAULT_CACHE_TTLS = "siteinfo=300,courses=60,users=30,notifications=0"
+
+
+def _cache_ttls(key: str, raw: str) -> Mapping[str, int]:
+    return MappingProxyType(_group_ttls(key, DEFAULT_CACHE_TTLS) | _group_ttls(key, raw))
+
+
+def _group_ttls(key: str, raw: str) -> dict[str, int]:
+    ttls: dict[str, int] = {}
+    for entry in (part.strip() for part in raw.split(",")):
+        if not entry:
+            continue
+        name, separator, seconds = (piece.strip() for piece in entry.partition("="))
+        if not separator or name not in CACHE_GROUPS or not seconds.isdigit():
+            raise SettingsError(
+                f"{key} must look like '{DEFAULT_CACHE_TTLS}' (groups: {', '.join(CACHE_GROUPS)}; seconds, 0 for off), "
+                f"got {entry!r}"
+            )
+        ttls[name] = int(seconds)
+    return ttls
+
+
 def _function_name(key: str, raw: str) -> str:
     name = raw.strip()
     if not _FUNCTION_NAME.fullmatch(name):
@@ -296,6 +327,13 @@ _KEYS = (
     _Key("REDIS_URL", _redis_url, secret=True),  # may carry a password
     _Key("TRUSTED_PROXIES", _networks, ""),
     _Key("CORS_ALLOWED_ORIGINS", _origins, ""),
+    _Key("CACHE_TTLS", _cache_ttls, DEFAULT_CACHE_TTLS),
+    _Key("CACHE_STALE_S", _whole_number(0), "600"),
+    _Key("CACHE_MAX_MB", _whole_number(1), "64"),
+    _Key("MOODLE_MAX_CONCURRENCY", _whole_number(1), "10"),
+    _Key("MOODLE_QUEUE_TIMEOUT_MS", _whole_number(0), "250"),
+    _Key("MOODLE_BREAKER_FAILURES", _whole_number(1), "5"),
+    _Key("MOODLE_BREAKER_COOLDOWN_S", _whole_number(1), "10"),
 )
 
 SETTING_NAMES = tuple(key.name for key in _KEYS)

@@ -41,6 +41,7 @@ from lms_api.moodle.errors import (
     unexpected_answer,
 )
 from lms_api.moodle.functions import READ_ONLY_FUNCTIONS, SITE_INFO, UPLOAD_FUNCTION
+from lms_api.moodle.guard import BreakerOpen, BreakerState, Bulkhead, BulkheadFull, CircuitBreaker
 from lms_api.settings import Settings
 
 log = structlog.get_logger("lms_api.moodle")
@@ -51,6 +52,8 @@ BACKOFF_BASE_S = 0.1
 MAX_CONNECT_TIMEOUT_S = 3.0
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
 POOL_SIZE = 4
+BUSY_RETRY_AFTER_S = 1
+UNBOUNDED = 1_000_000  # a client made without a bulkhead or a breaker (unit tests of other concerns)
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,8 @@ class MoodleClient:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         jitter: Callable[[], float] = lambda: random.uniform(0.8, 1.2),
+        bulkhead: Bulkhead | None = None,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._endpoint = self.base_url + REST_PATH
@@ -104,6 +109,9 @@ class MoodleClient:
         self._sleep = sleep
         self._clock = clock
         self._jitter = jitter
+        self.bulkhead = bulkhead or Bulkhead(UNBOUNDED, 0.0)
+        self.breaker = breaker or CircuitBreaker(UNBOUNDED, 0.0, clock)
+        self._write_listeners: list[Callable[[str], None]] = []
         self._local = threading.local()
         self._functions: frozenset[str] | None = None
         self._functions_expire_at = 0.0
@@ -118,6 +126,12 @@ class MoodleClient:
             "functions_ttl_s": settings.moodle_functions_ttl_s,
             "max_input_vars": settings.moodle_max_input_vars,
             "debug": settings.moodle_debug,
+            "bulkhead": Bulkhead(settings.moodle_max_concurrency, settings.moodle_queue_timeout_ms / 1000),
+            "breaker": CircuitBreaker(
+                settings.moodle_breaker_failures,
+                settings.moodle_breaker_cooldown_s,
+                overrides.get("clock", time.monotonic),
+            ),
         }
         return cls(base_url, token, **(options | overrides))
 
@@ -142,6 +156,15 @@ class MoodleClient:
         for function in functions:
             if function not in available:
                 raise function_not_available(function)
+
+    def on_write(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(function)`` after every write that may have reached Moodle, whatever its outcome."""
+        self._write_listeners.append(listener)
+
+    @property
+    def knows_functions(self) -> bool:
+        """Whether the token's function list has been read (it may be due for a refresh)."""
+        return self._functions is not None
 
     def forget_functions(self) -> None:
         """The token's service may have changed: read the function list again on the next call."""
@@ -200,8 +223,13 @@ class MoodleClient:
         form = [("wstoken", self._token), ("wsfunction", function), ("moodlewsrestformat", "json")]
         form += encode_params(params)
         with self._recorded(function, params, len(form) - 3) as record:
-            answer = self._send_with_retries(function, self._endpoint, lambda: (form, {}), record)
-            return self._parse(function, answer)
+            try:
+                answer = self._send_with_retries(function, self._endpoint, lambda: (form, {}), record)
+                return self._parse(function, answer)
+            finally:
+                if record.sent and function not in READ_ONLY_FUNCTIONS:
+                    for listener in self._write_listeners:
+                        listener(function)
 
     @contextmanager
     def _recorded(self, function: str, params: Mapping[str, Any], fields: int) -> Iterator[CallRecord]:
@@ -234,7 +262,7 @@ class MoodleClient:
         while True:
             record.attempts += 1
             data, headers = body()
-            answer = self._try_once(url, data, headers, record.deadline - self._clock())
+            answer = self._try_once(function, url, data, headers, record)
             if isinstance(answer, requests.Response):
                 return answer
             delay = BACKOFF_BASE_S * 2 ** (record.attempts - 1) * self._jitter()
@@ -244,10 +272,31 @@ class MoodleClient:
             self._sleep(delay)
 
     def _try_once(
-        self, url: str, data: Any, headers: dict[str, str], remaining: float
+        self, function: str, url: str, data: Any, headers: dict[str, str], record: CallRecord
     ) -> requests.Response | _TransportFailure:
+        remaining = record.deadline - self._clock()
         if remaining <= 0:  # a backoff sleep or a slow thread overran the deadline: nothing is sent
             return _TransportFailure(ErrorCode.MOODLE_TIMEOUT, "Moodle did not answer in time", False, False)
+        try:
+            self.breaker.admit()
+        except BreakerOpen as refusal:
+            raise _breaker_open_error(function, refusal.retry_after_s) from None
+        try:
+            with self.bulkhead.slot(remaining):
+                record.sent = True
+                answer = self._post(url, data, headers, record.deadline - self._clock())
+        except BulkheadFull:
+            self.breaker.abandoned()
+            raise _busy_error(function, self.bulkhead.limit) from None
+        if isinstance(answer, _TransportFailure):
+            self.breaker.failed()
+        else:
+            self.breaker.succeeded()
+        return answer
+
+    def _post(
+        self, url: str, data: Any, headers: dict[str, str], remaining: float
+    ) -> requests.Response | _TransportFailure:
         try:
             response = self._session().post(
                 url,
@@ -316,6 +365,24 @@ class MoodleClient:
 
 def _bad_response(function: str, status: int, message: str) -> MoodleError:
     return MoodleError(ErrorCode.BAD_RESPONSE, message, {"function": function, "moodle_status": status})
+
+
+def _breaker_open_error(function: str, retry_after_s: int) -> MoodleError:
+    return MoodleError(
+        ErrorCode.MOODLE_UNAVAILABLE,
+        f"Moodle failed repeatedly; calls to it are paused for {retry_after_s} s",
+        {"function": function, "breaker": BreakerState.OPEN.value},
+        headers=retry_after_header(retry_after_s),
+    )
+
+
+def _busy_error(function: str, limit: int) -> MoodleError:
+    return MoodleError(
+        ErrorCode.MOODLE_BUSY,
+        f"Moodle is busy: {limit} calls to it are in flight; nothing was sent",
+        {"function": function},
+        headers=retry_after_header(BUSY_RETRY_AFTER_S),
+    )
 
 
 def _failure_error(function: str, failure: _TransportFailure, read_only: bool) -> MoodleError:
