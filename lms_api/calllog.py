@@ -7,6 +7,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lms_api.cache import CacheOutcome
 
 
 @dataclass
@@ -23,6 +27,7 @@ class CallRecord:
 @dataclass
 class CallLog:
     calls: list[CallRecord] = field(default_factory=list)
+    cache: list[CacheOutcome] = field(default_factory=list)  # how each cached read was answered
 
     @property
     def functions(self) -> list[str]:

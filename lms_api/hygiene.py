@@ -25,7 +25,8 @@ ALLOWED_REQUEST_HEADERS = (
     "X-Request-ID, X-Requested-With"
 )
 EXPOSED_HEADERS = (
-    "Location, Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, WWW-Authenticate, X-Request-ID"
+    "Cache-Status, Location, Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, WWW-Authenticate, "
+    "X-Request-ID"
 )
 PREFLIGHT_MAX_AGE_S = 600
 UNDECODABLE_PART = "lms_api.undecodable_part"

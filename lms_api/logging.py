@@ -145,6 +145,7 @@ def request_tween_factory(handler: Callable[[Request], Response], registry: Regi
                 moodle_functions=calls.functions,
                 moodle_ms=calls.ms,
                 retries=calls.retries,
+                cache=response.headers.get("Cache-Status"),
             )
         return response
 

@@ -25,13 +25,13 @@ from pyramid.response import Response
 from pyramid.tweens import EXCVIEW
 
 from lms_api.errors import ApiError, ErrorCode, error_response
+from lms_api.redisstate import RedisLink, redis_client
 from lms_api.routes import is_api_request
 from lms_api.settings import Rate, Settings
 
 log = structlog.get_logger("lms_api.ratelimit")
 
 READ_METHODS = frozenset({"GET", "HEAD"})
-REDIS_RETRY_AFTER_S = 5.0
 KEY_PREFIX = "lms_api:ratelimit:"
 MAX_LOCAL_KEYS = 100_000
 
@@ -105,51 +105,28 @@ class LocalCounter:
 class RedisCounter:
     """Counts in Redis, shared by every replica; falls back to ``fallback`` while Redis is unreachable."""
 
-    def __init__(
-        self,
-        client: redis.Redis,
-        fallback: LocalCounter,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._client = client
-        self._script = client.register_script(_REDIS_HIT)
+    def __init__(self, link: RedisLink, fallback: LocalCounter) -> None:
+        self._link = link
+        self._script = link.client.register_script(_REDIS_HIT)
         self._fallback = fallback
-        self._clock = clock
-        self._down_until: float | None = None
-        self._lock = threading.Lock()
 
     @classmethod
     def from_url(cls, url: str) -> RedisCounter:
-        client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5, retry_on_timeout=False)
-        return cls(client, LocalCounter())
+        link = RedisLink(
+            redis_client(url), "ratelimit", "rate limits are counted per process until Redis answers again"
+        )
+        return cls(link, LocalCounter())
 
     def hit(self, key: str, rate: Rate) -> Decision:
-        if self._down_until is not None and self._clock() < self._down_until:
+        if not self._link.usable:
             return self._fallback.hit(key, rate)
         try:
             count, ttl_ms = self._script(keys=[KEY_PREFIX + key], args=[rate.period_s * 1000])
         except redis.RedisError as error:
-            self._went_down(error)
+            self._link.went_down(error)
             return self._fallback.hit(key, rate)
-        self._came_back()
+        self._link.answered()
         return _decision(int(count), rate, float(ttl_ms))
-
-    def _went_down(self, error: Exception) -> None:
-        with self._lock:
-            if self._down_until is None:
-                log.warning(
-                    "ratelimit.redis_unavailable",
-                    error=type(error).__name__,
-                    note="rate limits are counted per process until Redis answers again",
-                )
-            self._down_until = self._clock() + REDIS_RETRY_AFTER_S
-
-    def _came_back(self) -> None:
-        if self._down_until is not None:
-            with self._lock:
-                if self._down_until is not None:
-                    self._down_until = None
-                    log.info("ratelimit.redis_restored")
 
 
 def counter_from_settings(settings: Settings) -> Counter:

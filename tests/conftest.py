@@ -155,8 +155,7 @@ class Gateway:
         registry = self.router.registry
         settings = registry.settings["lms_api.settings"]
         client = MoodleClient.from_settings(settings, settings.moodle_base_url, settings.moodle_token, **overrides)
-        config = Configurator(registry=registry)
-        config.include("pyramid_services")
+        config = Configurator(registry=registry)  # the registry keeps pyramid_services' directives
         config.register_service(client, MoodleClient)
         config.commit()
 

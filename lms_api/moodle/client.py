@@ -80,6 +80,19 @@ class _TransportFailure:
     retry_after_s: int | None = None
 
 
+class Moodle(Protocol):
+    """What route services need of Moodle: :class:`MoodleClient`, or the read cache in front of it."""
+
+    @property
+    def max_input_vars(self) -> int: ...
+
+    def call(self, function: str, params: Mapping[str, Any] | None = None) -> Any: ...
+
+    def require(self, *functions: str) -> None: ...
+
+    def clean(self, text: str) -> str: ...
+
+
 class MoodleClient:
     def __init__(
         self,
@@ -111,7 +124,6 @@ class MoodleClient:
         self._jitter = jitter
         self.bulkhead = bulkhead or Bulkhead(UNBOUNDED, 0.0)
         self.breaker = breaker or CircuitBreaker(UNBOUNDED, 0.0, clock)
-        self._write_listeners: list[Callable[[str], None]] = []
         self._local = threading.local()
         self._functions: frozenset[str] | None = None
         self._functions_expire_at = 0.0
@@ -156,10 +168,6 @@ class MoodleClient:
         for function in functions:
             if function not in available:
                 raise function_not_available(function)
-
-    def on_write(self, listener: Callable[[str], None]) -> None:
-        """Call ``listener(function)`` after every write that may have reached Moodle, whatever its outcome."""
-        self._write_listeners.append(listener)
 
     @property
     def knows_functions(self) -> bool:
@@ -223,13 +231,8 @@ class MoodleClient:
         form = [("wstoken", self._token), ("wsfunction", function), ("moodlewsrestformat", "json")]
         form += encode_params(params)
         with self._recorded(function, params, len(form) - 3) as record:
-            try:
-                answer = self._send_with_retries(function, self._endpoint, lambda: (form, {}), record)
-                return self._parse(function, answer)
-            finally:
-                if record.sent and function not in READ_ONLY_FUNCTIONS:
-                    for listener in self._write_listeners:
-                        listener(function)
+            answer = self._send_with_retries(function, self._endpoint, lambda: (form, {}), record)
+            return self._parse(function, answer)
 
     @contextmanager
     def _recorded(self, function: str, params: Mapping[str, Any], fields: int) -> Iterator[CallRecord]:

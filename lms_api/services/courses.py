@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, TypedDict
 
 from lms_api.errors import ApiError, ErrorCode
-from lms_api.moodle.client import MoodleClient
+from lms_api.moodle.client import Moodle, MoodleClient
 from lms_api.moodle.encoding import split_by_input_vars
 from lms_api.moodle.errors import (
     MoodleError,
@@ -41,7 +41,7 @@ class CreatedCourse(TypedDict):
 
 
 def list_courses(
-    moodle: MoodleClient, *, search: str | None = None, category: int | None = None, page: int = 0, perpage: int = 50
+    moodle: Moodle, *, search: str | None = None, category: int | None = None, page: int = 0, perpage: int = 50
 ) -> CourseListing:
     """Courses matching ``search`` and/or in ``category``, page ``page`` (0-based) of ``perpage``.
 
@@ -65,7 +65,7 @@ def list_courses(
     return _listing(courses_by_ids(moodle, page_ids), total, page, perpage)
 
 
-def courses_by_ids(moodle: MoodleClient, course_ids: Iterable[int]) -> list[MoodleRecord]:
+def courses_by_ids(moodle: Moodle, course_ids: Iterable[int]) -> list[MoodleRecord]:
     """The courses with these ids that exist, front page left out, in the order asked.
 
     ``core_course_get_courses`` leaves out an id that does not exist, where ``core_course_get_courses_by_field``
@@ -79,7 +79,7 @@ def courses_by_ids(moodle: MoodleClient, course_ids: Iterable[int]) -> list[Mood
     return [found[course_id] for course_id in wanted if course_id in found]
 
 
-def get_course(moodle: MoodleClient, course_id: int) -> MoodleRecord:
+def get_course(moodle: Moodle, course_id: int) -> MoodleRecord:
     courses = _by_field(moodle, "id", str(course_id))
     if not courses:
         raise course_not_found([course_id])
@@ -169,14 +169,14 @@ def _warning_error(code: str, message: str, course_id: int, category_id: int | N
     )
 
 
-def _by_field(moodle: MoodleClient, field: str, value: str) -> list[MoodleRecord]:
+def _by_field(moodle: Moodle, field: str, value: str) -> list[MoodleRecord]:
     answer = expect_object(moodle.call(GET_COURSES_BY_FIELD, {"field": field, "value": value}), GET_COURSES_BY_FIELD)
     return [
         course for course in expect_list(answer.get("courses"), GET_COURSES_BY_FIELD, key="id") if not _is_site(course)
     ]
 
 
-def _search(moodle: MoodleClient, text: str, page: int, perpage: int) -> tuple[list[MoodleRecord], int]:
+def _search(moodle: Moodle, text: str, page: int, perpage: int) -> tuple[list[MoodleRecord], int]:
     """Moodle's text search: one page of matches (``perpage`` 0: all of them) and the number of all matches."""
     params = {"criterianame": "search", "criteriavalue": text, "page": page, "perpage": perpage}
     answer = expect_object(moodle.call(SEARCH_COURSES, params), SEARCH_COURSES)

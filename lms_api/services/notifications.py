@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TypedDict
 
 from lms_api.errors import ApiError, ErrorCode
-from lms_api.moodle.client import MoodleClient
+from lms_api.moodle.client import Moodle
 from lms_api.moodle.errors import MoodleError, MoodleRecord, expect_list, expect_object, unexpected_answer
 from lms_api.security import Identity, Scope
 from lms_api.services.users import user_not_found
@@ -49,7 +49,7 @@ def notification_user(identity: Identity, userid: int | None) -> int:
     return userid
 
 
-def notifications(moodle: MoodleClient, userid: int, limit: int, offset: int) -> NotificationsPage:
+def notifications(moodle: Moodle, userid: int, limit: int, offset: int) -> NotificationsPage:
     """One page of ``userid``'s popup notifications, newest first; 404 ``usernotfound`` for a user Moodle lacks."""
     params = {"useridto": userid, "newestfirst": True, "limit": limit, "offset": offset}
     try:
@@ -66,7 +66,7 @@ def notifications(moodle: MoodleClient, userid: int, limit: int, offset: int) ->
     return {"userid": userid, "notifications": found, "unreadcount": unread, "limit": limit, "offset": offset}
 
 
-def unread_count(moodle: MoodleClient, userid: int) -> UnreadCount:
+def unread_count(moodle: Moodle, userid: int) -> UnreadCount:
     """Moodle counts 0 for a user it does not have, and so does this: telling them apart would cost a call."""
     count = moodle.call(GET_UNREAD_COUNT, {"useridto": userid})
     if isinstance(count, bool) or not isinstance(count, int):  # Moodle answers a bare integer

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, TypedDict
 
 from lms_api.errors import ApiError, ErrorCode
-from lms_api.moodle.client import MoodleClient
+from lms_api.moodle.client import Moodle
 from lms_api.moodle.encoding import split_by_input_vars
 from lms_api.moodle.errors import MoodleRecord, expect_list
 from lms_api.services.notfound import not_found
@@ -24,7 +24,7 @@ class UsersFound(TypedDict):
     unchecked: list[str | int]  # values past the bound of value-by-value calls: neither found nor missing
 
 
-def users_by_field(moodle: MoodleClient, field: str, values: list[str | int]) -> UsersFound:
+def users_by_field(moodle: Moodle, field: str, values: list[str | int]) -> UsersFound:
     """The users whose ``field`` is one of ``values``; ``missing`` lists the values no user matched.
 
     Values are compared the way Moodle looks them up: usernames are lower-case in Moodle (and sent so),
@@ -43,7 +43,7 @@ def users_by_field(moodle: MoodleClient, field: str, values: list[str | int]) ->
     return {"users": sorted(users.values(), key=lambda user: user["id"]), "missing": missing, "unchecked": unchecked}
 
 
-def missing_user_ids(moodle: MoodleClient, user_ids: Iterable[int]) -> list[int]:
+def missing_user_ids(moodle: Moodle, user_ids: Iterable[int]) -> list[int]:
     """The ids among ``user_ids`` that no user of Moodle has (a deleted user's included), in the order given."""
     wanted = list(dict.fromkeys(user_ids))
     found = _users(moodle, "id", wanted)
@@ -54,7 +54,7 @@ def user_not_found(user_ids: list[int]) -> ApiError:
     return not_found(ErrorCode.USER_NOT_FOUND, "user", "users", user_ids)
 
 
-def _users(moodle: MoodleClient, field: str, sent: Sequence[str | int]) -> dict[int, dict[str, Any]]:
+def _users(moodle: Moodle, field: str, sent: Sequence[str | int]) -> dict[int, dict[str, Any]]:
     """The users matching ``sent``, keyed by id, in as many calls as the server's max_input_vars needs."""
     users: dict[int, dict[str, Any]] = {}
     for run in split_by_input_vars("values", sent, {"field": field}, moodle.max_input_vars):
@@ -64,7 +64,7 @@ def _users(moodle: MoodleClient, field: str, sent: Sequence[str | int]) -> dict[
     return users
 
 
-def _ask_alone(moodle: MoodleClient, field: str, values: list[str | int]) -> tuple[list[str | int], list[str | int]]:
+def _ask_alone(moodle: Moodle, field: str, values: list[str | int]) -> tuple[list[str | int], list[str | int]]:
     """``values`` split into those Moodle has no user for, and those left unchecked past the bound."""
     answers: dict[str | int, bool] = {}
     missing: list[str | int] = []

@@ -1,5 +1,6 @@
 from pyramid.request import Request
 
+from lms_api.cache import CachedMoodle
 from lms_api.moodle.client import MoodleClient
 from lms_api.schemas.base import load_json_body, load_matchdict, load_query
 from lms_api.schemas.courses import (
@@ -21,7 +22,7 @@ _listing, _course, _created = CourseListSchema(), CourseSchema(), CreatedCourseS
 
 @api_view(route_name="api.moodle.courses", request_method="GET", permission=Scope.COURSES_READ)
 def list_courses(request: Request) -> object:
-    return _listing.dump(courses.list_courses(request.find_service(MoodleClient), **load_query(request, _query)))
+    return _listing.dump(courses.list_courses(request.find_service(CachedMoodle), **load_query(request, _query)))
 
 
 @api_view(route_name="api.moodle.courses", request_method="POST", permission=Scope.COURSES_WRITE)
@@ -38,7 +39,7 @@ def create_course(request: Request) -> object:
 @api_view(route_name="api.moodle.course", request_method="GET", permission=Scope.COURSES_READ)
 def get_course(request: Request) -> object:
     return _course.dump(
-        courses.get_course(request.find_service(MoodleClient), load_matchdict(request, _path)["course_id"])
+        courses.get_course(request.find_service(CachedMoodle), load_matchdict(request, _path)["course_id"])
     )
 
 

@@ -1,6 +1,6 @@
 from pyramid.request import Request
 
-from lms_api.moodle.client import MoodleClient
+from lms_api.cache import CachedMoodle
 from lms_api.schemas.base import load_query
 from lms_api.schemas.notifications import (
     NotificationsQuery,
@@ -21,11 +21,11 @@ def list_notifications(request: Request) -> object:
     query = load_query(request, _list_query)
     userid = notifications.notification_user(request.identity, query.get("userid"))
     return _listing.dump(
-        notifications.notifications(request.find_service(MoodleClient), userid, query["limit"], query["offset"])
+        notifications.notifications(request.find_service(CachedMoodle), userid, query["limit"], query["offset"])
     )
 
 
 @api_view(route_name="api.moodle.notifications.unread_count", request_method="GET", permission=Scope.NOTIFICATIONS_READ)
 def unread_count(request: Request) -> object:
     userid = notifications.notification_user(request.identity, load_query(request, _count_query).get("userid"))
-    return _count.dump(notifications.unread_count(request.find_service(MoodleClient), userid))
+    return _count.dump(notifications.unread_count(request.find_service(CachedMoodle), userid))

@@ -1,6 +1,6 @@
 from pyramid.request import Request
 
-from lms_api.moodle.client import MoodleClient
+from lms_api.cache import CachedMoodle
 from lms_api.schemas.base import load_query
 from lms_api.schemas.siteinfo import SiteInfoQuery, SiteInfoSchema
 from lms_api.security import Scope
@@ -13,4 +13,4 @@ _site_info = SiteInfoSchema()
 @api_view(route_name="api.moodle.siteinfo", request_method="GET", permission=Scope.SITEINFO_READ)
 def site_info(request: Request) -> object:
     load_query(request, _query)
-    return _site_info.dump(request.find_service(MoodleClient).site_info())
+    return _site_info.dump(request.find_service(CachedMoodle).site_info())

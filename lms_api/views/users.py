@@ -1,6 +1,6 @@
 from pyramid.request import Request
 
-from lms_api.moodle.client import MoodleClient
+from lms_api.cache import CachedMoodle
 from lms_api.schemas.base import load_query
 from lms_api.schemas.users import UsersByFieldQuery, UsersByFieldSchema
 from lms_api.security import Scope
@@ -13,4 +13,4 @@ _query, _found = UsersByFieldQuery(), UsersByFieldSchema()
 @api_view(route_name="api.moodle.users.by_field", request_method="GET", permission=Scope.USERS_READ)
 def users_by_field(request: Request) -> object:
     query = load_query(request, _query)
-    return _found.dump(users.users_by_field(request.find_service(MoodleClient), query["field"], query["values"]))
+    return _found.dump(users.users_by_field(request.find_service(CachedMoodle), query["field"], query["values"]))

@@ -9,6 +9,7 @@ import redis
 
 from lms_api import ratelimit
 from lms_api.ratelimit import LocalCounter, RedisCounter
+from lms_api.redisstate import RETRY_AFTER_S, RedisLink
 from lms_api.settings import Rate
 from tests.conftest import capture_logs, mint, start_redis_server
 
@@ -193,7 +194,8 @@ def test_the_in_process_counter_stays_bounded():
 def test_redis_is_used_again_once_it_is_back_and_that_is_logged_once(own_redis):
     process, url = own_redis
     now = [1000.0]
-    counter = RedisCounter(redis.Redis.from_url(url, socket_connect_timeout=0.5), LocalCounter(), clock=lambda: now[0])
+    link = RedisLink(redis.Redis.from_url(url, socket_connect_timeout=0.5), "ratelimit", "", clock=lambda: now[0])
+    counter = RedisCounter(link, LocalCounter())
     key, rate = f"back-{uuid.uuid4().hex}", Rate(10, 60)
     logs = capture_logs()
     assert counter.hit(key, rate).remaining == 9
@@ -204,7 +206,7 @@ def test_redis_is_used_again_once_it_is_back_and_that_is_logged_once(own_redis):
     restarted, _ = start_redis_server(port=int(url.rsplit(":", 1)[1].split("/")[0]))
     try:
         assert counter.hit(key, rate).remaining == 8  # still on the fallback until the retry time
-        now[0] += ratelimit.REDIS_RETRY_AFTER_S
+        now[0] += RETRY_AFTER_S
         assert [counter.hit(key, rate).remaining for _ in range(2)] == [9, 8]  # the new Redis counts afresh
     finally:
         restarted.terminate()

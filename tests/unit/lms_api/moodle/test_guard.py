@@ -3,7 +3,6 @@
 import threading
 
 import pytest
-import requests
 from structlog.testing import capture_logs
 
 from lms_api.moodle.guard import BreakerOpen, BreakerState, Bulkhead, BulkheadFull, CircuitBreaker
@@ -208,28 +207,3 @@ def test_a_call_that_finds_no_slot_is_a_503_moodlebusy_and_is_not_sent(make_clie
     assert error.headers == {"Retry-After": "1"}
     assert "nothing was sent" in error.message
     assert sent_functions(rsps) == [SITE_INFO]
-
-
-def test_a_write_that_was_sent_is_reported_to_the_write_listeners(client, rsps):
-    prime(client, rsps)
-    add(rsps, WRITE_FN, body=requests.ReadTimeout("read timed out"))
-    writes = []
-    client.on_write(writes.append)
-
-    raised(client.call, WRITE_FN, {"courses": [{"fullname": "X"}]})
-
-    assert writes == [WRITE_FN]
-
-
-def test_reads_and_unsent_writes_are_not_reported(make_client, rsps):
-    client = make_client(bulkhead=Bulkhead(1, 0.0))
-    prime(client, rsps)
-    add(rsps, READ_FN, json=[])
-    writes = []
-    client.on_write(writes.append)
-
-    client.call(READ_FN)
-    with client.bulkhead.slot(1.0):
-        raised(client.call, WRITE_FN, {"courses": [{"fullname": "X"}]})
-
-    assert writes == []

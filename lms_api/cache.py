@@ -1,0 +1,519 @@
+"""The read cache: Moodle's answers to read functions, kept per group for ``CACHE_TTLS``, shared by replicas in Redis.
+
+The key is the function and its encoded parameters (so a user's notifications are that user's entry), never the
+caller's token; authorisation has run before a view asks. Concurrent identical misses make one Moodle call: in one
+process the others wait for its answer; across replicas a short lock in Redis does the same. A transport failure
+(timeout, refused, reset, HTTP 502/503/504, breaker open, bulkhead full) serves an entry up to ``CACHE_STALE_S``
+past its expiry; Moodle's own error answers pass through and nothing failed is kept.
+
+Each group has a generation. A write that may have changed a group bumps it (in Redis, so every replica sees it
+before the write's answer is sent); entries of an older generation are never served, and an answer fetched before
+the bump is never stored after it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, Protocol
+
+import redis
+import structlog
+from pyramid.config import Configurator
+from pyramid.registry import Registry
+from pyramid.request import Request
+from pyramid.response import Response
+from pyramid.tweens import EXCVIEW
+
+from lms_api.calllog import current_call_log
+from lms_api.errors import ErrorCode
+from lms_api.moodle.client import MoodleClient
+from lms_api.moodle.encoding import encode_params
+from lms_api.moodle.errors import MoodleError
+from lms_api.moodle.functions import CACHED_FUNCTIONS, INVALIDATED_BY, SITE_INFO
+from lms_api.redisstate import RedisLink, redis_client
+from lms_api.settings import Settings
+
+log = structlog.get_logger("lms_api.cache")
+
+CACHE_NAME = "lms_api"
+KEY_PREFIX = "lms_api:cache:"
+# What stale-if-error covers: Moodle could not be reached or did not answer, as opposed to an answer of its own.
+TRANSPORT_FAILURES = frozenset(
+    {ErrorCode.MOODLE_TIMEOUT, ErrorCode.MOODLE_UNAVAILABLE, ErrorCode.BAD_GATEWAY, ErrorCode.MOODLE_BUSY}
+)
+LOCK_POLL_S = 0.02
+ENTRY_OVERHEAD_BYTES = 200  # the key, the entry object and the LRU's bookkeeping, roughly
+
+
+@dataclass(frozen=True)
+class Entry:
+    generation: int
+    body: bytes  # Moodle's answer as JSON
+    fresh_until: float  # wall-clock seconds, comparable across replicas
+    stale_until: float
+
+    def encode(self) -> bytes:
+        return f"{self.generation} {self.fresh_until} {self.stale_until}\n".encode() + self.body
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Entry:
+        header, _, body = raw.partition(b"\n")
+        generation, fresh_until, stale_until = header.split()
+        return cls(int(generation), body, float(fresh_until), float(stale_until))
+
+
+class Store(Protocol):
+    name: str
+
+    def generation(self, group: str) -> int: ...
+
+    def get(self, group: str, key: str) -> tuple[int, Entry | None]:
+        """The group's generation, and the entry if it belongs to that generation."""
+
+    def put(self, group: str, key: str, entry: Entry) -> None: ...
+
+    def invalidate(self, group: str) -> None: ...
+
+
+class LocalStore:
+    """Entries in this process, least recently used out first past ``max_bytes``."""
+
+    name = "memory"
+
+    def __init__(self, max_bytes: int, clock: Callable[[], float] = time.time) -> None:
+        self._max_bytes = max_bytes
+        self._clock = clock
+        self._entries: OrderedDict[str, Entry] = OrderedDict()
+        self._generations: dict[str, int] = {}
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    def generation(self, group: str) -> int:
+        return self._generations.get(group, 0)
+
+    def get(self, group: str, key: str) -> tuple[int, Entry | None]:
+        with self._lock:
+            generation = self._generations.get(group, 0)
+            entry = self._entries.get(key)
+            if entry is None:
+                return generation, None
+            if entry.generation != generation or entry.stale_until <= self._clock():
+                self._remove(key)
+                return generation, None
+            self._entries.move_to_end(key)
+            return generation, entry
+
+    def put(self, group: str, key: str, entry: Entry) -> None:
+        size = len(entry.body) + len(key) + ENTRY_OVERHEAD_BYTES
+        if size > self._max_bytes:
+            return
+        with self._lock:
+            if entry.generation != self._generations.get(group, 0):
+                return  # the group was invalidated while this answer was fetched
+            self._remove(key)
+            self._entries[key] = entry
+            self._bytes += size
+            while self._bytes > self._max_bytes:
+                self._remove(next(iter(self._entries)))
+
+    def invalidate(self, group: str) -> None:
+        with self._lock:
+            self._generations[group] = self._generations.get(group, 0) + 1
+
+    def _remove(self, key: str) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._bytes -= len(entry.body) + len(key) + ENTRY_OVERHEAD_BYTES
+
+
+class RedisStore:
+    """Entries in Redis, shared by every replica; this process's :class:`LocalStore` while Redis does not answer.
+
+    Invalidations made while Redis was away are replayed on it when it answers again, so no replica reads an entry
+    a write has made wrong.
+    """
+
+    name = "redis"
+
+    def __init__(self, link: RedisLink, fallback: LocalStore) -> None:
+        self.link = link
+        self._fallback = fallback
+        self._missed_invalidations: set[str] = set()
+        self._lock = threading.Lock()
+
+    def generation(self, group: str) -> int:
+        return self.get(group, "")[0]
+
+    def get(self, group: str, key: str) -> tuple[int, Entry | None]:
+        if not self._usable():
+            return self._fallback.get(group, key)
+        try:
+            generation, raw = self.link.client.mget(_generation_key(group), KEY_PREFIX + key)
+        except redis.RedisError as error:
+            self.link.went_down(error)
+            return self._fallback.get(group, key)
+        current = int(generation or 0)
+        entry = Entry.decode(raw) if isinstance(raw, bytes) else None
+        return current, entry if entry is not None and entry.generation == current else None
+
+    def put(self, group: str, key: str, entry: Entry) -> None:
+        if not self._usable():
+            self._fallback.put(group, key, entry)
+            return
+        expires_ms = max(1, math.ceil((entry.stale_until - time.time()) * 1000))
+        try:
+            self.link.client.set(KEY_PREFIX + key, entry.encode(), px=expires_ms)
+        except redis.RedisError as error:
+            self.link.went_down(error)
+
+    def invalidate(self, group: str) -> None:
+        self._fallback.invalidate(group)
+        if self._usable():
+            try:
+                self.link.client.incr(_generation_key(group))
+                return
+            except redis.RedisError as error:
+                self.link.went_down(error)
+        with self._lock:
+            self._missed_invalidations.add(group)
+
+    def lock(self, key: str, ttl_s: float) -> str | None:
+        """A short lock on ``key`` for one replica's fetch: its token, or None when another replica holds it."""
+        if not self._usable():
+            return uuid.uuid4().hex  # no Redis, no other replica to wait for
+        token = uuid.uuid4().hex
+        try:
+            taken = self.link.client.set(_lock_key(key), token, nx=True, px=max(1, math.ceil(ttl_s * 1000)))
+        except redis.RedisError as error:
+            self.link.went_down(error)
+            return token
+        return token if taken else None
+
+    def unlock(self, key: str, token: str) -> None:
+        if not self._usable():
+            return
+        try:
+            self._release(keys=[_lock_key(key)], args=[token])
+        except redis.RedisError as error:
+            self.link.went_down(error)
+
+    def locked(self, key: str) -> bool:
+        if not self._usable():
+            return False
+        try:
+            return bool(self.link.client.exists(_lock_key(key)))
+        except redis.RedisError as error:
+            self.link.went_down(error)
+            return False
+
+    @property
+    def _release(self) -> Any:
+        # Only the holder's token unlocks: a fetch that outlived its lock must not free a lock taken since.
+        return self.link.client.register_script(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+        )
+
+    def _usable(self) -> bool:
+        if not self.link.usable:
+            return False
+        if self.link.down or self._missed_invalidations:
+            return self._replay_missed_invalidations()
+        return True
+
+    def _replay_missed_invalidations(self) -> bool:
+        with self._lock:
+            missed = sorted(self._missed_invalidations)
+            try:
+                for group in missed:
+                    self.link.client.incr(_generation_key(group))
+            except redis.RedisError as error:
+                self.link.went_down(error)
+                return False
+            self._missed_invalidations.clear()
+        self.link.answered()
+        return True
+
+
+def _generation_key(group: str) -> str:
+    return f"{KEY_PREFIX}generation:{group}"
+
+
+def _lock_key(key: str) -> str:
+    return f"{KEY_PREFIX}lock:{key}"
+
+
+class Fetch(IntEnum):
+    """How an answer was got, least cached last: the answer of a request is its least cached call's."""
+
+    HIT = 0
+    COLLAPSED = 1
+    MISS = 2
+    REFRESH = 3
+    STALE = 4
+
+
+@dataclass(frozen=True)
+class CacheOutcome:
+    fetch: Fetch
+    ttl_s: int = 0  # seconds left (negative: past expiry) for hits and stale answers
+    stored: bool = False
+
+    def header(self) -> str:
+        """The ``Cache-Status`` member for this answer (RFC 9211)."""
+        if self.fetch == Fetch.HIT:
+            return f"{CACHE_NAME}; hit; ttl={self.ttl_s}"
+        if self.fetch == Fetch.STALE:
+            return f"{CACHE_NAME}; hit; ttl={self.ttl_s}; detail=stale-if-error"
+        if self.fetch == Fetch.COLLAPSED:
+            return f"{CACHE_NAME}; fwd=uri-miss; collapsed"
+        forwarded = "request" if self.fetch == Fetch.REFRESH else "uri-miss"
+        return f"{CACHE_NAME}; fwd={forwarded}" + ("; stored" if self.stored else "")
+
+
+def request_outcome(outcomes: list[CacheOutcome]) -> CacheOutcome | None:
+    """One outcome for a request of several cached calls: the least cached, with the least time left."""
+    if not outcomes:
+        return None
+    worst = max(outcome.fetch for outcome in outcomes)
+    same = [outcome for outcome in outcomes if outcome.fetch == worst]
+    return CacheOutcome(worst, min(outcome.ttl_s for outcome in same), all(outcome.stored for outcome in same))
+
+
+class _Flight:
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.body: bytes | None = None
+        self.error: BaseException | None = None
+
+
+class ReadCache:
+    """The cache of one process: its store, its groups' TTLs, and the fetches in flight."""
+
+    def __init__(
+        self,
+        store: LocalStore | RedisStore,
+        ttls: Mapping[str, int],
+        stale_s: int,
+        wait_s: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self._ttls = ttls
+        self._stale_s = stale_s
+        self._wait_s = wait_s
+        self._clock = clock
+        self._flights: dict[str, _Flight] = {}
+        self._flights_lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ReadCache:
+        local = LocalStore(settings.cache_max_mb * 1024 * 1024)
+        store: LocalStore | RedisStore = local
+        if settings.redis_url:
+            note = "cache entries are kept per process until Redis answers again"
+            store = RedisStore(RedisLink(redis_client(settings.redis_url), "cache", note), local)
+        return cls(store, settings.cache_ttls, settings.cache_stale_s, settings.moodle_timeout_ms / 1000)
+
+    def caches(self, function: str) -> bool:
+        return self._ttls.get(CACHED_FUNCTIONS.get(function, ""), 0) > 0
+
+    def read(self, function: str, params: Mapping[str, Any], fetch: Callable[[], Any], refresh: bool = False) -> Any:
+        """Moodle's answer to ``function(params)``, from the cache when fresh; ``refresh`` forwards regardless."""
+        group = CACHED_FUNCTIONS[function]
+        key = _key(group, function, params)
+        generation, entry = self.store.get(group, key)
+        now = self._clock()
+        if entry is not None and not refresh and now < entry.fresh_until:
+            _note(CacheOutcome(Fetch.HIT, math.ceil(entry.fresh_until - now)))
+            return json.loads(entry.body)
+        try:
+            body, collapsed = self._fetch_once(group, key, generation, fetch, refresh)
+        except MoodleError as error:
+            if error.code in TRANSPORT_FAILURES and entry is not None and now <= entry.stale_until:
+                _note(CacheOutcome(Fetch.STALE, -max(1, math.ceil(now - entry.fresh_until))))
+                log.info("cache.stale_served", function=function, error_code=str(error.code))
+                return json.loads(entry.body)
+            _note(CacheOutcome(Fetch.REFRESH if refresh else Fetch.MISS))  # nothing kept: errors are never cached
+            raise
+        forwarded = Fetch.REFRESH if refresh else Fetch.MISS
+        _note(CacheOutcome(Fetch.COLLAPSED) if collapsed else CacheOutcome(forwarded, stored=True))
+        return json.loads(body)
+
+    def store_answer(self, function: str, params: Mapping[str, Any], answer: Any) -> None:
+        """Keep an answer fetched outside a request (the site info refreshed in the background)."""
+        if not self.caches(function):
+            return
+        group = CACHED_FUNCTIONS[function]
+        self._put(group, _key(group, function, params), self.store.generation(group), _dumps(answer))
+
+    def invalidate_after(self, function: str) -> None:
+        """A write of ``function`` may have reached Moodle: drop what it may have changed, here and everywhere."""
+        for group in INVALIDATED_BY.get(function, ()):
+            self.store.invalidate(group)
+            log.info("cache.invalidated", group=group, function=function)
+
+    def _fetch_once(
+        self, group: str, key: str, generation: int, fetch: Callable[[], Any], refresh: bool
+    ) -> tuple[bytes, bool]:
+        """Fetch and keep the answer; concurrent callers for the same key wait for one fetch (``True``: waited)."""
+        with self._flights_lock:
+            flight = self._flights.get(key)
+            leader = flight is None
+            if flight is None:
+                flight = self._flights[key] = _Flight()
+        if not leader:
+            if flight.done.wait(self._wait_s):
+                if flight.error is not None:
+                    raise flight.error
+                assert flight.body is not None
+                return flight.body, True
+            return self._fetch_and_put(group, key, generation, fetch), False
+        try:
+            shared = None if refresh else self._wait_for_other_replica(group, key)
+            flight.body = shared if shared is not None else self._fetch_and_put(group, key, generation, fetch)
+            return flight.body, shared is not None
+        except BaseException as error:
+            flight.error = error
+            raise
+        finally:
+            flight.done.set()
+            with self._flights_lock:
+                self._flights.pop(key, None)
+
+    def _fetch_and_put(self, group: str, key: str, generation: int, fetch: Callable[[], Any]) -> bytes:
+        with self._replica_lock(key):
+            body = _dumps(fetch())
+        self._put(group, key, generation, body)
+        return body
+
+    def _put(self, group: str, key: str, generation: int, body: bytes) -> None:
+        now = self._clock()
+        fresh_until = now + self._ttls[group]
+        self.store.put(group, key, Entry(generation, body, fresh_until, fresh_until + self._stale_s))
+
+    def _wait_for_other_replica(self, group: str, key: str) -> bytes | None:
+        """While another replica holds the key's lock, wait (up to a call's deadline) for the entry it stores."""
+        if not isinstance(self.store, RedisStore):
+            return None
+        deadline = time.monotonic() + self._wait_s
+        while self.store.locked(key) and time.monotonic() < deadline:
+            time.sleep(LOCK_POLL_S)
+            _, entry = self.store.get(group, key)
+            if entry is not None and self._clock() < entry.fresh_until:
+                return entry.body
+        return None
+
+    def _replica_lock(self, key: str) -> _ReplicaLock:
+        return _ReplicaLock(self.store, key, self._wait_s)
+
+
+class _ReplicaLock:
+    """Holds the key's lock in Redis for one fetch, so other replicas wait for it rather than fetch too."""
+
+    def __init__(self, store: LocalStore | RedisStore, key: str, ttl_s: float) -> None:
+        self._store = store
+        self._key = key
+        self._ttl_s = ttl_s
+        self._token: str | None = None
+
+    def __enter__(self) -> None:
+        if isinstance(self._store, RedisStore):
+            self._token = self._store.lock(self._key, self._ttl_s)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if isinstance(self._store, RedisStore) and self._token is not None:
+            self._store.unlock(self._key, self._token)
+
+
+def _key(group: str, function: str, params: Mapping[str, Any]) -> str:
+    digest = hashlib.sha256(json.dumps(encode_params(params)).encode()).hexdigest()
+    return f"{group}:{function}:{digest}"
+
+
+def _dumps(answer: Any) -> bytes:
+    return json.dumps(answer, separators=(",", ":")).encode()
+
+
+def _note(outcome: CacheOutcome) -> None:
+    current_call_log().cache.append(outcome)
+
+
+class CachedMoodle:
+    """The Moodle client as read routes see it: answers to cached functions come through the read cache."""
+
+    def __init__(self, client: MoodleClient, cache: ReadCache, refresh: bool) -> None:
+        self._client = client
+        self._cache = cache
+        self._refresh = refresh
+
+    @property
+    def max_input_vars(self) -> int:
+        return self._client.max_input_vars
+
+    def call(self, function: str, params: Mapping[str, Any] | None = None) -> Any:
+        self._client.require(function)
+        if not self._cache.caches(function):
+            return self._client.call(function, params)
+        return self._cache.read(function, params or {}, lambda: self._client.call(function, params), self._refresh)
+
+    def site_info(self) -> dict[str, Any]:
+        if not self._cache.caches(SITE_INFO):
+            return self._client.site_info()
+        info: dict[str, Any] = self._cache.read(SITE_INFO, {}, self._client.site_info, self._refresh)
+        return info
+
+    def require(self, *functions: str) -> None:
+        self._client.require(*functions)
+
+    def clean(self, text: str) -> str:
+        return self._client.clean(text)
+
+
+def _asks_for_fresh(request: Request) -> bool:
+    directives = {part.strip().lower() for part in request.headers.get("Cache-Control", "").split(",")}
+    pragma = request.headers.get("Pragma", "").strip().lower()  # HTTP/1.0 clients
+    return "no-cache" in directives or "max-age=0" in directives or pragma == "no-cache"
+
+
+def cache_tween_factory(handler: Callable[[Request], Response], registry: Registry) -> Callable[[Request], Response]:
+    """After the view, error or not: drop what the request's writes may have changed, before the answer leaves;
+    then ``Cache-Status`` on every answer a cached call took part in."""
+
+    def tween(request: Request) -> Response:
+        response = handler(request)
+        calls = current_call_log()
+        for call in calls.calls:
+            if call.sent and call.function in INVALIDATED_BY:
+                request.find_service(ReadCache).invalidate_after(call.function)
+        outcome = request_outcome(calls.cache)
+        if outcome is not None:
+            response.headers["Cache-Status"] = outcome.header()
+        return response
+
+    return tween
+
+
+def includeme(config: Configurator) -> None:
+    settings: Settings = config.registry.settings["lms_api.settings"]
+    cache = ReadCache.from_settings(settings)
+    config.include("pyramid_services")
+    config.register_service(cache, ReadCache)
+
+    def cached_moodle(context: Any, request: Request) -> CachedMoodle:
+        return CachedMoodle(request.find_service(MoodleClient), cache, _asks_for_fresh(request))
+
+    config.register_service_factory(cached_moodle, CachedMoodle)
+    config.add_tween("lms_api.cache.cache_tween_factory", over=EXCVIEW, under="lms_api.logging.request_tween_factory")
