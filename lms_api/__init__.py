@@ -9,6 +9,7 @@ from typing import Any
 from pyramid.router import Router
 
 from lms_api.config import make_app
+from lms_api.health import keep_site_info_fresh
 from lms_api.logging import LinesAsLog, drop_pserve_log_handler
 from lms_api.settings import SETTING_NAMES, SettingsError, load_settings, read_dotenv
 
@@ -23,6 +24,7 @@ def main(global_config: dict[str, Any], **ini_settings: Any) -> Router:
     pyramid_settings = {key: value for key, value in ini_settings.items() if key.upper() not in SETTING_NAMES}
     drop_pserve_log_handler()
     app = make_app(settings, pyramid_settings)
+    keep_site_info_fresh(app)
     if settings.log_format == "json":
         sys.stderr = LinesAsLog(sys.stderr)
     return app

@@ -29,6 +29,7 @@ def make_app(settings: Settings, pyramid_settings: Mapping[str, Any] | None = No
     config.include("lms_api.audit")  # an audit event per write attempt
     config.include("lms_api.ratelimit")  # budgets per caller and per address
     config.include("lms_api.routes")
+    config.include("lms_api.health")  # /healthz and /readyz, outside the API: no token, no rate limit
     config.include("lms_api.views")  # the envelope renderer, the API views and the exception views
     config.commit()
     return config.make_wsgi_app()

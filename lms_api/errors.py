@@ -99,6 +99,11 @@ class ErrorCode(StrEnum):
         "Moodle refused the connection, reset it or answered HTTP 503, or the circuit breaker is open after repeated "
         "failures (`details.breaker`); `Retry-After` says when to retry (504 for a write whose outcome is unknown)",
     )
+    NOT_READY = (
+        "notready",
+        503,
+        "`/readyz` only: the breaker is open or the site info is not known yet; `details` says which",
+    )
     MOODLE_BUSY = (
         "moodlebusy",
         503,

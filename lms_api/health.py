@@ -1,0 +1,109 @@
+"""Liveness, readiness, and the site info kept known so that readiness holds and no request waits for it.
+
+``/healthz`` says the process answers; ``/readyz`` says it can serve: the breaker is not open and the token's
+function list is known. Neither calls Moodle, needs a token or counts against a rate limit, so a load balancer's
+probe keeps answering while Moodle struggles, and nobody restarts a gateway for Moodle's trouble.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import structlog
+from pyramid.config import Configurator
+from pyramid.request import Request
+from pyramid.security import NO_PERMISSION_REQUIRED
+from pyramid_services import find_service_factory
+
+from lms_api.cache import ReadCache, RedisStore
+from lms_api.errors import ApiError, ErrorCode
+from lms_api.moodle.client import MoodleClient
+from lms_api.moodle.errors import MoodleError
+from lms_api.moodle.functions import SITE_INFO
+from lms_api.moodle.guard import BreakerState
+from lms_api.views import ENVELOPE_RENDERER
+
+log = structlog.get_logger("lms_api.health")
+
+REFRESH_AHEAD = 0.8  # of the shorter of the function list's and the cached site info's lifetimes
+RETRY_S = 5.0
+
+
+def healthz(request: Request) -> dict[str, str]:
+    return {"status": "ok"}
+
+
+def readyz(request: Request) -> dict[str, Any]:
+    """200 when the gateway can serve; else 503 ``notready`` saying why. Redis is asked; Moodle never is."""
+    client: MoodleClient = request.find_service(MoodleClient)
+    cache: ReadCache = request.find_service(ReadCache)
+    state = {
+        "breaker": client.breaker.state.value,
+        "site_info": "known" if client.knows_functions else "unknown",
+        "moodle_calls_in_flight": client.bulkhead.in_use,
+        "cache": cache.store.name,
+    }
+    if isinstance(cache.store, RedisStore):
+        state["redis"] = "answers" if cache.store.link.answers() else "unreachable (serving from this process)"
+    reasons = []
+    if client.breaker.state == BreakerState.OPEN:
+        reasons.append("the circuit breaker is open: Moodle failed repeatedly")
+    if not client.knows_functions:
+        reasons.append("the site info has not been read from Moodle yet")
+    if reasons:
+        raise ApiError(ErrorCode.NOT_READY, "Not ready: " + "; ".join(reasons), state)
+    return {"status": "ready", **state}
+
+
+class SiteInfoRefresher:
+    """Reads the site info now and again ahead of its expiry, in a daemon thread, into the client and the cache."""
+
+    def __init__(self, client: MoodleClient, cache: ReadCache, interval_s: float, retry_s: float = RETRY_S) -> None:
+        self._client = client
+        self._cache = cache
+        self._interval_s = interval_s
+        self._retry_s = retry_s
+        self._stop = threading.Event()
+
+    def start(self) -> SiteInfoRefresher:
+        threading.Thread(target=self._run, name="site-info-refresher", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def refresh(self) -> float:
+        """Read the site info once; answer how long to wait before the next read."""
+        try:
+            info = self._client.site_info()
+        except MoodleError as error:
+            log.warning("siteinfo.refresh_failed", error_code=str(error.code), retry_in_s=self._retry_s)
+            return self._retry_s
+        self._cache.store_answer(SITE_INFO, {}, info)
+        return self._interval_s
+
+    def _run(self) -> None:
+        delay = 0.0
+        while not self._stop.wait(delay):
+            delay = self.refresh()
+
+
+def keep_site_info_fresh(app: Any) -> SiteInfoRefresher:
+    """Start refreshing the site info of a built app (a served gateway: tests that build apps do not)."""
+    client: MoodleClient = find_service_factory(app, MoodleClient)(None, None)
+    cache: ReadCache = find_service_factory(app, ReadCache)(None, None)
+    settings = app.registry.settings["lms_api.settings"]
+    lifetime = settings.moodle_functions_ttl_s
+    if cache.caches(SITE_INFO):
+        lifetime = min(lifetime, settings.cache_ttls["siteinfo"])
+    return SiteInfoRefresher(client, cache, lifetime * REFRESH_AHEAD).start()
+
+
+def includeme(config: Configurator) -> None:
+    config.add_route("healthz", "/healthz")
+    config.add_route("readyz", "/readyz")
+    for name, view in (("healthz", healthz), ("readyz", readyz)):
+        config.add_view(
+            view, route_name=name, request_method="GET", permission=NO_PERMISSION_REQUIRED, renderer=ENVELOPE_RENDERER
+        )
