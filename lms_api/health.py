@@ -62,7 +62,7 @@ class SiteInfoRefresher:
     def __init__(self, client: MoodleClient, cache: ReadCache, interval_s: float, retry_s: float = RETRY_S) -> None:
         self._client = client
         self._cache = cache
-        self._interval_s = interval_s
+        self.interval_s = interval_s
         self._retry_s = retry_s
         self._stop = threading.Event()
 
@@ -81,7 +81,7 @@ class SiteInfoRefresher:
             log.warning("siteinfo.refresh_failed", error_code=str(error.code), retry_in_s=self._retry_s)
             return self._retry_s
         self._cache.store_answer(SITE_INFO, {}, info)
-        return self._interval_s
+        return self.interval_s
 
     def _run(self) -> None:
         delay = 0.0
