@@ -11,7 +11,7 @@ from tests.conftest import FakeTime, Gateway, mint, queue_fault, settings_for
 
 MOODLE_TOKEN = "MOODLETOKENCANARY0123456789abcdef"
 JWT_SECRET = "JWT-SECRET-CANARY-" + "k" * 50
-TIMEOUT_MS = 50  # of the gateway that meets the slow Moodle: each of its calls gives up this soon
+TIMEOUT_MS = 100  # of the gateway that meets the slow Moodle: each of its calls gives up this soon
 CONSOLE_SUMMARY = re.compile(r"^\S+ \[\w+ *\] request +\[lms_api\.request\] .*request_id=(\w+)$", re.MULTILINE)
 
 FAULTS = [
