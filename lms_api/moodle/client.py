@@ -10,6 +10,7 @@ imported only then.
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -337,7 +338,7 @@ class MoodleClient:
                 function, status, f"Moodle answered with a redirect (HTTP {status}); check MOODLE_BASE_URL"
             )
         try:
-            body = response.json()
+            body = json.loads(response.content)
         except ValueError:
             raise _bad_response(
                 function,
