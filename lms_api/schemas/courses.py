@@ -8,6 +8,7 @@ from marshmallow import ValidationError, fields, post_load, validate, validates_
 
 from lms_api.schemas.base import (
     Flag,
+    Records,
     RequestSchema,
     ResponseSchema,
     no_control_characters,
@@ -100,7 +101,7 @@ class CourseSchema(ResponseSchema):
 
 
 class CourseListSchema(ResponseSchema):
-    courses = fields.List(fields.Nested(CourseSchema))
+    courses = Records(CourseSchema)
     total = fields.Integer()
     page = fields.Integer()
     perpage = fields.Integer()

@@ -9,6 +9,7 @@ from marshmallow import ValidationError, fields, validate
 from lms_api.moodle.client import UploadFile
 from lms_api.schemas.base import (
     Flag,
+    Records,
     RequestSchema,
     ResponseSchema,
     no_control_characters,
@@ -80,7 +81,7 @@ class StoredFileSchema(ResponseSchema):
 
 class UploadSchema(ResponseSchema):
     itemid = fields.Integer()
-    files = fields.List(fields.Nested(StoredFileSchema))
+    files = Records(StoredFileSchema)
 
 
 class AttachedSchema(ResponseSchema):

@@ -6,7 +6,7 @@ from typing import Any
 
 from marshmallow import ValidationError, fields, post_load, validate
 
-from lms_api.schemas.base import MAX_SAFE_INTEGER, CommaSeparated, RequestSchema, ResponseSchema, single_line
+from lms_api.schemas.base import MAX_SAFE_INTEGER, CommaSeparated, Records, RequestSchema, ResponseSchema, single_line
 from lms_api.services.users import USER_FIELDS
 
 MAX_VALUES = 1000
@@ -63,6 +63,6 @@ class UsersByFieldSchema(ResponseSchema):
     """``missing``: values no user has; ``unchecked``: values the gateway could not check within its bound of
     Moodle calls (only when Moodle hides the field from its token), so neither found nor missing."""
 
-    users = fields.List(fields.Nested(UserSchema))
+    users = Records(UserSchema)
     missing = fields.List(fields.Raw())
     unchecked = fields.List(fields.Raw())
