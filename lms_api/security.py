@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -24,6 +25,8 @@ from lms_api.settings import DEFAULT_JWT_LEEWAY_S, HMAC_ALGORITHMS, PublicKey, S
 log = structlog.get_logger("lms_api.security")
 
 MAX_TOKEN_BYTES = 8192
+REMEMBER_VERIFIED_S = 60.0
+MAX_REMEMBERED_TOKENS = 10_000
 QUERY_TOKEN_PARAMETER = "access_token"  # noqa: S105 - a parameter name, not a secret
 
 
@@ -157,6 +160,7 @@ class TokenVerifier:
         leeway_s: int = DEFAULT_JWT_LEEWAY_S,
         public_key: PublicKey | None = None,
         jwks: JwksKeys | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._secret = secret
         self._algorithms = list(algorithms)
@@ -165,6 +169,9 @@ class TokenVerifier:
         self._leeway_s = leeway_s
         self._public_key = public_key
         self._jwks = jwks
+        self._clock = clock
+        self._verified: OrderedDict[str, tuple[Identity, float]] = OrderedDict()  # token -> (identity, valid until)
+        self._verified_lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TokenVerifier:
@@ -183,6 +190,22 @@ class TokenVerifier:
         return bool(self._secret) and any(name in HMAC_ALGORITHMS for name in self._algorithms)
 
     def verify(self, token: str) -> Identity:
+        """The token's identity. An SPA sends one token many times: a verified one is remembered until it expires,
+        and for at most REMEMBER_VERIFIED_S, so a key taken out of the JWKS stops its tokens soon."""
+        now = self._clock()
+        with self._verified_lock:
+            remembered = self._verified.get(token)
+            if remembered is not None and now < remembered[1]:
+                self._verified.move_to_end(token)
+                return remembered[0]
+        identity, expires_at = self._verify(token)
+        with self._verified_lock:
+            self._verified[token] = (identity, min(expires_at + self._leeway_s, now + REMEMBER_VERIFIED_S))
+            if len(self._verified) > MAX_REMEMBERED_TOKENS:
+                self._verified.popitem(last=False)
+        return identity
+
+    def _verify(self, token: str) -> tuple[Identity, float]:
         if len(token) > MAX_TOKEN_BYTES:
             raise InvalidToken("token too large")
         try:
@@ -206,7 +229,7 @@ class TokenVerifier:
             raise InvalidToken(str(error)) from None
         except (TypeError, ValueError) as error:  # a key PyJWT cannot use for this token: refuse, never crash
             raise InvalidToken(f"the token cannot be verified ({type(error).__name__})") from None
-        return _identity_from_claims(claims)
+        return _identity_from_claims(claims), float(claims["exp"])
 
     def _key_for(self, algorithm: str, header: dict[str, Any]) -> Any:
         if algorithm in HMAC_ALGORITHMS:
