@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import IO, Any, Protocol
+from typing import IO, Any, NamedTuple, Protocol
 
 import requests
 import structlog
@@ -79,6 +79,11 @@ class _TransportFailure:
     sent: bool
     outcome_unknown: bool
     retry_after_s: int | None = None
+
+
+class Answer(NamedTuple):
+    value: Any  # Moodle's answer, parsed
+    body: bytes  # as Moodle sent it: JSON
 
 
 class Moodle(Protocol):
@@ -155,6 +160,10 @@ class MoodleClient:
 
     def call(self, function: str, params: Mapping[str, Any] | None = None) -> Any:
         """Call ``function`` if the site offers it; answer 501 ``functionnotavailable`` without calling otherwise."""
+        return self.answer(function, params).value
+
+    def answer(self, function: str, params: Mapping[str, Any] | None = None) -> Answer:
+        """:meth:`call`, with the answer's bytes as Moodle sent them (the read cache keeps those, not a copy)."""
         self.require(function)
         try:
             return self._call(function, params or {})
@@ -184,11 +193,17 @@ class MoodleClient:
         return clean_text(text, (self._token,))
 
     def site_info(self) -> dict[str, Any]:
-        info = expect_object(self._call(SITE_INFO, {}), SITE_INFO)
+        info: dict[str, Any] = self.site_info_answer().value
+        return info
+
+    def site_info_answer(self) -> Answer:
+        """The site info, and its bytes; the token's function list is read from it."""
+        answer = self._call(SITE_INFO, {})
+        info = expect_object(answer.value, SITE_INFO)
         if not isinstance(info.get("functions"), list):
             raise unexpected_answer(SITE_INFO)
         self._remember_functions(info)
-        return info
+        return answer
 
     def available_functions(self) -> frozenset[str]:
         """The functions of the token's service, from site info, cached for ``functions_ttl_s``."""
@@ -228,12 +243,12 @@ class MoodleClient:
         self._functions = names | {SITE_INFO}
         self._functions_expire_at = self._clock() + self._functions_ttl_s
 
-    def _call(self, function: str, params: Mapping[str, Any]) -> Any:
+    def _call(self, function: str, params: Mapping[str, Any]) -> Answer:
         form = [("wstoken", self._token), ("wsfunction", function), ("moodlewsrestformat", "json")]
         form += encode_params(params)
         with self._recorded(function, params, len(form) - 3) as record:
             answer = self._send_with_retries(function, self._endpoint, lambda: (form, {}), record)
-            return self._parse(function, answer)
+            return Answer(self._parse(function, answer), answer.content)
 
     @contextmanager
     def _recorded(self, function: str, params: Mapping[str, Any], fields: int) -> Iterator[CallRecord]:
