@@ -11,6 +11,10 @@ Control endpoints (header ``X-Sandbox-Token: <the sandbox's token>``):
   was read), ``delay`` (answer after ``seconds``), ``http`` (HTML page with ``status``; 503 adds
   ``Retry-After``), ``maintenance`` (Moodle's ``sitemaintenance`` error in a 200), ``notjson`` (HTML with 200).
 - ``DELETE /__sandbox__/faults`` clears them; ``GET /__sandbox__/calls`` counts calls per function.
+- ``GET /__sandbox__/in-flight`` answers ``{"in_flight": n, "max_in_flight": m}``: the web-service and upload calls
+  being handled now, and the most handled at once so far. A call is in flight from the moment it is dispatched
+  until its answer starts to be written (or its connection is dropped), so a client that got its answer never
+  sees it still counted. ``DELETE /__sandbox__/in-flight`` starts the maximum again from the calls in flight now.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -69,6 +75,7 @@ class Fault:
 class SandboxServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # socketserver's 5 overflows when a gateway opens ten connections at once
 
     def __init__(
         self,
@@ -87,6 +94,8 @@ class SandboxServer(ThreadingHTTPServer):
         self.random_fault = Fault(random_fault)
         self.faults: list[Fault] = []
         self.calls: Counter[str] = Counter()
+        self.in_flight = 0
+        self.max_in_flight = 0
         self.state_lock = threading.Lock()
 
     @property
@@ -111,6 +120,26 @@ class SandboxServer(ThreadingHTTPServer):
         if self.fault_rate and random.random() < self.fault_rate:
             return self.random_fault
         return None
+
+    def call_started(self) -> None:
+        with self.state_lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def call_ended(self) -> None:
+        with self.state_lock:
+            self.in_flight -= 1
+
+    def in_flight_state(self) -> dict[str, int]:
+        """The calls in flight now and the most at once since the start or the last :meth:`reset_max_in_flight`."""
+        with self.state_lock:
+            return {"in_flight": self.in_flight, "max_in_flight": self.max_in_flight}
+
+    def reset_max_in_flight(self) -> dict[str, int]:
+        """Start the maximum again from the calls in flight now; answers the state after the reset."""
+        with self.state_lock:
+            self.max_in_flight = self.in_flight
+            return {"in_flight": self.in_flight, "max_in_flight": self.max_in_flight}
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that gave up (its timeout ran out) is no error of the sandbox; anything else is printed."""
@@ -149,6 +178,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, so the gateway's connection pool is exercised
     disable_nagle_algorithm = True  # headers and body go out in separate writes: without this, 40 ms stalls
     server: SandboxServer
+    _counted = False  # this connection's current request is counted in flight
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
         pass  # quiet: the gateway logs what matters
@@ -165,7 +195,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self) -> None:
         path, _, query = self.path.partition("?")
         if path == UPLOAD_PATH:
-            self._upload(parse_qsl(query, keep_blank_values=True))
+            with self._in_flight():
+                self._upload(parse_qsl(query, keep_blank_values=True))
             return
         body = self._read_body()
         if body is None:
@@ -173,11 +204,28 @@ class _Handler(BaseHTTPRequestHandler):
         if path.startswith(CONTROL_PREFIX):
             self._control(path[len(CONTROL_PREFIX) :], body)
         elif path == REST_PATH:
-            self._rest(
-                parse_qsl(query, keep_blank_values=True), parse_qsl(body.decode("latin-1"), keep_blank_values=True)
-            )
+            with self._in_flight():
+                self._rest(
+                    parse_qsl(query, keep_blank_values=True),
+                    parse_qsl(body.decode("latin-1"), keep_blank_values=True),
+                )
         else:
             self._send(404, b"<html><body><h1>Not Found</h1></body></html>", "text/html")
+
+    @contextmanager
+    def _in_flight(self) -> Iterator[None]:
+        """Count the call in flight until its answer is written (see :meth:`_answered`) or it ends without one."""
+        self.server.call_started()
+        self._counted = True
+        try:
+            yield
+        finally:
+            self._answered()
+
+    def _answered(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.server.call_ended()
 
     def _content_length(self) -> int | None:
         """The body's length, or None after answering 413 when it is too big to read."""
@@ -279,6 +327,10 @@ class _Handler(BaseHTTPRequestHandler):
         elif action == "calls" and self.command == "GET":
             with server.state_lock:
                 self._send_json(200, {"calls": dict(server.calls), "total": sum(server.calls.values())})
+        elif action == "in-flight" and self.command == "GET":
+            self._send_json(200, server.in_flight_state())
+        elif action == "in-flight" and self.command == "DELETE":
+            self._send_json(200, server.reset_max_in_flight())
         else:
             self._send_json(404, {"error": f"unknown control action {self.command} {action}"})
 
@@ -286,6 +338,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(body).encode(), "application/json")
 
     def _send(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
+        self._answered()  # before the first byte: a client holding the whole answer never sees the call in flight
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))

@@ -85,6 +85,9 @@ class CircuitBreaker:
 
     @property
     def state(self) -> BreakerState:
+        """Past its cool-down an open breaker reads half-open: the next call is let through as the trial."""
+        if self._state == BreakerState.OPEN and self._clock() >= self._opened_at + self._cooldown_s:
+            return BreakerState.HALF_OPEN
         return self._state
 
     def retry_after_s(self) -> int:

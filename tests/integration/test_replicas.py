@@ -1,10 +1,11 @@
-"""Two gateway processes behind one Redis enforce one rate-limit budget together."""
+"""Two gateway processes behind one Redis enforce one rate-limit budget together and share one read cache."""
 
 import uuid
 
+import pytest
 import requests
 
-from tests.conftest import free_port, mint
+from tests.conftest import free_port, mint, start_redis_server
 from tests.integration.conftest import clean_env, wait_for_port
 
 SECRET = "replica-secret-" + "r" * 40
@@ -33,3 +34,76 @@ def test_two_gateway_processes_share_one_budget(spawn, standalone_sandbox, redis
     ]
 
     assert statuses == [200] * 5 + [429] * 3
+
+
+@pytest.fixture
+def own_redis_url():
+    """A Redis of this test's own: cache entries other tests left in a shared one would be hits here."""
+    process, url = start_redis_server()
+    yield url
+    process.terminate()
+    process.wait(10)
+
+
+def sandbox_calls(moodle, token, function):
+    response = requests.get(f"{moodle}/__sandbox__/calls", headers={"X-Sandbox-Token": token}, timeout=5)
+    assert response.status_code == 200, response.text
+    return response.json()["calls"].get(function, 0)
+
+
+def test_two_gateway_processes_share_one_read_cache_and_see_each_others_writes(
+    spawn, standalone_sandbox, own_redis_url
+):
+    moodle = standalone_sandbox("cache-token")
+    env = clean_env(MOODLE_BASE_URL=moodle, MOODLE_TOKEN="cache-token", JWT_SECRET=SECRET, REDIS_URL=own_redis_url)
+    ports = [free_port(), free_port()]
+    replicas = [spawn("pserve", "production.ini", f"http_port={port}", env=env) for port in ports]
+    for port, replica in zip(ports, replicas, strict=True):
+        wait_for_port(port, replica)
+        ready = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=20)  # the site info is known
+        assert (ready.status_code, ready.json()["data"]["cache"]) == (200, "redis"), ready.text
+    a, b = (f"http://127.0.0.1:{port}/api/moodle" for port in ports)
+    headers = {"Authorization": "Bearer " + mint("courses:read courses:write", secret=SECRET, sub="cache-replicas")}
+
+    def read(url):
+        response = requests.get(url, headers=headers, timeout=10)
+        assert response.status_code == 200, response.text
+        return response.headers["Cache-Status"], response.json()["data"]
+
+    def listed(data):
+        return {course["id"]: course["fullname"] for course in data["courses"]}
+
+    def lists_sent():
+        return sandbox_calls(moodle, "cache-token", "core_course_get_courses")
+
+    sent = lists_sent()
+    status_a, list_a = read(f"{a}/courses")
+    status_b, list_b = read(f"{b}/courses")
+    assert status_a == "lms_api; fwd=uri-miss; stored"
+    assert status_b.startswith("lms_api; hit; ttl=")
+    assert list_b == list_a
+    assert lists_sent() == sent + 1, "replica B answered from the entry replica A stored"
+    assert read(f"{a}/courses/2")[0] == "lms_api; fwd=uri-miss; stored"
+    assert read(f"{b}/courses/2")[0].startswith("lms_api; hit; ttl=")
+
+    renamed = f"Intro to Python {uuid.uuid4().hex[:6]}"
+    patched = requests.patch(f"{b}/courses/2", json={"fullname": renamed}, headers=headers, timeout=10)
+    assert patched.status_code == 200, patched.text
+    status_a, course_a = read(f"{a}/courses/2")
+    assert (status_a, course_a["fullname"]) == ("lms_api; fwd=uri-miss; stored", renamed), "no stale hit on A"
+    status_a, list_a = read(f"{a}/courses")
+    assert (status_a, listed(list_a)[2]) == ("lms_api; fwd=uri-miss; stored", renamed)
+    assert lists_sent() == sent + 2
+
+    shortname = f"REPL{uuid.uuid4().hex[:8]}"
+    created = requests.post(
+        f"{a}/courses",
+        json={"fullname": "Shared cache", "shortname": shortname, "categoryid": 1},
+        headers=headers,
+        timeout=10,
+    )
+    assert created.status_code == 201, created.text
+    status_b, list_b = read(f"{b}/courses")
+    assert status_b == "lms_api; fwd=uri-miss; stored"
+    assert listed(list_b)[created.json()["data"]["id"]] == "Shared cache"
+    assert lists_sent() == sent + 3

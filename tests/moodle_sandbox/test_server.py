@@ -655,7 +655,13 @@ def test_latency_ms_delays_every_answer(make_server):
 
 @pytest.mark.parametrize(
     ("method", "action", "kwargs"),
-    [("POST", "faults", {"json": {"kind": "reset"}}), ("DELETE", "faults", {}), ("GET", "calls", {})],
+    [
+        ("POST", "faults", {"json": {"kind": "reset"}}),
+        ("DELETE", "faults", {}),
+        ("GET", "calls", {}),
+        ("GET", "in-flight", {}),
+        ("DELETE", "in-flight", {}),
+    ],
 )
 @pytest.mark.parametrize("token", [None, "wrong", ""])
 def test_control_endpoints_need_the_sandbox_token(server, method, action, kwargs, token):
@@ -815,6 +821,94 @@ def test_calls_counts_faulted_calls_too(server):
     queue_fault(server, kind="http", status=503, function="faulted_function")
     assert call(server, function="faulted_function").status_code == 503
     assert sandbox_calls(server)["calls"]["faulted_function"] == before["calls"].get("faulted_function", 0) + 1
+
+
+def in_flight(server) -> dict:
+    response = control(server, "GET", "in-flight")
+    assert response.status_code == 200
+    return response.json()
+
+
+def wait_for_in_flight(server, count: int) -> None:
+    deadline = time.monotonic() + 5
+    while in_flight(server)["in_flight"] != count:
+        assert time.monotonic() < deadline, f"never {count} calls in flight: {in_flight(server)}"
+        time.sleep(0.01)
+
+
+def in_the_background(server, delay_s: float, count: int = 1) -> list[threading.Thread]:
+    """``count`` calls each answered after ``delay_s``, made from threads; answers once they are all in flight."""
+    queue_fault(server, kind="delay", seconds=delay_s, times=count)
+    callers = [threading.Thread(target=call, args=(server,)) for _ in range(count)]
+    for caller in callers:
+        caller.start()
+    wait_for_in_flight(server, count)
+    return callers
+
+
+def test_a_new_sandbox_has_had_no_call_in_flight(make_server):
+    assert in_flight(make_server(fresh=True)) == {"in_flight": 0, "max_in_flight": 0}
+
+
+def test_in_flight_counts_the_calls_being_answered_and_keeps_the_most_at_once(make_server):
+    server = make_server(fresh=True)
+    callers = in_the_background(server, 0.3, count=3)
+    assert control(server, "GET", "calls").status_code == 200  # control requests are not calls
+    assert in_flight(server) == {"in_flight": 3, "max_in_flight": 3}
+    for caller in callers:
+        caller.join()
+    assert in_flight(server) == {"in_flight": 0, "max_in_flight": 3}
+    assert_site_info(call(server))
+    assert in_flight(server) == {"in_flight": 0, "max_in_flight": 3}
+
+
+def test_delete_in_flight_starts_the_maximum_again_from_the_calls_in_flight_now(make_server):
+    server = make_server(fresh=True)
+    for caller in in_the_background(server, 0.2, count=2):
+        caller.join()
+    assert in_flight(server) == {"in_flight": 0, "max_in_flight": 2}
+    [caller] = in_the_background(server, 0.2)
+    response = control(server, "DELETE", "in-flight")
+    assert (response.status_code, response.json()) == (200, {"in_flight": 1, "max_in_flight": 1})
+    caller.join()
+    assert in_flight(server) == {"in_flight": 0, "max_in_flight": 1}
+    assert control(server, "DELETE", "in-flight").json() == {"in_flight": 0, "max_in_flight": 0}
+
+
+@pytest.mark.parametrize("fault", [None, {"kind": "http", "status": 503}, {"kind": "maintenance"}, {"kind": "notjson"}])
+def test_a_call_is_out_of_flight_before_its_caller_has_the_answer(make_server, fault):
+    server = make_server(fresh=True)
+    if fault is not None:
+        queue_fault(server, **fault)
+    call(server)
+    assert in_flight(server) == {"in_flight": 0, "max_in_flight": 1}
+
+
+@pytest.mark.parametrize(("fault", "timeout"), [({"kind": "reset"}, 5), ({"kind": "delay", "seconds": 0.3}, 0.1)])
+def test_a_dropped_or_abandoned_call_leaves_flight_too(make_server, fault, timeout):
+    server = make_server(fresh=True)
+    queue_fault(server, **fault)
+    with pytest.raises(requests.RequestException):  # the connection reset, or a caller that gave up waiting
+        call(server, timeout=timeout)
+    wait_for_in_flight(server, 0)
+    assert in_flight(server) == {"in_flight": 0, "max_in_flight": 1}
+
+
+def test_uploads_are_counted_in_flight_too(make_server):
+    server = make_server(fresh=True)
+    queue_fault(server, kind="delay", seconds=0.3, function="upload.php")
+    files = {"file_1": ("hello.py", b"print('hello')")}
+    uploader = threading.Thread(
+        target=requests.post,
+        args=(f"{server.url}/webservice/upload.php",),
+        kwargs={"data": {"token": TOKEN}, "files": files, "timeout": 5},
+    )
+    uploader.start()
+    wait_for_in_flight(server, 1)
+    assert_site_info(call(server))
+    assert in_flight(server) == {"in_flight": 1, "max_in_flight": 2}
+    uploader.join()
+    assert in_flight(server) == {"in_flight": 0, "max_in_flight": 2}
 
 
 def _connection_pools(session: requests.Session, url: str) -> list:

@@ -207,3 +207,13 @@ def test_a_call_that_finds_no_slot_is_a_503_moodlebusy_and_is_not_sent(make_clie
     assert error.headers == {"Retry-After": "1"}
     assert "nothing was sent" in error.message
     assert sent_functions(rsps) == [SITE_INFO]
+
+
+def test_past_its_cooldown_an_open_breaker_reads_half_open_before_any_call():
+    clock = FakeClock()
+    breaker = CircuitBreaker(1, 10, clock)
+    breaker.failed()
+
+    assert breaker.state == BreakerState.OPEN
+    clock.advance(10)
+    assert breaker.state == BreakerState.HALF_OPEN  # readiness can say so: the next call is the trial
