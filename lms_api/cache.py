@@ -35,7 +35,7 @@ from pyramid.tweens import EXCVIEW
 
 from lms_api.calllog import current_call_log
 from lms_api.errors import ErrorCode
-from lms_api.moodle.client import MoodleClient
+from lms_api.moodle.client import Answer, MoodleClient
 from lms_api.moodle.encoding import encode_params
 from lms_api.moodle.errors import MoodleError
 from lms_api.moodle.functions import CACHED_FUNCTIONS, INVALIDATED_BY, SITE_INFO
@@ -132,6 +132,11 @@ class LocalStore:
     def invalidate(self, group: str) -> None:
         with self._lock:
             self._generations[group] = self._generations.get(group, 0) + 1
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
 
     def _remove(self, key: str) -> None:
         entry = self._entries.pop(key, None)
@@ -239,11 +244,15 @@ class RedisStore:
             try:
                 for group in missed:
                     self.link.client.incr(_generation_key(group))
+                if not missed:
+                    self.link.client.ping()  # nothing to replay: Redis must still answer before it is used again
             except redis.RedisError as error:
                 self.link.went_down(error)
                 return False
             self._missed_invalidations.clear()
-        self.link.answered()
+        if self.link.answered():
+            # Writes made meanwhile through other replicas reached Redis alone: what was kept here may be wrong.
+            self._fallback.clear()
         return True
 
 
@@ -315,7 +324,8 @@ class ReadCache:
         self._stale_s = stale_s
         self._wait_s = wait_s
         self._clock = clock
-        self._flights: dict[str, _Flight] = {}
+        # By key and generation: a read that starts after a write never waits for a fetch that started before it.
+        self._flights: dict[tuple[str, int], _Flight] = {}
         self._flights_lock = threading.Lock()
 
     @classmethod
@@ -330,8 +340,11 @@ class ReadCache:
     def caches(self, function: str) -> bool:
         return self._ttls.get(CACHED_FUNCTIONS.get(function, ""), 0) > 0
 
-    def read(self, function: str, params: Mapping[str, Any], fetch: Callable[[], Any], refresh: bool = False) -> Any:
-        """Moodle's answer to ``function(params)``, from the cache when fresh; ``refresh`` forwards regardless."""
+    def read(self, function: str, params: Mapping[str, Any], fetch: Callable[[], Answer], refresh: bool = False) -> Any:
+        """Moodle's answer to ``function(params)``, from the cache when fresh; ``refresh`` forwards regardless.
+
+        A forwarded answer is parsed once (by the client) and kept as the bytes Moodle sent.
+        """
         group = CACHED_FUNCTIONS[function]
         key = _key(group, function, params)
         generation, entry = self.store.get(group, key)
@@ -340,24 +353,30 @@ class ReadCache:
             _note(CacheOutcome(Fetch.HIT, math.ceil(entry.fresh_until - now)))
             return json.loads(entry.body)
         try:
-            body, collapsed = self._fetch_once(group, key, generation, fetch, refresh)
+            if refresh:  # asked to go to Moodle: never served by a fetch that started before this request
+                value, collapsed = self._fetch_and_put(group, key, generation, fetch, share=False)
+            else:
+                value, collapsed = self._fetch_once(group, key, generation, fetch)
         except MoodleError as error:
             if error.code in TRANSPORT_FAILURES and entry is not None and now <= entry.stale_until:
-                _note(CacheOutcome(Fetch.STALE, -max(1, math.ceil(now - entry.fresh_until))))
+                # Seconds left, or past expiry (negative); a fresh entry is served this way only to a refresh.
+                left = entry.fresh_until - now
+                ttl = math.ceil(left) if left > 0 else min(-1, math.floor(left))
+                _note(CacheOutcome(Fetch.STALE, ttl))
                 log.info("cache.stale_served", function=function, error_code=str(error.code))
                 return json.loads(entry.body)
             _note(CacheOutcome(Fetch.REFRESH if refresh else Fetch.MISS))  # nothing kept: errors are never cached
             raise
         forwarded = Fetch.REFRESH if refresh else Fetch.MISS
         _note(CacheOutcome(Fetch.COLLAPSED) if collapsed else CacheOutcome(forwarded, stored=True))
-        return json.loads(body)
+        return value
 
-    def store_answer(self, function: str, params: Mapping[str, Any], answer: Any) -> None:
+    def store_answer(self, function: str, params: Mapping[str, Any], answer: Answer) -> None:
         """Keep an answer fetched outside a request (the site info refreshed in the background)."""
         if not self.caches(function):
             return
         group = CACHED_FUNCTIONS[function]
-        self._put(group, _key(group, function, params), self.store.generation(group), _dumps(answer))
+        self._put(group, _key(group, function, params), self.store.generation(group), answer.body)
 
     def invalidate_after(self, function: str) -> None:
         """A write of ``function`` may have reached Moodle: drop what it may have changed, here and everywhere."""
@@ -365,39 +384,60 @@ class ReadCache:
             self.store.invalidate(group)
             log.info("cache.invalidated", group=group, function=function)
 
-    def _fetch_once(
-        self, group: str, key: str, generation: int, fetch: Callable[[], Any], refresh: bool
-    ) -> tuple[bytes, bool]:
+    def _fetch_once(self, group: str, key: str, generation: int, fetch: Callable[[], Answer]) -> tuple[Any, bool]:
         """Fetch and keep the answer; concurrent callers for the same key wait for one fetch (``True``: waited)."""
         with self._flights_lock:
-            flight = self._flights.get(key)
+            flight = self._flights.get((key, generation))
             leader = flight is None
             if flight is None:
-                flight = self._flights[key] = _Flight()
+                flight = self._flights[key, generation] = _Flight()
         if not leader:
             if flight.done.wait(self._wait_s):
                 if flight.error is not None:
                     raise flight.error
                 assert flight.body is not None
-                return flight.body, True
-            return self._fetch_and_put(group, key, generation, fetch), False
+                return json.loads(flight.body), True
+            return self._fetch_and_put(group, key, generation, fetch, share=False)
         try:
-            shared = None if refresh else self._wait_for_other_replica(group, key)
-            flight.body = shared if shared is not None else self._fetch_and_put(group, key, generation, fetch)
-            return flight.body, shared is not None
+            value, collapsed = self._fetch_and_put(group, key, generation, fetch, share=True, flight=flight)
+            return value, collapsed
         except BaseException as error:
             flight.error = error
             raise
         finally:
             flight.done.set()
             with self._flights_lock:
-                self._flights.pop(key, None)
+                self._flights.pop((key, generation), None)
 
-    def _fetch_and_put(self, group: str, key: str, generation: int, fetch: Callable[[], Any]) -> bytes:
-        with self._replica_lock(key):
-            body = _dumps(fetch())
-        self._put(group, key, generation, body)
-        return body
+    def _fetch_and_put(
+        self,
+        group: str,
+        key: str,
+        generation: int,
+        fetch: Callable[[], Answer],
+        share: bool,
+        flight: _Flight | None = None,
+    ) -> tuple[Any, bool]:
+        """Fetch and keep the answer under the key's lock in Redis; with ``share``, when another replica holds the
+        lock, its answer instead (``True``: another replica's). ``flight`` gets the bytes for this process's
+        waiters."""
+        token = self.store.lock(key, self._wait_s) if isinstance(self.store, RedisStore) else None
+        if token is None and share and isinstance(self.store, RedisStore):
+            shared = self._wait_for_other_replica(group, key)
+            if shared is not None:
+                if flight is not None:
+                    flight.body = shared
+                return json.loads(shared), True
+            token = self.store.lock(key, self._wait_s)  # its holder failed or gave up: fetch here
+        try:
+            answer = fetch()
+            self._put(group, key, generation, answer.body)  # before the lock is let go: a waiting replica finds it
+        finally:
+            if isinstance(self.store, RedisStore) and token is not None:
+                self.store.unlock(key, token)
+        if flight is not None:
+            flight.body = answer.body
+        return answer.value, False
 
     def _put(self, group: str, key: str, generation: int, body: bytes) -> None:
         now = self._clock()
@@ -409,42 +449,19 @@ class ReadCache:
         if not isinstance(self.store, RedisStore):
             return None
         deadline = time.monotonic() + self._wait_s
-        while self.store.locked(key) and time.monotonic() < deadline:
-            time.sleep(LOCK_POLL_S)
-            _, entry = self.store.get(group, key)
+        while True:
+            held = self.store.locked(key)
+            _, entry = self.store.get(group, key)  # after the lock check: stored before the lock was let go
             if entry is not None and self._clock() < entry.fresh_until:
                 return entry.body
-        return None
-
-    def _replica_lock(self, key: str) -> _ReplicaLock:
-        return _ReplicaLock(self.store, key, self._wait_s)
-
-
-class _ReplicaLock:
-    """Holds the key's lock in Redis for one fetch, so other replicas wait for it rather than fetch too."""
-
-    def __init__(self, store: LocalStore | RedisStore, key: str, ttl_s: float) -> None:
-        self._store = store
-        self._key = key
-        self._ttl_s = ttl_s
-        self._token: str | None = None
-
-    def __enter__(self) -> None:
-        if isinstance(self._store, RedisStore):
-            self._token = self._store.lock(self._key, self._ttl_s)
-
-    def __exit__(self, *exc_info: object) -> None:
-        if isinstance(self._store, RedisStore) and self._token is not None:
-            self._store.unlock(self._key, self._token)
+            if not held or time.monotonic() >= deadline:
+                return None
+            time.sleep(LOCK_POLL_S)
 
 
 def _key(group: str, function: str, params: Mapping[str, Any]) -> str:
     digest = hashlib.sha256(json.dumps(encode_params(params)).encode()).hexdigest()
     return f"{group}:{function}:{digest}"
-
-
-def _dumps(answer: Any) -> bytes:
-    return json.dumps(answer, separators=(",", ":")).encode()
 
 
 def _note(outcome: CacheOutcome) -> None:
@@ -467,12 +484,12 @@ class CachedMoodle:
         self._client.require(function)
         if not self._cache.caches(function):
             return self._client.call(function, params)
-        return self._cache.read(function, params or {}, lambda: self._client.call(function, params), self._refresh)
+        return self._cache.read(function, params or {}, lambda: self._client.answer(function, params), self._refresh)
 
     def site_info(self) -> dict[str, Any]:
         if not self._cache.caches(SITE_INFO):
             return self._client.site_info()
-        info: dict[str, Any] = self._cache.read(SITE_INFO, {}, self._client.site_info, self._refresh)
+        info: dict[str, Any] = self._cache.read(SITE_INFO, {}, self._client.site_info_answer, self._refresh)
         return info
 
     def require(self, *functions: str) -> None:

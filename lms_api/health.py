@@ -76,11 +76,11 @@ class SiteInfoRefresher:
     def refresh(self) -> float:
         """Read the site info once; answer how long to wait before the next read."""
         try:
-            info = self._client.site_info()
+            answer = self._client.site_info_answer()
         except MoodleError as error:
             log.warning("siteinfo.refresh_failed", error_code=str(error.code), retry_in_s=self._retry_s)
             return self._retry_s
-        self._cache.store_answer(SITE_INFO, {}, info)
+        self._cache.store_answer(SITE_INFO, {}, answer)
         return self.interval_s
 
     def _run(self) -> None:
