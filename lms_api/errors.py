@@ -220,6 +220,11 @@ def success_body(data: Any) -> dict[str, Any]:
     return {"ok": True, "data": data}
 
 
+def success_json(data_json: str) -> str:
+    """:func:`dumps` of :func:`success_body`, around ``data`` serialised already."""
+    return '{"ok":true,"data":' + data_json + "}"
+
+
 def error_response(request: Request, error: ApiError) -> Response:
     """The envelope of ``error`` as a response, for exception views and for tweens that answer on their own."""
     response = Response(

@@ -49,7 +49,8 @@ class Records(fields.Field[list[dict[str, Any]]]):
     def __init__(self, schema: type[ResponseSchema], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._fields = [
-            (field.data_key or name, name, field, field.dump_default) for name, field in schema().dump_fields.items()
+            (field.data_key or name, name, field, field.dump_default, _UNCHANGED_BY.get(type(field)))
+            for name, field in schema().dump_fields.items()
         ]
 
     def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> list[dict[str, Any]] | None:
@@ -59,15 +60,22 @@ class Records(fields.Field[list[dict[str, Any]]]):
 
     def _record(self, record: dict[str, Any]) -> dict[str, Any]:
         dumped: dict[str, Any] = {}
-        for key, name, field, default in self._fields:
+        for key, name, field, default, unchanged in self._fields:
             if name in record:
                 item = record[name]
             elif default is missing:
                 continue
             else:
                 item = default() if callable(default) else default
-            dumped[key] = None if item is None else field._serialize(item, name, record)
+            if item is None or type(item) is unchanged:
+                dumped[key] = item
+            else:
+                dumped[key] = field._serialize(item, name, record)
         return dumped
+
+
+# A value of exactly this type comes out of the field as it went in (a str of a String, an int of an Integer).
+_UNCHANGED_BY: dict[type[fields.Field[Any]], type] = {fields.String: str, fields.Integer: int, fields.Boolean: bool}
 
 
 def load_query(request: Request, schema: RequestSchema) -> dict[str, Any]:

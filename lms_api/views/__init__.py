@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pyramid.config import Configurator
 from pyramid.view import view_config
 
-from lms_api.errors import dumps, success_body
+from lms_api.errors import dumps, success_body, success_json
 from lms_api.security import Scope
 
 ENVELOPE_RENDERER = "lms_api:envelope"
@@ -30,6 +31,13 @@ def api_view(*, route_name: str, request_method: str, permission: Scope, **setti
     return register
 
 
+@dataclass(frozen=True)
+class SerializedData:
+    """A view's ``data`` already serialised to JSON, as the read cache keeps it beside the answer it came from."""
+
+    json: str
+
+
 class EnvelopeRenderer:
     """Renders what a view returns as ``{"ok": true, "data": ...}``."""
 
@@ -38,6 +46,8 @@ class EnvelopeRenderer:
 
     def __call__(self, value: Any, system: dict[str, Any]) -> str:
         system["request"].response.content_type = "application/json"
+        if isinstance(value, SerializedData):
+            return success_json(value.json)
         return dumps(success_body(value))
 
 

@@ -1,10 +1,13 @@
+from typing import Any
+
 from pyramid.request import Request
 
 from lms_api.cache import CachedMoodle
+from lms_api.errors import dumps
 from lms_api.schemas.base import load_query
 from lms_api.schemas.siteinfo import SiteInfoQuery, SiteInfoSchema
 from lms_api.security import Scope
-from lms_api.views import api_view
+from lms_api.views import SerializedData, api_view
 
 _query = SiteInfoQuery()
 _site_info = SiteInfoSchema()
@@ -13,4 +16,8 @@ _site_info = SiteInfoSchema()
 @api_view(route_name="api.moodle.siteinfo", request_method="GET", permission=Scope.SITEINFO_READ)
 def site_info(request: Request) -> object:
     load_query(request, _query)
-    return _site_info.dump(request.find_service(CachedMoodle).site_info())
+    return request.find_service(CachedMoodle).derived_site_info(_serialized)
+
+
+def _serialized(info: dict[str, Any]) -> SerializedData:
+    return SerializedData(dumps(_site_info.dump(info)))

@@ -16,6 +16,7 @@ from lms_api import redisstate
 from lms_api.cache import (
     ENTRY_OVERHEAD_BYTES,
     KEY_PREFIX,
+    MAX_DERIVED,
     CacheOutcome,
     Entry,
     Fetch,
@@ -805,3 +806,55 @@ def test_entries_kept_in_the_process_during_one_outage_are_not_served_in_the_nex
     cache.store.link.client = unreachable()  # and Redis goes away again
 
     assert read(cache, FakeMoodle(NEW)) == (NEW, CacheOutcome(Fetch.MISS, stored=True))
+
+
+# -- answers derived from an entry -----------------------------------------------------------------
+
+
+class CountingDerive:
+    """A derive function that counts how often it is worked out."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, answer):
+        self.calls += 1
+        return ("derived", answer["courses"][0]["fullname"])
+
+
+def read_derived(cache, fetch, derive, refresh=False):
+    with recording_calls():
+        return cache.read(GET_COURSES, {}, fetch, refresh, derive)
+
+
+def test_a_derived_answer_is_worked_out_once_per_stored_version(make_cache, clock):
+    cache, derive = make_cache(), CountingDerive()
+
+    assert read_derived(cache, FakeMoodle(OLD), derive) == ("derived", "Old name")  # a miss: worked out
+    assert [read_derived(cache, FakeMoodle(), derive) for _ in range(3)] == [("derived", "Old name")] * 3
+    assert derive.calls == 2  # once for the miss, once for the entry's stored version, then remembered
+
+    clock.advance(61)
+    assert read_derived(cache, FakeMoodle(NEW), derive) == ("derived", "New name")
+    assert read_derived(cache, FakeMoodle(), derive) == ("derived", "New name")
+
+
+def test_a_derived_answer_is_never_served_after_a_write_or_to_a_refresh(make_cache):
+    cache, derive = make_cache(), CountingDerive()
+    read_derived(cache, FakeMoodle(OLD), derive)
+    read_derived(cache, FakeMoodle(), derive)
+
+    cache.invalidate_after(UPDATE_COURSES)
+    assert read_derived(cache, FakeMoodle(NEW), derive) == ("derived", "New name")
+    fresher = {"courses": [{"id": 2, "fullname": "Newest"}]}
+    assert read_derived(cache, FakeMoodle(fresher), derive, refresh=True) == ("derived", "Newest")
+
+
+def test_the_derived_answers_kept_are_bounded(make_cache):
+    cache = make_cache()
+    for _ in range(MAX_DERIVED + 10):
+        derive = CountingDerive()  # each its own function: each its own remembered answer
+        read_derived(cache, FakeMoodle(), derive)
+        read_derived(cache, FakeMoodle(), derive)
+
+    assert len(cache._derived) == MAX_DERIVED
