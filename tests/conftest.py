@@ -88,6 +88,32 @@ def redis_url():
     process.wait(10)
 
 
+@pytest.fixture(scope="module")
+def module_redis_url():
+    """A redis-server of the test module alone: a shared REDIS_URL must not be flushed, nor its generations bumped."""
+    process, url = start_redis_server()
+    yield url
+    process.terminate()
+    process.wait(10)
+
+
+@pytest.fixture
+def empty_redis(module_redis_url):
+    """An empty Redis for each test: no entry, generation, lock or count of another test."""
+    redis.Redis.from_url(module_redis_url).flushdb()
+    return module_redis_url
+
+
+@pytest.fixture
+def own_redis():
+    """A redis-server this test may kill and restart."""
+    process, url = start_redis_server()
+    yield process, url
+    if process.poll() is None:
+        process.terminate()
+        process.wait(10)
+
+
 @pytest.fixture
 def make_sandbox():
     """Sandboxes with their own options (service functions, max_input_vars, ...), stopped after the test."""

@@ -8,13 +8,12 @@ import time
 import uuid
 
 import pytest
-import redis
 import structlog
 import webtest
 
 from lms_api.cache import LocalStore, ReadCache
 from lms_api.moodle import guard
-from tests.conftest import ALL_SCOPES, FakeClock, mint, moodle_call, queue_fault, sandbox_calls, start_redis_server
+from tests.conftest import ALL_SCOPES, FakeClock, mint, moodle_call, queue_fault, sandbox_calls
 
 API = "/api/moodle"
 SITEINFO = f"{API}/siteinfo"
@@ -529,25 +528,10 @@ def test_twenty_concurrent_identical_misses_make_one_moodle_call(make_gateway, s
 # -- replicas sharing one Redis --------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def module_redis_url():
-    """A redis-server of this module alone: a shared REDIS_URL must not be flushed, nor its generations bumped."""
-    process, url = start_redis_server()
-    yield url
-    process.terminate()
-    process.wait(10)
-
-
 @pytest.fixture
-def shared_redis(module_redis_url):
-    redis.Redis.from_url(module_redis_url).flushdb()
-    return module_redis_url
-
-
-@pytest.fixture
-def replicas(make_gateway, shared_redis):
+def replicas(make_gateway, empty_redis):
     """Two gateways, as two replicas behind a load balancer, on one Redis."""
-    return make_gateway(REDIS_URL=shared_redis), make_gateway(REDIS_URL=shared_redis)
+    return make_gateway(REDIS_URL=empty_redis), make_gateway(REDIS_URL=empty_redis)
 
 
 @pytest.mark.parametrize("path", [SITEINFO, f"{COURSES}/2", f"{COURSES}?search=python"])
@@ -588,15 +572,6 @@ def test_concurrent_misses_on_two_replicas_make_one_moodle_call(replicas, sandbo
     assert calls_since(sandbox, before) == {GET_COURSES: 1}
     assert [response.status_int for response in responses] == [200] * 20
     assert sorted(response.headers["Cache-Status"] for response in responses) == [COLLAPSED] * 19 + [MISS]
-
-
-@pytest.fixture
-def own_redis():
-    process, url = start_redis_server()
-    yield process, url
-    if process.poll() is None:
-        process.terminate()
-        process.wait(10)
 
 
 def test_when_redis_goes_away_reads_and_writes_go_on_in_the_process(make_gateway, own_redis, sandbox):

@@ -4,7 +4,6 @@ import json
 import time
 import uuid
 
-import pytest
 import redis
 
 from lms_api import ratelimit
@@ -127,15 +126,6 @@ def test_the_redis_window_expires(redis_url):
     redis.Redis.from_url(redis_url).pexpire("lms_api:ratelimit:" + key, 1)
     time.sleep(0.05)
     assert counter.hit(key, rate).allowed
-
-
-@pytest.fixture
-def own_redis():
-    process, url = start_redis_server()
-    yield process, url
-    if process.poll() is None:
-        process.terminate()
-        process.wait(10)
 
 
 def test_when_redis_goes_away_the_gateway_keeps_serving_and_says_so_once(make_gateway, own_redis):

@@ -155,32 +155,6 @@ def link_clock():
     return FakeClock()
 
 
-@pytest.fixture(scope="module")
-def module_redis_url():
-    """A redis-server of this module alone: a shared REDIS_URL must not be flushed, nor its generations bumped."""
-    process, url = start_redis_server()
-    yield url
-    process.terminate()
-    process.wait(10)
-
-
-@pytest.fixture
-def empty_redis(module_redis_url):
-    """An empty Redis for each test: no entry, generation or lock of another test."""
-    redis.Redis.from_url(module_redis_url).flushdb()
-    return module_redis_url
-
-
-@pytest.fixture
-def own_redis():
-    """A redis-server this test may kill and restart."""
-    process, url = start_redis_server()
-    yield process, url
-    if process.poll() is None:
-        process.terminate()
-        process.wait(10)
-
-
 def redis_store(url, clock, link_clock):
     return RedisStore(
         RedisLink(redis_client(url), "cache", "kept in the process", clock=link_clock), LocalStore(MAX_BYTES, clock)
@@ -625,8 +599,8 @@ def test_only_the_holder_of_a_key_lock_releases_it(replicas):
     assert not store.locked("some-key")
 
 
-def test_a_replica_waits_for_the_fetch_another_replica_has_in_flight(replicas):
-    first, second = replicas
+def read_while_the_other_replica_fetches(first, second):
+    """``second`` reads while ``first`` has the same fetch in flight: the answer, how it came, Moodle calls made."""
     in_flight = BlockingMoodle(OLD)
     threads, _ = in_threads(1, lambda n: read(first, in_flight))
     assert in_flight.entered.wait(5)
@@ -635,8 +609,11 @@ def test_a_replica_waits_for_the_fetch_another_replica_has_in_flight(replicas):
     threading.Timer(0.1, in_flight.release.set).start()
     answer, outcome = read(second, waiting)
     join(threads)
+    return answer, outcome, waiting.calls
 
-    assert (answer, outcome, waiting.calls) == (OLD, CacheOutcome(Fetch.COLLAPSED), 0)
+
+def test_a_replica_waits_for_the_fetch_another_replica_has_in_flight(replicas):
+    assert read_while_the_other_replica_fetches(*replicas) == (OLD, CacheOutcome(Fetch.COLLAPSED), 0)
 
 
 def test_a_replica_waiting_on_the_lock_finds_the_entry_even_when_storing_it_is_slow(replicas):
@@ -648,16 +625,8 @@ def test_a_replica_waiting_on_the_lock_finds_the_entry_even_when_storing_it_is_s
         store_entry(*args)
 
     first.store.put = slow_put
-    in_flight = BlockingMoodle(OLD)
-    threads, _ = in_threads(1, lambda n: read(first, in_flight))
-    assert in_flight.entered.wait(5)
-    waiting = FakeMoodle(NEW)
 
-    threading.Timer(0.1, in_flight.release.set).start()
-    answer, outcome = read(second, waiting)
-    join(threads)
-
-    assert (answer, outcome, waiting.calls) == (OLD, CacheOutcome(Fetch.COLLAPSED), 0)
+    assert read_while_the_other_replica_fetches(first, second) == (OLD, CacheOutcome(Fetch.COLLAPSED), 0)
 
 
 def test_a_replica_that_loses_the_race_for_the_lock_waits_rather_than_fetches(replicas):
