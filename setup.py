@@ -30,6 +30,7 @@ setup(
             "mypy>=1.15,<3",
             "pytest-cov>=6,<8",
             "pytest-xdist>=3.6,<4",
+            "openapi-spec-validator>=0.7,<1",
         ],
     },
     entry_points={

@@ -48,6 +48,7 @@ class Records(fields.Field[list[dict[str, Any]]]):
 
     def __init__(self, schema: type[ResponseSchema], **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.schema = schema
         self._fields = [
             (field.data_key or name, name, field, field.dump_default, _UNCHANGED_BY.get(type(field)))
             for name, field in schema().dump_fields.items()

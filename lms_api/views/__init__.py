@@ -6,10 +6,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from marshmallow import Schema
 from pyramid.config import Configurator
 from pyramid.view import view_config
 
-from lms_api.errors import dumps, success_body, success_json
+from lms_api.errors import ErrorCode, dumps, success_body, success_json
 from lms_api.security import Scope
 
 ENVELOPE_RENDERER = "lms_api:envelope"
@@ -17,8 +18,44 @@ ENVELOPE_RENDERER = "lms_api:envelope"
 View = TypeVar("View", bound=Callable[..., Any])
 
 
-def api_view(*, route_name: str, request_method: str, permission: Scope, **settings: Any) -> Callable[[View], View]:
-    """``view_config`` for an API view: the permission is a required argument, never a default."""
+@dataclass(frozen=True)
+class Operation:
+    """What a route and method take and answer: the OpenAPI document is made of these."""
+
+    route_name: str
+    method: str
+    scope: Scope
+    view: Callable[..., Any]
+    answers: Schema
+    status: int = 200
+    query: Schema | None = None
+    path: Schema | None = None
+    body: Schema | None = None
+    form: Schema | None = None
+    errors: tuple[ErrorCode, ...] = ()
+    cached: bool = False  # answered through the read cache: Cache-Status
+
+
+OPERATIONS: dict[tuple[str, str], Operation] = {}
+
+
+def api_view(
+    *,
+    route_name: str,
+    request_method: str,
+    permission: Scope,
+    answers: Schema,
+    status: int = 200,
+    query: Schema | None = None,
+    path: Schema | None = None,
+    body: Schema | None = None,
+    form: Schema | None = None,
+    errors: tuple[ErrorCode, ...] = (),
+    cached: bool = False,
+    **settings: Any,
+) -> Callable[[View], View]:
+    """``view_config`` for an API view, and its :class:`Operation`: the permission is a required argument, never a
+    default, and the schemas given here are the ones the view loads and dumps with."""
     if not isinstance(permission, Scope):
         raise TypeError(f"permission must be a Scope, got {permission!r}")
     register: Callable[[View], View] = view_config(
@@ -26,9 +63,17 @@ def api_view(*, route_name: str, request_method: str, permission: Scope, **setti
         request_method=request_method,
         permission=permission.value,
         renderer=ENVELOPE_RENDERER,
+        _depth=1,  # venusian looks one frame further up, past ``described``, for the view's module
         **settings,
     )
-    return register
+
+    def described(view: View) -> View:
+        OPERATIONS[route_name, request_method] = Operation(
+            route_name, request_method, permission, view, answers, status, query, path, body, form, errors, cached
+        )
+        return register(view)
+
+    return described
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 from pyramid.request import Request
 
+from lms_api.errors import ErrorCode
 from lms_api.moodle.client import MoodleClient
 from lms_api.schemas.base import load_json_body
 from lms_api.schemas.enrolments import EnrolBody, EnrolResultSchema
@@ -10,8 +11,20 @@ from lms_api.views import api_view
 _body, _result = EnrolBody(), EnrolResultSchema()
 
 
-@api_view(route_name="api.moodle.enrol", request_method="POST", permission=Scope.ENROL_WRITE)
+@api_view(
+    route_name="api.moodle.enrol",
+    request_method="POST",
+    permission=Scope.ENROL_WRITE,
+    body=_body,
+    answers=_result,
+    errors=(ErrorCode.COURSE_NOT_FOUND, ErrorCode.USER_NOT_FOUND),
+)
 def enrol(request: Request) -> object:
+    """Enrol users into courses with a role (manual enrolment).
+
+    Courses and users are checked first; a batch larger than Moodle's `max_input_vars` allows is split, and a
+    failure after the first call says what was applied.
+    """
     wanted = load_json_body(request, _body)["enrolments"]
     request.audit_targets.update(
         course_ids=sorted({enrolment["courseid"] for enrolment in wanted}),

@@ -1,5 +1,6 @@
 from pyramid.request import Request
 
+from lms_api.errors import ErrorCode
 from lms_api.moodle.client import MoodleClient
 from lms_api.schemas.base import load_json_body, load_multipart
 from lms_api.schemas.files import AttachBody, AttachedSchema, UploadForm, UploadSchema
@@ -11,8 +12,20 @@ _form, _attach = UploadForm(), AttachBody()
 _uploaded, _attached = UploadSchema(), AttachedSchema()
 
 
-@api_view(route_name="api.moodle.files.upload", request_method="POST", permission=Scope.FILES_WRITE)
+@api_view(
+    route_name="api.moodle.files.upload",
+    request_method="POST",
+    permission=Scope.FILES_WRITE,
+    form=_form,
+    answers=_uploaded,
+    status=201,
+    errors=(ErrorCode.FILE_TOO_LARGE, ErrorCode.INVALID_MULTIPART, ErrorCode.UNSUPPORTED_MEDIA_TYPE),
+)
 def upload(request: Request) -> object:
+    """Upload files into one draft item of the token user (multipart, one or more `file` parts).
+
+    The draft item is then attached to a course with `POST /files/attach`.
+    """
     max_mb = request.lms_settings.moodle_max_upload_mb
     files.refuse_oversized_body(request.content_length, max_mb)
     form = load_multipart(request, _form, repeatable=("file",))
@@ -24,8 +37,20 @@ def upload(request: Request) -> object:
     return _uploaded.dump(uploaded)
 
 
-@api_view(route_name="api.moodle.files.attach", request_method="POST", permission=Scope.FILES_WRITE)
+@api_view(
+    route_name="api.moodle.files.attach",
+    request_method="POST",
+    permission=Scope.FILES_WRITE,
+    body=_attach,
+    answers=_attached,
+    status=201,
+    errors=(ErrorCode.COURSE_NOT_FOUND,),
+)
 def attach(request: Request) -> object:
+    """Attach an uploaded draft item to a course section as a file resource.
+
+    Needs the sync-service plugin's function (`MOODLE_ATTACH_FUNCTION`) in the token's service.
+    """
     body = load_json_body(request, _attach)
     request.audit_targets.update(course_id=body["courseid"], draftitemid=body["draftitemid"])
     attached = files.attach(request.find_service(MoodleClient), request.lms_settings.moodle_attach_function, body)

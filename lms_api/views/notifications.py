@@ -1,6 +1,7 @@
 from pyramid.request import Request
 
 from lms_api.cache import CachedMoodle
+from lms_api.errors import ErrorCode
 from lms_api.schemas.base import load_query
 from lms_api.schemas.notifications import (
     NotificationsQuery,
@@ -16,8 +17,20 @@ _list_query, _count_query = NotificationsQuery(), UnreadCountQuery()
 _listing, _count = NotificationsSchema(), UnreadCountSchema()
 
 
-@api_view(route_name="api.moodle.notifications", request_method="GET", permission=Scope.NOTIFICATIONS_READ)
+@api_view(
+    route_name="api.moodle.notifications",
+    request_method="GET",
+    permission=Scope.NOTIFICATIONS_READ,
+    query=_list_query,
+    answers=_listing,
+    errors=(ErrorCode.USER_NOT_FOUND,),
+    cached=True,
+)
 def list_notifications(request: Request) -> object:
+    """A user's popup notifications, newest first.
+
+    The caller's own (`moodle_userid` of the token) unless `userid` is given, which needs the `admin` scope.
+    """
     query = load_query(request, _list_query)
     userid = notifications.notification_user(request.identity, query.get("userid"))
     return _listing.dump(
@@ -25,7 +38,15 @@ def list_notifications(request: Request) -> object:
     )
 
 
-@api_view(route_name="api.moodle.notifications.unread_count", request_method="GET", permission=Scope.NOTIFICATIONS_READ)
+@api_view(
+    route_name="api.moodle.notifications.unread_count",
+    request_method="GET",
+    permission=Scope.NOTIFICATIONS_READ,
+    query=_count_query,
+    answers=_count,
+    cached=True,
+)
 def unread_count(request: Request) -> object:
+    """How many popup notifications of a user are unread (the caller's own unless `userid`, with `admin`)."""
     userid = notifications.notification_user(request.identity, load_query(request, _count_query).get("userid"))
     return _count.dump(notifications.unread_count(request.find_service(CachedMoodle), userid))

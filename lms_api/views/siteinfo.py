@@ -13,8 +13,19 @@ _query = SiteInfoQuery()
 _site_info = SiteInfoSchema()
 
 
-@api_view(route_name="api.moodle.siteinfo", request_method="GET", permission=Scope.SITEINFO_READ)
+@api_view(
+    route_name="api.moodle.siteinfo",
+    request_method="GET",
+    permission=Scope.SITEINFO_READ,
+    query=_query,
+    answers=_site_info,
+    cached=True,
+)
 def site_info(request: Request) -> object:
+    """The Moodle site's information and the functions of the gateway's token.
+
+    Every field of Moodle's `core_webservice_get_site_info` except `userprivateaccesskey`. Cached (`siteinfo`).
+    """
     load_query(request, _query)
     return request.find_service(CachedMoodle).derived_site_info(_serialized)
 

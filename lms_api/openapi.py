@@ -1,0 +1,215 @@
+"""The OpenAPI 3.1 document of the API, made at start-up from the routes Pyramid knows, each view's
+:class:`~lms_api.views.Operation` (its scope and marshmallow schemas) and the error table.
+
+Served at ``GET /api/moodle/openapi.json`` without a token, so an SPA developer can generate a typed client from it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from importlib.metadata import version
+from typing import Any
+
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+from apispec.ext.marshmallow.field_converter import FieldConverterMixin
+from marshmallow import Schema, fields
+from pyramid.config import Configurator
+from pyramid.interfaces import IRoutesMapper
+from pyramid.registry import Registry
+from pyramid.request import Request
+from pyramid.security import NO_PERMISSION_REQUIRED
+
+from lms_api.errors import UNKNOWN_MOODLE_ERROR_STATUS, ErrorCode
+from lms_api.schemas.base import CommaSeparated, Flag, Records
+from lms_api.schemas.enrolments import Role
+from lms_api.schemas.files import FileParts
+from lms_api.security import Scope
+from lms_api.views import OPERATIONS, Operation
+
+DOCUMENT_PATH = "/api/moodle/openapi.json"
+BEARER = "bearer"
+# Every route can answer these, whatever it does: its input checks, the token, the rate limit, the gateway itself.
+EVERY_ROUTE = (
+    ErrorCode.VALIDATION_ERROR,
+    ErrorCode.INVALID_ENCODING,
+    ErrorCode.UNAUTHENTICATED,
+    ErrorCode.INVALID_TOKEN,
+    ErrorCode.FORBIDDEN,
+    ErrorCode.RATE_LIMITED,
+    ErrorCode.INTERNAL_ERROR,
+)
+# ...and these when Moodle cannot be reached or answers badly, besides Moodle's own errorcodes.
+MOODLE_TROUBLE = (
+    ErrorCode.FUNCTION_NOT_AVAILABLE,
+    ErrorCode.MOODLE_EXCEPTION,
+    ErrorCode.BAD_RESPONSE,
+    ErrorCode.BAD_GATEWAY,
+    ErrorCode.MOODLE_UNAVAILABLE,
+    ErrorCode.MOODLE_BUSY,
+    ErrorCode.MOODLE_TIMEOUT,
+)
+JSON_BODY = (ErrorCode.INVALID_JSON, ErrorCode.BODY_TOO_LARGE, ErrorCode.UNSUPPORTED_MEDIA_TYPE)
+HEADERS = {
+    "X-Request-ID": ("The request's id: the caller's `X-Request-ID` when safe to echo, else a new one.", "string"),
+    "RateLimit-Limit": ("The caller's budget for this kind of request.", "integer"),
+    "RateLimit-Remaining": ("What is left of it in this window.", "integer"),
+    "RateLimit-Reset": ("Seconds until the window ends.", "integer"),
+    "Retry-After": ("Seconds to wait before trying again (429, 503).", "integer"),
+    "Cache-Status": ("How the gateway's read cache answered (RFC 9211), e.g. `lms_api; hit; ttl=42`.", "string"),
+}
+
+
+def build_document(registry: Registry) -> dict[str, Any]:
+    """The document for the API routes of ``registry``; a route without an operation is an error at start-up."""
+    plugin = MarshmallowPlugin(schema_name_resolver=_schema_name)
+    spec = APISpec(
+        title="lms_api",
+        version=version("lms_api"),
+        openapi_version="3.1.0",
+        plugins=[plugin],
+        info={"description": "A safe REST gateway in front of Moodle's web services. Answers are envelopes."},
+    )
+    plugin.converter.add_attribute_function(_custom_fields)  # type: ignore[union-attr]
+    spec.components.security_scheme(
+        BEARER, {"type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description": _scopes_text()}
+    )
+    for name, (description, kind) in HEADERS.items():
+        spec.components.header(name, {"description": description, "schema": {"type": kind}})
+    spec.components.schema("Error", _error_envelope())
+    routes = registry.getUtility(IRoutesMapper).get_routes()
+    for route in routes:
+        if not route.name.startswith("api.moodle.") or route.pattern == DOCUMENT_PATH:
+            continue
+        described = {method: op for (name, method), op in OPERATIONS.items() if name == route.name}
+        if not described:
+            raise LookupError(f"route {route.name} has no operation: declare it with api_view")
+        tag = route.pattern.split("/")[3]  # /api/moodle/<tag>/...
+        spec.path(
+            path=route.pattern, operations={m.lower(): _operation(op, tag) for m, op in sorted(described.items())}
+        )
+    return spec.to_dict()
+
+
+def _operation(operation: Operation, tag: str) -> dict[str, Any]:
+    summary, _, description = inspect.getdoc(operation.view).partition("\n")  # type: ignore[union-attr]
+    scope = f"Scope: `{operation.scope.value}` (or `admin`)."
+    parameters: list[dict[str, Any]] = []
+    if operation.path is not None:
+        parameters.append({"in": "path", "schema": operation.path})
+    if operation.query is not None:
+        parameters.append({"in": "query", "schema": operation.query})
+    result: dict[str, Any] = {
+        "operationId": operation.view.__name__,
+        "summary": summary,
+        "description": "\n\n".join(filter(None, (description.strip(), scope))),
+        "tags": [tag],
+        "security": [{BEARER: [operation.scope.value]}],
+        "parameters": parameters,
+        "responses": _responses(operation),
+    }
+    if operation.body is not None:
+        result["requestBody"] = {"required": True, "content": {"application/json": {"schema": operation.body}}}
+    if operation.form is not None:
+        result["requestBody"] = {"required": True, "content": {"multipart/form-data": {"schema": operation.form}}}
+    return result
+
+
+def _responses(operation: Operation) -> dict[str, Any]:
+    headers = ["X-Request-ID", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"]
+    success_headers = headers + (["Cache-Status"] if operation.cached else [])
+    responses: dict[str, Any] = {
+        str(operation.status): {
+            "description": "The answer, in the success envelope.",
+            "headers": {name: {"$ref": f"#/components/headers/{name}"} for name in success_headers},
+            "content": {"application/json": {"schema": _success_envelope(operation.answers)}},
+        }
+    }
+    codes = [*EVERY_ROUTE, *MOODLE_TROUBLE, *operation.errors]
+    if operation.body is not None:
+        codes += JSON_BODY
+    codes += [code for code in ErrorCode if code.from_moodle]
+    by_status: dict[int, list[ErrorCode]] = {}
+    for code in dict.fromkeys(codes):
+        by_status.setdefault(code.status, []).append(code)
+    for status, listed in sorted(by_status.items()):
+        lines = [f"- `{code.value}`: {code.meaning}" for code in listed]
+        if status == UNKNOWN_MOODLE_ERROR_STATUS:
+            lines.append("- any other Moodle errorcode, passed on as Moodle names it")
+        error_headers = headers + (["Retry-After"] if status in (429, 503) else [])
+        responses[str(status)] = {
+            "description": "\n".join(lines),
+            "headers": {name: {"$ref": f"#/components/headers/{name}"} for name in error_headers},
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        }
+    return responses
+
+
+def _success_envelope(answers: Schema) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["ok", "data"],
+        "properties": {"ok": {"type": "boolean", "const": True}, "data": answers},
+    }
+
+
+def _error_envelope() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["ok", "error"],
+        "properties": {
+            "ok": {"type": "boolean", "const": False},
+            "error": {
+                "type": "object",
+                "required": ["code", "message", "details", "request_id"],
+                "properties": {
+                    "code": {"type": "string", "description": "One of the codes listed for the status, or Moodle's"},
+                    "message": {"type": "string"},
+                    "details": {"type": "object", "description": "What the code's row says it holds"},
+                    "request_id": {"type": "string"},
+                },
+            },
+        },
+    }
+
+
+def _custom_fields(self: FieldConverterMixin, field: fields.Field[Any], **kwargs: Any) -> dict[str, Any]:
+    """The gateway's own fields, as OpenAPI can say them."""
+    if isinstance(field, Records):
+        return {"type": "array", "items": self.resolve_nested_schema(field.schema)}  # type: ignore[attr-defined]
+    if isinstance(field, Flag):
+        return {"type": ["boolean", "integer"], "enum": [True, False, 0, 1]}
+    if isinstance(field, CommaSeparated):
+        return {"type": "string", "description": "comma-separated values"}
+    if isinstance(field, Role):
+        return {"type": ["integer", "string"], "description": "a role id, or a role name such as `student`"}
+    if isinstance(field, FileParts):
+        return {"type": "array", "items": {"type": "string", "format": "binary"}}
+    return {}
+
+
+def _schema_name(schema: Schema | type[Schema]) -> str:
+    cls = schema if isinstance(schema, type) else type(schema)
+    return cls.__name__.removesuffix("Schema") or cls.__name__
+
+
+def _scopes_text() -> str:
+    return "A JWT whose `scope` claim holds the operation's scope: " + ", ".join(f"`{s.value}`" for s in Scope)
+
+
+def openapi_document(request: Request) -> dict[str, Any]:
+    document: dict[str, Any] = request.registry.openapi_document
+    return document
+
+
+def includeme(config: Configurator) -> None:
+    config.add_route("api.moodle.openapi", DOCUMENT_PATH)
+    config.add_view(
+        openapi_document, route_name="api.moodle.openapi", request_method="GET", permission=NO_PERMISSION_REQUIRED,
+        renderer="json",
+    )  # fmt: skip
+
+    def build() -> None:
+        config.registry.openapi_document = build_document(config.registry)
+
+    config.action(None, build, order=20)  # after the views, and after the routes' methods are known

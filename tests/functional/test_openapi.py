@@ -1,0 +1,96 @@
+"""The OpenAPI document: served without a token, valid OpenAPI 3.1, one operation per route and method, its scopes
+those the views require, its error codes those of the table."""
+
+import re
+
+import pytest
+from openapi_spec_validator import validate
+from pyramid.config import Configurator
+
+from lms_api.errors import ErrorCode
+from lms_api.openapi import DOCUMENT_PATH, build_document
+from tests.conftest import mint
+from tests.functional.test_scopes import ROUTES
+
+DOCUMENTED_CODE = re.compile(r"^- `([a-z_]+)`", re.MULTILINE)
+
+
+@pytest.fixture
+def document(gateway):
+    response = gateway.get(DOCUMENT_PATH)
+    assert response.status_int == 200
+    assert response.content_type == "application/json"
+    return response.json
+
+
+def test_the_document_is_valid_openapi_3_1_and_needs_no_token(document):
+    validate(document)
+
+    assert document["openapi"] == "3.1.0"
+    assert document["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+
+
+def test_every_route_and_method_has_an_operation(gateway, document):
+    served = {
+        (method, gateway.router.registry.introspector.get("routes", route)["pattern"])
+        for route, methods in gateway.router.registry.allowed_methods.items()
+        for method in methods
+        if route.startswith("api.moodle.") and route != "api.moodle.openapi" and method not in ("HEAD", "OPTIONS")
+    }
+
+    documented = {(method.upper(), path) for path, item in document["paths"].items() for method in item}
+    assert documented == served
+
+
+def test_each_operation_requires_the_scope_its_view_requires(document):
+    documented = {
+        (method.upper(), path): operation["security"][0]["bearer"]
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+    }
+
+    for method, path, scope in ROUTES:
+        template = re.sub(r"/\d+$", "/{course_id}", path.split("?")[0])
+        assert documented[method, template] == [scope.value]
+
+
+def test_every_documented_error_code_is_in_the_table_under_its_status(document):
+    table = {code.value: code.status for code in ErrorCode}
+    for item in document["paths"].values():
+        for operation in item.values():
+            errors = {status: answer for status, answer in operation["responses"].items() if int(status) >= 400}
+            assert {"400", "401", "403", "429", "500", "502", "503", "504"} <= set(errors)
+            for status, answer in errors.items():
+                codes = DOCUMENTED_CODE.findall(answer["description"])
+                assert codes, f"{operation['operationId']} {status} lists no code"
+                assert all(table[code] == int(status) for code in codes)
+
+
+def test_inputs_and_answers_are_described_with_their_bounds(document):
+    course_list = document["paths"]["/api/moodle/courses"]["get"]
+    perpage = next(parameter for parameter in course_list["parameters"] if parameter["name"] == "perpage")
+    assert (perpage["in"], perpage["schema"]["minimum"], perpage["schema"]["maximum"]) == ("query", 1, 200)
+    assert "Cache-Status" in course_list["responses"]["200"]["headers"]
+    create = document["paths"]["/api/moodle/courses"]["post"]
+    assert create["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/CourseCreate"
+    }
+    assert "201" in create["responses"] and "Cache-Status" not in create["responses"]["201"]["headers"]
+    upload = document["paths"]["/api/moodle/files/upload"]["post"]
+    assert "multipart/form-data" in upload["requestBody"]["content"]
+    functions = document["components"]["schemas"]["SiteInfo"]["properties"]["functions"]
+    assert functions == {"type": "array", "items": {"$ref": "#/components/schemas/Function"}}
+    assert "userprivateaccesskey" not in document["components"]["schemas"]["SiteInfo"]["properties"]
+
+
+def test_a_route_without_an_operation_stops_the_start(gateway):
+    config = Configurator(registry=gateway.router.registry)
+    config.add_route("api.moodle.undescribed", "/api/moodle/undescribed")
+    config.commit()
+
+    with pytest.raises(LookupError, match=r"api\.moodle\.undescribed has no operation"):
+        build_document(gateway.router.registry)
+
+
+def test_the_document_is_served_with_a_token_too(gateway):
+    assert gateway.get(DOCUMENT_PATH, mint("siteinfo:read")).status_int == 200
