@@ -21,7 +21,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from typing import Any, Protocol, TypeVar
 
@@ -282,6 +282,7 @@ class CacheOutcome:
     fetch: Fetch
     ttl_s: int = 0  # seconds left (negative: past expiry) for hits and stale answers
     stored: bool = False
+    group: str = field(default="", compare=False)  # for metrics
 
     def header(self) -> str:
         """The ``Cache-Status`` member for this answer (RFC 9211)."""
@@ -363,7 +364,7 @@ class ReadCache:
         generation, entry = self.store.get(group, key)
         now = self._clock()
         if entry is not None and not refresh and now < entry.fresh_until:
-            _note(CacheOutcome(Fetch.HIT, math.ceil(entry.fresh_until - now)))
+            _note(group, CacheOutcome(Fetch.HIT, math.ceil(entry.fresh_until - now)))
             if derive is None:
                 return json.loads(entry.body)
             return self._derived_from(key, entry, derive)
@@ -405,13 +406,15 @@ class ReadCache:
                 # Seconds left, or past expiry (negative); a fresh entry is served this way only to a refresh.
                 left = entry.fresh_until - now
                 ttl = math.ceil(left) if left > 0 else min(-1, math.floor(left))
-                _note(CacheOutcome(Fetch.STALE, ttl))
+                _note(group, CacheOutcome(Fetch.STALE, ttl))
                 log.info("cache.stale_served", function=function, error_code=str(error.code))
                 return json.loads(entry.body)
-            _note(CacheOutcome(Fetch.REFRESH if refresh else Fetch.MISS))  # nothing kept: errors are never cached
+            _note(
+                group, CacheOutcome(Fetch.REFRESH if refresh else Fetch.MISS)
+            )  # nothing kept: errors are never cached
             raise
         forwarded = Fetch.REFRESH if refresh else Fetch.MISS
-        _note(CacheOutcome(Fetch.COLLAPSED) if collapsed else CacheOutcome(forwarded, stored=True))
+        _note(group, CacheOutcome(Fetch.COLLAPSED) if collapsed else CacheOutcome(forwarded, stored=True))
         return value
 
     def store_answer(self, function: str, params: Mapping[str, Any], answer: Answer) -> None:
@@ -507,8 +510,8 @@ def _key(group: str, function: str, params: Mapping[str, Any]) -> str:
     return f"{group}:{function}:{digest}"
 
 
-def _note(outcome: CacheOutcome) -> None:
-    current_call_log().cache.append(outcome)
+def _note(group: str, outcome: CacheOutcome) -> None:
+    current_call_log().cache.append(replace(outcome, group=group))
 
 
 class CachedMoodle:

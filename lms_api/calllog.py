@@ -22,6 +22,7 @@ class CallRecord:
     attempts: int = 0
     deadline: float = 0.0
     sent: bool = False  # an attempt went out: a write may have reached Moodle
+    outcome: str = "error"  # "ok", or the error's code
 
 
 @dataclass

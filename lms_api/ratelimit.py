@@ -32,6 +32,7 @@ from lms_api.settings import Rate, Settings
 log = structlog.get_logger("lms_api.ratelimit")
 
 READ_METHODS = frozenset({"GET", "HEAD"})
+REFUSED_BUDGET = "lms_api.refused_budget"  # in the WSGI environ of a refused request: read, write or unauthenticated
 KEY_PREFIX = "lms_api:ratelimit:"
 MAX_LOCAL_KEYS = 100_000
 
@@ -106,7 +107,7 @@ class RedisCounter:
     """Counts in Redis, shared by every replica; falls back to ``fallback`` while Redis is unreachable."""
 
     def __init__(self, link: RedisLink, fallback: LocalCounter) -> None:
-        self._link = link
+        self.link = link
         self._script = link.client.register_script(_REDIS_HIT)
         self._fallback = fallback
 
@@ -118,14 +119,14 @@ class RedisCounter:
         return cls(link, LocalCounter())
 
     def hit(self, key: str, rate: Rate) -> Decision:
-        if not self._link.usable:
+        if not self.link.usable:
             return self._fallback.hit(key, rate)
         try:
             count, ttl_ms = self._script(keys=[KEY_PREFIX + key], args=[rate.period_s * 1000])
         except redis.RedisError as error:
-            self._link.went_down(error)
+            self.link.went_down(error)
             return self._fallback.hit(key, rate)
-        self._link.answered()
+        self.link.answered()
         return _decision(int(count), rate, float(ttl_ms))
 
 
@@ -173,18 +174,20 @@ def rate_limit_tween_factory(
             return handler(request)
         identity = request.identity
         if identity is None:
-            key, rate = (
+            budget, key, rate = (
+                "unauthenticated",
                 "anon:" + _address_key(client_address(request, settings.trusted_proxies)),
                 settings.rate_limit_unauthenticated,
             )
         elif request.method in READ_METHODS:
-            key, rate = "read:" + identity.sub, settings.rate_limit_read
+            budget, key, rate = "read", "read:" + identity.sub, settings.rate_limit_read
         else:
-            key, rate = "write:" + identity.sub, settings.rate_limit_write
+            budget, key, rate = "write", "write:" + identity.sub, settings.rate_limit_write
         decision = counter.hit(key, rate)
         if decision.allowed:
             response = handler(request)
         else:
+            request.environ[REFUSED_BUDGET] = budget
             refusal = ApiError(
                 ErrorCode.RATE_LIMITED,
                 f"Too many requests: the budget is {rate.count} per {rate.period_s} s; retry in {decision.reset_s} s",

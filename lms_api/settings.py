@@ -92,6 +92,7 @@ class Settings:
     moodle_queue_timeout_ms: int
     moodle_breaker_failures: int
     moodle_breaker_cooldown_s: int
+    metrics_allowed_networks: tuple[IPv4Network | IPv6Network, ...]
     uses_development_jwt_secret: bool = False
     secrets: tuple[str, ...] = field(default=(), repr=False)
 
@@ -334,6 +335,7 @@ _KEYS = (
     _Key("MOODLE_QUEUE_TIMEOUT_MS", _whole_number(0), "250"),
     _Key("MOODLE_BREAKER_FAILURES", _whole_number(1), "5"),
     _Key("MOODLE_BREAKER_COOLDOWN_S", _whole_number(1), "10"),
+    _Key("METRICS_ALLOWED_NETWORKS", _networks, "127.0.0.0/8, ::1"),
 )
 
 SETTING_NAMES = tuple(key.name for key in _KEYS)

@@ -54,6 +54,7 @@ MAX_CONNECT_TIMEOUT_S = 3.0
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
 POOL_SIZE = 4
 BUSY_RETRY_AFTER_S = 1
+KNOWN_CODES = frozenset(code.value for code in ErrorCode)
 UNBOUNDED = 1_000_000  # a client made without a bulkhead or a breaker (unit tests of other concerns)
 
 
@@ -257,10 +258,13 @@ class MoodleClient:
         current_call_log().calls.append(record)
         started = self._clock()
         record.deadline = started + self._timeout_s
-        outcome = "error"
         try:
             yield record
-            outcome = "ok"
+            record.outcome = "ok"
+        except MoodleError as error:
+            # A code of the table, or one word for Moodle's others: metrics labels stay a bounded set.
+            record.outcome = str(error.code) if error.code in KNOWN_CODES else "othermoodleerror"
+            raise
         finally:
             record.ms = round((self._clock() - started) * 1000, 1)
             if self._debug:
@@ -271,7 +275,7 @@ class MoodleClient:
                     fields=fields,
                     ms=record.ms,
                     attempts=record.attempts,
-                    outcome=outcome,
+                    outcome=record.outcome,
                 )
 
     def _send_with_retries(

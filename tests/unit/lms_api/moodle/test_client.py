@@ -843,8 +843,18 @@ def test_debug_log_records_failed_calls(make_client, rsps, captured_logs):
     raised(client.site_info)
 
     assert [(entry["event"], entry["function"], entry["attempts"], entry["outcome"]) for entry in captured_logs] == [
-        ("moodle.call", SITE_INFO, 3, "error")
+        ("moodle.call", SITE_INFO, 3, "moodleunavailable")
     ]
+
+
+def test_a_moodle_errorcode_outside_the_table_is_one_word_in_the_call_outcome(make_client, rsps, captured_logs):
+    client = make_client(debug=True)
+    prime(client, rsps)
+    add(rsps, READ_FN, json={"exception": "moodle_exception", "errorcode": "someplugin_oddity", "message": "Odd"})
+
+    raised(client.call, READ_FN)
+
+    assert captured_logs[-1]["outcome"] == "othermoodleerror"
 
 
 def test_no_call_log_line_without_debug(client, rsps, captured_logs):

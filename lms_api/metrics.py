@@ -1,0 +1,179 @@
+"""Prometheus metrics at ``GET /metrics``, answered only to ``METRICS_ALLOWED_NETWORKS`` (404 to anyone else).
+
+Counters and histograms are fed once per request from its summary (route, status, the Moodle calls and cache
+answers in its call log); the bulkhead, the breaker and the Redis fallback are read when scraped. Labels are
+bounded: route names, methods, statuses, function names and error codes of the table, never ids or raw paths.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from ipaddress import ip_address
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from pyramid.config import Configurator
+from pyramid.httpexceptions import HTTPNotFound
+from pyramid.registry import Registry
+from pyramid.request import Request
+from pyramid.response import Response
+from pyramid.security import NO_PERMISSION_REQUIRED
+from pyramid_services import find_service_factory
+
+from lms_api.cache import ReadCache, RedisStore
+from lms_api.calllog import current_call_log
+from lms_api.moodle.client import MoodleClient
+from lms_api.moodle.guard import BreakerState
+from lms_api.ratelimit import REFUSED_BUDGET, RedisCounter
+from lms_api.settings import Settings
+
+METRICS_PATH = "/metrics"
+BREAKER_STATES = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class GatewayMetrics:
+    """The metrics of one app (a registry of its own: tests build many apps in one process)."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "lms_api_requests", "Requests answered", ["route", "method", "status"], registry=self.registry
+        )
+        self.request_seconds = Histogram(
+            "lms_api_request_duration_seconds",
+            "Time to answer a request",
+            ["route", "method"],
+            buckets=REQUEST_BUCKETS,
+            registry=self.registry,
+        )
+        self.moodle_calls = Counter(
+            "lms_api_moodle_calls", "Logical Moodle calls by outcome", ["function", "outcome"], registry=self.registry
+        )
+        self.moodle_seconds = Histogram(
+            "lms_api_moodle_call_duration_seconds",
+            "Time of a logical Moodle call, retries included",
+            ["function"],
+            buckets=REQUEST_BUCKETS,
+            registry=self.registry,
+        )
+        self.moodle_retries = Counter(
+            "lms_api_moodle_retries", "Attempts after the first", ["function"], registry=self.registry
+        )
+        self.cache_answers = Counter(
+            "lms_api_cache_answers",
+            "Cached reads by how they were answered: hit, miss, collapsed, refresh or stale",
+            ["group", "result"],
+            registry=self.registry,
+        )
+        self.rate_limited = Counter(
+            "lms_api_rate_limit_refusals", "Requests refused over budget", ["budget"], registry=self.registry
+        )
+        self.registry.register(_StateCollector(_Services(registry)))
+
+    def observe(self, request: Request, response: Response, seconds: float) -> None:
+        route = request.matched_route.name if request.matched_route else "none"
+        self.requests.labels(route, request.method, str(response.status_code)).inc()
+        self.request_seconds.labels(route, request.method).observe(seconds)
+        calls = current_call_log()
+        for call in calls.calls:
+            self.moodle_calls.labels(call.function, call.outcome).inc()
+            self.moodle_seconds.labels(call.function).observe(call.ms / 1000)
+            if call.attempts > 1:
+                self.moodle_retries.labels(call.function).inc(call.attempts - 1)
+        for outcome in calls.cache:
+            self.cache_answers.labels(outcome.group, outcome.fetch.name.lower()).inc()
+        budget = request.environ.get(REFUSED_BUDGET)
+        if budget is not None:
+            self.rate_limited.labels(budget).inc()
+
+
+class _Services:
+    """The app's Moodle client and read cache, looked up when scraped (a test may swap the client)."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    def client(self) -> MoodleClient:
+        client: MoodleClient = find_service_factory(self, MoodleClient)(None, None)
+        return client
+
+    def cache(self) -> ReadCache:
+        cache: ReadCache = find_service_factory(self, ReadCache)(None, None)
+        return cache
+
+
+class _StateCollector:
+    """What is true now, read when scraped: the bulkhead, the breaker, the Redis fallback."""
+
+    def __init__(self, services: _Services) -> None:
+        self._services = services
+
+    def collect(self) -> Iterator[Metric]:
+        client, cache = self._services.client(), self._services.cache()
+        yield GaugeMetricFamily(
+            "lms_api_moodle_calls_in_flight", "Moodle calls holding a bulkhead slot", value=client.bulkhead.in_use
+        )
+        yield GaugeMetricFamily(
+            "lms_api_moodle_concurrency_limit", "MOODLE_MAX_CONCURRENCY", value=client.bulkhead.limit
+        )
+        yield CounterMetricFamily(
+            "lms_api_moodle_bulkhead_refusals", "Calls refused for want of a slot", value=client.bulkhead.refused
+        )
+        yield GaugeMetricFamily(
+            "lms_api_moodle_breaker_state",
+            "The circuit breaker: 0 closed, 1 half-open, 2 open",
+            value=BREAKER_STATES[client.breaker.state],
+        )
+        fallback = GaugeMetricFamily(
+            "lms_api_redis_fallback",
+            "1 while Redis does not answer and this process uses its own state",
+            labels=["use"],
+        )
+        if isinstance(cache.store, RedisStore):
+            fallback.add_metric(["cache"], float(cache.store.link.down))
+        counter = self._services.registry.rate_counter
+        if isinstance(counter, RedisCounter):
+            fallback.add_metric(["ratelimit"], float(counter.link.down))
+        yield fallback
+
+
+def allowed(request: Request, settings: Settings) -> bool:
+    """The TCP peer only: a forwarded-for header can be written by anyone."""
+    try:
+        peer = ip_address(request.remote_addr or "")
+    except ValueError:
+        return False
+    return any(peer in network for network in settings.metrics_allowed_networks)
+
+
+def metrics_view(request: Request) -> Response:
+    if not allowed(request, request.lms_settings):
+        raise HTTPNotFound()  # not advertised: the same answer as a path that does not exist
+    metrics: GatewayMetrics = request.registry.metrics
+    return Response(body=generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST.split(";")[0],
+                    charset="utf-8")  # fmt: skip
+
+
+def metrics_tween_factory(handler: Callable[[Request], Response], registry: Registry) -> Callable[[Request], Response]:
+    metrics: GatewayMetrics = registry.metrics
+
+    def tween(request: Request) -> Response:
+        started = time.perf_counter()
+        response = handler(request)
+        metrics.observe(request, response, time.perf_counter() - started)
+        return response
+
+    return tween
+
+
+def includeme(config: Configurator) -> None:
+    config.registry.metrics = GatewayMetrics(config.registry)
+    config.add_route("metrics", METRICS_PATH)
+    config.add_view(metrics_view, route_name="metrics", request_method="GET", permission=NO_PERMISSION_REQUIRED)
+    config.add_tween(
+        "lms_api.metrics.metrics_tween_factory",
+        over="lms_api.hygiene.hygiene_tween_factory",  # around the rate limits, so their refusals are counted
+        under="lms_api.logging.request_tween_factory",
+    )

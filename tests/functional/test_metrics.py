@@ -1,0 +1,99 @@
+"""GET /metrics: Prometheus' text format, only to METRICS_ALLOWED_NETWORKS, fed by what requests did."""
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import mint, queue_fault
+
+LOOPBACK = {"REMOTE_ADDR": "127.0.0.1"}
+
+
+def scrape(gateway, address="127.0.0.1"):
+    response = gateway.get("/metrics", extra_environ={"REMOTE_ADDR": address})
+    assert response.status_int == 200, response.text
+    assert response.content_type == "text/plain"
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def value(samples, name, **labels):
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_requests_moodle_calls_and_cache_answers_are_counted(gateway, sandbox):
+    token = mint("siteinfo:read courses:read")
+    for _ in range(2):
+        gateway.get("/api/moodle/courses", token)
+    gateway.get("/api/moodle/siteinfo?bad=1", token)
+
+    samples = scrape(gateway)
+
+    assert value(samples, "lms_api_requests_total", route="api.moodle.courses", method="GET", status="200") == 2
+    assert value(samples, "lms_api_requests_total", route="api.moodle.siteinfo", method="GET", status="400") == 1
+    assert value(samples, "lms_api_request_duration_seconds_count", route="api.moodle.courses", method="GET") == 2
+    assert value(samples, "lms_api_moodle_calls_total", function="core_course_get_courses", outcome="ok") == 1
+    assert value(samples, "lms_api_cache_answers_total", group="courses", result="miss") == 1
+    assert value(samples, "lms_api_cache_answers_total", group="courses", result="hit") == 1
+
+
+def test_failed_moodle_calls_and_retries_are_counted_by_code(make_gateway, sandbox):
+    gateway = make_gateway(CACHE_TTLS="courses=0", MOODLE_MAX_RETRIES="1")
+    token = mint("courses:read")
+    gateway.get("/api/moodle/siteinfo", mint("siteinfo:read"))
+    queue_fault(sandbox, kind="reset", times=2, function="core_course_get_courses")
+
+    gateway.get("/api/moodle/courses", token)
+    samples = scrape(gateway)
+
+    failed = {"function": "core_course_get_courses", "outcome": "moodleunavailable"}
+    assert value(samples, "lms_api_moodle_calls_total", **failed) == 1
+    assert value(samples, "lms_api_moodle_retries_total", function="core_course_get_courses") == 1
+
+
+def test_the_breaker_the_bulkhead_and_rate_limits_are_reported(make_gateway, sandbox):
+    gateway = make_gateway(
+        MOODLE_BREAKER_FAILURES="1", MOODLE_MAX_RETRIES="0", CACHE_TTLS="courses=0", RATE_LIMIT_READ="3/minute"
+    )
+    token = mint("siteinfo:read courses:read")
+    gateway.get("/api/moodle/siteinfo", token)
+    queue_fault(sandbox, kind="reset", function="core_course_get_courses")
+    gateway.get("/api/moodle/courses", token)
+    for _ in range(2):
+        gateway.get("/api/moodle/siteinfo", token)
+
+    samples = scrape(gateway)
+
+    assert value(samples, "lms_api_moodle_breaker_state") == 2
+    assert value(samples, "lms_api_moodle_concurrency_limit") == 10
+    assert value(samples, "lms_api_moodle_calls_in_flight") == 0
+    assert value(samples, "lms_api_moodle_bulkhead_refusals_total") == 0
+    assert value(samples, "lms_api_rate_limit_refusals_total", budget="read") == 1
+
+
+def test_the_redis_fallback_is_reported_for_the_cache_and_the_rate_limits(make_gateway, unused_port):
+    gateway = make_gateway(REDIS_URL=f"redis://127.0.0.1:{unused_port}/0")
+    gateway.get("/api/moodle/siteinfo", mint("siteinfo:read"))
+
+    samples = scrape(gateway)
+
+    assert value(samples, "lms_api_redis_fallback", use="cache") == 1
+    assert value(samples, "lms_api_redis_fallback", use="ratelimit") == 1
+
+
+def test_metrics_are_not_there_for_anyone_else(gateway):
+    outside = gateway.get("/metrics", extra_environ={"REMOTE_ADDR": "10.1.2.3"})
+    forwarded = gateway.get(
+        "/metrics", headers={"X-Forwarded-For": "127.0.0.1"}, extra_environ={"REMOTE_ADDR": "10.1.2.3"}
+    )
+
+    assert (outside.status_int, forwarded.status_int) == (404, 404)
+    assert outside.json["error"]["code"] == "notfound"
+
+
+def test_the_allowed_networks_are_a_setting(make_gateway):
+    gateway = make_gateway(METRICS_ALLOWED_NETWORKS="10.0.0.0/8")
+
+    assert scrape(gateway, "10.1.2.3")
+    assert gateway.get("/metrics", extra_environ=LOOPBACK).status_int == 404
