@@ -6,6 +6,7 @@ Served at ``GET /api/moodle/openapi.json`` without a token, so an SPA developer 
 
 from __future__ import annotations
 
+import functools
 import inspect
 from importlib.metadata import version
 from typing import Any
@@ -61,7 +62,16 @@ HEADERS = {
 
 
 def build_document(registry: Registry) -> dict[str, Any]:
-    """The document for the API routes of ``registry``; a route without an operation is an error at start-up."""
+    """The document for the API routes of ``registry``; a route without an operation is an error at start-up.
+
+    It depends on the code alone (routes, views, schemas, the error table), so a process makes it once.
+    """
+    routes = tuple((route.name, route.pattern) for route in registry.getUtility(IRoutesMapper).get_routes())
+    return _document(routes)
+
+
+@functools.cache
+def _document(routes: tuple[tuple[str, str], ...]) -> dict[str, Any]:
     plugin = MarshmallowPlugin(schema_name_resolver=_schema_name)
     spec = APISpec(
         title="lms_api",
@@ -77,17 +87,14 @@ def build_document(registry: Registry) -> dict[str, Any]:
     for name, (description, kind) in HEADERS.items():
         spec.components.header(name, {"description": description, "schema": {"type": kind}})
     spec.components.schema("Error", _error_envelope())
-    routes = registry.getUtility(IRoutesMapper).get_routes()
-    for route in routes:
-        if not route.name.startswith("api.moodle.") or route.pattern == DOCUMENT_PATH:
+    for route_name, pattern in routes:
+        if not route_name.startswith("api.moodle.") or pattern == DOCUMENT_PATH:
             continue
-        described = {method: op for (name, method), op in OPERATIONS.items() if name == route.name}
+        described = {method: op for (name, method), op in OPERATIONS.items() if name == route_name}
         if not described:
-            raise LookupError(f"route {route.name} has no operation: declare it with api_view")
-        tag = route.pattern.split("/")[3]  # /api/moodle/<tag>/...
-        spec.path(
-            path=route.pattern, operations={m.lower(): _operation(op, tag) for m, op in sorted(described.items())}
-        )
+            raise LookupError(f"route {route_name} has no operation: declare it with api_view")
+        tag = pattern.split("/")[3]  # /api/moodle/<tag>/...
+        spec.path(path=pattern, operations={m.lower(): _operation(op, tag) for m, op in sorted(described.items())})
     return spec.to_dict()
 
 
