@@ -22,10 +22,20 @@ from pyramid.request import Request
 from pyramid.security import NO_PERMISSION_REQUIRED
 
 from lms_api.errors import UNKNOWN_MOODLE_ERROR_STATUS, ErrorCode
-from lms_api.schemas.base import CommaSeparated, Flag, Records
+from lms_api.schemas.base import (
+    MAX_SAFE_INTEGER,
+    CommaSeparated,
+    Flag,
+    Records,
+    no_control_characters,
+    no_html,
+    not_blank,
+    single_line,
+)
 from lms_api.schemas.enrolments import Role
 from lms_api.schemas.files import FileParts
 from lms_api.security import Scope
+from lms_api.settings import ROLE_NAME
 from lms_api.views import OPERATIONS, Operation
 
 DOCUMENT_PATH = "/api/moodle/openapi.json"
@@ -181,18 +191,55 @@ def _error_envelope() -> dict[str, Any]:
 
 
 def _custom_fields(self: FieldConverterMixin, field: fields.Field[Any], **kwargs: Any) -> dict[str, Any]:
-    """The gateway's own fields, as OpenAPI can say them."""
+    """The gateway's own fields and text rules, as OpenAPI can say them."""
+    if isinstance(field, fields.String):
+        return text_rules(field.validators)
     if isinstance(field, Records):
         return {"type": "array", "items": self.resolve_nested_schema(field.schema)}  # type: ignore[attr-defined]
     if isinstance(field, Flag):
         return {"type": ["boolean", "integer"], "enum": [True, False, 0, 1]}
     if isinstance(field, CommaSeparated):
-        return {"type": "string", "description": "comma-separated values"}
+        # Blanks around a value are dropped; an empty value is refused.
+        return {
+            "type": "string",
+            "description": "comma-separated values",
+            "pattern": r"^\s*[^,\s][^,]*(,\s*[^,\s][^,]*)*$",
+        }
     if isinstance(field, Role):
-        return {"type": ["integer", "string"], "description": "a role id, or a role name such as `student`"}
+        return {
+            "oneOf": [
+                {"type": "integer", "minimum": 1, "maximum": MAX_SAFE_INTEGER},
+                {"type": "string", "pattern": f"^{ROLE_NAME.pattern}$"},
+            ],
+            "description": "a role id, or a role name such as `student`",
+        }
     if isinstance(field, FileParts):
         return {"type": "array", "items": {"type": "string", "format": "binary"}}
     return {}
+
+
+# What each text rule of lms_api.schemas.base refuses, as the characters a JSON Schema pattern leaves out.
+_CONTROL_CHARACTERS = r"\x00-\x1f\x7f-\x9f"
+_CONTROL_BUT_LINE_BREAKS = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
+
+
+def text_rules(validators: list[Any]) -> dict[str, Any]:
+    """Patterns that accept what the text rules among ``validators`` accept, and nothing else."""
+    refused = ""
+    if single_line in validators:
+        refused = _CONTROL_CHARACTERS
+    elif no_control_characters in validators:
+        refused = _CONTROL_BUT_LINE_BREAKS
+    patterns = []
+    if no_html in validators:  # no "<" followed by what starts a tag
+        patterns.append(f"^(?:[^<{refused}]|<+(?:[^<A-Za-z/!?{refused}]|$))*$")
+    elif refused:
+        patterns.append(f"^[^{refused}]*$")
+    if not_blank in validators:
+        patterns.append(r"\S")
+    if len(patterns) > 1:
+        return {"allOf": [{"pattern": pattern} for pattern in patterns]}
+    return {"pattern": patterns[0]} if patterns else {}
 
 
 def _schema_name(schema: Schema | type[Schema]) -> str:

@@ -4,11 +4,13 @@ those the views require, its error codes those of the table."""
 import re
 
 import pytest
+from marshmallow import ValidationError
 from openapi_spec_validator import validate
 from pyramid.config import Configurator
 
 from lms_api.errors import ErrorCode
-from lms_api.openapi import DOCUMENT_PATH, build_document
+from lms_api.openapi import DOCUMENT_PATH, build_document, text_rules
+from lms_api.schemas.base import no_control_characters, no_html, not_blank, single_line
 from tests.conftest import mint
 from tests.functional.test_scopes import ROUTES
 
@@ -94,3 +96,29 @@ def test_a_route_without_an_operation_stops_the_start(gateway):
 
 def test_the_document_is_served_with_a_token_too(gateway):
     assert gateway.get(DOCUMENT_PATH, mint("siteinfo:read")).status_int == 200
+
+
+TEXTS = ["Intro", "", " ", "a\tb", "line\nbreak", "a<b", "a < b", "<p>", "x<", "<<a", "3 < 4 <", "</", "\x00", "é ü"]
+
+
+@pytest.mark.parametrize(
+    "validators",
+    [[single_line], [no_control_characters], [not_blank, single_line, no_html], [no_html], [not_blank]],
+    ids=["single-line", "multi-line", "name", "no-html", "not-blank"],
+)
+def test_the_documented_text_patterns_accept_what_the_rules_accept(validators):
+    rules = text_rules(validators)
+    patterns = [each["pattern"] for each in rules.get("allOf", [rules])]
+
+    for text in TEXTS:
+        documented = all(re.search(pattern, text) for pattern in patterns)
+        assert documented == _accepted(validators, text), repr(text)
+
+
+def _accepted(validators, text):
+    try:
+        for validator in validators:
+            validator(text)
+    except ValidationError:
+        return False
+    return True
