@@ -22,7 +22,13 @@ from lms_api.schemas.base import (
 MAX_PERPAGE = 200
 MAX_PAGE = 1_000_000  # page * perpage stays far inside Moodle's SQL offsets
 # Moodle's column sizes (course.fullname 1333, shortname 255, idnumber 100).
-FULLNAME_MAX, SHORTNAME_MAX, IDNUMBER_MAX = 1333, 255, 100
+FULLNAME_MAX, SHORTNAME_MAX, IDNUMBER_MAX, FORMAT_MAX = 1333, 255, 100, 21  # course.format is char(21)
+# Moodle's core_component::is_valid_plugin_name(): a format Moodle would clean to "" and refuse as invalidparameter.
+PLUGIN_NAME = r"^[a-z](?:[a-z0-9_](?!__))*[a-z0-9]+$"
+_FORMAT_RULES = (
+    validate.Length(max=FORMAT_MAX),
+    validate.Regexp(PLUGIN_NAME, error="Not a course format name (a Moodle plugin name such as topics or weeks)"),
+)
 # FORMAT_MOODLE, FORMAT_HTML, FORMAT_PLAIN, FORMAT_MARKDOWN
 SUMMARY_FORMATS = (0, 1, 2, 4)
 _FULLNAME_RULES = (validate.Length(max=FULLNAME_MAX), not_blank, single_line, no_html)
@@ -56,7 +62,7 @@ class CourseFields(RequestSchema):
     categoryid = strict_int(1)
     summary = fields.String(validate=no_control_characters)
     summaryformat = fields.Integer(strict=True, validate=validate.OneOf(SUMMARY_FORMATS))
-    format = fields.String(validate=validate.Regexp(r"^[a-z][a-z0-9_]{0,20}$", error="Not a course format name"))
+    format = fields.String(validate=_FORMAT_RULES)
     visible = Flag()
     startdate = strict_int(0)
     enddate = strict_int(0)

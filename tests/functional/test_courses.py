@@ -145,6 +145,11 @@ def test_creating_in_a_missing_category_is_a_404_naming_the_category_and_nothing
         ({"fullname": "A", "shortname": "B", "categoryid": 1, "visible": 2}, {"visible"}),
         ({"fullname": "A", "shortname": "B", "categoryid": 1, "startdate": 10, "enddate": 5}, {"enddate"}),
         ({"fullname": "A", "shortname": "B", "categoryid": 1, "format": "Topics!"}, {"format"}),
+        # Moodle would clean these to "" (not a plugin name) and answer a bare invalidparameter.
+        ({"fullname": "A", "shortname": "B", "categoryid": 1, "format": "a"}, {"format"}),
+        ({"fullname": "A", "shortname": "B", "categoryid": 1, "format": "topics_"}, {"format"}),
+        ({"fullname": "A", "shortname": "B", "categoryid": 1, "format": "to__pics"}, {"format"}),
+        ({"fullname": "A", "shortname": "B", "categoryid": 1, "format": "t" * 22}, {"format"}),
         ({"fullname": "A", "shortname": "x" * 256, "categoryid": 1}, {"shortname"}),
         ({"fullname": "A", "shortname": "B", "categoryid": 1, "teacher": "me"}, {"teacher"}),
     ],
