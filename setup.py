@@ -31,6 +31,7 @@ setup(
             "pytest-cov>=6,<8",
             "pytest-xdist>=3.6,<4",
             "openapi-spec-validator>=0.7,<1",
+            "playwright>=1.40,<2",
         ],
     },
     entry_points={

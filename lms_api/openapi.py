@@ -39,6 +39,7 @@ from lms_api.settings import ROLE_NAME
 from lms_api.views import OPERATIONS, Operation
 
 DOCUMENT_PATH = "/api/moodle/openapi.json"
+PUBLIC_ROUTES = frozenset({"api.moodle.openapi", "api.moodle.docs"})  # the API's description: no token
 BEARER = "bearer"
 # Every route can answer these, whatever it does: its input checks, the token, the rate limit, the gateway itself.
 EVERY_ROUTE = (
@@ -98,7 +99,7 @@ def _document(routes: tuple[tuple[str, str], ...]) -> dict[str, Any]:
         spec.components.header(name, {"description": description, "schema": {"type": kind}})
     spec.components.schema("Error", _error_envelope())
     for route_name, pattern in routes:
-        if not route_name.startswith("api.moodle.") or pattern == DOCUMENT_PATH:
+        if not route_name.startswith("api.moodle.") or route_name in PUBLIC_ROUTES:
             continue
         described = {method: op for (name, method), op in OPERATIONS.items() if name == route_name}
         if not described:

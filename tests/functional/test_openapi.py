@@ -9,7 +9,7 @@ from openapi_spec_validator import validate
 from pyramid.config import Configurator
 
 from lms_api.errors import ErrorCode
-from lms_api.openapi import DOCUMENT_PATH, build_document, text_rules
+from lms_api.openapi import DOCUMENT_PATH, PUBLIC_ROUTES, build_document, text_rules
 from lms_api.schemas.base import no_control_characters, no_html, not_blank, single_line
 from tests.conftest import mint
 from tests.functional.test_scopes import ROUTES
@@ -37,7 +37,7 @@ def test_every_route_and_method_has_an_operation(gateway, document):
         (method, gateway.router.registry.introspector.get("routes", route)["pattern"])
         for route, methods in gateway.router.registry.allowed_methods.items()
         for method in methods
-        if route.startswith("api.moodle.") and route != "api.moodle.openapi" and method not in ("HEAD", "OPTIONS")
+        if route.startswith("api.moodle.") and route not in PUBLIC_ROUTES and method not in ("HEAD", "OPTIONS")
     }
 
     documented = {(method.upper(), path) for path, item in document["paths"].items() for method in item}
