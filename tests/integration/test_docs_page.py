@@ -50,7 +50,7 @@ def test_the_docs_page_lists_every_route_and_tries_site_info_with_a_pasted_token
             body = page.locator(f"{SITE_INFO} .live-responses-table .microlight").first.inner_text()
 
             SCREENSHOT.parent.mkdir(exist_ok=True)
-            page.screenshot(path=SCREENSHOT, full_page=True)
+            page.screenshot(path=SCREENSHOT)
         finally:
             browser.close()
 

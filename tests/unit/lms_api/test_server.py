@@ -1,0 +1,52 @@
+"""The waitress runner the ini files use: the port from the command line, bound before the app is built."""
+
+import socket
+from types import SimpleNamespace
+
+import pytest
+
+from lms_api import server
+from lms_api.services.files import MIB, MULTIPART_OVERHEAD_BYTES
+from lms_api.settings import load_settings
+from tests.conftest import free_port
+
+App = SimpleNamespace(
+    registry=SimpleNamespace(settings={"lms_api.settings": load_settings({"lms_api.environment": "development"}, {})})
+)
+
+
+def test_the_port_comes_from_the_command_line_and_waitress_gets_the_bound_socket(monkeypatch):
+    served = {}
+    monkeypatch.setattr(server.waitress, "serve", lambda app, **options: served.update(app=app, **options))
+    port = free_port()
+
+    serve = server.server_factory({"http_port": str(port)}, host="127.0.0.1", threads="4")
+    serve(App)
+
+    (listener,) = served["sockets"]
+    try:
+        assert listener.getsockname() == ("127.0.0.1", port)
+        assert served["threads"] == 4
+        assert served["max_request_body_size"] == 50 * MIB + MULTIPART_OVERHEAD_BYTES  # MOODLE_MAX_UPLOAD_MB
+    finally:
+        listener.close()
+
+
+def test_a_port_in_use_is_one_line_and_status_2(capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        with pytest.raises(SystemExit) as stopped:
+            server.listen("127.0.0.1", port)
+
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == f"lms_api: cannot listen on 127.0.0.1:{port}: the port is already in use\n"
+
+
+def test_a_host_that_cannot_be_bound_says_why(capsys):
+    with pytest.raises(SystemExit):
+        server.listen("192.0.2.1", free_port())  # TEST-NET-1: not an address of this machine
+
+    assert capsys.readouterr().err.startswith("lms_api: cannot listen on 192.0.2.1:")
