@@ -118,6 +118,7 @@ class ErrorCode(StrEnum):
     MISSING_PARAM = "missingparam", 400, "Moodle missed a required parameter"
     CODING_ERROR = "codingerror", 400, "Moodle refused the call as a programming error (an unknown field name)"
     END_DATE_BEFORE_START_DATE = "enddatebeforestartdate", 400, "the course ends before it starts"
+    NO_START_DATE_NO_END_DATE = "nostartdatenoenddate", 400, "the course has an end date but no start date"
     GUESTS_ARE_NOT_ALLOWED = "guestsarenotallowed", 400, "the guest user cannot be enrolled"
     NO_FILE = "nofile", 400, "upload.php received no file"
     UPLOAD_ERROR_NO_FILE = "upload_error_no_file", 400, "upload.php received no file"

@@ -70,7 +70,12 @@ class CourseFields(RequestSchema):
 
     @validates_schema
     def _dates_in_order(self, data: dict[str, Any], **kwargs: Any) -> None:
+        """Moodle checks only the dates a request sends: an end date needs a start date beside it."""
         start, end = data.get("startdate"), data.get("enddate")
+        if end and not start:
+            raise ValidationError(
+                "Give a startdate (not 0) with an enddate: Moodle refuses an end without a start", "enddate"
+            )
         if start is not None and end and end < start:
             raise ValidationError("Must not be before startdate", "enddate")
 

@@ -144,6 +144,9 @@ def test_creating_in_a_missing_category_is_a_404_naming_the_category_and_nothing
         ({"fullname": "A", "shortname": "B", "categoryid": 1, "visible": "yes"}, {"visible"}),
         ({"fullname": "A", "shortname": "B", "categoryid": 1, "visible": 2}, {"visible"}),
         ({"fullname": "A", "shortname": "B", "categoryid": 1, "startdate": 10, "enddate": 5}, {"enddate"}),
+        # Moodle answers nostartdatenoenddate for an end date without a start date beside it.
+        ({"fullname": "A", "shortname": "B", "categoryid": 1, "enddate": 5}, {"enddate"}),
+        ({"fullname": "A", "shortname": "B", "categoryid": 1, "startdate": 0, "enddate": 5}, {"enddate"}),
         ({"fullname": "A", "shortname": "B", "categoryid": 1, "format": "Topics!"}, {"format"}),
         # Moodle would clean these to "" (not a plugin name) and answer a bare invalidparameter.
         ({"fullname": "A", "shortname": "B", "categoryid": 1, "format": "a"}, {"format"}),
