@@ -32,6 +32,7 @@ setup(
             "pytest-xdist>=3.6,<4",
             "openapi-spec-validator>=0.7,<1",
             "playwright>=1.40,<2",
+            "schemathesis>=4,<5",
         ],
     },
     entry_points={

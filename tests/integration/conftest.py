@@ -37,18 +37,23 @@ def wait_for_port(port, process, timeout=20):
 def spawn(tmp_path):
     processes = []
 
-    def start(*args, env):
+    def start(*args, env, log=None):
+        """``log``: a file name in the test's folder for the output, for a process that writes much (a pipe nobody
+        reads fills up and stalls it); else the output is read when the process ends."""
         # Run from an empty folder with a copy of the ini, so a developer's own .env cannot leak in.
         if args[0] == "pserve":
             shutil.copy(ROOT / args[1], tmp_path / args[1])
+        output = open(tmp_path / log, "w") if log else subprocess.PIPE  # noqa: SIM115  # the process owns it
         process = subprocess.Popen(
             [str(BIN / args[0]), *args[1:]],
             cwd=tmp_path,
             env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stdout=output,
+            stderr=output if log else subprocess.PIPE,
             text=True,
         )
+        if log:
+            output.close()
         processes.append(process)
         return process
 
