@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import redis
 import structlog
@@ -72,19 +72,6 @@ class Entry:
         header, _, body = raw.partition(b"\n")
         generation, fresh_until, stale_until = header.split()
         return cls(int(generation), body, float(fresh_until), float(stale_until))
-
-
-class Store(Protocol):
-    name: str
-
-    def generation(self, group: str) -> int: ...
-
-    def get(self, group: str, key: str) -> tuple[int, Entry | None]:
-        """The group's generation, and the entry if it belongs to that generation."""
-
-    def put(self, group: str, key: str, entry: Entry) -> None: ...
-
-    def invalidate(self, group: str) -> None: ...
 
 
 class LocalStore:
@@ -159,6 +146,10 @@ class RedisStore:
     def __init__(self, link: RedisLink, fallback: LocalStore) -> None:
         self.link = link
         self._fallback = fallback
+        # Only the holder's token unlocks: a fetch that outlived its lock must not free a lock taken since.
+        self._release = link.client.register_script(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+        )
         self._missed_invalidations: set[str] = set()
         self._lock = threading.Lock()
 
@@ -226,13 +217,6 @@ class RedisStore:
         except redis.RedisError as error:
             self.link.went_down(error)
             return False
-
-    @property
-    def _release(self) -> Any:
-        # Only the holder's token unlocks: a fetch that outlived its lock must not free a lock taken since.
-        return self.link.client.register_script(
-            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
-        )
 
     def _usable(self) -> bool:
         if not self.link.usable:
@@ -409,9 +393,7 @@ class ReadCache:
                 _note(group, CacheOutcome(Fetch.STALE, ttl))
                 log.info("cache.stale_served", function=function, error_code=str(error.code))
                 return json.loads(entry.body)
-            _note(
-                group, CacheOutcome(Fetch.REFRESH if refresh else Fetch.MISS)
-            )  # nothing kept: errors are never cached
+            _note(group, CacheOutcome(Fetch.REFRESH if refresh else Fetch.MISS))  # errors are never kept
             raise
         forwarded = Fetch.REFRESH if refresh else Fetch.MISS
         _note(group, CacheOutcome(Fetch.COLLAPSED) if collapsed else CacheOutcome(forwarded, stored=True))
@@ -531,12 +513,6 @@ class CachedMoodle:
         if not self._cache.caches(function):
             return self._client.call(function, params)
         return self._cache.read(function, params or {}, lambda: self._client.answer(function, params), self._refresh)
-
-    def site_info(self) -> dict[str, Any]:
-        if not self._cache.caches(SITE_INFO):
-            return self._client.site_info()
-        info: dict[str, Any] = self._cache.read(SITE_INFO, {}, self._client.site_info_answer, self._refresh)
-        return info
 
     def derived_site_info(self, derive: Callable[[dict[str, Any]], Derived]) -> Derived:
         """``derive(site info)``; from a cached entry, worked out once per stored version and then remembered.

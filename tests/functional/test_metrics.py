@@ -92,6 +92,12 @@ def test_metrics_are_not_there_for_anyone_else(gateway):
     assert outside.json["error"]["code"] == "notfound"
 
 
+def test_a_peer_that_is_no_ip_address_is_not_answered(gateway):
+    # A Unix socket, or a proxy that leaves REMOTE_ADDR empty: nothing to judge by, so nothing is shown.
+    for address in ("", "unix:/run/lms_api.sock"):
+        assert gateway.get("/metrics", extra_environ={"REMOTE_ADDR": address}).status_int == 404
+
+
 def test_the_allowed_networks_are_a_setting(make_gateway):
     gateway = make_gateway(METRICS_ALLOWED_NETWORKS="10.0.0.0/8")
 
