@@ -352,7 +352,7 @@ def test_a_full_bulkhead_serves_the_expired_entry(make_gateway, cache_clock, san
     gateway = make_gateway(MOODLE_MAX_RETRIES="0", MOODLE_MAX_CONCURRENCY="1", MOODLE_QUEUE_TIMEOUT_MS="50")
     gateway.get(f"{COURSES}/2", TOKEN)
     cache_clock.advance(61)
-    queue_fault(sandbox, kind="delay", seconds=0.25, function="core_user_get_users_by_field")
+    queue_fault(sandbox, kind="delay", seconds=1.0, function="core_user_get_users_by_field")
     users_before = sandbox_calls(sandbox).get("core_user_get_users_by_field", 0)
     threads, _ = get_in_threads(gateway, 1, f"{API}/users/by-field?field=username&values=student3")
     for _ in range(100):  # until that call holds the only slot, in the sandbox's hands
@@ -513,7 +513,7 @@ def test_enrolments_uploads_and_attachments_drop_nothing(make_gateway):
 def test_twenty_concurrent_identical_misses_make_one_moodle_call(make_gateway, sandbox):
     gateway = make_gateway()
     gateway.get(f"{COURSES}/2", TOKEN)  # the function list, read once per process
-    queue_fault(sandbox, kind="delay", seconds=0.3, function=GET_COURSES)
+    queue_fault(sandbox, kind="delay", seconds=1.0, function=GET_COURSES)
     before = sandbox_calls(sandbox)
 
     threads, responses = get_in_threads(gateway, 20, COURSES)
@@ -562,7 +562,7 @@ def test_a_write_on_one_replica_is_seen_by_the_next_read_on_the_other(replicas):
 def test_concurrent_misses_on_two_replicas_make_one_moodle_call(replicas, sandbox):
     for replica in replicas:
         replica.get(f"{COURSES}/5", TOKEN)  # each process's function list
-    queue_fault(sandbox, kind="delay", seconds=0.3, function=GET_COURSES)
+    queue_fault(sandbox, kind="delay", seconds=1.0, function=GET_COURSES)
     before = sandbox_calls(sandbox)
 
     started = [get_in_threads(replica, 10, COURSES) for replica in replicas]

@@ -111,7 +111,7 @@ def test_a_call_with_no_free_slot_is_a_503_moodlebusy_and_cached_reads_do_not_wa
     gateway = make_gateway(MOODLE_MAX_CONCURRENCY="1", MOODLE_QUEUE_TIMEOUT_MS="0", CACHE_TTLS="users=0")
     token = mint("siteinfo:read users:read")
     assert gateway.get("/api/moodle/siteinfo", token).status_int == 200  # site info now cached
-    queue_fault(sandbox, kind="delay", seconds=0.5, function="core_user_get_users_by_field")
+    queue_fault(sandbox, kind="delay", seconds=1.0, function="core_user_get_users_by_field")
     slow = threading.Thread(target=gateway.get, args=("/api/moodle/users/by-field?field=id&values=3", token))
     slow.start()
     try:
