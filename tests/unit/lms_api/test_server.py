@@ -32,6 +32,20 @@ def test_the_port_comes_from_the_command_line_and_waitress_gets_the_bound_socket
         listener.close()
 
 
+def test_what_was_built_before_serving_is_frozen_out_of_the_collectors_passes(monkeypatch):
+    steps = []
+    monkeypatch.setattr(
+        server, "gc", SimpleNamespace(collect=lambda: steps.append("collect"), freeze=lambda: steps.append("freeze"))
+    )
+    monkeypatch.setattr(server.waitress, "serve", lambda app, sockets, **options: steps.append(sockets))
+
+    server.server_factory({"http_port": str(free_port())}, host="127.0.0.1", threads="4")(App)
+
+    *before, (listener,) = steps
+    listener.close()
+    assert before == ["collect", "freeze"]
+
+
 def test_a_port_in_use_is_one_line_and_status_2(capsys):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
