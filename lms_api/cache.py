@@ -548,7 +548,7 @@ def cache_tween_factory(handler: Callable[[Request], Response], registry: Regist
         calls = current_call_log()
         for call in calls.calls:
             if call.sent and call.function in INVALIDATED_BY:
-                request.find_service(ReadCache, context=None).invalidate_after(call.function)
+                request.find_service(ReadCache).invalidate_after(call.function)
         outcome = request_outcome(calls.cache)
         if outcome is not None:
             response.headers["Cache-Status"] = outcome.header()
@@ -560,11 +560,11 @@ def cache_tween_factory(handler: Callable[[Request], Response], registry: Regist
 def includeme(config: Configurator) -> None:
     settings: Settings = config.registry.settings["lms_api.settings"]
     cache = ReadCache.from_settings(settings)
-    config.include("pyramid_services")
+    config.include("lms_api.service_lookup")
     config.register_service(cache, ReadCache)
 
     def cached_moodle(context: Any, request: Request) -> CachedMoodle:
-        return CachedMoodle(request.find_service(MoodleClient, context=None), cache, _asks_for_fresh(request))
+        return CachedMoodle(request.find_service(MoodleClient), cache, _asks_for_fresh(request))
 
     config.register_service_factory(cached_moodle, CachedMoodle)
     config.add_tween("lms_api.cache.cache_tween_factory", over=EXCVIEW, under="lms_api.logging.request_tween_factory")

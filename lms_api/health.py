@@ -36,8 +36,8 @@ def healthz(request: Request) -> dict[str, str]:
 
 def readyz(request: Request) -> dict[str, Any]:
     """200 when the gateway can serve; else 503 ``notready`` saying why. Redis is asked; Moodle never is."""
-    client: MoodleClient = request.find_service(MoodleClient, context=None)
-    cache: ReadCache = request.find_service(ReadCache, context=None)
+    client: MoodleClient = request.find_service(MoodleClient)
+    cache: ReadCache = request.find_service(ReadCache)
     state = {
         "breaker": client.breaker.state.value,
         "site_info": "known" if client.knows_functions else "unknown",

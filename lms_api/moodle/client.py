@@ -3,10 +3,9 @@
 It bracket-encodes params, keeps the token in the POST body, gives each logical call one deadline
 (retries included), retries only read-only functions, turns every failure into a :class:`MoodleError`
 and checks a function is enabled before calling it. Its ``includeme`` registers one client per process as a
-Pyramid service; views look it up with ``request.find_service(MoodleClient, context=None)``: no service depends
-on a traversal context, and naming none spares each request a lookup registry of its own for the route's context.
-Without ``MOODLE_BASE_URL`` (development only) the client talks to whatever ``MOODLE_SANDBOX`` starts, by default
-the built-in emulator, imported only then.
+Pyramid service; views look it up with ``request.find_service(MoodleClient)``. Without ``MOODLE_BASE_URL``
+(development only) the client talks to whatever ``MOODLE_SANDBOX`` starts, by default the built-in emulator,
+imported only then.
 """
 
 from __future__ import annotations
@@ -452,5 +451,5 @@ def includeme(config: Configurator) -> None:
             "sandbox.started", moodle_base_url=base_url, note="MOODLE_BASE_URL is unset: using the Moodle sandbox"
         )
     scrub_from_logs(token)
-    config.include("pyramid_services")
+    config.include("lms_api.service_lookup")
     config.register_service(MoodleClient.from_settings(settings, base_url, token), MoodleClient)

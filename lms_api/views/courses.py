@@ -34,9 +34,7 @@ def list_courses(request: Request) -> object:
 
     The site's front page is never listed. Cached (`courses`).
     """
-    return _listing.dump(
-        courses.list_courses(request.find_service(CachedMoodle, context=None), **load_query(request, _query))
-    )
+    return _listing.dump(courses.list_courses(request.find_service(CachedMoodle), **load_query(request, _query)))
 
 
 @api_view(
@@ -52,7 +50,7 @@ def create_course(request: Request) -> object:
     """Create a course; `Location` names it. Drops the cached course entries."""
     fields = load_json_body(request, _create)
     request.audit_targets.update(categoryid=fields["categoryid"], shortname=fields["shortname"])
-    created = courses.create_course(request.find_service(MoodleClient, context=None), fields)
+    created = courses.create_course(request.find_service(MoodleClient), fields)
     request.audit_targets["course_id"] = created["id"]
     request.response.status = 201
     request.response.location = request.route_url("api.moodle.course", course_id=created["id"])
@@ -71,9 +69,7 @@ def create_course(request: Request) -> object:
 def get_course(request: Request) -> object:
     """One course by its id. Cached (`courses`)."""
     return _course.dump(
-        courses.get_course(
-            request.find_service(CachedMoodle, context=None), load_matchdict(request, _path)["course_id"]
-        )
+        courses.get_course(request.find_service(CachedMoodle), load_matchdict(request, _path)["course_id"])
     )
 
 
@@ -92,4 +88,4 @@ def update_course(request: Request) -> object:
     request.audit_targets["course_id"] = course_id
     changes = load_json_body(request, _update)
     request.audit_targets["fields"] = sorted(changes)
-    return _course.dump(courses.update_course(request.find_service(MoodleClient, context=None), course_id, changes))
+    return _course.dump(courses.update_course(request.find_service(MoodleClient), course_id, changes))

@@ -32,4 +32,4 @@ def enrol(request: Request) -> object:
         enrolments=len(wanted),
     )
     wanted = enrolments.resolve_roles(wanted, request.lms_settings.moodle_role_ids)
-    return _result.dump(enrolments.enrol(request.find_service(MoodleClient, context=None), wanted))
+    return _result.dump(enrolments.enrol(request.find_service(MoodleClient), wanted))

@@ -31,7 +31,7 @@ def upload(request: Request) -> object:
     form = load_multipart(request, _form, repeatable=("file",))
     request.audit_targets.update(filenames=[upload.filename for upload in form["file"]], itemid=form["itemid"])
     files.check_sizes(form["file"], max_mb)
-    uploaded = files.upload(request.find_service(MoodleClient, context=None), form["file"], form["itemid"])
+    uploaded = files.upload(request.find_service(MoodleClient), form["file"], form["itemid"])
     request.audit_targets["itemid"] = uploaded["itemid"]
     request.response.status = 201
     return _uploaded.dump(uploaded)
@@ -53,9 +53,7 @@ def attach(request: Request) -> object:
     """
     body = load_json_body(request, _attach)
     request.audit_targets.update(course_id=body["courseid"], draftitemid=body["draftitemid"])
-    attached = files.attach(
-        request.find_service(MoodleClient, context=None), request.lms_settings.moodle_attach_function, body
-    )
+    attached = files.attach(request.find_service(MoodleClient), request.lms_settings.moodle_attach_function, body)
     request.audit_targets["cmid"] = attached["cmid"]
     request.response.status = 201
     return _attached.dump(attached)

@@ -34,9 +34,7 @@ def list_notifications(request: Request) -> object:
     query = load_query(request, _list_query)
     userid = notifications.notification_user(request.identity, query.get("userid"))
     return _listing.dump(
-        notifications.notifications(
-            request.find_service(CachedMoodle, context=None), userid, query["limit"], query["offset"]
-        )
+        notifications.notifications(request.find_service(CachedMoodle), userid, query["limit"], query["offset"])
     )
 
 
@@ -51,4 +49,4 @@ def list_notifications(request: Request) -> object:
 def unread_count(request: Request) -> object:
     """How many popup notifications of a user are unread (the caller's own unless `userid`, with `admin`)."""
     userid = notifications.notification_user(request.identity, load_query(request, _count_query).get("userid"))
-    return _count.dump(notifications.unread_count(request.find_service(CachedMoodle, context=None), userid))
+    return _count.dump(notifications.unread_count(request.find_service(CachedMoodle), userid))

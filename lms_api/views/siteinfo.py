@@ -27,7 +27,7 @@ def site_info(request: Request) -> object:
     Every field of Moodle's `core_webservice_get_site_info` except `userprivateaccesskey`. Cached (`siteinfo`).
     """
     load_query(request, _query)
-    return request.find_service(CachedMoodle, context=None).derived_site_info(_serialized)
+    return request.find_service(CachedMoodle).derived_site_info(_serialized)
 
 
 def _serialized(info: dict[str, Any]) -> SerializedData:

@@ -24,6 +24,4 @@ def users_by_field(request: Request) -> object:
     `missing` lists the values no user has; `unchecked` those the gateway could not check. Cached (`users`).
     """
     query = load_query(request, _query)
-    return _found.dump(
-        users.users_by_field(request.find_service(CachedMoodle, context=None), query["field"], query["values"])
-    )
+    return _found.dump(users.users_by_field(request.find_service(CachedMoodle), query["field"], query["values"]))

@@ -38,7 +38,7 @@ def identity():
 def pyramid_config(moodle, identity):
     settings = load_settings(DEVELOPMENT, {})
     with testing.testConfig(settings={"lms_api.settings": settings}) as config:
-        config.include("pyramid_services")
+        config.include("lms_api.service_lookup")
         config.include("lms_api.settings")
         config.include("lms_api.audit")
         config.register_service(moodle, MoodleClient)
