@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import queue
 import re
 import sys
 import threading
@@ -25,6 +26,7 @@ from lms_api.security import checked_identity
 from lms_api.settings import Settings
 
 REQUEST_ID_HEADER = "X-Request-ID"
+FLUSH_TIMEOUT_S = 5.0  # how long flush() and close() wait for the writer thread
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 log = structlog.get_logger("lms_api.request")
@@ -39,8 +41,83 @@ def scrub_from_logs(*secrets: str | None) -> None:
     _SECRETS.update(secret for secret in secrets if secret)
 
 
-class GatewayLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """The gateway's own handler on the root logger, told apart from handlers others put there."""
+class GatewayLogHandler(logging.Handler):
+    """The gateway's own handler on the root logger: lines are rendered and written by a thread of its own.
+
+    A request thread only queues its event. Rendering it, and writing to stderr (a system call, which lets go of
+    the GIL and then waits for it again), happen on the writer thread, a batch of lines per write: with many
+    callers, request threads no longer queue on a lock held across a write. ``flush()`` returns once every line
+    queued before it is written, and ``close()`` (run by ``logging.shutdown`` at exit, which the waitress runner
+    also reaches on SIGTERM) writes the rest first, so a stopped gateway has written all it logged.
+    """
+
+    _BATCH = 512  # lines per write at most, so one flush is never held behind an endless stream
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__()
+        self.stream = stream
+        self._queue: queue.SimpleQueue[logging.LogRecord | str | threading.Event | None] = queue.SimpleQueue()
+        self._writer = threading.Thread(target=self._write_lines, name="lms_api-log-writer", daemon=True)
+        self._writer.start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if isinstance(record.msg, dict):  # structlog's event, request id already merged: rendered later
+            self._queue.put(record)
+            return
+        try:  # another library's line: rendered now, while this thread's request id is still bound
+            self._queue.put(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
+
+    def flush(self) -> None:
+        if self._writer.is_alive():
+            written = threading.Event()
+            self._queue.put(written)
+            written.wait(FLUSH_TIMEOUT_S)
+
+    def close(self) -> None:
+        if self._writer.is_alive():
+            self._queue.put(None)
+            self._writer.join(FLUSH_TIMEOUT_S)
+        super().close()
+
+    def _write_lines(self) -> None:
+        stopping = False
+        while not stopping:
+            lines: list[str] = []
+            written: list[threading.Event] = []
+            item = self._queue.get()
+            while True:
+                if item is None:
+                    stopping = True
+                elif isinstance(item, threading.Event):
+                    written.append(item)
+                else:
+                    lines.append(item if isinstance(item, str) else self._render(item))
+                if stopping or len(lines) >= self._BATCH:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if lines:
+                self._write("".join(lines))
+            for event in written:
+                event.set()
+
+    def _render(self, record: logging.LogRecord) -> str:
+        try:
+            return self.format(record) + "\n"
+        except Exception:
+            self.handleError(record)
+            return ""
+
+    def _write(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass  # stderr is closed or broken: there is nowhere left to say so
 
 
 def configure_logging(log_format: str, secrets: Iterable[str]) -> None:
@@ -59,6 +136,7 @@ def configure_logging(log_format: str, secrets: Iterable[str]) -> None:
     root = logging.getLogger()
     for old in [handler for handler in root.handlers if isinstance(handler, GatewayLogHandler)]:
         root.removeHandler(old)
+        old.close()
     handler = GatewayLogHandler(sys.stderr)
     handler.setFormatter(log_formatter(log_format))
     root.addHandler(handler)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import gc
+import signal
 import socket
 import sys
 from collections.abc import Callable
@@ -37,9 +38,17 @@ def server_factory(
         # passes, each of which held a request for 10-40 ms (a 51 KB site info makes thousands of objects per call).
         gc.collect()
         gc.freeze()
+        signal.signal(signal.SIGTERM, _stop_serving)
         waitress.serve(app, sockets=[listener], threads=int(threads), **options)
 
     return serve
+
+
+def _stop_serving(signum: int, frame: Any) -> None:
+    """SIGTERM, what orchestrators and ``kill`` send, ends the serve loop as Ctrl-C does: waitress gives the requests
+    in progress up to 5 s to finish, and the process then exits through ``logging.shutdown``, which writes the log
+    lines still queued."""
+    raise SystemExit(0)
 
 
 def listen(host: str, port: int) -> socket.socket:

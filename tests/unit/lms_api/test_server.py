@@ -1,5 +1,6 @@
 """The waitress runner the ini files use: the port from the command line, bound before the app is built."""
 
+import signal
 import socket
 from types import SimpleNamespace
 
@@ -13,6 +14,14 @@ from tests.conftest import free_port
 App = SimpleNamespace(
     registry=SimpleNamespace(settings={"lms_api.settings": load_settings({"lms_api.environment": "development"}, {})})
 )
+
+
+@pytest.fixture(autouse=True)
+def signal_handlers(monkeypatch):
+    """The handlers serve() installs, kept from the test process."""
+    installed = {}
+    monkeypatch.setattr(server.signal, "signal", lambda signum, handler: installed.__setitem__(signum, handler))
+    return installed
 
 
 def test_the_port_comes_from_the_command_line_and_waitress_gets_the_bound_socket(monkeypatch):
@@ -44,6 +53,16 @@ def test_what_was_built_before_serving_is_frozen_out_of_the_collectors_passes(mo
     *before, (listener,) = steps
     listener.close()
     assert before == ["collect", "freeze"]
+
+
+def test_sigterm_stops_the_serve_loop_as_ctrl_c_does(monkeypatch, signal_handlers):
+    monkeypatch.setattr(server.waitress, "serve", lambda app, sockets, **options: sockets[0].close())
+
+    server.server_factory({"http_port": str(free_port())}, host="127.0.0.1", threads="4")(App)
+
+    with pytest.raises(SystemExit) as stopped:
+        signal_handlers[signal.SIGTERM](signal.SIGTERM, None)
+    assert stopped.value.code == 0
 
 
 def test_a_port_in_use_is_one_line_and_status_2(capsys):

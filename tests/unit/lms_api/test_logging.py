@@ -1,0 +1,117 @@
+"""The gateway's log handler: lines rendered and written by a thread of their own, none lost at flush or close."""
+
+import io
+import json
+import logging
+import threading
+
+import pytest
+import structlog
+
+from lms_api.logging import GatewayLogHandler, configure_logging
+
+
+class SlowStream(io.StringIO):
+    """A stderr whose writes wait until the test lets them go, counting them."""
+
+    def __init__(self):
+        super().__init__()
+        self.may_write = threading.Event()
+        self.writes = 0
+
+    def write(self, text):
+        self.may_write.wait(5)
+        self.writes += 1
+        return super().write(text)
+
+
+class BrokenStream(io.StringIO):
+    def write(self, text):
+        raise OSError("stderr is gone")
+
+
+@pytest.fixture
+def gateway_handler():
+    """configure_logging's handler on the root logger, on a stream of the test's, removed afterwards."""
+    configure_logging("json", [])
+    root = logging.getLogger()
+    (handler,) = [handler for handler in root.handlers if isinstance(handler, GatewayLogHandler)]
+    handler.stream = SlowStream()
+    yield handler
+    handler.stream.may_write.set()
+    root.removeHandler(handler)
+    handler.close()
+
+
+def lines(handler):
+    return [json.loads(line) for line in handler.stream.getvalue().splitlines()]
+
+
+def test_a_request_thread_does_not_wait_for_the_write_and_flush_waits_for_every_line(gateway_handler):
+    log = structlog.get_logger("lms_api.test")
+    for number in range(3):
+        log.info("queued", number=number)
+
+    assert gateway_handler.stream.getvalue() == ""  # the writer is held: the callers were not
+    gateway_handler.stream.may_write.set()
+    gateway_handler.flush()
+
+    assert [(line["event"], line["number"]) for line in lines(gateway_handler)] == [("queued", n) for n in range(3)]
+
+
+def test_lines_queued_while_a_write_is_held_go_out_in_one_write(gateway_handler):
+    log = structlog.get_logger("lms_api.test")
+    log.info("first")
+    threading.Event().wait(0.05)  # the writer has taken the first line and waits on the stream
+    for number in range(50):
+        log.info("behind", number=number)
+
+    gateway_handler.stream.may_write.set()
+    gateway_handler.flush()
+
+    assert len(lines(gateway_handler)) == 51
+    assert gateway_handler.stream.writes == 2
+
+
+def test_another_librarys_line_keeps_the_request_id_bound_when_it_was_logged(gateway_handler):
+    with structlog.contextvars.bound_contextvars(request_id="r-42"):
+        logging.getLogger("waitress").warning("task queue depth is %d", 7)
+    gateway_handler.stream.may_write.set()
+    gateway_handler.flush()
+
+    (line,) = lines(gateway_handler)
+    assert (line["event"], line["request_id"], line["logger"]) == ("task queue depth is 7", "r-42", "waitress")
+
+
+def test_close_writes_what_is_still_queued_and_stops_the_writer(gateway_handler):
+    structlog.get_logger("lms_api.test").info("last words")
+    gateway_handler.stream.may_write.set()
+
+    gateway_handler.close()
+
+    assert [line["event"] for line in lines(gateway_handler)] == ["last words"]
+    assert not gateway_handler._writer.is_alive()
+
+
+def test_a_broken_stderr_loses_its_lines_but_not_the_writer():
+    handler = GatewayLogHandler(BrokenStream())
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.handle(logging.makeLogRecord({"msg": "into the void"}))
+    handler.flush()
+    handler.stream = io.StringIO()
+    handler.handle(logging.makeLogRecord({"msg": "heard"}))
+    handler.close()
+
+    assert handler.stream.getvalue() == "heard\n"
+
+
+def test_configuring_again_closes_the_handler_it_replaces(gateway_handler):
+    gateway_handler.stream.may_write.set()
+    configure_logging("json", [])
+    root = logging.getLogger()
+    (replacement,) = [handler for handler in root.handlers if isinstance(handler, GatewayLogHandler)]
+
+    assert replacement is not gateway_handler
+    assert not gateway_handler._writer.is_alive()
+    root.removeHandler(replacement)
+    replacement.close()
