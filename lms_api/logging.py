@@ -27,6 +27,7 @@ from lms_api.settings import Settings
 
 REQUEST_ID_HEADER = "X-Request-ID"
 FLUSH_TIMEOUT_S = 5.0  # how long flush() and close() wait for the writer thread
+MAX_QUEUED_LINES = 10_000
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 log = structlog.get_logger("lms_api.request")
@@ -56,7 +57,8 @@ class GatewayLogHandler(logging.Handler):
     def __init__(self, stream: TextIO) -> None:
         super().__init__()
         self.stream = stream
-        self._queue: queue.SimpleQueue[logging.LogRecord | str | threading.Event | None] = queue.SimpleQueue()
+        # Bounded: when stderr is read slower than lines come, callers wait for the writer rather than memory grow.
+        self._queue: queue.Queue[logging.LogRecord | str | threading.Event | None] = queue.Queue(MAX_QUEUED_LINES)
         self._writer = threading.Thread(target=self._write_lines, name="lms_api-log-writer", daemon=True)
         self._writer.start()
 
