@@ -35,6 +35,7 @@ from pyramid.tweens import EXCVIEW
 
 from lms_api.calllog import current_call_log
 from lms_api.errors import ErrorCode
+from lms_api.jsoncodec import loads
 from lms_api.moodle.client import Answer, MoodleClient
 from lms_api.moodle.encoding import encode_params
 from lms_api.moodle.errors import MoodleError
@@ -350,7 +351,7 @@ class ReadCache:
         if entry is not None and not refresh and now < entry.fresh_until:
             _note(group, CacheOutcome(Fetch.HIT, math.ceil(entry.fresh_until - now)))
             if derive is None:
-                return json.loads(entry.body)
+                return loads(entry.body)
             return self._derived_from(key, entry, derive)
         value = self._read_through(function, group, key, generation, entry, now, fetch, refresh)
         return value if derive is None else derive(value)
@@ -361,7 +362,7 @@ class ReadCache:
             if version in self._derived:
                 self._derived.move_to_end(version)
                 return self._derived[version]
-        derived = derive(json.loads(entry.body))
+        derived = derive(loads(entry.body))
         with self._derived_lock:
             self._derived[version] = derived
             if len(self._derived) > MAX_DERIVED:
@@ -392,7 +393,7 @@ class ReadCache:
                 ttl = math.ceil(left) if left > 0 else min(-1, math.floor(left))
                 _note(group, CacheOutcome(Fetch.STALE, ttl))
                 log.info("cache.stale_served", function=function, error_code=str(error.code))
-                return json.loads(entry.body)
+                return loads(entry.body)
             _note(group, CacheOutcome(Fetch.REFRESH if refresh else Fetch.MISS))  # errors are never kept
             raise
         forwarded = Fetch.REFRESH if refresh else Fetch.MISS
@@ -424,7 +425,7 @@ class ReadCache:
                 if flight.error is not None:
                     raise flight.error
                 assert flight.body is not None
-                return json.loads(flight.body), True
+                return loads(flight.body), True
             return self._fetch_and_put(group, key, generation, fetch, share=False)
         try:
             value, collapsed = self._fetch_and_put(group, key, generation, fetch, share=True, flight=flight)
@@ -455,7 +456,7 @@ class ReadCache:
             if shared is not None:
                 if flight is not None:
                     flight.body = shared
-                return json.loads(shared), True
+                return loads(shared), True
             token = self.store.lock(key, self._wait_s)  # its holder failed or gave up: fetch here
         try:
             answer = fetch()

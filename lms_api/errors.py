@@ -6,13 +6,14 @@ from :class:`ErrorCode` (``scripts/error_catalogue.py``), so the documentation c
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
 from pyramid.request import Request
 from pyramid.response import Response
+
+from lms_api.jsoncodec import dumps
 
 
 class ErrorCode(StrEnum):
@@ -201,10 +202,6 @@ def status_of(code: ErrorCode | str) -> int:
     return known.status if isinstance(known, ErrorCode) else UNKNOWN_MOODLE_ERROR_STATUS
 
 
-def dumps(body: Any) -> str:
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
-
-
 def error_body(error: ApiError, request_id: str) -> dict[str, Any]:
     return {
         "ok": False,
@@ -222,7 +219,7 @@ def success_body(data: Any) -> dict[str, Any]:
 
 
 def success_json(data_json: str) -> str:
-    """:func:`dumps` of :func:`success_body`, around ``data`` serialised already."""
+    """:func:`~lms_api.jsoncodec.dumps` of :func:`success_body`, around ``data`` serialised already."""
     return '{"ok":true,"data":' + data_json + "}"
 
 

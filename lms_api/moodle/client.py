@@ -10,7 +10,6 @@ imported only then.
 
 from __future__ import annotations
 
-import json
 import random
 import threading
 import time
@@ -28,6 +27,7 @@ from urllib3.exceptions import NewConnectionError
 
 from lms_api.calllog import CallRecord, current_call_log
 from lms_api.errors import ErrorCode
+from lms_api.jsoncodec import loads
 from lms_api.logging import scrub_from_logs
 from lms_api.moodle.encoding import encode_params
 from lms_api.moodle.errors import (
@@ -357,7 +357,7 @@ class MoodleClient:
                 function, status, f"Moodle answered with a redirect (HTTP {status}); check MOODLE_BASE_URL"
             )
         try:
-            body = json.loads(response.content)
+            body = loads(response.content)
         except ValueError:
             raise _bad_response(
                 function,

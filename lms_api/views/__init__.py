@@ -10,7 +10,8 @@ from marshmallow import Schema
 from pyramid.config import Configurator
 from pyramid.view import view_config
 
-from lms_api.errors import ErrorCode, dumps, success_body, success_json
+from lms_api.errors import ErrorCode, success_body, success_json
+from lms_api.jsoncodec import dumps
 from lms_api.security import Scope
 
 ENVELOPE_RENDERER = "lms_api:envelope"

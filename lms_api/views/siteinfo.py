@@ -3,7 +3,7 @@ from typing import Any
 from pyramid.request import Request
 
 from lms_api.cache import CachedMoodle
-from lms_api.errors import dumps
+from lms_api.jsoncodec import dumps
 from lms_api.schemas.base import load_query
 from lms_api.schemas.siteinfo import SiteInfoQuery, SiteInfoSchema
 from lms_api.security import Scope
