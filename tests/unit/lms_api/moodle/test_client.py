@@ -117,10 +117,7 @@ def test_success_bodies_are_returned_as_is(client, rsps, function, body, expecte
 
 
 def test_site_info_returns_the_golden_body_and_caches_its_functions(client, rsps):
-    path = GOLDEN_DIR / "core_webservice_get_site_info.json"
-    if not path.is_file():
-        pytest.skip(f"golden body {path} is absent")
-    body = path.read_text()
+    body = (GOLDEN_DIR / "core_webservice_get_site_info.json").read_text()
     add(rsps, SITE_INFO, body=body, content_type="application/json")
 
     info = client.site_info()
@@ -131,6 +128,14 @@ def test_site_info_returns_the_golden_body_and_caches_its_functions(client, rsps
     assert len(functions) == len(info["functions"])  # site info itself is in the list
     assert {WRITE_FN, READ_FN, SITE_INFO} <= functions
     assert len(rsps.calls) == 1
+
+
+def test_an_answer_longer_than_one_read_is_read_whole(client, rsps):
+    prime(client, rsps)
+    users = [{"id": number, "fullname": "x" * 100} for number in range(3 * client_module.READ_CHUNK_BYTES // 100)]
+    add(rsps, READ_FN, json=users)
+
+    assert client.call(READ_FN) == users
 
 
 @pytest.mark.parametrize(
