@@ -8,7 +8,7 @@ import threading
 import pytest
 import structlog
 
-from lms_api.logging import GatewayLogHandler, configure_logging
+from lms_api.logging import GatewayLogHandler, LinesAsLog, configure_logging
 
 
 class SlowStream(io.StringIO):
@@ -115,3 +115,44 @@ def test_configuring_again_closes_the_handler_it_replaces(gateway_handler):
     assert not gateway_handler._writer.is_alive()
     root.removeHandler(replacement)
     replacement.close()
+
+
+def test_a_line_that_cannot_be_rendered_is_reported_and_the_next_one_written():
+    class FailsOnBoom(logging.Formatter):
+        def format(self, record):
+            if "boom" in str(record.msg):
+                raise ValueError("cannot render")
+            return super().format(record)
+
+    handler = GatewayLogHandler(io.StringIO())
+    handler.setFormatter(FailsOnBoom("%(message)s"))
+    reported = []
+    handler.handleError = reported.append
+    foreign, structured = logging.makeLogRecord({"msg": "boom"}), logging.makeLogRecord({"msg": {"event": "boom"}})
+    for record in (foreign, structured, logging.makeLogRecord({"msg": "fine"})):
+        handler.handle(record)
+    handler.close()
+
+    assert reported == [foreign, structured]
+    assert handler.stream.getvalue() == "fine\n"
+
+
+def test_what_pserve_prints_becomes_log_lines_and_a_line_logged_while_logging_goes_out_as_it_is(gateway_handler):
+    fallback = io.StringIO()
+    stderr = LinesAsLog(fallback)
+    stderr.write("Starting server in PID 7.\nServing on ")
+    stderr.write("http://127.0.0.1:6543\n\n")
+    stderr.write("no newline yet")
+    stderr.flush()
+    gateway_handler.stream.may_write.set()
+    gateway_handler.flush()
+    stderr._local.busy = True  # as while logging reports its own failure
+    stderr.write("--- Logging error ---\n")
+
+    assert [(line["logger"], line["event"]) for line in lines(gateway_handler)] == [
+        ("pserve", "Starting server in PID 7."),
+        ("pserve", "Serving on http://127.0.0.1:6543"),
+        ("pserve", "no newline yet"),
+    ]
+    assert fallback.getvalue() == "--- Logging error ---\n"
+    assert stderr.writable()
