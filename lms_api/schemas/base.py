@@ -317,9 +317,22 @@ class CommaSeparated(fields.Field[Any]):
         return loaded
 
 
-def strict_int(minimum: int, maximum: int = MAX_SAFE_INTEGER, **kwargs: Any) -> fields.Integer:
-    """A bounded integer in a JSON body: ``1.5``, ``"1"`` and ``true`` are refused, not coerced."""
-    return fields.Integer(strict=True, validate=validate.Range(min=minimum, max=maximum), **kwargs)
+class JsonInteger(fields.Integer):
+    """An integer in a JSON body, as JSON and JSON Schema count them: ``3`` and ``3.0`` are the same number, so both
+    are taken; ``3.5``, ``"3"`` and ``true`` are refused, not coerced."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(strict=True, **kwargs)
+
+    def _validated(self, value: Any) -> int:
+        if type(value) is float and value.is_integer():
+            value = int(value)
+        return super()._validated(value)
+
+
+def strict_int(minimum: int, maximum: int = MAX_SAFE_INTEGER, **kwargs: Any) -> JsonInteger:
+    """A bounded integer in a JSON body."""
+    return JsonInteger(validate=validate.Range(min=minimum, max=maximum), **kwargs)
 
 
 class IntegerText(fields.Integer):

@@ -8,6 +8,7 @@ from marshmallow import ValidationError, fields, post_load, validate, validates_
 
 from lms_api.schemas.base import (
     Flag,
+    JsonInteger,
     Records,
     RequestSchema,
     ResponseSchema,
@@ -61,7 +62,7 @@ class CourseFields(RequestSchema):
     shortname = fields.String(validate=_SHORTNAME_RULES)
     categoryid = strict_int(1)
     summary = fields.String(validate=no_control_characters)
-    summaryformat = fields.Integer(strict=True, validate=validate.OneOf(SUMMARY_FORMATS))
+    summaryformat = JsonInteger(validate=validate.OneOf(SUMMARY_FORMATS))
     format = fields.String(validate=_FORMAT_RULES)
     visible = Flag()
     startdate = strict_int(0)
