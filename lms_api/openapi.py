@@ -35,7 +35,7 @@ from lms_api.schemas.base import (
 from lms_api.schemas.enrolments import Role
 from lms_api.schemas.files import FileParts
 from lms_api.security import Scope
-from lms_api.settings import ROLE_NAME
+from lms_api.settings import DEFAULT_ROLE_IDS, ROLE_NAME
 from lms_api.views import OPERATIONS, Operation
 
 DOCUMENT_PATH = "/api/moodle/openapi.json"
@@ -203,7 +203,7 @@ def _custom_fields(self: FieldConverterMixin, field: fields.Field[Any], **kwargs
         # Blanks around a value are dropped; an empty value is refused.
         return {
             "type": "string",
-            "description": "comma-separated values",
+            "description": field.metadata.get("description", "comma-separated values"),
             "pattern": r"^\s*[^,\s][^,]*(,\s*[^,\s][^,]*)*$",
         }
     if isinstance(field, Role):
@@ -212,7 +212,9 @@ def _custom_fields(self: FieldConverterMixin, field: fields.Field[Any], **kwargs
                 {"type": "integer", "minimum": 1, "maximum": MAX_SAFE_INTEGER},
                 {"type": "string", "pattern": f"^{ROLE_NAME.pattern}$"},
             ],
-            "description": "a role id, or a role name such as `student`",
+            "description": "a role id, or the name of a role the gateway knows: "
+            + ", ".join(f"`{name}`" for name in sorted(DEFAULT_ROLE_IDS))
+            + " unless `MOODLE_ROLE_IDS` changes them",
         }
     if isinstance(field, FileParts):
         return {"type": "array", "items": {"type": "string", "format": "binary"}}

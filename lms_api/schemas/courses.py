@@ -65,8 +65,10 @@ class CourseFields(RequestSchema):
     summaryformat = JsonInteger(validate=validate.OneOf(SUMMARY_FORMATS))
     format = fields.String(validate=_FORMAT_RULES)
     visible = Flag()
-    startdate = strict_int(0)
-    enddate = strict_int(0)
+    startdate = strict_int(0, metadata={"description": "Unix time; 0 for none"})
+    enddate = strict_int(
+        0, metadata={"description": "Unix time; 0 for none. Needs a startdate (not 0) in the request, not after it"}
+    )
     idnumber = fields.String(validate=(validate.Length(max=IDNUMBER_MAX), single_line))
 
     @validates_schema

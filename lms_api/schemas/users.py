@@ -15,7 +15,11 @@ MAX_NAMED = 20  # bad ids named in the message
 
 class UsersByFieldQuery(RequestSchema):
     field = fields.String(required=True, validate=validate.OneOf(USER_FIELDS))
-    values = CommaSeparated(fields.String(validate=(validate.Length(max=255), single_line)), required=True)
+    values = CommaSeparated(
+        fields.String(validate=(validate.Length(max=255), single_line)),
+        required=True,
+        metadata={"description": f"comma-separated values, at most {MAX_VALUES}; ids (`field=id`) from 1 to 2^53-1"},
+    )
 
     @post_load
     def _typed_values(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
