@@ -284,10 +284,19 @@ def no_html(value: str) -> None:
         raise ValidationError("Must not contain HTML tags")
 
 
+def integral(value: Any) -> Any:
+    """``value``, or the int it equals when it is a float with no fraction: in JSON ``3.0`` and ``3`` are one number."""
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return value
+
+
 class Flag(fields.Field[Any]):
-    """A yes/no input: JSON ``true``/``false`` or Moodle's ``1``/``0``; nothing else (no "yes", no 2, no 1.0)."""
+    """A yes/no input: JSON ``true``/``false`` or Moodle's ``1``/``0`` (``1.0`` is ``1``); nothing else (no "yes",
+    no 2)."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        value = integral(value)
         if type(value) in (bool, int) and value in (0, 1):
             return bool(value)
         raise ValidationError("Must be true, false, 1 or 0")
@@ -325,9 +334,7 @@ class JsonInteger(fields.Integer):
         super().__init__(strict=True, **kwargs)
 
     def _validated(self, value: Any) -> int:
-        if type(value) is float and value.is_integer():
-            value = int(value)
-        return super()._validated(value)
+        return super()._validated(integral(value))
 
 
 def strict_int(minimum: int, maximum: int = MAX_SAFE_INTEGER, **kwargs: Any) -> JsonInteger:

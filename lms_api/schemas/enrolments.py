@@ -6,7 +6,7 @@ from typing import Any
 
 from marshmallow import ValidationError, fields, validate, validates_schema
 
-from lms_api.schemas.base import MAX_SAFE_INTEGER, Flag, RequestSchema, ResponseSchema, strict_int
+from lms_api.schemas.base import MAX_SAFE_INTEGER, Flag, RequestSchema, ResponseSchema, integral, strict_int
 from lms_api.settings import ROLE_NAME
 
 MAX_ENROLMENTS = 10000
@@ -16,6 +16,7 @@ class Role(fields.Field[Any]):
     """A Moodle role id, or a role name the gateway maps to one (``student``, ``teacher``, ...)."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int | str:
+        value = integral(value)
         if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_SAFE_INTEGER:
             return value
         if isinstance(value, str) and ROLE_NAME.fullmatch(value):
