@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import queue
 import re
@@ -33,13 +34,15 @@ _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 log = structlog.get_logger("lms_api.request")
 
 
-# Scrubbed from every rendered line as a last line of defence: nothing should log them in the first place. A set
-# for the whole process, since logging is: it grows as secrets become known (a sandbox's token once it started).
-_SECRETS: set[str] = set()
+# Scrubbed from every rendered line as a last line of defence: nothing should log them in the first place. One set
+# for the whole process, since logging is: it grows as secrets become known (a sandbox's token once it started). It
+# is replaced, never changed in place, as lines are rendered on the writer thread while it grows.
+_SECRETS: frozenset[str] = frozenset()
 
 
 def scrub_from_logs(*secrets: str | None) -> None:
-    _SECRETS.update(secret for secret in secrets if secret)
+    global _SECRETS
+    _SECRETS = _SECRETS | {secret for secret in secrets if secret}
 
 
 class GatewayLogHandler(logging.Handler):
@@ -49,7 +52,7 @@ class GatewayLogHandler(logging.Handler):
     the GIL and then waits for it again), happen on the writer thread, a batch of lines per write: with many
     callers, request threads no longer queue on a lock held across a write. ``flush()`` returns once every line
     queued before it is written, and ``close()`` (run by ``logging.shutdown`` at exit, which the waitress runner
-    also reaches on SIGTERM) writes the rest first, so a stopped gateway has written all it logged.
+    also reaches on SIGTERM) writes the rest first; each waits ``FLUSH_TIMEOUT_S`` at most.
     """
 
     _BATCH = 512  # lines per write at most, so one flush is never held behind an endless stream
@@ -63,25 +66,32 @@ class GatewayLogHandler(logging.Handler):
         self._writer.start()
 
     def emit(self, record: logging.LogRecord) -> None:
-        if isinstance(record.msg, dict):  # structlog's event, request id already merged: rendered later
+        if not self._writer.is_alive() or threading.current_thread() is self._writer:
+            # Closed, or logged by the writer itself: written here, never queued behind itself.
+            self._write(self._render(record))
+        elif hasattr(record, "_logger"):  # structlog's event, request id and traceback in it already
             self._queue.put(record)
-            return
-        try:  # another library's line: rendered now, while this thread's request id is still bound
-            self._queue.put(self.format(record) + "\n")
-        except Exception:
-            self.handleError(record)
+        else:  # another library's line: rendered now, while this thread's request id is still bound
+            self._queue.put(self._render(record))
 
     def flush(self) -> None:
-        if self._writer.is_alive():
-            written = threading.Event()
-            self._queue.put(written)
+        written = threading.Event()
+        if self._hand_to_writer(written):
             written.wait(FLUSH_TIMEOUT_S)
 
     def close(self) -> None:
-        if self._writer.is_alive():
-            self._queue.put(None)
+        if self._hand_to_writer(None):
             self._writer.join(FLUSH_TIMEOUT_S)
         super().close()
+
+    def _hand_to_writer(self, marker: threading.Event | None) -> bool:
+        if not self._writer.is_alive() or threading.current_thread() is self._writer:
+            return False
+        try:
+            self._queue.put(marker, timeout=FLUSH_TIMEOUT_S)
+        except queue.Full:  # the writer is stuck on a stalled stderr
+            return False
+        return True
 
     def _write_lines(self) -> None:
         stopping = False
@@ -110,16 +120,18 @@ class GatewayLogHandler(logging.Handler):
     def _render(self, record: logging.LogRecord) -> str:
         try:
             return self.format(record) + "\n"
-        except Exception:
-            self.handleError(record)
-            return ""
+        except Exception as error:
+            # Said in a line of its own, not by handleError: that prints to stderr, which pserve's lines turned
+            # into a logger, and the writer would be logging into its own queue.
+            failure = {"event": "log.unrenderable", "logger": record.name, "error": type(error).__name__}
+            return json.dumps({**failure, "level": "error"}) + "\n"
 
     def _write(self, text: str) -> None:
         try:
             self.stream.write(text)
             self.stream.flush()
-        except (OSError, ValueError):
-            pass  # stderr is closed or broken: there is nowhere left to say so
+        except Exception:  # noqa: S110  # stderr is closed, broken or gone: there is nowhere left to say so
+            pass
 
 
 def configure_logging(log_format: str, secrets: Iterable[str]) -> None:
@@ -130,7 +142,12 @@ def configure_logging(log_format: str, secrets: Iterable[str]) -> None:
     """
     scrub_from_logs(*secrets)
     structlog.configure(
-        processors=[*_SHARED_PROCESSORS, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        # A traceback is made text here, on the thread that caught it: the writer thread renders the rest later.
+        processors=[
+            *_SHARED_PROCESSORS,
+            structlog.processors.format_exc_info,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,

@@ -47,7 +47,8 @@ def server_factory(
 def _stop_serving(signum: int, frame: Any) -> None:
     """SIGTERM, what orchestrators and ``kill`` send, ends the serve loop as Ctrl-C does: waitress gives the requests
     in progress up to 5 s to finish, and the process then exits through ``logging.shutdown``, which writes the log
-    lines still queued."""
+    lines still queued. A second SIGTERM is ignored, so it cannot cut that short."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise SystemExit(0)
 
 

@@ -361,14 +361,14 @@ class MoodleClient:
             )
         return reply
 
-    def _parse(self, function: str, response: _Reply) -> Any:
-        status = response.status_code
+    def _parse(self, function: str, reply: _Reply) -> Any:
+        status = reply.status_code
         if 300 <= status < 400:
             raise _bad_response(
                 function, status, f"Moodle answered with a redirect (HTTP {status}); check MOODLE_BASE_URL"
             )
         try:
-            body = loads(response.content)
+            body = loads(reply.content)
         except ValueError:
             raise _bad_response(
                 function,
@@ -377,7 +377,7 @@ class MoodleClient:
                 "check MOODLE_BASE_URL and that the REST protocol is enabled",
             ) from None
         if is_moodle_error(body):
-            raise error_from_moodle(body, function, (self._token,), _retry_after(response))
+            raise error_from_moodle(body, function, (self._token,), _retry_after(reply))
         if status != 200:
             raise _bad_response(function, status, f"Moodle answered HTTP {status}")
         return body
@@ -435,8 +435,8 @@ def _never_connected(error: requests.ConnectionError) -> bool:
     return False
 
 
-def _retry_after(response: _Reply) -> int | None:
-    value = response.headers.get("Retry-After", "")
+def _retry_after(reply: _Reply) -> int | None:
+    value = reply.headers.get("Retry-After", "")
     return int(value) if value.isascii() and value.isdigit() else None
 
 

@@ -8,7 +8,7 @@ import threading
 import pytest
 import structlog
 
-from lms_api.logging import GatewayLogHandler, LinesAsLog, configure_logging
+from lms_api.logging import GatewayLogHandler, LinesAsLog, configure_logging, scrub_from_logs
 
 
 class SlowStream(io.StringIO):
@@ -126,15 +126,66 @@ def test_a_line_that_cannot_be_rendered_is_reported_and_the_next_one_written():
 
     handler = GatewayLogHandler(io.StringIO())
     handler.setFormatter(FailsOnBoom("%(message)s"))
-    reported = []
-    handler.handleError = reported.append
-    foreign, structured = logging.makeLogRecord({"msg": "boom"}), logging.makeLogRecord({"msg": {"event": "boom"}})
+    foreign = logging.makeLogRecord({"name": "waitress", "msg": "boom"})
+    structured = logging.makeLogRecord({"name": "lms_api.x", "msg": {"event": "boom"}, "_logger": None})
     for record in (foreign, structured, logging.makeLogRecord({"msg": "fine"})):
         handler.handle(record)
     handler.close()
 
-    assert reported == [foreign, structured]
-    assert handler.stream.getvalue() == "fine\n"
+    first, second, third = handler.stream.getvalue().splitlines()
+    assert json.loads(first) == {
+        "event": "log.unrenderable",
+        "logger": "waitress",
+        "error": "ValueError",
+        "level": "error",
+    }
+    assert json.loads(second)["logger"] == "lms_api.x"
+    assert third == "fine"
+
+
+def test_a_traceback_is_kept_though_the_line_is_rendered_on_the_writer_thread(gateway_handler):
+    try:
+        1 / 0  # noqa: B018
+    except ZeroDivisionError:
+        structlog.get_logger("lms_api.test").exception("unexpected.error")
+    gateway_handler.stream.may_write.set()
+    gateway_handler.flush()
+
+    (line,) = lines(gateway_handler)
+    assert "ZeroDivisionError: division by zero" in line["exception"]
+
+
+def test_a_secret_is_scrubbed_from_lines_rendered_on_the_writer_thread(gateway_handler):
+    scrub_from_logs("WRITER-SECRET-0123456789")
+    structlog.get_logger("lms_api.test").warning("oops", leaked="WRITER-SECRET-0123456789")
+    gateway_handler.stream.may_write.set()
+    gateway_handler.flush()
+
+    (line,) = lines(gateway_handler)
+    assert line["leaked"] == "[redacted]"
+
+
+def test_a_line_logged_by_the_writer_itself_is_written_at_once_not_queued_behind_itself():
+    class LoggingStream(io.StringIO):
+        """A stderr that logs what is written to it, as pserve's stderr does: the writer logs while writing."""
+
+        def write(self, text):
+            if "echo" not in text:
+                logging.getLogger("echoed").warning("echo")
+            return super().write(text)
+
+    handler = GatewayLogHandler(LoggingStream())
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        logging.getLogger("lms_api.test").warning("first")
+        handler.flush()
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+    assert handler.stream.getvalue().splitlines() == ["echo", "first"]
 
 
 def test_what_pserve_prints_becomes_log_lines_and_a_line_logged_while_logging_goes_out_as_it_is(gateway_handler):
