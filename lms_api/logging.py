@@ -65,10 +65,23 @@ class GatewayLogHandler(logging.Handler):
         self._writer = threading.Thread(target=self._write_lines, name="lms_api-log-writer", daemon=True)
         self._writer.start()
 
+    def handle(self, record: logging.LogRecord) -> bool:
+        # Without the handler's lock around emit: the queue is safe between threads, and a caller holding the lock
+        # while it waits for room in a full queue would keep out the writer, should the writer itself log.
+        if not self.filter(record):
+            return False
+        self.emit(record)
+        return True
+
     def emit(self, record: logging.LogRecord) -> None:
-        if not self._writer.is_alive() or threading.current_thread() is self._writer:
-            # Closed, or logged by the writer itself: written here, never queued behind itself.
+        if threading.current_thread() is self._writer:  # the writer logging: written now, not queued behind itself
             self._write(self._render(record))
+        elif not self._writer.is_alive():  # closed: written by the caller, one at a time
+            self.acquire()
+            try:
+                self._write(self._render(record))
+            finally:
+                self.release()
         elif hasattr(record, "_logger"):  # structlog's event, request id and traceback in it already
             self._queue.put(record)
         else:  # another library's line: rendered now, while this thread's request id is still bound
