@@ -34,15 +34,22 @@ _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 log = structlog.get_logger("lms_api.request")
 
 
-# Scrubbed from every rendered line as a last line of defence: nothing should log them in the first place. One set
+# Scrubbed from every rendered line as a last line of defence: nothing should log them in the first place. One list
 # for the whole process, since logging is: it grows as secrets become known (a sandbox's token once it started). It
-# is replaced, never changed in place, as lines are rendered on the writer thread while it grows.
-_SECRETS: frozenset[str] = frozenset()
+# is replaced, never changed in place, as lines are rendered on the writer thread while it grows. Each secret is
+# there as the renderers may write it (JSON escapes quotes, backslashes and non-ASCII; the console renderer shows
+# values in a list by repr), longest first, so a secret inside another never leaves a piece of the longer one.
+_SECRETS: tuple[str, ...] = ()
 
 
 def scrub_from_logs(*secrets: str | None) -> None:
     global _SECRETS
-    _SECRETS = _SECRETS | {secret for secret in secrets if secret}
+    forms = {form for secret in secrets if secret for form in _written_forms(secret)}
+    _SECRETS = tuple(sorted(forms.union(_SECRETS), key=len, reverse=True))
+
+
+def _written_forms(secret: str) -> set[str]:
+    return {secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1], repr(secret)[1:-1]}
 
 
 class GatewayLogHandler(logging.Handler):
@@ -60,6 +67,7 @@ class GatewayLogHandler(logging.Handler):
     def __init__(self, stream: TextIO) -> None:
         super().__init__()
         self.stream = stream
+        self._closed = False
         # Bounded: when stderr is read slower than lines come, callers wait for the writer rather than memory grow.
         self._queue: queue.Queue[logging.LogRecord | str | threading.Event | None] = queue.Queue(MAX_QUEUED_LINES)
         self._writer = threading.Thread(target=self._write_lines, name="lms_api-log-writer", daemon=True)
@@ -77,15 +85,13 @@ class GatewayLogHandler(logging.Handler):
         if threading.current_thread() is self._writer:  # the writer logging: written now, not queued behind itself
             self._write(self._render(record))
         elif not self._writer.is_alive():  # closed: written by the caller, one at a time
-            self.acquire()
-            try:
-                self._write(self._render(record))
-            finally:
-                self.release()
-        elif hasattr(record, "_logger"):  # structlog's event, request id and traceback in it already
-            self._queue.put(record)
-        else:  # another library's line: rendered now, while this thread's request id is still bound
-            self._queue.put(self._render(record))
+            self._write_leftovers(record)
+        else:
+            # structlog's event has its request id and traceback in it already; another library's line is rendered
+            # now, while this thread's request id is still bound.
+            self._queue.put(record if hasattr(record, "_logger") else self._render(record))
+            if self._closed and not self._writer.is_alive():  # queued behind the writer's stop: nobody else will
+                self._write_leftovers()
 
     def flush(self) -> None:
         written = threading.Event()
@@ -93,9 +99,32 @@ class GatewayLogHandler(logging.Handler):
             written.wait(FLUSH_TIMEOUT_S)
 
     def close(self) -> None:
+        self._closed = True
         if self._hand_to_writer(None):
             self._writer.join(FLUSH_TIMEOUT_S)
+        if not self._writer.is_alive():  # else it is stuck on a stalled stderr, and so would this thread be
+            self._write_leftovers()
         super().close()
+
+    def _write_leftovers(self, *records: logging.LogRecord) -> None:
+        """Write, on this thread, what the stopped writer left in the queue, then ``records``."""
+        self.acquire()
+        try:
+            lines: list[str] = []
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(item, threading.Event):
+                    item.set()
+                elif item is not None:
+                    lines.append(item if isinstance(item, str) else self._render(item))
+            lines += [self._render(record) for record in records]
+            if lines:
+                self._write("".join(lines))
+        finally:
+            self.release()
 
     def _hand_to_writer(self, marker: threading.Event | None) -> bool:
         if not self._writer.is_alive() or threading.current_thread() is self._writer:
@@ -166,13 +195,17 @@ def configure_logging(log_format: str, secrets: Iterable[str]) -> None:
         cache_logger_on_first_use=True,
     )
     root = logging.getLogger()
-    for old in [handler for handler in root.handlers if isinstance(handler, GatewayLogHandler)]:
+    replaced = [handler for handler in root.handlers if isinstance(handler, GatewayLogHandler)]
+    # The real stderr, not what pserve's lines go through once a first app has replaced it (that would log each
+    # line again as an event of its own).
+    stderr = sys.stderr._fallback if isinstance(sys.stderr, LinesAsLog) else sys.stderr
+    handler = GatewayLogHandler(stderr)
+    handler.setFormatter(log_formatter(log_format))
+    root.addHandler(handler)  # before the old one goes: no moment without a handler, when logging's last resort
+    root.setLevel(logging.INFO)  # would print unscrubbed lines
+    for old in replaced:
         root.removeHandler(old)
         old.close()
-    handler = GatewayLogHandler(sys.stderr)
-    handler.setFormatter(log_formatter(log_format))
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
 
 
 def drop_pserve_log_handler() -> None:

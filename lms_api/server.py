@@ -39,7 +39,10 @@ def server_factory(
         gc.collect()
         gc.freeze()
         signal.signal(signal.SIGTERM, _stop_serving)
-        waitress.serve(app, sockets=[listener], threads=int(threads), **options)
+        try:
+            waitress.serve(app, sockets=[listener], threads=int(threads), **options)
+        finally:  # stopped (Ctrl-C or SIGTERM): a SIGTERM now would cut short the writing of the last log lines
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     return serve
 

@@ -3,12 +3,13 @@
 import io
 import json
 import logging
+import sys
 import threading
 
 import pytest
 import structlog
 
-from lms_api.logging import GatewayLogHandler, LinesAsLog, configure_logging, scrub_from_logs
+from lms_api.logging import GatewayLogHandler, LinesAsLog, configure_logging, log_formatter, scrub_from_logs
 
 
 class SlowStream(io.StringIO):
@@ -210,3 +211,84 @@ def test_what_pserve_prints_becomes_log_lines_and_a_line_logged_while_logging_go
     ]
     assert fallback.getvalue() == "--- Logging error ---\n"
     assert stderr.writable()
+
+
+class HeldStream(io.StringIO):
+    """A stderr whose first write waits until the test lets it go, saying when the writer has reached it."""
+
+    def __init__(self):
+        super().__init__()
+        self.reached = threading.Event()
+        self.may_write = threading.Event()
+
+    def write(self, text):
+        self.reached.set()
+        self.may_write.wait(5)
+        return super().write(text)
+
+
+def test_a_line_logged_while_close_waits_for_the_writer_is_written_too():
+    handler = GatewayLogHandler(HeldStream())
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.handle(logging.makeLogRecord({"msg": "before close"}))
+    handler.stream.reached.wait(5)  # the writer holds that line, waiting on the stream
+    closing = threading.Thread(target=handler.close)
+    closing.start()
+    while handler._queue.empty():  # the writer's stop is queued
+        threading.Event().wait(0.001)
+
+    handler.handle(logging.makeLogRecord({"msg": "while closing"}))  # behind the stop
+    handler.stream.may_write.set()
+    closing.join(5)
+    handler.handle(logging.makeLogRecord({"msg": "after close"}))
+
+    assert handler.stream.getvalue().splitlines() == ["before close", "while closing", "after close"]
+
+
+def test_configuring_again_adds_the_new_handler_before_the_old_one_goes_and_writes_to_the_real_stderr(monkeypatch):
+    real_stderr = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", LinesAsLog(real_stderr))  # as after a first app under pserve
+    configure_logging("json", [])
+    root = logging.getLogger()
+    (first,) = [handler for handler in root.handlers if isinstance(handler, GatewayLogHandler)]
+    handlers_while_closing = []
+    closing = first.close
+    monkeypatch.setattr(first, "close", lambda: (handlers_while_closing.extend(root.handlers), closing()))
+
+    configure_logging("json", [])
+
+    (second,) = [handler for handler in root.handlers if isinstance(handler, GatewayLogHandler)]
+    root.removeHandler(second)
+    second.close()
+    assert second in handlers_while_closing
+    assert first.stream is real_stderr and second.stream is real_stderr
+
+
+@pytest.mark.parametrize(
+    "secret",
+    ['jwt"secret\\with-quotes-0123456789', "sécret-with-non-ascii-0123456789", "tab\tsecret-0123456789"],
+)
+@pytest.mark.parametrize("log_format", ["json", "console"])
+def test_a_secret_is_scrubbed_however_the_renderer_escapes_it(secret, log_format):
+    scrub_from_logs(secret)
+    handler = GatewayLogHandler(io.StringIO())
+    handler.setFormatter(log_formatter(log_format))
+    record = logging.makeLogRecord(
+        {"msg": {"event": "oops", "leaked": secret, "in_a_list": [secret]}, "_logger": None, "_name": "info"}
+    )
+    handler.handle(record)
+    handler.close()
+
+    written = handler.stream.getvalue()
+    assert written.count("[redacted]") == 2, written
+    assert "0123456789" not in written
+
+
+def test_a_secret_inside_a_longer_one_leaves_no_piece_of_the_longer_one():
+    scrub_from_logs("INNER-SECRET-0123456789", "OUTER-INNER-SECRET-0123456789-TAIL")
+    handler = GatewayLogHandler(io.StringIO())
+    handler.setFormatter(log_formatter("json"))
+    handler.handle(logging.makeLogRecord({"msg": "token OUTER-INNER-SECRET-0123456789-TAIL"}))
+    handler.close()
+
+    assert "TAIL" not in handler.stream.getvalue()

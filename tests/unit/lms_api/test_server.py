@@ -19,8 +19,8 @@ App = SimpleNamespace(
 @pytest.fixture(autouse=True)
 def signal_handlers(monkeypatch):
     """The handlers serve() installs, kept from the test process."""
-    installed = {}
-    monkeypatch.setattr(server.signal, "signal", lambda signum, handler: installed.__setitem__(signum, handler))
+    installed = []
+    monkeypatch.setattr(server.signal, "signal", lambda signum, handler: installed.append((signum, handler)))
     return installed
 
 
@@ -55,14 +55,21 @@ def test_what_was_built_before_serving_is_frozen_out_of_the_collectors_passes(mo
     assert before == ["collect", "freeze"]
 
 
-def test_sigterm_stops_the_serve_loop_as_ctrl_c_does(monkeypatch, signal_handlers):
-    monkeypatch.setattr(server.waitress, "serve", lambda app, sockets, **options: sockets[0].close())
+def test_sigterm_stops_the_serve_loop_as_ctrl_c_does_and_is_ignored_once_it_has_stopped(monkeypatch, signal_handlers):
+    while_serving = []
+    monkeypatch.setattr(
+        server.waitress, "serve", lambda app, sockets, **options: while_serving.extend([*signal_handlers, sockets[0]])
+    )
 
     server.server_factory({"http_port": str(free_port())}, host="127.0.0.1", threads="4")(App)
 
+    (signum, stop_serving), listener = while_serving
+    listener.close()
+    assert signum == signal.SIGTERM
     with pytest.raises(SystemExit) as stopped:
-        signal_handlers[signal.SIGTERM](signal.SIGTERM, None)
+        stop_serving(signal.SIGTERM, None)
     assert stopped.value.code == 0
+    assert signal_handlers[-2:] == [(signal.SIGTERM, signal.SIG_IGN)] * 2  # after serving, and by the stop itself
 
 
 def test_a_port_in_use_is_one_line_and_status_2(capsys):
