@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import queue
@@ -11,7 +12,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TextIO
 
 import structlog
@@ -52,6 +53,10 @@ def _written_forms(secret: str) -> set[str]:
     return {secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1], repr(secret)[1:-1]}
 
 
+# What the writer thread is handed: an event to render, a line rendered already, a flush to answer, or its stop.
+_Queued = logging.LogRecord | str | threading.Event | None
+
+
 class GatewayLogHandler(logging.Handler):
     """The gateway's own handler on the root logger: lines are rendered and written by a thread of its own.
 
@@ -69,7 +74,7 @@ class GatewayLogHandler(logging.Handler):
         self.stream = stream
         self._closed = False
         # Bounded: when stderr is read slower than lines come, callers wait for the writer rather than memory grow.
-        self._queue: queue.Queue[logging.LogRecord | str | threading.Event | None] = queue.Queue(MAX_QUEUED_LINES)
+        self._queue: queue.Queue[_Queued] = queue.Queue(MAX_QUEUED_LINES)
         self._writer = threading.Thread(target=self._write_lines, name="lms_api-log-writer", daemon=True)
         self._writer.start()
 
@@ -111,18 +116,11 @@ class GatewayLogHandler(logging.Handler):
         self.acquire()
         try:
             lines: list[str] = []
-            while True:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if isinstance(item, threading.Event):
-                    item.set()
-                elif item is not None:
-                    lines.append(item if isinstance(item, str) else self._render(item))
+            written: list[threading.Event] = []
+            for item in self._queued():
+                self._take(item, lines, written)
             lines += [self._render(record) for record in records]
-            if lines:
-                self._write("".join(lines))
+            self._write_batch(lines, written)
         finally:
             self.release()
 
@@ -140,24 +138,33 @@ class GatewayLogHandler(logging.Handler):
         while not stopping:
             lines: list[str] = []
             written: list[threading.Event] = []
-            item = self._queue.get()
-            while True:
-                if item is None:
-                    stopping = True
-                elif isinstance(item, threading.Event):
-                    written.append(item)
-                else:
-                    lines.append(item if isinstance(item, str) else self._render(item))
+            for item in itertools.chain([self._queue.get()], self._queued()):
+                stopping = self._take(item, lines, written)
                 if stopping or len(lines) >= self._BATCH:
                     break
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-            if lines:
-                self._write("".join(lines))
-            for event in written:
-                event.set()
+            self._write_batch(lines, written)
+
+    def _queued(self) -> Iterator[_Queued]:
+        """What is in the queue now, without waiting for more."""
+        while True:
+            try:
+                yield self._queue.get_nowait()
+            except queue.Empty:
+                return
+
+    def _take(self, item: _Queued, lines: list[str], written: list[threading.Event]) -> bool:
+        """Add a queued item to a batch: a line, or a flush to answer once the batch is written. True for a stop."""
+        if isinstance(item, threading.Event):
+            written.append(item)
+        elif item is not None:
+            lines.append(item if isinstance(item, str) else self._render(item))
+        return item is None
+
+    def _write_batch(self, lines: list[str], written: list[threading.Event]) -> None:
+        if lines:
+            self._write("".join(lines))
+        for event in written:
+            event.set()
 
     def _render(self, record: logging.LogRecord) -> str:
         try:
