@@ -25,11 +25,12 @@ from lms_api.cache import ReadCache, RedisStore
 from lms_api.calllog import current_call_log
 from lms_api.moodle.client import MoodleClient
 from lms_api.moodle.guard import BreakerState
-from lms_api.ratelimit import REFUSED_BUDGET, RedisCounter
+from lms_api.ratelimit import REFUSED_BUDGET, RedisCounter, client_address
 from lms_api.settings import Settings
 
 METRICS_PATH = "/metrics"
 BREAKER_STATES = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -74,8 +75,10 @@ class GatewayMetrics:
 
     def observe(self, request: Request, response: Response, seconds: float) -> None:
         route = request.matched_route.name if request.matched_route else "none"
-        self.requests.labels(route, request.method, str(response.status_code)).inc()
-        self.request_seconds.labels(route, request.method).observe(seconds)
+        # waitress takes any token as a method: one of a caller's making would be a new series each time
+        method = request.method if request.method in HTTP_METHODS else "other"
+        self.requests.labels(route, method, str(response.status_code)).inc()
+        self.request_seconds.labels(route, method).observe(seconds)
         calls = current_call_log()
         for call in calls.calls:
             self.moodle_calls.labels(call.function, call.outcome).inc()
@@ -140,12 +143,13 @@ class _StateCollector:
 
 
 def allowed(request: Request, settings: Settings) -> bool:
-    """The TCP peer only: a forwarded-for header can be written by anyone."""
+    """The caller as rate limits see it: the TCP peer, or behind ``TRUSTED_PROXIES`` the address they forwarded (a
+    proxy on the same host would otherwise make every caller loopback)."""
     try:
-        peer = ip_address(request.remote_addr or "")
+        caller = ip_address(client_address(request, settings.trusted_proxies))
     except ValueError:
         return False
-    return any(peer in network for network in settings.metrics_allowed_networks)
+    return any(caller in network for network in settings.metrics_allowed_networks)
 
 
 def metrics_view(request: Request) -> Response:

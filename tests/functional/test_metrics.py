@@ -1,5 +1,6 @@
 """GET /metrics: Prometheus' text format, only to METRICS_ALLOWED_NETWORKS, fed by what requests did."""
 
+import webtest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import mint, queue_fault
@@ -90,6 +91,27 @@ def test_metrics_are_not_there_for_anyone_else(gateway):
 
     assert (outside.status_int, forwarded.status_int) == (404, 404)
     assert outside.json["error"]["code"] == "notfound"
+
+
+def test_behind_a_trusted_proxy_the_forwarded_caller_is_judged(make_gateway):
+    gateway = make_gateway(TRUSTED_PROXIES="127.0.0.1")  # nginx on the same host: every caller arrives from loopback
+
+    outside = gateway.get("/metrics", headers={"X-Forwarded-For": "203.0.113.9"}, extra_environ=LOOPBACK)
+
+    assert outside.status_int == 404
+    assert scrape(gateway)  # the proxy's own address, with nothing forwarded
+
+
+def test_methods_of_a_callers_making_share_one_label(gateway):
+    unchecked = webtest.TestApp(gateway.router, lint=False)  # webtest's checker refuses such methods itself
+    for method in ("FOO1", "FOO2"):
+        unchecked.request("/api/moodle/siteinfo", method=method, expect_errors=True)
+
+    samples = scrape(gateway)
+
+    methods = {dict(labels)["method"] for name, labels in samples if name == "lms_api_requests_total"}
+    assert "other" in methods
+    assert not methods & {"FOO1", "FOO2"}
 
 
 def test_a_peer_that_is_no_ip_address_is_not_answered(gateway):
