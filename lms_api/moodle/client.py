@@ -32,6 +32,7 @@ from lms_api.logging import scrub_from_logs
 from lms_api.moodle.encoding import encode_params
 from lms_api.moodle.errors import (
     MoodleError,
+    MoodleRecord,
     clean_text,
     error_from_moodle,
     expect_list,
@@ -39,7 +40,6 @@ from lms_api.moodle.errors import (
     function_not_available,
     is_moodle_error,
     retry_after_header,
-    unexpected_answer,
 )
 from lms_api.moodle.functions import READ_ONLY_FUNCTIONS, SITE_INFO, UPLOAD_FUNCTION
 from lms_api.moodle.guard import BreakerOpen, BreakerState, Bulkhead, BulkheadFull, CircuitBreaker
@@ -211,9 +211,9 @@ class MoodleClient:
         """The site info, and its bytes; the token's function list is read from it."""
         answer = self._call(SITE_INFO, {})
         info = expect_object(answer.value, SITE_INFO)
-        if not isinstance(info.get("functions"), list):
-            raise unexpected_answer(SITE_INFO)
-        self._remember_functions(info)
+        functions = expect_list(info.get("functions"), SITE_INFO, key="name")
+        expect_list(info.get("advancedfeatures", []), SITE_INFO)  # dumped record by record by the route
+        self._remember_functions(functions)
         return answer
 
     def available_functions(self) -> frozenset[str]:
@@ -249,9 +249,8 @@ class MoodleClient:
 
     # -- one logical call -------------------------------------------------------------------------
 
-    def _remember_functions(self, info: Mapping[str, Any]) -> None:
-        names = frozenset(entry["name"] for entry in info["functions"] if isinstance(entry, dict) and "name" in entry)
-        self._functions = names | {SITE_INFO}
+    def _remember_functions(self, functions: list[MoodleRecord]) -> None:
+        self._functions = frozenset(entry["name"] for entry in functions) | {SITE_INFO}
         self._functions_expire_at = self._clock() + self._functions_ttl_s
 
     def _call(self, function: str, params: Mapping[str, Any]) -> Answer:

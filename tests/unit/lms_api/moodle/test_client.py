@@ -140,8 +140,24 @@ def test_an_answer_longer_than_one_read_is_read_whole(client, rsps):
 
 @pytest.mark.parametrize(
     "body",
-    [{"sitename": "Moodle test"}, {"sitename": "Moodle test", "functions": {}}, [], None],
-    ids=["no-functions", "functions-not-a-list", "list", "null"],
+    [
+        {"sitename": "Moodle test"},
+        {"sitename": "Moodle test", "functions": {}},
+        {"sitename": "Moodle test", "functions": [5, "name"]},
+        {"sitename": "Moodle test", "functions": [{"version": "5.0"}]},
+        {"sitename": "Moodle test", "functions": [], "advancedfeatures": [5]},
+        [],
+        None,
+    ],
+    ids=[
+        "no-functions",
+        "functions-not-a-list",
+        "functions-not-objects",
+        "function-unnamed",
+        "features",
+        "list",
+        "null",
+    ],
 )
 def test_site_info_with_an_unexpected_shape_is_a_bad_response(client, rsps, body):
     add(rsps, SITE_INFO, body=json.dumps(body), content_type="application/json")
