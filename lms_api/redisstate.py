@@ -63,11 +63,11 @@ class RedisLink:
         return True
 
     def answers(self) -> bool:
-        """Ask Redis now (for readiness), and note the answer."""
+        """Ask Redis now (for readiness). A failure is noted; Redis coming back is left for the link's users to
+        notice, since they act on it (the read cache drops what it kept in the process meanwhile)."""
         try:
             self.client.ping()
         except redis.RedisError as error:
             self.went_down(error)
             return False
-        self.answered()
         return True
