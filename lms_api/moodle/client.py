@@ -320,6 +320,9 @@ class MoodleClient:
         except BulkheadFull:
             self.breaker.abandoned()
             raise _busy_error(function, self.bulkhead.limit) from None
+        except BaseException:  # neither an answer nor a transport failure (an upload's file unreadable): no verdict
+            self.breaker.abandoned()
+            raise
         if isinstance(answer, _TransportFailure):
             self.breaker.failed()
         else:

@@ -200,6 +200,24 @@ def test_after_the_cooldown_a_successful_trial_closes_the_breaker(guarded, rsps,
     assert guarded.breaker.state == BreakerState.CLOSED
 
 
+def test_a_trial_that_ends_in_neither_an_answer_nor_a_transport_failure_leaves_the_next_caller_a_trial(
+    guarded, rsps, clock
+):
+    prime(guarded, rsps)
+    add(rsps, READ_FN, body=refused())
+    for _ in range(3):
+        raised(guarded.call, READ_FN)
+    clock.advance(10)
+    rsps.replace(rsps.POST, rsps.calls[-1].request.url, body=OSError("the upload's spooled file is unreadable"))
+
+    with pytest.raises(OSError):
+        guarded.call(READ_FN)  # the trial
+    rsps.replace(rsps.POST, rsps.calls[-1].request.url, json=[])
+
+    assert guarded.call(READ_FN) == []  # let through as the next trial, not refused as open
+    assert guarded.breaker.state == BreakerState.CLOSED
+
+
 def test_a_call_that_finds_no_slot_is_a_503_moodlebusy_and_is_not_sent(make_client, rsps):
     client = make_client(bulkhead=Bulkhead(1, 0.0))
     prime(client, rsps)
