@@ -450,20 +450,21 @@ class ReadCache:
         """Fetch and keep the answer under the key's lock in Redis; with ``share``, when another replica holds the
         lock, its answer instead (``True``: another replica's). ``flight`` gets the bytes for this process's
         waiters."""
-        token = self.store.lock(key, self._wait_s) if isinstance(self.store, RedisStore) else None
-        if token is None and share and isinstance(self.store, RedisStore):
-            shared = self._wait_for_other_replica(group, key)
+        shared_store = self.store if isinstance(self.store, RedisStore) else None  # replicas share a key's lock
+        token = shared_store.lock(key, self._wait_s) if shared_store else None
+        if shared_store and token is None and share:
+            shared = self._wait_for_other_replica(shared_store, group, key)
             if shared is not None:
                 if flight is not None:
                     flight.body = shared
                 return loads(shared), True
-            token = self.store.lock(key, self._wait_s)  # its holder failed or gave up: fetch here
+            token = shared_store.lock(key, self._wait_s)  # its holder failed or gave up: fetch here
         try:
             answer = fetch()
             self._put(group, key, generation, answer.body)  # before the lock is let go: a waiting replica finds it
         finally:
-            if isinstance(self.store, RedisStore) and token is not None:
-                self.store.unlock(key, token)
+            if shared_store and token is not None:
+                shared_store.unlock(key, token)
         if flight is not None:
             flight.body = answer.body
         return answer.value, False
@@ -473,14 +474,12 @@ class ReadCache:
         fresh_until = now + self._ttls[group]
         self.store.put(group, key, Entry(generation, body, fresh_until, fresh_until + self._stale_s))
 
-    def _wait_for_other_replica(self, group: str, key: str) -> bytes | None:
+    def _wait_for_other_replica(self, store: RedisStore, group: str, key: str) -> bytes | None:
         """While another replica holds the key's lock, wait (up to a call's deadline) for the entry it stores."""
-        if not isinstance(self.store, RedisStore):
-            return None
         deadline = time.monotonic() + self._wait_s
         while True:
-            held = self.store.locked(key)
-            _, entry = self.store.get(group, key)  # after the lock check: stored before the lock was let go
+            held = store.locked(key)
+            _, entry = store.get(group, key)  # after the lock check: stored before the lock was let go
             if entry is not None and self._clock() < entry.fresh_until:
                 return entry.body
             if not held or time.monotonic() >= deadline:
