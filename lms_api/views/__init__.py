@@ -21,10 +21,9 @@ View = TypeVar("View", bound=Callable[..., Any])
 
 @dataclass(frozen=True)
 class Operation:
-    """What a route and method take and answer: the OpenAPI document is made of these."""
+    """What a route and method (its key in :data:`OPERATIONS`) take and answer: the OpenAPI document is made of
+    these."""
 
-    route_name: str
-    method: str
     scope: Scope
     view: Callable[..., Any]
     answers: Schema
@@ -56,9 +55,12 @@ def api_view(
     **settings: Any,
 ) -> Callable[[View], View]:
     """``view_config`` for an API view, and its :class:`Operation`: the permission is a required argument, never a
-    default, and the schemas given here are the ones the view loads and dumps with."""
+    default, and the schemas given here are the ones the view loads and dumps with; a success is answered with
+    ``status``, as documented."""
     if not isinstance(permission, Scope):
         raise TypeError(f"permission must be a Scope, got {permission!r}")
+    if status != 200:
+        settings["decorator"] = _answering(status)
     register: Callable[[View], View] = view_config(
         route_name=route_name,
         request_method=request_method,
@@ -70,11 +72,22 @@ def api_view(
 
     def described(view: View) -> View:
         OPERATIONS[route_name, request_method] = Operation(
-            route_name, request_method, permission, view, answers, status, query, path, body, form, errors, cached
+            permission, view, answers, status, query, path, body, form, errors, cached
         )
         return register(view)
 
     return described
+
+
+def _answering(status: int) -> Callable[[Callable[[Any, Any], Any]], Callable[[Any, Any], Any]]:
+    def decorate(view: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+        def answered_with_status(context: Any, request: Any) -> Any:
+            request.response.status_int = status
+            return view(context, request)
+
+        return answered_with_status
+
+    return decorate
 
 
 @dataclass(frozen=True)

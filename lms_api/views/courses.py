@@ -52,7 +52,6 @@ def create_course(request: Request) -> object:
     request.audit_targets.update(categoryid=fields["categoryid"], shortname=fields["shortname"])
     created = courses.create_course(request.find_service(MoodleClient), fields)
     request.audit_targets["course_id"] = created["id"]
-    request.response.status = 201
     request.response.location = request.route_url("api.moodle.course", course_id=created["id"])
     return _created.dump(created)
 

@@ -33,7 +33,6 @@ def upload(request: Request) -> object:
     files.check_sizes(form["file"], max_mb)
     uploaded = files.upload(request.find_service(MoodleClient), form["file"], form["itemid"])
     request.audit_targets["itemid"] = uploaded["itemid"]
-    request.response.status = 201
     return _uploaded.dump(uploaded)
 
 
@@ -55,5 +54,4 @@ def attach(request: Request) -> object:
     request.audit_targets.update(course_id=body["courseid"], draftitemid=body["draftitemid"])
     attached = files.attach(request.find_service(MoodleClient), request.lms_settings.moodle_attach_function, body)
     request.audit_targets["cmid"] = attached["cmid"]
-    request.response.status = 201
     return _attached.dump(attached)
