@@ -19,9 +19,11 @@ from pyramid.config import Configurator
 from pyramid.interfaces import IRoutesMapper
 from pyramid.registry import Registry
 from pyramid.request import Request
+from pyramid.response import Response
 from pyramid.security import NO_PERMISSION_REQUIRED
 
 from lms_api.errors import UNKNOWN_MOODLE_ERROR_STATUS, ErrorCode
+from lms_api.jsoncodec import dumps
 from lms_api.schemas.base import (
     MAX_SAFE_INTEGER,
     CommaSeparated,
@@ -110,7 +112,10 @@ def _document(routes: tuple[tuple[str, str], ...]) -> dict[str, Any]:
 
 
 def _operation(operation: Operation, tag: str) -> dict[str, Any]:
-    summary, _, description = inspect.getdoc(operation.view).partition("\n")  # type: ignore[union-attr]
+    doc = inspect.getdoc(operation.view)
+    if not doc:
+        raise LookupError(f"{operation.view.__qualname__} has no docstring: it is the operation's summary")
+    summary, _, description = doc.partition("\n")
     scope = f"Scope: `{operation.scope.value}` (or `admin`)."
     parameters: list[dict[str, Any]] = []
     if operation.path is not None:
@@ -254,19 +259,18 @@ def _scopes_text() -> str:
     return "A JWT whose `scope` claim holds the operation's scope: " + ", ".join(f"`{s.value}`" for s in Scope)
 
 
-def openapi_document(request: Request) -> dict[str, Any]:
-    document: dict[str, Any] = request.registry.openapi_document
-    return document
+def openapi_document(request: Request) -> Response:
+    # Written once at start-up: the document does not change while the process runs.
+    return Response(body=request.registry.openapi_json, content_type="application/json", charset="utf-8")
 
 
 def includeme(config: Configurator) -> None:
     config.add_route("api.moodle.openapi", DOCUMENT_PATH)
     config.add_view(
-        openapi_document, route_name="api.moodle.openapi", request_method="GET", permission=NO_PERMISSION_REQUIRED,
-        renderer="json",
-    )  # fmt: skip
+        openapi_document, route_name="api.moodle.openapi", request_method="GET", permission=NO_PERMISSION_REQUIRED
+    )
 
     def build() -> None:
-        config.registry.openapi_document = build_document(config.registry)
+        config.registry.openapi_json = dumps(build_document(config.registry)).encode()
 
     config.action(None, build, order=20)  # after the views, and after the routes' methods are known

@@ -2,15 +2,18 @@
 those the views require, its error codes those of the table."""
 
 import re
+from dataclasses import replace
 
 import pytest
 from marshmallow import ValidationError
 from openapi_spec_validator import validate
 from pyramid.config import Configurator
+from pyramid.interfaces import IRoutesMapper
 
 from lms_api.errors import ErrorCode
-from lms_api.openapi import DOCUMENT_PATH, PUBLIC_ROUTES, build_document, text_rules
+from lms_api.openapi import DOCUMENT_PATH, PUBLIC_ROUTES, _document, build_document, text_rules
 from lms_api.schemas.base import no_control_characters, no_html, not_blank, single_line
+from lms_api.views import OPERATIONS
 from tests.conftest import mint
 from tests.functional.test_scopes import ROUTES
 
@@ -92,6 +95,21 @@ def test_a_route_without_an_operation_stops_the_start(gateway):
 
     with pytest.raises(LookupError, match=r"api\.moodle\.undescribed has no operation"):
         build_document(gateway.router.registry)
+
+
+def test_a_view_without_a_docstring_stops_the_start_naming_it(gateway, monkeypatch):
+    def undocumented(request):
+        return {}
+
+    monkeypatch.setitem(
+        OPERATIONS, ("api.moodle.siteinfo", "GET"), replace(OPERATIONS["api.moodle.siteinfo", "GET"], view=undocumented)
+    )
+    routes = tuple(
+        (route.name, route.pattern) for route in gateway.router.registry.getUtility(IRoutesMapper).get_routes()
+    )
+
+    with pytest.raises(LookupError, match="undocumented has no docstring"):
+        _document.__wrapped__(routes)
 
 
 def test_the_document_is_served_with_a_token_too(gateway):
