@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections import OrderedDict
@@ -170,7 +171,8 @@ class TokenVerifier:
         self._public_key = public_key
         self._jwks = jwks
         self._clock = clock
-        self._verified: OrderedDict[str, tuple[Identity, float]] = OrderedDict()  # token -> (identity, valid until)
+        # sha256 of a token -> (identity, valid until): 32 bytes a key, and no bearer token kept for minutes
+        self._verified: OrderedDict[bytes, tuple[Identity, float]] = OrderedDict()
         self._verified_lock = threading.Lock()
 
     @classmethod
@@ -193,14 +195,15 @@ class TokenVerifier:
         """The token's identity. An SPA sends one token many times: a verified one is remembered until it expires,
         and for at most REMEMBER_VERIFIED_S, so a key taken out of the JWKS stops its tokens soon."""
         now = self._clock()
+        key = hashlib.sha256(token.encode(errors="surrogatepass")).digest()  # whatever the str holds
         with self._verified_lock:
-            remembered = self._verified.get(token)
+            remembered = self._verified.get(key)
             if remembered is not None and now < remembered[1]:
-                self._verified.move_to_end(token)
+                self._verified.move_to_end(key)
                 return remembered[0]
         identity, expires_at = self._verify(token)
         with self._verified_lock:
-            self._verified[token] = (identity, min(expires_at + self._leeway_s, now + REMEMBER_VERIFIED_S))
+            self._verified[key] = (identity, min(expires_at + self._leeway_s, now + REMEMBER_VERIFIED_S))
             if len(self._verified) > MAX_REMEMBERED_TOKENS:
                 self._verified.popitem(last=False)
         return identity
