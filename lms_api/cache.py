@@ -151,6 +151,12 @@ class RedisStore:
         self._release = link.client.register_script(
             "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
         )
+        # An entry is kept only while its group is still at the generation it was fetched under, as in the process:
+        # a fetch that began before a write must not replace what a read after the write stored.
+        self._put_if_current = link.client.register_script(
+            "if (tonumber(redis.call('GET', KEYS[1])) or 0) == tonumber(ARGV[1]) then "
+            "redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3]) return 1 end return 0"
+        )
         self._missed_invalidations: set[str] = set()
         self._lock = threading.Lock()
 
@@ -175,7 +181,9 @@ class RedisStore:
             return
         expires_ms = max(1, math.ceil((entry.stale_until - time.time()) * 1000))
         try:
-            self.link.client.set(KEY_PREFIX + key, entry.encode(), px=expires_ms)
+            self._put_if_current(
+                keys=[_generation_key(group), KEY_PREFIX + key], args=[entry.generation, entry.encode(), expires_ms]
+            )
         except redis.RedisError as error:
             self.link.went_down(error)
 
@@ -451,20 +459,22 @@ class ReadCache:
         lock, its answer instead (``True``: another replica's). ``flight`` gets the bytes for this process's
         waiters."""
         shared_store = self.store if isinstance(self.store, RedisStore) else None  # replicas share a key's lock
-        token = shared_store.lock(key, self._wait_s) if shared_store else None
+        # One lock per generation, as for fetches in flight: a read after a write never waits for an older fetch.
+        lock_name = f"{key}@{generation}"
+        token = shared_store.lock(lock_name, self._wait_s) if shared_store else None
         if shared_store and token is None and share:
-            shared = self._wait_for_other_replica(shared_store, group, key)
+            shared = self._wait_for_other_replica(shared_store, group, key, lock_name)
             if shared is not None:
                 if flight is not None:
                     flight.body = shared
                 return loads(shared), True
-            token = shared_store.lock(key, self._wait_s)  # its holder failed or gave up: fetch here
+            token = shared_store.lock(lock_name, self._wait_s)  # its holder failed or gave up: fetch here
         try:
             answer = fetch()
             self._put(group, key, generation, answer.body)  # before the lock is let go: a waiting replica finds it
         finally:
             if shared_store and token is not None:
-                shared_store.unlock(key, token)
+                shared_store.unlock(lock_name, token)
         if flight is not None:
             flight.body = answer.body
         return answer.value, False
@@ -474,11 +484,11 @@ class ReadCache:
         fresh_until = now + self._ttls[group]
         self.store.put(group, key, Entry(generation, body, fresh_until, fresh_until + self._stale_s))
 
-    def _wait_for_other_replica(self, store: RedisStore, group: str, key: str) -> bytes | None:
+    def _wait_for_other_replica(self, store: RedisStore, group: str, key: str, lock_name: str) -> bytes | None:
         """While another replica holds the key's lock, wait (up to a call's deadline) for the entry it stores."""
         deadline = time.monotonic() + self._wait_s
         while True:
-            held = store.locked(key)
+            held = store.locked(lock_name)
             _, entry = store.get(group, key)  # after the lock check: stored before the lock was let go
             if entry is not None and self._clock() < entry.fresh_until:
                 return entry.body

@@ -133,6 +133,26 @@ def join(threads):
         assert not thread.is_alive()
 
 
+def wait_for_waiters(cache, count):
+    """Until ``count`` readers wait on this process's fetch in flight (each is one waiter of its done event)."""
+    deadline = time.monotonic() + 5
+    while sum(len(flight.done._cond._waiters) for flight in list(cache._flights.values())) < count:
+        assert time.monotonic() < deadline, f"{count} readers never came to wait on the fetch in flight"
+        time.sleep(0.005)
+
+
+def release_once_waiting_on_the_lock(replica, fetch):
+    """Let ``fetch`` (another replica's, holding the key's lock) finish once ``replica`` waits on that lock."""
+    locked = replica.store.locked
+
+    def checked_then_released(key):
+        held = locked(key)
+        fetch.release.set()
+        return held
+
+    replica.store.locked = checked_then_released
+
+
 @pytest.fixture(autouse=True)
 def _loggers_of_this_test(monkeypatch):
     """structlog keeps a module's logger on first use with the logging set-up of that moment; one kept while another
@@ -485,7 +505,7 @@ def test_concurrent_identical_misses_make_one_fetch_and_the_others_wait_for_it(m
 
     threads, results = in_threads(10, lambda n: read(cache, moodle))
     assert moodle.entered.wait(5)
-    time.sleep(0.1)  # every other thread is now waiting on the fetch in flight
+    wait_for_waiters(cache, 9)
     moodle.release.set()
     join(threads)
 
@@ -516,7 +536,7 @@ def test_the_waiters_share_the_fetch_error_and_nothing_is_kept(clock):
 
     threads, results = in_threads(5, lambda n: read(cache, moodle))
     assert moodle.entered.wait(5)
-    time.sleep(0.1)
+    wait_for_waiters(cache, 4)
     moodle.release.set()
     join(threads)
 
@@ -549,9 +569,9 @@ def test_a_read_that_starts_after_a_write_does_not_wait_for_a_fetch_that_started
     after_write = FakeMoodle(NEW)
 
     second, second_result = in_threads(1, lambda n: read(cache, after_write))
-    time.sleep(0.1)  # long enough to have joined the fetch in flight, were that allowed
+    join(second)  # done while the fetch from before the write is still held: it did not wait for it
     before_write.release.set()
-    join(first + second)
+    join(first)
 
     assert first_result[0][0] == OLD
     assert second_result[0] == (NEW, CacheOutcome(Fetch.MISS, stored=True))
@@ -606,7 +626,7 @@ def read_while_the_other_replica_fetches(first, second):
     assert in_flight.entered.wait(5)
     waiting = FakeMoodle(NEW)
 
-    threading.Timer(0.1, in_flight.release.set).start()
+    release_once_waiting_on_the_lock(second, in_flight)
     answer, outcome = read(second, waiting)
     join(threads)
     return answer, outcome, waiting.calls
@@ -639,7 +659,7 @@ def test_a_replica_that_loses_the_race_for_the_lock_waits_rather_than_fetches(re
         # Both replicas missed at the same moment; the first one's lock reaches Redis first.
         started.extend(in_threads(1, lambda n: read(first, in_flight))[0])
         assert in_flight.entered.wait(5)
-        threading.Timer(0.1, in_flight.release.set).start()
+        release_once_waiting_on_the_lock(second, in_flight)
         second.store.lock = take_lock
         return take_lock(key, ttl_s)
 
