@@ -283,6 +283,14 @@ def queue_fault(server, **fault):
         server.faults.append(Fault(**fault))
 
 
+def eventually(condition, what, seconds=5.0):
+    """Wait until ``condition()`` holds; fail naming ``what`` if it has not within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} never happened"
+        time.sleep(0.005)
+
+
 def free_port():
     """A port nothing listens on (the system picked it, then it was let go)."""
     with socket.socket() as probe:

@@ -13,7 +13,7 @@ import webtest
 
 from lms_api.cache import LocalStore, ReadCache
 from lms_api.moodle import guard
-from tests.conftest import ALL_SCOPES, FakeClock, mint, moodle_call, queue_fault, sandbox_calls
+from tests.conftest import ALL_SCOPES, FakeClock, eventually, mint, moodle_call, queue_fault, sandbox_calls
 
 API = "/api/moodle"
 SITEINFO = f"{API}/siteinfo"
@@ -305,7 +305,7 @@ def failing_gateway(make_gateway, cache_clock):
         {"kind": "http", "status": 502},
         {"kind": "http", "status": 503},
         {"kind": "http", "status": 504},
-        {"kind": "delay", "seconds": 0.6},  # past MOODLE_TIMEOUT_MS
+        {"kind": "delay", "seconds": 1.5},  # well past MOODLE_TIMEOUT_MS
     ],
     ids=["reset", "http502", "http503", "http504", "timeout"],
 )
@@ -355,10 +355,9 @@ def test_a_full_bulkhead_serves_the_expired_entry(make_gateway, cache_clock, san
     queue_fault(sandbox, kind="delay", seconds=1.0, function="core_user_get_users_by_field")
     users_before = sandbox_calls(sandbox).get("core_user_get_users_by_field", 0)
     threads, _ = get_in_threads(gateway, 1, f"{API}/users/by-field?field=username&values=student3")
-    for _ in range(100):  # until that call holds the only slot, in the sandbox's hands
-        if sandbox_calls(sandbox).get("core_user_get_users_by_field", 0) > users_before:
-            break
-        time.sleep(0.01)
+    eventually(  # that call holds the only slot, in the sandbox's hands
+        lambda: sandbox_calls(sandbox).get("core_user_get_users_by_field", 0) > users_before, "the slow call"
+    )
     before = sandbox_calls(sandbox)
 
     busy = gateway.get(f"{COURSES}/2", TOKEN)

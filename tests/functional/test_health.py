@@ -8,7 +8,8 @@ from pyramid_services import find_service_factory
 from lms_api.cache import ReadCache
 from lms_api.health import SiteInfoRefresher, keep_site_info_fresh
 from lms_api.moodle.client import MoodleClient
-from tests.conftest import mint, queue_fault, sandbox_calls
+from tests.conftest import eventually, mint, queue_fault, sandbox_calls
+from tests.functional.test_metrics import scrape, value
 
 SITE_INFO = "core_webservice_get_site_info"
 
@@ -115,26 +116,21 @@ def test_a_call_with_no_free_slot_is_a_503_moodlebusy_and_cached_reads_do_not_wa
     slow = threading.Thread(target=gateway.get, args=("/api/moodle/users/by-field?field=id&values=3", token))
     slow.start()
     try:
-        _wait_until(lambda: service(gateway, MoodleClient).bulkhead.in_use == 1)
+        eventually(lambda: service(gateway, MoodleClient).bulkhead.in_use == 1, "the slow call taking the slot")
         busy = gateway.get("/api/moodle/users/by-field?field=id&values=4", token)
         cached = gateway.get("/api/moodle/siteinfo", token)
+        samples = scrape(gateway)
     finally:
         slow.join(5)
+
+    assert value(samples, "lms_api_moodle_calls_in_flight") == 1
+    assert value(samples, "lms_api_moodle_bulkhead_refusals_total") == 1
 
     assert busy.status_int == 503
     assert busy.json["error"]["code"] == "moodlebusy"
     assert busy.headers["Retry-After"] == "1"
     assert cached.status_int == 200
     assert cached.headers["Cache-Status"].startswith("lms_api; hit")
-
-
-def _wait_until(condition, seconds=5.0):
-    done = threading.Event()
-    for _ in range(int(seconds / 0.01)):
-        if condition():
-            return
-        done.wait(0.01)
-    raise AssertionError("the condition never held")
 
 
 # -- the site info kept fresh ----------------------------------------------------------------------
@@ -167,7 +163,7 @@ def test_a_served_gateway_refreshes_ahead_of_the_shorter_lifetime(make_gateway, 
 
     refresher = keep_site_info_fresh(gateway.router)
     try:
-        _wait_until(lambda: service(gateway, MoodleClient).knows_functions)
+        eventually(lambda: service(gateway, MoodleClient).knows_functions, "the site info read in the background")
     finally:
         refresher.stop()
 

@@ -20,7 +20,9 @@ def scrape(gateway, address="127.0.0.1"):
 
 
 def value(samples, name, **labels):
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+    sample = (name, tuple(sorted(labels.items())))
+    assert sample in samples, f"no sample {name}{labels} in the scrape"
+    return samples[sample]
 
 
 def test_requests_moodle_calls_and_cache_answers_are_counted(gateway, sandbox):

@@ -689,7 +689,7 @@ def test_fault_reset_drops_the_connection_once(server):
 
 
 def test_fault_delay_holds_the_answer(server):
-    queue_fault(server, kind="delay", seconds=0.3)
+    queue_fault(server, kind="delay", seconds=1.0)
     with pytest.raises(requests.ReadTimeout):
         call(server, timeout=0.1)
 
@@ -846,13 +846,17 @@ def in_the_background(server, delay_s: float, count: int = 1) -> list[threading.
     return callers
 
 
+# How long a call is held in flight while the test looks at it: ample for a few control requests on a loaded host.
+HELD_S = 1.5
+
+
 def test_a_new_sandbox_has_had_no_call_in_flight(make_server):
     assert in_flight(make_server(fresh=True)) == {"in_flight": 0, "max_in_flight": 0}
 
 
 def test_in_flight_counts_the_calls_being_answered_and_keeps_the_most_at_once(make_server):
     server = make_server(fresh=True)
-    callers = in_the_background(server, 0.3, count=3)
+    callers = in_the_background(server, HELD_S, count=3)
     assert control(server, "GET", "calls").status_code == 200  # control requests are not calls
     assert in_flight(server) == {"in_flight": 3, "max_in_flight": 3}
     for caller in callers:
@@ -864,10 +868,10 @@ def test_in_flight_counts_the_calls_being_answered_and_keeps_the_most_at_once(ma
 
 def test_delete_in_flight_starts_the_maximum_again_from_the_calls_in_flight_now(make_server):
     server = make_server(fresh=True)
-    for caller in in_the_background(server, 0.2, count=2):
+    for caller in in_the_background(server, HELD_S, count=2):
         caller.join()
     assert in_flight(server) == {"in_flight": 0, "max_in_flight": 2}
-    [caller] = in_the_background(server, 0.2)
+    [caller] = in_the_background(server, HELD_S)
     response = control(server, "DELETE", "in-flight")
     assert (response.status_code, response.json()) == (200, {"in_flight": 1, "max_in_flight": 1})
     caller.join()
@@ -884,7 +888,7 @@ def test_a_call_is_out_of_flight_before_its_caller_has_the_answer(make_server, f
     assert in_flight(server) == {"in_flight": 0, "max_in_flight": 1}
 
 
-@pytest.mark.parametrize(("fault", "timeout"), [({"kind": "reset"}, 5), ({"kind": "delay", "seconds": 0.3}, 0.1)])
+@pytest.mark.parametrize(("fault", "timeout"), [({"kind": "reset"}, 5), ({"kind": "delay", "seconds": HELD_S}, 0.1)])
 def test_a_dropped_or_abandoned_call_leaves_flight_too(make_server, fault, timeout):
     server = make_server(fresh=True)
     queue_fault(server, **fault)
@@ -896,7 +900,7 @@ def test_a_dropped_or_abandoned_call_leaves_flight_too(make_server, fault, timeo
 
 def test_uploads_are_counted_in_flight_too(make_server):
     server = make_server(fresh=True)
-    queue_fault(server, kind="delay", seconds=0.3, function="upload.php")
+    queue_fault(server, kind="delay", seconds=HELD_S, function="upload.php")
     files = {"file_1": ("hello.py", b"print('hello')")}
     uploader = threading.Thread(
         target=requests.post,

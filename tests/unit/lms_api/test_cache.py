@@ -30,7 +30,7 @@ from lms_api.errors import ErrorCode
 from lms_api.moodle.client import Answer
 from lms_api.moodle.errors import MoodleError
 from lms_api.redisstate import RETRY_AFTER_S, RedisLink, redis_client
-from tests.conftest import FakeClock, free_port, settings_for, start_redis_server
+from tests.conftest import FakeClock, eventually, free_port, settings_for, start_redis_server
 
 GET_COURSES = "core_course_get_courses"
 GET_COURSES_BY_FIELD = "core_course_get_courses_by_field"
@@ -135,10 +135,10 @@ def join(threads):
 
 def wait_for_waiters(cache, count):
     """Until ``count`` readers wait on this process's fetch in flight (each is one waiter of its done event)."""
-    deadline = time.monotonic() + 5
-    while sum(len(flight.done._cond._waiters) for flight in list(cache._flights.values())) < count:
-        assert time.monotonic() < deadline, f"{count} readers never came to wait on the fetch in flight"
-        time.sleep(0.005)
+    eventually(
+        lambda: sum(len(flight.done._cond._waiters) for flight in list(cache._flights.values())) >= count,
+        f"{count} readers waiting on the fetch in flight",
+    )
 
 
 def release_once_waiting_on_the_lock(replica, fetch):

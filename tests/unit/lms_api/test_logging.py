@@ -10,6 +10,7 @@ import pytest
 import structlog
 
 from lms_api.logging import GatewayLogHandler, LinesAsLog, configure_logging, log_formatter, scrub_from_logs
+from tests.conftest import eventually
 
 
 class SlowStream(io.StringIO):
@@ -234,8 +235,7 @@ def test_a_line_logged_while_close_waits_for_the_writer_is_written_too():
     handler.stream.reached.wait(5)  # the writer holds that line, waiting on the stream
     closing = threading.Thread(target=handler.close)
     closing.start()
-    while handler._queue.empty():  # the writer's stop is queued
-        threading.Event().wait(0.001)
+    eventually(lambda: not handler._queue.empty(), "the writer's stop queued")
 
     handler.handle(logging.makeLogRecord({"msg": "while closing"}))  # behind the stop
     handler.stream.may_write.set()
