@@ -283,6 +283,13 @@ def queue_fault(server, **fault):
         server.faults.append(Fault(**fault))
 
 
+def join(threads):
+    """Wait for ``threads`` to end; fail if one is still running after 10 s."""
+    for thread in threads:
+        thread.join(10)
+        assert not thread.is_alive()
+
+
 def eventually(condition, what, seconds=5.0):
     """Wait until ``condition()`` holds; fail naming ``what`` if it has not within ``seconds``."""
     deadline = time.monotonic() + seconds

@@ -13,7 +13,7 @@ import webtest
 
 from lms_api.cache import LocalStore, ReadCache
 from lms_api.moodle import guard
-from tests.conftest import ALL_SCOPES, FakeClock, eventually, mint, moodle_call, queue_fault, sandbox_calls
+from tests.conftest import ALL_SCOPES, FakeClock, eventually, join, mint, moodle_call, queue_fault, sandbox_calls
 
 API = "/api/moodle"
 SITEINFO = f"{API}/siteinfo"
@@ -79,12 +79,6 @@ def get_in_threads(gateway, count, path, token=TOKEN):
     for thread in threads:
         thread.start()
     return threads, responses
-
-
-def join(threads):
-    for thread in threads:
-        thread.join(10)
-        assert not thread.is_alive()
 
 
 # -- Cache-Status on each cached route -------------------------------------------------------------

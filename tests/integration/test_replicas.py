@@ -2,10 +2,9 @@
 
 import uuid
 
-import pytest
 import requests
 
-from tests.conftest import free_port, mint, start_redis_server
+from tests.conftest import free_port, mint
 from tests.integration.conftest import clean_env, wait_for_port
 
 SECRET = "replica-secret-" + "r" * 40
@@ -36,26 +35,16 @@ def test_two_gateway_processes_share_one_budget(spawn, standalone_sandbox, redis
     assert statuses == [200] * 5 + [429] * 3
 
 
-@pytest.fixture
-def own_redis_url():
-    """A Redis of this test's own: cache entries other tests left in a shared one would be hits here."""
-    process, url = start_redis_server()
-    yield url
-    process.terminate()
-    process.wait(10)
-
-
 def sandbox_calls(moodle, token, function):
     response = requests.get(f"{moodle}/__sandbox__/calls", headers={"X-Sandbox-Token": token}, timeout=5)
     assert response.status_code == 200, response.text
     return response.json()["calls"].get(function, 0)
 
 
-def test_two_gateway_processes_share_one_read_cache_and_see_each_others_writes(
-    spawn, standalone_sandbox, own_redis_url
-):
+def test_two_gateway_processes_share_one_read_cache_and_see_each_others_writes(spawn, standalone_sandbox, own_redis):
+    _, redis_url = own_redis  # of this test's own: entries other tests left in a shared Redis would be hits here
     moodle = standalone_sandbox("cache-token")
-    env = clean_env(MOODLE_BASE_URL=moodle, MOODLE_TOKEN="cache-token", JWT_SECRET=SECRET, REDIS_URL=own_redis_url)
+    env = clean_env(MOODLE_BASE_URL=moodle, MOODLE_TOKEN="cache-token", JWT_SECRET=SECRET, REDIS_URL=redis_url)
     ports = [free_port(), free_port()]
     replicas = [spawn("pserve", "production.ini", f"http_port={port}", env=env) for port in ports]
     for port, replica in zip(ports, replicas, strict=True):

@@ -30,7 +30,7 @@ from lms_api.errors import ErrorCode
 from lms_api.moodle.client import Answer
 from lms_api.moodle.errors import MoodleError
 from lms_api.redisstate import RETRY_AFTER_S, RedisLink, redis_client
-from tests.conftest import FakeClock, eventually, free_port, settings_for, start_redis_server
+from tests.conftest import FakeClock, eventually, free_port, join, settings_for, start_redis_server
 
 GET_COURSES = "core_course_get_courses"
 GET_COURSES_BY_FIELD = "core_course_get_courses_by_field"
@@ -125,12 +125,6 @@ def in_threads(count, target):
     for thread in threads:
         thread.start()
     return threads, results
-
-
-def join(threads):
-    for thread in threads:
-        thread.join(10)
-        assert not thread.is_alive()
 
 
 def wait_for_waiters(cache, count):
