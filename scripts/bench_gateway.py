@@ -680,6 +680,10 @@ def run(args: argparse.Namespace) -> None:
         # Read after the cached path's runs, so the cache, if any, is warm; no-cache shows that path 3 forwards.
         cache_status = header(fetch(cached), "Cache-Status")
         forwarding_status = header(fetch(forwarding), "Cache-Status")
+        if not cache_status.startswith("lms_api; hit") or not forwarding_status.startswith("lms_api; fwd=request"):
+            raise SystemExit(  # the table would name paths that were not measured
+                f"the cached path answered Cache-Status {cache_status!r} and the forwarding path {forwarding_status!r}"
+            )
         memory = memory_line(gateway.pid)
         results[bare.label] = measure(tools["wrk"], bare, args, workdir)
         processes.check_running()
