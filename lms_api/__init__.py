@@ -19,7 +19,8 @@ def main(global_config: dict[str, Any], **ini_settings: Any) -> Router:
     try:
         settings = load_settings(ini_settings, os.environ, read_dotenv(global_config.get("here")))
     except SettingsError as error:
-        print(f"lms_api: configuration error: {error}", file=sys.stderr)
+        for problem in error.problems:  # every one at once: an operator fixes them in one go
+            print(f"lms_api: configuration error: {problem}", file=sys.stderr)
         raise SystemExit(2) from None
     pyramid_settings = {key: value for key, value in ini_settings.items() if key.upper() not in SETTING_NAMES}
     drop_pserve_log_handler()

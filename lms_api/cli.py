@@ -57,7 +57,8 @@ def _mint(args: argparse.Namespace) -> int:
     try:
         settings = load_settings({"lms_api.environment": DEVELOPMENT}, environ)
     except SettingsError as error:
-        print(f"lms-api: configuration error: {error}", file=sys.stderr)
+        for problem in error.problems:
+            print(f"lms-api: configuration error: {problem}", file=sys.stderr)
         return 2
     if settings.uses_development_jwt_secret:
         print("lms-api: JWT_SECRET is unset: signing with the development secret", file=sys.stderr)

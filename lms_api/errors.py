@@ -64,9 +64,14 @@ class ErrorCode(StrEnum):
         404,
         "the category of a new or moved course does not exist; `details.missing_categories`",
     )
+    DRAFT_NOT_FOUND = (
+        "draftnotfound",
+        404,
+        "the draft item was not uploaded through the gateway by this caller (`sub`), or has expired",
+    )
     METHOD_NOT_ALLOWED = "methodnotallowed", 405, "the route exists, not for this method; `Allow` lists the methods"
     FILE_TOO_LARGE = "filetoolarge", 413, "the files of an upload exceed `MOODLE_MAX_UPLOAD_MB`; nothing is sent"
-    BODY_TOO_LARGE = "bodytoolarge", 413, "a JSON body over 1 MiB"
+    BODY_TOO_LARGE = "bodytoolarge", 413, "a body over `MAX_JSON_BODY_KB` on a route other than the upload"
     UNSUPPORTED_MEDIA_TYPE = (
         "unsupportedmediatype",
         415,
@@ -85,6 +90,11 @@ class ErrorCode(StrEnum):
         502,
         "Moodle failed with a PHP error that has no errorcode (`Error`, `TypeError`, ...); the message names the "
         "PHP class and the function, server paths removed",
+    )
+    MOODLE_ERROR = (
+        "moodleerror",
+        502,
+        "Moodle answered an error whose code is not of Moodle's code syntax (`[a-z0-9_]{1,64}`); its text is left out",
     )
     MOODLE_WARNING = "moodlewarning", 502, "Moodle refused an update with a warning that has no code"
     UPLOAD_REFUSED = "uploadrefused", 502, "upload.php refused a file for a reason the gateway does not know"

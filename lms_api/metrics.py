@@ -22,10 +22,11 @@ from pyramid.security import NO_PERMISSION_REQUIRED
 from pyramid_services import find_service_factory
 
 from lms_api.cache import ReadCache, RedisStore
+from lms_api.caller import client_address
 from lms_api.calllog import current_call_log
 from lms_api.moodle.client import MoodleClient
 from lms_api.moodle.guard import BreakerState
-from lms_api.ratelimit import REFUSED_BUDGET, RedisCounter, client_address
+from lms_api.ratelimit import REFUSED_BUDGET, RedisCounter
 from lms_api.settings import Settings
 
 METRICS_PATH = "/metrics"

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
+from ipaddress import ip_address, ip_network
 from typing import Protocol
 
 import redis
@@ -24,6 +24,7 @@ from pyramid.request import Request
 from pyramid.response import Response
 from pyramid.tweens import EXCVIEW
 
+from lms_api.caller import client_address
 from lms_api.errors import ApiError, ErrorCode, error_response
 from lms_api.redisstate import RedisLink, redis_client
 from lms_api.routes import is_api_request
@@ -134,17 +135,6 @@ def counter_from_settings(settings: Settings) -> Counter:
     return RedisCounter.from_url(settings.redis_url) if settings.redis_url else LocalCounter()
 
 
-def client_address(request: Request, trusted_proxies: tuple[IPv4Network | IPv6Network, ...]) -> str:
-    """The caller's address: ``X-Forwarded-For`` is believed only as far as it was written by trusted proxies."""
-    address = request.remote_addr or "unknown"
-    if not trusted_proxies:
-        return address
-    hops = [hop.strip() for hop in request.headers.get("X-Forwarded-For", "").split(",") if hop.strip()]
-    while _is_trusted(address, trusted_proxies) and hops:
-        address = hops.pop()
-    return address
-
-
 def _address_key(address: str) -> str:
     """IPv6 callers are counted per /64: one end site holds a whole /64 and could rotate through it."""
     try:
@@ -152,14 +142,6 @@ def _address_key(address: str) -> str:
     except ValueError:
         return address
     return str(ip_network(f"{parsed}/64", strict=False)) if parsed.version == 6 else address
-
-
-def _is_trusted(address: str, networks: tuple[IPv4Network | IPv6Network, ...]) -> bool:
-    try:
-        parsed = ip_address(address)
-    except ValueError:
-        return False
-    return any(parsed in network for network in networks)
 
 
 def rate_limit_tween_factory(

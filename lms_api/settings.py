@@ -2,8 +2,9 @@
 
 Precedence, highest first: the process environment, ``.env``, the ini's ``[app:main]`` section, the default.
 Environment keys are UPPER_SNAKE (``MOODLE_TOKEN``); the ini spells the same key in lower case
-(``moodle_token``). Every value is checked once at start-up and a bad one stops the gateway with one
-:class:`SettingsError` naming the key; secret values are never repeated in that message.
+(``moodle_token``). The first layer that has a key decides, an empty value meaning the default: ``MOODLE_BASE_URL=``
+in the environment unsets what ``.env`` says. Every value is checked once at start-up, and every bad or missing one
+is reported together in one :class:`SettingsError`, a problem per key; secret values are never repeated in it.
 """
 
 from __future__ import annotations
@@ -43,7 +44,11 @@ ROLE_NAME = re.compile(r"[a-z][a-z0-9_]{0,99}")
 
 
 class SettingsError(Exception):
-    """A setting is missing or malformed; the message names the key."""
+    """Settings are missing or malformed: ``problems`` has one message per key, each naming it."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,9 @@ class Settings:
     moodle_max_upload_mb: int
     moodle_attach_function: str
     moodle_role_ids: Mapping[str, int]
+    moodle_assignable_roles: tuple[str, ...]
+    moodle_course_formats: tuple[str, ...]
+    moodle_max_answer_mb: int
     moodle_sandbox: str
     jwt_secret: str | None
     jwt_public_key: PublicKey | None
@@ -93,6 +101,8 @@ class Settings:
     moodle_breaker_failures: int
     moodle_breaker_cooldown_s: int
     metrics_allowed_networks: tuple[IPv4Network | IPv6Network, ...]
+    max_json_body_kb: int
+    public_url: str | None
     uses_development_jwt_secret: bool = False
     secrets: tuple[str, ...] = field(default=(), repr=False)
 
@@ -269,6 +279,31 @@ def _group_ttls(key: str, raw: str) -> dict[str, int]:
     return ttls
 
 
+# Moodle's course formats as a 5.0 site has them enabled by default; a site with other plugins lists its own.
+DEFAULT_COURSE_FORMATS = "topics,weeks,social,singleactivity"
+# What ``enrol:write`` may assign; any other known role (``manager``) needs ``admin`` as well.
+DEFAULT_ASSIGNABLE_ROLES = "student,teacher,editingteacher"
+_PLUGIN_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
+
+
+def _names(pattern: re.Pattern[str], what: str) -> Callable[[str, str], tuple[str, ...]]:
+    def parse(key: str, raw: str) -> tuple[str, ...]:
+        names = tuple(dict.fromkeys(part.strip() for part in raw.split(",") if part.strip()))
+        wrong = [name for name in names if not pattern.fullmatch(name)]
+        if wrong or not names:
+            raise SettingsError(f"{key} must list {what}, comma-separated, got {raw!r}")
+        return names
+
+    return parse
+
+
+def _public_url(key: str, raw: str) -> str:
+    url = _base_url(key, raw)
+    if urlsplit(url).path:
+        raise SettingsError(f"{key} must be the gateway's origin as callers reach it, e.g. https://api.example.edu")
+    return url
+
+
 def _function_name(key: str, raw: str) -> str:
     name = raw.strip()
     if not _FUNCTION_NAME.fullmatch(name):
@@ -310,6 +345,9 @@ _KEYS = (
     _Key("MOODLE_MAX_UPLOAD_MB", _whole_number(1), "50"),
     _Key("MOODLE_ATTACH_FUNCTION", _function_name, DEFAULT_ATTACH_FUNCTION),
     _Key("MOODLE_ROLE_IDS", _role_ids, ""),
+    _Key("MOODLE_ASSIGNABLE_ROLES", _names(ROLE_NAME, "role names"), DEFAULT_ASSIGNABLE_ROLES),
+    _Key("MOODLE_COURSE_FORMATS", _names(_PLUGIN_NAME, "course format plugin names"), DEFAULT_COURSE_FORMATS),
+    _Key("MOODLE_MAX_ANSWER_MB", _whole_number(1), "32"),
     _Key("MOODLE_ALLOW_INSECURE", _boolean, "false"),
     # What stands in for Moodle when MOODLE_BASE_URL is unset (development only): a callable that starts it and
     # answers an object with its ``url`` and ``token``.
@@ -336,6 +374,8 @@ _KEYS = (
     _Key("MOODLE_BREAKER_FAILURES", _whole_number(1), "5"),
     _Key("MOODLE_BREAKER_COOLDOWN_S", _whole_number(1), "10"),
     _Key("METRICS_ALLOWED_NETWORKS", _networks, "127.0.0.0/8, ::1"),
+    _Key("MAX_JSON_BODY_KB", _whole_number(1), "1024"),
+    _Key("PUBLIC_URL", _public_url),
 )
 
 SETTING_NAMES = tuple(key.name for key in _KEYS)
@@ -354,7 +394,7 @@ def load_settings(
     environ: Mapping[str, str],
     dotenv: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Resolve every setting; raise :class:`SettingsError` naming the first bad key."""
+    """Resolve every setting; raise one :class:`SettingsError` naming every bad or missing key."""
     environment = str(ini.get("lms_api.environment", PRODUCTION)).strip().lower()
     if environment not in (DEVELOPMENT, PRODUCTION):
         raise SettingsError(f"lms_api.environment must be {DEVELOPMENT!r} or {PRODUCTION!r}, got {environment!r}")
@@ -362,26 +402,30 @@ def load_settings(
     layers = (environ, dotenv or {}, {name.upper(): value for name, value in ini.items()})
     values: dict[str, Any] = {}
     secrets: list[str] = []
+    problems: list[str] = []
+    refused: set[str] = set()
     for key in _KEYS:
-        raw = next((layer[key.name] for layer in layers if layer.get(key.name) not in (None, "")), key.default)
-        values[key.name] = None if raw is None else key.parse(key.name, str(raw))
+        raw = next((layer[key.name] for layer in layers if layer.get(key.name) is not None), None)
+        if raw is None or str(raw).strip() == "":
+            raw = key.default
+        try:
+            values[key.name] = None if raw is None else key.parse(key.name, str(raw))
+        except SettingsError as error:
+            problems.extend(error.problems)
+            refused.add(key.name)
+            values[key.name] = None
         if key.secret and values[key.name]:
             secrets.append(values[key.name])
 
-    base_url, token = values["MOODLE_BASE_URL"], values["MOODLE_TOKEN"]
-    if environment == PRODUCTION:
-        for name in ("MOODLE_BASE_URL", "MOODLE_TOKEN"):
-            if not values[name]:
-                raise SettingsError(f"{name} is required with production.ini: set it in the environment or in .env")
-        parts = urlsplit(base_url)
-        if parts.scheme == "http" and not _is_loopback(parts.hostname or "") and not values["MOODLE_ALLOW_INSECURE"]:
-            raise SettingsError(
-                "MOODLE_BASE_URL must be https:// with production.ini (the token would cross the network in clear); "
-                "set MOODLE_ALLOW_INSECURE=true to accept http://"
-            )
-    if base_url and not token:
-        raise SettingsError("MOODLE_TOKEN is required when MOODLE_BASE_URL is set")
-    jwt_secret, algorithms, uses_development_secret = _jwt_keys(environment, values)
+    problems.extend(_moodle_problems(environment, values, refused))
+    jwt_secret, algorithms, uses_development_secret = None, tuple[str, ...](), False
+    if not any(name.startswith("JWT_") for name in refused):  # else the keys' own problems say enough
+        try:
+            jwt_secret, algorithms, uses_development_secret = _jwt_keys(environment, values)
+        except SettingsError as error:
+            problems.extend(error.problems)
+    if problems:
+        raise SettingsError(*dict.fromkeys(problems))
     # Each Settings field takes the value of the key of the same name; the rest are worked out above.
     field_names = {each.name for each in fields(Settings)}
     return Settings(
@@ -394,6 +438,35 @@ def load_settings(
             "secrets": tuple(secrets),
         }
     )
+
+
+def _moodle_problems(environment: str, values: Mapping[str, Any], refused: set[str]) -> list[str]:
+    """What is wrong with the Moodle keys together; a key whose own value was refused is not named again."""
+    base_url, token = values["MOODLE_BASE_URL"], values["MOODLE_TOKEN"]
+    problems = []
+    if environment == PRODUCTION:
+        problems += [
+            f"{name} is required with production.ini: set it in the environment or in .env"
+            for name in ("MOODLE_BASE_URL", "MOODLE_TOKEN")
+            if not values[name] and name not in refused
+        ]
+        parts = urlsplit(base_url or "")
+        if parts.scheme == "http" and not _is_loopback(parts.hostname or "") and not values["MOODLE_ALLOW_INSECURE"]:
+            problems.append(
+                "MOODLE_BASE_URL must be https:// with production.ini (the token would cross the network in clear); "
+                "set MOODLE_ALLOW_INSECURE=true to accept http://"
+            )
+    elif (base_url or "MOODLE_BASE_URL" in refused) and not token:
+        problems.append("MOODLE_TOKEN is required when MOODLE_BASE_URL is set")
+    roles, assignable = values["MOODLE_ROLE_IDS"], values["MOODLE_ASSIGNABLE_ROLES"]
+    if roles is not None and assignable is not None:
+        unknown = [name for name in assignable if name not in roles]
+        if unknown:
+            problems.append(
+                f"MOODLE_ASSIGNABLE_ROLES names {', '.join(unknown)}, which MOODLE_ROLE_IDS does not know "
+                f"(known: {', '.join(sorted(roles))})"
+            )
+    return problems
 
 
 def _jwt_keys(environment: str, values: Mapping[str, Any]) -> tuple[str | None, tuple[str, ...], bool]:
@@ -411,6 +484,12 @@ def _jwt_keys(environment: str, values: Mapping[str, Any]) -> tuple[str | None, 
             raise SettingsError(
                 "JWT_SECRET, JWT_PUBLIC_KEY or JWT_JWKS_URL is required with production.ini: "
                 "set it in the environment or in .env"
+            )
+        if values["MOODLE_BASE_URL"]:
+            # The development secret is in the source: anyone could sign an admin token for that Moodle.
+            raise SettingsError(
+                "JWT_SECRET (or JWT_PUBLIC_KEY or JWT_JWKS_URL) is required when MOODLE_BASE_URL is set: "
+                "the development secret is public and must never guard a real Moodle"
             )
         secret, uses_development_secret = DEVELOPMENT_JWT_SECRET, True
     algorithms = values["JWT_ALGORITHMS"]

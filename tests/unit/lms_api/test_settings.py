@@ -110,18 +110,90 @@ def test_secrets_never_show_in_repr_or_errors():
     assert "SHORT-CANARY" not in str(caught.value)
 
 
-def test_main_stops_with_one_clear_line_on_a_bad_setting(monkeypatch, capsys, tmp_path):
+def test_main_names_every_missing_or_bad_setting_at_once_a_line_each(monkeypatch, capsys, tmp_path):
     for key in COMPLETE:
         monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("MOODLE_TIMEOUT_MS", "soon")
 
     with pytest.raises(SystemExit) as caught:
         main({"here": str(tmp_path)}, **PRODUCTION)
 
     assert caught.value.code == 2
-    assert capsys.readouterr().err.strip() == (
+    assert capsys.readouterr().err.splitlines() == [
+        "lms_api: configuration error: MOODLE_TIMEOUT_MS must be a whole number, got 'soon'",
         "lms_api: configuration error: MOODLE_BASE_URL is required with production.ini: "
-        "set it in the environment or in .env"
+        "set it in the environment or in .env",
+        "lms_api: configuration error: MOODLE_TOKEN is required with production.ini: "
+        "set it in the environment or in .env",
+        "lms_api: configuration error: JWT_SECRET, JWT_PUBLIC_KEY or JWT_JWKS_URL is required with production.ini: "
+        "set it in the environment or in .env",
+    ]
+
+
+def test_every_refused_value_is_named_in_one_error_without_repeating_a_secret():
+    environ = {
+        **COMPLETE,
+        "MOODLE_BASE_URL": "ftp://moodle",
+        "RATE_LIMIT_READ": "many",
+        "JWT_SECRET": "SHORT-CANARY",
+        "MOODLE_ASSIGNABLE_ROLES": "student,tutor",
+    }
+
+    with pytest.raises(SettingsError) as caught:
+        load_settings(PRODUCTION, environ)
+
+    named = [problem.split(" ", 1)[0] for problem in caught.value.problems]
+    assert named == ["MOODLE_BASE_URL", "RATE_LIMIT_READ", "MOODLE_ASSIGNABLE_ROLES", "JWT_SECRET"]
+    assert "SHORT-CANARY" not in str(caught.value)
+
+
+def test_development_with_a_real_moodle_refuses_the_public_development_secret():
+    with pytest.raises(SettingsError) as caught:
+        load_settings(DEVELOPMENT, {"MOODLE_BASE_URL": "https://moodle.example.edu", "MOODLE_TOKEN": "t"})
+
+    assert caught.value.problems == (
+        "JWT_SECRET (or JWT_PUBLIC_KEY or JWT_JWKS_URL) is required when MOODLE_BASE_URL is set: "
+        "the development secret is public and must never guard a real Moodle",
     )
+    with_key = {"MOODLE_BASE_URL": "https://moodle.example.edu", "MOODLE_TOKEN": "t", "JWT_SECRET": "k" * 32}
+    assert not load_settings(DEVELOPMENT, with_key).uses_development_jwt_secret
+
+
+def test_an_empty_value_in_the_environment_overrides_dotenv_and_means_the_default():
+    dotenv = {"MOODLE_BASE_URL": "https://moodle.example.edu", "MOODLE_TOKEN": "t", "MOODLE_TIMEOUT_MS": "900"}
+
+    settings = load_settings(DEVELOPMENT, {"MOODLE_BASE_URL": "", "MOODLE_TIMEOUT_MS": ""}, dotenv)
+
+    assert settings.uses_sandbox
+    assert settings.moodle_timeout_ms == 15000
+    assert settings.uses_development_jwt_secret
+
+
+def test_assignable_roles_course_formats_answer_and_body_limits_and_public_url():
+    settings = load_settings(PRODUCTION, COMPLETE)
+    assert settings.moodle_assignable_roles == ("student", "teacher", "editingteacher")
+    assert settings.moodle_course_formats == ("topics", "weeks", "social", "singleactivity")
+    assert (settings.moodle_max_answer_mb, settings.max_json_body_kb, settings.public_url) == (32, 1024, None)
+    custom = {
+        **COMPLETE,
+        "MOODLE_ROLE_IDS": "tutor=9",
+        "MOODLE_ASSIGNABLE_ROLES": "student, tutor",
+        "MOODLE_COURSE_FORMATS": "topics,flexsections",
+        "PUBLIC_URL": "https://API.example.edu/",
+    }
+    settings = load_settings(PRODUCTION, custom)
+    assert settings.moodle_assignable_roles == ("student", "tutor")
+    assert settings.moodle_course_formats == ("topics", "flexsections")
+    assert settings.public_url == "https://API.example.edu"
+    for key, value in (
+        ("MOODLE_COURSE_FORMATS", "Topics"),
+        ("MOODLE_COURSE_FORMATS", ","),
+        ("PUBLIC_URL", "https://api.example.edu/gateway"),
+        ("MAX_JSON_BODY_KB", "0"),
+        ("MOODLE_MAX_ANSWER_MB", "0"),
+    ):
+        with pytest.raises(SettingsError, match=key):
+            load_settings(PRODUCTION, {**COMPLETE, key: value})
 
 
 def _pem(private):
@@ -197,7 +269,8 @@ def test_plain_http_to_moodle_is_allowed_on_loopback_or_when_asked():
     assert load_settings(PRODUCTION, {**COMPLETE, "MOODLE_BASE_URL": "http://127.0.0.1:8089"}).moodle_base_url
     insecure = {**COMPLETE, "MOODLE_BASE_URL": "http://moodle.internal", "MOODLE_ALLOW_INSECURE": "true"}
     assert load_settings(PRODUCTION, insecure).moodle_base_url == "http://moodle.internal"
-    assert load_settings(DEVELOPMENT, {"MOODLE_BASE_URL": "http://moodle.internal", "MOODLE_TOKEN": "t"})
+    development = {"MOODLE_BASE_URL": "http://moodle.internal", "MOODLE_TOKEN": "t", "JWT_SECRET": "k" * 32}
+    assert load_settings(DEVELOPMENT, development)
 
 
 def test_rate_limits_proxies_and_origins():
