@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from lms_api.errors import ApiError, ErrorCode, status_of
@@ -12,7 +12,9 @@ from lms_api.errors import ApiError, ErrorCode, status_of
 DEFAULT_RETRY_AFTER_S = 30
 
 _FORBIDDEN_PREFIX = "wsaccessuser"
-_ERRORCODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+# The syntax of Moodle's own error and warning codes (language string ids). Anything else in an errorcode or a
+# warningcode is not a code: Moodle has put the password policy's HTML there, and a plugin may put anything.
+_MOODLE_CODE = re.compile(r"[a-z0-9_]{1,64}")
 _PHP_CLASS = re.compile(r"\\?[A-Za-z_][A-Za-z0-9_]{0,63}(?:\\[A-Za-z_][A-Za-z0-9_]{0,63}){0,7}")
 
 CREDENTIAL_REFUSED_MESSAGE = (
@@ -31,6 +33,22 @@ def status_for_errorcode(errorcode: str) -> int:
     if errorcode.startswith(_FORBIDDEN_PREFIX):
         return 403
     return status_of(errorcode)
+
+
+def is_moodle_code(value: object, clean: Callable[[str], str]) -> bool:
+    """True when ``value`` may reach a caller as a ``code``: of Moodle's code syntax, and left as it is by ``clean``
+    (a code holding the gateway's token, which a token's 32 hex digits would fit, is no code)."""
+    return isinstance(value, str) and _MOODLE_CODE.fullmatch(value) is not None and clean(value) == value
+
+
+def not_a_moodle_code(function: str, details: Mapping[str, Any] | None = None) -> MoodleError:
+    """The error for an errorcode or warningcode that is not of Moodle's code syntax: neither it nor Moodle's text
+    reaches the caller, since they are not Moodle's words (a password policy in HTML, a plugin's free text)."""
+    return MoodleError(
+        ErrorCode.MOODLE_ERROR,
+        f"Moodle answered {function} with an error whose code is not a Moodle code; its text is left out",
+        {"function": function, **(details or {})},
+    )
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
@@ -100,13 +118,15 @@ def error_from_moodle(
     ``{"error", "errorcode"}``).
 
     ``debuginfo`` is never passed on, not even where debug mode repeats it inside ``message``: it echoes the
-    values that were sent. An errorcode that is not an identifier (Moodle puts the password policy's HTML
-    there) becomes ``moodleexception``. A body without an errorcode is a PHP error (``TypeError``, ``Error``...)
-    Moodle did not handle; its message says that Moodle failed, and where, before what PHP said.
+    values that were sent. An errorcode that is not of Moodle's code syntax (Moodle puts the password policy's HTML
+    there) becomes ``moodleerror``, without Moodle's text. A body without an errorcode is a PHP error
+    (``TypeError``, ``Error``...) Moodle did not handle; its message says that Moodle failed, and where, before what
+    PHP said.
     """
-    errorcode = str(body.get("errorcode") or "")
-    if not _ERRORCODE.fullmatch(errorcode):
-        errorcode = ErrorCode.MOODLE_EXCEPTION
+    errorcode = body.get("errorcode") or ""
+    if errorcode and not is_moodle_code(errorcode, lambda text: redact(text, secrets)):
+        return not_a_moodle_code(function)
+    errorcode = errorcode or ErrorCode.MOODLE_EXCEPTION
     status = status_for_errorcode(errorcode)
     if errorcode == ErrorCode.INVALID_MOODLE_TOKEN:
         message = CREDENTIAL_REFUSED_MESSAGE

@@ -13,6 +13,8 @@ from lms_api.moodle.errors import (
     MoodleRecord,
     expect_list,
     expect_object,
+    is_moodle_code,
+    not_a_moodle_code,
     status_for_errorcode,
     unexpected_answer,
 )
@@ -119,7 +121,10 @@ def update_course(moodle: MoodleClient, course_id: int, changes: Mapping[str, An
     if warnings:
         # Debug mode appends the SQL of the failed query to the message; the first line is the human part.
         message = moodle.clean(str(warnings[0].get("message") or "").split("\n")[0])
-        raise _warning_error(str(warnings[0].get("warningcode") or ""), message, course_id, category_id)
+        code = warnings[0].get("warningcode") or ""
+        if code and not is_moodle_code(code, moodle.clean):
+            raise not_a_moodle_code(UPDATE_COURSES, {"course_id": course_id})
+        raise _warning_error(str(code), message, course_id, category_id)
     try:
         return get_course(moodle, course_id)
     except ApiError as error:

@@ -3,6 +3,7 @@
 import pytest
 
 from lms_api.errors import ApiError, ErrorCode, status_of
+from lms_api.moodle.errors import error_from_moodle, is_moodle_code
 from scripts.error_catalogue import README, readme_with_catalogue
 
 
@@ -46,3 +47,67 @@ def test_moodle_codes_are_told_apart_from_the_gateways_own():
     assert ErrorCode.SHORTNAME_TAKEN.from_moodle
     assert ErrorCode.INVALID_MOODLE_TOKEN.from_moodle
     assert not ErrorCode.COURSE_NOT_FOUND.from_moodle
+
+
+# -- Moodle's codes reach a caller only when they are of Moodle's code syntax --------------------------------------
+
+HEX_TOKEN = "0123456789abcdef0123456789abcdef"  # a real Moodle token's shape, which Moodle's code syntax fits
+POLICY = "<div>Passwords must be at least 8 characters long.</div><div>Passwords must have at least 1 digit(s).</div>"
+
+
+@pytest.mark.parametrize(
+    "errorcode",
+    [HEX_TOKEN, f"bad_{HEX_TOKEN}_token", POLICY, "Invalid token", "invalidToken", "a" * 65, "é", 5, ["x"]],
+    ids=["token", "holding-token", "html-policy", "words", "upper-case", "too-long", "accent", "integer", "list"],
+)
+def test_an_errorcode_that_is_no_moodle_code_is_a_moodleerror_without_moodles_text(errorcode):
+    body = {
+        "exception": "core\\exception\\moodle_exception",
+        "errorcode": errorcode,
+        "message": f"{POLICY} {HEX_TOKEN}",
+    }
+
+    error = error_from_moodle(body, "core_user_create_users", (HEX_TOKEN,))
+
+    assert (error.status, error.code) == (502, "moodleerror")
+    assert error.message == (
+        "Moodle answered core_user_create_users with an error whose code is not a Moodle code; its text is left out"
+    )
+    assert error.details == {"function": "core_user_create_users"}
+    assert HEX_TOKEN not in repr(error.__dict__) and "<div>" not in repr(error.__dict__)
+
+
+def test_upload_php_errors_follow_the_same_rule():
+    body = {"error": f"Refused {HEX_TOKEN}", "errorcode": HEX_TOKEN, "stacktrace": None}
+
+    error = error_from_moodle(body, "upload", (HEX_TOKEN,))
+
+    assert (error.status, error.code) == (502, "moodleerror")
+    assert HEX_TOKEN not in error.message
+
+
+@pytest.mark.parametrize(
+    ("errorcode", "status"),
+    [("invalidparameter", 400), ("1", 502), ("0ab", 502), ("_", 502), ("x" * 64, 502), ("upload_error_partial", 400)],
+)
+def test_an_errorcode_of_moodles_code_syntax_is_passed_on_with_its_message(errorcode, status):
+    body = {"exception": "moodle_exception", "errorcode": errorcode, "message": "Something went wrong"}
+
+    error = error_from_moodle(body, "core_course_get_courses", (HEX_TOKEN,))
+
+    assert (error.status, error.code, error.message) == (status, errorcode, "Something went wrong")
+
+
+def test_a_body_without_errorcode_stays_a_php_failure_named_by_its_class():
+    body = {"exception": "TypeError", "message": "bool given"}
+
+    error = error_from_moodle(body, "enrol_manual_enrol_users", (HEX_TOKEN,))
+
+    assert (error.status, error.code) == (502, "moodleexception")
+    assert error.message == "Moodle failed internally in enrol_manual_enrol_users (PHP TypeError): bool given"
+
+
+def test_the_moodle_code_check_refuses_a_code_its_cleaner_would_change():
+    assert is_moodle_code("shortnametaken", lambda text: text)
+    assert not is_moodle_code("shortnametaken", lambda text: text.replace("taken", "[redacted]"))
+    assert not is_moodle_code(None, lambda text: text)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 
 from lms_api.errors import ApiError
+from lms_api.moodle.client import MoodleClient
 from lms_api.services import courses
 from tests.unit.mocked_moodle import (
+    BASE_URL,
     ROUTE_FUNCTIONS,
     SITE_COURSE,
     TOKEN,
@@ -198,6 +200,51 @@ def test_a_warning_message_loses_server_paths_and_the_token(moodle, rsps):
     error = raised(courses.update_course, moodle, 2, {"fullname": "New"})
 
     assert (error.status, error.code, error.message) == (502, "cannotwrite", "Cannot write [path] for [redacted]")
+
+
+POLICY = "<div>Passwords must be at least 8 characters long.</div>"
+
+
+@pytest.mark.parametrize(
+    "warningcode",
+    [TOKEN, f"x_{TOKEN}", POLICY, "Not a code", "UPPERCASE", "a" * 65, 7, True],
+    ids=["token", "holding-token", "html-policy", "words", "upper-case", "too-long", "integer", "boolean"],
+)
+def test_a_warningcode_that_is_no_moodle_code_is_a_moodleerror_without_moodles_text(moodle, rsps, warningcode):
+    warning = {"item": "course", "itemid": 2, "warningcode": warningcode, "message": f"{POLICY} {TOKEN} secret"}
+    add(rsps, courses.UPDATE_COURSES, json={"warnings": [warning]})
+
+    error = raised(courses.update_course, moodle, 2, {"fullname": "New"})
+
+    assert (error.status, error.code) == (502, "moodleerror")
+    assert error.message == (
+        "Moodle answered core_course_update_courses with an error whose code is not a Moodle code; its text is left out"
+    )
+    assert error.details == {"function": courses.UPDATE_COURSES, "course_id": 2}
+    assert TOKEN not in repr(error.__dict__) and "<div>" not in repr(error.__dict__)
+
+
+def test_a_warningcode_carrying_a_token_shaped_like_moodles_is_no_code(rsps):
+    hex_token = "0123456789abcdef0123456789abcdef"  # fits Moodle's code syntax
+    moodle = MoodleClient(BASE_URL, hex_token, timeout_s=2.0, max_retries=0, functions_ttl_s=300)
+    prime(moodle, rsps, ROUTE_FUNCTIONS)
+    warning = {"item": "course", "itemid": 2, "warningcode": hex_token, "message": f"Token {hex_token} refused"}
+    add(rsps, courses.UPDATE_COURSES, json={"warnings": [warning]})
+
+    error = raised(courses.update_course, moodle, 2, {"fullname": "New"})
+
+    assert (error.status, error.code) == (502, "moodleerror")
+    assert hex_token not in repr(error.__dict__)
+
+
+@pytest.mark.parametrize("warningcode", ["1", "0", "invalid_record", "x" * 64])
+def test_a_warningcode_of_moodles_code_syntax_is_passed_on(moodle, rsps, warningcode):
+    warning = {"item": "course", "itemid": 2, "warningcode": warningcode, "message": "No access rights"}
+    add(rsps, courses.UPDATE_COURSES, json={"warnings": [warning]})
+
+    error = raised(courses.update_course, moodle, 2, {"fullname": "New"})
+
+    assert (error.status, error.code, error.message) == (502, warningcode, "No access rights")
 
 
 def categories_answer(*category_ids):
