@@ -29,6 +29,7 @@ def make_app(settings: Settings, pyramid_settings: Mapping[str, Any] | None = No
     config.include("lms_api.hygiene")  # UTF-8 paths and queries, CORS, nosniff, no-store
     config.include("lms_api.audit")  # an audit event per write attempt
     config.include("lms_api.ratelimit")  # budgets per caller and per address
+    config.include("lms_api.bodylimits")  # bodies over the route's limit refused before a token is checked
     config.include("lms_api.routes")
     config.include("lms_api.health")  # /healthz and /readyz, outside the API: no token, no rate limit
     config.include("lms_api.metrics")  # GET /metrics for Prometheus, from loopback by default

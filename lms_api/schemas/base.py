@@ -1,31 +1,48 @@
 """The base every route schema derives from, and how a request's input is read into it.
 
 Input is refused here, before any Moodle call, when it is not what the route takes: a wrong media type or
-charset, JSON that is not UTF-8 text or nests without end, a repeated query parameter, a multipart body that
-does not end with its closing boundary.
+charset, a Content-Type whose parameters cannot be read, JSON that is not UTF-8 text or nests without end, a repeated
+query parameter, a multipart body that does not end with its closing boundary or passes a limit on its parts.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
-from email.message import Message
-from typing import Any
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from tempfile import SpooledTemporaryFile
+from typing import IO, Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, missing, validate
+
+# multipart ships no type information; what crosses from it (segments, bytes) is checked where it is read.
+from multipart import MultipartError, MultipartSegment, ParserLimitReached, PushMultipartParser  # type: ignore[import-untyped]
 from pyramid.request import Request
 
 from lms_api.errors import ApiError, ErrorCode
 
-MAX_JSON_BYTES = 1024 * 1024
 # The largest integer a browser's JSON.parse keeps exactly; no id, count or timestamp of Moodle comes near it.
 MAX_SAFE_INTEGER = 2**53 - 1
 MAX_JSON_DEPTH = 32
 _UTF8_CHARSETS = frozenset({"utf-8", "utf8"})
 _SURROGATE = re.compile("[\ud800-\udfff]")
-# Where the closing delimiter must be: a body truncated in transit still parses, minus what was cut off.
-_MULTIPART_TAIL_BYTES = 512
+# An upload's parts: its files (each route says how many), a few short text fields, and the headers of each.
+MAX_PARTS = 64
+MAX_FIELD_BYTES = 4 * 1024
+MAX_PART_HEADERS = 4  # RFC 7578 names three: Content-Disposition, Content-Type, Content-Transfer-Encoding
+MAX_PART_HEADER_BYTES = 4 * 1024  # a header line; a 255-character file name percent-encoded fits
+_READ_CHUNK_BYTES = 64 * 1024
+_FILE_IN_MEMORY_BYTES = 1024 * 1024  # a file part larger than this goes on to a temporary file on disk
+# RFC 2046: 1 to 70 characters, not ending with a space. Its set of characters is not held to: clients go past it
+# (WebTest's boundaries hold a "$"), and any printable ASCII delimits as well.
+_BOUNDARY = re.compile(r"[ -~]{0,69}[!-~]")
+_TCHARS = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+# RFC 9110: ``; name=value``, the value a token or a quoted string; an empty parameter between semicolons is allowed.
+_QUOTED = r'"(?P<quoted>(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*)"'
+_PARAMETER = re.compile(rf"[ \t]*;[ \t]*(?:(?P<name>{_TCHARS})=(?:(?P<token>{_TCHARS})|{_QUOTED}))?[ \t]*")
+_QUOTED_PAIR = re.compile(r"\\(.)")
 
 
 class RequestSchema(Schema):
@@ -81,30 +98,108 @@ _UNCHANGED_BY: dict[type[fields.Field[Any]], type] = {fields.String: str, fields
 
 def load_query(request: Request, schema: RequestSchema) -> dict[str, Any]:
     """Validate the query string; a parameter given twice is refused, whichever value a caller meant."""
-    return _loaded(schema, _as_dict(request.GET))
+    return _loaded(schema, _as_dict(request.GET.items()))
 
 
 def load_matchdict(request: Request, schema: RequestSchema) -> dict[str, Any]:
     return _loaded(schema, dict(request.matchdict or {}))
 
 
-def load_multipart(request: Request, schema: RequestSchema, repeatable: Iterable[str] = ()) -> dict[str, Any]:
-    """Validate a ``multipart/form-data`` body; file parts stay file objects (spooled to disk when large).
+def load_multipart(
+    request: Request, schema: RequestSchema, repeatable: Iterable[str] = (), *, max_files: int
+) -> dict[str, Any]:
+    """Validate a ``multipart/form-data`` body, read as it streams in: at most MAX_PARTS parts and ``max_files``
+    files, a text field of at most MAX_FIELD_BYTES, part headers of at most MAX_PART_HEADER_BYTES a line.
 
-    Only the fields named in ``repeatable`` may come more than once (several files in one upload).
+    The reading stops at the first part past a limit, so a body of thousands of parts costs no more than one
+    at the limit. Files become :class:`FilePart` objects on temporary files (in memory while small), closed
+    when the request finishes. Only the fields named in ``repeatable`` may come more than once.
     """
-    if request.content_type != "multipart/form-data":
+    media_type, parameters = _content_type(request, _unreadable_multipart)
+    if media_type != "multipart/form-data":
         raise ApiError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, "This route takes a multipart/form-data body")
-    server_input = request.body_file_raw
-    boundary = _boundary(request)
-    if not boundary or not _ends_with_closing_boundary(request, boundary):
-        raise _unreadable_multipart("it does not end with its closing boundary")
+    boundary = parameters.get("boundary", "")
+    if not _BOUNDARY.fullmatch(boundary):
+        raise _unreadable_multipart("the Content-Type gives no boundary of 1 to 70 printable ASCII characters")
+    charset = parameters.get("charset")
+    if charset is not None and charset.lower() not in _UTF8_CHARSETS:
+        raise _unreadable_multipart(f"its fields are read as UTF-8; the Content-Type says charset={charset}")
+    opened: list[IO[bytes]] = []
+    request.add_finished_callback(lambda finished: _close_all(opened))
+    parts = _read_parts(request.body_file, boundary.encode("ascii"), max_files, opened)
+    return _loaded(schema, _as_dict(parts, frozenset(repeatable)))
+
+
+@dataclass(frozen=True)
+class FilePart:
+    """A file part of a multipart body: the filename as sent, its content and its declared media type."""
+
+    filename: str
+    file: IO[bytes]
+    type: str | None
+
+
+def _read_parts(body: IO[bytes], boundary: bytes, max_files: int, opened: list[IO[bytes]]) -> list[tuple[str, Any]]:
+    parser = PushMultipartParser(
+        boundary, max_header_size=MAX_PART_HEADER_BYTES, max_header_count=MAX_PART_HEADERS, strict=True
+    )
+    parts: list[tuple[str, Any]] = []
+    text_fields: dict[int, bytearray] = {}  # index in parts -> the field's bytes so far
+    files = 0
+    sink: IO[bytes] | bytearray | None = None
     try:
-        form = request.POST
-    except (ValueError, UnicodeDecodeError):  # parts that do not follow the boundary, or text that is not UTF-8
-        raise _unreadable_multipart("its parts cannot be read") from None
-    request.add_finished_callback(lambda finished: _close_spooled_body(finished, server_input))
-    return _loaded(schema, _as_dict(form, frozenset(repeatable)))
+        while True:
+            chunk = body.read(_READ_CHUNK_BYTES)
+            for event in parser.parse(chunk):  # an empty chunk ends the body: a missing close delimiter is an error
+                if isinstance(event, MultipartSegment):
+                    if len(parts) == MAX_PARTS:
+                        raise _unreadable_multipart(f"it has more than {MAX_PARTS} parts")
+                    if event.filename is None:
+                        sink = text_fields[len(parts)] = bytearray()
+                        parts.append((event.name or "", sink))
+                    else:
+                        files += 1
+                        if files > max_files:
+                            raise _unreadable_multipart(f"it has more than {max_files} files")
+                        sink = SpooledTemporaryFile(max_size=_FILE_IN_MEMORY_BYTES)  # noqa: SIM115 (closed at the end)
+                        opened.append(sink)
+                        parts.append((event.name or "", FilePart(event.filename, sink, event.content_type)))
+                elif event is None:
+                    sink = None
+                elif isinstance(sink, bytearray):
+                    sink += event
+                    if len(sink) > MAX_FIELD_BYTES:
+                        raise ValidationError({parts[-1][0]: [f"Text fields are limited to {MAX_FIELD_BYTES} bytes"]})
+                elif sink is not None:
+                    sink.write(event)
+            if not chunk:
+                break
+    except ParserLimitReached:
+        raise _unreadable_multipart(
+            f"a part has more than {MAX_PART_HEADERS} header lines or a header line over {MAX_PART_HEADER_BYTES} bytes"
+        ) from None
+    except MultipartError as error:
+        raise _unreadable_multipart(_multipart_problem(error)) from None
+    return [(name, _text(name, value) if index in text_fields else value) for index, (name, value) in enumerate(parts)]
+
+
+def _multipart_problem(error: MultipartError) -> str:
+    if "end of multipart stream" in str(error):
+        return "it does not end with its closing boundary"
+    return "its parts cannot be read"
+
+
+def _text(name: str, value: bytearray) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValidationError({name: ["Must be UTF-8 text"]}) from None
+
+
+def _close_all(files: list[IO[bytes]]) -> None:
+    """Delete the temporary files of an upload when its request finishes, not whenever the collector runs."""
+    for file in files:
+        file.close()
 
 
 def _loaded(schema: RequestSchema, data: dict[str, Any]) -> dict[str, Any]:
@@ -117,39 +212,31 @@ def _unreadable_multipart(why: str) -> ApiError:
     return ApiError(ErrorCode.INVALID_MULTIPART, f"The multipart/form-data body cannot be read: {why}")
 
 
-def _boundary(request: Request) -> bytes | None:
-    header = Message()
-    header["Content-Type"] = request.headers.get("Content-Type", "")
-    boundary = header.get_param("boundary")
-    if not isinstance(boundary, str) or not 1 <= len(boundary) <= 70 or not boundary.isascii():
-        return None  # RFC 2046: 1 to 70 characters
-    return boundary.encode("ascii")
+def _content_type(request: Request, refusal: Callable[[str], ApiError]) -> tuple[str, dict[str, str]]:
+    """The media type (lower case) and parameters of the Content-Type, read as RFC 9110 writes them: a parameter
+    that is not ``name=value`` (a token, or a quoted string), or one given twice, is ``refusal``'s 400."""
+    header = request.headers.get("Content-Type", "")
+    media_type, separator, rest = header.partition(";")
+    rest = separator + rest
+    parameters: dict[str, str] = {}
+    position = 0
+    while position < len(rest):
+        match = _PARAMETER.match(rest, position)
+        if match is None:
+            raise refusal(f"the Content-Type's parameters cannot be read from {_shown(rest[position:].lstrip('; '))}")
+        name, token, quoted = match.group("name"), match.group("token"), match.group("quoted")
+        if name is not None:
+            name = name.lower()
+            if name in parameters:
+                raise refusal(f"the Content-Type gives {name} twice")
+            parameters[name] = token if token is not None else _QUOTED_PAIR.sub(r"\1", quoted)
+        position = match.end()
+    return media_type.strip().lower(), parameters
 
 
-def _ends_with_closing_boundary(request: Request, boundary: bytes) -> bool:
-    """RFC 2046's close delimiter (``--boundary--``) ends the body, give or take line breaks and padding."""
-    body = request.body_file_seekable  # also sets the content length of a chunked body
-    body.seek(max(0, (request.content_length or 0) - _MULTIPART_TAIL_BYTES - len(boundary)))
-    tail: bytes = body.read().rstrip(b"\r\n\t ")
-    body.seek(0)
-    return tail.endswith(b"--" + boundary + b"--")
-
-
-def _close_spooled_body(request: Request, server_input: Any) -> None:
-    """Delete the spooled copies of the body and its files now, not whenever the garbage collector runs.
-
-    The server's own ``wsgi.input`` is the server's to close (WSGI); only a copy made here is closed.
-    """
-    for value in request.POST.values():
-        if hasattr(value, "file") and hasattr(value.file, "close"):
-            value.file.close()
-    if request.body_file_raw is not server_input:
-        request.body_file_raw.close()
-
-
-def _as_dict(multidict: Any, repeatable: frozenset[str] = frozenset()) -> dict[str, Any]:
+def _as_dict(pairs: Iterable[tuple[str, Any]], repeatable: frozenset[str] = frozenset()) -> dict[str, Any]:
     grouped: dict[str, list[Any]] = {}
-    for name, value in multidict.items():  # one pass: getall() per name would scan every item for each name
+    for name, value in pairs:  # one pass: getall() per name would scan every item for each name
         grouped.setdefault(name, []).append(value)
     values: dict[str, Any] = {}
     repeated: dict[str, list[str]] = {}
@@ -166,28 +253,32 @@ def _as_dict(multidict: Any, repeatable: frozenset[str] = frozenset()) -> dict[s
 
 
 def load_json_body(request: Request, schema: RequestSchema) -> dict[str, Any]:
-    """A JSON object body: 415 for another media type, 413 past MAX_JSON_BYTES (judged before it is read)."""
-    if request.content_type != "application/json":
+    """A JSON object body: 415 for another media type, 413 past MAX_JSON_BODY_KB (judged before it is read)."""
+    media_type, parameters = _content_type(request, _invalid_json)
+    if media_type != "application/json":
         raise ApiError(
             ErrorCode.UNSUPPORTED_MEDIA_TYPE, "This route takes a JSON body (Content-Type: application/json)"
         )
-    if request.content_length is not None and request.content_length > MAX_JSON_BYTES:
-        raise _json_too_large()
-    if request.charset.lower() not in _UTF8_CHARSETS:
+    max_bytes = request.lms_settings.max_json_body_kb * 1024
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise json_body_too_large(max_bytes)
+    if parameters.get("charset", "utf-8").lower() not in _UTF8_CHARSETS:
         raise _invalid_json("JSON bodies must be UTF-8 (RFC 8259): give charset=utf-8 or no charset")
     # Read once, straight from the input: no spooled copy, and a chunked body without a length is held to the limit.
-    raw = request.body_file.read(MAX_JSON_BYTES + 1)
-    if len(raw) > MAX_JSON_BYTES:
-        raise _json_too_large()
+    raw = request.body_file.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise json_body_too_large(max_bytes)
     body = parse_json(raw)
     if not isinstance(body, dict):
         raise _invalid_json("The request body must be a JSON object")
     return _loaded(schema, body)
 
 
-def _json_too_large() -> ApiError:
+def json_body_too_large(max_bytes: int) -> ApiError:
     return ApiError(
-        ErrorCode.BODY_TOO_LARGE, f"JSON bodies are limited to {MAX_JSON_BYTES} bytes", {"max_bytes": MAX_JSON_BYTES}
+        ErrorCode.BODY_TOO_LARGE,
+        f"Request bodies are limited to {max_bytes} bytes (MAX_JSON_BODY_KB)",
+        {"max_bytes": max_bytes},
     )
 
 
@@ -202,8 +293,14 @@ def parse_json(raw: bytes) -> Any:
         raise _invalid_json("The request body is not UTF-8 text") from None
     except RecursionError:
         raise _too_deep() from None
-    except ValueError:
-        raise _invalid_json("The request body is not valid JSON") from None
+    except json.JSONDecodeError as error:
+        raise _invalid_json(
+            f"The request body is not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}"
+        ) from None
+    except ValueError:  # the only other: an integer of more digits than Python converts
+        raise _invalid_json(
+            f"The request body is not valid JSON: a number has more than {sys.get_int_max_str_digits()} digits"
+        ) from None
     _check_json_value(value)
     return value
 
@@ -224,7 +321,7 @@ def _object_without_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
+    raise _invalid_json(f"The request body is not valid JSON: {name} is not a JSON number")
 
 
 def _check_json_value(value: Any) -> None:

@@ -8,6 +8,7 @@ from marshmallow import ValidationError, fields, validate
 
 from lms_api.moodle.client import UploadFile
 from lms_api.schemas.base import (
+    FilePart,
     Flag,
     Records,
     RequestSchema,
@@ -26,15 +27,16 @@ MAX_SECTION = 10_000  # Moodle's own cap on course sections is far lower (maxsec
 
 
 class FileParts(fields.Field[Any]):
-    """One or more multipart file parts (the same field name repeated), as :class:`UploadFile` objects."""
+    """One or more multipart file parts (the same field name repeated), as :class:`UploadFile` objects.
+
+    How many there may be is counted while the body is read (``load_multipart``'s ``max_files``).
+    """
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[UploadFile]:
         parts = value if isinstance(value, list) else [value]
-        if len(parts) > MAX_FILES:
-            raise ValidationError(f"At most {MAX_FILES} files per upload")
         uploads = []
         for part in parts:
-            if not hasattr(part, "file") or not getattr(part, "filename", None):
+            if not isinstance(part, FilePart) or not part.filename:
                 raise ValidationError("Must be a file part (Content-Disposition with a filename)")
             # Some browsers send the client's full path; Moodle keeps only the name.
             filename = part.filename.replace("\\", "/").rsplit("/", 1)[-1].strip()

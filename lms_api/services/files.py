@@ -30,14 +30,9 @@ class Attached(TypedDict):
     visible: bool
 
 
-def refuse_oversized_body(content_length: int | None, max_mb: int) -> None:
-    """413 from the declared length alone, before the body is parsed or anything is sent to Moodle.
-
-    Under pserve, waitress's ``max_request_body_size`` (set from the same limit) refuses such a body before
-    it is even received; this check covers other WSGI servers.
-    """
-    if content_length is not None and content_length > max_mb * MIB + MULTIPART_OVERHEAD_BYTES:
-        raise _too_large(max_mb)
+def upload_body_limit(max_mb: int) -> int:
+    """The largest upload body: MOODLE_MAX_UPLOAD_MB of files, and room for the multipart framing around them."""
+    return max_mb * MIB + MULTIPART_OVERHEAD_BYTES
 
 
 def check_sizes(files: Sequence[UploadFile], max_mb: int) -> None:
@@ -47,10 +42,10 @@ def check_sizes(files: Sequence[UploadFile], max_mb: int) -> None:
         upload.stream.seek(0, 2)
         total += upload.stream.tell()
     if total > max_mb * MIB:
-        raise _too_large(max_mb)
+        raise upload_too_large(max_mb)
 
 
-def _too_large(max_mb: int) -> ApiError:
+def upload_too_large(max_mb: int) -> ApiError:
     return ApiError(
         ErrorCode.FILE_TOO_LARGE,
         f"Uploads are limited to {max_mb} MiB (MOODLE_MAX_UPLOAD_MB)",

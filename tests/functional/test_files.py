@@ -171,7 +171,9 @@ def test_attach_hidden_with_an_intro_that_the_plugin_does_not_take(gateway, sand
 
 
 def test_attach_to_a_missing_course_is_a_404(gateway):
-    response = gateway.post(ATTACH, {"courseid": 99999, "draftitemid": 1, "name": "x"}, TOKEN)
+    itemid = gateway.upload(UPLOAD, [HELLO], TOKEN).json["data"]["itemid"]
+
+    response = gateway.post(ATTACH, {"courseid": 99999, "draftitemid": itemid, "name": "x"}, TOKEN)
 
     assert response.status_int == 404
 
@@ -181,8 +183,9 @@ def test_a_site_without_the_plugin_answers_501_saying_what_to_install(make_sandb
 
     without = make_sandbox(service_functions=[name for name in FUNCTIONS if not name.startswith("local_")])
     gateway = make_gateway(base_url=without.url, token=without.site.token)
+    itemid = gateway.upload(UPLOAD, [HELLO], TOKEN).json["data"]["itemid"]
 
-    response = gateway.post(ATTACH, {"courseid": 2, "draftitemid": 1, "name": "x"}, TOKEN)
+    response = gateway.post(ATTACH, {"courseid": 2, "draftitemid": itemid, "name": "x"}, TOKEN)
 
     assert response.status_int == 501
     error = response.json["error"]

@@ -129,13 +129,6 @@ def test_the_size_limit_counts_all_files():
     assert (info.value.status, info.value.code) == (413, "filetoolarge")
 
 
-def test_a_declared_body_length_over_the_limit_is_refused_before_reading():
-    files.refuse_oversized_body(None, 1)
-    files.refuse_oversized_body(1024 * 1024 + 1000, 1)
-    with pytest.raises(ApiError):
-        files.refuse_oversized_body(2 * 1024 * 1024, 1)
-
-
 ATTACH_FIELDS = {"courseid": 2, "draftitemid": 549014061, "name": "Slides", "section": 1, "visible": False}
 
 

@@ -1,3 +1,7 @@
+import pytest
+
+from lms_api.drafts import draft_owners
+from lms_api.errors import ApiError
 from lms_api.views import OPERATIONS
 from lms_api.views.files import attach, upload
 from tests.unit.mocked_moodle import answering
@@ -26,6 +30,7 @@ def test_an_upload_streams_every_file_part_to_upload_php(make_request, moodle):
     )
 
     data = upload(request)
+    request._process_finished_callbacks()  # as the router does: the spooled files are closed
 
     assert data["itemid"] == 77 and [file["filename"] for file in data["files"]] == ["a.txt", "b.txt"]
     assert "source" not in data["files"][0]
@@ -33,11 +38,30 @@ def test_an_upload_streams_every_file_part_to_upload_php(make_request, moodle):
     assert [file.filename for file in files] == ["a.txt", "b.txt"] and itemid == 0
     assert OPERATIONS["api.moodle.files.upload", "POST"].status == 201  # api_view answers with it (tests/functional)
     assert request.audit_targets == {"filenames": ["a.txt", "b.txt"], "itemid": 77}
+    assert draft_owners(request.registry).owner(77) == "ada"
+
+
+def test_an_upload_into_an_item_the_caller_never_got_is_refused_before_moodle(make_request, moodle):
+    body = multipart(
+        (b'Content-Disposition: form-data; name="file"; filename="a.txt"', b"hello"),
+        (b'Content-Disposition: form-data; name="itemid"', b"77"),
+    )
+    request = make_request(
+        "/api/moodle/files/upload", "POST", body=body, content_type=f"multipart/form-data; boundary={BOUNDARY}"
+    )
+
+    with pytest.raises(ApiError) as refused:
+        upload(request)
+    request._process_finished_callbacks()
+
+    assert (refused.value.code, refused.value.status) == ("draftnotfound", 404)
+    moodle.upload.assert_not_called()
 
 
 def test_attach_calls_the_configured_function(make_request, moodle, pyramid_config):
     function = pyramid_config.registry.settings["lms_api.settings"].moodle_attach_function
     moodle.call.side_effect = answering(**{function: {"id": 12}})
+    draft_owners(pyramid_config.registry).remember(77, "ada")
     body = {"courseid": 2, "draftitemid": 77, "name": "Slides", "section": 1}
 
     data = attach(make_request("/api/moodle/files/attach", "POST", json_body=body))
@@ -46,3 +70,18 @@ def test_attach_calls_the_configured_function(make_request, moodle, pyramid_conf
     moodle.call.assert_called_once_with(
         function, {"courseid": 2, "sectionnum": 1, "itemid": 77, "displayname": "Slides", "visible": "true"}
     )
+
+
+@pytest.mark.parametrize("owner", ["bo", None], ids=["another-callers", "never-issued"])
+def test_attach_of_a_draft_the_caller_did_not_upload_is_refused_before_moodle(
+    make_request, moodle, pyramid_config, owner
+):
+    if owner:
+        draft_owners(pyramid_config.registry).remember(77, owner)
+    body = {"courseid": 2, "draftitemid": 77, "name": "Slides"}
+
+    with pytest.raises(ApiError) as refused:
+        attach(make_request("/api/moodle/files/attach", "POST", json_body=body))
+
+    assert (refused.value.code, refused.value.status) == ("draftnotfound", 404)
+    moodle.call.assert_not_called()

@@ -1,0 +1,87 @@
+"""Body limits, judged before anything else runs: no token is checked, no budget counted and no byte read for a body
+that no route would take.
+
+The upload route takes MOODLE_MAX_UPLOAD_MB of files and their multipart framing (413 ``filetoolarge``); every other
+API route MAX_JSON_BODY_KB (413 ``bodytoolarge``). A declared Content-Length over the limit is refused at once; a
+body without one (chunked) is held to the same limit while it is read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import IO
+
+from pyramid.config import Configurator
+from pyramid.interfaces import IRoutesMapper
+from pyramid.registry import Registry
+from pyramid.request import Request
+from pyramid.response import Response
+
+from lms_api.errors import ApiError, error_response
+from lms_api.routes import is_api_request
+from lms_api.schemas.base import json_body_too_large
+from lms_api.services.files import upload_body_limit, upload_too_large
+from lms_api.settings import Settings
+
+UPLOAD_ROUTE = "api.moodle.files.upload"
+
+
+class BoundedInput:
+    """A body stream that refuses, with ``refusal``, to give more than ``max_bytes`` in all."""
+
+    def __init__(self, stream: IO[bytes], max_bytes: int, refusal: ApiError) -> None:
+        self._stream = stream
+        self._left = max_bytes
+        self._refusal = refusal
+
+    def read(self, size: int | None = -1) -> bytes:
+        return self._counted(self._stream.read(self._allowed(size)))
+
+    def readline(self, size: int | None = -1) -> bytes:
+        return self._counted(self._stream.readline(self._allowed(size)))
+
+    def _allowed(self, size: int | None) -> int:
+        """One byte past the limit at most, enough to know the body goes past it."""
+        return self._left + 1 if size is None or size < 0 else min(size, self._left + 1)
+
+    def _counted(self, data: bytes) -> bytes:
+        self._left -= len(data)
+        if self._left < 0:
+            raise self._refusal
+        return data
+
+
+def body_limit_tween_factory(
+    handler: Callable[[Request], Response], registry: Registry
+) -> Callable[[Request], Response]:
+    settings: Settings = registry.settings["lms_api.settings"]
+    routes = registry.getUtility(IRoutesMapper)
+    json_limit = settings.max_json_body_kb * 1024
+    upload_limit = upload_body_limit(settings.moodle_max_upload_mb)
+
+    def tween(request: Request) -> Response:
+        if not is_api_request(request):
+            return handler(request)
+        route = routes(request)["route"]
+        if route is not None and route.name == UPLOAD_ROUTE:
+            max_bytes, refusal = upload_limit, upload_too_large(settings.moodle_max_upload_mb)
+        else:
+            max_bytes, refusal = json_limit, json_body_too_large(json_limit)
+        length = request.content_length
+        if length is not None and length > max_bytes:
+            return error_response(request, refusal)
+        if length is None:
+            request.environ["wsgi.input"] = BoundedInput(request.environ["wsgi.input"], max_bytes, refusal)
+        return handler(request)
+
+    return tween
+
+
+def includeme(config: Configurator) -> None:
+    # Inside the hygiene tween, whose headers every answer gets, and the audit one, which records the refused
+    # write; outside the rate limits, whose check authenticates the caller.
+    config.add_tween(
+        "lms_api.bodylimits.body_limit_tween_factory",
+        over="lms_api.ratelimit.rate_limit_tween_factory",
+        under="lms_api.audit.audit_tween_factory",
+    )
