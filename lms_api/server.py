@@ -4,18 +4,38 @@ from __future__ import annotations
 
 import errno
 import gc
+import resource
 import signal
 import socket
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+import structlog
 import waitress
+from waitress.adjustments import Adjustments
+from waitress.task import ThreadedTaskDispatcher
 
 from lms_api.services.files import MIB, MULTIPART_OVERHEAD_BYTES
+from lms_api.settings import Settings
 
 DEFAULT_PORT = 6543
 LISTEN_BACKLOG = 1024  # waitress's own default
+# Descriptors a process needs besides one per connection and one per thread (its keep-alive connection to Moodle):
+# the listener, waitress's wake-up pipe, stdio, Redis, bodies and answers spooled to temporary files.
+SPARE_FILES = 64
+
+log = structlog.get_logger("lms_api.server")
+
+
+@dataclass(frozen=True)
+class RaisedLimit:
+    """The soft limit on open files, before and after it was raised to fit ``needed``."""
+
+    before: int
+    after: int
+    needed: int
 
 
 def server_factory(
@@ -25,26 +45,60 @@ def server_factory(
 
     The port is read here rather than interpolated in the ini: a ``[DEFAULT] http_port`` would silently
     win over the command line. The socket is bound here too, before the app is built, so a port in use is
-    one line and exit status 2, not a traceback after a started sandbox.
+    one line and exit status 2, not a traceback after a started sandbox; so is a limit on open files too low
+    for ``connection_limit``.
     """
     port = int(global_conf.get("http_port") or DEFAULT_PORT)
+    thread_count = int(threads)
+    connection_limit = int(options.get("connection_limit") or Adjustments.connection_limit)
+    raised = fit_open_files_limit(open_files_needed(connection_limit, thread_count))
     listener = listen(host, port)
+    # X-Forwarded-* reach the app as the client sent them: lms_api.caller believes them from TRUSTED_PROXIES only.
+    # waitress would otherwise clear them (no trusted_proxy here), and with them what a trusted nginx forwarded.
+    options["clear_untrusted_proxy_headers"] = False
+    options["ident"] = ""  # no Server header naming waitress on any answer
 
     def serve(app: Any) -> None:
+        settings: Settings = app.registry.settings["lms_api.settings"]
         # waitress spools a whole body before the app sees it: refuse bodies no route would accept, unread.
-        settings = app.registry.settings["lms_api.settings"]
-        options.setdefault("max_request_body_size", settings.moodle_max_upload_mb * MIB + MULTIPART_OVERHEAD_BYTES)
+        options.setdefault("max_request_body_size", largest_body(settings))
+        if raised:
+            log.info("server.open_files_raised", soft_before=raised.before, soft=raised.after, needed=raised.needed)
         # What is built by now lives as long as the process. Frozen, it is no longer walked by the collector's full
         # passes, each of which held a request for 10-40 ms (a 51 KB site info makes thousands of objects per call).
         gc.collect()
         gc.freeze()
+        dispatcher = AnnouncingDispatcher()
+        dispatcher.set_thread_count(thread_count)
+        # waitress's own dispatcher, but one that says when it is told to stop (create_server takes it as
+        # ``_dispatcher``; it builds a plain one otherwise).
+        server = waitress.create_server(
+            app, _dispatcher=dispatcher, sockets=[listener], threads=thread_count, **options
+        )
+        server.print_listen("Serving on http://{}:{}")
         signal.signal(signal.SIGTERM, _stop_serving)
         try:
-            waitress.serve(app, sockets=[listener], threads=int(threads), **options)
-        finally:  # stopped (Ctrl-C or SIGTERM): a SIGTERM now would cut short the writing of the last log lines
+            server.run()  # returns on Ctrl-C or SIGTERM, once the dispatcher has shut down
+        finally:  # a SIGTERM now would cut short the writing of the last log lines
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        log.info("server.stopped", in_flight=dispatcher.in_flight())
 
     return serve
+
+
+class AnnouncingDispatcher(ThreadedTaskDispatcher):  # type: ignore[misc]  # waitress ships no type information
+    """waitress's thread pool, logging ``server.shutting_down`` when told to stop, before it waits for the requests
+    in progress: a log line from the signal handler itself could wait forever on a lock the interrupted thread holds.
+    """
+
+    def in_flight(self) -> int:
+        """Requests being served, and those received and waiting for a thread."""
+        with self.lock:
+            return int(self.active_count) + len(self.queue)
+
+    def shutdown(self, cancel_pending: bool = True, timeout: int = 5) -> bool:
+        log.info("server.shutting_down", in_flight=self.in_flight(), wait_s=timeout)
+        return bool(super().shutdown(cancel_pending, timeout))
 
 
 def _stop_serving(signum: int, frame: Any) -> None:
@@ -53,6 +107,34 @@ def _stop_serving(signum: int, frame: Any) -> None:
     lines still queued. A second SIGTERM is ignored, so it cannot cut that short."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise SystemExit(0)
+
+
+def largest_body(settings: Settings) -> int:
+    """The largest body any route takes: an upload with its multipart framing, or a JSON body."""
+    return max(settings.moodle_max_upload_mb * MIB + MULTIPART_OVERHEAD_BYTES, settings.max_json_body_kb * 1024)
+
+
+def open_files_needed(connection_limit: int, threads: int) -> int:
+    return connection_limit + threads + SPARE_FILES
+
+
+def fit_open_files_limit(needed: int) -> RaisedLimit | None:
+    """Raise the soft limit on open files (``ulimit -n``) to the hard one when it is below ``needed``; past it, new
+    connections would be refused by accept() while waitress still counts room for them. Exit status 2 with one line
+    naming both numbers when even the hard limit (``ulimit -Hn``) is below ``needed``."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return None
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        print(
+            f"lms_api: connection_limit and threads need {needed} open files, but the hard limit is {hard} "
+            "(ulimit -Hn): raise it, or lower connection_limit",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    raised = needed if hard == resource.RLIM_INFINITY else hard
+    resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+    return RaisedLimit(before=soft, after=raised, needed=needed)
 
 
 def listen(host: str, port: int) -> socket.socket:

@@ -1,19 +1,61 @@
-"""The waitress runner the ini files use: the port from the command line, bound before the app is built."""
+"""The waitress runner the ini files use: the port from the command line, bound before the app is built; the limit on
+open files fitted to the connection limit; waitress's options; the thread pool that says when it stops."""
 
+import contextlib
+import gc
+import io
+import multiprocessing
+import resource
 import signal
 import socket
+import threading
+import weakref
+from concurrent.futures import ProcessPoolExecutor
 from types import SimpleNamespace
 
 import pytest
+import structlog
+from structlog.testing import capture_logs
 
 from lms_api import server
 from lms_api.services.files import MIB, MULTIPART_OVERHEAD_BYTES
 from lms_api.settings import load_settings
-from tests.conftest import free_port
+from tests.conftest import eventually, free_port
 
-App = SimpleNamespace(
-    registry=SimpleNamespace(settings={"lms_api.settings": load_settings({"lms_api.environment": "development"}, {})})
-)
+
+def app_with(**environ):
+    settings = load_settings({"lms_api.environment": "development"}, environ)
+    return SimpleNamespace(registry=SimpleNamespace(settings={"lms_api.settings": settings}))
+
+
+App = app_with()
+
+
+class FakeWaitress:
+    """Takes what serve() hands to waitress.create_server; its server's run() calls ``while_serving`` and returns."""
+
+    def __init__(self):
+        self.created = {}
+        self.while_serving = lambda: None
+
+    def create_server(self, app, **options):
+        self.created = {"app": app, **options}
+        return SimpleNamespace(print_listen=lambda text: None, run=lambda: self.while_serving())
+
+    @property
+    def listener(self):
+        (listener,) = self.created["sockets"]
+        return listener
+
+
+@pytest.fixture
+def waitress(monkeypatch):
+    fake = FakeWaitress()
+    monkeypatch.setattr(server.waitress, "create_server", fake.create_server)
+    yield fake
+    if fake.created:
+        fake.listener.close()
+        fake.created["_dispatcher"].set_thread_count(0)
 
 
 @pytest.fixture(autouse=True)
@@ -24,52 +66,141 @@ def signal_handlers(monkeypatch):
     return installed
 
 
-def test_the_port_comes_from_the_command_line_and_waitress_gets_the_bound_socket(monkeypatch):
-    served = {}
-    monkeypatch.setattr(server.waitress, "serve", lambda app, **options: served.update(app=app, **options))
-    port = free_port()
-
-    serve = server.server_factory({"http_port": str(port)}, host="127.0.0.1", threads="4")
-    serve(App)
-
-    (listener,) = served["sockets"]
-    try:
-        assert listener.getsockname() == ("127.0.0.1", port)
-        assert served["threads"] == 4
-        assert served["max_request_body_size"] == 50 * MIB + MULTIPART_OVERHEAD_BYTES  # MOODLE_MAX_UPLOAD_MB
-    finally:
-        listener.close()
-
-
-def test_what_was_built_before_serving_is_frozen_out_of_the_collectors_passes(monkeypatch):
+@pytest.fixture(autouse=True)
+def frozen(monkeypatch):
+    """gc.freeze() in the test process would keep every object of every later test out of the collector's reach;
+    the freezing itself is tested in a process of its own."""
     steps = []
     monkeypatch.setattr(
         server, "gc", SimpleNamespace(collect=lambda: steps.append("collect"), freeze=lambda: steps.append("freeze"))
     )
-    monkeypatch.setattr(server.waitress, "serve", lambda app, sockets, **options: steps.append(sockets))
-
-    server.server_factory({"http_port": str(free_port())}, host="127.0.0.1", threads="4")(App)
-
-    *before, (listener,) = steps
-    listener.close()
-    assert before == ["collect", "freeze"]
+    return steps
 
 
-def test_sigterm_stops_the_serve_loop_as_ctrl_c_does_and_is_ignored_once_it_has_stopped(monkeypatch, signal_handlers):
+def in_child(function, *args):
+    """``function(*args)`` in a fresh interpreter: for what would change the test process for good."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
+        return child.submit(function, *args).result(timeout=60)
+
+
+def test_the_port_comes_from_the_command_line_and_waitress_gets_the_bound_socket(waitress):
+    port = free_port()
+
+    server.server_factory({"http_port": str(port)}, host="127.0.0.1", threads="4")(App)
+
+    assert waitress.listener.getsockname() == ("127.0.0.1", port)
+    assert waitress.created["threads"] == 4
+    assert len(waitress.created["_dispatcher"].threads) == 4
+
+
+def test_forwarded_headers_reach_the_app_and_no_server_header_names_waitress(waitress):
+    server.server_factory({"http_port": str(free_port())}, clear_untrusted_proxy_headers="true", ident="waitress")(App)
+
+    assert waitress.created["clear_untrusted_proxy_headers"] is False  # lms_api.caller judges them
+    assert "trusted_proxy" not in waitress.created
+    assert waitress.created["ident"] == ""  # waitress then sends no Server header
+
+
+@pytest.mark.parametrize(
+    ("environ", "largest"),
+    [
+        ({}, 50 * MIB + MULTIPART_OVERHEAD_BYTES),  # MOODLE_MAX_UPLOAD_MB and its framing beat MAX_JSON_BODY_KB
+        ({"MOODLE_MAX_UPLOAD_MB": "1", "MAX_JSON_BODY_KB": "4096"}, 4096 * 1024),
+    ],
+)
+def test_waitress_refuses_only_bodies_larger_than_any_route_takes(waitress, environ, largest):
+    server.server_factory({"http_port": str(free_port())})(app_with(**environ))
+
+    assert waitress.created["max_request_body_size"] == largest
+
+
+def test_what_was_built_before_serving_is_collected_then_frozen(waitress, frozen):
+    server.server_factory({"http_port": str(free_port())})(App)
+
+    assert frozen == ["collect", "freeze"]
+
+
+def serve_and_see_what_the_collector_does():
+    """In a process of its own: garbage made before serving, and whether gc had frozen anything by then."""
+    seen = {}
+
+    class Garbage:
+        pass
+
+    cycle = Garbage()
+    cycle.itself = cycle
+    garbage = weakref.ref(cycle)
+    del cycle
+
+    def create_server(app, **options):
+        seen.update(frozen=gc.get_freeze_count(), garbage_left=garbage() is not None)
+        return SimpleNamespace(print_listen=lambda text: None, run=lambda: None)
+
+    server.waitress.create_server = create_server
+    gc.disable()  # only serve() collects
+    server.server_factory({"http_port": str(free_port())})(App)
+    return seen
+
+
+def test_in_a_process_of_its_own_what_was_built_before_serving_is_frozen_and_garbage_collected_first():
+    seen = in_child(serve_and_see_what_the_collector_does)
+
+    assert seen["frozen"] > 1000  # the app, its modules and settings, out of the collector's full passes
+    assert not seen["garbage_left"]  # collected first, not frozen for the life of the process
+
+
+def test_sigterm_stops_the_serve_loop_as_ctrl_c_does_and_is_ignored_once_it_has_stopped(waitress, signal_handlers):
     while_serving = []
-    monkeypatch.setattr(
-        server.waitress, "serve", lambda app, sockets, **options: while_serving.extend([*signal_handlers, sockets[0]])
-    )
+    waitress.while_serving = lambda: while_serving.extend(signal_handlers)
 
     server.server_factory({"http_port": str(free_port())}, host="127.0.0.1", threads="4")(App)
 
-    (signum, stop_serving), listener = while_serving
-    listener.close()
+    ((signum, stop_serving),) = while_serving
     assert signum == signal.SIGTERM
     with pytest.raises(SystemExit) as stopped:
         stop_serving(signal.SIGTERM, None)
     assert stopped.value.code == 0
     assert signal_handlers[-2:] == [(signal.SIGTERM, signal.SIG_IGN)] * 2  # after serving, and by the stop itself
+
+
+class HeldTask:
+    """A request that is served until ``release`` is set."""
+
+    def __init__(self):
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def service(self):
+        self.started.set()
+        self.release.wait(10)
+
+    def cancel(self):
+        pass
+
+
+def test_the_dispatcher_counts_requests_in_flight_and_says_when_it_shuts_down(monkeypatch):
+    dispatcher = server.AnnouncingDispatcher()
+    dispatcher.set_thread_count(2)
+    held = [HeldTask() for _ in range(3)]
+    try:
+        eventually(lambda: dispatcher.in_flight() == 0, "the threads waiting for work")
+        for task in held:
+            dispatcher.add_task(task)
+        eventually(lambda: held[0].started.is_set() and held[1].started.is_set(), "two requests served at once")
+        assert dispatcher.in_flight() == 3  # two served, one waiting for a thread
+
+        held[0].release.set()
+        eventually(lambda: held[2].started.is_set(), "the waiting request served")
+        eventually(lambda: dispatcher.in_flight() == 2, "the first request done")
+        with capture_logs() as events:
+            # A logger made inside the capture: the module's own may be bound already to another test's set-up.
+            monkeypatch.setattr(server, "log", structlog.get_logger("lms_api.server"))
+            dispatcher.shutdown(timeout=0.2)
+        assert events == [{"event": "server.shutting_down", "in_flight": 2, "wait_s": 0.2, "log_level": "info"}]
+        assert dispatcher.in_flight() == 2  # still running after the wait: the process ends them
+    finally:
+        for task in held:
+            task.release.set()
+        dispatcher.set_thread_count(0)
 
 
 def test_a_port_in_use_is_one_line_and_status_2(capsys):
@@ -90,3 +221,57 @@ def test_a_host_that_cannot_be_bound_says_why(capsys):
         server.listen("192.0.2.1", free_port())  # TEST-NET-1: not an address of this machine
 
     assert capsys.readouterr().err.startswith("lms_api: cannot listen on 192.0.2.1:")
+
+
+def test_open_files_needed_counts_connections_threads_and_spares():
+    assert server.open_files_needed(1000, 128) == 1000 + 128 + server.SPARE_FILES
+
+
+def fit_under_limits(soft, hard, needed):
+    """In a process of its own, whose limits on open files start at ``soft`` and ``hard``: what fitting them to
+    ``needed`` answers (or the exit status and what it printed), and the limits after."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    printed = io.StringIO()
+    with contextlib.redirect_stderr(printed):
+        try:
+            answer = server.fit_open_files_limit(needed)
+        except SystemExit as stopped:
+            answer = ("exit", stopped.code)
+    return answer, printed.getvalue(), resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def test_a_soft_limit_on_open_files_below_what_is_needed_is_raised_to_the_hard_limit():
+    answer, printed, limits = in_child(fit_under_limits, 256, 2048, 1192)
+
+    assert answer == server.RaisedLimit(before=256, after=2048, needed=1192)
+    assert limits == (2048, 2048)
+    assert printed == ""
+
+
+def test_a_soft_limit_that_fits_is_left_alone():
+    answer, _, limits = in_child(fit_under_limits, 1500, 2048, 1192)
+
+    assert answer is None
+    assert limits == (1500, 2048)
+
+
+def test_a_hard_limit_below_what_is_needed_refuses_to_start_naming_both_numbers():
+    answer, printed, limits = in_child(fit_under_limits, 256, 1024, 1192)
+
+    assert answer == ("exit", 2)
+    assert printed == (
+        "lms_api: connection_limit and threads need 1192 open files, but the hard limit is 1024 (ulimit -Hn): "
+        "raise it, or lower connection_limit\n"
+    )
+    assert limits == (256, 1024)
+
+
+def test_the_factory_fits_the_limit_to_the_connection_limit_before_it_binds(monkeypatch):
+    asked = []
+    monkeypatch.setattr(server, "fit_open_files_limit", lambda needed: asked.append(needed))
+    monkeypatch.setattr(server, "listen", lambda host, port: asked.append("listen"))
+
+    server.server_factory({}, threads="128", connection_limit="1000")
+    server.server_factory({}, threads="8")  # waitress's own connection limit, 100
+
+    assert asked == [1000 + 128 + server.SPARE_FILES, "listen", 100 + 8 + server.SPARE_FILES, "listen"]
