@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from collections.abc import Sequence
 
-from lms_api.security import Scope, TokenVerifier
+from lms_api.security import Scope, TokenVerifier, scope_tokens
 from lms_api.settings import DEVELOPMENT, SettingsError, load_settings, read_dotenv
 
 
 def _scopes(value: str) -> list[str]:
-    scopes = value.split()
+    scopes = scope_tokens(value)  # as the gateway reads them: a tab or another space is part of a scope
     known = {scope.value for scope in Scope}
     unknown = [scope for scope in scopes if scope not in known]
     if unknown:
@@ -79,19 +80,24 @@ def _sandbox(args: argparse.Namespace) -> int:
         return 2
     functions = [name.strip() for name in args.functions.split(",") if name.strip()] if args.functions else None
     options = {} if args.max_input_vars is None else {"max_input_vars": args.max_input_vars}
-    server = build_sandbox(
-        args.host,
-        args.port,
-        token=args.token,
-        service_functions=functions,
-        debug=args.debug,
-        max_bytes=args.max_bytes,
-        upload_files=not args.no_upload_files,
-        latency_ms=args.latency_ms,
-        fault_rate=args.fault_rate,
-        random_fault=args.fault,
-        **options,
-    )
+    try:
+        server = build_sandbox(
+            args.host,
+            args.port,
+            token=args.token,
+            service_functions=functions,
+            debug=args.debug,
+            max_bytes=args.max_bytes,
+            upload_files=not args.no_upload_files,
+            latency_ms=args.latency_ms,
+            fault_rate=args.fault_rate,
+            random_fault=args.fault,
+            **options,
+        )
+    except OSError as error:  # as pserve says it (lms_api.server.listen): one line, status 2, no traceback
+        reason = "the port is already in use" if error.errno == errno.EADDRINUSE else error.strerror or str(error)
+        print(f"lms-api: cannot listen on {args.host}:{args.port}: {reason}", file=sys.stderr)
+        return 2
     print(f"Moodle sandbox on {server.url}  token: {server.site.token}", flush=True)
     try:
         server.serve_forever()

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
+import math
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -32,7 +36,7 @@ QUERY_TOKEN_PARAMETER = "access_token"  # noqa: S105 - a parameter name, not a s
 
 
 class Scope(StrEnum):
-    """OAuth2-style scopes carried in the token's space-separated ``scope`` claim; each is a view permission."""
+    """OAuth2 scopes carried in the token's ``scope`` claim (see :func:`scope_tokens`); each is a permission."""
 
     SITEINFO_READ = "siteinfo:read"
     COURSES_READ = "courses:read"
@@ -41,10 +45,15 @@ class Scope(StrEnum):
     ENROL_WRITE = "enrol:write"
     NOTIFICATIONS_READ = "notifications:read"
     FILES_WRITE = "files:write"
+    CACHE_REFRESH = "cache:refresh"  # a read with Cache-Control: no-cache goes to Moodle, not to the cache
     ADMIN = "admin"  # acting on other users; implies every other scope
 
 
 _SCOPES = frozenset(scope.value for scope in Scope)
+# The claims that are times (RFC 7519 NumericDate): JSON numbers, which PyJWT alone would also take as strings.
+_TIME_CLAIMS = ("exp", "nbf", "iat")
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
+_ALGORITHM_NAMES = frozenset(jwt.algorithms.get_default_algorithms())  # "none" among them
 
 # The default permission of every view. No token carries it, so a view registered without an explicit
 # permission is closed to everyone instead of open to anyone.
@@ -75,7 +84,7 @@ class ScopeDenied(Denied):  # type: ignore[misc]  # Pyramid ships no type inform
 
 
 class InvalidToken(Exception):
-    """The bearer token failed verification; the message says why without repeating the token."""
+    """The bearer token failed verification; the message says why in the caller's terms, never repeating the token."""
 
 
 @dataclass(frozen=True)
@@ -211,13 +220,12 @@ class TokenVerifier:
     def _verify(self, token: str) -> tuple[Identity, float]:
         if len(token) > MAX_TOKEN_BYTES:
             raise InvalidToken("token too large")
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError as error:
-            raise InvalidToken(str(error)) from None
+        header, payload = _read_unverified(token)
         algorithm = header.get("alg")
         if algorithm not in self._algorithms:
-            raise InvalidToken(f"the algorithm {algorithm!r} is not accepted")
+            raise InvalidToken(_algorithm_refused(algorithm))
+        _check_header(header)
+        _check_time_claims(payload)  # PyJWT would read "9999999999" as a time
         try:
             claims = jwt.decode(
                 token,
@@ -229,10 +237,12 @@ class TokenVerifier:
                 options={"require": ["exp", "sub"], "verify_aud": self._audience is not None},
             )
         except jwt.PyJWTError as error:
-            raise InvalidToken(str(error)) from None
+            raise InvalidToken(_refusal(error)) from None
         except (TypeError, ValueError) as error:  # a key PyJWT cannot use for this token: refuse, never crash
             raise InvalidToken(f"the token cannot be verified ({type(error).__name__})") from None
-        return _identity_from_claims(claims), float(claims["exp"])
+        # Not float(): an integer past a double's range is a valid, if distant, expiry
+        expires_at: float = claims["exp"]
+        return _identity_from_claims(claims), expires_at
 
     def _key_for(self, algorithm: str, header: dict[str, Any]) -> Any:
         if algorithm in HMAC_ALGORITHMS:
@@ -259,19 +269,135 @@ class TokenVerifier:
         return jwt.encode(claims, self._secret, algorithm=algorithm)
 
 
+def scope_tokens(scope: str) -> list[str]:
+    """The scopes of a ``scope`` value, split on ASCII spaces only (RFC 6749: scope-token *( SP scope-token )).
+
+    A tab, a line break or another Unicode space separates nothing: ``"courses:read\u2003admin"`` is one unknown
+    scope, never ``admin``.
+    """
+    return [token for token in scope.split(" ") if token]
+
+
 def _identity_from_claims(claims: dict[str, Any]) -> Identity:
     sub = claims.get("sub")
     if not isinstance(sub, str) or not sub:
         raise InvalidToken("'sub' must be a non-empty string")
     scope = claims.get("scope", "")
     if not isinstance(scope, str):
-        raise InvalidToken("'scope' must be a space-separated string")
+        raise InvalidToken("'scope' must be a string of scopes separated by spaces")
     moodle_userid = claims.get("moodle_userid")
     if moodle_userid is not None and (
         isinstance(moodle_userid, bool) or not isinstance(moodle_userid, int) or moodle_userid <= 0
     ):
         raise InvalidToken("'moodle_userid' must be a positive integer")
-    return Identity(sub=sub, scopes=frozenset(scope.split()), moodle_userid=moodle_userid)
+    return Identity(sub=sub, scopes=frozenset(scope_tokens(scope)), moodle_userid=moodle_userid)
+
+
+_NOT_A_JWT = "it is not a JWT"
+
+
+def _read_unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The header and payload of a compact JWS, or why it is not one, said as the caller sees it.
+
+    PyJWT reads the token again once its key is known; reading it here first means its failures are never passed
+    on as they stand ("Invalid header string: 'utf-8' codec can't decode byte 0xb7 ...").
+    """
+    parts = token.split(".")
+    if len(parts) != 3:
+        found = f"found {len(parts)}"
+        raise InvalidToken(f"{_NOT_A_JWT}: expected three base64url parts, header.payload.signature ({found})")
+    header_part, payload_part, signature_part = parts
+    header = _json_object(_base64url(header_part, "header"), "header")
+    payload = _json_object(_base64url(payload_part, "payload"), "payload")
+    _base64url(signature_part, "signature")
+    return header, payload
+
+
+def _base64url(part: str, name: str) -> bytes:
+    """A part's bytes: base64url without padding (RFC 7515), or with the '=' some issuers add."""
+    unpadded = part.rstrip("=")
+    padding = len(part) - len(unpadded)
+    if not _BASE64URL.fullmatch(unpadded) or len(unpadded) % 4 == 1 or padding > 2 or (padding and len(part) % 4):
+        raise InvalidToken(f"{_NOT_A_JWT}: its {name} is not base64url-encoded")
+    decoded = base64.urlsafe_b64decode(unpadded + "=" * (-len(unpadded) % 4))
+    if base64.urlsafe_b64encode(decoded).rstrip(b"=") != unpadded.encode():
+        # Bits left over in the last character: another text for the same bytes, which PyJWT refuses too
+        raise InvalidToken(f"{_NOT_A_JWT}: its {name} is not base64url-encoded")
+    return decoded
+
+
+def _json_object(data: bytes, name: str) -> dict[str, Any]:
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise InvalidToken(f"{_NOT_A_JWT}: its {name} is not base64url-encoded JSON") from None
+    if not isinstance(value, dict):
+        raise InvalidToken(f"{_NOT_A_JWT}: its {name} is JSON but not an object")
+    return value
+
+
+def _algorithm_refused(algorithm: Any) -> str:
+    if isinstance(algorithm, str) and algorithm in _ALGORITHM_NAMES:  # a name the caller wrote, but a known one
+        return f"its algorithm {algorithm} is not accepted"
+    return "its header names no algorithm ('alg') that the gateway accepts"
+
+
+def _check_header(header: dict[str, Any]) -> None:
+    if "kid" in header and not isinstance(header["kid"], str):
+        raise InvalidToken("its key id ('kid') must be a string")
+    if "crit" in header:
+        raise InvalidToken("its header lists critical extensions ('crit'); the gateway supports none")
+    if header.get("b64", True) is not True:
+        raise InvalidToken("its payload is not base64url-encoded ('b64'); the gateway accepts only encoded payloads")
+
+
+def _check_time_claims(payload: dict[str, Any]) -> None:
+    for claim in _TIME_CLAIMS:
+        if claim in payload and not _is_number(payload[claim]):
+            raise InvalidToken(
+                f"'{claim}' must be a JSON number of seconds since 1970-01-01 UTC, not {_json_kind(payload[claim])}"
+            )
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return isinstance(value, int) or math.isfinite(value)
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, str):
+        return "a string"
+    if value is None:
+        return "null"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return "a number out of range"  # NaN, Infinity, or a literal too large for a double (1e400)
+
+
+def _refusal(error: jwt.PyJWTError) -> str:
+    """Why PyJWT refused a token that is well formed, as the caller sees it; PyJWT's own text is never passed on."""
+    if isinstance(error, jwt.InvalidSignatureError):
+        return "its signature does not match: it was not signed with a key the gateway trusts"
+    if isinstance(error, jwt.ExpiredSignatureError):
+        return "it has expired ('exp' is past)"
+    if isinstance(error, jwt.ImmatureSignatureError):
+        return "it is not valid yet ('nbf' or 'iat' is in the future)"
+    if isinstance(error, jwt.MissingRequiredClaimError):
+        return f"it has no '{error.claim}' claim"
+    if isinstance(error, jwt.InvalidAudienceError):
+        return "its audience ('aud') is not this gateway's"
+    if isinstance(error, jwt.InvalidIssuerError):
+        return "its issuer ('iss') is not the one the gateway trusts"
+    if isinstance(error, jwt.exceptions.InvalidSubjectError):
+        return "'sub' must be a non-empty string"
+    if isinstance(error, jwt.exceptions.InvalidJTIError):
+        return "'jti' must be a string"
+    return f"the token cannot be verified ({type(error).__name__})"
 
 
 def bearer_token(request: Request) -> str | None:

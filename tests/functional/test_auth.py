@@ -1,6 +1,8 @@
 """Bearer JWT checks and scopes, through the whole WSGI stack."""
 
 import base64
+import hashlib
+import hmac
 import json
 import time
 
@@ -160,3 +162,194 @@ def test_every_api_view_declares_a_scope(gateway):
             assert permissions == [NO_PERMISSION_REQUIRED]
             continue
         assert len(permissions) == 1 and permissions[0] in scopes, view["introspectable"]["route_name"]
+
+
+# -- what a refused token is told ------------------------------------------------------------------
+
+
+def _b64(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def signed(header, payload):
+    """An HS256 token signed with the gateway's key whose header and payload are given as they are: objects (made
+    JSON), or bytes (sent as such), so a test can send what PyJWT would refuse to write."""
+    parts = [_b64(part if isinstance(part, bytes) else json.dumps(part).encode()) for part in (header, payload)]
+    signature = hmac.new(JWT_TEST_SECRET.encode(), ".".join(parts).encode(), hashlib.sha256).digest()
+    return ".".join([*parts, _b64(signature)])
+
+
+HS256 = {"alg": "HS256", "typ": "JWT"}
+CLAIMS = {"sub": "x", "scope": "siteinfo:read", "exp": NOW + 600}
+GOOD_HEADER, GOOD_PAYLOAD, GOOD_SIGNATURE = signed(HS256, CLAIMS).split(".")
+
+
+@pytest.mark.parametrize(
+    ("token", "says"),
+    [
+        pytest.param("abc", "expected three base64url parts, header.payload.signature (found 1)", id="one-part"),
+        pytest.param("a.b.c.d", "expected three base64url parts, header.payload.signature (found 4)", id="four-parts"),
+        pytest.param(
+            f"{GOOD_HEADER}.{GOOD_PAYLOAD}", "expected three base64url parts, header.payload.signature (found 2)"
+        ),
+        # The issue's example: PyJWT answered "Invalid header string: 'utf-8' codec can't decode byte 0xb7 ..."
+        pytest.param(f"t7e3.{GOOD_PAYLOAD}.{GOOD_SIGNATURE}", "its header is not base64url-encoded JSON", id="binary"),
+        pytest.param(f"{GOOD_HEADER[:-1]}!.{GOOD_PAYLOAD}.x", "its header is not base64url-encoded", id="bad-char"),
+        pytest.param(f"eyJhbGc+.{GOOD_PAYLOAD}.x", "its header is not base64url-encoded", id="standard-base64"),
+        pytest.param(f"{GOOD_HEADER}===.{GOOD_PAYLOAD}.x", "its header is not base64url-encoded", id="padding"),
+        pytest.param(f"{GOOD_HEADER}x.{GOOD_PAYLOAD}.x", "its header is not base64url-encoded", id="length"),
+        pytest.param(f"ab.{GOOD_PAYLOAD}.x", "its header is not base64url-encoded", id="leftover-bits"),
+        pytest.param(f"{_b64(b'{alg')}.{GOOD_PAYLOAD}.x", "its header is not base64url-encoded JSON", id="hdr-json"),
+        pytest.param(f".{GOOD_PAYLOAD}.x", "its header is not base64url-encoded JSON", id="empty-header"),
+        pytest.param(signed([1], CLAIMS), "its header is JSON but not an object", id="header-array"),
+        pytest.param(signed(HS256, b"\xff\xfe{}"), "its payload is not base64url-encoded JSON", id="payload-bytes"),
+        pytest.param(f"{GOOD_HEADER}.%%%.x", "its payload is not base64url-encoded", id="payload-b64"),
+        pytest.param(signed(HS256, "claims"), "its payload is JSON but not an object", id="payload-string"),
+        pytest.param(f"{GOOD_HEADER}.{GOOD_PAYLOAD}.sig!", "its signature is not base64url-encoded", id="sig-b64"),
+    ],
+)
+def test_a_token_that_is_no_jwt_is_told_what_is_wrong_in_its_own_terms(gateway, token, says):
+    message = gateway.get(SITEINFO, token).json["error"]["message"]
+
+    assert message == f"The bearer token was refused: it is not a JWT: {says}"
+    assert_not_echoed(message, token)
+
+
+def assert_not_echoed(message, token):
+    assert token not in message
+    assert all(part not in message for part in token.split(".") if len(part) > 4)
+    for pyjwt_words in ("Invalid", "codec", "padding", "segments", "Signature", "Token is"):
+        assert pyjwt_words not in message
+
+
+@pytest.mark.parametrize(
+    ("token", "says"),
+    [
+        pytest.param(signed({**HS256, "alg": "HS512"}, CLAIMS), "its algorithm HS512 is not accepted", id="hs512"),
+        pytest.param(_unsigned(CLAIMS), "its algorithm none is not accepted", id="none"),
+        pytest.param(signed({"alg": "X" * 40}, CLAIMS), "its header names no algorithm ('alg')", id="made-up"),
+        pytest.param(signed({"alg": ["HS256"]}, CLAIMS), "its header names no algorithm ('alg')", id="alg-list"),
+        pytest.param(signed({"typ": "JWT"}, CLAIMS), "its header names no algorithm ('alg')", id="no-alg"),
+        pytest.param(signed({**HS256, "kid": 5}, CLAIMS), "its key id ('kid') must be a string", id="kid"),
+        pytest.param(
+            signed({**HS256, "crit": ["exp"]}, CLAIMS), "its header lists critical extensions ('crit')", id="crit"
+        ),
+        pytest.param(signed({**HS256, "b64": False}, CLAIMS), "its payload is not base64url-encoded ('b64')", id="b64"),
+        pytest.param(mint("siteinfo:read", secret=JWT_TEST_SECRET[::-1]), "its signature does not match", id="key"),
+        pytest.param(mint("siteinfo:read", ttl=-120), "it has expired", id="expired"),
+        pytest.param(mint("siteinfo:read", nbf=NOW + 600), "it is not valid yet", id="nbf"),
+        pytest.param(mint("siteinfo:read", iat=NOW + 600), "it is not valid yet", id="iat"),
+        pytest.param(signed(HS256, {"sub": "x"}), "it has no 'exp' claim", id="no-exp"),
+        pytest.param(signed(HS256, {"exp": NOW + 600}), "it has no 'sub' claim", id="no-sub"),
+        pytest.param(signed(HS256, {**CLAIMS, "sub": 7}), "'sub' must be a non-empty string", id="sub-int"),
+        pytest.param(signed(HS256, {**CLAIMS, "sub": ""}), "'sub' must be a non-empty string", id="sub-empty"),
+        pytest.param(signed(HS256, {**CLAIMS, "jti": 7}), "'jti' must be a string", id="jti"),
+        pytest.param(signed(HS256, {**CLAIMS, "scope": ["admin"]}), "'scope' must be a string", id="scope-list"),
+        pytest.param(signed(HS256, {**CLAIMS, "moodle_userid": 0}), "'moodle_userid' must be", id="userid"),
+        pytest.param("x" * 9000, "token too large", id="oversized"),
+    ],
+)
+def test_a_refused_jwt_is_told_why_in_its_own_terms(gateway, token, says):
+    response = gateway.get(SITEINFO, token)
+
+    assert_unauthorized(response, invalid_token=True)
+    assert response.json["error"]["message"].startswith(f"The bearer token was refused: {says}")
+    assert_not_echoed(response.json["error"]["message"], token)
+
+
+def test_a_wrong_audience_or_issuer_is_told_which(make_gateway):
+    gateway = make_gateway(JWT_AUDIENCE="lms-spa", JWT_ISSUER="https://idp.example")
+
+    audience = gateway.get(SITEINFO, mint("siteinfo:read", aud="other", iss="https://idp.example"))
+    issuer = gateway.get(SITEINFO, mint("siteinfo:read", aud="lms-spa", iss="https://evil.example"))
+
+    assert (
+        audience.json["error"]["message"] == "The bearer token was refused: its audience ('aud') is not this gateway's"
+    )
+    assert issuer.json["error"]["message"] == (
+        "The bearer token was refused: its issuer ('iss') is not the one the gateway trusts"
+    )
+
+
+# -- the time claims are JSON numbers --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("claim", "value", "kind"),
+    [
+        # PyJWT alone reads these with int(): a string of digits was a valid expiry, and true was 1970's second one
+        ("exp", "9999999999", "a string"),
+        ("exp", str(NOW + 600), "a string"),
+        ("exp", True, "true or false"),
+        ("exp", None, "null"),
+        ("exp", [NOW + 600], "an array"),
+        ("exp", {"t": NOW + 600}, "an object"),
+        ("nbf", "0", "a string"),
+        ("nbf", False, "true or false"),
+        ("iat", "1", "a string"),
+        ("iat", True, "true or false"),
+    ],
+)
+def test_time_claims_that_are_not_json_numbers_are_refused_saying_so(gateway, sandbox, claim, value, kind):
+    before = sandbox_calls(sandbox)
+
+    response = gateway.get(SITEINFO, signed(HS256, {**CLAIMS, claim: value}))
+
+    assert_unauthorized(response, invalid_token=True)
+    assert response.json["error"]["message"] == (
+        f"The bearer token was refused: '{claim}' must be a JSON number of seconds since 1970-01-01 UTC, not {kind}"
+    )
+    assert sandbox_calls(sandbox) == before
+
+
+@pytest.mark.parametrize(
+    "exp",
+    [
+        pytest.param(b"1e400", id="infinite"),  # Python reads it as inf
+        pytest.param(b"NaN", id="nan"),  # not JSON, though Python's parser takes it
+        pytest.param(b"-Infinity", id="minus-infinity"),
+    ],
+)
+def test_an_exp_no_double_can_hold_is_refused(gateway, exp):
+    payload = b'{"sub": "x", "scope": "siteinfo:read", "exp": ' + exp + b"}"
+
+    response = gateway.get(SITEINFO, signed(HS256, payload))
+
+    assert_unauthorized(response, invalid_token=True)
+    assert response.json["error"]["message"].endswith("not a number out of range")
+
+
+@pytest.mark.parametrize(
+    "exp",
+    [
+        pytest.param(str(NOW + 600.5).encode(), id="fraction"),
+        pytest.param(b"1" + b"0" * 400, id="past-a-doubles-range"),  # a valid, if distant, expiry: never a 500
+    ],
+)
+def test_time_claims_that_are_numbers_are_accepted(gateway, exp):
+    payload = b'{"sub": "x", "scope": "siteinfo:read", "iat": ' + str(NOW).encode() + b', "exp": ' + exp + b"}"
+
+    assert gateway.get(SITEINFO, signed(HS256, payload)).status_int == 200
+
+
+# -- scopes are separated by ASCII spaces only -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "separator",
+    ["\u2003", "\u00a0", "\u3000", "\u2028", "\t", "\n", "\r", "\x0b", "\x0c", "\x1c", "\x85"],
+    ids=lambda separator: f"U+{ord(separator):04X}",
+)
+def test_only_an_ascii_space_separates_scopes(gateway, sandbox, separator):
+    before = sandbox_calls(sandbox)
+
+    admin_after_another_space = gateway.get(SITEINFO, mint(f"courses:read{separator}admin"))
+    scope_before_another_space = gateway.get(SITEINFO, mint(f"siteinfo:read{separator}courses:read"))
+
+    assert admin_after_another_space.status_int == 403
+    assert scope_before_another_space.status_int == 403
+    assert sandbox_calls(sandbox) == before
+
+
+def test_scopes_separated_by_several_spaces_are_each_granted(gateway):
+    assert gateway.get(SITEINFO, mint("  courses:read   siteinfo:read ")).status_int == 200
