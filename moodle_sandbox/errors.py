@@ -66,13 +66,16 @@ _MISSING_RECORD_CODES = {
 }
 
 
-def missing_record(table: str, fields: str, record_id: int | str, debug: bool) -> MoodleException:
-    """``get_record($table, ['id' => $record_id], $fields, MUST_EXIST)`` finding nothing.
+def missing_record(
+    table: str, fields: str, record_id: int | str, debug: bool, **conditions: int | str
+) -> MoodleException:
+    """``get_record($table, ['id' => $record_id, ...$conditions], $fields, MUST_EXIST)`` finding nothing.
 
     Production mode hides the table (``invalidrecordunknown``); debug mode names it, and a few tables have their own
     errorcode, as in Moodle's ``dml_missing_record_exception``.
     """
-    debuginfo = f"SELECT {fields} FROM {{{table}}} WHERE id = ?\n[{var_export([record_id])}]"
+    where = " AND ".join(f"{name} = ?" for name in ("id", *conditions))
+    debuginfo = f"SELECT {fields} FROM {{{table}}} WHERE {where}\n[{var_export([record_id, *conditions.values()])}]"
     if not debug:
         message = "Can't find data record in database."
         return MoodleException("dml_missing_record_exception", "invalidrecordunknown", message, debuginfo)

@@ -105,6 +105,9 @@ class User:
     siteadmin: bool = False
     emailstop: int = 0  # "disable notifications": Moodle then lists none of the user's popup notifications
     timecreated: int = 0
+    # delete_user() keeps the row with deleted=1, a username made from the email and the time, the old username's md5
+    # as email and no idnumber, and deletes the user's context.
+    deleted: int = 0
 
     @property
     def fullname(self) -> str:

@@ -19,7 +19,9 @@ course created got 11); each new course or user takes the next one, from 15.
 Users (id, username, first and last name, email, idnumber): 1 guest "Guest user" " " guest@example.com "";
 2 admin "Admin" "User" admin@example.com "" (site admin, the token's user); 3 student1 "Ada" "Lovelace" "S001";
 4 student2 "Alan" "Turing" "S002"; 5 teacher1 "Grace" "Hopper" "T001"; 6 student3 "Katherine" "Johnson" "S003";
-the emails of 3-6 are ``<username>@example.com``. New users get ids 7, 8, ...
+the emails of 3-6 are ``<username>@example.com``. 7 is a deleted user, once student4 "Dorothy" "Vaughan"
+student4@example.com "S004", as Moodle's delete_user() leaves one: username ``student4@example.com.<time deleted>``,
+email the md5 of "student4", no idnumber, ``deleted`` 1, no user context. New users get ids 8, 9, ...
 
 Roles: 1 manager, 2 coursecreator, 3 editingteacher, 4 teacher, 5 student, 6 guest, 7 user, 8 frontpage; only
 1, 3, 4 and 5 can be given in a course. Course contacts are the editing teachers (role 3).
@@ -33,6 +35,7 @@ No enrolments, draft files or course modules at the start.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from moodle_sandbox.records import Category, Course, Notification, Role, SiteState, User
@@ -40,6 +43,7 @@ from moodle_sandbox.records import Category, Course, Notification, Role, SiteSta
 SITE_COURSE_ID = 1
 GUEST_USER_ID = 1
 ADMIN_USER_ID = 2
+DELETED_USER_ID = 7
 ADMIN_CONTEXT_ID = 5  # the admin's user context, home of their draft files
 SITE_CONTEXT_ID = 2  # the front page's course context
 NOREPLY_USER_ID = -10
@@ -113,6 +117,10 @@ def seed_state(now: int) -> SiteState:
         User(4, "student2", "Alan", "Turing", "student2@example.com", idnumber="S002"),
         User(5, "teacher1", "Grace", "Hopper", "teacher1@example.com", idnumber="T001"),
         User(6, "student3", "Katherine", "Johnson", "student3@example.com", idnumber="S003"),
+        User(
+            DELETED_USER_ID, f"student4@example.com.{now - _DAY}", "Dorothy", "Vaughan",
+            hashlib.md5(b"student4", usedforsecurity=False).hexdigest(), deleted=1, timecreated=created,
+        ),
     ]  # fmt: skip
     roles = [
         Role(1, "manager", True),
@@ -143,7 +151,7 @@ def seed_state(now: int) -> SiteState:
         users={user.id: user for user in users},
         roles={role.id: role for role in roles},
         notifications={notification.id: notification for notification in notifications},
-        sequences={"course": 5, "course_modules": 0, "resource": 0, "user": 6, "context": 14},
+        sequences={"course": 5, "course_modules": 0, "resource": 0, "user": DELETED_USER_ID, "context": 14},
     )
 
 

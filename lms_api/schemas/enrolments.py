@@ -7,19 +7,20 @@ from typing import Any
 from marshmallow import ValidationError, fields, validate, validates_schema
 
 from lms_api.schemas.base import MAX_SAFE_INTEGER, Flag, RequestSchema, ResponseSchema, integral, strict_int
-from lms_api.settings import ROLE_NAME
 
 MAX_ENROLMENTS = 10000
+ROLE_NAME_MAX = 100  # role.shortname is char(100)
 
 
 class Role(fields.Field[Any]):
-    """A Moodle role id, or a role name the gateway maps to one (``student``, ``teacher``, ...)."""
+    """A Moodle role id, or a role name the gateway maps to one (``student``, ``teacher``, ...). Whether the gateway
+    knows the role is the enrolment service's question, as the known roles are settings."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int | str:
         value = integral(value)
         if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_SAFE_INTEGER:
             return value
-        if isinstance(value, str) and ROLE_NAME.fullmatch(value):
+        if isinstance(value, str) and 1 <= len(value) <= ROLE_NAME_MAX:
             return value
         raise ValidationError("A role id (a positive integer) or a role name such as 'student'")
 

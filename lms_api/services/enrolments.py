@@ -9,11 +9,16 @@ from lms_api.errors import ApiError, ErrorCode
 from lms_api.moodle.client import MoodleClient
 from lms_api.moodle.encoding import split_by_input_vars
 from lms_api.moodle.errors import MoodleError
+from lms_api.security import Identity, Scope
 from lms_api.services.courses import GET_COURSES, courses_by_ids
 from lms_api.services.notfound import missing_ids
-from lms_api.services.users import GET_USERS_BY_FIELD, missing_user_ids
+from lms_api.services.users import GET_USERS_BY_FIELD, UserIds, user_ids
+from lms_api.settings import Settings
 
 ENROL_USERS = "enrol_manual_enrol_users"
+# Moodle's installer creates the guest user first ($CFG->siteguest). Moodle 5.0's enrol_manual_enrol_users enrols it
+# like anyone: it checks neither the user nor the user's state.
+GUEST_USER_ID = 1
 
 
 class EnrolResult(TypedDict):
@@ -21,38 +26,74 @@ class EnrolResult(TypedDict):
     calls: int  # Moodle calls the batch was split into
 
 
-def resolve_roles(enrolments: list[dict[str, Any]], role_ids: Mapping[str, int]) -> list[dict[str, Any]]:
-    """Replace role names (``student``) by the site's role ids; an unknown name is a 400 naming it."""
-    resolved, problems = [], {}
+def resolve_roles(enrolments: list[dict[str, Any]], settings: Settings, identity: Identity) -> list[dict[str, Any]]:
+    """Replace role names (``student``) by the site's role ids, allowing only the roles the gateway knows.
+
+    A role neither named nor numbered in ``moodle_role_ids`` is a 400 listing the known ones (Moodle would answer
+    a misleading ``wsusercannotassign``). A known role outside ``moodle_assignable_roles`` (``manager``) needs the
+    ``admin`` scope: a 403 ``forbidden`` otherwise. What is allowed is the Moodle role, whatever name it is given.
+    """
+    role_ids = settings.moodle_role_ids
+    known = ", ".join(f"{name} ({number})" for name, number in sorted(role_ids.items(), key=lambda item: item[1]))
+    assignable = {role_ids[name] for name in settings.moodle_assignable_roles}
+    resolved, problems, beyond_write = [], {}, set()
     for index, enrolment in enumerate(enrolments):
         role = enrolment["roleid"]
-        if isinstance(role, str):
-            if role not in role_ids:
-                known = ", ".join(f"{name} ({number})" for name, number in sorted(role_ids.items()))
-                problems[index] = {"roleid": [f"Unknown role {role!r}; known roles: {known}, or a role id"]}
-                continue
-            enrolment = {**enrolment, "roleid": role_ids[role]}
-        resolved.append(enrolment)
+        role_id = role_ids.get(role) if isinstance(role, str) else role
+        if not isinstance(role_id, int) or role_id not in role_ids.values():
+            problems[index] = {"roleid": [f"Unknown role {role!r}{_hint(role, role_ids)}; known roles: {known}"]}
+            continue
+        if role_id not in assignable:
+            beyond_write.add(_names_of(role_id, role_ids))
+        resolved.append({**enrolment, "roleid": role_id})
     if problems:
         raise ApiError(ErrorCode.VALIDATION_ERROR, "Invalid input: enrolments", {"fields": {"enrolments": problems}})
+    if beyond_write and not identity.has_scope(Scope.ADMIN):
+        raise ApiError(
+            ErrorCode.FORBIDDEN,
+            f"Assigning the role {', '.join(sorted(beyond_write))} needs the admin scope; enrol:write may assign "
+            f"{', '.join(settings.moodle_assignable_roles)}",
+            {"required_scope": Scope.ADMIN.value, "roles": sorted(beyond_write)},
+        )
     return resolved
+
+
+def _names_of(role_id: int, role_ids: Mapping[str, int]) -> str:
+    """``manager``, or every name the settings give the role: ``learner/student``."""
+    return "/".join(sorted(name for name, number in role_ids.items() if number == role_id))
+
+
+def _hint(role: object, role_ids: Mapping[str, int]) -> str:
+    """The known name ``role`` differs from only in case or surrounding blanks, as a question."""
+    if not isinstance(role, str):
+        return ""
+    near = [name for name in role_ids if name == role.strip().casefold()]
+    return f" (did you mean {near[0]!r}?)" if near else ""
 
 
 def enrol(moodle: MoodleClient, enrolments: list[dict[str, Any]]) -> EnrolResult:
     """Enrol everyone or say exactly who was enrolled.
 
-    The courses and users are checked before anything is written: Moodle answers ``invalidparameter`` for a
-    course that does not exist and fails with a PHP TypeError for a user that does not exist. Each Moodle call
+    The guest is refused first: Moodle 5.0 would enrol it. The courses and users are checked before anything is
+    written: Moodle answers ``invalidparameter`` for a course that does not exist, fails with a PHP TypeError for a
+    user that does not exist and with a coding error for a deleted one. Each Moodle call
     is all-or-nothing; when one fails, ``details`` lists the indexes ``applied`` by the earlier calls and
     ``not_applied`` (and ``unknown`` when the failed call's outcome cannot be known).
     """
+    guests = [index for index, enrolment in enumerate(enrolments) if enrolment["userid"] == GUEST_USER_ID]
+    if guests:
+        raise ApiError(
+            ErrorCode.GUESTS_ARE_NOT_ALLOWED,
+            f"The guest user (id {GUEST_USER_ID}) cannot be enrolled; nothing was enrolled",
+            {"enrolments": guests},
+        )
     moodle.require(GET_COURSES, GET_USERS_BY_FIELD, ENROL_USERS)  # a 501 before any call
     course_ids = list(dict.fromkeys(enrolment["courseid"] for enrolment in enrolments))
     existing = {course["id"] for course in courses_by_ids(moodle, course_ids)}
     missing_courses = [course_id for course_id in course_ids if course_id not in existing]
-    missing_users = missing_user_ids(moodle, (enrolment["userid"] for enrolment in enrolments))
-    if missing_courses or missing_users:
-        raise _not_found(missing_courses, missing_users)
+    users = user_ids(moodle, (enrolment["userid"] for enrolment in enrolments))
+    if missing_courses or users.missing or users.unchecked:
+        raise _not_found(missing_courses, users)
     runs = split_by_input_vars("enrolments", enrolments, {}, moodle.max_input_vars)
     for number, run in enumerate(runs):
         try:
@@ -69,16 +110,28 @@ def enrol(moodle: MoodleClient, enrolments: list[dict[str, Any]]) -> EnrolResult
     return {"enrolled": len(enrolments), "calls": len(runs)}
 
 
-def _not_found(missing_courses: list[int], missing_users: list[int]) -> ApiError:
+def _not_found(missing_courses: list[int], users: UserIds) -> ApiError:
     """One 404 naming every missing course and user, so a caller fixes the request once; a missing course
-    (``coursenotfound``) is named first, as a course is what every enrolment of the batch is about."""
+    (``coursenotfound``) is named first, as a course is what every enrolment of the batch is about. A deleted user
+    counts as missing (``details.deleted_users`` says which): Moodle keeps no account under its id."""
     named: list[str] = []
     details: dict[str, list[int]] = {}
     if missing_courses:
         named.append(missing_ids("course", "courses", missing_courses))
         details["missing_courses"] = missing_courses
-    if missing_users:
-        named.append(missing_ids("user", "users", missing_users))
-        details["missing_users"] = missing_users
+    if users.missing:
+        named.append(missing_ids("user", "users", users.missing))
+        details["missing_users"] = users.missing
+    if users.deleted:
+        details["deleted_users"] = users.deleted
+    sentences = [f"No {' and no '.join(named)} in Moodle"] if named else []
+    if users.deleted:
+        sentences[-1] += f" ({missing_ids('user', 'users', users.deleted)} deleted)"
+    if users.unchecked:
+        # Each deleted user found costs Moodle calls; the ones left past the bound are named for another request.
+        details["unchecked_users"] = users.unchecked
+        unchecked = missing_ids("user", "users", users.unchecked)
+        sentences.append(f"{unchecked[0].upper()}{unchecked[1:]} could not be checked: send them in another request")
+    message = "; ".join(sentences)
     code = ErrorCode.COURSE_NOT_FOUND if missing_courses else ErrorCode.USER_NOT_FOUND
-    return ApiError(code, f"No {' and no '.join(named)} in Moodle; nothing was enrolled", details)
+    return ApiError(code, f"{message}; nothing was enrolled", details)

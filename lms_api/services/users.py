@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any, TypedDict
+from typing import Any, NamedTuple, TypedDict
 
 from lms_api.errors import ApiError, ErrorCode
 from lms_api.moodle.client import Moodle
 from lms_api.moodle.encoding import split_by_input_vars
-from lms_api.moodle.errors import MoodleRecord, expect_list
+from lms_api.moodle.errors import MoodleError, MoodleRecord, expect_list
 from lms_api.services.notfound import not_found
 
 GET_USERS_BY_FIELD = "core_user_get_users_by_field"
@@ -16,12 +16,24 @@ USER_FIELDS = ("id", "idnumber", "username", "email")
 # When Moodle hides the field from the gateway's token, each value it did not match is asked alone; this bounds
 # those calls per request (a request may name 1,000 values), and the values past it are answered as unchecked.
 MAX_SINGLE_VALUE_CALLS = 20
+# Moodle 5.0 fails a whole core_user_get_users_by_field call when one value finds a deleted user (its user context
+# is gone, so context_user::instance() finds no user that is not deleted): a missing record, ``invalidrecordunknown``,
+# or ``invaliduser`` in debug mode. Such a batch is halved until each deleted user stands alone; this bounds those
+# calls per request (one deleted user among 10,000 ids takes 28), and the values left past it are unchecked.
+MAX_DELETED_SEARCH_CALLS = 40
+_DELETED_USER_FOUND = frozenset({ErrorCode.INVALID_RECORD_UNKNOWN.value, ErrorCode.INVALID_USER.value})
 
 
 class UsersFound(TypedDict):
     users: list[MoodleRecord]
-    missing: list[str | int]  # values no user has, as the caller wrote them
+    missing: list[str | int]  # values no user has (a deleted user's included), as the caller wrote them
     unchecked: list[str | int]  # values past the bound of value-by-value calls: neither found nor missing
+
+
+class UserIds(NamedTuple):
+    missing: list[int]  # ids no user has, a deleted user's included
+    deleted: list[int]  # those of them that are a deleted user's
+    unchecked: list[int]  # ids left past MAX_DELETED_SEARCH_CALLS: neither found nor missing
 
 
 def users_by_field(moodle: Moodle, field: str, values: list[str | int]) -> UsersFound:
@@ -29,54 +41,96 @@ def users_by_field(moodle: Moodle, field: str, values: list[str | int]) -> Users
 
     Values are compared the way Moodle looks them up: usernames are lower-case in Moodle (and sent so),
     emails are matched without regard to case, since that depends on the database's collation.
-    ``unchecked`` lists the values that could not be checked within MAX_SINGLE_VALUE_CALLS: neither found nor
-    missing as far as the gateway knows.
+    A deleted user's value is missing: Moodle keeps no account under it. ``unchecked`` lists the values that could
+    not be checked within MAX_SINGLE_VALUE_CALLS or MAX_DELETED_SEARCH_CALLS: neither found nor missing as far as
+    the gateway knows.
     """
     wanted = list(dict.fromkeys(values))
-    users = _users(moodle, field, list(dict.fromkeys(_as_sent(field, value) for value in wanted)))
+    lookup = _Lookup(moodle, field)
+    lookup.ask(list(dict.fromkeys(_as_sent(field, value) for value in wanted)))
+    users = lookup.users
     found = {_match_key(field, user.get(field)) for user in users.values()}
-    missing = [value for value in wanted if _match_key(field, _as_sent(field, value)) not in found]
-    unchecked: list[str | int] = []
+    unchecked = [value for value in wanted if _as_sent(field, value) in lookup.unchecked]
+    missing = [
+        value
+        for value in wanted
+        if _match_key(field, _as_sent(field, value)) not in found and _as_sent(field, value) not in lookup.unchecked
+    ]
     if missing and any(field not in user for user in users.values()):
         # Moodle hides idnumber, email or username from tokens that may not see them; ask value by value.
-        missing, unchecked = _ask_alone(moodle, field, missing)
+        missing, past_bound = _ask_alone(lookup, missing)
+        unchecked += past_bound
     return {"users": sorted(users.values(), key=lambda user: user["id"]), "missing": missing, "unchecked": unchecked}
 
 
-def missing_user_ids(moodle: Moodle, user_ids: Iterable[int]) -> list[int]:
-    """The ids among ``user_ids`` that no user of Moodle has (a deleted user's included), in the order given."""
+def user_ids(moodle: Moodle, user_ids: Iterable[int]) -> UserIds:
+    """Which of ``user_ids`` no user of Moodle has, in the order given: missing, deleted, or left unchecked."""
     wanted = list(dict.fromkeys(user_ids))
-    found = _users(moodle, "id", wanted)
-    return [user_id for user_id in wanted if user_id not in found]
+    lookup = _Lookup(moodle, "id")
+    lookup.ask(wanted)
+    return UserIds(
+        missing=[user_id for user_id in wanted if user_id not in lookup.users and user_id not in lookup.unchecked],
+        deleted=[user_id for user_id in wanted if user_id in lookup.deleted],
+        unchecked=[user_id for user_id in wanted if user_id in lookup.unchecked],
+    )
 
 
 def user_not_found(user_ids: list[int]) -> ApiError:
     return not_found(ErrorCode.USER_NOT_FOUND, "user", "users", user_ids)
 
 
-def _users(moodle: Moodle, field: str, sent: Sequence[str | int]) -> dict[int, dict[str, Any]]:
-    """The users matching ``sent``, keyed by id, in as many calls as the server's max_input_vars needs."""
-    users: dict[int, dict[str, Any]] = {}
-    for run in split_by_input_vars("values", sent, {"field": field}, moodle.max_input_vars):
-        answer = moodle.call(GET_USERS_BY_FIELD, {"field": field, "values": sent[run.start : run.stop]})
-        for user in expect_list(answer, GET_USERS_BY_FIELD, key="id"):
-            users.setdefault(user["id"], user)
-    return users
+class _Lookup:
+    """core_user_get_users_by_field on one field, in as many calls as the server's max_input_vars needs, finding the
+    deleted users whose values fail a call."""
+
+    def __init__(self, moodle: Moodle, field: str) -> None:
+        self.moodle, self.field = moodle, field
+        self.users: dict[int, MoodleRecord] = {}
+        self.deleted: set[str | int] = set()
+        self.unchecked: set[str | int] = set()
+        self._halving_calls = 0
+
+    def ask(self, sent: Sequence[str | int]) -> list[MoodleRecord]:
+        """The users matching ``sent``; a value of a deleted user's goes to ``deleted``, one past the bound of
+        calls to ``unchecked``."""
+        answered: list[MoodleRecord] = []
+        for run in split_by_input_vars("values", sent, {"field": self.field}, self.moodle.max_input_vars):
+            answered += self._ask_run(list(sent[run.start : run.stop]))
+        return answered
+
+    def _ask_run(self, values: list[str | int]) -> list[MoodleRecord]:
+        try:
+            answer = self.moodle.call(GET_USERS_BY_FIELD, {"field": self.field, "values": values})
+        except MoodleError as error:
+            if error.code not in _DELETED_USER_FOUND:
+                raise
+            if len(values) == 1:
+                self.deleted.add(values[0])
+            elif self._halving_calls + 2 > MAX_DELETED_SEARCH_CALLS:
+                self.unchecked.update(values)
+            else:
+                self._halving_calls += 2
+                half = len(values) // 2
+                return self._ask_run(values[:half]) + self._ask_run(values[half:])
+            return []
+        users = expect_list(answer, GET_USERS_BY_FIELD, key="id")
+        for user in users:
+            self.users.setdefault(user["id"], user)
+        return users
 
 
-def _ask_alone(moodle: Moodle, field: str, values: list[str | int]) -> tuple[list[str | int], list[str | int]]:
+def _ask_alone(lookup: _Lookup, values: list[str | int]) -> tuple[list[str | int], list[str | int]]:
     """``values`` split into those Moodle has no user for, and those left unchecked past the bound."""
     answers: dict[str | int, bool] = {}
     missing: list[str | int] = []
     unchecked: list[str | int] = []
     for value in values:
-        sent = _as_sent(field, value)
+        sent = _as_sent(lookup.field, value)
         if sent not in answers:
             if len(answers) == MAX_SINGLE_VALUE_CALLS:
                 unchecked.append(value)
                 continue
-            answer = moodle.call(GET_USERS_BY_FIELD, {"field": field, "values": [sent]})
-            answers[sent] = bool(expect_list(answer, GET_USERS_BY_FIELD))
+            answers[sent] = bool(lookup.ask([sent]))
         if not answers[sent]:
             missing.append(value)
     return missing, unchecked

@@ -22,7 +22,9 @@ _body, _result = EnrolBody(), EnrolResultSchema()
 def enrol(request: Request) -> object:
     """Enrol users into courses with a role (manual enrolment).
 
-    Courses and users are checked first; a batch larger than Moodle's `max_input_vars` allows is split, and a
+    Only the roles the gateway knows may be given (`MOODLE_ROLE_IDS`), and those beyond `MOODLE_ASSIGNABLE_ROLES`
+    (`manager`) only with the `admin` scope as well. The guest user is refused, and courses and users are checked
+    first (a deleted user counts as missing); a batch larger than Moodle's `max_input_vars` allows is split, and a
     failure after the first call says what was applied.
     """
     wanted = load_json_body(request, _body)["enrolments"]
@@ -31,5 +33,5 @@ def enrol(request: Request) -> object:
         user_ids=sorted({enrolment["userid"] for enrolment in wanted}),
         enrolments=len(wanted),
     )
-    wanted = enrolments.resolve_roles(wanted, request.lms_settings.moodle_role_ids)
+    wanted = enrolments.resolve_roles(wanted, request.lms_settings, request.identity)
     return _result.dump(enrolments.enrol(request.find_service(MoodleClient), wanted))

@@ -2,21 +2,23 @@
 
 ``enrol/manual/externallib.php`` never looks the user up: a user id nobody has is enrolled, and the course welcome
 message that follows (on by default for manual enrolments since Moodle 4.4) fails on the missing user with a PHP
-``TypeError`` naming the Moodle server's own path. The gateway must not pass that message on.
+``TypeError`` naming the Moodle server's own path. The gateway must not pass that message on. Nor does it check the
+user's state: the guest is enrolled like anyone, and only ``role_assign()``, after the welcome message, refuses a
+deleted user (or the dummy no-reply and support users) as a coding error.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from moodle_sandbox.errors import PhpError, missing_record, moodle_exception
+from moodle_sandbox.errors import PhpError, coding_exception, missing_record, moodle_exception
 from moodle_sandbox.functions.formatting import format_string
 from moodle_sandbox.functions.users import user_details
 from moodle_sandbox.params import DEFAULT, OPTIONAL, Multiple, Single, Value, invalid_parameter
 from moodle_sandbox.php import php_intval
 from moodle_sandbox.records import Enrolment, User
 from moodle_sandbox.registry import sandbox_function
-from moodle_sandbox.seed import GUEST_USER_ID, NOREPLY_USER_ID, SITE_COURSE_ID, SUPPORT_USER_ID
+from moodle_sandbox.seed import NOREPLY_USER_ID, SITE_COURSE_ID, SUPPORT_USER_ID
 
 if TYPE_CHECKING:
     from moodle_sandbox.site import SandboxSite
@@ -78,7 +80,6 @@ def _enrol(site: SandboxSite, enrolment: dict[str, Any]) -> None:
             "wsnoinstance",
             f"Manual enrolment plugin instance doesn't exist or is disabled for the course (id = {course_id})",
         )
-    _refuse_unreal_user(site, user_id)
     now = site.now()
     timestart, timeend = enrolment.get("timestart", 0), enrolment.get("timeend", 0)
     status = 1 if enrolment.get("suspend") else 0
@@ -87,10 +88,11 @@ def _enrol(site: SandboxSite, enrolment: dict[str, Any]) -> None:
         state.enrolments[(course_id, user_id)] = Enrolment(
             course_id, user_id, [role_id], status, timestart, timeend, now, now
         )
-        if user_id not in state.users:
-            # enrol_user() has inserted the user_enrolments row when the welcome message fails; the error aborts the
-            # call's transaction, so the caller's rollback removes the row again, with the call's other enrolments.
-            raise PhpError("TypeError", WELCOME_MESSAGE_TYPE_ERROR)
+        # enrol_user() has inserted the user_enrolments row when the welcome message or role_assign() fails; the error
+        # aborts the call's transaction, so the caller's rollback removes the row again, with the call's other ones.
+        if user_id not in state.users and user_id not in (NOREPLY_USER_ID, SUPPORT_USER_ID):
+            raise PhpError("TypeError", WELCOME_MESSAGE_TYPE_ERROR)  # core_user::get_user() gave false
+        _assign_role(site, user_id)
         return
     if (current.status, current.timestart, current.timeend) != (status, timestart, timeend):
         current.status, current.timestart, current.timeend, current.timemodified = status, timestart, timeend, now
@@ -98,14 +100,11 @@ def _enrol(site: SandboxSite, enrolment: dict[str, Any]) -> None:
         current.roleids.append(role_id)
 
 
-def _refuse_unreal_user(site: SandboxSite, user_id: int) -> None:
-    """The sandbox refuses the guest and the dummy no-reply and support users like ``core_user::require_active_user()``
-    does. No recording shows what Moodle 5.0 does with them, so the checks sit where it would fail, if at all: in
-    ``enrol_user()``, after the course, role and instance checks."""
-    if user_id in (NOREPLY_USER_ID, SUPPORT_USER_ID):
-        raise moodle_exception("invaliduser", "Invalid user")
-    if user_id == GUEST_USER_ID:
-        raise moodle_exception("guestsarenotallowed", "The guest user is not allowed to do this")
+def _assign_role(site: SandboxSite, user_id: int) -> None:
+    """``role_assign()`` wants a user row that is not deleted; the dummy users have none."""
+    user = site.state.users.get(user_id)
+    if user is None or user.deleted:
+        raise coding_exception("User ID does not exist or is deleted!", f"userid:{user_id}")
 
 
 @sandbox_function("core_enrol_get_enrolled_users", GET_ENROLLED_USERS)

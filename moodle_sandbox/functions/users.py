@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from moodle_sandbox.errors import coding_exception, moodle_exception
+from moodle_sandbox.errors import coding_exception, missing_record, moodle_exception
 from moodle_sandbox.functions.formatting import format_string
 from moodle_sandbox.params import DEFAULT, INSTALLED_LANGS, OPTIONAL, Multiple, Single, Value, invalid_parameter
 from moodle_sandbox.php import clean_username as _clean_username
@@ -94,7 +94,8 @@ def picture_urls(site: SandboxSite) -> dict[str, str]:
 
 @sandbox_function("core_user_get_users_by_field", GET_USERS_BY_FIELD)
 def get_users_by_field(site: SandboxSite, params: dict[str, Any]) -> list[dict[str, Any]]:
-    """Exact, case-sensitive matches (as on PostgreSQL) in id order; unknown values are silently left out."""
+    """Exact, case-sensitive matches (as on PostgreSQL) in id order; unknown values are silently left out, and a
+    deleted user's id (or mangled username) fails the whole call with a missing record."""
     field = params["field"]
     if field not in _CLEANERS:
         raise coding_exception(
@@ -108,6 +109,11 @@ def get_users_by_field(site: SandboxSite, params: dict[str, Any]) -> list[dict[s
             raise invalid_parameter(f"The field '{field}' value is invalid: {value}(cleaned value: {cleaned})")
         wanted.add(cleaned)
     users = [user for user in site.state.users.values() if getattr(user, field) in wanted]
+    deleted = sorted(user.id for user in users if user.deleted)
+    if deleted:
+        # user_get_user_details_courses() asks for the user's context first, and delete_user() deleted it:
+        # context_user::instance() then reads the user again with deleted = 0, MUST_EXIST, and the call fails.
+        raise missing_record("user", "id", deleted[0], site.debug, deleted=0)
     # A user is answered only when the searched field is in its details (e.g. never for an empty idnumber).
     return [
         details

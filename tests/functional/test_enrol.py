@@ -115,15 +115,100 @@ def test_moodle_answers_a_missing_user_with_a_php_type_error(sandbox):
     assert answer["exception"] == "TypeError" and "errorcode" not in answer
 
 
-def test_a_role_that_cannot_be_assigned_in_a_course_is_a_403(gateway, sandbox):
+def test_a_known_role_moodle_cannot_assign_in_a_course_is_moodles_403(make_gateway, sandbox):
     course_id = new_course(sandbox)
+    gateway = make_gateway(MOODLE_ROLE_IDS="user=7", MOODLE_ASSIGNABLE_ROLES="student,user")
 
     response = gateway.post(
-        "/api/moodle/enrol", {"enrolments": [{"roleid": 7, "userid": 3, "courseid": course_id}]}, TOKEN
+        "/api/moodle/enrol", {"enrolments": [{"roleid": "user", "userid": 3, "courseid": course_id}]}, TOKEN
     )
 
     assert response.status_int == 403
     assert response.json["error"]["code"] == "wsusercannotassign"
+
+
+KNOWN_ROLES = "known roles: manager (1), editingteacher (3), teacher (4), student (5)"
+
+
+@pytest.mark.parametrize(
+    ("role", "message"),
+    [
+        (99, f"Unknown role 99; {KNOWN_ROLES}"),  # Moodle itself: 403 "You don't have the permission..."
+        ("Student", f"Unknown role 'Student' (did you mean 'student'?); {KNOWN_ROLES}"),
+        ("students", f"Unknown role 'students'; {KNOWN_ROLES}"),
+    ],
+)
+def test_a_role_the_gateway_does_not_know_is_a_400_listing_the_known_ones_before_moodle(
+    gateway, sandbox, role, message
+):
+    course_id = new_course(sandbox)
+    before = sandbox_calls(sandbox).get(ENROL, 0)
+
+    response = gateway.post(
+        "/api/moodle/enrol", {"enrolments": [{"roleid": role, "userid": 3, "courseid": course_id}]}, TOKEN
+    )
+
+    assert response.status_int == 400
+    assert response.json["error"]["code"] == "validationerror"
+    assert response.json["error"]["details"]["fields"]["enrolments"] == {"0": {"roleid": [message]}}
+    assert sandbox_calls(sandbox).get(ENROL, 0) == before
+
+
+@pytest.mark.parametrize("role", ["manager", 1])
+def test_manager_needs_the_admin_scope_beside_enrol_write(gateway, sandbox, role):
+    course_id = new_course(sandbox)
+    body = {"enrolments": [{"roleid": role, "userid": 4, "courseid": course_id}]}
+
+    refused = gateway.post("/api/moodle/enrol", body, TOKEN)
+
+    assert refused.status_int == 403
+    assert refused.json["error"]["code"] == "forbidden"
+    assert refused.json["error"]["details"] == {"required_scope": "admin", "roles": ["manager"]}
+    assert enrolled(sandbox, course_id) == {}
+    assert gateway.post("/api/moodle/enrol", body, mint("enrol:write admin")).status_int == 200
+    assert enrolled(sandbox, course_id) == {4: ["manager"]}
+
+
+def test_the_sandbox_enrols_the_guest_as_moodle_5_does_and_the_gateway_refuses_it(gateway, sandbox):
+    course_id = new_course(sandbox)
+    assert moodle_call(sandbox, ENROL, enrolments=[{"roleid": 5, "userid": 1, "courseid": course_id}]) is None
+    assert enrolled(sandbox, course_id) == {1: ["student"]}
+    other = new_course(sandbox)
+    before = sandbox_calls(sandbox).get(ENROL, 0)
+    body = {
+        "enrolments": [
+            {"roleid": "student", "userid": 3, "courseid": other},
+            {"roleid": 5, "userid": 1, "courseid": other},
+        ]
+    }
+
+    response = gateway.post("/api/moodle/enrol", body, TOKEN)
+
+    assert response.status_int == 400
+    assert response.json["error"]["code"] == "guestsarenotallowed"
+    assert response.json["error"]["details"] == {"enrolments": [1]}
+    assert enrolled(sandbox, other) == {}
+    assert sandbox_calls(sandbox).get(ENROL, 0) == before
+
+
+def test_a_deleted_user_is_a_404_naming_it_as_deleted_where_moodle_fails_on_it(gateway, sandbox):
+    course_id = new_course(sandbox)
+    direct = moodle_call(sandbox, ENROL, enrolments=[{"roleid": 5, "userid": 7, "courseid": course_id}])
+    assert direct["errorcode"] == "codingerror"  # role_assign(): "User ID does not exist or is deleted!"
+    lookup = moodle_call(sandbox, "core_user_get_users_by_field", field="id", values=[3, 7])
+    assert lookup["errorcode"] == "invalidrecordunknown"  # the deleted user's context is gone
+    before = sandbox_calls(sandbox).get(ENROL, 0)
+    body = {"enrolments": [{"roleid": 5, "userid": user, "courseid": course_id} for user in (3, 7, 99999)]}
+
+    response = gateway.post("/api/moodle/enrol", body, TOKEN)
+
+    assert response.status_int == 404
+    error = response.json["error"]
+    assert error["code"] == "usernotfound"
+    assert error["details"] == {"missing_users": [7, 99999], "deleted_users": [7]}
+    assert error["message"] == "No users with ids 7, 99999 in Moodle (user with id 7 deleted); nothing was enrolled"
+    assert enrolled(sandbox, course_id) == {}
+    assert sandbox_calls(sandbox).get(ENROL, 0) == before
 
 
 @pytest.mark.parametrize(
@@ -195,13 +280,15 @@ def test_without_splitting_php_would_drop_enrolments_silently(make_sandbox, make
 
 def test_when_a_later_call_fails_the_error_says_what_was_applied(make_sandbox, make_gateway):
     small = make_sandbox(max_input_vars=12)
-    gateway = make_gateway(base_url=small.url, token=small.site.token, MOODLE_MAX_INPUT_VARS="12")
+    gateway = make_gateway(
+        base_url=small.url, token=small.site.token, MOODLE_MAX_INPUT_VARS="12", MOODLE_ROLE_IDS="user=7"
+    )
     course_id = new_course(small)
     roles = [5, 5, 5, 7, 5]  # role 7 cannot be assigned in a course: the second call fails
     pairs = zip(roles, STUDENTS, strict=True)
     body = {"enrolments": [{"roleid": role, "userid": user, "courseid": course_id} for role, user in pairs]}
 
-    response = gateway.post("/api/moodle/enrol", body, TOKEN)
+    response = gateway.post("/api/moodle/enrol", body, mint("enrol:write admin"))
 
     assert response.status_int == 403
     details = response.json["error"]["details"]

@@ -34,6 +34,14 @@ def test_ids_and_idnumbers(gateway):
     assert by_field(gateway, "field=idnumber&values=S003,X").json["data"]["missing"] == ["X"]
 
 
+def test_a_deleted_users_id_is_missing_where_moodle_fails_the_whole_lookup(gateway, sandbox):
+    response = by_field(gateway, "field=id&values=3,7,4")
+
+    assert response.status_int == 200
+    data = response.json["data"]
+    assert ([user["id"] for user in data["users"]], data["missing"], data["unchecked"]) == ([3, 4], [7], [])
+
+
 def test_no_match_is_an_empty_list_not_an_error(gateway):
     data = by_field(gateway, "field=email&values=nobody@example.com").json["data"]
 

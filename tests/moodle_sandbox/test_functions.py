@@ -198,7 +198,9 @@ def test_a_new_site_holds_the_documented_seed(site):
         4: ("student2", "Alan", "Turing", "student2@example.com", "S002"),
         5: ("teacher1", "Grace", "Hopper", "teacher1@example.com", "T001"),
         6: ("student3", "Katherine", "Johnson", "student3@example.com", "S003"),
+        7: (f"student4@example.com.{site.now() - 86400}", "Dorothy", "Vaughan", "166a50c910e390d922db4696e4c7747b", ""),
     }
+    assert [user.id for user in state.users.values() if user.deleted] == [7]
     assert site.admin.id == 2 and site.admin.siteadmin
     assert {role.id: role.shortname for role in state.roles.values()} == {
         1: "manager",
@@ -425,7 +427,7 @@ def test_new_courses_and_users_take_the_next_context_ids_even_when_rolled_back(s
     taken = {"fullname": "Taken", "shortname": "CTX1", "categoryid": 1}
     bad = [{"fullname": "Rolled back", "shortname": "CTX2", "categoryid": 1}, taken]
     assert error(site, "core_course_create_courses", courses=bad)["errorcode"] == "shortnametaken"
-    assert new_user(site, "ctxuser") == 7
+    assert new_user(site, "ctxuser") == 8
     assert new_course(site, "CTX3") == 8
     # 16 went to the rolled-back course (kept used, as a PostgreSQL sequence is) and 17 to the user.
     assert site.state.courses[8].contextid == 18
@@ -925,6 +927,14 @@ def test_a_course_moved_back_into_a_real_category_is_placed_and_counted(site):
     assert search(site, "python")["total"] == 1
 
 
+def test_a_format_no_plugin_provides_is_stored_as_moodle_5_stores_it(site):
+    course_id = new_course(site, "BOGUS", format="bogus")
+    assert site.state.courses[course_id].format == "bogus"
+    assert update(site, {"id": 2, "format": "nosuchformat"}) == {"warnings": []}
+    [course] = call(site, "core_course_get_courses", options={"ids": [2, course_id]})[:1]
+    assert course["format"] == "nosuchformat"
+
+
 def test_updating_a_course_already_in_a_missing_category_works(site):
     update(site, {"id": 2, "categoryid": 999999})
     assert update(site, {"id": 2, "fullname": "Still lost", "categoryid": 999999}) == {"warnings": []}
@@ -946,12 +956,43 @@ def user_ids(site: SandboxSite, field: str, *values: str) -> list[int]:
         ("email", ["student2@example.com", "admin@example.com"], [2, 4]),
         ("email", ["Student2@example.com"], []),  # exact, like PostgreSQL
         ("idnumber", ["S003", "S001"], [3, 6]),
-        ("idnumber", [""], []),  # a user is only answered when the searched field is not empty
         ("id", ["3.0", " 4"], [3, 4]),  # PHP's loose == lets these through
     ],
 )
 def test_users_by_field_finds_users_in_id_order(site, field, values, ids):
     assert user_ids(site, field, *values) == ids
+
+
+DELETED_USERNAME_PREFIX = "student4@example.com."
+
+
+@pytest.mark.parametrize(
+    ("field", "values"),
+    [("id", ["3", "7", "99"]), ("id", ["7"]), ("idnumber", [""]), ("username", [DELETED_USERNAME_PREFIX])],
+    ids=["among-others", "alone", "empty-idnumber", "mangled-username"],
+)
+def test_a_deleted_user_found_fails_the_whole_lookup_as_its_missing_context_does_in_moodle(
+    site, debug_site, field, values
+):
+    """user_get_user_details_courses() asks for the user's context, which delete_user() removed; context_user reads
+    the user again with deleted = 0 and MUST_EXIST. An empty idnumber matches the deleted user (Moodle clears it)."""
+    if field == "username":
+        values = [site.state.users[7].username]
+    assert error(site, "core_user_get_users_by_field", field=field, values=values) == {
+        "exception": "dml_missing_record_exception",
+        "errorcode": "invalidrecordunknown",
+        "message": "Can't find data record in database.",
+    }
+    if field == "username":
+        values = [debug_site.state.users[7].username]
+    debug = error(debug_site, "core_user_get_users_by_field", field=field, values=values)
+    assert (debug["errorcode"], debug["message"]) == ("invaliduser", "Invalid user (SELECT id FROM {user} WHERE id = ? "
+        "AND deleted = ?\n[array (\n  0 => 7,\n  1 => 0,\n)])")  # fmt: skip
+
+
+def test_a_deleted_users_old_username_and_email_find_nobody(site):
+    assert user_ids(site, "username", "student4") == []
+    assert user_ids(site, "email", "student4@example.com") == []
 
 
 def test_a_user_has_the_admin_view_of_the_profile(site):
@@ -1108,8 +1149,6 @@ def test_enrolled_users_of_a_missing_course(site, debug_site):
             "wsusercannotassign",
             "You don't have the permission to assign this role (99) to this user (4) in this course (3).",
         ),
-        ({"roleid": 5, "userid": 1, "courseid": 2}, "guestsarenotallowed", "The guest user is not allowed to do this"),
-        ({"roleid": 5, "userid": -10, "courseid": 2}, "invaliduser", "Invalid user"),
         (
             {"roleid": 5, "userid": 3, "courseid": 1},
             "wsnoinstance",
@@ -1123,6 +1162,23 @@ def test_enrolment_errors_are_moodles(site, enrolment, errorcode, message):
         "errorcode": errorcode,
         "message": message,
     }
+
+
+def test_the_guest_is_enrolled_as_moodle_5_does_without_checking_the_user(site):
+    assert call(site, "enrol_manual_enrol_users", enrolments=[{"roleid": 5, "userid": 1, "courseid": 2}]) is None
+    assert site.state.enrolments[2, 1].roleids == [5]
+
+
+@pytest.mark.parametrize("user_id", [7, -10, -20], ids=["deleted", "noreply", "support"])
+def test_a_deleted_or_dummy_user_is_refused_by_role_assign_and_the_call_rolls_back(site, debug_site, user_id):
+    enrolments = [{"roleid": 5, "userid": 3, "courseid": 2}, {"roleid": 5, "userid": user_id, "courseid": 2}]
+    assert error(site, "enrol_manual_enrol_users", enrolments=enrolments) == {
+        "exception": "core\\exception\\coding_exception",
+        "errorcode": "codingerror",
+        "message": "Coding error detected, it must be fixed by a programmer: User ID does not exist or is deleted!",
+    }
+    assert site.state.enrolments == {}
+    assert error(debug_site, "enrol_manual_enrol_users", enrolments=enrolments)["debuginfo"] == f"userid:{user_id}"
 
 
 def test_enrolling_a_missing_user_is_the_php_type_error_of_the_recorded_moodle(site, debug_site):
@@ -1490,8 +1546,8 @@ def test_created_users_get_the_next_ids_and_moodles_defaults():
             },
         ],
     )
-    assert created == [{"id": 7, "username": "ada"}, {"id": 8, "username": "bob"}]
-    [ada] = call(site, "core_user_get_users_by_field", field="id", values=["7"])
+    assert created == [{"id": 8, "username": "ada"}, {"id": 9, "username": "bob"}]
+    [ada] = call(site, "core_user_get_users_by_field", field="id", values=["8"])
     assert (ada["auth"], ada["lang"], ada["timezone"], ada["mailformat"], ada["confirmed"]) == (
         "manual",
         "en",
@@ -1499,7 +1555,7 @@ def test_created_users_get_the_next_ids_and_moodles_defaults():
         1,
         True,
     )
-    bob = site.state.users[8]
+    bob = site.state.users[9]
     assert (bob.idnumber, bob.department, bob.timezone, bob.timecreated) == ("B1", "Maths", "Europe/Berlin", 1800000000)
 
 
@@ -1565,8 +1621,8 @@ def test_create_users_is_all_or_nothing(site):
         {"username": "one", "password": "One#12345", "firstname": "O", "lastname": "N", "email": "two@example.org"},
     ]
     assert error(site, "core_user_create_users", users=users)["errorcode"] == "invalidparameter"
-    assert sorted(site.state.users) == [1, 2, 3, 4, 5, 6]
-    assert new_user(site, "three") == 8  # 7 went to the rolled-back user and is not given again
+    assert sorted(site.state.users) == [1, 2, 3, 4, 5, 6, 7]
+    assert new_user(site, "three") == 9  # 8 went to the rolled-back user and is not given again
 
 
 # --- Over HTTP: state across calls, JSON encoding, threads -----------------------------------------------------------

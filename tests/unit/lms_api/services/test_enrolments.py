@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from lms_api.errors import ApiError
+from lms_api.security import Identity
 from lms_api.services import courses, enrolments, users
-from lms_api.settings import DEFAULT_ROLE_IDS
+from tests.conftest import settings_for
 from tests.unit.mocked_moodle import (
     ROUTE_FUNCTIONS,
     add,
@@ -23,16 +24,77 @@ from tests.unit.mocked_moodle import (
     users_answer,
 )
 
+ENROL_WRITE = Identity("writer", frozenset({"enrol:write"}))
+ADMIN = Identity("admin", frozenset({"admin"}))
+DEFAULTS = settings_for("https://moodle.test", "token")
+KNOWN = "known roles: manager (1), editingteacher (3), teacher (4), student (5)"
+
+
+def roles(wanted, settings=DEFAULTS, identity=ENROL_WRITE):
+    return [enrolment["roleid"] for enrolment in enrolments.resolve_roles(wanted, settings, identity)]
+
+
+def role_refused(wanted, settings=DEFAULTS, identity=ENROL_WRITE):
+    with pytest.raises(ApiError) as info:
+        enrolments.resolve_roles(wanted, settings, identity)
+    return info.value
+
 
 def test_role_names_become_ids_and_unknown_names_are_a_400_naming_the_index():
     wanted = [{"roleid": "student", "userid": 3, "courseid": 2}, {"roleid": 4, "userid": 4, "courseid": 2}]
 
-    assert [e["roleid"] for e in enrolments.resolve_roles(wanted, DEFAULT_ROLE_IDS)] == [5, 4]
-    assert enrolments.resolve_roles(wanted, {**DEFAULT_ROLE_IDS, "student": 9})[0]["roleid"] == 9
-    with pytest.raises(ApiError) as info:
-        enrolments.resolve_roles([wanted[1], {**wanted[0], "roleid": "learner"}], DEFAULT_ROLE_IDS)
-    assert info.value.status == 400
-    assert "learner" in info.value.details["fields"]["enrolments"][1]["roleid"][0]
+    assert roles(wanted) == [5, 4]
+    assert roles(wanted, settings_for("https://moodle.test", "token", MOODLE_ROLE_IDS="student=9")) == [9, 4]
+    error = role_refused([wanted[1], {**wanted[0], "roleid": "learner"}])
+    assert (error.status, error.code) == (400, "validationerror")
+    assert error.details == {"fields": {"enrolments": {1: {"roleid": [f"Unknown role 'learner'; {KNOWN}"]}}}}
+
+
+@pytest.mark.parametrize(
+    ("role", "message"),
+    [
+        ("Student", f"Unknown role 'Student' (did you mean 'student'?); {KNOWN}"),
+        (" TEACHER ", f"Unknown role ' TEACHER ' (did you mean 'teacher'?); {KNOWN}"),
+        ("students", f"Unknown role 'students'; {KNOWN}"),
+        (99, f"Unknown role 99; {KNOWN}"),
+        (2, f"Unknown role 2; {KNOWN}"),  # Moodle's coursecreator: a role the gateway does not know
+    ],
+)
+def test_a_role_the_gateway_does_not_know_is_a_400_listing_the_known_ones(role, message):
+    error = role_refused([{"roleid": role, "userid": 3, "courseid": 2}])
+
+    assert (error.status, error.code) == (400, "validationerror")
+    assert error.details["fields"]["enrolments"][0]["roleid"] == [message]
+
+
+@pytest.mark.parametrize("role", ["manager", 1])
+def test_a_known_role_beyond_the_assignable_ones_needs_the_admin_scope(role):
+    wanted = [{"roleid": "student", "userid": 3, "courseid": 2}, {"roleid": role, "userid": 4, "courseid": 2}]
+
+    error = role_refused(wanted)
+
+    assert (error.status, error.code) == (403, "forbidden")
+    assert error.details == {"required_scope": "admin", "roles": ["manager"]}
+    assert error.message == (
+        "Assigning the role manager needs the admin scope; enrol:write may assign student, teacher, editingteacher"
+    )
+    assert roles(wanted, identity=ADMIN) == [5, 1]
+
+
+def test_the_assignable_roles_are_a_setting_and_a_renamed_role_keeps_its_permission():
+    settings = settings_for(
+        "https://moodle.test", "token", MOODLE_ROLE_IDS="learner=5", MOODLE_ASSIGNABLE_ROLES="student"
+    )
+
+    assert roles([{"roleid": "learner", "userid": 3, "courseid": 2}], settings) == [5]
+    error = role_refused([{"roleid": "teacher", "userid": 3, "courseid": 2}], settings)
+    assert (error.status, error.details["roles"]) == (403, ["teacher"])
+
+
+def test_unknown_roles_are_told_before_roles_beyond_the_callers_scope():
+    wanted = [{"roleid": "manager", "userid": 3, "courseid": 2}, {"roleid": "boss", "userid": 4, "courseid": 2}]
+
+    assert role_refused(wanted).status == 400
 
 
 def to_enrol(count, courseid=2):
@@ -148,3 +210,43 @@ def test_a_call_with_an_unknown_outcome_is_reported_as_unknown_and_not_resent(ma
     assert (error.details["applied"], error.details["unknown"], error.details["not_applied"]) == (
         [0, 1, 2], [3, 4, 5], [6])  # fmt: skip
     assert sent_functions(rsps).count(enrolments.ENROL_USERS) == 2
+
+
+def test_the_guest_is_refused_before_any_call_as_moodle_5_would_enrol_it(moodle, rsps):
+    calls_before = len(rsps.calls)
+    wanted = [*to_enrol(1), {"roleid": 5, "userid": enrolments.GUEST_USER_ID, "courseid": 2}]
+
+    error = api_raised(enrolments.enrol, moodle, wanted)
+
+    assert (error.status, error.code, error.details) == (400, "guestsarenotallowed", {"enrolments": [1]})
+    assert error.message == "The guest user (id 1) cannot be enrolled; nothing was enrolled"
+    assert len(rsps.calls) == calls_before
+
+
+def test_deleted_users_are_missing_users_named_as_deleted_and_nothing_is_enrolled(moodle, rsps):
+    add(rsps, courses.GET_COURSES, json=[course(2)])
+    deleted_answer = {"exception": "dml_missing_record_exception", "errorcode": "invalidrecordunknown", "message": "x"}
+    add(rsps, users.GET_USERS_BY_FIELD, json=deleted_answer)  # the batch [100, 7]
+    add(rsps, users.GET_USERS_BY_FIELD, json=users_answer(100))  # [100]
+    add(rsps, users.GET_USERS_BY_FIELD, json=deleted_answer)  # [7]
+
+    error = api_raised(enrolments.enrol, moodle, [*to_enrol(1), {"roleid": 5, "userid": 7, "courseid": 2}])
+
+    assert (error.status, error.code) == (404, "usernotfound")
+    assert error.details == {"missing_users": [7], "deleted_users": [7]}
+    assert error.message == "No user with id 7 in Moodle (user with id 7 deleted); nothing was enrolled"
+    assert enrolments.ENROL_USERS not in sent_functions(rsps)
+
+
+def test_users_left_unchecked_past_the_bound_refuse_the_batch_naming_them(moodle, rsps, monkeypatch):
+    monkeypatch.setattr(users, "MAX_DELETED_SEARCH_CALLS", 0)
+    add(rsps, courses.GET_COURSES, json=[course(2)])
+    add(rsps, users.GET_USERS_BY_FIELD, json={"exception": "x", "errorcode": "invalidrecordunknown", "message": "x"})
+
+    error = api_raised(enrolments.enrol, moodle, to_enrol(2))
+
+    assert (error.status, error.code, error.details) == (404, "usernotfound", {"unchecked_users": [100, 101]})
+    assert error.message == (
+        "Users with ids 100, 101 could not be checked: send them in another request; nothing was enrolled"
+    )
+    assert enrolments.ENROL_USERS not in sent_functions(rsps)

@@ -2,8 +2,24 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
+import responses
+
+from lms_api.errors import ApiError
 from lms_api.services import users
-from tests.unit.mocked_moodle import ROUTE_FUNCTIONS, add, form_of, prime, sent, sent_functions, users_answer
+from tests.unit.mocked_moodle import (
+    ROUTE_FUNCTIONS,
+    URL,
+    add,
+    form_of,
+    prime,
+    sent,
+    sent_functions,
+    users_answer,
+    ws_function,
+)
 
 
 def user(user_id, username, email, idnumber=""):
@@ -102,7 +118,7 @@ def test_missing_user_ids_are_named_in_the_order_given(make_client, rsps):
     prime(moodle, rsps, ROUTE_FUNCTIONS)
     add(rsps, users.GET_USERS_BY_FIELD, json=users_answer(4))
 
-    assert users.missing_user_ids(moodle, [9, 4, 9, 7]) == [9, 7]
+    assert users.user_ids(moodle, [9, 4, 9, 7]) == users.UserIds(missing=[9, 7], deleted=[], unchecked=[])
     assert sent_functions(rsps).count(users.GET_USERS_BY_FIELD) == 2
     assert (sent(rsps, 1)["field"], sent(rsps, 1)["values[0]"], sent(rsps, 1)["values[1]"]) == ("id", "9", "4")
 
@@ -112,3 +128,76 @@ def test_a_not_found_message_names_at_most_twenty_ids_and_details_list_them_all(
 
     assert error.message == f"No users with ids {', '.join(map(str, range(1, 21)))} and 5 more in Moodle"
     assert error.details == {"missing_users": list(range(1, 26))}
+
+
+# -- Moodle 5.0 fails the whole lookup when one value is a deleted user's -------------------------------------------
+
+MISSING_RECORD = {
+    "exception": "dml_missing_record_exception",
+    "errorcode": "invalidrecordunknown",
+    "message": "Can't find data record in database.",
+}
+
+
+def moodle_with_deleted_users(rsps, existing, deleted, errorcode="invalidrecordunknown"):
+    """core_user_get_users_by_field(id) as Moodle 5.0 answers it: any deleted user among the values fails the call."""
+
+    def answer(request):
+        values = [int(value) for key, value in form_of(request) if key.startswith("values")]
+        if set(values) & set(deleted):
+            return 200, {}, json.dumps({**MISSING_RECORD, "errorcode": errorcode})
+        return 200, {}, json.dumps(users_answer(*(value for value in values if value in existing)))
+
+    rsps.add_callback(responses.POST, URL, callback=answer, match=[ws_function(users.GET_USERS_BY_FIELD)])
+
+
+def lookups(rsps):
+    return sent_functions(rsps).count(users.GET_USERS_BY_FIELD)
+
+
+@pytest.mark.parametrize("errorcode", ["invalidrecordunknown", "invaliduser"], ids=["production", "debug-mode"])
+def test_deleted_users_are_found_by_halving_the_failed_lookup_and_count_as_missing(moodle, rsps, errorcode):
+    moodle_with_deleted_users(rsps, existing={3, 4, 5, 6}, deleted={7, 11}, errorcode=errorcode)
+
+    checked = users.user_ids(moodle, [3, 4, 7, 5, 6, 11, 99, 2])
+
+    assert checked == users.UserIds(missing=[7, 11, 99, 2], deleted=[7, 11], unchecked=[])
+    assert lookups(rsps) == 1 + 2 + 2 + 2 + 2 + 2  # the batch, then halves down to each deleted user alone
+
+
+def test_one_deleted_user_among_ten_thousand_ids_costs_a_bounded_number_of_calls(moodle, rsps):
+    moodle_with_deleted_users(rsps, existing=set(range(1, 10001)) - {4242}, deleted={4242})
+
+    checked = users.user_ids(moodle, list(range(1, 10001)))
+
+    assert (checked.missing, checked.deleted, checked.unchecked) == ([4242], [4242], [])
+    assert lookups(rsps) <= 3 + 28
+
+
+def test_values_past_the_bound_of_halving_calls_are_unchecked_not_missing(moodle, rsps):
+    deleted = set(range(100, 140))  # forty deleted users: more than the bound lets the lookup find
+    moodle_with_deleted_users(rsps, existing=set(range(1, 100)), deleted=deleted)
+
+    checked = users.user_ids(moodle, list(range(1, 140)))
+
+    assert checked.unchecked and set(checked.unchecked) <= deleted
+    assert set(checked.missing) == set(checked.deleted) == deleted - set(checked.unchecked)
+    assert lookups(rsps) <= 1 + users.MAX_DELETED_SEARCH_CALLS
+
+
+def test_by_field_lists_a_deleted_users_id_as_missing(moodle, rsps):
+    moodle_with_deleted_users(rsps, existing={3}, deleted={7})
+
+    found = users.users_by_field(moodle, "id", [3, 7])
+
+    assert ([u["id"] for u in found["users"]], found["missing"], found["unchecked"]) == ([3], [7], [])
+
+
+def test_another_moodle_error_of_the_lookup_is_passed_on(moodle, rsps):
+    add(rsps, users.GET_USERS_BY_FIELD, json={**MISSING_RECORD, "errorcode": "dmlreadexception"})
+
+    with pytest.raises(ApiError) as info:
+        users.user_ids(moodle, [3, 7])
+
+    assert (info.value.status, info.value.code) == (502, "dmlreadexception")
+    assert lookups(rsps) == 1
