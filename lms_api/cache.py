@@ -4,7 +4,8 @@ The key is the function and its encoded parameters (so a user's notifications ar
 caller's token; authorisation has run before a view asks. Concurrent identical misses make one Moodle call: in one
 process the others wait for its answer; across replicas a short lock in Redis does the same. A transport failure
 (timeout, refused, reset, HTTP 502/503/504, breaker open, bulkhead full) serves an entry up to ``CACHE_STALE_S``
-past its expiry; Moodle's own error answers pass through and nothing failed is kept.
+past its expiry; Moodle's own error answers pass through and nothing failed is kept. ``Cache-Control: no-cache``
+forwards a read to Moodle only for a token with the ``cache:refresh`` scope; anyone else is answered from the cache.
 
 Each group has a generation. A write that may have changed a group bumps it (in Redis, so every replica sees it
 before the write's answer is sent); entries of an older generation are never served, and an answer fetched before
@@ -22,7 +23,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from enum import IntEnum
+from enum import Enum, IntEnum
 from typing import Any, TypeVar
 
 import redis
@@ -41,6 +42,7 @@ from lms_api.moodle.encoding import encode_params
 from lms_api.moodle.errors import MoodleError
 from lms_api.moodle.functions import CACHED_FUNCTIONS, INVALIDATED_BY, SITE_INFO
 from lms_api.redisstate import RedisLink, redis_client
+from lms_api.security import Scope
 from lms_api.settings import Settings
 
 log = structlog.get_logger("lms_api.cache")
@@ -54,6 +56,7 @@ TRANSPORT_FAILURES = frozenset(
     {ErrorCode.MOODLE_TIMEOUT, ErrorCode.MOODLE_UNAVAILABLE, ErrorCode.BAD_GATEWAY, ErrorCode.MOODLE_BUSY}
 )
 LOCK_POLL_S = 0.02
+NO_CACHE_IGNORED = "no-cache-ignored"  # Cache-Status detail: no-cache without the scope cache:refresh
 MAX_DERIVED = 64  # answers worked out from entries and remembered (the site info rendered for its route)
 ENTRY_OVERHEAD_BYTES = 200  # the key, the entry object and the LRU's bookkeeping, roughly
 
@@ -277,10 +280,11 @@ class CacheOutcome:
     stored: bool = False
     group: str = field(default="", compare=False)  # for metrics
 
-    def header(self) -> str:
-        """The ``Cache-Status`` member for this answer (RFC 9211)."""
+    def header(self, no_cache_ignored: bool = False) -> str:
+        """The ``Cache-Status`` member for this answer (RFC 9211); ``no_cache_ignored``: the request asked for a
+        fresh answer, which its token may not have, and a hit says so."""
         if self.fetch == Fetch.HIT:
-            return f"{CACHE_NAME}; hit; ttl={self.ttl_s}"
+            return f"{CACHE_NAME}; hit; ttl={self.ttl_s}" + (f"; detail={NO_CACHE_IGNORED}" if no_cache_ignored else "")
         if self.fetch == Fetch.STALE:
             return f"{CACHE_NAME}; hit; ttl={self.ttl_s}; detail=stale-if-error"
         if self.fetch == Fetch.COLLAPSED:
@@ -543,10 +547,22 @@ class CachedMoodle:
         return self._client.clean(text)
 
 
-def _asks_for_fresh(request: Request) -> bool:
+class FreshAnswer(Enum):
+    """Whether a request asked for a fresh answer (``Cache-Control: no-cache``, ``max-age=0``, ``Pragma: no-cache``),
+    and whether its token may have one."""
+
+    NOT_ASKED = "not asked"
+    HONOURED = "honoured"
+    IGNORED = "ignored"
+
+
+def fresh_answer(request: Request) -> FreshAnswer:
     directives = {part.strip().lower() for part in request.headers.get("Cache-Control", "").split(",")}
     pragma = request.headers.get("Pragma", "").strip().lower()  # HTTP/1.0 clients
-    return "no-cache" in directives or "max-age=0" in directives or pragma == "no-cache"
+    if not ("no-cache" in directives or "max-age=0" in directives or pragma == "no-cache"):
+        return FreshAnswer.NOT_ASKED
+    # Any caller could otherwise turn each request, counted once by the rate limit, into a Moodle call.
+    return FreshAnswer.HONOURED if request.has_permission(Scope.CACHE_REFRESH) else FreshAnswer.IGNORED
 
 
 def cache_tween_factory(handler: Callable[[Request], Response], registry: Registry) -> Callable[[Request], Response]:
@@ -561,7 +577,7 @@ def cache_tween_factory(handler: Callable[[Request], Response], registry: Regist
                 request.find_service(ReadCache).invalidate_after(call.function)
         outcome = request_outcome(calls.cache)
         if outcome is not None:
-            response.headers["Cache-Status"] = outcome.header()
+            response.headers["Cache-Status"] = outcome.header(request.fresh_answer is FreshAnswer.IGNORED)
         return response
 
     return tween
@@ -574,7 +590,9 @@ def includeme(config: Configurator) -> None:
     config.register_service(cache, ReadCache)
 
     def cached_moodle(context: Any, request: Request) -> CachedMoodle:
-        return CachedMoodle(request.find_service(MoodleClient), cache, _asks_for_fresh(request))
+        refresh = request.fresh_answer is FreshAnswer.HONOURED
+        return CachedMoodle(request.find_service(MoodleClient), cache, refresh)
 
     config.register_service_factory(cached_moodle, CachedMoodle)
+    config.add_request_method(fresh_answer, "fresh_answer", reify=True)
     config.add_tween("lms_api.cache.cache_tween_factory", over=EXCVIEW, under="lms_api.logging.request_tween_factory")

@@ -175,8 +175,12 @@ def test_an_entry_expires_after_its_ttl(make_gateway, sandbox):
     assert calls_since(sandbox, before) == {BY_FIELD: 1}
 
 
-@pytest.mark.parametrize("header", [{"Cache-Control": "no-cache"}, {"Pragma": "no-cache"}])
-def test_no_cache_forwards_to_moodle_and_keeps_the_new_answer(make_gateway, sandbox, header):
+NO_CACHE = [{"Cache-Control": "no-cache"}, {"Pragma": "no-cache"}, {"Cache-Control": "max-age=0"}]
+REFRESHER = mint(f"{ALL_SCOPES} cache:refresh", sub="cache-refresher", moodle_userid=3)
+
+
+@pytest.mark.parametrize("header", NO_CACHE)
+def test_no_cache_with_the_scope_forwards_to_moodle_and_keeps_the_new_answer(make_gateway, sandbox, header):
     gateway = make_gateway()
     course_id = create_course(gateway)
     gateway.get(f"{COURSES}/{course_id}", TOKEN)
@@ -184,7 +188,7 @@ def test_no_cache_forwards_to_moodle_and_keeps_the_new_answer(make_gateway, sand
     cached = gateway.get(f"{COURSES}/{course_id}", TOKEN)
     before = sandbox_calls(sandbox)
 
-    refreshed = gateway.get(f"{COURSES}/{course_id}", TOKEN, headers=header)
+    refreshed = gateway.get(f"{COURSES}/{course_id}", REFRESHER, headers=header)
 
     assert hit_ttl(cached) is not None and cached.json["data"]["fullname"] != "Changed in Moodle"
     assert refreshed.headers["Cache-Status"] == REFRESHED
@@ -192,6 +196,46 @@ def test_no_cache_forwards_to_moodle_and_keeps_the_new_answer(make_gateway, sand
     assert calls_since(sandbox, before) == {BY_FIELD: 1}
     after = gateway.get(f"{COURSES}/{course_id}", TOKEN)
     assert hit_ttl(after) is not None and after.json["data"]["fullname"] == "Changed in Moodle"
+
+
+@pytest.mark.parametrize("header", NO_CACHE)
+def test_no_cache_without_the_scope_is_answered_from_the_cache_saying_so(make_gateway, sandbox, header):
+    gateway = make_gateway()
+    gateway.get(SITEINFO, TOKEN)  # the function list, read once per process
+    before = sandbox_calls(sandbox)
+
+    answers = [gateway.get(f"{COURSES}/2", TOKEN, headers=header) for _ in range(50)]
+
+    assert calls_since(sandbox, before) == {BY_FIELD: 1}  # without the scope: 50 Moodle calls
+    assert [answer.status_int for answer in answers] == [200] * 50
+    assert answers[0].headers["Cache-Status"] == MISS
+    for answer in answers[1:]:
+        assert re.fullmatch(r"lms_api; hit; ttl=\d+; detail=no-cache-ignored", answer.headers["Cache-Status"])
+        assert answer.json["data"] == answers[0].json["data"]
+
+
+@pytest.mark.parametrize("scope", ["courses:read cache:refresh", "admin"])
+def test_with_cache_refresh_each_no_cache_request_is_forwarded(make_gateway, sandbox, scope):
+    gateway = make_gateway()
+    gateway.get(SITEINFO, TOKEN)
+    token = mint(scope, sub="refresher")
+    before = sandbox_calls(sandbox)
+
+    answers = [gateway.get(f"{COURSES}/2", token, headers={"Cache-Control": "no-cache"}) for _ in range(50)]
+
+    assert calls_since(sandbox, before) == {BY_FIELD: 50}
+    assert [answer.headers["Cache-Status"] for answer in answers] == [REFRESHED] * 50
+
+
+def test_cache_refresh_alone_opens_no_route(make_gateway, sandbox):
+    gateway = make_gateway()
+    before = sandbox_calls(sandbox)
+
+    response = gateway.get(f"{COURSES}/2", mint("cache:refresh"), headers={"Cache-Control": "no-cache"})
+
+    assert response.status_int == 403
+    assert response.json["error"]["details"] == {"required_scope": "courses:read"}
+    assert calls_since(sandbox, before) == {}
 
 
 # -- authorisation before the cache ----------------------------------------------------------------

@@ -58,3 +58,10 @@ def test_admin_opens_every_route(gateway):
     token = mint("admin")
 
     assert all(send(gateway, method, path, token).status_int != 403 for method, path, _ in ROUTES)
+
+
+def test_the_openapi_document_lists_every_scope_cache_refresh_included(gateway):
+    scheme = gateway.get("/api/moodle/openapi.json").json["components"]["securitySchemes"]["bearer"]
+
+    assert all(f"`{scope.value}`" in scheme["description"] for scope in Scope)
+    assert "`cache:refresh`" in scheme["description"]

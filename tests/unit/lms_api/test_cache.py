@@ -306,6 +306,20 @@ def test_a_request_of_several_cached_calls_reports_its_least_cached_one(outcomes
     assert outcome is not None and outcome.header() == header
 
 
+@pytest.mark.parametrize(
+    ("outcome", "header"),
+    [
+        (CacheOutcome(Fetch.HIT, 42), "lms_api; hit; ttl=42; detail=no-cache-ignored"),
+        # The others reached Moodle, or waited for a call that did, or Moodle failed: no-cache changed nothing there
+        (CacheOutcome(Fetch.STALE, -30), "lms_api; hit; ttl=-30; detail=stale-if-error"),
+        (CacheOutcome(Fetch.COLLAPSED), "lms_api; fwd=uri-miss; collapsed"),
+        (CacheOutcome(Fetch.MISS, stored=True), "lms_api; fwd=uri-miss; stored"),
+    ],
+)
+def test_a_hit_says_when_the_requests_no_cache_was_not_honoured(outcome, header):
+    assert outcome.header(no_cache_ignored=True) == header
+
+
 def test_a_request_without_cached_calls_has_no_outcome():
     assert request_outcome([]) is None
 
