@@ -140,9 +140,7 @@ class FilePart:
 
 
 def _read_parts(body: IO[bytes], boundary: bytes, max_files: int, opened: list[IO[bytes]]) -> list[tuple[str, Any]]:
-    parser = PushMultipartParser(
-        boundary, max_header_size=MAX_PART_HEADER_BYTES, max_header_count=MAX_PART_HEADERS, strict=True
-    )
+    parser = PushMultipartParser(boundary, max_header_size=MAX_PART_HEADER_BYTES, max_header_count=MAX_PART_HEADERS)
     parts: list[tuple[str, Any]] = []
     text_fields: dict[int, bytearray] = {}  # index in parts -> the field's bytes so far
     files = 0
