@@ -1,7 +1,8 @@
 """Liveness, readiness, and the site info kept known so that readiness holds and no request waits for it.
 
 ``/healthz`` says the process answers; ``/readyz`` says it can serve: the breaker is not open and the token's
-function list is known. Neither calls Moodle, needs a token or counts against a rate limit, so a load balancer's
+function list is known, and, while Moodle cannot be reached, why (the cause of the last failed call). Neither calls
+Moodle, needs a token or counts against a rate limit, so a load balancer's
 probe keeps answering while Moodle struggles, and nobody restarts a gateway for Moodle's trouble.
 """
 
@@ -18,7 +19,7 @@ from pyramid_services import find_service_factory
 
 from lms_api.cache import ReadCache, RedisStore
 from lms_api.errors import ApiError, ErrorCode
-from lms_api.moodle.client import MoodleClient
+from lms_api.moodle.client import MoodleClient, MoodleUnreachable
 from lms_api.moodle.errors import MoodleError
 from lms_api.moodle.functions import SITE_INFO
 from lms_api.moodle.guard import BreakerState
@@ -38,7 +39,7 @@ def readyz(request: Request) -> dict[str, Any]:
     """200 when the gateway can serve; else 503 ``notready`` saying why. Redis is asked; Moodle never is."""
     client: MoodleClient = request.find_service(MoodleClient)
     cache: ReadCache = request.find_service(ReadCache)
-    state = {
+    state: dict[str, Any] = {
         "breaker": client.breaker.state.value,
         "site_info": "known" if client.knows_functions else "unknown",
         "moodle_calls_in_flight": client.bulkhead.in_use,
@@ -46,18 +47,29 @@ def readyz(request: Request) -> dict[str, Any]:
     }
     if isinstance(cache.store, RedisStore):
         state["redis"] = "answers" if cache.store.link.answers() else "unreachable (serving from this process)"
+    unreachable = client.unreachable
+    if unreachable is not None:
+        state["moodle"] = {"url": client.public_url, **unreachable.fields()}
     reasons = []
     if client.breaker.state == BreakerState.OPEN:
         reasons.append("the circuit breaker is open: Moodle failed repeatedly")
     if not client.knows_functions:
         reasons.append("the site info has not been read from Moodle yet")
+    if reasons and unreachable is not None:
+        reasons.append(f"Moodle at {client.public_url} cannot be reached ({unreachable.kind}: {unreachable.reason})")
     if reasons:
         raise ApiError(ErrorCode.NOT_READY, "Not ready: " + "; ".join(reasons), state)
     return {"status": "ready", **state}
 
 
 class SiteInfoRefresher:
-    """Reads the site info now and again ahead of its expiry, in a daemon thread, into the client and the cache."""
+    """Reads the site info now and again ahead of its expiry, in a daemon thread, into the client and the cache.
+
+    A failed read is retried every ``retry_s``, and a run of failures is one warning, not one per retry: Moodle
+    unreachable is the client's ``moodle.unreachable`` (with its cause and URL, again only when the cause changes);
+    any other failure (Moodle refused the token, answered something else) is ``siteinfo.refresh_failed``, again
+    only when its code changes. The first read that succeeds after failures says so once, with their count.
+    """
 
     def __init__(self, client: MoodleClient, cache: ReadCache, interval_s: float, retry_s: float = RETRY_S) -> None:
         self._client = client
@@ -65,6 +77,8 @@ class SiteInfoRefresher:
         self.interval_s = interval_s
         self._retry_s = retry_s
         self._stop = threading.Event()
+        self._failed_reads = 0
+        self._warned_code: str | None = None
 
     def start(self) -> SiteInfoRefresher:
         threading.Thread(target=self._run, name="site-info-refresher", daemon=True).start()
@@ -78,10 +92,27 @@ class SiteInfoRefresher:
         try:
             answer = self._client.site_info_answer()
         except MoodleError as error:
-            log.warning("siteinfo.refresh_failed", error_code=str(error.code), retry_in_s=self._retry_s)
+            self._failed(error)
             return self._retry_s
         self._cache.store_answer(SITE_INFO, {}, answer)
+        if self._failed_reads:
+            log.info("siteinfo.refreshed", after_failed_reads=self._failed_reads)
+            self._failed_reads, self._warned_code = 0, None
         return self.interval_s
+
+    def _failed(self, error: MoodleError) -> None:
+        self._failed_reads += 1
+        if isinstance(error, MoodleUnreachable) or str(error.code) == self._warned_code:
+            return  # the client has said why Moodle cannot be reached; a repeat says nothing new
+        self._warned_code = str(error.code)
+        log.warning(
+            "siteinfo.refresh_failed",
+            error_code=self._warned_code,
+            error_message=error.message,
+            moodle_base_url=self._client.public_url,
+            retry_in_s=self._retry_s,
+            note="logged again only when the error changes",
+        )
 
     def _run(self) -> None:
         delay = 0.0

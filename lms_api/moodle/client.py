@@ -2,7 +2,9 @@
 
 It bracket-encodes params, keeps the token in the POST body, gives each logical call one deadline
 (retries included), retries only read-only functions, turns every failure into a :class:`MoodleError`
-and checks a function is enabled before calling it. Its ``includeme`` registers one client per process as a
+and checks a function is enabled before calling it. An answer is read up to ``MOODLE_MAX_ANSWER_MB`` and no further.
+When Moodle gives no usable answer, the error says why for operators (:class:`Cause`), and the client logs when Moodle
+stops answering and when it answers again. Its ``includeme`` registers one client per process as a
 Pyramid service; views look it up with ``request.find_service(MoodleClient)``. Without ``MOODLE_BASE_URL``
 (development only) the client talks to whatever ``MOODLE_SANDBOX`` starts, by default the built-in emulator,
 imported only then.
@@ -11,19 +13,22 @@ imported only then.
 from __future__ import annotations
 
 import random
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import IO, Any, NamedTuple, Protocol
+from enum import StrEnum
+from typing import IO, Any, NamedTuple, Protocol, Self
+from urllib.parse import urlsplit
 
 import requests
 import structlog
 from pyramid.config import Configurator
 from requests.adapters import HTTPAdapter
 from requests_toolbelt.multipart.encoder import MultipartEncoder
-from urllib3.exceptions import NewConnectionError
+from urllib3.exceptions import NameResolutionError, NewConnectionError
 
 from lms_api.calllog import CallRecord, current_call_log
 from lms_api.errors import ErrorCode
@@ -52,10 +57,13 @@ UPLOAD_PATH = "/webservice/upload.php"
 BACKOFF_BASE_S = 0.1
 MAX_CONNECT_TIMEOUT_S = 3.0
 READ_CHUNK_BYTES = 1 << 20  # an answer is read in reads this large at most
+MIB = 1 << 20
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
 POOL_SIZE = 4
 BUSY_RETRY_AFTER_S = 1
 KNOWN_CODES = frozenset(code.value for code in ErrorCode)
+# What a caller is told when no connection was made, whatever the cause: only MOODLE_DEBUG adds it to the details.
+UNREACHABLE_MESSAGE = "Moodle could not be reached"
 UNBOUNDED = 1_000_000  # a client made without a bulkhead or a breaker (unit tests of other concerns)
 
 
@@ -66,6 +74,43 @@ class UploadFile:
     filename: str
     stream: IO[bytes]
     content_type: str = "application/octet-stream"
+
+
+class CauseKind(StrEnum):
+    REFUSED = "refused"  # nothing accepts connections at the address
+    DNS = "dns"  # the host name does not resolve
+    TLS = "tls"  # the TLS handshake failed: a certificate not trusted or not for the name, or no TLS at all
+    NETWORK = "network"  # no connection for another reason: no route to the host, the network unreachable
+    TIMEOUT = "timeout"  # no connection, or no answer, within the call's deadline
+    RESET = "reset"  # the connection was closed or reset before an answer came
+    HTTP = "http"  # an HTTP status that is not an answer of Moodle's REST server (502, 503, 504, a 404 page...)
+
+
+@dataclass(frozen=True)
+class Cause:
+    """Why Moodle gave no usable answer, for operators: ``kind`` in a word, ``reason`` with the particulars (the
+    host and port, the status, what TLS said). Never the token: it travels in the body, never in the URL."""
+
+    kind: CauseKind
+    reason: str
+
+    def fields(self) -> dict[str, str]:
+        return {"cause": self.kind.value, "reason": self.reason}
+
+
+class MoodleUnreachable(MoodleError):
+    """Moodle could not be reached at MOODLE_BASE_URL, or something else answered there; ``cause`` says why.
+
+    It is made as any ApiError is (a route may raise a copy with its own message), and ``cause`` set after.
+    """
+
+    cause: Cause | None = None
+
+    @classmethod
+    def because(cls, cause: Cause, code: ErrorCode, message: str, details: Mapping[str, Any], **options: Any) -> Self:
+        error = cls(code, message, details, **options)
+        error.cause = cause
+        return error
 
 
 @dataclass(frozen=True)
@@ -80,7 +125,16 @@ class _TransportFailure:
     message: str
     sent: bool
     outcome_unknown: bool
+    cause: Cause
     retry_after_s: int | None = None
+
+
+@dataclass(frozen=True)
+class _Oversized:
+    """Moodle answered with more than MOODLE_MAX_ANSWER_MB: not read past the limit, and not retried (it would be as
+    large again). Moodle is up, so the breaker is not told of a failure."""
+
+    status_code: int
 
 
 @dataclass(frozen=True)
@@ -126,8 +180,13 @@ class MoodleClient:
         jitter: Callable[[], float] = lambda: random.uniform(0.8, 1.2),
         bulkhead: Bulkhead | None = None,
         breaker: CircuitBreaker | None = None,
+        max_answer_bytes: int = 32 * MIB,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        parts = urlsplit(self.base_url)
+        # The URL as logs and /readyz name it: without a user and password it may carry.
+        self.public_url = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+        self._address = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
         self._endpoint = self.base_url + REST_PATH
         self._upload_url = self.base_url + UPLOAD_PATH
         self._token = token
@@ -145,6 +204,11 @@ class MoodleClient:
         self._functions: frozenset[str] | None = None
         self._functions_expire_at = 0.0
         self._functions_lock = threading.Lock()
+        self._max_answer_bytes = max_answer_bytes
+        self._reach_lock = threading.Lock()
+        self._unreachable: Cause | None = None
+        self._unreachable_since = 0.0
+        self._failed_calls = 0
 
     @classmethod
     def from_settings(cls, settings: Settings, base_url: str, token: str, **overrides: Any) -> MoodleClient:
@@ -155,6 +219,7 @@ class MoodleClient:
             "functions_ttl_s": settings.moodle_functions_ttl_s,
             "max_input_vars": settings.moodle_max_input_vars,
             "debug": settings.moodle_debug,
+            "max_answer_bytes": settings.moodle_max_answer_mb * MIB,
             "bulkhead": Bulkhead(settings.moodle_max_concurrency, settings.moodle_queue_timeout_ms / 1000),
             "breaker": CircuitBreaker(
                 settings.moodle_breaker_failures,
@@ -189,6 +254,11 @@ class MoodleClient:
         for function in functions:
             if function not in available:
                 raise function_not_available(function)
+
+    @property
+    def unreachable(self) -> Cause | None:
+        """Why the last logical call that failed found Moodle unreachable, until Moodle answers again."""
+        return self._unreachable
 
     @property
     def knows_functions(self) -> bool:
@@ -230,7 +300,8 @@ class MoodleClient:
         """Store ``files`` in the token user's draft area through ``upload.php``; ``itemid`` 0 starts a new one.
 
         The body is streamed from each file object, so a large file is never held in memory. Moodle's answer
-        is one entry per file; an entry may be a per-file error, which the caller must look at.
+        is one entry per file; an entry may be a per-file error, which the caller must look at. A call with such an
+        entry is recorded as failed, under the entry's ``errortype``.
         """
 
         def body() -> tuple[MultipartEncoder, dict[str, str]]:
@@ -242,10 +313,11 @@ class MoodleClient:
             return encoder, {"Content-Type": encoder.content_type}
 
         with self._recorded(UPLOAD_FUNCTION, {"files": files, "itemid": itemid}, 3 + len(files)) as record:
-            answer = self._parse(
-                UPLOAD_FUNCTION, self._send_with_retries(UPLOAD_FUNCTION, self._upload_url, body, record)
-            )
-        return expect_list(answer, UPLOAD_FUNCTION)
+            reply = self._send_with_retries(UPLOAD_FUNCTION, self._upload_url, body, record)
+            entries = expect_list(self._parse(UPLOAD_FUNCTION, reply), UPLOAD_FUNCTION)
+            refused = [str(entry["errortype"]) for entry in entries if "errortype" in entry]
+            record.outcome = _outcome(refused[0]) if refused else "ok"
+        return entries
 
     # -- one logical call -------------------------------------------------------------------------
 
@@ -257,22 +329,30 @@ class MoodleClient:
         form = [("wstoken", self._token), ("wsfunction", function), ("moodlewsrestformat", "json")]
         form += encode_params(params)
         with self._recorded(function, params, len(form) - 3) as record:
-            answer = self._send_with_retries(function, self._endpoint, lambda: (form, {}), record)
-            return Answer(self._parse(function, answer), answer.content)
+            reply = self._send_with_retries(function, self._endpoint, lambda: (form, {}), record)
+            answer = Answer(self._parse(function, reply), reply.content)
+            record.outcome = "ok"
+            return answer
 
     @contextmanager
     def _recorded(self, function: str, params: Mapping[str, Any], fields: int) -> Iterator[CallRecord]:
-        """Account one logical call for the request's summary line and, with MOODLE_DEBUG, its own line."""
+        """Account one logical call for the request's summary line and, with MOODLE_DEBUG, its own line.
+
+        The block sets the outcome of a call that raised nothing (``ok``, or an upload's refused file); a call that
+        raised a :class:`MoodleError` is recorded under its code, and Moodle found unreachable is noted.
+        """
         record = CallRecord(function)
         current_call_log().calls.append(record)
         started = self._clock()
         record.deadline = started + self._timeout_s
+        cause: Cause | None = None
         try:
             yield record
-            record.outcome = "ok"
         except MoodleError as error:
-            # A code of the table, or one word for Moodle's others: metrics labels stay a bounded set.
-            record.outcome = str(error.code) if error.code in KNOWN_CODES else "othermoodleerror"
+            record.outcome = _outcome(str(error.code))
+            if isinstance(error, MoodleUnreachable) and error.cause is not None:
+                cause = error.cause
+                self._note_unreachable(cause, function)
             raise
         finally:
             record.ms = round((self._clock() - started) * 1000, 1)
@@ -285,7 +365,33 @@ class MoodleClient:
                     ms=record.ms,
                     attempts=record.attempts,
                     outcome=record.outcome,
+                    **(cause.fields() if cause else {}),
                 )
+
+    def _note_unreachable(self, cause: Cause, function: str) -> None:
+        """One warning when Moodle stops answering, and one more only when the cause changes: repeats of the same
+        cause are counted for :meth:`_note_answered`, not logged (each request's own line has its error code)."""
+        with self._reach_lock:
+            known, self._unreachable = self._unreachable, cause
+            self._failed_calls += 1
+            if known is None:
+                self._unreachable_since = self._clock()
+            if known is not None and known.kind == cause.kind:
+                return
+        log.warning("moodle.unreachable", moodle_base_url=self.public_url, function=function, **cause.fields())
+
+    def _note_answered(self) -> None:
+        """Moodle's REST server answered: if it had been unreachable, say once that it answers again."""
+        if self._unreachable is None:
+            return
+        with self._reach_lock:
+            if self._unreachable is None:
+                return
+            failed_calls, unreachable_s = self._failed_calls, round(self._clock() - self._unreachable_since, 1)
+            self._unreachable, self._failed_calls = None, 0
+        log.info(
+            "moodle.reachable", moodle_base_url=self.public_url, failed_calls=failed_calls, unreachable_s=unreachable_s
+        )
 
     def _send_with_retries(
         self, function: str, url: str, body: Callable[[], tuple[Any, dict[str, str]]], record: CallRecord
@@ -297,22 +403,25 @@ class MoodleClient:
             answer = self._try_once(function, url, data, headers, record)
             if isinstance(answer, _Reply):
                 return answer
+            if isinstance(answer, _Oversized):
+                raise self._oversized_error(function, answer, read_only)
             delay = BACKOFF_BASE_S * 2 ** (record.attempts - 1) * self._jitter()
             may_retry = read_only or not answer.sent
             if not may_retry or record.attempts > self._max_retries or self._clock() + delay >= record.deadline:
-                raise _failure_error(function, answer, read_only)
+                raise self._failure_error(function, answer, read_only)
             self._sleep(delay)
 
     def _try_once(
         self, function: str, url: str, data: Any, headers: dict[str, str], record: CallRecord
-    ) -> _Reply | _TransportFailure:
+    ) -> _Reply | _TransportFailure | _Oversized:
         remaining = record.deadline - self._clock()
         if remaining <= 0:  # a backoff sleep or a slow thread overran the deadline: nothing is sent
-            return _TransportFailure(ErrorCode.MOODLE_TIMEOUT, "Moodle did not answer in time", False, False)
+            cause = Cause(CauseKind.TIMEOUT, f"no answer from {self._address} within {self._timeout_s:g} s")
+            return _TransportFailure(ErrorCode.MOODLE_TIMEOUT, "Moodle did not answer in time", False, False, cause)
         try:
             self.breaker.admit()
         except BreakerOpen as refusal:
-            raise _breaker_open_error(function, refusal.retry_after_s) from None
+            raise self._breaker_open_error(function, refusal.retry_after_s) from None
         try:
             with self.bulkhead.slot(remaining):
                 record.sent = True
@@ -324,34 +433,49 @@ class MoodleClient:
             self.breaker.abandoned()
             raise
         if isinstance(answer, _TransportFailure):
-            self.breaker.failed()
+            self.breaker.failed(answer.cause.fields())
         else:
             self.breaker.succeeded()
         return answer
 
-    def _post(self, url: str, data: Any, headers: dict[str, str], remaining: float) -> _Reply | _TransportFailure:
+    def _post(
+        self, url: str, data: Any, headers: dict[str, str], remaining: float
+    ) -> _Reply | _TransportFailure | _Oversized:
+        connect_s = min(remaining, MAX_CONNECT_TIMEOUT_S)
         try:
             # Straight to the pooled transport: no session cookies, hooks, proxies from the environment or
             # redirects (a POST would lose its body), which also halves requests' own cost per call.
             prepared = requests.Request("POST", url, data=data, headers=headers).prepare()
-            response = self._transport().send(prepared, timeout=(min(remaining, MAX_CONNECT_TIMEOUT_S), remaining))
-            # Read whole, inside the deadline and the bulkhead slot, in as few reads as the socket allows: each read
-            # lets go of the GIL and, with many threads busy, may wait up to 5 ms to get it back. requests' own
-            # 10 KB chunks made a 51 KB site info six reads, and 16 callers got fewer answers than one.
-            reply = _Reply(response.status_code, response.headers, b"".join(response.iter_content(READ_CHUNK_BYTES)))
+            response = self._transport().send(prepared, timeout=(connect_s, remaining))
+            content = self._read_capped(response)
+            if content is None:
+                return _Oversized(response.status_code)
+            reply = _Reply(response.status_code, response.headers, content)
         except requests.ConnectTimeout:
+            cause = Cause(CauseKind.TIMEOUT, f"no connection to {self._address} within {connect_s:g} s")
             return _TransportFailure(
-                ErrorCode.MOODLE_TIMEOUT, "Moodle did not accept a connection in time", False, False
+                ErrorCode.MOODLE_TIMEOUT, "Moodle did not accept a connection in time", False, False, cause
             )
         except requests.ReadTimeout:
-            return _TransportFailure(ErrorCode.MOODLE_TIMEOUT, "Moodle did not answer in time", True, True)
+            cause = Cause(CauseKind.TIMEOUT, f"no answer from {self._address} within {remaining:.1f} s")
+            return _TransportFailure(ErrorCode.MOODLE_TIMEOUT, "Moodle did not answer in time", True, True, cause)
+        except requests.exceptions.SSLError as error:
+            # The handshake comes before any byte of the request: nothing was sent.
+            cause = Cause(CauseKind.TLS, f"the TLS handshake with {self._address} failed: {_tls_reason(error)}")
+            return _TransportFailure(ErrorCode.MOODLE_UNAVAILABLE, UNREACHABLE_MESSAGE, False, False, cause)
         except requests.ConnectionError as error:
-            if _never_connected(error):
-                return _TransportFailure(ErrorCode.MOODLE_UNAVAILABLE, "Moodle refused the connection", False, False)
-            return _TransportFailure(ErrorCode.MOODLE_UNAVAILABLE, "The connection to Moodle was reset", True, True)
+            never_connected = _never_connected(error)
+            if never_connected is not None:
+                cause = self._connect_cause(never_connected)
+                return _TransportFailure(ErrorCode.MOODLE_UNAVAILABLE, UNREACHABLE_MESSAGE, False, False, cause)
+            cause = Cause(CauseKind.RESET, f"the connection to {self._address} was closed before an answer came")
+            return _TransportFailure(
+                ErrorCode.MOODLE_UNAVAILABLE, "The connection to Moodle was reset", True, True, cause
+            )
         except requests.RequestException as error:
             message = f"Moodle's answer could not be read ({type(error).__name__})"
-            return _TransportFailure(ErrorCode.BAD_RESPONSE, message, True, True)
+            cause = Cause(CauseKind.RESET, f"the answer from {self._address} broke off ({type(error).__name__})")
+            return _TransportFailure(ErrorCode.BAD_RESPONSE, message, True, True, cause)
         if reply.status_code in RETRYABLE_STATUSES:
             status = reply.status_code
             return _TransportFailure(
@@ -359,30 +483,108 @@ class MoodleClient:
                 f"Moodle answered HTTP {status}",
                 sent=True,
                 outcome_unknown=status != 503,  # 503 is Moodle's maintenance page: nothing was applied
+                cause=self._http_cause(status),
                 retry_after_s=_retry_after(reply),
             )
         return reply
 
+    def _read_capped(self, response: requests.Response) -> bytes | None:
+        """The whole answer, or None past MOODLE_MAX_ANSWER_MB: a Content-Length over it is refused before reading,
+        and a body without one (chunked) is read no further than the limit. The connection is then closed, not
+        returned to the pool, as the rest of the answer is still on it."""
+        declared = response.headers.get("Content-Length", "")
+        if declared.isascii() and declared.isdigit() and int(declared) > self._max_answer_bytes:
+            response.close()
+            return None
+        # Read in as few reads as the socket allows, inside the deadline and the bulkhead slot: each read lets go of
+        # the GIL and, with many threads busy, may wait up to 5 ms to get it back. requests' own 10 KB chunks made a
+        # 51 KB site info six reads, and 16 callers got fewer answers than one.
+        chunks, size = [], 0
+        for chunk in response.iter_content(READ_CHUNK_BYTES):
+            size += len(chunk)
+            if size > self._max_answer_bytes:
+                response.close()
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _connect_cause(self, error: NewConnectionError) -> Cause:
+        if isinstance(error, NameResolutionError):
+            return Cause(CauseKind.DNS, f"the name {self._address.rpartition(':')[0]} does not resolve")
+        if any(isinstance(link, ConnectionRefusedError) for link in _links(error)):
+            return Cause(CauseKind.REFUSED, f"nothing accepts connections on {self._address} (connection refused)")
+        system = next((link for link in _links(error) if isinstance(link, OSError) and link.strerror), None)
+        said = system.strerror if system is not None else str(error)
+        return Cause(CauseKind.NETWORK, f"no connection to {self._address}: {said}")
+
+    def _http_cause(self, status: int) -> Cause:
+        return Cause(CauseKind.HTTP, f"{self._address} answered HTTP {status}, not Moodle's REST server")
+
     def _parse(self, function: str, reply: _Reply) -> Any:
         status = reply.status_code
         if 300 <= status < 400:
-            raise _bad_response(
+            raise self._bad_response(
                 function, status, f"Moodle answered with a redirect (HTTP {status}); check MOODLE_BASE_URL"
             )
         try:
             body = loads(reply.content)
         except ValueError:
-            raise _bad_response(
+            raise self._bad_response(
                 function,
                 status,
                 f"Moodle answered HTTP {status} with a body that is not JSON; "
                 "check MOODLE_BASE_URL and that the REST protocol is enabled",
             ) from None
         if is_moodle_error(body):
+            self._note_answered()
             raise error_from_moodle(body, function, (self._token,), _retry_after(reply))
         if status != 200:
-            raise _bad_response(function, status, f"Moodle answered HTTP {status}")
+            raise self._bad_response(function, status, f"Moodle answered HTTP {status}")
+        self._note_answered()
         return body
+
+    # -- errors -----------------------------------------------------------------------------------
+
+    def _with_cause(self, details: dict[str, Any], cause: Cause) -> dict[str, Any]:
+        """``details``, and with MOODLE_DEBUG the cause: callers never learn how the gateway reaches Moodle."""
+        return details | cause.fields() if self._debug else details
+
+    def _bad_response(self, function: str, status: int, message: str) -> MoodleError:
+        details = {"function": function, "moodle_status": status}
+        if status == 200:  # an answer, not Moodle's: the message says what was wrong with it
+            return MoodleError(ErrorCode.BAD_RESPONSE, message, details)
+        cause = self._http_cause(status)
+        return MoodleUnreachable.because(cause, ErrorCode.BAD_RESPONSE, message, self._with_cause(details, cause))
+
+    def _oversized_error(self, function: str, answer: _Oversized, read_only: bool) -> MoodleError:
+        limit_mb = self._max_answer_bytes // MIB
+        details: dict[str, Any] = {"function": function, "moodle_status": answer.status_code}
+        message = f"Moodle's answer is larger than {limit_mb} MiB (MOODLE_MAX_ANSWER_MB); it was not read"
+        if not read_only:
+            details["outcome"] = "unknown"
+            message += "; the write may or may not have been applied"
+        return MoodleError(ErrorCode.BAD_RESPONSE, message, details)
+
+    def _breaker_open_error(self, function: str, retry_after_s: int) -> MoodleError:
+        message = f"Moodle failed repeatedly; calls to it are paused for {retry_after_s} s"
+        details = {"function": function, "breaker": BreakerState.OPEN.value}
+        headers = retry_after_header(retry_after_s)
+        cause = self._unreachable  # what the failures that opened it were, as far as this process knows
+        if cause is None:
+            return MoodleError(ErrorCode.MOODLE_UNAVAILABLE, message, details, headers=headers)
+        details = self._with_cause(details, cause)
+        return MoodleUnreachable.because(cause, ErrorCode.MOODLE_UNAVAILABLE, message, details, headers=headers)
+
+    def _failure_error(self, function: str, failure: _TransportFailure, read_only: bool) -> MoodleError:
+        details = self._with_cause({"function": function}, failure.cause)
+        if failure.outcome_unknown and not read_only:
+            details["outcome"] = "unknown"
+            message = failure.message + "; the write may or may not have been applied"
+            # A reset after sending is reported like a timeout: the caller must check before writing again.
+            status = 504 if failure.code == ErrorCode.MOODLE_UNAVAILABLE else None
+            return MoodleUnreachable.because(failure.cause, failure.code, message, details, status=status)
+        headers = retry_after_header(failure.retry_after_s) if failure.code.status == 503 else {}
+        return MoodleUnreachable.because(failure.cause, failure.code, failure.message, details, headers=headers)
 
     def _transport(self) -> HTTPAdapter:
         # One pool of keep-alive connections per server thread.
@@ -392,17 +594,9 @@ class MoodleClient:
         return adapter
 
 
-def _bad_response(function: str, status: int, message: str) -> MoodleError:
-    return MoodleError(ErrorCode.BAD_RESPONSE, message, {"function": function, "moodle_status": status})
-
-
-def _breaker_open_error(function: str, retry_after_s: int) -> MoodleError:
-    return MoodleError(
-        ErrorCode.MOODLE_UNAVAILABLE,
-        f"Moodle failed repeatedly; calls to it are paused for {retry_after_s} s",
-        {"function": function, "breaker": BreakerState.OPEN.value},
-        headers=retry_after_header(retry_after_s),
-    )
+def _outcome(code: str) -> str:
+    """A call's outcome label: the code when the table has it, else one word, so metrics labels stay a bounded set."""
+    return code if code in KNOWN_CODES else "othermoodleerror"
 
 
 def _busy_error(function: str, limit: int) -> MoodleError:
@@ -414,27 +608,33 @@ def _busy_error(function: str, limit: int) -> MoodleError:
     )
 
 
-def _failure_error(function: str, failure: _TransportFailure, read_only: bool) -> MoodleError:
-    details: dict[str, Any] = {"function": function}
-    if failure.outcome_unknown and not read_only:
-        details["outcome"] = "unknown"
-        message = failure.message + "; the write may or may not have been applied"
-        # A reset after sending is reported like a timeout: the caller must check before writing again.
-        return MoodleError(
-            failure.code, message, details, status=504 if failure.code == ErrorCode.MOODLE_UNAVAILABLE else None
-        )
-    headers = retry_after_header(failure.retry_after_s) if failure.code.status == 503 else {}
-    return MoodleError(failure.code, failure.message, details, headers=headers)
+def _links(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and what it wraps, as requests and urllib3 wrap them: ``reason``, the first argument, the cause."""
+    seen: set[int] = set()
+    pending = [error]
+    while pending:
+        current = pending.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        wrapped = (getattr(current, "reason", None), current.args[0] if current.args else None, current.__cause__)
+        pending.extend(link for link in wrapped if isinstance(link, BaseException))
 
 
-def _never_connected(error: requests.ConnectionError) -> bool:
-    """True when no connection was made, so no byte of the request reached Moodle."""
-    cause: BaseException | None = error
-    while cause is not None:
-        if isinstance(cause, NewConnectionError) or isinstance(getattr(cause, "reason", None), NewConnectionError):
-            return True
-        cause = cause.args[0] if cause.args and isinstance(cause.args[0], BaseException) else cause.__cause__
-    return False
+def _never_connected(error: requests.ConnectionError) -> NewConnectionError | None:
+    """What stopped the connection when none was made, so no byte of the request reached Moodle; else None."""
+    return next((link for link in _links(error) if isinstance(link, NewConnectionError)), None)
+
+
+def _tls_reason(error: requests.exceptions.SSLError) -> str:
+    """What TLS said, without the rest of urllib3's text: "certificate verify failed: self-signed certificate"."""
+    failure = next((link for link in _links(error) if isinstance(link, ssl.SSLError)), None)
+    if isinstance(failure, ssl.SSLCertVerificationError) and failure.verify_message:
+        return f"certificate verify failed: {failure.verify_message}"
+    if failure is not None and failure.reason:
+        return str(failure.reason).lower().replace("_", " ")
+    return str(failure or error)
 
 
 def _retry_after(reply: _Reply) -> int | None:

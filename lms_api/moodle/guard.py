@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from enum import StrEnum
 
@@ -116,8 +116,9 @@ class CircuitBreaker:
             if self._state != BreakerState.CLOSED:
                 self._change(BreakerState.CLOSED)
 
-    def failed(self) -> None:
-        """A transport failure: timeout, refused, reset, HTTP 502/503/504."""
+    def failed(self, cause: Mapping[str, str] | None = None) -> None:
+        """A transport failure: timeout, refused, reset, HTTP 502/503/504; ``cause`` (its fields) is logged should the
+        breaker open on it, so the pause is never reported without its reason."""
         with self._lock:
             self._failures += 1
             self._trial_running = False
@@ -125,21 +126,24 @@ class CircuitBreaker:
                 self._state == BreakerState.CLOSED and self._failures >= self._threshold
             ):
                 self._opened_at = self._clock()
-                self._change(BreakerState.OPEN)
+                self._change(BreakerState.OPEN, cause or {})
 
     def abandoned(self) -> None:
         """An admitted call was not sent after all (the bulkhead refused it): the next caller may be the trial."""
         with self._lock:
             self._trial_running = False
 
-    def _change(self, state: BreakerState) -> None:
+    def _change(self, state: BreakerState, cause: Mapping[str, str] | None = None) -> None:
+        reopened = self._state == BreakerState.HALF_OPEN
         self._state = state
         if state == BreakerState.OPEN:
-            log.warning(
+            # A warning when Moodle starts failing; a failed trial after each cool-down only keeps it open (info).
+            (log.info if reopened else log.warning)(
                 "moodle.breaker_opened",
                 failures=self._failures,
                 cooldown_s=self._cooldown_s,
                 note="calls to Moodle are refused until a trial call succeeds",
+                **(cause or {}),
             )
         elif state == BreakerState.HALF_OPEN:
             log.info("moodle.breaker_half_open", note="one trial call goes to Moodle")

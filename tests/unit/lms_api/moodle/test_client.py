@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
+import ssl
+import threading
 import time
+import tracemalloc
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 import pytest
 import requests
 import responses
 import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from structlog.testing import capture_logs
 
 from lms_api.calllog import recording_calls
 from lms_api.moodle import client as client_module
+from lms_api.moodle import guard
 from lms_api.moodle.client import MoodleClient, UploadFile
 from lms_api.moodle.errors import scrub_paths
 from lms_api.moodle.functions import READ_ONLY_FUNCTIONS, SITE_INFO
-from tests.conftest import GOLDEN_DIR
+from lms_api.moodle.guard import CircuitBreaker
+from tests.conftest import GOLDEN_DIR, settings_for
 from tests.unit.mocked_moodle import (
     BAD_TOKEN_BODY,
     BASE_URL,
@@ -489,7 +500,7 @@ def test_refused_every_time_gives_up_after_max_retries(client, rsps, sleeps):
     error = raised(client.site_info)
 
     assert (error.status, error.code) == (503, "moodleunavailable")
-    assert error.message == "Moodle refused the connection"
+    assert error.message == "Moodle could not be reached"
     assert error.details == {"function": SITE_INFO}
     assert error.headers == {"Retry-After": "30"}
     assert len(rsps.calls) == 3
@@ -863,9 +874,11 @@ def test_debug_log_records_failed_calls(make_client, rsps, captured_logs):
 
     raised(client.site_info)
 
-    assert [(entry["event"], entry["function"], entry["attempts"], entry["outcome"]) for entry in captured_logs] == [
-        ("moodle.call", SITE_INFO, 3, "moodleunavailable")
+    calls = [entry for entry in captured_logs if entry["event"] == "moodle.call"]
+    assert [(entry["function"], entry["attempts"], entry["outcome"]) for entry in calls] == [
+        (SITE_INFO, 3, "moodleunavailable")
     ]
+    assert calls[0]["reason"].startswith("no connection to moodle.test:80")
 
 
 def test_a_moodle_errorcode_outside_the_table_is_one_word_in_the_call_outcome(make_client, rsps, captured_logs):
@@ -1081,3 +1094,412 @@ def test_an_upload_php_error_loses_its_paths(client, rsps):
 
 def test_clean_drops_the_token_and_paths(client):
     assert client.clean(f"{TOKEN} at /var/www/moodle/x.php") == "[redacted] at [path]"
+
+
+# -- uploads in the call record ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("entries", "outcome"),
+    [
+        ([{"filename": "a.txt", "itemid": 7}], "ok"),
+        ([{"filename": "a.txt", "errortype": "filenameexist", "error": "exists"}], "filenameexist"),
+        ([{"filename": "a.txt", "itemid": 7}, {"filename": "b", "errortype": "fileoversized"}], "fileoversized"),
+        ([{"filename": "a.txt", "errortype": "someplugin_oddity", "error": "odd"}], "othermoodleerror"),
+    ],
+    ids=["stored", "name-taken", "one-of-two-refused", "unknown-errortype"],
+)
+def test_an_upload_with_a_refused_file_is_recorded_as_failed_under_its_errortype(client, rsps, entries, outcome):
+    rsps.add(responses.POST, BASE_URL + "/webservice/upload.php", json=entries)
+
+    with recording_calls() as call_log:
+        answer = client.upload([UploadFile("a.txt", io.BytesIO(b"x"))])
+
+    assert answer == entries  # the entries are the caller's to map; only the record says the call failed
+    assert [(record.function, record.outcome) for record in call_log.calls] == [("upload.php", outcome)]
+
+
+def test_an_upload_answer_of_the_wrong_shape_is_recorded_as_badresponse(client, rsps):
+    rsps.add(responses.POST, BASE_URL + "/webservice/upload.php", json={"itemid": 7})
+
+    with recording_calls() as call_log:
+        error = raised(client.upload, [UploadFile("a.txt", io.BytesIO(b"x"))])
+
+    assert error.code == "badresponse"
+    assert call_log.calls[0].outcome == "badresponse"
+
+
+# -- the answer's size: MOODLE_MAX_ANSWER_MB ---------------------------------------------------------
+
+MIB = 1 << 20
+
+
+class LocalMoodle(ThreadingHTTPServer):
+    """A web server on a free loopback port answering each POST with the next of ``answers``, counting the
+    connections it accepted, the requests it read and the body bytes it managed to send.
+
+    An answer is ``("json", body)``, ``("chunked", size)`` (chunked, no Content-Length) or ``("declared", size)``
+    (a Content-Length of ``size``, the body sent as long as the client reads it); ``("silent", 0)`` reads the request
+    and never answers.
+    """
+
+    daemon_threads = True
+
+    def __init__(self, *answers):
+        super().__init__(("127.0.0.1", 0), _LocalMoodleHandler)
+        self.answers = list(answers)
+        self.connections = self.requests = self.served = 0
+        self.streamed = threading.Event()  # a streamed body ended: sent whole, or cut off by the client
+        self.stop = threading.Event()
+        threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True).start()
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def close(self):
+        self.stop.set()
+        self.shutdown()
+        self.server_close()
+
+
+class _LocalMoodleHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: LocalMoodle
+
+    def setup(self):
+        super().setup()
+        self.server.connections += 1
+
+    def log_message(self, format, *args):  # noqa: A002 - the stdlib's signature
+        pass
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.requests += 1
+        kind, value = self.server.answers.pop(0) if self.server.answers else ("json", b"[]")
+        if kind == "silent":
+            self.server.stop.wait(30)
+            self.close_connection = True
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        if kind == "json":
+            self.send_header("Content-Length", str(len(value)))
+            self.end_headers()
+            self.wfile.write(value)
+            return
+        self.send_header(*(("Transfer-Encoding", "chunked") if kind == "chunked" else ("Content-Length", str(value))))
+        self.end_headers()
+        self._stream(value, chunked=kind == "chunked")
+
+    def _stream(self, size, chunked):
+        piece = b" " * (64 * 1024)
+        try:
+            while self.server.served < size:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+                self.server.served += len(piece)
+            if chunked:
+                self.wfile.write(b"0\r\n\r\n")
+        except OSError:  # the client closed the connection: what it had not read stays unsent
+            self.close_connection = True
+        finally:
+            self.server.streamed.set()
+
+
+@pytest.fixture
+def local_moodle():
+    servers = []
+
+    def start(*answers):
+        servers.append(LocalMoodle(*answers))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def site_info_json(padded_to=0):
+    return json.dumps(site_info_body()).encode().ljust(padded_to)  # JSON may end in white space
+
+
+def peak_memory_of(function, *args):
+    """What ``function`` raised, and the most memory Python held at once while it ran."""
+    tracemalloc.start()
+    try:
+        error = raised(function, *args)
+        return error, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_chunked_answer_over_the_limit_is_read_no_further_and_is_a_502(local_moodle):
+    moodle = local_moodle(("chunked", 256 * MIB))
+    client = MoodleClient(moodle.url, TOKEN, timeout_s=10, max_retries=2, functions_ttl_s=300, max_answer_bytes=MIB)
+
+    error, peak = peak_memory_of(client.site_info)
+
+    assert (error.status, error.code) == (502, "badresponse")
+    assert error.message == "Moodle's answer is larger than 1 MiB (MOODLE_MAX_ANSWER_MB); it was not read"
+    assert moodle.streamed.wait(10)
+    assert moodle.served < 32 * MIB  # the limit, and what the sockets' buffers held when the client let go
+    assert peak < 8 * MIB
+    assert moodle.requests == 1  # as large again on a retry: not retried
+
+
+def test_a_declared_length_over_the_limit_is_refused_without_reading_the_body(local_moodle):
+    moodle = local_moodle(("declared", 256 * MIB))
+    client = MoodleClient(moodle.url, TOKEN, timeout_s=10, max_retries=2, functions_ttl_s=300, max_answer_bytes=MIB)
+
+    error, peak = peak_memory_of(client.site_info)
+
+    assert (error.status, error.code) == (502, "badresponse")
+    assert moodle.streamed.wait(10)
+    assert moodle.served < 32 * MIB
+    assert peak < MIB
+    assert moodle.requests == 1
+
+
+def test_an_answer_of_exactly_the_limit_is_read(local_moodle):
+    moodle = local_moodle(("json", site_info_json(padded_to=MIB)))
+    client = MoodleClient(moodle.url, TOKEN, timeout_s=10, max_retries=0, functions_ttl_s=300, max_answer_bytes=MIB)
+
+    assert client.site_info()["sitename"] == "Moodle test"
+
+
+def test_the_connection_of_an_answer_over_the_limit_is_closed_not_pooled(local_moodle):
+    moodle = local_moodle(("json", site_info_json()), ("json", b"[]"), ("chunked", 64 * MIB), ("json", b"[]"))
+    client = MoodleClient(moodle.url, TOKEN, timeout_s=10, max_retries=0, functions_ttl_s=300, max_answer_bytes=MIB)
+    client.call(WRITE_FN)  # site info, then the write, over one kept-alive connection
+    assert moodle.connections == 1
+
+    raised(client.call, WRITE_FN)
+    answer = client.call(WRITE_FN)
+
+    assert answer == []  # not the rest of the answer over the limit, left on the old connection
+    assert moodle.connections == 2
+
+
+def test_a_write_whose_answer_is_over_the_limit_may_have_been_applied(local_moodle):
+    moodle = local_moodle(("json", site_info_json()), ("chunked", 64 * MIB))
+    client = MoodleClient(moodle.url, TOKEN, timeout_s=10, max_retries=2, functions_ttl_s=300, max_answer_bytes=MIB)
+    client.site_info()
+
+    error = raised(client.call, WRITE_FN)
+
+    assert (error.status, error.code, error.details["outcome"]) == (502, "badresponse", "unknown")
+    assert moodle.requests == 2
+
+
+def test_the_limit_comes_from_moodle_max_answer_mb(local_moodle):
+    over, under = (local_moodle(("json", site_info_json(padded_to=2 * MIB + 1))) for _ in range(2))
+    settings = settings_for(over.url, TOKEN, MOODLE_MAX_ANSWER_MB="2")
+
+    assert raised(MoodleClient.from_settings(settings, over.url, TOKEN).site_info).code == "badresponse"
+    settings = settings_for(under.url, TOKEN, MOODLE_MAX_ANSWER_MB="3")
+    assert MoodleClient.from_settings(settings, under.url, TOKEN).site_info()["sitename"] == "Moodle test"
+
+
+# -- why Moodle could not be reached ----------------------------------------------------------------
+
+
+def cause_of(base_url, debug=True, **options):
+    """The error a site-info call to ``base_url`` ends in, with MOODLE_DEBUG on (causes in the details) or off."""
+    options = {"timeout_s": 2.0, "max_retries": 0, "functions_ttl_s": 300, "debug": debug, **options}
+    return raised(MoodleClient(base_url, TOKEN, **options).site_info)
+
+
+def test_a_refused_connection_names_the_address(unused_port):
+    error = cause_of(f"http://127.0.0.1:{unused_port}")
+
+    assert (error.status, error.code, error.cause.kind) == (503, "moodleunavailable", "refused")
+    assert error.cause.reason == f"nothing accepts connections on 127.0.0.1:{unused_port} (connection refused)"
+    assert (error.details["cause"], error.details["reason"]) == ("refused", error.cause.reason)
+
+
+def test_a_name_that_does_not_resolve_is_dns():
+    error = cause_of("https://moodle.example.invalid")  # RFC 2606: .invalid never resolves
+
+    assert (error.status, error.code, error.cause.kind) == (503, "moodleunavailable", "dns")
+    assert error.cause.reason == "the name moodle.example.invalid does not resolve"
+    assert error.message == "Moodle could not be reached"
+
+
+def test_https_to_a_server_without_tls_is_tls(local_moodle):
+    plain = local_moodle()
+
+    error = cause_of(plain.url.replace("http://", "https://"))
+
+    assert (error.status, error.code, error.cause.kind) == (503, "moodleunavailable", "tls")
+    assert error.cause.reason.startswith(f"the TLS handshake with {plain.url[7:]} failed: ")
+    assert plain.requests == 0
+
+
+def test_a_self_signed_certificate_is_tls_and_says_so(tmp_path):
+    server = tls_server(tmp_path)
+    try:
+        error = cause_of(f"https://localhost:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert error.cause.kind == "tls"
+    assert error.cause.reason.endswith("failed: certificate verify failed: self-signed certificate")
+
+
+def test_no_answer_in_time_is_a_timeout(local_moodle):
+    silent = local_moodle(("silent", 0))
+
+    error = cause_of(silent.url, timeout_s=0.3)
+
+    assert (error.status, error.code, error.cause.kind) == (504, "moodletimeout", "timeout")
+    assert error.cause.reason == f"no answer from {silent.url[7:]} within 0.3 s"
+
+
+def test_no_connection_in_time_is_a_timeout(make_client, rsps):
+    add(rsps, SITE_INFO, body=requests.ConnectTimeout())
+
+    error = raised(make_client(max_retries=0).site_info)
+
+    assert (error.code, error.cause.kind, error.cause.reason) == (
+        "moodletimeout", "timeout", "no connection to moodle.test:80 within 2 s"
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(("status", "code"), [(502, "badgateway"), (503, "moodleunavailable"), (504, "moodletimeout")])
+def test_a_gateway_status_is_an_http_cause(make_client, rsps, status, code):
+    add(rsps, SITE_INFO, status=status, body=HTML_PAGE)
+
+    error = raised(make_client(max_retries=0, debug=True).site_info)
+
+    assert (error.code, error.cause.kind) == (code, "http")
+    assert error.details["reason"] == f"moodle.test:80 answered HTTP {status}, not Moodle's REST server"
+
+
+@pytest.mark.parametrize("status", [404, 500, 301])
+def test_another_status_without_moodles_answer_is_an_http_cause(make_client, rsps, status):
+    add(rsps, SITE_INFO, status=status, body=HTML_PAGE)
+
+    error = raised(make_client(debug=True).site_info)
+
+    assert (error.status, error.code, error.cause.kind, error.details["cause"]) == (502, "badresponse", "http", "http")
+
+
+def test_a_page_that_is_not_moodles_with_200_has_no_cause(make_client, rsps):
+    add(rsps, SITE_INFO, body=HTML_PAGE)
+
+    error = raised(make_client(debug=True).site_info)
+
+    assert error.code == "badresponse"
+    assert not hasattr(error, "cause")
+    assert "cause" not in error.details
+
+
+def test_a_cause_is_in_the_details_only_with_moodle_debug(unused_port):
+    error = cause_of(f"http://127.0.0.1:{unused_port}", debug=False)
+
+    assert error.cause.kind == "refused"  # known to the gateway, for its log and /readyz
+    assert error.details == {"function": SITE_INFO}
+
+
+def test_the_token_is_in_no_cause(make_client, rsps, unused_port):
+    error = cause_of(f"http://127.0.0.1:{unused_port}")
+
+    assert TOKEN not in repr(error.cause)
+    assert TOKEN not in json.dumps(error.details)
+
+
+def test_moodle_unreachable_is_logged_once_per_cause_and_its_return_once(make_client, rsps, captured_logs):
+    client = make_client(max_retries=0)
+    add(rsps, SITE_INFO, body=reset())
+    add(rsps, SITE_INFO, body=reset())
+    add(rsps, SITE_INFO, status=503, body=HTML_PAGE)
+    add(rsps, SITE_INFO, json=site_info_body())
+
+    for _ in range(3):
+        raised(client.site_info)
+    assert client.unreachable.kind == "http"
+    client.site_info()
+
+    lines = [(line["event"], line["log_level"]) for line in captured_logs]
+    assert lines == [("moodle.unreachable", "warning"), ("moodle.unreachable", "warning"), ("moodle.reachable", "info")]
+    first, second, back = captured_logs
+    assert (first["cause"], first["function"], first["moodle_base_url"]) == ("reset", SITE_INFO, BASE_URL)
+    assert first["reason"] == "the connection to moodle.test:80 was closed before an answer came"
+    assert second["cause"] == "http"
+    assert back["failed_calls"] == 3
+    assert client.unreachable is None
+
+
+def test_a_moodle_error_answer_means_moodle_is_reachable(make_client, rsps, captured_logs):
+    client = make_client(max_retries=0)
+    add(rsps, SITE_INFO, body=reset())
+    add(rsps, SITE_INFO, body=BAD_TOKEN_BODY)
+
+    raised(client.site_info)
+    raised(client.site_info)
+
+    assert [line["event"] for line in captured_logs] == ["moodle.unreachable", "moodle.reachable"]
+    assert client.unreachable is None
+
+
+def test_the_url_is_named_without_its_password(rsps, captured_logs):
+    client = MoodleClient("https://gateway:pa55word@moodle.test", TOKEN, timeout_s=2, max_retries=0,
+                          functions_ttl_s=300)  # fmt: skip
+    rsps.add(responses.POST, "https://gateway:pa55word@moodle.test" + "/webservice/rest/server.php", body=reset())
+
+    raised(client.site_info)
+
+    assert client.public_url == "https://moodle.test"
+    assert captured_logs[0]["moodle_base_url"] == "https://moodle.test"
+    assert "pa55word" not in repr(captured_logs)
+
+
+def test_the_breaker_names_the_cause_when_it_opens_and_a_failed_trial_is_no_new_warning(
+    make_client, rsps, clock, unused_port, captured_logs, monkeypatch
+):
+    monkeypatch.setattr(guard, "log", structlog.get_logger("lms_api.moodle"))
+    client = make_client(max_retries=0, breaker=CircuitBreaker(2, 10, clock))
+    for _ in range(3):
+        add(rsps, SITE_INFO, body=reset())
+
+    for _ in range(2):
+        raised(client.site_info)
+    refused_by_breaker = raised(client.site_info)
+    clock.advance(10)
+    raised(client.site_info)  # the trial
+
+    opened = [line for line in captured_logs if line["event"] == "moodle.breaker_opened"]
+    assert [line["log_level"] for line in opened] == ["warning", "info"]
+    assert (opened[0]["cause"], opened[0]["reason"]) == ("reset", client.unreachable.reason)
+    assert refused_by_breaker.cause.kind == "reset"  # the pause says why, to the log and /readyz
+    assert refused_by_breaker.details == {"function": SITE_INFO, "breaker": "open"}
+
+
+def tls_server(folder):
+    """An HTTPS server on a free loopback port with a self-signed certificate for localhost."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    (folder / "cert.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(folder / "cert.pem", folder / "key.pem")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _LocalMoodleHandler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    return server
