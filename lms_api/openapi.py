@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Callable
 from importlib.metadata import version
-from typing import Any
+from typing import Any, NamedTuple
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
@@ -25,7 +26,6 @@ from pyramid.security import NO_PERMISSION_REQUIRED
 from lms_api.errors import UNKNOWN_MOODLE_ERROR_STATUS, ErrorCode
 from lms_api.jsoncodec import dumps
 from lms_api.schemas.base import (
-    MAX_SAFE_INTEGER,
     CommaSeparated,
     Flag,
     Records,
@@ -34,10 +34,11 @@ from lms_api.schemas.base import (
     not_blank,
     single_line,
 )
+from lms_api.schemas.courses import CourseFormat
 from lms_api.schemas.enrolments import Role
 from lms_api.schemas.files import FileParts
 from lms_api.security import Scope
-from lms_api.settings import DEFAULT_ROLE_IDS, ROLE_NAME
+from lms_api.settings import Settings
 from lms_api.views import OPERATIONS, Operation
 
 DOCUMENT_PATH = "/api/moodle/openapi.json"
@@ -57,6 +58,7 @@ EVERY_ROUTE = (
 MOODLE_TROUBLE = (
     ErrorCode.FUNCTION_NOT_AVAILABLE,
     ErrorCode.MOODLE_EXCEPTION,
+    ErrorCode.MOODLE_ERROR,
     ErrorCode.BAD_RESPONSE,
     ErrorCode.BAD_GATEWAY,
     ErrorCode.MOODLE_UNAVAILABLE,
@@ -74,17 +76,26 @@ HEADERS = {
 }
 
 
+class Choices(NamedTuple):
+    """What the settings allow where a schema cannot say it: the course formats and the roles the gateway knows."""
+
+    course_formats: tuple[str, ...]
+    role_ids: tuple[tuple[str, int], ...]
+
+
 def build_document(registry: Registry) -> dict[str, Any]:
     """The document for the API routes of ``registry``; a route without an operation is an error at start-up.
 
-    It depends on the code alone (routes, views, schemas, the error table), so a process makes it once.
+    It depends on the code (routes, views, schemas, the error table) and on the settings' choices of course formats
+    and roles, so a process makes it once.
     """
     routes = tuple((route.name, route.pattern) for route in registry.getUtility(IRoutesMapper).get_routes())
-    return _document(routes)
+    settings: Settings = registry.settings["lms_api.settings"]
+    return _document(routes, Choices(settings.moodle_course_formats, tuple(settings.moodle_role_ids.items())))
 
 
 @functools.cache
-def _document(routes: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+def _document(routes: tuple[tuple[str, str], ...], choices: Choices) -> dict[str, Any]:
     plugin = MarshmallowPlugin(schema_name_resolver=_schema_name)
     spec = APISpec(
         title="lms_api",
@@ -93,7 +104,7 @@ def _document(routes: tuple[tuple[str, str], ...]) -> dict[str, Any]:
         plugins=[plugin],
         info={"description": "A safe REST gateway in front of Moodle's web services. Answers are envelopes."},
     )
-    plugin.converter.add_attribute_function(_custom_fields)  # type: ignore[union-attr]
+    plugin.converter.add_attribute_function(_custom_fields(choices))  # type: ignore[union-attr]
     spec.components.security_scheme(
         BEARER, {"type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description": _scopes_text()}
     )
@@ -196,34 +207,40 @@ def _error_envelope() -> dict[str, Any]:
     }
 
 
-def _custom_fields(self: FieldConverterMixin, field: fields.Field[Any], **kwargs: Any) -> dict[str, Any]:
-    """The gateway's own fields and text rules, as OpenAPI can say them."""
-    if isinstance(field, fields.String):
-        return text_rules(field.validators)
-    if isinstance(field, Records):
-        return {"type": "array", "items": self.resolve_nested_schema(field.schema)}  # type: ignore[attr-defined]
-    if isinstance(field, Flag):
-        return {"type": ["boolean", "integer"], "enum": [True, False, 0, 1]}
-    if isinstance(field, CommaSeparated):
-        # Blanks around a value are dropped; an empty value is refused.
-        return {
-            "type": "string",
-            "description": field.metadata.get("description", "comma-separated values"),
-            "pattern": r"^\s*[^,\s][^,]*(,\s*[^,\s][^,]*)*$",
-        }
-    if isinstance(field, Role):
-        return {
-            "oneOf": [
-                {"type": "integer", "minimum": 1, "maximum": MAX_SAFE_INTEGER},
-                {"type": "string", "pattern": f"^{ROLE_NAME.pattern}$"},
-            ],
-            "description": "a role id, or the name of a role the gateway knows: "
-            + ", ".join(f"`{name}`" for name in sorted(DEFAULT_ROLE_IDS))
-            + " unless `MOODLE_ROLE_IDS` changes them",
-        }
-    if isinstance(field, FileParts):
-        return {"type": "array", "items": {"type": "string", "format": "binary"}}
-    return {}
+def _custom_fields(choices: Choices) -> Callable[..., dict[str, Any]]:
+    """The gateway's own fields and text rules, as OpenAPI can say them, with the settings' ``choices``."""
+
+    def describe(self: FieldConverterMixin, field: fields.Field[Any], **kwargs: Any) -> dict[str, Any]:
+        if isinstance(field, CourseFormat):
+            return {"type": "string", "enum": list(choices.course_formats)}
+        if isinstance(field, fields.String):
+            return text_rules(field.validators)
+        if isinstance(field, Records):
+            return {"type": "array", "items": self.resolve_nested_schema(field.schema)}  # type: ignore[attr-defined]
+        if isinstance(field, Flag):
+            return {"type": ["boolean", "integer"], "enum": [True, False, 0, 1]}
+        if isinstance(field, CommaSeparated):
+            # Blanks around a value are dropped; an empty value is refused.
+            return {
+                "type": "string",
+                "description": field.metadata.get("description", "comma-separated values"),
+                "pattern": r"^\s*[^,\s][^,]*(,\s*[^,\s][^,]*)*$",
+            }
+        if isinstance(field, Role):
+            return {
+                "oneOf": [
+                    {"type": "integer", "enum": sorted({number for _, number in choices.role_ids})},
+                    {"type": "string", "enum": sorted(name for name, _ in choices.role_ids)},
+                ],
+                "description": "a role the gateway knows (`MOODLE_ROLE_IDS`), by id or by name: "
+                + ", ".join(f"`{name}` ({number})" for name, number in sorted(choices.role_ids, key=lambda r: r[1]))
+                + "; roles beyond `MOODLE_ASSIGNABLE_ROLES` need the `admin` scope as well",
+            }
+        if isinstance(field, FileParts):
+            return {"type": "array", "items": {"type": "string", "format": "binary"}}
+        return {}
+
+    return describe
 
 
 # What each text rule of lms_api.schemas.base refuses, as the characters a JSON Schema pattern leaves out.

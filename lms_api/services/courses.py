@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypedDict
 
 from lms_api.errors import ApiError, ErrorCode
@@ -101,6 +101,15 @@ def create_course(moodle: MoodleClient, fields: Mapping[str, Any]) -> CreatedCou
     if len(created) != 1 or not isinstance(created[0].get("id"), int):
         raise unexpected_answer(CREATE_COURSES)
     return {"id": created[0]["id"], "shortname": created[0].get("shortname", fields["shortname"])}
+
+
+def require_offered_format(fields: Mapping[str, Any], formats: Sequence[str]) -> None:
+    """400 ``validationerror`` on ``format`` unless it is one of ``formats``: Moodle stores any name as the course's
+    format, a plugin or not."""
+    chosen = fields.get("format")
+    if chosen is not None and chosen not in formats:
+        message = f"Not a course format this site offers: {chosen!r}; one of {', '.join(formats)}"
+        raise ApiError(ErrorCode.VALIDATION_ERROR, "Invalid input: format", {"fields": {"format": [message]}})
 
 
 def update_course(moodle: MoodleClient, course_id: int, changes: Mapping[str, Any]) -> MoodleRecord:

@@ -50,6 +50,7 @@ def create_course(request: Request) -> object:
     """Create a course; `Location` names it. Drops the cached course entries."""
     fields = load_json_body(request, _create)
     request.audit_targets.update(categoryid=fields["categoryid"], shortname=fields["shortname"])
+    courses.require_offered_format(fields, request.lms_settings.moodle_course_formats)
     created = courses.create_course(request.find_service(MoodleClient), fields)
     request.audit_targets["course_id"] = created["id"]
     request.response.location = request.route_url("api.moodle.course", course_id=created["id"])
@@ -87,4 +88,5 @@ def update_course(request: Request) -> object:
     request.audit_targets["course_id"] = course_id
     changes = load_json_body(request, _update)
     request.audit_targets["fields"] = sorted(changes)
+    courses.require_offered_format(changes, request.lms_settings.moodle_course_formats)
     return _course.dump(courses.update_course(request.find_service(MoodleClient), course_id, changes))

@@ -153,6 +153,7 @@ def test_creating_in_a_missing_category_is_a_404_naming_the_category_and_nothing
         ({"fullname": "A", "shortname": "B", "categoryid": 1, "format": "topics_"}, {"format"}),
         ({"fullname": "A", "shortname": "B", "categoryid": 1, "format": "to__pics"}, {"format"}),
         ({"fullname": "A", "shortname": "B", "categoryid": 1, "format": "t" * 22}, {"format"}),
+        ({"fullname": "A", "shortname": "B", "categoryid": 1, "format": 5}, {"format"}),
         ({"fullname": "A", "shortname": "x" * 256, "categoryid": 1}, {"shortname"}),
         ({"fullname": "A", "shortname": "B", "categoryid": 1, "teacher": "me"}, {"teacher"}),
     ],
@@ -165,6 +166,50 @@ def test_bad_course_bodies_are_400s_naming_the_fields_before_moodle_is_called(ga
     assert response.status_int == 400
     assert set(response.json["error"]["details"]["fields"]) == fields
     assert sandbox_calls(sandbox) == before
+
+
+OFFERED = "one of topics, weeks, social, singleactivity"
+
+
+@pytest.mark.parametrize("course_format", ["bogus", "Topics", "site", "flexsections"])
+def test_a_format_the_site_does_not_offer_is_a_400_naming_the_offered_ones(gateway, sandbox, course_format):
+    """Moodle 5.0 stores any format name it is given (the sandbox too), and shows such a course in the default
+    format, its format options lost."""
+    before = sandbox_calls(sandbox)
+    body = {"fullname": "A", "shortname": unique(), "categoryid": 1, "format": course_format}
+
+    created = gateway.post("/api/moodle/courses", body, WRITE)
+    updated = gateway.patch("/api/moodle/courses/2", {"format": course_format}, WRITE)
+
+    for response in (created, updated):
+        assert response.status_int == 400
+        assert response.json["error"]["code"] == "validationerror"
+        assert response.json["error"]["details"]["fields"] == {
+            "format": [f"Not a course format this site offers: {course_format!r}; {OFFERED}"]
+        }
+    assert sandbox_calls(sandbox) == before
+    assert moodle_call(sandbox, "core_course_get_courses", options={"ids": [2]})[0]["format"] == "topics"
+
+
+def test_the_offered_formats_are_a_setting(make_gateway, sandbox):
+    gateway = make_gateway(MOODLE_COURSE_FORMATS="topics,flexsections")
+
+    created = gateway.post(
+        "/api/moodle/courses",
+        {"fullname": "A", "shortname": unique(), "categoryid": 1, "format": "flexsections"},
+        WRITE,
+    )
+    refused = gateway.post(
+        "/api/moodle/courses", {"fullname": "A", "shortname": unique(), "categoryid": 1, "format": "weeks"}, WRITE
+    )
+
+    assert created.status_int == 201
+    course = moodle_call(sandbox, "core_course_get_courses", options={"ids": [created.json["data"]["id"]]})[0]
+    assert course["format"] == "flexsections"
+    assert refused.status_int == 400
+    assert refused.json["error"]["details"]["fields"]["format"] == [
+        "Not a course format this site offers: 'weeks'; one of topics, flexsections"
+    ]
 
 
 def test_a_body_that_is_not_json_is_a_400(gateway):

@@ -11,7 +11,7 @@ from pyramid.config import Configurator
 from pyramid.interfaces import IRoutesMapper
 
 from lms_api.errors import ErrorCode
-from lms_api.openapi import DOCUMENT_PATH, PUBLIC_ROUTES, _document, build_document, text_rules
+from lms_api.openapi import DOCUMENT_PATH, PUBLIC_ROUTES, Choices, _document, build_document, text_rules
 from lms_api.schemas.base import no_control_characters, no_html, not_blank, single_line
 from lms_api.views import OPERATIONS
 from tests.conftest import mint
@@ -88,6 +88,34 @@ def test_inputs_and_answers_are_described_with_their_bounds(document):
     assert "userprivateaccesskey" not in document["components"]["schemas"]["SiteInfo"]["properties"]
 
 
+def test_course_formats_and_roles_are_the_ones_the_settings_allow(document, make_gateway):
+    schemas = document["components"]["schemas"]
+    for name in ("CourseCreate", "CourseUpdate"):
+        assert schemas[name]["properties"]["format"] == {
+            "type": "string",
+            "enum": ["topics", "weeks", "social", "singleactivity"],
+        }
+    role = schemas["Enrolment"]["properties"]["roleid"]
+    assert role["oneOf"] == [
+        {"type": "integer", "enum": [1, 3, 4, 5]},
+        {"type": "string", "enum": ["editingteacher", "manager", "student", "teacher"]},
+    ]
+    assert "`admin` scope" in role["description"]
+
+    other = make_gateway(MOODLE_COURSE_FORMATS="topics,flexsections", MOODLE_ROLE_IDS="tutor=9")
+    document = other.get(DOCUMENT_PATH).json
+    validate(document)
+    schemas = document["components"]["schemas"]
+    assert schemas["CourseCreate"]["properties"]["format"]["enum"] == ["topics", "flexsections"]
+    assert schemas["Enrolment"]["properties"]["roleid"]["oneOf"][0]["enum"] == [1, 3, 4, 5, 9]
+
+
+def test_moodles_codes_that_are_no_codes_are_documented_as_moodleerror(document):
+    for item in document["paths"].values():
+        for operation in item.values():
+            assert "- `moodleerror`:" in operation["responses"]["502"]["description"]
+
+
 def test_a_route_without_an_operation_stops_the_start(gateway):
     config = Configurator(registry=gateway.router.registry)
     config.add_route("api.moodle.undescribed", "/api/moodle/undescribed")
@@ -109,7 +137,7 @@ def test_a_view_without_a_docstring_stops_the_start_naming_it(gateway, monkeypat
     )
 
     with pytest.raises(LookupError, match="undocumented has no docstring"):
-        _document.__wrapped__(routes)
+        _document.__wrapped__(routes, Choices(("topics",), (("student", 5),)))
 
 
 def test_the_document_is_served_with_a_token_too(gateway):
