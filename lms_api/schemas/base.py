@@ -177,14 +177,10 @@ def _read_parts(body: IO[bytes], boundary: bytes, max_files: int, opened: list[I
             f"a part has more than {MAX_PART_HEADERS} header lines or a header line over {MAX_PART_HEADER_BYTES} bytes"
         ) from None
     except MultipartError as error:
-        raise _unreadable_multipart(_multipart_problem(error)) from None
+        if not chunk:  # what the body holds was read without error: its end is missing
+            raise _unreadable_multipart("it does not end with its closing boundary") from None
+        raise _unreadable_multipart(f"its parts cannot be read ({error.args[0]})") from None
     return [(name, _text(name, value) if index in text_fields else value) for index, (name, value) in enumerate(parts)]
-
-
-def _multipart_problem(error: MultipartError) -> str:
-    if "end of multipart stream" in str(error):
-        return "it does not end with its closing boundary"
-    return "its parts cannot be read"
 
 
 def _text(name: str, value: bytearray) -> str:
@@ -252,7 +248,9 @@ def _as_dict(pairs: Iterable[tuple[str, Any]], repeatable: frozenset[str] = froz
 
 def load_json_body(request: Request, schema: RequestSchema) -> dict[str, Any]:
     """A JSON object body: 415 for another media type, 413 past MAX_JSON_BODY_KB (judged before it is read)."""
-    media_type, parameters = _content_type(request, _invalid_json)
+    media_type, parameters = _content_type(
+        request, lambda why: _invalid_json(f"The request body cannot be read: {why}")
+    )
     if media_type != "application/json":
         raise ApiError(
             ErrorCode.UNSUPPORTED_MEDIA_TYPE, "This route takes a JSON body (Content-Type: application/json)"
