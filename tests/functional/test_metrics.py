@@ -55,6 +55,19 @@ def test_failed_moodle_calls_and_retries_are_counted_by_code(make_gateway, sandb
     assert value(samples, "lms_api_moodle_retries_total", function="core_course_get_courses") == 1
 
 
+def test_an_upload_whose_file_moodle_refuses_is_a_failed_call_under_its_errortype(gateway):
+    token = mint("files:write")
+    stored = gateway.upload("/api/moodle/files/upload", [("file", "notes.txt", b"week 1")], token)
+    itemid = str(stored.json["data"]["itemid"])
+
+    again = gateway.upload("/api/moodle/files/upload", [("file", "notes.txt", b"week 1")], token, [("itemid", itemid)])
+    samples = scrape(gateway)
+
+    assert again.json["error"]["code"] == "filenameexist"
+    assert value(samples, "lms_api_moodle_calls_total", function="upload.php", outcome="ok") == 1
+    assert value(samples, "lms_api_moodle_calls_total", function="upload.php", outcome="filenameexist") == 1
+
+
 def test_the_breaker_the_bulkhead_and_rate_limits_are_reported(make_gateway, sandbox):
     gateway = make_gateway(
         MOODLE_BREAKER_FAILURES="1", MOODLE_MAX_RETRIES="0", CACHE_TTLS="courses=0", RATE_LIMIT_READ="3/minute"

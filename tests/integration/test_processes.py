@@ -11,10 +11,13 @@ from tests.conftest import free_port
 from tests.integration.conftest import BIN, ROOT, clean_env, wait_for_port
 
 
-def mint_with_cli(*args, env):
+def mint_with_cli(*args, env, folder):
+    """``lms-api token`` run where the gateway runs: it reads the ``.env`` of its working directory, as the gateway
+    reads the one beside its ini, so a developer's ``.env`` in the repository never signs for a test's gateway."""
     result = subprocess.run(
-        [str(BIN / "lms-api"), "token", *args], env=env, capture_output=True, text=True, check=True, timeout=30
-    )
+        [str(BIN / "lms-api"), "token", *args], cwd=folder, env=env, capture_output=True, text=True, check=True,
+        timeout=30,
+    )  # fmt: skip
     return result.stdout.strip(), result.stderr
 
 
@@ -23,7 +26,9 @@ def test_development_ini_serves_the_sandbox_on_the_port_given_on_the_command_lin
     env = clean_env()
     gateway = spawn("pserve", "development.ini", f"http_port={port}", env=env)
     wait_for_port(port, gateway)
-    token, warning = mint_with_cli("--sub", "demo-user", "--scope", "siteinfo:read", "--moodle-userid", "3", env=env)
+    token, warning = mint_with_cli(
+        "--sub", "demo-user", "--scope", "siteinfo:read", "--moodle-userid", "3", env=env, folder=tmp_path
+    )
 
     response = requests.get(
         f"http://127.0.0.1:{port}/api/moodle/siteinfo", headers={"Authorization": f"Bearer {token}"}, timeout=10
@@ -37,7 +42,7 @@ def test_development_ini_serves_the_sandbox_on_the_port_given_on_the_command_lin
     assert refused.status_code == 401
 
 
-def test_production_ini_against_a_standalone_sandbox(spawn):
+def test_production_ini_against_a_standalone_sandbox(spawn, tmp_path):
     moodle_port, gateway_port = free_port(), free_port()
     sandbox = spawn("lms-api", "sandbox", "--port", str(moodle_port), "--token", "integration-token", env=clean_env())
     wait_for_port(moodle_port, sandbox)
@@ -49,7 +54,7 @@ def test_production_ini_against_a_standalone_sandbox(spawn):
     )
     gateway = spawn("pserve", "production.ini", f"http_port={gateway_port}", env=env)
     wait_for_port(gateway_port, gateway)
-    token, warning = mint_with_cli("--sub", "ops", "--scope", "admin", env=env)
+    token, warning = mint_with_cli("--sub", "ops", "--scope", "admin", env=env, folder=tmp_path)
 
     response = requests.get(
         f"http://127.0.0.1:{gateway_port}/api/moodle/siteinfo",
@@ -113,3 +118,22 @@ def test_production_ini_refuses_to_start_without_its_settings(tmp_path):
     assert result.returncode == 2
     assert "MOODLE_BASE_URL is required with production.ini" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_sandbox_on_a_port_in_use_is_one_line_and_exit_status_2(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [str(BIN / "lms-api"), "sandbox", "--port", str(port)],
+            cwd=tmp_path,
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    assert result.returncode == 2
+    assert result.stderr == f"lms-api: cannot listen on 127.0.0.1:{port}: the port is already in use\n"
+    assert result.stdout == ""

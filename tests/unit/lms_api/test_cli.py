@@ -1,5 +1,6 @@
 """The lms-api command in process: minting tokens and starting the sandbox (its server is a stand-in here)."""
 
+import socket
 from types import SimpleNamespace
 
 import jwt
@@ -100,3 +101,21 @@ def test_the_sandbox_starts_with_the_options_given_and_stops_on_ctrl_c(monkeypat
 def test_an_unknown_fault_kind_is_status_2(capsys):
     assert cli.main(["sandbox", "--fault", "meteor"]) == 2
     assert "--fault must be one of" in capsys.readouterr().err
+
+
+def test_the_sandbox_on_a_port_in_use_is_one_line_and_status_2(capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        assert cli.main(["sandbox", "--port", str(port)]) == 2
+
+    out, err = capsys.readouterr()
+    assert (out, err) == ("", f"lms-api: cannot listen on 127.0.0.1:{port}: the port is already in use\n")
+
+
+def test_the_sandbox_on_an_address_not_of_this_host_says_why(capsys):
+    assert cli.main(["sandbox", "--host", "192.0.2.1", "--port", "8089"]) == 2  # TEST-NET-1: never this host's
+
+    assert capsys.readouterr().err == "lms-api: cannot listen on 192.0.2.1:8089: Cannot assign requested address\n"
