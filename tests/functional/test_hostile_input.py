@@ -241,8 +241,19 @@ FILE_PART = (b'Content-Disposition: form-data; name="file"; filename="a.txt"\r\n
         (multipart(FILE_PART), "multipart/form-data; boundary=other"),
         (multipart(FILE_PART), "multipart/form-data; boundary=" + "x" * 71),
         (b"", "multipart/form-data; boundary=b0und4ry"),
+        (multipart(FILE_PART), "multipart/form-data; charset=latin1; boundary=b0und4ry"),
+        (multipart(FILE_PART), "multipart/form-data; boundary=b0und4ry; boundary=b0und4ry"),
     ],
-    ids=["no-closing-boundary", "cut-short", "no-boundary", "other-boundary", "boundary-too-long", "empty"],
+    ids=[
+        "no-closing-boundary",
+        "cut-short",
+        "no-boundary",
+        "other-boundary",
+        "boundary-too-long",
+        "empty",
+        "latin1-charset",
+        "boundary-twice",
+    ],
 )
 def test_a_truncated_or_malformed_multipart_body_is_a_400(gateway, sandbox, body, content_type):
     before = sandbox_calls(sandbox)
