@@ -378,3 +378,16 @@ def test_a_course_deleted_before_its_read_back_is_a_404_saying_the_update_was_ap
 
     assert (info.value.status, info.value.code) == (404, "coursenotfound")
     assert info.value.details == {"missing_courses": [2], "updated": True}
+
+
+def test_only_an_offered_format_passes_and_no_format_is_no_question():
+    courses.require_offered_format({"format": "weeks"}, ("topics", "weeks"))
+    courses.require_offered_format({"fullname": "No format"}, ("topics",))
+
+    with pytest.raises(ApiError) as info:
+        courses.require_offered_format({"format": "bogus"}, ("topics", "weeks"))
+
+    assert (info.value.status, info.value.code) == (400, "validationerror")
+    assert info.value.details == {
+        "fields": {"format": ["Not a course format this site offers: 'bogus'; one of topics, weeks"]}
+    }
