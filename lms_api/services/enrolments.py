@@ -76,9 +76,9 @@ def enrol(moodle: MoodleClient, enrolments: list[dict[str, Any]]) -> EnrolResult
 
     The guest is refused first: Moodle 5.0 would enrol it. The courses and users are checked before anything is
     written: Moodle answers ``invalidparameter`` for a course that does not exist, fails with a PHP TypeError for a
-    user that does not exist and with a coding error for a deleted one. Each Moodle call
-    is all-or-nothing; when one fails, ``details`` lists the indexes ``applied`` by the earlier calls and
-    ``not_applied`` (and ``unknown`` when the failed call's outcome cannot be known).
+    user that does not exist and with a coding error for a deleted one. Each Moodle call is all-or-nothing; when
+    one fails, ``details`` lists the indexes ``applied`` by the earlier calls and ``not_applied`` (and ``unknown``
+    when the failed call's outcome cannot be known).
     """
     guests = [index for index, enrolment in enumerate(enrolments) if enrolment["userid"] == GUEST_USER_ID]
     if guests:
