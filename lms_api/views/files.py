@@ -31,7 +31,8 @@ def upload(request: Request) -> object:
     """Upload files into one draft item of the token user (multipart, one or more `file` parts).
 
     The draft item is then attached to a course with `POST /files/attach`. An `itemid` adds the files to a draft
-    item this caller uploaded before.
+    item this caller uploaded before. The body is refused at the first part past a limit: files, parts, the length
+    of a text field or of a part header.
     """
     form = load_multipart(request, _form, repeatable=("file",), max_files=MAX_FILES)
     request.audit_targets.update(filenames=[upload.filename for upload in form["file"]], itemid=form["itemid"])
