@@ -1,6 +1,6 @@
-"""The docs page in a real browser (headless Chromium): every route is listed, and "Try it out" on site info with a
-pasted token answers 200 from the sandbox, under the page's Content-Security-Policy with no violation reported; a
-reload forgets the token. The screenshot is kept for a person to look at."""
+"""The docs page in a real browser (headless Chromium), reached from the gateway's root: every route is listed, and
+"Try it out" on site info with a pasted token answers 200 from the sandbox, under the page's Content-Security-Policy
+with no violation reported; a reload forgets the token. The screenshot is kept for a person to look at."""
 
 import shutil
 import subprocess
@@ -66,8 +66,9 @@ def test_the_docs_page_lists_every_route_and_tries_site_info_with_a_pasted_token
             loaded = {}
             page.on("response", lambda response: loaded.setdefault(response.url, response))
 
-            page.goto(docs)
+            page.goto(f"http://127.0.0.1:{port}/")  # the gateway's address leads to the page
             page.wait_for_selector(".opblock", timeout=20_000)
+            landed_on = page.url
             operations = page.locator(".opblock").count()
             authorize(page, token)
             answered, body = try_site_info(page)
@@ -90,6 +91,7 @@ def test_the_docs_page_lists_every_route_and_tries_site_info_with_a_pasted_token
         finally:
             browser.close()
 
+    assert landed_on == docs
     assert operations == 11  # every route and method of the document
     assert answered == "200"
     assert '"sitename": "lms_api Moodle sandbox"' in body
