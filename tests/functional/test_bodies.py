@@ -129,6 +129,8 @@ def test_a_json_body_declared_over_max_json_body_kb_is_a_413_before_the_token_or
     assert "RateLimit-Limit" not in response.headers  # refused before the budgets are counted
     [request_line] = [line for line in gateway.log_lines if line["event"] == "request"]
     assert (request_line["status"], request_line["sub"]) == (413, None)  # the token was never checked
+    [audit] = [line for line in gateway.log_lines if line["event"] == "audit"]
+    assert (audit["outcome"], audit["sub"]) == ("bodytoolarge", None)  # a refused write attempt is still audited
 
 
 def test_a_refused_body_costs_the_caller_no_budget(make_gateway):
