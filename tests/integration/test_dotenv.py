@@ -5,13 +5,17 @@ the process tests run it in their gateway's folder. Here the paths that once rea
 with a .env of production keys in the test run's working directory, as a developer's checkout has one.
 """
 
+import io
+import re
 import subprocess
 
 import jwt
 import pytest
+from dotenv import dotenv_values
 
+from lms_api.settings import SETTING_NAMES, SettingsError, load_settings
 from tests.integration import test_processes
-from tests.integration.conftest import BIN, clean_env
+from tests.integration.conftest import BIN, ROOT, clean_env
 
 HOSTILE_SECRET = "developer-secret-0123456789-0123456789-xy"  # 40 characters
 HOSTILE_DOTENV = f"""\
@@ -60,3 +64,63 @@ def test_the_production_gateway_and_its_tokens_ignore_it(hostile_dotenv, spawn, 
 def test_the_refusals_of_pserve_and_the_sandbox_ignore_it(hostile_dotenv, tmp_path):
     test_processes.test_production_ini_refuses_to_start_without_its_settings(tmp_path)
     test_processes.test_the_sandbox_on_a_port_in_use_is_one_line_and_exit_status_2(tmp_path)
+
+
+# -- .env.example: what a developer copies ------------------------------------------------------------
+
+EXAMPLE = ROOT / ".env.example"
+DEVELOPMENT_INI = {"lms_api.environment": "development"}
+YOURS = {"MOODLE_BASE_URL": "https://moodle.example.edu", "MOODLE_TOKEN": "0123456789abcdef0123456789abcdef",
+         "JWT_SECRET": HOSTILE_SECRET}  # fmt: skip
+
+
+def example(*, uncommented=()):
+    """.env.example as ``read_dotenv`` reads it, with the commented lines of ``uncommented`` keys taken in too."""
+    lines = EXAMPLE.read_text().splitlines()
+    taken = [
+        line.removeprefix("# ") if line.removeprefix("# ").split("=")[0] in uncommented else line for line in lines
+    ]
+    return dict(dotenv_values(stream=io.StringIO("\n".join(taken))))
+
+
+def test_every_setting_is_in_the_example_with_its_meaning_and_nothing_else_is():
+    lines = EXAMPLE.read_text().splitlines()
+    setting = re.compile(r"(# )?([A-Z][A-Z0-9_]+)=")
+    named = [match[2] for match in map(setting.match, lines) if match]
+
+    assert sorted(named) == sorted(SETTING_NAMES)
+    for index, line in enumerate(lines):
+        if setting.match(line):
+            above = next(text for text in reversed(lines[:index]) if not setting.match(text))  # keys of a group
+            assert above.startswith("# ") and not above.startswith("# --"), f"{line} has no line saying what it is"
+
+
+def test_the_example_as_copied_loads_under_development_on_the_sandbox_with_console_logs():
+    settings = load_settings(DEVELOPMENT_INI, {}, example())
+
+    assert settings.uses_sandbox
+    assert settings.log_format == "console"
+
+
+def test_the_example_filled_in_points_development_at_your_moodle():
+    settings = load_settings(DEVELOPMENT_INI, {}, example() | YOURS)
+
+    assert (settings.moodle_base_url, settings.jwt_secret) == (YOURS["MOODLE_BASE_URL"], HOSTILE_SECRET)
+    assert not settings.uses_development_jwt_secret
+
+
+def test_a_moodle_without_its_token_and_a_key_of_your_own_is_refused_naming_both():
+    with pytest.raises(SettingsError) as refused:
+        load_settings(DEVELOPMENT_INI, {}, example() | {"MOODLE_BASE_URL": YOURS["MOODLE_BASE_URL"]})
+
+    assert [problem.split()[0] for problem in refused.value.problems] == ["MOODLE_TOKEN", "JWT_SECRET"]
+
+
+def test_every_value_shown_for_production_is_one_production_takes():
+    # The public key and the JWKS URL are the JWT_SECRET's alternatives: one of the three at a time.
+    shown = [name for name in SETTING_NAMES if name not in ("JWT_PUBLIC_KEY", "JWT_JWKS_URL")]
+
+    settings = load_settings({"lms_api.environment": "production"}, {}, example(uncommented=shown) | YOURS)
+
+    assert settings.moodle_role_ids["tutor"] == 9
+    assert settings.public_url == "https://api.example.edu"
