@@ -2,31 +2,26 @@
 
 waitress passes ``X-Forwarded-*`` through untouched (the ini files tell it not to judge them), and this module
 believes them only from a peer in ``TRUSTED_PROXIES``. The client's address (rate limits, ``/metrics``) and the
-scheme and host of every absolute URL the gateway writes (``Location``) come from here, so an untrusted
-``Host: evil.example`` or ``X-Forwarded-For`` never changes what the gateway says or whom it counts.
+scheme and host of every URL the gateway writes (``Location``) come from here, so an untrusted ``Host:
+evil.example`` or ``X-Forwarded-For`` never changes what the gateway says or whom it counts.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, MutableMapping
 from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Any
-from urllib.parse import urlsplit
 
 from pyramid.config import Configurator
-from pyramid.registry import Registry
 from pyramid.request import Request
 from pyramid.response import Response
-from pyramid.tweens import INGRESS
 
 from lms_api.settings import Settings
 
 Networks = tuple[IPv4Network | IPv6Network, ...]
 # A host as a browser writes it in a URL: a name or an IPv4 address, or an IPv6 address in brackets; a port.
-_HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}\.?)*|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?")
+_HOST = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?")
 _SCHEMES = frozenset({"http", "https"})
-_DEFAULT_PORTS = {"http": "80", "https": "443"}
 
 
 def is_trusted(address: str, networks: Networks) -> bool:
@@ -49,23 +44,27 @@ def client_address(request: Request, trusted_proxies: Networks) -> str:
     return address
 
 
-def public_scheme_and_host(environ: MutableMapping[str, Any], settings: Settings) -> tuple[str, str]:
-    """The scheme and host callers reach the gateway by: ``PUBLIC_URL``; else what a trusted proxy says it saw
-    (``X-Forwarded-Proto``, ``X-Forwarded-Host``); else the address the server listens on, never the request's own
-    ``Host``, which any client may write."""
+def public_origin(request: Request) -> str | None:
+    """The scheme and host callers reach the gateway by, when known: ``PUBLIC_URL``; else what a trusted proxy says
+    it saw (``X-Forwarded-Host``, with ``X-Forwarded-Proto``); else None. The request's own ``Host`` never counts: any
+    client may write it."""
+    settings: Settings = request.lms_settings
     if settings.public_url:
-        parts = urlsplit(settings.public_url)
-        return parts.scheme, parts.netloc
-    scheme = str(environ.get("wsgi.url_scheme", "http"))
-    host = _listening_host(environ, scheme)
-    if is_trusted(str(environ.get("REMOTE_ADDR", "")), settings.trusted_proxies):
-        forwarded_proto = _last(environ.get("HTTP_X_FORWARDED_PROTO", "")).lower()
-        forwarded_host = _last(environ.get("HTTP_X_FORWARDED_HOST", ""))
-        if forwarded_proto in _SCHEMES:
-            scheme = forwarded_proto
-        if _HOST.fullmatch(forwarded_host):
-            host = forwarded_host
-    return scheme, host
+        return settings.public_url
+    if not is_trusted(request.remote_addr or "", settings.trusted_proxies):
+        return None
+    host = _last(request.headers.get("X-Forwarded-Host", ""))
+    if not _HOST.fullmatch(host):
+        return None
+    scheme = _last(request.headers.get("X-Forwarded-Proto", "")).lower()
+    return f"{scheme if scheme in _SCHEMES else request.scheme}://{host}"
+
+
+def public_url(request: Request, path: str) -> str:
+    """``path`` as an absolute URL when the public origin is known, else as it is: a path is a valid ``Location``
+    (RFC 9110), which the browser resolves against the address it asked for."""
+    origin = public_origin(request)
+    return origin + path if origin else path
 
 
 def _last(header: str) -> str:
@@ -73,28 +72,14 @@ def _last(header: str) -> str:
     return header.rsplit(",", 1)[-1].strip()
 
 
-def _listening_host(environ: MutableMapping[str, Any], scheme: str) -> str:
-    name, port = str(environ.get("SERVER_NAME", "localhost")), str(environ.get("SERVER_PORT", ""))
-    if ":" in name and not name.startswith("["):
-        name = f"[{name}]"
-    return name if not port or port == _DEFAULT_PORTS.get(scheme) else f"{name}:{port}"
+class KeptLocationResponse(Response):  # type: ignore[misc]  # Pyramid ships no type information
+    """A response whose ``Location`` is sent as the view set it. WebOb would make a path absolute with the request's
+    ``Host``, which the client wrote."""
 
-
-def public_url_tween_factory(
-    handler: Callable[[Request], Response], registry: Registry
-) -> Callable[[Request], Response]:
-    """Outermost: the request's scheme and host become the public ones before anything builds a URL from them,
-    Pyramid's ``route_url`` and WebOb's absolute ``Location`` included."""
-    settings: Settings = registry.settings["lms_api.settings"]
-
-    def tween(request: Request) -> Response:
-        scheme, host = public_scheme_and_host(request.environ, settings)
-        request.environ["wsgi.url_scheme"] = scheme
-        request.environ["HTTP_HOST"] = host
-        return handler(request)
-
-    return tween
+    def _abs_headerlist(self, environ: dict[str, Any]) -> list[tuple[str, str]]:
+        return list(self.headerlist)
 
 
 def includeme(config: Configurator) -> None:
-    config.add_tween("lms_api.caller.public_url_tween_factory", under=INGRESS)
+    config.add_request_method(public_url, "public_url")
+    config.set_response_factory(lambda request: KeptLocationResponse())

@@ -53,7 +53,7 @@ def create_course(request: Request) -> object:
     courses.require_offered_format(fields, request.lms_settings.moodle_course_formats)
     created = courses.create_course(request.find_service(MoodleClient), fields)
     request.audit_targets["course_id"] = created["id"]
-    request.response.location = request.route_url("api.moodle.course", course_id=created["id"])
+    request.response.location = request.public_url(request.route_path("api.moodle.course", course_id=created["id"]))
     return _created.dump(created)
 
 

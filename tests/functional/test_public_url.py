@@ -1,5 +1,6 @@
-"""The public scheme and host of absolute URLs (``Location``): PUBLIC_URL, else a trusted proxy's view, else the
-address the gateway listens on; never the request's own ``Host``, which any client may write."""
+"""The public scheme and host of the URLs the gateway writes (``Location``): PUBLIC_URL, else a trusted proxy's
+view; else the path alone, which a browser resolves against the address it asked for. Never the request's own
+``Host``, which any client may write."""
 
 import itertools
 
@@ -12,7 +13,6 @@ _numbers = itertools.count(1)
 
 PROXY = {"REMOTE_ADDR": "10.0.0.5"}
 STRANGER = {"REMOTE_ADDR": "203.0.113.9"}
-LISTENING = {"SERVER_NAME": "127.0.0.1", "SERVER_PORT": "6543"}
 
 
 def created_location(gateway, headers=None, environ=None):
@@ -21,14 +21,14 @@ def created_location(gateway, headers=None, environ=None):
         "/api/moodle/courses",
         body,
         headers={"Authorization": f"Bearer {WRITE}", **(headers or {})},
-        extra_environ={**LISTENING, **(environ or {})},
+        extra_environ=environ or {},
     )
     assert response.status_int == 201, response.text
     return response.headers["Location"], response.json["data"]["id"]
 
 
-def test_an_untrusted_host_never_reaches_location(make_gateway):
-    gateway = make_gateway()
+def test_an_untrusted_host_never_reaches_location_which_is_then_a_path(make_gateway):
+    gateway = make_gateway(TRUSTED_PROXIES="10.0.0.0/8")
 
     location, course_id = created_location(
         gateway,
@@ -36,7 +36,7 @@ def test_an_untrusted_host_never_reaches_location(make_gateway):
         STRANGER,
     )
 
-    assert location == f"http://127.0.0.1:6543/api/moodle/courses/{course_id}"
+    assert location == f"/api/moodle/courses/{course_id}"
 
 
 def test_a_trusted_proxy_gives_the_scheme_and_host_it_saw(make_gateway):
@@ -45,20 +45,19 @@ def test_a_trusted_proxy_gives_the_scheme_and_host_it_saw(make_gateway):
     location, course_id = created_location(
         gateway, {"Host": "10.0.0.9:6543", "X-Forwarded-Host": "api.example.edu", "X-Forwarded-Proto": "https"}, PROXY
     )
-    spoofed, _ = created_location(gateway, {"X-Forwarded-Host": "evil.example", "X-Forwarded-Proto": "https"}, STRANGER)
 
     assert location == f"https://api.example.edu/api/moodle/courses/{course_id}"
-    assert spoofed.startswith("http://127.0.0.1:6543/")
 
 
 @pytest.mark.parametrize(
     ("forwarded_host", "forwarded_proto", "origin"),
     [
-        ("evil.example/path", "https", "https://127.0.0.1:6543"),
-        ("a b", "https", "https://127.0.0.1:6543"),
-        ("evil.example@x", "", "http://127.0.0.1:6543"),
+        ("evil.example/path", "https", ""),
+        ("a b", "https", ""),
+        ("evil.example@x", "", ""),
+        ("", "https", ""),
         ("api.example.edu", "javascript", "http://api.example.edu"),
-        ("", "", "http://127.0.0.1:6543"),
+        ("[::1]:8443", "https", "https://[::1]:8443"),
     ],
 )
 def test_a_trusted_proxy_header_that_is_not_a_host_or_scheme_is_not_used(
@@ -91,11 +90,3 @@ def test_public_url_beats_every_header(make_gateway):
     )
 
     assert location == f"https://lms-api.example.edu:8443/api/moodle/courses/{course_id}"
-
-
-def test_an_ipv6_listening_address_is_bracketed(make_gateway):
-    gateway = make_gateway()
-
-    location, course_id = created_location(gateway, environ={"SERVER_NAME": "::1", "SERVER_PORT": "80"})
-
-    assert location == f"http://[::1]/api/moodle/courses/{course_id}"
