@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypedDict
 
 from lms_api.errors import ApiError, ErrorCode
@@ -53,11 +53,20 @@ def upload_too_large(max_mb: int) -> ApiError:
     )
 
 
-def upload(moodle: MoodleClient, files: Sequence[UploadFile], itemid: int = 0) -> Uploaded:
-    """Upload ``files`` into one draft item; any per-file refusal is an error naming what was stored anyway."""
+def upload(
+    moodle: MoodleClient, files: Sequence[UploadFile], itemid: int, stored_in: Callable[[int], None]
+) -> Uploaded:
+    """Upload ``files`` into one draft item; any per-file refusal is an error naming what was stored anyway.
+
+    ``stored_in`` is told the draft item as soon as Moodle has stored a file in it, before any refusal is raised:
+    the files stored stay stored, and their caller may still attach them.
+    """
     entries = moodle.upload(files, itemid)
     refused = [entry for entry in entries if "errortype" in entry]
     stored = [entry for entry in entries if "errortype" not in entry]
+    draft_itemid = _draft_item(stored)
+    if draft_itemid is not None:
+        stored_in(draft_itemid)
     if refused:
         raise _refused_file(moodle, refused[0], stored)
     if len(stored) != len(files):
@@ -66,12 +75,17 @@ def upload(moodle: MoodleClient, files: Sequence[UploadFile], itemid: int = 0) -
             f"Moodle's upload.php stored {len(stored)} of {len(files)} files",
             {"function": UPLOAD_FUNCTION, "stored": [entry.get("filename") for entry in stored]},
         )
-    draft_itemid = stored[0].get("itemid")
-    if isinstance(draft_itemid, bool) or not isinstance(draft_itemid, int):
+    if draft_itemid is None:
         raise MoodleError(
             ErrorCode.BAD_RESPONSE, "Moodle's upload.php named no draft item", {"function": UPLOAD_FUNCTION}
         )
     return {"itemid": draft_itemid, "files": stored}
+
+
+def _draft_item(stored: list[MoodleRecord]) -> int | None:
+    """The draft item Moodle names for the files it stored, if it names one."""
+    itemid = stored[0].get("itemid") if stored else None
+    return itemid if isinstance(itemid, int) and not isinstance(itemid, bool) else None
 
 
 def _refused_file(moodle: MoodleClient, entry: dict[str, Any], stored: list[dict[str, Any]]) -> ApiError:

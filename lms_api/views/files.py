@@ -37,11 +37,12 @@ def upload(request: Request) -> object:
     form = load_multipart(request, _form, repeatable=("file",), max_files=MAX_FILES)
     request.audit_targets.update(filenames=[upload.filename for upload in form["file"]], itemid=form["itemid"])
     files.check_sizes(form["file"], request.lms_settings.moodle_max_upload_mb)
-    owners = drafts.draft_owners(request.registry)
+    owners, sub = drafts.draft_owners(request.registry), request.identity.sub
     if form["itemid"]:
-        drafts.check_owner(owners, form["itemid"], request.identity.sub)
-    uploaded = files.upload(request.find_service(MoodleClient), form["file"], form["itemid"])
-    owners.remember(uploaded["itemid"], request.identity.sub)
+        drafts.check_owner(owners, form["itemid"], sub)
+    uploaded = files.upload(
+        request.find_service(MoodleClient), form["file"], form["itemid"], lambda itemid: owners.remember(itemid, sub)
+    )
     request.audit_targets["itemid"] = uploaded["itemid"]
     return _uploaded.dump(uploaded)
 

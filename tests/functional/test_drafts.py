@@ -127,3 +127,15 @@ def test_the_store_follows_the_settings(make_gateway, empty_redis, redis_url):
 
     assert isinstance(owners, RedisDraftOwners if redis_url else LocalDraftOwners)
     assert drafts.draft_owners(gateway.router.registry) is owners
+
+
+def test_the_files_stored_before_a_refused_one_are_the_callers_to_attach(make_sandbox, make_gateway):
+    small = make_sandbox(max_bytes=10)
+    gateway = make_gateway(base_url=small.url, token=small.site.token)
+
+    refused = gateway.upload(UPLOAD, [("file", "small.txt", b"short"), ("file", "big.bin", b"x" * 20)], ADA)
+
+    assert refused.json["error"]["code"] == "fileoversized"
+    itemid = refused.json["error"]["details"]["itemid"]
+    assert_draft_not_found(attach(gateway, BO, itemid), itemid)
+    assert attach(gateway, ADA, itemid).status_int == 201

@@ -32,6 +32,10 @@ def draft_entry(filename, itemid=549014061, size=26):
             "source": 'O:8:"stdClass":1:{s:6:"source";s:8:"hello.py";}', "filesize": size}  # fmt: skip
 
 
+def unused_item(itemid):
+    """Where a test that does not look at it sends the draft item."""
+
+
 def upload_file(name="hello.py", content=b"print('hello from lms_api')"):
     return UploadFile(name, io.BytesIO(content), "text/x-python")
 
@@ -39,7 +43,8 @@ def upload_file(name="hello.py", content=b"print('hello from lms_api')"):
 def test_upload_streams_a_multipart_body_with_the_token_in_it(moodle, rsps):
     rsps.add(responses.POST, UPLOAD_URL, json=[draft_entry("hello.py")], content_type="text/plain")
 
-    answer = files.upload(moodle, [upload_file()], itemid=0)
+    stored_in = []
+    answer = files.upload(moodle, [upload_file()], 0, stored_in.append)
 
     request = rsps.calls[-1].request
     assert request.url == UPLOAD_URL
@@ -49,7 +54,7 @@ def test_upload_streams_a_multipart_body_with_the_token_in_it(moodle, rsps):
     assert b'name="token"\r\n\r\n' + TOKEN.encode() in body
     assert b'name="itemid"\r\n\r\n0\r\n' in body
     assert b'filename="hello.py"' in body and b"print('hello from lms_api')" in body
-    assert answer["itemid"] == 549014061
+    assert answer["itemid"] == 549014061 and stored_in == [549014061]
     assert answer["files"][0]["filename"] == "hello.py"
 
 
@@ -58,7 +63,7 @@ def test_upload_errors_in_upload_phps_own_shape_are_mapped(moodle, rsps):
                  "debuginfo": None, "reproductionlink": None}  # fmt: skip
     rsps.add(responses.POST, UPLOAD_URL, json=bad_token)
 
-    error = raised(files.upload, moodle, [upload_file()])
+    error = raised(files.upload, moodle, [upload_file()], 0, unused_item)
 
     assert (error.status, error.code) == (502, "invalidtoken")
     assert "MOODLE_TOKEN" in error.message
@@ -71,8 +76,10 @@ def test_a_refused_file_is_an_error_that_never_shows_moodles_temp_path(moodle, r
                      "filepath": "/var/moodledata/temp/phpAbC123", "size": 99}  # fmt: skip
     rsps.add(responses.POST, UPLOAD_URL, json=[draft_entry("hello.py"), refused_entry])
 
-    error = raised(files.upload, moodle, [upload_file(), upload_file("big.bin")])
+    stored_in = []
+    error = raised(files.upload, moodle, [upload_file(), upload_file("big.bin")], 0, stored_in.append)
 
+    assert stored_in == [549014061]  # the file stored stays stored: its item is its caller's to attach
     assert error.status == status
     assert error.details["stored"] == ["hello.py"] and error.details["itemid"] == 549014061
     assert "phpAbC123" not in json.dumps(error.details) + error.message
@@ -82,7 +89,7 @@ def test_a_refused_files_errortype_never_shows_a_server_path(moodle, rsps):
     refused_entry = {"filename": "x.bin", "errortype": "cannot write /var/moodledata/temp/x", "error": "x"}
     rsps.add(responses.POST, UPLOAD_URL, json=[refused_entry])
 
-    error = raised(files.upload, moodle, [upload_file("x.bin")])
+    error = raised(files.upload, moodle, [upload_file("x.bin")], 0, unused_item)
 
     assert (error.code, error.message) == ("uploadrefused", "Moodle refused x.bin (cannot write [path])")
 
@@ -91,14 +98,14 @@ def test_a_refused_files_errortype_never_shows_a_server_path(moodle, rsps):
 def test_an_upload_answer_without_the_files_is_a_502(moodle, rsps, answer):
     rsps.add(responses.POST, UPLOAD_URL, json=answer)
 
-    assert raised(files.upload, moodle, [upload_file()]).status == 502
+    assert raised(files.upload, moodle, [upload_file()], 0, unused_item).status == 502
 
 
 @pytest.mark.parametrize("itemid", [None, "7", True])
 def test_an_upload_answer_naming_no_draft_item_is_a_502(moodle, rsps, itemid):
     rsps.add(responses.POST, UPLOAD_URL, json=[{**draft_entry("hello.py"), "itemid": itemid}])
 
-    error = raised(files.upload, moodle, [upload_file()])
+    error = raised(files.upload, moodle, [upload_file()], 0, unused_item)
 
     assert (error.status, error.code) == (502, "badresponse")
 
@@ -106,7 +113,7 @@ def test_an_upload_answer_naming_no_draft_item_is_a_502(moodle, rsps, itemid):
 def test_an_upload_is_not_sent_twice_after_the_connection_dropped(moodle, rsps):
     rsps.add(responses.POST, UPLOAD_URL, body=reset())
 
-    error = raised(files.upload, moodle, [upload_file()])
+    error = raised(files.upload, moodle, [upload_file()], 0, unused_item)
 
     assert error.details["outcome"] == "unknown"
     assert len([c for c in rsps.calls if c.request.url == UPLOAD_URL]) == 1
@@ -116,7 +123,7 @@ def test_an_upload_that_never_connected_is_retried_from_the_start_of_the_file(mo
     rsps.add(responses.POST, UPLOAD_URL, body=refused())
     rsps.add(responses.POST, UPLOAD_URL, json=[draft_entry("hello.py")])
 
-    assert files.upload(moodle, [upload_file()])["files"][0]["filename"] == "hello.py"
+    assert files.upload(moodle, [upload_file()], 0, unused_item)["files"][0]["filename"] == "hello.py"
     body = rsps.calls[-1].request.body
     body = body.read() if hasattr(body, "read") else body
     assert b"print('hello from lms_api')" in body
