@@ -99,7 +99,7 @@ def docs_asset(request: Request) -> Response:
     return _secured(Response(body=body, content_type=kind, charset=charset))
 
 
-class PathRedirect(Response):  # type: ignore[misc]  # Pyramid ships no type information
+class PathRedirect(Response):  # type: ignore[misc]  # WebOb ships no type information
     """A redirect whose ``Location`` stays a path (RFC 9110 allows it): the browser resolves it against the address it
     asked for. WebOb would write the scheme and host the gateway settles on, which behind nothing but waitress is
     its listening address, not always one a browser can reach."""

@@ -190,7 +190,9 @@ GOOD_HEADER, GOOD_PAYLOAD, GOOD_SIGNATURE = signed(HS256, CLAIMS).split(".")
         pytest.param("abc", "expected three base64url parts, header.payload.signature (found 1)", id="one-part"),
         pytest.param("a.b.c.d", "expected three base64url parts, header.payload.signature (found 4)", id="four-parts"),
         pytest.param(
-            f"{GOOD_HEADER}.{GOOD_PAYLOAD}", "expected three base64url parts, header.payload.signature (found 2)"
+            f"{GOOD_HEADER}.{GOOD_PAYLOAD}",
+            "expected three base64url parts, header.payload.signature (found 2)",
+            id="two-parts",
         ),
         # The issue's example: PyJWT answered "Invalid header string: 'utf-8' codec can't decode byte 0xb7 ..."
         pytest.param(f"t7e3.{GOOD_PAYLOAD}.{GOOD_SIGNATURE}", "its header is not base64url-encoded JSON", id="binary"),
@@ -279,7 +281,7 @@ def test_a_wrong_audience_or_issuer_is_told_which(make_gateway):
     [
         # PyJWT alone reads these with int(): a string of digits was a valid expiry, and true was 1970's second one
         ("exp", "9999999999", "a string"),
-        ("exp", str(NOW + 600), "a string"),
+        pytest.param("exp", str(NOW + 600), "a string", id="exp-digits-in-ten-minutes"),
         ("exp", True, "true or false"),
         ("exp", None, "null"),
         ("exp", [NOW + 600], "an array"),
