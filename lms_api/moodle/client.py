@@ -460,9 +460,11 @@ class MoodleClient:
             cause = Cause(CauseKind.TIMEOUT, f"no answer from {self._address} within {remaining:.1f} s")
             return _TransportFailure(ErrorCode.MOODLE_TIMEOUT, "Moodle did not answer in time", True, True, cause)
         except requests.exceptions.SSLError as error:
-            # The handshake comes before any byte of the request: nothing was sent.
-            cause = Cause(CauseKind.TLS, f"the TLS handshake with {self._address} failed: {_tls_reason(error)}")
-            return _TransportFailure(ErrorCode.MOODLE_UNAVAILABLE, UNREACHABLE_MESSAGE, False, False, cause)
+            cause = Cause(CauseKind.TLS, f"TLS with {self._address} failed: {_tls_reason(error)}")
+            # A certificate is refused in the handshake, before any byte of the request; any other TLS failure may
+            # come once it was sent (urllib3 wraps both alike), so a write is then not sent again.
+            sent = not any(isinstance(link, ssl.SSLCertVerificationError) for link in _links(error))
+            return _TransportFailure(ErrorCode.MOODLE_UNAVAILABLE, UNREACHABLE_MESSAGE, sent, sent, cause)
         except requests.ConnectionError as error:
             never_connected = _never_connected(error)
             if never_connected is not None:
@@ -632,8 +634,9 @@ def _tls_reason(error: requests.exceptions.SSLError) -> str:
     failure = next((link for link in _links(error) if isinstance(link, ssl.SSLError)), None)
     if isinstance(failure, ssl.SSLCertVerificationError) and failure.verify_message:
         return f"certificate verify failed: {failure.verify_message}"
-    if failure is not None and failure.reason:
-        return str(failure.reason).lower().replace("_", " ")
+    reason = getattr(failure, "reason", None)  # OpenSSL's name for it, when it gave one: WRONG_VERSION_NUMBER
+    if reason:
+        return str(reason).lower().replace("_", " ")
     return str(failure or error)
 
 

@@ -1332,7 +1332,7 @@ def test_https_to_a_server_without_tls_is_tls(local_moodle):
     error = cause_of(plain.url.replace("http://", "https://"))
 
     assert (error.status, error.code, error.cause.kind) == (503, "moodleunavailable", "tls")
-    assert error.cause.reason.startswith(f"the TLS handshake with {plain.url[7:]} failed: ")
+    assert error.cause.reason.startswith(f"TLS with {plain.url[7:]} failed: ")
     assert plain.requests == 0
 
 
@@ -1346,6 +1346,26 @@ def test_a_self_signed_certificate_is_tls_and_says_so(tmp_path):
 
     assert error.cause.kind == "tls"
     assert error.cause.reason.endswith("failed: certificate verify failed: self-signed certificate")
+
+
+def test_a_refused_certificate_on_a_write_is_sent_again_as_nothing_was_sent(make_client, rsps):
+    prime(client := make_client(), rsps)
+    refused_certificate = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    refused_certificate.verify_message = "self-signed certificate"
+    add(rsps, WRITE_FN, body=requests.exceptions.SSLError(refused_certificate))
+    add(rsps, WRITE_FN, json=[{"id": 3}])
+
+    assert client.call(WRITE_FN) == [{"id": 3}]
+
+
+def test_another_tls_failure_on_a_write_may_have_come_after_sending(client, rsps):
+    prime(client, rsps)
+    add(rsps, WRITE_FN, body=requests.exceptions.SSLError(ssl.SSLEOFError(8, "EOF occurred in violation of protocol")))
+
+    error = raised(client.call, WRITE_FN)
+
+    assert (error.status, error.details["outcome"], error.cause.kind) == (504, "unknown", "tls")
+    assert sent_functions(rsps) == [SITE_INFO, WRITE_FN]
 
 
 def test_no_answer_in_time_is_a_timeout(local_moodle):
