@@ -79,7 +79,7 @@ class UploadFile:
 class CauseKind(StrEnum):
     REFUSED = "refused"  # nothing accepts connections at the address
     DNS = "dns"  # the host name does not resolve
-    TLS = "tls"  # the TLS handshake failed: a certificate not trusted or not for the name, or no TLS at all
+    TLS = "tls"  # TLS failed: a certificate not trusted or not for the name, no TLS at the address, a broken session
     NETWORK = "network"  # no connection for another reason: no route to the host, the network unreachable
     TIMEOUT = "timeout"  # no connection, or no answer, within the call's deadline
     RESET = "reset"  # the connection was closed or reset before an answer came
