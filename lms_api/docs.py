@@ -10,13 +10,14 @@ Of the package's 25 MB of assets, only the few files the page loads are served.
 from __future__ import annotations
 
 from importlib.resources import files
-from typing import Any
 
 from pyramid.config import Configurator
 from pyramid.httpexceptions import HTTPNotFound
 from pyramid.request import Request
 from pyramid.response import Response
 from pyramid.security import NO_PERMISSION_REQUIRED
+
+from lms_api.caller import KeptLocationResponse
 
 DOCS_PATH = "/api/moodle/docs"
 DOCS_ROUTE = "api.moodle.docs"
@@ -99,18 +100,9 @@ def docs_asset(request: Request) -> Response:
     return _secured(Response(body=body, content_type=kind, charset=charset))
 
 
-class PathRedirect(Response):  # type: ignore[misc]  # WebOb ships no type information
-    """A redirect whose ``Location`` stays a path (RFC 9110 allows it): the browser resolves it against the address it
-    asked for. WebOb would write the scheme and host the gateway settles on, which behind nothing but waitress is
-    its listening address, not always one a browser can reach."""
-
-    def _abs_headerlist(self, environ: dict[str, Any]) -> list[tuple[str, str]]:
-        return list(self.headerlist)
-
-
 def to_docs(request: Request) -> Response:
     """``/`` and ``/api/moodle/docs/``: the docs page, where a person opening the gateway's address wants to be."""
-    return PathRedirect(status=302, location=request.route_path(DOCS_ROUTE))
+    return KeptLocationResponse(status=302, location=request.public_url(request.route_path(DOCS_ROUTE)))
 
 
 def includeme(config: Configurator) -> None:

@@ -119,14 +119,20 @@ def test_the_root_and_the_docs_with_a_slash_redirect_to_the_page(gateway, path, 
     assert gateway.app.get(response.location).status_int == 200
 
 
-def test_a_redirect_keeps_the_gateways_mount_point_and_names_no_host(make_gateway):
-    gateway = make_gateway(PUBLIC_URL="https://lms.example.edu")
-
+def test_a_redirect_keeps_the_gateways_mount_point_and_never_names_the_callers_host(gateway):
     mounted = gateway.app.get("/", extra_environ={"SCRIPT_NAME": "/lms"})
     forged = gateway.app.get("/", headers={"Host": "evil.example"})
 
     assert mounted.headers["Location"] == f"/lms{DOCS}"
     assert forged.headers["Location"] == DOCS
+
+
+def test_with_a_public_url_the_redirect_names_it(make_gateway):
+    gateway = make_gateway(PUBLIC_URL="https://lms.example.edu")
+
+    response = gateway.app.get("/", headers={"Host": "evil.example"})
+
+    assert response.headers["Location"] == f"https://lms.example.edu{DOCS}"
 
 
 def test_the_root_needs_no_token_and_counts_against_no_rate_limit(make_gateway):
