@@ -167,39 +167,39 @@ class HeldTask:
     """A request that is served until ``release`` is set."""
 
     def __init__(self):
-        self.started, self.release = threading.Event(), threading.Event()
+        self.started, self.release, self.cancelled = threading.Event(), threading.Event(), False
 
     def service(self):
         self.started.set()
         self.release.wait(10)
 
     def cancel(self):
-        pass
+        self.cancelled = True
 
 
 def test_the_dispatcher_counts_requests_in_flight_and_says_when_it_shuts_down(monkeypatch):
     dispatcher = server.AnnouncingDispatcher()
-    dispatcher.set_thread_count(2)
-    held = [HeldTask() for _ in range(3)]
+    dispatcher.set_thread_count(1)
+    served, waiting = HeldTask(), HeldTask()
     try:
-        eventually(lambda: dispatcher.in_flight() == 0, "the threads waiting for work")
-        for task in held:
-            dispatcher.add_task(task)
-        eventually(lambda: held[0].started.is_set() and held[1].started.is_set(), "two requests served at once")
-        assert dispatcher.in_flight() == 3  # two served, one waiting for a thread
+        assert dispatcher.in_flight() == 0  # threads waiting for work are no requests
+        dispatcher.add_task(served)
+        dispatcher.add_task(waiting)
+        eventually(served.started.is_set, "the first request served")
+        assert dispatcher.in_flight() == 2  # one served, one waiting for the thread
 
-        held[0].release.set()
-        eventually(lambda: held[2].started.is_set(), "the waiting request served")
-        eventually(lambda: dispatcher.in_flight() == 2, "the first request done")
         with capture_logs() as events:
             # A logger made inside the capture: the module's own may be bound already to another test's set-up.
             monkeypatch.setattr(server, "log", structlog.get_logger("lms_api.server"))
             dispatcher.shutdown(timeout=0.2)
+
         assert events == [{"event": "server.shutting_down", "in_flight": 2, "wait_s": 0.2, "log_level": "info"}]
-        assert dispatcher.in_flight() == 2  # still running after the wait: the process ends them
+        assert waiting.cancelled
+        assert dispatcher.in_flight() == 1  # still served after the wait: the process ends it
+        served.release.set()
+        eventually(lambda: dispatcher.in_flight() == 0, "the served request done")
     finally:
-        for task in held:
-            task.release.set()
+        served.release.set()
         dispatcher.set_thread_count(0)
 
 
