@@ -8,7 +8,15 @@ from pyramid.request import Request
 
 from lms_api.errors import ApiError
 from lms_api.schemas.base import RequestSchema, load_json_body
+from lms_api.settings import load_settings
 from tests.conftest import mint
+
+
+def json_request(body):
+    """A JSON POST as a view sees it: the settings are where the body's limit comes from."""
+    request = Request.blank("/", method="POST", body=body, content_type="application/json")
+    request.lms_settings = load_settings({"lms_api.environment": "development"}, {})
+    return request
 
 
 def assert_error_envelope(response, status, code):
@@ -24,7 +32,7 @@ def assert_error_envelope(response, status, code):
 
 def test_unknown_paths_are_a_404_envelope(gateway):
     assert_error_envelope(gateway.get("/api/moodle/nothing-here", mint()), 404, "notfound")
-    assert_error_envelope(gateway.get("/"), 404, "notfound")
+    assert_error_envelope(gateway.get("/nothing-here"), 404, "notfound")
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
@@ -107,7 +115,7 @@ class _Body(RequestSchema):
 
 @pytest.mark.parametrize("body", [b"{not json", b"", b"\xff\xfe"])
 def test_a_body_that_is_not_json_is_a_400(body):
-    request = Request.blank("/", method="POST", body=body, content_type="application/json")
+    request = json_request(body)
 
     with pytest.raises(ApiError) as caught:
         load_json_body(request, _Body())
@@ -116,7 +124,7 @@ def test_a_body_that_is_not_json_is_a_400(body):
 
 
 def test_a_json_body_that_is_not_an_object_is_a_400():
-    request = Request.blank("/", method="POST", body=b"[1, 2]", content_type="application/json")
+    request = json_request(b"[1, 2]")
 
     with pytest.raises(ApiError) as caught:
         load_json_body(request, _Body())
@@ -125,6 +133,6 @@ def test_a_json_body_that_is_not_an_object_is_a_400():
 
 
 def test_a_json_body_is_validated_by_its_schema():
-    request = Request.blank("/", method="POST", body=b'{"name": "x"}', content_type="application/json")
+    request = json_request(b'{"name": "x"}')
 
     assert load_json_body(request, _Body()) == {"name": "x"}

@@ -40,6 +40,7 @@ def pyramid_config(moodle, identity):
     with testing.testConfig(settings={"lms_api.settings": settings}) as config:
         config.include("lms_api.service_lookup")
         config.include("lms_api.settings")
+        config.include("lms_api.caller")
         config.include("lms_api.audit")
         config.register_service(moodle, MoodleClient)
         config.include("lms_api.cache")  # read views reach the client through the read cache
