@@ -7,7 +7,14 @@ from typing import Any, TypedDict
 
 from lms_api.errors import ApiError, ErrorCode
 from lms_api.moodle.client import MoodleClient, UploadFile
-from lms_api.moodle.errors import MoodleError, MoodleRecord, expect_object, function_not_available, status_for_errorcode
+from lms_api.moodle.errors import (
+    MoodleError,
+    MoodleRecord,
+    expect_object,
+    function_not_available,
+    is_moodle_code,
+    status_for_errorcode,
+)
 from lms_api.moodle.functions import UPLOAD_FUNCTION
 from lms_api.settings import DEFAULT_ATTACH_FUNCTION
 
@@ -95,12 +102,13 @@ def _refused_file(moodle: MoodleClient, entry: dict[str, Any], stored: list[dict
         "fileoversized": f"{filename} is larger than the Moodle site's maximum upload size",
         "filenameexist": f"A file named {filename} is already in this draft item",
     }
+    is_code = is_moodle_code(errortype, moodle.clean)  # else not Moodle's word, and not passed on
     details: dict[str, Any] = {"function": UPLOAD_FUNCTION, "filename": filename}
     if stored:
         details |= {"itemid": stored[0].get("itemid"), "stored": [item.get("filename") for item in stored]}
     return MoodleError(
         errortype if errortype in messages else ErrorCode.UPLOAD_REFUSED,
-        messages.get(errortype, f"Moodle refused {filename} ({errortype})"),
+        messages.get(errortype, f"Moodle refused {filename}" + (f" ({errortype})" if is_code else "")),
         details,
         status=status_for_errorcode(errortype),
     )

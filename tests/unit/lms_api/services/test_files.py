@@ -85,13 +85,22 @@ def test_a_refused_file_is_an_error_that_never_shows_moodles_temp_path(moodle, r
     assert "phpAbC123" not in json.dumps(error.details) + error.message
 
 
-def test_a_refused_files_errortype_never_shows_a_server_path(moodle, rsps):
-    refused_entry = {"filename": "x.bin", "errortype": "cannot write /var/moodledata/temp/x", "error": "x"}
+@pytest.mark.parametrize("errortype", ["cannot write /var/moodledata/temp/x", "<b>quota</b>", "a" * 65, TOKEN])
+def test_a_refused_files_errortype_that_is_not_a_moodle_code_is_left_out(moodle, rsps, errortype):
+    refused_entry = {"filename": "x.bin", "errortype": errortype, "error": "x"}
     rsps.add(responses.POST, UPLOAD_URL, json=[refused_entry])
 
     error = raised(files.upload, moodle, [upload_file("x.bin")], 0, unused_item)
 
-    assert (error.code, error.message) == ("uploadrefused", "Moodle refused x.bin (cannot write [path])")
+    assert (error.status, error.code, error.message) == (502, "uploadrefused", "Moodle refused x.bin")
+
+
+def test_a_refused_files_errortype_of_moodles_syntax_is_named(moodle, rsps):
+    rsps.add(responses.POST, UPLOAD_URL, json=[{"filename": "x.bin", "errortype": "virusfound", "error": "x"}])
+
+    error = raised(files.upload, moodle, [upload_file("x.bin")], 0, unused_item)
+
+    assert (error.status, error.code, error.message) == (502, "uploadrefused", "Moodle refused x.bin (virusfound)")
 
 
 @pytest.mark.parametrize("answer", [[], {"files": []}, "ok"])
