@@ -44,13 +44,16 @@ class ErrorCode(StrEnum):
         "invalidjson",
         400,
         "a body that is not a JSON object, not UTF-8, not strict JSON (`NaN`, a repeated key, a lone surrogate) or "
-        "nested deeper than 32 levels",
+        "nested deeper than 32 levels, or a `Content-Type` whose parameters cannot be read; the message gives the line "
+        "and column",
     )
     INVALID_ENCODING = "invalidencoding", 400, "a path or query string that is not UTF-8 once percent-decoded"
     INVALID_MULTIPART = (
         "invalidmultipart",
         400,
-        "an upload body that cannot be read: no boundary, or not ending with its closing boundary",
+        "an upload body that cannot be read: a `Content-Type` without a boundary, with parameters that cannot be read "
+        "or given twice, or a charset other than UTF-8; parts that do not follow the boundary, no closing boundary "
+        "(truncated), more than 64 parts or 20 files, or a part header over 4 lines or 4 KiB a line",
     )
     UNAUTHENTICATED = "unauthenticated", 401, "no `Authorization: Bearer` token (see Authentication)"
     INVALID_TOKEN = "invalid_token", 401, "the bearer token was refused; the message says why (see Authentication)"
@@ -70,8 +73,18 @@ class ErrorCode(StrEnum):
         "the draft item was not uploaded through the gateway by this caller (`sub`), or has expired",
     )
     METHOD_NOT_ALLOWED = "methodnotallowed", 405, "the route exists, not for this method; `Allow` lists the methods"
-    FILE_TOO_LARGE = "filetoolarge", 413, "the files of an upload exceed `MOODLE_MAX_UPLOAD_MB`; nothing is sent"
-    BODY_TOO_LARGE = "bodytoolarge", 413, "a body over `MAX_JSON_BODY_KB` on a route other than the upload"
+    FILE_TOO_LARGE = (
+        "filetoolarge",
+        413,
+        "the files of an upload exceed `MOODLE_MAX_UPLOAD_MB`, or its body is declared over it and 64 KiB of "
+        "multipart framing (refused before the token is checked); nothing is sent",
+    )
+    BODY_TOO_LARGE = (
+        "bodytoolarge",
+        413,
+        "a body declared (or read) over `MAX_JSON_BODY_KB` on any API route but the upload; refused before the token "
+        "is checked",
+    )
     UNSUPPORTED_MEDIA_TYPE = (
         "unsupportedmediatype",
         415,

@@ -16,9 +16,7 @@ from tempfile import SpooledTemporaryFile
 from typing import IO, Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, missing, validate
-
-# multipart ships no type information; what crosses from it (segments, bytes) is checked where it is read.
-from multipart import MultipartError, MultipartSegment, ParserLimitReached, PushMultipartParser  # type: ignore[import-untyped]
+from multipart import MultipartError, MultipartSegment, ParserLimitReached, PushMultipartParser
 from pyramid.request import Request
 
 from lms_api.errors import ApiError, ErrorCode
