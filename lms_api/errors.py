@@ -120,8 +120,10 @@ class ErrorCode(StrEnum):
     MOODLE_UNAVAILABLE = (
         "moodleunavailable",
         503,
-        "Moodle refused the connection, reset it or answered HTTP 503, or the circuit breaker is open after repeated "
-        "failures (`details.breaker`); `Retry-After` says when to retry (504 for a write whose outcome is unknown)",
+        "Moodle could not be reached (connection refused, name not resolved, TLS failed), reset the connection or "
+        "answered HTTP 503, or the circuit breaker is open after repeated failures (`details.breaker`); with "
+        "`MOODLE_DEBUG`, `details.cause` says which; `Retry-After` says when to retry (504 for a write whose outcome "
+        "is unknown)",
     )
     NOT_READY = (
         "notready",

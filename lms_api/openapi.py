@@ -65,14 +65,19 @@ MOODLE_TROUBLE = (
     ErrorCode.MOODLE_BUSY,
     ErrorCode.MOODLE_TIMEOUT,
 )
-JSON_BODY = (ErrorCode.INVALID_JSON, ErrorCode.BODY_TOO_LARGE, ErrorCode.UNSUPPORTED_MEDIA_TYPE)
+JSON_BODY = (ErrorCode.INVALID_JSON, ErrorCode.UNSUPPORTED_MEDIA_TYPE)
 HEADERS = {
     "X-Request-ID": ("The request's id: the caller's `X-Request-ID` when safe to echo, else a new one.", "string"),
     "RateLimit-Limit": ("The caller's budget for this kind of request.", "integer"),
     "RateLimit-Remaining": ("What is left of it in this window.", "integer"),
     "RateLimit-Reset": ("Seconds until the window ends.", "integer"),
     "Retry-After": ("Seconds to wait before trying again (429, 503).", "integer"),
-    "Cache-Status": ("How the gateway's read cache answered (RFC 9211), e.g. `lms_api; hit; ttl=42`.", "string"),
+    "Cache-Status": (
+        "How the gateway's read cache answered (RFC 9211), e.g. `lms_api; hit; ttl=42`; "
+        "`detail=no-cache-ignored` on a hit whose `Cache-Control: no-cache` the token may not ask for "
+        "(it lacks `cache:refresh`).",
+        "string",
+    ),
 }
 
 
@@ -160,6 +165,8 @@ def _responses(operation: Operation) -> dict[str, Any]:
         }
     }
     codes = [*EVERY_ROUTE, *MOODLE_TROUBLE, *operation.errors]
+    if operation.form is None:  # any body on any other route, a GET's included, is held to MAX_JSON_BODY_KB
+        codes.append(ErrorCode.BODY_TOO_LARGE)
     if operation.body is not None:
         codes += JSON_BODY
     codes += [code for code in ErrorCode if code.from_moodle]
@@ -170,7 +177,10 @@ def _responses(operation: Operation) -> dict[str, Any]:
         lines = [f"- `{code.value}`: {code.meaning}" for code in listed]
         if status == UNKNOWN_MOODLE_ERROR_STATUS:
             lines.append("- any other Moodle errorcode, passed on as Moodle names it")
-        error_headers = headers + (["Retry-After"] if status in (429, 503) else [])
+        # A body over its limit is refused before any budget is counted: no RateLimit-* headers.
+        error_headers = (["X-Request-ID"] if status == 413 else headers) + (
+            ["Retry-After"] if status in (429, 503) else []
+        )
         responses[str(status)] = {
             "description": "\n".join(lines),
             "headers": {name: {"$ref": f"#/components/headers/{name}"} for name in error_headers},
@@ -273,7 +283,12 @@ def _schema_name(schema: Schema | type[Schema]) -> str:
 
 
 def _scopes_text() -> str:
-    return "A JWT whose `scope` claim holds the operation's scope: " + ", ".join(f"`{s.value}`" for s in Scope)
+    listed = ", ".join(f"`{scope.value}`" for scope in Scope)
+    return (
+        f"A JWT whose `scope` claim (scope names separated by ASCII spaces) holds the operation's scope: {listed}. "
+        "`admin` implies every scope; `cache:refresh` opens no route: with it, `Cache-Control: no-cache` on a cached "
+        "read reaches Moodle."
+    )
 
 
 def openapi_document(request: Request) -> Response:

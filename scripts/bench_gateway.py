@@ -302,7 +302,7 @@ def gateway_env(moodle_url: str) -> dict[str, str]:
 def mint_token(lms_api: str, env: Mapping[str, str], workdir: Path) -> str:
     # In the temp dir, so that a .env in the caller's directory cannot sign with another secret.
     minted = subprocess.run(
-        [lms_api, "token", "--sub", "bench", "--scope", "siteinfo:read"],
+        [lms_api, "token", "--sub", "bench", "--scope", "siteinfo:read cache:refresh"],
         env=env,
         cwd=workdir,
         capture_output=True,

@@ -168,3 +168,14 @@ def _accepted(validators, text):
     except ValidationError:
         return False
     return True
+
+
+def test_a_body_over_its_limit_is_documented_on_every_operation_without_rate_limit_headers(document):
+    for path, item in document["paths"].items():
+        for operation in item.values():
+            too_large = operation["responses"]["413"]
+            upload = path.endswith("/files/upload")
+            codes = set(DOCUMENTED_CODE.findall(too_large["description"]))
+            assert {"filetoolarge" if upload else "bodytoolarge"} <= codes, operation["operationId"]
+            assert ("bodytoolarge" if upload else "filetoolarge") not in codes, operation["operationId"]
+            assert set(too_large["headers"]) == {"X-Request-ID"}

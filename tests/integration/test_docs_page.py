@@ -43,12 +43,12 @@ def try_site_info(page):
     ).first.inner_text()
 
 
-def test_the_docs_page_lists_every_route_and_tries_site_info_with_a_pasted_token(spawn, chromium):
+def test_the_docs_page_lists_every_route_and_tries_site_info_with_a_pasted_token(spawn, chromium, tmp_path):
     port = free_port()
     wait_for_port(port, spawn("pserve", "development.ini", f"http_port={port}", env=clean_env()))
     token = subprocess.run(
         [str(BIN / "lms-api"), "token", "--sub", "docs-reader", "--scope", "siteinfo:read"],
-        env=clean_env(), capture_output=True, text=True, check=True,
+        env=clean_env(), capture_output=True, text=True, check=True, cwd=tmp_path,  # the gateway's folder: its .env
     ).stdout.strip()  # fmt: skip
     docs = f"http://127.0.0.1:{port}/api/moodle/docs"
 
