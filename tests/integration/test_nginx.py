@@ -1,0 +1,320 @@
+"""The nginx configuration the repository ships (deploy/nginx/lms_api.conf), run by Debian's nginx in front of
+``pserve production.ini``: the gateway sees each caller's own address and the scheme and host they used, and nginx's
+own 413s read like the gateway's.
+
+Every test client connects from a loopback address of its own (127.0.0.2, 127.0.0.3, ...), as callers on other hosts
+would; nginx connects to the gateway from 127.0.0.1, its only trusted proxy. nginx answers TLS for ``lms.test`` with a
+certificate made for the test.
+"""
+
+import datetime
+import http.client
+import json
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from lms_api.hygiene import EXPOSED_HEADERS
+from tests.conftest import eventually, free_port, mint
+from tests.integration.conftest import ROOT, clean_env, wait_for_port
+
+NGINX = "/usr/sbin/nginx"
+SHIPPED = ROOT / "deploy" / "nginx" / "lms_api.conf"
+NAME = "lms.test"
+ORIGIN = "https://app.example.edu"  # the allowed origin the shipped file names
+SECRET = "nginx-secret-" + "n" * 40
+MOODLE_TOKEN = "nginx-token"
+JSON_LIMIT = 1024 * 1024  # MAX_JSON_BODY_KB's default
+UPLOAD_LIMIT = 50 * 1024 * 1024 + 64 * 1024  # MOODLE_MAX_UPLOAD_MB's default and the multipart framing
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+    def json(self):
+        return json.loads(self.body)
+
+
+@dataclass
+class Stack:
+    https_port: int
+    gateway_port: int
+    certificate: Path
+    gateway_log: Path
+
+    def call(self, method, path, source, headers=None, body=None, server_name=NAME):
+        """Through nginx, over TLS to ``server_name``, from the loopback address ``source``."""
+        context = ssl.create_default_context(cafile=self.certificate)
+        connection = _TLSConnection(NAME, self.https_port, context, source, server_name)
+        return _exchange(connection, method, path, headers or {}, body)
+
+    def direct(self, method, path, source, headers=None, body=None):
+        """Straight to pserve, from ``source``, past nginx."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.gateway_port, timeout=20, source_address=(source, 0))
+        return _exchange(connection, method, path, headers or {}, body)
+
+
+class _TLSConnection(http.client.HTTPSConnection):
+    """``lms.test`` in SNI and Host, reached at 127.0.0.1 from a chosen loopback address."""
+
+    def __init__(self, host, port, context, source, server_name):
+        super().__init__(host, port, context=context, timeout=20, source_address=(source, 0))
+        self._tls = context
+        self._server_name = server_name
+
+    def connect(self):
+        raw = socket.create_connection(("127.0.0.1", self.port), self.timeout, self.source_address)
+        self.sock = self._tls.wrap_socket(raw, server_hostname=self._server_name)
+
+
+def _exchange(connection, method, path, headers, body):
+    try:
+        skip_host = "Host" in headers
+        connection.putrequest(method, path, skip_host=skip_host, skip_accept_encoding=True)
+        for name, value in headers.items():
+            connection.putheader(name, value)
+        if body is not None and "Content-Length" not in headers:
+            connection.putheader("Content-Length", str(len(body)))
+        connection.endheaders(body)
+        answer = connection.getresponse()
+        return Answer(answer.status, answer.headers, answer.read())
+    finally:
+        connection.close()
+
+
+def make_certificate(folder):
+    """A self-signed certificate for ``lms.test`` and its key, as PEM files; answers the certificate's path."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, NAME)])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(NAME)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    (folder / "lms.test.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    (folder / "lms.test.key").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return folder / "lms.test.pem"
+
+
+def render(folder, https_port, http_port, gateway_port):
+    """The shipped file with this test's ports, name and certificate in place of the lines marked EDIT."""
+    text = SHIPPED.read_text()
+    for line, count, replacement in [
+        ("listen 80;", 1, f"listen 127.0.0.1:{http_port};"),
+        ("listen 443 ssl", 2, f"listen 127.0.0.1:{https_port} ssl"),
+        ("server_name api.example.edu;", 2, f"server_name {NAME};"),
+        ("/etc/ssl/certs/api.example.edu.pem", 1, str(folder / "lms.test.pem")),
+        ("/etc/ssl/private/api.example.edu.key", 1, str(folder / "lms.test.key")),
+        ("server 127.0.0.1:6543;", 1, f"server 127.0.0.1:{gateway_port};"),
+    ]:
+        assert text.count(line) == count, f"{SHIPPED} no longer has {line!r} {count} time(s)"
+        text = text.replace(line, replacement)
+    (folder / "lms_api.conf").write_text(text)
+    # nginx as this user, in the foreground, everything it writes in the test's folder.
+    (folder / "nginx.conf").write_text(
+        f"""
+daemon off;
+master_process off;
+pid {folder}/nginx.pid;
+error_log {folder}/error.log info;
+events {{ worker_connections 128; }}
+http {{
+    access_log {folder}/access.log;
+    client_body_temp_path {folder}/client_body;
+    proxy_temp_path {folder}/proxy;
+    fastcgi_temp_path {folder}/fastcgi;
+    uwsgi_temp_path {folder}/uwsgi;
+    scgi_temp_path {folder}/scgi;
+    include {folder}/lms_api.conf;
+}}
+"""
+    )
+    return folder / "nginx.conf"
+
+
+@pytest.fixture
+def stack(spawn, standalone_sandbox, tmp_path):
+    if not Path(NGINX).exists():
+        pytest.fail(f"{NGINX} is missing: these tests run Debian's nginx (apt install nginx-light; .ci/run does)")
+    env = clean_env(
+        MOODLE_BASE_URL=standalone_sandbox(MOODLE_TOKEN),
+        MOODLE_TOKEN=MOODLE_TOKEN,
+        JWT_SECRET=SECRET,
+        TRUSTED_PROXIES="127.0.0.1/32",  # nginx
+        METRICS_ALLOWED_NETWORKS="127.0.0.3/32",  # one test client; not nginx
+        CORS_ALLOWED_ORIGINS=ORIGIN,
+        RATE_LIMIT_UNAUTHENTICATED="3/minute",
+    )
+    gateway_port, https_port, http_port = free_port(), free_port(), free_port()
+    gateway = spawn("pserve", "production.ini", f"http_port={gateway_port}", env=env, log="gateway.log")
+    folder = tmp_path / "nginx"
+    folder.mkdir()
+    certificate = make_certificate(folder)
+    config = render(folder, https_port, http_port, gateway_port)
+    with open(folder / "error.log", "a") as error_log:  # what nginx says before it reads its configuration too
+        nginx = subprocess.Popen(
+            [NGINX, "-p", str(folder), "-c", str(config), "-e", str(folder / "error.log")],
+            stdout=subprocess.DEVNULL,
+            stderr=error_log,
+        )
+    try:
+        try:
+            wait_for_port(https_port, nginx)
+        except AssertionError:
+            pytest.fail(f"nginx did not start: {(folder / 'error.log').read_text()}")
+        wait_for_port(gateway_port, gateway)
+        stack = Stack(https_port, gateway_port, certificate, tmp_path / "gateway.log")
+        eventually(lambda: stack.direct("GET", "/readyz", "127.0.0.1").status == 200, "the gateway ready", 20)
+        yield stack
+    finally:
+        nginx.send_signal(signal.SIGQUIT)
+        try:
+            nginx.wait(10)
+        except subprocess.TimeoutExpired:
+            nginx.kill()
+        shutil.rmtree(folder / "client_body", ignore_errors=True)
+
+
+def unauthenticated(stack, source, **headers):
+    return stack.call("GET", "/api/moodle/siteinfo", source, headers).status
+
+
+def test_each_caller_has_its_own_unauthenticated_budget_and_a_forged_x_forwarded_for_buys_none(stack):
+    assert [unauthenticated(stack, "127.0.0.4") for _ in range(4)] == [401, 401, 401, 429]
+
+    assert unauthenticated(stack, "127.0.0.5") == 401  # another caller, another budget
+    assert unauthenticated(stack, "127.0.0.4", **{"X-Forwarded-For": "192.0.2.44"}) == 429
+    assert unauthenticated(stack, "127.0.0.4", **{"X-Forwarded-For": "127.0.0.5"}) == 429
+
+
+def test_metrics_are_judged_on_the_callers_address_though_nginx_is_on_loopback(stack):
+    outside = stack.call("GET", "/metrics", "127.0.0.2")
+    inside = stack.call("GET", "/metrics", "127.0.0.3")
+
+    assert outside.status == 404  # the gateway's refusal: nginx (127.0.0.1) let it through
+    assert outside.json()["error"]["code"] == "notfound"
+    assert inside.status == 200
+    assert b"lms_api_requests_total" in inside.body
+    assert stack.call("GET", "/metrics", "127.0.0.2", {"X-Forwarded-For": "127.0.0.3"}).status == 404
+
+
+def test_location_names_the_scheme_and_host_the_caller_used_and_never_a_host_a_client_wrote(stack):
+    token = mint("courses:write", secret=SECRET, sub="nginx-location")
+
+    def create(call, source, **headers):
+        body = json.dumps({"fullname": "Behind nginx", "shortname": f"NGX{free_port()}", "categoryid": 1}).encode()
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json", **headers}
+        answer = call("POST", "/api/moodle/courses", source, headers, body)
+        assert answer.status == 201, answer.body
+        return answer.headers["Location"], answer.json()["data"]["id"]
+
+    location, course = create(stack.call, "127.0.0.2")
+    assert location == f"https://{NAME}:{stack.https_port}/api/moodle/courses/{course}"
+
+    forged = {"Host": "evil.example", "X-Forwarded-Host": "evil.example", "X-Forwarded-Proto": "https"}
+    location, _ = create(stack.direct, "127.0.0.2", **forged)  # not a trusted proxy: none of it is believed
+    assert "evil.example" not in location
+
+    with pytest.raises(http.client.RemoteDisconnected):  # nginx answers no other host name
+        stack.call("GET", "/healthz", "127.0.0.2", {"Host": "evil.example"})
+    with pytest.raises(ssl.SSLError):
+        stack.call("GET", "/healthz", "127.0.0.2", server_name="evil.example")
+
+
+def declare(stack, path, length, origin, request_id):
+    """A POST declaring ``length`` bytes, refused on that alone: the bytes are never sent."""
+    headers = {"Content-Type": "application/json", "Content-Length": str(length), "X-Request-ID": request_id}
+    return stack.call("POST", path, "127.0.0.2", {**headers, "Origin": origin} if origin else headers)
+
+
+@pytest.mark.parametrize(
+    ("path", "limit", "code", "message", "max_bytes"),
+    [
+        (
+            "/api/moodle/courses",
+            JSON_LIMIT,
+            "bodytoolarge",
+            "Request bodies are limited to 1048576 bytes (MAX_JSON_BODY_KB)",
+            JSON_LIMIT,
+        ),
+        (
+            "/api/moodle/files/upload",
+            UPLOAD_LIMIT,
+            "filetoolarge",
+            "Uploads are limited to 50 MiB (MOODLE_MAX_UPLOAD_MB)",
+            50 * 1024 * 1024,
+        ),
+    ],
+    ids=["json", "upload"],
+)
+def test_nginx_answers_its_own_413_as_the_gateway_would(stack, path, limit, code, message, max_bytes):
+    refused = declare(stack, path, limit + 1, ORIGIN, f"big-{code}")
+
+    assert refused.status == 413
+    assert refused.json() == {
+        "ok": False,
+        "error": {"code": code, "message": message, "details": {"max_bytes": max_bytes}, "request_id": f"big-{code}"},
+    }
+    assert refused.headers["Content-Type"] == "application/json"
+    assert refused.headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert refused.headers["Access-Control-Expose-Headers"] == EXPOSED_HEADERS
+    assert refused.headers["Vary"] == "Origin"
+    assert refused.headers["X-Content-Type-Options"] == "nosniff"
+    assert refused.headers["Cache-Control"] == "no-store"
+    assert refused.headers["X-Request-ID"] == f"big-{code}"
+    assert f"big-{code}" not in stack.gateway_log.read_text()  # the gateway never saw it
+
+    elsewhere = declare(stack, path, limit + 1, "https://elsewhere.example", "big-elsewhere")
+    assert elsewhere.status == 413
+    assert "Access-Control-Allow-Origin" not in elsewhere.headers
+    assert "Access-Control-Expose-Headers" not in elsewhere.headers
+    assert declare(stack, path, limit + 1, None, "bad id!").json()["error"]["request_id"] != "bad id!"
+
+
+def test_each_route_has_its_own_limit_at_nginx(stack):
+    two_mib = b"x" * (2 * 1024 * 1024)
+    headers = {"Content-Type": "multipart/form-data; boundary=x"}
+
+    upload = stack.call("POST", "/api/moodle/files/upload", "127.0.0.6", headers, two_mib)
+    json_route = stack.call("POST", "/api/moodle/courses", "127.0.0.6", {"Content-Type": "application/json"}, two_mib)
+
+    assert upload.status == 401  # through nginx to the gateway, which wants a token
+    assert upload.json()["error"]["code"] == "unauthenticated"
+    assert json_route.status == 413
+    assert json_route.json()["error"]["code"] == "bodytoolarge"
+
+
+def test_no_answer_says_waitress(stack):
+    answers = [
+        stack.call("GET", "/healthz", "127.0.0.2"),
+        stack.call("GET", "/api/moodle/nowhere", "127.0.0.2"),
+        stack.direct("GET", "/healthz", "127.0.0.2"),
+        stack.direct("GET", "/api/moodle/nowhere", "127.0.0.2"),
+    ]
+
+    assert [answer.status for answer in answers] == [200, 404, 200, 404]
+    assert [answer.headers.get("Server") for answer in answers] == ["nginx", "nginx", None, None]
+    assert not any(b"waitress" in answer.body for answer in answers)
