@@ -23,6 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from urllib3 import encode_multipart_formdata
 
 from lms_api.hygiene import EXPOSED_HEADERS
 from tests.conftest import eventually, free_port, mint
@@ -294,15 +295,23 @@ def test_nginx_answers_its_own_413_as_the_gateway_would(stack, path, limit, code
     assert declare(stack, path, limit + 1, None, "bad id!").json()["error"]["request_id"] != "bad id!"
 
 
-def test_each_route_has_its_own_limit_at_nginx(stack):
-    two_mib = b"x" * (2 * 1024 * 1024)
-    headers = {"Content-Type": "multipart/form-data; boundary=x"}
+def test_each_route_has_its_own_limit_at_nginx_and_an_upload_streams_through_it(stack):
+    three_mib = bytes(range(256)) * (3 * 4096)
+    body, content_type = encode_multipart_formdata({"file": ("notes.bin", three_mib)})
+    token = mint("files:write", secret=SECRET, sub="nginx-upload")
 
-    upload = stack.call("POST", "/api/moodle/files/upload", "127.0.0.6", headers, two_mib)
-    json_route = stack.call("POST", "/api/moodle/courses", "127.0.0.6", {"Content-Type": "application/json"}, two_mib)
+    upload = stack.call(
+        "POST",
+        "/api/moodle/files/upload",
+        "127.0.0.6",
+        {"Authorization": f"Bearer {token}", "Content-Type": content_type},
+        body,
+    )
+    json_route = stack.call("POST", "/api/moodle/courses", "127.0.0.6", {"Content-Type": "application/json"}, body)
 
-    assert upload.status == 401  # through nginx to the gateway, which wants a token
-    assert upload.json()["error"]["code"] == "unauthenticated"
+    assert upload.status == 201, upload.body
+    (stored,) = upload.json()["data"]["files"]
+    assert (stored["filename"], stored["filesize"]) == ("notes.bin", len(three_mib))
     assert json_route.status == 413
     assert json_route.json()["error"]["code"] == "bodytoolarge"
 
