@@ -181,7 +181,7 @@ def test_sigterm_logs_shutting_down_and_stopped_with_the_requests_in_flight(spaw
     moodle = standalone_sandbox(MOODLE_TOKEN)
     gateway, base, log_file = start_gateway(spawn, tmp_path, moodle, CACHE_TTLS="users=0")
     # One call that ends within waitress's 5 s of grace, one that does not.
-    queue_delays(moodle, USERS_BY_FIELD, 2.0, 30.0)
+    queue_delays(moodle, USERS_BY_FIELD, 3.0, 30.0)
     token = mint("users:read", secret=SECRET, sub="stopping")
     answers = {}
 
