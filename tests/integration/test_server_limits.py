@@ -228,9 +228,12 @@ def test_ctrl_c_and_sigterm_each_log_both_events(spawn, standalone_sandbox, tmp_
     gateway.send_signal(stop)
 
     assert gateway.wait(20) == 0
-    said = [(event["event"], event["in_flight"]) for event in json_events(log_file, "server.shutting_down")]
-    said += [(event["event"], event["in_flight"]) for event in json_events(log_file, "server.stopped")]
-    assert said == [("server.shutting_down", 0), ("server.stopped", 0)]
+    (shutting_down,) = json_events(log_file, "server.shutting_down")
+    (stopped,) = json_events(log_file, "server.stopped")
+    # The thread that answered /readyz may still be finishing up after its answer went out.
+    assert shutting_down["in_flight"] in {0, 1}
+    assert stopped["in_flight"] == 0
+    assert shutting_down["timestamp"] <= stopped["timestamp"]
 
 
 def test_forwarded_headers_reach_the_gateway_which_believes_them_from_trusted_proxies_only(
