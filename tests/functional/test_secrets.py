@@ -30,11 +30,12 @@ EVERY_CALL_SENT = {"CACHE_TTLS": "siteinfo=0,courses=0,users=0,notifications=0",
 EVERY_SCOPE = "siteinfo:read courses:read courses:write users:read enrol:write notifications:read files:write"
 
 
-def route_calls(marker):
-    """One call per route, as ``(label, call(gateway, bearer))``; writes use fresh names so they can succeed."""
+def route_calls(marker, draftitemid=1):
+    """One call per route, as ``(label, call(gateway, bearer))``; writes use fresh names so they can succeed, and the
+    attach a draft item the caller uploaded through that gateway (any other is refused before Moodle is called)."""
     course = {"fullname": f"Leak {marker}", "shortname": f"LEAK{marker}", "categoryid": 1}
     enrolment = {"enrolments": [{"roleid": "student", "userid": 3, "courseid": 2}]}
-    attach = {"courseid": 2, "draftitemid": 1, "name": marker}
+    attach = {"courseid": 2, "draftitemid": draftitemid, "name": marker}
     upload = [("file", f"{marker}.txt", b"leak test")]
     return [
         ("siteinfo", lambda g, b: g.get("/api/moodle/siteinfo", b)),
@@ -90,9 +91,15 @@ def test_no_secret_in_any_response_or_log_line(
     responses = [each.get("/api/moodle/siteinfo", bearer) for each in (gateway, impatient)]
 
     assert [response.status_int for response in responses] == [200, 200]  # function lists read, unfaulted
+    uploads = {
+        each: each.upload("/api/moodle/files/upload", [("file", "draft.txt", b"d")], bearer)
+        for each in (gateway, impatient)
+    }
+    responses += uploads.values()
     for number, fault in enumerate(FAULTS):
         target = impatient if fault and fault["kind"] == "delay" else gateway
-        for label, call in route_calls(f"{log_format}{moodle_debug}{number}"):
+        draft = uploads[target].json["data"]["itemid"]
+        for label, call in route_calls(f"{log_format}{moodle_debug}{number}", draft):
             if fault:  # on the route's own first Moodle call, and on every retry of it
                 queue_fault(debug_sandbox, **{**fault, "times": 5})
             response = call(target, bearer)

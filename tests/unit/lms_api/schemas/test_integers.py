@@ -42,12 +42,12 @@ def test_a_flag_refuses_anything_else(sent):
         Flag().deserialize(sent)
 
 
-@pytest.mark.parametrize(("sent", "loaded"), [(5.0, 5), (5, 5), ("student", "student")])
+@pytest.mark.parametrize(("sent", "loaded"), [(5.0, 5), (5, 5), ("student", "student"), ("Student", "Student")])
 def test_a_role_id_may_be_written_5_0(sent, loaded):
     assert Role().deserialize(sent) == loaded
 
 
-@pytest.mark.parametrize("sent", [5.5, 0.0, True, "Student"])
+@pytest.mark.parametrize("sent", [5.5, 0.0, True, "", "x" * 101])
 def test_a_role_refuses_what_is_neither_an_id_nor_a_name(sent):
     with pytest.raises(ValidationError):
         Role().deserialize(sent)
