@@ -22,7 +22,7 @@ def make_app(settings: Settings, pyramid_settings: Mapping[str, Any] | None = No
     config = Configurator(settings={**(pyramid_settings or {}), "lms_api.settings": settings})
     config.include("lms_api.settings")  # request.lms_settings
     config.include("lms_api.logging")  # structlog, request.id, the summary line
-    config.include("lms_api.caller")  # the public scheme and host, from PUBLIC_URL or a trusted proxy
+    config.include("lms_api.caller")  # request.public_url: Location from PUBLIC_URL or a trusted proxy, never Host
     config.include("lms_api.security")  # the JWT policy; a view without a permission is closed
     config.include("lms_api.moodle.client")  # the Moodle client service, on a real Moodle or the sandbox
     config.include("lms_api.cache")  # the read cache in front of it; Cache-Status; writes drop what they change
