@@ -1,8 +1,8 @@
 """Who is calling, and through what: the one place that decides which forwarded headers are believed.
 
-waitress passes ``X-Forwarded-*`` through untouched (the ini files tell it not to judge them), and this module
-believes them only from a peer in ``TRUSTED_PROXIES``. The client's address (rate limits, ``/metrics``) and the
-scheme and host of every URL the gateway writes (``Location``) come from here, so an untrusted ``Host:
+waitress passes ``X-Forwarded-*`` through untouched (``lms_api/server.py`` tells it not to judge them), and this
+module believes them only from a peer in ``TRUSTED_PROXIES``. The client's address (rate limits, ``/metrics``) and
+the scheme and host of every URL the gateway writes (``Location``) come from here, so an untrusted ``Host:
 evil.example`` or ``X-Forwarded-For`` never changes what the gateway says or whom it counts.
 """
 
