@@ -7,7 +7,6 @@ would; nginx connects to the gateway from 127.0.0.1, its only trusted proxy. ngi
 certificate made for the test.
 """
 
-import datetime
 import http.client
 import json
 import shutil
@@ -19,14 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from urllib3 import encode_multipart_formdata
 
 from lms_api.hygiene import EXPOSED_HEADERS
-from tests.conftest import eventually, free_port, mint
+from tests.conftest import eventually, free_port, mint, self_signed_certificate
 from tests.integration.conftest import ROOT, clean_env, wait_for_port
 
 NGINX = "/usr/sbin/nginx"
@@ -96,30 +91,6 @@ def _exchange(connection, method, path, headers, body):
         connection.close()
 
 
-def make_certificate(folder):
-    """A self-signed certificate for ``lms.test`` and its key, as PEM files; answers the certificate's path."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, NAME)])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(NAME)]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    (folder / "lms.test.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    (folder / "lms.test.key").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return folder / "lms.test.pem"
-
-
 def render(folder, https_port, http_port, gateway_port):
     """The shipped file with this test's ports, name and certificate in place of the lines marked EDIT."""
     text = SHIPPED.read_text()
@@ -173,7 +144,7 @@ def stack(spawn, standalone_sandbox, tmp_path):
     gateway = spawn("pserve", "production.ini", f"http_port={gateway_port}", env=env, log="gateway.log")
     folder = tmp_path / "nginx"
     folder.mkdir()
-    certificate = make_certificate(folder)
+    certificate, _ = self_signed_certificate(folder, NAME)
     config = render(folder, https_port, http_port, gateway_port)
     with open(folder / "error.log", "a") as error_log:  # what nginx says before it reads its configuration too
         nginx = subprocess.Popen(
