@@ -9,6 +9,7 @@ body without one (chunked) is held to the same limit while it is read.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import IO
 
 from pyramid.config import Configurator
@@ -27,9 +28,9 @@ UPLOAD_ROUTE = "api.moodle.files.upload"
 
 
 class BoundedInput:
-    """A body stream that refuses, with ``refusal``, to give more than ``max_bytes`` in all."""
+    """A body stream that refuses, with the error ``refusal`` makes, to give more than ``max_bytes`` in all."""
 
-    def __init__(self, stream: IO[bytes], max_bytes: int, refusal: ApiError) -> None:
+    def __init__(self, stream: IO[bytes], max_bytes: int, refusal: Callable[[], ApiError]) -> None:
         self._stream = stream
         self._left = max_bytes
         self._refusal = refusal
@@ -47,7 +48,7 @@ class BoundedInput:
     def _counted(self, data: bytes) -> bytes:
         self._left -= len(data)
         if self._left < 0:
-            raise self._refusal
+            raise self._refusal()
         return data
 
 
@@ -55,21 +56,19 @@ def body_limit_tween_factory(
     handler: Callable[[Request], Response], registry: Registry
 ) -> Callable[[Request], Response]:
     settings: Settings = registry.settings["lms_api.settings"]
-    routes = registry.getUtility(IRoutesMapper)
+    # The upload's path has no placeholder: compared as it is, no route matching on every request.
+    upload_path = registry.getUtility(IRoutesMapper).get_route(UPLOAD_ROUTE).pattern
     json_limit = settings.max_json_body_kb * 1024
-    upload_limit = upload_body_limit(settings.moodle_max_upload_mb)
+    upload = upload_body_limit(settings.moodle_max_upload_mb), partial(upload_too_large, settings.moodle_max_upload_mb)
+    other = json_limit, partial(json_body_too_large, json_limit)
 
     def tween(request: Request) -> Response:
         if not is_api_request(request):
             return handler(request)
-        route = routes(request)["route"]
-        if route is not None and route.name == UPLOAD_ROUTE:
-            max_bytes, refusal = upload_limit, upload_too_large(settings.moodle_max_upload_mb)
-        else:
-            max_bytes, refusal = json_limit, json_body_too_large(json_limit)
+        max_bytes, refusal = upload if request.path_info == upload_path else other
         length = request.content_length
         if length is not None and length > max_bytes:
-            return error_response(request, refusal)
+            return error_response(request, refusal())
         if length is None:
             request.environ["wsgi.input"] = BoundedInput(request.environ["wsgi.input"], max_bytes, refusal)
         return handler(request)
