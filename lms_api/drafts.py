@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 import redis
-from pyramid.registry import Registry
+from pyramid.config import Configurator
 
 from lms_api.errors import ApiError, ErrorCode
 from lms_api.redisstate import RedisLink, redis_client
@@ -26,8 +26,6 @@ from lms_api.settings import Settings
 DRAFT_LIFETIME_S = 4 * 24 * 60 * 60
 KEY_PREFIX = "lms_api:draft:"
 MAX_LOCAL_DRAFTS = 100_000
-
-_creating = threading.Lock()
 
 
 class DraftOwners(Protocol):
@@ -102,15 +100,6 @@ def owners_from_settings(settings: Settings) -> DraftOwners:
     return RedisDraftOwners.from_url(settings.redis_url) if settings.redis_url else LocalDraftOwners()
 
 
-def draft_owners(registry: Registry) -> DraftOwners:
-    """The application's store of owners, made from its settings on first use."""
-    with _creating:
-        owners: DraftOwners | None = getattr(registry, "draft_owners", None)
-        if owners is None:
-            owners = registry.draft_owners = owners_from_settings(registry.settings["lms_api.settings"])
-    return owners
-
-
 def check_owner(owners: DraftOwners, itemid: int, sub: str) -> None:
     """404 ``draftnotfound`` unless ``sub`` uploaded draft item ``itemid`` through the gateway, and not too long ago."""
     if owners.owner(itemid) != sub:
@@ -120,3 +109,8 @@ def check_owner(owners: DraftOwners, itemid: int, sub: str) -> None:
             f"last {DRAFT_LIFETIME_S // 86400} days",
             {"draftitemid": itemid},
         )
+
+
+def includeme(config: Configurator) -> None:
+    owners = owners_from_settings(config.registry.settings["lms_api.settings"])
+    config.add_request_method(lambda request: owners, "draft_owners", reify=True)

@@ -37,7 +37,7 @@ def upload(request: Request) -> object:
     form = load_multipart(request, _form, repeatable=("file",), max_files=MAX_FILES)
     request.audit_targets.update(filenames=[upload.filename for upload in form["file"]], itemid=form["itemid"])
     files.check_sizes(form["file"], request.lms_settings.moodle_max_upload_mb)
-    owners, sub = drafts.draft_owners(request.registry), request.identity.sub
+    owners, sub = request.draft_owners, request.identity.sub
     if form["itemid"]:
         drafts.check_owner(owners, form["itemid"], sub)
     uploaded = files.upload(
@@ -63,7 +63,7 @@ def attach(request: Request) -> object:
     """
     body = load_json_body(request, _attach)
     request.audit_targets.update(course_id=body["courseid"], draftitemid=body["draftitemid"])
-    drafts.check_owner(drafts.draft_owners(request.registry), body["draftitemid"], request.identity.sub)
+    drafts.check_owner(request.draft_owners, body["draftitemid"], request.identity.sub)
     attached = files.attach(request.find_service(MoodleClient), request.lms_settings.moodle_attach_function, body)
     request.audit_targets["cmid"] = attached["cmid"]
     return _attached.dump(attached)

@@ -3,6 +3,8 @@ never issued is a 404 draftnotfound, with the same answer as for an item that do
 
 import pytest
 import redis
+import requests
+from pyramid.request import Request, apply_request_extensions
 
 from lms_api import drafts
 from lms_api.drafts import DRAFT_LIFETIME_S, KEY_PREFIX, LocalDraftOwners, RedisDraftOwners
@@ -58,12 +60,17 @@ def test_another_callers_draft_is_answered_as_a_missing_one_and_moodle_is_not_ca
 
 
 def test_an_id_the_gateway_never_issued_is_refused_even_when_moodle_has_it(gateway, sandbox):
-    # A draft made in Moodle behind the gateway's back (by another client of the same token).
-    other_gateway_process = upload(gateway, ADA).json["data"]["itemid"]
-    gateway.router.registry.draft_owners = LocalDraftOwners()  # a gateway that never issued it
+    # A draft made in Moodle behind the gateway's back, by another client of the same token.
+    made = requests.post(
+        sandbox.url + "/webservice/upload.php",
+        data={"token": sandbox.site.token, "itemid": "0", "filepath": "/"},
+        files={"file_1": ("elsewhere.txt", b"made elsewhere")},
+        timeout=10,
+    )
+    itemid = made.json()[0]["itemid"]
 
-    assert_draft_not_found(attach(gateway, ADA, other_gateway_process), other_gateway_process)
-    assert_draft_not_found(upload(gateway, ADA, other_gateway_process), other_gateway_process)
+    assert_draft_not_found(attach(gateway, ADA, itemid), itemid)
+    assert_draft_not_found(upload(gateway, ADA, itemid), itemid)
 
 
 def test_two_gateways_sharing_redis_share_who_owns_each_draft(make_gateway, empty_redis):
@@ -123,10 +130,13 @@ def test_the_in_process_store_is_bounded_and_forgets_the_oldest_first(monkeypatc
 def test_the_store_follows_the_settings(make_gateway, empty_redis, redis_url):
     gateway = make_gateway(**({"REDIS_URL": empty_redis} if redis_url else {}))
 
-    owners = drafts.draft_owners(gateway.router.registry)
+    requests = [Request.blank("/"), Request.blank("/")]
+    for request in requests:
+        request.registry = gateway.router.registry
+        apply_request_extensions(request)
 
-    assert isinstance(owners, RedisDraftOwners if redis_url else LocalDraftOwners)
-    assert drafts.draft_owners(gateway.router.registry) is owners
+    assert isinstance(requests[0].draft_owners, RedisDraftOwners if redis_url else LocalDraftOwners)
+    assert requests[1].draft_owners is requests[0].draft_owners  # one store, made at start
 
 
 def test_the_files_stored_before_a_refused_one_are_the_callers_to_attach(make_sandbox, make_gateway):

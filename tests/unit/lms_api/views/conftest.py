@@ -41,6 +41,7 @@ def pyramid_config(moodle, identity):
         config.include("lms_api.service_lookup")
         config.include("lms_api.settings")
         config.include("lms_api.caller")
+        config.include("lms_api.drafts")
         config.include("lms_api.audit")
         config.register_service(moodle, MoodleClient)
         config.include("lms_api.cache")  # read views reach the client through the read cache

@@ -1,6 +1,5 @@
 import pytest
 
-from lms_api.drafts import draft_owners
 from lms_api.errors import ApiError
 from lms_api.views import OPERATIONS
 from lms_api.views.files import attach, upload
@@ -38,7 +37,7 @@ def test_an_upload_streams_every_file_part_to_upload_php(make_request, moodle):
     assert [file.filename for file in files] == ["a.txt", "b.txt"] and itemid == 0
     assert OPERATIONS["api.moodle.files.upload", "POST"].status == 201  # api_view answers with it (tests/functional)
     assert request.audit_targets == {"filenames": ["a.txt", "b.txt"], "itemid": 77}
-    assert draft_owners(request.registry).owner(77) == "ada"
+    assert request.draft_owners.owner(77) == "ada"
 
 
 def test_an_upload_into_an_item_the_caller_never_got_is_refused_before_moodle(make_request, moodle):
@@ -61,7 +60,7 @@ def test_an_upload_into_an_item_the_caller_never_got_is_refused_before_moodle(ma
 def test_attach_calls_the_configured_function(make_request, moodle, pyramid_config):
     function = pyramid_config.registry.settings["lms_api.settings"].moodle_attach_function
     moodle.call.side_effect = answering(**{function: {"id": 12}})
-    draft_owners(pyramid_config.registry).remember(77, "ada")
+    make_request().draft_owners.remember(77, "ada")
     body = {"courseid": 2, "draftitemid": 77, "name": "Slides", "section": 1}
 
     data = attach(make_request("/api/moodle/files/attach", "POST", json_body=body))
@@ -77,7 +76,7 @@ def test_attach_of_a_draft_the_caller_did_not_upload_is_refused_before_moodle(
     make_request, moodle, pyramid_config, owner
 ):
     if owner:
-        draft_owners(pyramid_config.registry).remember(77, owner)
+        make_request().draft_owners.remember(77, owner)
     body = {"courseid": 2, "draftitemid": 77, "name": "Slides"}
 
     with pytest.raises(ApiError) as refused:
