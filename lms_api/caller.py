@@ -25,6 +25,7 @@ _SCHEMES = frozenset({"http", "https"})
 
 
 def is_trusted(address: str, networks: Networks) -> bool:
+    """Whether ``address`` is in one of ``networks`` (an address that is no IP address never is)."""
     try:
         parsed = ip_address(address)
     except ValueError:
@@ -42,6 +43,14 @@ def client_address(request: Request, trusted_proxies: Networks) -> str:
     while is_trusted(address, trusted_proxies) and hops:
         address = hops.pop()
     return address
+
+
+def is_operator(request: Request) -> bool:
+    """Whether the caller is in ``METRICS_ALLOWED_NETWORKS``, the operators' networks: they read ``/metrics`` and how
+    the gateway reaches Moodle. Judged on the client's address, so a proxy on the same host does not make every
+    caller loopback."""
+    networks = request.lms_settings.metrics_allowed_networks
+    return is_trusted(client_address(request, request.lms_settings.trusted_proxies), networks)
 
 
 def public_origin(request: Request) -> str | None:

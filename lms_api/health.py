@@ -18,6 +18,7 @@ from pyramid.security import NO_PERMISSION_REQUIRED
 from pyramid_services import find_service_factory
 
 from lms_api.cache import ReadCache, RedisStore
+from lms_api.caller import is_operator
 from lms_api.errors import ApiError, ErrorCode
 from lms_api.moodle.client import MoodleClient, MoodleUnreachable
 from lms_api.moodle.errors import MoodleError
@@ -48,15 +49,24 @@ def readyz(request: Request) -> dict[str, Any]:
     if isinstance(cache.store, RedisStore):
         state["redis"] = "answers" if cache.store.link.answers() else "unreachable (serving from this process)"
     unreachable = client.unreachable
+    # /readyz needs no token: how the gateway reaches Moodle (its URL, the hosts and addresses in the reason) is told
+    # only to the operators' networks; anyone else learns the kind of failure.
+    operator = is_operator(request)
     if unreachable is not None:
-        state["moodle"] = {"url": client.public_url, **unreachable.fields()}
+        state["moodle"] = (
+            {"url": client.public_url, **unreachable.fields()} if operator else {"cause": unreachable.kind.value}
+        )
     reasons = []
     if client.breaker.state == BreakerState.OPEN:
         reasons.append("the circuit breaker is open: Moodle failed repeatedly")
     if not client.knows_functions:
         reasons.append("the site info has not been read from Moodle yet")
     if reasons and unreachable is not None:
-        reasons.append(f"Moodle at {client.public_url} cannot be reached ({unreachable.kind}: {unreachable.reason})")
+        reasons.append(
+            f"Moodle at {client.public_url} cannot be reached ({unreachable.kind}: {unreachable.reason})"
+            if operator
+            else f"Moodle cannot be reached ({unreachable.kind})"
+        )
     if reasons:
         raise ApiError(ErrorCode.NOT_READY, "Not ready: " + "; ".join(reasons), state)
     return {"status": "ready", **state}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from ipaddress import ip_address
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -22,12 +21,11 @@ from pyramid.security import NO_PERMISSION_REQUIRED
 from pyramid_services import find_service_factory
 
 from lms_api.cache import ReadCache, RedisStore
-from lms_api.caller import client_address
+from lms_api.caller import is_operator
 from lms_api.calllog import current_call_log
 from lms_api.moodle.client import MoodleClient
 from lms_api.moodle.guard import BreakerState
 from lms_api.ratelimit import REFUSED_BUDGET, RedisCounter
-from lms_api.settings import Settings
 
 METRICS_PATH = "/metrics"
 BREAKER_STATES = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
@@ -143,18 +141,8 @@ class _StateCollector:
         yield fallback
 
 
-def allowed(request: Request, settings: Settings) -> bool:
-    """The caller as rate limits see it: the TCP peer, or behind ``TRUSTED_PROXIES`` the address they forwarded (a
-    proxy on the same host would otherwise make every caller loopback)."""
-    try:
-        caller = ip_address(client_address(request, settings.trusted_proxies))
-    except ValueError:
-        return False
-    return any(caller in network for network in settings.metrics_allowed_networks)
-
-
 def metrics_view(request: Request) -> Response:
-    if not allowed(request, request.lms_settings):
+    if not is_operator(request):
         raise HTTPNotFound()  # not advertised: the same answer as a path that does not exist
     metrics: GatewayMetrics = request.registry.metrics
     return Response(body=generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST.split(";")[0],

@@ -50,6 +50,10 @@ CAUSES = [
 ]
 
 
+OPERATOR = {"REMOTE_ADDR": "127.0.0.1"}  # in METRICS_ALLOWED_NETWORKS, loopback by default
+OUTSIDER = {"REMOTE_ADDR": "203.0.113.9"}
+
+
 @pytest.mark.parametrize(("cause", "status", "code"), CAUSES)
 def test_each_cause_is_in_the_log_readyz_and_debug_details(make_gateway, sandbox, unused_port, cause, status, code):
     base_url, fault = unreachable_at(sandbox, unused_port, cause)
@@ -61,7 +65,8 @@ def test_each_cause_is_in_the_log_readyz_and_debug_details(make_gateway, sandbox
         queue_fault(sandbox, function=SITE_INFO, **fault)
 
     answer = gateway.get("/api/moodle/siteinfo", mint("siteinfo:read"))
-    ready = gateway.get("/readyz")
+    ready = gateway.get("/readyz", extra_environ=OPERATOR)
+    outsider = gateway.get("/readyz", extra_environ=OUTSIDER)
 
     assert (answer.status_int, answer.json["error"]["code"]) == (status, code)
     details = answer.json["error"]["details"]
@@ -71,6 +76,10 @@ def test_each_cause_is_in_the_log_readyz_and_debug_details(make_gateway, sandbox
     assert ready.status_int == 503
     assert ready.json["error"]["details"]["moodle"] == {"url": base_url, "cause": cause, "reason": details["reason"]}
     assert f"Moodle at {base_url} cannot be reached ({cause}: " in ready.json["error"]["message"]
+    # /readyz needs no token: outside METRICS_ALLOWED_NETWORKS only the kind of failure is told
+    assert outsider.json["error"]["details"]["moodle"] == {"cause": cause}
+    assert f"Moodle cannot be reached ({cause})" in outsider.json["error"]["message"]
+    assert base_url.split("//")[1] not in outsider.text and details["reason"] not in outsider.text
     assert sandbox.site.token not in gateway.log_stream.getvalue()
 
 
