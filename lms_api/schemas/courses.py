@@ -30,10 +30,17 @@ _FULLNAME_RULES = (validate.Length(max=FULLNAME_MAX), not_blank, single_line, no
 _SHORTNAME_RULES = (validate.Length(max=SHORTNAME_MAX), not_blank, single_line, no_html)
 
 
+FORMAT_MAX = 21
+
+
 class CourseFormat(fields.String):
     """A course format plugin's name. Which ones the site offers is a setting (``MOODLE_COURSE_FORMATS``), so the
     courses service checks it; Moodle 5.0 stores any name it is given, and a course whose format no plugin
     provides is shown in the default format, its own format options lost."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        # course.format is char(21) in Moodle's database: a longer name is no format, and is not echoed back.
+        super().__init__(validate=validate.Length(max=FORMAT_MAX), **kwargs)
 
 
 class CoursesQuery(RequestSchema):

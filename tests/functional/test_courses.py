@@ -171,6 +171,15 @@ def test_bad_course_bodies_are_400s_naming_the_fields_before_moodle_is_called(ga
 OFFERED = "one of topics, weeks, social, singleactivity"
 
 
+def test_a_format_longer_than_moodle_keeps_is_refused_without_echoing_it(gateway):
+    response = gateway.post("/api/moodle/courses", {"fullname": "A", "shortname": "B", "categoryid": 1,
+                                                    "format": "t" * 100_000}, WRITE)  # fmt: skip
+
+    assert response.status_int == 400
+    assert response.json["error"]["details"]["fields"]["format"] == ["Longer than maximum length 21."]
+    assert len(response.body) < 1000
+
+
 @pytest.mark.parametrize("course_format", ["bogus", "Topics", "site", "flexsections"])
 def test_a_format_the_site_does_not_offer_is_a_400_naming_the_offered_ones(gateway, sandbox, course_format):
     """Moodle 5.0 stores any format name it is given (the sandbox too), and shows such a course in the default

@@ -94,6 +94,7 @@ def test_course_formats_and_roles_are_the_ones_the_settings_allow(document, make
         assert schemas[name]["properties"]["format"] == {
             "type": "string",
             "enum": ["topics", "weeks", "social", "singleactivity"],
+            "maxLength": 21,
         }
     role = schemas["Enrolment"]["properties"]["roleid"]
     assert role["oneOf"] == [
