@@ -52,7 +52,7 @@ class Stack:
     gateway_log: Path
 
     def call(self, method, path, source, headers=None, body=None, server_name=NAME):
-        """Through nginx, over TLS to ``server_name``, from the loopback address ``source``."""
+        """Through nginx, over TLS to ``server_name``, from the loopback address ``source`` (``::1``: over IPv6)."""
         context = ssl.create_default_context(cafile=self.certificate)
         connection = _TLSConnection(NAME, self.https_port, context, source, server_name)
         return _exchange(connection, method, path, headers or {}, body)
@@ -64,7 +64,7 @@ class Stack:
 
 
 class _TLSConnection(http.client.HTTPSConnection):
-    """``lms.test`` in SNI and Host, reached at 127.0.0.1 from a chosen loopback address."""
+    """``lms.test`` in SNI and Host, reached at nginx's loopback address of the source's family."""
 
     def __init__(self, host, port, context, source, server_name):
         super().__init__(host, port, context=context, timeout=20, source_address=(source, 0))
@@ -72,7 +72,8 @@ class _TLSConnection(http.client.HTTPSConnection):
         self._server_name = server_name
 
     def connect(self):
-        raw = socket.create_connection(("127.0.0.1", self.port), self.timeout, self.source_address)
+        address = "::1" if ":" in self.source_address[0] else "127.0.0.1"
+        raw = socket.create_connection((address, self.port), self.timeout, self.source_address)
         self.sock = self._tls.wrap_socket(raw, server_hostname=self._server_name)
 
 
@@ -92,11 +93,12 @@ def _exchange(connection, method, path, headers, body):
 
 
 def render(folder, https_port, http_port, gateway_port):
-    """The shipped file with this test's ports, name and certificate in place of the lines marked EDIT."""
+    """The shipped file with this test's ports, name and certificate in place of the lines marked EDIT, IPv6 on."""
     text = SHIPPED.read_text()
     for line, count, replacement in [
         ("listen 80;", 1, f"listen 127.0.0.1:{http_port};"),
         ("listen 443 ssl", 2, f"listen 127.0.0.1:{https_port} ssl"),
+        ("# listen [::]:443 ssl", 2, f"listen [::1]:{https_port} ssl"),
         ("server_name api.example.edu;", 2, f"server_name {NAME};"),
         ("/etc/ssl/certs/api.example.edu.pem", 1, str(folder / "lms.test.pem")),
         ("/etc/ssl/private/api.example.edu.key", 1, str(folder / "lms.test.key")),
@@ -205,15 +207,21 @@ def test_location_names_the_scheme_and_host_the_caller_used_and_never_a_host_a_c
 
     location, course = create(stack.call, "127.0.0.2")
     assert location == f"https://{NAME}:{stack.https_port}/api/moodle/courses/{course}"
+    # server_name matches Host without its port, and whatever its case: none of it reaches Location.
+    for host in (f"{NAME}:1", NAME, f"{NAME}.", f"{NAME.upper()}:{stack.https_port}"):
+        location, _ = create(stack.call, "127.0.0.2", Host=host)
+        assert location.startswith(f"https://{NAME}:{stack.https_port}/api/moodle/courses/"), host
 
     forged = {"Host": "evil.example", "X-Forwarded-Host": "evil.example", "X-Forwarded-Proto": "https"}
     location, _ = create(stack.direct, "127.0.0.2", **forged)  # not a trusted proxy: none of it is believed
     assert "evil.example" not in location
 
-    with pytest.raises(http.client.RemoteDisconnected):  # nginx answers no other host name
-        stack.call("GET", "/healthz", "127.0.0.2", {"Host": "evil.example"})
-    with pytest.raises(ssl.SSLError):
-        stack.call("GET", "/healthz", "127.0.0.2", server_name="evil.example")
+    for source in ("127.0.0.2", "::1"):  # nginx answers no other host name, over IPv6 either
+        assert stack.call("GET", "/healthz", source).status == 200
+        with pytest.raises(http.client.RemoteDisconnected):
+            stack.call("GET", "/healthz", source, {"Host": "evil.example"})
+        with pytest.raises(ssl.SSLError):
+            stack.call("GET", "/healthz", source, server_name="evil.example")
 
 
 def declare(stack, path, length, origin, request_id):
