@@ -1,9 +1,10 @@
-"""Body limits, judged before anything else runs: no token is checked, no budget counted and no byte read for a body
-that no route would take.
+"""Body limits, judged before anything else runs: no token is checked, no budget counted and no byte read by the
+gateway for a body that no route would take.
 
 The upload route takes MOODLE_MAX_UPLOAD_MB of files and their multipart framing (413 ``filetoolarge``); every other
-API route MAX_JSON_BODY_KB (413 ``bodytoolarge``). A declared Content-Length over the limit is refused at once; a
-body without one (chunked) is held to the same limit while it is read.
+API route MAX_JSON_BODY_KB (413 ``bodytoolarge``). A declared Content-Length over the limit is refused at once. A body
+without one (chunked) is held to the same limit while it is read: waitress de-chunks a body and declares its length
+before the app runs, but another WSGI server may pass it on as it comes.
 """
 
 from __future__ import annotations

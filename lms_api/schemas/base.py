@@ -113,9 +113,9 @@ def load_multipart(
     at the limit. Files become :class:`FilePart` objects on temporary files (in memory while small), closed
     when the request finishes. Only the fields named in ``repeatable`` may come more than once.
     """
-    media_type, parameters = _content_type(request, _unreadable_multipart)
-    if media_type != "multipart/form-data":
-        raise ApiError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, "This route takes a multipart/form-data body")
+    parameters = _content_type(
+        request, "multipart/form-data", "This route takes a multipart/form-data body", _unreadable_multipart
+    )
     boundary = parameters.get("boundary", "")
     if not _BOUNDARY.fullmatch(boundary):
         raise _unreadable_multipart("the Content-Type gives no boundary of 1 to 70 printable ASCII characters")
@@ -204,11 +204,16 @@ def _unreadable_multipart(why: str) -> ApiError:
     return ApiError(ErrorCode.INVALID_MULTIPART, f"The multipart/form-data body cannot be read: {why}")
 
 
-def _content_type(request: Request, refusal: Callable[[str], ApiError]) -> tuple[str, dict[str, str]]:
-    """The media type (lower case) and parameters of the Content-Type, read as RFC 9110 writes them: a parameter
-    that is not ``name=value`` (a token, or a quoted string), or one given twice, is ``refusal``'s 400."""
+def _content_type(
+    request: Request, expected: str, unsupported: str, refusal: Callable[[str], ApiError]
+) -> dict[str, str]:
+    """The parameters of a Content-Type of the ``expected`` media type, read as RFC 9110 writes them. Another media
+    type is a 415 saying ``unsupported``, whatever its parameters; a parameter that is not ``name=value`` (a token,
+    or a quoted string), or one given twice, is ``refusal``'s 400."""
     header = request.headers.get("Content-Type", "")
     media_type, separator, rest = header.partition(";")
+    if media_type.strip().lower() != expected:
+        raise ApiError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, unsupported)
     rest = separator + rest
     parameters: dict[str, str] = {}
     position = 0
@@ -223,7 +228,7 @@ def _content_type(request: Request, refusal: Callable[[str], ApiError]) -> tuple
                 raise refusal(f"the Content-Type gives {name} twice")
             parameters[name] = token if token is not None else _QUOTED_PAIR.sub(r"\1", quoted)
         position = match.end()
-    return media_type.strip().lower(), parameters
+    return parameters
 
 
 def _as_dict(pairs: Iterable[tuple[str, Any]], repeatable: frozenset[str] = frozenset()) -> dict[str, Any]:
@@ -245,20 +250,18 @@ def _as_dict(pairs: Iterable[tuple[str, Any]], repeatable: frozenset[str] = froz
 
 
 def load_json_body(request: Request, schema: RequestSchema) -> dict[str, Any]:
-    """A JSON object body: 415 for another media type, 413 past MAX_JSON_BODY_KB (judged before it is read)."""
-    media_type, parameters = _content_type(
-        request, lambda why: _invalid_json(f"The request body cannot be read: {why}")
+    """A JSON object body: 415 for another media type, 413 past MAX_JSON_BODY_KB."""
+    parameters = _content_type(
+        request,
+        "application/json",
+        "This route takes a JSON body (Content-Type: application/json)",
+        lambda why: _invalid_json(f"The request body cannot be read: {why}"),
     )
-    if media_type != "application/json":
-        raise ApiError(
-            ErrorCode.UNSUPPORTED_MEDIA_TYPE, "This route takes a JSON body (Content-Type: application/json)"
-        )
-    max_bytes = request.lms_settings.max_json_body_kb * 1024
-    if request.content_length is not None and request.content_length > max_bytes:
-        raise json_body_too_large(max_bytes)
     if parameters.get("charset", "utf-8").lower() not in _UTF8_CHARSETS:
         raise _invalid_json("JSON bodies must be UTF-8 (RFC 8259): give charset=utf-8 or no charset")
-    # Read once, straight from the input: no spooled copy, and a chunked body without a length is held to the limit.
+    # Read once, straight from the input, no spooled copy; a declared length over the limit never got here (the
+    # body-limit tween), and a body without one is held to the limit by reading no further.
+    max_bytes = request.lms_settings.max_json_body_kb * 1024
     raw = request.body_file.read(max_bytes + 1)
     if len(raw) > max_bytes:
         raise json_body_too_large(max_bytes)

@@ -335,6 +335,15 @@ def test_a_json_content_type_that_cannot_be_read_is_a_400_saying_what(gateway, c
     assert says in response.json["error"]["message"]
 
 
+@pytest.mark.parametrize(("path", "body"), [(COURSES, b"{}"), (UPLOAD, multipart(file_part(1)))])
+@pytest.mark.parametrize("content_type", ["text/plain; ;x", "text/plain; a=1; a=2", "application/xml; charset"])
+def test_another_media_type_is_a_415_whatever_its_parameters(gateway, path, body, content_type):
+    response = with_json(send(gateway, path, body, content_type))
+
+    assert_error_envelope(response, 415, "unsupportedmediatype")
+    assert_api_headers(response)
+
+
 @pytest.mark.parametrize(
     ("body", "where"),
     [
