@@ -26,6 +26,7 @@ from pyramid.config import Configurator
 
 DEVELOPMENT = "development"
 PRODUCTION = "production"
+MIB = 1 << 20  # the *_MB settings are in MiB
 
 # Used only under development.ini when JWT_SECRET is unset, so `lms-api token` and the gateway agree
 # without any set-up. Production refuses to start without a real key.

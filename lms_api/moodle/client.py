@@ -48,7 +48,7 @@ from lms_api.moodle.errors import (
 )
 from lms_api.moodle.functions import READ_ONLY_FUNCTIONS, SITE_INFO, UPLOAD_FUNCTION
 from lms_api.moodle.guard import BreakerOpen, BreakerState, Bulkhead, BulkheadFull, CircuitBreaker
-from lms_api.settings import Settings
+from lms_api.settings import MIB, Settings
 
 log = structlog.get_logger("lms_api.moodle")
 
@@ -57,7 +57,6 @@ UPLOAD_PATH = "/webservice/upload.php"
 BACKOFF_BASE_S = 0.1
 MAX_CONNECT_TIMEOUT_S = 3.0
 READ_CHUNK_BYTES = 1 << 20  # an answer is read in reads this large at most
-MIB = 1 << 20
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
 POOL_SIZE = 4
 BUSY_RETRY_AFTER_S = 1
