@@ -83,7 +83,9 @@ def _last(header: str) -> str:
 
 class KeptLocationResponse(Response):  # type: ignore[misc]  # Pyramid ships no type information
     """A response whose ``Location`` is sent as the view set it. WebOb would make a path absolute with the request's
-    ``Host``, which the client wrote."""
+    ``Host``, which the client wrote. Its clean-up of such paths (tabs and line breaks dropped, a leading ``//``
+    escaped) is not needed either: a ``Location`` here is always :func:`public_url` of a ``route_path``, whose
+    placeholders Pyramid percent-escapes."""
 
     def _abs_headerlist(self, environ: dict[str, Any]) -> list[tuple[str, str]]:
         return list(self.headerlist)

@@ -98,10 +98,8 @@ class Cause:
 
 
 class MoodleUnreachable(MoodleError):
-    """Moodle could not be reached at MOODLE_BASE_URL, or something else answered there; ``cause`` says why.
-
-    It is made as any ApiError is (a route may raise a copy with its own message), and ``cause`` set after.
-    """
+    """Moodle could not be reached at MOODLE_BASE_URL, or something else answered there; ``cause`` says why, and is
+    None on a copy a route raises with its own message through ApiError's constructor."""
 
     cause: Cause | None = None
 
