@@ -129,6 +129,7 @@ def _not_found(missing_courses: list[int], users: UserIds) -> ApiError:
         sentences[-1] += f" ({missing_ids('user', 'users', users.deleted)} deleted)"
     if users.unchecked:
         # Each deleted user found costs Moodle calls; the ones left past the bound are named for another request.
+        # They are only ever left over from a lookup Moodle failed, which proves a deleted user among them: a 404.
         details["unchecked_users"] = users.unchecked
         unchecked = missing_ids("user", "users", users.unchecked)
         sentences.append(f"{unchecked[0].upper()}{unchecked[1:]} could not be checked: send them in another request")
