@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import requests
 from urllib3 import encode_multipart_formdata
 
 from lms_api.hygiene import EXPOSED_HEADERS
@@ -50,11 +51,12 @@ class Stack:
     gateway_port: int
     certificate: Path
     gateway_log: Path
+    moodle: str
 
-    def call(self, method, path, source, headers=None, body=None, server_name=NAME):
+    def call(self, method, path, source, headers=None, body=None, server_name=NAME, timeout=20):
         """Through nginx, over TLS to ``server_name``, from the loopback address ``source`` (``::1``: over IPv6)."""
         context = ssl.create_default_context(cafile=self.certificate)
-        connection = _TLSConnection(NAME, self.https_port, context, source, server_name)
+        connection = _TLSConnection(NAME, self.https_port, context, source, server_name, timeout)
         return _exchange(connection, method, path, headers or {}, body)
 
     def direct(self, method, path, source, headers=None, body=None):
@@ -66,8 +68,8 @@ class Stack:
 class _TLSConnection(http.client.HTTPSConnection):
     """``lms.test`` in SNI and Host, reached at nginx's loopback address of the source's family."""
 
-    def __init__(self, host, port, context, source, server_name):
-        super().__init__(host, port, context=context, timeout=20, source_address=(source, 0))
+    def __init__(self, host, port, context, source, server_name, timeout):
+        super().__init__(host, port, context=context, timeout=timeout, source_address=(source, 0))
         self._tls = context
         self._server_name = server_name
 
@@ -130,7 +132,8 @@ http {{
 
 
 @pytest.fixture
-def stack(spawn, standalone_sandbox, tmp_path):
+def stack(request, spawn, standalone_sandbox, tmp_path):
+    """nginx in front of ``pserve production.ini``; a test's indirect parameter adds to the gateway's environment."""
     if not Path(NGINX).exists():
         pytest.fail(f"{NGINX} is missing: these tests run Debian's nginx (apt install nginx-light; .ci/run does)")
     env = clean_env(
@@ -141,7 +144,9 @@ def stack(spawn, standalone_sandbox, tmp_path):
         METRICS_ALLOWED_NETWORKS="127.0.0.3/32",  # one test client; not nginx
         CORS_ALLOWED_ORIGINS=ORIGIN,
         RATE_LIMIT_UNAUTHENTICATED="3/minute",
+        **getattr(request, "param", {}),
     )
+    moodle = env["MOODLE_BASE_URL"]
     gateway_port, https_port, http_port = free_port(), free_port(), free_port()
     gateway = spawn("pserve", "production.ini", f"http_port={gateway_port}", env=env, log="gateway.log")
     folder = tmp_path / "nginx"
@@ -160,7 +165,7 @@ def stack(spawn, standalone_sandbox, tmp_path):
         except AssertionError:
             pytest.fail(f"nginx did not start: {(folder / 'error.log').read_text()}")
         wait_for_port(gateway_port, gateway)
-        stack = Stack(https_port, gateway_port, certificate, tmp_path / "gateway.log")
+        stack = Stack(https_port, gateway_port, certificate, tmp_path / "gateway.log", moodle)
         eventually(lambda: stack.direct("GET", "/readyz", "127.0.0.1").status == 200, "the gateway ready", 20)
         yield stack
     finally:
@@ -306,3 +311,29 @@ def test_no_answer_says_waitress(stack):
     assert [answer.status for answer in answers] == [200, 404, 200, 404]
     assert [answer.headers.get("Server") for answer in answers] == ["nginx", "nginx", None, None]
     assert not any(b"waitress" in answer.body for answer in answers)
+
+
+@pytest.mark.parametrize(
+    "stack", [{"MOODLE_TIMEOUT_MS": "90000", "CACHE_TTLS": "users=0"}], indirect=True, ids=["slow"]
+)
+def test_nginx_waits_past_its_default_60_s_for_a_slow_answer(stack):
+    """A route of many Moodle calls may take minutes; here one call of 62 s stands for them."""
+    response = requests.post(
+        f"{stack.moodle}/__sandbox__/faults",
+        json={"kind": "delay", "seconds": 62, "function": "core_user_get_users_by_field"},
+        headers={"X-Sandbox-Token": MOODLE_TOKEN},
+        timeout=5,
+    )
+    assert response.ok, response.text
+    token = mint("users:read", secret=SECRET, sub="nginx-slow")
+
+    slow = stack.call(
+        "GET",
+        "/api/moodle/users/by-field?field=id&values=3",
+        "127.0.0.2",
+        {"Authorization": f"Bearer {token}"},
+        timeout=120,
+    )
+
+    assert slow.status == 200, slow.body
+    assert [user["id"] for user in slow.json()["data"]["users"]] == [3]
