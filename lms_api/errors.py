@@ -117,6 +117,12 @@ class ErrorCode(StrEnum):
         "Moodle answered something that is not its JSON (an HTML error page, a proxy page, a redirect, another shape)",
     )
     BAD_GATEWAY = "badgateway", 502, "Moodle, or a proxy in front of it, answered HTTP 502"
+    GATEWAY_UNREACHABLE = (
+        "gatewayunreachable",
+        502,
+        "written by nginx (`deploy/nginx/`), not the gateway: nginx could not reach the gateway, or had no answer "
+        'within its `proxy_read_timeout`; for a write, `details.outcome: "unknown"` (it may have been applied)',
+    )
     MOODLE_UNAVAILABLE = (
         "moodleunavailable",
         503,

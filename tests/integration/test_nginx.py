@@ -21,6 +21,7 @@ import pytest
 import requests
 from urllib3 import encode_multipart_formdata
 
+from lms_api.errors import ErrorCode
 from lms_api.hygiene import EXPOSED_HEADERS
 from tests.conftest import eventually, free_port, mint, self_signed_certificate
 from tests.integration.conftest import ROOT, clean_env, wait_for_port
@@ -52,6 +53,7 @@ class Stack:
     certificate: Path
     gateway_log: Path
     moodle: str
+    gateway: subprocess.Popen
 
     def call(self, method, path, source, headers=None, body=None, server_name=NAME, timeout=20):
         """Through nginx, over TLS to ``server_name``, from the loopback address ``source`` (``::1``: over IPv6)."""
@@ -165,7 +167,7 @@ def stack(request, spawn, standalone_sandbox, tmp_path):
         except AssertionError:
             pytest.fail(f"nginx did not start: {(folder / 'error.log').read_text()}")
         wait_for_port(gateway_port, gateway)
-        stack = Stack(https_port, gateway_port, certificate, tmp_path / "gateway.log", moodle)
+        stack = Stack(https_port, gateway_port, certificate, tmp_path / "gateway.log", moodle, gateway)
         eventually(lambda: stack.direct("GET", "/readyz", "127.0.0.1").status == 200, "the gateway ready", 20)
         yield stack
     finally:
@@ -175,6 +177,13 @@ def stack(request, spawn, standalone_sandbox, tmp_path):
         except subprocess.TimeoutExpired:
             nginx.kill()
         shutil.rmtree(folder / "client_body", ignore_errors=True)
+
+
+def queue_fault(stack, **fault):
+    response = requests.post(
+        f"{stack.moodle}/__sandbox__/faults", json=fault, headers={"X-Sandbox-Token": MOODLE_TOKEN}, timeout=5
+    )
+    assert response.ok, response.text
 
 
 def unauthenticated(stack, source, **headers):
@@ -318,13 +327,7 @@ def test_no_answer_says_waitress(stack):
 )
 def test_nginx_waits_past_its_default_60_s_for_a_slow_answer(stack):
     """A route of many Moodle calls may take minutes; here one call of 62 s stands for them."""
-    response = requests.post(
-        f"{stack.moodle}/__sandbox__/faults",
-        json={"kind": "delay", "seconds": 62, "function": "core_user_get_users_by_field"},
-        headers={"X-Sandbox-Token": MOODLE_TOKEN},
-        timeout=5,
-    )
-    assert response.ok, response.text
+    queue_fault(stack, kind="delay", seconds=62, function="core_user_get_users_by_field")
     token = mint("users:read", secret=SECRET, sub="nginx-slow")
 
     slow = stack.call(
@@ -337,3 +340,83 @@ def test_nginx_waits_past_its_default_60_s_for_a_slow_answer(stack):
 
     assert slow.status == 200, slow.body
     assert [user["id"] for user in slow.json()["data"]["users"]] == [3]
+
+
+def test_when_the_gateway_does_not_answer_nginx_says_so_in_the_envelope_a_page_can_read(stack):
+    stack.gateway.terminate()
+    stack.gateway.wait(20)
+    upload, content_type = encode_multipart_formdata({"file": ("notes.txt", b"notes")})
+    json_headers = {"Content-Type": "application/json", "Origin": ORIGIN}
+
+    answers = {
+        "read": stack.call("GET", "/api/moodle/siteinfo", "127.0.0.2", {"Origin": ORIGIN, "X-Request-ID": "read"}),
+        "head": stack.call("HEAD", "/api/moodle/siteinfo", "127.0.0.2", {"Origin": ORIGIN, "X-Request-ID": "head"}),
+        "write": stack.call(
+            "POST", "/api/moodle/courses", "127.0.0.2", {**json_headers, "X-Request-ID": "write"}, b"{}"
+        ),
+        "patch": stack.call(
+            "PATCH", "/api/moodle/courses/1", "127.0.0.2", {**json_headers, "X-Request-ID": "patch"}, b"{}"
+        ),
+        "upload": stack.call(
+            "POST",
+            "/api/moodle/files/upload",
+            "127.0.0.2",
+            {"Content-Type": content_type, "Origin": ORIGIN, "X-Request-ID": "upload"},
+            upload,
+        ),
+        "metrics": stack.call("GET", "/metrics", "127.0.0.3", {"Origin": ORIGIN, "X-Request-ID": "metrics"}),
+    }
+
+    for name, answer in answers.items():
+        assert answer.status == 502, name
+        assert answer.headers["Content-Type"] == "application/json", name
+        assert answer.headers["Access-Control-Allow-Origin"] == ORIGIN, name
+        assert answer.headers["Access-Control-Expose-Headers"] == EXPOSED_HEADERS, name
+        assert answer.headers["Vary"] == "Origin", name
+        assert answer.headers["X-Content-Type-Options"] == "nosniff", name
+        assert answer.headers["Cache-Control"] == "no-store", name
+        assert answer.headers["X-Request-ID"] == name, name
+    assert answers.pop("head").body == b""
+    for name, answer in answers.items():
+        assert answer.json() == {
+            "ok": False,
+            "error": {
+                "code": "gatewayunreachable",
+                "message": "The gateway did not answer: nginx could not reach it, or had no answer in time",
+                "details": {} if name in {"read", "metrics"} else {"outcome": "unknown"},
+                "request_id": name,
+            },
+        }, name
+    assert ErrorCode("gatewayunreachable").status == 502
+    elsewhere = stack.call("GET", "/api/moodle/siteinfo", "127.0.0.2", {"Origin": "https://elsewhere.example"})
+    assert elsewhere.status == 502
+    assert "Access-Control-Allow-Origin" not in elsewhere.headers
+
+
+@pytest.mark.parametrize("stack", [{"MOODLE_TIMEOUT_MS": "1000"}], indirect=True, ids=["short-timeout"])
+@pytest.mark.parametrize(
+    ("fault", "status", "code"),
+    [
+        ({"kind": "notjson"}, 502, "badresponse"),
+        ({"kind": "http", "status": 503}, 503, "moodleunavailable"),
+        ({"kind": "delay", "seconds": 3}, 504, "moodletimeout"),
+    ],
+    ids=["502", "503", "504"],
+)
+def test_the_gateways_own_502_503_and_504_pass_through_nginx_as_it_wrote_them(stack, fault, status, code):
+    queue_fault(stack, function="core_course_create_courses", **fault)
+    token = mint("courses:write", secret=SECRET, sub="nginx-faults")
+    body = json.dumps({"fullname": "Behind nginx", "shortname": f"NGX{free_port()}", "categoryid": 1}).encode()
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json", "Origin": ORIGIN}
+
+    answer = stack.call(
+        "POST", "/api/moodle/courses", "127.0.0.2", {**headers, "X-Request-ID": f"fault-{status}"}, body
+    )
+
+    assert answer.status == status, answer.body
+    error = answer.json()["error"]
+    assert (error["code"], error["request_id"]) == (code, f"fault-{status}")
+    logged = [json.loads(line) for line in stack.gateway_log.read_text().splitlines()]
+    assert {"event": "request", "request_id": f"fault-{status}", "status": status}.items() <= next(
+        record for record in logged if record.get("request_id") == f"fault-{status}" and record["event"] == "request"
+    ).items()
