@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import gc
+import logging
+import os
 import resource
 import signal
 import socket
@@ -18,25 +20,28 @@ import waitress
 from waitress.adjustments import Adjustments
 from waitress.task import ThreadedTaskDispatcher
 
-from lms_api.services.files import MIB, MULTIPART_OVERHEAD_BYTES
+from lms_api.services.files import upload_body_limit
 from lms_api.settings import Settings
 
 DEFAULT_PORT = 6543
 LISTEN_BACKLOG = 1024  # waitress's own default
 # Descriptors a process needs besides one per connection and one per thread (its keep-alive connection to Moodle):
-# the listener, waitress's wake-up pipe, stdio, Redis, bodies and answers spooled to temporary files.
+# the listener, waitress's wake-up pipe, stdio, bodies and answers spooled to temporary files.
 SPARE_FILES = 64
+# With REDIS_URL, the Redis clients of one process, each with its own pool, in which every thread busy with Redis
+# holds a connection: rate limits (lms_api/ratelimit.py), the read cache (lms_api/cache.py) and the owners of draft
+# items (lms_api/drafts.py). Keep it the number of redis_client() calls an app makes.
+REDIS_CLIENTS = 3
 
 log = structlog.get_logger("lms_api.server")
 
 
 @dataclass(frozen=True)
 class RaisedLimit:
-    """The soft limit on open files, before and after it was raised to fit ``needed``."""
+    """The soft limit on open files, before and after it was raised."""
 
     before: int
     after: int
-    needed: int
 
 
 def server_factory(
@@ -46,13 +51,13 @@ def server_factory(
 
     The port is read here rather than interpolated in the ini: a ``[DEFAULT] http_port`` would silently
     win over the command line. The socket is bound here too, before the app is built, so a port in use is
-    one line and exit status 2, not a traceback after a started sandbox; so is a limit on open files too low
-    for ``connection_limit``.
+    one line and exit status 2, not a traceback after a started sandbox; so is a hard limit on open files too
+    low for ``connection_limit`` (checked again once the app's settings say whether Redis is used).
     """
     port = int(global_conf.get("http_port") or DEFAULT_PORT)
     thread_count = int(threads)
     connection_limit = int(options.get("connection_limit") or Adjustments.connection_limit)
-    raised = fit_open_files_limit(open_files_needed(connection_limit, thread_count))
+    raised = fit_open_files_limit(open_files_needed(connection_limit, thread_count), "connection_limit and threads")
     listener = listen(host, port)
     # X-Forwarded-* reach the app as the client sent them: lms_api.caller believes them from TRUSTED_PROXIES only.
     # waitress would otherwise clear them (no trusted_proxy here), and with them what a trusted nginx forwarded.
@@ -63,8 +68,20 @@ def server_factory(
         settings: Settings = app.registry.settings["lms_api.settings"]
         # waitress spools a whole body before the app sees it: refuse bodies no route would accept, unread.
         options.setdefault("max_request_body_size", largest_body(settings))
-        if raised:
-            log.info("server.open_files_raised", soft_before=raised.before, soft=raised.after, needed=raised.needed)
+        redis_clients = REDIS_CLIENTS if settings.redis_url else 0
+        needed = open_files_needed(connection_limit, thread_count, redis_clients)
+        fitted = raised
+        if redis_clients:
+            counted = "connection_limit, threads and their Redis connections (REDIS_URL)"
+            try:
+                fitted = fit_open_files_limit(needed, counted) or raised
+            except SystemExit:
+                # pserve makes exit status 0 of a SystemExit raised once the app is built: leave with this one, the
+                # line written first (it went to the log, which now holds stderr).
+                logging.shutdown()
+                os._exit(2)
+        if fitted:
+            log.info("server.open_files_raised", soft_before=fitted.before, soft=fitted.after, needed=needed)
         # What is built by now lives as long as the process. Frozen, it is no longer walked by the collector's full
         # passes, each of which held a request for 10-40 ms (a 51 KB site info makes thousands of objects per call).
         gc.collect()
@@ -149,30 +166,33 @@ def _stop_serving(signum: int, frame: Any) -> None:
 
 def largest_body(settings: Settings) -> int:
     """The largest body any route takes: an upload with its multipart framing, or a JSON body."""
-    return max(settings.moodle_max_upload_mb * MIB + MULTIPART_OVERHEAD_BYTES, settings.max_json_body_kb * 1024)
+    return max(upload_body_limit(settings.moodle_max_upload_mb), settings.max_json_body_kb * 1024)
 
 
-def open_files_needed(connection_limit: int, threads: int) -> int:
-    return connection_limit + threads + SPARE_FILES
+def open_files_needed(connection_limit: int, threads: int, redis_clients: int = 0) -> int:
+    """One descriptor per connection; per thread, its connection to Moodle and one to each Redis client."""
+    return connection_limit + threads * (1 + redis_clients) + SPARE_FILES
 
 
-def fit_open_files_limit(needed: int) -> RaisedLimit | None:
-    """Raise the soft limit on open files (``ulimit -n``) to the hard one when it is below ``needed``; past it, new
-    connections would be refused by accept() while waitress still counts room for them. Exit status 2 with one line
-    naming both numbers when even the hard limit (``ulimit -Hn``) is below ``needed``."""
+def fit_open_files_limit(needed: int, counted: str) -> RaisedLimit | None:
+    """Raise the soft limit on open files (``ulimit -n``) to the hard one whenever it is below it: past the soft
+    limit, new connections would be refused by accept() while waitress still counts room for them, and ``needed``
+    is a count of what is known, not a bound on every file a request may open. Without a hard limit, to ``needed``.
+    Exit status 2 with one line naming both numbers and what ``counted`` when the hard limit (``ulimit -Hn``) is
+    below ``needed``."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or soft >= needed:
-        return None
     if hard != resource.RLIM_INFINITY and hard < needed:
         print(
-            f"lms_api: connection_limit and threads need {needed} open files, but the hard limit is {hard} "
-            "(ulimit -Hn): raise it, or lower connection_limit",
+            f"lms_api: {counted} need {needed} open files, but the hard limit is {hard} (ulimit -Hn): raise it, "
+            "or lower connection_limit",
             file=sys.stderr,
         )
         raise SystemExit(2)
-    raised = needed if hard == resource.RLIM_INFINITY else hard
-    resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
-    return RaisedLimit(before=soft, after=raised, needed=needed)
+    target = needed if hard == resource.RLIM_INFINITY else hard
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return None
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return RaisedLimit(before=soft, after=target)
 
 
 def listen(host: str, port: int) -> socket.socket:

@@ -1,5 +1,5 @@
 """``pserve production.ini`` as it runs in production: past descriptor 1023 (poll, not select), with a soft limit on
-open files that start-up raises to fit the connection limit, forwarded headers left to lms_api.caller, no Server
+open files that start-up raises to the hard one, which must fit the connection limit (and Redis's), forwarded headers left to lms_api.caller, no Server
 header, a body cap of the largest body any route takes, and log events when it is stopped."""
 
 import contextlib
@@ -119,6 +119,35 @@ def test_a_hard_limit_on_open_files_below_the_connection_limit_stops_the_start_w
     assert result.stderr.strip() == (
         f"lms_api: connection_limit and threads need {CONNECTION_LIMIT + THREADS + 64} open files, but the hard limit "
         "is 1024 (ulimit -Hn): raise it, or lower connection_limit"
+    )
+
+
+def test_with_redis_a_hard_limit_that_fits_the_connections_but_not_each_threads_redis_connections_stops_the_start(
+    tmp_path,
+):
+    shutil.copy(ROOT / "production.ini", tmp_path)
+    without_redis, with_redis = CONNECTION_LIMIT + THREADS + 64, CONNECTION_LIMIT + THREADS * (1 + 3) + 64
+    hard = (without_redis + with_redis) // 2
+
+    def low_limits():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))
+
+    result = subprocess.run(
+        [str(BIN / "pserve"), "production.ini", f"http_port={free_port()}"],
+        cwd=tmp_path,
+        env=production_env("http://127.0.0.1:9", REDIS_URL=f"redis://127.0.0.1:{free_port()}/0"),
+        preexec_fn=low_limits,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 2, result.stderr
+    # Said once the settings tell of Redis: the app is built by then, and its log holds stderr.
+    lines = [json.loads(line)["event"] for line in result.stderr.splitlines()]
+    assert lines[-1] == (
+        f"lms_api: connection_limit, threads and their Redis connections (REDIS_URL) need {with_redis} open files, "
+        f"but the hard limit is {hard} (ulimit -Hn): raise it, or lower connection_limit"
     )
 
 

@@ -1,5 +1,5 @@
 """The waitress runner the ini files use: the port from the command line, bound before the app is built; the limit on
-open files fitted to the connection limit; waitress's options; the thread pool that says when it stops."""
+open files raised to the hard one, which must fit the connection limit and each thread's connections; waitress's options; the thread pool that says when it stops."""
 
 import contextlib
 import gc
@@ -14,6 +14,7 @@ from concurrent.futures import ProcessPoolExecutor
 from types import SimpleNamespace
 
 import pytest
+import redis
 import structlog
 from structlog.testing import capture_logs
 
@@ -223,8 +224,25 @@ def test_a_host_that_cannot_be_bound_says_why(capsys):
     assert capsys.readouterr().err.startswith("lms_api: cannot listen on 192.0.2.1:")
 
 
-def test_open_files_needed_counts_connections_threads_and_spares():
+def test_open_files_needed_counts_connections_threads_their_redis_connections_and_spares():
     assert server.open_files_needed(1000, 128) == 1000 + 128 + server.SPARE_FILES
+    # Each thread: its connection to Moodle, and one in each Redis client's pool.
+    assert server.open_files_needed(1000, 128, redis_clients=3) == 1000 + 128 * 4 + server.SPARE_FILES
+
+
+def test_the_redis_clients_counted_are_those_an_app_with_redis_makes(make_gateway, monkeypatch):
+    made = []
+    from_url = redis.Redis.from_url
+
+    def counted(url, **options):
+        made.append(url)
+        return from_url(url, **options)
+
+    monkeypatch.setattr(redis.Redis, "from_url", counted)
+
+    make_gateway(REDIS_URL="redis://127.0.0.1:1/0")  # clients connect on first use: no Redis is needed here
+
+    assert len(made) == server.REDIS_CLIENTS
 
 
 def fit_under_limits(soft, hard, needed):
@@ -234,7 +252,7 @@ def fit_under_limits(soft, hard, needed):
     printed = io.StringIO()
     with contextlib.redirect_stderr(printed):
         try:
-            answer = server.fit_open_files_limit(needed)
+            answer = server.fit_open_files_limit(needed, "connection_limit and threads")
         except SystemExit as stopped:
             answer = ("exit", stopped.code)
     return answer, printed.getvalue(), resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -243,16 +261,24 @@ def fit_under_limits(soft, hard, needed):
 def test_a_soft_limit_on_open_files_below_what_is_needed_is_raised_to_the_hard_limit():
     answer, printed, limits = in_child(fit_under_limits, 256, 2048, 1192)
 
-    assert answer == server.RaisedLimit(before=256, after=2048, needed=1192)
+    assert answer == server.RaisedLimit(before=256, after=2048)
     assert limits == (2048, 2048)
     assert printed == ""
 
 
-def test_a_soft_limit_that_fits_is_left_alone():
+def test_a_soft_limit_that_fits_is_raised_to_the_hard_limit_too():
+    """What is counted is not every file a request may open: the room up to the hard limit costs nothing."""
     answer, _, limits = in_child(fit_under_limits, 1500, 2048, 1192)
 
+    assert answer == server.RaisedLimit(before=1500, after=2048)
+    assert limits == (2048, 2048)
+
+
+def test_a_soft_limit_at_the_hard_limit_is_left_alone():
+    answer, _, limits = in_child(fit_under_limits, 2048, 2048, 1192)
+
     assert answer is None
-    assert limits == (1500, 2048)
+    assert limits == (2048, 2048)
 
 
 def test_a_hard_limit_below_what_is_needed_refuses_to_start_naming_both_numbers():
@@ -268,10 +294,33 @@ def test_a_hard_limit_below_what_is_needed_refuses_to_start_naming_both_numbers(
 
 def test_the_factory_fits_the_limit_to_the_connection_limit_before_it_binds(monkeypatch):
     asked = []
-    monkeypatch.setattr(server, "fit_open_files_limit", lambda needed: asked.append(needed))
+    monkeypatch.setattr(server, "fit_open_files_limit", lambda needed, counted: asked.append(needed))
     monkeypatch.setattr(server, "listen", lambda host, port: asked.append("listen"))
 
     server.server_factory({}, threads="128", connection_limit="1000")
     server.server_factory({}, threads="8")  # waitress's own connection limit, 100
 
     assert asked == [1000 + 128 + server.SPARE_FILES, "listen", 100 + 8 + server.SPARE_FILES, "listen"]
+
+
+@pytest.mark.parametrize(
+    ("environ", "needed"),
+    [
+        ({}, [1000 + 128 + server.SPARE_FILES]),
+        (
+            {"REDIS_URL": "redis://127.0.0.1:1/0"},
+            [1000 + 128 + server.SPARE_FILES, 1000 + 128 * (1 + server.REDIS_CLIENTS) + server.SPARE_FILES],
+        ),
+    ],
+    ids=["in-process", "redis"],
+)
+def test_with_redis_the_limit_is_fitted_again_to_each_threads_redis_connections(waitress, monkeypatch, environ, needed):
+    asked = []
+    monkeypatch.setattr(server, "fit_open_files_limit", lambda needed, counted: asked.append((needed, counted)))
+
+    server.server_factory({"http_port": str(free_port())}, threads="128", connection_limit="1000")(app_with(**environ))
+
+    assert [number for number, _ in asked] == needed
+    assert [counted for _, counted in asked][1:] == [
+        "connection_limit, threads and their Redis connections (REDIS_URL)"
+    ][: len(needed) - 1]
