@@ -1,6 +1,7 @@
 """``pserve production.ini`` as it runs in production: past descriptor 1023 (poll, not select), with a soft limit on
-open files that start-up raises to the hard one, which must fit the connection limit (and Redis's), forwarded headers left to lms_api.caller, no Server
-header, a body cap of the largest body any route takes, and log events when it is stopped."""
+open files that start-up raises to the hard one, which must fit the connection limit (and Redis's), forwarded
+headers left to lms_api.caller, no Server header, a body cap of the largest body any route takes, and log events
+when it is stopped."""
 
 import contextlib
 import http.client

@@ -1,6 +1,8 @@
 """The waitress runner the ini files use: the port from the command line, bound before the app is built; the limit on
-open files raised to the hard one, which must fit the connection limit and each thread's connections; waitress's options; the thread pool that says when it stops."""
+open files raised to the hard one, which must fit the connection limit and each thread's connections; waitress's
+options; the thread pool that says when it stops."""
 
+import configparser
 import contextlib
 import gc
 import io
@@ -21,7 +23,7 @@ from structlog.testing import capture_logs
 from lms_api import server
 from lms_api.services.files import MIB, MULTIPART_OVERHEAD_BYTES
 from lms_api.settings import load_settings
-from tests.conftest import eventually, free_port
+from tests.conftest import ROOT, eventually, free_port
 
 
 def app_with(**environ):
@@ -324,3 +326,15 @@ def test_with_redis_the_limit_is_fitted_again_to_each_threads_redis_connections(
     assert [counted for _, counted in asked][1:] == [
         "connection_limit, threads and their Redis connections (REDIS_URL)"
     ][: len(needed) - 1]
+
+
+def test_production_ini_says_how_many_open_files_its_connections_and_threads_need():
+    ini = (ROOT / "production.ini").read_text()
+    server_section = configparser.ConfigParser(interpolation=None)
+    server_section.read_string(ini)
+    connection_limit = int(server_section["server:main"]["connection_limit"])
+    threads = int(server_section["server:main"]["threads"])
+
+    assert f"{server.open_files_needed(connection_limit, threads):,}" in ini
+    assert f"{server.open_files_needed(connection_limit, threads, server.REDIS_CLIENTS):,}" in ini
+    assert f"{1 + server.REDIS_CLIENTS} x threads" in ini
