@@ -16,10 +16,9 @@ from lms_api.moodle.errors import (
     status_for_errorcode,
 )
 from lms_api.moodle.functions import UPLOAD_FUNCTION
-from lms_api.settings import DEFAULT_ATTACH_FUNCTION
+from lms_api.settings import DEFAULT_ATTACH_FUNCTION, MIB
 
 SYNC_SERVICE_PLUGIN = "https://github.com/lectureStudio/moodle-local_sync_service"
-MIB = 1024 * 1024
 # Room for the multipart boundaries, part headers and small form fields around the files themselves.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 
