@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -33,6 +34,12 @@ def wait_for_port(port, process, timeout=20):
     raise AssertionError(f"nothing listens on {port}")
 
 
+def _interruptible():
+    """In the child: Ctrl-C (SIGINT) stops it, as when a person starts it from a terminal, even when the test run was
+    started in the background, whose jobs the shell makes ignore SIGINT (and the ignoring is inherited)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture
 def spawn(tmp_path):
     processes = []
@@ -51,6 +58,7 @@ def spawn(tmp_path):
             stdout=output,
             stderr=output if log else subprocess.PIPE,
             text=True,
+            preexec_fn=_interruptible,
         )
         if log:
             output.close()
