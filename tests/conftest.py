@@ -264,7 +264,8 @@ def gateway(make_gateway):
     return make_gateway()
 
 
-def mint(scope=ALL_SCOPES, sub="user-1", secret=JWT_TEST_SECRET, algorithm="HS256", ttl=300, **claims):
+def mint(scope=ALL_SCOPES, sub="user-1", secret=JWT_TEST_SECRET, algorithm="HS256", ttl=3600, **claims):
+    """A caller token; its hour outlasts a test run, since many are minted when a test module is imported."""
     now = int(time.time())
     payload = {"sub": sub, "scope": scope, "iat": now, "exp": now + ttl, **claims}
     payload = {key: value for key, value in payload.items() if value is not None}

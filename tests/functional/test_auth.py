@@ -355,3 +355,19 @@ def test_only_an_ascii_space_separates_scopes(gateway, sandbox, separator):
 
 def test_scopes_separated_by_several_spaces_are_each_granted(gateway):
     assert gateway.get(SITEINFO, mint("  courses:read   siteinfo:read ")).status_int == 200
+
+
+def test_a_token_whose_issuer_pads_its_parts_with_equals_signs_is_accepted(gateway):
+    def part(data):
+        encoded = base64.urlsafe_b64encode(json.dumps(data).encode()).decode()
+        assert encoded.endswith("="), "the test needs parts that take padding"
+        return encoded
+
+    header = part({"alg": "HS256", "typ": "JWT", "x": "a"})
+    payload = part({"sub": "padded", "scope": "siteinfo:read", "exp": int(time.time()) + 600, "x": "ab"})
+    signature = hmac.new(JWT_TEST_SECRET.encode(), f"{header}.{payload}".encode(), hashlib.sha256).digest()
+    token = f"{header}.{payload}.{base64.urlsafe_b64encode(signature).decode()}"
+
+    response = gateway.get(SITEINFO, token)
+
+    assert response.status_int == 200, response.text
