@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.conftest import ROOT, free_port
 
@@ -46,9 +47,10 @@ def spawn(tmp_path):
 
     def start(*args, env, log=None):
         """``log``: a file name in the test's folder for the output, for a process that writes much (a pipe nobody
-        reads fills up and stalls it); else the output is read when the process ends."""
+        reads fills up and stalls it); else the output is read when the process ends. ``pserve`` runs the
+        repository's ini of that name, or the test's own variant when the test wrote one in its folder first."""
         # Run from an empty folder with a copy of the ini, so a developer's own .env cannot leak in.
-        if args[0] == "pserve":
+        if args[0] == "pserve" and not (tmp_path / args[1]).exists():
             shutil.copy(ROOT / args[1], tmp_path / args[1])
         output = open(tmp_path / log, "w") if log else subprocess.PIPE  # noqa: SIM115  # the process owns it
         process = subprocess.Popen(
@@ -84,3 +86,17 @@ def standalone_sandbox(spawn):
         return f"http://127.0.0.1:{port}"
 
     return start
+
+
+def queue_remote_fault(base_url, token, **fault):
+    """Queue ``fault`` (the sandbox's fault fields: kind, function, seconds...) on the sandbox process at ``base_url``
+    whose token is ``token``."""
+    response = requests.post(
+        f"{base_url}/__sandbox__/faults", json=fault, headers={"X-Sandbox-Token": token}, timeout=5
+    )
+    assert response.ok, response.text
+
+
+def open_descriptors(process):
+    """The numbers of the files and sockets ``process`` holds open now."""
+    return [int(name) for name in os.listdir(f"/proc/{process.pid}/fd")]
