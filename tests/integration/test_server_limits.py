@@ -6,7 +6,6 @@ when it is stopped."""
 import contextlib
 import http.client
 import json
-import os
 import resource
 import shutil
 import signal
@@ -21,7 +20,14 @@ import pytest
 import requests
 
 from tests.conftest import eventually, free_port, mint
-from tests.integration.conftest import BIN, ROOT, clean_env, wait_for_port
+from tests.integration.conftest import (
+    BIN,
+    ROOT,
+    clean_env,
+    open_descriptors,
+    queue_remote_fault,
+    wait_for_port,
+)
 
 SECRET = "limits-secret-" + "l" * 40
 MOODLE_TOKEN = "limits-token"
@@ -52,12 +58,11 @@ def json_events(log_file, event):
     return [record for record in map(json.loads, log_file.read_text().splitlines()) if record["event"] == event]
 
 
-def start_gateway(spawn, tmp_path, moodle, **extra):
-    """``pserve production.ini`` on a free port, its lines in gateway.log; answers (process, base URL, log file)."""
+def start_gateway(spawn, tmp_path, moodle, ini="production.ini", **extra):
+    """``pserve production.ini`` (or ``ini``, a variant in the test's folder) on a free port, its lines in
+    gateway.log; answers (process, base URL, log file)."""
     port = free_port()
-    gateway = spawn(
-        "pserve", "production.ini", f"http_port={port}", env=production_env(moodle, **extra), log="gateway.log"
-    )
+    gateway = spawn("pserve", ini, f"http_port={port}", env=production_env(moodle, **extra), log="gateway.log")
     wait_for_port(port, gateway)
     base = f"http://127.0.0.1:{port}"
     eventually(lambda: requests.get(f"{base}/readyz", timeout=10).status_code == 200, "the site info read", 20)
@@ -66,22 +71,12 @@ def start_gateway(spawn, tmp_path, moodle, **extra):
 
 def queue_delays(moodle, function, *seconds):
     for delay in seconds:
-        response = requests.post(
-            f"{moodle}/__sandbox__/faults",
-            json={"kind": "delay", "seconds": delay, "function": function},
-            headers={"X-Sandbox-Token": MOODLE_TOKEN},
-            timeout=5,
-        )
-        assert response.ok, response.text
+        queue_remote_fault(moodle, MOODLE_TOKEN, kind="delay", seconds=delay, function=function)
 
 
 def moodle_calls_in_flight(moodle):
     response = requests.get(f"{moodle}/__sandbox__/in-flight", headers={"X-Sandbox-Token": MOODLE_TOKEN}, timeout=5)
     return response.json()["in_flight"]
-
-
-def open_descriptors(process):
-    return [int(name) for name in os.listdir(f"/proc/{process.pid}/fd")]
 
 
 def test_a_low_soft_limit_on_open_files_is_raised_at_start_to_fit_the_connection_limit(
@@ -209,7 +204,13 @@ def test_past_descriptor_1023_and_past_its_connection_limit_the_gateway_keeps_se
 
 def test_sigterm_logs_shutting_down_and_stopped_with_the_requests_in_flight(spawn, standalone_sandbox, tmp_path):
     moodle = standalone_sandbox(MOODLE_TOKEN)
-    gateway, base, log_file = start_gateway(spawn, tmp_path, moodle, CACHE_TTLS="users=0")
+    # production.ini with two threads, which the two calls below both hold once both are at Moodle: no other thread
+    # is left to be counted in flight. With more, the thread that answered /readyz may still be counted, as waitress
+    # counts a thread active from the end of its request until it takes its lock again.
+    production = (ROOT / "production.ini").read_text()
+    assert production.count("\nthreads = 128\n") == 1
+    (tmp_path / "two-threads.ini").write_text(production.replace("\nthreads = 128\n", "\nthreads = 2\n"))
+    gateway, base, log_file = start_gateway(spawn, tmp_path, moodle, ini="two-threads.ini", CACHE_TTLS="users=0")
     # One call that ends within waitress's 5 s of grace, one that does not.
     queue_delays(moodle, USERS_BY_FIELD, 3.0, 30.0)
     token = mint("users:read", secret=SECRET, sub="stopping")
@@ -244,7 +245,7 @@ def test_sigterm_logs_shutting_down_and_stopped_with_the_requests_in_flight(spaw
         if event["event"] in {"server.shutting_down", "request", "server.stopped"} and event.get("path") != "/readyz"
     ]
     assert told == [
-        ("server.shutting_down", 2, None),  # both calls at Moodle
+        ("server.shutting_down", 2, None),  # both calls at Moodle, and nothing else
         ("request", None, "quick"),  # answered within the grace
         ("server.stopped", 1, None),  # the slow one still running, ended with the process
     ]
