@@ -26,6 +26,19 @@ NOTE = part(b'Content-Disposition: form-data; name="note"', b"caf\xc3\xa9")
 CLOSE = b"--" + BOUNDARY.encode() + b"--\r\n"
 
 
+def spooled_files(monkeypatch):
+    """The temporary files the multipart reader makes from now on, in the order made."""
+    opened = []
+
+    class Tracked(tempfile.SpooledTemporaryFile):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            opened.append(self)
+
+    monkeypatch.setattr("lms_api.schemas.base.SpooledTemporaryFile", Tracked)
+    return opened
+
+
 def request_for(body, content_type=f"multipart/form-data; boundary={BOUNDARY}"):
     return Request.blank("/api/moodle/files/upload", method="POST", body=body, content_type=content_type)
 
@@ -75,14 +88,7 @@ def test_what_cgi_fieldstorage_read_is_read(body):
 
 
 def test_the_files_read_before_a_refusal_are_closed_when_the_request_finishes(monkeypatch):
-    opened = []
-
-    class Tracked(tempfile.SpooledTemporaryFile):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            opened.append(self)
-
-    monkeypatch.setattr("lms_api.schemas.base.SpooledTemporaryFile", Tracked)
+    opened = spooled_files(monkeypatch)
     request = request_for(FILE + FILE + FILE + CLOSE)
 
     with pytest.raises(ApiError):
