@@ -8,6 +8,7 @@ certificate made for the test.
 """
 
 import http.client
+import itertools
 import json
 import shutil
 import signal
@@ -18,13 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import requests
 from urllib3 import encode_multipart_formdata
 
 from lms_api.errors import ErrorCode
 from lms_api.hygiene import EXPOSED_HEADERS
 from tests.conftest import eventually, free_port, mint, self_signed_certificate
-from tests.integration.conftest import ROOT, clean_env, wait_for_port
+from tests.integration.conftest import ROOT, clean_env, queue_remote_fault, wait_for_port
 
 NGINX = "/usr/sbin/nginx"
 SHIPPED = ROOT / "deploy" / "nginx" / "lms_api.conf"
@@ -34,6 +34,7 @@ SECRET = "nginx-secret-" + "n" * 40
 MOODLE_TOKEN = "nginx-token"
 JSON_LIMIT = 1024 * 1024  # MAX_JSON_BODY_KB's default
 UPLOAD_LIMIT = 50 * 1024 * 1024 + 64 * 1024  # MOODLE_MAX_UPLOAD_MB's default and the multipart framing
+_course_numbers = itertools.count(1)
 
 
 @dataclass
@@ -52,6 +53,7 @@ class Stack:
     gateway_port: int
     certificate: Path
     gateway_log: Path
+    nginx_log: Path
     moodle: str
     gateway: subprocess.Popen
 
@@ -167,7 +169,8 @@ def stack(request, spawn, standalone_sandbox, tmp_path):
         except AssertionError:
             pytest.fail(f"nginx did not start: {(folder / 'error.log').read_text()}")
         wait_for_port(gateway_port, gateway)
-        stack = Stack(https_port, gateway_port, certificate, tmp_path / "gateway.log", moodle, gateway)
+        gateway_log, nginx_log = tmp_path / "gateway.log", folder / "error.log"
+        stack = Stack(https_port, gateway_port, certificate, gateway_log, nginx_log, moodle, gateway)
         eventually(lambda: stack.direct("GET", "/readyz", "127.0.0.1").status == 200, "the gateway ready", 20)
         yield stack
     finally:
@@ -179,11 +182,10 @@ def stack(request, spawn, standalone_sandbox, tmp_path):
         shutil.rmtree(folder / "client_body", ignore_errors=True)
 
 
-def queue_fault(stack, **fault):
-    response = requests.post(
-        f"{stack.moodle}/__sandbox__/faults", json=fault, headers={"X-Sandbox-Token": MOODLE_TOKEN}, timeout=5
-    )
-    assert response.ok, response.text
+def new_course():
+    """The JSON body of a course to create, its shortname one no other course in the test's sandbox has."""
+    body = {"fullname": "Behind nginx", "shortname": f"NGX{next(_course_numbers)}", "categoryid": 1}
+    return json.dumps(body).encode()
 
 
 def unauthenticated(stack, source, **headers):
@@ -213,7 +215,7 @@ def test_location_names_the_scheme_and_host_the_caller_used_and_never_a_host_a_c
     token = mint("courses:write", secret=SECRET, sub="nginx-location")
 
     def create(call, source, **headers):
-        body = json.dumps({"fullname": "Behind nginx", "shortname": f"NGX{free_port()}", "categoryid": 1}).encode()
+        body = new_course()
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json", **headers}
         answer = call("POST", "/api/moodle/courses", source, headers, body)
         assert answer.status == 201, answer.body
@@ -279,7 +281,13 @@ def test_nginx_answers_its_own_413_as_the_gateway_would(stack, path, limit, code
     assert refused.headers["X-Content-Type-Options"] == "nosniff"
     assert refused.headers["Cache-Control"] == "no-store"
     assert refused.headers["X-Request-ID"] == f"big-{code}"
-    assert f"big-{code}" not in stack.gateway_log.read_text()  # the gateway never saw it
+    # nginx refused it on its Content-Length alone, and the gateway never saw it: its log lines are written by a
+    # thread of their own, so a request sent after it must be logged before the big one's absence tells anything.
+    too_large = f"client intended to send too large body: {limit + 1} bytes"
+    assert stack.nginx_log.read_text().count(too_large) == 1
+    assert stack.call("GET", "/healthz", "127.0.0.2", {"X-Request-ID": f"after-big-{code}"}).status == 200
+    eventually(lambda: f'"after-big-{code}"' in stack.gateway_log.read_text(), "the later request's log line")
+    assert f'"big-{code}"' not in stack.gateway_log.read_text()
 
     elsewhere = declare(stack, path, limit + 1, "https://elsewhere.example", "big-elsewhere")
     assert elsewhere.status == 413
@@ -327,7 +335,7 @@ def test_no_answer_says_waitress(stack):
 )
 def test_nginx_waits_past_its_default_60_s_for_a_slow_answer(stack):
     """A route of many Moodle calls may take minutes; here one call of 62 s stands for them."""
-    queue_fault(stack, kind="delay", seconds=62, function="core_user_get_users_by_field")
+    queue_remote_fault(stack.moodle, MOODLE_TOKEN, kind="delay", seconds=62, function="core_user_get_users_by_field")
     token = mint("users:read", secret=SECRET, sub="nginx-slow")
 
     slow = stack.call(
@@ -404,9 +412,9 @@ def test_when_the_gateway_does_not_answer_nginx_says_so_in_the_envelope_a_page_c
     ids=["502", "503", "504"],
 )
 def test_the_gateways_own_502_503_and_504_pass_through_nginx_as_it_wrote_them(stack, fault, status, code):
-    queue_fault(stack, function="core_course_create_courses", **fault)
+    queue_remote_fault(stack.moodle, MOODLE_TOKEN, function="core_course_create_courses", **fault)
     token = mint("courses:write", secret=SECRET, sub="nginx-faults")
-    body = json.dumps({"fullname": "Behind nginx", "shortname": f"NGX{free_port()}", "categoryid": 1}).encode()
+    body = new_course()
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json", "Origin": ORIGIN}
 
     answer = stack.call(
