@@ -6,9 +6,9 @@ import redis
 import requests
 from pyramid.request import Request, apply_request_extensions
 
-from lms_api import drafts
+from lms_api import drafts, redisstate
 from lms_api.drafts import DRAFT_LIFETIME_S, KEY_PREFIX, LocalDraftOwners, RedisDraftOwners
-from tests.conftest import FakeClock, free_port, mint, sandbox_calls
+from tests.conftest import FakeClock, free_port, mint, sandbox_calls, start_redis_server
 
 ADA = mint("files:write", sub="ada")
 BO = mint("files:write", sub="bo")
@@ -87,11 +87,48 @@ def test_two_gateways_sharing_redis_share_who_owns_each_draft(make_gateway, empt
 def test_adding_files_does_not_renew_a_drafts_lifetime(empty_redis):
     owners = RedisDraftOwners.from_url(empty_redis)
     owners.remember(7, "ada")
-    redis.Redis.from_url(empty_redis).expire(KEY_PREFIX + "7", 100)
+    stored = redis.Redis.from_url(empty_redis)
+    stored.expire(KEY_PREFIX + "7", 100)
 
     owners.remember(7, "ada")
 
-    assert redis.Redis.from_url(empty_redis).ttl(KEY_PREFIX + "7") <= 100
+    assert 0 < stored.ttl(KEY_PREFIX + "7") <= 100  # -1 (no expiry) and -2 (no key) are not a lifetime
+    assert stored.get(KEY_PREFIX + "7") == b"ada"
+
+
+def test_a_second_upload_to_a_draft_never_changes_its_owner_in_redis(empty_redis):
+    first, other_replica = RedisDraftOwners.from_url(empty_redis), RedisDraftOwners.from_url(empty_redis)
+    first.remember(7, "ada")
+
+    other_replica.remember(7, "bo")
+
+    assert redis.Redis.from_url(empty_redis).get(KEY_PREFIX + "7") == b"ada"
+    assert other_replica.owner(7) == first.owner(7) == "ada"
+
+
+def test_a_draft_uploaded_while_redis_was_down_is_still_its_owners_once_redis_is_back(
+    make_gateway, own_redis, monkeypatch
+):
+    monkeypatch.setattr(redisstate, "RETRY_AFTER_S", 0.0)  # Redis is asked again on the next call, not 5 s later
+    process, url = own_redis
+    gateway = make_gateway(REDIS_URL=url)
+    process.kill()
+    process.wait(10)
+    itemid = upload(gateway, ADA).json["data"]["itemid"]
+    restarted, _ = start_redis_server(port=int(url.rsplit(":", 1)[1].split("/")[0]))
+    try:
+        refused = attach(gateway, BO, itemid)
+        attached = attach(gateway, ADA, itemid)
+        stored = redis.Redis.from_url(url).get(KEY_PREFIX + str(itemid))
+    finally:
+        restarted.terminate()
+        restarted.wait(10)
+
+    assert_draft_not_found(refused, itemid)
+    assert attached.status_int == 201
+    assert stored is None  # the owner came from this process's memory, not from the Redis now answering
+    events = [line["event"] for line in gateway.log_lines if line["event"].startswith("drafts.")]
+    assert events == ["drafts.redis_unavailable", "drafts.redis_restored"]
 
 
 def test_without_redis_answering_the_process_still_knows_the_drafts_it_issued():
