@@ -24,6 +24,7 @@ from lms_api.moodle.client import MoodleClient, UploadFile
 from lms_api.moodle.errors import scrub_paths
 from lms_api.moodle.functions import READ_ONLY_FUNCTIONS, SITE_INFO
 from lms_api.moodle.guard import CircuitBreaker
+from lms_api.settings import MIB
 from tests.conftest import GOLDEN_DIR, self_signed_certificate, settings_for
 from tests.unit.mocked_moodle import (
     BAD_TOKEN_BODY,
@@ -1127,8 +1128,6 @@ def test_an_upload_answer_of_the_wrong_shape_is_recorded_as_badresponse(client, 
 
 # -- the answer's size: MOODLE_MAX_ANSWER_MB ---------------------------------------------------------
 
-MIB = 1 << 20
-
 
 class LocalMoodle(ThreadingHTTPServer):
     """A web server on a free loopback port answering each POST with the next of ``answers``, counting the
@@ -1315,6 +1314,8 @@ def test_a_refused_connection_names_the_address(unused_port):
 
 
 def test_a_name_that_does_not_resolve_is_dns():
+    # The system's real resolver. The call's 2 s deadline does not bound the lookup (nothing in the client does; only
+    # the resolver's own timeouts): without a reachable name server this is slower, never another cause.
     error = cause_of("https://moodle.example.invalid")  # RFC 2606: .invalid never resolves
 
     assert (error.status, error.code, error.cause.kind) == (503, "moodleunavailable", "dns")
@@ -1498,7 +1499,15 @@ def tls_server(folder):
     certificate, key = self_signed_certificate(folder, "localhost")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(certificate, key)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _LocalMoodleHandler)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _QuietHandler)
     server.socket = context.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     return server
+
+
+class _QuietHandler(BaseHTTPRequestHandler):
+    """For a request that got past the TLS handshake, which the client refuses: the stdlib's own answer (501 to a
+    POST), logged nowhere."""
+
+    def log_message(self, format, *args):  # noqa: A002 - the stdlib's signature
+        pass
