@@ -15,14 +15,9 @@ PROXY = {"REMOTE_ADDR": "10.0.0.5"}
 STRANGER = {"REMOTE_ADDR": "203.0.113.9"}
 
 
-def created_location(gateway, headers=None, environ=None):
+def created_location(gateway, headers, environ):
     body = {"fullname": "Located", "shortname": f"LOC{next(_numbers)}-{id(gateway)}", "categoryid": 1}
-    response = gateway.app.post_json(
-        "/api/moodle/courses",
-        body,
-        headers={"Authorization": f"Bearer {WRITE}", **(headers or {})},
-        extra_environ=environ or {},
-    )
+    response = gateway.post("/api/moodle/courses", body, WRITE, headers=dict(headers), extra_environ=environ)
     assert response.status_int == 201, response.text
     return response.headers["Location"], response.json["data"]["id"]
 
@@ -47,6 +42,26 @@ def test_a_trusted_proxy_gives_the_scheme_and_host_it_saw(make_gateway):
     )
 
     assert location == f"https://api.example.edu/api/moodle/courses/{course_id}"
+
+
+def test_a_trusted_proxys_scheme_is_read_in_any_case(make_gateway):
+    gateway = make_gateway(TRUSTED_PROXIES="10.0.0.0/8")
+
+    location, course_id = created_location(
+        gateway, {"X-Forwarded-Host": "api.example.edu", "X-Forwarded-Proto": "HTTPS"}, PROXY
+    )
+
+    assert location == f"https://api.example.edu/api/moodle/courses/{course_id}"
+
+
+def test_a_forwarded_host_whose_port_is_past_65535_is_not_used(make_gateway):
+    gateway = make_gateway(TRUSTED_PROXIES="10.0.0.0/8")
+
+    location, course_id = created_location(
+        gateway, {"X-Forwarded-Host": "api.example.edu:99999", "X-Forwarded-Proto": "https"}, PROXY
+    )
+
+    assert location == f"/api/moodle/courses/{course_id}"  # no URL has a port of 99999
 
 
 @pytest.mark.parametrize(
