@@ -19,8 +19,10 @@ from pyramid.response import Response
 from lms_api.settings import Settings
 
 Networks = tuple[IPv4Network | IPv6Network, ...]
-# A host as a browser writes it in a URL: a name or an IPv4 address, or an IPv6 address in brackets; a port.
-_HOST = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?")
+# A host as a browser writes it in a URL: a name or an IPv4 address, or an IPv6 address in brackets; a port from 1
+# to 65535.
+_PORT = r"(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+_HOST = re.compile(rf"(?:[A-Za-z0-9][A-Za-z0-9.-]{{0,252}}|\[[0-9A-Fa-f:.]{{2,45}}\])(?::{_PORT})?")
 _SCHEMES = frozenset({"http", "https"})
 
 
