@@ -1,39 +1,117 @@
-"""Moodle web-service function names the gateway uses, and which of them are safe to retry."""
+"""The Moodle functions the gateway calls: one declaration each, and everything the gateway does by it.
 
-SITE_INFO = "core_webservice_get_site_info"
-# Not a web-service function: upload.php is its own script; the name labels its calls in logs and errors.
-UPLOAD_FUNCTION = "upload.php"
+A declaration says whether the function only reads (then it is retried after a transport failure: calling it twice
+changes nothing in Moodle) or writes (never sent twice), which read-cache group keeps a read's answers, which groups
+a write may have changed (dropped once the write may have reached Moodle, whatever its outcome), and the shape its
+answer must have. Services call Moodle through these members, never through a name typed again.
+"""
 
-# Only these are retried after a transport failure: calling them twice changes nothing in Moodle.
-# Any function missing from this list is treated as a write and never sent twice.
-READ_ONLY_FUNCTIONS = frozenset(
-    {
-        SITE_INFO,
-        "core_course_get_categories",
-        "core_course_get_courses",
-        "core_course_get_courses_by_field",
-        "core_course_search_courses",
-        "core_user_get_users_by_field",
-        "core_enrol_get_enrolled_users",
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import NamedTuple
+
+
+class CacheGroup(StrEnum):
+    """The read cache's groups; ``CACHE_TTLS`` sets each one's time to live."""
+
+    SITE_INFO = "siteinfo"
+    COURSES = "courses"
+    USERS = "users"
+    NOTIFICATIONS = "notifications"
+
+
+class AnswerShape(StrEnum):
+    """What Moodle's answer must be before a service looks into it; anything else is a ``502 badresponse``."""
+
+    OBJECT = "object"
+    LIST = "list"
+    INTEGER = "integer"
+    NULL = "null"  # a function declared without a return value answers ``null``
+
+
+class Behaviour(NamedTuple):
+    writes: bool
+    answer: AnswerShape
+    cache_group: CacheGroup | None = None  # a read's: where the read cache keeps its answers
+    drops: tuple[CacheGroup, ...] = ()  # a write's: the groups whose entries it may make wrong
+    drops_nothing_because: str = ""  # a write that drops no group says why
+
+
+def read(answer: AnswerShape, cached: CacheGroup | None = None) -> Behaviour:
+    return Behaviour(False, answer, cached)
+
+
+def write(answer: AnswerShape, *, drops: tuple[CacheGroup, ...] = (), drops_nothing_because: str = "") -> Behaviour:
+    if not drops and not drops_nothing_because:
+        raise ValueError("a write drops the cache groups it may change, or says why it changes none")
+    return Behaviour(True, answer, None, drops, drops_nothing_because)
+
+
+class MoodleFunction(StrEnum):
+    """A Moodle function; the member is its name as Moodle knows it."""
+
+    behaviour: Behaviour
+
+    def __new__(cls, name: str, behaviour: Behaviour) -> MoodleFunction:
+        member = str.__new__(cls, name)
+        member._value_ = name
+        member.behaviour = behaviour
+        return member
+
+    @property
+    def writes(self) -> bool:
+        return self.behaviour.writes
+
+    @property
+    def retried(self) -> bool:
+        """Sent again after a transport failure: only a read, which changes nothing in Moodle."""
+        return not self.behaviour.writes
+
+    @property
+    def cache_group(self) -> CacheGroup | None:
+        return self.behaviour.cache_group
+
+    @property
+    def drops(self) -> tuple[CacheGroup, ...]:
+        return self.behaviour.drops
+
+    @property
+    def answer(self) -> AnswerShape:
+        return self.behaviour.answer
+
+    SITE_INFO = "core_webservice_get_site_info", read(AnswerShape.OBJECT, cached=CacheGroup.SITE_INFO)
+    GET_CATEGORIES = "core_course_get_categories", read(AnswerShape.LIST)
+    GET_COURSES = "core_course_get_courses", read(AnswerShape.LIST, cached=CacheGroup.COURSES)
+    GET_COURSES_BY_FIELD = "core_course_get_courses_by_field", read(AnswerShape.OBJECT, cached=CacheGroup.COURSES)
+    SEARCH_COURSES = "core_course_search_courses", read(AnswerShape.OBJECT, cached=CacheGroup.COURSES)
+    CREATE_COURSES = "core_course_create_courses", write(AnswerShape.LIST, drops=(CacheGroup.COURSES,))
+    UPDATE_COURSES = "core_course_update_courses", write(AnswerShape.OBJECT, drops=(CacheGroup.COURSES,))
+    GET_USERS_BY_FIELD = "core_user_get_users_by_field", read(AnswerShape.LIST, cached=CacheGroup.USERS)
+    ENROL_USERS = (
+        "enrol_manual_enrol_users",
+        write(AnswerShape.NULL, drops_nothing_because="no cached answer lists enrolments"),
+    )
+    GET_POPUP_NOTIFICATIONS = (
         "message_popup_get_popup_notifications",
+        read(AnswerShape.OBJECT, cached=CacheGroup.NOTIFICATIONS),
+    )
+    GET_UNREAD_COUNT = (
         "message_popup_get_unread_popup_notification_count",
-    }
-)
+        read(AnswerShape.INTEGER, cached=CacheGroup.NOTIFICATIONS),
+    )
+    # Not a web-service function: upload.php is its own script; the name labels its calls in logs and errors.
+    UPLOAD = "upload.php", write(AnswerShape.LIST, drops_nothing_because="draft files are never cached")
+    # The sync-service plugin's function; MOODLE_ATTACH_FUNCTION names the one a site has, which the client sends.
+    ATTACH_FILE = (
+        "local_course_add_new_course_module_resource",
+        write(AnswerShape.OBJECT, drops_nothing_because="no cached answer lists a course's modules"),
+    )
 
-# The read cache: the answers it may keep, by group (CACHE_TTLS sets each group's time to live). Existence checks
-# before a write never use it; they call Moodle.
-CACHED_FUNCTIONS = {
-    SITE_INFO: "siteinfo",
-    "core_course_get_courses": "courses",
-    "core_course_get_courses_by_field": "courses",
-    "core_course_search_courses": "courses",
-    "core_user_get_users_by_field": "users",
-    "message_popup_get_popup_notifications": "notifications",
-    "message_popup_get_unread_popup_notification_count": "notifications",
-}
-# The groups a write may have changed: they are dropped once it may have reached Moodle, whatever its outcome.
-# Enrolments, uploads and attached files change nothing the cache keeps.
-INVALIDATED_BY = {
-    "core_course_create_courses": ("courses",),
-    "core_course_update_courses": ("courses",),
-}
+
+# What the code outside the Moodle client and the read cache still reads; goes once both call through the members.
+SITE_INFO = MoodleFunction.SITE_INFO.value
+UPLOAD_FUNCTION = MoodleFunction.UPLOAD.value
+READ_ONLY_FUNCTIONS = frozenset(function.value for function in MoodleFunction if function.retried)
+CACHED_FUNCTIONS = {function.value: str(function.cache_group) for function in MoodleFunction if function.cache_group}
+INVALIDATED_BY = {function.value: tuple(map(str, function.drops)) for function in MoodleFunction if function.drops}
