@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar, dataclass_transform, overload
 from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
@@ -23,6 +23,8 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from dotenv import dotenv_values
 from pyramid.config import Configurator
+
+from lms_api.moodle.functions import CacheGroup
 
 DEVELOPMENT = "development"
 PRODUCTION = "production"
@@ -42,6 +44,7 @@ DEFAULT_JWT_LEEWAY_S = 30
 PublicKey = RSAPublicKey | EllipticCurvePublicKey
 # A Moodle role's short name, as MOODLE_ROLE_IDS and the enrol route's roleid take it.
 ROLE_NAME = re.compile(r"[a-z][a-z0-9_]{0,99}")
+T = TypeVar("T")
 
 
 class SettingsError(Exception):
@@ -61,61 +64,6 @@ class Rate:
 
     def __str__(self) -> str:
         return f"{self.count}/{self.period_s}s"
-
-
-@dataclass(frozen=True)
-class Settings:
-    environment: str
-    moodle_base_url: str | None
-    moodle_token: str | None
-    moodle_timeout_ms: int
-    moodle_debug: bool
-    moodle_max_retries: int
-    moodle_functions_ttl_s: int
-    moodle_max_input_vars: int
-    moodle_max_upload_mb: int
-    moodle_attach_function: str
-    moodle_role_ids: Mapping[str, int]
-    moodle_assignable_roles: tuple[str, ...]
-    moodle_course_formats: tuple[str, ...]
-    moodle_max_answer_mb: int
-    moodle_sandbox: str
-    jwt_secret: str | None
-    jwt_public_key: PublicKey | None
-    jwt_jwks_url: str | None
-    jwt_algorithms: tuple[str, ...]
-    jwt_audience: str | None
-    jwt_issuer: str | None
-    jwt_leeway_s: int
-    log_format: str
-    rate_limit_read: Rate
-    rate_limit_write: Rate
-    rate_limit_unauthenticated: Rate
-    redis_url: str | None
-    trusted_proxies: tuple[IPv4Network | IPv6Network, ...]
-    cors_allowed_origins: tuple[str, ...]
-    cache_ttls: Mapping[str, int]
-    cache_stale_s: int
-    cache_max_mb: int
-    moodle_max_concurrency: int
-    moodle_queue_timeout_ms: int
-    moodle_breaker_failures: int
-    moodle_breaker_cooldown_s: int
-    metrics_allowed_networks: tuple[IPv4Network | IPv6Network, ...]
-    max_json_body_kb: int
-    public_url: str | None
-    uses_development_jwt_secret: bool = False
-    secrets: tuple[str, ...] = field(default=(), repr=False)
-
-    @property
-    def uses_sandbox(self) -> bool:
-        return self.moodle_base_url is None
-
-    def __repr__(self) -> str:  # never show secrets, even in a debugger or a traceback
-        return (
-            f"Settings(environment={self.environment!r}, moodle_base_url={self.moodle_base_url!r}, "
-            f"moodle_timeout_ms={self.moodle_timeout_ms}, moodle_max_retries={self.moodle_max_retries})"
-        )
 
 
 def _text(key: str, raw: str) -> str:
@@ -257,7 +205,7 @@ def _role_ids(key: str, raw: str) -> Mapping[str, int]:
 
 
 # The read cache's groups, each with its time to live in seconds (0: not cached).
-CACHE_GROUPS = ("siteinfo", "courses", "users", "notifications")
+CACHE_GROUPS = tuple(CacheGroup)
 DEFAULT_CACHE_TTLS = "siteinfo=300,courses=60,users=30,notifications=0"
 
 
@@ -327,59 +275,255 @@ def _log_format(key: str, raw: str) -> str:
 
 
 @dataclass(frozen=True)
-class _Key:
-    name: str
+class Key:
+    """How one setting is read and documented; its name is its ``Settings`` field's, in upper case."""
+
     parse: Callable[[str, str], Any]
-    default: str | None = None
-    secret: bool = False
+    fallback: str | None  # the raw value an unset key takes, parsed like any other; None: the setting stays unset
+    meaning: str  # one line, README's words
+    note: str = ""  # what an unset key means beyond its fallback, shown next to it
+    worked_out: str = ""  # how the loader works the value out when the key is unset
+    secret: bool = False  # never logged, returned or repeated in an error
+
+    @property
+    def shown_default(self) -> str:
+        """README's default column."""
+        if self.worked_out:
+            return self.worked_out
+        shown = f"`{self.fallback}`" if self.fallback else "—"
+        return f"{shown} ({self.note})" if self.note else shown
 
 
-_KEYS = (
-    _Key("MOODLE_BASE_URL", _base_url),
-    _Key("MOODLE_TOKEN", _text, secret=True),
-    _Key("MOODLE_TIMEOUT_MS", _whole_number(1), "15000"),
-    _Key("MOODLE_DEBUG", _boolean, "false"),
-    _Key("MOODLE_MAX_RETRIES", _whole_number(0), "2"),
-    _Key("MOODLE_FUNCTIONS_TTL_S", _whole_number(1), "300"),
-    # PHP's max_input_vars on the Moodle server (Moodle requires at least 5000); the room for one enrolment is 9.
-    _Key("MOODLE_MAX_INPUT_VARS", _whole_number(9), "5000"),
-    _Key("MOODLE_MAX_UPLOAD_MB", _whole_number(1), "50"),
-    _Key("MOODLE_ATTACH_FUNCTION", _function_name, DEFAULT_ATTACH_FUNCTION),
-    _Key("MOODLE_ROLE_IDS", _role_ids, ""),
-    _Key("MOODLE_ASSIGNABLE_ROLES", _names(ROLE_NAME, "role names"), DEFAULT_ASSIGNABLE_ROLES),
-    _Key("MOODLE_COURSE_FORMATS", _names(_PLUGIN_NAME, "course format plugin names"), DEFAULT_COURSE_FORMATS),
-    _Key("MOODLE_MAX_ANSWER_MB", _whole_number(1), "32"),
-    _Key("MOODLE_ALLOW_INSECURE", _boolean, "false"),
-    # What stands in for Moodle when MOODLE_BASE_URL is unset (development only): a callable that starts it and
-    # answers an object with its ``url`` and ``token``.
-    _Key("MOODLE_SANDBOX", _dotted_name, "moodle_sandbox.server:start_sandbox"),
-    _Key("JWT_SECRET", _text, secret=True),
-    _Key("JWT_PUBLIC_KEY", _public_key),
-    _Key("JWT_JWKS_URL", _https_url),
-    _Key("JWT_ALGORITHMS", _algorithms),
-    _Key("JWT_AUDIENCE", _text),
-    _Key("JWT_ISSUER", _text),
-    _Key("JWT_LEEWAY_S", _whole_number(0), str(DEFAULT_JWT_LEEWAY_S)),
-    _Key("LOG_FORMAT", _log_format, "json"),
-    _Key("RATE_LIMIT_READ", _rate, "600/minute"),
-    _Key("RATE_LIMIT_WRITE", _rate, "120/minute"),
-    _Key("RATE_LIMIT_UNAUTHENTICATED", _rate, "300/minute"),
-    _Key("REDIS_URL", _redis_url, secret=True),  # may carry a password
-    _Key("TRUSTED_PROXIES", _networks, ""),
-    _Key("CORS_ALLOWED_ORIGINS", _origins, ""),
-    _Key("CACHE_TTLS", _cache_ttls, DEFAULT_CACHE_TTLS),
-    _Key("CACHE_STALE_S", _whole_number(0), "600"),
-    _Key("CACHE_MAX_MB", _whole_number(1), "64"),
-    _Key("MOODLE_MAX_CONCURRENCY", _whole_number(1), "10"),
-    _Key("MOODLE_QUEUE_TIMEOUT_MS", _whole_number(0), "250"),
-    _Key("MOODLE_BREAKER_FAILURES", _whole_number(1), "5"),
-    _Key("MOODLE_BREAKER_COOLDOWN_S", _whole_number(1), "10"),
-    _Key("METRICS_ALLOWED_NETWORKS", _networks, "127.0.0.0/8, ::1"),
-    _Key("MAX_JSON_BODY_KB", _whole_number(1), "1024"),
-    _Key("PUBLIC_URL", _public_url),
+_KEY = "lms_api.setting"  # the metadata of a Settings field that is a setting
+
+
+@overload
+def setting(
+    parse: Callable[[str, str], T], fallback: str, *, meaning: str, note: str = "", secret: bool = False
+) -> T: ...
+@overload
+def setting(parse: Callable[[str, str], T], *, meaning: str, worked_out: str, secret: bool = False) -> T: ...
+@overload
+def setting(parse: Callable[[str, str], T], *, meaning: str, note: str = "", secret: bool = False) -> T | None: ...
+def setting(
+    parse: Callable[[str, str], Any],
+    fallback: str | None = None,
+    *,
+    meaning: str,
+    note: str = "",
+    worked_out: str = "",
+    secret: bool = False,
+) -> Any:
+    """Declare a setting as a ``Settings`` field: its parser (which also gives the field's type, as mypy checks), the
+    raw value it takes when unset, and its meaning. Without a fallback the field is ``None`` when unset, unless the
+    loader works it out (``worked_out`` says how)."""
+    return field(metadata={_KEY: Key(parse, fallback, meaning, note, worked_out, secret)})
+
+
+@dataclass_transform(frozen_default=True, field_specifiers=(setting, field))
+def _settings_class(cls: type[T]) -> type[T]:
+    return dataclass(frozen=True)(cls)
+
+
+@_settings_class
+class Settings:
+    """Every setting, declared once: the loader, README's configuration table (``scripts/settings_table.py``) and the
+    example ``.env`` follow these fields, in this order. The field ``moodle_timeout_ms`` is read from
+    ``MOODLE_TIMEOUT_MS`` in the environment or ``.env``, or ``moodle_timeout_ms`` in the ini."""
+
+    environment: str
+    moodle_base_url: str | None = setting(
+        _base_url,
+        meaning="Moodle's root URL; `production.ini` takes `http://` only on loopback",
+        note="sandbox under `development.ini`",
+    )
+    moodle_allow_insecure: bool = setting(
+        _boolean,
+        "false",
+        meaning="`true` lets `production.ini` use an `http://` Moodle elsewhere "
+        "(the token then crosses the network in clear)",
+    )
+    moodle_token: str | None = setting(
+        _text, meaning="the gateway's web-service token; secret, never logged or returned", secret=True
+    )
+    moodle_timeout_ms: int = setting(
+        _whole_number(1), "15000", meaning="deadline of one logical Moodle call, retries included"
+    )
+    moodle_debug: bool = setting(
+        _boolean,
+        "false",
+        meaning="log one line per Moodle call: function, parameter names, duration, attempts (never values); "
+        "add why Moodle could not be reached to the details of 502/503/504 answers "
+        "(`details.cause`, `details.reason`)",
+    )
+    moodle_max_retries: int = setting(_whole_number(0), "2", meaning="extra attempts for read-only functions")
+    moodle_functions_ttl_s: int = setting(
+        _whole_number(1), "300", meaning="how long the token's function list (from site info) is trusted"
+    )
+    # Moodle requires at least 5000; the room for one enrolment is 9.
+    moodle_max_input_vars: int = setting(
+        _whole_number(9),
+        "5000",
+        meaning="PHP `max_input_vars` of the Moodle server; bigger enrolment batches are split to fit",
+    )
+    moodle_max_upload_mb: int = setting(
+        _whole_number(1), "50", meaning="largest upload, in MiB, for all files of one request together"
+    )
+    moodle_max_answer_mb: int = setting(
+        _whole_number(1),
+        "32",
+        meaning="largest answer read from Moodle, in MiB: a `Content-Length` over it is refused unread, a chunked "
+        "answer is read no further; either is a `502 badresponse`, not retried, and its connection is closed rather "
+        "than reused",
+    )
+    max_json_body_kb: int = setting(
+        _whole_number(1),
+        "1024",
+        meaning="largest request body, in KiB, on every API route but the upload; refused with `413 bodytoolarge` "
+        "before the token is checked",
+    )
+    moodle_attach_function: str = setting(
+        _function_name, DEFAULT_ATTACH_FUNCTION, meaning="the function `files/attach` calls"
+    )
+    moodle_role_ids: Mapping[str, int] = setting(
+        _role_ids,
+        "",
+        meaning="role names for `enrol`, e.g. `student=5,teacher=4,tutor=9`; adds to or overrides Moodle's defaults; "
+        "only these roles can be assigned",
+    )
+    moodle_assignable_roles: tuple[str, ...] = setting(
+        _names(ROLE_NAME, "role names"),
+        DEFAULT_ASSIGNABLE_ROLES,
+        meaning="the roles `enrol:write` may assign (names from `MOODLE_ROLE_IDS`); any other known role (`manager`) "
+        "needs `admin` as well",
+    )
+    moodle_course_formats: tuple[str, ...] = setting(
+        _names(_PLUGIN_NAME, "course format plugin names"),
+        DEFAULT_COURSE_FORMATS,
+        meaning="the course formats the site offers; `format` on `POST`/`PATCH /courses` must be one of them",
+    )
+    jwt_secret: str | None = setting(
+        _text,
+        meaning="HMAC key for caller JWTs: at least 32 bytes for HS256, 48 for HS384, 64 for HS512",
+        note="a development key under `development.ini` on the sandbox",
+        secret=True,
+    )
+    jwt_public_key: PublicKey | None = setting(
+        _public_key,
+        meaning="an identity provider's RSA or EC public key: PEM text (newlines may be written `\\n`) "
+        "or a PEM file's path",
+    )
+    jwt_jwks_url: str | None = setting(
+        _https_url,
+        meaning="an identity provider's JWKS URL (`https://`); keys are cached and re-read for an unknown `kid` "
+        "at most once a minute",
+    )
+    jwt_algorithms: tuple[str, ...] = setting(
+        _algorithms,
+        meaning="accepted algorithms, comma-separated "
+        "(`HS256/384/512`, `RS256/384/512`, `PS256/384/512`, `ES256/384/512`)",
+        worked_out="from the keys: `HS256` for a secret, `RS256` or `ES256` for a public key, `RS256,ES256` for a JWKS",
+    )
+    jwt_audience: str | None = setting(_text, meaning="when set, tokens must carry this `aud`")
+    jwt_issuer: str | None = setting(_text, meaning="when set, tokens must carry this `iss`")
+    jwt_leeway_s: int = setting(
+        _whole_number(0), str(DEFAULT_JWT_LEEWAY_S), meaning="clock skew allowed on `exp`, `nbf` and `iat`"
+    )
+    rate_limit_read: Rate = setting(
+        _rate,
+        "600/minute",
+        meaning="reads (GET) per caller (`sub`); `N/second`, `N/minute`, `N/hour` or `N/day`",
+    )
+    rate_limit_write: Rate = setting(_rate, "120/minute", meaning="writes (every method but GET and HEAD) per caller")
+    rate_limit_unauthenticated: Rate = setting(
+        _rate, "300/minute", meaning="requests that fail authentication, per client address"
+    )
+    redis_url: str | None = setting(
+        _redis_url,
+        meaning="`redis://…` shared by every replica, so N replicas enforce one budget; secret (may hold a password)",
+        note="counters in each process",
+        secret=True,
+    )
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = setting(
+        _networks,
+        "",
+        meaning="addresses or networks (`10.0.0.0/8, ::1`) whose `X-Forwarded-For`, `X-Forwarded-Proto` and "
+        "`X-Forwarded-Host` are believed",
+    )
+    public_url: str | None = setting(
+        _public_url,
+        meaning="the gateway's origin as callers reach it (`https://api.example.edu`), for `Location`; "
+        "unset: what a trusted proxy forwarded, else a path",
+    )
+    cors_allowed_origins: tuple[str, ...] = setting(
+        _origins,
+        "",
+        meaning="exact origins of the SPA, e.g. `https://app.example.edu, http://localhost:5173`",
+        note="no cross-origin access",
+    )
+    log_format: str = setting(_log_format, "json", meaning="`json` or `console`", note="`console` in `development.ini`")
+    cache_ttls: Mapping[str, int] = setting(
+        _cache_ttls,
+        DEFAULT_CACHE_TTLS,
+        meaning="seconds each group of read answers is kept (see When Moodle is slow or down); `0` turns a group "
+        "off; groups left out keep their default",
+    )
+    cache_stale_s: int = setting(
+        _whole_number(0),
+        "600",
+        meaning="how long past its expiry an entry may still be served when Moodle cannot be reached",
+    )
+    cache_max_mb: int = setting(
+        _whole_number(1),
+        "64",
+        meaning="memory for the in-process cache, least recently used out first "
+        "(with `REDIS_URL`, only while Redis is away)",
+    )
+    moodle_max_concurrency: int = setting(_whole_number(1), "10", meaning="Moodle calls in flight at once, per process")
+    moodle_queue_timeout_ms: int = setting(
+        _whole_number(0),
+        "250",
+        meaning="how long a call waits for one of those slots before `503 moodlebusy` (never past its own deadline)",
+    )
+    moodle_breaker_failures: int = setting(
+        _whole_number(1), "5", meaning="transport failures in a row that open the circuit breaker"
+    )
+    moodle_breaker_cooldown_s: int = setting(
+        _whole_number(1), "10", meaning="how long an open breaker refuses calls before one trial call"
+    )
+    metrics_allowed_networks: tuple[IPv4Network | IPv6Network, ...] = setting(
+        _networks,
+        "127.0.0.0/8, ::1",
+        meaning="the operators' networks: they may read `GET /metrics` and how `/readyz` says Moodle cannot be "
+        "reached (the caller as rate limits see it, `TRUSTED_PROXIES` included); everyone else gets `404` from "
+        "`/metrics` and only the cause from `/readyz`",
+    )
+    # A callable that starts the stand-in and answers an object with its ``url`` and ``token``.
+    moodle_sandbox: str = setting(
+        _dotted_name,
+        "moodle_sandbox.server:start_sandbox",
+        meaning="what starts a stand-in Moodle when `MOODLE_BASE_URL` is unset (development only: `production.ini` "
+        "requires a Moodle): a dotted name of a callable answering an object with `url` and `token`",
+    )
+    uses_development_jwt_secret: bool = False
+    secrets: tuple[str, ...] = field(default=(), repr=False)
+
+    @property
+    def uses_sandbox(self) -> bool:
+        return self.moodle_base_url is None
+
+    def __repr__(self) -> str:  # never show secrets, even in a debugger or a traceback
+        return (
+            f"Settings(environment={self.environment!r}, moodle_base_url={self.moodle_base_url!r}, "
+            f"moodle_timeout_ms={self.moodle_timeout_ms}, moodle_max_retries={self.moodle_max_retries})"
+        )
+
+
+# Each setting by its name as the environment spells it, in the order Settings declares them.
+KEYS: Mapping[str, Key] = MappingProxyType(
+    {each.name.upper(): each.metadata[_KEY] for each in fields(Settings) if _KEY in each.metadata}
 )
-
-SETTING_NAMES = tuple(key.name for key in _KEYS)
+SETTING_NAMES = tuple(KEYS)
 
 
 def read_dotenv(directory: str | Path | None) -> dict[str, str]:
@@ -405,18 +549,18 @@ def load_settings(
     secrets: list[str] = []
     problems: list[str] = []
     refused: set[str] = set()
-    for key in _KEYS:
-        raw = next((layer[key.name] for layer in layers if layer.get(key.name) is not None), None)
+    for name, key in KEYS.items():
+        raw = next((layer[name] for layer in layers if layer.get(name) is not None), None)
         if raw is None or str(raw).strip() == "":
-            raw = key.default
+            raw = key.fallback
         try:
-            values[key.name] = None if raw is None else key.parse(key.name, str(raw))
+            values[name] = None if raw is None else key.parse(name, str(raw))
         except SettingsError as error:
             problems.extend(error.problems)
-            refused.add(key.name)
-            values[key.name] = None
-        if key.secret and values[key.name]:
-            secrets.append(values[key.name])
+            refused.add(name)
+            values[name] = None
+        if key.secret and values[name]:
+            secrets.append(values[name])
 
     problems.extend(_moodle_problems(environment, values, refused))
     jwt_secret, algorithms, uses_development_secret = None, tuple[str, ...](), False
@@ -427,11 +571,10 @@ def load_settings(
             problems.extend(error.problems)
     if problems:
         raise SettingsError(*dict.fromkeys(problems))
-    # Each Settings field takes the value of the key of the same name; the rest are worked out above.
-    field_names = {each.name for each in fields(Settings)}
+    # Each setting's field takes its key's value; the JWT keys and the fields that are no setting are worked out above.
     return Settings(
         **{
-            **{name.lower(): value for name, value in values.items() if name.lower() in field_names},
+            **{name.lower(): value for name, value in values.items()},
             "environment": environment,
             "jwt_secret": jwt_secret,
             "jwt_algorithms": algorithms,

@@ -6,7 +6,16 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from lms_api import main
-from lms_api.settings import DEVELOPMENT_JWT_SECRET, SettingsError, load_settings, read_dotenv
+from lms_api.moodle.functions import CacheGroup
+from lms_api.settings import (
+    DEVELOPMENT_JWT_SECRET,
+    KEYS,
+    SETTING_NAMES,
+    SettingsError,
+    load_settings,
+    read_dotenv,
+)
+from scripts.settings_table import README, readme_with_table, table
 from tests.conftest import ROOT
 
 PRODUCTION = {"lms_api.environment": "production"}
@@ -299,3 +308,55 @@ def test_a_copy_of_env_example_starts_the_development_gateway(tmp_path):
 
     assert settings.uses_sandbox and settings.uses_development_jwt_secret
     assert settings.jwt_algorithms == ("HS256",)
+
+
+def test_readme_configuration_table_is_printed_from_the_declaration():
+    readme = README.read_text()
+
+    assert readme_with_table(readme) == readme, "run: .venv/bin/python scripts/settings_table.py --write"
+
+
+def test_the_table_has_a_row_per_setting_with_its_default_and_meaning():
+    rows = table().splitlines()[2:]
+
+    assert [row.split(" | ")[0].removeprefix("| ") for row in rows] == [f"`{name}`" for name in SETTING_NAMES]
+    assert "| `MOODLE_TIMEOUT_MS` | `15000` | deadline of one logical Moodle call, retries included |" in rows
+    assert rows[0].startswith("| `MOODLE_BASE_URL` | — (sandbox under `development.ini`) | ")
+    assert any(row.startswith("| `MOODLE_ROLE_IDS` | — | ") for row in rows)
+    assert any(row.startswith("| `JWT_ALGORITHMS` | from the keys: ") for row in rows)
+
+
+def test_each_setting_is_a_field_read_from_its_key_in_every_layer():
+    settable = {name: key for name, key in KEYS.items() if key.fallback}
+    ini = {**PRODUCTION, **{name.lower(): "" for name in settable}}
+
+    from_ini, defaults = load_settings(ini, COMPLETE), load_settings(PRODUCTION, COMPLETE)
+
+    for name, key in settable.items():
+        assert getattr(defaults, name.lower()) == key.parse(name, key.fallback), name
+        assert getattr(from_ini, name.lower()) == getattr(defaults, name.lower()), name
+    assert {"MOODLE_TIMEOUT_MS", "JWT_SECRET", "MOODLE_ALLOW_INSECURE", "PUBLIC_URL"} <= set(SETTING_NAMES)
+    assert not {"ENVIRONMENT", "SECRETS", "USES_DEVELOPMENT_JWT_SECRET"} & set(SETTING_NAMES)
+    assert load_settings({**PRODUCTION, "moodle_breaker_failures": "7"}, COMPLETE).moodle_breaker_failures == 7
+
+
+def test_every_setting_has_a_one_line_meaning_and_a_default_it_accepts():
+    for name, key in KEYS.items():
+        assert key.meaning and "\n" not in key.meaning and not key.meaning.endswith("."), name
+        assert "|" not in key.meaning + key.shown_default, f"{name} would break README's table"
+        if key.fallback:
+            key.parse(name, key.fallback)  # raises SettingsError if the declared default is one the key refuses
+
+
+def test_every_cache_group_has_a_default_time_to_live_and_only_they_can_be_set():
+    ttls = load_settings(PRODUCTION, COMPLETE).cache_ttls
+
+    assert set(ttls) == set(CacheGroup)
+    assert ttls[CacheGroup.SITE_INFO] == 300 and ttls[CacheGroup.NOTIFICATIONS] == 0
+    assert load_settings(PRODUCTION, {**COMPLETE, "CACHE_TTLS": "users=5"}).cache_ttls[CacheGroup.USERS] == 5
+    with pytest.raises(SettingsError, match="groups: siteinfo, courses, users, notifications; seconds"):
+        load_settings(PRODUCTION, {**COMPLETE, "CACHE_TTLS": "events=5"})
+
+
+def test_the_secret_settings_are_declared_secret():
+    assert [name for name, key in KEYS.items() if key.secret] == ["MOODLE_TOKEN", "JWT_SECRET", "REDIS_URL"]
