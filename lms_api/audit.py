@@ -12,7 +12,7 @@ from pyramid.request import Request
 from pyramid.response import Response
 from pyramid.tweens import EXCVIEW
 
-from lms_api.calllog import CallLog, current_call_log
+from lms_api.calllog import CallLog
 from lms_api.routes import is_api_request
 from lms_api.security import checked_identity
 
@@ -31,7 +31,7 @@ def audit_tween_factory(handler: Callable[[Request], Response], registry: Regist
         if request.method not in WRITE_METHODS or not is_api_request(request):
             return handler(request)
         response = handler(request)
-        _log(request, response, current_call_log())
+        _log(request, response, request.moodle_calls)
         return response
 
     return tween

@@ -1,9 +1,10 @@
 """The composition root: the application is its concerns, included in this order.
 
 Each concern's ``includeme`` registers what it owns (request methods, tweens, services, routes, views). Tween order
-is set by each tween's own ``over``/``under``: outermost, the UTF-8 guard (hygiene), then the request summary line
-(logging), CORS and hygiene headers, audit and rate limits, all over the exception views, so error answers pass
-through each of them.
+is set by each tween's own ``over``/``under``, not by the order below: outermost, the UTF-8 guard (hygiene); then the
+call log, over every tween that reads it; then the request summary line (logging); under it, the metrics, the CORS
+and hygiene headers, audit, body limits and rate limits, in that order, and Cache-Status (the cache); all over the
+exception views, so error answers pass through each of them.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ def make_app(settings: Settings, pyramid_settings: Mapping[str, Any] | None = No
     """Build the WSGI app. With no ``MOODLE_BASE_URL`` (development only) a sandbox starts alongside it."""
     config = Configurator(settings={**(pyramid_settings or {}), "lms_api.settings": settings})
     config.include("lms_api.settings")  # request.lms_settings
+    config.include("lms_api.calllog")  # request.moodle_calls: the Moodle calls of each request, for the tweens below
     config.include("lms_api.logging")  # structlog, request.id, the summary line
     config.include("lms_api.caller")  # request.public_url: Location from PUBLIC_URL or a trusted proxy, never Host
     config.include("lms_api.security")  # the JWT policy; a view without a permission is closed

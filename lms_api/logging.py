@@ -22,7 +22,7 @@ from pyramid.request import Request
 from pyramid.response import Response
 from pyramid.tweens import EXCVIEW
 
-from lms_api.calllog import recording_calls
+from lms_api.calllog import CallLog
 from lms_api.moodle.errors import redact
 from lms_api.security import checked_identity
 from lms_api.settings import Settings
@@ -280,10 +280,11 @@ def request_tween_factory(handler: Callable[[Request], Response], registry: Regi
 
     def tween(request: Request) -> Response:
         started = time.perf_counter()
-        with structlog.contextvars.bound_contextvars(request_id=request.id), recording_calls() as calls:
+        with structlog.contextvars.bound_contextvars(request_id=request.id):
             response = handler(request)
             response.headers[REQUEST_ID_HEADER] = request.id
             identity = checked_identity(request)
+            calls: CallLog = request.moodle_calls
             log.info(
                 "request",
                 status=response.status_code,

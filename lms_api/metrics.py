@@ -18,14 +18,14 @@ from pyramid.registry import Registry
 from pyramid.request import Request
 from pyramid.response import Response
 from pyramid.security import NO_PERMISSION_REQUIRED
-from pyramid_services import find_service_factory
 
 from lms_api.cache import ReadCache, RedisStore
 from lms_api.caller import is_operator
-from lms_api.calllog import current_call_log
+from lms_api.calllog import CallLog
 from lms_api.moodle.client import MoodleClient
 from lms_api.moodle.guard import BreakerState
 from lms_api.ratelimit import REFUSED_BUDGET, RedisCounter
+from lms_api.ratelimit import Counter as RateCounter
 
 METRICS_PATH = "/metrics"
 BREAKER_STATES = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
@@ -36,7 +36,7 @@ REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 class GatewayMetrics:
     """The metrics of one app (a registry of its own: tests build many apps in one process)."""
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "lms_api_requests", "Requests answered", ["route", "method", "status"], registry=self.registry
@@ -70,7 +70,6 @@ class GatewayMetrics:
         self.rate_limited = Counter(
             "lms_api_rate_limit_refusals", "Requests refused over budget", ["budget"], registry=self.registry
         )
-        self.registry.register(_StateCollector(_Services(registry)))
 
     def observe(self, request: Request, response: Response, seconds: float) -> None:
         route = request.matched_route.name if request.matched_route else "none"
@@ -78,7 +77,7 @@ class GatewayMetrics:
         method = request.method if request.method in HTTP_METHODS else "other"
         self.requests.labels(route, method, str(response.status_code)).inc()
         self.request_seconds.labels(route, method).observe(seconds)
-        calls = current_call_log()
+        calls: CallLog = request.moodle_calls
         for call in calls.calls:
             self.moodle_calls.labels(call.function, call.outcome).inc()
             self.moodle_seconds.labels(call.function).observe(call.ms / 1000)
@@ -91,29 +90,16 @@ class GatewayMetrics:
             self.rate_limited.labels(budget).inc()
 
 
-class _Services:
-    """The app's Moodle client and read cache, looked up when scraped (a test may swap the client)."""
-
-    def __init__(self, registry: Registry) -> None:
-        self.registry = registry
-
-    def client(self) -> MoodleClient:
-        client: MoodleClient = find_service_factory(self, MoodleClient)(None, None)
-        return client
-
-    def cache(self) -> ReadCache:
-        cache: ReadCache = find_service_factory(self, ReadCache)(None, None)
-        return cache
-
-
 class _StateCollector:
     """What is true now, read when scraped: the bulkhead, the breaker, the Redis fallback."""
 
-    def __init__(self, services: _Services) -> None:
-        self._services = services
+    def __init__(self, client: MoodleClient, cache: ReadCache, rate_counter: RateCounter) -> None:
+        self._client = client
+        self._cache = cache
+        self._rate_counter = rate_counter
 
     def collect(self) -> Iterator[Metric]:
-        client, cache = self._services.client(), self._services.cache()
+        client, cache = self._client, self._cache
         yield GaugeMetricFamily(
             "lms_api_moodle_calls_in_flight", "Moodle calls holding a bulkhead slot", value=client.bulkhead.in_use
         )
@@ -135,9 +121,8 @@ class _StateCollector:
         )
         if isinstance(cache.store, RedisStore):
             fallback.add_metric(["cache"], float(cache.store.link.down))
-        counter = self._services.registry.rate_counter
-        if isinstance(counter, RedisCounter):
-            fallback.add_metric(["ratelimit"], float(counter.link.down))
+        if isinstance(self._rate_counter, RedisCounter):
+            fallback.add_metric(["ratelimit"], float(self._rate_counter.link.down))
         yield fallback
 
 
@@ -145,7 +130,13 @@ def metrics_view(request: Request) -> Response:
     if not is_operator(request):
         raise HTTPNotFound()  # not advertised: the same answer as a path that does not exist
     metrics: GatewayMetrics = request.registry.metrics
-    return Response(body=generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST.split(";")[0],
+    # The services this request finds, as a view would: the ones serving now (a test may have swapped the client).
+    state = _StateCollector(request.find_service(MoodleClient), request.find_service(ReadCache),
+                            request.registry.rate_counter)  # fmt: skip
+    scrape = CollectorRegistry()
+    scrape.register(metrics.registry)
+    scrape.register(state)
+    return Response(body=generate_latest(scrape), content_type=CONTENT_TYPE_LATEST.split(";")[0],
                     charset="utf-8")  # fmt: skip
 
 
@@ -162,7 +153,7 @@ def metrics_tween_factory(handler: Callable[[Request], Response], registry: Regi
 
 
 def includeme(config: Configurator) -> None:
-    config.registry.metrics = GatewayMetrics(config.registry)
+    config.registry.metrics = GatewayMetrics()
     config.add_route("metrics", METRICS_PATH)
     config.add_view(metrics_view, route_name="metrics", request_method="GET", permission=NO_PERMISSION_REQUIRED)
     config.add_tween(

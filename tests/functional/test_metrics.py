@@ -1,8 +1,14 @@
 """GET /metrics: Prometheus' text format, only to METRICS_ALLOWED_NETWORKS, fed by what requests did."""
 
+import uuid
+
 import webtest
 from prometheus_client.parser import text_string_to_metric_families
+from pyramid.interfaces import ITweens
 
+from lms_api.calllog import READERS
+from lms_api.config import make_app
+from lms_api.moodle.guard import Bulkhead
 from tests.conftest import mint, queue_fault
 
 LOOPBACK = {"REMOTE_ADDR": "127.0.0.1"}
@@ -96,6 +102,39 @@ def test_the_redis_fallback_is_reported_for_the_cache_and_the_rate_limits(make_g
 
     assert value(samples, "lms_api_redis_fallback", use="cache") == 1
     assert value(samples, "lms_api_redis_fallback", use="ratelimit") == 1
+
+
+def test_the_client_scraped_is_the_one_serving_requests_when_a_test_swaps_it(gateway):
+    assert value(scrape(gateway), "lms_api_moodle_concurrency_limit") == 10
+    gateway.use_moodle_client(bulkhead=Bulkhead(3, 1.0))
+
+    assert value(scrape(gateway), "lms_api_moodle_concurrency_limit") == 3
+
+
+def tween_names(router):
+    return [name for name, _ in router.registry.getUtility(ITweens).implicit()]
+
+
+def test_the_call_log_is_opened_outside_every_tween_that_reads_it(gateway):
+    names = tween_names(gateway.router)
+
+    assert set(READERS) <= set(names), "a reader the call log's tween is ordered over is not a tween of the app"
+    assert all(names.index("lms_api.calllog.call_log_tween_factory") < names.index(reader) for reader in READERS)
+
+
+def test_without_the_logging_tween_audit_and_metrics_still_see_the_moodle_calls(gateway):
+    kept = [name for name in tween_names(gateway.router) if name != "lms_api.logging.request_tween_factory"]
+    gateway.router = make_app(gateway.router.registry.settings["lms_api.settings"], {"pyramid.tweens": "\n".join(kept)})
+    gateway.app = webtest.TestApp(gateway.router)
+    body = {"fullname": "Unlogged", "shortname": f"NOLOG{uuid.uuid4().hex[:6]}", "categoryid": 2}
+
+    assert gateway.post("/api/moodle/courses", body, mint("courses:write")).status_int == 201
+
+    assert not [line for line in gateway.log_lines if line["event"] == "request"]  # no summary line's tween
+    (audit,) = [line for line in gateway.log_lines if line["event"] == "audit"]
+    assert audit["moodle_functions"][-1] == "core_course_create_courses"
+    created = {"function": "core_course_create_courses", "outcome": "ok"}
+    assert value(scrape(gateway), "lms_api_moodle_calls_total", **created) == 1
 
 
 def test_metrics_are_not_there_for_anyone_else(gateway):
