@@ -16,7 +16,6 @@ from enum import StrEnum
 from typing import Any
 
 import jwt
-import requests
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
@@ -93,12 +92,18 @@ class _Authentication:
     problem: str | None  # None: no token was sent, or the token was valid
 
 
-class JwksKeys:
+class JwksKeys(jwt.PyJWKClient):
     """Signing keys from an identity provider's JWKS URL, cached by ``kid``.
 
-    The set is fetched on first use, again after ``max_age_s``, and again when a token names an unknown ``kid``
-    (the provider rotated its keys), but never more often than every ``min_refresh_s``: a flood of tokens with
-    made-up ``kid``s costs the provider one request per interval. When a fetch fails, the keys already known stay.
+    PyJWKClient fetches and reads the set: http(s) only, no redirects followed, ``timeout_s`` on the connection and
+    each read, a JSON object of keys, signing keys with a ``kid`` only. When to fetch is decided here: the set is
+    fetched on first use, again after ``max_age_s``, and again when a token names an unknown ``kid`` (the provider
+    rotated its keys), but never more often than every ``min_refresh_s``: a flood of tokens with made-up ``kid``s
+    costs the provider one request per interval, whether it answers or not. When a fetch fails, the keys already
+    known stay. PyJWKClient's own set cache cannot keep those promises, so it is off: it drops the keys once a
+    fetch after its ``lifespan`` fails, holds one lock while it fetches (a slow provider would stall every request,
+    not only the one that found the keys stale), and starts its cooldown at successful fetches only (a provider that
+    is down would be asked again on every unknown ``kid``).
     """
 
     def __init__(
@@ -110,47 +115,52 @@ class JwksKeys:
         timeout_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.url = url
+        super().__init__(url, cache_jwk_set=False, timeout=timeout_s)
         self._min_refresh_s = min_refresh_s
         self._max_age_s = max_age_s
-        self._timeout_s = timeout_s
         self._clock = clock
-        self._keys: dict[str, Any] = {}
-        self._fetched_at: float | None = None
-        self._lock = threading.Lock()
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._tried_at: float | None = None  # when the last fetch ended, whatever its outcome
+        self._fetching = threading.Lock()
 
     def key_for(self, kid: Any) -> Any:
+        """The public key a token's ``kid`` names, for :func:`jwt.decode`; InvalidToken when there is none."""
         if not isinstance(kid, str) or not kid:
             raise InvalidToken("the token names no key ('kid')")
-        # Only the first fetch makes callers wait; later ones run in one thread while the others go on with
-        # the keys they have, so a slow provider never stalls every request.
-        if self._wants_refresh(kid) and self._lock.acquire(blocking=self._fetched_at is None):
-            try:
-                if self._wants_refresh(kid):
-                    self._refresh()
-            finally:
-                self._lock.release()
-        keys = self._keys
-        if kid not in keys:
-            raise InvalidToken("the token's signing key ('kid') is not one of the identity provider's")
-        return keys[kid]
+        try:
+            return self.get_signing_key(kid).key
+        except jwt.PyJWKClientError:
+            raise InvalidToken("the token's signing key ('kid') is not one of the identity provider's") from None
 
-    def _wants_refresh(self, kid: str) -> bool:
-        if self._fetched_at is None:
+    def get_signing_key(self, kid: str) -> jwt.PyJWK:
+        # Only the first fetch makes callers wait; later ones run in one thread while the others go on with the keys
+        # they have.
+        if self._wants_fetch(kid) and self._fetching.acquire(blocking=self._tried_at is None):
+            try:
+                if self._wants_fetch(kid):
+                    self._fetch()
+            finally:
+                self._fetching.release()
+        key = self._keys.get(kid)
+        if key is None:
+            raise jwt.PyJWKClientError(f"the key set has no signing key {kid!r}")
+        return key
+
+    def _wants_fetch(self, kid: str) -> bool:
+        if self._tried_at is None:
             return True
-        age = self._clock() - self._fetched_at
+        age = self._clock() - self._tried_at
         return age >= self._max_age_s or (kid not in self._keys and age >= self._min_refresh_s)
 
-    def _refresh(self) -> None:
-        self._fetched_at = self._clock()
+    def _fetch(self) -> None:
         try:
-            response = requests.get(self.url, timeout=self._timeout_s, allow_redirects=False)
-            response.raise_for_status()
-            key_set = jwt.PyJWKSet.from_dict(response.json())
-        except (requests.RequestException, ValueError, TypeError, AttributeError, jwt.PyJWTError) as error:
-            log.warning("jwks.unavailable", jwks_url=self.url, error=type(error).__name__, kept=len(self._keys))
-            return
-        self._keys = {key.key_id: key.key for key in key_set.keys if key.key_id}
+            keys = self.get_signing_keys(refresh=True)
+        except (jwt.PyJWTError, OSError, ValueError) as error:  # OSError: a connection cut while the set is read
+            log.warning("jwks.unavailable", jwks_url=self.uri, error=type(error).__name__, kept=len(self._keys))
+        else:
+            self._keys = {key.key_id: key for key in keys if key.key_id}
+        finally:
+            self._tried_at = self._clock()
 
 
 class TokenVerifier:

@@ -119,6 +119,9 @@ class IdentityProvider(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _JwksHandler)
         self.keys = {"key-1": RSA_PRIVATE}
         self.hits = 0
+        self.status = 200
+        self.gate = threading.Event()  # cleared: every answer waits until it is set again
+        self.gate.set()
         threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True).start()
 
     @property
@@ -132,6 +135,9 @@ class IdentityProvider(ThreadingHTTPServer):
             entries.append({**entry, "kid": kid, "use": "sig", "alg": "RS256"})
         return {"keys": entries}
 
+    def handle_error(self, request, client_address):
+        """A caller that gave up (the timeout tests) leaves a broken pipe: expected, not worth a traceback."""
+
     def token(self, kid, private=None):
         return jwt.encode(claims(), private or self.keys[kid], algorithm="RS256", headers={"kid": kid})
 
@@ -139,8 +145,9 @@ class IdentityProvider(ThreadingHTTPServer):
 class _JwksHandler(BaseHTTPRequestHandler):
     def do_GET(self):
         self.server.hits += 1
+        self.server.gate.wait()
         body = json.dumps(self.server.jwks()).encode()
-        self.send_response(200)
+        self.send_response(self.server.status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -154,6 +161,7 @@ class _JwksHandler(BaseHTTPRequestHandler):
 def idp():
     server = IdentityProvider()
     yield server
+    server.gate.set()
     server.shutdown()
     server.server_close()
 
@@ -208,7 +216,7 @@ def test_an_unreachable_identity_provider_keeps_the_known_keys(idp):
     now = [1000.0]
     jwks = JwksKeys(idp.url, max_age_s=10, clock=lambda: now[0])
     known = jwks.key_for("key-1")
-    jwks.url = "http://127.0.0.1:9/unreachable"
+    jwks.uri = "http://127.0.0.1:9/unreachable"
 
     now[0] += 11
 
@@ -227,3 +235,97 @@ def test_a_jwks_answer_that_is_not_a_key_set_keeps_tokens_refused_not_crashing(m
     gateway = make_gateway(JWT_SECRET="", JWT_JWKS_URL=idp.url)
 
     assert_invalid(call(gateway, idp.token("key-1")))
+
+
+def test_a_provider_that_fails_is_asked_at_most_once_per_interval_too(idp):
+    now = [1000.0]
+    jwks = JwksKeys(idp.url, min_refresh_s=60, clock=lambda: now[0])
+    jwks.key_for("key-1")
+    idp.status = 503
+    now[0] += 60
+
+    for attempt in range(50):
+        with pytest.raises(InvalidToken):
+            jwks.key_for(f"forged-{attempt}")
+
+    assert idp.hits == 2
+    assert jwks.key_for("key-1") is not None
+
+
+def eventually(condition, timeout_s=5.0):
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        time.sleep(0.01)
+
+
+def in_thread(function, *args):
+    """Runs ``function`` in a thread of its own; the list holds its result once it returned."""
+    result = []
+    thread = threading.Thread(target=lambda: result.append(function(*args)), daemon=True)
+    thread.start()
+    return thread, result
+
+
+def test_a_slow_provider_stalls_only_the_request_that_refreshes(idp):
+    now = [1000.0]
+    jwks = JwksKeys(idp.url, max_age_s=10, clock=lambda: now[0])
+    known = jwks.key_for("key-1")
+    idp.gate.clear()
+    now[0] += 11
+    refreshing, _ = in_thread(jwks.key_for, "key-1")
+    eventually(lambda: idp.hits == 2)  # the refresh is waiting on the provider
+
+    other, result = in_thread(jwks.key_for, "key-1")
+    other.join(2)
+
+    assert result == [known]
+    assert refreshing.is_alive()
+    idp.gate.set()
+    refreshing.join(5)
+    assert idp.hits == 2
+
+
+def test_callers_that_come_during_the_first_fetch_wait_for_its_keys(idp):
+    jwks = JwksKeys(idp.url)
+    idp.gate.clear()
+    first, first_result = in_thread(jwks.key_for, "key-1")
+    eventually(lambda: idp.hits == 1)
+    second, second_result = in_thread(jwks.key_for, "key-1")
+    time.sleep(0.2)  # time for the second caller to reach the fetch in progress
+
+    idp.gate.set()
+    first.join(5)
+    second.join(5)
+
+    assert first_result == second_result != []
+    assert idp.hits == 1
+
+
+def test_a_provider_that_does_not_answer_is_given_up_after_the_timeout_and_the_keys_stay(idp):
+    now = [1000.0]
+    jwks = JwksKeys(idp.url, max_age_s=10, timeout_s=0.3, clock=lambda: now[0])
+    known = jwks.key_for("key-1")
+    idp.gate.clear()  # connections are taken, never answered
+    now[0] += 11
+
+    refreshing, result = in_thread(jwks.key_for, "key-1")
+    refreshing.join(3)
+
+    assert result == [known]
+    assert idp.hits == 2
+
+
+def test_a_provider_that_does_not_answer_its_first_fetch_refuses_tokens_after_the_timeout(idp):
+    idp.gate.clear()
+    jwks = JwksKeys(idp.url, timeout_s=0.3)
+
+    def refused():
+        with pytest.raises(InvalidToken):
+            jwks.key_for("key-1")
+        return True
+
+    first, result = in_thread(refused)
+    first.join(3)
+
+    assert result == [True]
