@@ -1,4 +1,5 @@
-"""Exception views: the only place error envelopes are built, for every route, known or not."""
+"""Exception views: the only place error envelopes are built, for every route, known or not. Each keeps the error it
+answered with on the request (``request.api_error``), for the tweens that report on it: audit's outcome is its code."""
 
 from __future__ import annotations
 
@@ -30,11 +31,16 @@ MAX_LISTED = 20
 MAX_ECHOED_CHARS = 64
 
 
+def _answered(request: Request, error: ApiError) -> Response:
+    request.api_error = error
+    return error_response(request, error)
+
+
 @exception_view_config(ApiError)
 def api_error(error: ApiError, request: Request) -> Response:
     if error.status >= 500:
         log.warning("api.error", status=error.status, code=error.code, error_message=error.message)
-    return error_response(request, error)
+    return _answered(request, error)
 
 
 @exception_view_config(ValidationError)
@@ -49,7 +55,7 @@ def validation_error(error: ValidationError, request: Request) -> Response:
     if len(names) > MAX_LISTED:
         details["more_fields"] = len(names) - MAX_LISTED
         summary += f" and {len(names) - MAX_LISTED} more"
-    return error_response(request, ApiError(ErrorCode.VALIDATION_ERROR, f"Invalid input: {summary}", details))
+    return _answered(request, ApiError(ErrorCode.VALIDATION_ERROR, f"Invalid input: {summary}", details))
 
 
 def _echoed(name: Any) -> str:
@@ -75,7 +81,7 @@ def _capped(messages: Any) -> Any:
 @forbidden_view_config()
 def forbidden(error: HTTPForbidden, request: Request) -> Response:
     """401 when the caller is not authenticated (RFC 6750 challenge), 403 when the token lacks the scope."""
-    return error_response(request, _forbidden_error(error, request))
+    return _answered(request, _forbidden_error(error, request))
 
 
 def _forbidden_error(error: HTTPForbidden, request: Request) -> ApiError:
@@ -104,7 +110,7 @@ def not_found(error: HTTPNotFound, request: Request) -> Response:
     route = request.matched_route
     allowed = allowed_methods(request.registry, route.name) if route else None
     if allowed and request.method not in allowed:
-        return error_response(
+        return _answered(
             request,
             ApiError(
                 ErrorCode.METHOD_NOT_ALLOWED,
@@ -113,20 +119,20 @@ def not_found(error: HTTPNotFound, request: Request) -> Response:
                 headers={"Allow": ", ".join(allowed)},
             ),
         )
-    return error_response(request, ApiError(ErrorCode.NOT_FOUND, f"No route matches {request.path}"))
+    return _answered(request, ApiError(ErrorCode.NOT_FOUND, f"No route matches {request.path}"))
 
 
 @exception_view_config(HTTPException)
 def http_error(error: HTTPException, request: Request) -> Response:
     """Any other HTTP error Pyramid raises: its reason phrase, lower case without spaces, is the code."""
     code = error.title.lower().replace(" ", "")
-    return error_response(request, ApiError(code, error.explanation or error.title, status=error.code))
+    return _answered(request, ApiError(code, error.explanation or error.title, status=error.code))
 
 
 @exception_view_config(Exception)
 def unexpected_error(error: Exception, request: Request) -> Response:
     log.exception("unexpected.error", error_type=type(error).__name__)
-    return error_response(
+    return _answered(
         request,
         ApiError(ErrorCode.INTERNAL_ERROR, "The gateway failed unexpectedly; the request id identifies the log lines"),
     )

@@ -3,7 +3,12 @@
 import uuid
 
 import pytest
+from pyramid.request import Request, apply_request_extensions
+from pyramid.response import Response
 
+from lms_api.audit import audit_tween_factory
+from lms_api.calllog import CallLog
+from lms_api.errors import ApiError, ErrorCode
 from tests.conftest import mint
 
 WRITER = "courses:write enrol:write files:write"
@@ -77,3 +82,18 @@ def test_a_refused_write_names_the_ids_in_its_path(gateway):
 
     (event,) = audit_events(gateway)
     assert (event["status"], event["targets"]) == (403, {"course_id": "7"})
+
+
+def test_the_outcome_is_the_code_of_the_error_the_request_was_answered_with_not_read_from_the_body(gateway):
+    def answered(request):
+        request.api_error = ApiError(ErrorCode.SHORTNAME_TAKEN, "The short name is taken")
+        return Response(status=409)  # no envelope to read an outcome from
+
+    request = Request.blank("/api/moodle/courses", method="POST")
+    request.registry = gateway.router.registry
+    apply_request_extensions(request)
+    request.moodle_calls = CallLog()
+    audit_tween_factory(answered, request.registry)(request)
+
+    (event,) = audit_events(gateway)
+    assert (event["status"], event["outcome"]) == (409, "shortnametaken")
