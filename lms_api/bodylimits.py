@@ -22,10 +22,22 @@ from pyramid.response import Response
 from lms_api.errors import ApiError, error_response
 from lms_api.routes import is_api_request
 from lms_api.schemas.base import json_body_too_large
-from lms_api.services.files import upload_body_limit, upload_too_large
-from lms_api.settings import Settings
+from lms_api.services.files import upload_too_large
+from lms_api.settings import MIB, Settings
 
 UPLOAD_ROUTE = "api.moodle.files.upload"
+# Room for the multipart boundaries, part headers and small form fields around the files themselves.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+
+
+def upload_body_limit(max_mb: int) -> int:
+    """The largest upload body: MOODLE_MAX_UPLOAD_MB of files, and room for the multipart framing around them."""
+    return max_mb * MIB + MULTIPART_OVERHEAD_BYTES
+
+
+def largest_body(settings: Settings) -> int:
+    """The largest body any route takes: an upload with its multipart framing, or a JSON body."""
+    return max(upload_body_limit(settings.moodle_max_upload_mb), settings.max_json_body_kb * 1024)
 
 
 class BoundedInput:

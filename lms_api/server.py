@@ -20,7 +20,7 @@ import waitress
 from waitress.adjustments import Adjustments
 from waitress.task import ThreadedTaskDispatcher
 
-from lms_api.services.files import upload_body_limit
+from lms_api.bodylimits import largest_body
 from lms_api.settings import Settings
 
 DEFAULT_PORT = 6543
@@ -167,11 +167,6 @@ def _stop_serving(signum: int, frame: Any) -> None:
     lines still queued. A second SIGTERM is ignored, so it cannot cut that short."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise SystemExit(0)
-
-
-def largest_body(settings: Settings) -> int:
-    """The largest body any route takes: an upload with its multipart framing, or a JSON body."""
-    return max(upload_body_limit(settings.moodle_max_upload_mb), settings.max_json_body_kb * 1024)
 
 
 def open_files_needed(connection_limit: int, threads: int, redis_clients: int = 0) -> int:

@@ -8,7 +8,7 @@ import pytest
 from marshmallow import fields
 from webob import Request
 
-from lms_api.bodylimits import BoundedInput
+from lms_api.bodylimits import BoundedInput, upload_body_limit
 from lms_api.errors import ApiError
 from lms_api.schemas.base import (
     _READ_CHUNK_BYTES,
@@ -21,7 +21,6 @@ from lms_api.schemas.base import (
     load_json_body,
 )
 from lms_api.schemas.files import MAX_FILES
-from lms_api.services.files import upload_body_limit
 from lms_api.settings import MIB
 from tests.conftest import mint, sandbox_calls
 from tests.functional.test_envelope import assert_error_envelope, json_request
