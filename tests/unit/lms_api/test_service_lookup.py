@@ -1,7 +1,9 @@
-"""Services are registered with pyramid_services and found from its registry, with no container per request."""
+"""Services are registered with pyramid_services' directives and found by what they provide: the one registered, the
+one that replaced it, a factory's made for the request asking; what it costs is the benchmark's to say."""
 
 import pytest
 from pyramid import testing
+from pyramid.config import Configurator
 from pyramid.request import Request, apply_request_extensions
 
 
@@ -15,40 +17,61 @@ class PerRequest:
 
 
 @pytest.fixture
-def make_request():
-    with testing.testConfig() as config:
+def registry():
+    with testing.testConfig(autocommit=False) as config:
         config.include("lms_api.service_lookup")
-        clock = Clock()
-        config.register_service(clock, Clock)
+        config.register_service(Clock(), Clock)
+        config.register_service(Clock(), Clock, name="wall")
         config.register_service_factory(lambda context, request: PerRequest(request), PerRequest)
         config.commit()
-
-        def make():
-            request = Request.blank("/")
-            request.registry = config.registry
-            apply_request_extensions(request)
-            return request
-
-        yield make, clock
+        yield config.registry
 
 
-def test_a_registered_service_is_found_without_a_container_for_the_request(make_request):
-    make, clock = make_request
-    request = make()
-
-    assert request.find_service(Clock) is clock
-    assert "services" not in request.__dict__  # pyramid_services' per-request container was never built
-
-
-def test_a_service_factory_is_given_the_request(make_request):
-    make, _ = make_request
-    request = make()
-
-    assert request.find_service(PerRequest).request is request
+def make_request(registry):
+    request = Request.blank("/")
+    request.registry = registry
+    apply_request_extensions(request)
+    return request
 
 
-def test_an_unregistered_service_is_a_lookup_error(make_request):
-    make, _ = make_request
+def swap(registry, service, iface, **options):
+    """As a test replaces a service in a built app: a new configurator on its registry."""
+    config = Configurator(registry=registry)
+    config.register_service(service, iface, **options)
+    config.commit()
+
+
+def test_a_registered_service_is_found_by_what_it_provides_every_time(registry):
+    first, second = make_request(registry), make_request(registry)
+
+    found = first.find_service(Clock)
+
+    assert isinstance(found, Clock)
+    assert second.find_service(Clock) is found is first.find_service(Clock)
+    assert first.find_service(Clock, name="wall") is not found
+
+
+def test_a_service_swapped_after_the_app_was_built_is_the_one_found(registry):
+    before = make_request(registry).find_service(Clock)
+    replacement = Clock()
+
+    swap(registry, replacement, Clock)
+
+    assert make_request(registry).find_service(Clock) is replacement is not before
+    assert make_request(registry).find_service(Clock, name="wall") is not replacement
+
+
+def test_a_service_factory_makes_the_service_for_the_request_asking(registry):
+    first, second = make_request(registry), make_request(registry)
+
+    assert first.find_service(PerRequest).request is first
+    assert second.find_service(PerRequest).request is second
+
+
+def test_an_unregistered_service_is_a_lookup_error(registry):
+    request = make_request(registry)
 
     with pytest.raises(LookupError):
-        make().find_service(Request)
+        request.find_service(Request)
+    with pytest.raises(LookupError):
+        request.find_service(Clock, name="sundial")
