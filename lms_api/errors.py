@@ -6,7 +6,7 @@ from :class:`ErrorCode` (``scripts/error_catalogue.py``), so the documentation c
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from typing import Any
 
@@ -16,21 +16,31 @@ from pyramid.response import Response
 from lms_api.jsoncodec import dumps
 
 
+class Origin(StrEnum):
+    """Who names a code: the gateway, or Moodle (an ``errorcode`` passed on as Moodle sent it)."""
+
+    GATEWAY = "gateway"
+    MOODLE = "moodle"
+
+
 class ErrorCode(StrEnum):
     """The ``code`` of an error answer, with the HTTP status it carries and what it means.
 
-    The first group is the gateway's own; the second is Moodle's ``errorcode`` values the gateway knows, passed on
-    as they are (Moodle's message is translated, its code is not). Any other Moodle errorcode is passed on as a 502.
+    The first group is the gateway's own; the second is Moodle's ``errorcode`` values the gateway knows, each row
+    marked ``Origin.MOODLE``, passed on as they are (Moodle's message is translated, its code is not). Any other
+    Moodle errorcode is passed on as a 502.
     """
 
     status: int
     meaning: str
+    origin: Origin
 
-    def __new__(cls, value: str, status: int, meaning: str) -> ErrorCode:
+    def __new__(cls, value: str, status: int, meaning: str, origin: Origin = Origin.GATEWAY) -> ErrorCode:
         member = str.__new__(cls, value)
         member._value_ = value
         member.status = status
         member.meaning = meaning
+        member.origin = origin
         return member
 
     # -- the gateway's own -------------------------------------------------------------------------------------------
@@ -145,59 +155,121 @@ class ErrorCode(StrEnum):
     MOODLE_TIMEOUT = "moodletimeout", 504, "no answer within `MOODLE_TIMEOUT_MS`"
 
     # -- Moodle's errorcodes, passed on ------------------------------------------------------------------------------
-    INVALID_PARAMETER = "invalidparameter", 400, "Moodle refused a parameter (its message names none)"
-    ERROR_INVALID_PARAM = "errorinvalidparam", 400, "Moodle refused a parameter"
-    MISSING_PARAM = "missingparam", 400, "Moodle missed a required parameter"
-    CODING_ERROR = "codingerror", 400, "Moodle refused the call as a programming error (an unknown field name)"
-    END_DATE_BEFORE_START_DATE = "enddatebeforestartdate", 400, "the course ends before it starts"
-    NO_START_DATE_NO_END_DATE = "nostartdatenoenddate", 400, "the course has an end date but no start date"
-    GUESTS_ARE_NOT_ALLOWED = "guestsarenotallowed", 400, "the guest user cannot be enrolled"
-    NO_FILE = "nofile", 400, "upload.php received no file"
-    UPLOAD_ERROR_NO_FILE = "upload_error_no_file", 400, "upload.php received no file"
-    UPLOAD_ERROR_PARTIAL = "upload_error_partial", 400, "upload.php received part of a file"
-    ACCESS_EXCEPTION = "accessexception", 403, "the token's service does not allow this (e.g. file uploads)"
-    NO_PERMISSIONS = "nopermissions", 403, "the token user lacks a capability"
-    ACCESS_DENIED = "accessdenied", 403, "Moodle denied access"
-    REQUIRE_LOGIN_ERROR = "requireloginerror", 403, "the token user may not log in to that course or site"
-    RESTRICTED_CONTEXT_EXCEPTION = "restrictedcontextexception", 403, "the token is restricted to another context"
-    WS_USER_CANNOT_ASSIGN = "wsusercannotassign", 403, "the token user may not assign that role there"
-    WS_CANNOT_ENROL = "wscannotenrol", 403, "the token user may not enrol into that course"
-    ERROR_COURSE_CONTEXT_NOT_VALID = "errorcoursecontextnotvalid", 403, "the token user may not act in that course"
-    INVALID_RECORD = "invalidrecord", 404, "a record Moodle looked up does not exist (debug mode)"
-    INVALID_RECORD_UNKNOWN = "invalidrecordunknown", 404, "a record Moodle looked up does not exist"
-    INVALID_USER = "invaliduser", 404, "the user does not exist"
-    INVALID_COURSE_ID = "invalidcourseid", 404, "the course does not exist"
-    INVALID_COURSE = "invalidcourse", 404, "the course cannot be changed this way (the front page)"
-    FILE_NOT_FOUND = "filenotfound", 404, "the file or draft item does not exist"
-    ERROR_CAT_CONTEXT_NOT_VALID = "errorcatcontextnotvalid", 404, "the category does not exist or cannot be used"
-    SHORTNAME_TAKEN = "shortnametaken", 409, "the course short name is already used"
-    COURSE_IDNUMBER_TAKEN = "courseidnumbertaken", 409, "the course ID number is already used"
-    FILENAME_EXIST = "filenameexist", 409, "a file of that name is already in the draft item"
-    USER_DELETED = "userdeleted", 409, "the user has been deleted"
-    USER_NOT_CONFIRMED = "usernotconfirmed", 409, "the user has not confirmed the account"
-    WS_NO_INSTANCE = "wsnoinstance", 409, "the course has no enabled manual enrolment method"
-    FILE_OVERSIZED = "fileoversized", 413, "a file over the Moodle site's own upload limit"
-    USER_QUOTA_LIMIT = "userquotalimit", 413, "the token user's file quota is full"
-    UPLOAD_ERROR_INI_SIZE = "upload_error_ini_size", 413, "a file over PHP's upload limit on the Moodle server"
-    UPLOAD_ERROR_FORM_SIZE = "upload_error_form_size", 413, "a file over the form's upload limit"
-    MANUAL_PLUGIN_NOT_INSTALLED = "manualpluginnotinstalled", 501, "the manual enrolment plugin is not enabled"
+    INVALID_PARAMETER = "invalidparameter", 400, "Moodle refused a parameter (its message names none)", Origin.MOODLE
+    ERROR_INVALID_PARAM = "errorinvalidparam", 400, "Moodle refused a parameter", Origin.MOODLE
+    MISSING_PARAM = "missingparam", 400, "Moodle missed a required parameter", Origin.MOODLE
+    CODING_ERROR = (
+        "codingerror",
+        400,
+        "Moodle refused the call as a programming error (an unknown field name)",
+        Origin.MOODLE,
+    )
+    END_DATE_BEFORE_START_DATE = "enddatebeforestartdate", 400, "the course ends before it starts", Origin.MOODLE
+    NO_START_DATE_NO_END_DATE = (
+        "nostartdatenoenddate",
+        400,
+        "the course has an end date but no start date",
+        Origin.MOODLE,
+    )
+    GUESTS_ARE_NOT_ALLOWED = "guestsarenotallowed", 400, "the guest user cannot be enrolled", Origin.MOODLE
+    NO_FILE = "nofile", 400, "upload.php received no file", Origin.MOODLE
+    UPLOAD_ERROR_NO_FILE = "upload_error_no_file", 400, "upload.php received no file", Origin.MOODLE
+    UPLOAD_ERROR_PARTIAL = "upload_error_partial", 400, "upload.php received part of a file", Origin.MOODLE
+    ACCESS_EXCEPTION = (
+        "accessexception",
+        403,
+        "the token's service does not allow this (e.g. file uploads)",
+        Origin.MOODLE,
+    )
+    NO_PERMISSIONS = "nopermissions", 403, "the token user lacks a capability", Origin.MOODLE
+    ACCESS_DENIED = "accessdenied", 403, "Moodle denied access", Origin.MOODLE
+    REQUIRE_LOGIN_ERROR = (
+        "requireloginerror",
+        403,
+        "the token user may not log in to that course or site",
+        Origin.MOODLE,
+    )
+    RESTRICTED_CONTEXT_EXCEPTION = (
+        "restrictedcontextexception",
+        403,
+        "the token is restricted to another context",
+        Origin.MOODLE,
+    )
+    WS_USER_CANNOT_ASSIGN = "wsusercannotassign", 403, "the token user may not assign that role there", Origin.MOODLE
+    WS_CANNOT_ENROL = "wscannotenrol", 403, "the token user may not enrol into that course", Origin.MOODLE
+    ERROR_COURSE_CONTEXT_NOT_VALID = (
+        "errorcoursecontextnotvalid",
+        403,
+        "the token user may not act in that course",
+        Origin.MOODLE,
+    )
+    INVALID_RECORD = "invalidrecord", 404, "a record Moodle looked up does not exist (debug mode)", Origin.MOODLE
+    INVALID_RECORD_UNKNOWN = "invalidrecordunknown", 404, "a record Moodle looked up does not exist", Origin.MOODLE
+    INVALID_USER = "invaliduser", 404, "the user does not exist", Origin.MOODLE
+    INVALID_COURSE_ID = "invalidcourseid", 404, "the course does not exist", Origin.MOODLE
+    INVALID_COURSE = "invalidcourse", 404, "the course cannot be changed this way (the front page)", Origin.MOODLE
+    FILE_NOT_FOUND = "filenotfound", 404, "the file or draft item does not exist", Origin.MOODLE
+    ERROR_CAT_CONTEXT_NOT_VALID = (
+        "errorcatcontextnotvalid",
+        404,
+        "the category does not exist or cannot be used",
+        Origin.MOODLE,
+    )
+    SHORTNAME_TAKEN = "shortnametaken", 409, "the course short name is already used", Origin.MOODLE
+    COURSE_IDNUMBER_TAKEN = "courseidnumbertaken", 409, "the course ID number is already used", Origin.MOODLE
+    FILENAME_EXIST = "filenameexist", 409, "a file of that name is already in the draft item", Origin.MOODLE
+    USER_DELETED = "userdeleted", 409, "the user has been deleted", Origin.MOODLE
+    USER_NOT_CONFIRMED = "usernotconfirmed", 409, "the user has not confirmed the account", Origin.MOODLE
+    WS_NO_INSTANCE = "wsnoinstance", 409, "the course has no enabled manual enrolment method", Origin.MOODLE
+    FILE_OVERSIZED = "fileoversized", 413, "a file over the Moodle site's own upload limit", Origin.MOODLE
+    USER_QUOTA_LIMIT = "userquotalimit", 413, "the token user's file quota is full", Origin.MOODLE
+    UPLOAD_ERROR_INI_SIZE = (
+        "upload_error_ini_size",
+        413,
+        "a file over PHP's upload limit on the Moodle server",
+        Origin.MOODLE,
+    )
+    UPLOAD_ERROR_FORM_SIZE = "upload_error_form_size", 413, "a file over the form's upload limit", Origin.MOODLE
+    MANUAL_PLUGIN_NOT_INSTALLED = (
+        "manualpluginnotinstalled",
+        501,
+        "the manual enrolment plugin is not enabled",
+        Origin.MOODLE,
+    )
     INVALID_MOODLE_TOKEN = (
         "invalidtoken",
         502,
         "Moodle refused the **gateway's** token: an operator must check `MOODLE_TOKEN` (never a 401, which would log "
         "the browser user out)",
+        Origin.MOODLE,
     )
-    SITE_MAINTENANCE = "sitemaintenance", 503, "Moodle is in maintenance mode; `Retry-After` says when to retry"
-    UPGRADE_RUNNING = "upgraderunning", 503, "Moodle is being upgraded; `Retry-After` says when to retry"
+    SITE_MAINTENANCE = (
+        "sitemaintenance",
+        503,
+        "Moodle is in maintenance mode; `Retry-After` says when to retry",
+        Origin.MOODLE,
+    )
+    UPGRADE_RUNNING = "upgraderunning", 503, "Moodle is being upgraded; `Retry-After` says when to retry", Origin.MOODLE
 
     @property
     def from_moodle(self) -> bool:
         """True for Moodle's own errorcodes, passed on as Moodle named them."""
-        return self in _FROM_MOODLE
+        return self.origin is Origin.MOODLE
 
 
-_FROM_MOODLE = frozenset(list(ErrorCode)[list(ErrorCode).index(ErrorCode.INVALID_PARAMETER) :])
+def moodle_codes(codes: Iterable[ErrorCode]) -> dict[str, ErrorCode]:
+    """The members among ``codes`` that are Moodle's errorcodes, by the code Moodle sends: each row says whose code
+    it is, so neither the order of the table nor a gateway code Moodle happens to send decides anything."""
+    return {code.value: code for code in codes if code.from_moodle}
+
+
+MOODLE_CODES = moodle_codes(ErrorCode)
 UNKNOWN_MOODLE_ERROR_STATUS = 502
+
+
+def moodle_code(errorcode: str) -> ErrorCode | None:
+    """The member for a Moodle ``errorcode`` (or an upload's ``errortype``), None for one the table does not know."""
+    return MOODLE_CODES.get(errorcode)
 
 
 class ApiError(Exception):

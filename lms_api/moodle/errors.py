@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from lms_api.errors import ApiError, ErrorCode, status_of
+from lms_api.errors import UNKNOWN_MOODLE_ERROR_STATUS, ApiError, ErrorCode, moodle_code
 
 # Moodle sends no Retry-After with a maintenance error in a 200 body; this is what the caller is told.
 DEFAULT_RETRY_AFTER_S = 30
@@ -30,9 +30,15 @@ class MoodleError(ApiError):
 def status_for_errorcode(errorcode: str) -> int:
     """The status of a Moodle errorcode: its row in ErrorCode, 403 for ``wsaccessuser*``, else 502 (Moodle failed in
     a way the gateway has no better word for: ``dmlwriteexception``, ...)."""
-    if errorcode.startswith(_FORBIDDEN_PREFIX):
-        return 403
-    return status_of(errorcode)
+    known = moodle_code(errorcode)
+    if known is not None:
+        return known.status
+    return 403 if errorcode.startswith(_FORBIDDEN_PREFIX) else UNKNOWN_MOODLE_ERROR_STATUS
+
+
+def code_of(errorcode: str) -> ErrorCode | str:
+    """What a caller is told for a Moodle errorcode: its member of ErrorCode, or the code as Moodle sent it."""
+    return moodle_code(errorcode) or errorcode
 
 
 def is_moodle_code(value: object, clean: Callable[[str], str]) -> bool:
@@ -126,9 +132,9 @@ def error_from_moodle(
     errorcode = body.get("errorcode") or ""
     if errorcode and not is_moodle_code(errorcode, lambda text: redact(text, secrets)):
         return not_a_moodle_code(function)
-    errorcode = errorcode or ErrorCode.MOODLE_EXCEPTION
-    status = status_for_errorcode(errorcode)
-    if errorcode == ErrorCode.INVALID_MOODLE_TOKEN:
+    code = code_of(errorcode) if errorcode else ErrorCode.MOODLE_EXCEPTION
+    status = code.status if isinstance(code, ErrorCode) else status_for_errorcode(code)
+    if code is ErrorCode.INVALID_MOODLE_TOKEN:
         message = CREDENTIAL_REFUSED_MESSAGE
     else:
         text = body.get("message") if "exception" in body else body.get("error")
@@ -137,7 +143,7 @@ def error_from_moodle(
             message = _internal_failure(body.get("exception"), function, message)
         message = message or "Moodle reported an error"
     headers = retry_after_header(retry_after_s) if status == 503 else {}
-    return MoodleError(errorcode, message, {"function": function}, status=status, headers=headers)
+    return MoodleError(code, message, {"function": function}, status=status, headers=headers)
 
 
 def _internal_failure(exception: Any, function: str, message: str) -> str:

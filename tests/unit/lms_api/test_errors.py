@@ -1,9 +1,20 @@
 """The one table of error codes: statuses, the status of Moodle's codes, and README's catalogue printed from it."""
 
+import random
+
 import pytest
 
-from lms_api.errors import ApiError, ErrorCode, status_of
-from lms_api.moodle.errors import error_from_moodle, is_moodle_code
+from lms_api.errors import (
+    MOODLE_CODES,
+    UNKNOWN_MOODLE_ERROR_STATUS,
+    ApiError,
+    ErrorCode,
+    Origin,
+    moodle_code,
+    moodle_codes,
+    status_of,
+)
+from lms_api.moodle.errors import error_from_moodle, is_moodle_code, status_for_errorcode
 from scripts.error_catalogue import README, readme_with_catalogue
 
 
@@ -111,3 +122,42 @@ def test_the_moodle_code_check_refuses_a_code_its_cleaner_would_change():
     assert is_moodle_code("shortnametaken", lambda text: text)
     assert not is_moodle_code("shortnametaken", lambda text: text.replace("taken", "[redacted]"))
     assert not is_moodle_code(None, lambda text: text)
+
+
+# -- a Moodle errorcode becomes its member by the row that names it, never by the row's place --------------------
+
+
+def test_moodle_codes_are_picked_by_each_rows_origin_whatever_the_order_of_the_table():
+    rows = list(ErrorCode)
+    shuffled = random.Random(15).sample(rows, len(rows))
+
+    assert moodle_codes(shuffled) == moodle_codes(reversed(rows)) == MOODLE_CODES
+    assert set(MOODLE_CODES.values()) == {code for code in rows if code.origin is Origin.MOODLE}
+    assert {code.from_moodle for code in rows} == {True, False}
+
+
+@pytest.mark.parametrize("code", [code for code in ErrorCode if code.from_moodle], ids=str)
+def test_each_known_moodle_errorcode_becomes_its_member(code):
+    body = {"exception": "moodle_exception", "errorcode": code.value, "message": "Said so"}
+
+    error = error_from_moodle(body, "core_course_get_courses", (HEX_TOKEN,))
+
+    assert error.code is code
+    assert error.status == code.status
+
+
+@pytest.mark.parametrize("code", [code for code in ErrorCode if not code.from_moodle], ids=str)
+def test_a_moodle_errorcode_spelled_like_a_gateway_code_is_not_taken_for_it(code):
+    body = {"exception": "moodle_exception", "errorcode": code.value, "message": "Said so"}
+
+    error = error_from_moodle(body, "core_course_get_courses", (HEX_TOKEN,))
+
+    assert error.code == code.value and not isinstance(error.code, ErrorCode)
+    assert error.status == UNKNOWN_MOODLE_ERROR_STATUS
+    assert moodle_code(code.value) is None
+
+
+def test_a_wsaccessuser_code_is_a_403_and_an_unknown_one_a_502():
+    assert status_for_errorcode("wsaccessusernothere") == 403
+    assert status_for_errorcode("dmlwriteexception") == 502
+    assert status_for_errorcode("invalidtoken") == 502 and status_for_errorcode("nopermissions") == 403
