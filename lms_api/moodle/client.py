@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import IO, Any, NamedTuple, Protocol, Self
+from typing import IO, Any, NamedTuple, Protocol, Self, assert_never
 from urllib.parse import urlsplit
 
 import requests
@@ -39,16 +39,17 @@ from lms_api.moodle.errors import (
     MoodleError,
     MoodleRecord,
     clean_text,
+    code_of,
     error_from_moodle,
     expect_list,
-    expect_object,
     function_not_available,
     is_moodle_error,
     retry_after_header,
+    unexpected_answer,
 )
-from lms_api.moodle.functions import READ_ONLY_FUNCTIONS, SITE_INFO, UPLOAD_FUNCTION
+from lms_api.moodle.functions import AnswerShape, MoodleFunction
 from lms_api.moodle.guard import BreakerOpen, BreakerState, Bulkhead, BulkheadFull, CircuitBreaker
-from lms_api.settings import MIB, Settings
+from lms_api.settings import DEFAULT_ATTACH_FUNCTION, MIB, Settings
 
 log = structlog.get_logger("lms_api.moodle")
 
@@ -60,15 +61,27 @@ READ_CHUNK_BYTES = 1 << 20  # an answer is read in reads this large at most
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
 POOL_SIZE = 4
 BUSY_RETRY_AFTER_S = 1
-KNOWN_CODES = frozenset(code.value for code in ErrorCode)
 # What a caller is told when no connection was made, whatever the cause: only MOODLE_DEBUG adds it to the details.
 UNREACHABLE_MESSAGE = "Moodle could not be reached"
 UNBOUNDED = 1_000_000  # a client made without a bulkhead or a breaker (unit tests of other concerns)
 
 
+class FileUpload(Protocol):
+    """One file for upload.php, whatever type holds it: read from ``stream`` (rewound before each attempt)."""
+
+    @property
+    def filename(self) -> str: ...
+
+    @property
+    def stream(self) -> IO[bytes]: ...
+
+    @property
+    def content_type(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class UploadFile:
-    """One file for upload.php, read from ``stream`` (rewound before each attempt)."""
+    """A :class:`FileUpload` of the gateway's own."""
 
     filename: str
     stream: IO[bytes]
@@ -149,16 +162,24 @@ class Answer(NamedTuple):
 
 
 class Moodle(Protocol):
-    """What route services need of Moodle: :class:`MoodleClient`, or the read cache in front of it."""
+    """What route services need of Moodle: :class:`MoodleClient`, or the read cache in front of it.
+
+    What ``call`` returns may be shared with other requests (a cached answer): a service reads it and builds its own
+    dicts and lists, never changing it.
+    """
 
     @property
     def max_input_vars(self) -> int: ...
 
-    def call(self, function: str, params: Mapping[str, Any] | None = None) -> Any: ...
+    def call(self, function: MoodleFunction, params: Mapping[str, Any] | None = None) -> Any: ...
 
-    def require(self, *functions: str) -> None: ...
+    def require(self, *functions: MoodleFunction) -> None: ...
 
     def clean(self, text: str) -> str: ...
+
+    def upload(self, files: Sequence[FileUpload], itemid: int = 0) -> list[dict[str, Any]]: ...
+
+    def forget_functions(self) -> None: ...
 
 
 class MoodleClient:
@@ -178,6 +199,7 @@ class MoodleClient:
         bulkhead: Bulkhead | None = None,
         breaker: CircuitBreaker | None = None,
         max_answer_bytes: int = 32 * MIB,
+        attach_function: str = DEFAULT_ATTACH_FUNCTION,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         parts = urlsplit(self.base_url)
@@ -202,6 +224,7 @@ class MoodleClient:
         self._functions_expire_at = 0.0
         self._functions_lock = threading.Lock()
         self._max_answer_bytes = max_answer_bytes
+        self._attach_function = attach_function
         self._reach_lock = threading.Lock()
         self._unreachable: Cause | None = None
         self._unreachable_since = 0.0
@@ -217,6 +240,7 @@ class MoodleClient:
             "max_input_vars": settings.moodle_max_input_vars,
             "debug": settings.moodle_debug,
             "max_answer_bytes": settings.moodle_max_answer_mb * MIB,
+            "attach_function": settings.moodle_attach_function,
             "bulkhead": Bulkhead(settings.moodle_max_concurrency, settings.moodle_queue_timeout_ms / 1000),
             "breaker": CircuitBreaker(
                 settings.moodle_breaker_failures,
@@ -231,26 +255,35 @@ class MoodleClient:
 
     # -- public API -------------------------------------------------------------------------------
 
-    def call(self, function: str, params: Mapping[str, Any] | None = None) -> Any:
+    def call(self, function: MoodleFunction, params: Mapping[str, Any] | None = None) -> Any:
         """Call ``function`` if the site offers it; answer 501 ``functionnotavailable`` without calling otherwise."""
         return self.answer(function, params).value
 
-    def answer(self, function: str, params: Mapping[str, Any] | None = None) -> Answer:
-        """:meth:`call`, with the answer's bytes as Moodle sent them (the read cache keeps those, not a copy)."""
-        self.require(function)
+    def answer(self, function: MoodleFunction, params: Mapping[str, Any] | None = None) -> Answer:
+        """:meth:`call`, with the answer's bytes as Moodle sent them (the read cache keeps those, not a copy).
+
+        The answer has the shape ``function`` declares, or this is a 502 ``badresponse``. The site info is called
+        without a check first (it is what says which functions the token has), and its function list is kept.
+        """
+        if function is not MoodleFunction.SITE_INFO:
+            self.require(function)
         try:
             return self._call(function, params or {})
         except MoodleError as error:
-            if error.code == "accessexception":
+            if error.code == ErrorCode.ACCESS_EXCEPTION:
                 self.forget_functions()
             raise
 
-    def require(self, *functions: str) -> None:
+    def require(self, *functions: MoodleFunction) -> None:
         """501 ``functionnotavailable`` for the first of ``functions`` the site does not offer."""
         available = self.available_functions()
         for function in functions:
-            if function not in available:
-                raise function_not_available(function)
+            if self.name_of(function) not in available:
+                raise function_not_available(self.name_of(function))
+
+    def name_of(self, function: MoodleFunction) -> str:
+        """The name this site knows ``function`` by: the member's, or MOODLE_ATTACH_FUNCTION's for the attach."""
+        return self._attach_function if function is MoodleFunction.ATTACH_FILE else function.value
 
     @property
     def unreachable(self) -> Cause | None:
@@ -271,17 +304,13 @@ class MoodleClient:
         return clean_text(text, (self._token,))
 
     def site_info(self) -> dict[str, Any]:
-        info: dict[str, Any] = self.site_info_answer().value
+        """``call(MoodleFunction.SITE_INFO)``, for the read cache's site-info memo until it calls that itself."""
+        info: dict[str, Any] = self.call(MoodleFunction.SITE_INFO)
         return info
 
     def site_info_answer(self) -> Answer:
-        """The site info, and its bytes; the token's function list is read from it."""
-        answer = self._call(SITE_INFO, {})
-        info = expect_object(answer.value, SITE_INFO)
-        functions = expect_list(info.get("functions"), SITE_INFO, key="name")
-        expect_list(info.get("advancedfeatures", []), SITE_INFO)  # dumped record by record by the route
-        self._remember_functions(functions)
-        return answer
+        """``answer(MoodleFunction.SITE_INFO)``, for the site-info refresher and the read cache until they call it."""
+        return self.answer(MoodleFunction.SITE_INFO)
 
     def available_functions(self) -> frozenset[str]:
         """The functions of the token's service, from site info, cached for ``functions_ttl_s``."""
@@ -289,11 +318,11 @@ class MoodleClient:
             return self._functions
         with self._functions_lock:  # one site-info fetch at a time, the others reuse its answer
             if self._functions is None or self._clock() >= self._functions_expire_at:
-                self.site_info()
+                self.answer(MoodleFunction.SITE_INFO)
             assert self._functions is not None
             return self._functions
 
-    def upload(self, files: Sequence[UploadFile], itemid: int = 0) -> list[dict[str, Any]]:
+    def upload(self, files: Sequence[FileUpload], itemid: int = 0) -> list[dict[str, Any]]:
         """Store ``files`` in the token user's draft area through ``upload.php``; ``itemid`` 0 starts a new one.
 
         The body is streamed from each file object, so a large file is never held in memory. Moodle's answer
@@ -309,25 +338,39 @@ class MoodleClient:
             encoder = MultipartEncoder(fields)
             return encoder, {"Content-Type": encoder.content_type}
 
-        with self._recorded(UPLOAD_FUNCTION, {"files": files, "itemid": itemid}, 3 + len(files)) as record:
-            reply = self._send_with_retries(UPLOAD_FUNCTION, self._upload_url, body, record)
-            entries = expect_list(self._parse(UPLOAD_FUNCTION, reply), UPLOAD_FUNCTION)
-            refused = [str(entry["errortype"]) for entry in entries if "errortype" in entry]
+        function = MoodleFunction.UPLOAD
+        with self._recorded(function.value, {"files": files, "itemid": itemid}, 3 + len(files)) as record:
+            reply = self._send_with_retries(function, self._upload_url, body, record)
+            entries = expect_list(self._checked(function, self._parse(function.value, reply)), function.value)
+            refused = [code_of(str(entry["errortype"])) for entry in entries if "errortype" in entry]
             record.outcome = _outcome(refused[0]) if refused else "ok"
         return entries
 
     # -- one logical call -------------------------------------------------------------------------
 
     def _remember_functions(self, functions: list[MoodleRecord]) -> None:
-        self._functions = frozenset(entry["name"] for entry in functions) | {SITE_INFO}
+        self._functions = frozenset(entry["name"] for entry in functions) | {MoodleFunction.SITE_INFO.value}
         self._functions_expire_at = self._clock() + self._functions_ttl_s
 
-    def _call(self, function: str, params: Mapping[str, Any]) -> Answer:
-        form = [("wstoken", self._token), ("wsfunction", function), ("moodlewsrestformat", "json")]
+    def _checked(self, function: MoodleFunction, value: Any) -> Any:
+        """``value`` if it has the shape ``function`` declares; a 502 otherwise, so a changed Moodle never causes a
+        500. The site info's function list is kept from it."""
+        name = self.name_of(function)
+        if not _has_shape(value, function.answer):
+            raise unexpected_answer(name)
+        if function is MoodleFunction.SITE_INFO:
+            functions = expect_list(value.get("functions"), name, key="name")
+            expect_list(value.get("advancedfeatures", []), name)  # dumped record by record by the route
+            self._remember_functions(functions)
+        return value
+
+    def _call(self, function: MoodleFunction, params: Mapping[str, Any]) -> Answer:
+        name = self.name_of(function)
+        form = [("wstoken", self._token), ("wsfunction", name), ("moodlewsrestformat", "json")]
         form += encode_params(params)
-        with self._recorded(function, params, len(form) - 3) as record:
+        with self._recorded(name, params, len(form) - 3) as record:
             reply = self._send_with_retries(function, self._endpoint, lambda: (form, {}), record)
-            answer = Answer(self._parse(function, reply), reply.content)
+            answer = Answer(self._checked(function, self._parse(name, reply)), reply.content)
             record.outcome = "ok"
             return answer
 
@@ -346,7 +389,7 @@ class MoodleClient:
         try:
             yield record
         except MoodleError as error:
-            record.outcome = _outcome(str(error.code))
+            record.outcome = _outcome(error.code)
             if isinstance(error, MoodleUnreachable) and error.cause is not None:
                 cause = error.cause
                 self._note_unreachable(cause, function)
@@ -391,21 +434,21 @@ class MoodleClient:
         )
 
     def _send_with_retries(
-        self, function: str, url: str, body: Callable[[], tuple[Any, dict[str, str]]], record: CallRecord
+        self, function: MoodleFunction, url: str, body: Callable[[], tuple[Any, dict[str, str]]], record: CallRecord
     ) -> _Reply:
-        read_only = function in READ_ONLY_FUNCTIONS
+        name = self.name_of(function)
         while True:
             record.attempts += 1
             data, headers = body()
-            answer = self._try_once(function, url, data, headers, record)
+            answer = self._try_once(name, url, data, headers, record)
             if isinstance(answer, _Reply):
                 return answer
             if isinstance(answer, _Oversized):
-                raise self._oversized_error(function, answer, read_only)
+                raise self._oversized_error(name, answer, function.writes)
             delay = BACKOFF_BASE_S * 2 ** (record.attempts - 1) * self._jitter()
-            may_retry = read_only or not answer.sent
+            may_retry = function.retried or not answer.sent
             if not may_retry or record.attempts > self._max_retries or self._clock() + delay >= record.deadline:
-                raise self._failure_error(function, answer, read_only)
+                raise self._failure_error(name, answer, function.writes)
             self._sleep(delay)
 
     def _try_once(
@@ -441,7 +484,7 @@ class MoodleClient:
         connect_s = min(remaining, MAX_CONNECT_TIMEOUT_S)
         try:
             # Straight to the pooled transport: no session cookies, hooks, proxies from the environment or
-            # redirects (a POST would lose its body), which also halves requests' own cost per call.
+            # redirects (a POST would lose its body), which also spares the work a Session does for each call.
             prepared = requests.Request("POST", url, data=data, headers=headers).prepare()
             response = self._transport().send(prepared, timeout=(connect_s, remaining))
             content = self._read_capped(response)
@@ -496,8 +539,8 @@ class MoodleClient:
             response.close()
             return None
         # Read in as few reads as the socket allows, inside the deadline and the bulkhead slot: each read lets go of
-        # the GIL and, with many threads busy, may wait up to 5 ms to get it back. requests' own 10 KB chunks made a
-        # 51 KB site info six reads, and 16 callers got fewer answers than one.
+        # the GIL and, with many threads busy, may wait a whole switch interval to get it back, so requests' own
+        # small chunks made a site info several waits, and many callers together got fewer answers than one alone.
         chunks, size = [], 0
         for chunk in response.iter_content(READ_CHUNK_BYTES):
             size += len(chunk)
@@ -555,11 +598,11 @@ class MoodleClient:
         cause = self._http_cause(status)
         return MoodleUnreachable.because(cause, ErrorCode.BAD_RESPONSE, message, self._with_cause(details, cause))
 
-    def _oversized_error(self, function: str, answer: _Oversized, read_only: bool) -> MoodleError:
+    def _oversized_error(self, function: str, answer: _Oversized, writes: bool) -> MoodleError:
         limit_mb = self._max_answer_bytes // MIB
         details: dict[str, Any] = {"function": function, "moodle_status": answer.status_code}
         message = f"Moodle's answer is larger than {limit_mb} MiB (MOODLE_MAX_ANSWER_MB); it was not read"
-        if not read_only:
+        if writes:
             details["outcome"] = "unknown"
             message += "; the write may or may not have been applied"
         return MoodleError(ErrorCode.BAD_RESPONSE, message, details)
@@ -574,9 +617,9 @@ class MoodleClient:
         details = self._with_cause(details, cause)
         return MoodleUnreachable.because(cause, ErrorCode.MOODLE_UNAVAILABLE, message, details, headers=headers)
 
-    def _failure_error(self, function: str, failure: _TransportFailure, read_only: bool) -> MoodleError:
+    def _failure_error(self, function: str, failure: _TransportFailure, writes: bool) -> MoodleError:
         details = self._with_cause({"function": function}, failure.cause)
-        if failure.outcome_unknown and not read_only:
+        if failure.outcome_unknown and writes:
             details["outcome"] = "unknown"
             message = failure.message + "; the write may or may not have been applied"
             # A reset after sending is reported like a timeout: the caller must check before writing again.
@@ -593,9 +636,23 @@ class MoodleClient:
         return adapter
 
 
-def _outcome(code: str) -> str:
+def _has_shape(value: Any, shape: AnswerShape) -> bool:
+    match shape:
+        case AnswerShape.OBJECT:
+            return isinstance(value, dict)
+        case AnswerShape.LIST:
+            return isinstance(value, list)
+        case AnswerShape.INTEGER:
+            return isinstance(value, int) and not isinstance(value, bool)
+        case AnswerShape.NULL:
+            return value is None
+        case _:
+            assert_never(shape)
+
+
+def _outcome(code: ErrorCode | str) -> str:
     """A call's outcome label: the code when the table has it, else one word, so metrics labels stay a bounded set."""
-    return code if code in KNOWN_CODES else "othermoodleerror"
+    return code.value if isinstance(code, ErrorCode) else "othermoodleerror"
 
 
 def _busy_error(function: str, limit: int) -> MoodleError:

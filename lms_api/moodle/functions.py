@@ -109,6 +109,9 @@ class MoodleFunction(StrEnum):
     )
 
 
+# The fields core_user_get_users_by_field looks users up by.
+USER_LOOKUP_FIELDS = ("id", "idnumber", "username", "email")
+
 # What the code outside the Moodle client and the read cache still reads; goes once both call through the members.
 SITE_INFO = MoodleFunction.SITE_INFO.value
 UPLOAD_FUNCTION = MoodleFunction.UPLOAD.value

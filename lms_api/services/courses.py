@@ -6,26 +6,20 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypedDict
 
 from lms_api.errors import ApiError, ErrorCode
-from lms_api.moodle.client import Moodle, MoodleClient
+from lms_api.moodle.client import Moodle
 from lms_api.moodle.encoding import split_by_input_vars
 from lms_api.moodle.errors import (
     MoodleError,
     MoodleRecord,
+    code_of,
     expect_list,
-    expect_object,
     is_moodle_code,
     not_a_moodle_code,
     status_for_errorcode,
     unexpected_answer,
 )
+from lms_api.moodle.functions import MoodleFunction
 from lms_api.services.notfound import not_found
-
-GET_CATEGORIES = "core_course_get_categories"
-GET_COURSES = "core_course_get_courses"
-GET_COURSES_BY_FIELD = "core_course_get_courses_by_field"
-SEARCH_COURSES = "core_course_search_courses"
-CREATE_COURSES = "core_course_create_courses"
-UPDATE_COURSES = "core_course_update_courses"
 
 SITE_FORMAT = "site"  # the front-page course every Moodle has; never a course a caller means
 
@@ -52,7 +46,7 @@ def list_courses(
     """
     if search is None:
         if category is None:
-            all_courses = expect_list(moodle.call(GET_COURSES), GET_COURSES, key="id")
+            all_courses = expect_list(moodle.call(MoodleFunction.GET_COURSES), MoodleFunction.GET_COURSES, key="id")
             matches = [course for course in all_courses if not _is_site(course)]
         else:
             matches = _by_field(moodle, "category", str(category))
@@ -76,8 +70,12 @@ def courses_by_ids(moodle: Moodle, course_ids: Iterable[int]) -> list[MoodleReco
     wanted = list(dict.fromkeys(course_ids))
     found: dict[int, MoodleRecord] = {}
     for run in split_by_input_vars("ids", wanted, {}, moodle.max_input_vars):
-        answer = moodle.call(GET_COURSES, {"options": {"ids": wanted[run.start : run.stop]}})
-        found |= {course["id"]: course for course in expect_list(answer, GET_COURSES, key="id") if not _is_site(course)}
+        answer = moodle.call(MoodleFunction.GET_COURSES, {"options": {"ids": wanted[run.start : run.stop]}})
+        found |= {
+            course["id"]: course
+            for course in expect_list(answer, MoodleFunction.GET_COURSES, key="id")
+            if not _is_site(course)
+        }
     return [found[course_id] for course_id in wanted if course_id in found]
 
 
@@ -88,18 +86,18 @@ def get_course(moodle: Moodle, course_id: int) -> MoodleRecord:
     return courses[0]
 
 
-def create_course(moodle: MoodleClient, fields: Mapping[str, Any]) -> CreatedCourse:
+def create_course(moodle: Moodle, fields: Mapping[str, Any]) -> CreatedCourse:
     """Create one course. Moodle refuses a category that does not exist before it writes anything, so that
     refusal is only given the category's own error code here, at no extra call."""
     try:
-        answer = moodle.call(CREATE_COURSES, {"courses": [dict(fields)]})
+        answer = moodle.call(MoodleFunction.CREATE_COURSES, {"courses": [dict(fields)]})
     except MoodleError as error:
-        if error.code == "errorcatcontextnotvalid":
+        if error.code == ErrorCode.ERROR_CAT_CONTEXT_NOT_VALID:
             raise category_not_found([fields["categoryid"]]) from error
         raise
-    created = expect_list(answer, CREATE_COURSES)
+    created = expect_list(answer, MoodleFunction.CREATE_COURSES)
     if len(created) != 1 or not isinstance(created[0].get("id"), int):
-        raise unexpected_answer(CREATE_COURSES)
+        raise unexpected_answer(MoodleFunction.CREATE_COURSES)
     return {"id": created[0]["id"], "shortname": created[0].get("shortname", fields["shortname"])}
 
 
@@ -112,7 +110,7 @@ def require_offered_format(fields: Mapping[str, Any], formats: Sequence[str]) ->
         raise ApiError(ErrorCode.VALIDATION_ERROR, "Invalid input: format", {"fields": {"format": [message]}})
 
 
-def update_course(moodle: MoodleClient, course_id: int, changes: Mapping[str, Any]) -> MoodleRecord:
+def update_course(moodle: Moodle, course_id: int, changes: Mapping[str, Any]) -> MoodleRecord:
     """Send only ``changes``, then read the course back; Moodle reports a failed update as a warning in a 200.
 
     Moodle moves a course into a category that does not exist, answering only a warning; such a course breaks
@@ -121,18 +119,22 @@ def update_course(moodle: MoodleClient, course_id: int, changes: Mapping[str, An
     Every function is checked first, so a missing read-back function never follows an applied update.
     """
     category_id = changes.get("categoryid")
-    moodle.require(UPDATE_COURSES, GET_COURSES_BY_FIELD, *(() if category_id is None else (GET_CATEGORIES,)))
+    moodle.require(
+        MoodleFunction.UPDATE_COURSES,
+        MoodleFunction.GET_COURSES_BY_FIELD,
+        *(() if category_id is None else (MoodleFunction.GET_CATEGORIES,)),
+    )
     if category_id is not None:
         get_course(moodle, course_id)
         require_category(moodle, category_id)
-    answer = expect_object(moodle.call(UPDATE_COURSES, {"courses": [{"id": course_id, **changes}]}), UPDATE_COURSES)
-    warnings = expect_list(answer.get("warnings", []), UPDATE_COURSES)
+    answer = moodle.call(MoodleFunction.UPDATE_COURSES, {"courses": [{"id": course_id, **changes}]})
+    warnings = expect_list(answer.get("warnings", []), MoodleFunction.UPDATE_COURSES)
     if warnings:
         # Debug mode appends the SQL of the failed query to the message; the first line is the human part.
         message = moodle.clean(str(warnings[0].get("message") or "").split("\n")[0])
         code = warnings[0].get("warningcode") or ""
         if code and not is_moodle_code(code, moodle.clean):
-            raise not_a_moodle_code(UPDATE_COURSES, {"course_id": course_id})
+            raise not_a_moodle_code(MoodleFunction.UPDATE_COURSES, {"course_id": course_id})
         raise _warning_error(str(code), message, course_id, category_id)
     try:
         return get_course(moodle, course_id)
@@ -146,11 +148,13 @@ def update_course(moodle: MoodleClient, course_id: int, changes: Mapping[str, An
         ) from error
 
 
-def require_category(moodle: MoodleClient, category_id: int) -> None:
+def require_category(moodle: Moodle, category_id: int) -> None:
     """404 ``categorynotfound`` unless the category exists (and the gateway's Moodle account may see it)."""
     # Without addsubcategories=0 Moodle also answers every category below this one.
     params = {"criteria": [{"key": "id", "value": category_id}], "addsubcategories": False}
-    categories = expect_list(moodle.call(GET_CATEGORIES, params), GET_CATEGORIES, key="id")
+    categories = expect_list(
+        moodle.call(MoodleFunction.GET_CATEGORIES, params), MoodleFunction.GET_CATEGORIES, key="id"
+    )
     if not any(category["id"] == category_id for category in categories):
         raise category_not_found([category_id])
 
@@ -170,34 +174,36 @@ def _warning_error(code: str, message: str, course_id: int, category_id: int | N
     if status == 404:
         # Both were found just before the update, and Moodle writes the course before it looks the category up.
         return MoodleError(
-            code,
+            code_of(code),
             f"Course {course_id} or category {category_id} was deleted during the update; Moodle may have saved "
             "the update anyway, the move into the missing category included",
-            {"function": UPDATE_COURSES, "course_id": course_id, "outcome": "unknown"},
+            {"function": MoodleFunction.UPDATE_COURSES, "course_id": course_id, "outcome": "unknown"},
         )
     return MoodleError(
-        code or ErrorCode.MOODLE_WARNING,
+        code_of(code) if code else ErrorCode.MOODLE_WARNING,
         message or "Moodle did not update the course",
-        {"function": UPDATE_COURSES, "course_id": course_id},
+        {"function": MoodleFunction.UPDATE_COURSES, "course_id": course_id},
         status=status,
     )
 
 
 def _by_field(moodle: Moodle, field: str, value: str) -> list[MoodleRecord]:
-    answer = expect_object(moodle.call(GET_COURSES_BY_FIELD, {"field": field, "value": value}), GET_COURSES_BY_FIELD)
+    answer = moodle.call(MoodleFunction.GET_COURSES_BY_FIELD, {"field": field, "value": value})
     return [
-        course for course in expect_list(answer.get("courses"), GET_COURSES_BY_FIELD, key="id") if not _is_site(course)
+        course
+        for course in expect_list(answer.get("courses"), MoodleFunction.GET_COURSES_BY_FIELD, key="id")
+        if not _is_site(course)
     ]
 
 
 def _search(moodle: Moodle, text: str, page: int, perpage: int) -> tuple[list[MoodleRecord], int]:
     """Moodle's text search: one page of matches (``perpage`` 0: all of them) and the number of all matches."""
     params = {"criterianame": "search", "criteriavalue": text, "page": page, "perpage": perpage}
-    answer = expect_object(moodle.call(SEARCH_COURSES, params), SEARCH_COURSES)
+    answer = moodle.call(MoodleFunction.SEARCH_COURSES, params)
     total = answer.get("total")
     if not isinstance(total, int):
-        raise unexpected_answer(SEARCH_COURSES)
-    return expect_list(answer.get("courses"), SEARCH_COURSES, key="id"), total
+        raise unexpected_answer(MoodleFunction.SEARCH_COURSES)
+    return expect_list(answer.get("courses"), MoodleFunction.SEARCH_COURSES, key="id"), total
 
 
 def _page(items: list[Any], page: int, perpage: int) -> list[Any]:

@@ -6,16 +6,16 @@ from collections.abc import Mapping
 from typing import Any, TypedDict
 
 from lms_api.errors import ApiError, ErrorCode
-from lms_api.moodle.client import MoodleClient
+from lms_api.moodle.client import Moodle
 from lms_api.moodle.encoding import split_by_input_vars
 from lms_api.moodle.errors import MoodleError
+from lms_api.moodle.functions import MoodleFunction
 from lms_api.security import Identity, Scope
-from lms_api.services.courses import GET_COURSES, courses_by_ids
+from lms_api.services.courses import courses_by_ids
 from lms_api.services.notfound import missing_ids
-from lms_api.services.users import GET_USERS_BY_FIELD, UserIds, user_ids
+from lms_api.services.users import UserIds, user_ids
 from lms_api.settings import Settings
 
-ENROL_USERS = "enrol_manual_enrol_users"
 # Moodle's installer creates the guest user first ($CFG->siteguest). Moodle 5.0's enrol_manual_enrol_users enrols it
 # like anyone: it checks neither the user nor the user's state.
 GUEST_USER_ID = 1
@@ -71,7 +71,7 @@ def _hint(role: object, role_ids: Mapping[str, int]) -> str:
     return f" (did you mean {near[0]!r}?)" if near else ""
 
 
-def enrol(moodle: MoodleClient, enrolments: list[dict[str, Any]]) -> EnrolResult:
+def enrol(moodle: Moodle, enrolments: list[dict[str, Any]]) -> EnrolResult:
     """Enrol everyone or say exactly who was enrolled.
 
     The guest is refused first: Moodle 5.0 would enrol it. The courses and users are checked before anything is
@@ -87,7 +87,8 @@ def enrol(moodle: MoodleClient, enrolments: list[dict[str, Any]]) -> EnrolResult
             f"The guest user (id {GUEST_USER_ID}) cannot be enrolled; nothing was enrolled",
             {"enrolments": guests},
         )
-    moodle.require(GET_COURSES, GET_USERS_BY_FIELD, ENROL_USERS)  # a 501 before any call
+    # Every function is checked first: a 501 before any call.
+    moodle.require(MoodleFunction.GET_COURSES, MoodleFunction.GET_USERS_BY_FIELD, MoodleFunction.ENROL_USERS)
     course_ids = list(dict.fromkeys(enrolment["courseid"] for enrolment in enrolments))
     existing = {course["id"] for course in courses_by_ids(moodle, course_ids)}
     missing_courses = [course_id for course_id in course_ids if course_id not in existing]
@@ -97,7 +98,7 @@ def enrol(moodle: MoodleClient, enrolments: list[dict[str, Any]]) -> EnrolResult
     runs = split_by_input_vars("enrolments", enrolments, {}, moodle.max_input_vars)
     for number, run in enumerate(runs):
         try:
-            moodle.call(ENROL_USERS, {"enrolments": enrolments[run.start : run.stop]})
+            moodle.call(MoodleFunction.ENROL_USERS, {"enrolments": enrolments[run.start : run.stop]})
         except MoodleError as error:
             later = list(range(run.stop, len(enrolments)))
             account: dict[str, list[int]] = {"applied": list(range(run.start))}

@@ -5,18 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, TypedDict
 
-from lms_api.errors import ApiError, ErrorCode
-from lms_api.moodle.client import MoodleClient, UploadFile
+from lms_api.errors import ApiError, ErrorCode, moodle_code
+from lms_api.moodle.client import FileUpload, Moodle
 from lms_api.moodle.errors import (
     MoodleError,
     MoodleRecord,
-    expect_object,
     function_not_available,
     is_moodle_code,
     status_for_errorcode,
 )
-from lms_api.moodle.functions import UPLOAD_FUNCTION
-from lms_api.settings import DEFAULT_ATTACH_FUNCTION, MIB
+from lms_api.moodle.functions import MoodleFunction
+from lms_api.settings import MIB
 
 SYNC_SERVICE_PLUGIN = "https://github.com/lectureStudio/moodle-local_sync_service"
 # Room for the multipart boundaries, part headers and small form fields around the files themselves.
@@ -41,7 +40,7 @@ def upload_body_limit(max_mb: int) -> int:
     return max_mb * MIB + MULTIPART_OVERHEAD_BYTES
 
 
-def check_sizes(files: Sequence[UploadFile], max_mb: int) -> None:
+def check_sizes(files: Sequence[FileUpload], max_mb: int) -> None:
     """413 when the files together exceed MOODLE_MAX_UPLOAD_MB; checked before anything is sent to Moodle."""
     total = 0
     for upload in files:
@@ -59,9 +58,7 @@ def upload_too_large(max_mb: int) -> ApiError:
     )
 
 
-def upload(
-    moodle: MoodleClient, files: Sequence[UploadFile], itemid: int, stored_in: Callable[[int], None]
-) -> Uploaded:
+def upload(moodle: Moodle, files: Sequence[FileUpload], itemid: int, stored_in: Callable[[int], None]) -> Uploaded:
     """Upload ``files`` into one draft item; any per-file refusal is an error naming what was stored anyway.
 
     ``stored_in`` is told the draft item as soon as Moodle has stored a file in it, before any refusal is raised:
@@ -79,11 +76,11 @@ def upload(
         raise MoodleError(
             ErrorCode.BAD_RESPONSE,
             f"Moodle's upload.php stored {len(stored)} of {len(files)} files",
-            {"function": UPLOAD_FUNCTION, "stored": [entry.get("filename") for entry in stored]},
+            {"function": MoodleFunction.UPLOAD, "stored": [entry.get("filename") for entry in stored]},
         )
     if draft_itemid is None:
         raise MoodleError(
-            ErrorCode.BAD_RESPONSE, "Moodle's upload.php named no draft item", {"function": UPLOAD_FUNCTION}
+            ErrorCode.BAD_RESPONSE, "Moodle's upload.php named no draft item", {"function": MoodleFunction.UPLOAD}
         )
     return {"itemid": draft_itemid, "files": stored}
 
@@ -94,27 +91,27 @@ def _draft_item(stored: list[MoodleRecord]) -> int | None:
     return itemid if isinstance(itemid, int) and not isinstance(itemid, bool) else None
 
 
-def _refused_file(moodle: MoodleClient, entry: dict[str, Any], stored: list[dict[str, Any]]) -> ApiError:
+def _refused_file(moodle: Moodle, entry: dict[str, Any], stored: list[dict[str, Any]]) -> ApiError:
     # The entry is Moodle's internal record: its filepath is a temporary path on the Moodle server.
     errortype, filename = moodle.clean(str(entry.get("errortype"))), moodle.clean(str(entry.get("filename")))
     messages = {
-        "fileoversized": f"{filename} is larger than the Moodle site's maximum upload size",
-        "filenameexist": f"A file named {filename} is already in this draft item",
+        ErrorCode.FILE_OVERSIZED: f"{filename} is larger than the Moodle site's maximum upload size",
+        ErrorCode.FILENAME_EXIST: f"A file named {filename} is already in this draft item",
     }
     is_code = is_moodle_code(errortype, moodle.clean)  # else not Moodle's word, and not passed on
-    details: dict[str, Any] = {"function": UPLOAD_FUNCTION, "filename": filename}
+    code = moodle_code(errortype) or ErrorCode.UPLOAD_REFUSED
+    if code not in messages:
+        code = ErrorCode.UPLOAD_REFUSED
+    details: dict[str, Any] = {"function": MoodleFunction.UPLOAD, "filename": filename}
     if stored:
         details |= {"itemid": stored[0].get("itemid"), "stored": [item.get("filename") for item in stored]}
-    return MoodleError(
-        errortype if errortype in messages else ErrorCode.UPLOAD_REFUSED,
-        messages.get(errortype, f"Moodle refused {filename}" + (f" ({errortype})" if is_code else "")),
-        details,
-        status=status_for_errorcode(errortype),
-    )
+    refused = f"Moodle refused {filename}" + (f" ({errortype})" if is_code else "")
+    return MoodleError(code, messages.get(code, refused), details, status=status_for_errorcode(errortype))
 
 
-def attach(moodle: MoodleClient, function: str, fields: dict[str, Any]) -> Attached:
-    """Create a file resource in a course from a draft item, with ``function`` (the sync_service plugin's)."""
+def attach(moodle: Moodle, fields: dict[str, Any]) -> Attached:
+    """Create a file resource in a course from a draft item, with the sync_service plugin's function (or the one
+    MOODLE_ATTACH_FUNCTION names)."""
     params = {
         "courseid": fields["courseid"],
         "sectionnum": fields["section"],
@@ -123,18 +120,21 @@ def attach(moodle: MoodleClient, function: str, fields: dict[str, Any]) -> Attac
         "visible": "true" if fields["visible"] else "false",  # the plugin hides the module only for 'false'
     }
     try:
-        answer = expect_object(moodle.call(function, params), function)
+        answer = moodle.call(MoodleFunction.ATTACH_FILE, params)
     except MoodleError as error:
-        if error.code == "functionnotavailable":
-            raise _attach_function_missing(function) from None
-        if error.code in ("invalidrecordunknown", "invalidrecord"):
+        if error.code == ErrorCode.FUNCTION_NOT_AVAILABLE:
+            raise _attach_function_missing(str(error.details["function"])) from None
+        if error.code in (ErrorCode.INVALID_RECORD_UNKNOWN, ErrorCode.INVALID_RECORD):
             # Also what Moodle says when the plugin was removed since the function list was read.
             moodle.forget_functions()
         raise
     cmid = answer.get("id")
     if not (isinstance(cmid, int) or (isinstance(cmid, str) and cmid.isdigit())):
+        # The site may call the function by another name (MOODLE_ATTACH_FUNCTION), which only the client knows.
         raise MoodleError(
-            ErrorCode.BAD_RESPONSE, f"{function} did not answer a course module id", {"function": function}
+            ErrorCode.BAD_RESPONSE,
+            "The attach function (MOODLE_ATTACH_FUNCTION) did not answer a course module id",
+            {"setting": "MOODLE_ATTACH_FUNCTION"},
         )
     return {
         "cmid": int(cmid),
@@ -145,12 +145,13 @@ def attach(moodle: MoodleClient, function: str, fields: dict[str, Any]) -> Attac
     }
 
 
-def _attach_function_missing(function: str) -> MoodleError:
+def _attach_function_missing(name: str) -> MoodleError:
+    """501 naming the attach function as the site calls it (``name``), and how to get it."""
     remedy = (
         f"Moodle core has no web-service function that creates a file resource: install the local_sync_service "
         f"plugin ({SYNC_SERVICE_PLUGIN}), which provides it, or set MOODLE_ATTACH_FUNCTION to a function "
         "with the same parameters. "
-        if function == DEFAULT_ATTACH_FUNCTION
+        if name == MoodleFunction.ATTACH_FILE
         else "It is set by MOODLE_ATTACH_FUNCTION. "
     )
-    return function_not_available(function, remedy)
+    return function_not_available(name, remedy)

@@ -6,12 +6,10 @@ from typing import TypedDict
 
 from lms_api.errors import ApiError, ErrorCode
 from lms_api.moodle.client import Moodle
-from lms_api.moodle.errors import MoodleError, MoodleRecord, expect_list, expect_object, unexpected_answer
+from lms_api.moodle.errors import MoodleError, MoodleRecord, expect_list, unexpected_answer
+from lms_api.moodle.functions import MoodleFunction
 from lms_api.security import Identity, Scope
 from lms_api.services.users import user_not_found
-
-GET_POPUP_NOTIFICATIONS = "message_popup_get_popup_notifications"
-GET_UNREAD_COUNT = "message_popup_get_unread_popup_notification_count"
 
 
 class NotificationsPage(TypedDict):
@@ -53,22 +51,20 @@ def notifications(moodle: Moodle, userid: int, limit: int, offset: int) -> Notif
     """One page of ``userid``'s popup notifications, newest first; 404 ``usernotfound`` for a user Moodle lacks."""
     params = {"useridto": userid, "newestfirst": True, "limit": limit, "offset": offset}
     try:
-        answer = expect_object(moodle.call(GET_POPUP_NOTIFICATIONS, params), GET_POPUP_NOTIFICATIONS)
+        answer = moodle.call(MoodleFunction.GET_POPUP_NOTIFICATIONS, params)
     except MoodleError as error:
         # The user is the only record this function reads with MUST_EXIST.
-        if error.code in ("invalidrecordunknown", "invalidrecord"):
+        if error.code in (ErrorCode.INVALID_RECORD_UNKNOWN, ErrorCode.INVALID_RECORD):
             raise user_not_found([userid]) from error
         raise
     unread = answer.get("unreadcount")
     if not isinstance(unread, int):
-        raise unexpected_answer(GET_POPUP_NOTIFICATIONS)
-    found = expect_list(answer.get("notifications"), GET_POPUP_NOTIFICATIONS, key="id")
+        raise unexpected_answer(MoodleFunction.GET_POPUP_NOTIFICATIONS)
+    found = expect_list(answer.get("notifications"), MoodleFunction.GET_POPUP_NOTIFICATIONS, key="id")
     return {"userid": userid, "notifications": found, "unreadcount": unread, "limit": limit, "offset": offset}
 
 
 def unread_count(moodle: Moodle, userid: int) -> UnreadCount:
     """Moodle counts 0 for a user it does not have, and so does this: telling them apart would cost a call."""
-    count = moodle.call(GET_UNREAD_COUNT, {"useridto": userid})
-    if isinstance(count, bool) or not isinstance(count, int):  # Moodle answers a bare integer
-        raise unexpected_answer(GET_UNREAD_COUNT)
+    count: int = moodle.call(MoodleFunction.GET_UNREAD_COUNT, {"useridto": userid})  # a bare integer
     return {"userid": userid, "count": count}

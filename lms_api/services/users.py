@@ -9,10 +9,11 @@ from lms_api.errors import ApiError, ErrorCode
 from lms_api.moodle.client import Moodle
 from lms_api.moodle.encoding import split_by_input_vars
 from lms_api.moodle.errors import MoodleError, MoodleRecord, expect_list
+from lms_api.moodle.functions import USER_LOOKUP_FIELDS, MoodleFunction
 from lms_api.services.notfound import not_found
 
-GET_USERS_BY_FIELD = "core_user_get_users_by_field"
-USER_FIELDS = ("id", "idnumber", "username", "email")
+# lms_api.schemas.users still imports it from here; it reads it from lms_api.moodle.functions once switched over.
+USER_FIELDS = USER_LOOKUP_FIELDS
 # When Moodle hides the field from the gateway's token, each value it did not match is asked alone; this bounds
 # those calls per request (a request may name 1,000 values), and the values past it are answered as unchecked.
 MAX_SINGLE_VALUE_CALLS = 20
@@ -21,7 +22,7 @@ MAX_SINGLE_VALUE_CALLS = 20
 # or ``invaliduser`` in debug mode. Such a batch is halved until each deleted user stands alone; this bounds those
 # calls per request (one deleted user among 10,000 ids takes 24 more), and the values left past it are unchecked.
 MAX_DELETED_SEARCH_CALLS = 40
-_DELETED_USER_FOUND = frozenset({ErrorCode.INVALID_RECORD_UNKNOWN.value, ErrorCode.INVALID_USER.value})
+_DELETED_USER_FOUND = frozenset({ErrorCode.INVALID_RECORD_UNKNOWN, ErrorCode.INVALID_USER})
 
 
 class UsersFound(TypedDict):
@@ -100,7 +101,7 @@ class _Lookup:
 
     def _ask_run(self, values: list[str | int]) -> list[MoodleRecord]:
         try:
-            answer = self.moodle.call(GET_USERS_BY_FIELD, {"field": self.field, "values": values})
+            answer = self.moodle.call(MoodleFunction.GET_USERS_BY_FIELD, {"field": self.field, "values": values})
         except MoodleError as error:
             if error.code not in _DELETED_USER_FOUND:
                 raise
@@ -113,7 +114,7 @@ class _Lookup:
                 half = len(values) // 2
                 return self._ask_run(values[:half]) + self._ask_run(values[half:])
             return []
-        users = expect_list(answer, GET_USERS_BY_FIELD, key="id")
+        users = expect_list(answer, MoodleFunction.GET_USERS_BY_FIELD, key="id")
         for user in users:
             self.users.setdefault(user["id"], user)
         return users

@@ -11,9 +11,7 @@ from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
 
 from lms_api.errors import ApiError
 from lms_api.moodle.client import MoodleError
-from lms_api.moodle.functions import SITE_INFO
-from lms_api.services import courses, enrolments, notifications, users
-from lms_api.settings import DEFAULT_ATTACH_FUNCTION
+from lms_api.moodle.functions import MoodleFunction
 from tests.conftest import GOLDEN_DIR
 
 BASE_URL = "http://moodle.test"
@@ -21,15 +19,16 @@ URL = BASE_URL + "/webservice/rest/server.php"
 TOKEN = "TOKEN-SECRET-123"
 UPLOAD_URL = BASE_URL + "/webservice/upload.php"
 
-READ_FN = "core_course_get_courses"
-WRITE_FN = "core_course_create_courses"
+SITE_INFO = MoodleFunction.SITE_INFO
+READ_FN = MoodleFunction.GET_COURSES  # answers a list
+WRITE_FN = MoodleFunction.CREATE_COURSES  # answers a list
 KNOWN_FUNCTIONS = (
     READ_FN,
     WRITE_FN,
-    "core_course_update_courses",
-    "core_user_create_users",
-    "enrol_manual_enrol_users",
-    "message_popup_get_unread_popup_notification_count",
+    MoodleFunction.UPDATE_COURSES,
+    "core_user_create_users",  # a function the site offers and the gateway never calls
+    MoodleFunction.ENROL_USERS,
+    MoodleFunction.GET_UNREAD_COUNT,
 )
 
 # Raw bodies recorded from a real Moodle 5.0 (see tests/moodle_golden), copied as literals.
@@ -153,18 +152,9 @@ def by_field_answer(*found):
     return {"courses": list(found), "warnings": []}
 
 
-ROUTE_FUNCTIONS = (  # every function the route services call
-    courses.GET_CATEGORIES,
-    courses.GET_COURSES,
-    courses.GET_COURSES_BY_FIELD,
-    courses.SEARCH_COURSES,
-    courses.CREATE_COURSES,
-    courses.UPDATE_COURSES,
-    users.GET_USERS_BY_FIELD,
-    enrolments.ENROL_USERS,
-    notifications.GET_POPUP_NOTIFICATIONS,
-    notifications.GET_UNREAD_COUNT,
-    DEFAULT_ATTACH_FUNCTION,
+# Every web-service function the route services call: the site info is always offered, and upload.php is none.
+ROUTE_FUNCTIONS = tuple(
+    function for function in MoodleFunction if function not in (MoodleFunction.SITE_INFO, MoodleFunction.UPLOAD)
 )
 
 

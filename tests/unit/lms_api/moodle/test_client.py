@@ -8,6 +8,7 @@ import ssl
 import threading
 import time
 import tracemalloc
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
@@ -22,7 +23,7 @@ from lms_api.moodle import client as client_module
 from lms_api.moodle import guard
 from lms_api.moodle.client import MoodleClient, UploadFile
 from lms_api.moodle.errors import scrub_paths
-from lms_api.moodle.functions import READ_ONLY_FUNCTIONS, SITE_INFO
+from lms_api.moodle.functions import AnswerShape, MoodleFunction
 from lms_api.moodle.guard import CircuitBreaker
 from lms_api.settings import MIB
 from tests.conftest import GOLDEN_DIR, self_signed_certificate, settings_for
@@ -35,6 +36,7 @@ from tests.unit.mocked_moodle import (
     INVALID_PARAMETER_BODY,
     KNOWN_FUNCTIONS,
     READ_FN,
+    SITE_INFO,
     TOKEN,
     UNKNOWN_FUNCTION_BODY,
     URL,
@@ -54,9 +56,8 @@ from tests.unit.mocked_moodle import (
 
 
 def test_test_functions_are_classified_as_assumed():
-    assert READ_FN in READ_ONLY_FUNCTIONS
-    assert SITE_INFO in READ_ONLY_FUNCTIONS
-    assert WRITE_FN not in READ_ONLY_FUNCTIONS
+    assert READ_FN.retried and SITE_INFO.retried
+    assert not WRITE_FN.retried
 
 
 # -- the request -----------------------------------------------------------------------------------
@@ -88,7 +89,7 @@ def test_trailing_slash_in_base_url_is_ignored(rsps):
     client = MoodleClient(BASE_URL + "/", TOKEN, timeout_s=2.0, max_retries=0, functions_ttl_s=300)
     add(rsps, SITE_INFO, json=site_info_body())
 
-    client.site_info()
+    client.call(SITE_INFO)
 
     assert rsps.calls[0].request.url == URL
 
@@ -104,11 +105,11 @@ def test_repr_does_not_contain_the_token(client):
 @pytest.mark.parametrize(
     ("function", "body", "expected"),
     [
-        ("core_course_update_courses", '{"warnings":[]}', {"warnings": []}),
+        (MoodleFunction.UPDATE_COURSES, '{"warnings":[]}', {"warnings": []}),
         (WRITE_FN, '[{"id":3,"shortname":"PY102"}]', [{"id": 3, "shortname": "PY102"}]),
-        ("message_popup_get_unread_popup_notification_count", "2", 2),
-        ("message_popup_get_unread_popup_notification_count", "0", 0),
-        ("enrol_manual_enrol_users", "null", None),
+        (MoodleFunction.GET_UNREAD_COUNT, "2", 2),
+        (MoodleFunction.GET_UNREAD_COUNT, "0", 0),
+        (MoodleFunction.ENROL_USERS, "null", None),
     ],
     ids=["object", "list", "integer", "zero", "null"],
 )
@@ -127,7 +128,7 @@ def test_site_info_returns_the_golden_body_and_caches_its_functions(client, rsps
     body = (GOLDEN_DIR / "core_webservice_get_site_info.json").read_text()
     add(rsps, SITE_INFO, body=body, content_type="application/json")
 
-    info = client.site_info()
+    info = client.call(SITE_INFO)
 
     assert info == json.loads(body)
     assert info["sitename"] == "Real Moodle Test"
@@ -169,7 +170,7 @@ def test_an_answer_longer_than_one_read_is_read_whole(client, rsps):
 def test_site_info_with_an_unexpected_shape_is_a_bad_response(client, rsps, body):
     add(rsps, SITE_INFO, body=json.dumps(body), content_type="application/json")
 
-    error = raised(client.site_info)
+    error = raised(client.call, SITE_INFO)
 
     assert (error.status, error.code) == (502, "badresponse")
     assert error.details == {"function": SITE_INFO}
@@ -246,7 +247,7 @@ def test_maintenance_error_keeps_moodles_retry_after_header(client, rsps):
 def test_refused_token_is_502_invalidtoken_for_operators(client, rsps):
     add(rsps, SITE_INFO, body=BAD_TOKEN_BODY, content_type="application/json")
 
-    error = raised(client.site_info)
+    error = raised(client.call, SITE_INFO)
 
     assert (error.status, error.code) == (502, "invalidtoken")
     assert "MOODLE_TOKEN" in error.message
@@ -304,12 +305,12 @@ def test_debuginfo_is_never_passed_on(client, rsps):
         "message": "Error writing to database",
         "debuginfo": debuginfo,
     }
-    add(rsps, "core_user_create_users", json=body)
+    add(rsps, WRITE_FN, json=body)
 
-    error = raised(client.call, "core_user_create_users")
+    error = raised(client.call, WRITE_FN)
 
     assert (error.status, error.code, error.message) == (502, "dmlwriteexception", "Error writing to database")
-    assert error.details == {"function": "core_user_create_users"}
+    assert error.details == {"function": WRITE_FN}
     for text in (str(error), error.message, repr(error.details), repr(error.headers)):
         assert "Student-Pass-1" not in text
         assert "debuginfo" not in text
@@ -317,9 +318,9 @@ def test_debuginfo_is_never_passed_on(client, rsps):
 
 def test_debuginfo_repeated_in_a_debug_mode_message_is_not_passed_on(client, rsps):
     prime(client, rsps)
-    add(rsps, "core_user_create_users", body=DEBUG_DUPLICATE_USERNAME_BODY, content_type="application/json")
+    add(rsps, WRITE_FN, body=DEBUG_DUPLICATE_USERNAME_BODY, content_type="application/json")
 
-    error = raised(client.call, "core_user_create_users")
+    error = raised(client.call, WRITE_FN)
 
     assert error.code == "invalidparameter"
     assert "Username already exists: student1" not in error.message
@@ -418,7 +419,7 @@ def test_gateway_statuses_win_over_the_body_and_are_retried_for_reads(
 ):
     add(rsps, SITE_INFO, body=body, status=status)
 
-    error = raised(client.site_info)
+    error = raised(client.call, SITE_INFO)
 
     assert (error.status, error.code) == (status, code)
     assert error.message == f"Moodle answered HTTP {status}"
@@ -431,7 +432,7 @@ def test_gateway_statuses_win_over_the_body_and_are_retried_for_reads(
 def test_503_keeps_moodles_retry_after(client, rsps):
     add(rsps, SITE_INFO, body=HTML_PAGE, status=503, headers={"Retry-After": "300"})
 
-    error = raised(client.site_info)
+    error = raised(client.call, SITE_INFO)
 
     assert (error.status, error.code) == (503, "moodleunavailable")
     assert error.headers == {"Retry-After": "300"}
@@ -442,7 +443,7 @@ def test_503_then_success_on_a_read_returns_the_result(client, rsps, sleeps):
     add(rsps, SITE_INFO, body=HTML_PAGE, status=503)
     add(rsps, SITE_INFO, json=site_info_body())
 
-    assert client.site_info() == site_info_body()
+    assert client.call(SITE_INFO) == site_info_body()
     assert len(rsps.calls) == 2
     assert sleeps == [0.1]
 
@@ -454,7 +455,7 @@ def test_refused_then_success_is_retried_once(client, rsps, sleeps):
     add(rsps, SITE_INFO, body=refused())
     add(rsps, SITE_INFO, json=site_info_body())
 
-    assert client.site_info() == site_info_body()
+    assert client.call(SITE_INFO) == site_info_body()
     assert len(rsps.calls) == 2
     assert sleeps == [0.1]
 
@@ -474,7 +475,7 @@ def test_two_failures_back_off_exponentially(client, rsps, sleeps):
     add(rsps, SITE_INFO, body=refused())
     add(rsps, SITE_INFO, json=site_info_body())
 
-    assert client.site_info() == site_info_body()
+    assert client.call(SITE_INFO) == site_info_body()
     assert len(rsps.calls) == 3
     assert sleeps == [0.1, 0.2]
 
@@ -485,7 +486,7 @@ def test_backoff_is_multiplied_by_the_jitter(make_client, rsps, sleeps):
     add(rsps, SITE_INFO, body=refused())
     add(rsps, SITE_INFO, json=site_info_body())
 
-    client.site_info()
+    client.call(SITE_INFO)
 
     assert sleeps == pytest.approx([0.12, 0.24])
 
@@ -493,7 +494,7 @@ def test_backoff_is_multiplied_by_the_jitter(make_client, rsps, sleeps):
 def test_refused_every_time_gives_up_after_max_retries(client, rsps, sleeps):
     add(rsps, SITE_INFO, body=refused())
 
-    error = raised(client.site_info)
+    error = raised(client.call, SITE_INFO)
 
     assert (error.status, error.code) == (503, "moodleunavailable")
     assert error.message == "Moodle could not be reached"
@@ -507,7 +508,7 @@ def test_max_retries_zero_makes_one_attempt(make_client, rsps, sleeps):
     client = make_client(max_retries=0)
     add(rsps, SITE_INFO, body=refused())
 
-    error = raised(client.site_info)
+    error = raised(client.call, SITE_INFO)
 
     assert (error.status, error.code) == (503, "moodleunavailable")
     assert len(rsps.calls) == 1
@@ -531,7 +532,7 @@ def test_read_timeout_on_a_read_is_retried_then_504(client, rsps, sleeps):
 def test_connect_timeout_on_a_read_is_retried_then_504(client, rsps, sleeps):
     add(rsps, SITE_INFO, body=requests.ConnectTimeout("connect timed out"))
 
-    error = raised(client.site_info)
+    error = raised(client.call, SITE_INFO)
 
     assert (error.status, error.code) == (504, "moodletimeout")
     assert error.message == "Moodle did not accept a connection in time"
@@ -685,7 +686,7 @@ def test_backoff_past_the_deadline_is_not_slept(make_client, rsps, clock, sleeps
         match=[ws_function(SITE_INFO)],
     )
 
-    error = raised(client.site_info)
+    error = raised(client.call, SITE_INFO)
 
     # t=0.9 fail, sleep 0.1, t=1.9 fail: sleeping 0.2 would end at 2.1 > 2.0, so it gives up.
     assert (error.status, error.code) == (504, "moodletimeout")
@@ -703,7 +704,7 @@ def test_timeout_given_to_requests_is_bounded_by_the_remaining_deadline(make_cli
         match=[ws_function(SITE_INFO)],
     )
 
-    raised(client.site_info)
+    raised(client.call, SITE_INFO)
 
     timeouts = [call.request.req_kwargs["timeout"] for call in rsps.calls]
     assert timeouts == [pytest.approx((2.0, 2.0)), pytest.approx((1.0, 1.0))]
@@ -713,7 +714,7 @@ def test_connect_timeout_is_capped_at_three_seconds(make_client, rsps):
     client = make_client(timeout_s=10.0)
     add(rsps, SITE_INFO, json=site_info_body())
 
-    client.site_info()
+    client.call(SITE_INFO)
 
     assert rsps.calls[0].request.req_kwargs["timeout"] == pytest.approx((3.0, 10.0))
 
@@ -848,12 +849,12 @@ def captured_logs(monkeypatch):
 def test_debug_logs_one_line_per_call_without_values_or_token(make_client, rsps, captured_logs):
     client = make_client(debug=True)
     prime(client, rsps)
-    add(rsps, "core_user_create_users", json=[{"id": 5, "username": "student9"}])
+    add(rsps, WRITE_FN, json=[{"id": 5, "username": "student9"}])
 
-    client.call("core_user_create_users", {"users": [{"username": "student9", "password": "Student-Pass-1"}]})
+    client.call(WRITE_FN, {"users": [{"username": "student9", "password": "Student-Pass-1"}]})
 
     calls = [entry for entry in captured_logs if entry["event"] == "moodle.call"]
-    assert [entry["function"] for entry in calls] == [SITE_INFO, "core_user_create_users"]
+    assert [entry["function"] for entry in calls] == [SITE_INFO, WRITE_FN]
     entry = calls[1]
     assert entry["param_names"] == ["users"]
     assert entry["attempts"] == 1
@@ -868,7 +869,7 @@ def test_debug_log_records_failed_calls(make_client, rsps, captured_logs):
     client = make_client(debug=True)
     add(rsps, SITE_INFO, body=refused())
 
-    raised(client.site_info)
+    raised(client.call, SITE_INFO)
 
     calls = [entry for entry in captured_logs if entry["event"] == "moodle.call"]
     assert [(entry["function"], entry["attempts"], entry["outcome"]) for entry in calls] == [
@@ -914,7 +915,7 @@ def test_no_call_log_line_without_debug(client, rsps, captured_logs):
 def test_errors_never_contain_the_token(client, rsps, answer):
     add(rsps, SITE_INFO, **answer)
 
-    error = raised(client.site_info)
+    error = raised(client.call, SITE_INFO)
 
     assert_token_absent(error)
 
@@ -923,9 +924,9 @@ def test_an_errorcode_that_is_not_a_moodle_code_becomes_moodleerror_without_its_
     prime(client, rsps)
     policy = "<div>Passwords must be at least 8 characters long.</div>"
     body = {"exception": "core\\exception\\moodle_exception", "errorcode": policy, "message": f"error/{policy}"}
-    add(rsps, "core_user_create_users", json=body)
+    add(rsps, WRITE_FN, json=body)
 
-    error = raised(client.call, "core_user_create_users")
+    error = raised(client.call, WRITE_FN)
 
     assert (error.status, error.code) == (502, "moodleerror")
     assert "Passwords" not in error.message
@@ -935,7 +936,7 @@ def test_an_errorcode_that_is_not_a_moodle_code_becomes_moodleerror_without_its_
 def test_only_a_plain_number_of_seconds_is_taken_from_retry_after(client, rsps, header, expected):
     add(rsps, SITE_INFO, body=HTML_PAGE, status=503, headers={"Retry-After": header})
 
-    error = raised(client.site_info)
+    error = raised(client.call, SITE_INFO)
 
     assert error.status == 503
     assert error.headers == {"Retry-After": expected}
@@ -1023,24 +1024,24 @@ def test_the_scrubber_stays_fast_on_long_texts():
 
 def test_a_php_type_error_is_a_502_saying_moodle_failed_without_the_path(client, rsps):
     prime(client, rsps)
-    add(rsps, "enrol_manual_enrol_users", body=golden("error_enrol_nonexistent_user"), content_type="application/json")
+    add(rsps, MoodleFunction.ENROL_USERS, body=golden("error_enrol_nonexistent_user"), content_type="application/json")
 
-    error = raised(client.call, "enrol_manual_enrol_users")
+    error = raised(client.call, MoodleFunction.ENROL_USERS)
 
     assert (error.status, error.code) == (502, "moodleexception")
     assert error.message.startswith("Moodle failed internally in enrol_manual_enrol_users (PHP TypeError): ")
     assert "core\\user::get_name_placeholders()" in error.message
     assert error.message.endswith("called in [path] on line 3674")
     assert "/var/www" not in error.message and "enrollib" not in error.message
-    assert error.details == {"function": "enrol_manual_enrol_users"}
+    assert error.details == {"function": MoodleFunction.ENROL_USERS}
 
 
 def test_a_php_error_without_errorcode_names_its_class_and_the_function(client, rsps):
-    prime(client, rsps, (*KNOWN_FUNCTIONS, "core_course_get_courses_by_field"))
+    prime(client, rsps, (*KNOWN_FUNCTIONS, MoodleFunction.GET_COURSES_BY_FIELD))
     body = golden("core_course_get_courses_by_field__ids_missing")
-    add(rsps, "core_course_get_courses_by_field", body=body, content_type="application/json")
+    add(rsps, MoodleFunction.GET_COURSES_BY_FIELD, body=body, content_type="application/json")
 
-    error = raised(client.call, "core_course_get_courses_by_field")
+    error = raised(client.call, MoodleFunction.GET_COURSES_BY_FIELD)
 
     assert (error.status, error.code) == (502, "moodleexception")
     assert error.message == (
@@ -1233,7 +1234,7 @@ def test_a_chunked_answer_over_the_limit_is_read_no_further_and_is_a_502(local_m
     moodle = local_moodle(("chunked", 256 * MIB))
     client = MoodleClient(moodle.url, TOKEN, timeout_s=10, max_retries=2, functions_ttl_s=300, max_answer_bytes=MIB)
 
-    error, peak = peak_memory_of(client.site_info)
+    error, peak = peak_memory_of(client.call, SITE_INFO)
 
     assert (error.status, error.code) == (502, "badresponse")
     assert error.message == "Moodle's answer is larger than 1 MiB (MOODLE_MAX_ANSWER_MB); it was not read"
@@ -1247,7 +1248,7 @@ def test_a_declared_length_over_the_limit_is_refused_without_reading_the_body(lo
     moodle = local_moodle(("declared", 256 * MIB))
     client = MoodleClient(moodle.url, TOKEN, timeout_s=10, max_retries=2, functions_ttl_s=300, max_answer_bytes=MIB)
 
-    error, peak = peak_memory_of(client.site_info)
+    error, peak = peak_memory_of(client.call, SITE_INFO)
 
     assert (error.status, error.code) == (502, "badresponse")
     assert moodle.streamed.wait(10)
@@ -1260,7 +1261,7 @@ def test_an_answer_of_exactly_the_limit_is_read(local_moodle):
     moodle = local_moodle(("json", site_info_json(padded_to=MIB)))
     client = MoodleClient(moodle.url, TOKEN, timeout_s=10, max_retries=0, functions_ttl_s=300, max_answer_bytes=MIB)
 
-    assert client.site_info()["sitename"] == "Moodle test"
+    assert client.call(SITE_INFO)["sitename"] == "Moodle test"
 
 
 def test_the_connection_of_an_answer_over_the_limit_is_closed_not_pooled(local_moodle):
@@ -1279,7 +1280,7 @@ def test_the_connection_of_an_answer_over_the_limit_is_closed_not_pooled(local_m
 def test_a_write_whose_answer_is_over_the_limit_may_have_been_applied(local_moodle):
     moodle = local_moodle(("json", site_info_json()), ("chunked", 64 * MIB))
     client = MoodleClient(moodle.url, TOKEN, timeout_s=10, max_retries=2, functions_ttl_s=300, max_answer_bytes=MIB)
-    client.site_info()
+    client.call(SITE_INFO)
 
     error = raised(client.call, WRITE_FN)
 
@@ -1291,9 +1292,9 @@ def test_the_limit_comes_from_moodle_max_answer_mb(local_moodle):
     over, under = (local_moodle(("json", site_info_json(padded_to=2 * MIB + 1))) for _ in range(2))
     settings = settings_for(over.url, TOKEN, MOODLE_MAX_ANSWER_MB="2")
 
-    assert raised(MoodleClient.from_settings(settings, over.url, TOKEN).site_info).code == "badresponse"
+    assert raised(MoodleClient.from_settings(settings, over.url, TOKEN).call, SITE_INFO).code == "badresponse"
     settings = settings_for(under.url, TOKEN, MOODLE_MAX_ANSWER_MB="3")
-    assert MoodleClient.from_settings(settings, under.url, TOKEN).site_info()["sitename"] == "Moodle test"
+    assert MoodleClient.from_settings(settings, under.url, TOKEN).call(SITE_INFO)["sitename"] == "Moodle test"
 
 
 # -- why Moodle could not be reached ----------------------------------------------------------------
@@ -1302,7 +1303,7 @@ def test_the_limit_comes_from_moodle_max_answer_mb(local_moodle):
 def cause_of(base_url, debug=True, **options):
     """The error a site-info call to ``base_url`` ends in, with MOODLE_DEBUG on (causes in the details) or off."""
     options = {"timeout_s": 2.0, "max_retries": 0, "functions_ttl_s": 300, "debug": debug, **options}
-    return raised(MoodleClient(base_url, TOKEN, **options).site_info)
+    return raised(MoodleClient(base_url, TOKEN, **options).call, SITE_INFO)
 
 
 def test_a_refused_connection_names_the_address(unused_port):
@@ -1377,7 +1378,7 @@ def test_no_answer_in_time_is_a_timeout(local_moodle):
 def test_no_connection_in_time_is_a_timeout(make_client, rsps):
     add(rsps, SITE_INFO, body=requests.ConnectTimeout())
 
-    error = raised(make_client(max_retries=0).site_info)
+    error = raised(make_client(max_retries=0).call, SITE_INFO)
 
     assert (error.code, error.cause.kind, error.cause.reason) == (
         "moodletimeout", "timeout", "no connection to moodle.test:80 within 2 s"
@@ -1388,7 +1389,7 @@ def test_no_connection_in_time_is_a_timeout(make_client, rsps):
 def test_a_gateway_status_is_an_http_cause(make_client, rsps, status, code):
     add(rsps, SITE_INFO, status=status, body=HTML_PAGE)
 
-    error = raised(make_client(max_retries=0, debug=True).site_info)
+    error = raised(make_client(max_retries=0, debug=True).call, SITE_INFO)
 
     assert (error.code, error.cause.kind) == (code, "http")
     assert error.details["reason"] == f"moodle.test:80 answered HTTP {status}, not Moodle's REST server"
@@ -1398,7 +1399,7 @@ def test_a_gateway_status_is_an_http_cause(make_client, rsps, status, code):
 def test_another_status_without_moodles_answer_is_an_http_cause(make_client, rsps, status):
     add(rsps, SITE_INFO, status=status, body=HTML_PAGE)
 
-    error = raised(make_client(debug=True).site_info)
+    error = raised(make_client(debug=True).call, SITE_INFO)
 
     assert (error.status, error.code, error.cause.kind, error.details["cause"]) == (502, "badresponse", "http", "http")
 
@@ -1406,7 +1407,7 @@ def test_another_status_without_moodles_answer_is_an_http_cause(make_client, rsp
 def test_a_page_that_is_not_moodles_with_200_has_no_cause(make_client, rsps):
     add(rsps, SITE_INFO, body=HTML_PAGE)
 
-    error = raised(make_client(debug=True).site_info)
+    error = raised(make_client(debug=True).call, SITE_INFO)
 
     assert error.code == "badresponse"
     assert not hasattr(error, "cause")
@@ -1435,9 +1436,9 @@ def test_moodle_unreachable_is_logged_once_per_cause_and_its_return_once(make_cl
     add(rsps, SITE_INFO, json=site_info_body())
 
     for _ in range(3):
-        raised(client.site_info)
+        raised(client.call, SITE_INFO)
     assert client.unreachable.kind == "http"
-    client.site_info()
+    client.call(SITE_INFO)
 
     lines = [(line["event"], line["log_level"]) for line in captured_logs]
     assert lines == [("moodle.unreachable", "warning"), ("moodle.unreachable", "warning"), ("moodle.reachable", "info")]
@@ -1454,8 +1455,8 @@ def test_a_moodle_error_answer_means_moodle_is_reachable(make_client, rsps, capt
     add(rsps, SITE_INFO, body=reset())
     add(rsps, SITE_INFO, body=BAD_TOKEN_BODY)
 
-    raised(client.site_info)
-    raised(client.site_info)
+    raised(client.call, SITE_INFO)
+    raised(client.call, SITE_INFO)
 
     assert [line["event"] for line in captured_logs] == ["moodle.unreachable", "moodle.reachable"]
     assert client.unreachable is None
@@ -1466,7 +1467,7 @@ def test_the_url_is_named_without_its_password(rsps, captured_logs):
                           functions_ttl_s=300)  # fmt: skip
     rsps.add(responses.POST, "https://gateway:pa55word@moodle.test" + "/webservice/rest/server.php", body=reset())
 
-    raised(client.site_info)
+    raised(client.call, SITE_INFO)
 
     assert client.public_url == "https://moodle.test"
     assert captured_logs[0]["moodle_base_url"] == "https://moodle.test"
@@ -1482,10 +1483,10 @@ def test_the_breaker_names_the_cause_when_it_opens_and_a_failed_trial_is_no_new_
         add(rsps, SITE_INFO, body=reset())
 
     for _ in range(2):
-        raised(client.site_info)
-    refused_by_breaker = raised(client.site_info)
+        raised(client.call, SITE_INFO)
+    refused_by_breaker = raised(client.call, SITE_INFO)
     clock.advance(10)
-    raised(client.site_info)  # the trial
+    raised(client.call, SITE_INFO)  # the trial
 
     opened = [line for line in captured_logs if line["event"] == "moodle.breaker_opened"]
     assert [line["log_level"] for line in opened] == ["warning", "info"]
@@ -1511,3 +1512,139 @@ class _QuietHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format, *args):  # noqa: A002 - the stdlib's signature
         pass
+
+
+# -- the function table: what a member declares is what the client does ------------------------------------------
+
+REST_FUNCTIONS = [function for function in MoodleFunction if function is not MoodleFunction.UPLOAD]
+# An answer of the declared shape, and one of another, for each shape.
+SHAPED = {
+    AnswerShape.OBJECT: ({"warnings": []}, [{"id": 1}]),
+    AnswerShape.LIST: ([{"id": 1}], {"id": 1}),
+    AnswerShape.INTEGER: (3, True),
+    AnswerShape.NULL: (None, {}),
+}
+
+
+@pytest.mark.parametrize("function", [f for f in REST_FUNCTIONS if f is not SITE_INFO], ids=str)
+def test_each_function_is_sent_again_after_a_reset_only_when_its_member_says_retried(client, rsps, function):
+    prime(client, rsps, (function,))
+    add(rsps, function, body=reset())
+    if function.retried:
+        add(rsps, function, body=json.dumps(SHAPED[function.answer][0]), content_type="application/json")
+
+    if function.retried:
+        assert client.call(function) == SHAPED[function.answer][0]
+    else:
+        assert raised(client.call, function).details["outcome"] == "unknown"
+    assert sent_functions(rsps)[1:] == [function] * (2 if function.retried else 1)
+
+
+def test_the_site_info_is_sent_again_after_a_reset_too(client, rsps):
+    add(rsps, SITE_INFO, body=reset())
+    add(rsps, SITE_INFO, json=site_info_body())
+
+    assert client.call(SITE_INFO) == site_info_body()
+    assert sent_functions(rsps) == [SITE_INFO, SITE_INFO]
+
+
+@pytest.mark.parametrize("function", [f for f in REST_FUNCTIONS if f is not SITE_INFO], ids=str)
+def test_an_answer_of_another_shape_than_the_member_declares_is_a_502(client, rsps, function):
+    prime(client, rsps, (function,))
+    add(rsps, function, body=json.dumps(SHAPED[function.answer][1]), content_type="application/json")
+
+    error = raised(client.call, function)
+
+    assert (error.status, error.code) == (502, "badresponse")
+    assert error.message == f"Moodle's answer to {function} has an unexpected shape"
+    assert error.details == {"function": function}
+
+
+def test_every_answer_shape_is_checked_by_some_function():
+    assert {function.answer for function in REST_FUNCTIONS} == set(AnswerShape) == set(SHAPED)
+
+
+@pytest.mark.parametrize("shape", list(AnswerShape))
+def test_an_answer_of_the_declared_shape_is_returned_as_it_is(client, rsps, shape):
+    function = next(f for f in REST_FUNCTIONS if f.answer is shape and f is not SITE_INFO)
+    prime(client, rsps, (function,))
+    add(rsps, function, body=json.dumps(SHAPED[shape][0]), content_type="application/json")
+
+    assert client.answer(function).value == SHAPED[shape][0]
+
+
+def test_the_site_info_fetched_through_answer_is_checked_and_gives_the_function_list(client, rsps):
+    add(rsps, SITE_INFO, json=site_info_body((READ_FN,)))
+    add(rsps, READ_FN, json=[])
+
+    answer = client.answer(SITE_INFO)
+    client.call(READ_FN)  # no second site-info call: the function list came with the answer
+
+    assert answer.value == site_info_body((READ_FN,))
+    assert json.loads(answer.body) == answer.value
+    assert client.available_functions() == {READ_FN, SITE_INFO}
+    assert sent_functions(rsps) == [SITE_INFO, READ_FN]
+    add(rsps, SITE_INFO, json={"sitename": "no function list"})
+    client.forget_functions()
+    assert raised(client.answer, SITE_INFO).code == "badresponse"
+
+
+def test_the_site_info_is_called_without_asking_the_function_list_first(client, rsps):
+    add(rsps, SITE_INFO, json=site_info_body(()))
+
+    client.call(SITE_INFO)
+
+    assert sent_functions(rsps) == [SITE_INFO]
+    assert client.available_functions() == {SITE_INFO}
+
+
+def test_the_attach_function_is_sent_and_required_under_moodle_attach_function(rsps):
+    settings = settings_for("https://moodle.test", TOKEN, MOODLE_ATTACH_FUNCTION="local_site_attach")
+    client = MoodleClient.from_settings(settings, BASE_URL, TOKEN)
+    prime(client, rsps, ("local_site_attach",))
+    add(rsps, "local_site_attach", json={"id": 17})
+
+    assert client.call(MoodleFunction.ATTACH_FILE, {"courseid": 2}) == {"id": 17}
+    assert client.name_of(MoodleFunction.ATTACH_FILE) == "local_site_attach"
+    assert sent_functions(rsps) == [SITE_INFO, "local_site_attach"]
+
+
+def test_the_attach_function_under_its_default_name_is_not_enough_when_the_setting_names_another(rsps):
+    settings = settings_for("https://moodle.test", TOKEN, MOODLE_ATTACH_FUNCTION="local_site_attach")
+    client = MoodleClient.from_settings(settings, BASE_URL, TOKEN)
+    prime(client, rsps, (MoodleFunction.ATTACH_FILE,))
+
+    error = raised(client.call, MoodleFunction.ATTACH_FILE)
+
+    assert (error.status, error.code, error.details) == (501, "functionnotavailable", {"function": "local_site_attach"})
+    assert sent_functions(rsps) == [SITE_INFO]
+
+
+def test_without_the_setting_the_attach_function_is_the_plugins(client, rsps):
+    prime(client, rsps, (MoodleFunction.ATTACH_FILE,))
+    add(rsps, MoodleFunction.ATTACH_FILE, json={"id": 17})
+
+    client.call(MoodleFunction.ATTACH_FILE)
+
+    assert sent_functions(rsps)[-1] == "local_course_add_new_course_module_resource"
+
+
+@dataclass(frozen=True)
+class FormPart:
+    """A file as another layer holds it: not the client's UploadFile, only the attributes upload.php needs."""
+
+    filename: str
+    stream: io.BytesIO
+    content_type: str
+
+
+def test_an_upload_takes_any_object_with_a_filename_a_stream_and_a_content_type(client, rsps):
+    rsps.add(responses.POST, BASE_URL + "/webservice/upload.php", json=[{"filename": "a.txt", "itemid": 7}])
+
+    with recording_calls() as call_log:
+        client.upload([FormPart("a.txt", io.BytesIO(b"hello"), "text/plain")])
+
+    body = rsps.calls[0].request.body
+    body = body.read() if hasattr(body, "read") else body
+    assert b'filename="a.txt"' in body and b"Content-Type: text/plain" in body and b"hello" in body
+    assert [record.function for record in call_log.calls] == [MoodleFunction.UPLOAD]

@@ -6,6 +6,7 @@ import pytest
 
 from lms_api.errors import ApiError
 from lms_api.moodle.client import MoodleClient
+from lms_api.moodle.functions import MoodleFunction
 from lms_api.services import courses
 from tests.unit.mocked_moodle import (
     BASE_URL,
@@ -27,7 +28,7 @@ from tests.unit.mocked_moodle import (
 
 
 def test_listing_without_filters_drops_the_site_course_and_pages_locally(moodle, rsps):
-    add(rsps, courses.GET_COURSES, json=[SITE_COURSE, *(course(n) for n in range(2, 9))])
+    add(rsps, MoodleFunction.GET_COURSES, json=[SITE_COURSE, *(course(n) for n in range(2, 9))])
 
     listing = courses.list_courses(moodle, page=1, perpage=3)
 
@@ -37,7 +38,7 @@ def test_listing_without_filters_drops_the_site_course_and_pages_locally(moodle,
 
 
 def test_listing_a_category_uses_courses_by_field(moodle, rsps):
-    add(rsps, courses.GET_COURSES_BY_FIELD, json=by_field_answer(course(3, 2), course(4, 2)))
+    add(rsps, MoodleFunction.GET_COURSES_BY_FIELD, json=by_field_answer(course(3, 2), course(4, 2)))
 
     listing = courses.list_courses(moodle, category=2, page=0, perpage=1)
 
@@ -48,15 +49,15 @@ def test_listing_a_category_uses_courses_by_field(moodle, rsps):
 
 def test_a_search_pages_in_moodle_then_reads_the_page_by_id_in_moodles_order(moodle, rsps):
     public = [{"id": 7, "categoryid": 1}, {"id": 3, "categoryid": 2}]
-    add(rsps, courses.SEARCH_COURSES, json={"total": 12, "courses": public, "warnings": []})
-    add(rsps, courses.GET_COURSES, json=[course(3, 2, startdate=5), course(7)])
+    add(rsps, MoodleFunction.SEARCH_COURSES, json={"total": 12, "courses": public, "warnings": []})
+    add(rsps, MoodleFunction.GET_COURSES, json=[course(3, 2, startdate=5), course(7)])
 
     listing = courses.list_courses(moodle, search="python", page=2, perpage=2)
 
     search = sent(rsps, -2)
     assert (search["criterianame"], search["criteriavalue"], search["page"], search["perpage"]) == (
         "search", "python", "2", "2")  # fmt: skip
-    assert sent(rsps)["wsfunction"] == courses.GET_COURSES and ids_sent(rsps) == ["7", "3"]
+    assert sent(rsps)["wsfunction"] == MoodleFunction.GET_COURSES and ids_sent(rsps) == ["7", "3"]
     assert [c["id"] for c in listing["courses"]] == [7, 3]
     assert listing["courses"][1]["startdate"] == 5
     assert listing["total"] == 12
@@ -64,8 +65,8 @@ def test_a_search_pages_in_moodle_then_reads_the_page_by_id_in_moodles_order(moo
 
 def test_search_and_category_search_everything_then_keep_the_category(moodle, rsps):
     public = [{"id": n, "categoryid": 2 if n % 2 else 1} for n in range(2, 12)]
-    add(rsps, courses.SEARCH_COURSES, json={"total": 10, "courses": public, "warnings": []})
-    add(rsps, courses.GET_COURSES, json=[course(7, 2), course(9, 2)])
+    add(rsps, MoodleFunction.SEARCH_COURSES, json={"total": 10, "courses": public, "warnings": []})
+    add(rsps, MoodleFunction.GET_COURSES, json=[course(7, 2), course(9, 2)])
 
     listing = courses.list_courses(moodle, search="x", category=2, page=1, perpage=2)
 
@@ -76,30 +77,30 @@ def test_search_and_category_search_everything_then_keep_the_category(moodle, rs
 
 
 def test_courses_by_ids_leaves_out_missing_ids_and_the_front_page_in_the_order_asked(moodle, rsps):
-    add(rsps, courses.GET_COURSES, body=golden("core_course_get_courses__ids_missing"))
+    add(rsps, MoodleFunction.GET_COURSES, body=golden("core_course_get_courses__ids_missing"))
 
     assert [c["id"] for c in courses.courses_by_ids(moodle, [987654, 2, 2])] == [2]
     assert ids_sent(rsps) == ["987654", "2"]
 
-    add(rsps, courses.GET_COURSES, json=[SITE_COURSE, course(3), course(5)])
+    add(rsps, MoodleFunction.GET_COURSES, json=[SITE_COURSE, course(3), course(5)])
     assert [c["id"] for c in courses.courses_by_ids(moodle, [5, 1, 3])] == [5, 3]
 
 
 def test_a_course_deleted_between_the_search_and_its_read_back_is_left_out_of_the_page(moodle, rsps):
     public = [{"id": 2, "categoryid": 1}, {"id": 6, "categoryid": 1}]
-    add(rsps, courses.SEARCH_COURSES, json={"total": 2, "courses": public, "warnings": []})
-    add(rsps, courses.GET_COURSES, json=[course(2)])
+    add(rsps, MoodleFunction.SEARCH_COURSES, json={"total": 2, "courses": public, "warnings": []})
+    add(rsps, MoodleFunction.GET_COURSES, json=[course(2)])
 
     listing = courses.list_courses(moodle, search="python")
 
     assert [c["id"] for c in listing["courses"]] == [2]
-    assert courses.GET_COURSES_BY_FIELD not in sent_functions(rsps)
+    assert MoodleFunction.GET_COURSES_BY_FIELD not in sent_functions(rsps)
 
 
 def test_courses_by_ids_splits_to_fit_max_input_vars_and_asks_nothing_for_no_ids(make_client, rsps):
     moodle = make_client(max_input_vars=5)  # 5 - 3 reserved = two ids per call
     prime(moodle, rsps, ROUTE_FUNCTIONS)
-    add(rsps, courses.GET_COURSES, json=[course(2)])
+    add(rsps, MoodleFunction.GET_COURSES, json=[course(2)])
 
     assert courses.courses_by_ids(moodle, []) == []
     assert [c["id"] for c in courses.courses_by_ids(moodle, [2, 3, 4, 5, 6])] == [2]
@@ -107,10 +108,10 @@ def test_courses_by_ids_splits_to_fit_max_input_vars_and_asks_nothing_for_no_ids
 
 
 def test_a_search_without_matches_makes_no_second_call(moodle, rsps):
-    add(rsps, courses.SEARCH_COURSES, json={"total": 0, "courses": [], "warnings": []})
+    add(rsps, MoodleFunction.SEARCH_COURSES, json={"total": 0, "courses": [], "warnings": []})
 
     assert courses.list_courses(moodle, search="nothing")["courses"] == []
-    assert sent_functions(rsps)[-1] == courses.SEARCH_COURSES
+    assert sent_functions(rsps)[-1] == MoodleFunction.SEARCH_COURSES
 
 
 @pytest.mark.parametrize(
@@ -118,7 +119,7 @@ def test_a_search_without_matches_makes_no_second_call(moodle, rsps):
     [{"courses": []}, {"total": "3", "courses": []}, [], {"total": 1, "courses": [{"name": "no id"}]}],
 )
 def test_a_search_answer_of_another_shape_is_a_502(moodle, rsps, answer):
-    add(rsps, courses.SEARCH_COURSES, json=answer)
+    add(rsps, MoodleFunction.SEARCH_COURSES, json=answer)
 
     error = raised(lambda: courses.list_courses(moodle, search="x"))
 
@@ -126,7 +127,7 @@ def test_a_search_answer_of_another_shape_is_a_502(moodle, rsps, answer):
 
 
 def test_a_missing_course_is_a_404_naming_it(moodle, rsps):
-    add(rsps, courses.GET_COURSES_BY_FIELD, json=by_field_answer())
+    add(rsps, MoodleFunction.GET_COURSES_BY_FIELD, json=by_field_answer())
 
     with pytest.raises(ApiError) as info:
         courses.get_course(moodle, 99)
@@ -139,7 +140,7 @@ def test_a_missing_course_is_a_404_naming_it(moodle, rsps):
 
 
 def test_create_sends_one_course_and_answers_its_id(moodle, rsps):
-    add(rsps, courses.CREATE_COURSES, json=[{"id": 6, "shortname": "NEW1"}])
+    add(rsps, MoodleFunction.CREATE_COURSES, json=[{"id": 6, "shortname": "NEW1"}])
 
     created = courses.create_course(moodle, {"fullname": "New", "shortname": "NEW1", "categoryid": 1, "visible": False})
 
@@ -149,8 +150,8 @@ def test_create_sends_one_course_and_answers_its_id(moodle, rsps):
 
 
 def test_update_sends_only_the_given_fields_and_reads_the_course_back(moodle, rsps):
-    add(rsps, courses.UPDATE_COURSES, json={"warnings": []})
-    add(rsps, courses.GET_COURSES_BY_FIELD, json=by_field_answer(course(2, fullname="Renamed")))
+    add(rsps, MoodleFunction.UPDATE_COURSES, json={"warnings": []})
+    add(rsps, MoodleFunction.GET_COURSES_BY_FIELD, json=by_field_answer(course(2, fullname="Renamed")))
 
     updated = courses.update_course(moodle, 2, {"fullname": "Renamed"})
 
@@ -173,18 +174,18 @@ def test_update_sends_only_the_given_fields_and_reads_the_course_back(moodle, rs
 )  # fmt: skip
 def test_update_warnings_are_errors_without_another_call(moodle, rsps, warningcode, message, status, code):
     warning = {"item": "course", "itemid": 2, "warningcode": warningcode, "message": message}
-    add(rsps, courses.UPDATE_COURSES, json={"warnings": [warning]})
+    add(rsps, MoodleFunction.UPDATE_COURSES, json={"warnings": [warning]})
 
     with pytest.raises(ApiError) as info:
         courses.update_course(moodle, 2, {"shortname": "PY101"})
 
     assert (info.value.status, info.value.code) == (status, code)
     assert "SELECT" not in info.value.message
-    assert sent_functions(rsps)[1:] == [courses.UPDATE_COURSES]
+    assert sent_functions(rsps)[1:] == [MoodleFunction.UPDATE_COURSES]
 
 
 def test_the_golden_warning_for_a_missing_course_is_a_404_naming_it(moodle, rsps):
-    add(rsps, courses.UPDATE_COURSES, body=golden("error_update_nonexistent_course"))
+    add(rsps, MoodleFunction.UPDATE_COURSES, body=golden("error_update_nonexistent_course"))
 
     error = api_raised(courses.update_course, moodle, 99999, {"fullname": "Nobody"})
 
@@ -195,7 +196,7 @@ def test_the_golden_warning_for_a_missing_course_is_a_404_naming_it(moodle, rsps
 def test_a_warning_message_loses_server_paths_and_the_token(moodle, rsps):
     message = f"Cannot write /var/www/moodle/cache/x.php for {TOKEN}\n[SQL]"
     warning = {"item": "course", "itemid": 2, "warningcode": "cannotwrite", "message": message}
-    add(rsps, courses.UPDATE_COURSES, json={"warnings": [warning]})
+    add(rsps, MoodleFunction.UPDATE_COURSES, json={"warnings": [warning]})
 
     error = raised(courses.update_course, moodle, 2, {"fullname": "New"})
 
@@ -212,7 +213,7 @@ POLICY = "<div>Passwords must be at least 8 characters long.</div>"
 )
 def test_a_warningcode_that_is_no_moodle_code_is_a_moodleerror_without_moodles_text(moodle, rsps, warningcode):
     warning = {"item": "course", "itemid": 2, "warningcode": warningcode, "message": f"{POLICY} {TOKEN} secret"}
-    add(rsps, courses.UPDATE_COURSES, json={"warnings": [warning]})
+    add(rsps, MoodleFunction.UPDATE_COURSES, json={"warnings": [warning]})
 
     error = raised(courses.update_course, moodle, 2, {"fullname": "New"})
 
@@ -220,7 +221,7 @@ def test_a_warningcode_that_is_no_moodle_code_is_a_moodleerror_without_moodles_t
     assert error.message == (
         "Moodle answered core_course_update_courses with an error whose code is not a Moodle code; its text is left out"
     )
-    assert error.details == {"function": courses.UPDATE_COURSES, "course_id": 2}
+    assert error.details == {"function": MoodleFunction.UPDATE_COURSES, "course_id": 2}
     assert TOKEN not in repr(error.__dict__) and "<div>" not in repr(error.__dict__)
 
 
@@ -229,7 +230,7 @@ def test_a_warningcode_carrying_a_token_shaped_like_moodles_is_no_code(rsps):
     moodle = MoodleClient(BASE_URL, hex_token, timeout_s=2.0, max_retries=0, functions_ttl_s=300)
     prime(moodle, rsps, ROUTE_FUNCTIONS)
     warning = {"item": "course", "itemid": 2, "warningcode": hex_token, "message": f"Token {hex_token} refused"}
-    add(rsps, courses.UPDATE_COURSES, json={"warnings": [warning]})
+    add(rsps, MoodleFunction.UPDATE_COURSES, json={"warnings": [warning]})
 
     error = raised(courses.update_course, moodle, 2, {"fullname": "New"})
 
@@ -240,7 +241,7 @@ def test_a_warningcode_carrying_a_token_shaped_like_moodles_is_no_code(rsps):
 @pytest.mark.parametrize("warningcode", ["1", "0", "invalid_record", "x" * 64])
 def test_a_warningcode_of_moodles_code_syntax_is_passed_on(moodle, rsps, warningcode):
     warning = {"item": "course", "itemid": 2, "warningcode": warningcode, "message": "No access rights"}
-    add(rsps, courses.UPDATE_COURSES, json={"warnings": [warning]})
+    add(rsps, MoodleFunction.UPDATE_COURSES, json={"warnings": [warning]})
 
     error = raised(courses.update_course, moodle, 2, {"fullname": "New"})
 
@@ -252,18 +253,22 @@ def categories_answer(*category_ids):
 
 
 def test_a_move_checks_the_course_and_the_category_before_the_update(moodle, rsps):
-    add(rsps, courses.GET_COURSES_BY_FIELD, json=by_field_answer(course(2)))
-    add(rsps, courses.GET_CATEGORIES, json=categories_answer(3))
-    add(rsps, courses.UPDATE_COURSES, json={"warnings": []})
-    add(rsps, courses.GET_COURSES_BY_FIELD, json=by_field_answer(course(2, 3)))
+    add(rsps, MoodleFunction.GET_COURSES_BY_FIELD, json=by_field_answer(course(2)))
+    add(rsps, MoodleFunction.GET_CATEGORIES, json=categories_answer(3))
+    add(rsps, MoodleFunction.UPDATE_COURSES, json={"warnings": []})
+    add(rsps, MoodleFunction.GET_COURSES_BY_FIELD, json=by_field_answer(course(2, 3)))
 
     assert courses.update_course(moodle, 2, {"categoryid": 3})["categoryid"] == 3
 
-    by_field, categories, update = courses.GET_COURSES_BY_FIELD, courses.GET_CATEGORIES, courses.UPDATE_COURSES
+    by_field, categories, update = (
+        MoodleFunction.GET_COURSES_BY_FIELD,
+        MoodleFunction.GET_CATEGORIES,
+        MoodleFunction.UPDATE_COURSES,
+    )
     assert sent_functions(rsps)[1:] == [by_field, categories, update, by_field]
     assert sent(rsps, 2) | {"wstoken": ""} == {
         "wstoken": "",
-        "wsfunction": courses.GET_CATEGORIES,
+        "wsfunction": MoodleFunction.GET_CATEGORIES,
         "moodlewsrestformat": "json",
         "criteria[0][key]": "id",
         "criteria[0][value]": "3",
@@ -272,60 +277,60 @@ def test_a_move_checks_the_course_and_the_category_before_the_update(moodle, rsp
 
 
 def test_a_move_into_a_missing_category_is_a_404_and_nothing_is_sent_to_update(moodle, rsps):
-    add(rsps, courses.GET_COURSES_BY_FIELD, json=by_field_answer(course(2)))
-    add(rsps, courses.GET_CATEGORIES, json=[])
+    add(rsps, MoodleFunction.GET_COURSES_BY_FIELD, json=by_field_answer(course(2)))
+    add(rsps, MoodleFunction.GET_CATEGORIES, json=[])
 
     error = api_raised(courses.update_course, moodle, 2, {"categoryid": 999999, "fullname": "New"})
 
     assert (error.status, error.code, error.details) == (404, "categorynotfound", {"missing_categories": [999999]})
     assert error.message == "No category with id 999999 in Moodle"
-    assert courses.UPDATE_COURSES not in sent_functions(rsps)
+    assert MoodleFunction.UPDATE_COURSES not in sent_functions(rsps)
 
 
 def test_only_the_asked_category_counts_not_one_of_the_answer_below_it(moodle, rsps):
-    add(rsps, courses.GET_COURSES_BY_FIELD, json=by_field_answer(course(2)))
-    add(rsps, courses.GET_CATEGORIES, json=categories_answer(5, 6))
+    add(rsps, MoodleFunction.GET_COURSES_BY_FIELD, json=by_field_answer(course(2)))
+    add(rsps, MoodleFunction.GET_CATEGORIES, json=categories_answer(5, 6))
 
     assert api_raised(courses.update_course, moodle, 2, {"categoryid": 4}).code == "categorynotfound"
-    assert courses.UPDATE_COURSES not in sent_functions(rsps)
+    assert MoodleFunction.UPDATE_COURSES not in sent_functions(rsps)
 
 
 def test_moving_a_missing_course_is_a_404_for_the_course_before_the_category_is_asked(moodle, rsps):
-    add(rsps, courses.GET_COURSES_BY_FIELD, json=by_field_answer())
+    add(rsps, MoodleFunction.GET_COURSES_BY_FIELD, json=by_field_answer())
 
     error = api_raised(courses.update_course, moodle, 99, {"categoryid": 999})
 
     assert (error.code, error.details) == ("coursenotfound", {"missing_courses": [99]})
-    assert sent_functions(rsps)[1:] == [courses.GET_COURSES_BY_FIELD]
+    assert sent_functions(rsps)[1:] == [MoodleFunction.GET_COURSES_BY_FIELD]
 
 
 def test_a_missing_record_after_both_checks_says_something_was_deleted_meanwhile(moodle, rsps):
-    add(rsps, courses.GET_COURSES_BY_FIELD, json=by_field_answer(course(6)))
-    add(rsps, courses.GET_CATEGORIES, json=categories_answer(7))
-    add(rsps, courses.UPDATE_COURSES, body=golden("core_course_update_courses__category_missing"))
+    add(rsps, MoodleFunction.GET_COURSES_BY_FIELD, json=by_field_answer(course(6)))
+    add(rsps, MoodleFunction.GET_CATEGORIES, json=categories_answer(7))
+    add(rsps, MoodleFunction.UPDATE_COURSES, body=golden("core_course_update_courses__category_missing"))
 
     error = raised(courses.update_course, moodle, 6, {"categoryid": 7})
 
     assert (error.status, error.code) == (404, "invalidrecordunknown")
-    assert error.details == {"function": courses.UPDATE_COURSES, "course_id": 6, "outcome": "unknown"}
+    assert error.details == {"function": MoodleFunction.UPDATE_COURSES, "course_id": 6, "outcome": "unknown"}
     assert "Course 6 or category 7 was deleted during the update" in error.message
 
 
 def test_a_move_is_not_checked_or_sent_when_the_category_function_is_missing(make_client, rsps):
     moodle = make_client()
-    prime(moodle, rsps, [f for f in ROUTE_FUNCTIONS if f != courses.GET_CATEGORIES])
+    prime(moodle, rsps, [f for f in ROUTE_FUNCTIONS if f != MoodleFunction.GET_CATEGORIES])
 
     error = raised(courses.update_course, moodle, 2, {"categoryid": 3})
 
-    assert (error.status, error.details["function"]) == (501, courses.GET_CATEGORIES)
+    assert (error.status, error.details["function"]) == (501, MoodleFunction.GET_CATEGORIES)
     assert sent_functions(rsps) == ["core_webservice_get_site_info"]
 
 
 def test_an_update_without_a_move_needs_no_category_function(make_client, rsps):
     moodle = make_client()
-    prime(moodle, rsps, [f for f in ROUTE_FUNCTIONS if f != courses.GET_CATEGORIES])
-    add(rsps, courses.UPDATE_COURSES, json={"warnings": []})
-    add(rsps, courses.GET_COURSES_BY_FIELD, json=by_field_answer(course(2)))
+    prime(moodle, rsps, [f for f in ROUTE_FUNCTIONS if f != MoodleFunction.GET_CATEGORIES])
+    add(rsps, MoodleFunction.UPDATE_COURSES, json={"warnings": []})
+    add(rsps, MoodleFunction.GET_COURSES_BY_FIELD, json=by_field_answer(course(2)))
 
     assert courses.update_course(moodle, 2, {"fullname": "New"})["id"] == 2
 
@@ -336,42 +341,44 @@ def test_creating_in_a_missing_category_is_a_404_naming_the_category(moodle, rsp
         "errorcode": "errorcatcontextnotvalid",
         "message": "You cannot execute functions in the category context (category id:999). ...",
     }
-    add(rsps, courses.CREATE_COURSES, json=refusal)
+    add(rsps, MoodleFunction.CREATE_COURSES, json=refusal)
 
     error = api_raised(courses.create_course, moodle, {"fullname": "X", "shortname": "X1", "categoryid": 999})
 
     assert (error.status, error.code, error.details) == (404, "categorynotfound", {"missing_categories": [999]})
     assert isinstance(error.__cause__, ApiError) and error.__cause__.code == "errorcatcontextnotvalid"
-    assert sent_functions(rsps)[1:] == [courses.CREATE_COURSES]  # no check first: Moodle's refusal writes nothing
+    assert sent_functions(rsps)[1:] == [
+        MoodleFunction.CREATE_COURSES
+    ]  # no check first: Moodle's refusal writes nothing
 
 
 def test_an_update_is_not_sent_when_the_read_back_function_is_missing(make_client, rsps):
     moodle = make_client()
-    prime(moodle, rsps, [f for f in ROUTE_FUNCTIONS if f != courses.GET_COURSES_BY_FIELD])
+    prime(moodle, rsps, [f for f in ROUTE_FUNCTIONS if f != MoodleFunction.GET_COURSES_BY_FIELD])
 
     error = raised(courses.update_course, moodle, 2, {"fullname": "New"})
 
-    assert (error.status, error.details["function"]) == (501, courses.GET_COURSES_BY_FIELD)
-    assert courses.UPDATE_COURSES not in sent_functions(rsps)
+    assert (error.status, error.details["function"]) == (501, MoodleFunction.GET_COURSES_BY_FIELD)
+    assert MoodleFunction.UPDATE_COURSES not in sent_functions(rsps)
 
 
 def test_a_failed_read_back_says_the_update_was_applied(moodle, rsps):
-    add(rsps, courses.UPDATE_COURSES, json={"warnings": []})
-    add(rsps, courses.GET_COURSES_BY_FIELD, body=reset())
-    add(rsps, courses.GET_COURSES_BY_FIELD, body=reset())
-    add(rsps, courses.GET_COURSES_BY_FIELD, body=reset())
+    add(rsps, MoodleFunction.UPDATE_COURSES, json={"warnings": []})
+    add(rsps, MoodleFunction.GET_COURSES_BY_FIELD, body=reset())
+    add(rsps, MoodleFunction.GET_COURSES_BY_FIELD, body=reset())
+    add(rsps, MoodleFunction.GET_COURSES_BY_FIELD, body=reset())
 
     error = raised(courses.update_course, moodle, 2, {"fullname": "New"})
 
     assert (error.status, error.code) == (503, "moodleunavailable")
-    assert error.details == {"function": courses.GET_COURSES_BY_FIELD, "updated": True}
+    assert error.details == {"function": MoodleFunction.GET_COURSES_BY_FIELD, "updated": True}
     assert error.message == "The update was applied, but reading the course back failed: " + error.__cause__.message
     assert "updated" not in error.__cause__.details
 
 
 def test_a_course_deleted_before_its_read_back_is_a_404_saying_the_update_was_applied(moodle, rsps):
-    add(rsps, courses.UPDATE_COURSES, json={"warnings": []})
-    add(rsps, courses.GET_COURSES_BY_FIELD, json=by_field_answer())
+    add(rsps, MoodleFunction.UPDATE_COURSES, json={"warnings": []})
+    add(rsps, MoodleFunction.GET_COURSES_BY_FIELD, json=by_field_answer())
 
     with pytest.raises(ApiError) as info:
         courses.update_course(moodle, 2, {"fullname": "New"})

@@ -10,8 +10,8 @@ import responses
 
 from lms_api.errors import ApiError
 from lms_api.moodle.client import UploadFile
+from lms_api.moodle.functions import MoodleFunction
 from lms_api.services import files
-from lms_api.settings import DEFAULT_ATTACH_FUNCTION
 from tests.unit.mocked_moodle import (
     ROUTE_FUNCTIONS,
     TOKEN,
@@ -149,9 +149,9 @@ ATTACH_FIELDS = {"courseid": 2, "draftitemid": 549014061, "name": "Slides", "sec
 
 
 def test_attach_calls_the_plugin_with_its_parameter_names(moodle, rsps):
-    add(rsps, DEFAULT_ATTACH_FUNCTION, json={"message": "Successful", "id": "17"})
+    add(rsps, MoodleFunction.ATTACH_FILE, json={"message": "Successful", "id": "17"})
 
-    attached = files.attach(moodle, DEFAULT_ATTACH_FUNCTION, ATTACH_FIELDS)
+    attached = files.attach(moodle, ATTACH_FIELDS)
 
     form = sent(rsps)
     assert (form["courseid"], form["sectionnum"], form["itemid"], form["displayname"], form["visible"]) == (
@@ -161,27 +161,36 @@ def test_attach_calls_the_plugin_with_its_parameter_names(moodle, rsps):
 
 def test_attach_without_the_plugin_is_a_501_naming_it(make_client, rsps):
     moodle = make_client()
-    prime(moodle, rsps, [f for f in ROUTE_FUNCTIONS if f != DEFAULT_ATTACH_FUNCTION])
+    prime(moodle, rsps, [f for f in ROUTE_FUNCTIONS if f != MoodleFunction.ATTACH_FILE])
 
-    error = raised(files.attach, moodle, DEFAULT_ATTACH_FUNCTION, ATTACH_FIELDS)
+    error = raised(files.attach, moodle, ATTACH_FIELDS)
 
     assert (error.status, error.code) == (501, "functionnotavailable")
     assert files.SYNC_SERVICE_PLUGIN in error.message and "MOODLE_ATTACH_FUNCTION" in error.message
-    other = raised(files.attach, moodle, "local_other_attach", ATTACH_FIELDS)
+    assert error.details == {"function": MoodleFunction.ATTACH_FILE}
+
+
+def test_attach_with_a_function_of_the_sites_own_is_a_501_naming_the_setting(make_client, rsps):
+    moodle = make_client(attach_function="local_other_attach")
+    prime(moodle, rsps, [f for f in ROUTE_FUNCTIONS if f != MoodleFunction.ATTACH_FILE])
+
+    other = raised(files.attach, moodle, ATTACH_FIELDS)
+
     assert "MOODLE_ATTACH_FUNCTION" in other.message and files.SYNC_SERVICE_PLUGIN not in other.message
+    assert other.details == {"function": "local_other_attach"}
 
 
 def test_a_missing_record_on_attach_makes_the_function_list_be_read_again(moodle, rsps):
     missing = {"exception": "dml_missing_record_exception", "errorcode": "invalidrecordunknown", "message": "x"}
-    add(rsps, DEFAULT_ATTACH_FUNCTION, json=missing)
+    add(rsps, MoodleFunction.ATTACH_FILE, json=missing)
 
-    assert raised(files.attach, moodle, DEFAULT_ATTACH_FUNCTION, ATTACH_FIELDS).status == 404
+    assert raised(files.attach, moodle, ATTACH_FIELDS).status == 404
     add(rsps, "core_webservice_get_site_info", json={"functions": []})
-    assert raised(files.attach, moodle, DEFAULT_ATTACH_FUNCTION, ATTACH_FIELDS).status == 501
+    assert raised(files.attach, moodle, ATTACH_FIELDS).status == 501
 
 
 @pytest.mark.parametrize("answer", [{"message": "Successful"}, {"id": "x"}, {"id": None}])
 def test_attach_without_a_module_id_is_a_502(moodle, rsps, answer):
-    add(rsps, DEFAULT_ATTACH_FUNCTION, json=answer)
+    add(rsps, MoodleFunction.ATTACH_FILE, json=answer)
 
-    assert raised(files.attach, moodle, DEFAULT_ATTACH_FUNCTION, ATTACH_FIELDS).status == 502
+    assert raised(files.attach, moodle, ATTACH_FIELDS).status == 502

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lms_api.errors import ApiError
+from lms_api.moodle.functions import MoodleFunction
 from lms_api.security import Identity
 from lms_api.services import notifications
 from tests.unit.mocked_moodle import add, api_raised, golden, raised, sent
@@ -37,7 +38,7 @@ def test_no_userid_and_no_claim_is_a_400():
 
 
 def test_notifications_are_asked_newest_first_with_limit_and_offset(moodle, rsps):
-    add(rsps, notifications.GET_POPUP_NOTIFICATIONS, json={"notifications": [{"id": 2}], "unreadcount": 2})
+    add(rsps, MoodleFunction.GET_POPUP_NOTIFICATIONS, json={"notifications": [{"id": 2}], "unreadcount": 2})
 
     answer = notifications.notifications(moodle, 3, 5, 10)
 
@@ -47,7 +48,7 @@ def test_notifications_are_asked_newest_first_with_limit_and_offset(moodle, rsps
 
 
 def test_notifications_of_a_user_moodle_does_not_have_are_a_404_naming_the_user(moodle, rsps):
-    add(rsps, notifications.GET_POPUP_NOTIFICATIONS, body=golden("error_popup_notifications_nonexistent_user"))
+    add(rsps, MoodleFunction.GET_POPUP_NOTIFICATIONS, body=golden("error_popup_notifications_nonexistent_user"))
 
     error = api_raised(notifications.notifications, moodle, 999999, 20, 0)
 
@@ -56,7 +57,7 @@ def test_notifications_of_a_user_moodle_does_not_have_are_a_404_naming_the_user(
 
 
 def test_other_notification_errors_pass_as_they_are(moodle, rsps):
-    add(rsps, notifications.GET_POPUP_NOTIFICATIONS, json={"exception": "moodle_exception", "errorcode": "invaliduser",
+    add(rsps, MoodleFunction.GET_POPUP_NOTIFICATIONS, json={"exception": "moodle_exception", "errorcode": "invaliduser",
                                                            "message": "Invalid user"})  # fmt: skip
 
     assert raised(notifications.notifications, moodle, -5, 20, 0).code == "invaliduser"
@@ -64,13 +65,13 @@ def test_other_notification_errors_pass_as_they_are(moodle, rsps):
 
 @pytest.mark.parametrize("body", ["2", "0"])
 def test_the_bare_integer_count_becomes_an_object(moodle, rsps, body):
-    add(rsps, notifications.GET_UNREAD_COUNT, body=body)
+    add(rsps, MoodleFunction.GET_UNREAD_COUNT, body=body)
 
     assert notifications.unread_count(moodle, 3) == {"userid": 3, "count": int(body)}
 
 
 @pytest.mark.parametrize("body", ["true", '"2"', "null", '{"count": 2}'])
 def test_a_count_that_is_not_an_integer_is_a_502(moodle, rsps, body):
-    add(rsps, notifications.GET_UNREAD_COUNT, body=body)
+    add(rsps, MoodleFunction.GET_UNREAD_COUNT, body=body)
 
     assert raised(notifications.unread_count, moodle, 3).status == 502

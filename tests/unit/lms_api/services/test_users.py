@@ -8,6 +8,7 @@ import pytest
 import responses
 
 from lms_api.errors import ApiError
+from lms_api.moodle.functions import MoodleFunction
 from lms_api.services import users
 from tests.unit.mocked_moodle import (
     ROUTE_FUNCTIONS,
@@ -27,7 +28,7 @@ def user(user_id, username, email, idnumber=""):
 
 
 def test_missing_users_are_named_as_the_caller_spelled_them(moodle, rsps):
-    add(rsps, users.GET_USERS_BY_FIELD, json=[user(3, "ada", "Ada@Example.com")])
+    add(rsps, MoodleFunction.GET_USERS_BY_FIELD, json=[user(3, "ada", "Ada@Example.com")])
 
     found = users.users_by_field(moodle, "email", ["ada@example.com", "Nobody@Example.com"])
 
@@ -36,7 +37,7 @@ def test_missing_users_are_named_as_the_caller_spelled_them(moodle, rsps):
 
 
 def test_usernames_are_sent_lower_case_and_matched_as_sent(moodle, rsps):
-    add(rsps, users.GET_USERS_BY_FIELD, json=[user(3, "ada", "a@x")])
+    add(rsps, MoodleFunction.GET_USERS_BY_FIELD, json=[user(3, "ada", "a@x")])
 
     found = users.users_by_field(moodle, "username", ["Ada", "ada", "Bob"])
 
@@ -47,18 +48,18 @@ def test_usernames_are_sent_lower_case_and_matched_as_sent(moodle, rsps):
 
 def test_values_are_asked_one_by_one_when_moodle_hides_the_field(moodle, rsps):
     hidden = {"id": 3, "fullname": "Ada Lovelace"}  # a token that may not see idnumbers
-    add(rsps, users.GET_USERS_BY_FIELD, json=[hidden])
-    add(rsps, users.GET_USERS_BY_FIELD, json=[hidden])
-    add(rsps, users.GET_USERS_BY_FIELD, json=[])
+    add(rsps, MoodleFunction.GET_USERS_BY_FIELD, json=[hidden])
+    add(rsps, MoodleFunction.GET_USERS_BY_FIELD, json=[hidden])
+    add(rsps, MoodleFunction.GET_USERS_BY_FIELD, json=[])
 
     found = users.users_by_field(moodle, "idnumber", ["S001", "X9"])
 
     assert found["missing"] == ["X9"]
-    assert sent_functions(rsps).count(users.GET_USERS_BY_FIELD) == 3
+    assert sent_functions(rsps).count(MoodleFunction.GET_USERS_BY_FIELD) == 3
 
 
 def test_ids_are_matched_as_integers(moodle, rsps):
-    add(rsps, users.GET_USERS_BY_FIELD, json=[user(4, "b", "b@x")])
+    add(rsps, MoodleFunction.GET_USERS_BY_FIELD, json=[user(4, "b", "b@x")])
 
     assert users.users_by_field(moodle, "id", [4, 5])["missing"] == [5]
 
@@ -66,11 +67,11 @@ def test_ids_are_matched_as_integers(moodle, rsps):
 def test_many_values_are_split_over_calls_that_fit_max_input_vars(make_client, rsps):
     moodle = make_client(max_input_vars=10)  # 10 - 3 reserved - 1 for field = 6 values per call
     prime(moodle, rsps, ROUTE_FUNCTIONS)
-    add(rsps, users.GET_USERS_BY_FIELD, json=[user(3, "u3", "3@x")])
+    add(rsps, MoodleFunction.GET_USERS_BY_FIELD, json=[user(3, "u3", "3@x")])
 
     found = users.users_by_field(moodle, "id", list(range(1, 15)))
 
-    assert sent_functions(rsps).count(users.GET_USERS_BY_FIELD) == 3
+    assert sent_functions(rsps).count(MoodleFunction.GET_USERS_BY_FIELD) == 3
     assert found["users"] == [user(3, "u3", "3@x")]
     assert len(found["missing"]) == 13
 
@@ -81,45 +82,45 @@ def hidden_user(user_id):
 
 def test_values_asked_one_by_one_are_bounded_and_the_rest_are_unchecked(moodle, rsps):
     values = [f"S{n:03}" for n in range(30)]
-    add(rsps, users.GET_USERS_BY_FIELD, json=[hidden_user(3)])
+    add(rsps, MoodleFunction.GET_USERS_BY_FIELD, json=[hidden_user(3)])
     for n in range(users.MAX_SINGLE_VALUE_CALLS):
-        add(rsps, users.GET_USERS_BY_FIELD, json=[hidden_user(3)] if n == 0 else [])
+        add(rsps, MoodleFunction.GET_USERS_BY_FIELD, json=[hidden_user(3)] if n == 0 else [])
 
     found = users.users_by_field(moodle, "idnumber", values)
 
-    assert sent_functions(rsps).count(users.GET_USERS_BY_FIELD) == 1 + users.MAX_SINGLE_VALUE_CALLS == 21
+    assert sent_functions(rsps).count(MoodleFunction.GET_USERS_BY_FIELD) == 1 + users.MAX_SINGLE_VALUE_CALLS == 21
     assert found["missing"] == values[1:20]
     assert found["unchecked"] == values[20:]
     assert [u["id"] for u in found["users"]] == [3]
 
 
 def test_one_value_spelled_twice_is_asked_alone_once(moodle, rsps):
-    add(rsps, users.GET_USERS_BY_FIELD, json=[{"id": 3, "fullname": "Ada"}])  # usernames hidden
-    add(rsps, users.GET_USERS_BY_FIELD, json=[])
-    add(rsps, users.GET_USERS_BY_FIELD, json=[{"id": 3, "fullname": "Ada"}])
+    add(rsps, MoodleFunction.GET_USERS_BY_FIELD, json=[{"id": 3, "fullname": "Ada"}])  # usernames hidden
+    add(rsps, MoodleFunction.GET_USERS_BY_FIELD, json=[])
+    add(rsps, MoodleFunction.GET_USERS_BY_FIELD, json=[{"id": 3, "fullname": "Ada"}])
 
     found = users.users_by_field(moodle, "username", ["Ghost", "ghost", "ada"])
 
-    assert sent_functions(rsps).count(users.GET_USERS_BY_FIELD) == 3
+    assert sent_functions(rsps).count(MoodleFunction.GET_USERS_BY_FIELD) == 3
     assert (found["missing"], found["unchecked"]) == (["Ghost", "ghost"], [])
 
 
 def test_nothing_is_unchecked_when_moodle_shows_the_field(moodle, rsps):
-    add(rsps, users.GET_USERS_BY_FIELD, json=[])
+    add(rsps, MoodleFunction.GET_USERS_BY_FIELD, json=[])
 
     found = users.users_by_field(moodle, "email", [f"u{n}@x" for n in range(50)])
 
     assert (len(found["missing"]), found["unchecked"]) == (50, [])
-    assert sent_functions(rsps).count(users.GET_USERS_BY_FIELD) == 1
+    assert sent_functions(rsps).count(MoodleFunction.GET_USERS_BY_FIELD) == 1
 
 
 def test_missing_user_ids_are_named_in_the_order_given(make_client, rsps):
     moodle = make_client(max_input_vars=6)  # 6 - 3 reserved - 1 for field = two ids per call
     prime(moodle, rsps, ROUTE_FUNCTIONS)
-    add(rsps, users.GET_USERS_BY_FIELD, json=users_answer(4))
+    add(rsps, MoodleFunction.GET_USERS_BY_FIELD, json=users_answer(4))
 
     assert users.user_ids(moodle, [9, 4, 9, 7]) == users.UserIds(missing=[9, 7], deleted=[], unchecked=[])
-    assert sent_functions(rsps).count(users.GET_USERS_BY_FIELD) == 2
+    assert sent_functions(rsps).count(MoodleFunction.GET_USERS_BY_FIELD) == 2
     assert (sent(rsps, 1)["field"], sent(rsps, 1)["values[0]"], sent(rsps, 1)["values[1]"]) == ("id", "9", "4")
 
 
@@ -148,11 +149,11 @@ def moodle_with_deleted_users(rsps, existing, deleted, errorcode="invalidrecordu
             return 200, {}, json.dumps({**MISSING_RECORD, "errorcode": errorcode})
         return 200, {}, json.dumps(users_answer(*(value for value in values if value in existing)))
 
-    rsps.add_callback(responses.POST, URL, callback=answer, match=[ws_function(users.GET_USERS_BY_FIELD)])
+    rsps.add_callback(responses.POST, URL, callback=answer, match=[ws_function(MoodleFunction.GET_USERS_BY_FIELD)])
 
 
 def lookups(rsps):
-    return sent_functions(rsps).count(users.GET_USERS_BY_FIELD)
+    return sent_functions(rsps).count(MoodleFunction.GET_USERS_BY_FIELD)
 
 
 @pytest.mark.parametrize("errorcode", ["invalidrecordunknown", "invaliduser"], ids=["production", "debug-mode"])
@@ -194,7 +195,7 @@ def test_by_field_lists_a_deleted_users_id_as_missing(moodle, rsps):
 
 
 def test_another_moodle_error_of_the_lookup_is_passed_on(moodle, rsps):
-    add(rsps, users.GET_USERS_BY_FIELD, json={**MISSING_RECORD, "errorcode": "dmlreadexception"})
+    add(rsps, MoodleFunction.GET_USERS_BY_FIELD, json={**MISSING_RECORD, "errorcode": "dmlreadexception"})
 
     with pytest.raises(ApiError) as info:
         users.user_ids(moodle, [3, 7])
