@@ -7,7 +7,10 @@ from decimal import Decimal
 
 import pytest
 
-from lms_api.moodle.encoding import BatchTooLarge, encode_params, split_by_input_vars
+from lms_api.moodle.encoding import RESERVED_INPUT_VARS, encode_params, split_by_input_vars
+from lms_api.schemas.enrolments import EnrolmentSchema
+from lms_api.settings import SettingsError
+from tests.conftest import settings_for
 
 
 def test_flat_scalars_become_strings():
@@ -139,10 +142,16 @@ def test_the_real_moodle_case_of_1800_enrolments_needs_two_calls():
     assert [len(run) for run in runs] == [1665, 135]
 
 
-def test_an_item_too_big_for_any_call_is_refused():
-    with pytest.raises(BatchTooLarge, match=r"enrolments\[0\] needs 6 form fields"):
-        split_by_input_vars("enrolments", [enrolment(1, timestart=1, timeend=2, suspend=0)], {}, 8)
-
-
 def test_no_items_no_runs():
     assert split_by_input_vars("values", [], {"field": "id"}, 5000) == []
+
+
+def test_the_largest_item_a_route_sends_fits_a_call_alone_at_the_smallest_max_input_vars():
+    # Why split_by_input_vars needs no refusal of an item too large for any call: none can be sent.
+    with pytest.raises(SettingsError, match="MOODLE_MAX_INPUT_VARS"):
+        settings_for("https://moodle.test", "t", MOODLE_MAX_INPUT_VARS="8")
+    smallest = settings_for("https://moodle.test", "t", MOODLE_MAX_INPUT_VARS="9").moodle_max_input_vars
+    fullest = dict.fromkeys(EnrolmentSchema().fields, 1)  # every field an enrolment may carry
+
+    assert split_by_input_vars("enrolments", [fullest, fullest], {}, smallest) == [range(0, 1), range(1, 2)]
+    assert len(encode_params({"enrolments": [fullest]})) == smallest - RESERVED_INPUT_VARS
