@@ -19,7 +19,7 @@ from pyramid.registry import Registry
 from pyramid.request import Request
 from pyramid.response import Response
 
-from lms_api.errors import ApiError, error_response
+from lms_api.errors import ApiError
 from lms_api.routes import is_api_request
 from lms_api.schemas.base import json_body_too_large
 from lms_api.services.files import upload_too_large
@@ -81,7 +81,10 @@ def body_limit_tween_factory(
         max_bytes, refusal = upload if request.path_info == upload_path else other
         length = request.content_length
         if length is not None and length > max_bytes:
-            return error_response(request, refusal())
+            error = refusal()
+            # Over the exception view tween: its views are asked here, so the envelope is theirs as for any error.
+            response: Response = request.invoke_exception_view((type(error), error, None))
+            return response
         if length is None:
             request.environ["wsgi.input"] = BoundedInput(request.environ["wsgi.input"], max_bytes, refusal)
         return handler(request)

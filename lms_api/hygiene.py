@@ -15,7 +15,7 @@ from pyramid.request import Request
 from pyramid.response import Response
 from pyramid.tweens import EXCVIEW, INGRESS
 
-from lms_api.errors import ApiError, ErrorCode, error_response
+from lms_api.errors import ApiError, ErrorCode
 from lms_api.routes import allowed_methods, is_api_request
 from lms_api.settings import Settings
 
@@ -105,9 +105,10 @@ def hygiene_tween_factory(handler: Callable[[Request], Response], registry: Regi
 
 def _preflight(request: Request, origin: str, allowed: bool, registry: Registry) -> Response:
     if not allowed:
-        return error_response(
-            request, ApiError(ErrorCode.CORS_REFUSED, f"Cross-origin requests from {origin} are not allowed")
-        )
+        refusal = ApiError(ErrorCode.CORS_REFUSED, f"Cross-origin requests from {origin} are not allowed")
+        # Over the exception view tween: its views are asked here, so the envelope is theirs as for any error.
+        refused: Response = request.invoke_exception_view((type(refusal), refusal, None))
+        return refused
     # An unknown path is answered like any other, so the real request's 404 reaches the page instead of
     # looking like a CORS failure.
     route = registry.getUtility(IRoutesMapper)(request)["route"]

@@ -25,7 +25,7 @@ from pyramid.response import Response
 from pyramid.tweens import EXCVIEW
 
 from lms_api.caller import client_address
-from lms_api.errors import ApiError, ErrorCode, error_response
+from lms_api.errors import ApiError, ErrorCode
 from lms_api.redisstate import RedisLink, redis_client
 from lms_api.routes import is_api_request
 from lms_api.settings import Rate, Settings
@@ -175,7 +175,8 @@ def rate_limit_tween_factory(
                 f"Too many requests: the budget is {rate.count} per {rate.period_s} s; retry in {decision.reset_s} s",
                 {"limit": rate.count, "period_s": rate.period_s, "retry_after_s": decision.reset_s},
             )
-            response = error_response(request, refusal)
+            # Over the exception view tween: its views are asked here, so the envelope is theirs as for any error.
+            response = request.invoke_exception_view((type(refusal), refusal, None))
         response.headers.update(decision.headers())
         return response
 

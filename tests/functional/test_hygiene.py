@@ -1,7 +1,10 @@
 """CORS for the SPA's exact origins, and the headers every API answer carries, errors included."""
 
 import pytest
+from pyramid.config import Configurator
 
+from lms_api.errors import ApiError
+from lms_api.views.exceptions import api_error
 from tests.conftest import mint
 
 APP = "https://app.example.edu"
@@ -122,3 +125,44 @@ def test_why_a_token_failed_is_readable_by_the_page(gateway):
     assert response.status_int == 401
     assert "WWW-Authenticate" in response.headers["Access-Control-Expose-Headers"]
     assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]
+
+
+def answered_by_the_exception_views(gateway):
+    """The codes of the ApiErrors the exception views answer from now on, in order."""
+    codes = []
+
+    def recording(error, request):
+        codes.append(str(error.code))
+        return api_error(error, request)
+
+    config = Configurator(registry=gateway.router.registry)
+    config.add_exception_view(recording, context=ApiError)
+    config.commit()
+    return codes
+
+
+@pytest.mark.parametrize(
+    ("environ", "refused", "code"),
+    [
+        ({}, lambda gateway: preflight(gateway, "https://evil.example"), "corsrefused"),
+        (
+            {"RATE_LIMIT_UNAUTHENTICATED": "1/minute"},
+            lambda gateway: [gateway.get(COURSES) for _ in range(2)][-1],
+            "ratelimited",
+        ),
+        (
+            {"MAX_JSON_BODY_KB": "1"},
+            lambda gateway: gateway.app.post(COURSES, b"{}" + b" " * 2048, expect_errors=True),
+            "bodytoolarge",
+        ),
+    ],
+    ids=["cors", "rate-limit", "body-limit"],
+)
+def test_what_a_tween_refuses_is_answered_by_the_exception_views(make_gateway, environ, refused, code):
+    gateway = make_gateway(CORS_ALLOWED_ORIGINS=APP, **environ)
+    answered = answered_by_the_exception_views(gateway)
+
+    response = refused(gateway)
+
+    assert response.json["error"]["code"] == code
+    assert answered[-1] == code
