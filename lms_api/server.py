@@ -83,7 +83,7 @@ def server_factory(
         if fitted:
             log.info("server.open_files_raised", soft_before=fitted.before, soft=fitted.after, needed=needed)
         # What is built by now lives as long as the process. Frozen, it is no longer walked by the collector's full
-        # passes, each of which held a request for 10-40 ms (a 51 KB site info makes thousands of objects per call).
+        # passes, which the many objects of a large Moodle answer set off often, each holding up the request it is in.
         gc.collect()
         gc.freeze()
         dispatcher = AnnouncingDispatcher()
@@ -112,7 +112,7 @@ class AnnouncingDispatcher(ThreadedTaskDispatcher):  # type: ignore[misc]  # wai
     could wait forever on a lock the interrupted thread holds.
 
     The requests are counted here because waitress' own ``active_count`` also counts each thread from its start until
-    it first waits for work: on a loaded host, 110 of 128 threads a few seconds after start."""
+    it first waits for work, which on a loaded host shortly after start is most of them."""
 
     def __init__(self) -> None:
         super().__init__()
