@@ -180,13 +180,6 @@ def unexpected_answer(function: str) -> MoodleError:
 MoodleRecord = dict[str, Any]
 
 
-def expect_object(answer: Any, function: str) -> dict[str, Any]:
-    """``answer`` if it is a JSON object; a 502 otherwise, so a changed Moodle never causes a 500."""
-    if not isinstance(answer, dict):
-        raise unexpected_answer(function)
-    return answer
-
-
 def expect_list(answer: Any, function: str, *, key: str | None = None) -> list[MoodleRecord]:
     """``answer`` if it is a list of objects (each with ``key`` when given); a 502 otherwise."""
     if not isinstance(answer, list) or not all(
