@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
-import itertools
 import json
 import logging
-import queue
+import logging.handlers
 import re
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from queue import Empty, Full, Queue
 from typing import Any, TextIO
 
 import structlog
@@ -53,30 +54,46 @@ def _written_forms(secret: str) -> set[str]:
     return {secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1], repr(secret)[1:-1]}
 
 
-# What the writer thread is handed: an event to render, a line rendered already, a flush to answer, or its stop.
-_Queued = logging.LogRecord | str | threading.Event | None
+class _RenderedLine(logging.LogRecord):
+    """Another library's line, rendered on the thread that logged it, while that thread's request id was bound."""
+
+    def __init__(self, record: logging.LogRecord, line: str) -> None:
+        super().__init__(record.name, record.levelno, record.pathname, record.lineno, line, None, None)
+        self.line = line
 
 
-class GatewayLogHandler(logging.Handler):
-    """The gateway's own handler on the root logger: lines are rendered and written by a thread of its own.
+class _FlushRequest(logging.LogRecord):
+    """Not a line: the writer answers it once every line queued before it is written."""
 
-    A request thread only queues its event. Rendering it, and writing to stderr (a system call, which lets go of
-    the GIL and then waits for it again), happen on the writer thread, a batch of lines per write: with many
-    callers, request threads no longer queue on a lock held across a write. ``flush()`` returns once every line
-    queued before it is written, and ``close()`` (run by ``logging.shutdown`` at exit, which the waitress runner
-    also reaches on SIGTERM) writes the rest first; each waits ``FLUSH_TIMEOUT_S`` at most.
+    def __init__(self) -> None:
+        super().__init__(__name__, logging.NOTSET, __file__, 0, "flush", None, None)
+        self.written = threading.Event()
+
+
+_Queued = Queue[logging.LogRecord | None]  # None: the writer's stop
+
+
+class GatewayLogHandler(logging.handlers.QueueHandler):
+    """The gateway's own handler on the root logger: a request thread only queues its event; rendering it, and
+    writing to stderr (a system call, which lets go of the GIL and then waits for it again), happen on the writer
+    thread (:class:`LogWriter`), a batch of lines per write. With many callers, request threads no longer queue on a
+    lock held across a write.
+
+    ``flush()`` returns once every line queued before it is written, and ``close()`` (run by ``logging.shutdown`` at
+    exit, which the waitress runner also reaches on SIGTERM) writes the rest first; each waits ``FLUSH_TIMEOUT_S`` at
+    most. A line logged by the writer itself is written at once, and one logged once the writer has stopped is
+    written by the thread that logged it.
     """
 
-    _BATCH = 512  # lines per write at most, so one flush is never held behind an endless stream
+    queue: _Queued
 
     def __init__(self, stream: TextIO) -> None:
-        super().__init__()
+        # Bounded: when stderr is read slower than lines come, callers wait for the writer rather than memory grow.
+        super().__init__(Queue(MAX_QUEUED_LINES))
         self.stream = stream
         self._closed = False
-        # Bounded: when stderr is read slower than lines come, callers wait for the writer rather than memory grow.
-        self._queue: queue.Queue[_Queued] = queue.Queue(MAX_QUEUED_LINES)
-        self._writer = threading.Thread(target=self._write_lines, name="lms_api-log-writer", daemon=True)
-        self._writer.start()
+        self.listener = LogWriter(self)
+        self.listener.start()
 
     def handle(self, record: logging.LogRecord) -> bool:
         # Without the handler's lock around emit: the queue is safe between threads, and a caller holding the lock
@@ -87,86 +104,40 @@ class GatewayLogHandler(logging.Handler):
         return True
 
     def emit(self, record: logging.LogRecord) -> None:
-        if threading.current_thread() is self._writer:  # the writer logging: written now, not queued behind itself
-            self._write(self._render(record))
-        elif not self._writer.is_alive():  # closed: written by the caller, one at a time
+        if self.listener.is_current_thread():  # the writer logging: written now, not queued behind itself
+            self.write(self.render(record))
+        elif self.listener.stopped.is_set():  # closed: written by the caller, one at a time
             self._write_leftovers(record)
         else:
-            # structlog's event has its request id and traceback in it already; another library's line is rendered
-            # now, while this thread's request id is still bound.
-            self._queue.put(record if hasattr(record, "_logger") else self._render(record))
-            if self._closed and not self._writer.is_alive():  # queued behind the writer's stop: nobody else will
+            self.enqueue(self.prepare(record))
+            if self._closed and self.listener.stopped.is_set():  # queued behind the writer's stop: nobody else will
                 self._write_leftovers()
 
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        """structlog's event as it is: its request id, and its traceback as text, are in it already, and it is
+        rendered on the writer. Another library's line is rendered now, while this thread's request id is bound."""
+        return record if hasattr(record, "_logger") else _RenderedLine(record, self.render(record))
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        self.queue.put(record)  # waits for room, where QueueHandler's own put_nowait would drop the line
+
     def flush(self) -> None:
-        written = threading.Event()
-        if self._hand_to_writer(written):
-            written.wait(FLUSH_TIMEOUT_S)
+        flushed = _FlushRequest()
+        if self._hand_to_writer(flushed):
+            flushed.written.wait(FLUSH_TIMEOUT_S)
 
     def close(self) -> None:
         self._closed = True
-        if self._hand_to_writer(None):
-            self._writer.join(FLUSH_TIMEOUT_S)
-        if not self._writer.is_alive():  # else it is stuck on a stalled stderr, and so would this thread be
+        if self._writer_reachable():
+            with contextlib.suppress(Full):  # the writer is stuck on a stalled stderr
+                self.listener.stop()
+        if self.listener.stopped.is_set():  # else it is stuck on a stalled stderr, and so would this thread be
             self._write_leftovers()
         super().close()
 
-    def _write_leftovers(self, *records: logging.LogRecord) -> None:
-        """Write, on this thread, what the stopped writer left in the queue, then ``records``."""
-        self.acquire()
-        try:
-            lines: list[str] = []
-            written: list[threading.Event] = []
-            for item in self._queued():
-                self._take(item, lines, written)
-            lines += [self._render(record) for record in records]
-            self._write_batch(lines, written)
-        finally:
-            self.release()
-
-    def _hand_to_writer(self, marker: threading.Event | None) -> bool:
-        if not self._writer.is_alive() or threading.current_thread() is self._writer:
-            return False
-        try:
-            self._queue.put(marker, timeout=FLUSH_TIMEOUT_S)
-        except queue.Full:  # the writer is stuck on a stalled stderr
-            return False
-        return True
-
-    def _write_lines(self) -> None:
-        stopping = False
-        while not stopping:
-            lines: list[str] = []
-            written: list[threading.Event] = []
-            for item in itertools.chain([self._queue.get()], self._queued()):
-                stopping = self._take(item, lines, written)
-                if stopping or len(lines) >= self._BATCH:
-                    break
-            self._write_batch(lines, written)
-
-    def _queued(self) -> Iterator[_Queued]:
-        """What is in the queue now, without waiting for more."""
-        while True:
-            try:
-                yield self._queue.get_nowait()
-            except queue.Empty:
-                return
-
-    def _take(self, item: _Queued, lines: list[str], written: list[threading.Event]) -> bool:
-        """Add a queued item to a batch: a line, or a flush to answer once the batch is written. True for a stop."""
-        if isinstance(item, threading.Event):
-            written.append(item)
-        elif item is not None:
-            lines.append(item if isinstance(item, str) else self._render(item))
-        return item is None
-
-    def _write_batch(self, lines: list[str], written: list[threading.Event]) -> None:
-        if lines:
-            self._write("".join(lines))
-        for event in written:
-            event.set()
-
-    def _render(self, record: logging.LogRecord) -> str:
+    def render(self, record: logging.LogRecord) -> str:
+        if isinstance(record, _RenderedLine):
+            return record.line
         try:
             return self.format(record) + "\n"
         except Exception as error:
@@ -175,12 +146,99 @@ class GatewayLogHandler(logging.Handler):
             failure = {"event": "log.unrenderable", "logger": record.name, "error": type(error).__name__}
             return json.dumps({**failure, "level": "error"}) + "\n"
 
-    def _write(self, text: str) -> None:
+    def write(self, text: str) -> None:
         try:
             self.stream.write(text)
             self.stream.flush()
         except Exception:  # noqa: S110  # stderr is closed, broken or gone: there is nowhere left to say so
             pass
+
+    def _write_leftovers(self, *records: logging.LogRecord) -> None:
+        """Write, on this thread, what the stopped writer left in the queue, then ``records``."""
+        self.acquire()
+        try:
+            for record in [*self._queued(), *records]:
+                self.listener.handle(record)
+            self.listener.write_lines()
+        finally:
+            self.release()
+
+    def _queued(self) -> Iterator[logging.LogRecord]:
+        """What is in the queue now, without waiting for more; the writer's stop left out."""
+        while True:
+            try:
+                record = self.queue.get_nowait()
+            except Empty:
+                return
+            if record is not LogWriter._sentinel:
+                yield record
+
+    def _writer_reachable(self) -> bool:
+        return not (self.listener.stopped.is_set() or self.listener.is_current_thread())
+
+    def _hand_to_writer(self, record: logging.LogRecord) -> bool:
+        if not self._writer_reachable():
+            return False
+        try:
+            self.queue.put(record, timeout=FLUSH_TIMEOUT_S)
+        except Full:  # the writer is stuck on a stalled stderr
+            return False
+        return True
+
+
+class LogWriter(logging.handlers.QueueListener):
+    """The writer thread of a :class:`GatewayLogHandler`: renders the events it takes from the queue and writes
+    them, the lines taken while a write was held going out together in the next one."""
+
+    queue: _Queued
+    _sentinel = None  # the stop, as QueueListener puts it and looks for it
+    _BATCH = 512  # lines per write at most, so one flush is never held behind an endless stream
+
+    def __init__(self, handler: GatewayLogHandler) -> None:
+        super().__init__(handler.queue)
+        self._handler = handler
+        self._lines: list[str] = []
+        self._thread_seen: threading.Thread | None = None
+        self.stopped = threading.Event()  # set once the stop is taken and every line before it written
+
+    def is_current_thread(self) -> bool:
+        return threading.current_thread() is self._thread_seen
+
+    # typeshed says a LogRecord, though QueueListener takes its stop, None, through dequeue() too
+    def dequeue(self, block: bool) -> logging.LogRecord | None:  # type: ignore[override]
+        self._thread_seen = threading.current_thread()
+        try:
+            record = self.queue.get_nowait()
+        except Empty:
+            self.write_lines()  # nothing more is waiting: what was taken goes out in one write
+            record = self.queue.get(block)
+        if record is self._sentinel:
+            self.write_lines()
+            self.stopped.set()
+        return record
+
+    def handle(self, record: logging.LogRecord) -> None:
+        if isinstance(record, _FlushRequest):
+            self.write_lines()
+            record.written.set()
+            return
+        self._lines.append(self._handler.render(record))
+        if len(self._lines) >= self._BATCH:
+            self.write_lines()
+
+    def write_lines(self) -> None:
+        if self._lines:
+            self._handler.write("".join(self._lines))
+            self._lines = []
+
+    def enqueue_sentinel(self) -> None:
+        self.queue.put(self._sentinel, timeout=FLUSH_TIMEOUT_S)  # Full: the writer is stuck on a stalled stderr
+
+    def stop(self) -> None:
+        """Write what is queued and end the thread, waiting ``FLUSH_TIMEOUT_S`` at most (QueueListener's own waits
+        for ever, and a stalled stderr would hold the process at exit)."""
+        self.enqueue_sentinel()
+        self.stopped.wait(FLUSH_TIMEOUT_S)
 
 
 def configure_logging(log_format: str, secrets: Iterable[str]) -> None:

@@ -92,7 +92,7 @@ def test_close_writes_what_is_still_queued_and_stops_the_writer(gateway_handler)
     gateway_handler.close()
 
     assert [line["event"] for line in lines(gateway_handler)] == ["last words"]
-    assert not gateway_handler._writer.is_alive()
+    assert gateway_handler.listener.stopped.is_set()
 
 
 def test_a_broken_stderr_loses_its_lines_but_not_the_writer():
@@ -114,7 +114,7 @@ def test_configuring_again_closes_the_handler_it_replaces(gateway_handler):
     (replacement,) = [handler for handler in root.handlers if isinstance(handler, GatewayLogHandler)]
 
     assert replacement is not gateway_handler
-    assert not gateway_handler._writer.is_alive()
+    assert gateway_handler.listener.stopped.is_set()
     root.removeHandler(replacement)
     replacement.close()
 
@@ -235,7 +235,7 @@ def test_a_line_logged_while_close_waits_for_the_writer_is_written_too():
     handler.stream.reached.wait(5)  # the writer holds that line, waiting on the stream
     closing = threading.Thread(target=handler.close)
     closing.start()
-    eventually(lambda: not handler._queue.empty(), "the writer's stop queued")
+    eventually(lambda: not handler.queue.empty(), "the writer's stop queued")
 
     handler.handle(logging.makeLogRecord({"msg": "while closing"}))  # behind the stop
     handler.stream.may_write.set()
