@@ -1,5 +1,6 @@
-"""The OpenAPI 3.1 document of the API, made at start-up from the routes Pyramid knows, each view's
-:class:`~lms_api.views.Operation` (its scope and marshmallow schemas) and the error table.
+"""The OpenAPI 3.1 document of the API, made at start-up from the routes and views Pyramid knows: each API view's
+:class:`~lms_api.views.Operation` (its scope and marshmallow schemas, as :func:`~lms_api.views.api_view` declared
+it) read from the introspector, each field's own JSON Schema, and the error table.
 
 Served at ``GET /api/moodle/openapi.json`` without a token, so an SPA developer can generate a typed client from it.
 """
@@ -25,21 +26,10 @@ from pyramid.security import NO_PERMISSION_REQUIRED
 
 from lms_api.errors import UNKNOWN_MOODLE_ERROR_STATUS, ErrorCode
 from lms_api.jsoncodec import dumps
-from lms_api.schemas.base import (
-    CommaSeparated,
-    Flag,
-    Records,
-    no_control_characters,
-    no_html,
-    not_blank,
-    single_line,
-)
-from lms_api.schemas.courses import CourseFormat
-from lms_api.schemas.enrolments import Role
-from lms_api.schemas.files import FileParts
+from lms_api.schemas.base import Choices, StatesJsonSchema
 from lms_api.security import Scope
 from lms_api.settings import Settings
-from lms_api.views import OPERATIONS, Operation
+from lms_api.views import OPERATION, Operation
 
 DOCUMENT_PATH = "/api/moodle/openapi.json"
 PUBLIC_ROUTES = frozenset({"api.moodle.openapi", "api.moodle.docs"})  # the API's description: no token
@@ -81,11 +71,14 @@ HEADERS = {
 }
 
 
-class Choices(NamedTuple):
-    """What the settings allow where a schema cannot say it: the course formats and the roles the gateway knows."""
+class Described(NamedTuple):
+    """One operation of the document: its route, method, declaration and view (whose docstring describes it)."""
 
-    course_formats: tuple[str, ...]
-    role_ids: tuple[tuple[str, int], ...]
+    route_name: str
+    pattern: str
+    method: str
+    operation: Operation
+    view: Callable[..., Any]
 
 
 def build_document(registry: Registry) -> dict[str, Any]:
@@ -94,13 +87,40 @@ def build_document(registry: Registry) -> dict[str, Any]:
     It depends on the code (routes, views, schemas, the error table) and on the settings' choices of course formats
     and roles, so a process makes it once.
     """
-    routes = tuple((route.name, route.pattern) for route in registry.getUtility(IRoutesMapper).get_routes())
     settings: Settings = registry.settings["lms_api.settings"]
-    return _document(routes, Choices(settings.moodle_course_formats, tuple(settings.moodle_role_ids.items())))
+    choices = Choices.of(settings.moodle_course_formats, settings.moodle_role_ids)
+    return _document(described_operations(registry), choices)
+
+
+def described_operations(registry: Registry) -> tuple[Described, ...]:
+    """Every API route's operations, in the routes' order, each method's from the view that declares it."""
+    declared: dict[str, dict[str, tuple[Operation, Callable[..., Any]]]] = {}
+    for view in registry.introspector.get_category("views"):
+        introspectable = view["introspectable"]
+        operation = introspectable.get(OPERATION)
+        if operation is not None:
+            attr, view_callable = introspectable["attr"], introspectable["callable"]
+            method = getattr(view_callable, attr) if attr else view_callable
+            for request_method in _methods(introspectable["request_methods"]):
+                declared.setdefault(introspectable["route_name"], {})[request_method] = (operation, method)
+    described = []
+    for route in registry.getUtility(IRoutesMapper).get_routes():
+        if not route.name.startswith("api.moodle.") or route.name in PUBLIC_ROUTES:
+            continue
+        operations = declared.get(route.name)
+        if not operations:
+            raise LookupError(f"route {route.name} has no operation: declare it with api_view")
+        for method, (operation, view) in sorted(operations.items()):
+            described.append(Described(route.name, route.pattern, method, operation, view))
+    return tuple(described)
+
+
+def _methods(request_methods: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (request_methods,) if isinstance(request_methods, str) else tuple(request_methods)
 
 
 @functools.cache
-def _document(routes: tuple[tuple[str, str], ...], choices: Choices) -> dict[str, Any]:
+def _document(described: tuple[Described, ...], choices: Choices) -> dict[str, Any]:
     plugin = MarshmallowPlugin(schema_name_resolver=_schema_name)
     spec = APISpec(
         title="lms_api",
@@ -109,28 +129,26 @@ def _document(routes: tuple[tuple[str, str], ...], choices: Choices) -> dict[str
         plugins=[plugin],
         info={"description": "A safe REST gateway in front of Moodle's web services. Answers are envelopes."},
     )
-    plugin.converter.add_attribute_function(_custom_fields(choices))  # type: ignore[union-attr]
+    plugin.converter.add_attribute_function(_fields_own_schema(choices))  # type: ignore[union-attr]
     spec.components.security_scheme(
         BEARER, {"type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description": _scopes_text()}
     )
     for name, (description, kind) in HEADERS.items():
         spec.components.header(name, {"description": description, "schema": {"type": kind}})
     spec.components.schema("Error", _error_envelope())
-    for route_name, pattern in routes:
-        if not route_name.startswith("api.moodle.") or route_name in PUBLIC_ROUTES:
-            continue
-        described = {method: op for (name, method), op in OPERATIONS.items() if name == route_name}
-        if not described:
-            raise LookupError(f"route {route_name} has no operation: declare it with api_view")
-        tag = pattern.split("/")[3]  # /api/moodle/<tag>/...
-        spec.path(path=pattern, operations={m.lower(): _operation(op, tag) for m, op in sorted(described.items())})
+    by_path: dict[str, dict[str, dict[str, Any]]] = {}
+    for each in described:
+        tag = each.pattern.split("/")[3]  # /api/moodle/<tag>/...
+        by_path.setdefault(each.pattern, {})[each.method.lower()] = _operation(each.operation, each.view, tag)
+    for pattern, operations in by_path.items():
+        spec.path(path=pattern, operations=operations)
     return spec.to_dict()
 
 
-def _operation(operation: Operation, tag: str) -> dict[str, Any]:
-    doc = inspect.getdoc(operation.view)
+def _operation(operation: Operation, view: Callable[..., Any], tag: str) -> dict[str, Any]:
+    doc = inspect.getdoc(view)
     if not doc:
-        raise LookupError(f"{operation.view.__qualname__} has no docstring: it is the operation's summary")
+        raise LookupError(f"{view.__qualname__} has no docstring: it is the operation's summary")
     summary, _, description = doc.partition("\n")
     scope = f"Scope: `{operation.scope.value}` (or `admin`)."
     parameters: list[dict[str, Any]] = []
@@ -139,7 +157,7 @@ def _operation(operation: Operation, tag: str) -> dict[str, Any]:
     if operation.query is not None:
         parameters.append({"in": "query", "schema": operation.query})
     result: dict[str, Any] = {
-        "operationId": operation.view.__name__,
+        "operationId": view.__name__,
         "summary": summary,
         "description": "\n\n".join(filter(None, (description.strip(), scope))),
         "tags": [tag],
@@ -217,64 +235,13 @@ def _error_envelope() -> dict[str, Any]:
     }
 
 
-def _custom_fields(choices: Choices) -> Callable[..., dict[str, Any]]:
-    """The gateway's own fields and text rules, as OpenAPI can say them, with the settings' ``choices``."""
+def _fields_own_schema(choices: Choices) -> Callable[..., dict[str, Any]]:
+    """What a field of the gateway's own says of itself, beyond its marshmallow base, with the settings' choices."""
 
     def describe(self: FieldConverterMixin, field: fields.Field[Any], **kwargs: Any) -> dict[str, Any]:
-        if isinstance(field, CourseFormat):
-            return {"type": "string", "enum": list(choices.course_formats)}
-        if isinstance(field, fields.String):
-            return text_rules(field.validators)
-        if isinstance(field, Records):
-            return {"type": "array", "items": self.resolve_nested_schema(field.schema)}  # type: ignore[attr-defined]
-        if isinstance(field, Flag):
-            return {"type": ["boolean", "integer"], "enum": [True, False, 0, 1]}
-        if isinstance(field, CommaSeparated):
-            # Blanks around a value are dropped; an empty value is refused.
-            return {
-                "type": "string",
-                "description": field.metadata.get("description", "comma-separated values"),
-                "pattern": r"^\s*[^,\s][^,]*(,\s*[^,\s][^,]*)*$",
-            }
-        if isinstance(field, Role):
-            return {
-                "oneOf": [
-                    {"type": "integer", "enum": sorted({number for _, number in choices.role_ids})},
-                    {"type": "string", "enum": sorted(name for name, _ in choices.role_ids)},
-                ],
-                "description": "a role the gateway knows (`MOODLE_ROLE_IDS`), by id or by name: "
-                + ", ".join(f"`{name}` ({number})" for name, number in sorted(choices.role_ids, key=lambda r: r[1]))
-                + "; roles beyond `MOODLE_ASSIGNABLE_ROLES` need the `admin` scope as well",
-            }
-        if isinstance(field, FileParts):
-            return {"type": "array", "items": {"type": "string", "format": "binary"}}
-        return {}
+        return field.json_schema(choices) if isinstance(field, StatesJsonSchema) else {}
 
     return describe
-
-
-# What each text rule of lms_api.schemas.base refuses, as the characters a JSON Schema pattern leaves out.
-_CONTROL_CHARACTERS = r"\x00-\x1f\x7f-\x9f"
-_CONTROL_BUT_LINE_BREAKS = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
-
-
-def text_rules(validators: list[Any]) -> dict[str, Any]:
-    """Patterns that accept what the text rules among ``validators`` accept, and nothing else."""
-    refused = ""
-    if single_line in validators:
-        refused = _CONTROL_CHARACTERS
-    elif no_control_characters in validators:
-        refused = _CONTROL_BUT_LINE_BREAKS
-    patterns = []
-    if no_html in validators:  # no "<" followed by what starts a tag
-        patterns.append(f"^(?:[^<{refused}]|<+(?:[^<A-Za-z/!?{refused}]|$))*$")
-    elif refused:
-        patterns.append(f"^[^{refused}]*$")
-    if not_blank in validators:
-        patterns.append(r"\S")
-    if len(patterns) > 1:
-        return {"allOf": [{"pattern": pattern} for pattern in patterns]}
-    return {"pattern": patterns[0]} if patterns else {}
 
 
 def _schema_name(schema: Schema | type[Schema]) -> str:

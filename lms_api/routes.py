@@ -1,4 +1,5 @@
-"""The routes, and the methods each one answers (for ``405`` answers, their ``Allow`` header and CORS preflights)."""
+"""The methods each route answers (for ``405`` answers, their ``Allow`` header and CORS preflights), and which paths
+are the API's. Each resource's view class declares its own routes (``lms_api.views.api_routes``)."""
 
 from __future__ import annotations
 
@@ -12,15 +13,6 @@ _AFTER_VIEWS = 10
 
 
 def includeme(config: Configurator) -> None:
-    config.add_route("api.moodle.siteinfo", "/api/moodle/siteinfo")
-    config.add_route("api.moodle.courses", "/api/moodle/courses")
-    config.add_route("api.moodle.course", "/api/moodle/courses/{course_id}")
-    config.add_route("api.moodle.users.by_field", "/api/moodle/users/by-field")
-    config.add_route("api.moodle.enrol", "/api/moodle/enrol")
-    config.add_route("api.moodle.notifications", "/api/moodle/notifications")
-    config.add_route("api.moodle.notifications.unread_count", "/api/moodle/notifications/unread-count")
-    config.add_route("api.moodle.files.upload", "/api/moodle/files/upload")
-    config.add_route("api.moodle.files.attach", "/api/moodle/files/attach")
     config.action(None, lambda: _remember_allowed_methods(config.registry), order=_AFTER_VIEWS)
 
 

@@ -7,11 +7,12 @@ from typing import Any
 from marshmallow import ValidationError, fields, post_load, validate, validates_schema
 
 from lms_api.schemas.base import (
+    Choices,
     Flag,
     JsonInteger,
-    Records,
     RequestSchema,
     ResponseSchema,
+    Text,
     no_control_characters,
     no_html,
     not_blank,
@@ -42,9 +43,12 @@ class CourseFormat(fields.String):
         # course.format is char(21) in Moodle's database: a longer name is no format, and is not echoed back.
         super().__init__(validate=validate.Length(max=FORMAT_MAX), **kwargs)
 
+    def json_schema(self, choices: Choices) -> dict[str, Any]:
+        return {"enum": list(choices.course_formats)}
+
 
 class CoursesQuery(RequestSchema):
-    search = fields.String(validate=(validate.Length(min=1, max=255), single_line))
+    search = Text(validate=(validate.Length(min=1, max=255), single_line))
     category = text_int(1)
     page = text_int(0, MAX_PAGE, load_default=0)
     perpage = text_int(1, MAX_PERPAGE, load_default=50)
@@ -65,10 +69,10 @@ class CoursePath(RequestSchema):
 class CourseFields(RequestSchema):
     """The course fields a caller may set; Moodle's own validation runs again on its side."""
 
-    fullname = fields.String(validate=_FULLNAME_RULES)
-    shortname = fields.String(validate=_SHORTNAME_RULES)
+    fullname = Text(validate=_FULLNAME_RULES)
+    shortname = Text(validate=_SHORTNAME_RULES)
     categoryid = strict_int(1)
-    summary = fields.String(validate=no_control_characters)
+    summary = Text(validate=no_control_characters)
     summaryformat = JsonInteger(validate=validate.OneOf(SUMMARY_FORMATS))
     format = CourseFormat()
     visible = Flag()
@@ -76,7 +80,7 @@ class CourseFields(RequestSchema):
     enddate = strict_int(
         0, metadata={"description": "Unix time; 0 for none. Needs a startdate (not 0) in the request, not after it"}
     )
-    idnumber = fields.String(validate=(validate.Length(max=IDNUMBER_MAX), single_line))
+    idnumber = Text(validate=(validate.Length(max=IDNUMBER_MAX), single_line))
 
     @validates_schema
     def _dates_in_order(self, data: dict[str, Any], **kwargs: Any) -> None:
@@ -91,8 +95,8 @@ class CourseFields(RequestSchema):
 
 
 class CourseCreate(CourseFields):
-    fullname = fields.String(required=True, validate=_FULLNAME_RULES)
-    shortname = fields.String(required=True, validate=_SHORTNAME_RULES)
+    fullname = Text(required=True, validate=_FULLNAME_RULES)
+    shortname = Text(required=True, validate=_SHORTNAME_RULES)
     categoryid = strict_int(1, required=True)
 
 
@@ -122,7 +126,7 @@ class CourseSchema(ResponseSchema):
 
 
 class CourseListSchema(ResponseSchema):
-    courses = Records(CourseSchema)
+    courses = fields.Nested(CourseSchema, many=True)
     total = fields.Integer()
     page = fields.Integer()
     perpage = fields.Integer()

@@ -6,7 +6,7 @@ from typing import Any
 
 from marshmallow import ValidationError, fields, validate, validates_schema
 
-from lms_api.schemas.base import MAX_SAFE_INTEGER, Flag, RequestSchema, ResponseSchema, integral, strict_int
+from lms_api.schemas.base import MAX_SAFE_INTEGER, Choices, Flag, RequestSchema, ResponseSchema, integral, strict_int
 
 MAX_ENROLMENTS = 10000
 ROLE_NAME_MAX = 100  # role.shortname is char(100)
@@ -23,6 +23,18 @@ class Role(fields.Field[Any]):
         if isinstance(value, str) and 1 <= len(value) <= ROLE_NAME_MAX:
             return value
         raise ValidationError("A role id (a positive integer) or a role name such as 'student'")
+
+    def json_schema(self, choices: Choices) -> dict[str, Any]:
+        by_id = sorted(choices.role_ids, key=lambda role: role[1])
+        return {
+            "oneOf": [
+                {"type": "integer", "enum": sorted({number for _, number in choices.role_ids})},
+                {"type": "string", "enum": sorted(name for name, _ in choices.role_ids)},
+            ],
+            "description": "a role the gateway knows (`MOODLE_ROLE_IDS`), by id or by name: "
+            + ", ".join(f"`{name}` ({number})" for name, number in by_id)
+            + "; roles beyond `MOODLE_ASSIGNABLE_ROLES` need the `admin` scope as well",
+        }
 
 
 class EnrolmentSchema(RequestSchema):

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import IO, Any
 
-from marshmallow import ValidationError, fields, validate
+from marshmallow import ValidationError, fields, missing, validate
 
-from lms_api.moodle.client import UploadFile
 from lms_api.schemas.base import (
+    Choices,
     FilePart,
     Flag,
-    Records,
+    FormSchema,
     RequestSchema,
     ResponseSchema,
-    no_control_characters,
+    Text,
     no_html,
     not_blank,
     single_line,
@@ -26,13 +27,30 @@ MAX_FILENAME = 255  # files.filename in Moodle's database
 MAX_SECTION = 10_000  # Moodle's own cap on course sections is far lower (maxsections, default 52)
 
 
-class FileParts(fields.Field[Any]):
-    """One or more multipart file parts (the same field name repeated), as :class:`UploadFile` objects.
+# Why a field of the original design is refused rather than taken and ignored.
+DRAFT_AREA_ONLY = (
+    "Not taken: Moodle's upload.php stores every upload in the token user's draft area, whatever is given here; "
+    "POST /files/attach puts the draft item into a course"
+)
+NO_INTRO = "Not taken: the attach function (MOODLE_ATTACH_FUNCTION) has no intro parameter"
 
-    How many there may be is counted while the body is read (``load_multipart``'s ``max_files``).
+
+@dataclass(frozen=True)
+class UploadedFile:
+    """A file of the upload form: its usable name, its content (rewindable) and its media type."""
+
+    filename: str
+    stream: IO[bytes]
+    content_type: str
+
+
+class FileParts(fields.Field[Any]):
+    """One or more multipart file parts (the same field name repeated), as :class:`UploadedFile` objects.
+
+    How many there may be is counted while the body is read (the form's ``max_files``).
     """
 
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[UploadFile]:
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[UploadedFile]:
         parts = value if isinstance(value, list) else [value]
         uploads = []
         for part in parts:
@@ -45,25 +63,46 @@ class FileParts(fields.Field[Any]):
             if len(filename) > MAX_FILENAME:
                 raise ValidationError(f"File names are limited to {MAX_FILENAME} characters")
             single_line(filename)
-            uploads.append(UploadFile(filename, part.file, part.type or "application/octet-stream"))
+            uploads.append(UploadedFile(filename, part.file, part.type or "application/octet-stream"))
         return uploads
 
+    def json_schema(self, choices: Choices) -> dict[str, Any]:
+        return {"type": "array", "items": {"type": "string", "format": "binary"}}
 
-class UploadForm(RequestSchema):
+
+class Refused(fields.Field[Any]):
+    """A field a caller of the original design may send, refused with the reason, whatever its value: taking it and
+    then ignoring it would let the caller believe it was honoured."""
+
+    def __init__(self, reason: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.reason = reason
+
+    def deserialize(self, value: Any, attr: str | None = None, data: Any = None, **kwargs: Any) -> Any:
+        if value is missing:
+            return super().deserialize(value, attr, data, **kwargs)
+        raise ValidationError(self.reason)  # null included: marshmallow would answer "may not be null" first
+
+    def json_schema(self, choices: Choices) -> dict[str, Any]:
+        return {"not": {}, "description": self.reason}
+
+
+class UploadForm(FormSchema):
+    repeatable = ("file",)
+    max_files = MAX_FILES
+
     file = FileParts(required=True)
     itemid = text_int(0, load_default=0)
-    # Accepted for callers of the original design; Moodle stores every upload in the token user's draft area.
-    contextid = text_int(1)
-    component = fields.String(validate=(validate.Length(max=100), single_line))
-    filearea = fields.String(validate=(validate.Length(max=50), single_line))
+    contextid = Refused(DRAFT_AREA_ONLY)
+    component = Refused(DRAFT_AREA_ONLY)
+    filearea = Refused(DRAFT_AREA_ONLY)
 
 
 class AttachBody(RequestSchema):
     courseid = strict_int(1, required=True)
     draftitemid = strict_int(1, required=True)
-    name = fields.String(required=True, validate=[validate.Length(max=255), not_blank, single_line, no_html])
-    # Accepted for the original design; the default function has no intro parameter.
-    intro = fields.String(validate=no_control_characters)
+    name = Text(required=True, validate=[validate.Length(max=255), not_blank, single_line, no_html])
+    intro = Refused(NO_INTRO)
     section = strict_int(0, MAX_SECTION, load_default=0)
     visible = Flag(load_default=True)
 
@@ -83,7 +122,7 @@ class StoredFileSchema(ResponseSchema):
 
 class UploadSchema(ResponseSchema):
     itemid = fields.Integer()
-    files = Records(StoredFileSchema)
+    files = fields.Nested(StoredFileSchema, many=True)
 
 
 class AttachedSchema(ResponseSchema):

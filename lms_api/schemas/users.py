@@ -6,7 +6,7 @@ from typing import Any
 
 from marshmallow import ValidationError, fields, post_load, validate
 
-from lms_api.schemas.base import MAX_SAFE_INTEGER, CommaSeparated, Records, RequestSchema, ResponseSchema, single_line
+from lms_api.schemas.base import MAX_SAFE_INTEGER, CommaSeparated, RequestSchema, ResponseSchema, Text, single_line
 from lms_api.services.users import USER_FIELDS
 
 MAX_VALUES = 1000
@@ -16,7 +16,7 @@ MAX_NAMED = 20  # bad ids named in the message
 class UsersByFieldQuery(RequestSchema):
     field = fields.String(required=True, validate=validate.OneOf(USER_FIELDS))
     values = CommaSeparated(
-        fields.String(validate=(validate.Length(max=255), single_line)),
+        Text(validate=(validate.Length(max=255), single_line)),
         required=True,
         metadata={"description": f"comma-separated values, at most {MAX_VALUES}; ids (`field=id`) from 1 to 2^53-1"},
     )
@@ -67,6 +67,6 @@ class UsersByFieldSchema(ResponseSchema):
     """``missing``: values no user has; ``unchecked``: values the gateway could not check within its bound of
     Moodle calls (only when Moodle hides the field from its token), so neither found nor missing."""
 
-    users = Records(UserSchema)
+    users = fields.Nested(UserSchema, many=True)
     missing = fields.List(fields.Raw())
     unchecked = fields.List(fields.Raw())

@@ -1,115 +1,196 @@
-"""View registration for the API: every view goes through :func:`api_view`."""
+"""The API's views: one class per resource, which declares its routes (:func:`api_routes`) and, for each method,
+its operation (:func:`api_view`): scope, input schemas, answer schema and status, route errors.
+
+The declaration is the behaviour. The view deriver :func:`operation_view` loads the declared inputs into
+``request.validated`` before the view runs and dumps what the view returns through the answer schema into the
+success envelope, with the declared status; the OpenAPI document is read from the same declarations in Pyramid's
+introspector. A view body only calls its service.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import venusian
 from marshmallow import Schema
 from pyramid.config import Configurator
+from pyramid.request import Request
+from pyramid.response import Response
 from pyramid.view import view_config
 
+from lms_api.cache import CachedMoodle
 from lms_api.errors import ErrorCode, success_body, success_json
 from lms_api.jsoncodec import dumps
-from lms_api.security import Scope
+from lms_api.schemas.base import FormSchema, RequestSchema, load_json_body, load_matchdict, load_multipart, load_query
+from lms_api.security import Identity, Scope
 
 ENVELOPE_RENDERER = "lms_api:envelope"
+OPERATION = "operation"  # the view option api_view declares and the deriver and the OpenAPI document read
+# How many dumps of shared answers an operation remembers. Few: each holds its answer (a site info is 50 KB of JSON,
+# several times that parsed), and the read cache hands out one object per stored entry, so one or two are live.
+MAX_REMEMBERED_DUMPS = 8
 
+ViewsClass = TypeVar("ViewsClass", bound=type)
 View = TypeVar("View", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True)
 class Operation:
-    """What a route and method (its key in :data:`OPERATIONS`) take and answer: the OpenAPI document is made of
-    these."""
+    """What a route and method take and answer, as declared: the deriver enforces it, the OpenAPI document says it."""
 
     scope: Scope
-    view: Callable[..., Any]
     answers: Schema
     status: int = 200
-    query: Schema | None = None
-    path: Schema | None = None
-    body: Schema | None = None
-    form: Schema | None = None
+    query: RequestSchema | None = None
+    path: RequestSchema | None = None
+    body: RequestSchema | None = None
+    form: FormSchema | None = None
     errors: tuple[ErrorCode, ...] = ()
     cached: bool = False  # answered through the read cache: Cache-Status
+    # The view returns a read-cache entry's own object, shared and never changed: its dump is remembered by identity.
+    shared_answer: bool = False
+
+    def validated(self, request: Request) -> Validated:
+        """The declared inputs, loaded in order: the path, the query, then the body (refused as a whole)."""
+        path = load_matchdict(request, self.path) if self.path is not None else {}
+        query = load_query(request, self.query) if self.query is not None else {}
+        body = load_json_body(request, self.body) if self.body is not None else {}
+        form = {}
+        if self.form is not None:
+            form = load_multipart(request, self.form, self.form.repeatable, max_files=self.form.max_files)
+        return Validated(path, query, body, form)
 
 
-OPERATIONS: dict[tuple[str, str], Operation] = {}
+@dataclass(frozen=True)
+class Validated:
+    """``request.validated``: a view's inputs as its operation's schemas loaded them (empty when not declared)."""
+
+    path: dict[str, Any] = field(default_factory=dict)
+    query: dict[str, Any] = field(default_factory=dict)
+    body: dict[str, Any] = field(default_factory=dict)  # a JSON body
+    form: dict[str, Any] = field(default_factory=dict)  # a multipart/form-data body
 
 
 def api_view(
     *,
-    route_name: str,
+    route_name: str | None = None,
     request_method: str,
     permission: Scope,
     answers: Schema,
     status: int = 200,
-    query: Schema | None = None,
-    path: Schema | None = None,
-    body: Schema | None = None,
-    form: Schema | None = None,
+    query: RequestSchema | None = None,
+    path: RequestSchema | None = None,
+    body: RequestSchema | None = None,
+    form: FormSchema | None = None,
     errors: tuple[ErrorCode, ...] = (),
     cached: bool = False,
-    **settings: Any,
+    shared_answer: bool = False,
 ) -> Callable[[View], View]:
-    """``view_config`` for an API view, and its :class:`Operation`: the permission is a required argument, never a
-    default, and the schemas given here are the ones the view loads and dumps with; a success is answered with
-    ``status``, as documented."""
+    """``view_config`` for an API view method, with its :class:`Operation`: the permission is a required argument,
+    never a default; the schemas given here are the ones the view's input is loaded with and its answer dumped with,
+    and a success is answered with ``status``. Without ``route_name``, the class's ``view_defaults`` names it."""
     if not isinstance(permission, Scope):
         raise TypeError(f"permission must be a Scope, got {permission!r}")
-    if status != 200:
-        settings["decorator"] = _answering(status)
+    operation = Operation(permission, answers, status, query, path, body, form, errors, cached, shared_answer)
+    route = {} if route_name is None else {"route_name": route_name}
     register: Callable[[View], View] = view_config(
-        route_name=route_name,
-        request_method=request_method,
-        permission=permission.value,
-        renderer=ENVELOPE_RENDERER,
-        _depth=1,  # venusian looks one frame further up, past ``described``, for the view's module
-        **settings,
+        request_method=request_method, permission=permission.value, **route, **{OPERATION: operation}
     )
-
-    def described(view: View) -> View:
-        OPERATIONS[route_name, request_method] = Operation(
-            permission, view, answers, status, query, path, body, form, errors, cached
-        )
-        return register(view)
-
-    return described
+    return register
 
 
-def _answering(status: int) -> Callable[[Callable[[Any, Any], Any]], Callable[[Any, Any], Any]]:
-    def decorate(view: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
-        def answered_with_status(context: Any, request: Any) -> Any:
-            request.response.status_int = status
-            return view(context, request)
+def api_routes(routes: Mapping[str, str]) -> Callable[[ViewsClass], ViewsClass]:
+    """The routes a view class serves, by name and pattern, added when its module is scanned."""
 
-        return answered_with_status
+    def declare(views: ViewsClass) -> ViewsClass:
+        def add_routes(context: Any, name: str, ob: Any) -> None:
+            for route_name, pattern in routes.items():
+                context.config.add_route(route_name, pattern)
 
-    return decorate
+        venusian.attach(views, add_routes, category="pyramid")
+        return views
+
+    return declare
 
 
-@dataclass(frozen=True)
-class SerializedData:
-    """A view's ``data`` already serialised to JSON, as the read cache keeps it beside the answer it came from."""
+class ApiViews:
+    """What a resource's views share, resolved once per request: the request, Moodle as services see it (the read
+    cache in front of the client, for reads and writes alike) and the caller."""
 
-    json: str
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self.moodle: CachedMoodle = request.find_service(CachedMoodle)
+        self.caller: Identity = request.identity
+
+
+class AnswerDumps:
+    """An operation's answers as JSON text; a shared answer's is remembered by the answer's identity, holding the
+    answer so that its id cannot be reused while remembered."""
+
+    def __init__(self, schema: Schema, remember: bool) -> None:
+        self._schema = schema
+        self._remember = remember
+        self._remembered: OrderedDict[int, tuple[Any, str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __call__(self, answer: Any) -> str:
+        if not self._remember:
+            return dumps(self._schema.dump(answer))
+        key = id(answer)
+        with self._lock:
+            remembered = self._remembered.get(key)
+            if remembered is not None and remembered[0] is answer:
+                self._remembered.move_to_end(key)
+                return remembered[1]
+        text = dumps(self._schema.dump(answer))
+        with self._lock:
+            self._remembered[key] = (answer, text)
+            self._remembered.move_to_end(key)
+            if len(self._remembered) > MAX_REMEMBERED_DUMPS:
+                self._remembered.popitem(last=False)
+        return text
+
+
+def operation_view(view: Callable[[Any, Request], Any], info: Any) -> Callable[[Any, Request], Any]:
+    """The view deriver of :func:`api_view`'s ``operation``: after the permission check, the declared inputs into
+    ``request.validated``; the view's answer dumped through ``answers`` into the success envelope, with ``status``."""
+    operation: Operation | None = info.options.get(OPERATION)
+    if operation is None:
+        return view
+    dumped = AnswerDumps(operation.answers, operation.shared_answer)
+
+    def answered(context: Any, request: Request) -> Response:
+        request.validated = operation.validated(request)
+        data_json = dumped(view(context, request))
+        response: Response = request.response
+        response.status_int = operation.status
+        response.content_type = "application/json"
+        response.text = success_json(data_json)
+        return response
+
+    return answered
+
+
+operation_view.options = (OPERATION,)  # type: ignore[attr-defined]  # Pyramid reads a deriver's options from it
 
 
 class EnvelopeRenderer:
-    """Renders what a view returns as ``{"ok": true, "data": ...}``."""
+    """Renders what a view returns as ``{"ok": true, "data": ...}``, for views outside the API (the health checks)."""
 
     def __init__(self, info: Any) -> None:
         pass
 
     def __call__(self, value: Any, system: dict[str, Any]) -> str:
         system["request"].response.content_type = "application/json"
-        if isinstance(value, SerializedData):
-            return success_json(value.json)
         return dumps(success_body(value))
 
 
 def includeme(config: Configurator) -> None:
     config.add_renderer(ENVELOPE_RENDERER, EnvelopeRenderer)
+    # Under the renderer: the deriver answers with a response of its own, which the renderer passes on.
+    config.add_view_deriver(operation_view, under="rendered_view", over="mapped_view")
     config.scan("lms_api.views")

@@ -1,8 +1,6 @@
-from pyramid.request import Request
+from pyramid.view import view_defaults
 
-from lms_api.cache import CachedMoodle
 from lms_api.errors import ErrorCode
-from lms_api.schemas.base import load_query
 from lms_api.schemas.notifications import (
     NotificationsQuery,
     NotificationsSchema,
@@ -11,42 +9,43 @@ from lms_api.schemas.notifications import (
 )
 from lms_api.security import Scope
 from lms_api.services import notifications
-from lms_api.views import api_view
-
-_list_query, _count_query = NotificationsQuery(), UnreadCountQuery()
-_listing, _count = NotificationsSchema(), UnreadCountSchema()
+from lms_api.views import ApiViews, api_routes, api_view
 
 
-@api_view(
-    route_name="api.moodle.notifications",
-    request_method="GET",
-    permission=Scope.NOTIFICATIONS_READ,
-    query=_list_query,
-    answers=_listing,
-    errors=(ErrorCode.USER_NOT_FOUND,),
-    cached=True,
+@api_routes(
+    {
+        "api.moodle.notifications": "/api/moodle/notifications",
+        "api.moodle.notifications.unread_count": "/api/moodle/notifications/unread-count",
+    }
 )
-def list_notifications(request: Request) -> object:
-    """A user's popup notifications, newest first.
-
-    The caller's own (`moodle_userid` of the token) unless `userid` is given, which needs the `admin` scope.
-    """
-    query = load_query(request, _list_query)
-    userid = notifications.notification_user(request.identity, query.get("userid"))
-    return _listing.dump(
-        notifications.notifications(request.find_service(CachedMoodle), userid, query["limit"], query["offset"])
+@view_defaults(route_name="api.moodle.notifications")
+class NotificationViews(ApiViews):
+    @api_view(
+        request_method="GET",
+        permission=Scope.NOTIFICATIONS_READ,
+        query=NotificationsQuery(),
+        answers=NotificationsSchema(),
+        errors=(ErrorCode.USER_NOT_FOUND,),
+        cached=True,
     )
+    def list_notifications(self) -> object:
+        """A user's popup notifications, newest first.
 
+        The caller's own (`moodle_userid` of the token) unless `userid` is given, which needs the `admin` scope.
+        """
+        query = self.request.validated.query
+        userid = notifications.notification_user(self.caller, query.get("userid"))
+        return notifications.notifications(self.moodle, userid, query["limit"], query["offset"])
 
-@api_view(
-    route_name="api.moodle.notifications.unread_count",
-    request_method="GET",
-    permission=Scope.NOTIFICATIONS_READ,
-    query=_count_query,
-    answers=_count,
-    cached=True,
-)
-def unread_count(request: Request) -> object:
-    """How many popup notifications of a user are unread (the caller's own unless `userid`, with `admin`)."""
-    userid = notifications.notification_user(request.identity, load_query(request, _count_query).get("userid"))
-    return _count.dump(notifications.unread_count(request.find_service(CachedMoodle), userid))
+    @api_view(
+        route_name="api.moodle.notifications.unread_count",
+        request_method="GET",
+        permission=Scope.NOTIFICATIONS_READ,
+        query=UnreadCountQuery(),
+        answers=UnreadCountSchema(),
+        cached=True,
+    )
+    def unread_count(self) -> object:
+        """How many popup notifications of a user are unread (the caller's own unless `userid`, with `admin`)."""
+        userid = notifications.notification_user(self.caller, self.request.validated.query.get("userid"))
+        return notifications.unread_count(self.moodle, userid)

@@ -1,27 +1,25 @@
-from pyramid.request import Request
+from pyramid.view import view_defaults
 
-from lms_api.cache import CachedMoodle
-from lms_api.schemas.base import load_query
 from lms_api.schemas.users import UsersByFieldQuery, UsersByFieldSchema
 from lms_api.security import Scope
 from lms_api.services import users
-from lms_api.views import api_view
-
-_query, _found = UsersByFieldQuery(), UsersByFieldSchema()
+from lms_api.views import ApiViews, api_routes, api_view
 
 
-@api_view(
-    route_name="api.moodle.users.by_field",
-    request_method="GET",
-    permission=Scope.USERS_READ,
-    query=_query,
-    answers=_found,
-    cached=True,
-)
-def users_by_field(request: Request) -> object:
-    """Users by id, idnumber, username or email.
+@api_routes({"api.moodle.users.by_field": "/api/moodle/users/by-field"})
+@view_defaults(route_name="api.moodle.users.by_field")
+class UserViews(ApiViews):
+    @api_view(
+        request_method="GET",
+        permission=Scope.USERS_READ,
+        query=UsersByFieldQuery(),
+        answers=UsersByFieldSchema(),
+        cached=True,
+    )
+    def users_by_field(self) -> object:
+        """Users by id, idnumber, username or email.
 
-    `missing` lists the values no user has; `unchecked` those the gateway could not check. Cached (`users`).
-    """
-    query = load_query(request, _query)
-    return _found.dump(users.users_by_field(request.find_service(CachedMoodle), query["field"], query["values"]))
+        `missing` lists the values no user has; `unchecked` those the gateway could not check. Cached (`users`).
+        """
+        query = self.request.validated.query
+        return users.users_by_field(self.moodle, query["field"], query["values"])

@@ -2,12 +2,15 @@
 
 import pytest
 
+from lms_api.moodle.functions import MoodleFunction
+from lms_api.schemas.files import DRAFT_AREA_ONLY, NO_INTRO
 from tests.conftest import mint, queue_fault, sandbox_calls
 
 TOKEN = mint("files:write")
 UPLOAD = "/api/moodle/files/upload"
 ATTACH = "/api/moodle/files/attach"
 HELLO = ("file", "hello.py", b"print('hello from lms_api')\n")
+ATTACH_FUNCTION = MoodleFunction.ATTACH_FILE.value  # the development settings' MOODLE_ATTACH_FUNCTION
 
 
 def course_module(sandbox, cmid):
@@ -53,13 +56,21 @@ def test_the_same_name_twice_in_one_draft_item_is_a_409(gateway):
     assert "hello.py" in response.json["error"]["message"]
 
 
-def test_the_original_designs_fields_are_accepted_and_ignored(gateway):
-    fields = [("contextid", "5"), ("component", "mod_resource"), ("filearea", "content")]
+@pytest.mark.parametrize(
+    ("field", "value"), [("contextid", "5"), ("component", "mod_resource"), ("filearea", "content")]
+)
+def test_the_original_designs_place_fields_are_refused_saying_why_and_nothing_reaches_moodle(
+    gateway, sandbox, field, value
+):
+    before = uploads(sandbox)
 
-    response = gateway.upload(UPLOAD, [HELLO], TOKEN, fields=fields)
+    response = gateway.upload(UPLOAD, [HELLO], TOKEN, fields=[(field, value)])
 
-    assert response.status_int == 201
-    assert response.json["data"]["files"][0]["filearea"] == "draft"
+    assert response.status_int == 400
+    assert response.json["error"]["code"] == "validationerror"
+    assert response.json["error"]["details"]["fields"] == {field: [DRAFT_AREA_ONLY]}
+    assert "draft area" in DRAFT_AREA_ONLY
+    assert uploads(sandbox) == before
 
 
 def test_a_file_over_moodle_max_upload_mb_is_a_413_and_nothing_reaches_moodle(make_gateway, sandbox):
@@ -161,13 +172,26 @@ def test_an_uploaded_file_is_attached_to_a_course(gateway, sandbox):
     assert [stored.filename for stored in module["files"]] == ["hello.py"]
 
 
-def test_attach_hidden_with_an_intro_that_the_plugin_does_not_take(gateway, sandbox):
+def test_attach_hidden(gateway, sandbox):
     itemid = gateway.upload(UPLOAD, [HELLO], TOKEN).json["data"]["itemid"]
-    body = {"courseid": 2, "draftitemid": itemid, "name": "Hidden", "visible": False, "intro": "unused"}
+    body = {"courseid": 2, "draftitemid": itemid, "name": "Hidden", "visible": False}
 
     data = gateway.post(ATTACH, body, TOKEN).json["data"]
 
     assert course_module(sandbox, data["cmid"])["visible"] is False
+
+
+@pytest.mark.parametrize("intro", ["A description", "", None])
+def test_an_intro_is_refused_saying_the_attach_function_has_none_and_moodle_is_not_called(gateway, sandbox, intro):
+    itemid = gateway.upload(UPLOAD, [HELLO], TOKEN).json["data"]["itemid"]
+    before = sandbox_calls(sandbox).get(ATTACH_FUNCTION, 0)
+
+    response = gateway.post(ATTACH, {"courseid": 2, "draftitemid": itemid, "name": "Notes", "intro": intro}, TOKEN)
+
+    assert response.status_int == 400
+    assert response.json["error"]["details"]["fields"] == {"intro": [NO_INTRO]}
+    assert "no intro" in NO_INTRO
+    assert sandbox_calls(sandbox).get(ATTACH_FUNCTION, 0) == before
 
 
 def test_attach_to_a_missing_course_is_a_404(gateway):

@@ -2,20 +2,29 @@
 those the views require, its error codes those of the table."""
 
 import re
-from dataclasses import replace
 
 import pytest
-from marshmallow import ValidationError
+from marshmallow import ValidationError, fields
 from openapi_spec_validator import validate
 from pyramid.config import Configurator
-from pyramid.interfaces import IRoutesMapper
 
 from lms_api.errors import ErrorCode
-from lms_api.openapi import DOCUMENT_PATH, PUBLIC_ROUTES, Choices, _document, build_document, text_rules
-from lms_api.schemas.base import no_control_characters, no_html, not_blank, single_line
-from lms_api.views import OPERATIONS
+from lms_api.openapi import DOCUMENT_PATH, PUBLIC_ROUTES, _document, build_document, described_operations
+from lms_api.schemas.base import (
+    Choices,
+    RequestSchema,
+    ResponseSchema,
+    no_control_characters,
+    no_html,
+    not_blank,
+    single_line,
+    text_rules,
+)
+from lms_api.schemas.files import DRAFT_AREA_ONLY, NO_INTRO
+from lms_api.security import Scope
+from lms_api.views import ApiViews, api_routes, api_view
 from tests.conftest import mint
-from tests.functional.test_scopes import ROUTES
+from tests.functional.test_scopes import api_operations
 
 DOCUMENTED_CODE = re.compile(r"^- `([a-z_]+)`", re.MULTILINE)
 
@@ -47,16 +56,19 @@ def test_every_route_and_method_has_an_operation(gateway, document):
     assert documented == served
 
 
-def test_each_operation_requires_the_scope_its_view_requires(document):
+def test_each_operation_requires_the_scope_its_view_requires(gateway, document):
     documented = {
         (method.upper(), path): operation["security"][0]["bearer"]
         for path, item in document["paths"].items()
         for method, operation in item.items()
     }
+    registry = gateway.router.registry
+    required = {
+        (method, registry.introspector.get("routes", route_name)["pattern"]): [scope.value]
+        for route_name, method, _, scope in api_operations(registry)
+    }
 
-    for method, path, scope in ROUTES:
-        template = re.sub(r"/\d+$", "/{course_id}", path.split("?")[0])
-        assert documented[method, template] == [scope.value]
+    assert documented == required
 
 
 def test_every_documented_error_code_is_in_the_table_under_its_status(document):
@@ -86,6 +98,14 @@ def test_inputs_and_answers_are_described_with_their_bounds(document):
     functions = document["components"]["schemas"]["SiteInfo"]["properties"]["functions"]
     assert functions == {"type": "array", "items": {"$ref": "#/components/schemas/Function"}}
     assert "userprivateaccesskey" not in document["components"]["schemas"]["SiteInfo"]["properties"]
+
+
+def test_fields_that_are_refused_say_so_and_why(document):
+    schemas = document["components"]["schemas"]
+
+    for name in ("contextid", "component", "filearea"):
+        assert schemas["UploadForm"]["properties"][name] == {"not": {}, "description": DRAFT_AREA_ONLY}
+    assert schemas["AttachBody"]["properties"]["intro"] == {"not": {}, "description": NO_INTRO}
 
 
 def test_course_formats_and_roles_are_the_ones_the_settings_allow(document, make_gateway):
@@ -126,19 +146,57 @@ def test_a_route_without_an_operation_stops_the_start(gateway):
         build_document(gateway.router.registry)
 
 
-def test_a_view_without_a_docstring_stops_the_start_naming_it(gateway, monkeypatch):
-    def undocumented(request):
+def test_a_view_without_a_docstring_stops_the_start_naming_it(gateway):
+    described = described_operations(gateway.router.registry)
+
+    def undocumented(self):
         return {}
 
-    monkeypatch.setitem(
-        OPERATIONS, ("api.moodle.siteinfo", "GET"), replace(OPERATIONS["api.moodle.siteinfo", "GET"], view=undocumented)
-    )
-    routes = tuple(
-        (route.name, route.pattern) for route in gateway.router.registry.getUtility(IRoutesMapper).get_routes()
-    )
-
     with pytest.raises(LookupError, match="undocumented has no docstring"):
-        _document.__wrapped__(routes, Choices(("topics",), (("student", 5),)))
+        _document.__wrapped__((described[0]._replace(view=undocumented),), Choices(("topics",), (("student", 5),)))
+
+
+class Widget(ResponseSchema):
+    name = fields.String()
+
+
+class WidgetQuery(RequestSchema):
+    colour = fields.String()
+
+
+@api_routes({"api.moodle.widgets": "/api/moodle/widgets"})
+class WidgetViews(ApiViews):
+    """A resource declared in one place: its routes, its operation and its schemas."""
+
+    @api_view(
+        route_name="api.moodle.widgets",
+        request_method="GET",
+        permission=Scope.COURSES_READ,
+        query=WidgetQuery(),
+        answers=Widget(),
+    )
+    def widgets(self):
+        """The widgets of a colour."""
+        return {"name": self.request.validated.query.get("colour", "plain"), "secret": "never dumped"}
+
+
+def test_a_view_class_is_its_routes_its_operations_and_their_documentation(gateway):
+    config = Configurator(registry=gateway.router.registry)
+    config.scan(__name__)  # WidgetViews, as the views' includeme scans lms_api.views
+    config.commit()
+
+    answer = gateway.get("/api/moodle/widgets?colour=red", mint("courses:read"))
+    refused = gateway.get("/api/moodle/widgets?size=2", mint("courses:read"))
+    document = build_document(gateway.router.registry)
+
+    assert (answer.status_int, answer.json["data"]) == (200, {"name": "red"})
+    assert (refused.status_int, list(refused.json["error"]["details"]["fields"])) == (400, ["size"])
+    assert gateway.get("/api/moodle/widgets", mint("siteinfo:read")).status_int == 403
+    validate(document)
+    operation = document["paths"]["/api/moodle/widgets"]["get"]
+    assert (operation["operationId"], operation["summary"]) == ("widgets", "The widgets of a colour.")
+    assert [parameter["name"] for parameter in operation["parameters"]] == ["colour"]
+    assert operation["security"] == [{"bearer": ["courses:read"]}]
 
 
 def test_the_document_is_served_with_a_token_too(gateway):

@@ -1,12 +1,20 @@
-"""View unit tests: the real view functions with a DummyRequest-like request, and the Moodle client replaced through
-its service seam by an autospec fake, so a fake cannot drift from the real client's signatures."""
+"""View unit tests: the real view classes, called as the router calls them (their operation's deriver loads the input
+and dumps the answer), with the Moodle client replaced through its service seam by an autospec fake, so a fake cannot
+drift from the real client's signatures.
+
+The read cache asks the client for ``answer`` (the parsed answer and its bytes) and everything else goes to ``call``:
+:func:`answering` sets up both from one table, and a test asserts on the method production calls.
+"""
 
 import json
 from unittest.mock import create_autospec
 
 import pytest
 from pyramid import testing
+from pyramid.interfaces import IRouteRequest
 from pyramid.request import Request, apply_request_extensions
+from pyramid.view import render_view_to_response
+from zope.interface import alsoProvides
 
 from lms_api.moodle.client import Answer, MoodleClient
 from lms_api.security import Identity
@@ -19,14 +27,29 @@ DEVELOPMENT = {"lms_api.environment": "development"}
 def moodle():
     client = create_autospec(MoodleClient, instance=True)
     client.max_input_vars = 5000
-    # The read cache asks for answers with their bytes: give it what the test sets up for call and site_info.
-    client.answer.side_effect = lambda function, params=None: _with_body(client.call(function, params))
-    client.site_info_answer.side_effect = lambda: _with_body(client.site_info())
     return client
+
+
+def answering(moodle, **answers):
+    """Moodle's canned answer to each function, through ``call`` and through ``answer`` alike; any other function
+    fails the test."""
+
+    def value(function, params=None):
+        assert function in answers, f"unexpected Moodle call {function}"
+        answer = answers[function]
+        return answer(params) if callable(answer) else answer
+
+    moodle.call.side_effect = value
+    moodle.answer.side_effect = lambda function, params=None: _with_body(value(function, params))
 
 
 def _with_body(value):
     return Answer(value, json.dumps(value).encode())
+
+
+def functions_asked(method):
+    """The functions, and their parameters, one of the client's methods was asked for, in order."""
+    return [call.args if len(call.args) > 1 else (*call.args, None) for call in method.call_args_list]
 
 
 @pytest.fixture
@@ -37,23 +60,25 @@ def identity():
 @pytest.fixture
 def pyramid_config(moodle, identity):
     settings = load_settings(DEVELOPMENT, {})
-    with testing.testConfig(settings={"lms_api.settings": settings}) as config:
+    with testing.testConfig(settings={"lms_api.settings": settings}, autocommit=False) as config:
         config.include("lms_api.service_lookup")
         config.include("lms_api.settings")
         config.include("lms_api.caller")
         config.include("lms_api.drafts")
         config.include("lms_api.audit")
         config.register_service(moodle, MoodleClient)
-        config.include("lms_api.cache")  # read views reach the client through the read cache
+        config.include("lms_api.cache")  # views reach the client through the read cache
+        config.include("lms_api.views")  # the view classes, their routes and the operations' deriver
         config.testing_securitypolicy(identity=identity)
+        config.commit()
         yield config
 
 
 @pytest.fixture
 def make_request(pyramid_config):
-    """A request as the router hands it to a view: registry, request methods and the route's matchdict."""
+    """A request as the router hands it to a view: registry, request methods, its route and matchdict."""
 
-    def make(path="/", method="GET", json_body=None, matchdict=None, **kwargs):
+    def make(path="/", method="GET", json_body=None, matchdict=None, route=None, **kwargs):
         request = Request.blank(path, method=method, **kwargs)
         if json_body is not None:
             request.body = json.dumps(json_body).encode()
@@ -61,6 +86,18 @@ def make_request(pyramid_config):
         request.registry = pyramid_config.registry
         apply_request_extensions(request)
         request.matchdict = matchdict or {}
+        if route is not None:
+            alsoProvides(request, pyramid_config.registry.getUtility(IRouteRequest, name=route))
         return request
 
     return make
+
+
+def view_answer(request):
+    """The route's view for the request's method, called as the router calls it; the envelope's ``data``."""
+    response = render_view_to_response(None, request)
+    assert response is not None, "no view answers this route and method"
+    body = json.loads(response.body)
+    assert body["ok"] is True
+    request.answered = response
+    return body["data"]

@@ -1,12 +1,14 @@
 import pytest
 
 from lms_api.errors import ApiError
-from lms_api.views.enrolments import enrol
-from tests.unit.mocked_moodle import answering
+from tests.unit.lms_api.views.conftest import answering, view_answer
+
+ENROL = "api.moodle.enrol"
 
 
 def test_role_names_become_the_sites_role_ids_and_every_id_is_checked_first(make_request, moodle):
-    moodle.call.side_effect = answering(
+    answering(
+        moodle,
         core_course_get_courses=[{"id": 2, "format": "topics"}],
         core_user_get_users_by_field=[{"id": 3}, {"id": 5}],
         enrol_manual_enrol_users=None,
@@ -14,13 +16,12 @@ def test_role_names_become_the_sites_role_ids_and_every_id_is_checked_first(make
     body = {
         "enrolments": [{"roleid": "student", "userid": 3, "courseid": 2}, {"roleid": 4, "userid": 5, "courseid": 2}]
     }
-    request = make_request("/api/moodle/enrol", "POST", json_body=body)
+    request = make_request("/api/moodle/enrol", "POST", json_body=body, route=ENROL)
 
-    data = enrol(request)
+    data = view_answer(request)
 
     assert data == {"enrolled": 2, "calls": 1}
-    sent = moodle.call.call_args_list[-1].args
-    assert sent == (
+    moodle.call.assert_called_once_with(
         "enrol_manual_enrol_users",
         {"enrolments": [{"roleid": 5, "userid": 3, "courseid": 2}, {"roleid": 4, "userid": 5, "courseid": 2}]},
     )
@@ -31,8 +32,9 @@ def test_an_unknown_role_name_is_refused_before_moodle_is_asked(make_request, mo
     body = {"enrolments": [{"roleid": "wizard", "userid": 3, "courseid": 2}]}
 
     with pytest.raises(ApiError) as refused:
-        enrol(make_request("/api/moodle/enrol", "POST", json_body=body))
+        view_answer(make_request("/api/moodle/enrol", "POST", json_body=body, route=ENROL))
 
     assert refused.value.code == "validationerror"
     assert "wizard" in refused.value.details["fields"]["enrolments"][0]["roleid"][0]
     moodle.call.assert_not_called()
+    moodle.answer.assert_not_called()

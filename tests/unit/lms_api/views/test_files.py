@@ -1,11 +1,11 @@
 import pytest
 
 from lms_api.errors import ApiError
-from lms_api.views import OPERATIONS
-from lms_api.views.files import attach, upload
-from tests.unit.mocked_moodle import answering
+from lms_api.schemas.files import UploadedFile
+from tests.unit.lms_api.views.conftest import answering, view_answer
 
 BOUNDARY = "b0und4ry"
+UPLOAD, ATTACH = "api.moodle.files.upload", "api.moodle.files.attach"
 
 
 def multipart(*parts):
@@ -25,17 +25,24 @@ def test_an_upload_streams_every_file_part_to_upload_php(make_request, moodle):
         (b'Content-Disposition: form-data; name="file"; filename="b.txt"', b"abc"),
     )
     request = make_request(
-        "/api/moodle/files/upload", "POST", body=body, content_type=f"multipart/form-data; boundary={BOUNDARY}"
+        "/api/moodle/files/upload",
+        "POST",
+        body=body,
+        content_type=f"multipart/form-data; boundary={BOUNDARY}",
+        route=UPLOAD,
     )
 
-    data = upload(request)
+    data = view_answer(request)
+    files, itemid = moodle.upload.call_args.args
+    contents = [file.stream.seek(0) or file.stream.read() for file in files]
     request._process_finished_callbacks()  # as the router does: the spooled files are closed
 
     assert data["itemid"] == 77 and [file["filename"] for file in data["files"]] == ["a.txt", "b.txt"]
     assert "source" not in data["files"][0]
-    files, itemid = moodle.upload.call_args.args
+    assert all(type(file) is UploadedFile for file in files)  # the form's own type, not the client's
     assert [file.filename for file in files] == ["a.txt", "b.txt"] and itemid == 0
-    assert OPERATIONS["api.moodle.files.upload", "POST"].status == 201  # api_view answers with it (tests/functional)
+    assert contents == [b"hello", b"abc"] and files[0].content_type == "application/octet-stream"
+    assert request.answered.status_int == 201
     assert request.audit_targets == {"filenames": ["a.txt", "b.txt"], "itemid": 77}
     assert request.draft_owners.owner(77) == "ada"
 
@@ -46,11 +53,15 @@ def test_an_upload_into_an_item_the_caller_never_got_is_refused_before_moodle(ma
         (b'Content-Disposition: form-data; name="itemid"', b"77"),
     )
     request = make_request(
-        "/api/moodle/files/upload", "POST", body=body, content_type=f"multipart/form-data; boundary={BOUNDARY}"
+        "/api/moodle/files/upload",
+        "POST",
+        body=body,
+        content_type=f"multipart/form-data; boundary={BOUNDARY}",
+        route=UPLOAD,
     )
 
     with pytest.raises(ApiError) as refused:
-        upload(request)
+        view_answer(request)
     request._process_finished_callbacks()
 
     assert (refused.value.code, refused.value.status) == ("draftnotfound", 404)
@@ -59,16 +70,18 @@ def test_an_upload_into_an_item_the_caller_never_got_is_refused_before_moodle(ma
 
 def test_attach_calls_the_configured_function(make_request, moodle, pyramid_config):
     function = pyramid_config.registry.settings["lms_api.settings"].moodle_attach_function
-    moodle.call.side_effect = answering(**{function: {"id": 12}})
+    answering(moodle, **{function: {"id": 12}})
     make_request().draft_owners.remember(77, "ada")
     body = {"courseid": 2, "draftitemid": 77, "name": "Slides", "section": 1}
+    request = make_request("/api/moodle/files/attach", "POST", json_body=body, route=ATTACH)
 
-    data = attach(make_request("/api/moodle/files/attach", "POST", json_body=body))
+    data = view_answer(request)
 
     assert data == {"cmid": 12, "courseid": 2, "section": 1, "name": "Slides", "visible": True}
     moodle.call.assert_called_once_with(
         function, {"courseid": 2, "sectionnum": 1, "itemid": 77, "displayname": "Slides", "visible": "true"}
     )
+    assert request.answered.status_int == 201
 
 
 @pytest.mark.parametrize("owner", ["bo", None], ids=["another-callers", "never-issued"])
@@ -80,7 +93,7 @@ def test_attach_of_a_draft_the_caller_did_not_upload_is_refused_before_moodle(
     body = {"courseid": 2, "draftitemid": 77, "name": "Slides"}
 
     with pytest.raises(ApiError) as refused:
-        attach(make_request("/api/moodle/files/attach", "POST", json_body=body))
+        view_answer(make_request("/api/moodle/files/attach", "POST", json_body=body, route=ATTACH))
 
     assert (refused.value.code, refused.value.status) == ("draftnotfound", 404)
     moodle.call.assert_not_called()
