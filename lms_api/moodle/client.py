@@ -79,15 +79,6 @@ class FileUpload(Protocol):
     def content_type(self) -> str: ...
 
 
-@dataclass(frozen=True)
-class UploadFile:
-    """A :class:`FileUpload` of the gateway's own."""
-
-    filename: str
-    stream: IO[bytes]
-    content_type: str = "application/octet-stream"
-
-
 class CauseKind(StrEnum):
     REFUSED = "refused"  # nothing accepts connections at the address
     DNS = "dns"  # the host name does not resolve

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import IO
 from urllib.parse import parse_qsl
 
 import pytest
@@ -54,6 +56,15 @@ DEBUG_DUPLICATE_USERNAME_BODY = (
     '"debuginfo":"Username already exists: student1"}'
 )
 HTML_PAGE = "<!DOCTYPE html><html><body><h1>Service Unavailable</h1></body></html>"
+
+
+@dataclass(frozen=True)
+class UploadFile:
+    """A file as the multipart schema hands it over: what MoodleClient.upload reads of it, and nothing more."""
+
+    filename: str
+    stream: IO[bytes]
+    content_type: str = "application/octet-stream"
 
 
 def refused() -> requests.ConnectionError:

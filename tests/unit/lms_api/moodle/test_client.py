@@ -8,7 +8,6 @@ import ssl
 import threading
 import time
 import tracemalloc
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
@@ -21,7 +20,7 @@ from structlog.testing import capture_logs
 from lms_api.calllog import recording_calls
 from lms_api.moodle import client as client_module
 from lms_api.moodle import guard
-from lms_api.moodle.client import MoodleClient, UploadFile
+from lms_api.moodle.client import MoodleClient
 from lms_api.moodle.errors import scrub_paths
 from lms_api.moodle.functions import AnswerShape, MoodleFunction
 from lms_api.moodle.guard import CircuitBreaker
@@ -41,6 +40,7 @@ from tests.unit.mocked_moodle import (
     UNKNOWN_FUNCTION_BODY,
     URL,
     WRITE_FN,
+    UploadFile,
     add,
     assert_token_absent,
     form_of,
@@ -1629,20 +1629,11 @@ def test_without_the_setting_the_attach_function_is_the_plugins(client, rsps):
     assert sent_functions(rsps)[-1] == "local_course_add_new_course_module_resource"
 
 
-@dataclass(frozen=True)
-class FormPart:
-    """A file as another layer holds it: not the client's UploadFile, only the attributes upload.php needs."""
-
-    filename: str
-    stream: io.BytesIO
-    content_type: str
-
-
 def test_an_upload_takes_any_object_with_a_filename_a_stream_and_a_content_type(client, rsps):
     rsps.add(responses.POST, BASE_URL + "/webservice/upload.php", json=[{"filename": "a.txt", "itemid": 7}])
 
     with recording_calls() as call_log:
-        client.upload([FormPart("a.txt", io.BytesIO(b"hello"), "text/plain")])
+        client.upload([UploadFile("a.txt", io.BytesIO(b"hello"), "text/plain")])  # the tests' own type
 
     body = rsps.calls[0].request.body
     body = body.read() if hasattr(body, "read") else body

@@ -9,13 +9,13 @@ import pytest
 import responses
 
 from lms_api.errors import ApiError
-from lms_api.moodle.client import UploadFile
 from lms_api.moodle.functions import MoodleFunction
 from lms_api.services import files
 from tests.unit.mocked_moodle import (
     ROUTE_FUNCTIONS,
     TOKEN,
     UPLOAD_URL,
+    UploadFile,
     add,
     assert_token_absent,
     prime,
