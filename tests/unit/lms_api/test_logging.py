@@ -292,3 +292,40 @@ def test_a_secret_inside_a_longer_one_leaves_no_piece_of_the_longer_one():
     handler.close()
 
     assert "TAIL" not in handler.stream.getvalue()
+
+
+def test_a_caller_waits_for_room_in_a_full_queue_and_no_line_is_dropped(monkeypatch):
+    monkeypatch.setattr("lms_api.logging.MAX_QUEUED_LINES", 2)
+    handler = GatewayLogHandler(HeldStream())
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.handle(logging.makeLogRecord({"msg": "held"}))
+    handler.stream.reached.wait(5)  # the writer waits on the stream; the queue's two places are free
+    caller = threading.Thread(
+        target=lambda: [handler.handle(logging.makeLogRecord({"msg": f"line {n}"})) for n in range(4)]
+    )
+    caller.start()
+    eventually(lambda: handler.queue.full(), "the queue filled")
+    caller.join(0.2)
+
+    assert caller.is_alive()  # waiting for room, not dropping what does not fit
+    handler.stream.may_write.set()
+    caller.join(5)
+    handler.close()
+    assert handler.stream.getvalue().splitlines() == ["held", "line 0", "line 1", "line 2", "line 3"]
+
+
+def test_close_on_a_stalled_stderr_gives_up_after_the_flush_timeout(monkeypatch):
+    monkeypatch.setattr("lms_api.logging.FLUSH_TIMEOUT_S", 0.2)
+    handler = GatewayLogHandler(HeldStream())
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.handle(logging.makeLogRecord({"msg": "stuck"}))
+    handler.stream.reached.wait(5)
+    closing = threading.Thread(target=handler.close)
+
+    closing.start()
+    closing.join(2)
+
+    stalled, writer_stopped = closing.is_alive(), handler.listener.stopped.is_set()
+    handler.stream.may_write.set()  # let the writer go, so it ends with the test
+    assert not stalled, "close() waited for the stalled stderr"
+    assert not writer_stopped  # the writer was still held when close() gave up
