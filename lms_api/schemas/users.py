@@ -6,15 +6,15 @@ from typing import Any
 
 from marshmallow import ValidationError, fields, post_load, validate
 
+from lms_api.moodle.functions import USER_LOOKUP_FIELDS
 from lms_api.schemas.base import MAX_SAFE_INTEGER, CommaSeparated, RequestSchema, ResponseSchema, Text, single_line
-from lms_api.services.users import USER_FIELDS
 
 MAX_VALUES = 1000
 MAX_NAMED = 20  # bad ids named in the message
 
 
 class UsersByFieldQuery(RequestSchema):
-    field = fields.String(required=True, validate=validate.OneOf(USER_FIELDS))
+    field = fields.String(required=True, validate=validate.OneOf(USER_LOOKUP_FIELDS))
     values = CommaSeparated(
         Text(validate=(validate.Length(max=255), single_line)),
         required=True,

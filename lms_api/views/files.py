@@ -63,6 +63,6 @@ class FileViews(ApiViews):
         body, request = self.request.validated.body, self.request
         request.audit_targets.update(course_id=body["courseid"], draftitemid=body["draftitemid"])
         drafts.check_owner(request.draft_owners, body["draftitemid"], self.caller.sub)
-        attached = files.attach(self.moodle, request.lms_settings.moodle_attach_function, body)
+        attached = files.attach(self.moodle, body)
         request.audit_targets["cmid"] = attached["cmid"]
         return attached

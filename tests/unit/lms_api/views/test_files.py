@@ -1,6 +1,7 @@
 import pytest
 
 from lms_api.errors import ApiError
+from lms_api.moodle.functions import MoodleFunction
 from lms_api.schemas.files import UploadedFile
 from tests.unit.lms_api.views.conftest import answering, view_answer
 
@@ -68,9 +69,9 @@ def test_an_upload_into_an_item_the_caller_never_got_is_refused_before_moodle(ma
     moodle.upload.assert_not_called()
 
 
-def test_attach_calls_the_configured_function(make_request, moodle, pyramid_config):
-    function = pyramid_config.registry.settings["lms_api.settings"].moodle_attach_function
-    answering(moodle, **{function: {"id": 12}})
+def test_attach_calls_the_attach_function(make_request, moodle):
+    function = MoodleFunction.ATTACH_FILE  # the client sends it by the name MOODLE_ATTACH_FUNCTION gives
+    answering(moodle, **{function.value: {"id": 12}})
     make_request().draft_owners.remember(77, "ada")
     body = {"courseid": 2, "draftitemid": 77, "name": "Slides", "section": 1}
     request = make_request("/api/moodle/files/attach", "POST", json_body=body, route=ATTACH)
