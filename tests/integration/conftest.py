@@ -41,21 +41,25 @@ def _interruptible():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-@pytest.fixture
-def spawn(tmp_path):
-    processes = []
+class Processes:
+    """Processes run from ``folder``, stopped together by :meth:`stop_all`: a test's own (``spawn``), or a module's
+    that its tests share (a module fixture makes one in a folder of its own)."""
 
-    def start(*args, env, log=None):
-        """``log``: a file name in the test's folder for the output, for a process that writes much (a pipe nobody
-        reads fills up and stalls it); else the output is read when the process ends. ``pserve`` runs the
-        repository's ini of that name, or the test's own variant when the test wrote one in its folder first."""
+    def __init__(self, folder):
+        self.folder = folder
+        self.started = []
+
+    def __call__(self, *args, env, log=None):
+        """``log``: a file name in the folder for the output, for a process that writes much (a pipe nobody reads
+        fills up and stalls it); else the output is read when the process ends. ``pserve`` runs the repository's ini
+        of that name, or the test's own variant when the test wrote one in the folder first."""
         # Run from an empty folder with a copy of the ini, so a developer's own .env cannot leak in.
-        if args[0] == "pserve" and not (tmp_path / args[1]).exists():
-            shutil.copy(ROOT / args[1], tmp_path / args[1])
-        output = open(tmp_path / log, "w") if log else subprocess.PIPE  # noqa: SIM115  # the process owns it
+        if args[0] == "pserve" and not (self.folder / args[1]).exists():
+            shutil.copy(ROOT / args[1], self.folder / args[1])
+        output = open(self.folder / log, "w") if log else subprocess.PIPE  # noqa: SIM115  # the process owns it
         process = subprocess.Popen(
             [str(BIN / args[0]), *args[1:]],
-            cwd=tmp_path,
+            cwd=self.folder,
             env=env,
             stdout=output,
             stderr=output if log else subprocess.PIPE,
@@ -64,28 +68,37 @@ def spawn(tmp_path):
         )
         if log:
             output.close()
-        processes.append(process)
+        self.started.append(process)
         return process
 
-    yield start
-    for process in processes:
-        process.terminate()
-        try:
-            process.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    def sandbox(self, token):
+        """``lms-api sandbox`` with ``token``, listening: its base URL."""
+        port = free_port()
+        wait_for_port(port, self("lms-api", "sandbox", "--port", str(port), "--token", token, env=clean_env()))
+        return f"http://127.0.0.1:{port}"
+
+    def stop_all(self):
+        for process in self.started:
+            process.terminate()
+        for process in self.started:
+            try:
+                process.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.communicate()
+
+
+@pytest.fixture
+def spawn(tmp_path):
+    processes = Processes(tmp_path)
+    yield processes
+    processes.stop_all()
 
 
 @pytest.fixture
 def standalone_sandbox(spawn):
     """``lms-api sandbox`` as its own process: ``start(token)`` answers its base URL."""
-
-    def start(token):
-        port = free_port()
-        wait_for_port(port, spawn("lms-api", "sandbox", "--port", str(port), "--token", token, env=clean_env()))
-        return f"http://127.0.0.1:{port}"
-
-    return start
+    return spawn.sandbox
 
 
 def queue_remote_fault(base_url, token, **fault):

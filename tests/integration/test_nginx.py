@@ -10,11 +10,13 @@ certificate made for the test.
 import http.client
 import itertools
 import json
+import re
 import shutil
 import signal
 import socket
 import ssl
 import subprocess
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +25,9 @@ from urllib3 import encode_multipart_formdata
 
 from lms_api.errors import ErrorCode
 from lms_api.hygiene import EXPOSED_HEADERS
+from lms_api.settings import KEYS
 from tests.conftest import eventually, free_port, mint, self_signed_certificate
-from tests.integration.conftest import ROOT, clean_env, queue_remote_fault, wait_for_port
+from tests.integration.conftest import ROOT, Processes, clean_env, queue_remote_fault, wait_for_port
 
 NGINX = "/usr/sbin/nginx"
 SHIPPED = ROOT / "deploy" / "nginx" / "lms_api.conf"
@@ -35,6 +38,12 @@ MOODLE_TOKEN = "nginx-token"
 JSON_LIMIT = 1024 * 1024  # MAX_JSON_BODY_KB's default
 UPLOAD_LIMIT = 50 * 1024 * 1024 + 64 * 1024  # MOODLE_MAX_UPLOAD_MB's default and the multipart framing
 _course_numbers = itertools.count(1)
+SHIPPED_READ_TIMEOUT = "proxy_read_timeout 20m;"
+NGINX_DEFAULT_READ_TIMEOUT_S = 60
+# POST /enrol of 10,000 enrolments makes at most 66 Moodle calls (the shipped file says which).
+LONGEST_ROUTE_CALLS = 66
+READ_TIMEOUT_S = 4  # in place of the shipped one, for the test that waits past it
+USERS_BY_FIELD = "core_user_get_users_by_field"
 
 
 @dataclass
@@ -98,10 +107,13 @@ def _exchange(connection, method, path, headers, body):
         connection.close()
 
 
-def render(folder, https_port, http_port, gateway_port):
-    """The shipped file with this test's ports, name and certificate in place of the lines marked EDIT, IPv6 on."""
+def render(folder, https_port, http_port, gateway_port, read_timeout=None):
+    """The shipped file with this test's ports, name and certificate in place of the lines marked EDIT, IPv6 on;
+    ``read_timeout`` in place of the shipped ``proxy_read_timeout``."""
     text = SHIPPED.read_text()
+    timeout = [(SHIPPED_READ_TIMEOUT, 1, f"proxy_read_timeout {read_timeout};")] if read_timeout else []
     for line, count, replacement in [
+        *timeout,
         ("listen 80;", 1, f"listen 127.0.0.1:{http_port};"),
         ("listen 443 ssl", 2, f"listen 127.0.0.1:{https_port} ssl"),
         ("# listen [::]:443 ssl", 2, f"listen [::1]:{https_port} ssl"),
@@ -135,51 +147,76 @@ http {{
     return folder / "nginx.conf"
 
 
-@pytest.fixture
-def stack(request, spawn, standalone_sandbox, tmp_path):
-    """nginx in front of ``pserve production.ini``; a test's indirect parameter adds to the gateway's environment."""
+@contextmanager
+def nginx_stack(folder, read_timeout=None, **environ):
+    """nginx in front of ``pserve production.ini``, run from ``folder``; ``environ`` adds to the gateway's."""
     if not Path(NGINX).exists():
         pytest.fail(f"{NGINX} is missing: these tests run Debian's nginx (apt install nginx-light; .ci/run does)")
-    env = clean_env(
-        MOODLE_BASE_URL=standalone_sandbox(MOODLE_TOKEN),
-        MOODLE_TOKEN=MOODLE_TOKEN,
-        JWT_SECRET=SECRET,
-        TRUSTED_PROXIES="127.0.0.1/32",  # nginx
-        METRICS_ALLOWED_NETWORKS="127.0.0.3/32",  # one test client; not nginx
-        CORS_ALLOWED_ORIGINS=ORIGIN,
-        RATE_LIMIT_UNAUTHENTICATED="3/minute",
-        **getattr(request, "param", {}),
-    )
-    moodle = env["MOODLE_BASE_URL"]
-    gateway_port, https_port, http_port = free_port(), free_port(), free_port()
-    gateway = spawn("pserve", "production.ini", f"http_port={gateway_port}", env=env, log="gateway.log")
-    folder = tmp_path / "nginx"
-    folder.mkdir()
-    certificate, _ = self_signed_certificate(folder, NAME)
-    config = render(folder, https_port, http_port, gateway_port)
-    with open(folder / "error.log", "a") as error_log:  # what nginx says before it reads its configuration too
-        nginx = subprocess.Popen(
-            [NGINX, "-p", str(folder), "-c", str(config), "-e", str(folder / "error.log")],
-            stdout=subprocess.DEVNULL,
-            stderr=error_log,
-        )
+    processes = Processes(folder)
+    nginx = None
     try:
+        env = clean_env(
+            MOODLE_BASE_URL=processes.sandbox(MOODLE_TOKEN),
+            MOODLE_TOKEN=MOODLE_TOKEN,
+            JWT_SECRET=SECRET,
+            TRUSTED_PROXIES="127.0.0.1/32",  # nginx
+            METRICS_ALLOWED_NETWORKS="127.0.0.3/32",  # one test client; not nginx
+            CORS_ALLOWED_ORIGINS=ORIGIN,
+            RATE_LIMIT_UNAUTHENTICATED="3/minute",
+            **environ,
+        )
+        moodle = env["MOODLE_BASE_URL"]
+        gateway_port, https_port, http_port = free_port(), free_port(), free_port()
+        gateway = processes("pserve", "production.ini", f"http_port={gateway_port}", env=env, log="gateway.log")
+        nginx_folder = folder / "nginx"
+        nginx_folder.mkdir()
+        certificate, _ = self_signed_certificate(nginx_folder, NAME)
+        config = render(nginx_folder, https_port, http_port, gateway_port, read_timeout)
+        with open(nginx_folder / "error.log", "a") as error_log:  # what nginx says before it reads its configuration
+            nginx = subprocess.Popen(
+                [NGINX, "-p", str(nginx_folder), "-c", str(config), "-e", str(nginx_folder / "error.log")],
+                stdout=subprocess.DEVNULL,
+                stderr=error_log,
+            )
         try:
             wait_for_port(https_port, nginx)
         except AssertionError:
-            pytest.fail(f"nginx did not start: {(folder / 'error.log').read_text()}")
+            pytest.fail(f"nginx did not start: {(nginx_folder / 'error.log').read_text()}")
         wait_for_port(gateway_port, gateway)
-        gateway_log, nginx_log = tmp_path / "gateway.log", folder / "error.log"
+        gateway_log, nginx_log = folder / "gateway.log", nginx_folder / "error.log"
         stack = Stack(https_port, gateway_port, certificate, gateway_log, nginx_log, moodle, gateway)
         eventually(lambda: stack.direct("GET", "/readyz", "127.0.0.1").status == 200, "the gateway ready", 20)
         yield stack
     finally:
-        nginx.send_signal(signal.SIGQUIT)
-        try:
-            nginx.wait(10)
-        except subprocess.TimeoutExpired:
-            nginx.kill()
-        shutil.rmtree(folder / "client_body", ignore_errors=True)
+        if nginx:
+            nginx.send_signal(signal.SIGQUIT)
+            try:
+                nginx.wait(10)
+            except subprocess.TimeoutExpired:
+                nginx.kill()
+            shutil.rmtree(folder / "nginx" / "client_body", ignore_errors=True)
+        processes.stop_all()
+
+
+# Most tests share one stack per module (per test worker), each calling from loopback addresses of its own, so no
+# test spends another's budget; a test that changes the gateway's settings or stops it has a stack of its own.
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    with nginx_stack(tmp_path_factory.mktemp("nginx")) as shared:
+        yield shared
+
+
+@pytest.fixture(scope="module")
+def short_timeout_stack(tmp_path_factory):
+    with nginx_stack(tmp_path_factory.mktemp("nginx-short-timeout"), MOODLE_TIMEOUT_MS="1000") as shared:
+        yield shared
+
+
+@pytest.fixture
+def own_stack(request, tmp_path):
+    """A test's own stack; its indirect parameter is ``nginx_stack``'s keywords."""
+    with nginx_stack(tmp_path, **getattr(request, "param", {})) as own:
+        yield own
 
 
 def new_course():
@@ -319,10 +356,10 @@ def test_each_route_has_its_own_limit_at_nginx_and_an_upload_streams_through_it(
 
 def test_no_answer_says_waitress(stack):
     answers = [
-        stack.call("GET", "/healthz", "127.0.0.2"),
-        stack.call("GET", "/api/moodle/nowhere", "127.0.0.2"),
-        stack.direct("GET", "/healthz", "127.0.0.2"),
-        stack.direct("GET", "/api/moodle/nowhere", "127.0.0.2"),
+        stack.call("GET", "/healthz", "127.0.0.7"),
+        stack.call("GET", "/api/moodle/nowhere", "127.0.0.7"),
+        stack.direct("GET", "/healthz", "127.0.0.7"),
+        stack.direct("GET", "/api/moodle/nowhere", "127.0.0.7"),
     ]
 
     assert [answer.status for answer in answers] == [200, 404, 200, 404]
@@ -330,27 +367,43 @@ def test_no_answer_says_waitress(stack):
     assert not any(b"waitress" in answer.body for answer in answers)
 
 
+def test_the_shipped_read_timeout_outlasts_the_longest_route_and_nginxs_default():
+    minutes = re.fullmatch(r"proxy_read_timeout (\d+)m;", SHIPPED_READ_TIMEOUT)
+    moodle_timeout_s = KEYS["MOODLE_TIMEOUT_MS"].parse("MOODLE_TIMEOUT_MS", KEYS["MOODLE_TIMEOUT_MS"].fallback) / 1000
+
+    assert minutes, f"{SHIPPED} says {SHIPPED_READ_TIMEOUT!r}, in minutes"
+    assert int(minutes[1]) * 60 > LONGEST_ROUTE_CALLS * moodle_timeout_s > NGINX_DEFAULT_READ_TIMEOUT_S
+
+
 @pytest.mark.parametrize(
-    "stack", [{"MOODLE_TIMEOUT_MS": "90000", "CACHE_TTLS": "users=0"}], indirect=True, ids=["slow"]
+    "own_stack",
+    [{"read_timeout": f"{READ_TIMEOUT_S}s", "MOODLE_TIMEOUT_MS": "30000", "CACHE_TTLS": "users=0"}],
+    indirect=True,
+    ids=["read-timeout"],
 )
-def test_nginx_waits_past_its_default_60_s_for_a_slow_answer(stack):
-    """A route of many Moodle calls may take minutes; here one call of 62 s stands for them."""
-    queue_remote_fault(stack.moodle, MOODLE_TOKEN, kind="delay", seconds=62, function="core_user_get_users_by_field")
+def test_nginx_waits_for_the_gateway_as_long_as_the_shipped_read_timeout_says(own_stack):
+    """The shipped file's proxy_read_timeout, set to a few seconds here, is the one nginx keeps on the API's routes:
+    an answer within it comes through, one past it is cut there with the gateway's envelope. Under nginx's default
+    (60 s) both would come through; the shipped value itself is checked above."""
     token = mint("users:read", secret=SECRET, sub="nginx-slow")
 
-    slow = stack.call(
-        "GET",
-        "/api/moodle/users/by-field?field=id&values=3",
-        "127.0.0.2",
-        {"Authorization": f"Bearer {token}"},
-        timeout=120,
-    )
+    def users_after(seconds, request_id):
+        queue_remote_fault(own_stack.moodle, MOODLE_TOKEN, kind="delay", seconds=seconds, function=USERS_BY_FIELD)
+        headers = {"Authorization": f"Bearer {token}", "X-Request-ID": request_id}
+        return own_stack.call("GET", "/api/moodle/users/by-field?field=id&values=3", "127.0.0.2", headers)
 
-    assert slow.status == 200, slow.body
-    assert [user["id"] for user in slow.json()["data"]["users"]] == [3]
+    within = users_after(READ_TIMEOUT_S - 3, "within")
+    past = users_after(READ_TIMEOUT_S + 1, "past")
+
+    assert within.status == 200, within.body
+    assert [user["id"] for user in within.json()["data"]["users"]] == [3]
+    assert past.status == 502, past.body
+    assert past.json()["error"]["code"] == "gatewayunreachable"
+    assert "upstream timed out" in own_stack.nginx_log.read_text()
 
 
-def test_when_the_gateway_does_not_answer_nginx_says_so_in_the_envelope_a_page_can_read(stack):
+def test_when_the_gateway_does_not_answer_nginx_says_so_in_the_envelope_a_page_can_read(own_stack):
+    stack = own_stack
     stack.gateway.terminate()
     stack.gateway.wait(20)
     upload, content_type = encode_multipart_formdata({"file": ("notes.txt", b"notes")})
@@ -401,7 +454,6 @@ def test_when_the_gateway_does_not_answer_nginx_says_so_in_the_envelope_a_page_c
     assert "Access-Control-Allow-Origin" not in elsewhere.headers
 
 
-@pytest.mark.parametrize("stack", [{"MOODLE_TIMEOUT_MS": "1000"}], indirect=True, ids=["short-timeout"])
 @pytest.mark.parametrize(
     ("fault", "status", "code"),
     [
@@ -411,7 +463,8 @@ def test_when_the_gateway_does_not_answer_nginx_says_so_in_the_envelope_a_page_c
     ],
     ids=["502", "503", "504"],
 )
-def test_the_gateways_own_502_503_and_504_pass_through_nginx_as_it_wrote_them(stack, fault, status, code):
+def test_the_gateways_own_502_503_and_504_pass_through_nginx_as_it_wrote_them(short_timeout_stack, fault, status, code):
+    stack = short_timeout_stack
     queue_remote_fault(stack.moodle, MOODLE_TOKEN, function="core_course_create_courses", **fault)
     token = mint("courses:write", secret=SECRET, sub="nginx-faults")
     body = new_course()
