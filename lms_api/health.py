@@ -22,7 +22,7 @@ from lms_api.caller import is_operator
 from lms_api.errors import ApiError, ErrorCode
 from lms_api.moodle.client import MoodleClient, MoodleUnreachable
 from lms_api.moodle.errors import MoodleError
-from lms_api.moodle.functions import SITE_INFO
+from lms_api.moodle.functions import MoodleFunction
 from lms_api.moodle.guard import BreakerState
 from lms_api.views import ENVELOPE_RENDERER
 
@@ -100,11 +100,11 @@ class SiteInfoRefresher:
     def refresh(self) -> float:
         """Read the site info once; answer how long to wait before the next read."""
         try:
-            answer = self._client.site_info_answer()
+            answer = self._client.answer(MoodleFunction.SITE_INFO)  # the client keeps the function list from it
         except MoodleError as error:
             self._failed(error)
             return self._retry_s
-        self._cache.store_answer(SITE_INFO, {}, answer)
+        self._cache.store_answer(MoodleFunction.SITE_INFO, {}, answer)
         if self._failed_reads:
             log.info("siteinfo.refreshed", after_failed_reads=self._failed_reads)
             self._failed_reads, self._warned_code = 0, None
@@ -136,8 +136,8 @@ def keep_site_info_fresh(app: Any) -> SiteInfoRefresher:
     cache: ReadCache = find_service_factory(app, ReadCache)(None, None)
     settings = app.registry.settings["lms_api.settings"]
     lifetime = settings.moodle_functions_ttl_s
-    if cache.caches(SITE_INFO):
-        lifetime = min(lifetime, settings.cache_ttls["siteinfo"])
+    if cache.caches(MoodleFunction.SITE_INFO):
+        lifetime = min(lifetime, cache.ttl_s(MoodleFunction.SITE_INFO))
     return SiteInfoRefresher(client, cache, lifetime * REFRESH_AHEAD).start()
 
 

@@ -8,10 +8,11 @@ from pyramid_services import find_service_factory
 from lms_api.cache import ReadCache
 from lms_api.health import SiteInfoRefresher, keep_site_info_fresh
 from lms_api.moodle.client import MoodleClient
+from lms_api.moodle.functions import MoodleFunction
 from tests.conftest import eventually, mint, queue_fault, sandbox_calls
 from tests.functional.test_metrics import scrape, value
 
-SITE_INFO = "core_webservice_get_site_info"
+SITE_INFO = MoodleFunction.SITE_INFO
 
 
 def service(gateway, iface):

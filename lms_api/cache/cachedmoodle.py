@@ -1,0 +1,68 @@
+"""Moodle as views hand it to services: reads through the read cache, writes followed by dropping what they change."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from lms_api.cache.readcache import ReadCache
+from lms_api.moodle.client import FileUpload, MoodleClient
+from lms_api.moodle.functions import MoodleFunction
+
+Derived = TypeVar("Derived")
+
+
+class CachedMoodle:
+    """The Moodle client, with the read cache in front of it: a read of a function whose group has a time to live is
+    answered through the cache; a write that may change cached groups drops them once it has ended.
+
+    Dropping after the write, not before: a read that overlaps the write may fetch what Moodle had before it and keep
+    it under the group's generation of the moment; the drop that follows hides it. Dropped before, that read would
+    be kept under the new generation, and served as if the write had never been made.
+    """
+
+    def __init__(self, client: MoodleClient, cache: ReadCache, refresh: bool) -> None:
+        self._client = client
+        self._cache = cache
+        self._refresh = refresh
+
+    @property
+    def max_input_vars(self) -> int:
+        return self._client.max_input_vars
+
+    def call(self, function: MoodleFunction, params: Mapping[str, Any] | None = None) -> Any:
+        if function.drops:
+            try:
+                return self._client.call(function, params)
+            finally:  # whatever its outcome: a write that failed may still have reached Moodle
+                self._cache.invalidate_after(function)
+        if not self._cache.caches(function):
+            return self._client.call(function, params)
+        if function is not MoodleFunction.SITE_INFO:  # always offered: it is what says which functions are
+            self._client.require(function)
+        return self._cache.read(function, params or {}, lambda: self._client.answer(function, params), self._refresh)
+
+    def derived_site_info(self, derive: Callable[[dict[str, Any]], Derived]) -> Derived:
+        """``derive(site info)``; from a cached entry, worked out once per stored version and then remembered.
+
+        Every page load of an SPA asks for the site info, a 50 KB answer on a real site: served from the cache, it
+        is then neither parsed nor dumped again. ``derive`` must not change its argument and its result must not
+        be changed either: both are shared.
+        """
+        if not self._cache.caches(MoodleFunction.SITE_INFO):
+            return derive(self._client.site_info())
+        answer = self._client.site_info_answer
+        derived: Derived = self._cache.read(MoodleFunction.SITE_INFO, {}, answer, self._refresh, derive)
+        return derived
+
+    def require(self, *functions: MoodleFunction) -> None:
+        self._client.require(*functions)
+
+    def clean(self, text: str) -> str:
+        return self._client.clean(text)
+
+    def upload(self, files: Sequence[FileUpload], itemid: int = 0) -> list[dict[str, Any]]:
+        return self._client.upload(files, itemid)
+
+    def forget_functions(self) -> None:
+        self._client.forget_functions()

@@ -1,0 +1,260 @@
+"""The read cache of one process: a read is answered from its store while fresh; a miss is fetched once however many
+readers want it at the same moment (in this process, and across replicas through a lock in Redis); a write's groups
+are dropped by moving them to their next generation."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import structlog
+
+from lms_api.cache.entry import Entry
+from lms_api.cache.localstore import LocalStore
+from lms_api.cache.outcomes import CacheOutcome, Fetch, note
+from lms_api.cache.redisstore import RedisStore
+from lms_api.errors import ErrorCode
+from lms_api.jsoncodec import loads
+from lms_api.moodle.client import Answer
+from lms_api.moodle.encoding import encode_params
+from lms_api.moodle.errors import MoodleError
+from lms_api.moodle.functions import CacheGroup, MoodleFunction
+from lms_api.redisstate import RedisLink, redis_client
+from lms_api.settings import Settings
+
+log = structlog.get_logger("lms_api.cache")
+
+# What stale-if-error covers: Moodle could not be reached or did not answer, as opposed to an answer of its own.
+TRANSPORT_FAILURES = frozenset(
+    {ErrorCode.MOODLE_TIMEOUT, ErrorCode.MOODLE_UNAVAILABLE, ErrorCode.BAD_GATEWAY, ErrorCode.MOODLE_BUSY}
+)
+LOCK_POLL_S = 0.02
+MAX_DERIVED = 64  # answers worked out from entries and remembered (the site info rendered for its route)
+
+
+class _Flight:
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.body: bytes | None = None
+        self.error: BaseException | None = None
+
+
+class ReadCache:
+    """The cache of one process: its store, its groups' TTLs, and the fetches in flight."""
+
+    def __init__(
+        self,
+        store: LocalStore | RedisStore,
+        ttls: Mapping[str, int],
+        stale_s: int,
+        wait_s: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self._ttls = ttls
+        self._stale_s = stale_s
+        self._wait_s = wait_s
+        self._clock = clock
+        # By key and generation: a read that starts after a write never waits for a fetch that started before it.
+        self._flights: dict[tuple[str, int], _Flight] = {}
+        self._flights_lock = threading.Lock()
+        self._derived: OrderedDict[tuple[str, int, float, Callable[[Any], Any]], Any] = OrderedDict()
+        self._derived_lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ReadCache:
+        local = LocalStore(settings.cache_max_mb * 1024 * 1024)
+        store: LocalStore | RedisStore = local
+        if settings.redis_url:
+            note = "cache entries are kept per process until Redis answers again"
+            store = RedisStore(RedisLink(redis_client(settings.redis_url), "cache", note), local)
+        return cls(store, settings.cache_ttls, settings.cache_stale_s, settings.moodle_timeout_ms / 1000)
+
+    def ttl_s(self, function: MoodleFunction) -> int:
+        """How long ``function``'s answers are kept fresh: its group's time to live (0: not kept, or no group)."""
+        group = function.cache_group
+        return 0 if group is None else self._ttls.get(group, 0)
+
+    def caches(self, function: MoodleFunction) -> bool:
+        return self.ttl_s(function) > 0
+
+    def read(
+        self,
+        function: MoodleFunction,
+        params: Mapping[str, Any],
+        fetch: Callable[[], Answer],
+        refresh: bool = False,
+        derive: Callable[[Any], Any] | None = None,
+    ) -> Any:
+        """Moodle's answer to ``function(params)``, from the cache when fresh; ``refresh`` forwards regardless.
+
+        A forwarded answer is parsed once (by the client) and kept as the bytes Moodle sent. With ``derive``, the
+        answer is ``derive(answer)``, remembered per stored version of a fresh entry.
+        """
+        group = self._group(function)
+        key = _key(group, function, params)
+        generation, entry = self.store.get(group, key)
+        now = self._clock()
+        if entry is not None and not refresh and now < entry.fresh_until:
+            note(CacheOutcome(Fetch.HIT, math.ceil(entry.fresh_until - now), group=group))
+            if derive is None:
+                return loads(entry.body)
+            return self._derived_from(key, entry, derive)
+        value = self._read_through(function, group, key, generation, entry, now, fetch, refresh)
+        return value if derive is None else derive(value)
+
+    def store_answer(self, function: MoodleFunction, params: Mapping[str, Any], answer: Answer) -> None:
+        """Keep an answer fetched outside a request (the site info refreshed in the background)."""
+        if not self.caches(function):
+            return
+        group = self._group(function)
+        self._put(group, _key(group, function, params), self.store.generation(group), answer.body)
+
+    def invalidate_after(self, function: MoodleFunction) -> None:
+        """A write of ``function`` has ended and may have reached Moodle: drop what it may have changed, here and in
+        every replica."""
+        for group in function.drops:
+            self.store.invalidate(group)
+            log.info("cache.invalidated", group=str(group), function=str(function))
+
+    def _group(self, function: MoodleFunction) -> CacheGroup:
+        group = function.cache_group
+        if group is None or self._ttls.get(group, 0) <= 0:
+            raise ValueError(f"{function} is not kept by the read cache")
+        return group
+
+    def _derived_from(self, key: str, entry: Entry, derive: Callable[[Any], Any]) -> Any:
+        version = (key, entry.generation, entry.fresh_until, derive)
+        with self._derived_lock:
+            if version in self._derived:
+                self._derived.move_to_end(version)
+                return self._derived[version]
+        derived = derive(loads(entry.body))
+        with self._derived_lock:
+            self._derived[version] = derived
+            if len(self._derived) > MAX_DERIVED:
+                self._derived.popitem(last=False)
+        return derived
+
+    def _read_through(
+        self,
+        function: MoodleFunction,
+        group: CacheGroup,
+        key: str,
+        generation: int,
+        entry: Entry | None,
+        now: float,
+        fetch: Callable[[], Answer],
+        refresh: bool,
+    ) -> Any:
+        """No fresh entry (or a refresh): fetch it, or serve the entry stale if Moodle cannot be reached."""
+        try:
+            if refresh:  # asked to go to Moodle: never served by a fetch that started before this request
+                value, collapsed = self._fetch_and_put(group, key, generation, fetch, share=False)
+            else:
+                value, collapsed = self._fetch_once(group, key, generation, fetch)
+        except MoodleError as error:
+            if error.code in TRANSPORT_FAILURES and entry is not None and now <= entry.stale_until:
+                # Seconds left, or past expiry (negative); a fresh entry is served this way only to a refresh.
+                left = entry.fresh_until - now
+                ttl = math.ceil(left) if left > 0 else min(-1, math.floor(left))
+                note(CacheOutcome(Fetch.STALE, ttl, group=group))
+                log.info("cache.stale_served", function=str(function), error_code=str(error.code))
+                return loads(entry.body)
+            note(CacheOutcome(Fetch.REFRESH if refresh else Fetch.MISS, group=group))  # errors are never kept
+            raise
+        forwarded = Fetch.REFRESH if refresh else Fetch.MISS
+        note(
+            CacheOutcome(Fetch.COLLAPSED, group=group)
+            if collapsed
+            else CacheOutcome(forwarded, stored=True, group=group)
+        )
+        return value
+
+    def _fetch_once(
+        self, group: CacheGroup, key: str, generation: int, fetch: Callable[[], Answer]
+    ) -> tuple[Any, bool]:
+        """Fetch and keep the answer; concurrent callers for the same key wait for one fetch (``True``: waited)."""
+        with self._flights_lock:
+            flight = self._flights.get((key, generation))
+            leader = flight is None
+            if flight is None:
+                flight = self._flights[key, generation] = _Flight()
+        if not leader:
+            if flight.done.wait(self._wait_s):
+                if flight.error is not None:
+                    raise flight.error
+                assert flight.body is not None
+                return loads(flight.body), True
+            return self._fetch_and_put(group, key, generation, fetch, share=False)
+        try:
+            value, collapsed = self._fetch_and_put(group, key, generation, fetch, share=True, flight=flight)
+            return value, collapsed
+        except BaseException as error:
+            flight.error = error
+            raise
+        finally:
+            flight.done.set()
+            with self._flights_lock:
+                self._flights.pop((key, generation), None)
+
+    def _fetch_and_put(
+        self,
+        group: CacheGroup,
+        key: str,
+        generation: int,
+        fetch: Callable[[], Answer],
+        share: bool,
+        flight: _Flight | None = None,
+    ) -> tuple[Any, bool]:
+        """Fetch and keep the answer under the key's lock in Redis; with ``share``, when another replica holds the
+        lock, its answer instead (``True``: another replica's). ``flight`` gets the bytes for this process's
+        waiters."""
+        shared_store = self.store if isinstance(self.store, RedisStore) else None  # replicas share a key's lock
+        # One lock per generation, as for fetches in flight: a read after a write never waits for an older fetch.
+        lock_name = f"{key}@{generation}"
+        token = shared_store.lock(lock_name, self._wait_s) if shared_store else None
+        if shared_store and token is None and share:
+            shared = self._wait_for_other_replica(shared_store, group, key, lock_name)
+            if shared is not None:
+                if flight is not None:
+                    flight.body = shared
+                return loads(shared), True
+            token = shared_store.lock(lock_name, self._wait_s)  # its holder failed or gave up: fetch here
+        try:
+            answer = fetch()
+            self._put(group, key, generation, answer.body)  # before the lock is let go: a waiting replica finds it
+        finally:
+            if shared_store and token is not None:
+                shared_store.unlock(lock_name, token)
+        if flight is not None:
+            flight.body = answer.body
+        return answer.value, False
+
+    def _put(self, group: CacheGroup, key: str, generation: int, body: bytes) -> None:
+        now = self._clock()
+        fresh_until = now + self._ttls[group]
+        self.store.put(group, key, Entry(generation, body, fresh_until, fresh_until + self._stale_s))
+
+    def _wait_for_other_replica(self, store: RedisStore, group: CacheGroup, key: str, lock_name: str) -> bytes | None:
+        """While another replica holds the key's lock, wait (up to a call's deadline) for the entry it stores."""
+        deadline = time.monotonic() + self._wait_s
+        while True:
+            held = store.locked(lock_name)
+            _, entry = store.get(group, key)  # after the lock check: stored before the lock was let go
+            if entry is not None and self._clock() < entry.fresh_until:
+                return entry.body
+            if not held or time.monotonic() >= deadline:
+                return None
+            time.sleep(LOCK_POLL_S)
+
+
+def _key(group: CacheGroup, function: MoodleFunction, params: Mapping[str, Any]) -> str:
+    digest = hashlib.sha256(json.dumps(encode_params(params)).encode()).hexdigest()
+    return f"{group}:{function}:{digest}"

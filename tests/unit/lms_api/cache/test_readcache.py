@@ -1,0 +1,354 @@
+"""ReadCache with a fake fetch and a clock that moves only when told to, each test on a store of its process and on
+Redis: hits and misses, refreshes, stale-if-error, writes dropping groups, one fetch for concurrent misses."""
+
+import time
+
+import pytest
+from structlog.testing import capture_logs
+
+from lms_api.cache.localstore import LocalStore
+from lms_api.cache.outcomes import CacheOutcome, Fetch
+from lms_api.cache.readcache import MAX_DERIVED, ReadCache
+from lms_api.calllog import recording_calls
+from lms_api.errors import ErrorCode
+from lms_api.moodle.functions import MoodleFunction
+from tests.conftest import join
+from tests.unit.lms_api.cache.conftest import (
+    MAX_BYTES,
+    NEW,
+    OLD,
+    STALE_S,
+    TTLS,
+    BlockingMoodle,
+    FakeMoodle,
+    answer_of,
+    in_threads,
+    make_read_cache,
+    moodle_error,
+    read,
+    read_error,
+    wait_for_waiters,
+)
+
+GET_COURSES = MoodleFunction.GET_COURSES
+GET_COURSES_BY_FIELD = MoodleFunction.GET_COURSES_BY_FIELD
+SITE_INFO = MoodleFunction.SITE_INFO
+NOTIFICATIONS = MoodleFunction.GET_POPUP_NOTIFICATIONS
+CREATE_COURSES = MoodleFunction.CREATE_COURSES
+UPDATE_COURSES = MoodleFunction.UPDATE_COURSES
+ENROL = MoodleFunction.ENROL_USERS
+TRANSPORT_CODES = [
+    ErrorCode.MOODLE_TIMEOUT,
+    ErrorCode.MOODLE_UNAVAILABLE,
+    ErrorCode.BAD_GATEWAY,
+    ErrorCode.MOODLE_BUSY,
+]
+# Moodle's own answers (and an answer the gateway could not read): Moodle was reached, so nothing is hidden.
+ANSWER_CODES = ["invalidparameter", "sitemaintenance", "invalidtoken", ErrorCode.BAD_RESPONSE]
+
+
+def test_which_functions_are_cached_follows_their_groups_ttls(clock):
+    cache = ReadCache(LocalStore(MAX_BYTES, clock), {**TTLS, "users": 0}, STALE_S, 1.0, clock=clock)
+
+    assert [cache.ttl_s(GET_COURSES), cache.ttl_s(SITE_INFO)] == [60, 300]
+    assert cache.caches(GET_COURSES) and cache.caches(SITE_INFO)
+    assert not cache.caches(MoodleFunction.GET_USERS_BY_FIELD)  # its group's TTL is 0
+    assert not cache.caches(NOTIFICATIONS)  # off by default
+    assert not cache.caches(MoodleFunction.GET_CATEGORIES)  # a read without a group
+    assert not cache.caches(CREATE_COURSES) and cache.ttl_s(CREATE_COURSES) == 0
+
+
+@pytest.mark.parametrize("function", [MoodleFunction.GET_CATEGORIES, NOTIFICATIONS, UPDATE_COURSES])
+def test_reading_a_function_the_cache_does_not_keep_through_it_is_a_mistake(make_cache, function):
+    moodle = FakeMoodle(OLD)
+
+    with pytest.raises(ValueError, match=f"{function} is not kept by the read cache"):
+        make_cache().read(function, {}, moodle)
+
+    assert moodle.calls == 0
+
+
+def test_a_miss_is_fetched_and_stored_then_hits_count_down_until_it_expires(make_cache, clock):
+    cache, moodle = make_cache(), FakeMoodle(OLD)
+
+    assert read(cache, moodle) == (OLD, CacheOutcome(Fetch.MISS, stored=True))
+    assert read(cache, moodle) == (OLD, CacheOutcome(Fetch.HIT, 60))
+    clock.advance(45.5)
+    assert read(cache, moodle) == (OLD, CacheOutcome(Fetch.HIT, 15))
+    assert moodle.calls == 1
+
+    clock.advance(14.5)  # exactly at expiry: no longer fresh
+
+    assert read(cache, moodle) == (OLD, CacheOutcome(Fetch.MISS, stored=True))
+    assert moodle.calls == 2
+
+
+def test_the_key_is_the_function_and_its_parameters(make_cache):
+    cache = make_cache()
+    read(cache, FakeMoodle({"course": 2}), GET_COURSES_BY_FIELD, {"field": "id", "value": "2"})
+    three = FakeMoodle({"course": 3})
+    listing = FakeMoodle({"courses": []})
+
+    assert read(cache, three, GET_COURSES_BY_FIELD, {"field": "id", "value": "3"})[0] == {"course": 3}
+    assert read(cache, listing, GET_COURSES, {"field": "id", "value": "2"})[0] == {"courses": []}
+    assert (three.calls, listing.calls) == (1, 1)
+
+
+def test_each_users_notifications_are_that_users_entry(clock):
+    cache = ReadCache(LocalStore(MAX_BYTES, clock), {**TTLS, "notifications": 30}, STALE_S, 1.0, clock=clock)
+    read(cache, FakeMoodle({"notifications": ["for user 3"]}), NOTIFICATIONS, {"useridto": 3, "limit": 20})
+    other_user = FakeMoodle({"notifications": []})
+
+    answer, outcome = read(cache, other_user, NOTIFICATIONS, {"useridto": 4, "limit": 20})
+
+    assert answer == {"notifications": []} and outcome.fetch == Fetch.MISS and other_user.calls == 1
+
+
+def test_a_refresh_forwards_even_when_fresh_and_keeps_the_new_answer(make_cache):
+    cache = make_cache()
+    read(cache, FakeMoodle(OLD))
+    moodle = FakeMoodle(NEW)
+
+    assert read(cache, moodle, refresh=True) == (NEW, CacheOutcome(Fetch.REFRESH, stored=True))
+    assert read(cache, moodle) == (NEW, CacheOutcome(Fetch.HIT, 60))
+    assert moodle.calls == 1
+
+
+@pytest.mark.parametrize("code", TRANSPORT_CODES)
+def test_a_transport_failure_serves_the_expired_entry_within_the_stale_window(make_cache, clock, code):
+    cache = make_cache()
+    read(cache, FakeMoodle(OLD))
+    clock.advance(60 + 29.5)
+    moodle = FakeMoodle(NEW, moodle_error(code))
+
+    with capture_logs() as logs:
+        answer, outcome = read(cache, moodle)
+
+    assert (answer, outcome) == (OLD, CacheOutcome(Fetch.STALE, -30))
+    assert moodle.calls == 1  # Moodle was tried first
+    assert [line["event"] for line in logs] == ["cache.stale_served"]
+    # Serving stale made nothing fresh: the next read tries Moodle again and keeps its answer.
+    assert read(cache, moodle) == (NEW, CacheOutcome(Fetch.MISS, stored=True))
+
+
+@pytest.mark.parametrize("code", TRANSPORT_CODES[:2])
+def test_past_the_stale_window_a_transport_failure_is_the_answer(make_cache, clock, code):
+    cache = make_cache()
+    read(cache, FakeMoodle(OLD))
+    clock.advance(60 + STALE_S + 0.5)
+
+    error, outcome = read_error(cache, FakeMoodle(NEW, moodle_error(code)))
+
+    assert error.code == code
+    assert outcome == CacheOutcome(Fetch.MISS)
+
+
+@pytest.mark.parametrize("code", ANSWER_CODES)
+def test_moodles_own_error_answers_are_never_hidden_by_a_stale_entry(make_cache, clock, code):
+    cache = make_cache()
+    read(cache, FakeMoodle(OLD))
+    clock.advance(61)
+
+    error, outcome = read_error(cache, FakeMoodle(NEW, moodle_error(code)))
+
+    assert error.code == code
+    assert outcome == CacheOutcome(Fetch.MISS)
+
+
+@pytest.mark.parametrize("code", [*TRANSPORT_CODES[:1], *ANSWER_CODES[:1]])
+def test_errors_are_never_cached(make_cache, code):
+    cache = make_cache()
+    moodle = FakeMoodle(NEW, moodle_error(code))
+
+    assert read_error(cache, moodle)[1] == CacheOutcome(Fetch.MISS)  # not stored
+    assert read(cache, moodle) == (NEW, CacheOutcome(Fetch.MISS, stored=True))
+    assert read(cache, moodle)[1].fetch == Fetch.HIT
+    assert moodle.calls == 2
+
+
+def test_a_write_drops_its_groups_and_nothing_else(make_cache):
+    cache = make_cache()
+    read(cache, FakeMoodle(OLD))
+    read(cache, FakeMoodle({"sitename": "Moodle"}), SITE_INFO)
+
+    cache.invalidate_after(ENROL)  # enrolments change nothing the cache keeps
+    assert read(cache, FakeMoodle(NEW))[1].fetch == Fetch.HIT
+
+    cache.invalidate_after(UPDATE_COURSES)
+    assert read(cache, FakeMoodle(NEW)) == (NEW, CacheOutcome(Fetch.MISS, stored=True))
+    assert read(cache, FakeMoodle(), SITE_INFO)[1].fetch == Fetch.HIT
+
+    cache.invalidate_after(CREATE_COURSES)
+    assert read(cache, FakeMoodle(OLD))[1].fetch == Fetch.MISS
+
+
+def test_an_answer_fetched_while_a_write_lands_is_passed_on_but_never_stored(make_cache):
+    cache = make_cache()
+
+    class WriteDuringFetch(FakeMoodle):
+        def __call__(self):
+            answer = super().__call__()  # Moodle answered before the write was applied...
+            cache.invalidate_after(UPDATE_COURSES)  # ...whose answer left before this fetch is stored
+            return answer
+
+    assert read(cache, WriteDuringFetch(OLD))[0] == OLD
+    after = FakeMoodle(NEW)
+    assert read(cache, after) == (NEW, CacheOutcome(Fetch.MISS, stored=True))
+    assert after.calls == 1
+
+
+def test_after_a_write_the_old_entry_is_not_served_even_as_stale(make_cache, clock):
+    cache = make_cache()
+    read(cache, FakeMoodle(OLD))
+    cache.invalidate_after(UPDATE_COURSES)
+    clock.advance(61)
+
+    error, _ = read_error(cache, FakeMoodle(NEW, moodle_error(ErrorCode.MOODLE_UNAVAILABLE)))
+
+    assert error.code == ErrorCode.MOODLE_UNAVAILABLE
+
+
+def test_an_answer_fetched_outside_a_request_is_kept_for_the_next_read(make_cache):
+    cache = make_cache()
+    cache.invalidate_after(UPDATE_COURSES)  # kept under the group's generation of now
+
+    cache.store_answer(GET_COURSES, {}, answer_of(NEW))
+    cache.store_answer(NOTIFICATIONS, {"useridto": 3}, answer_of({"notifications": ["not cached: TTL 0"]}))
+
+    assert read(cache, FakeMoodle(OLD)) == (NEW, CacheOutcome(Fetch.HIT, 60))
+    with_notifications = ReadCache(cache.store, {**TTLS, "notifications": 30}, STALE_S, 1.0)  # the same store
+    unread = FakeMoodle({"notifications": []})
+    assert read(with_notifications, unread, NOTIFICATIONS, {"useridto": 3})[1].fetch == Fetch.MISS
+
+
+# -- one fetch for concurrent misses ---------------------------------------------------------------
+
+
+def test_concurrent_identical_misses_make_one_fetch_and_the_others_wait_for_it(make_cache):
+    cache, moodle = make_cache(), BlockingMoodle(OLD)
+
+    threads, results = in_threads(10, lambda n: read(cache, moodle))
+    assert moodle.entered.wait(5)
+    wait_for_waiters(cache, 9)
+    moodle.release.set()
+    join(threads)
+
+    assert moodle.calls == 1
+    assert all(answer == OLD for answer, _ in results)
+    assert sorted(outcome.header() for _, outcome in results) == [
+        *["lms_api; fwd=uri-miss; collapsed"] * 9,
+        "lms_api; fwd=uri-miss; stored",
+    ]
+
+
+def test_a_fetch_in_flight_holds_up_no_read_of_another_key(clock):
+    cache, hung = make_read_cache(LocalStore(MAX_BYTES, clock), clock), BlockingMoodle(OLD)
+    threads, _ = in_threads(1, lambda n: read(cache, hung, GET_COURSES_BY_FIELD, {"field": "id", "value": "2"}))
+    assert hung.entered.wait(5)
+    other = FakeMoodle(NEW)
+
+    answer, outcome = read(cache, other, GET_COURSES_BY_FIELD, {"field": "id", "value": "3"})
+
+    assert (answer, outcome.fetch, other.calls) == (NEW, Fetch.MISS, 1)
+    hung.release.set()
+    join(threads)
+
+
+def test_the_waiters_share_the_fetch_error_and_nothing_is_kept(clock):
+    cache = make_read_cache(LocalStore(MAX_BYTES, clock), clock)
+    moodle = BlockingMoodle(NEW, moodle_error(ErrorCode.MOODLE_UNAVAILABLE))
+
+    threads, results = in_threads(5, lambda n: read(cache, moodle))
+    assert moodle.entered.wait(5)
+    wait_for_waiters(cache, 4)
+    moodle.release.set()
+    join(threads)
+
+    assert moodle.calls == 1
+    assert [getattr(result, "code", None) for result in results] == [ErrorCode.MOODLE_UNAVAILABLE] * 5
+    assert read(cache, moodle) == (NEW, CacheOutcome(Fetch.MISS, stored=True))
+
+
+def test_a_waiter_fetches_itself_once_the_fetch_it_waits_for_outlasts_a_calls_deadline(clock):
+    cache = make_read_cache(LocalStore(MAX_BYTES, clock), clock, wait_s=0.1)
+    hung = BlockingMoodle(OLD)
+    threads, _ = in_threads(1, lambda n: read(cache, hung))
+    assert hung.entered.wait(5)
+    own = FakeMoodle(NEW)
+
+    started = time.monotonic()
+    answer, outcome = read(cache, own)
+
+    assert (answer, outcome.fetch, own.calls) == (NEW, Fetch.MISS, 1)
+    assert time.monotonic() - started < 2
+    hung.release.set()
+    join(threads)
+
+
+def test_a_read_that_starts_after_a_write_does_not_wait_for_a_fetch_that_started_before_it(make_cache):
+    cache, before_write = make_cache(), BlockingMoodle(OLD)
+    first, first_result = in_threads(1, lambda n: read(cache, before_write))
+    assert before_write.entered.wait(5)
+    cache.invalidate_after(UPDATE_COURSES)  # the write's answer has left: any read from now on must see it
+    after_write = FakeMoodle(NEW)
+
+    second, second_result = in_threads(1, lambda n: read(cache, after_write))
+    join(second)  # done while the fetch from before the write is still held: it did not wait for it
+    before_write.release.set()
+    join(first)
+
+    assert first_result[0][0] == OLD
+    assert second_result[0] == (NEW, CacheOutcome(Fetch.MISS, stored=True))
+    assert read(cache, FakeMoodle(OLD)) == (NEW, CacheOutcome(Fetch.HIT, 60))
+
+
+# -- answers derived from an entry -----------------------------------------------------------------
+
+
+class CountingDerive:
+    """A derive function that counts how often it is worked out."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, answer):
+        self.calls += 1
+        return ("derived", answer["courses"][0]["fullname"])
+
+
+def read_derived(cache, fetch, derive, refresh=False):
+    with recording_calls():
+        return cache.read(GET_COURSES, {}, fetch, refresh, derive)
+
+
+def test_a_derived_answer_is_worked_out_once_per_stored_version(make_cache, clock):
+    cache, derive = make_cache(), CountingDerive()
+
+    assert read_derived(cache, FakeMoodle(OLD), derive) == ("derived", "Old name")  # a miss: worked out
+    assert [read_derived(cache, FakeMoodle(), derive) for _ in range(3)] == [("derived", "Old name")] * 3
+    assert derive.calls == 2  # once for the miss, once for the entry's stored version, then remembered
+
+    clock.advance(61)
+    assert read_derived(cache, FakeMoodle(NEW), derive) == ("derived", "New name")
+    assert read_derived(cache, FakeMoodle(), derive) == ("derived", "New name")
+
+
+def test_a_derived_answer_is_never_served_after_a_write_or_to_a_refresh(make_cache):
+    cache, derive = make_cache(), CountingDerive()
+    read_derived(cache, FakeMoodle(OLD), derive)
+    read_derived(cache, FakeMoodle(), derive)
+
+    cache.invalidate_after(UPDATE_COURSES)
+    assert read_derived(cache, FakeMoodle(NEW), derive) == ("derived", "New name")
+    fresher = {"courses": [{"id": 2, "fullname": "Newest"}]}
+    assert read_derived(cache, FakeMoodle(fresher), derive, refresh=True) == ("derived", "Newest")
+
+
+def test_the_derived_answers_kept_are_bounded(make_cache):
+    cache = make_cache()
+    for _ in range(MAX_DERIVED + 10):
+        derive = CountingDerive()  # each its own function: each its own remembered answer
+        read_derived(cache, FakeMoodle(), derive)
+        read_derived(cache, FakeMoodle(), derive)
+
+    assert len(cache._derived) == MAX_DERIVED
