@@ -9,11 +9,9 @@ from lms_api.errors import ApiError, ErrorCode
 from lms_api.moodle.client import Moodle
 from lms_api.moodle.encoding import split_by_input_vars
 from lms_api.moodle.errors import MoodleError, MoodleRecord, expect_list
-from lms_api.moodle.functions import USER_LOOKUP_FIELDS, MoodleFunction
+from lms_api.moodle.functions import MoodleFunction
 from lms_api.services.notfound import not_found
 
-# lms_api.schemas.users still imports it from here; it reads it from lms_api.moodle.functions once switched over.
-USER_FIELDS = USER_LOOKUP_FIELDS
 # When Moodle hides the field from the gateway's token, each value it did not match is asked alone; this bounds
 # those calls per request (a request may name 1,000 values), and the values past it are answered as unchecked.
 MAX_SINGLE_VALUE_CALLS = 20
