@@ -1,8 +1,9 @@
 """MoodleClient: the one synchronous client that talks to Moodle's REST server.
 
-It bracket-encodes params, keeps the token in the POST body, gives each logical call one deadline
-(retries included), retries only read-only functions, turns every failure into a :class:`MoodleError`
-and checks a function is enabled before calling it. An answer is read up to ``MOODLE_MAX_ANSWER_MB`` and no further.
+It calls a function by its :class:`~lms_api.moodle.functions.MoodleFunction` member, bracket-encodes params, keeps
+the token in the POST body, gives each logical call one deadline (retries included), retries only the functions the
+table declares reads, turns every failure into a :class:`MoodleError`, checks a function is enabled before calling
+it and its answer has the declared shape after. An answer is read up to ``MOODLE_MAX_ANSWER_MB`` and no further.
 When Moodle gives no usable answer, the error says why for operators (:class:`Cause`), and the client logs when Moodle
 stops answering and when it answers again. Its ``includeme`` registers one client per process as a
 Pyramid service; views look it up with ``request.find_service(MoodleClient)``. Without ``MOODLE_BASE_URL``
