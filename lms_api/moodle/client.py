@@ -5,10 +5,10 @@ the token in the POST body, gives each logical call one deadline (retries includ
 table declares reads, turns every failure into a :class:`MoodleError`, checks a function is enabled before calling
 it and its answer has the declared shape after. An answer is read up to ``MOODLE_MAX_ANSWER_MB`` and no further.
 When Moodle gives no usable answer, the error says why for operators (:class:`Cause`), and the client logs when Moodle
-stops answering and when it answers again. Its ``includeme`` registers one client per process as a
-Pyramid service; views look it up with ``request.find_service(MoodleClient)``. Without ``MOODLE_BASE_URL``
-(development only) the client talks to whatever ``MOODLE_SANDBOX`` starts, by default the built-in emulator,
-imported only then.
+stops answering and when it answers again. Its ``includeme`` registers one client per process as a Pyramid service;
+the read cache's front (``CachedMoodle``), health and metrics look it up with ``request.find_service(MoodleClient)``.
+Without ``MOODLE_BASE_URL`` (development only) the client talks to whatever ``MOODLE_SANDBOX`` starts, by default the
+built-in emulator, imported only then.
 """
 
 from __future__ import annotations
