@@ -327,9 +327,10 @@ def _settings_class(cls: type[T]) -> type[T]:
 
 @_settings_class
 class Settings:
-    """Every setting, declared once: the loader, README's configuration table (``scripts/settings_table.py``) and the
-    example ``.env`` follow these fields, in this order. The field ``moodle_timeout_ms`` is read from
-    ``MOODLE_TIMEOUT_MS`` in the environment or ``.env``, or ``moodle_timeout_ms`` in the ini."""
+    """Every setting, declared once: the loader reads each field declared with :func:`setting` from its key (the field
+    ``moodle_timeout_ms`` from ``MOODLE_TIMEOUT_MS`` in the environment or ``.env``, ``moodle_timeout_ms`` in the ini),
+    and README's configuration table is printed from them in this order (``scripts/settings_table.py``).
+    ``environment`` and the fields after the settings are the loader's own conclusions."""
 
     environment: str
     moodle_base_url: str | None = setting(
