@@ -295,15 +295,6 @@ class MoodleClient:
         """A Moodle text fit to pass on: without the gateway's token or any server path."""
         return clean_text(text, (self._token,))
 
-    def site_info(self) -> dict[str, Any]:
-        """``call(MoodleFunction.SITE_INFO)``, for the read cache's site-info memo until it calls that itself."""
-        info: dict[str, Any] = self.call(MoodleFunction.SITE_INFO)
-        return info
-
-    def site_info_answer(self) -> Answer:
-        """``answer(MoodleFunction.SITE_INFO)``, for the site-info refresher and the read cache until they call it."""
-        return self.answer(MoodleFunction.SITE_INFO)
-
     def available_functions(self) -> frozenset[str]:
         """The functions of the token's service, from site info, cached for ``functions_ttl_s``."""
         if self._functions is not None and self._clock() < self._functions_expire_at:
