@@ -329,3 +329,11 @@ def test_a_provider_that_does_not_answer_its_first_fetch_refuses_tokens_after_th
     first.join(3)
 
     assert result == [True]
+
+
+def test_a_key_the_provider_publishes_for_encryption_verifies_no_token(make_gateway, idp):
+    signing = idp.jwks
+    idp.jwks = lambda: {"keys": [{**entry, "use": "enc"} for entry in signing()["keys"]]}
+    gateway = make_gateway(JWT_SECRET="", JWT_JWKS_URL=idp.url)
+
+    assert_invalid(call(gateway, idp.token("key-1")))
