@@ -99,7 +99,7 @@ class _StateCollector:
         self._rate_counter = rate_counter
 
     def collect(self) -> Iterator[Metric]:
-        client, cache = self._client, self._cache
+        client = self._client
         yield GaugeMetricFamily(
             "lms_api_moodle_calls_in_flight", "Moodle calls holding a bulkhead slot", value=client.bulkhead.in_use
         )
@@ -119,8 +119,8 @@ class _StateCollector:
             "1 while Redis does not answer and this process uses its own state",
             labels=["use"],
         )
-        if isinstance(cache.store, RedisStore):
-            fallback.add_metric(["cache"], float(cache.store.link.down))
+        if isinstance(self._cache.store, RedisStore):
+            fallback.add_metric(["cache"], float(self._cache.store.link.down))
         if isinstance(self._rate_counter, RedisCounter):
             fallback.add_metric(["ratelimit"], float(self._rate_counter.link.down))
         yield fallback
@@ -131,8 +131,9 @@ def metrics_view(request: Request) -> Response:
         raise HTTPNotFound()  # not advertised: the same answer as a path that does not exist
     metrics: GatewayMetrics = request.registry.metrics
     # The services this request finds, as a view would: the ones serving now (a test may have swapped the client).
-    state = _StateCollector(request.find_service(MoodleClient), request.find_service(ReadCache),
-                            request.registry.rate_counter)  # fmt: skip
+    state = _StateCollector(
+        request.find_service(MoodleClient), request.find_service(ReadCache), request.registry.rate_counter
+    )
     scrape = CollectorRegistry()
     scrape.register(metrics.registry)
     scrape.register(state)
