@@ -53,22 +53,10 @@ def _log(request: Request, response: Response, calls: CallLog) -> None:
         route=request.matched_route.name if request.matched_route else None,
         path=request.path,
         status=response.status_code,
-        outcome=_outcome(response) if error is None else str(error.code),
+        outcome="ok" if error is None else str(error.code),
         moodle_functions=calls.functions,
         targets=request.audit_targets or dict(request.matchdict or {}),
     )
-
-
-def _outcome(response: Response) -> str:
-    """Transitional, for the errors that the body and rate limit tweens answer on their own with ``error_response``,
-    which keeps no error on the request: their code, read back from the envelope. Goes once ``error_response`` keeps
-    the error on the request itself."""
-    if response.status_code < 400:
-        return "ok"
-    try:
-        return str(response.json_body["error"]["code"])
-    except (ValueError, KeyError, TypeError):
-        return "error"
 
 
 def includeme(config: Configurator) -> None:

@@ -19,10 +19,9 @@ from pyramid.registry import Registry
 from pyramid.request import Request
 from pyramid.response import Response
 
-from lms_api.errors import ApiError
+from lms_api.errors import ApiError, ErrorCode
 from lms_api.routes import is_api_request
 from lms_api.schemas.base import json_body_too_large
-from lms_api.services.files import upload_too_large
 from lms_api.settings import MIB, Settings
 
 UPLOAD_ROUTE = "api.moodle.files.upload"
@@ -33,6 +32,15 @@ MULTIPART_OVERHEAD_BYTES = 64 * 1024
 def upload_body_limit(max_mb: int) -> int:
     """The largest upload body: MOODLE_MAX_UPLOAD_MB of files, and room for the multipart framing around them."""
     return max_mb * MIB + MULTIPART_OVERHEAD_BYTES
+
+
+def upload_too_large(max_mb: int) -> ApiError:
+    """413 ``filetoolarge``: the body, or the files in it together, exceed MOODLE_MAX_UPLOAD_MB."""
+    return ApiError(
+        ErrorCode.FILE_TOO_LARGE,
+        f"Uploads are limited to {max_mb} MiB (MOODLE_MAX_UPLOAD_MB)",
+        {"max_bytes": max_mb * MIB},
+    )
 
 
 def largest_body(settings: Settings) -> int:

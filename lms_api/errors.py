@@ -10,11 +10,6 @@ from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from typing import Any
 
-from pyramid.request import Request
-from pyramid.response import Response
-
-from lms_api.jsoncodec import dumps
-
 
 class Origin(StrEnum):
     """Who names a code: the gateway, or Moodle (an ``errorcode`` passed on as Moodle sent it)."""
@@ -276,8 +271,8 @@ class ApiError(Exception):
     """An error with a stable, machine-readable ``code`` and its HTTP ``status``.
 
     The status comes from the code's row in :class:`ErrorCode` unless given; a Moodle errorcode the table does not
-    know is passed on as a 502. Exception views and tweens render it with :func:`error_response`; nothing else
-    builds error bodies.
+    know is passed on as a 502. The exception views render it (tweens hand theirs over to them); nothing else builds
+    error bodies.
     """
 
     def __init__(
@@ -324,15 +319,3 @@ def success_body(data: Any) -> dict[str, Any]:
 def success_json(data_json: str) -> str:
     """:func:`~lms_api.jsoncodec.dumps` of :func:`success_body`, around ``data`` serialised already."""
     return '{"ok":true,"data":' + data_json + "}"
-
-
-def error_response(request: Request, error: ApiError) -> Response:
-    """The envelope of ``error`` as a response, for exception views and for tweens that answer on their own."""
-    response = Response(
-        body=dumps(error_body(error, request.id)).encode(),
-        status=error.status,
-        content_type="application/json",
-        charset="utf-8",
-    )
-    response.headers.update(error.headers)
-    return response

@@ -1,5 +1,6 @@
 """What each route does with Moodle: which functions, in which order, and how their answers become one shape.
 
-Views parse input and call these; these call :class:`~lms_api.moodle.client.MoodleClient` and raise
-:class:`~lms_api.errors.ApiError` for anything a caller must hear about.
+Views hand them the read cache's front (:class:`~lms_api.cache.CachedMoodle`, the
+:class:`~lms_api.moodle.client.Moodle` protocol) and the validated input; these call Moodle through the function table's
+members and raise :class:`~lms_api.errors.ApiError` for anything a caller must hear about.
 """

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, TypedDict
 
+from lms_api.bodylimits import upload_too_large
 from lms_api.errors import ApiError, ErrorCode, moodle_code
 from lms_api.moodle.client import FileUpload, Moodle
 from lms_api.moodle.errors import (
@@ -18,8 +19,6 @@ from lms_api.moodle.functions import MoodleFunction
 from lms_api.settings import MIB
 
 SYNC_SERVICE_PLUGIN = "https://github.com/lectureStudio/moodle-local_sync_service"
-# Room for the multipart boundaries, part headers and small form fields around the files themselves.
-MULTIPART_OVERHEAD_BYTES = 64 * 1024
 
 
 class Uploaded(TypedDict):
@@ -35,11 +34,6 @@ class Attached(TypedDict):
     visible: bool
 
 
-def upload_body_limit(max_mb: int) -> int:
-    """The largest upload body: MOODLE_MAX_UPLOAD_MB of files, and room for the multipart framing around them."""
-    return max_mb * MIB + MULTIPART_OVERHEAD_BYTES
-
-
 def check_sizes(files: Sequence[FileUpload], max_mb: int) -> None:
     """413 when the files together exceed MOODLE_MAX_UPLOAD_MB; checked before anything is sent to Moodle."""
     total = 0
@@ -48,14 +42,6 @@ def check_sizes(files: Sequence[FileUpload], max_mb: int) -> None:
         total += upload.stream.tell()
     if total > max_mb * MIB:
         raise upload_too_large(max_mb)
-
-
-def upload_too_large(max_mb: int) -> ApiError:
-    return ApiError(
-        ErrorCode.FILE_TOO_LARGE,
-        f"Uploads are limited to {max_mb} MiB (MOODLE_MAX_UPLOAD_MB)",
-        {"max_bytes": max_mb * MIB},
-    )
 
 
 def upload(moodle: Moodle, files: Sequence[FileUpload], itemid: int, stored_in: Callable[[int], None]) -> Uploaded:

@@ -14,7 +14,8 @@ from pyramid.interfaces import ISecurityPolicy
 from pyramid.request import Request
 from pyramid.response import Response
 
-from lms_api.errors import ApiError, ErrorCode, error_response
+from lms_api.errors import ApiError, ErrorCode, error_body
+from lms_api.jsoncodec import dumps
 from lms_api.routes import allowed_methods
 from lms_api.security import ScopeDenied
 
@@ -33,7 +34,14 @@ MAX_ECHOED_CHARS = 64
 
 def _answered(request: Request, error: ApiError) -> Response:
     request.api_error = error
-    return error_response(request, error)
+    response = Response(
+        body=dumps(error_body(error, request.id)).encode(),
+        status=error.status,
+        content_type="application/json",
+        charset="utf-8",
+    )
+    response.headers.update(error.headers)
+    return response
 
 
 @exception_view_config(ApiError)
