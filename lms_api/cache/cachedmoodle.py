@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from lms_api.cache.readcache import ReadCache
 from lms_api.moodle.client import FileUpload, MoodleClient
 from lms_api.moodle.functions import MoodleFunction
-
-Derived = TypeVar("Derived")
 
 
 class CachedMoodle:
@@ -41,19 +39,6 @@ class CachedMoodle:
         if function is not MoodleFunction.SITE_INFO:  # always offered: it is what says which functions are
             self._client.require(function)
         return self._cache.read(function, params or {}, lambda: self._client.answer(function, params), self._refresh)
-
-    def derived_site_info(self, derive: Callable[[dict[str, Any]], Derived]) -> Derived:
-        """``derive(site info)``; from a cached entry, worked out once per stored version and then remembered.
-
-        Every page load of an SPA asks for the site info, a 50 KB answer on a real site: served from the cache, it
-        is then neither parsed nor dumped again. ``derive`` must not change its argument and its result must not
-        be changed either: both are shared.
-        """
-        if not self._cache.caches(MoodleFunction.SITE_INFO):
-            return derive(self._client.site_info())
-        answer = self._client.site_info_answer
-        derived: Derived = self._cache.read(MoodleFunction.SITE_INFO, {}, answer, self._refresh, derive)
-        return derived
 
     def require(self, *functions: MoodleFunction) -> None:
         self._client.require(*functions)

@@ -9,7 +9,6 @@ import json
 import math
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -18,9 +17,9 @@ import structlog
 from lms_api.cache.entry import Entry
 from lms_api.cache.localstore import LocalStore
 from lms_api.cache.outcomes import CacheOutcome, Fetch, note
+from lms_api.cache.parsed import ParsedAnswers
 from lms_api.cache.redisstore import RedisStore
 from lms_api.errors import ErrorCode
-from lms_api.jsoncodec import loads
 from lms_api.moodle.client import Answer
 from lms_api.moodle.encoding import encode_params
 from lms_api.moodle.errors import MoodleError
@@ -35,13 +34,12 @@ TRANSPORT_FAILURES = frozenset(
     {ErrorCode.MOODLE_TIMEOUT, ErrorCode.MOODLE_UNAVAILABLE, ErrorCode.BAD_GATEWAY, ErrorCode.MOODLE_BUSY}
 )
 LOCK_POLL_S = 0.02
-MAX_DERIVED = 64  # answers worked out from entries and remembered (the site info rendered for its route)
 
 
 class _Flight:
     def __init__(self) -> None:
         self.done = threading.Event()
-        self.body: bytes | None = None
+        self.answer: Answer | None = None
         self.error: BaseException | None = None
 
 
@@ -64,8 +62,7 @@ class ReadCache:
         # By key and generation: a read that starts after a write never waits for a fetch that started before it.
         self._flights: dict[tuple[str, int], _Flight] = {}
         self._flights_lock = threading.Lock()
-        self._derived: OrderedDict[tuple[str, int, float, Callable[[Any], Any]], Any] = OrderedDict()
-        self._derived_lock = threading.Lock()
+        self._parsed = ParsedAnswers()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ReadCache:
@@ -90,12 +87,11 @@ class ReadCache:
         params: Mapping[str, Any],
         fetch: Callable[[], Answer],
         refresh: bool = False,
-        derive: Callable[[Any], Any] | None = None,
     ) -> Any:
         """Moodle's answer to ``function(params)``, from the cache when fresh; ``refresh`` forwards regardless.
 
-        A forwarded answer is parsed once (by the client) and kept as the bytes Moodle sent. With ``derive``, the
-        answer is ``derive(answer)``, remembered per stored version of a fresh entry.
+        A forwarded answer is parsed once (by the client) and kept as the bytes Moodle sent; an entry read again is
+        the object parsed from it before, shared by every reader (see :class:`ParsedAnswers`).
         """
         group = self._group(function)
         key = _key(group, function, params)
@@ -103,18 +99,16 @@ class ReadCache:
         now = self._clock()
         if entry is not None and not refresh and now < entry.fresh_until:
             note(CacheOutcome(Fetch.HIT, math.ceil(entry.fresh_until - now), group=group))
-            if derive is None:
-                return loads(entry.body)
-            return self._derived_from(key, entry, derive)
-        value = self._read_through(function, group, key, generation, entry, now, fetch, refresh)
-        return value if derive is None else derive(value)
+            return self._parsed.parsed(key, entry.body)
+        return self._read_through(function, group, key, generation, entry, now, fetch, refresh)
 
     def store_answer(self, function: MoodleFunction, params: Mapping[str, Any], answer: Answer) -> None:
         """Keep an answer fetched outside a request (the site info refreshed in the background)."""
         if not self.caches(function):
             return
         group = self._group(function)
-        self._put(group, _key(group, function, params), self.store.generation(group), answer.body)
+        key = _key(group, function, params)
+        self._put(group, key, self.store.generation(group), answer)
 
     def invalidate_after(self, function: MoodleFunction) -> None:
         """A write of ``function`` has ended and may have reached Moodle: drop what it may have changed, here and in
@@ -128,19 +122,6 @@ class ReadCache:
         if group is None or self._ttls.get(group, 0) <= 0:
             raise ValueError(f"{function} is not kept by the read cache")
         return group
-
-    def _derived_from(self, key: str, entry: Entry, derive: Callable[[Any], Any]) -> Any:
-        version = (key, entry.generation, entry.fresh_until, derive)
-        with self._derived_lock:
-            if version in self._derived:
-                self._derived.move_to_end(version)
-                return self._derived[version]
-        derived = derive(loads(entry.body))
-        with self._derived_lock:
-            self._derived[version] = derived
-            if len(self._derived) > MAX_DERIVED:
-                self._derived.popitem(last=False)
-        return derived
 
     def _read_through(
         self,
@@ -166,7 +147,7 @@ class ReadCache:
                 ttl = math.ceil(left) if left > 0 else min(-1, math.floor(left))
                 note(CacheOutcome(Fetch.STALE, ttl, group=group))
                 log.info("cache.stale_served", function=str(function), error_code=str(error.code))
-                return loads(entry.body)
+                return self._parsed.parsed(key, entry.body)
             note(CacheOutcome(Fetch.REFRESH if refresh else Fetch.MISS, group=group))  # errors are never kept
             raise
         forwarded = Fetch.REFRESH if refresh else Fetch.MISS
@@ -190,8 +171,8 @@ class ReadCache:
             if flight.done.wait(self._wait_s):
                 if flight.error is not None:
                     raise flight.error
-                assert flight.body is not None
-                return loads(flight.body), True
+                assert flight.answer is not None
+                return flight.answer.value, True
             return self._fetch_and_put(group, key, generation, fetch, share=False)
         try:
             value, collapsed = self._fetch_and_put(group, key, generation, fetch, share=True, flight=flight)
@@ -214,7 +195,7 @@ class ReadCache:
         flight: _Flight | None = None,
     ) -> tuple[Any, bool]:
         """Fetch and keep the answer under the key's lock in Redis; with ``share``, when another replica holds the
-        lock, its answer instead (``True``: another replica's). ``flight`` gets the bytes for this process's
+        lock, its answer instead (``True``: another replica's). ``flight`` gets the answer for this process's
         waiters."""
         shared_store = self.store if isinstance(self.store, RedisStore) else None  # replicas share a key's lock
         # One lock per generation, as for fetches in flight: a read after a write never waits for an older fetch.
@@ -223,24 +204,26 @@ class ReadCache:
         if shared_store and token is None and share:
             shared = self._wait_for_other_replica(shared_store, group, key, lock_name)
             if shared is not None:
+                answer = Answer(self._parsed.parsed(key, shared), shared)
                 if flight is not None:
-                    flight.body = shared
-                return loads(shared), True
+                    flight.answer = answer
+                return answer.value, True
             token = shared_store.lock(lock_name, self._wait_s)  # its holder failed or gave up: fetch here
         try:
             answer = fetch()
-            self._put(group, key, generation, answer.body)  # before the lock is let go: a waiting replica finds it
+            self._put(group, key, generation, answer)  # before the lock is let go: a waiting replica finds it
         finally:
             if shared_store and token is not None:
                 shared_store.unlock(lock_name, token)
         if flight is not None:
-            flight.body = answer.body
+            flight.answer = answer
         return answer.value, False
 
-    def _put(self, group: CacheGroup, key: str, generation: int, body: bytes) -> None:
+    def _put(self, group: CacheGroup, key: str, generation: int, answer: Answer) -> None:
         now = self._clock()
         fresh_until = now + self._ttls[group]
-        self.store.put(group, key, Entry(generation, body, fresh_until, fresh_until + self._stale_s))
+        self.store.put(group, key, Entry(generation, answer.body, fresh_until, fresh_until + self._stale_s))
+        self._parsed.remember(key, answer.body, answer.value)
 
     def _wait_for_other_replica(self, store: RedisStore, group: CacheGroup, key: str, lock_name: str) -> bytes | None:
         """While another replica holds the key's lock, wait (up to a call's deadline) for the entry it stores."""

@@ -8,8 +8,8 @@ from structlog.testing import capture_logs
 
 from lms_api.cache.localstore import LocalStore
 from lms_api.cache.outcomes import CacheOutcome, Fetch
-from lms_api.cache.readcache import MAX_DERIVED, ReadCache
-from lms_api.calllog import recording_calls
+from lms_api.cache.parsed import MAX_PARSED
+from lms_api.cache.readcache import ReadCache
 from lms_api.errors import ErrorCode
 from lms_api.moodle.functions import MoodleFunction
 from tests.conftest import join
@@ -117,7 +117,7 @@ def test_a_refresh_forwards_even_when_fresh_and_keeps_the_new_answer(make_cache)
 @pytest.mark.parametrize("code", TRANSPORT_CODES)
 def test_a_transport_failure_serves_the_expired_entry_within_the_stale_window(make_cache, clock, code):
     cache = make_cache()
-    read(cache, FakeMoodle(OLD))
+    fetched, _ = read(cache, FakeMoodle(OLD))
     clock.advance(60 + 29.5)
     moodle = FakeMoodle(NEW, moodle_error(code))
 
@@ -125,6 +125,7 @@ def test_a_transport_failure_serves_the_expired_entry_within_the_stale_window(ma
         answer, outcome = read(cache, moodle)
 
     assert (answer, outcome) == (OLD, CacheOutcome(Fetch.STALE, -30))
+    assert answer is fetched  # the same stored answer: parsed once
     assert moodle.calls == 1  # Moodle was tried first
     assert [line["event"] for line in logs] == ["cache.stale_served"]
     # Serving stale made nothing fresh: the next read tries Moodle again and keeps its answer.
@@ -221,6 +222,65 @@ def test_an_answer_fetched_outside_a_request_is_kept_for_the_next_read(make_cach
     assert read(with_notifications, unread, NOTIFICATIONS, {"useridto": 3})[1].fetch == Fetch.MISS
 
 
+# -- one parse per stored answer ------------------------------------------------------------------
+
+
+def test_a_hit_on_the_same_stored_answer_is_the_same_object(make_cache, clock):
+    cache = make_cache()
+
+    fetched, _ = read(cache, FakeMoodle(OLD))
+    hits = [read(cache, FakeMoodle())[0] for _ in range(3)]
+    clock.advance(61)
+    refetched, _ = read(cache, FakeMoodle(NEW))
+
+    assert fetched == OLD and all(hit is fetched for hit in hits)  # what the client parsed: never parsed again
+    assert refetched == NEW and read(cache, FakeMoodle())[0] is refetched
+
+
+def test_an_answer_stored_by_another_process_is_parsed_once_here(replicas):
+    first, second = replicas
+    read(first, FakeMoodle(OLD))
+
+    hits = [read(second, FakeMoodle())[0] for _ in range(3)]
+
+    assert hits[0] == OLD and all(hit is hits[0] for hit in hits)
+    assert hits[0] is not read(first, FakeMoodle())[0]  # each process parses its own
+
+
+def test_after_a_write_or_a_refresh_the_new_answer_is_served(make_cache):
+    cache = make_cache()
+    read(cache, FakeMoodle(OLD))
+
+    cache.invalidate_after(UPDATE_COURSES)
+    after_write, _ = read(cache, FakeMoodle(NEW))
+    newest = {"courses": [{"id": 2, "fullname": "Newest"}]}
+    refreshed, _ = read(cache, FakeMoodle(newest), refresh=True)
+
+    assert (after_write, refreshed) == (NEW, newest)
+    assert read(cache, FakeMoodle())[0] is refreshed
+
+
+def test_an_answer_kept_outside_a_request_is_the_object_the_next_reads_get(make_cache):
+    cache = make_cache()
+    answer = answer_of(NEW)
+
+    cache.store_answer(GET_COURSES, {}, answer)
+
+    assert read(cache, FakeMoodle(OLD))[0] is answer.value
+
+
+def test_the_answers_remembered_parsed_are_bounded_and_the_others_parsed_again(clock):
+    cache = make_read_cache(LocalStore(MAX_BYTES, clock), clock)
+    fetched = [read(cache, FakeMoodle(OLD), params={"n": n})[0] for n in range(MAX_PARSED)]
+    assert read(cache, FakeMoodle(), params={"n": 0})[0] is fetched[0]  # now the most recently read
+
+    read(cache, FakeMoodle(OLD), params={"n": MAX_PARSED})  # pushes out the least recently read: n=1
+
+    assert read(cache, FakeMoodle(), params={"n": 0})[0] is fetched[0]
+    again, outcome = read(cache, FakeMoodle(), params={"n": 1})
+    assert outcome.fetch == Fetch.HIT and again == OLD and again is not fetched[1]  # parsed again from its entry
+
+
 # -- one fetch for concurrent misses ---------------------------------------------------------------
 
 
@@ -234,7 +294,7 @@ def test_concurrent_identical_misses_make_one_fetch_and_the_others_wait_for_it(m
     join(threads)
 
     assert moodle.calls == 1
-    assert all(answer == OLD for answer, _ in results)
+    assert results[0][0] == OLD and all(answer is results[0][0] for answer, _ in results)  # the fetch's own
     assert sorted(outcome.header() for _, outcome in results) == [
         *["lms_api; fwd=uri-miss; collapsed"] * 9,
         "lms_api; fwd=uri-miss; stored",
@@ -300,55 +360,3 @@ def test_a_read_that_starts_after_a_write_does_not_wait_for_a_fetch_that_started
     assert first_result[0][0] == OLD
     assert second_result[0] == (NEW, CacheOutcome(Fetch.MISS, stored=True))
     assert read(cache, FakeMoodle(OLD)) == (NEW, CacheOutcome(Fetch.HIT, 60))
-
-
-# -- answers derived from an entry -----------------------------------------------------------------
-
-
-class CountingDerive:
-    """A derive function that counts how often it is worked out."""
-
-    def __init__(self):
-        self.calls = 0
-
-    def __call__(self, answer):
-        self.calls += 1
-        return ("derived", answer["courses"][0]["fullname"])
-
-
-def read_derived(cache, fetch, derive, refresh=False):
-    with recording_calls():
-        return cache.read(GET_COURSES, {}, fetch, refresh, derive)
-
-
-def test_a_derived_answer_is_worked_out_once_per_stored_version(make_cache, clock):
-    cache, derive = make_cache(), CountingDerive()
-
-    assert read_derived(cache, FakeMoodle(OLD), derive) == ("derived", "Old name")  # a miss: worked out
-    assert [read_derived(cache, FakeMoodle(), derive) for _ in range(3)] == [("derived", "Old name")] * 3
-    assert derive.calls == 2  # once for the miss, once for the entry's stored version, then remembered
-
-    clock.advance(61)
-    assert read_derived(cache, FakeMoodle(NEW), derive) == ("derived", "New name")
-    assert read_derived(cache, FakeMoodle(), derive) == ("derived", "New name")
-
-
-def test_a_derived_answer_is_never_served_after_a_write_or_to_a_refresh(make_cache):
-    cache, derive = make_cache(), CountingDerive()
-    read_derived(cache, FakeMoodle(OLD), derive)
-    read_derived(cache, FakeMoodle(), derive)
-
-    cache.invalidate_after(UPDATE_COURSES)
-    assert read_derived(cache, FakeMoodle(NEW), derive) == ("derived", "New name")
-    fresher = {"courses": [{"id": 2, "fullname": "Newest"}]}
-    assert read_derived(cache, FakeMoodle(fresher), derive, refresh=True) == ("derived", "Newest")
-
-
-def test_the_derived_answers_kept_are_bounded(make_cache):
-    cache = make_cache()
-    for _ in range(MAX_DERIVED + 10):
-        derive = CountingDerive()  # each its own function: each its own remembered answer
-        read_derived(cache, FakeMoodle(), derive)
-        read_derived(cache, FakeMoodle(), derive)
-
-    assert len(cache._derived) == MAX_DERIVED
