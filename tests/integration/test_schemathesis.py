@@ -3,6 +3,8 @@ every answer conforms to its documented status codes, content type, headers and 
 
 import subprocess
 
+import requests
+
 from tests.conftest import free_port
 from tests.integration.conftest import BIN, clean_env, wait_for_port
 
@@ -18,6 +20,8 @@ def test_every_operation_answers_as_documented(spawn, tmp_path):
     unlimited = {f"RATE_LIMIT_{kind}": "1000000/minute" for kind in ("READ", "WRITE", "UNAUTHENTICATED")}
     gateway = spawn("pserve", "development.ini", f"http_port={port}", env=clean_env(**unlimited), log="gateway.log")
     wait_for_port(port, gateway)
+    document = requests.get(f"http://127.0.0.1:{port}/api/moodle/openapi.json", timeout=10).json()
+    operations = sum(len(item) for item in document["paths"].values())  # each route and method the views declare
     token = subprocess.run(
         [str(BIN / "lms-api"), "token", "--sub", "schemathesis", "--scope", "admin", "--moodle-userid", "3"],
         env=clean_env(), capture_output=True, text=True, check=True,
@@ -32,4 +36,4 @@ def test_every_operation_answers_as_documented(spawn, tmp_path):
     )  # fmt: skip
 
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
-    assert "11 selected / 11 total" in run.stdout
+    assert operations and f"{operations} selected / {operations} total" in run.stdout
