@@ -79,7 +79,8 @@ def test_two_gateway_processes_share_one_read_cache_and_see_each_others_writes(s
     patched = requests.patch(f"{b}/courses/2", json={"fullname": renamed}, headers=headers, timeout=10)
     assert patched.status_code == 200, patched.text
     status_a, course_a = read(f"{a}/courses/2")
-    assert (status_a, course_a["fullname"]) == ("lms_api; fwd=uri-miss; stored", renamed), "no stale hit on A"
+    # What B read back once its write had dropped the courses, kept in Redis: never A's entry from before the write.
+    assert (status_a.startswith("lms_api; hit; ttl="), course_a["fullname"]) == (True, renamed), "no stale hit on A"
     status_a, list_a = read(f"{a}/courses")
     assert (status_a, listed(list_a)[2]) == ("lms_api; fwd=uri-miss; stored", renamed)
     assert lists_sent() == sent + 2

@@ -170,19 +170,68 @@ def test_while_redis_is_away_entries_are_kept_in_the_process_and_that_is_logged_
     assert events(logs) == ["cache.redis_unavailable"]
 
 
-def test_redis_going_away_during_a_fetch_still_answers_and_the_process_takes_over(empty_redis, clock, link_clock):
-    cache = make_read_cache(redis_store(empty_redis, clock, link_clock), clock)
+def stop(process):
+    process.kill()
+    process.wait(10)
+
+
+def test_redis_going_away_during_a_fetch_still_answers_and_the_process_takes_over(own_redis, clock, link_clock):
+    process, url = own_redis
+    cache = make_read_cache(redis_store(url, clock, link_clock), clock)
 
     class RedisGoesAway(FakeMoodle):
         def __call__(self):
-            cache.store.link.client = unreachable()
+            stop(process)
             return super().__call__()
 
-    assert read(cache, RedisGoesAway(OLD))[0] == OLD
-    again = FakeMoodle(NEW)
-    assert read(cache, again) == (NEW, CacheOutcome(Fetch.MISS, stored=True))  # the entry never reached Redis
-    assert read(cache, again) == (NEW, CacheOutcome(Fetch.HIT, 60))  # kept in the process meanwhile
+    with capture_logs() as logs:
+        assert read(cache, RedisGoesAway(OLD)) == (OLD, CacheOutcome(Fetch.MISS, stored=True))
+        again = FakeMoodle(NEW)
+        assert read(cache, again) == (NEW, CacheOutcome(Fetch.MISS, stored=True))  # the entry never reached Redis
+        assert read(cache, again) == (NEW, CacheOutcome(Fetch.HIT, 60))  # kept in the process meanwhile
+
     assert again.calls == 1
+    assert events(logs) == ["cache.redis_unavailable"]
+
+
+def test_redis_going_away_once_a_miss_is_found_still_fetches_and_keeps_the_answer(own_redis, clock, link_clock):
+    process, url = own_redis
+    cache = make_read_cache(redis_store(url, clock, link_clock), clock)
+    find = cache.store.get
+
+    def found_then_gone(group, key):
+        found = find(group, key)
+        stop(process)  # before the key's lock is taken
+        return found
+
+    cache.store.get = found_then_gone
+    moodle = FakeMoodle(OLD)
+
+    assert read(cache, moodle) == (OLD, CacheOutcome(Fetch.MISS, stored=True))
+    assert read(cache, moodle) == (OLD, CacheOutcome(Fetch.HIT, 60))
+    assert moodle.calls == 1
+
+
+def test_a_replica_waiting_on_a_lock_when_redis_goes_away_fetches_itself(own_redis, clock, link_clock):
+    process, url = own_redis
+    first, second = (make_read_cache(redis_store(url, clock, link_clock), clock) for _ in range(2))
+    in_flight = BlockingMoodle(OLD)
+    threads, _ = in_threads(1, lambda n: read(first, in_flight))
+    assert in_flight.entered.wait(5)
+    locked = second.store.locked
+
+    def gone_while_waiting(key):
+        stop(process)
+        return locked(key)
+
+    second.store.locked = gone_while_waiting
+    own = FakeMoodle(NEW)
+
+    answer, outcome = read(second, own)
+
+    in_flight.release.set()
+    join(threads)
+    assert (answer, outcome, own.calls) == (NEW, CacheOutcome(Fetch.MISS, stored=True), 1)
 
 
 def test_an_answer_kept_outside_a_request_while_redis_is_away_is_kept_in_the_process(empty_redis, clock, link_clock):
