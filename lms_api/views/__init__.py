@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import venusian
@@ -69,10 +69,10 @@ class Operation:
 class Validated:
     """``request.validated``: a view's inputs as its operation's schemas loaded them (empty when not declared)."""
 
-    path: dict[str, Any] = field(default_factory=dict)
-    query: dict[str, Any] = field(default_factory=dict)
-    body: dict[str, Any] = field(default_factory=dict)  # a JSON body
-    form: dict[str, Any] = field(default_factory=dict)  # a multipart/form-data body
+    path: dict[str, Any]
+    query: dict[str, Any]
+    body: dict[str, Any]  # a JSON body
+    form: dict[str, Any]  # a multipart/form-data body
 
 
 def api_view(

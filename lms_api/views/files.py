@@ -11,10 +11,9 @@ from lms_api.views import ApiViews, api_routes, api_view
 @api_routes(
     {"api.moodle.files.upload": "/api/moodle/files/upload", "api.moodle.files.attach": "/api/moodle/files/attach"}
 )
-@view_defaults(request_method="POST")
+@view_defaults(route_name="api.moodle.files.upload")
 class FileViews(ApiViews):
     @api_view(
-        route_name="api.moodle.files.upload",
         request_method="POST",
         permission=Scope.FILES_WRITE,
         form=UploadForm(),
