@@ -28,7 +28,7 @@ from lms_api.cache.localstore import LocalStore
 from lms_api.cache.outcomes import CacheOutcome
 from lms_api.cache.readcache import ReadCache
 from lms_api.cache.redisstore import RedisStore
-from lms_api.cache.tween import FreshAnswer, cache_tween_factory, fresh_answer
+from lms_api.cache.tween import SAFE_METHODS, FreshAnswer, cache_tween_factory, fresh_answer
 from lms_api.moodle.client import MoodleClient
 from lms_api.settings import Settings
 
@@ -50,7 +50,9 @@ def includeme(config: Configurator) -> None:
     config.register_service(cache, ReadCache)
 
     def cached_moodle(context: Any, request: Request) -> CachedMoodle:
-        refresh = request.fresh_answer is FreshAnswer.HONOURED
+        # A write's reads ask Moodle (and refresh what is kept): what a write is checked against, or reads back, is
+        # Moodle's state of the moment, not an entry up to a TTL old.
+        refresh = request.fresh_answer is FreshAnswer.HONOURED or request.method not in SAFE_METHODS
         return CachedMoodle(request.find_service(MoodleClient), cache, refresh)
 
     config.register_service_factory(cached_moodle, CachedMoodle)

@@ -36,7 +36,7 @@ class CachedMoodle:
                 self._cache.invalidate_after(function)
         if not self._cache.caches(function):
             return self._client.call(function, params)
-        if function is not MoodleFunction.SITE_INFO:  # always offered: it is what says which functions are
+        if function is not MoodleFunction.SITE_INFO:  # always offered: it is what lists the functions offered
             self._client.require(function)
         return self._cache.read(function, params or {}, lambda: self._client.answer(function, params), self._refresh)
 

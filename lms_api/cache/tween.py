@@ -14,7 +14,7 @@ from lms_api.cache.outcomes import request_outcome
 from lms_api.calllog import CallLog
 from lms_api.security import Scope
 
-SAFE_METHODS = frozenset({"GET", "HEAD"})
+SAFE_METHODS = frozenset({"GET", "HEAD"})  # reads: any other method writes
 
 
 class FreshAnswer(Enum):
@@ -37,7 +37,7 @@ def fresh_answer(request: Request) -> FreshAnswer:
 
 def cache_tween_factory(handler: Callable[[Request], Response], registry: Registry) -> Callable[[Request], Response]:
     """``Cache-Status`` on every answer to a read that a cached read took part in, error answers included. A write's
-    answer has none: the cache forwards every write, though a service may read back through it what it wrote."""
+    answer has none: the cache forwards the write, and the reads it makes too."""
 
     def tween(request: Request) -> Response:
         response = handler(request)

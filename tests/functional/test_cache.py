@@ -34,6 +34,7 @@ UNREAD_COUNT = f"{API}/notifications/unread-count"
 BY_FIELD = "core_course_get_courses_by_field"
 GET_COURSES = "core_course_get_courses"
 GET_NOTIFICATIONS = "message_popup_get_popup_notifications"
+GET_USERS = "core_user_get_users_by_field"
 MISS = "lms_api; fwd=uri-miss; stored"
 MISS_NOT_STORED = "lms_api; fwd=uri-miss"
 COLLAPSED = "lms_api; fwd=uri-miss; collapsed"
@@ -566,6 +567,20 @@ def test_a_write_drops_what_it_changes_in_an_app_without_any_other_tween(sandbox
     app.patch_json(f"{COURSES}/{course_id}", {"fullname": "Renamed without tweens"}, headers=headers)
     assert read(f"{COURSES}/{course_id}")["fullname"] == "Renamed without tweens"
     assert listed().get(course_id) == "Renamed without tweens"
+
+
+def test_the_checks_before_a_write_ask_moodle_even_when_their_answers_are_kept(make_gateway, sandbox):
+    """A course or user deleted in Moodle a moment ago must not pass the checks an enrolment makes first."""
+    gateway = make_gateway()
+    course_id = create_course(gateway)
+    enrolment = {"enrolments": [{"roleid": "student", "userid": 6, "courseid": course_id}]}
+    assert gateway.post(f"{API}/enrol", enrolment, TOKEN).status_int == 200  # what its checks read is kept
+    before = sandbox_calls(sandbox)
+
+    again = gateway.post(f"{API}/enrol", enrolment, TOKEN)
+
+    assert again.status_int == 200 and "Cache-Status" not in again.headers
+    assert calls_since(sandbox, before) == {GET_COURSES: 1, GET_USERS: 1, "enrol_manual_enrol_users": 1}
 
 
 def test_enrolments_uploads_and_attachments_drop_nothing(make_gateway):
