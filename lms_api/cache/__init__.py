@@ -24,7 +24,6 @@ from pyramid.request import Request
 from pyramid.tweens import EXCVIEW, INGRESS
 
 from lms_api.cache.cachedmoodle import CachedMoodle
-from lms_api.cache.localstore import LocalStore
 from lms_api.cache.outcomes import CacheOutcome
 from lms_api.cache.readcache import ReadCache
 from lms_api.cache.redisstore import RedisStore
@@ -36,7 +35,6 @@ __all__ = [
     "CacheOutcome",
     "CachedMoodle",
     "FreshAnswer",
-    "LocalStore",
     "ReadCache",
     "RedisStore",
     "cache_tween_factory",

@@ -11,7 +11,8 @@ import pytest
 import structlog
 import webtest
 
-from lms_api.cache import LocalStore, ReadCache
+from lms_api.cache import ReadCache
+from lms_api.cache.localstore import LocalStore
 from lms_api.config import make_app
 from lms_api.moodle import guard
 from tests.conftest import (
