@@ -16,7 +16,7 @@ class ParsedAnswers:
     """The last answer parsed for each of the last ``size`` keys, with the bytes it was parsed from.
 
     Every page load of an SPA asks for the site info, a 50 KB answer on a real site: served from an entry, it is
-    parsed once, and the same object lets the view's renderer reuse what it dumped of it. The object is shared by
+    parsed once, and the same object lets the view deriver reuse the JSON it dumped of it. The object is shared by
     every request that reads it, so no one may change it.
     """
 
