@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pyramid.router import Router
-
-from lms_api.config import make_app
-from lms_api.health import keep_site_info_fresh
-from lms_api.logging import LinesAsLog, drop_pserve_log_handler
 from lms_api.settings import SETTING_NAMES, SettingsError, load_settings, read_dotenv
+
+if TYPE_CHECKING:
+    from pyramid.router import Router
 
 
 def main(global_config: dict[str, Any], **ini_settings: Any) -> Router:
     """PasteDeploy entry point used by ``pserve development.ini`` and ``pserve production.ini``."""
+    # Imported here, not with the package: the command line (``lms-api token``) needs none of the app.
+    from lms_api.config import make_app
+    from lms_api.health import keep_site_info_fresh
+    from lms_api.logging import LinesAsLog, drop_pserve_log_handler
+
     try:
         settings = load_settings(ini_settings, os.environ, read_dotenv(global_config.get("here")))
     except SettingsError as error:

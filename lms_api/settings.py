@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from dotenv import dotenv_values
 from pyramid.config import Configurator
 
-from lms_api.moodle.functions import CacheGroup
+from lms_api.moodle.functions import CacheGroup, MoodleFunction
 
 DEVELOPMENT = "development"
 PRODUCTION = "production"
@@ -188,7 +188,7 @@ def _algorithms(key: str, raw: str) -> tuple[str, ...]:
 # Moodle's default archetype role ids; MOODLE_ROLE_IDS overrides or extends them for sites that differ.
 DEFAULT_ROLE_IDS = {"manager": 1, "editingteacher": 3, "teacher": 4, "student": 5}
 # The function of the public local_sync_service plugin; Moodle core has none that creates a file resource.
-DEFAULT_ATTACH_FUNCTION = "local_course_add_new_course_module_resource"
+DEFAULT_ATTACH_FUNCTION = MoodleFunction.ATTACH_FILE.value
 _FUNCTION_NAME = re.compile(r"[a-z][a-z0-9_]{2,165}")
 
 
