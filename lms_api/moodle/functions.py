@@ -111,10 +111,3 @@ class MoodleFunction(StrEnum):
 
 # The fields core_user_get_users_by_field looks users up by.
 USER_LOOKUP_FIELDS = ("id", "idnumber", "username", "email")
-
-# What the code outside the Moodle client and the read cache still reads; goes once both call through the members.
-SITE_INFO = MoodleFunction.SITE_INFO.value
-UPLOAD_FUNCTION = MoodleFunction.UPLOAD.value
-READ_ONLY_FUNCTIONS = frozenset(function.value for function in MoodleFunction if function.retried)
-CACHED_FUNCTIONS = {function.value: str(function.cache_group) for function in MoodleFunction if function.cache_group}
-INVALIDATED_BY = {function.value: tuple(map(str, function.drops)) for function in MoodleFunction if function.drops}
