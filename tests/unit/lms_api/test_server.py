@@ -4,15 +4,10 @@ options; the thread pool that says when it stops."""
 
 import ast
 import configparser
-import contextlib
-import gc
-import io
 import multiprocessing
-import resource
 import signal
 import socket
 import threading
-import weakref
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
@@ -26,6 +21,7 @@ from lms_api import server
 from lms_api.bodylimits import MULTIPART_OVERHEAD_BYTES
 from lms_api.settings import MIB, load_settings
 from tests.conftest import ROOT, eventually, free_port
+from tests.unit.lms_api.server_children import fit_under_limits, serve_and_see_what_the_collector_does
 
 
 def app_with(**environ):
@@ -134,28 +130,6 @@ def test_what_was_built_before_serving_is_collected_then_frozen(waitress, frozen
     assert frozen == ["collect", "freeze"]
 
 
-def serve_and_see_what_the_collector_does():
-    """In a process of its own: garbage made before serving, and whether gc had frozen anything by then."""
-    seen = {}
-
-    class Garbage:
-        pass
-
-    cycle = Garbage()
-    cycle.itself = cycle
-    garbage = weakref.ref(cycle)
-    del cycle
-
-    def create_server(app, **options):
-        seen.update(frozen=gc.get_freeze_count(), garbage_left=garbage() is not None)
-        return SimpleNamespace(print_listen=lambda text: None, run=lambda: None)
-
-    server.waitress.create_server = create_server
-    gc.disable()  # only serve() collects
-    server.server_factory({"http_port": str(free_port())})(App)
-    return seen
-
-
 def test_in_a_process_of_its_own_what_was_built_before_serving_is_frozen_and_garbage_collected_first():
     seen = in_child(serve_and_see_what_the_collector_does)
 
@@ -257,19 +231,6 @@ def test_the_redis_clients_counted_are_those_an_app_with_redis_makes(make_gatewa
     make_gateway(REDIS_URL="redis://127.0.0.1:1/0")  # clients connect on first use: no Redis is needed here
 
     assert len(made) == server.REDIS_CLIENTS
-
-
-def fit_under_limits(soft, hard, needed):
-    """In a process of its own, whose limits on open files start at ``soft`` and ``hard``: what fitting them to
-    ``needed`` answers (or the exit status and what it printed), and the limits after."""
-    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    printed = io.StringIO()
-    with contextlib.redirect_stderr(printed):
-        try:
-            answer = server.fit_open_files_limit(needed, "connection_limit and threads")
-        except SystemExit as stopped:
-            answer = ("exit", stopped.code)
-    return answer, printed.getvalue(), resource.getrlimit(resource.RLIMIT_NOFILE)
 
 
 def test_a_soft_limit_on_open_files_below_what_is_needed_is_raised_to_the_hard_limit():
