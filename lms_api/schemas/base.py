@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from tempfile import SpooledTemporaryFile
 from typing import IO, Any, ClassVar, NamedTuple, Protocol, runtime_checkable
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, missing, validate
 from multipart import MultipartError, MultipartSegment, ParserLimitReached, PushMultipartParser
 from pyramid.request import Request
 
@@ -52,6 +52,49 @@ class RequestSchema(Schema):
 
 class ResponseSchema(Schema):
     """Output schema: only declared fields leave the gateway, so a new or secret Moodle field never leaks."""
+
+
+class Records(fields.Nested):
+    """``Nested(schema, many=True)`` for a list of flat records (no nested field of their own), dumped by ``schema``'s
+    fields without a schema's per-record machinery, at a sixth of its cost: a real site's 753 functions are on the
+    path of every forwarded site info.
+
+    What it dumps is what ``Nested(many=True)`` dumps (a test holds them equal): declared fields only, each serialised
+    by its field, a missing one left out or given its ``dump_default``. Everything else (loading, the OpenAPI
+    document) is ``Nested``'s own.
+    """
+
+    def __init__(self, schema: type[ResponseSchema], **kwargs: Any) -> None:
+        super().__init__(schema, many=True, **kwargs)
+        self._plan = [
+            (field.data_key or name, name, field, field.dump_default, _UNCHANGED_BY.get(type(field)))
+            for name, field in schema().dump_fields.items()
+        ]
+
+    # marshmallow's Field and Nested name the value differently, so no one signature matches both.
+    def _serialize(self, nested_obj: Any, attr: Any, obj: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        if nested_obj is None:
+            return None
+        return [self._record(record) for record in nested_obj]
+
+    def _record(self, record: dict[str, Any]) -> dict[str, Any]:
+        dumped: dict[str, Any] = {}
+        for key, name, field, default, unchanged in self._plan:
+            if name in record:
+                item = record[name]
+            elif default is missing:
+                continue
+            else:
+                item = default() if callable(default) else default
+            if item is None or type(item) is unchanged:
+                dumped[key] = item
+            else:
+                dumped[key] = field._serialize(item, name, record)
+        return dumped
+
+
+# A value of exactly this type comes out of the field as it went in (a str of a String, an int of an Integer).
+_UNCHANGED_BY: dict[type[fields.Field[Any]], type] = {fields.String: str, fields.Integer: int, fields.Boolean: bool}
 
 
 class FormSchema(RequestSchema):

@@ -10,6 +10,7 @@ from lms_api.schemas.base import (
     Choices,
     Flag,
     JsonInteger,
+    Records,
     RequestSchema,
     ResponseSchema,
     Text,
@@ -126,7 +127,7 @@ class CourseSchema(ResponseSchema):
 
 
 class CourseListSchema(ResponseSchema):
-    courses = fields.Nested(CourseSchema, many=True)
+    courses = Records(CourseSchema)
     total = fields.Integer()
     page = fields.Integer()
     perpage = fields.Integer()

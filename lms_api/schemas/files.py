@@ -12,6 +12,7 @@ from lms_api.schemas.base import (
     FilePart,
     Flag,
     FormSchema,
+    Records,
     RequestSchema,
     ResponseSchema,
     Text,
@@ -122,7 +123,7 @@ class StoredFileSchema(ResponseSchema):
 
 class UploadSchema(ResponseSchema):
     itemid = fields.Integer()
-    files = fields.Nested(StoredFileSchema, many=True)
+    files = Records(StoredFileSchema)
 
 
 class AttachedSchema(ResponseSchema):

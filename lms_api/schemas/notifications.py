@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from marshmallow import fields
 
-from lms_api.schemas.base import RequestSchema, ResponseSchema, text_int
+from lms_api.schemas.base import Records, RequestSchema, ResponseSchema, text_int
 
 MAX_LIMIT = 100
 MAX_OFFSET = 1_000_000  # far past any inbox, far inside Moodle's SQL offsets
@@ -45,7 +45,7 @@ class NotificationSchema(ResponseSchema):
 
 class NotificationsSchema(ResponseSchema):
     userid = fields.Integer()
-    notifications = fields.Nested(NotificationSchema, many=True)
+    notifications = Records(NotificationSchema)
     unreadcount = fields.Integer()
     limit = fields.Integer()
     offset = fields.Integer()

@@ -2,7 +2,7 @@
 
 from marshmallow import fields
 
-from lms_api.schemas.base import RequestSchema, ResponseSchema
+from lms_api.schemas.base import Records, RequestSchema, ResponseSchema
 
 
 class SiteInfoQuery(RequestSchema):
@@ -32,13 +32,13 @@ class SiteInfoSchema(ResponseSchema):
     userid = fields.Integer()
     siteurl = fields.String()
     userpictureurl = fields.String()
-    functions = fields.Nested(FunctionSchema, many=True)
+    functions = Records(FunctionSchema)
     downloadfiles = fields.Integer()
     uploadfiles = fields.Integer()
     release = fields.String()
     version = fields.String()
     mobilecssurl = fields.String()
-    advancedfeatures = fields.Nested(AdvancedFeatureSchema, many=True)
+    advancedfeatures = Records(AdvancedFeatureSchema)
     usercanmanageownfiles = fields.Boolean()
     userquota = fields.Integer()
     usermaxuploadfilesize = fields.Integer()

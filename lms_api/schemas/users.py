@@ -7,7 +7,15 @@ from typing import Any
 from marshmallow import ValidationError, fields, post_load, validate
 
 from lms_api.moodle.functions import USER_LOOKUP_FIELDS
-from lms_api.schemas.base import MAX_SAFE_INTEGER, CommaSeparated, RequestSchema, ResponseSchema, Text, single_line
+from lms_api.schemas.base import (
+    MAX_SAFE_INTEGER,
+    CommaSeparated,
+    Records,
+    RequestSchema,
+    ResponseSchema,
+    Text,
+    single_line,
+)
 
 MAX_VALUES = 1000
 MAX_NAMED = 20  # bad ids named in the message
@@ -67,6 +75,6 @@ class UsersByFieldSchema(ResponseSchema):
     """``missing``: values no user has; ``unchecked``: values the gateway could not check within its bound of
     Moodle calls (only when Moodle hides the field from its token), so neither found nor missing."""
 
-    users = fields.Nested(UserSchema, many=True)
+    users = Records(UserSchema)
     missing = fields.List(fields.Raw())
     unchecked = fields.List(fields.Raw())

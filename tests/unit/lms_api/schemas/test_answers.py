@@ -1,9 +1,14 @@
-"""Answer schemas dump lists of records with marshmallow's own ``Nested(many=True)``: declared fields only, each by its
-field, a missing one left out or given its ``dump_default``."""
+"""Answer schemas dump lists of records as marshmallow's own ``Nested(many=True)`` does (``Records``): declared fields
+only, each by its field, a missing one left out or given its ``dump_default``."""
 
 import json
 
+import pytest
+from marshmallow import fields
+
+from lms_api.schemas.base import Records
 from lms_api.schemas.courses import CourseListSchema
+from lms_api.schemas.files import UploadSchema
 from lms_api.schemas.notifications import NotificationsSchema
 from lms_api.schemas.siteinfo import SiteInfoSchema
 from lms_api.schemas.users import UsersByFieldSchema
@@ -62,3 +67,31 @@ def test_fields_moodle_did_not_send_are_left_out_where_no_default_is_declared():
 def test_no_list_is_dumped_as_null_and_an_empty_one_as_empty():
     assert CourseListSchema().dump({"courses": None})["courses"] is None
     assert CourseListSchema().dump({"courses": []})["courses"] == []
+
+
+def _as_nested(schema_class):
+    """The same schema with each Records field declared as marshmallow's own Nested(many=True)."""
+    declared = {
+        name: fields.Nested(field.nested, many=True) if isinstance(field, Records) else field
+        for name, field in schema_class._declared_fields.items()
+    }
+    return type(schema_class.__name__, (schema_class,), declared)
+
+
+@pytest.mark.parametrize(
+    ("schema_class", "answer"),
+    [
+        (SiteInfoSchema, GOLDEN_SITE_INFO),
+        (
+            CourseListSchema,
+            {"courses": [{"id": 2, "shortname": "PY101", "categoryid": "1", "visible": True, "x": 1}, {}], "total": 2},
+        ),
+        (UsersByFieldSchema, {"users": [{"id": 3, "suspended": 0, "email": "a@example.org"}, {"id": "4"}]}),
+        (NotificationsSchema, {"notifications": [{"id": 1, "read": True, "timecreated": "5"}, {}], "unreadcount": 1}),
+        (UploadSchema, {"itemid": 5, "files": [{"filename": "a.pdf", "filesize": 3, "userid": "2"}]}),
+    ],
+)
+def test_records_dump_what_marshmallows_nested_many_dumps(schema_class, answer):
+    assert any(isinstance(field, Records) for field in schema_class._declared_fields.values())
+
+    assert schema_class().dump(answer) == _as_nested(schema_class)().dump(answer)
