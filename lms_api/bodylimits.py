@@ -1,10 +1,11 @@
 """Body limits, judged before anything else runs: no token is checked, no budget counted and no byte read by the
 gateway for a body that no route would take.
 
-The upload route takes MOODLE_MAX_UPLOAD_MB of files and their multipart framing (413 ``filetoolarge``); every other
-API route MAX_JSON_BODY_KB (413 ``bodytoolarge``). A declared Content-Length over the limit is refused at once. A body
-without one (chunked) is held to the same limit while it is read: waitress de-chunks a body and declares its length
-before the app runs, but another WSGI server may pass it on as it comes.
+A route whose operation takes a multipart form (``form=``: the upload) takes MOODLE_MAX_UPLOAD_MB of files and their
+multipart framing (413 ``filetoolarge``); every other API route MAX_JSON_BODY_KB (413 ``bodytoolarge``). A declared
+Content-Length over the limit is refused at once. A body without one (chunked) is held to the same limit while it is
+read: waitress de-chunks a body and declares its length before the app runs, but another WSGI server may pass it on as
+it comes.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from pyramid.registry import Registry
 from pyramid.request import Request
 from pyramid.response import Response
 
-from lms_api.errors import ApiError, ErrorCode
+from lms_api.errors import ApiError, upload_too_large
 from lms_api.routes import is_api_request
 from lms_api.schemas.base import json_body_too_large
 from lms_api.settings import MIB, Settings
+from lms_api.views import OPERATION
 
-UPLOAD_ROUTE = "api.moodle.files.upload"
 # Room for the multipart boundaries, part headers and small form fields around the files themselves.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 
@@ -34,18 +35,24 @@ def upload_body_limit(max_mb: int) -> int:
     return max_mb * MIB + MULTIPART_OVERHEAD_BYTES
 
 
-def upload_too_large(max_mb: int) -> ApiError:
-    """413 ``filetoolarge``: the body, or the files in it together, exceed MOODLE_MAX_UPLOAD_MB."""
-    return ApiError(
-        ErrorCode.FILE_TOO_LARGE,
-        f"Uploads are limited to {max_mb} MiB (MOODLE_MAX_UPLOAD_MB)",
-        {"max_bytes": max_mb * MIB},
-    )
-
-
 def largest_body(settings: Settings) -> int:
     """The largest body any route takes: an upload with its multipart framing, or a JSON body."""
     return max(upload_body_limit(settings.moodle_max_upload_mb), settings.max_json_body_kb * 1024)
+
+
+def upload_paths(registry: Registry) -> frozenset[str]:
+    """The paths of the routes whose operation takes a multipart form (``form=``): the routes that take files."""
+    mapper = registry.getUtility(IRoutesMapper)
+    paths = set()
+    for view in registry.introspector.get_category("views"):
+        introspectable = view["introspectable"]
+        operation = introspectable.get(OPERATION)
+        if operation is not None and operation.form is not None:
+            pattern: str = mapper.get_route(introspectable["route_name"]).pattern
+            if "{" in pattern:  # compared as they are, no route matching on every request
+                raise ValueError(f"{pattern}: a route that takes uploads has no placeholder")
+            paths.add(pattern)
+    return frozenset(paths)
 
 
 class BoundedInput:
@@ -77,8 +84,7 @@ def body_limit_tween_factory(
     handler: Callable[[Request], Response], registry: Registry
 ) -> Callable[[Request], Response]:
     settings: Settings = registry.settings["lms_api.settings"]
-    # The upload's path has no placeholder: compared as it is, no route matching on every request.
-    upload_path = registry.getUtility(IRoutesMapper).get_route(UPLOAD_ROUTE).pattern
+    uploads = upload_paths(registry)
     json_limit = settings.max_json_body_kb * 1024
     upload = upload_body_limit(settings.moodle_max_upload_mb), partial(upload_too_large, settings.moodle_max_upload_mb)
     other = json_limit, partial(json_body_too_large, json_limit)
@@ -86,7 +92,7 @@ def body_limit_tween_factory(
     def tween(request: Request) -> Response:
         if not is_api_request(request):
             return handler(request)
-        max_bytes, refusal = upload if request.path_info == upload_path else other
+        max_bytes, refusal = upload if request.path_info in uploads else other
         length = request.content_length
         if length is not None and length > max_bytes:
             error = refusal()

@@ -295,6 +295,15 @@ class ApiError(Exception):
         return f"{self.status} {self.code}: {self.message}"
 
 
+def upload_too_large(max_mb: int) -> ApiError:
+    """413 ``filetoolarge``: an upload's body, or its files together, exceed MOODLE_MAX_UPLOAD_MB (in MiB)."""
+    return ApiError(
+        ErrorCode.FILE_TOO_LARGE,
+        f"Uploads are limited to {max_mb} MiB (MOODLE_MAX_UPLOAD_MB)",
+        {"max_bytes": max_mb << 20},
+    )
+
+
 def status_of(code: ErrorCode | str) -> int:
     known = ErrorCode._value2member_map_.get(str(code))
     return known.status if isinstance(known, ErrorCode) else UNKNOWN_MOODLE_ERROR_STATUS

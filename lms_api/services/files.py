@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, TypedDict
 
-from lms_api.bodylimits import upload_too_large
-from lms_api.errors import ApiError, ErrorCode, moodle_code
+from lms_api.errors import ApiError, ErrorCode, moodle_code, upload_too_large
 from lms_api.moodle.client import FileUpload, Moodle
 from lms_api.moodle.errors import (
     MoodleError,

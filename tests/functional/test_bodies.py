@@ -8,7 +8,7 @@ import pytest
 from marshmallow import fields
 from webob import Request
 
-from lms_api.bodylimits import BoundedInput, upload_body_limit
+from lms_api.bodylimits import BoundedInput, upload_body_limit, upload_paths
 from lms_api.errors import ApiError
 from lms_api.schemas.base import (
     _READ_CHUNK_BYTES,
@@ -426,3 +426,7 @@ def test_invalid_json_says_where(gateway, body, where):
 
     assert_error_envelope(response, 400, "invalidjson")
     assert where in response.json["error"]["message"]
+
+
+def test_the_routes_held_to_the_upload_limit_are_those_whose_operation_takes_a_form(gateway):
+    assert upload_paths(gateway.router.registry) == {"/api/moodle/files/upload"}
