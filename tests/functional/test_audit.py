@@ -9,7 +9,7 @@ from pyramid.response import Response
 from lms_api.audit import audit_tween_factory
 from lms_api.calllog import CallLog
 from lms_api.errors import ApiError, ErrorCode
-from tests.conftest import mint
+from tests.support.credentials import mint
 
 WRITER = "courses:write enrol:write files:write"
 

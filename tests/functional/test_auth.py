@@ -14,7 +14,8 @@ from pyramid.security import NO_PERMISSION_REQUIRED
 from lms_api.openapi import PUBLIC_ROUTES
 from lms_api.security import Scope
 from lms_api.views import api_view
-from tests.conftest import JWT_TEST_SECRET, mint, sandbox_calls
+from tests.support.credentials import JWT_TEST_SECRET, mint
+from tests.support.sandbox import sandbox_calls
 
 SITEINFO = "/api/moodle/siteinfo"
 

@@ -22,8 +22,9 @@ from lms_api.schemas.base import (
 )
 from lms_api.schemas.files import MAX_FILES
 from lms_api.settings import MIB
-from tests.conftest import mint, sandbox_calls
 from tests.functional.test_envelope import assert_error_envelope, json_request
+from tests.support.credentials import mint
+from tests.support.sandbox import sandbox_calls
 from tests.unit.lms_api.schemas.test_multipart import spooled_files
 
 APP = "https://app.example.edu"

@@ -15,17 +15,10 @@ from lms_api.cache import ReadCache
 from lms_api.cache.localstore import LocalStore
 from lms_api.config import make_app
 from lms_api.moodle import guard
-from tests.conftest import (
-    ALL_SCOPES,
-    FakeClock,
-    eventually,
-    join,
-    mint,
-    moodle_call,
-    queue_fault,
-    sandbox_calls,
-    settings_for,
-)
+from tests.support.credentials import ALL_SCOPES, mint
+from tests.support.gateway import settings_for
+from tests.support.sandbox import moodle_call, queue_fault, sandbox_calls
+from tests.support.timing import FakeClock, eventually, join
 
 API = "/api/moodle"
 SITEINFO = f"{API}/siteinfo"

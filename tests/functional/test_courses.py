@@ -4,7 +4,8 @@ import uuid
 
 import pytest
 
-from tests.conftest import mint, moodle_call, sandbox_calls
+from tests.support.credentials import mint
+from tests.support.sandbox import moodle_call, sandbox_calls
 
 COURSE_FIELDS = {
     "id", "shortname", "fullname", "displayname", "categoryid", "summary", "summaryformat", "format", "startdate",

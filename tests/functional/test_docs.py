@@ -10,7 +10,7 @@ from importlib.resources import files
 import pytest
 
 from lms_api.docs import CONTENT_SECURITY_POLICY, LOGO_STYLE, LOGO_STYLE_HASH
-from tests.conftest import mint
+from tests.support.credentials import mint
 
 DOCS = "/api/moodle/docs"
 ASSETS = f"{DOCS}/assets"

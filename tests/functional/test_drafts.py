@@ -8,7 +8,10 @@ from pyramid.request import Request, apply_request_extensions
 
 from lms_api import drafts, redisstate
 from lms_api.drafts import DRAFT_LIFETIME_S, KEY_PREFIX, LocalDraftOwners, RedisDraftOwners
-from tests.conftest import FakeClock, free_port, mint, sandbox_calls, start_redis_server
+from tests.support.credentials import mint
+from tests.support.sandbox import sandbox_calls
+from tests.support.servers import free_port, start_redis_server
+from tests.support.timing import FakeClock
 
 ADA = mint("files:write", sub="ada")
 BO = mint("files:write", sub="bo")

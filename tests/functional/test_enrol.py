@@ -4,7 +4,8 @@ import uuid
 
 import pytest
 
-from tests.conftest import mint, moodle_call, queue_fault, sandbox_calls
+from tests.support.credentials import mint
+from tests.support.sandbox import moodle_call, queue_fault, sandbox_calls
 
 TOKEN = mint("enrol:write")
 ENROL = "enrol_manual_enrol_users"

@@ -9,7 +9,7 @@ from pyramid.request import Request
 from lms_api.errors import ApiError
 from lms_api.schemas.base import RequestSchema, load_json_body
 from lms_api.settings import load_settings
-from tests.conftest import mint
+from tests.support.credentials import mint
 
 
 def json_request(body):

@@ -4,7 +4,8 @@ import pytest
 
 from lms_api.moodle.functions import MoodleFunction
 from lms_api.schemas.files import DRAFT_AREA_ONLY, NO_INTRO
-from tests.conftest import mint, queue_fault, sandbox_calls
+from tests.support.credentials import mint
+from tests.support.sandbox import queue_fault, sandbox_calls
 
 TOKEN = mint("files:write")
 UPLOAD = "/api/moodle/files/upload"

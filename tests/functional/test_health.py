@@ -9,8 +9,10 @@ from lms_api.cache import ReadCache
 from lms_api.health import SiteInfoRefresher, keep_site_info_fresh
 from lms_api.moodle.client import MoodleClient
 from lms_api.moodle.functions import MoodleFunction
-from tests.conftest import eventually, mint, queue_fault, sandbox_calls
 from tests.functional.test_metrics import scrape, value
+from tests.support.credentials import mint
+from tests.support.sandbox import queue_fault, sandbox_calls
+from tests.support.timing import eventually
 
 SITE_INFO = MoodleFunction.SITE_INFO
 

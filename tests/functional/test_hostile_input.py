@@ -5,8 +5,9 @@ import pytest
 
 from lms_api.schemas.base import MAX_JSON_DEPTH, MAX_SAFE_INTEGER
 from lms_api.views.exceptions import MAX_LISTED
-from tests.conftest import mint, sandbox_calls
 from tests.functional.test_envelope import assert_error_envelope
+from tests.support.credentials import mint
+from tests.support.sandbox import sandbox_calls
 
 APP = "https://app.example.edu"
 TOKEN = mint(moodle_userid=3, scope="admin")

@@ -5,7 +5,7 @@ from pyramid.config import Configurator
 
 from lms_api.errors import ApiError
 from lms_api.views.exceptions import api_error
-from tests.conftest import mint
+from tests.support.credentials import mint
 
 APP = "https://app.example.edu"
 COURSES = "/api/moodle/courses"

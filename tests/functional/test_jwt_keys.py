@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from lms_api.security import InvalidToken, JwksKeys
-from tests.conftest import JWT_TEST_SECRET
+from tests.support.credentials import JWT_TEST_SECRET
 
 SITEINFO = "/api/moodle/siteinfo"
 

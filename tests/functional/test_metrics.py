@@ -9,7 +9,8 @@ from pyramid.interfaces import ITweens
 from lms_api.calllog import READERS
 from lms_api.config import make_app
 from lms_api.moodle.guard import Bulkhead
-from tests.conftest import mint, queue_fault
+from tests.support.credentials import mint
+from tests.support.sandbox import queue_fault
 
 LOOPBACK = {"REMOTE_ADDR": "127.0.0.1"}
 

@@ -16,7 +16,8 @@ from pyramid_services import find_service_factory
 from lms_api.cache import ReadCache
 from lms_api.health import SiteInfoRefresher
 from lms_api.moodle.client import MoodleClient
-from tests.conftest import mint, queue_fault
+from tests.support.credentials import mint
+from tests.support.sandbox import queue_fault
 
 SITE_INFO = "core_webservice_get_site_info"
 DEADLINE_MS = "2000"

@@ -2,7 +2,8 @@
 
 import pytest
 
-from tests.conftest import mint, sandbox_calls
+from tests.support.credentials import mint
+from tests.support.sandbox import sandbox_calls
 
 ADMIN_USER, STUDENT = 2, 3
 

@@ -23,8 +23,8 @@ from lms_api.schemas.base import (
 from lms_api.schemas.files import DRAFT_AREA_ONLY, NO_INTRO
 from lms_api.security import Scope
 from lms_api.views import ApiViews, api_routes, api_view
-from tests.conftest import mint
 from tests.functional.test_scopes import api_operations
+from tests.support.credentials import mint
 
 DOCUMENTED_CODE = re.compile(r"^- `([a-z_]+)`", re.MULTILINE)
 

@@ -19,7 +19,8 @@ from lms_api.schemas.courses import CourseFields
 from lms_api.schemas.enrolments import EnrolmentSchema
 from lms_api.schemas.files import AttachBody
 from lms_api.views import OPERATION
-from tests.conftest import Gateway, mint, settings_for
+from tests.support.credentials import mint
+from tests.support.gateway import Gateway, settings_for
 
 # Answers the gateway gives without asking Moodle: after one of these, Moodle must not have been called.
 REFUSED_BY_THE_GATEWAY = frozenset(

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from tests.conftest import mint
+from tests.support.credentials import mint
 
 WRITE = mint("courses:write")
 _numbers = itertools.count(1)

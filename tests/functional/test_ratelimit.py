@@ -10,7 +10,9 @@ from lms_api import ratelimit
 from lms_api.ratelimit import LocalCounter, RedisCounter
 from lms_api.redisstate import RETRY_AFTER_S, RedisLink
 from lms_api.settings import Rate
-from tests.conftest import capture_logs, mint, start_redis_server
+from tests.support.credentials import mint
+from tests.support.gateway import capture_logs
+from tests.support.servers import start_redis_server
 
 SITEINFO = "/api/moodle/siteinfo"
 COURSES = "/api/moodle/courses"

@@ -7,7 +7,7 @@ import pytest
 
 from lms_api.security import Scope
 from lms_api.views import OPERATION
-from tests.conftest import mint
+from tests.support.credentials import mint
 
 # The scope each route and method needs. A route added without a line here fails the comparison, naming it.
 SCOPES = {

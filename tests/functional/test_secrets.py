@@ -7,7 +7,10 @@ import pytest
 import structlog
 
 from moodle_sandbox.server import start_sandbox
-from tests.conftest import FakeTime, Gateway, mint, queue_fault, settings_for
+from tests.support.credentials import mint
+from tests.support.gateway import Gateway, settings_for
+from tests.support.sandbox import queue_fault
+from tests.support.timing import FakeTime
 
 MOODLE_TOKEN = "MOODLETOKENCANARY0123456789abcdef"
 JWT_SECRET = "JWT-SECRET-CANARY-" + "k" * 50

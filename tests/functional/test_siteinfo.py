@@ -2,7 +2,8 @@
 
 import pytest
 
-from tests.conftest import mint, queue_fault, sandbox_calls
+from tests.support.credentials import mint
+from tests.support.sandbox import queue_fault, sandbox_calls
 
 
 def test_site_info_in_the_success_envelope(gateway, sandbox):

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import ROOT, free_port
+from tests.support.paths import ROOT
+from tests.support.servers import free_port
 
 BIN = Path(sys.executable).parent
 SECRET_KEYS = ("MOODLE_BASE_URL", "MOODLE_TOKEN", "JWT_SECRET", "JWT_AUDIENCE", "JWT_ISSUER", "JWT_ALGORITHMS")

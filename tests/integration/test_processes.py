@@ -7,8 +7,9 @@ import subprocess
 
 import requests
 
-from tests.conftest import free_port
-from tests.integration.conftest import BIN, ROOT, clean_env, wait_for_port
+from tests.integration.conftest import BIN, clean_env, wait_for_port
+from tests.support.paths import ROOT
+from tests.support.servers import free_port
 
 
 def mint_with_cli(*args, env, folder):

@@ -5,8 +5,8 @@ import subprocess
 
 import requests
 
-from tests.conftest import free_port
 from tests.integration.conftest import BIN, clean_env, wait_for_port
+from tests.support.servers import free_port
 
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance"  # noqa: E501
 EXAMPLES_PER_OPERATION = 10  # bounded so the suite stays fast; README has the command for a long run

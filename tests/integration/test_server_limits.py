@@ -19,15 +19,17 @@ from types import SimpleNamespace
 import pytest
 import requests
 
-from tests.conftest import eventually, free_port, mint
 from tests.integration.conftest import (
     BIN,
-    ROOT,
     clean_env,
     open_descriptors,
     queue_remote_fault,
     wait_for_port,
 )
+from tests.support.credentials import mint
+from tests.support.paths import ROOT
+from tests.support.servers import free_port
+from tests.support.timing import eventually
 
 SECRET = "limits-secret-" + "l" * 40
 MOODLE_TOKEN = "limits-token"

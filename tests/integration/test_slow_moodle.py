@@ -18,8 +18,10 @@ from dataclasses import dataclass
 import pytest
 import requests
 
-from tests.conftest import free_port, mint
-from tests.integration.conftest import BIN, ROOT, clean_env
+from tests.integration.conftest import BIN, clean_env
+from tests.support.credentials import mint
+from tests.support.paths import ROOT
+from tests.support.servers import free_port
 
 SECRET = "slow-moodle-secret-" + "s" * 40
 MOODLE_TOKEN = "slow-moodle-token"

@@ -5,8 +5,9 @@ import uuid
 import pytest
 import requests
 
-from tests.conftest import free_port, mint
 from tests.integration.conftest import clean_env, wait_for_port
+from tests.support.credentials import mint
+from tests.support.servers import free_port
 
 SECRET = "story-secret-" + "s" * 40
 EVERYTHING = "courses:read courses:write users:read enrol:write notifications:read files:write"

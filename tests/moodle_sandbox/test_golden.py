@@ -26,7 +26,7 @@ from lms_api.moodle.encoding import encode_params
 from moodle_sandbox.phpform import parse_php_form
 from moodle_sandbox.server import SandboxServer
 from moodle_sandbox.site import SandboxSite
-from tests.conftest import GOLDEN_DIR
+from tests.support.paths import GOLDEN_DIR
 
 GOLDEN_URL = "http://127.0.0.1:8088"
 TOKEN = "golden-replay-token-0123456789abcd"

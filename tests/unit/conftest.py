@@ -4,7 +4,7 @@ import pytest
 import responses
 
 from lms_api.moodle.client import MoodleClient
-from tests.conftest import FakeClock
+from tests.support.timing import FakeClock
 from tests.unit.mocked_moodle import BASE_URL, TOKEN
 
 

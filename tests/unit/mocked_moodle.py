@@ -14,7 +14,7 @@ from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
 from lms_api.errors import ApiError
 from lms_api.moodle.client import MoodleError
 from lms_api.moodle.functions import MoodleFunction
-from tests.conftest import GOLDEN_DIR
+from tests.support.paths import GOLDEN_DIR
 
 BASE_URL = "http://moodle.test"
 URL = BASE_URL + "/webservice/rest/server.php"

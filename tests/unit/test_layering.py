@@ -12,7 +12,7 @@ import json
 import subprocess
 import sys
 
-from tests.conftest import ROOT
+from tests.support.paths import ROOT
 
 
 def module_names(package: str) -> list[str]:

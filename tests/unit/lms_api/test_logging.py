@@ -10,7 +10,7 @@ import pytest
 import structlog
 
 from lms_api.logging import GatewayLogHandler, LinesAsLog, configure_logging, log_formatter, scrub_from_logs
-from tests.conftest import eventually
+from tests.support.timing import eventually
 
 
 class SlowStream(io.StringIO):

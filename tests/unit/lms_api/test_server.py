@@ -20,7 +20,9 @@ from structlog.testing import capture_logs
 from lms_api import server
 from lms_api.bodylimits import MULTIPART_OVERHEAD_BYTES
 from lms_api.settings import MIB, load_settings
-from tests.conftest import ROOT, eventually, free_port
+from tests.support.paths import ROOT
+from tests.support.servers import free_port
+from tests.support.timing import eventually
 from tests.unit.lms_api.server_children import fit_under_limits, serve_and_see_what_the_collector_does
 
 

@@ -16,7 +16,7 @@ from lms_api.settings import (
     read_dotenv,
 )
 from scripts.settings_table import README, readme_with_table, table
-from tests.conftest import ROOT
+from tests.support.paths import ROOT
 
 PRODUCTION = {"lms_api.environment": "production"}
 DEVELOPMENT = {"lms_api.environment": "development"}

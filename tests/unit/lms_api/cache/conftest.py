@@ -18,7 +18,7 @@ from lms_api.moodle.client import Answer
 from lms_api.moodle.errors import MoodleError
 from lms_api.moodle.functions import MoodleFunction
 from lms_api.redisstate import RedisLink, redis_client
-from tests.conftest import FakeClock, eventually
+from tests.support.timing import FakeClock, eventually
 
 TTLS = {"siteinfo": 300, "courses": 60, "users": 30, "notifications": 0}
 STALE_S = 600

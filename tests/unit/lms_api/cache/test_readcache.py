@@ -12,7 +12,7 @@ from lms_api.cache.parsed import MAX_PARSED
 from lms_api.cache.readcache import ReadCache
 from lms_api.errors import ErrorCode
 from lms_api.moodle.functions import MoodleFunction
-from tests.conftest import join
+from tests.support.timing import join
 from tests.unit.lms_api.cache.conftest import (
     MAX_BYTES,
     NEW,

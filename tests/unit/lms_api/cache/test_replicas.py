@@ -10,7 +10,8 @@ from lms_api.cache.outcomes import CacheOutcome, Fetch
 from lms_api.cache.redisstore import KEY_PREFIX
 from lms_api.moodle.functions import MoodleFunction
 from lms_api.redisstate import RETRY_AFTER_S, redis_client
-from tests.conftest import free_port, join, start_redis_server
+from tests.support.servers import free_port, start_redis_server
+from tests.support.timing import join
 from tests.unit.lms_api.cache.conftest import (
     NEW,
     OLD,

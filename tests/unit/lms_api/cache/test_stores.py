@@ -8,7 +8,8 @@ from lms_api.cache.outcomes import Fetch
 from lms_api.cache.readcache import ReadCache
 from lms_api.cache.redisstore import KEY_PREFIX, RedisStore
 from lms_api.moodle.functions import MoodleFunction
-from tests.conftest import FakeClock, settings_for
+from tests.support.gateway import settings_for
+from tests.support.timing import FakeClock
 from tests.unit.lms_api.cache.conftest import MAX_BYTES, OLD, FakeMoodle, answer_of, read
 
 

@@ -25,7 +25,9 @@ from lms_api.moodle.errors import scrub_paths
 from lms_api.moodle.functions import AnswerShape, MoodleFunction
 from lms_api.moodle.guard import CircuitBreaker
 from lms_api.settings import MIB
-from tests.conftest import GOLDEN_DIR, self_signed_certificate, settings_for
+from tests.support.credentials import self_signed_certificate
+from tests.support.gateway import settings_for
+from tests.support.paths import GOLDEN_DIR
 from tests.unit.mocked_moodle import (
     BAD_TOKEN_BODY,
     BASE_URL,

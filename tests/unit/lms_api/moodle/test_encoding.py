@@ -10,7 +10,7 @@ import pytest
 from lms_api.moodle.encoding import RESERVED_INPUT_VARS, encode_params, split_by_input_vars
 from lms_api.schemas.enrolments import EnrolmentSchema
 from lms_api.settings import SettingsError
-from tests.conftest import settings_for
+from tests.support.gateway import settings_for
 
 
 def test_flat_scalars_become_strings():

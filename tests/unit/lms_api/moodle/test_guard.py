@@ -8,7 +8,7 @@ from structlog.testing import capture_logs
 
 from lms_api.moodle import guard
 from lms_api.moodle.guard import BreakerOpen, BreakerState, Bulkhead, BulkheadFull, CircuitBreaker
-from tests.conftest import FakeClock
+from tests.support.timing import FakeClock
 from tests.unit.mocked_moodle import READ_FN, SITE_INFO, WRITE_FN, add, prime, raised, refused, sent_functions
 
 # -- the breaker -----------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from lms_api.schemas.files import UploadSchema
 from lms_api.schemas.notifications import NotificationsSchema
 from lms_api.schemas.siteinfo import SiteInfoSchema
 from lms_api.schemas.users import UsersByFieldSchema
-from tests.conftest import GOLDEN_DIR
+from tests.support.paths import GOLDEN_DIR
 
 GOLDEN_SITE_INFO = json.loads((GOLDEN_DIR / "core_webservice_get_site_info.json").read_text())
 COURSE_FIELDS = ("shortname", "fullname", "displayname", "categoryid", "summary", "summaryformat", "format",

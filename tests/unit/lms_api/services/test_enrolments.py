@@ -8,7 +8,7 @@ from lms_api.errors import ApiError
 from lms_api.moodle.functions import MoodleFunction
 from lms_api.security import Identity
 from lms_api.services import enrolments, users
-from tests.conftest import settings_for
+from tests.support.gateway import settings_for
 from tests.unit.mocked_moodle import (
     ROUTE_FUNCTIONS,
     add,
