@@ -24,8 +24,13 @@ def test_every_operation_answers_as_documented(spawn, tmp_path):
     operations = sum(len(item) for item in document["paths"].values())  # each route and method the views declare
     token = subprocess.run(
         [str(BIN / "lms-api"), "token", "--sub", "schemathesis", "--scope", "admin", "--moodle-userid", "3"],
-        env=clean_env(), capture_output=True, text=True, check=True,
+        env=clean_env(), capture_output=True, text=True, check=True, cwd=tmp_path,  # the gateway's folder: its .env
     ).stdout.strip()  # fmt: skip
+    # A token the gateway refuses would make every operation a 401, which the checks accept as documented.
+    siteinfo = requests.get(
+        f"http://127.0.0.1:{port}/api/moodle/siteinfo", headers={"Authorization": f"Bearer {token}"}, timeout=10
+    )
+    assert siteinfo.status_code == 200, siteinfo.text
 
     run = subprocess.run(
         [str(BIN / "st"), "run", f"http://127.0.0.1:{port}/api/moodle/openapi.json",
