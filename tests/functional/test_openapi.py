@@ -23,8 +23,8 @@ from lms_api.schemas.base import (
 from lms_api.schemas.files import DRAFT_AREA_ONLY, NO_INTRO
 from lms_api.security import Scope
 from lms_api.views import ApiViews, api_routes, api_view
-from tests.functional.test_scopes import api_operations
 from tests.support.credentials import mint
+from tests.support.operations import api_operations
 
 DOCUMENTED_CODE = re.compile(r"^- `([a-z_]+)`", re.MULTILINE)
 
@@ -62,10 +62,8 @@ def test_each_operation_requires_the_scope_its_view_requires(gateway, document):
         for path, item in document["paths"].items()
         for method, operation in item.items()
     }
-    registry = gateway.router.registry
     required = {
-        (method, registry.introspector.get("routes", route_name)["pattern"]): [scope.value]
-        for route_name, method, _, scope in api_operations(registry)
+        (each.method, each.pattern): [each.operation.scope.value] for each in api_operations(gateway.router.registry)
     }
 
     assert documented == required

@@ -7,7 +7,6 @@ bodies, odd headers. Bounded by the ``hypothesis`` profiles in ``tests/conftest.
 """
 
 import json
-import re
 import string
 from urllib.parse import quote
 
@@ -18,9 +17,9 @@ from hypothesis import strategies as st
 from lms_api.schemas.courses import CourseFields
 from lms_api.schemas.enrolments import EnrolmentSchema
 from lms_api.schemas.files import AttachBody
-from lms_api.views import OPERATION
 from tests.support.credentials import mint
 from tests.support.gateway import Gateway, settings_for
+from tests.support.operations import api_operations
 
 # Answers the gateway gives without asking Moodle: after one of these, Moodle must not have been called.
 REFUSED_BY_THE_GATEWAY = frozenset(
@@ -50,13 +49,11 @@ ATTACH_FIELDS = tuple(AttachBody().fields)
 
 def query_routes(registry):
     """Each API path whose operation reads a query string, and the parameters its schema takes, from the registry."""
-    routes = {}
-    for view in registry.introspector.get_category("views"):
-        operation = view["introspectable"].get(OPERATION)
-        if operation is not None and operation.query is not None:
-            pattern = registry.introspector.get("routes", view["introspectable"]["route_name"])["pattern"]
-            routes[re.sub(r"\{[^}]+\}", "2", pattern)] = tuple(operation.query.fields)
-    return routes
+    return {
+        each.path: tuple(each.operation.query.fields)
+        for each in api_operations(registry)
+        if each.operation.query is not None
+    }
 
 
 TRICKY_TEXT = st.sampled_from(

@@ -1,13 +1,11 @@
 """Each scope opens exactly its routes; admin opens all of them. The routes and their methods are read from the
 registry, as the views declared them; which scope each one needs is this module's table."""
 
-import re
-
 import pytest
 
 from lms_api.security import Scope
-from lms_api.views import OPERATION
 from tests.support.credentials import mint
+from tests.support.operations import api_operations
 
 # The scope each route and method needs. A route added without a line here fails the comparison, naming it.
 SCOPES = {
@@ -25,27 +23,10 @@ SCOPES = {
 }
 
 
-def api_operations(registry):
-    """Every API route and method the registry serves: ``(route name, method, a path of it, the declared scope)``.
-
-    A path's placeholders are filled with ``2``; the scope is checked before any input is read, so a request that
-    would be refused as invalid still tells whether its token may use the route.
-    """
-    operations = []
-    for view in registry.introspector.get_category("views"):
-        introspectable = view["introspectable"]
-        operation = introspectable.get(OPERATION)
-        if operation is None:
-            continue
-        route_name = introspectable["route_name"]
-        pattern = registry.introspector.get("routes", route_name)["pattern"]
-        path = re.sub(r"\{[^}]+\}", "2", pattern)
-        operations.append((route_name, introspectable["request_methods"], path, operation.scope))
-    return sorted(operations)
-
-
 @pytest.fixture
 def operations(gateway):
+    """Every API operation, called on its path with placeholders filled with ``2``: the scope is checked before any
+    input is read, so a request that would be refused as invalid still tells whether its token may use the route."""
     return api_operations(gateway.router.registry)
 
 
@@ -58,7 +39,7 @@ def send(gateway, method, path, token):
 
 
 def test_the_routes_and_the_scopes_they_need_are_the_table(gateway):
-    served = {(route_name, method): scope for route_name, method, _, scope in api_operations(gateway.router.registry)}
+    served = {(each.route_name, each.method): each.operation.scope for each in api_operations(gateway.router.registry)}
 
     assert served == SCOPES
 
@@ -79,19 +60,19 @@ def test_every_api_route_with_a_view_is_an_operation(gateway):
 def test_a_scope_opens_only_its_own_routes(gateway, operations, scope):
     token = mint(scope.value, moodle_userid=3)
 
-    for _, method, path, needed in operations:
-        response = send(gateway, method, path, token)
-        if needed is scope:
-            assert response.status_int != 403, (method, path)
+    for each in operations:
+        response = send(gateway, each.method, each.path, token)
+        if each.operation.scope is scope:
+            assert response.status_int != 403, (each.method, each.path)
         else:
-            assert response.status_int == 403, (method, path)
-            assert response.json["error"]["details"]["required_scope"] == needed.value
+            assert response.status_int == 403, (each.method, each.path)
+            assert response.json["error"]["details"]["required_scope"] == each.operation.scope.value
 
 
 def test_admin_opens_every_route(gateway, operations):
     token = mint("admin")
 
-    assert all(send(gateway, method, path, token).status_int != 403 for _, method, path, _ in operations)
+    assert all(send(gateway, each.method, each.path, token).status_int != 403 for each in operations)
 
 
 def test_the_openapi_document_lists_every_scope_cache_refresh_included(gateway):

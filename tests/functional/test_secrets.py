@@ -7,8 +7,9 @@ import pytest
 import structlog
 
 from moodle_sandbox.server import start_sandbox
-from tests.support.credentials import mint
+from tests.support.credentials import ALL_SCOPES, mint
 from tests.support.gateway import Gateway, settings_for
+from tests.support.operations import api_operations
 from tests.support.sandbox import queue_fault
 from tests.support.timing import FakeTime
 
@@ -30,31 +31,56 @@ FAULTS = [
 ]
 # Every route's call reaches Moodle and meets its fault: nothing answered from the cache, the breaker never opens.
 EVERY_CALL_SENT = {"CACHE_TTLS": "siteinfo=0,courses=0,users=0,notifications=0", "MOODLE_BREAKER_FAILURES": "1000"}
-EVERY_SCOPE = "siteinfo:read courses:read courses:write users:read enrol:write notifications:read files:write"
 
 
-def route_calls(marker, draftitemid=1):
-    """One call per route, as ``(label, call(gateway, bearer))``; writes use fresh names so they can succeed, and the
-    attach a draft item the caller uploaded through that gateway (any other is refused before Moodle is called)."""
+def requests_per_operation(marker, draftitemid):
+    """What each API route and method is sent, as ``(label, query string, body)``: writes use fresh names so they can
+    succeed, and the attach a draft item the caller uploaded through that gateway (any other is refused before Moodle
+    is called); an upload's body is its files."""
     course = {"fullname": f"Leak {marker}", "shortname": f"LEAK{marker}", "categoryid": 1}
     enrolment = {"enrolments": [{"roleid": "student", "userid": 3, "courseid": 2}]}
     attach = {"courseid": 2, "draftitemid": draftitemid, "name": marker}
     upload = [("file", f"{marker}.txt", b"leak test")]
+    return {
+        ("api.moodle.siteinfo", "GET"): [("siteinfo", "", None)],
+        ("api.moodle.courses", "GET"): [
+            ("courses", "", None),
+            ("search", "?search=python", None),
+            ("category", "?category=2", None),
+        ],
+        ("api.moodle.course", "GET"): [("course", "", None)],
+        ("api.moodle.courses", "POST"): [("create", "", course)],
+        ("api.moodle.course", "PATCH"): [("update", "", {"summary": f"Leak {marker}"})],
+        ("api.moodle.users.by_field", "GET"): [("users", "?field=email&values=student1@example.com", None)],
+        ("api.moodle.enrol", "POST"): [("enrol", "", enrolment)],
+        ("api.moodle.notifications", "GET"): [("notifications", "", None)],
+        ("api.moodle.notifications.unread_count", "GET"): [("unread", "", None)],
+        ("api.moodle.files.upload", "POST"): [("upload", "", upload)],
+        ("api.moodle.files.attach", "POST"): [("attach", "", attach)],
+    }
+
+
+def route_calls(registry, marker, draftitemid=1):
+    """One call or more per API route and method the registry serves, as ``(label, call(gateway, bearer))``, on its
+    path with placeholders filled with ``2``; the routes are the registry's, what each is sent is the table's."""
+    sent = requests_per_operation(marker, draftitemid)
+    operations = api_operations(registry)
+    assert {(each.route_name, each.method) for each in operations} == set(sent)  # a new route needs its line
     return [
-        ("siteinfo", lambda g, b: g.get("/api/moodle/siteinfo", b)),
-        ("courses", lambda g, b: g.get("/api/moodle/courses", b)),
-        ("search", lambda g, b: g.get("/api/moodle/courses?search=python", b)),
-        ("category", lambda g, b: g.get("/api/moodle/courses?category=2", b)),
-        ("course", lambda g, b: g.get("/api/moodle/courses/2", b)),
-        ("create", lambda g, b: g.post("/api/moodle/courses", course, b)),
-        ("update", lambda g, b: g.patch("/api/moodle/courses/2", {"summary": f"Leak {marker}"}, b)),
-        ("users", lambda g, b: g.get("/api/moodle/users/by-field?field=email&values=student1@example.com", b)),
-        ("enrol", lambda g, b: g.post("/api/moodle/enrol", enrolment, b)),
-        ("notifications", lambda g, b: g.get("/api/moodle/notifications", b)),
-        ("unread", lambda g, b: g.get("/api/moodle/notifications/unread-count", b)),
-        ("upload", lambda g, b: g.upload("/api/moodle/files/upload", upload, b)),
-        ("attach", lambda g, b: g.post("/api/moodle/files/attach", attach, b)),
+        (label, _call(each, each.path + query, body))
+        for each in operations
+        for label, query, body in sent[each.route_name, each.method]
     ]
+
+
+def _call(api_operation, path, body):
+    if api_operation.method == "GET":
+        return lambda gateway, bearer: gateway.get(path, bearer)
+    if api_operation.method == "PATCH":
+        return lambda gateway, bearer: gateway.patch(path, body, bearer)
+    if api_operation.operation.form is not None:  # a multipart form: the body is its files
+        return lambda gateway, bearer: gateway.upload(path, body, bearer)
+    return lambda gateway, bearer: gateway.post(path, body, bearer)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +116,7 @@ def test_no_secret_in_any_response_or_log_line(
     time = FakeTime()  # backoff sleeps return at once; deadlines still hold
     for each in gateways:
         each.use_moodle_client(sleep=time.sleep, clock=time.clock)
-    bearer = mint(EVERY_SCOPE, secret=JWT_SECRET, moodle_userid=3)
+    bearer = mint(ALL_SCOPES, secret=JWT_SECRET, moodle_userid=3)
     responses = [each.get("/api/moodle/siteinfo", bearer) for each in (gateway, impatient)]
 
     assert [response.status_int for response in responses] == [200, 200]  # function lists read, unfaulted
@@ -102,7 +128,7 @@ def test_no_secret_in_any_response_or_log_line(
     for number, fault in enumerate(FAULTS):
         target = impatient if fault and fault["kind"] == "delay" else gateway
         draft = uploads[target].json["data"]["itemid"]
-        for label, call in route_calls(f"{log_format}{moodle_debug}{number}", draft):
+        for label, call in route_calls(target.router.registry, f"{log_format}{moodle_debug}{number}", draft):
             if fault:  # on the route's own first Moodle call, and on every retry of it
                 queue_fault(debug_sandbox, **{**fault, "times": 5})
             response = call(target, bearer)
@@ -112,7 +138,9 @@ def test_no_secret_in_any_response_or_log_line(
                 assert response.status_int in (502, 503, 504), (fault["kind"], label, response.text)
             responses.append(response)
     for other in (wrong_token, unreachable, tiny):
-        responses += [call(other, bearer) for _, call in route_calls(f"{log_format}{moodle_debug}other")]
+        responses += [
+            call(other, bearer) for _, call in route_calls(other.router.registry, f"{log_format}{moodle_debug}other")
+        ]
     responses.append(gateway.get("/api/moodle/siteinfo?bad=1", bearer))
     responses.append(gateway.get("/api/moodle/siteinfo", mint("courses:read", secret=JWT_SECRET)))
     responses.append(gateway.get("/api/moodle/siteinfo", bearer + "x"))
