@@ -9,8 +9,8 @@ import pytest
 from playwright.sync_api import sync_playwright
 
 from lms_api.docs import CONTENT_SECURITY_POLICY
-from tests.integration.conftest import BIN, clean_env, wait_for_port
 from tests.support.paths import ROOT
+from tests.support.processes import BIN, clean_env, wait_for_port
 from tests.support.servers import free_port
 
 SCREENSHOT = ROOT / ".test-artifacts" / "docs-page.png"

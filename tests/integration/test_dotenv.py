@@ -15,8 +15,8 @@ from dotenv import dotenv_values
 
 from lms_api.settings import SETTING_NAMES, SettingsError, load_settings
 from tests.integration import test_processes
-from tests.integration.conftest import BIN, clean_env
 from tests.support.paths import ROOT
+from tests.support.processes import BIN, clean_env
 
 HOSTILE_SECRET = "developer-secret-0123456789-0123456789-xy"  # 40 characters
 HOSTILE_DOTENV = f"""\

@@ -7,8 +7,8 @@ import pytest
 import requests
 
 from lms_api.settings import DEVELOPMENT_JWT_SECRET, MIB
-from tests.integration.conftest import clean_env, open_descriptors, wait_for_port
 from tests.support.credentials import mint
+from tests.support.processes import clean_env, open_descriptors, wait_for_port
 from tests.support.servers import free_port
 
 BOUNDARY = "b0und4ry"

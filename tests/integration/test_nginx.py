@@ -26,9 +26,9 @@ from urllib3 import encode_multipart_formdata
 from lms_api.errors import ErrorCode
 from lms_api.hygiene import EXPOSED_HEADERS
 from lms_api.settings import KEYS
-from tests.integration.conftest import Processes, clean_env, queue_remote_fault, wait_for_port
 from tests.support.credentials import mint, self_signed_certificate
 from tests.support.paths import ROOT
+from tests.support.processes import Processes, clean_env, queue_remote_fault, wait_for_port
 from tests.support.servers import free_port
 from tests.support.timing import eventually
 

@@ -7,8 +7,8 @@ import subprocess
 
 import requests
 
-from tests.integration.conftest import BIN, clean_env, wait_for_port
 from tests.support.paths import ROOT
+from tests.support.processes import BIN, clean_env, wait_for_port
 from tests.support.servers import free_port
 
 

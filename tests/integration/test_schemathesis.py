@@ -5,7 +5,7 @@ import subprocess
 
 import requests
 
-from tests.integration.conftest import BIN, clean_env, wait_for_port
+from tests.support.processes import BIN, clean_env, wait_for_port
 from tests.support.servers import free_port
 
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance"  # noqa: E501

@@ -19,15 +19,15 @@ from types import SimpleNamespace
 import pytest
 import requests
 
-from tests.integration.conftest import (
+from tests.support.credentials import mint
+from tests.support.paths import ROOT
+from tests.support.processes import (
     BIN,
     clean_env,
     open_descriptors,
     queue_remote_fault,
     wait_for_port,
 )
-from tests.support.credentials import mint
-from tests.support.paths import ROOT
 from tests.support.servers import free_port
 from tests.support.timing import eventually
 

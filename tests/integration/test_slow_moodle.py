@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import pytest
 import requests
 
-from tests.integration.conftest import BIN, clean_env
 from tests.support.credentials import mint
 from tests.support.paths import ROOT
+from tests.support.processes import BIN, clean_env
 from tests.support.servers import free_port
 
 SECRET = "slow-moodle-secret-" + "s" * 40

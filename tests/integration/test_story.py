@@ -5,8 +5,8 @@ import uuid
 import pytest
 import requests
 
-from tests.integration.conftest import clean_env, wait_for_port
 from tests.support.credentials import mint
+from tests.support.processes import clean_env, wait_for_port
 from tests.support.servers import free_port
 
 SECRET = "story-secret-" + "s" * 40
