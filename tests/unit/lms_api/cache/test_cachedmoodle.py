@@ -14,7 +14,7 @@ from lms_api.cache.localstore import LocalStore
 from lms_api.errors import ApiError, ErrorCode
 from lms_api.moodle.errors import MoodleError
 from lms_api.moodle.functions import MoodleFunction
-from tests.unit.lms_api.cache.conftest import MAX_BYTES, TTLS, make_read_cache
+from tests.unit.lms_api.cache.support import MAX_BYTES, TTLS, make_read_cache
 from tests.unit.mocked_moodle import (
     INVALID_PARAMETER_BODY,
     KNOWN_FUNCTIONS,

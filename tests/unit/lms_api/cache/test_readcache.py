@@ -13,7 +13,7 @@ from lms_api.cache.readcache import ReadCache
 from lms_api.errors import ErrorCode
 from lms_api.moodle.functions import MoodleFunction
 from tests.support.timing import join
-from tests.unit.lms_api.cache.conftest import (
+from tests.unit.lms_api.cache.support import (
     MAX_BYTES,
     NEW,
     OLD,

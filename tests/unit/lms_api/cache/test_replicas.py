@@ -12,7 +12,7 @@ from lms_api.moodle.functions import MoodleFunction
 from lms_api.redisstate import RETRY_AFTER_S, redis_client
 from tests.support.servers import free_port, start_redis_server
 from tests.support.timing import join
-from tests.unit.lms_api.cache.conftest import (
+from tests.unit.lms_api.cache.support import (
     NEW,
     OLD,
     STALE_S,

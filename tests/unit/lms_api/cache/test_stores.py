@@ -10,7 +10,7 @@ from lms_api.cache.redisstore import KEY_PREFIX, RedisStore
 from lms_api.moodle.functions import MoodleFunction
 from tests.support.gateway import settings_for
 from tests.support.timing import FakeClock
-from tests.unit.lms_api.cache.conftest import MAX_BYTES, OLD, FakeMoodle, answer_of, read
+from tests.unit.lms_api.cache.support import MAX_BYTES, OLD, FakeMoodle, answer_of, read
 
 
 def entry(body=b"{}", generation=0, fresh_until=1060.0, stale_until=1660.0):

@@ -3,8 +3,7 @@ and dumps the answer), with the Moodle client replaced through its service seam 
 drift from the real client's signatures.
 
 The read cache asks the client for ``answer`` (the parsed answer and its bytes) and everything else goes to ``call``:
-:func:`answering` sets up both from one table, and a test asserts on the method production calls.
-"""
+``support.answering`` sets up both from one table, and a test asserts on the method production calls."""
 
 import json
 from unittest.mock import create_autospec
@@ -13,10 +12,9 @@ import pytest
 from pyramid import testing
 from pyramid.interfaces import IRouteRequest
 from pyramid.request import Request, apply_request_extensions
-from pyramid.view import render_view_to_response
 from zope.interface import alsoProvides
 
-from lms_api.moodle.client import Answer, MoodleClient
+from lms_api.moodle.client import MoodleClient
 from lms_api.security import Identity
 from lms_api.settings import load_settings
 
@@ -28,28 +26,6 @@ def moodle():
     client = create_autospec(MoodleClient, instance=True)
     client.max_input_vars = 5000
     return client
-
-
-def answering(moodle, **answers):
-    """Moodle's canned answer to each function, through ``call`` and through ``answer`` alike; any other function
-    fails the test."""
-
-    def value(function, params=None):
-        assert function in answers, f"unexpected Moodle call {function}"
-        answer = answers[function]
-        return answer(params) if callable(answer) else answer
-
-    moodle.call.side_effect = value
-    moodle.answer.side_effect = lambda function, params=None: _with_body(value(function, params))
-
-
-def _with_body(value):
-    return Answer(value, json.dumps(value).encode())
-
-
-def functions_asked(method):
-    """The functions, and their parameters, one of the client's methods was asked for, in order."""
-    return [call.args if len(call.args) > 1 else (*call.args, None) for call in method.call_args_list]
 
 
 @pytest.fixture
@@ -91,13 +67,3 @@ def make_request(pyramid_config):
         return request
 
     return make
-
-
-def view_answer(request):
-    """The route's view for the request's method, called as the router calls it; the envelope's ``data``."""
-    response = render_view_to_response(None, request)
-    assert response is not None, "no view answers this route and method"
-    body = json.loads(response.body)
-    assert body["ok"] is True
-    request.answered = response
-    return body["data"]

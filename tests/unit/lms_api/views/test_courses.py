@@ -2,7 +2,7 @@ import pytest
 from marshmallow import ValidationError
 
 from lms_api.errors import ApiError
-from tests.unit.lms_api.views.conftest import answering, functions_asked, view_answer
+from tests.unit.lms_api.views.support import answering, functions_asked, view_answer
 
 PY101 = {"id": 2, "shortname": "PY101", "fullname": "Intro to Python", "categoryid": 1, "format": "topics"}
 COURSE = "api.moodle.course"

@@ -1,7 +1,7 @@
 import pytest
 
 from lms_api.errors import ApiError
-from tests.unit.lms_api.views.conftest import answering, view_answer
+from tests.unit.lms_api.views.support import answering, view_answer
 
 ENROL = "api.moodle.enrol"
 

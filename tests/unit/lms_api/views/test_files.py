@@ -3,7 +3,7 @@ import pytest
 from lms_api.errors import ApiError
 from lms_api.moodle.functions import MoodleFunction
 from lms_api.schemas.files import UploadedFile
-from tests.unit.lms_api.views.conftest import answering, view_answer
+from tests.unit.lms_api.views.support import answering, view_answer
 
 BOUNDARY = "b0und4ry"
 UPLOAD, ATTACH = "api.moodle.files.upload", "api.moodle.files.attach"

@@ -2,7 +2,7 @@ import pytest
 
 from lms_api.errors import ApiError
 from lms_api.security import Identity
-from tests.unit.lms_api.views.conftest import answering, view_answer
+from tests.unit.lms_api.views.support import answering, view_answer
 
 UNREAD_COUNT = "api.moodle.notifications.unread_count"
 

@@ -5,7 +5,7 @@ from marshmallow import ValidationError
 
 from lms_api.schemas.siteinfo import SiteInfoSchema
 from lms_api.views import MAX_REMEMBERED_DUMPS, AnswerDumps
-from tests.unit.lms_api.views.conftest import answering, view_answer
+from tests.unit.lms_api.views.support import answering, view_answer
 
 SITE_INFO = "core_webservice_get_site_info"
 ROUTE = "api.moodle.siteinfo"

@@ -1,4 +1,4 @@
-from tests.unit.lms_api.views.conftest import answering, view_answer
+from tests.unit.lms_api.views.support import answering, view_answer
 
 
 def test_users_by_email_with_the_missing_ones_named(make_request, moodle):
