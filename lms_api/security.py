@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import json
 import math
 import re
@@ -155,7 +156,8 @@ class JwksKeys(jwt.PyJWKClient):
     def _fetch(self) -> None:
         try:
             keys = self.get_signing_keys(refresh=True)
-        except (jwt.PyJWTError, OSError, ValueError) as error:  # OSError: a connection cut while the set is read
+        # OSError: a connection cut while the set is read; HTTPException: an answer cut short or malformed.
+        except (jwt.PyJWTError, OSError, ValueError, http.client.HTTPException) as error:
             log.warning("jwks.unavailable", jwks_url=self.uri, error=type(error).__name__, kept=len(self._keys))
         else:
             self._keys = {key.key_id: key for key in keys if key.key_id}

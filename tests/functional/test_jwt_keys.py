@@ -120,6 +120,8 @@ class IdentityProvider(ThreadingHTTPServer):
         self.keys = {"key-1": RSA_PRIVATE}
         self.hits = 0
         self.status = 200
+        self.redirect_to = None  # a URL: every answer is a 302 there
+        self.cut_short = False  # every answer ends before the length it declares
         self.gate = threading.Event()  # cleared: every answer waits until it is set again
         self.gate.set()
         threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True).start()
@@ -146,11 +148,21 @@ class _JwksHandler(BaseHTTPRequestHandler):
     def do_GET(self):
         self.server.hits += 1
         self.server.gate.wait()
+        if self.server.redirect_to:
+            self.send_response(302)
+            self.send_header("Location", self.server.redirect_to)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         body = json.dumps(self.server.jwks()).encode()
         self.send_response(self.server.status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        if self.server.cut_short:
+            self.wfile.write(body[: len(body) // 2])
+            self.close_connection = True
+            return
         self.wfile.write(body)
 
     def log_message(self, *args):
@@ -221,6 +233,32 @@ def test_an_unreachable_identity_provider_keeps_the_known_keys(idp):
     now[0] += 11
 
     assert jwks.key_for("key-1") is known
+
+
+def test_a_provider_that_redirects_is_not_followed(make_gateway, idp):
+    elsewhere = IdentityProvider()
+    try:
+        idp.redirect_to = elsewhere.url
+        gateway = make_gateway(JWT_SECRET="", JWT_JWKS_URL=idp.url)
+
+        assert_invalid(call(gateway, idp.token("key-1")))
+        assert (idp.hits, elsewhere.hits) == (1, 0)
+    finally:
+        elsewhere.shutdown()
+        elsewhere.server_close()
+
+
+def test_a_key_set_cut_short_keeps_the_known_keys_and_refuses_no_known_token(make_gateway, idp):
+    now = [1000.0]
+    jwks = JwksKeys(idp.url, max_age_s=10, clock=lambda: now[0])
+    known = jwks.key_for("key-1")
+    idp.cut_short = True
+    now[0] += 11
+
+    assert jwks.key_for("key-1") is known
+    assert idp.hits == 2
+    gateway = make_gateway(JWT_SECRET="", JWT_JWKS_URL=idp.url)
+    assert_invalid(call(gateway, idp.token("key-1")))  # no key set read yet: refused, not a 500
 
 
 def test_a_token_whose_algorithm_does_not_fit_its_jwks_key_is_a_401_not_a_crash(make_gateway, idp):
