@@ -56,8 +56,8 @@ class ResponseSchema(Schema):
 
 class Records(fields.Nested):
     """``Nested(schema, many=True)`` for a list of flat records (no nested field of their own), dumped by ``schema``'s
-    fields without a schema's per-record machinery, at a sixth of its cost: a real site's 753 functions are on the
-    path of every forwarded site info.
+    fields without a schema's per-record machinery, which costs several times more per record: a real site's
+    hundreds of functions are on the path of every forwarded site info (README: Benchmarks).
 
     What it dumps is what ``Nested(many=True)`` dumps (a test holds them equal): declared fields only, each serialised
     by its field, a missing one left out or given its ``dump_default``. Everything else (loading, the OpenAPI
