@@ -20,35 +20,21 @@ from pyramid.registry import Registry
 from pyramid.request import Request
 from pyramid.response import Response
 
+from lms_api.bodysizes import json_body_limit, upload_body_limit
 from lms_api.errors import ApiError, upload_too_large
+from lms_api.operation import declared_views
 from lms_api.routes import is_api_request
 from lms_api.schemas.base import json_body_too_large
-from lms_api.settings import MIB, Settings
-from lms_api.views import OPERATION
-
-# Room for the multipart boundaries, part headers and small form fields around the files themselves.
-MULTIPART_OVERHEAD_BYTES = 64 * 1024
-
-
-def upload_body_limit(max_mb: int) -> int:
-    """The largest upload body: MOODLE_MAX_UPLOAD_MB of files, and room for the multipart framing around them."""
-    return max_mb * MIB + MULTIPART_OVERHEAD_BYTES
-
-
-def largest_body(settings: Settings) -> int:
-    """The largest body any route takes: an upload with its multipart framing, or a JSON body."""
-    return max(upload_body_limit(settings.moodle_max_upload_mb), settings.max_json_body_kb * 1024)
+from lms_api.settings import Settings
 
 
 def upload_paths(registry: Registry) -> frozenset[str]:
     """The paths of the routes whose operation takes a multipart form (``form=``): the routes that take files."""
     mapper = registry.getUtility(IRoutesMapper)
     paths = set()
-    for view in registry.introspector.get_category("views"):
-        introspectable = view["introspectable"]
-        operation = introspectable.get(OPERATION)
-        if operation is not None and operation.form is not None:
-            pattern: str = mapper.get_route(introspectable["route_name"]).pattern
+    for declared in declared_views(registry):
+        if declared.operation is not None and declared.operation.form is not None:
+            pattern: str = mapper.get_route(declared.route_name).pattern
             if "{" in pattern:  # compared as they are, no route matching on every request
                 raise ValueError(f"{pattern}: a route that takes uploads has no placeholder")
             paths.add(pattern)
@@ -85,7 +71,7 @@ def body_limit_tween_factory(
 ) -> Callable[[Request], Response]:
     settings: Settings = registry.settings["lms_api.settings"]
     uploads = upload_paths(registry)
-    json_limit = settings.max_json_body_kb * 1024
+    json_limit = json_body_limit(settings)
     upload = upload_body_limit(settings.moodle_max_upload_mb), partial(upload_too_large, settings.moodle_max_upload_mb)
     other = json_limit, partial(json_body_too_large, json_limit)
 

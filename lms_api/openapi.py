@@ -1,6 +1,6 @@
 """The OpenAPI 3.1 document of the API, made at start-up from the routes and views Pyramid knows: each API view's
-:class:`~lms_api.views.Operation` (its scope and marshmallow schemas, as :func:`~lms_api.views.api_view` declared
-it) read from the introspector, each field's own JSON Schema, and the error table.
+:class:`~lms_api.operation.Operation` (its scope and marshmallow schemas, as :func:`~lms_api.views.api_view`
+declared it) read from the introspector, each field's own JSON Schema, and the error table.
 
 Served at ``GET /api/moodle/openapi.json`` without a token, so an SPA developer can generate a typed client from it.
 """
@@ -26,10 +26,10 @@ from pyramid.security import NO_PERMISSION_REQUIRED
 
 from lms_api.errors import UNKNOWN_MOODLE_ERROR_STATUS, ErrorCode
 from lms_api.jsoncodec import dumps
+from lms_api.operation import Operation, declared_views
 from lms_api.schemas.base import Choices, StatesJsonSchema
 from lms_api.security import Scope
 from lms_api.settings import Settings
-from lms_api.views import OPERATION, Operation
 
 DOCUMENT_PATH = "/api/moodle/openapi.json"
 PUBLIC_ROUTES = frozenset({"api.moodle.openapi", "api.moodle.docs"})  # the API's description: no token
@@ -95,14 +95,11 @@ def build_document(registry: Registry) -> dict[str, Any]:
 def described_operations(registry: Registry) -> tuple[Described, ...]:
     """Every API route's operations, in the routes' order, each method's from the view that declares it."""
     declared: dict[str, dict[str, tuple[Operation, Callable[..., Any]]]] = {}
-    for view in registry.introspector.get_category("views"):
-        introspectable = view["introspectable"]
-        operation = introspectable.get(OPERATION)
-        if operation is not None:
-            attr, view_callable = introspectable["attr"], introspectable["callable"]
-            method = getattr(view_callable, attr) if attr else view_callable
-            for request_method in _methods(introspectable["request_methods"]):
-                declared.setdefault(introspectable["route_name"], {})[request_method] = (operation, method)
+    for declared_view in declared_views(registry):
+        if declared_view.operation is not None:
+            for method in declared_view.methods:
+                by_method = declared.setdefault(declared_view.route_name, {})
+                by_method[method] = (declared_view.operation, declared_view.view)
     described = []
     for route in registry.getUtility(IRoutesMapper).get_routes():
         if not route.name.startswith("api.moodle.") or route.name in PUBLIC_ROUTES:
@@ -113,10 +110,6 @@ def described_operations(registry: Registry) -> tuple[Described, ...]:
         for method, (operation, view) in sorted(operations.items()):
             described.append(Described(route.name, route.pattern, method, operation, view))
     return tuple(described)
-
-
-def _methods(request_methods: str | tuple[str, ...]) -> tuple[str, ...]:
-    return (request_methods,) if isinstance(request_methods, str) else tuple(request_methods)
 
 
 @functools.cache

@@ -7,6 +7,8 @@ from pyramid.config import Configurator
 from pyramid.registry import Registry
 from pyramid.request import Request
 
+from lms_api.operation import declared_views
+
 API_PREFIX = "/api/"
 # After the views are registered (the default order), so that every view is known.
 _AFTER_VIEWS = 10
@@ -32,13 +34,9 @@ def allowed_methods(registry: Registry, route_name: str | None = None) -> tuple[
 
 def _remember_allowed_methods(registry: Registry) -> None:
     methods: dict[str, set[str]] = {}
-    for view in registry.introspector.get_category("views"):
-        introspectable = view["introspectable"]
-        route_name, request_methods = introspectable["route_name"], introspectable["request_methods"]
-        if route_name and request_methods:
-            if isinstance(request_methods, str):
-                request_methods = (request_methods,)
-            methods.setdefault(route_name, set()).update(request_methods)
+    for declared in declared_views(registry):
+        if declared.methods:
+            methods.setdefault(declared.route_name, set()).update(declared.methods)
     for names in methods.values():
         if "GET" in names:
             names.add("HEAD")

@@ -20,7 +20,7 @@ import waitress
 from waitress.adjustments import Adjustments
 from waitress.task import ThreadedTaskDispatcher
 
-from lms_api.bodylimits import largest_body
+from lms_api.bodysizes import largest_body
 from lms_api.settings import Settings
 
 DEFAULT_PORT = 6543

@@ -4,7 +4,7 @@ its operation (:func:`api_view`): scope, input schemas, answer schema and status
 The declaration is the behaviour. The view deriver :func:`operation_view` loads the declared inputs into
 ``request.validated`` before the view runs and dumps what the view returns through the answer schema into the
 success envelope, with the declared status; the OpenAPI document is read from the same declarations in Pyramid's
-introspector. A view body only calls its service.
+introspector (:mod:`lms_api.operation`). A view body only calls its service.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import venusian
@@ -25,54 +24,17 @@ from pyramid.view import view_config
 from lms_api.cache import CachedMoodle
 from lms_api.errors import ErrorCode, success_body, success_json
 from lms_api.jsoncodec import dumps
-from lms_api.schemas.base import FormSchema, RequestSchema, load_json_body, load_matchdict, load_multipart, load_query
+from lms_api.operation import OPERATION, Operation
+from lms_api.schemas.base import FormSchema, RequestSchema
 from lms_api.security import Identity, Scope
 
 ENVELOPE_RENDERER = "lms_api:envelope"
-OPERATION = "operation"  # the view option api_view declares and the deriver and the OpenAPI document read
 # How many dumps of shared answers an operation remembers. Few: each holds its answer (a site info is 50 KB of JSON,
 # several times that parsed), and the read cache hands out one object per stored entry, so one or two are live.
 MAX_REMEMBERED_DUMPS = 8
 
 ViewsClass = TypeVar("ViewsClass", bound=type)
 View = TypeVar("View", bound=Callable[..., Any])
-
-
-@dataclass(frozen=True)
-class Operation:
-    """What a route and method take and answer, as declared: the deriver enforces it, the OpenAPI document says it."""
-
-    scope: Scope
-    answers: Schema
-    status: int = 200
-    query: RequestSchema | None = None
-    path: RequestSchema | None = None
-    body: RequestSchema | None = None
-    form: FormSchema | None = None
-    errors: tuple[ErrorCode, ...] = ()
-    cached: bool = False  # answered through the read cache: Cache-Status
-    # The view returns a read-cache entry's own object, shared and never changed: its dump is remembered by identity.
-    shared_answer: bool = False
-
-    def validated(self, request: Request) -> Validated:
-        """The declared inputs, loaded in order: the path, the query, then the body (refused as a whole)."""
-        path = load_matchdict(request, self.path) if self.path is not None else {}
-        query = load_query(request, self.query) if self.query is not None else {}
-        body = load_json_body(request, self.body) if self.body is not None else {}
-        form = {}
-        if self.form is not None:
-            form = load_multipart(request, self.form, self.form.repeatable, max_files=self.form.max_files)
-        return Validated(path, query, body, form)
-
-
-@dataclass(frozen=True)
-class Validated:
-    """``request.validated``: a view's inputs as its operation's schemas loaded them (empty when not declared)."""
-
-    path: dict[str, Any]
-    query: dict[str, Any]
-    body: dict[str, Any]  # a JSON body
-    form: dict[str, Any]  # a multipart/form-data body
 
 
 def api_view(

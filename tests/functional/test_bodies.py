@@ -8,7 +8,8 @@ import pytest
 from marshmallow import fields
 from webob import Request
 
-from lms_api.bodylimits import BoundedInput, upload_body_limit, upload_paths
+from lms_api.bodylimits import BoundedInput, upload_paths
+from lms_api.bodysizes import upload_body_limit
 from lms_api.errors import ApiError
 from lms_api.schemas.base import (
     _READ_CHUNK_BYTES,

@@ -4,7 +4,7 @@ rather than typing them again, so a new route cannot be left out of a test that 
 import re
 from typing import NamedTuple
 
-from lms_api.views import OPERATION, Operation
+from lms_api.operation import Operation, declared_views
 
 
 class ApiOperation(NamedTuple):
@@ -18,13 +18,10 @@ class ApiOperation(NamedTuple):
 def api_operations(registry):
     """Every API route and method the registry serves, with its declared :class:`Operation`, sorted."""
     operations = []
-    for view in registry.introspector.get_category("views"):
-        introspectable = view["introspectable"]
-        operation = introspectable.get(OPERATION)
-        if operation is None:
+    for view in declared_views(registry):
+        if view.operation is None:
             continue
-        route_name = introspectable["route_name"]
-        pattern = registry.introspector.get("routes", route_name)["pattern"]
+        pattern = registry.introspector.get("routes", view.route_name)["pattern"]
         path = re.sub(r"\{[^}]+\}", "2", pattern)
-        operations.append(ApiOperation(route_name, introspectable["request_methods"], pattern, path, operation))
+        operations += [ApiOperation(view.route_name, method, pattern, path, view.operation) for method in view.methods]
     return sorted(operations, key=lambda each: (each.route_name, each.method))

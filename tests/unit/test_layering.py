@@ -1,8 +1,8 @@
-"""The gateway and its Moodle emulator stay apart: neither package imports the other at module level.
-
-``lms_api`` loads ``moodle_sandbox`` only where it starts one (no ``MOODLE_BASE_URL``, or ``lms-api sandbox``), so a
-production gateway never carries the emulator; ``moodle_sandbox`` imports nothing of ``lms_api`` at all, so it runs
-and is tested as a standalone Moodle.
+"""Layers point one way. The gateway and its Moodle emulator stay apart: neither package imports the other at module
+level. ``lms_api`` loads ``moodle_sandbox`` only where it starts one (no ``MOODLE_BASE_URL``, or ``lms-api sandbox``),
+so a production gateway never carries the emulator; ``moodle_sandbox`` imports nothing of ``lms_api`` at all, so it
+runs and is tested as a standalone Moodle. The server, which pserve loads before the app, reads the settings alone:
+not the views, the services, the read cache, the Moodle client, security or the schemas.
 """
 
 from __future__ import annotations
@@ -24,24 +24,41 @@ def module_names(package: str) -> list[str]:
     return names
 
 
+def loaded_by(statement):
+    """The modules of ``lms_api`` and ``moodle_sandbox`` a fresh interpreter has loaded after ``statement``."""
+    script = f"""
+import json, sys
+{statement}
+print(json.dumps(sorted(name for name in sys.modules if name.split(".")[0] in ("lms_api", "moodle_sandbox"))))
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.splitlines()[-1])
+
+
 def test_importing_the_gateway_and_building_it_for_a_real_moodle_leaves_the_sandbox_unloaded():
     # A fresh interpreter: this one has long imported the sandbox for other tests.
-    script = f"""
-import importlib, json, sys
+    loaded = loaded_by(f"""
+import importlib
 for name in {module_names("lms_api")!r}:
     importlib.import_module(name)
 from lms_api.config import make_app
 from lms_api.settings import load_settings
 environ = {{"MOODLE_BASE_URL": "https://moodle.invalid", "MOODLE_TOKEN": "t", "JWT_SECRET": "s" * 40}}
 make_app(load_settings({{"lms_api.environment": "production"}}, environ))
-print(json.dumps(sorted(name for name in sys.modules if name.split(".")[0] in ("lms_api", "moodle_sandbox"))))
-"""
-    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+""")
 
-    assert result.returncode == 0, result.stderr
-    loaded = json.loads(result.stdout.splitlines()[-1])
     assert set(module_names("lms_api")) <= set(loaded)
     assert [name for name in loaded if name.split(".")[0] == "moodle_sandbox"] == []
+
+
+def test_importing_the_server_loads_neither_the_views_nor_the_services_nor_what_they_use():
+    loaded = loaded_by("import lms_api.server")
+
+    assert "lms_api.server" in loaded
+    assert "lms_api.bodysizes" in loaded  # where its body cap comes from
+    app_layers = ("views", "services", "cache", "moodle.client", "security", "schemas", "operation", "bodylimits")
+    assert [name for name in loaded if name.removeprefix("lms_api.").startswith(app_layers)] == []
 
 
 def test_no_sandbox_module_imports_the_gateway():
