@@ -1,7 +1,7 @@
 """Services: registered with pyramid_services, found without building a container per request.
 
 pyramid_services answers ``request.find_service`` from a ``wired`` container that each request builds on first use,
-with a lookup registry of its own, so finding two services cost a cached site info a sixth of its time. No service
+with a lookup registry of its own, a cost a cached read paid on every request (README's Benchmarks). No service
 here depends on the request's traversal context or needs to be one instance per request, so ``find_service`` asks
 pyramid_services' registry for the registered factory, which is a cached lookup, and calls it: a factory service is
 made at each lookup. Services are registered with pyramid_services' own directives (``config.register_service``,

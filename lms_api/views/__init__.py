@@ -4,7 +4,8 @@ its operation (:func:`api_view`): scope, input schemas, answer schema and status
 The declaration is the behaviour. The view deriver :func:`operation_view` loads the declared inputs into
 ``request.validated`` before the view runs and dumps what the view returns through the answer schema into the
 success envelope, with the declared status; the OpenAPI document is read from the same declarations in Pyramid's
-introspector (:mod:`lms_api.operation`). A view body only calls its service.
+introspector (:mod:`lms_api.operation`). A view body calls its service, and names what the audit line and the
+``Location`` header need; the checks before a call to Moodle are the service's.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from lms_api.schemas.base import FormSchema, RequestSchema
 from lms_api.security import Identity, Scope
 
 ENVELOPE_RENDERER = "lms_api:envelope"
-# How many dumps of shared answers an operation remembers. Few: each holds its answer (a site info is 50 KB of JSON,
-# several times that parsed), and the read cache hands out one object per stored entry, so one or two are live.
+# How many dumps of shared answers an operation remembers. Few: each holds its answer (a real site's site info, its
+# JSON and several times that parsed), and the read cache hands out one object per stored entry, so one or two are live.
 MAX_REMEMBERED_DUMPS = 8
 
 ViewsClass = TypeVar("ViewsClass", bound=type)
