@@ -130,10 +130,16 @@ def not_found(error: HTTPNotFound, request: Request) -> Response:
     return _answered(request, ApiError(ErrorCode.NOT_FOUND, f"No route matches {request.path}"))
 
 
+# The gateway's own codes by what they say: an HTTP error's reason phrase, lower case without spaces, names its member.
+GATEWAY_CODES = {code.value: code for code in ErrorCode if not code.from_moodle}
+
+
 @exception_view_config(HTTPException)
 def http_error(error: HTTPException, request: Request) -> Response:
-    """Any other HTTP error Pyramid raises: its reason phrase, lower case without spaces, is the code."""
-    code = error.title.lower().replace(" ", "")
+    """Any other HTTP error Pyramid raises, with its status: the member its reason phrase names (a 405 is
+    ``methodnotallowed``, a 415 ``unsupportedmediatype``), else the reason phrase itself, as Pyramid names it."""
+    phrase = error.title.lower().replace(" ", "")
+    code = GATEWAY_CODES.get(phrase, phrase)
     return _answered(request, ApiError(code, error.explanation or error.title, status=error.code))
 
 
