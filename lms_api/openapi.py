@@ -56,6 +56,11 @@ MOODLE_TROUBLE = (
     ErrorCode.MOODLE_TIMEOUT,
 )
 JSON_BODY = (ErrorCode.INVALID_JSON, ErrorCode.UNSUPPORTED_MEDIA_TYPE)
+# Refused by the body-limit tween for a declared length over the limit, before any budget is counted: such an answer
+# has no RateLimit-* headers. The same code found later (a body read past its limit, an upload's files over theirs)
+# comes after the rate limit with them, as Moodle's 413s do.
+REFUSED_BEFORE_THE_BUDGET = (ErrorCode.BODY_TOO_LARGE, ErrorCode.FILE_TOO_LARGE)
+WITHOUT_RATE_LIMIT_HEADERS = "; without `RateLimit-*` headers when refused for its declared length, before any budget"
 HEADERS = {
     "X-Request-ID": ("The request's id: the caller's `X-Request-ID` when safe to echo, else a new one.", "string"),
     "RateLimit-Limit": ("The caller's budget for this kind of request.", "integer"),
@@ -185,19 +190,21 @@ def _responses(operation: Operation) -> dict[str, Any]:
     for code in dict.fromkeys(codes):
         by_status.setdefault(code.status, []).append(code)
     for status, listed in sorted(by_status.items()):
-        lines = [f"- `{code.value}`: {code.meaning}" for code in listed]
+        lines = [f"- `{code.value}`: {code.meaning}{_headers_note(code)}" for code in listed]
         if status == UNKNOWN_MOODLE_ERROR_STATUS:
             lines.append("- any other Moodle errorcode, passed on as Moodle names it")
-        # A body over its limit is refused before any budget is counted: no RateLimit-* headers.
-        error_headers = (["X-Request-ID"] if status == 413 else headers) + (
-            ["Retry-After"] if status in (429, 503) else []
-        )
+        error_headers = headers + (["Retry-After"] if status in (429, 503) else [])
         responses[str(status)] = {
             "description": "\n".join(lines),
             "headers": {name: {"$ref": f"#/components/headers/{name}"} for name in error_headers},
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
         }
     return responses
+
+
+def _headers_note(code: ErrorCode) -> str:
+    """What a code's line adds when its answer may lack headers its status lists (none is required)."""
+    return WITHOUT_RATE_LIMIT_HEADERS if code in REFUSED_BEFORE_THE_BUDGET else ""
 
 
 def _success_envelope(answers: Schema) -> dict[str, Any]:

@@ -222,6 +222,13 @@ def test_an_upload_declared_over_moodle_max_upload_mb_is_a_413_before_the_token_
     assert_api_headers(response)
 
 
+def test_an_upload_whose_files_exceed_the_limit_inside_its_framing_is_a_413_after_the_budget_is_counted(gateway):
+    response = with_json(send(gateway, UPLOAD, multipart(file_part(1, size=MIB + 1)), FORM))
+
+    assert_error_envelope(response, 413, "filetoolarge")
+    assert response.headers["RateLimit-Remaining"]  # past the rate limit: the OpenAPI document says which 413s are not
+
+
 def test_an_upload_of_more_than_max_json_body_kb_is_taken(gateway):
     response = send(gateway, UPLOAD, multipart(file_part(1, size=100 * 1024)), FORM)
 
