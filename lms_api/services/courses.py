@@ -86,9 +86,11 @@ def get_course(moodle: Moodle, course_id: int) -> MoodleRecord:
     return courses[0]
 
 
-def create_course(moodle: Moodle, fields: Mapping[str, Any]) -> CreatedCourse:
-    """Create one course. Moodle refuses a category that does not exist before it writes anything, so that
-    refusal is only given the category's own error code here, at no extra call."""
+def create_course(moodle: Moodle, fields: Mapping[str, Any], offered_formats: Sequence[str]) -> CreatedCourse:
+    """Create one course, in one of the ``offered_formats`` (MOODLE_COURSE_FORMATS). Moodle refuses a category that
+    does not exist before it writes anything, so that refusal is only given the category's own error code here, at no
+    extra call."""
+    _require_offered_format(fields, offered_formats)
     try:
         answer = moodle.call(MoodleFunction.CREATE_COURSES, {"courses": [dict(fields)]})
     except MoodleError as error:
@@ -101,23 +103,18 @@ def create_course(moodle: Moodle, fields: Mapping[str, Any]) -> CreatedCourse:
     return {"id": created[0]["id"], "shortname": created[0].get("shortname", fields["shortname"])}
 
 
-def require_offered_format(fields: Mapping[str, Any], formats: Sequence[str]) -> None:
-    """400 ``validationerror`` on ``format`` unless it is one of ``formats``: Moodle stores any name as the course's
-    format, a plugin or not."""
-    chosen = fields.get("format")
-    if chosen is not None and chosen not in formats:
-        message = f"Not a course format this site offers: {chosen!r}; one of {', '.join(formats)}"
-        raise ApiError(ErrorCode.VALIDATION_ERROR, "Invalid input: format", {"fields": {"format": [message]}})
-
-
-def update_course(moodle: Moodle, course_id: int, changes: Mapping[str, Any]) -> MoodleRecord:
-    """Send only ``changes``, then read the course back; Moodle reports a failed update as a warning in a 200.
+def update_course(
+    moodle: Moodle, course_id: int, changes: Mapping[str, Any], offered_formats: Sequence[str]
+) -> MoodleRecord:
+    """Send only ``changes``, then read the course back; Moodle reports a failed update as a warning in a 200. A
+    ``format`` changed to must be one of the ``offered_formats`` (MOODLE_COURSE_FORMATS).
 
     Moodle moves a course into a category that does not exist, answering only a warning; such a course breaks
     every search that finds it and cannot be deleted. So before a move the category is checked, and the course
     too: a missing record reported after both were found can then only mean one was deleted meanwhile.
     Every function is checked first, so a missing read-back function never follows an applied update.
     """
+    _require_offered_format(changes, offered_formats)
     category_id = changes.get("categoryid")
     moodle.require(
         MoodleFunction.UPDATE_COURSES,
@@ -165,6 +162,15 @@ def course_not_found(course_ids: list[int]) -> ApiError:
 
 def category_not_found(category_ids: list[int]) -> ApiError:
     return not_found(ErrorCode.CATEGORY_NOT_FOUND, "category", "categories", category_ids)
+
+
+def _require_offered_format(fields: Mapping[str, Any], formats: Sequence[str]) -> None:
+    """400 ``validationerror`` on ``format`` unless it is one of ``formats``: Moodle stores any name as the course's
+    format, a plugin or not."""
+    chosen = fields.get("format")
+    if chosen is not None and chosen not in formats:
+        message = f"Not a course format this site offers: {chosen!r}; one of {', '.join(formats)}"
+        raise ApiError(ErrorCode.VALIDATION_ERROR, "Invalid input: format", {"fields": {"format": [message]}})
 
 
 def _warning_error(code: str, message: str, course_id: int, category_id: int | None) -> ApiError:

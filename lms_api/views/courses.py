@@ -46,8 +46,7 @@ class CourseViews(ApiViews):
         """Create a course; `Location` names it. Drops the cached course entries."""
         request, fields = self.request, self.request.validated.body
         request.audit_targets.update(categoryid=fields["categoryid"], shortname=fields["shortname"])
-        courses.require_offered_format(fields, request.lms_settings.moodle_course_formats)
-        created = courses.create_course(self.moodle, fields)
+        created = courses.create_course(self.moodle, fields, request.lms_settings.moodle_course_formats)
         request.audit_targets["course_id"] = created["id"]
         request.response.location = request.public_url(request.route_path("api.moodle.course", course_id=created["id"]))
         return created
@@ -79,5 +78,4 @@ class CourseViews(ApiViews):
         request, validated = self.request, self.request.validated
         course_id, changes = validated.path["course_id"], validated.body
         request.audit_targets.update(course_id=course_id, fields=sorted(changes))
-        courses.require_offered_format(changes, request.lms_settings.moodle_course_formats)
-        return courses.update_course(self.moodle, course_id, changes)
+        return courses.update_course(self.moodle, course_id, changes, request.lms_settings.moodle_course_formats)

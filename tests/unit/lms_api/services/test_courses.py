@@ -26,6 +26,8 @@ from tests.unit.mocked_moodle import (
     sent_functions,
 )
 
+FORMATS = ("topics", "weeks")  # what the site offers (MOODLE_COURSE_FORMATS)
+
 
 def test_listing_without_filters_drops_the_site_course_and_pages_locally(moodle, rsps):
     add(rsps, MoodleFunction.GET_COURSES, json=[SITE_COURSE, *(course(n) for n in range(2, 9))])
@@ -142,7 +144,9 @@ def test_a_missing_course_is_a_404_naming_it(moodle, rsps):
 def test_create_sends_one_course_and_answers_its_id(moodle, rsps):
     add(rsps, MoodleFunction.CREATE_COURSES, json=[{"id": 6, "shortname": "NEW1"}])
 
-    created = courses.create_course(moodle, {"fullname": "New", "shortname": "NEW1", "categoryid": 1, "visible": False})
+    created = courses.create_course(
+        moodle, {"fullname": "New", "shortname": "NEW1", "categoryid": 1, "visible": False}, FORMATS
+    )
 
     assert created == {"id": 6, "shortname": "NEW1"}
     form = sent(rsps)
@@ -153,7 +157,7 @@ def test_update_sends_only_the_given_fields_and_reads_the_course_back(moodle, rs
     add(rsps, MoodleFunction.UPDATE_COURSES, json={"warnings": []})
     add(rsps, MoodleFunction.GET_COURSES_BY_FIELD, json=by_field_answer(course(2, fullname="Renamed")))
 
-    updated = courses.update_course(moodle, 2, {"fullname": "Renamed"})
+    updated = courses.update_course(moodle, 2, {"fullname": "Renamed"}, FORMATS)
 
     update = sent(rsps, -2)
     assert {key for key in update if key.startswith("courses")} == {"courses[0][id]", "courses[0][fullname]"}
@@ -177,7 +181,7 @@ def test_update_warnings_are_errors_without_another_call(moodle, rsps, warningco
     add(rsps, MoodleFunction.UPDATE_COURSES, json={"warnings": [warning]})
 
     with pytest.raises(ApiError) as info:
-        courses.update_course(moodle, 2, {"shortname": "PY101"})
+        courses.update_course(moodle, 2, {"shortname": "PY101"}, FORMATS)
 
     assert (info.value.status, info.value.code) == (status, code)
     assert "SELECT" not in info.value.message
@@ -187,7 +191,7 @@ def test_update_warnings_are_errors_without_another_call(moodle, rsps, warningco
 def test_the_golden_warning_for_a_missing_course_is_a_404_naming_it(moodle, rsps):
     add(rsps, MoodleFunction.UPDATE_COURSES, body=golden("error_update_nonexistent_course"))
 
-    error = api_raised(courses.update_course, moodle, 99999, {"fullname": "Nobody"})
+    error = api_raised(courses.update_course, moodle, 99999, {"fullname": "Nobody"}, FORMATS)
 
     assert (error.status, error.code, error.details) == (404, "coursenotfound", {"missing_courses": [99999]})
     assert error.message == "No course with id 99999 in Moodle"
@@ -198,7 +202,7 @@ def test_a_warning_message_loses_server_paths_and_the_token(moodle, rsps):
     warning = {"item": "course", "itemid": 2, "warningcode": "cannotwrite", "message": message}
     add(rsps, MoodleFunction.UPDATE_COURSES, json={"warnings": [warning]})
 
-    error = raised(courses.update_course, moodle, 2, {"fullname": "New"})
+    error = raised(courses.update_course, moodle, 2, {"fullname": "New"}, FORMATS)
 
     assert (error.status, error.code, error.message) == (502, "cannotwrite", "Cannot write [path] for [redacted]")
 
@@ -215,7 +219,7 @@ def test_a_warningcode_that_is_no_moodle_code_is_a_moodleerror_without_moodles_t
     warning = {"item": "course", "itemid": 2, "warningcode": warningcode, "message": f"{POLICY} {TOKEN} secret"}
     add(rsps, MoodleFunction.UPDATE_COURSES, json={"warnings": [warning]})
 
-    error = raised(courses.update_course, moodle, 2, {"fullname": "New"})
+    error = raised(courses.update_course, moodle, 2, {"fullname": "New"}, FORMATS)
 
     assert (error.status, error.code) == (502, "moodleerror")
     assert error.message == (
@@ -232,7 +236,7 @@ def test_a_warningcode_carrying_a_token_shaped_like_moodles_is_no_code(rsps):
     warning = {"item": "course", "itemid": 2, "warningcode": hex_token, "message": f"Token {hex_token} refused"}
     add(rsps, MoodleFunction.UPDATE_COURSES, json={"warnings": [warning]})
 
-    error = raised(courses.update_course, moodle, 2, {"fullname": "New"})
+    error = raised(courses.update_course, moodle, 2, {"fullname": "New"}, FORMATS)
 
     assert (error.status, error.code) == (502, "moodleerror")
     assert hex_token not in repr(error.__dict__)
@@ -243,7 +247,7 @@ def test_a_warningcode_of_moodles_code_syntax_is_passed_on(moodle, rsps, warning
     warning = {"item": "course", "itemid": 2, "warningcode": warningcode, "message": "No access rights"}
     add(rsps, MoodleFunction.UPDATE_COURSES, json={"warnings": [warning]})
 
-    error = raised(courses.update_course, moodle, 2, {"fullname": "New"})
+    error = raised(courses.update_course, moodle, 2, {"fullname": "New"}, FORMATS)
 
     assert (error.status, error.code, error.message) == (502, warningcode, "No access rights")
 
@@ -258,7 +262,7 @@ def test_a_move_checks_the_course_and_the_category_before_the_update(moodle, rsp
     add(rsps, MoodleFunction.UPDATE_COURSES, json={"warnings": []})
     add(rsps, MoodleFunction.GET_COURSES_BY_FIELD, json=by_field_answer(course(2, 3)))
 
-    assert courses.update_course(moodle, 2, {"categoryid": 3})["categoryid"] == 3
+    assert courses.update_course(moodle, 2, {"categoryid": 3}, FORMATS)["categoryid"] == 3
 
     by_field, categories, update = (
         MoodleFunction.GET_COURSES_BY_FIELD,
@@ -280,7 +284,7 @@ def test_a_move_into_a_missing_category_is_a_404_and_nothing_is_sent_to_update(m
     add(rsps, MoodleFunction.GET_COURSES_BY_FIELD, json=by_field_answer(course(2)))
     add(rsps, MoodleFunction.GET_CATEGORIES, json=[])
 
-    error = api_raised(courses.update_course, moodle, 2, {"categoryid": 999999, "fullname": "New"})
+    error = api_raised(courses.update_course, moodle, 2, {"categoryid": 999999, "fullname": "New"}, FORMATS)
 
     assert (error.status, error.code, error.details) == (404, "categorynotfound", {"missing_categories": [999999]})
     assert error.message == "No category with id 999999 in Moodle"
@@ -291,14 +295,14 @@ def test_only_the_asked_category_counts_not_one_of_the_answer_below_it(moodle, r
     add(rsps, MoodleFunction.GET_COURSES_BY_FIELD, json=by_field_answer(course(2)))
     add(rsps, MoodleFunction.GET_CATEGORIES, json=categories_answer(5, 6))
 
-    assert api_raised(courses.update_course, moodle, 2, {"categoryid": 4}).code == "categorynotfound"
+    assert api_raised(courses.update_course, moodle, 2, {"categoryid": 4}, FORMATS).code == "categorynotfound"
     assert MoodleFunction.UPDATE_COURSES not in sent_functions(rsps)
 
 
 def test_moving_a_missing_course_is_a_404_for_the_course_before_the_category_is_asked(moodle, rsps):
     add(rsps, MoodleFunction.GET_COURSES_BY_FIELD, json=by_field_answer())
 
-    error = api_raised(courses.update_course, moodle, 99, {"categoryid": 999})
+    error = api_raised(courses.update_course, moodle, 99, {"categoryid": 999}, FORMATS)
 
     assert (error.code, error.details) == ("coursenotfound", {"missing_courses": [99]})
     assert sent_functions(rsps)[1:] == [MoodleFunction.GET_COURSES_BY_FIELD]
@@ -309,7 +313,7 @@ def test_a_missing_record_after_both_checks_says_something_was_deleted_meanwhile
     add(rsps, MoodleFunction.GET_CATEGORIES, json=categories_answer(7))
     add(rsps, MoodleFunction.UPDATE_COURSES, body=golden("core_course_update_courses__category_missing"))
 
-    error = raised(courses.update_course, moodle, 6, {"categoryid": 7})
+    error = raised(courses.update_course, moodle, 6, {"categoryid": 7}, FORMATS)
 
     assert (error.status, error.code) == (404, "invalidrecordunknown")
     assert error.details == {"function": MoodleFunction.UPDATE_COURSES, "course_id": 6, "outcome": "unknown"}
@@ -320,7 +324,7 @@ def test_a_move_is_not_checked_or_sent_when_the_category_function_is_missing(mak
     moodle = make_client()
     prime(moodle, rsps, [f for f in ROUTE_FUNCTIONS if f != MoodleFunction.GET_CATEGORIES])
 
-    error = raised(courses.update_course, moodle, 2, {"categoryid": 3})
+    error = raised(courses.update_course, moodle, 2, {"categoryid": 3}, FORMATS)
 
     assert (error.status, error.details["function"]) == (501, MoodleFunction.GET_CATEGORIES)
     assert sent_functions(rsps) == ["core_webservice_get_site_info"]
@@ -332,7 +336,7 @@ def test_an_update_without_a_move_needs_no_category_function(make_client, rsps):
     add(rsps, MoodleFunction.UPDATE_COURSES, json={"warnings": []})
     add(rsps, MoodleFunction.GET_COURSES_BY_FIELD, json=by_field_answer(course(2)))
 
-    assert courses.update_course(moodle, 2, {"fullname": "New"})["id"] == 2
+    assert courses.update_course(moodle, 2, {"fullname": "New"}, FORMATS)["id"] == 2
 
 
 def test_creating_in_a_missing_category_is_a_404_naming_the_category(moodle, rsps):
@@ -343,7 +347,7 @@ def test_creating_in_a_missing_category_is_a_404_naming_the_category(moodle, rsp
     }
     add(rsps, MoodleFunction.CREATE_COURSES, json=refusal)
 
-    error = api_raised(courses.create_course, moodle, {"fullname": "X", "shortname": "X1", "categoryid": 999})
+    error = api_raised(courses.create_course, moodle, {"fullname": "X", "shortname": "X1", "categoryid": 999}, FORMATS)
 
     assert (error.status, error.code, error.details) == (404, "categorynotfound", {"missing_categories": [999]})
     assert isinstance(error.__cause__, ApiError) and error.__cause__.code == "errorcatcontextnotvalid"
@@ -356,7 +360,7 @@ def test_an_update_is_not_sent_when_the_read_back_function_is_missing(make_clien
     moodle = make_client()
     prime(moodle, rsps, [f for f in ROUTE_FUNCTIONS if f != MoodleFunction.GET_COURSES_BY_FIELD])
 
-    error = raised(courses.update_course, moodle, 2, {"fullname": "New"})
+    error = raised(courses.update_course, moodle, 2, {"fullname": "New"}, FORMATS)
 
     assert (error.status, error.details["function"]) == (501, MoodleFunction.GET_COURSES_BY_FIELD)
     assert MoodleFunction.UPDATE_COURSES not in sent_functions(rsps)
@@ -368,7 +372,7 @@ def test_a_failed_read_back_says_the_update_was_applied(moodle, rsps):
     add(rsps, MoodleFunction.GET_COURSES_BY_FIELD, body=reset())
     add(rsps, MoodleFunction.GET_COURSES_BY_FIELD, body=reset())
 
-    error = raised(courses.update_course, moodle, 2, {"fullname": "New"})
+    error = raised(courses.update_course, moodle, 2, {"fullname": "New"}, FORMATS)
 
     assert (error.status, error.code) == (503, "moodleunavailable")
     assert error.details == {"function": MoodleFunction.GET_COURSES_BY_FIELD, "updated": True}
@@ -381,20 +385,47 @@ def test_a_course_deleted_before_its_read_back_is_a_404_saying_the_update_was_ap
     add(rsps, MoodleFunction.GET_COURSES_BY_FIELD, json=by_field_answer())
 
     with pytest.raises(ApiError) as info:
-        courses.update_course(moodle, 2, {"fullname": "New"})
+        courses.update_course(moodle, 2, {"fullname": "New"}, FORMATS)
 
     assert (info.value.status, info.value.code) == (404, "coursenotfound")
     assert info.value.details == {"missing_courses": [2], "updated": True}
 
 
-def test_only_an_offered_format_passes_and_no_format_is_no_question():
-    courses.require_offered_format({"format": "weeks"}, ("topics", "weeks"))
-    courses.require_offered_format({"fullname": "No format"}, ("topics",))
+def test_a_course_is_created_in_an_offered_format(moodle, rsps):
+    add(rsps, MoodleFunction.CREATE_COURSES, json=[{"id": 6, "shortname": "NEW1"}])
 
-    with pytest.raises(ApiError) as info:
-        courses.require_offered_format({"format": "bogus"}, ("topics", "weeks"))
+    courses.create_course(moodle, {"fullname": "New", "shortname": "NEW1", "categoryid": 1, "format": "weeks"}, FORMATS)
 
-    assert (info.value.status, info.value.code) == (400, "validationerror")
-    assert info.value.details == {
-        "fields": {"format": ["Not a course format this site offers: 'bogus'; one of topics, weeks"]}
-    }
+    assert sent(rsps)["courses[0][format]"] == "weeks"
+
+
+def test_a_course_is_changed_to_an_offered_format(moodle, rsps):
+    add(rsps, MoodleFunction.UPDATE_COURSES, json={"warnings": []})
+    add(rsps, MoodleFunction.GET_COURSES_BY_FIELD, json=by_field_answer(course(2, format="weeks")))
+
+    assert courses.update_course(moodle, 2, {"format": "weeks"}, FORMATS)["format"] == "weeks"
+    assert sent(rsps, -2)["courses[0][format]"] == "weeks"
+
+
+OFFERED_ONLY = "Not a course format this site offers: 'bogus'; one of topics, weeks"
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda moodle: courses.create_course(
+            moodle, {"fullname": "X", "shortname": "X1", "categoryid": 1, "format": "bogus"}, FORMATS
+        ),
+        lambda moodle: courses.update_course(moodle, 2, {"format": "bogus", "fullname": "New"}, FORMATS),
+        lambda moodle: courses.update_course(moodle, 2, {"format": "bogus", "categoryid": 3}, FORMATS),
+    ],
+    ids=["create", "update", "move"],
+)
+def test_a_format_the_site_does_not_offer_is_a_400_before_moodle_is_asked_anything(moodle, rsps, write):
+    calls_before = len(rsps.calls)
+
+    error = api_raised(write, moodle)
+
+    assert (error.status, error.code, error.message) == (400, "validationerror", "Invalid input: format")
+    assert error.details == {"fields": {"format": [OFFERED_ONLY]}}
+    assert len(rsps.calls) == calls_before

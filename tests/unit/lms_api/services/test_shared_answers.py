@@ -60,6 +60,7 @@ ANSWERS: dict[MoodleFunction, Any] = {
     MoodleFunction.ATTACH_FILE: {"message": "Successful", "id": "17"},
 }
 ENROLMENTS = [{"roleid": 5, "userid": 3, "courseid": 2}, {"roleid": 5, "userid": 5, "courseid": 3}]
+FORMATS = ("topics",)
 
 SERVICES: dict[str, Callable[[Moodle], Any]] = {
     "all-courses": lambda moodle: courses.list_courses(moodle, page=0, perpage=1),
@@ -68,8 +69,8 @@ SERVICES: dict[str, Callable[[Moodle], Any]] = {
     "search-in-category": lambda moodle: courses.list_courses(moodle, search="py", category=4),
     "by-ids": lambda moodle: courses.courses_by_ids(moodle, [3, 1, 2]),
     "one-course": lambda moodle: courses.get_course(moodle, 2),
-    "create": lambda moodle: courses.create_course(moodle, {"shortname": "NEW1", "categoryid": 4}),
-    "update-and-move": lambda moodle: courses.update_course(moodle, 2, {"categoryid": 4}),
+    "create": lambda moodle: courses.create_course(moodle, {"shortname": "NEW1", "categoryid": 4}, FORMATS),
+    "update-and-move": lambda moodle: courses.update_course(moodle, 2, {"categoryid": 4}, FORMATS),
     "category": lambda moodle: courses.require_category(moodle, 4),
     "users-by-email": lambda moodle: users.users_by_field(moodle, "email", ["u3@x.org", "u4@x.org"]),
     "user-ids": lambda moodle: users.user_ids(moodle, [3, 4, 5]),
