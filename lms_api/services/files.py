@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, TypedDict
 
+from lms_api.drafts import DraftOwners, check_owner
 from lms_api.errors import ApiError, ErrorCode, moodle_code, upload_too_large
 from lms_api.moodle.client import FileUpload, Moodle
 from lms_api.moodle.errors import (
@@ -33,28 +34,25 @@ class Attached(TypedDict):
     visible: bool
 
 
-def check_sizes(files: Sequence[FileUpload], max_mb: int) -> None:
-    """413 when the files together exceed MOODLE_MAX_UPLOAD_MB; checked before anything is sent to Moodle."""
-    total = 0
-    for upload in files:
-        upload.stream.seek(0, 2)
-        total += upload.stream.tell()
-    if total > max_mb * MIB:
-        raise upload_too_large(max_mb)
+def upload(
+    moodle: Moodle, files: Sequence[FileUpload], itemid: int, *, max_mb: int, owners: DraftOwners, sub: str
+) -> Uploaded:
+    """Upload ``files`` into one draft item, a new one (``itemid`` 0) or one the caller ``sub`` uploaded before; any
+    per-file refusal is an error naming what was stored anyway.
 
-
-def upload(moodle: Moodle, files: Sequence[FileUpload], itemid: int, stored_in: Callable[[int], None]) -> Uploaded:
-    """Upload ``files`` into one draft item; any per-file refusal is an error naming what was stored anyway.
-
-    ``stored_in`` is told the draft item as soon as Moodle has stored a file in it, before any refusal is raised:
-    the files stored stay stored, and their caller may still attach them.
+    Before anything is sent, the files together are held to ``max_mb`` (MOODLE_MAX_UPLOAD_MB) and a given item to
+    its owner. ``owners`` learns the draft item's owner as soon as Moodle has stored a file in it, before any refusal
+    is raised: the files stored stay stored, and their caller may still attach them.
     """
+    _check_sizes(files, max_mb)
+    if itemid:
+        check_owner(owners, itemid, sub)
     entries = moodle.upload(files, itemid)
     refused = [entry for entry in entries if "errortype" in entry]
     stored = [entry for entry in entries if "errortype" not in entry]
     draft_itemid = _draft_item(stored)
     if draft_itemid is not None:
-        stored_in(draft_itemid)
+        owners.remember(draft_itemid, sub)
     if refused:
         raise _refused_file(moodle, refused[0], stored)
     if len(stored) != len(files):
@@ -68,6 +66,16 @@ def upload(moodle: Moodle, files: Sequence[FileUpload], itemid: int, stored_in: 
             ErrorCode.BAD_RESPONSE, "Moodle's upload.php named no draft item", {"function": MoodleFunction.UPLOAD}
         )
     return {"itemid": draft_itemid, "files": stored}
+
+
+def _check_sizes(files: Sequence[FileUpload], max_mb: int) -> None:
+    """413 when the files together exceed MOODLE_MAX_UPLOAD_MB."""
+    total = 0
+    for upload in files:
+        upload.stream.seek(0, 2)
+        total += upload.stream.tell()
+    if total > max_mb * MIB:
+        raise upload_too_large(max_mb)
 
 
 def _draft_item(stored: list[MoodleRecord]) -> int | None:
@@ -94,9 +102,10 @@ def _refused_file(moodle: Moodle, entry: dict[str, Any], stored: list[dict[str, 
     return MoodleError(code, messages.get(code, refused), details, status=status_for_errorcode(errortype))
 
 
-def attach(moodle: Moodle, fields: dict[str, Any]) -> Attached:
-    """Create a file resource in a course from a draft item, with the sync_service plugin's function (or the one
-    MOODLE_ATTACH_FUNCTION names)."""
+def attach(moodle: Moodle, fields: Mapping[str, Any], *, owners: DraftOwners, sub: str) -> Attached:
+    """Create a file resource in a course from a draft item the caller ``sub`` uploaded, with the sync_service
+    plugin's function (or the one MOODLE_ATTACH_FUNCTION names)."""
+    check_owner(owners, fields["draftitemid"], sub)
     params = {
         "courseid": fields["courseid"],
         "sectionnum": fields["section"],

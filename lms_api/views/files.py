@@ -1,6 +1,5 @@
 from pyramid.view import view_defaults
 
-from lms_api import drafts
 from lms_api.errors import ErrorCode
 from lms_api.schemas.files import AttachBody, AttachedSchema, UploadForm, UploadSchema
 from lms_api.security import Scope
@@ -36,11 +35,14 @@ class FileViews(ApiViews):
         """
         form, request = self.request.validated.form, self.request
         request.audit_targets.update(filenames=[upload.filename for upload in form["file"]], itemid=form["itemid"])
-        files.check_sizes(form["file"], request.lms_settings.moodle_max_upload_mb)
-        owners, sub = request.draft_owners, self.caller.sub
-        if form["itemid"]:
-            drafts.check_owner(owners, form["itemid"], sub)
-        uploaded = files.upload(self.moodle, form["file"], form["itemid"], lambda itemid: owners.remember(itemid, sub))
+        uploaded = files.upload(
+            self.moodle,
+            form["file"],
+            form["itemid"],
+            max_mb=request.lms_settings.moodle_max_upload_mb,
+            owners=request.draft_owners,
+            sub=self.caller.sub,
+        )
         request.audit_targets["itemid"] = uploaded["itemid"]
         return uploaded
 
@@ -61,7 +63,6 @@ class FileViews(ApiViews):
         """
         body, request = self.request.validated.body, self.request
         request.audit_targets.update(course_id=body["courseid"], draftitemid=body["draftitemid"])
-        drafts.check_owner(request.draft_owners, body["draftitemid"], self.caller.sub)
-        attached = files.attach(self.moodle, body)
+        attached = files.attach(self.moodle, body, owners=request.draft_owners, sub=self.caller.sub)
         request.audit_targets["cmid"] = attached["cmid"]
         return attached

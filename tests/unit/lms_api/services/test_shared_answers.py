@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from lms_api.drafts import LocalDraftOwners
 from lms_api.moodle.client import FileUpload, Moodle
 from lms_api.moodle.functions import MoodleFunction
 from lms_api.services import courses, enrolments, files, notifications, users
@@ -61,6 +62,15 @@ ANSWERS: dict[MoodleFunction, Any] = {
 }
 ENROLMENTS = [{"roleid": 5, "userid": 3, "courseid": 2}, {"roleid": 5, "userid": 5, "courseid": 3}]
 FORMATS = ("topics",)
+CALLER = "ada"
+
+
+def attached(moodle: Moodle) -> Any:
+    owners = LocalDraftOwners()
+    owners.remember(7, CALLER)
+    fields = {"courseid": 2, "draftitemid": 7, "name": "Slides", "section": 1, "visible": True}
+    return files.attach(moodle, fields, owners=owners, sub=CALLER)
+
 
 SERVICES: dict[str, Callable[[Moodle], Any]] = {
     "all-courses": lambda moodle: courses.list_courses(moodle, page=0, perpage=1),
@@ -77,9 +87,7 @@ SERVICES: dict[str, Callable[[Moodle], Any]] = {
     "enrol": lambda moodle: enrolments.enrol(moodle, ENROLMENTS),
     "notifications": lambda moodle: notifications.notifications(moodle, 2, 10, 0),
     "unread-count": lambda moodle: notifications.unread_count(moodle, 2),
-    "attach": lambda moodle: files.attach(
-        moodle, {"courseid": 2, "draftitemid": 7, "name": "Slides", "section": 1, "visible": True}
-    ),
+    "attach": attached,
 }
 
 
