@@ -1,6 +1,12 @@
 """What each route does with Moodle: which functions, in which order, and how their answers become one shape.
 
 Views hand them the read cache's front (:class:`~lms_api.cache.CachedMoodle`, the
-:class:`~lms_api.moodle.client.Moodle` protocol) and the validated input; these call Moodle through the function table's
-members and raise :class:`~lms_api.errors.ApiError` for anything a caller must hear about.
+:class:`~lms_api.moodle.client.Moodle` protocol), the validated input and what the route's rules take from the settings
+and the caller (the offered course formats, the roles, the upload limit, the draft items' owners); these hold the input
+to those rules, call Moodle through the function table's members and raise :class:`~lms_api.errors.ApiError` for
+anything a caller must hear about.
 """
+
+# ``details.outcome`` of an error after a write that Moodle may or may not have applied: the caller must look before
+# writing again. The client says it of a write whose answer it never got or did not read (MOODLE_MAX_ANSWER_MB).
+OUTCOME_UNKNOWN = "unknown"

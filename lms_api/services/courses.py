@@ -19,6 +19,7 @@ from lms_api.moodle.errors import (
     unexpected_answer,
 )
 from lms_api.moodle.functions import MoodleFunction
+from lms_api.services import OUTCOME_UNKNOWN
 from lms_api.services.notfound import not_found
 
 SITE_FORMAT = "site"  # the front-page course every Moodle has; never a course a caller means
@@ -183,7 +184,7 @@ def _warning_error(code: str, message: str, course_id: int, category_id: int | N
             code_of(code),
             f"Course {course_id} or category {category_id} was deleted during the update; Moodle may have saved "
             "the update anyway, the move into the missing category included",
-            {"function": MoodleFunction.UPDATE_COURSES, "course_id": course_id, "outcome": "unknown"},
+            {"function": MoodleFunction.UPDATE_COURSES, "course_id": course_id, "outcome": OUTCOME_UNKNOWN},
         )
     return MoodleError(
         code_of(code) if code else ErrorCode.MOODLE_WARNING,

@@ -11,6 +11,7 @@ from lms_api.moodle.encoding import split_by_input_vars
 from lms_api.moodle.errors import MoodleError
 from lms_api.moodle.functions import MoodleFunction
 from lms_api.security import Identity, Scope
+from lms_api.services import OUTCOME_UNKNOWN
 from lms_api.services.courses import courses_by_ids
 from lms_api.services.notfound import missing_ids
 from lms_api.services.users import UserIds, user_ids
@@ -71,15 +72,17 @@ def _hint(role: object, role_ids: Mapping[str, int]) -> str:
     return f" (did you mean {near[0]!r}?)" if near else ""
 
 
-def enrol(moodle: Moodle, enrolments: list[dict[str, Any]]) -> EnrolResult:
+def enrol(moodle: Moodle, wanted: list[dict[str, Any]], settings: Settings, caller: Identity) -> EnrolResult:
     """Enrol everyone or say exactly who was enrolled.
 
-    The guest is refused first: Moodle 5.0 would enrol it. The courses and users are checked before anything is
-    written: Moodle answers ``invalidparameter`` for a course that does not exist, fails with a PHP TypeError for a
-    user that does not exist and with a coding error for a deleted one. Each Moodle call is all-or-nothing; when
-    one fails, ``details`` lists the indexes ``applied`` by the earlier calls and ``not_applied`` (and ``unknown``
-    when the failed call's outcome cannot be known).
+    The roles are resolved first (:func:`resolve_roles`, held to what ``caller`` may assign), then the guest is
+    refused: Moodle 5.0 would enrol it. The courses and users are checked before anything is written: Moodle answers
+    ``invalidparameter`` for a course that does not exist, fails with a PHP TypeError for a user that does not exist
+    and with a coding error for a deleted one. Each Moodle call is all-or-nothing; when one fails, ``details`` lists
+    the indexes ``applied`` by the earlier calls and ``not_applied`` (and ``unknown`` when the failed call's outcome
+    cannot be known).
     """
+    enrolments = resolve_roles(wanted, settings, caller)
     guests = [index for index, enrolment in enumerate(enrolments) if enrolment["userid"] == GUEST_USER_ID]
     if guests:
         raise ApiError(
@@ -101,13 +104,15 @@ def enrol(moodle: Moodle, enrolments: list[dict[str, Any]]) -> EnrolResult:
             moodle.call(MoodleFunction.ENROL_USERS, {"enrolments": enrolments[run.start : run.stop]})
         except MoodleError as error:
             later = list(range(run.stop, len(enrolments)))
-            account: dict[str, list[int]] = {"applied": list(range(run.start))}
-            if error.details.get("outcome") == "unknown":
+            account: dict[str, Any] = {"applied": list(range(run.start))}
+            if error.details.get("outcome") == OUTCOME_UNKNOWN:
                 account |= {"unknown": list(run), "not_applied": later}
             else:
                 account["not_applied"] = list(run) + later
-            error.details |= account | {"calls": len(runs), "failed_call": number + 1}
-            raise
+            account |= {"calls": len(runs), "failed_call": number + 1}
+            raise type(error)(
+                error.code, error.message, {**error.details, **account}, status=error.status, headers=error.headers
+            ) from error
     return {"enrolled": len(enrolments), "calls": len(runs)}
 
 

@@ -31,5 +31,4 @@ class EnrolmentViews(ApiViews):
             user_ids=sorted({enrolment["userid"] for enrolment in wanted}),
             enrolments=len(wanted),
         )
-        wanted = enrolments.resolve_roles(wanted, self.request.lms_settings, self.caller)
-        return enrolments.enrol(self.moodle, wanted)
+        return enrolments.enrol(self.moodle, wanted, self.request.lms_settings, self.caller)

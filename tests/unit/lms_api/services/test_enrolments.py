@@ -102,12 +102,50 @@ def to_enrol(count, courseid=2):
     return [{"roleid": 5, "userid": 100 + n, "courseid": courseid} for n in range(count)]
 
 
+def enrol(moodle, wanted, identity=ENROL_WRITE):
+    return enrolments.enrol(moodle, wanted, DEFAULTS, identity)
+
+
+def test_enrolment_sends_the_role_ids_the_roles_given_resolve_to(moodle, rsps):
+    add(rsps, MoodleFunction.GET_COURSES, json=[course(2)])
+    add(rsps, MoodleFunction.GET_USERS_BY_FIELD, json=users_answer(100, 101))
+    add(rsps, MoodleFunction.ENROL_USERS, body="null")
+    wanted = [{"roleid": "student", "userid": 100, "courseid": 2}, {"roleid": 4, "userid": 101, "courseid": 2}]
+
+    assert enrol(moodle, wanted) == {"enrolled": 2, "calls": 1}
+
+    form = sent(rsps)
+    assert (form["enrolments[0][roleid]"], form["enrolments[1][roleid]"]) == ("5", "4")
+    assert wanted[0]["roleid"] == "student"  # the caller's list is left as it was
+
+
+@pytest.mark.parametrize(
+    ("role", "status", "code"), [("wizard", 400, "validationerror"), ("manager", 403, "forbidden")]
+)
+def test_a_role_refused_is_refused_before_moodle_is_asked_anything(moodle, rsps, role, status, code):
+    calls_before = len(rsps.calls)
+
+    error = api_raised(enrol, moodle, [{"roleid": role, "userid": enrolments.GUEST_USER_ID, "courseid": 2}])
+
+    assert (error.status, error.code) == (status, code)  # before the guest, too
+    assert len(rsps.calls) == calls_before
+
+
+def test_a_role_beyond_enrol_write_is_enrolled_for_an_admin(moodle, rsps):
+    add(rsps, MoodleFunction.GET_COURSES, json=[course(2)])
+    add(rsps, MoodleFunction.GET_USERS_BY_FIELD, json=users_answer(100))
+    add(rsps, MoodleFunction.ENROL_USERS, body="null")
+
+    assert enrol(moodle, [{"roleid": "manager", "userid": 100, "courseid": 2}], ADMIN)["enrolled"] == 1
+    assert sent(rsps)["enrolments[0][roleid]"] == "1"
+
+
 def test_missing_courses_are_a_404_before_anything_is_enrolled(moodle, rsps):
     add(rsps, MoodleFunction.GET_COURSES, json=[course(2)])
     add(rsps, MoodleFunction.GET_USERS_BY_FIELD, json=users_answer(100))
 
     with pytest.raises(ApiError) as info:
-        enrolments.enrol(moodle, to_enrol(1) + to_enrol(1, courseid=77) + to_enrol(1, courseid=78))
+        enrol(moodle, to_enrol(1) + to_enrol(1, courseid=77) + to_enrol(1, courseid=78))
 
     assert (info.value.status, info.value.code, info.value.details) == (
         404, "coursenotfound", {"missing_courses": [77, 78]})  # fmt: skip
@@ -120,7 +158,7 @@ def test_missing_users_are_a_404_naming_them_and_nothing_is_enrolled(moodle, rsp
     add(rsps, MoodleFunction.GET_COURSES, json=[course(2)])
     add(rsps, MoodleFunction.GET_USERS_BY_FIELD, json=users_answer(100))
 
-    error = api_raised(enrolments.enrol, moodle, [*to_enrol(1), {"roleid": 5, "userid": 999999, "courseid": 2}])
+    error = api_raised(enrol, moodle, [*to_enrol(1), {"roleid": 5, "userid": 999999, "courseid": 2}])
 
     assert (error.status, error.code, error.details) == (404, "usernotfound", {"missing_users": [999999]})
     assert error.message == "No user with id 999999 in Moodle; nothing was enrolled"
@@ -133,7 +171,7 @@ def test_missing_courses_and_users_are_named_together(moodle, rsps):
     add(rsps, MoodleFunction.GET_COURSES, json=[])
     add(rsps, MoodleFunction.GET_USERS_BY_FIELD, json=[])
 
-    error = api_raised(enrolments.enrol, moodle, to_enrol(2, courseid=77))
+    error = api_raised(enrol, moodle, to_enrol(2, courseid=77))
 
     assert (error.status, error.code) == (404, "coursenotfound")
     assert error.details == {"missing_courses": [77], "missing_users": [100, 101]}
@@ -145,7 +183,7 @@ def test_enrolment_is_not_checked_when_the_enrol_function_is_missing(make_client
     moodle = make_client()
     prime(moodle, rsps, [f for f in ROUTE_FUNCTIONS if f != MoodleFunction.ENROL_USERS])
 
-    error = raised(enrolments.enrol, moodle, to_enrol(1))
+    error = raised(enrol, moodle, to_enrol(1))
 
     assert (error.status, error.details["function"]) == (501, MoodleFunction.ENROL_USERS)
     assert sent_functions(rsps) == ["core_webservice_get_site_info"]
@@ -156,7 +194,7 @@ def test_a_user_deleted_after_the_check_is_moodles_php_error_without_its_path(mo
     add(rsps, MoodleFunction.GET_USERS_BY_FIELD, json=users_answer(100))
     add(rsps, MoodleFunction.ENROL_USERS, body=golden("error_enrol_nonexistent_user"))
 
-    error = raised(enrolments.enrol, moodle, to_enrol(1))
+    error = raised(enrol, moodle, to_enrol(1))
 
     assert (error.status, error.code) == (502, "moodleexception")
     assert "PHP TypeError" in error.message and "/var/www" not in error.message
@@ -170,7 +208,7 @@ def test_a_batch_is_split_to_fit_max_input_vars(make_client, rsps):
     add(rsps, MoodleFunction.GET_USERS_BY_FIELD, json=users_answer(*range(100, 107)))
     add(rsps, MoodleFunction.ENROL_USERS, body="null")
 
-    assert enrolments.enrol(moodle, to_enrol(7)) == {"enrolled": 7, "calls": 3}
+    assert enrol(moodle, to_enrol(7)) == {"enrolled": 7, "calls": 3}
     calls = [
         dict(form_of(c.request))
         for c in rsps.calls
@@ -189,7 +227,7 @@ def test_a_later_call_failing_lists_what_was_applied_and_what_was_not(make_clien
     add(rsps, MoodleFunction.ENROL_USERS, json={"exception": "dml_missing_record_exception", "errorcode": "invaliduser",
                                             "message": "Invalid user"})  # fmt: skip
 
-    error = raised(enrolments.enrol, moodle, to_enrol(7))
+    error = raised(enrol, moodle, to_enrol(7))
 
     assert (error.status, error.code) == (404, "invaliduser")
     assert error.details["applied"] == [0, 1, 2]
@@ -206,10 +244,11 @@ def test_a_call_with_an_unknown_outcome_is_reported_as_unknown_and_not_resent(ma
     add(rsps, MoodleFunction.ENROL_USERS, body="null")
     add(rsps, MoodleFunction.ENROL_USERS, body=reset())
 
-    error = raised(enrolments.enrol, moodle, to_enrol(7))
+    error = raised(enrol, moodle, to_enrol(7))
 
     assert error.status == 504
     assert error.details["outcome"] == "unknown"
+    assert "applied" not in error.__cause__.details  # the client's error is left as it was raised
     assert (error.details["applied"], error.details["unknown"], error.details["not_applied"]) == (
         [0, 1, 2], [3, 4, 5], [6])  # fmt: skip
     assert sent_functions(rsps).count(MoodleFunction.ENROL_USERS) == 2
@@ -219,7 +258,7 @@ def test_the_guest_is_refused_before_any_call_as_moodle_5_would_enrol_it(moodle,
     calls_before = len(rsps.calls)
     wanted = [*to_enrol(1), {"roleid": 5, "userid": enrolments.GUEST_USER_ID, "courseid": 2}]
 
-    error = api_raised(enrolments.enrol, moodle, wanted)
+    error = api_raised(enrol, moodle, wanted)
 
     assert (error.status, error.code, error.details) == (400, "guestsarenotallowed", {"enrolments": [1]})
     assert error.message == "The guest user (id 1) cannot be enrolled; nothing was enrolled"
@@ -233,7 +272,7 @@ def test_deleted_users_are_missing_users_named_as_deleted_and_nothing_is_enrolle
     add(rsps, MoodleFunction.GET_USERS_BY_FIELD, json=users_answer(100))  # [100]
     add(rsps, MoodleFunction.GET_USERS_BY_FIELD, json=deleted_answer)  # [7]
 
-    error = api_raised(enrolments.enrol, moodle, [*to_enrol(1), {"roleid": 5, "userid": 7, "courseid": 2}])
+    error = api_raised(enrol, moodle, [*to_enrol(1), {"roleid": 5, "userid": 7, "courseid": 2}])
 
     assert (error.status, error.code) == (404, "usernotfound")
     assert error.details == {"missing_users": [7], "deleted_users": [7]}
@@ -250,7 +289,7 @@ def test_users_left_unchecked_past_the_bound_refuse_the_batch_naming_them(moodle
         json={"exception": "x", "errorcode": "invalidrecordunknown", "message": "x"},
     )
 
-    error = api_raised(enrolments.enrol, moodle, to_enrol(2))
+    error = api_raised(enrol, moodle, to_enrol(2))
 
     assert (error.status, error.code, error.details) == (404, "usernotfound", {"unchecked_users": [100, 101]})
     assert error.message == (

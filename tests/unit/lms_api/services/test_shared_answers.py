@@ -11,7 +11,9 @@ import pytest
 from lms_api.drafts import LocalDraftOwners
 from lms_api.moodle.client import FileUpload, Moodle
 from lms_api.moodle.functions import MoodleFunction
+from lms_api.security import Identity
 from lms_api.services import courses, enrolments, files, notifications, users
+from tests.support.gateway import settings_for
 from tests.unit.mocked_moodle import SITE_COURSE, by_field_answer, course, users_answer
 
 
@@ -61,15 +63,16 @@ ANSWERS: dict[MoodleFunction, Any] = {
     MoodleFunction.ATTACH_FILE: {"message": "Successful", "id": "17"},
 }
 ENROLMENTS = [{"roleid": 5, "userid": 3, "courseid": 2}, {"roleid": 5, "userid": 5, "courseid": 3}]
+SETTINGS = settings_for("https://moodle.test", "token")
+CALLER = Identity("ada", frozenset({"admin"}))
 FORMATS = ("topics",)
-CALLER = "ada"
 
 
 def attached(moodle: Moodle) -> Any:
     owners = LocalDraftOwners()
-    owners.remember(7, CALLER)
+    owners.remember(7, CALLER.sub)
     fields = {"courseid": 2, "draftitemid": 7, "name": "Slides", "section": 1, "visible": True}
-    return files.attach(moodle, fields, owners=owners, sub=CALLER)
+    return files.attach(moodle, fields, owners=owners, sub=CALLER.sub)
 
 
 SERVICES: dict[str, Callable[[Moodle], Any]] = {
@@ -84,7 +87,7 @@ SERVICES: dict[str, Callable[[Moodle], Any]] = {
     "category": lambda moodle: courses.require_category(moodle, 4),
     "users-by-email": lambda moodle: users.users_by_field(moodle, "email", ["u3@x.org", "u4@x.org"]),
     "user-ids": lambda moodle: users.user_ids(moodle, [3, 4, 5]),
-    "enrol": lambda moodle: enrolments.enrol(moodle, ENROLMENTS),
+    "enrol": lambda moodle: enrolments.enrol(moodle, ENROLMENTS, SETTINGS, CALLER),
     "notifications": lambda moodle: notifications.notifications(moodle, 2, 10, 0),
     "unread-count": lambda moodle: notifications.unread_count(moodle, 2),
     "attach": attached,
