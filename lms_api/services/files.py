@@ -19,6 +19,7 @@ from lms_api.moodle.functions import MoodleFunction
 from lms_api.settings import MIB
 
 SYNC_SERVICE_PLUGIN = "https://github.com/lectureStudio/moodle-local_sync_service"
+MAX_ID_DIGITS = 19  # Moodle's ids are BIGINT: 2**63 - 1 has 19 digits
 
 
 class Uploaded(TypedDict):
@@ -122,8 +123,8 @@ def attach(moodle: Moodle, fields: Mapping[str, Any], *, owners: DraftOwners, su
             # Also what Moodle says when the plugin was removed since the function list was read.
             moodle.forget_functions()
         raise
-    cmid = answer.get("id")
-    if not (isinstance(cmid, int) or (isinstance(cmid, str) and cmid.isdigit())):
+    cmid = _module_id(answer.get("id"))
+    if cmid is None:
         # The site may call the function by another name (MOODLE_ATTACH_FUNCTION), which only the client knows.
         raise MoodleError(
             ErrorCode.BAD_RESPONSE,
@@ -131,12 +132,23 @@ def attach(moodle: Moodle, fields: Mapping[str, Any], *, owners: DraftOwners, su
             {"setting": "MOODLE_ATTACH_FUNCTION"},
         )
     return {
-        "cmid": int(cmid),
+        "cmid": cmid,
         "courseid": fields["courseid"],
         "section": fields["section"],
         "name": fields["name"],
         "visible": fields["visible"],
     }
+
+
+def _module_id(value: object) -> int | None:
+    """The course module id in the attach function's answer: an integer, or one written in ASCII digits, as the
+    plugin answers it; anything else is no id. ``str.isdigit`` alone takes "²", which ``int`` refuses, and digits of
+    other scripts, which no Moodle writes."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= MAX_ID_DIGITS:
+        return int(value)
+    return None
 
 
 def _attach_function_missing(name: str) -> MoodleError:

@@ -235,11 +235,24 @@ def test_a_missing_record_on_attach_makes_the_function_list_be_read_again(moodle
     assert raised(attach, moodle).status == 501
 
 
-@pytest.mark.parametrize("answer", [{"message": "Successful"}, {"id": "x"}, {"id": None}])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"message": "Successful"},
+        {"id": "x"},
+        {"id": None},
+        {"id": True},
+        {"id": "²"},
+        {"id": "\N{FULLWIDTH DIGIT ONE}\N{FULLWIDTH DIGIT SEVEN}"},
+        {"id": "9" * 5000},
+    ],
+)
 def test_attach_without_a_module_id_is_a_502(moodle, rsps, answer):
     add(rsps, MoodleFunction.ATTACH_FILE, json=answer)
 
-    assert raised(attach, moodle).status == 502
+    error = raised(attach, moodle)
+
+    assert (error.status, error.code, error.details) == (502, "badresponse", {"setting": "MOODLE_ATTACH_FUNCTION"})
 
 
 def test_attach_of_a_draft_item_of_another_caller_is_a_404_before_moodle_is_asked(moodle, rsps):
