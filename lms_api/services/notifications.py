@@ -47,8 +47,10 @@ def notification_user(identity: Identity, userid: int | None) -> int:
     return userid
 
 
-def notifications(moodle: Moodle, userid: int, limit: int, offset: int) -> NotificationsPage:
-    """One page of ``userid``'s popup notifications, newest first; 404 ``usernotfound`` for a user Moodle lacks."""
+def notifications(moodle: Moodle, caller: Identity, asked: int | None, limit: int, offset: int) -> NotificationsPage:
+    """One page of the popup notifications of the user ``asked`` (:func:`notification_user`), newest first; 404
+    ``usernotfound`` for a user Moodle lacks."""
+    userid = notification_user(caller, asked)
     params = {"useridto": userid, "newestfirst": True, "limit": limit, "offset": offset}
     try:
         answer = moodle.call(MoodleFunction.GET_POPUP_NOTIFICATIONS, params)
@@ -64,7 +66,9 @@ def notifications(moodle: Moodle, userid: int, limit: int, offset: int) -> Notif
     return {"userid": userid, "notifications": found, "unreadcount": unread, "limit": limit, "offset": offset}
 
 
-def unread_count(moodle: Moodle, userid: int) -> UnreadCount:
-    """Moodle counts 0 for a user it does not have, and so does this: telling them apart would cost a call."""
+def unread_count(moodle: Moodle, caller: Identity, asked: int | None) -> UnreadCount:
+    """How many popup notifications of the user ``asked`` (:func:`notification_user`) are unread. Moodle counts 0 for
+    a user it does not have, and so does this: telling them apart would cost a call."""
+    userid = notification_user(caller, asked)
     count: int = moodle.call(MoodleFunction.GET_UNREAD_COUNT, {"useridto": userid})  # a bare integer
     return {"userid": userid, "count": count}

@@ -34,8 +34,9 @@ class NotificationViews(ApiViews):
         The caller's own (`moodle_userid` of the token) unless `userid` is given, which needs the `admin` scope.
         """
         query = self.request.validated.query
-        userid = notifications.notification_user(self.caller, query.get("userid"))
-        return notifications.notifications(self.moodle, userid, query["limit"], query["offset"])
+        return notifications.notifications(
+            self.moodle, self.caller, query.get("userid"), query["limit"], query["offset"]
+        )
 
     @api_view(
         route_name="api.moodle.notifications.unread_count",
@@ -47,5 +48,4 @@ class NotificationViews(ApiViews):
     )
     def unread_count(self) -> object:
         """How many popup notifications of a user are unread (the caller's own unless `userid`, with `admin`)."""
-        userid = notifications.notification_user(self.caller, self.request.validated.query.get("userid"))
-        return notifications.unread_count(self.moodle, userid)
+        return notifications.unread_count(self.moodle, self.caller, self.request.validated.query.get("userid"))

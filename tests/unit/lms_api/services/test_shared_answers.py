@@ -88,8 +88,8 @@ SERVICES: dict[str, Callable[[Moodle], Any]] = {
     "users-by-email": lambda moodle: users.users_by_field(moodle, "email", ["u3@x.org", "u4@x.org"]),
     "user-ids": lambda moodle: users.user_ids(moodle, [3, 4, 5]),
     "enrol": lambda moodle: enrolments.enrol(moodle, ENROLMENTS, SETTINGS, CALLER),
-    "notifications": lambda moodle: notifications.notifications(moodle, 2, 10, 0),
-    "unread-count": lambda moodle: notifications.unread_count(moodle, 2),
+    "notifications": lambda moodle: notifications.notifications(moodle, CALLER, 2, 10, 0),
+    "unread-count": lambda moodle: notifications.unread_count(moodle, CALLER, 2),
     "attach": attached,
 }
 
