@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from lms_api.cache.readcache import ReadCache
 from lms_api.moodle.client import FileUpload, MoodleClient
 from lms_api.moodle.functions import MoodleFunction
+
+Written = TypeVar("Written")
 
 
 class CachedMoodle:
@@ -29,11 +31,8 @@ class CachedMoodle:
         return self._client.max_input_vars
 
     def call(self, function: MoodleFunction, params: Mapping[str, Any] | None = None) -> Any:
-        if function.drops:
-            try:
-                return self._client.call(function, params)
-            finally:  # whatever its outcome: a write that failed may still have reached Moodle
-                self._cache.invalidate_after(function)
+        if function.writes:
+            return self._write(function, lambda: self._client.call(function, params))
         if not self._cache.caches(function):
             return self._client.call(function, params)
         if function is not MoodleFunction.SITE_INFO:  # always offered: it is what lists the functions offered
@@ -47,7 +46,14 @@ class CachedMoodle:
         return self._client.clean(text)
 
     def upload(self, files: Sequence[FileUpload], itemid: int = 0) -> list[dict[str, Any]]:
-        return self._client.upload(files, itemid)
+        return self._write(MoodleFunction.UPLOAD, lambda: self._client.upload(files, itemid))
 
     def forget_functions(self) -> None:
         self._client.forget_functions()
+
+    def _write(self, function: MoodleFunction, send: Callable[[], Written]) -> Written:
+        """``send`` the write of ``function``, then drop the groups its line in the table names."""
+        try:
+            return send()
+        finally:  # whatever its outcome: a write that failed may still have reached Moodle
+            self._cache.invalidate_after(function)

@@ -4,6 +4,7 @@ client."""
 
 import io
 import json
+from contextlib import nullcontext
 from typing import IO, NamedTuple
 
 import pytest
@@ -13,7 +14,7 @@ from lms_api.cache.cachedmoodle import CachedMoodle
 from lms_api.cache.localstore import LocalStore
 from lms_api.errors import ApiError, ErrorCode
 from lms_api.moodle.errors import MoodleError
-from lms_api.moodle.functions import MoodleFunction
+from lms_api.moodle.functions import AnswerShape, CacheGroup, MoodleFunction, write
 from tests.unit.lms_api.cache.support import MAX_BYTES, TTLS, make_read_cache
 from tests.unit.mocked_moodle import (
     INVALID_PARAMETER_BODY,
@@ -186,6 +187,28 @@ def test_a_read_that_overlaps_a_write_is_never_served_after_it(front, client, ca
 
     assert [course["id"] for course in overlapping[0]] == [2]
     assert [course["id"] for course in front.call(GET_COURSES)] == [2, 3]
+
+
+@pytest.mark.parametrize(
+    ("answer", "outcome"),
+    [
+        ({"json": [{"itemid": 7, "filename": "notes.txt"}]}, nullcontext()),
+        ({"status": 502, "body": "Bad gateway"}, pytest.raises(MoodleError)),  # it may have reached Moodle
+    ],
+    ids=["uploaded", "http-502"],
+)
+def test_an_upload_drops_the_groups_its_line_names_as_any_write(front, rsps, monkeypatch, answer, outcome):
+    """An upload drops no group today; one its line names later is dropped, whatever the upload's outcome."""
+    monkeypatch.setattr(MoodleFunction.UPLOAD, "behaviour", write(AnswerShape.LIST, drops=(CacheGroup.COURSES,)))
+    Site(rsps)
+    front.call(GET_COURSES)
+    rsps.add(responses.POST, UPLOAD_URL, **answer)
+
+    with outcome:
+        front.upload([Upload("notes.txt", io.BytesIO(b"notes"), "text/plain")], itemid=7)
+    front.call(GET_COURSES)
+
+    assert moodle_calls(rsps, GET_COURSES) == 2
 
 
 # -- what the client does --------------------------------------------------------------------------
