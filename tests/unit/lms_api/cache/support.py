@@ -1,7 +1,9 @@
-"""What the read cache's tests build it from: a fake fetch for ReadCache and one that blocks, reads and their threads,
-Redis stores on a real redis-server (replicas sharing one Redis), and the TTLs and sizes they are made with."""
+"""What the read cache's tests build it from: a fake fetch for ReadCache and one that blocks, reads and their threads
+(and which of them wait on an event), Redis stores on a real redis-server (replicas sharing one Redis), and the TTLs
+and sizes they are made with."""
 
 import json
+import sys
 import threading
 
 import pytest
@@ -78,12 +80,14 @@ def read_error(cache, fetch, function=MoodleFunction.GET_COURSES, params=None):
     return raised.value, outcome
 
 
-def in_threads(count, target):
-    """Run ``target(n)`` in ``count`` threads let go at once; answers (or errors) by thread number."""
+def in_threads(count, target, profile=None):
+    """Run ``target(n)`` in ``count`` threads let go at once; answers (or errors) by thread number. ``profile`` is set
+    as each thread's profile function (``sys.setprofile``)."""
     barrier = threading.Barrier(count)
     results = [None] * count
 
     def run(n):
+        sys.setprofile(profile)
         barrier.wait()
         try:
             results[n] = target(n)
@@ -96,12 +100,26 @@ def in_threads(count, target):
     return threads, results
 
 
-def wait_for_waiters(cache, count):
-    """Until ``count`` readers wait on this process's fetch in flight (each is one waiter of its done event)."""
-    eventually(
-        lambda: sum(len(flight.done._cond._waiters) for flight in list(cache._flights.values())) >= count,
-        f"{count} readers waiting on the fetch in flight",
-    )
+class EventWaits:
+    """Counts the calls to ``threading.Event.wait`` made in the threads it profiles (``in_threads(profile=...)``), on
+    any event but the test's own ``ignored`` ones: a reader that waits for a fetch in flight has called it on that
+    fetch's event, which answers at once if the fetch is already over; one that has not is still on its way there."""
+
+    def __init__(self, *ignored):
+        self._ignored = ignored
+        self._calls = 0
+        self._lock = threading.Lock()
+
+    def profile(self, frame, event, arg):
+        if event != "call" or frame.f_code is not threading.Event.wait.__code__:
+            return
+        if not any(frame.f_locals["self"] is ignored for ignored in self._ignored):
+            with self._lock:
+                self._calls += 1
+
+    def wait_for(self, count):
+        """Until ``count`` readers wait on a fetch in flight."""
+        eventually(lambda: self._calls >= count, f"{count} readers waiting on the fetch in flight")
 
 
 def redis_store(url, clock, link_clock):

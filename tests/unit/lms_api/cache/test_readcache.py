@@ -20,6 +20,7 @@ from tests.unit.lms_api.cache.support import (
     STALE_S,
     TTLS,
     BlockingMoodle,
+    EventWaits,
     FakeMoodle,
     answer_of,
     in_threads,
@@ -27,7 +28,6 @@ from tests.unit.lms_api.cache.support import (
     moodle_error,
     read,
     read_error,
-    wait_for_waiters,
 )
 
 GET_COURSES = MoodleFunction.GET_COURSES
@@ -286,10 +286,11 @@ def test_the_answers_remembered_parsed_are_bounded_and_the_others_parsed_again(c
 
 def test_concurrent_identical_misses_make_one_fetch_and_the_others_wait_for_it(make_cache):
     cache, moodle = make_cache(), BlockingMoodle(OLD)
+    waits = EventWaits(moodle.release)
 
-    threads, results = in_threads(10, lambda n: read(cache, moodle))
+    threads, results = in_threads(10, lambda n: read(cache, moodle), profile=waits.profile)
     assert moodle.entered.wait(5)
-    wait_for_waiters(cache, 9)
+    waits.wait_for(9)
     moodle.release.set()
     join(threads)
 
@@ -317,10 +318,11 @@ def test_a_fetch_in_flight_holds_up_no_read_of_another_key(clock):
 def test_the_waiters_share_the_fetch_error_and_nothing_is_kept(clock):
     cache = make_read_cache(LocalStore(MAX_BYTES, clock), clock)
     moodle = BlockingMoodle(NEW, moodle_error(ErrorCode.MOODLE_UNAVAILABLE))
+    waits = EventWaits(moodle.release)
 
-    threads, results = in_threads(5, lambda n: read(cache, moodle))
+    threads, results = in_threads(5, lambda n: read(cache, moodle), profile=waits.profile)
     assert moodle.entered.wait(5)
-    wait_for_waiters(cache, 4)
+    waits.wait_for(4)
     moodle.release.set()
     join(threads)
 
