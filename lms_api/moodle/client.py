@@ -37,6 +37,7 @@ from lms_api.jsoncodec import loads
 from lms_api.logging import scrub_from_logs
 from lms_api.moodle.encoding import encode_params
 from lms_api.moodle.errors import (
+    OUTCOME_UNKNOWN,
     MoodleError,
     MoodleRecord,
     clean_text,
@@ -586,7 +587,7 @@ class MoodleClient:
         details: dict[str, Any] = {"function": function, "moodle_status": answer.status_code}
         message = f"Moodle's answer is larger than {limit_mb} MiB (MOODLE_MAX_ANSWER_MB); it was not read"
         if writes:
-            details["outcome"] = "unknown"
+            details["outcome"] = OUTCOME_UNKNOWN
             message += "; the write may or may not have been applied"
         return MoodleError(ErrorCode.BAD_RESPONSE, message, details)
 
@@ -603,7 +604,7 @@ class MoodleClient:
     def _failure_error(self, function: str, failure: _TransportFailure, writes: bool) -> MoodleError:
         details = self._with_cause({"function": function}, failure.cause)
         if failure.outcome_unknown and writes:
-            details["outcome"] = "unknown"
+            details["outcome"] = OUTCOME_UNKNOWN
             message = failure.message + "; the write may or may not have been applied"
             # A reset after sending is reported like a timeout: the caller must check before writing again.
             status = 504 if failure.code == ErrorCode.MOODLE_UNAVAILABLE else None

@@ -23,6 +23,11 @@ CREDENTIAL_REFUSED_MESSAGE = (
 )
 
 
+# ``details.outcome`` of an error after a write that Moodle may or may not have applied: the caller must look before
+# writing again. The client says it of a write whose answer it never got or did not read (MOODLE_MAX_ANSWER_MB).
+OUTCOME_UNKNOWN = "unknown"
+
+
 class MoodleError(ApiError):
     """Moodle answered with an error, or could not be reached; ``status`` is what the caller gets."""
 

@@ -6,7 +6,3 @@ and the caller (the offered course formats, the roles, the upload limit, the dra
 to those rules, call Moodle through the function table's members and raise :class:`~lms_api.errors.ApiError` for
 anything a caller must hear about.
 """
-
-# ``details.outcome`` of an error after a write that Moodle may or may not have applied: the caller must look before
-# writing again. The client says it of a write whose answer it never got or did not read (MOODLE_MAX_ANSWER_MB).
-OUTCOME_UNKNOWN = "unknown"

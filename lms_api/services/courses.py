@@ -9,6 +9,7 @@ from lms_api.errors import ApiError, ErrorCode
 from lms_api.moodle.client import Moodle
 from lms_api.moodle.encoding import split_by_input_vars
 from lms_api.moodle.errors import (
+    OUTCOME_UNKNOWN,
     MoodleError,
     MoodleRecord,
     code_of,
@@ -19,7 +20,6 @@ from lms_api.moodle.errors import (
     unexpected_answer,
 )
 from lms_api.moodle.functions import MoodleFunction
-from lms_api.services import OUTCOME_UNKNOWN
 from lms_api.services.notfound import not_found
 
 SITE_FORMAT = "site"  # the front-page course every Moodle has; never a course a caller means

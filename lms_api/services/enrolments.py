@@ -8,10 +8,9 @@ from typing import Any, TypedDict
 from lms_api.errors import ApiError, ErrorCode
 from lms_api.moodle.client import Moodle
 from lms_api.moodle.encoding import split_by_input_vars
-from lms_api.moodle.errors import MoodleError
+from lms_api.moodle.errors import OUTCOME_UNKNOWN, MoodleError
 from lms_api.moodle.functions import MoodleFunction
 from lms_api.security import Identity, Scope
-from lms_api.services import OUTCOME_UNKNOWN
 from lms_api.services.courses import courses_by_ids
 from lms_api.services.notfound import missing_ids
 from lms_api.services.users import UserIds, user_ids
