@@ -1,5 +1,5 @@
-"""Moodle's answers as parsed from cache entries, remembered for the last keys read: a hit on the same stored answer
-is the same object, parsed once."""
+"""Shared reads' answers (``MoodleFunction.shared``: the site info) as parsed from cache entries: a hit on the same
+stored answer is the same object, parsed once, within a byte budget taken from the in-process cache's memory."""
 
 from __future__ import annotations
 
@@ -9,27 +9,37 @@ from typing import Any
 
 from lms_api.jsoncodec import loads
 
-MAX_PARSED = 64  # keys whose last answer is remembered parsed
+# The share of CACHE_MAX_MB kept for parsed answers, the rest going to entries: the process's cache stays within the
+# memory its operator gave it, and a shared answer is few keys, so a small share holds them all.
+PARSED_SHARE_OF_CACHE = 1 / 8
+# What a remembered answer costs per byte of its JSON: the bytes themselves, and Python's dicts, lists and strings
+# parsed from them, which take several times the JSON that describes them. Counted generously: the budget is a bound.
+KEPT_BYTES_PER_JSON_BYTE = 6
 
 
 class ParsedAnswers:
-    """The last answer parsed for each of the last ``size`` keys, with the bytes it was parsed from.
+    """The last answer parsed for each key, with the bytes it was parsed from; least recently read out first past
+    ``max_bytes``, and an answer that alone would pass it never kept (it is parsed again at each hit).
 
-    Every page load of an SPA asks for the site info, a 50 KB answer on a real site: served from an entry, it is
-    parsed once, and the same object lets the view deriver reuse the JSON it dumped of it. The object is shared by
-    every request that reads it, so no one may change it.
+    Only shared reads' answers come here: every page load of an SPA asks for the site info, and served from an entry
+    it is parsed once, and the same object lets the view deriver reuse the JSON it dumped of it. The answers a caller
+    can vary (users by field, a course search) are parsed at each hit instead, so no caller can fill the process with
+    parsed answers. The object is shared by every request that reads it, so no one may change it.
     """
 
-    def __init__(self, size: int = MAX_PARSED) -> None:
-        self._size = size
+    def __init__(self, max_bytes: int) -> None:
+        self._max_bytes = max_bytes
         self._answers: OrderedDict[str, tuple[bytes, Any]] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
 
     def parsed(self, key: str, body: bytes) -> Any:
         """``body`` parsed: the object remembered for ``key`` when it came from the same bytes."""
         with self._lock:
             kept = self._answers.get(key)
-            if kept is not None and kept[0] == body:  # an entry read from this process's memory: the same object
+            # Equal bytes, not the same bytes object: Redis hands out a new copy at every read. An entry replaced
+            # since (a refresh, another replica's fetch) has other bytes, and is parsed again.
+            if kept is not None and kept[0] == body:
                 self._answers.move_to_end(key)
                 return kept[1]
         value = loads(body)
@@ -38,8 +48,21 @@ class ParsedAnswers:
 
     def remember(self, key: str, body: bytes, value: Any) -> None:
         """``value`` is ``body`` parsed (as the client parsed Moodle's answer): the answer for ``key`` from now on."""
+        size = _kept_bytes(body)
         with self._lock:
+            self._forget(key)
+            if size > self._max_bytes:
+                return
             self._answers[key] = (body, value)
-            self._answers.move_to_end(key)
-            if len(self._answers) > self._size:
-                self._answers.popitem(last=False)
+            self._bytes += size
+            while self._bytes > self._max_bytes:
+                self._forget(next(iter(self._answers)))
+
+    def _forget(self, key: str) -> None:
+        kept = self._answers.pop(key, None)
+        if kept is not None:
+            self._bytes -= _kept_bytes(kept[0])
+
+
+def _kept_bytes(body: bytes) -> int:
+    return len(body) * KEPT_BYTES_PER_JSON_BYTE

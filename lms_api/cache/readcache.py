@@ -17,9 +17,10 @@ import structlog
 from lms_api.cache.entry import Entry
 from lms_api.cache.localstore import LocalStore
 from lms_api.cache.outcomes import CacheOutcome, Fetch, note
-from lms_api.cache.parsed import ParsedAnswers
+from lms_api.cache.parsed import PARSED_SHARE_OF_CACHE, ParsedAnswers
 from lms_api.cache.redisstore import RedisStore
 from lms_api.errors import ErrorCode
+from lms_api.jsoncodec import loads
 from lms_api.moodle.client import Answer
 from lms_api.moodle.encoding import encode_params
 from lms_api.moodle.errors import MoodleError
@@ -52,6 +53,7 @@ class ReadCache:
         ttls: Mapping[str, int],
         stale_s: int,
         wait_s: float,
+        parsed_max_bytes: int,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -62,16 +64,20 @@ class ReadCache:
         # By key and generation: a read that starts after a write never waits for a fetch that started before it.
         self._flights: dict[tuple[str, int], _Flight] = {}
         self._flights_lock = threading.Lock()
-        self._parsed = ParsedAnswers()
+        self._parsed = ParsedAnswers(parsed_max_bytes)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ReadCache:
-        local = LocalStore(settings.cache_max_mb * 1024 * 1024)
+    def from_settings(cls, settings: Settings, clock: Callable[[], float] = time.time) -> ReadCache:
+        """The cache ``settings`` describe; entries and shared reads' parsed answers share ``CACHE_MAX_MB``."""
+        memory = settings.cache_max_mb * 1024 * 1024
+        parsed_max_bytes = int(memory * PARSED_SHARE_OF_CACHE)
+        local = LocalStore(memory - parsed_max_bytes, clock)
         store: LocalStore | RedisStore = local
         if settings.redis_url:
             note = "cache entries are kept per process until Redis answers again"
             store = RedisStore(RedisLink(redis_client(settings.redis_url), "cache", note), local)
-        return cls(store, settings.cache_ttls, settings.cache_stale_s, settings.moodle_timeout_ms / 1000)
+        wait_s = settings.moodle_timeout_ms / 1000
+        return cls(store, settings.cache_ttls, settings.cache_stale_s, wait_s, parsed_max_bytes, clock)
 
     def ttl_s(self, function: MoodleFunction) -> int:
         """How long ``function``'s answers are kept fresh: its group's time to live (0: not kept, or no group)."""
@@ -90,8 +96,9 @@ class ReadCache:
     ) -> Any:
         """Moodle's answer to ``function(params)``, from the cache when fresh; ``refresh`` forwards regardless.
 
-        A forwarded answer is parsed once (by the client) and kept as the bytes Moodle sent; an entry read again is
-        the object parsed from it before, shared by every reader (see :class:`ParsedAnswers`).
+        A forwarded answer is parsed once (by the client) and kept as the bytes Moodle sent. An entry read again is
+        parsed again, or, for a shared read (``function.shared``), is the object parsed from it before, shared by
+        every reader (see :class:`ParsedAnswers`).
         """
         group = self._group(function)
         key = _key(group, function, params)
@@ -99,7 +106,7 @@ class ReadCache:
         now = self._clock()
         if entry is not None and not refresh and now < entry.fresh_until:
             note(CacheOutcome(Fetch.HIT, math.ceil(entry.fresh_until - now), group=group))
-            return self._parsed.parsed(key, entry.body)
+            return self._parse(function, key, entry.body)
         return self._read_through(function, group, key, generation, entry, now, fetch, refresh)
 
     def store_answer(self, function: MoodleFunction, params: Mapping[str, Any], answer: Answer) -> None:
@@ -108,7 +115,7 @@ class ReadCache:
             return
         group = self._group(function)
         key = _key(group, function, params)
-        self._put(group, key, self.store.generation(group), answer)
+        self._put(function, group, key, self.store.generation(group), answer)
 
     def invalidate_after(self, function: MoodleFunction) -> None:
         """A write of ``function`` has ended and may have reached Moodle: drop what it may have changed, here and in
@@ -137,9 +144,9 @@ class ReadCache:
         """No fresh entry (or a refresh): fetch it, or serve the entry stale if Moodle cannot be reached."""
         try:
             if refresh:  # asked to go to Moodle: never served by a fetch that started before this request
-                value, collapsed = self._fetch_and_put(group, key, generation, fetch, share=False)
+                value, collapsed = self._fetch_and_put(function, group, key, generation, fetch, share=False)
             else:
-                value, collapsed = self._fetch_once(group, key, generation, fetch)
+                value, collapsed = self._fetch_once(function, group, key, generation, fetch)
         except MoodleError as error:
             if error.code in TRANSPORT_FAILURES and entry is not None and now <= entry.stale_until:
                 # Seconds left, or past expiry (negative); a fresh entry is served this way only to a refresh.
@@ -147,7 +154,7 @@ class ReadCache:
                 ttl = math.ceil(left) if left > 0 else min(-1, math.floor(left))
                 note(CacheOutcome(Fetch.STALE, ttl, group=group))
                 log.info("cache.stale_served", function=str(function), error_code=str(error.code))
-                return self._parsed.parsed(key, entry.body)
+                return self._parse(function, key, entry.body)
             note(CacheOutcome(Fetch.REFRESH if refresh else Fetch.MISS, group=group))  # errors are never kept
             raise
         forwarded = Fetch.REFRESH if refresh else Fetch.MISS
@@ -159,7 +166,7 @@ class ReadCache:
         return value
 
     def _fetch_once(
-        self, group: CacheGroup, key: str, generation: int, fetch: Callable[[], Answer]
+        self, function: MoodleFunction, group: CacheGroup, key: str, generation: int, fetch: Callable[[], Answer]
     ) -> tuple[Any, bool]:
         """Fetch and keep the answer; concurrent callers for the same key wait for one fetch (``True``: waited)."""
         with self._flights_lock:
@@ -173,9 +180,9 @@ class ReadCache:
                     raise flight.error
                 assert flight.answer is not None
                 return flight.answer.value, True
-            return self._fetch_and_put(group, key, generation, fetch, share=False)
+            return self._fetch_and_put(function, group, key, generation, fetch, share=False)
         try:
-            value, collapsed = self._fetch_and_put(group, key, generation, fetch, share=True, flight=flight)
+            value, collapsed = self._fetch_and_put(function, group, key, generation, fetch, share=True, flight=flight)
             return value, collapsed
         except BaseException as error:
             flight.error = error
@@ -187,6 +194,7 @@ class ReadCache:
 
     def _fetch_and_put(
         self,
+        function: MoodleFunction,
         group: CacheGroup,
         key: str,
         generation: int,
@@ -204,14 +212,14 @@ class ReadCache:
         if shared_store and token is None and share:
             shared = self._wait_for_other_replica(shared_store, group, key, lock_name)
             if shared is not None:
-                answer = Answer(self._parsed.parsed(key, shared), shared)
+                answer = Answer(self._parse(function, key, shared), shared)
                 if flight is not None:
                     flight.answer = answer
                 return answer.value, True
             token = shared_store.lock(lock_name, self._wait_s)  # its holder failed or gave up: fetch here
         try:
             answer = fetch()
-            self._put(group, key, generation, answer)  # before the lock is let go: a waiting replica finds it
+            self._put(function, group, key, generation, answer)  # before the lock is let go: a waiting replica finds it
         finally:
             if shared_store and token is not None:
                 shared_store.unlock(lock_name, token)
@@ -219,11 +227,16 @@ class ReadCache:
             flight.answer = answer
         return answer.value, False
 
-    def _put(self, group: CacheGroup, key: str, generation: int, answer: Answer) -> None:
+    def _put(self, function: MoodleFunction, group: CacheGroup, key: str, generation: int, answer: Answer) -> None:
         now = self._clock()
         fresh_until = now + self._ttls[group]
         self.store.put(group, key, Entry(generation, answer.body, fresh_until, fresh_until + self._stale_s))
-        self._parsed.remember(key, answer.body, answer.value)
+        if function.shared:
+            self._parsed.remember(key, answer.body, answer.value)
+
+    def _parse(self, function: MoodleFunction, key: str, body: bytes) -> Any:
+        """An entry's answer: a shared read's as parsed before (once per stored answer), any other's parsed now."""
+        return self._parsed.parsed(key, body) if function.shared else loads(body)
 
     def _wait_for_other_replica(self, store: RedisStore, group: CacheGroup, key: str, lock_name: str) -> bytes | None:
         """While another replica holds the key's lock, wait (up to a call's deadline) for the entry it stores."""

@@ -1,9 +1,10 @@
 """The Moodle functions the gateway calls: one declaration each, and everything the gateway does by it.
 
 A declaration says whether the function only reads (then it is retried after a transport failure: calling it twice
-changes nothing in Moodle) or writes (never sent twice), which read-cache group keeps a read's answers, which groups
-a write may have changed (dropped once the write may have reached Moodle, whatever its outcome), and the shape its
-answer must have. Services call Moodle through these members, never through a name typed again.
+changes nothing in Moodle) or writes (never sent twice), which read-cache group keeps a read's answers and whether
+they are shared by every caller, which groups a write may have changed (dropped once the write may have reached
+Moodle, whatever its outcome), and the shape its answer must have. Services call Moodle through these members, never
+through a name typed again.
 """
 
 from __future__ import annotations
@@ -34,18 +35,24 @@ class Behaviour(NamedTuple):
     writes: bool
     answer: AnswerShape
     cache_group: CacheGroup | None = None  # a read's: where the read cache keeps its answers
+    # A cached read whose answers are the same for every caller, from parameters no caller chooses, and asked often:
+    # the read cache keeps such an answer parsed, so a hit is one object whose dump the view remembers. Not for a
+    # read a caller can vary: each of its answers would be kept parsed, several times the size of its entry.
+    shared: bool = False
     drops: tuple[CacheGroup, ...] = ()  # a write's: the groups whose entries it may make wrong
     drops_nothing_because: str = ""  # a write that drops no group says why
 
 
-def read(answer: AnswerShape, cached: CacheGroup | None = None) -> Behaviour:
-    return Behaviour(False, answer, cached)
+def read(answer: AnswerShape, cached: CacheGroup | None = None, *, shared: bool = False) -> Behaviour:
+    if shared and cached is None:
+        raise ValueError("only a cached read's answers are kept parsed: a shared read names its cache group")
+    return Behaviour(False, answer, cached, shared=shared)
 
 
 def write(answer: AnswerShape, *, drops: tuple[CacheGroup, ...] = (), drops_nothing_because: str = "") -> Behaviour:
     if not drops and not drops_nothing_because:
         raise ValueError("a write drops the cache groups it may change, or says why it changes none")
-    return Behaviour(True, answer, None, drops, drops_nothing_because)
+    return Behaviour(True, answer, drops=drops, drops_nothing_because=drops_nothing_because)
 
 
 class MoodleFunction(StrEnum):
@@ -73,6 +80,11 @@ class MoodleFunction(StrEnum):
         return self.behaviour.cache_group
 
     @property
+    def shared(self) -> bool:
+        """Its answers are the same for every caller: the read cache keeps them parsed (see ``Behaviour.shared``)."""
+        return self.behaviour.shared
+
+    @property
     def drops(self) -> tuple[CacheGroup, ...]:
         return self.behaviour.drops
 
@@ -80,7 +92,10 @@ class MoodleFunction(StrEnum):
     def answer(self) -> AnswerShape:
         return self.behaviour.answer
 
-    SITE_INFO = "core_webservice_get_site_info", read(AnswerShape.OBJECT, cached=CacheGroup.SITE_INFO)
+    SITE_INFO = (
+        "core_webservice_get_site_info",
+        read(AnswerShape.OBJECT, cached=CacheGroup.SITE_INFO, shared=True),  # every page load of an SPA asks for it
+    )
     GET_CATEGORIES = "core_course_get_categories", read(AnswerShape.LIST)
     GET_COURSES = "core_course_get_courses", read(AnswerShape.LIST, cached=CacheGroup.COURSES)
     GET_COURSES_BY_FIELD = "core_course_get_courses_by_field", read(AnswerShape.OBJECT, cached=CacheGroup.COURSES)

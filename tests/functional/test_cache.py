@@ -12,7 +12,6 @@ import structlog
 import webtest
 
 from lms_api.cache import ReadCache
-from lms_api.cache.localstore import LocalStore
 from lms_api.config import make_app
 from lms_api.moodle import guard
 from tests.support.credentials import ALL_SCOPES, mint
@@ -351,12 +350,8 @@ def test_another_users_cached_notifications_still_need_admin(make_gateway, sandb
 def cache_clock(monkeypatch):
     """The read cache's clock in every gateway the test builds: it moves only when told to."""
     clock = FakeClock()
-
-    def from_settings(cls, settings):
-        store = LocalStore(settings.cache_max_mb * 1024 * 1024, clock)
-        return cls(store, settings.cache_ttls, settings.cache_stale_s, settings.moodle_timeout_ms / 1000, clock=clock)
-
-    monkeypatch.setattr(ReadCache, "from_settings", classmethod(from_settings))
+    from_settings = ReadCache.from_settings
+    monkeypatch.setattr(ReadCache, "from_settings", classmethod(lambda cls, settings: from_settings(settings, clock)))
     return clock
 
 

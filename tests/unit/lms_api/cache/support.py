@@ -21,6 +21,7 @@ from tests.support.timing import eventually
 TTLS = {"siteinfo": 300, "courses": 60, "users": 30, "notifications": 0}
 STALE_S = 600
 MAX_BYTES = 1024 * 1024
+PARSED_MAX_BYTES = MAX_BYTES // 8
 OLD, NEW = {"courses": [{"id": 2, "fullname": "Old name"}]}, {"courses": [{"id": 2, "fullname": "New name"}]}
 
 
@@ -129,4 +130,4 @@ def redis_store(url, clock, link_clock):
 
 
 def make_read_cache(store, clock, wait_s=2.0, ttls=TTLS):
-    return ReadCache(store, ttls, STALE_S, wait_s, clock=clock)
+    return ReadCache(store, ttls, STALE_S, wait_s, PARSED_MAX_BYTES, clock=clock)

@@ -8,15 +8,15 @@ from structlog.testing import capture_logs
 
 from lms_api.cache.localstore import LocalStore
 from lms_api.cache.outcomes import CacheOutcome, Fetch
-from lms_api.cache.parsed import MAX_PARSED
-from lms_api.cache.readcache import ReadCache
+from lms_api.cache.parsed import KEPT_BYTES_PER_JSON_BYTE
 from lms_api.errors import ErrorCode
-from lms_api.moodle.functions import MoodleFunction
+from lms_api.moodle.functions import CacheGroup, MoodleFunction
 from tests.support.timing import join
 from tests.unit.lms_api.cache.support import (
     MAX_BYTES,
     NEW,
     OLD,
+    PARSED_MAX_BYTES,
     STALE_S,
     TTLS,
     BlockingMoodle,
@@ -48,7 +48,7 @@ ANSWER_CODES = ["invalidparameter", "sitemaintenance", "invalidtoken", ErrorCode
 
 
 def test_which_functions_are_cached_follows_their_groups_ttls(clock):
-    cache = ReadCache(LocalStore(MAX_BYTES, clock), {**TTLS, "users": 0}, STALE_S, 1.0, clock=clock)
+    cache = make_read_cache(LocalStore(MAX_BYTES, clock), clock, 1.0, ttls={**TTLS, "users": 0})
 
     assert [cache.ttl_s(GET_COURSES), cache.ttl_s(SITE_INFO)] == [60, 300]
     assert cache.caches(GET_COURSES) and cache.caches(SITE_INFO)
@@ -95,7 +95,7 @@ def test_the_key_is_the_function_and_its_parameters(make_cache):
 
 
 def test_each_users_notifications_are_that_users_entry(clock):
-    cache = ReadCache(LocalStore(MAX_BYTES, clock), {**TTLS, "notifications": 30}, STALE_S, 1.0, clock=clock)
+    cache = make_read_cache(LocalStore(MAX_BYTES, clock), clock, 1.0, ttls={**TTLS, "notifications": 30})
     read(cache, FakeMoodle({"notifications": ["for user 3"]}), NOTIFICATIONS, {"useridto": 3, "limit": 20})
     other_user = FakeMoodle({"notifications": []})
 
@@ -117,7 +117,7 @@ def test_a_refresh_forwards_even_when_fresh_and_keeps_the_new_answer(make_cache)
 @pytest.mark.parametrize("code", TRANSPORT_CODES)
 def test_a_transport_failure_serves_the_expired_entry_within_the_stale_window(make_cache, clock, code):
     cache = make_cache()
-    fetched, _ = read(cache, FakeMoodle(OLD))
+    read(cache, FakeMoodle(OLD))
     clock.advance(60 + 29.5)
     moodle = FakeMoodle(NEW, moodle_error(code))
 
@@ -125,7 +125,6 @@ def test_a_transport_failure_serves_the_expired_entry_within_the_stale_window(ma
         answer, outcome = read(cache, moodle)
 
     assert (answer, outcome) == (OLD, CacheOutcome(Fetch.STALE, -30))
-    assert answer is fetched  # the same stored answer: parsed once
     assert moodle.calls == 1  # Moodle was tried first
     assert [line["event"] for line in logs] == ["cache.stale_served"]
     # Serving stale made nothing fresh: the next read tries Moodle again and keeps its answer.
@@ -217,68 +216,105 @@ def test_an_answer_fetched_outside_a_request_is_kept_for_the_next_read(make_cach
     cache.store_answer(NOTIFICATIONS, {"useridto": 3}, answer_of({"notifications": ["not cached: TTL 0"]}))
 
     assert read(cache, FakeMoodle(OLD)) == (NEW, CacheOutcome(Fetch.HIT, 60))
-    with_notifications = ReadCache(cache.store, {**TTLS, "notifications": 30}, STALE_S, 1.0)  # the same store
+    with_notifications = make_read_cache(cache.store, time.time, ttls={**TTLS, "notifications": 30})  # same store
     unread = FakeMoodle({"notifications": []})
     assert read(with_notifications, unread, NOTIFICATIONS, {"useridto": 3})[1].fetch == Fetch.MISS
 
 
-# -- one parse per stored answer ------------------------------------------------------------------
+# -- shared reads' answers kept parsed -------------------------------------------------------------
 
 
-def test_a_hit_on_the_same_stored_answer_is_the_same_object(make_cache, clock):
+def site_info(n, json_bytes=200):
+    """A site info whose JSON (as Moodle sends it here: ``answer_of``) is ``json_bytes`` long."""
+    info = {"sitename": f"Site {n}", "padding": ""}
+    return {**info, "padding": "x" * (json_bytes - len(answer_of(info).body))}
+
+
+def test_a_hit_on_a_shared_reads_stored_answer_is_the_same_object(make_cache, clock):
     cache = make_cache()
 
-    fetched, _ = read(cache, FakeMoodle(OLD))
-    hits = [read(cache, FakeMoodle())[0] for _ in range(3)]
-    clock.advance(61)
-    refetched, _ = read(cache, FakeMoodle(NEW))
+    fetched, _ = read(cache, FakeMoodle(site_info(1)), SITE_INFO)
+    hits = [read(cache, FakeMoodle(), SITE_INFO)[0] for _ in range(3)]
+    clock.advance(300 + 29.5)
+    stale, outcome = read(cache, FakeMoodle(NEW, moodle_error(ErrorCode.MOODLE_UNAVAILABLE)), SITE_INFO)
+    refetched, _ = read(cache, FakeMoodle(site_info(2)), SITE_INFO)
 
-    assert fetched == OLD and all(hit is fetched for hit in hits)  # what the client parsed: never parsed again
-    assert refetched == NEW and read(cache, FakeMoodle())[0] is refetched
+    assert fetched == site_info(1) and all(hit is fetched for hit in hits)  # what the client parsed: never again
+    assert outcome.fetch == Fetch.STALE and stale is fetched
+    assert refetched == site_info(2) and read(cache, FakeMoodle(), SITE_INFO)[0] is refetched
+
+
+@pytest.mark.parametrize("function", [GET_COURSES, MoodleFunction.GET_USERS_BY_FIELD])
+def test_a_hit_on_a_read_a_caller_can_vary_is_parsed_again_each_time(make_cache, clock, function):
+    """Nothing of it is kept parsed: a caller cycling through queries cannot fill the process with parsed answers."""
+    cache = make_cache()
+    fetched, _ = read(cache, FakeMoodle(OLD), function, {"values": [3]})
+
+    hits = [read(cache, FakeMoodle(), function, {"values": [3]}) for _ in range(2)]
+    clock.advance(TTLS[function.cache_group] + 1)
+    stale, outcome = read(cache, FakeMoodle(NEW, moodle_error(ErrorCode.MOODLE_TIMEOUT)), function, {"values": [3]})
+
+    assert [outcome.fetch for _, outcome in hits] == [Fetch.HIT, Fetch.HIT]
+    assert hits[0][0] == hits[1][0] == fetched == OLD
+    assert hits[0][0] is not fetched and hits[1][0] is not hits[0][0]
+    assert (stale, outcome.fetch) == (OLD, Fetch.STALE) and stale is not fetched
 
 
 def test_an_answer_stored_by_another_process_is_parsed_once_here(replicas):
     first, second = replicas
-    read(first, FakeMoodle(OLD))
+    read(first, FakeMoodle(site_info(1)), SITE_INFO)
 
-    hits = [read(second, FakeMoodle())[0] for _ in range(3)]
+    hits = [read(second, FakeMoodle(), SITE_INFO)[0] for _ in range(3)]
 
-    assert hits[0] == OLD and all(hit is hits[0] for hit in hits)
-    assert hits[0] is not read(first, FakeMoodle())[0]  # each process parses its own
+    assert hits[0] == site_info(1) and all(hit is hits[0] for hit in hits)
+    assert hits[0] is not read(first, FakeMoodle(), SITE_INFO)[0]  # each process parses its own
 
 
-def test_after_a_write_or_a_refresh_the_new_answer_is_served(make_cache):
+def test_after_a_drop_or_a_refresh_the_new_shared_answer_is_served(make_cache):
     cache = make_cache()
-    read(cache, FakeMoodle(OLD))
+    read(cache, FakeMoodle(site_info(1)), SITE_INFO)
 
-    cache.invalidate_after(UPDATE_COURSES)
-    after_write, _ = read(cache, FakeMoodle(NEW))
-    newest = {"courses": [{"id": 2, "fullname": "Newest"}]}
-    refreshed, _ = read(cache, FakeMoodle(newest), refresh=True)
+    cache.store.invalidate(CacheGroup.SITE_INFO)
+    after_drop, _ = read(cache, FakeMoodle(site_info(2)), SITE_INFO)
+    refreshed, _ = read(cache, FakeMoodle(site_info(3)), SITE_INFO, refresh=True)
 
-    assert (after_write, refreshed) == (NEW, newest)
-    assert read(cache, FakeMoodle())[0] is refreshed
+    assert (after_drop, refreshed) == (site_info(2), site_info(3))
+    assert read(cache, FakeMoodle(), SITE_INFO)[0] is refreshed
 
 
-def test_an_answer_kept_outside_a_request_is_the_object_the_next_reads_get(make_cache):
+def test_a_shared_answer_kept_outside_a_request_is_the_object_the_next_reads_get(make_cache):
     cache = make_cache()
-    answer = answer_of(NEW)
 
-    cache.store_answer(GET_COURSES, {}, answer)
+    answer = answer_of(site_info(1))
 
-    assert read(cache, FakeMoodle(OLD))[0] is answer.value
+    cache.store_answer(SITE_INFO, {}, answer)
+
+    assert read(cache, FakeMoodle(OLD), SITE_INFO)[0] is answer.value
 
 
-def test_the_answers_remembered_parsed_are_bounded_and_the_others_parsed_again(clock):
+def test_shared_answers_are_kept_parsed_within_their_byte_budget(clock):
     cache = make_read_cache(LocalStore(MAX_BYTES, clock), clock)
-    fetched = [read(cache, FakeMoodle(OLD), params={"n": n})[0] for n in range(MAX_PARSED)]
-    assert read(cache, FakeMoodle(), params={"n": 0})[0] is fetched[0]  # now the most recently read
+    two_fifths = PARSED_MAX_BYTES // KEPT_BYTES_PER_JSON_BYTE * 2 // 5  # room for two such answers, not three
+    fetched = [read(cache, FakeMoodle(site_info(n, two_fifths)), SITE_INFO, {"n": n})[0] for n in range(2)]
+    assert read(cache, FakeMoodle(), SITE_INFO, {"n": 0})[0] is fetched[0]  # now the most recently read
 
-    read(cache, FakeMoodle(OLD), params={"n": MAX_PARSED})  # pushes out the least recently read: n=1
+    read(cache, FakeMoodle(site_info(2, two_fifths)), SITE_INFO, {"n": 2})  # pushes out the least recently read: n=1
 
-    assert read(cache, FakeMoodle(), params={"n": 0})[0] is fetched[0]
-    again, outcome = read(cache, FakeMoodle(), params={"n": 1})
-    assert outcome.fetch == Fetch.HIT and again == OLD and again is not fetched[1]  # parsed again from its entry
+    assert read(cache, FakeMoodle(), SITE_INFO, {"n": 0})[0] is fetched[0]
+    again, outcome = read(cache, FakeMoodle(), SITE_INFO, {"n": 1})
+    assert outcome.fetch == Fetch.HIT and again == fetched[1] and again is not fetched[1]  # parsed from its entry
+
+
+def test_a_shared_answer_over_the_byte_budget_is_parsed_at_each_hit_and_pushes_nothing_out(clock):
+    cache = make_read_cache(LocalStore(MAX_BYTES, clock), clock)
+    small, _ = read(cache, FakeMoodle(site_info(1)), SITE_INFO, {"n": 1})
+    too_big = site_info(2, PARSED_MAX_BYTES // KEPT_BYTES_PER_JSON_BYTE + 1)
+
+    fetched, _ = read(cache, FakeMoodle(too_big), SITE_INFO, {"n": 2})
+    hit, outcome = read(cache, FakeMoodle(), SITE_INFO, {"n": 2})
+
+    assert outcome.fetch == Fetch.HIT and hit == fetched and hit is not fetched
+    assert read(cache, FakeMoodle(), SITE_INFO, {"n": 1})[0] is small
 
 
 # -- one fetch for concurrent misses ---------------------------------------------------------------

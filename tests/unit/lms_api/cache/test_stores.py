@@ -5,6 +5,7 @@ import redis
 from lms_api.cache.entry import Entry
 from lms_api.cache.localstore import ENTRY_OVERHEAD_BYTES, LocalStore
 from lms_api.cache.outcomes import Fetch
+from lms_api.cache.parsed import PARSED_SHARE_OF_CACHE
 from lms_api.cache.readcache import ReadCache
 from lms_api.cache.redisstore import KEY_PREFIX, RedisStore
 from lms_api.moodle.functions import MoodleFunction
@@ -107,11 +108,14 @@ def test_an_entry_past_its_stale_time_is_gone_and_its_bytes_freed():
 def test_the_settings_make_an_in_process_cache_bounded_by_cache_max_mb():
     cache = ReadCache.from_settings(settings_for("http://127.0.0.1:9", "token", CACHE_MAX_MB="1"))
     too_big = FakeMoodle({"courses": ["x" * (1024 * 1024)]})
+    # Shared reads' parsed answers have their share of CACHE_MAX_MB: entries have the rest.
+    over_the_entries_share = FakeMoodle({"courses": ["x" * int(1024 * 1024 * (1 - PARSED_SHARE_OF_CACHE))]})
     fits = FakeMoodle({"courses": ["x" * (512 * 1024)]})
 
     assert isinstance(cache.store, LocalStore)
     assert [read(cache, too_big, params={"n": 1})[1].fetch for _ in range(2)] == [Fetch.MISS, Fetch.MISS]
-    assert [read(cache, fits, params={"n": 2})[1].fetch for _ in range(2)] == [Fetch.MISS, Fetch.HIT]
+    assert [read(cache, over_the_entries_share, params={"n": 2})[1].fetch for _ in range(2)] == [Fetch.MISS] * 2
+    assert [read(cache, fits, params={"n": 3})[1].fetch for _ in range(2)] == [Fetch.MISS, Fetch.HIT]
 
 
 # -- in Redis --------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 
 import lms_api
 from lms_api.moodle import functions
-from lms_api.moodle.functions import AnswerShape, CacheGroup, MoodleFunction, write
+from lms_api.moodle.functions import AnswerShape, CacheGroup, MoodleFunction, read, write
 
 PACKAGE = Path(lms_api.__file__).parent
 TABLE = Path(functions.__file__)
@@ -48,3 +48,17 @@ def test_every_write_in_the_table_drops_a_group_or_says_why_and_no_read_drops_an
         else:
             assert not function.drops and not function.behaviour.drops_nothing_because, function
             assert function.retried, function
+
+
+def test_a_shared_read_names_its_cache_group():
+    with pytest.raises(ValueError, match="a shared read names its cache group"):
+        read(AnswerShape.OBJECT, shared=True)
+
+    assert read(AnswerShape.OBJECT, cached=CacheGroup.SITE_INFO, shared=True).shared
+    assert not read(AnswerShape.OBJECT, cached=CacheGroup.SITE_INFO).shared
+
+
+def test_only_the_site_info_is_shared_by_every_caller():
+    """A shared read's answers are kept parsed in every process: a read a caller can vary (its parameters, or whose
+    answer depends on who asks) must never be one."""
+    assert [function for function in MoodleFunction if function.shared] == [MoodleFunction.SITE_INFO]
