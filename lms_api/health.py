@@ -100,11 +100,14 @@ class SiteInfoRefresher:
     def refresh(self) -> float:
         """Read the site info once; answer how long to wait before the next read."""
         try:
-            answer = self._client.answer(MoodleFunction.SITE_INFO)  # the client keeps the function list from it
+            # The client keeps the function list from the answer; the cache keeps the answer unless its group was
+            # dropped while it was fetched.
+            self._cache.fetch_and_store(
+                MoodleFunction.SITE_INFO, {}, lambda: self._client.answer(MoodleFunction.SITE_INFO)
+            )
         except MoodleError as error:
             self._failed(error)
             return self._retry_s
-        self._cache.store_answer(MoodleFunction.SITE_INFO, {}, answer)
         if self._failed_reads:
             log.info("siteinfo.refreshed", after_failed_reads=self._failed_reads)
             self._failed_reads, self._warned_code = 0, None

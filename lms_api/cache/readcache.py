@@ -109,13 +109,19 @@ class ReadCache:
             return self._parse(function, key, entry.body)
         return self._read_through(function, group, key, generation, entry, now, fetch, refresh)
 
-    def store_answer(self, function: MoodleFunction, params: Mapping[str, Any], answer: Answer) -> None:
-        """Keep an answer fetched outside a request (the site info refreshed in the background)."""
+    def fetch_and_store(
+        self, function: MoodleFunction, params: Mapping[str, Any], fetch: Callable[[], Answer]
+    ) -> Answer:
+        """Fetch an answer outside a request (the site info refreshed in the background) and keep it, under the
+        group's generation of before the fetch: a drop of the group while it was fetched leaves it unkept."""
         if not self.caches(function):
-            return
+            return fetch()
         group = self._group(function)
         key = _key(group, function, params)
-        self._put(function, group, key, self.store.generation(group), answer)
+        generation = self.store.generation(group)
+        answer = fetch()
+        self._put(function, group, key, generation, answer)
+        return answer
 
     def invalidate_after(self, function: MoodleFunction) -> None:
         """A write of ``function`` has ended and may have reached Moodle: drop what it may have changed, here and in

@@ -8,7 +8,7 @@ from pyramid_services import find_service_factory
 from lms_api.cache import ReadCache
 from lms_api.health import SiteInfoRefresher, keep_site_info_fresh
 from lms_api.moodle.client import MoodleClient
-from lms_api.moodle.functions import MoodleFunction
+from lms_api.moodle.functions import CacheGroup, MoodleFunction
 from tests.functional.test_metrics import scrape, value
 from tests.support.credentials import mint
 from tests.support.sandbox import queue_fault, sandbox_calls
@@ -172,3 +172,24 @@ def test_a_served_gateway_refreshes_ahead_of_the_shorter_lifetime(make_gateway, 
 
     assert refresher.interval_s == interval
     assert gateway.get("/readyz").status_int == 200
+
+
+def test_a_site_info_fetched_while_its_group_is_dropped_is_not_kept(gateway, sandbox):
+    """What was fetched before a drop of the site info's group is never stored after it: the next read asks Moodle."""
+    client, cache = service(gateway, MoodleClient), service(gateway, ReadCache)
+    refresher = SiteInfoRefresher(client, cache, interval_s=240)
+    queue_fault(sandbox, kind="delay", seconds=0.5, function=SITE_INFO)
+    refreshing = threading.Thread(target=refresher.refresh)
+    refreshing.start()
+    try:
+        eventually(lambda: client.bulkhead.in_use == 1, "the site info's fetch in flight")
+        cache.store.invalidate(CacheGroup.SITE_INFO)
+    finally:
+        refreshing.join(5)
+    before = sandbox_calls(sandbox)
+
+    answer = gateway.get("/api/moodle/siteinfo", mint("siteinfo:read"))
+
+    assert client.knows_functions  # the fetch itself succeeded: only its keeping was refused
+    assert answer.headers["Cache-Status"] == "lms_api; fwd=uri-miss; stored"
+    assert sandbox_calls(sandbox) != before

@@ -10,6 +10,7 @@ from lms_api.cache.localstore import LocalStore
 from lms_api.cache.outcomes import CacheOutcome, Fetch
 from lms_api.cache.parsed import KEPT_BYTES_PER_JSON_BYTE
 from lms_api.errors import ErrorCode
+from lms_api.moodle.errors import MoodleError
 from lms_api.moodle.functions import CacheGroup, MoodleFunction
 from tests.support.timing import join
 from tests.unit.lms_api.cache.support import (
@@ -212,13 +213,38 @@ def test_an_answer_fetched_outside_a_request_is_kept_for_the_next_read(make_cach
     cache = make_cache()
     cache.invalidate_after(UPDATE_COURSES)  # kept under the group's generation of now
 
-    cache.store_answer(GET_COURSES, {}, answer_of(NEW))
-    cache.store_answer(NOTIFICATIONS, {"useridto": 3}, answer_of({"notifications": ["not cached: TTL 0"]}))
+    fetched = cache.fetch_and_store(GET_COURSES, {}, FakeMoodle(NEW))
+    unkept = cache.fetch_and_store(NOTIFICATIONS, {"useridto": 3}, FakeMoodle({"notifications": ["TTL 0"]}))
 
+    assert (fetched.value, unkept.value) == (NEW, {"notifications": ["TTL 0"]})
     assert read(cache, FakeMoodle(OLD)) == (NEW, CacheOutcome(Fetch.HIT, 60))
     with_notifications = make_read_cache(cache.store, time.time, ttls={**TTLS, "notifications": 30})  # same store
     unread = FakeMoodle({"notifications": []})
     assert read(with_notifications, unread, NOTIFICATIONS, {"useridto": 3})[1].fetch == Fetch.MISS
+
+
+def test_an_answer_fetched_outside_a_request_while_its_group_is_dropped_is_not_kept(make_cache):
+    cache = make_cache()
+
+    class DropDuringFetch(FakeMoodle):
+        def __call__(self):
+            answer = super().__call__()  # Moodle answered before the change...
+            cache.store.invalidate(CacheGroup.SITE_INFO)  # ...whose drop came before this answer is stored
+            return answer
+
+    assert cache.fetch_and_store(SITE_INFO, {}, DropDuringFetch(OLD)).value == OLD
+    after = FakeMoodle(NEW)
+    assert read(cache, after, SITE_INFO) == (NEW, CacheOutcome(Fetch.MISS, stored=True))
+    assert after.calls == 1
+
+
+def test_a_failed_fetch_outside_a_request_keeps_nothing(make_cache):
+    cache = make_cache()
+
+    with pytest.raises(MoodleError):
+        cache.fetch_and_store(SITE_INFO, {}, FakeMoodle(OLD, moodle_error(ErrorCode.MOODLE_UNAVAILABLE)))
+
+    assert read(cache, FakeMoodle(NEW), SITE_INFO) == (NEW, CacheOutcome(Fetch.MISS, stored=True))
 
 
 # -- shared reads' answers kept parsed -------------------------------------------------------------
@@ -285,9 +311,7 @@ def test_after_a_drop_or_a_refresh_the_new_shared_answer_is_served(make_cache):
 def test_a_shared_answer_kept_outside_a_request_is_the_object_the_next_reads_get(make_cache):
     cache = make_cache()
 
-    answer = answer_of(site_info(1))
-
-    cache.store_answer(SITE_INFO, {}, answer)
+    answer = cache.fetch_and_store(SITE_INFO, {}, FakeMoodle(site_info(1)))
 
     assert read(cache, FakeMoodle(OLD), SITE_INFO)[0] is answer.value
 

@@ -18,7 +18,6 @@ from tests.unit.lms_api.cache.support import (
     STALE_S,
     BlockingMoodle,
     FakeMoodle,
-    answer_of,
     in_threads,
     make_read_cache,
     read,
@@ -239,8 +238,8 @@ def test_an_answer_kept_outside_a_request_while_redis_is_away_is_kept_in_the_pro
     cache = make_read_cache(redis_store(empty_redis, clock, link_clock), clock)
     cache.store.link.client = unreachable()
 
-    cache.store_answer(MoodleFunction.GET_COURSES, {}, answer_of(OLD))  # finds Redis away
-    cache.store_answer(MoodleFunction.GET_COURSES, {}, answer_of(NEW))  # does not try it again yet
+    cache.fetch_and_store(MoodleFunction.GET_COURSES, {}, FakeMoodle(OLD))  # finds Redis away
+    cache.fetch_and_store(MoodleFunction.GET_COURSES, {}, FakeMoodle(NEW))  # does not try it again yet
 
     assert read(cache, FakeMoodle(OLD)) == (NEW, CacheOutcome(Fetch.HIT, 60))
 

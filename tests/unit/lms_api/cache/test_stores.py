@@ -11,7 +11,7 @@ from lms_api.cache.redisstore import KEY_PREFIX, RedisStore
 from lms_api.moodle.functions import MoodleFunction
 from tests.support.gateway import settings_for
 from tests.support.timing import FakeClock
-from tests.unit.lms_api.cache.support import MAX_BYTES, OLD, FakeMoodle, answer_of, read
+from tests.unit.lms_api.cache.support import MAX_BYTES, OLD, FakeMoodle, read
 
 
 def entry(body=b"{}", generation=0, fresh_until=1060.0, stale_until=1660.0):
@@ -138,7 +138,7 @@ def test_keeping_an_answer_reads_only_keys_that_exist(empty_redis, replicas):
     cache.invalidate_after(MoodleFunction.UPDATE_COURSES)  # the group's generation is a key now
     misses = keyspace_misses(empty_redis)
 
-    cache.store_answer(MoodleFunction.GET_COURSES, {}, answer_of(OLD))
+    cache.fetch_and_store(MoodleFunction.GET_COURSES, {}, FakeMoodle(OLD))
 
     assert keyspace_misses(empty_redis) == misses
     assert read(cache, FakeMoodle(), params={})[0] == OLD
