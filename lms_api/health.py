@@ -14,8 +14,9 @@ from typing import Any
 import structlog
 from pyramid.config import Configurator
 from pyramid.request import Request
+from pyramid.router import Router
+from pyramid.scripting import prepare
 from pyramid.security import NO_PERMISSION_REQUIRED
-from pyramid_services import find_service_factory
 
 from lms_api.cache import ReadCache, RedisStore
 from lms_api.caller import is_operator
@@ -133,10 +134,13 @@ class SiteInfoRefresher:
             delay = self.refresh()
 
 
-def keep_site_info_fresh(app: Any) -> SiteInfoRefresher:
+def keep_site_info_fresh(app: Router) -> SiteInfoRefresher:
     """Start refreshing the site info of a built app (a served gateway: tests that build apps do not)."""
-    client: MoodleClient = find_service_factory(app, MoodleClient)(None, None)
-    cache: ReadCache = find_service_factory(app, ReadCache)(None, None)
+    # Found as a request finds them, with the request Pyramid makes for code outside one (a script's): whatever
+    # is registered for the client and the cache, a service or a factory of the request, is what is refreshed.
+    with prepare(registry=app.registry) as env:
+        client: MoodleClient = env["request"].find_service(MoodleClient)
+        cache: ReadCache = env["request"].find_service(ReadCache)
     settings = app.registry.settings["lms_api.settings"]
     lifetime = settings.moodle_functions_ttl_s
     if cache.caches(MoodleFunction.SITE_INFO):

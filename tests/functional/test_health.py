@@ -3,7 +3,8 @@
 import threading
 
 import pytest
-from pyramid_services import find_service_factory
+from pyramid.config import Configurator
+from pyramid.scripting import prepare
 
 from lms_api.cache import ReadCache
 from lms_api.health import SiteInfoRefresher, keep_site_info_fresh
@@ -18,7 +19,9 @@ SITE_INFO = MoodleFunction.SITE_INFO
 
 
 def service(gateway, iface):
-    return find_service_factory(gateway.router, iface)(None, None)
+    """The service a request to ``gateway`` finds for ``iface`` now."""
+    with prepare(registry=gateway.router.registry) as env:
+        return env["request"].find_service(iface)
 
 
 # -- /healthz and /readyz --------------------------------------------------------------------------
@@ -193,3 +196,29 @@ def test_a_site_info_fetched_while_its_group_is_dropped_is_not_kept(gateway, san
     assert client.knows_functions  # the fetch itself succeeded: only its keeping was refused
     assert answer.headers["Cache-Status"] == "lms_api; fwd=uri-miss; stored"
     assert sandbox_calls(sandbox) != before
+
+
+def test_a_served_gateway_refreshes_through_the_client_registered_as_it_starts(gateway):
+    """The client is found as a request finds it: a factory of the request is handed one, not ``None``."""
+    registry = gateway.router.registry
+    built_with_the_app = service(gateway, MoodleClient)
+    settings = registry.settings["lms_api.settings"]
+    swapped = MoodleClient.from_settings(settings, settings.moodle_base_url, settings.moodle_token)
+    asked_by = []
+
+    def client_for(context, request):
+        asked_by.append(request.registry)
+        return swapped
+
+    config = Configurator(registry=registry)
+    config.register_service_factory(client_for, MoodleClient)
+    config.commit()
+
+    refresher = keep_site_info_fresh(gateway.router)
+    try:
+        eventually(lambda: swapped.knows_functions, "the site info read in the background by the swapped client")
+    finally:
+        refresher.stop()
+
+    assert asked_by == [registry]
+    assert not built_with_the_app.knows_functions
