@@ -477,8 +477,8 @@ class Settings:
     cache_max_mb: int = setting(
         _whole_number(1),
         "64",
-        meaning="memory for the in-process cache, least recently used out first "
-        "(with `REDIS_URL`, only while Redis is away)",
+        meaning="memory for the in-process cache: entries, and an eighth for the site info kept parsed; least recently "
+        "used out first (with `REDIS_URL`, entries only while Redis is away)",
     )
     moodle_max_concurrency: int = setting(_whole_number(1), "10", meaning="Moodle calls in flight at once, per process")
     moodle_queue_timeout_ms: int = setting(

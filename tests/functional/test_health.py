@@ -4,7 +4,6 @@ import threading
 
 import pytest
 from pyramid.config import Configurator
-from pyramid.scripting import prepare
 
 from lms_api.cache import ReadCache
 from lms_api.health import SiteInfoRefresher, keep_site_info_fresh
@@ -12,16 +11,11 @@ from lms_api.moodle.client import MoodleClient
 from lms_api.moodle.functions import CacheGroup, MoodleFunction
 from tests.functional.test_metrics import scrape, value
 from tests.support.credentials import mint
+from tests.support.gateway import service
 from tests.support.sandbox import queue_fault, sandbox_calls
 from tests.support.timing import eventually
 
 SITE_INFO = MoodleFunction.SITE_INFO
-
-
-def service(gateway, iface):
-    """The service a request to ``gateway`` finds for ``iface`` now."""
-    with prepare(registry=gateway.router.registry) as env:
-        return env["request"].find_service(iface)
 
 
 # -- /healthz and /readyz --------------------------------------------------------------------------

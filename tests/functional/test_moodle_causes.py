@@ -11,20 +11,16 @@ a reachable name server makes the dns case slower, never another cause.
 """
 
 import pytest
-from pyramid_services import find_service_factory
 
 from lms_api.cache import ReadCache
 from lms_api.health import SiteInfoRefresher
 from lms_api.moodle.client import MoodleClient
 from tests.support.credentials import mint
+from tests.support.gateway import service
 from tests.support.sandbox import queue_fault
 
 SITE_INFO = "core_webservice_get_site_info"
 DEADLINE_MS = "2000"
-
-
-def service(gateway, iface):
-    return find_service_factory(gateway.router, iface)(None, None)
 
 
 def refresher_of(gateway):

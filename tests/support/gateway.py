@@ -6,6 +6,7 @@ import logging
 
 import webtest
 from pyramid.config import Configurator
+from pyramid.scripting import prepare
 
 from lms_api.config import make_app
 from lms_api.logging import log_formatter
@@ -87,3 +88,9 @@ def _auth(token, kwargs):
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
     return headers
+
+
+def service(gateway, iface):
+    """The service a request to ``gateway`` finds for ``iface`` now."""
+    with prepare(registry=gateway.router.registry) as env:
+        return env["request"].find_service(iface)
