@@ -1,7 +1,7 @@
 """Every error the gateway answers: one table of codes, the one error type, and the envelope it is rendered in.
 
 Views, services, tweens and exception views all raise or render through here; README's error catalogue is printed
-from :class:`ErrorCode` (``scripts/error_catalogue.py``), so the documentation cannot drift from the code.
+from :class:`ErrorCode` (``scripts/readme_tables.py``), so the documentation cannot drift from the code.
 """
 
 from __future__ import annotations

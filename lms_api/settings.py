@@ -329,7 +329,7 @@ def _settings_class(cls: type[T]) -> type[T]:
 class Settings:
     """Every setting, declared once: the loader reads each field declared with :func:`setting` from its key (the field
     ``moodle_timeout_ms`` from ``MOODLE_TIMEOUT_MS`` in the environment or ``.env``, ``moodle_timeout_ms`` in the ini),
-    and README's configuration table is printed from them in this order (``scripts/settings_table.py``).
+    and README's configuration table is printed from them in this order (``scripts/readme_tables.py``).
     ``environment`` and the fields after the settings are the loader's own conclusions."""
 
     environment: str

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import jwt
+from benchlib import documented_parser, positive
 from webob import Request
 
 from lms_api.config import make_app
@@ -237,18 +238,8 @@ def run(args: argparse.Namespace) -> None:
             bench(running, args, log_stream)
 
 
-def positive(raw: str) -> int:
-    value = int(raw)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    summary, _, details = (__doc__ or "").partition("\n\n")
-    parser = argparse.ArgumentParser(
-        description=summary, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=details
-    )
+    parser = documented_parser(__doc__)
     parser.add_argument("--rounds", type=positive, default=5, help="timed rounds per Moodle and path (default 5)")
     parser.add_argument(
         "--requests",

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from benchlib import documented_parser, positive
 
 from lms_api.ratelimit import KEY_PREFIX, LocalCounter, RedisCounter
 from lms_api.settings import Rate
@@ -233,18 +234,8 @@ def run(args: argparse.Namespace) -> None:
             bench(contender, number, args)
 
 
-def positive(raw: str) -> int:
-    value = int(raw)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    summary, _, details = (__doc__ or "").partition("\n\n")
-    parser = argparse.ArgumentParser(
-        description=summary, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=details
-    )
+    parser = documented_parser(__doc__)
     parser.add_argument(
         "--requests",
         type=positive,

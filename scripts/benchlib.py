@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import socket
@@ -79,3 +80,19 @@ def sandbox_and_gateway(sandbox_args: Sequence[str] = (), **gateway_env: str) ->
         gateway.wait(10)
         sandbox.wait(10)
         shutil.rmtree(workdir)
+
+
+def positive(raw: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    value = int(raw)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def documented_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A parser whose description is the script's first paragraph and whose epilog is the rest, as written."""
+    summary, _, details = (doc or "").partition("\n\n")
+    return argparse.ArgumentParser(
+        description=summary, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=details
+    )

@@ -15,13 +15,13 @@ from lms_api.errors import (
     status_of,
 )
 from lms_api.moodle.errors import error_from_moodle, is_moodle_code, status_for_errorcode
-from scripts.error_catalogue import README, readme_with_catalogue
+from scripts.readme_tables import ERROR_CATALOGUE, README
 
 
 def test_readme_error_catalogue_is_printed_from_the_table():
     readme = README.read_text()
 
-    assert readme_with_catalogue(readme) == readme, "run: .venv/bin/python scripts/error_catalogue.py --write"
+    assert ERROR_CATALOGUE.in_readme(readme) == readme, "run: .venv/bin/python scripts/readme_tables.py --write"
 
 
 def test_every_code_is_an_error_status_with_a_meaning():

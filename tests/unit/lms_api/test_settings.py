@@ -15,7 +15,7 @@ from lms_api.settings import (
     load_settings,
     read_dotenv,
 )
-from scripts.settings_table import README, readme_with_table, table
+from scripts.readme_tables import README, SETTINGS_TABLE, settings_table
 from tests.support.paths import ROOT
 
 PRODUCTION = {"lms_api.environment": "production"}
@@ -313,11 +313,11 @@ def test_a_copy_of_env_example_starts_the_development_gateway(tmp_path):
 def test_readme_configuration_table_is_printed_from_the_declaration():
     readme = README.read_text()
 
-    assert readme_with_table(readme) == readme, "run: .venv/bin/python scripts/settings_table.py --write"
+    assert SETTINGS_TABLE.in_readme(readme) == readme, "run: .venv/bin/python scripts/readme_tables.py --write"
 
 
 def test_the_table_has_a_row_per_setting_with_its_default_and_meaning():
-    rows = table().splitlines()[2:]
+    rows = settings_table().splitlines()[2:]
 
     assert [row.split(" | ")[0].removeprefix("| ") for row in rows] == [f"`{name}`" for name in SETTING_NAMES]
     assert "| `MOODLE_TIMEOUT_MS` | `15000` | deadline of one logical Moodle call, retries included |" in rows
