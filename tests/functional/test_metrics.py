@@ -119,6 +119,12 @@ def tween_names(router):
 def test_the_call_log_is_opened_outside_every_tween_that_reads_it(gateway):
     names = tween_names(gateway.router)
 
+    assert set(READERS) == {
+        "lms_api.logging.request_tween_factory",
+        "lms_api.metrics.metrics_tween_factory",
+        "lms_api.audit.audit_tween_factory",
+        "lms_api.cache.cache_tween_factory",
+    }
     assert set(READERS) <= set(names), "a reader the call log's tween is ordered over is not a tween of the app"
     assert all(names.index("lms_api.calllog.call_log_tween_factory") < names.index(reader) for reader in READERS)
 

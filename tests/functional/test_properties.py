@@ -252,12 +252,13 @@ PROPERTY = settings(suppress_health_check=[HealthCheck.function_scoped_fixture, 
 def test_every_query_a_route_reads_is_generated(gateway):
     routes = query_routes(gateway.router.registry)
 
-    assert "/api/moodle/siteinfo" in routes and routes["/api/moodle/courses"] == (
-        "search",
-        "category",
-        "page",
-        "perpage",
-    )
+    assert routes == {
+        "/api/moodle/siteinfo": (),
+        "/api/moodle/courses": ("search", "category", "page", "perpage"),
+        "/api/moodle/users/by-field": ("field", "values"),
+        "/api/moodle/notifications": ("userid", "limit", "offset"),
+        "/api/moodle/notifications/unread-count": ("userid",),
+    }
 
 
 @PROPERTY

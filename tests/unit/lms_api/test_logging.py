@@ -93,6 +93,9 @@ def test_close_writes_what_is_still_queued_and_stops_the_writer(gateway_handler)
 
     assert [line["event"] for line in lines(gateway_handler)] == ["last words"]
     assert gateway_handler.listener.stopped.is_set()
+    writer = gateway_handler.listener._thread_seen  # the thread that wrote the line
+    writer.join(1)
+    assert not writer.is_alive()
 
 
 def test_a_broken_stderr_loses_its_lines_but_not_the_writer():

@@ -16,11 +16,14 @@ class PerRequest:
         self.request = request
 
 
+CLOCK = Clock()
+
+
 @pytest.fixture
 def registry():
     with testing.testConfig(autocommit=False) as config:
         config.include("lms_api.service_lookup")
-        config.register_service(Clock(), Clock)
+        config.register_service(CLOCK, Clock)
         config.register_service(Clock(), Clock, name="wall")
         config.register_service_factory(lambda context, request: PerRequest(request), PerRequest)
         config.commit()
@@ -46,7 +49,7 @@ def test_a_registered_service_is_found_by_what_it_provides_every_time(registry):
 
     found = first.find_service(Clock)
 
-    assert isinstance(found, Clock)
+    assert found is CLOCK
     assert second.find_service(Clock) is found is first.find_service(Clock)
     assert first.find_service(Clock, name="wall") is not found
 
@@ -66,6 +69,14 @@ def test_a_service_factory_makes_the_service_for_the_request_asking(registry):
 
     assert first.find_service(PerRequest).request is first
     assert second.find_service(PerRequest).request is second
+
+
+def test_a_service_factory_is_called_at_each_lookup_not_kept_for_the_request(registry):
+    """What sets this lookup apart from pyramid_services' own, which builds a container per request and keeps each
+    factory's service in it: no service here is one per request, so none is kept."""
+    request = make_request(registry)
+
+    assert request.find_service(PerRequest) is not request.find_service(PerRequest)
 
 
 def test_an_unregistered_service_is_a_lookup_error(registry):

@@ -360,3 +360,28 @@ def test_every_cache_group_has_a_default_time_to_live_and_only_they_can_be_set()
 
 def test_the_secret_settings_are_declared_secret():
     assert [name for name, key in KEYS.items() if key.secret] == ["MOODLE_TOKEN", "JWT_SECRET", "REDIS_URL"]
+
+
+# Settings that take any text: read back as set; every other one refuses a NUL, and its problem names it.
+FREE_TEXT = {"MOODLE_TOKEN", "JWT_AUDIENCE", "JWT_ISSUER"}
+
+
+@pytest.mark.parametrize("layer", ["environment", "ini"])
+def test_every_setting_is_read_from_its_own_key_in_each_layer(layer):
+    for name in KEYS:
+        environ = {key: value for key, value in COMPLETE.items() if key != name}  # nothing above the ini shadows it
+        value = "read-from-its-key" if name in FREE_TEXT else "\x00refused"
+        layers = (
+            (PRODUCTION, {**environ, name: value})
+            if layer == "environment"
+            else (
+                {**PRODUCTION, name.lower(): value},
+                environ,
+            )
+        )
+        if name in FREE_TEXT:
+            assert getattr(load_settings(*layers), name.lower()) == value, name
+            continue
+        with pytest.raises(SettingsError) as refused:
+            load_settings(*layers)
+        assert any(name in problem for problem in refused.value.problems), name
