@@ -16,6 +16,16 @@ def multipart(*parts):
     return body + f"--{BOUNDARY}--\r\n".encode()
 
 
+def upload_request(make_request, body):
+    return make_request(
+        "/api/moodle/files/upload",
+        "POST",
+        body=body,
+        content_type=f"multipart/form-data; boundary={BOUNDARY}",
+        route=UPLOAD,
+    )
+
+
 def test_an_upload_streams_every_file_part_to_upload_php(make_request, moodle):
     moodle.upload.return_value = [
         {"filename": "a.txt", "filepath": "/", "filesize": 5, "itemid": 77, "source": "O:8:..."},
@@ -25,13 +35,7 @@ def test_an_upload_streams_every_file_part_to_upload_php(make_request, moodle):
         (b'Content-Disposition: form-data; name="file"; filename="C:\\\\Users\\\\ada\\\\a.txt"', b"hello"),
         (b'Content-Disposition: form-data; name="file"; filename="b.txt"', b"abc"),
     )
-    request = make_request(
-        "/api/moodle/files/upload",
-        "POST",
-        body=body,
-        content_type=f"multipart/form-data; boundary={BOUNDARY}",
-        route=UPLOAD,
-    )
+    request = upload_request(make_request, body)
 
     data = view_answer(request)
     files, itemid = moodle.upload.call_args.args
@@ -53,13 +57,7 @@ def test_an_upload_into_an_item_the_caller_never_got_is_refused_before_moodle(ma
         (b'Content-Disposition: form-data; name="file"; filename="a.txt"', b"hello"),
         (b'Content-Disposition: form-data; name="itemid"', b"77"),
     )
-    request = make_request(
-        "/api/moodle/files/upload",
-        "POST",
-        body=body,
-        content_type=f"multipart/form-data; boundary={BOUNDARY}",
-        route=UPLOAD,
-    )
+    request = upload_request(make_request, body)
 
     with pytest.raises(ApiError) as refused:
         view_answer(request)
