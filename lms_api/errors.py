@@ -60,6 +60,18 @@ class ErrorCode(StrEnum):
         "or given twice, or a charset other than UTF-8; parts that do not follow the boundary, no closing boundary "
         "(truncated), more than 64 parts or 20 files, or a part header over 4 lines or 4 KiB a line",
     )
+    INVALID_USERS = (
+        "invalidusers",
+        400,
+        "users Moodle would refuse, found before anything is written: `details.users` lists each one's `index`, "
+        "`username` and `reasons` (`field`, `code`, `message`); 409 when every reason is a username or email "
+        "already taken on the site. Nothing was written, unless `details.created` says what an earlier call created",
+    )
+    INVALID_IDEMPOTENCY_KEY = (
+        "invalididempotencykey",
+        400,
+        "an `Idempotency-Key` that is not 1 to 255 printable ASCII characters, or given twice",
+    )
     UNAUTHENTICATED = "unauthenticated", 401, "no `Authorization: Bearer` token (see Authentication)"
     INVALID_TOKEN = "invalid_token", 401, "the bearer token was refused; the message says why (see Authentication)"
     FORBIDDEN = "forbidden", 403, "the token lacks the route's scope (`details.required_scope`)"
@@ -78,6 +90,17 @@ class ErrorCode(StrEnum):
         "the draft item was not uploaded through the gateway by this caller (`sub`), or has expired",
     )
     METHOD_NOT_ALLOWED = "methodnotallowed", 405, "the route exists, not for this method; `Allow` lists the methods"
+    IDEMPOTENCY_IN_PROGRESS = (
+        "idempotencyinprogress",
+        409,
+        "a request with this `Idempotency-Key` is still being answered; `Retry-After` says when to ask again",
+    )
+    USERS_NOT_UPDATED = (
+        "usersnotupdated",
+        409,
+        "`PATCH /users`: Moodle refused some users and updated the others: `details.updated` (ids) and "
+        "`details.failed` (`id`, `code`, `message`); 400 when no failure is a conflict with the site's state",
+    )
     FILE_TOO_LARGE = (
         "filetoolarge",
         413,
@@ -94,6 +117,16 @@ class ErrorCode(StrEnum):
         "unsupportedmediatype",
         415,
         "an upload that is not `multipart/form-data`, or a JSON route's body that is not `application/json`",
+    )
+    IDEMPOTENCY_KEY_REUSED = (
+        "idempotencykeyreused",
+        422,
+        "this `Idempotency-Key` was used by the same caller on this route for another request (method, path or body)",
+    )
+    IDEMPOTENCY_KEY_REQUIRED = (
+        "idempotencykeyrequired",
+        428,
+        "`IDEMPOTENCY_REQUIRED` is on and the write carries no `Idempotency-Key`",
     )
     RATE_LIMITED = "ratelimited", 429, "over the caller's budget; `Retry-After` says when to retry (see Security)"
     INTERNAL_ERROR = "internalerror", 500, "a gateway bug; the request id finds its log lines"
@@ -135,6 +168,12 @@ class ErrorCode(StrEnum):
         "answered HTTP 503, or the circuit breaker is open after repeated failures (`details.breaker`); with "
         "`MOODLE_DEBUG`, `details.cause` says which; `Retry-After` says when to retry (504 for a write whose outcome "
         "is unknown)",
+    )
+    IDEMPOTENCY_UNAVAILABLE = (
+        "idempotencyunavailable",
+        503,
+        "the store of `Idempotency-Key`s (Redis) cannot be reached, so a key cannot be honoured; nothing was done; "
+        "`Retry-After` says when to retry",
     )
     NOT_READY = (
         "notready",

@@ -42,6 +42,7 @@ class Scope(StrEnum):
     COURSES_READ = "courses:read"
     COURSES_WRITE = "courses:write"
     USERS_READ = "users:read"
+    USERS_WRITE = "users:write"
     ENROL_WRITE = "enrol:write"
     NOTIFICATIONS_READ = "notifications:read"
     FILES_WRITE = "files:write"

@@ -246,6 +246,47 @@ def _names(pattern: re.Pattern[str], what: str) -> Callable[[str, str], tuple[st
     return parse
 
 
+@dataclass(frozen=True)
+class PasswordPolicy:
+    """Moodle's password policy (Site administration > Security > Site security settings), as the site sets it: the
+    least length, the least counts of digits, lower-case, upper-case and non-alphanumeric characters, and the most
+    identical characters in a row (0: any)."""
+
+    length: int = 8
+    digits: int = 1
+    lower: int = 1
+    upper: int = 1
+    nonalphanumeric: int = 1
+    consecutive: int = 0
+
+    def __str__(self) -> str:
+        return ",".join(f"{name}={getattr(self, name)}" for name in _POLICY_RULES)
+
+
+_POLICY_RULES = tuple(rule.name for rule in fields(PasswordPolicy))
+DEFAULT_PASSWORD_POLICY = str(PasswordPolicy())
+
+
+def _password_policy(key: str, raw: str) -> PasswordPolicy:
+    rules: dict[str, int] = {}
+    for part in raw.split(","):
+        name, equals, value = part.partition("=")
+        name = name.strip()
+        if not part.strip():
+            continue
+        if not equals or name not in _POLICY_RULES or not value.strip().isdigit():
+            raise SettingsError(
+                f"{key} must be rules such as {DEFAULT_PASSWORD_POLICY} (any of {', '.join(_POLICY_RULES)}, each a "
+                f"whole number), got {raw!r}"
+            )
+        rules[name] = int(value)
+    return PasswordPolicy(**rules)
+
+
+DEFAULT_AUTH_PLUGINS = "manual,nologin,email,cas,db,ldap,lti,none,oauth2,shibboleth"
+_LANG_NAME = re.compile(r"[a-z]{2,3}(_[a-z0-9]+)*")
+
+
 def _public_url(key: str, raw: str) -> str:
     url = _base_url(key, raw)
     if urlsplit(url).path:
@@ -403,6 +444,23 @@ class Settings:
         DEFAULT_COURSE_FORMATS,
         meaning="the course formats the site offers; `format` on `POST`/`PATCH /courses` must be one of them",
     )
+    moodle_password_policy: PasswordPolicy = setting(
+        _password_policy,
+        DEFAULT_PASSWORD_POLICY,
+        meaning="the site's password policy, checked before a user is created or given a password: `length`, "
+        "`digits`, `lower`, `upper`, `nonalphanumeric` (least counts) and `consecutive` (most identical characters in "
+        "a row, 0 for any); rules left out keep Moodle's default",
+    )
+    moodle_auth_plugins: tuple[str, ...] = setting(
+        _names(_PLUGIN_NAME, "authentication plugin names"),
+        DEFAULT_AUTH_PLUGINS,
+        meaning="the authentication plugins installed on the site; a new user's `auth` must be one of them",
+    )
+    moodle_langs: tuple[str, ...] = setting(
+        _names(_LANG_NAME, "language codes"),
+        "en",
+        meaning="the language packs installed on the site; a user's `lang` must be one of them",
+    )
     jwt_secret: str | None = setting(
         _text,
         meaning="HMAC key for caller JWTs: at least 32 bytes for HS256, 48 for HS384, 64 for HS512",
@@ -444,6 +502,26 @@ class Settings:
         meaning="`redis://…` shared by every replica, so N replicas enforce one budget; secret (may hold a password)",
         note="counters in each process",
         secret=True,
+    )
+    idempotency_ttl_s: int = setting(
+        _whole_number(1),
+        "86400",
+        meaning="how long the answer to a write sent with an `Idempotency-Key` is kept for its replays",
+    )
+    idempotency_required: bool = setting(
+        _boolean, "false", meaning="`true`: every write must carry an `Idempotency-Key` (`428` without one)"
+    )
+    idempotency_lock_s: int = setting(
+        _whole_number(1),
+        "300",
+        meaning="the longest a key stays in progress: past it, a replica that stopped while answering no longer "
+        "holds the key",
+    )
+    idempotency_max_mb: int = setting(
+        _whole_number(1),
+        "32",
+        meaning="memory for the kept answers in the process, least recently used out first (with `REDIS_URL`, "
+        "Redis keeps them)",
     )
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = setting(
         _networks,
