@@ -29,6 +29,7 @@ def make_app(settings: Settings, pyramid_settings: Mapping[str, Any] | None = No
     config.include("lms_api.moodle.client")  # the Moodle client service, on a real Moodle or the sandbox
     config.include("lms_api.cache")  # the read cache in front of it; Cache-Status; writes drop what they change
     config.include("lms_api.drafts")  # request.draft_owners: which caller received each draft item
+    config.include("lms_api.idempotency")  # the store of Idempotency-Keys and the answers kept for them
     config.include("lms_api.hygiene")  # UTF-8 paths and queries, CORS, nosniff, no-store
     config.include("lms_api.audit")  # an audit event per write attempt
     config.include("lms_api.ratelimit")  # budgets per caller and per address

@@ -21,12 +21,12 @@ from lms_api.settings import Settings
 
 # What browsers' fetch, axios, Angular's HttpClient and jQuery send by default, and the gateway's own headers.
 ALLOWED_REQUEST_HEADERS = (
-    "Accept, Accept-Language, Authorization, Cache-Control, Content-Language, Content-Type, Pragma, "
-    "X-Request-ID, X-Requested-With"
+    "Accept, Accept-Language, Authorization, Cache-Control, Content-Language, Content-Type, Idempotency-Key, "
+    "Pragma, X-Request-ID, X-Requested-With"
 )
 EXPOSED_HEADERS = (
-    "Cache-Status, Location, Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, WWW-Authenticate, "
-    "X-Request-ID"
+    "Cache-Status, Idempotent-Replayed, Location, Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, "
+    "WWW-Authenticate, X-Request-ID"
 )
 PREFLIGHT_MAX_AGE_S = 600
 UNDECODABLE_PART = "lms_api.undecodable_part"

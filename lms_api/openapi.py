@@ -25,6 +25,7 @@ from pyramid.response import Response
 from pyramid.security import NO_PERMISSION_REQUIRED
 
 from lms_api.errors import UNKNOWN_MOODLE_ERROR_STATUS, ErrorCode
+from lms_api.idempotency import KEY_HEADER, MAX_KEY_CHARS, READ_METHODS, REPLAYED_HEADER
 from lms_api.jsoncodec import dumps
 from lms_api.operation import Operation, declared_views
 from lms_api.schemas.base import Choices, StatesJsonSchema
@@ -56,6 +57,32 @@ MOODLE_TROUBLE = (
     ErrorCode.MOODLE_TIMEOUT,
 )
 JSON_BODY = (ErrorCode.INVALID_JSON, ErrorCode.UNSUPPORTED_MEDIA_TYPE)
+# Every write takes an Idempotency-Key, and can be refused for it.
+IDEMPOTENT_WRITE = (
+    ErrorCode.INVALID_IDEMPOTENCY_KEY,
+    ErrorCode.IDEMPOTENCY_IN_PROGRESS,
+    ErrorCode.IDEMPOTENCY_KEY_REUSED,
+    ErrorCode.IDEMPOTENCY_KEY_REQUIRED,
+    ErrorCode.IDEMPOTENCY_UNAVAILABLE,
+)
+_KEY_CHAR = r"\x21\x23-\x2b\x2d-\x7e"  # printable ASCII but the space, the double quote and the comma
+IDEMPOTENCY_KEY_PARAMETER = {
+    "in": "header",
+    "name": KEY_HEADER,
+    "required": False,
+    "description": "Makes the write safe to retry: the same key with the same request (method, path, body) within "
+    "`IDEMPOTENCY_TTL_S` is answered what the first was (an error answer too, but a 5xx after which nothing was "
+    "done), with `Idempotent-Replayed: true`, and not done twice. "
+    "The caller's own, on this route. Required when `IDEMPOTENCY_REQUIRED` is on. 1 to 255 printable ASCII "
+    "characters; one with a comma or a double quote is given as a quoted string (the draft's form, "
+    '`"a,b"`), which names the same key as its content. A comma outside one is refused: the header given twice.',
+    "schema": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_KEY_CHARS,
+        "pattern": f"^[{_KEY_CHAR}]([\\x20{_KEY_CHAR}]*[{_KEY_CHAR}])?$",
+    },
+}
 # Refused by the body-limit tween for a declared length over the limit, before any budget is counted: such an answer
 # has no RateLimit-* headers. The same code found later (a body read past its limit, an upload's files over theirs)
 # comes after the rate limit with them, as Moodle's 413s do.
@@ -66,7 +93,11 @@ HEADERS = {
     "RateLimit-Limit": ("The caller's budget for this kind of request.", "integer"),
     "RateLimit-Remaining": ("What is left of it in this window.", "integer"),
     "RateLimit-Reset": ("Seconds until the window ends.", "integer"),
-    "Retry-After": ("Seconds to wait before trying again (429, 503).", "integer"),
+    "Retry-After": ("Seconds to wait before trying again (429, 503; 409 `idempotencyinprogress`).", "integer"),
+    REPLAYED_HEADER: (
+        "`true` on the answer kept for an `Idempotency-Key`, replayed: the write was not done again.",
+        "string",
+    ),
     "Cache-Status": (
         "How the gateway's read cache answered (RFC 9211), e.g. `lms_api; hit; ttl=42`; "
         "`detail=no-cache-ignored` on a hit whose `Cache-Control: no-cache` the token may not ask for "
@@ -137,13 +168,14 @@ def _document(described: tuple[Described, ...], choices: Choices) -> dict[str, A
     by_path: dict[str, dict[str, dict[str, Any]]] = {}
     for each in described:
         tag = each.pattern.split("/")[3]  # /api/moodle/<tag>/...
-        by_path.setdefault(each.pattern, {})[each.method.lower()] = _operation(each.operation, each.view, tag)
+        operation = _operation(each.operation, each.view, tag, write=each.method not in READ_METHODS)
+        by_path.setdefault(each.pattern, {})[each.method.lower()] = operation
     for pattern, operations in by_path.items():
         spec.path(path=pattern, operations=operations)
     return spec.to_dict()
 
 
-def _operation(operation: Operation, view: Callable[..., Any], tag: str) -> dict[str, Any]:
+def _operation(operation: Operation, view: Callable[..., Any], tag: str, *, write: bool) -> dict[str, Any]:
     doc = inspect.getdoc(view)
     if not doc:
         raise LookupError(f"{view.__qualname__} has no docstring: it is the operation's summary")
@@ -154,6 +186,8 @@ def _operation(operation: Operation, view: Callable[..., Any], tag: str) -> dict
         parameters.append({"in": "path", "schema": operation.path})
     if operation.query is not None:
         parameters.append({"in": "query", "schema": operation.query})
+    if write:
+        parameters.append(IDEMPOTENCY_KEY_PARAMETER)
     result: dict[str, Any] = {
         "operationId": view.__name__,
         "summary": summary,
@@ -161,7 +195,7 @@ def _operation(operation: Operation, view: Callable[..., Any], tag: str) -> dict
         "tags": [tag],
         "security": [{BEARER: [operation.scope.value]}],
         "parameters": parameters,
-        "responses": _responses(operation),
+        "responses": _responses(operation, write),
     }
     if operation.body is not None:
         result["requestBody"] = {"required": True, "content": {"application/json": {"schema": operation.body}}}
@@ -170,9 +204,10 @@ def _operation(operation: Operation, view: Callable[..., Any], tag: str) -> dict
     return result
 
 
-def _responses(operation: Operation) -> dict[str, Any]:
+def _responses(operation: Operation, write: bool) -> dict[str, Any]:
     headers = ["X-Request-ID", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"]
-    success_headers = headers + (["Cache-Status"] if operation.cached else [])
+    # An error answer kept for a key is replayed with it too, as the key's description says.
+    success_headers = headers + (["Cache-Status"] if operation.cached else []) + ([REPLAYED_HEADER] if write else [])
     responses: dict[str, Any] = {
         str(operation.status): {
             "description": "The answer, in the success envelope.",
@@ -185,6 +220,8 @@ def _responses(operation: Operation) -> dict[str, Any]:
         codes.append(ErrorCode.BODY_TOO_LARGE)
     if operation.body is not None:
         codes += JSON_BODY
+    if write:
+        codes += IDEMPOTENT_WRITE
     codes += [code for code in ErrorCode if code.from_moodle]
     by_status: dict[int, list[ErrorCode]] = {}
     for code in dict.fromkeys(codes):
@@ -193,7 +230,8 @@ def _responses(operation: Operation) -> dict[str, Any]:
         lines = [f"- `{code.value}`: {code.meaning}{_headers_note(code)}" for code in listed]
         if status == UNKNOWN_MOODLE_ERROR_STATUS:
             lines.append("- any other Moodle errorcode, passed on as Moodle names it")
-        error_headers = headers + (["Retry-After"] if status in (429, 503) else [])
+        retry_after = status in (429, 503) or ErrorCode.IDEMPOTENCY_IN_PROGRESS in listed
+        error_headers = headers + (["Retry-After"] if retry_after else [])
         responses[str(status)] = {
             "description": "\n".join(lines),
             "headers": {name: {"$ref": f"#/components/headers/{name}"} for name in error_headers},

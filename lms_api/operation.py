@@ -38,6 +38,12 @@ class Operation:
     cached: bool = False  # answered through the read cache: Cache-Status
     # The view returns a read-cache entry's own object, shared and never changed: its dump is remembered by identity.
     shared_answer: bool = False
+    # A write whose outcome was unknown or partial, retried with its Idempotency-Key: the name of a method of the same
+    # views class that finds in Moodle what the write did and answers as if it had succeeded (finishing what is
+    # missing), or answers None to let the view write again...
+    settled_by: str | None = None
+    # ...or, for a write that sets values (sending it twice is harmless), the view itself runs again.
+    resend_when_unknown: bool = False
 
     def validated(self, request: Request) -> Validated:
         """The declared inputs, loaded in order: the path, the query, then the body (refused as a whole)."""

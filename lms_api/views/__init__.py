@@ -22,6 +22,7 @@ from pyramid.request import Request
 from pyramid.response import Response
 from pyramid.view import view_config
 
+from lms_api import idempotency
 from lms_api.cache import CachedMoodle
 from lms_api.errors import ErrorCode, success_body, success_json
 from lms_api.jsoncodec import dumps
@@ -52,13 +53,35 @@ def api_view(
     errors: tuple[ErrorCode, ...] = (),
     cached: bool = False,
     shared_answer: bool = False,
+    settled_by: str | None = None,
+    resend_when_unknown: bool = False,
 ) -> Callable[[View], View]:
     """``view_config`` for an API view method, with its :class:`Operation`: the permission is a required argument,
     never a default; the schemas given here are the ones the view's input is loaded with and its answer dumped with,
-    and a success is answered with ``status``. Without ``route_name``, the class's ``view_defaults`` names it."""
+    and a success is answered with ``status``. Without ``route_name``, the class's ``view_defaults`` names it.
+
+    A write retried with the ``Idempotency-Key`` of an attempt whose outcome is unknown (or partial) is not sent
+    blindly again: ``settled_by`` names the class's method that looks in Moodle and answers as the write would have
+    (or None: the view runs); ``resend_when_unknown`` says sending the write again is harmless; with neither, the
+    retry is answered the first attempt's answer."""
     if not isinstance(permission, Scope):
         raise TypeError(f"permission must be a Scope, got {permission!r}")
-    operation = Operation(permission, answers, status, query, path, body, form, errors, cached, shared_answer)
+    if settled_by is not None and resend_when_unknown:
+        raise TypeError("settled_by and resend_when_unknown are two answers to one question: give one")
+    operation = Operation(
+        permission,
+        answers,
+        status,
+        query,
+        path,
+        body,
+        form,
+        errors,
+        cached,
+        shared_answer,
+        settled_by=settled_by,
+        resend_when_unknown=resend_when_unknown,
+    )
     route = {} if route_name is None else {"route_name": route_name}
     register: Callable[[View], View] = view_config(
         request_method=request_method, permission=permission.value, **route, **{OPERATION: operation}
@@ -120,22 +143,57 @@ class AnswerDumps:
 
 def operation_view(view: Callable[[Any, Request], Any], info: Any) -> Callable[[Any, Request], Any]:
     """The view deriver of :func:`api_view`'s ``operation``: after the permission check, the declared inputs into
-    ``request.validated``; the view's answer dumped through ``answers`` into the success envelope, with ``status``."""
+    ``request.validated``; the view's answer dumped through ``answers`` into the success envelope, with ``status``.
+    A write with an ``Idempotency-Key`` is answered once (:mod:`lms_api.idempotency`)."""
     operation: Operation | None = info.options.get(OPERATION)
     if operation is None:
         return view
     dumped = AnswerDumps(operation.answers, operation.shared_answer)
+    settle = _settling(operation, info)
 
-    def answered(context: Any, request: Request) -> Response:
-        request.validated = operation.validated(request)
-        data_json = dumped(view(context, request))
+    def respond(request: Request, answer: Any) -> Response:
+        data_json = dumped(answer)
         response: Response = request.response
         response.status_int = operation.status
         response.content_type = "application/json"
         response.text = success_json(data_json)
         return response
 
+    def answered(context: Any, request: Request) -> Response:
+        key = idempotency.requested_key(request)
+        if key is None:
+            request.validated = operation.validated(request)
+            return respond(request, view(context, request))
+        body = idempotency.digest_body(request) if operation.form is None else None
+        request.validated = operation.validated(request)
+        digest = idempotency.form_digest(request.validated.form) if body is None else body.digest.hexdigest()
+        return idempotency.answer_once(
+            request,
+            key,
+            idempotency.fingerprint(request, digest),
+            take_unsettled=settle is not None or operation.resend_when_unknown,
+            first=lambda: respond(request, view(context, request)),
+            settle=None if settle is None else lambda: _settled(request, settle, respond),
+        )
+
     return answered
+
+
+def _settling(operation: Operation, info: Any) -> Callable[[Request], Any] | None:
+    """The views class's method named by ``settled_by``, on a new instance for the request; checked at start-up."""
+    if operation.settled_by is None:
+        return None
+    views, name = info.original_view, operation.settled_by
+    if not callable(getattr(views, name, None)):
+        raise TypeError(f"settled_by={name!r}: {getattr(views, '__qualname__', views)} has no such method")
+    return lambda request: getattr(views(request), name)()
+
+
+def _settled(
+    request: Request, settle: Callable[[Request], Any], respond: Callable[[Request, Any], Response]
+) -> Response | None:
+    answer = settle(request)
+    return None if answer is None else respond(request, answer)
 
 
 operation_view.options = (OPERATION,)  # type: ignore[attr-defined]  # Pyramid reads a deriver's options from it
