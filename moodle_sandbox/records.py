@@ -13,9 +13,9 @@ THEME_REVISION = 1795619406
 CONTEXT_COURSE = 50
 
 
-def theme_image_url(base_url: str, image: str) -> str:
+def theme_image_url(base_url: str, revision: int, image: str) -> str:
     """``$OUTPUT->image_url()``: e.g. ``u/f1`` (default user picture) or ``i/marker`` (notification icon)."""
-    return f"{base_url}/theme/image.php/boost/core/{THEME_REVISION}/{image}"
+    return f"{base_url}/theme/image.php/boost/core/{revision}/{image}"
 
 
 @dataclass
@@ -100,11 +100,19 @@ class User:
     mailformat: int = 1
     trackforums: int = 0
     department: str = ""
+    institution: str = ""
+    city: str = ""
+    country: str = ""
+    description: str | None = None  # NULL until set: user_get_user_details() then leaves it out
+    descriptionformat: int = 1
     firstaccess: int = 0
     lastaccess: int = 0
     siteadmin: bool = False
     emailstop: int = 0  # "disable notifications": Moodle then lists none of the user's popup notifications
     timecreated: int = 0
+    timemodified: int = 0
+    # Rows of user_preferences, in the order they were first set (the order Moodle reads them back by id).
+    preferences: dict[str, str] = field(default_factory=dict)
     # delete_user() keeps the row with deleted=1, a username made from the email and the time, the old username's md5
     # as email and no idnumber, and deletes the user's context.
     deleted: int = 0

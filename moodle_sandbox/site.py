@@ -15,7 +15,7 @@ from moodle_sandbox import functions  # noqa: F401 - importing the package regis
 from moodle_sandbox.errors import MoodleException, invalid_token, not_in_service, unknown_function
 from moodle_sandbox.params import invalid_parameter, validate
 from moodle_sandbox.phpform import PhpArray
-from moodle_sandbox.records import SiteState, User
+from moodle_sandbox.records import THEME_REVISION, SiteState, User, theme_image_url
 from moodle_sandbox.registry import FUNCTIONS, SandboxFunction, sandbox_function
 from moodle_sandbox.seed import ADMIN_USER_ID, seed_state
 
@@ -29,7 +29,8 @@ class SandboxSite:
 
     ``state`` holds the site's tables (see ``seed.py`` for what a new site holds); read or change it only under
     ``lock``. ``max_bytes`` is the site's maximum upload size (``$CFG->maxbytes``, 0 = unlimited) and ``clock``
-    gives the current time in seconds, replaceable in tests.
+    gives the current time in seconds, replaceable in tests. ``theme_revision`` is the number in the site's theme
+    image URLs (each real site has its own).
     """
 
     def __init__(
@@ -53,6 +54,7 @@ class SandboxSite:
         self.service_functions = list(service_functions) if service_functions is not None else sorted(FUNCTIONS)
         self.lock = threading.RLock()
         self.private_access_key = secrets.token_hex(16)
+        self.theme_revision = THEME_REVISION
         self.state: SiteState = seed_state(self.now())
 
     def now(self) -> int:
@@ -62,6 +64,10 @@ class SandboxSite:
     def admin(self) -> User:
         """The token's user."""
         return self.state.users[ADMIN_USER_ID]
+
+    def image_url(self, image: str) -> str:
+        """``$OUTPUT->image_url()`` on this site, e.g. ``u/f1`` (default user picture)."""
+        return theme_image_url(self.base_url, self.theme_revision, image)
 
     def rest(self, form: PhpArray) -> Any:
         """Run one ``server.php`` call; checks happen in Moodle's order: token, function, params."""

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from moodle_sandbox.errors import MoodleException, missing_record, moodle_exception
 from moodle_sandbox.params import DEFAULT, Single, Value
-from moodle_sandbox.records import Notification, theme_image_url
+from moodle_sandbox.records import Notification
 from moodle_sandbox.registry import sandbox_function
 
 if TYPE_CHECKING:
@@ -85,12 +85,15 @@ def get_popup_notifications(site: SandboxSite, params: dict[str, Any]) -> dict[s
 
 @sandbox_function("message_popup_get_unread_popup_notification_count", GET_UNREAD_COUNT)
 def get_unread_popup_notification_count(site: SandboxSite, params: dict[str, Any]) -> int:
-    """A bare number, 0 for a user id nobody has: Moodle 5.0 only refuses ids that cannot be real users (below
-    zero). Here 0 is not replaced by the token user: Moodle counts the notifications of user 0 (none)."""
+    """A bare number. Any other id than 0 must be a real user's: ids that cannot be (zero or below) are refused,
+    then ``core_user::get_user($useridto, '*', MUST_EXIST)`` fails for an id nobody has; 0 counts the token user's,
+    as ``message_popup\\api::count_unread_popup_notifications()`` does."""
     useridto = params["useridto"]
     if useridto < 0:
         raise _invalid_user()
-    return _unread_count(site, useridto)
+    if useridto and useridto not in site.state.users:
+        raise missing_record("user", "*", useridto, site.debug)
+    return _unread_count(site, useridto or site.admin.id)
 
 
 def _unread_count(site: SandboxSite, useridto: int) -> int:
@@ -125,7 +128,7 @@ def _notification_record(site: SandboxSite, notification: Notification) -> dict[
         "timeread": notification.timeread,
         "read": notification.timeread is not None,
         "deleted": False,
-        "iconurl": theme_image_url(site.base_url, "i/marker"),
+        "iconurl": site.image_url("i/marker"),
         "component": notification.component,
         "eventtype": notification.eventtype,
         "customdata": notification.customdata,

@@ -1,18 +1,26 @@
-"""``core_user_create_users``, ``core_user_get_users_by_field`` and the user details Moodle's
-``user_get_user_details()`` gives a site admin."""
+"""``core_user_create_users``, ``core_user_update_users``, ``core_user_get_users_by_field`` and the user details
+Moodle's ``user_get_user_details()`` gives a site admin.
+
+The order of the checks is Moodle 5.0's: ``core_user_external::create_users()`` and ``update_users()`` in
+``user/externallib.php``, then ``user_create_user()`` and ``user_update_user()`` in ``user/lib.php``.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from collections import defaultdict
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from moodle_sandbox.errors import coding_exception, missing_record, moodle_exception
-from moodle_sandbox.functions.formatting import format_string
+from moodle_sandbox.errors import MoodleException, coding_exception, missing_record, moodle_exception
+from moodle_sandbox.functions.formatting import format_string, format_text
 from moodle_sandbox.params import DEFAULT, INSTALLED_LANGS, OPTIONAL, Multiple, Single, Value, invalid_parameter
 from moodle_sandbox.php import clean_username as _clean_username
 from moodle_sandbox.php import php_empty, php_intval, php_loose_equals, php_trim
-from moodle_sandbox.records import User, theme_image_url
+from moodle_sandbox.records import User
 from moodle_sandbox.registry import sandbox_function
+from moodle_sandbox.seed import GUEST_USER_ID
 
 if TYPE_CHECKING:
     from moodle_sandbox.site import SandboxSite
@@ -58,6 +66,54 @@ CREATE_USERS = Single(
         )
     }
 )
+# update_users_parameters() of Moodle 5.0: every field optional but the id, same PARAM_* types as for a new user.
+UPDATE_USERS = Single(
+    {
+        "users": Multiple(
+            Single(
+                {
+                    "id": Value("int"),
+                    "username": Value("username", OPTIONAL),
+                    "auth": Value("auth", OPTIONAL),
+                    "suspended": Value("bool", OPTIONAL),
+                    "password": Value("raw", OPTIONAL),
+                    "firstname": Value("notags", OPTIONAL),
+                    "lastname": Value("notags", OPTIONAL),
+                    "email": Value("raw_trimmed", OPTIONAL),
+                    "maildisplay": Value("int", OPTIONAL),
+                    "city": Value("text", OPTIONAL),
+                    "country": Value("alpha", OPTIONAL),
+                    "timezone": Value("timezone", OPTIONAL),
+                    "description": Value("raw", OPTIONAL),
+                    "userpicture": Value("int", OPTIONAL),
+                    "firstnamephonetic": Value("notags", OPTIONAL),
+                    "lastnamephonetic": Value("notags", OPTIONAL),
+                    "middlename": Value("notags", OPTIONAL),
+                    "alternatename": Value("notags", OPTIONAL),
+                    "interests": Value("text", OPTIONAL),
+                    "idnumber": Value("raw", OPTIONAL),
+                    "institution": Value("text", OPTIONAL),
+                    "department": Value("text", OPTIONAL),
+                    "phone1": Value("notags", OPTIONAL),
+                    "phone2": Value("notags", OPTIONAL),
+                    "address": Value("text", OPTIONAL),
+                    "lang": Value("lang", OPTIONAL),
+                    "calendartype": Value("plugin", OPTIONAL),
+                    "theme": Value("theme", OPTIONAL),
+                    "mailformat": Value("int", OPTIONAL),
+                    "customfields": Multiple(Single({"type": Value("alphanumext"), "value": Value("raw")}), OPTIONAL),
+                    "preferences": Multiple(Single({"type": Value("raw"), "value": Value("raw")}), OPTIONAL),
+                }
+            )
+        )
+    }
+)
+# The user columns the sandbox keeps that update_users() writes as given; the other fields it takes (phones,
+# address, other names, interests, picture, custom fields, preferences...) are accepted and not kept.
+_UPDATED_COLUMNS = (
+    "username", "auth", "firstname", "lastname", "email", "city", "country", "timezone", "description", "idnumber",
+    "institution", "department", "lang", "theme", "mailformat",
+)  # fmt: skip
 # Every installed auth plugin but mnet and webservice, which create_users() refuses.
 _CREATABLE_AUTHS = ("cas", "db", "email", "ldap", "lti", "manual", "nologin", "none", "oauth2", "shibboleth")
 _INTERNAL_AUTHS = ("email", "manual", "nologin", "none")  # the ones that keep their password in Moodle
@@ -75,6 +131,8 @@ _PASSWORD_RULES = (
     (re.compile(r"[A-Z]"), "Passwords must have at least 1 upper case letter(s)."),
     (re.compile(r"[^A-Za-z0-9]"), "The password must have at least 1 special character(s) such as *, -, or #."),
 )
+# external_warnings' warningcode is PARAM_ALPHANUM: a warning with any other code fails the answer's validation.
+_WARNING_CODE = re.compile(r"[A-Za-z0-9]*")
 # clean_param() of each searchable user field: PARAM_INT, PARAM_RAW, PARAM_USERNAME and PARAM_RAW_TRIMMED.
 _CLEANERS = {
     "id": php_intval,
@@ -86,10 +144,7 @@ _CLEANERS = {
 
 def picture_urls(site: SandboxSite) -> dict[str, str]:
     """The default picture (no user of the sandbox has uploaded one), small then big."""
-    return {
-        "profileimageurlsmall": theme_image_url(site.base_url, "u/f2"),
-        "profileimageurl": theme_image_url(site.base_url, "u/f1"),
-    }
+    return {"profileimageurlsmall": site.image_url("u/f2"), "profileimageurl": site.image_url("u/f1")}
 
 
 @sandbox_function("core_user_get_users_by_field", GET_USERS_BY_FIELD)
@@ -123,7 +178,11 @@ def get_users_by_field(site: SandboxSite, params: dict[str, Any]) -> list[dict[s
 
 
 def user_details(site: SandboxSite, user: User) -> dict[str, Any]:
-    """What a site admin sees of ``user`` (``user_description()`` key order; empty optional fields left out)."""
+    """What a site admin sees of ``user`` (``user_description()`` key order; empty optional fields left out).
+
+    Only the token user's own details carry ``preferences``: ``get_user_preferences()`` of the session user, every
+    stored row as ``{"name", "value"}`` (text) then ``_lastloaded``, the time they were read (a number).
+    """
     details: dict[str, Any] = {
         "id": user.id,
         "username": user.username,
@@ -133,6 +192,8 @@ def user_details(site: SandboxSite, user: User) -> dict[str, Any]:
         "email": user.email,
         "department": user.department,
     }
+    if user.institution:
+        details["institution"] = user.institution
     if user.idnumber:
         details["idnumber"] = user.idnumber
     details |= {
@@ -146,40 +207,87 @@ def user_details(site: SandboxSite, user: User) -> dict[str, Any]:
     }
     if user.timezone:
         details["timezone"] = user.timezone
-    return details | {"mailformat": user.mailformat, "trackforums": user.trackforums} | picture_urls(site)
+    details |= {"mailformat": user.mailformat, "trackforums": user.trackforums}
+    if user.description is not None:
+        details["description"], details["descriptionformat"] = format_text(user.description, user.descriptionformat)
+    if user.city:
+        details["city"] = user.city
+    if user.country:
+        details["country"] = user.country
+    details |= picture_urls(site)
+    if user.id == site.admin.id:
+        stored: list[dict[str, Any]] = [{"name": name, "value": value} for name, value in user.preferences.items()]
+        details["preferences"] = [*stored, {"name": "_lastloaded", "value": site.now()}]
+    return details
 
 
 @sandbox_function("core_user_create_users", CREATE_USERS)
 def create_users(site: SandboxSite, params: dict[str, Any]) -> list[dict[str, Any]]:
-    """All or nothing, like ``create_users()``'s delegated transaction; ids of rolled-back users stay used."""
+    """All or nothing, like ``create_users()``'s delegated transaction; ids of rolled-back users stay used.
+
+    Moodle asks the database whether each username and email is taken; the sandbox asks an index of the site's
+    usernames and emails built once per call, so a call creating thousands of users does not read every user for
+    each. Users created earlier in the same call count as taken, as they do in Moodle's transaction.
+    """
     with site.transaction():
-        return [_create_user(site, fields) for fields in params["users"]]
+        taken = _TakenNames(site.state.users.values())
+        created = []
+        for fields in params["users"]:
+            user = _create_user(site, fields, taken)
+            taken.add(user)
+            created.append({"id": user.id, "username": user.username})
+        return created
 
 
-def _create_user(site: SandboxSite, fields: dict[str, Any]) -> dict[str, Any]:
+class _TakenNames:
+    """The usernames (exact, as the unique index compares them) and the emails (case-insensitive, as
+    ``sql_equal(..., false)`` compares them) of every row of the user table, deleted users' rows included."""
+
+    def __init__(self, users: Iterable[User]) -> None:
+        self.usernames: dict[str, int] = {}
+        self.emails: defaultdict[str, set[int]] = defaultdict(set)
+        for user in users:
+            self.add(user)
+
+    def add(self, user: User) -> None:
+        self.usernames[user.username] = user.id
+        self.emails[user.email.lower()].add(user.id)
+
+    def remove(self, user: User) -> None:
+        del self.usernames[user.username]
+        self.emails[user.email.lower()].discard(user.id)
+
+    def username_owner(self, username: str) -> int | None:
+        return self.usernames.get(username)
+
+    def email_used_by_another(self, email: str, user_id: int = 0) -> bool:
+        return bool(self.emails.get(email.lower(), set()) - {user_id})
+
+
+def _create_user(site: SandboxSite, fields: dict[str, Any], taken: _TakenNames) -> User:
     """The checks of ``create_users()`` then ``user_create_user()``, in their order."""
     state = site.state
     username, auth, email = fields["username"], fields["auth"], fields["email"]
-    if any(user.username == username for user in state.users.values()):
+    for name in ("username", "firstname", "lastname"):
+        if php_trim(fields[name]) == "":
+            raise invalid_parameter(f"The field {name} cannot be blank")
+    if taken.username_owner(username) is not None:
         raise invalid_parameter(f"Username already exists: {username}")
     if auth not in _CREATABLE_AUTHS:
         raise invalid_parameter(f"Invalid authentication type: {auth}")
     if fields["lang"] not in INSTALLED_LANGS:
         raise invalid_parameter(f"Invalid language code: {fields['lang']}")
     internal = auth in _INTERNAL_AUTHS
-    if internal and php_empty(fields.get("password")) and not fields.get("createpassword"):
+    createpassword = bool(fields.get("createpassword"))
+    if internal and php_empty(fields.get("password")) and not createpassword:
         raise invalid_parameter("Invalid password: you must provide a password, or set createpassword.")
     if not _EMAIL.fullmatch(email):
         raise invalid_parameter(f"Email address is invalid: {email}")
-    if any(user.email.lower() == email.lower() for user in state.users.values()):  # allowaccountssameemail is off
+    if taken.email_used_by_another(email):  # allowaccountssameemail is off
         raise invalid_parameter(f"Email address already exists: {email}")
-    if php_trim(username) == "":
-        raise moodle_exception("invalidusernameblank", "The username cannot be blank")
-    if internal and not fields.get("createpassword") and "password" in fields:
-        policy = _password_policy_errors(fields["password"])
-        if policy:
-            # Moodle throws the policy text itself as the errorcode; no such string exists, hence "error/...".
-            raise moodle_exception(policy, f"error/{policy}")
+    if internal and not createpassword:  # user_create_user() with $updatepassword
+        _check_password_policy(fields["password"])
+    now = site.now()
     user = User(
         id=state.next_id("user"),
         username=username,
@@ -193,11 +301,104 @@ def _create_user(site: SandboxSite, fields: dict[str, Any]) -> dict[str, Any]:
         timezone=fields.get("timezone", "99"),
         mailformat=fields.get("mailformat", 1),
         department=fields.get("department", ""),
-        timecreated=site.now(),
+        institution=fields.get("institution", ""),
+        city=fields.get("city", ""),
+        country=fields.get("country", ""),
+        description=fields.get("description"),
+        timecreated=now,
+        timemodified=now,
     )
+    if createpassword:  # setnew_password_and_mail(), then the new password must be changed at first login
+        user.preferences["auth_forcepasswordchange"] = "1"
     state.next_id("context")  # user_create_user() gives the new user a context
     state.users[user.id] = user
-    return {"id": user.id, "username": user.username}
+    return user
+
+
+@sandbox_function("core_user_update_users", UPDATE_USERS)
+def update_users(site: SandboxSite, params: dict[str, Any]) -> dict[str, Any]:
+    """Each user in a transaction of its own: a failure rolls that user back and becomes a warning, the others are
+    written. A failure whose errorcode is not alphanumeric (the password policy's HTML) then fails the answer's own
+    validation: the whole call answers ``invalid_response_exception`` although every other user was written."""
+    taken = _TakenNames(site.state.users.values())
+    warnings = []
+    for fields in params["users"]:
+        try:
+            _update_user(site, fields, taken)
+        except MoodleException as error:
+            warnings.append(
+                {
+                    "item": "user",
+                    "itemid": fields["id"],
+                    "warningcode": error.errorcode,
+                    "message": error.text(site.debug),
+                }
+            )
+    for index, warning in enumerate(warnings):
+        if not _WARNING_CODE.fullmatch(warning["warningcode"]):
+            raise _invalid_response(f"warnings => {index} => warningcode => {warning['warningcode']}")
+    return {"warnings": warnings}
+
+
+def _update_user(site: SandboxSite, fields: dict[str, Any], taken: _TakenNames) -> None:
+    """The checks of ``update_users()`` then ``user_update_user()``, in their order; the user's row is written only
+    once every check has passed, so a failure leaves it as it was (the rollback of the user's transaction)."""
+    user = site.state.users.get(fields["id"])
+    if user is None:
+        raise _update_error("invaliduserid", "Invalid user ID")
+    # The token user is a site admin, so Moodle's refusal of another admin by a non-admin never applies here.
+    if user.deleted:
+        raise _update_error("usernotupdateddeleted")
+    if user.id == GUEST_USER_ID:
+        raise _update_error("usernotupdatedguest")
+    email = fields.get("email")
+    if email is not None and email != user.email:
+        if not _EMAIL.fullmatch(email):
+            raise _update_error("useremailinvalid")
+        if taken.email_used_by_another(email, user.id):  # allowaccountssameemail is off
+            raise _update_error("useremailduplicate")
+    if "password" in fields:
+        _check_password_policy(fields["password"])
+    changes = {column: fields[column] for column in _UPDATED_COLUMNS if column in fields}
+    if "suspended" in fields:
+        changes["suspended"] = int(fields["suspended"])
+    username = changes.get("username", user.username)
+    if taken.username_owner(username) not in (None, user.id):
+        raise _duplicate_username(username, user.id)
+    updated = dataclasses.replace(user, **changes, timemodified=site.now())
+    taken.remove(user)
+    taken.add(updated)
+    site.state.users[user.id] = updated
+
+
+def _update_error(errorcode: str, message: str | None = None) -> MoodleException:
+    """``new moodle_exception($errorcode, '', '', null, $debuginfo)``: Moodle has a string for few of these codes, and
+    the others read ``error/<code>``."""
+    return moodle_exception(errorcode, message or f"error/{errorcode}")
+
+
+def _duplicate_username(username: str, user_id: int) -> MoodleException:
+    """PostgreSQL refusing the row: usernames are unique per MNet host."""
+    debuginfo = (
+        'ERROR:  duplicate key value violates unique constraint "mdl_user_mneuse_uix"\n'
+        f"DETAIL:  Key (mnethostid, username)=(1, {username}) already exists.\n"
+        f"UPDATE {{user}} SET ... WHERE id=?\n[array (\n  0 => {user_id},\n)]"
+    )
+    return MoodleException("dml_write_exception", "dmlwriteexception", "Error writing to database", debuginfo)
+
+
+def _invalid_response(debuginfo: str) -> MoodleException:
+    return MoodleException(
+        "core\\exception\\invalid_response_exception", "invalidresponse", "Invalid response value detected", debuginfo
+    )
+
+
+def _check_password_policy(password: str) -> None:
+    """``check_password_policy()`` failing: Moodle throws its HTML message as the errorcode, and no string has that
+    name, hence the message ``error/<the HTML>``."""
+    policy = _password_policy_errors(password)
+    if policy:
+        raise moodle_exception(policy, f"error/{policy}")
 
 
 def _password_policy_errors(password: str) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from moodle_sandbox.params import DEFAULT, Multiple, Single, Value
-from moodle_sandbox.records import theme_image_url
 from moodle_sandbox.registry import sandbox_function
 from moodle_sandbox.seed import SITE_COURSE_ID
 
@@ -31,7 +30,7 @@ def get_site_info(site: SandboxSite, params: dict[str, Any]) -> dict[str, Any]:
         "lang": "en",
         "userid": user.id,
         "siteurl": site.base_url,
-        "userpictureurl": theme_image_url(site.base_url, "u/f1"),
+        "userpictureurl": site.image_url("u/f1"),
         "functions": [{"name": name, "version": MOODLE_VERSION} for name in site.service_functions],
         "downloadfiles": 1,
         "uploadfiles": int(site.upload_files),

@@ -1264,9 +1264,18 @@ def test_a_user_nobody_has_is_a_missing_record_like_the_recorded_moodle(site, de
         "message": f"Invalid user ({debuginfo})",
         "debuginfo": debuginfo,
     }
-    # The count never looks the user up.
-    assert php_json(call(site, "message_popup_get_unread_popup_notification_count", useridto=999999)) == b"0"
-    assert call(debug_site, "message_popup_get_unread_popup_notification_count", useridto=999999) == 0
+    # The count reads the whole user row first.
+    count = error(site, "message_popup_get_unread_popup_notification_count", useridto=999999)
+    assert php_json(count).decode() == golden_text(
+        "message_popup_get_unread_popup_notification_count__missing_user.json"
+    )
+    debuginfo = "SELECT * FROM {user} WHERE id = ?\n[array (\n  0 => 999999,\n)]"
+    assert error(debug_site, "message_popup_get_unread_popup_notification_count", useridto=999999) == {
+        "exception": "dml_missing_record_exception",
+        "errorcode": "invaliduser",
+        "message": f"Invalid user ({debuginfo})",
+        "debuginfo": debuginfo,
+    }
 
 
 def test_ids_that_cannot_be_real_users_are_invaliduser(site):
@@ -1289,8 +1298,9 @@ def test_a_user_who_stopped_notifications_has_none_listed_but_still_counted(site
 def test_the_unread_count_is_a_bare_number(site):
     assert call(site, "message_popup_get_unread_popup_notification_count", useridto=2) == 2
     assert call(site, "message_popup_get_unread_popup_notification_count", useridto=3) == 1
-    # Moodle does not replace 0 by the token user here: it counts user 0's notifications.
-    assert call(site, "message_popup_get_unread_popup_notification_count", useridto=0) == 0
+    assert call(site, "message_popup_get_unread_popup_notification_count", useridto=4) == 0
+    # 0 is the token user, as message_popup\\api counts it.
+    assert call(site, "message_popup_get_unread_popup_notification_count", useridto=0) == 2
 
 
 @pytest.mark.parametrize(
@@ -1674,7 +1684,8 @@ def test_moodles_php_errors_and_missing_users_come_over_http_byte_for_byte(serve
         assert (2, 999999) not in server.site.state.enrolments
     popup = http_call(server, "message_popup_get_popup_notifications", useridto=999999)
     assert popup.content == golden_bytes("error_popup_notifications_nonexistent_user.json")
-    assert http_call(server, "message_popup_get_unread_popup_notification_count", useridto=999999).content == b"0"
+    count = http_call(server, "message_popup_get_unread_popup_notification_count", useridto=999999)
+    assert count.content == golden_bytes("message_popup_get_unread_popup_notification_count__missing_user.json")
 
 
 def test_users_and_categories_over_http(server):

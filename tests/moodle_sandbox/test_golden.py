@@ -8,7 +8,8 @@ entry names in ``varying`` (a new draft area's random ``itemid``).
 
 The recordings come from two sites: "site A" (November 2026: PY101 "Intro", then "Intro to Python", created as
 course 2, students 3 and 4) and "site B" (December 2026: course 2 "Python 101", later course 6 "Phantom Zebra",
-both moved into the missing category 999999).
+both moved into the missing category 999999; on December 3, users 1806 ``alice084236`` and 1807 ``bob084236``
+created, then refused creations and per-user updates).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pytest
 import requests
 
 from lms_api.moodle.encoding import encode_params
+from moodle_sandbox.errors import MoodleException
 from moodle_sandbox.phpform import parse_php_form
 from moodle_sandbox.server import SandboxServer
 from moodle_sandbox.site import SandboxSite
@@ -34,6 +36,7 @@ SITE_INFO = "core_webservice_get_site_info"
 HELLO = b"print('hello from moodle')"  # 26 bytes, as the recorded hello.py
 NOTES = b"notes for the lesson"  # 20 bytes, as the recorded notes.txt
 MISSING_CATEGORY = 999999
+ALICE, BOB = 1806, 1807  # the users core_user_create_users__two created on site B
 
 
 def golden_bytes(name: str) -> bytes:
@@ -193,6 +196,50 @@ def site_b_zebra_moved() -> SandboxSite:
     return site
 
 
+def replay_on(site: SandboxSite, name: str) -> Any:
+    """The call recorded as ``name`` made again while building a site."""
+    request = recorded_request(name)
+    form, _ = parse_php_form([("wstoken", site.token), ("wsfunction", request.function), *request.params], 5000)
+    return site.rest(form)
+
+
+def site_b_before_users() -> SandboxSite:
+    """Site B on December 3: 1805 user ids used, and a theme cache purged since December 1."""
+    site = site_b(now=1796287358)
+    site.state.sequences["user"] = ALICE - 1
+    site.theme_revision = 1796286571
+    return site
+
+
+def site_b_with_users() -> SandboxSite:
+    """After core_user_create_users__two.request.txt: alice with a password, bob with createpassword."""
+    site = site_b_before_users()
+    assert replay_on(site, "core_user_create_users__two.json") == golden_json("core_user_create_users__two.json")
+    return site
+
+
+def site_b_after_failed_batch() -> SandboxSite:
+    """After core_user_create_users__batch_one_bad.request.txt, which created nobody."""
+    site = site_b_with_users()
+    with pytest.raises(MoodleException):
+        replay_on(site, "core_user_create_users__batch_one_bad.json")
+    return site
+
+
+def site_b_alice_updated() -> SandboxSite:
+    """After core_user_update_users.request.txt (alice renamed Alicia, in Oslo)."""
+    site = site_b_with_users()
+    assert replay_on(site, "core_user_update_users.json") == {"warnings": []}
+    return site
+
+
+def site_b_after_mixed_update() -> SandboxSite:
+    """After core_user_update_users__mixed.request.txt: bob renamed Robert, the missing user warned about."""
+    site = site_b_alice_updated()
+    assert replay_on(site, "core_user_update_users__mixed.json") == golden_json("core_user_update_users__mixed.json")
+    return site
+
+
 def debug_site() -> SandboxSite:
     return site_a(debug=True)
 
@@ -255,6 +302,23 @@ REPLAYS: dict[str, Replay] = {
     "core_user_get_users_by_field__nomatch.json": Replay(site_a),
     "error_missing_parameter.json": Replay(site_a),
     "debug_mode/error_missing_parameter.json": Replay(debug_site),
+    # Users, site B (December 3).
+    "core_user_create_users__two.json": Replay(site_b_before_users),
+    "core_user_create_users__batch_one_bad.json": Replay(site_b_with_users),
+    "core_user_get_users_by_field__after_failed_batch.json": Replay(site_b_after_failed_batch),
+    "core_user_create_users__duplicate_email.json": Replay(site_b_after_failed_batch),
+    "core_user_create_users__bad_email.json": Replay(site_b_after_failed_batch),
+    "core_user_create_users__uppercase_username.json": Replay(site_b_after_failed_batch),
+    "core_user_create_users__no_password.json": Replay(site_b_after_failed_batch),
+    "core_user_create_users__same_username_twice.json": Replay(site_b_after_failed_batch),
+    "core_user_update_users.json": Replay(site_b_with_users),
+    "core_user_update_users__missing_id.json": Replay(site_b_alice_updated),
+    "core_user_update_users__mixed.json": Replay(site_b_alice_updated),
+    "core_user_get_users_by_field__after_mixed_update.json": Replay(site_b_after_mixed_update),
+    "core_user_update_users__bad_email.json": Replay(site_b_after_mixed_update),
+    "core_user_update_users__duplicate_username.json": Replay(site_b_after_mixed_update),
+    "core_user_update_users__weak_password.json": Replay(site_b_after_mixed_update),
+    "core_user_update_users__suspend.json": Replay(site_b_after_mixed_update),
     # Notifications.
     "message_popup_get_popup_notifications.json": Replay(site_a_without_notifications),
     "message_popup_get_unread_popup_notification_count.json": Replay(site_a_without_notifications),
@@ -265,6 +329,7 @@ REPLAYS: dict[str, Replay] = {
     "error_invalid_parameter_type.json": Replay(site_a_without_notifications),
     "debug_mode/error_invalid_parameter_type.json": Replay(lambda: site_a_without_notifications(debug=True)),
     "error_popup_notifications_nonexistent_user.json": Replay(site_b),
+    "message_popup_get_unread_popup_notification_count__missing_user.json": Replay(site_b),
     # The REST server's own checks.
     "core_webservice_get_site_info.json": Replay(site_a_site_info),
     "error_bad_token.json": Replay(site_a, token="not-the-token"),
