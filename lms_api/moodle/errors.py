@@ -26,6 +26,9 @@ CREDENTIAL_REFUSED_MESSAGE = (
 # ``details.outcome`` of an error after a write that Moodle may or may not have applied: the caller must look before
 # writing again. The client says it of a write whose answer it never got or did not read (MOODLE_MAX_ANSWER_MB).
 OUTCOME_UNKNOWN = "unknown"
+# ``details.outcome`` of an error after a write split into several Moodle calls, some applied and the failed one not:
+# ``details`` says which parts were applied.
+OUTCOME_PARTIAL = "partial"
 
 
 class MoodleError(ApiError):

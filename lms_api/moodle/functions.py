@@ -103,6 +103,9 @@ class MoodleFunction(StrEnum):
     CREATE_COURSES = "core_course_create_courses", write(AnswerShape.LIST, drops=(CacheGroup.COURSES,))
     UPDATE_COURSES = "core_course_update_courses", write(AnswerShape.OBJECT, drops=(CacheGroup.COURSES,))
     GET_USERS_BY_FIELD = "core_user_get_users_by_field", read(AnswerShape.LIST, cached=CacheGroup.USERS)
+    CREATE_USERS = "core_user_create_users", write(AnswerShape.LIST, drops=(CacheGroup.USERS,))
+    UPDATE_USERS = "core_user_update_users", write(AnswerShape.OBJECT, drops=(CacheGroup.USERS,))
+    GET_ENROLLED_USERS = "core_enrol_get_enrolled_users", read(AnswerShape.LIST)
     ENROL_USERS = (
         "enrol_manual_enrol_users",
         write(AnswerShape.NULL, drops_nothing_because="no cached answer lists enrolments"),

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import functools
+import zoneinfo
 from typing import Any
 
-from marshmallow import ValidationError, fields, post_load, validate
+from marshmallow import ValidationError, fields, post_load, validate, validates_schema
 
 from lms_api.moodle.functions import USER_LOOKUP_FIELDS
 from lms_api.schemas.base import (
     MAX_SAFE_INTEGER,
+    Choices,
     CommaSeparated,
+    Flag,
     Records,
     RequestSchema,
     ResponseSchema,
     Text,
+    no_control_characters,
+    no_html,
+    not_blank,
     single_line,
+    strict_int,
 )
 
 MAX_VALUES = 1000
@@ -78,3 +86,133 @@ class UsersByFieldSchema(ResponseSchema):
     users = Records(UserSchema)
     missing = fields.List(fields.Raw())
     unchecked = fields.List(fields.Raw())
+
+
+# Moodle's user table: username, firstname, lastname, email char(100); idnumber, institution, department char(255);
+# city char(120); lang char(30); timezone char(100); auth char(20).
+NAME_MAX, LONG_TEXT_MAX, CITY_MAX, LANG_MAX, TIMEZONE_MAX, AUTH_MAX = 100, 255, 120, 30, 100, 20
+PASSWORD_MAX = 1024
+MAX_USERS = 5000
+# Moodle's own zone for "the server's timezone"; the others are IANA names.
+SERVER_TIMEZONE = "99"
+_NAME_RULES = (validate.Length(max=NAME_MAX), not_blank, single_line, no_html)
+_LINE_RULES = (validate.Length(max=LONG_TEXT_MAX), single_line, no_html)
+
+
+class Timezone(fields.String):
+    """An IANA time zone name (``Europe/Oslo``) or Moodle's ``99``, the server's own."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(validate=validate.Length(min=1, max=TIMEZONE_MAX), **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        zone: str = super()._deserialize(value, attr, data, **kwargs)
+        if zone != SERVER_TIMEZONE and zone not in known_timezones():
+            raise ValidationError(f"Not a time zone: give an IANA name such as Europe/Oslo, or {SERVER_TIMEZONE}")
+        return zone
+
+    def json_schema(self, choices: Choices) -> dict[str, Any]:
+        return {"description": f"an IANA time zone name such as `Europe/Oslo`, or `{SERVER_TIMEZONE}` (the server's)"}
+
+
+@functools.cache
+def known_timezones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+class UserFields(RequestSchema):
+    """What a caller may set on a user; whether Moodle would take it (the username's syntax, the password policy,
+    a username or email taken) is the users service's question, answered per user before anything is written."""
+
+    username = Text(
+        validate=(validate.Length(min=1, max=NAME_MAX),),
+        metadata={"description": "Moodle's syntax: lower case, letters, digits and `_ . @ -` only"},
+    )
+    firstname = Text(validate=_NAME_RULES)
+    lastname = Text(validate=_NAME_RULES)
+    email = Text(validate=(validate.Length(min=1, max=NAME_MAX),))
+    password = fields.String(
+        validate=validate.Length(min=1, max=PASSWORD_MAX),
+        load_only=True,
+        metadata={"description": "held to the site's password policy (`MOODLE_PASSWORD_POLICY`)"},
+    )
+    auth = Text(
+        validate=(validate.Length(min=1, max=AUTH_MAX), single_line),
+        metadata={"description": "an authentication plugin of the site (`MOODLE_AUTH_PLUGINS`)"},
+    )
+    idnumber = Text(validate=_LINE_RULES)
+    institution = Text(validate=_LINE_RULES)
+    department = Text(validate=_LINE_RULES)
+    city = Text(validate=(validate.Length(max=CITY_MAX), single_line, no_html))
+    country = fields.String(
+        validate=validate.Regexp(r"[A-Z]{2}\Z", error="An ISO 3166 alpha-2 code in upper case, such as NO"),
+        metadata={"description": "ISO 3166 alpha-2, upper case"},
+    )
+    lang = Text(
+        validate=(validate.Length(min=1, max=LANG_MAX), single_line),
+        metadata={"description": "a language pack of the site (`MOODLE_LANGS`)"},
+    )
+    timezone = Timezone()
+    description = Text(validate=no_control_characters)
+
+
+class NewUser(UserFields):
+    username = Text(
+        required=True,
+        validate=(validate.Length(min=1, max=NAME_MAX),),
+        metadata={"description": "Moodle's syntax: lower case, letters, digits and `_ . @ -` only"},
+    )
+    firstname = Text(required=True, validate=_NAME_RULES)
+    lastname = Text(required=True, validate=_NAME_RULES)
+    email = Text(required=True, validate=(validate.Length(min=1, max=NAME_MAX),))
+    createpassword = Flag(metadata={"description": "Moodle makes a password and mails it; instead of `password`"})
+    auth = Text(
+        load_default="manual",
+        validate=(validate.Length(min=1, max=AUTH_MAX), single_line),
+        metadata={"description": "an authentication plugin of the site (`MOODLE_AUTH_PLUGINS`)"},
+    )
+
+    @validates_schema
+    def _one_password(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if data.get("createpassword") and "password" in data:
+            raise ValidationError("Give a password or createpassword: true, not both", "createpassword")
+
+
+class UserChanges(UserFields):
+    id = strict_int(1, required=True)
+    suspended = Flag()
+
+    @validates_schema
+    def _something_to_change(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if len(data) < 2:
+            fields = ", ".join(sorted(name for name in UserChanges._declared_fields if name != "id"))
+            raise ValidationError(f"Nothing to change: give at least one of {fields}", "id")
+
+
+class UsersCreate(RequestSchema):
+    users = fields.List(fields.Nested(NewUser), required=True, validate=validate.Length(min=1, max=MAX_USERS))
+
+
+class UsersUpdate(RequestSchema):
+    users = fields.List(fields.Nested(UserChanges), required=True, validate=validate.Length(min=1, max=MAX_USERS))
+
+
+class CreatedUserSchema(ResponseSchema):
+    index = fields.Integer(metadata={"description": "the user's place in the request, from 0"})
+    id = fields.Integer()
+    username = fields.String()
+
+
+class UsersCreatedSchema(ResponseSchema):
+    created = fields.List(fields.Nested(CreatedUserSchema), metadata={"description": "in request order"})
+
+
+class FailedUpdateSchema(ResponseSchema):
+    id = fields.Integer()
+    code = fields.String(metadata={"description": "`usernametaken`, `emailtaken`, `useremailinvalid`, ..."})
+    message = fields.String()
+
+
+class UsersUpdatedSchema(ResponseSchema):
+    updated = fields.List(fields.Integer(), metadata={"description": "ids, in request order"})
+    failed = fields.List(fields.Nested(FailedUpdateSchema), metadata={"description": "empty on a 200"})

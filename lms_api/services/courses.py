@@ -104,6 +104,16 @@ def create_course(moodle: Moodle, fields: Mapping[str, Any], offered_formats: Se
     return {"id": created[0]["id"], "shortname": created[0].get("shortname", fields["shortname"])}
 
 
+def created_already(moodle: Moodle, fields: Mapping[str, Any]) -> CreatedCourse | None:
+    """After an answer that left a create's outcome unknown: the course an earlier attempt created, found by its
+    short name (unique in Moodle) with the same full name and category; None when there is none, or it is another."""
+    for course in _by_field(moodle, "shortname", fields["shortname"]):
+        ours = course.get("fullname") == fields["fullname"] and course.get("categoryid") == fields["categoryid"]
+        if course.get("shortname") == fields["shortname"] and ours:
+            return {"id": course["id"], "shortname": course["shortname"]}
+    return None
+
+
 def update_course(
     moodle: Moodle, course_id: int, changes: Mapping[str, Any], offered_formats: Sequence[str]
 ) -> MoodleRecord:

@@ -8,7 +8,7 @@ from typing import Any, TypedDict
 from lms_api.errors import ApiError, ErrorCode
 from lms_api.moodle.client import Moodle
 from lms_api.moodle.encoding import split_by_input_vars
-from lms_api.moodle.errors import OUTCOME_UNKNOWN, MoodleError
+from lms_api.moodle.errors import OUTCOME_PARTIAL, OUTCOME_UNKNOWN, MoodleError, expect_list
 from lms_api.moodle.functions import MoodleFunction
 from lms_api.security import Identity, Scope
 from lms_api.services.courses import courses_by_ids
@@ -108,10 +108,43 @@ def enrol(moodle: Moodle, wanted: list[dict[str, Any]], settings: Settings, call
                 account |= {"unknown": list(run), "not_applied": later}
             else:
                 account["not_applied"] = list(run) + later
+                if run.start:
+                    account["outcome"] = OUTCOME_PARTIAL
             account |= {"calls": len(runs), "failed_call": number + 1}
             raise type(error)(
                 error.code, error.message, {**error.details, **account}, status=error.status, headers=error.headers
             ) from error
+    return {"enrolled": len(enrolments), "calls": len(runs)}
+
+
+def enrolled_already(
+    moodle: Moodle, wanted: list[dict[str, Any]], settings: Settings, caller: Identity
+) -> EnrolResult | None:
+    """After an answer that left the enrolment's outcome unknown or partial: the answer :func:`enrol` would have
+    given when every user holds the role in the course now (one participants call per course), else None. Enrolling
+    again those who are enrolled changes nothing in Moodle, so a batch found incomplete is sent again whole."""
+    enrolments = resolve_roles(wanted, settings, caller)
+    moodle.require(MoodleFunction.GET_ENROLLED_USERS)
+    for course_id in dict.fromkeys(enrolment["courseid"] for enrolment in enrolments):
+        try:
+            answer = moodle.call(
+                MoodleFunction.GET_ENROLLED_USERS,
+                {"courseid": course_id, "options": [{"name": "userfields", "value": "id,roles"}]},
+            )
+        except MoodleError as error:
+            if error.status == 404:  # the course is gone: the enrolment would find it missing
+                return None
+            raise
+        held = {
+            (participant["id"], role.get("roleid"))
+            for participant in expect_list(answer, MoodleFunction.GET_ENROLLED_USERS, key="id")
+            for role in participant.get("roles") or ()
+            if isinstance(role, dict)
+        }
+        in_course = (enrolment for enrolment in enrolments if enrolment["courseid"] == course_id)
+        if any((enrolment["userid"], enrolment["roleid"]) not in held for enrolment in in_course):
+            return None
+    runs = split_by_input_vars("enrolments", enrolments, {}, moodle.max_input_vars)
     return {"enrolled": len(enrolments), "calls": len(runs)}
 
 

@@ -35,7 +35,7 @@ class UserIds(NamedTuple):
     unchecked: list[int]  # ids left past MAX_DELETED_SEARCH_CALLS: neither found nor missing
 
 
-def users_by_field(moodle: Moodle, field: str, values: list[str | int]) -> UsersFound:
+def users_by_field(moodle: Moodle, field: str, values: Sequence[str | int]) -> UsersFound:
     """The users whose ``field`` is one of ``values``; ``missing`` lists the values no user matched.
 
     Values are compared the way Moodle looks them up: usernames are lower-case in Moodle (and sent so),
@@ -62,16 +62,27 @@ def users_by_field(moodle: Moodle, field: str, values: list[str | int]) -> Users
     return {"users": sorted(users.values(), key=lambda user: user["id"]), "missing": missing, "unchecked": unchecked}
 
 
+class ExistingUsers(NamedTuple):
+    users: dict[int, MoodleRecord]  # the users found, by id
+    ids: UserIds  # the ids asked for that no user has
+
+
 def user_ids(moodle: Moodle, user_ids: Iterable[int]) -> UserIds:
     """Which of ``user_ids`` no user of Moodle has, in the order given: missing, deleted, or left unchecked."""
+    return existing_users(moodle, user_ids).ids
+
+
+def existing_users(moodle: Moodle, user_ids: Iterable[int]) -> ExistingUsers:
+    """The users of ``user_ids`` Moodle has, and which of the ids no user has (see :func:`user_ids`)."""
     wanted = list(dict.fromkeys(user_ids))
     lookup = _Lookup(moodle, "id")
     lookup.ask(wanted)
-    return UserIds(
+    ids = UserIds(
         missing=[user_id for user_id in wanted if user_id not in lookup.users and user_id not in lookup.unchecked],
         deleted=[user_id for user_id in wanted if user_id in lookup.deleted],
         unchecked=[user_id for user_id in wanted if user_id in lookup.unchecked],
     )
+    return ExistingUsers(lookup.users, ids)
 
 
 def user_not_found(user_ids: list[int]) -> ApiError:

@@ -46,7 +46,15 @@ class CourseViews(ApiViews):
         """Create a course; `Location` names it. Drops the cached course entries."""
         request, fields = self.request, self.request.validated.body
         request.audit_targets.update(categoryid=fields["categoryid"], shortname=fields["shortname"])
-        created = courses.create_course(self.moodle, fields, request.lms_settings.moodle_course_formats)
+        return self._located(courses.create_course(self.moodle, fields, request.lms_settings.moodle_course_formats))
+
+    def created_course(self) -> object:
+        """After an answer that left the create's outcome unknown: the course an earlier attempt created, if any."""
+        created = courses.created_already(self.moodle, self.request.validated.body)
+        return None if created is None else self._located(created)
+
+    def _located(self, created: courses.CreatedCourse) -> courses.CreatedCourse:
+        request = self.request
         request.audit_targets["course_id"] = created["id"]
         request.response.location = request.public_url(request.route_path("api.moodle.course", course_id=created["id"]))
         return created

@@ -1,3 +1,5 @@
+from typing import Any
+
 from pyramid.view import view_defaults
 
 from lms_api.errors import ErrorCode
@@ -25,10 +27,17 @@ class EnrolmentViews(ApiViews):
         first (a deleted user counts as missing); a batch larger than Moodle's `max_input_vars` allows is split, and a
         failure after the first call says what was applied.
         """
-        wanted = self.request.validated.body["enrolments"]
+        return enrolments.enrol(self.moodle, self._wanted(), self.request.lms_settings, self.caller)
+
+    def enrolled(self) -> object:
+        """After an answer that left the outcome unknown or partial: the answer when everyone holds the role now."""
+        return enrolments.enrolled_already(self.moodle, self._wanted(), self.request.lms_settings, self.caller)
+
+    def _wanted(self) -> list[dict[str, Any]]:
+        wanted: list[dict[str, Any]] = self.request.validated.body["enrolments"]
         self.request.audit_targets.update(
             course_ids=sorted({enrolment["courseid"] for enrolment in wanted}),
             user_ids=sorted({enrolment["userid"] for enrolment in wanted}),
             enrolments=len(wanted),
         )
-        return enrolments.enrol(self.moodle, wanted, self.request.lms_settings, self.caller)
+        return wanted

@@ -15,6 +15,8 @@ SCOPES = {
     ("api.moodle.courses", "POST"): Scope.COURSES_WRITE,
     ("api.moodle.course", "PATCH"): Scope.COURSES_WRITE,
     ("api.moodle.users.by_field", "GET"): Scope.USERS_READ,
+    ("api.moodle.users", "POST"): Scope.USERS_WRITE,
+    ("api.moodle.users", "PATCH"): Scope.USERS_WRITE,
     ("api.moodle.enrol", "POST"): Scope.ENROL_WRITE,
     ("api.moodle.notifications", "GET"): Scope.NOTIFICATIONS_READ,
     ("api.moodle.notifications.unread_count", "GET"): Scope.NOTIFICATIONS_READ,

@@ -41,6 +41,9 @@ def requests_per_operation(marker, draftitemid):
     enrolment = {"enrolments": [{"roleid": "student", "userid": 3, "courseid": 2}]}
     attach = {"courseid": 2, "draftitemid": draftitemid, "name": marker}
     upload = [("file", f"{marker}.txt", b"leak test")]
+    username = f"leak{marker}".lower()
+    new_user = {"username": username, "firstname": "Leak", "lastname": marker, "email": f"{username}@example.com",
+                "password": f"Leak#{marker}1a"}  # fmt: skip
     return {
         ("api.moodle.siteinfo", "GET"): [("siteinfo", "", None)],
         ("api.moodle.courses", "GET"): [
@@ -52,6 +55,8 @@ def requests_per_operation(marker, draftitemid):
         ("api.moodle.courses", "POST"): [("create", "", course)],
         ("api.moodle.course", "PATCH"): [("update", "", {"summary": f"Leak {marker}"})],
         ("api.moodle.users.by_field", "GET"): [("users", "?field=email&values=student1@example.com", None)],
+        ("api.moodle.users", "POST"): [("createusers", "", {"users": [new_user]})],
+        ("api.moodle.users", "PATCH"): [("updateusers", "", {"users": [{"id": 3, "city": f"Leak {marker}"}]})],
         ("api.moodle.enrol", "POST"): [("enrol", "", enrolment)],
         ("api.moodle.notifications", "GET"): [("notifications", "", None)],
         ("api.moodle.notifications.unread_count", "GET"): [("unread", "", None)],

@@ -429,3 +429,27 @@ def test_a_format_the_site_does_not_offer_is_a_400_before_moodle_is_asked_anythi
     assert (error.status, error.code, error.message) == (400, "validationerror", "Invalid input: format")
     assert error.details == {"fields": {"format": [OFFERED_ONLY]}}
     assert len(rsps.calls) == calls_before
+
+
+WANTED = {"shortname": "C9", "fullname": "Course 9", "categoryid": 1}
+
+
+def test_a_course_an_earlier_attempt_created_is_found_by_its_short_name(moodle, rsps):
+    add(rsps, MoodleFunction.GET_COURSES_BY_FIELD, json=by_field_answer(course(9)))
+
+    assert courses.created_already(moodle, WANTED) == {"id": 9, "shortname": "C9"}
+    assert (sent(rsps)["field"], sent(rsps)["value"]) == ("shortname", "C9")
+
+
+@pytest.mark.parametrize(
+    "found",
+    [
+        [],  # never created
+        [course(9, fullname="Another course")],  # another course holds the short name
+        [course(9, categoryid=4)],
+    ],
+)
+def test_no_course_or_another_one_under_the_short_name_is_not_the_one_created(moodle, rsps, found):
+    add(rsps, MoodleFunction.GET_COURSES_BY_FIELD, json=by_field_answer(*found))
+
+    assert courses.created_already(moodle, WANTED) is None

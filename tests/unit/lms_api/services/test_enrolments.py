@@ -232,6 +232,7 @@ def test_a_later_call_failing_lists_what_was_applied_and_what_was_not(make_clien
     assert (error.status, error.code) == (404, "invaliduser")
     assert error.details["applied"] == [0, 1, 2]
     assert error.details["not_applied"] == [3, 4, 5, 6]
+    assert error.details["outcome"] == "partial"
     assert (error.details["calls"], error.details["failed_call"]) == (3, 2)
     assert sent_functions(rsps).count(MoodleFunction.ENROL_USERS) == 2  # the third call is not made
 
@@ -296,3 +297,37 @@ def test_users_left_unchecked_past_the_bound_refuse_the_batch_naming_them(moodle
         "Users with ids 100, 101 could not be checked: send them in another request; nothing was enrolled"
     )
     assert MoodleFunction.ENROL_USERS not in sent_functions(rsps)
+
+
+def enrolled_answer(*pairs):
+    return [{"id": user_id, "roles": [{"roleid": role_id, "shortname": "x"}]} for user_id, role_id in pairs]
+
+
+def test_an_enrolment_in_place_is_answered_as_enrolled_without_enrolling(moodle, rsps):
+    add(rsps, MoodleFunction.GET_ENROLLED_USERS, json=enrolled_answer((100, 5), (101, 5), (7, 4)))
+
+    wanted = [{"roleid": "student", "userid": 100, "courseid": 2}, {"roleid": 5, "userid": 101, "courseid": 2}]
+    assert enrolments.enrolled_already(moodle, wanted, DEFAULTS, ENROL_WRITE) == {"enrolled": 2, "calls": 1}
+    assert sent(rsps)["courseid"] == "2"
+    assert MoodleFunction.ENROL_USERS not in sent_functions(rsps)
+
+
+@pytest.mark.parametrize(
+    "held",
+    [
+        [(100, 5)],  # user 101 is not enrolled
+        [(100, 5), (101, 4)],  # user 101 holds another role
+    ],
+)
+def test_an_enrolment_not_all_in_place_is_left_to_be_sent_again(moodle, rsps, held):
+    add(rsps, MoodleFunction.GET_ENROLLED_USERS, json=enrolled_answer(*held))
+
+    wanted = [{"roleid": 5, "userid": 100, "courseid": 2}, {"roleid": 5, "userid": 101, "courseid": 2}]
+    assert enrolments.enrolled_already(moodle, wanted, DEFAULTS, ENROL_WRITE) is None
+
+
+def test_a_course_gone_leaves_the_enrolment_to_be_sent_and_refused(moodle, rsps):
+    add(rsps, MoodleFunction.GET_ENROLLED_USERS, json={"exception": "dml_missing_record_exception",
+                                                       "errorcode": "invalidrecordunknown", "message": "x"})  # fmt: skip
+
+    assert enrolments.enrolled_already(moodle, to_enrol(1), DEFAULTS, ENROL_WRITE) is None

@@ -1,0 +1,343 @@
+"""Users created and updated many at a time: every reason Moodle would refuse one found first, the calls split under
+the server's max_input_vars, and an exact account of what was written when a call fails anyway."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypedDict
+
+from lms_api.errors import ApiError, ErrorCode
+from lms_api.moodle.client import Moodle
+from lms_api.moodle.encoding import split_by_input_vars
+from lms_api.moodle.errors import (
+    OUTCOME_PARTIAL,
+    OUTCOME_UNKNOWN,
+    MoodleError,
+    MoodleRecord,
+    expect_list,
+    is_moodle_code,
+    unexpected_answer,
+)
+from lms_api.moodle.functions import MoodleFunction
+from lms_api.services.notfound import missing_ids
+from lms_api.services.userchecks import (
+    INTERNAL_AUTHS,
+    Findings,
+    Problem,
+    check_email,
+    check_password,
+    check_site_choices,
+    check_username,
+    first_seen,
+)
+from lms_api.services.users import existing_users, user_not_found, users_by_field
+from lms_api.settings import Settings
+
+# Moodle fails its own answer (invalid_response_exception) when core_user_update_users meets a password it refuses
+# after applying the users before it: what was written cannot be told.
+_UNREADABLE_UPDATE = "invalidresponse"
+# The warnings of core_user_update_users that are the request's own fault, not the site's state.
+_REQUEST_OWN_FAILURES = frozenset({"useremailinvalid"})
+
+
+class CreatedUser(TypedDict):
+    index: int
+    id: int
+    username: str
+
+
+class UsersCreated(TypedDict):
+    created: list[CreatedUser]
+
+
+class UsersUpdated(TypedDict):
+    updated: list[int]
+    failed: list[dict[str, Any]]
+
+
+def create_users(
+    moodle: Moodle, users: list[dict[str, Any]], settings: Settings, *, resume: bool = False
+) -> UsersCreated:
+    """Create every user or none, and say exactly which.
+
+    Each reason Moodle would refuse a user is found first (:func:`_find_reasons`), as Moodle names none of them:
+    any → 400 ``invalidusers``, nothing written. Then the users are sent in as many calls as max_input_vars needs;
+    each call is all or nothing. When one fails, ``details`` lists ``created`` (with ids), ``not_created`` or
+    ``unknown`` (the failed call's), and ``not_attempted``; a failure that a second look explains (a username taken
+    meanwhile) is an ``invalidusers`` naming it.
+
+    ``resume``: a request sent again after an answer that left it unknown or partial. A user whose username exists
+    with the same email is one an earlier attempt created: it is answered, not sent again.
+    """
+    moodle.require(MoodleFunction.GET_USERS_BY_FIELD, MoodleFunction.CREATE_USERS)
+    findings = Findings(users)
+    created = _find_reasons(moodle, users, range(len(users)), settings, findings, resume=resume)
+    if findings:
+        raise findings.error()
+    pending = [index for index in range(len(users)) if index not in created]
+    sent = [_as_moodle_user(users[index]) for index in pending]
+    runs = split_by_input_vars("users", sent, {}, moodle.max_input_vars)
+    for number, run in enumerate(runs):
+        indexes = pending[run.start : run.stop]
+        try:
+            answer = moodle.call(MoodleFunction.CREATE_USERS, {"users": sent[run.start : run.stop]})
+        except MoodleError as error:
+            account = _CreateAccount(created, indexes, pending[run.stop :], len(runs), number + 1)
+            raise account.error(moodle, users, settings, error) from error
+        answered = expect_list(answer, MoodleFunction.CREATE_USERS, key="id")
+        if len(answered) != len(indexes):
+            raise unexpected_answer(MoodleFunction.CREATE_USERS)
+        for index, user in zip(indexes, answered, strict=True):
+            created[index] = {"index": index, "id": user["id"], "username": users[index]["username"]}
+    return {"created": [created[index] for index in range(len(users))]}
+
+
+def _find_reasons(
+    moodle: Moodle,
+    users: list[dict[str, Any]],
+    indexes: Iterable[int],
+    settings: Settings,
+    findings: Findings,
+    *,
+    resume: bool = False,
+) -> dict[int, CreatedUser]:
+    """Add to ``findings`` every reason Moodle would refuse the users at ``indexes``, in ``create_users()``'s terms:
+    the username's syntax, the password (or ``createpassword``) and its policy, the authentication plugin, the
+    language, the email's syntax; a username or email given twice, or already on the site (two lookups in as few
+    calls as max_input_vars allows). With ``resume``, the users an earlier attempt created are answered instead."""
+    usernames: list[tuple[int, str]] = []
+    emails: list[tuple[int, str]] = []
+    for index in indexes:
+        user = users[index]
+        if check_username(findings, index, user["username"]):
+            usernames.append((index, user["username"]))
+        if check_email(findings, index, user["email"]):
+            emails.append((index, user["email"]))
+        if "password" in user:
+            check_password(findings, index, user["password"], settings.moodle_password_policy)
+        elif user["auth"] in INTERNAL_AUTHS and not user.get("createpassword"):
+            needs = f"A {user['auth']} user needs a password, or createpassword"
+            findings.add(index, "password", Problem.PASSWORD_MISSING, needs)
+        check_site_choices(findings, index, user, settings.moodle_auth_plugins, settings.moodle_langs)
+    _mark_duplicates(findings, usernames, "username", Problem.USERNAME_DUPLICATE, str)
+    _mark_duplicates(findings, emails, "email", Problem.EMAIL_DUPLICATE, str.casefold)
+    created: dict[int, CreatedUser] = {}
+    for index, username, existing in _on_site(moodle, "username", usernames):
+        if resume and _email_key(existing.get("email")) == _email_key(users[index]["email"]):
+            created[index] = {"index": index, "id": existing["id"], "username": username}
+        else:
+            findings.add(
+                index, "username", Problem.USERNAME_TAKEN, f"Username {username!r} is taken (user {existing['id']})"
+            )
+    for index, email, existing in _on_site(moodle, "email", [pair for pair in emails if pair[0] not in created]):
+        findings.add(index, "email", Problem.EMAIL_TAKEN, f"Email {email!r} is used by user {existing['id']}")
+    return created
+
+
+def update_users(moodle: Moodle, changes: list[dict[str, Any]], settings: Settings) -> UsersUpdated:
+    """Change the given fields of each user, and say which were changed.
+
+    Checked first, nothing written otherwise: every user exists (404 ``usernotfound``), no user twice, and each new
+    username or email is valid, not given twice, and not another user's; a new password meets the policy (Moodle
+    would fail its own answer on it). Moodle then applies the users it can and warns of the others: their Moodle
+    codes are translated (``usernametaken``, ``emailtaken``, ``usernotfound``, ``useremailinvalid``), and any
+    failure is a ``usersnotupdated`` naming ``updated`` and ``failed``.
+    """
+    moodle.require(MoodleFunction.GET_USERS_BY_FIELD, MoodleFunction.UPDATE_USERS)
+    findings = Findings(changes)
+    ids = [change["id"] for change in changes]
+    first = first_seen((index, str(user_id)) for index, user_id in enumerate(ids))
+    for index, user_id in enumerate(ids):
+        if first[str(user_id)] != index:
+            message = f"User {user_id} is also user {first[str(user_id)]} of this request: change a user once"
+            findings.add(index, "id", Problem.USER_DUPLICATE, message)
+    found = existing_users(moodle, ids)
+    if found.ids.missing or found.ids.unchecked:
+        missing = found.ids.missing + found.ids.unchecked
+        error = user_not_found(missing)
+        raise ApiError(error.code, f"{error.message}; nothing was updated", error.details)
+    _find_update_reasons(moodle, changes, found.users, settings, findings)
+    if findings:
+        raise findings.error("nothing was updated")
+    sent = [_as_moodle_user(change) for change in changes]
+    runs = split_by_input_vars("users", sent, {}, moodle.max_input_vars)
+    failed: dict[int, dict[str, Any]] = {}
+    for number, run in enumerate(runs):
+        try:
+            answer = moodle.call(MoodleFunction.UPDATE_USERS, {"users": sent[run.start : run.stop]})
+        except MoodleError as error:
+            raise _update_failed(error, ids, run, failed, len(runs), number + 1) from error
+        for warning in expect_list(answer.get("warnings", []), MoodleFunction.UPDATE_USERS):
+            failure = _failure(moodle, warning, {change["id"]: change for change in changes[run.start : run.stop]})
+            failed.setdefault(failure["id"], failure)
+    updated = [user_id for user_id in dict.fromkeys(ids) if user_id not in failed]
+    if failed:
+        failures = [failed[user_id] for user_id in dict.fromkeys(ids) if user_id in failed]
+        own = all(failure["code"] in _REQUEST_OWN_FAILURES for failure in failures)
+        raise ApiError(
+            ErrorCode.USERS_NOT_UPDATED,
+            f"Moodle updated {len(updated)} of {len(updated) + len(failures)} users and refused "
+            f"{missing_ids('user', 'users', [failure['id'] for failure in failures])}",
+            {"updated": updated, "failed": failures},
+            status=400 if own else None,
+        )
+    return {"updated": updated, "failed": []}
+
+
+def _find_update_reasons(
+    moodle: Moodle,
+    changes: list[dict[str, Any]],
+    current: dict[int, MoodleRecord],
+    settings: Settings,
+    findings: Findings,
+) -> None:
+    """The reasons of :func:`_find_reasons` for the fields a change sets; a username or email set to the user's own
+    is no change, and is not another user's."""
+    usernames: list[tuple[int, str]] = []
+    emails: list[tuple[int, str]] = []
+    for index, change in enumerate(changes):
+        user = current[change["id"]]
+        username, email = change.get("username"), change.get("email")
+        if username is not None and username != user.get("username") and check_username(findings, index, username):
+            usernames.append((index, username))
+        new_email = email is not None and _email_key(email) != _email_key(user.get("email"))
+        if email is not None and new_email and check_email(findings, index, email):
+            emails.append((index, email))
+        if "password" in change:
+            check_password(findings, index, change["password"], settings.moodle_password_policy)
+        check_site_choices(findings, index, change, settings.moodle_auth_plugins, settings.moodle_langs)
+    _mark_duplicates(findings, usernames, "username", Problem.USERNAME_DUPLICATE, str)
+    _mark_duplicates(findings, emails, "email", Problem.EMAIL_DUPLICATE, str.casefold)
+    for index, username, existing in _on_site(moodle, "username", usernames):
+        if existing["id"] != changes[index]["id"]:
+            findings.add(
+                index, "username", Problem.USERNAME_TAKEN, f"Username {username!r} is taken (user {existing['id']})"
+            )
+    for index, email, existing in _on_site(moodle, "email", emails):
+        if existing["id"] != changes[index]["id"]:
+            findings.add(index, "email", Problem.EMAIL_TAKEN, f"Email {email!r} is used by user {existing['id']}")
+
+
+def _mark_duplicates(
+    findings: Findings, values: list[tuple[int, str]], field: str, problem: Problem, key: Callable[[str], str]
+) -> None:
+    first = first_seen((index, key(value)) for index, value in values)
+    for index, value in values:
+        if first[key(value)] != index:
+            findings.add(index, field, problem, f"The {field} {value!r} is also user {first[key(value)]}'s")
+
+
+def _on_site(moodle: Moodle, field: str, values: Sequence[tuple[int, str]]) -> Iterable[tuple[int, str, MoodleRecord]]:
+    """Each of ``values`` a user of the site has in ``field``, with that user. Emails are matched without regard to
+    case, as Moodle refuses them; since its lookup compares them as the database does, each is asked as given and in
+    lower case."""
+    if not values:
+        return []
+    if field == "email":
+        asked = list(dict.fromkeys(form for _, email in values for form in (email, email.lower())))
+        by_key = {_email_key(user.get("email")): user for user in users_by_field(moodle, field, asked)["users"]}
+        return [(index, email, by_key[_email_key(email)]) for index, email in values if _email_key(email) in by_key]
+    found = users_by_field(moodle, field, list(dict.fromkeys(value for _, value in values)))["users"]
+    by_value = {user.get(field): user for user in found}
+    return [(index, value, by_value[value]) for index, value in values if value in by_value]
+
+
+def _email_key(email: Any) -> str:
+    return email.casefold() if isinstance(email, str) else ""
+
+
+def _as_moodle_user(user: dict[str, Any]) -> dict[str, Any]:
+    """The user as Moodle takes it: ``createpassword`` only when it is asked for."""
+    return {name: value for name, value in user.items() if name != "createpassword" or value}
+
+
+class _CreateAccount:
+    """Which users a failed create left created, not created (or unknown) and not attempted."""
+
+    def __init__(
+        self, created: dict[int, CreatedUser], failed: list[int], later: list[int], calls: int, failed_call: int
+    ) -> None:
+        self.created, self.failed, self.later = created, failed, later
+        self.calls, self.failed_call = calls, failed_call
+
+    def error(self, moodle: Moodle, users: list[dict[str, Any]], settings: Settings, error: MoodleError) -> ApiError:
+        """The failed call's error with the account in its details; ``invalidusers`` when a second look at the
+        failed call's users finds why (another creator took a username or email meanwhile)."""
+        unknown = error.details.get("outcome") == OUTCOME_UNKNOWN
+        account: dict[str, Any] = {
+            "created": [self.created[index] for index in sorted(self.created)],
+            "unknown" if unknown else "not_created": self.failed,
+            "not_attempted": self.later,
+            "calls": self.calls,
+            "failed_call": self.failed_call,
+        }
+        if self.created and not unknown:
+            account["outcome"] = OUTCOME_PARTIAL
+        summary = (
+            f"{len(self.created)} users created, {len(self.failed)} "
+            f"{'whose creation is unknown' if unknown else 'not created'}, {len(self.later)} not attempted"
+        )
+        if not unknown:
+            findings = Findings(users)
+            try:
+                _find_reasons(moodle, users, self.failed, settings, findings)
+            except MoodleError:
+                findings = Findings(users)  # the second look failed too: Moodle's own error says what is known
+            if findings:
+                return findings.error(summary, **account)
+        return type(error)(
+            error.code,
+            f"{error.message} (call {self.failed_call} of {self.calls}: {summary})",
+            {**error.details, **account},
+            status=error.status,
+            headers=error.headers,
+        )
+
+
+def _update_failed(
+    error: MoodleError, ids: list[int], run: range, failed: dict[int, dict[str, Any]], calls: int, number: int
+) -> MoodleError:
+    """A failed update call's error, with what the earlier calls ``updated`` and ``failed``, and the ids the failed
+    call left ``unknown`` or ``not_updated`` (Moodle's ``invalidresponse`` leaves them unknown: it comes after
+    Moodle applied some)."""
+    unknown = error.details.get("outcome") == OUTCOME_UNKNOWN or str(error.code) == _UNREADABLE_UPDATE
+    earlier = [user_id for user_id in dict.fromkeys(ids[: run.start]) if user_id not in failed]
+    account: dict[str, Any] = {
+        "updated": earlier,
+        "failed": list(failed.values()),
+        "unknown" if unknown else "not_updated": list(dict.fromkeys(ids[run.start : run.stop])),
+        "not_attempted": list(dict.fromkeys(ids[run.stop :])),
+        "calls": calls,
+        "failed_call": number,
+    }
+    if unknown:
+        account["outcome"] = OUTCOME_UNKNOWN
+    elif earlier:
+        account["outcome"] = OUTCOME_PARTIAL
+    return type(error)(
+        error.code, error.message, {**error.details, **account}, status=error.status, headers=error.headers
+    )
+
+
+def _failure(moodle: Moodle, warning: dict[str, Any], changes: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """One warning of core_user_update_users in the gateway's terms."""
+    user_id = warning.get("itemid")
+    if not isinstance(user_id, int) or user_id not in changes:
+        raise unexpected_answer(MoodleFunction.UPDATE_USERS)
+    code = warning.get("warningcode")
+    change = changes[user_id]
+    if code == "invaliduserid":
+        return _failed(user_id, ErrorCode.USER_NOT_FOUND, f"No user with id {user_id}: deleted meanwhile")
+    if code == "useremailinvalid":
+        return _failed(user_id, code, f"Moodle refused the email address {change.get('email')!r} as invalid")
+    if code == "dmlwriteexception" and "username" in change:
+        # Moodle's database refused the row: its unique index on the username, taken since the gateway looked.
+        return _failed(user_id, Problem.USERNAME_TAKEN, f"Username {change['username']!r} is taken")
+    if not is_moodle_code(code, moodle.clean):
+        return _failed(user_id, ErrorCode.MOODLE_WARNING, "Moodle refused the user without a code")
+    message = moodle.clean(str(warning.get("message") or "").split("\n")[0])
+    return _failed(user_id, str(code), message or "Moodle refused the user")
+
+
+def _failed(user_id: int, code: str, message: str) -> dict[str, Any]:
+    return {"id": user_id, "code": str(code), "message": message}
