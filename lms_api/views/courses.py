@@ -41,6 +41,7 @@ class CourseViews(ApiViews):
         answers=CreatedCourseSchema(),
         status=201,
         errors=(ErrorCode.CATEGORY_NOT_FOUND,),
+        settled_by="created_course",
     )
     def create_course(self) -> object:
         """Create a course; `Location` names it. Drops the cached course entries."""
@@ -80,6 +81,7 @@ class CourseViews(ApiViews):
         body=CourseUpdate(),
         answers=CourseSchema(),
         errors=(ErrorCode.COURSE_NOT_FOUND, ErrorCode.CATEGORY_NOT_FOUND),
+        resend_when_unknown=True,  # setting the same fields again leaves the course as one update would
     )
     def update_course(self) -> object:
         """Change the given fields of a course and answer it as saved. Drops the cached course entries."""

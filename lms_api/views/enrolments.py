@@ -18,6 +18,7 @@ class EnrolmentViews(ApiViews):
         body=EnrolBody(),
         answers=EnrolResultSchema(),
         errors=(ErrorCode.COURSE_NOT_FOUND, ErrorCode.USER_NOT_FOUND),
+        settled_by="enrolled",
     )
     def enrol(self) -> object:
         """Enrol users into courses with a role (manual enrolment).

@@ -24,6 +24,9 @@ class FileViews(ApiViews):
             ErrorCode.INVALID_MULTIPART,
             ErrorCode.UNSUPPORTED_MEDIA_TYPE,
         ),
+        # Sent again, the files land in a new draft item (the lost one is never attached and expires), or, into an
+        # itemid given, are refused as filenameexist if the first attempt had stored them.
+        resend_when_unknown=True,
     )
     def upload(self) -> object:
         """Upload files into one draft item of the token user (multipart, one or more `file` parts).

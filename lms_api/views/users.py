@@ -40,6 +40,7 @@ class UserViews(ApiViews):
         answers=UsersCreatedSchema(),
         status=201,
         errors=(ErrorCode.INVALID_USERS,),
+        settled_by="created_users",
     )
     def create_users(self) -> object:
         """Create 1 to 5,000 users: all of them, or none.
@@ -63,6 +64,7 @@ class UserViews(ApiViews):
         body=UsersUpdate(),
         answers=UsersUpdatedSchema(),
         errors=(ErrorCode.USER_NOT_FOUND, ErrorCode.INVALID_USERS, ErrorCode.USERS_NOT_UPDATED),
+        resend_when_unknown=True,  # setting the same fields again leaves each user as one update would
     )
     def update_users(self) -> object:
         """Change the given fields of 1 to 5,000 users (`id` and the fields to change).
