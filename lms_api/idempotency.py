@@ -28,7 +28,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum, StrEnum
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, runtime_checkable
 
 import redis
 import structlog
@@ -36,10 +36,10 @@ from pyramid.config import Configurator
 from pyramid.request import Request
 from pyramid.response import Response
 
+from lms_api.caller import KeptLocationResponse
 from lms_api.errors import ApiError, ErrorCode
 from lms_api.moodle.errors import OUTCOME_PARTIAL, OUTCOME_UNKNOWN
 from lms_api.redisstate import RETRY_AFTER_S, RedisLink, redis_client
-from lms_api.schemas.base import FilePart
 from lms_api.settings import Settings
 
 log = structlog.get_logger("lms_api.idempotency")
@@ -389,20 +389,29 @@ def digest_body(request: Request) -> DigestedInput:
     return digested
 
 
+@runtime_checkable
+class _UploadedFile(Protocol):
+    """A file of a loaded form, as the upload hands it to Moodle (``lms_api.moodle.client.FileUpload``)."""
+
+    filename: str
+    content_type: str
+    stream: IO[bytes]
+
+
 def form_digest(form: Mapping[str, Any]) -> str:
-    """An upload's digest over its fields as read: each file's name, filename, media type and content."""
+    """An upload's digest over its fields as loaded: each file's field name, filename, media type and content."""
     digest = hashlib.sha256()
     for name in sorted(form):
         values = form[name] if isinstance(form[name], list) else [form[name]]
         for value in values:
-            if isinstance(value, FilePart):
-                digest.update(json.dumps(["file", name, value.filename, value.type]).encode())
-                value.file.seek(0)
-                while chunk := value.file.read(_DIGEST_CHUNK_BYTES):
+            if isinstance(value, _UploadedFile):
+                digest.update(json.dumps(["file", name, value.filename, value.content_type]).encode())
+                value.stream.seek(0)
+                while chunk := value.stream.read(_DIGEST_CHUNK_BYTES):
                     digest.update(chunk)
-                value.file.seek(0)
+                value.stream.seek(0)
             else:
-                digest.update(json.dumps(["field", name, value], default=str).encode())
+                digest.update(json.dumps(["field", name, value]).encode())
     return digest.hexdigest()
 
 
@@ -455,7 +464,7 @@ def answer_once(
 
 
 def replay(request: Request, answer: KeptAnswer) -> Response:
-    response = Response(status=answer.status, headerlist=list(answer.headers), body=answer.body)
+    response = KeptLocationResponse(status=answer.status, headerlist=list(answer.headers), body=answer.body)
     response.headers[REPLAYED_HEADER] = "true"
     if answer.status >= 400:
         request.api_error = _replayed_error(answer)
