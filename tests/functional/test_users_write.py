@@ -1,0 +1,258 @@
+"""POST and PATCH /api/moodle/users against a sandbox of their own, and what a retry with an Idempotency-Key does
+after Moodle left a write's outcome unknown."""
+
+import time
+import uuid
+
+import pytest
+
+from moodle_sandbox.server import start_sandbox
+from tests.support.credentials import mint
+from tests.support.sandbox import moodle_call, queue_fault, sandbox_calls
+
+USERS = "/api/moodle/users"
+TOKEN = mint("users:write users:read")
+CREATE = "core_user_create_users"
+UPDATE = "core_user_update_users"
+LOOKUP = "core_user_get_users_by_field"
+
+
+@pytest.fixture(scope="module")
+def site():
+    server = start_sandbox()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def gateway(make_gateway, site):
+    return make_gateway(site.url, site.site.token)
+
+
+def fresh(count=1, **fields):
+    """New users no other test uses."""
+    stem = uuid.uuid4().hex[:8]
+    return [
+        {"username": f"u{stem}{n}", "firstname": "Ada", "lastname": f"L{n}", "email": f"u{stem}{n}@example.com",
+         "password": "Secret#123", **fields}
+        for n in range(count)
+    ]  # fmt: skip
+
+
+def on_site(site, field, values):
+    return moodle_call(site, LOOKUP, field=field, values=values)
+
+
+def calls(site, function):
+    return sandbox_calls(site).get(function, 0)
+
+
+def test_users_are_created_in_request_order_and_found_at_once_past_the_cache(gateway, site):
+    wanted = fresh(3)
+    usernames = [user["username"] for user in wanted]
+    before = gateway.get(f"{USERS}/by-field?field=username&values={','.join(usernames)}", TOKEN)
+    assert before.json["data"]["missing"] == usernames  # now cached as missing
+
+    response = gateway.post(USERS, {"users": wanted}, TOKEN)
+
+    assert response.status_int == 201
+    created = response.json["data"]["created"]
+    assert [(user["index"], user["username"]) for user in created] == list(enumerate(usernames))
+    assert [user["id"] for user in on_site(site, "username", usernames)] == [user["id"] for user in created]
+    after = gateway.get(f"{USERS}/by-field?field=username&values={','.join(usernames)}", TOKEN)
+    assert [user["id"] for user in after.json["data"]["users"]] == [user["id"] for user in created]
+
+
+def test_each_reason_is_named_per_user_and_nobody_is_created(gateway, site):
+    good, upper, weak, taken = fresh(4)
+    upper["username"] = upper["username"].upper()
+    weak["password"] = "password"
+    taken["email"] = "student1@example.com"
+    sent_before = calls(site, CREATE)
+
+    response = gateway.post(USERS, {"users": [good, upper, weak, taken, dict(good)]}, TOKEN)
+
+    assert (response.status_int, response.json["error"]["code"]) == (400, "invalidusers")
+    named = {
+        user["index"]: [reason["code"] for reason in user["reasons"]]
+        for user in response.json["error"]["details"]["users"]
+    }
+    assert named == {
+        1: ["usernameinvalid"],
+        2: ["passwordweak"],
+        3: ["emailtaken"],
+        4: ["usernameduplicate", "emailduplicate"],
+    }
+    assert calls(site, CREATE) == sent_before
+    assert on_site(site, "username", [good["username"]]) == []
+
+
+def test_only_taken_usernames_are_a_409(gateway):
+    (user,) = fresh(1, username="student1")
+
+    response = gateway.post(USERS, {"users": [user]}, TOKEN)
+
+    assert (response.status_int, response.json["error"]["code"]) == (409, "invalidusers")
+    assert response.json["error"]["details"]["users"][0]["reasons"][0]["code"] == "usernametaken"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"users": []}, "users"),
+        ({"users": "ada"}, "users"),
+        ({"users": [{"username": "ada"}]}, "users"),
+        ({"users": [{**fresh()[0], "createpassword": True}]}, "users"),
+        ({"users": [{**fresh()[0], "country": "Norway"}]}, "users"),
+        ({"users": [{**fresh()[0], "timezone": "Mars/Olympus"}]}, "users"),
+        ({"users": [{**fresh()[0], "firstname": "<b>Ada</b>"}]}, "users"),
+        ({"users": [{**fresh()[0], "id": 3}]}, "users"),
+        ({"users": fresh(5001)}, "users"),
+    ],
+)
+def test_bad_bodies_are_a_400_naming_the_field(gateway, body, field):
+    response = gateway.post(USERS, body, TOKEN)
+
+    assert (response.status_int, response.json["error"]["code"]) == (400, "validationerror")
+    assert field in response.json["error"]["details"]["fields"]
+
+
+def test_a_batch_over_max_input_vars_is_split(make_gateway, make_sandbox):
+    small = make_sandbox(max_input_vars=40)
+    gateway = make_gateway(small.url, small.site.token, MOODLE_MAX_INPUT_VARS="40")
+    wanted = fresh(15)
+
+    response = gateway.post(USERS, {"users": wanted}, TOKEN)
+
+    assert response.status_int == 201
+    assert len({user["id"] for user in response.json["data"]["created"]}) == 15
+    assert calls(small, CREATE) == 3  # five fields a user: seven users per call of 37 variables
+
+
+def test_users_are_updated_and_the_answer_names_them(gateway, site):
+    created = gateway.post(USERS, {"users": fresh(2)}, TOKEN).json["data"]["created"]
+    ids = [user["id"] for user in created]
+
+    response = gateway.patch(
+        USERS, {"users": [{"id": ids[0], "city": "Oslo"}, {"id": ids[1], "suspended": True}]}, TOKEN
+    )
+
+    assert (response.status_int, response.json["data"]) == (200, {"updated": ids, "failed": []})
+    found = {user["id"]: user for user in on_site(site, "id", ids)}
+    assert found[ids[1]]["suspended"] is True
+
+
+def test_an_update_of_a_missing_user_is_a_404_and_nothing_is_written(gateway, site):
+    (created,) = gateway.post(USERS, {"users": fresh(1)}, TOKEN).json["data"]["created"]
+    sent_before = calls(site, UPDATE)
+
+    response = gateway.patch(USERS, {"users": [{"id": created["id"], "city": "X"}, {"id": 999999, "city": "Y"}]}, TOKEN)
+
+    assert (response.status_int, response.json["error"]["code"]) == (404, "usernotfound")
+    assert response.json["error"]["details"] == {"missing_users": [999999]}
+    assert calls(site, UPDATE) == sent_before
+
+
+def test_an_update_to_a_taken_username_or_a_weak_password_is_refused_before_moodle_is_called(gateway, site):
+    (created,) = gateway.post(USERS, {"users": fresh(1)}, TOKEN).json["data"]["created"]
+    sent_before = calls(site, UPDATE)
+
+    response = gateway.patch(
+        USERS, {"users": [{"id": created["id"], "username": "student1"}, {"id": 4, "password": "abc"}]}, TOKEN
+    )
+
+    assert (response.status_int, response.json["error"]["code"]) == (400, "invalidusers")
+    reasons = [user["reasons"][0]["code"] for user in response.json["error"]["details"]["users"]]
+    assert reasons == ["usernametaken", "passwordweak"]
+    assert calls(site, UPDATE) == sent_before
+
+
+def test_an_update_body_that_changes_nothing_is_a_400(gateway):
+    response = gateway.patch(USERS, {"users": [{"id": 3}]}, TOKEN)
+
+    assert (response.status_int, response.json["error"]["code"]) == (400, "validationerror")
+
+
+# -- a retry after Moodle left the outcome unknown ------------------------------------------------------------------
+
+
+def keyed(value):
+    return {"headers": {"Idempotency-Key": value}}
+
+
+def test_a_create_applied_though_its_answer_was_lost_is_answered_from_moodle_on_retry(make_gateway, site):
+    gateway = make_gateway(site.url, site.site.token, MOODLE_TIMEOUT_MS="300")
+    wanted, key = fresh(2), uuid.uuid4().hex
+    queue_fault(site, kind="delay", seconds=0.6, function=CREATE)  # Moodle creates them after the gateway gave up
+
+    first = gateway.post(USERS, {"users": wanted}, TOKEN, **keyed(key))
+    assert (first.status_int, first.json["error"]["details"]["outcome"]) == (504, "unknown")
+    time.sleep(0.8)
+    sent = calls(site, CREATE)
+
+    retry = gateway.post(USERS, {"users": wanted}, TOKEN, **keyed(key))
+
+    assert retry.status_int == 201
+    ids = [user["id"] for user in on_site(site, "username", [user["username"] for user in wanted])]
+    assert [user["id"] for user in retry.json["data"]["created"]] == ids
+    assert calls(site, CREATE) == sent  # found in Moodle, not sent again
+    again = gateway.post(USERS, {"users": wanted}, TOKEN, **keyed(key))
+    assert (again.status_int, again.headers["Idempotent-Replayed"]) == (201, "true")
+    assert again.json["data"] == retry.json["data"]
+
+
+def test_a_create_that_never_reached_moodle_is_sent_on_retry(gateway, site):
+    wanted, key = fresh(2), uuid.uuid4().hex
+    queue_fault(site, kind="reset", function=CREATE)  # dropped after the request was sent: unknown to the gateway
+
+    first = gateway.post(USERS, {"users": wanted}, TOKEN, **keyed(key))
+    assert (first.status_int, first.json["error"]["details"]["outcome"]) == (504, "unknown")
+    assert on_site(site, "username", [wanted[0]["username"]]) == []
+
+    retry = gateway.post(USERS, {"users": wanted}, TOKEN, **keyed(key))
+
+    assert retry.status_int == 201
+    assert len(on_site(site, "username", [user["username"] for user in wanted])) == 2
+
+
+def test_an_enrolment_in_place_after_an_unknown_outcome_is_answered_without_enrolling_again(make_gateway, site):
+    gateway = make_gateway(site.url, site.site.token, MOODLE_TIMEOUT_MS="300")
+    (user,) = gateway.post(USERS, {"users": fresh(1)}, TOKEN).json["data"]["created"]
+    body, key, token = (
+        {"enrolments": [{"roleid": "student", "userid": user["id"], "courseid": 2}]},
+        uuid.uuid4().hex,
+        mint("enrol:write"),
+    )
+    queue_fault(site, kind="delay", seconds=0.6, function="enrol_manual_enrol_users")
+
+    first = gateway.post("/api/moodle/enrol", body, token, **keyed(key))
+    assert first.status_int == 504
+    time.sleep(0.8)
+    sent = calls(site, "enrol_manual_enrol_users")
+
+    retry = gateway.post("/api/moodle/enrol", body, token, **keyed(key))
+
+    assert (retry.status_int, retry.json["data"]) == (200, {"enrolled": 1, "calls": 1})
+    assert calls(site, "enrol_manual_enrol_users") == sent
+
+
+def test_a_course_created_though_its_answer_was_lost_is_found_by_its_short_name_on_retry(make_gateway, site):
+    gateway = make_gateway(site.url, site.site.token, MOODLE_TIMEOUT_MS="300")
+    shortname = f"LOST{uuid.uuid4().hex[:8]}"
+    body, key, token = (
+        {"fullname": "Lost", "shortname": shortname, "categoryid": 1},
+        uuid.uuid4().hex,
+        mint("courses:write"),
+    )
+    queue_fault(site, kind="delay", seconds=0.6, function="core_course_create_courses")
+
+    assert gateway.post("/api/moodle/courses", body, token, **keyed(key)).status_int == 504
+    time.sleep(0.8)
+    sent = calls(site, "core_course_create_courses")
+
+    retry = gateway.post("/api/moodle/courses", body, token, **keyed(key))
+
+    assert retry.status_int == 201
+    assert retry.json["data"]["shortname"] == shortname
+    assert retry.headers["Location"].endswith(f"/api/moodle/courses/{retry.json['data']['id']}")
+    assert calls(site, "core_course_create_courses") == sent
