@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from moodle_sandbox.errors import MoodleException
-from moodle_sandbox.php import clean_username, is_valid_plugin_name, php_trim, strip_tags
+from moodle_sandbox.php import clean_safedir, clean_username, is_valid_plugin_name, php_trim, strip_tags
 
 _INT = re.compile(r"0|-?[1-9][0-9]*")  # what survives PHP's (string)(int)$value === $value
 _INT_RANGE = range(-(2**63), 2**63)
@@ -33,8 +33,8 @@ _CLEANERS: dict[str, Callable[[str], str]] = {
     "raw": lambda value: value,
     "text": strip_tags,
     "alpha": lambda value: re.sub(r"[^A-Za-z]", "", value),
-    "alphanumext": lambda value: re.sub(r"[^A-Za-z0-9_\-]", "", value),
-    "safedir": lambda value: re.sub(r"[^A-Za-z0-9_\-]", "", value),
+    "alphanumext": clean_safedir,
+    "safedir": clean_safedir,
     "plugin": lambda value: value if is_valid_plugin_name(value) else "",
     # Moodle keeps only capabilities it knows; the sandbox accepts any well-formed name.
     "capability": lambda value: value if _CAPABILITY.fullmatch(value) else "",

@@ -81,6 +81,11 @@ def clean_alphanum(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]", "", text)
 
 
+def clean_safedir(text: str) -> str:
+    """PARAM_SAFEDIR (and PARAM_ALPHANUMEXT): only letters, digits, ``_`` and ``-``."""
+    return re.sub(r"[^A-Za-z0-9_\-]", "", text)
+
+
 def clean_username(text: str) -> str:
     """PARAM_USERNAME without ``extendedusernamechars``: trimmed, lower case, only ``a-z0-9-._@``."""
     text = php_trim(text).lower().replace(" ", "")

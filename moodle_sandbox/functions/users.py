@@ -10,14 +10,15 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from moodle_sandbox.errors import MoodleException, coding_exception, missing_record, moodle_exception
 from moodle_sandbox.functions.formatting import format_string, format_text
 from moodle_sandbox.params import DEFAULT, INSTALLED_LANGS, OPTIONAL, Multiple, Single, Value, invalid_parameter
+from moodle_sandbox.php import clean_safedir, php_empty, php_intval, php_loose_equals, php_trim
 from moodle_sandbox.php import clean_username as _clean_username
-from moodle_sandbox.php import php_empty, php_intval, php_loose_equals, php_trim
 from moodle_sandbox.records import User
 from moodle_sandbox.registry import sandbox_function
 from moodle_sandbox.seed import GUEST_USER_ID
@@ -109,7 +110,7 @@ UPDATE_USERS = Single(
     }
 )
 # The user columns the sandbox keeps that update_users() writes as given; the other fields it takes (phones,
-# address, other names, interests, picture, custom fields, preferences...) are accepted and not kept.
+# address, other names, interests, picture, custom fields...) are accepted and not kept.
 _UPDATED_COLUMNS = (
     "username", "auth", "firstname", "lastname", "email", "city", "country", "timezone", "description", "idnumber",
     "institution", "department", "lang", "theme", "mailformat",
@@ -131,6 +132,61 @@ _PASSWORD_RULES = (
     (re.compile(r"[A-Z]"), "Passwords must have at least 1 upper case letter(s)."),
     (re.compile(r"[^A-Za-z0-9]"), "The password must have at least 1 special character(s) such as *, -, or #."),
 )
+# The update refusals that have a string in lang/en/error.php (useremailinvalid, usernotupdateddeleted and
+# usernotupdatedguest have none).
+_ERROR_STRINGS = {"invaliduserid": "Invalid user ID", "useremailduplicate": "Duplicate address"}
+
+
+@dataclass(frozen=True)
+class _Preference:
+    """A preference of ``core_user::fill_preferences_cache()``: its PARAM_* cleaning, the values it takes (another is
+    replaced by ``default``, else by the first choice), and whether the admin may set it for themselves
+    (``own``) and for another user (``others``)."""
+
+    clean: Callable[[str], str]
+    own: bool
+    others: bool
+    choices: tuple[str, ...] = ()
+    default: str = ""
+
+
+def _clean_int(value: str) -> str:
+    return str(php_intval(value))
+
+
+def _clean_bool(value: str) -> str:
+    """PARAM_BOOL: on, yes and true are 1, off, no and false are 0, otherwise what PHP finds empty is 0."""
+    lowered = value.lower()
+    if lowered in ("yes", "true", "on"):
+        return "1"
+    return "0" if lowered in ("no", "false", "off") or php_empty(value) else "1"
+
+
+def _own_only(clean: Callable[[str], str], **rule: Any) -> _Preference:
+    """A preference whose permission callback is ``is_current_user`` (with the site's badges and blogs enabled)."""
+    return _Preference(clean, own=True, others=False, **rule)
+
+
+# Moodle 5.0's core user preferences, but htmleditor and user_home_page_preference, which depend on the site's
+# editors and home page setting; those of core_message, core_calendar, core_contentbank and plugins are left out too.
+# Any other name is one that can_edit_preference() refuses, and useredit_update_user_preference() skips it silently.
+_PREFERENCES = {
+    # Only somebody else, who may update users: never the admin for themselves.
+    "auth_forcepasswordchange": _Preference(_clean_int, own=False, others=True, choices=("0", "1")),
+    # No permission callback: default_preference_permission_check(), which lets the admin edit anybody.
+    "forum_markasreadonnotification": _Preference(_clean_int, own=True, others=True, choices=("0", "1"), default="1"),
+    "badgeprivacysetting": _own_only(_clean_int, choices=("0", "1"), default="1"),
+    "blogpagesize": _own_only(_clean_int),
+    "filemanager_recentviewmode": _own_only(_clean_int, choices=("1", "2", "3"), default="1"),
+    "filepicker_recentrepository": _own_only(_clean_int),
+    "filepicker_recentlicense": _own_only(clean_safedir),
+    "filepicker_recentviewmode": _own_only(_clean_int, choices=("1", "2", "3"), default="1"),
+    "userselector_optionscollapsed": _own_only(_clean_bool),
+    "userselector_autoselectunique": _own_only(_clean_bool),
+    "userselector_preserveselected": _own_only(_clean_bool),
+    "userselector_searchtype": _own_only(_clean_int),
+    "question_bank_advanced_search": _own_only(_clean_bool),
+}
 # external_warnings' warningcode is PARAM_ALPHANUM: a warning with any other code fails the answer's validation.
 _WARNING_CODE = re.compile(r"[A-Za-z0-9]*")
 # clean_param() of each searchable user field: PARAM_INT, PARAM_RAW, PARAM_USERNAME and PARAM_RAW_TRIMMED.
@@ -310,6 +366,7 @@ def _create_user(site: SandboxSite, fields: dict[str, Any], taken: _TakenNames) 
     )
     if createpassword:  # setnew_password_and_mail(), then the new password must be changed at first login
         user.preferences["auth_forcepasswordchange"] = "1"
+    _set_preferences(site, user, fields.get("preferences", []))
     state.next_id("context")  # user_create_user() gives the new user a context
     state.users[user.id] = user
     return user
@@ -348,15 +405,15 @@ def _update_user(site: SandboxSite, fields: dict[str, Any], taken: _TakenNames) 
         raise _update_error("invaliduserid", "Invalid user ID")
     # The token user is a site admin, so Moodle's refusal of another admin by a non-admin never applies here.
     if user.deleted:
-        raise _update_error("usernotupdateddeleted")
+        raise _update_error("usernotupdateddeleted", "User is a deleted user")
     if user.id == GUEST_USER_ID:
-        raise _update_error("usernotupdatedguest")
+        raise _update_error("usernotupdatedguest", "Cannot update guest account")
     email = fields.get("email")
     if email is not None and email != user.email:
         if not _EMAIL.fullmatch(email):
-            raise _update_error("useremailinvalid")
+            raise _update_error("useremailinvalid", "Invalid email address")
         if taken.email_used_by_another(email, user.id):  # allowaccountssameemail is off
-            raise _update_error("useremailduplicate")
+            raise _update_error("useremailduplicate", "Duplicate email address")
     if "password" in fields:
         _check_password_policy(fields["password"])
     changes = {column: fields[column] for column in _UPDATED_COLUMNS if column in fields}
@@ -365,16 +422,30 @@ def _update_user(site: SandboxSite, fields: dict[str, Any], taken: _TakenNames) 
     username = changes.get("username", user.username)
     if taken.username_owner(username) not in (None, user.id):
         raise _duplicate_username(username, user.id)
-    updated = dataclasses.replace(user, **changes, timemodified=site.now())
+    updated = dataclasses.replace(user, **changes, timemodified=site.now(), preferences=dict(user.preferences))
+    _set_preferences(site, updated, fields.get("preferences", []))
     taken.remove(user)
     taken.add(updated)
     site.state.users[user.id] = updated
 
 
-def _update_error(errorcode: str, message: str | None = None) -> MoodleException:
-    """``new moodle_exception($errorcode, '', '', null, $debuginfo)``: Moodle has a string for few of these codes, and
-    the others read ``error/<code>``."""
-    return moodle_exception(errorcode, message or f"error/{errorcode}")
+def _set_preferences(site: SandboxSite, user: User, preferences: list[dict[str, str]]) -> None:
+    """``useredit_update_user_preference()``: each preference the token user may edit for ``user``, cleaned; the
+    others are skipped without a word."""
+    for preference in preferences:
+        rule = _PREFERENCES.get(preference["type"])
+        if rule is None or not (rule.own if user.id == site.admin.id else rule.others):
+            continue
+        value = rule.clean(preference["value"])
+        if rule.choices and value not in rule.choices:
+            value = rule.default or rule.choices[0]
+        user.preferences[preference["type"]] = value
+
+
+def _update_error(errorcode: str, debuginfo: str) -> MoodleException:
+    """``new moodle_exception($errorcode, '', '', null, $debuginfo)``: the message is the string of that name in
+    ``lang/en/error.php``, or ``error/<code>`` where there is none; debug mode appends the debuginfo to it."""
+    return moodle_exception(errorcode, _ERROR_STRINGS.get(errorcode, f"error/{errorcode}"), debuginfo)
 
 
 def _duplicate_username(username: str, user_id: int) -> MoodleException:

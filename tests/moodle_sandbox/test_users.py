@@ -218,14 +218,14 @@ def test_fields_not_sent_are_left_as_they_were(site):
 
 def test_an_email_another_user_has_is_refused_whatever_its_case(site, debug_site):
     answer = update(site, {"id": 4, "email": "STUDENT1@example.com", "firstname": "Changed"})
-    assert answer == {"warnings": [warning(4, "useremailduplicate", "error/useremailduplicate")]}
+    assert answer == {"warnings": [warning(4, "useremailduplicate", "Duplicate address")]}
     assert (site.state.users[4].email, site.state.users[4].firstname) == ("student2@example.com", "Alan")
     # The user's own address, in another case, is not somebody else's.
     assert update(site, {"id": 4, "email": "Student2@Example.com"}) == {"warnings": []}
     assert site.state.users[4].email == "Student2@Example.com"
-    # Moodle has no string for this code, in debug mode too.
+    # Debug mode appends the exception's debuginfo to the language string.
     debug = update(debug_site, {"id": 4, "email": "student1@example.com"})
-    assert debug["warnings"][0]["message"] == "error/useremailduplicate"
+    assert debug["warnings"][0]["message"] == "Duplicate address (Duplicate email address)"
 
 
 def test_an_email_freed_earlier_in_the_call_can_be_taken(site):
@@ -247,7 +247,7 @@ def test_a_username_taken_fails_in_the_database_and_leaves_the_user_unchanged(si
     assert (site.state.users[3].username, site.state.users[4].username) == ("ada", "student1")
 
 
-def test_deleted_and_guest_users_are_not_updated(site):
+def test_deleted_and_guest_users_are_not_updated(site, debug_site):
     answer = update(site, {"id": 7, "firstname": "Back"}, {"id": 1, "firstname": "Visitor"})
     assert answer == {
         "warnings": [
@@ -256,6 +256,13 @@ def test_deleted_and_guest_users_are_not_updated(site):
         ]
     }
     assert (site.state.users[7].firstname, site.state.users[1].firstname) == ("Dorothy", "Guest user")
+    debug = update(debug_site, {"id": 7}, {"id": 1}, {"id": 999}, {"id": 4, "email": "nope"})
+    assert [warning["message"] for warning in debug["warnings"]] == [
+        "error/usernotupdateddeleted (User is a deleted user)",
+        "error/usernotupdatedguest (Cannot update guest account)",
+        "Invalid user ID (Invalid user ID)",
+        "error/useremailinvalid (Invalid email address)",
+    ]
 
 
 def test_the_checks_come_in_moodles_order(site):
@@ -269,7 +276,7 @@ def test_the_checks_come_in_moodles_order(site):
     assert answer["warnings"] == [
         warning(999, "invaliduserid", "Invalid user ID"),
         warning(4, "useremailinvalid", "error/useremailinvalid"),
-        warning(5, "useremailduplicate", "error/useremailduplicate"),
+        warning(5, "useremailduplicate", "Duplicate address"),
     ]
     body = error(site, "core_user_update_users", users=[{"id": 4, "password": "abc", "username": "student1"}])
     assert body["exception"] == "core\\exception\\invalid_response_exception"
@@ -340,3 +347,64 @@ def test_updates_over_http(server):
     assert response.content == golden_text("core_user_update_users__missing_id.json").encode()
     with server.site.lock:
         assert server.site.state.users[3].firstname == "Augusta"
+
+
+# --- Preferences given to a creation or an update ---------------------------------------------------------------------
+
+
+def prefs(**values: str) -> list[dict[str, str]]:
+    return [{"type": name, "value": value} for name, value in values.items()]
+
+
+def test_a_new_user_takes_the_preferences_the_admin_may_set_for_others(site):
+    preferences = prefs(
+        forum_markasreadonnotification="0",
+        auth_forcepasswordchange="1",
+        blogpagesize="20",  # only the user themselves may set it
+        message_provider_moodle_notices_enabled="popup",  # a preference core_user does not define
+        nosuchpreference="x",
+    )
+    [created] = create(site, new("prefs", preferences=preferences))
+    assert site.state.users[created["id"]].preferences == {
+        "forum_markasreadonnotification": "0",
+        "auth_forcepasswordchange": "1",
+    }
+
+
+def test_preference_values_are_cleaned_and_kept_to_their_choices(site):
+    preferences = prefs(auth_forcepasswordchange="0", forum_markasreadonnotification="7")
+    [created] = create(site, new("choices", createpassword=1, password="", preferences=preferences))
+    # createpassword set the first one to 1; the preferences come after and may set it back.
+    assert site.state.users[created["id"]].preferences == {
+        "auth_forcepasswordchange": "0",
+        "forum_markasreadonnotification": "1",  # not a choice: the default
+    }
+    assert update(site, {"id": 3, "preferences": prefs(auth_forcepasswordchange="2abc")}) == {"warnings": []}
+    assert site.state.users[3].preferences == {"auth_forcepasswordchange": "0"}  # (int) "2abc" is 2: the first choice
+
+
+def test_the_admin_sets_their_own_preferences_and_sees_them(site):
+    preferences = prefs(
+        blogpagesize="25 per page",
+        userselector_optionscollapsed="off",
+        filepicker_recentlicense="cc-4.0/by",
+        auth_forcepasswordchange="1",  # only for others
+    )
+    assert update(site, {"id": 2, "preferences": preferences}) == {"warnings": []}
+    assert details(site, 2)["preferences"] == [
+        {"name": "blogpagesize", "value": "25"},
+        {"name": "userselector_optionscollapsed", "value": "0"},
+        {"name": "filepicker_recentlicense", "value": "cc-40by"},
+        {"name": "_lastloaded", "value": NOW},
+    ]
+    # Another user's own-only preference is not the admin's to set.
+    assert update(site, {"id": 3, "preferences": prefs(blogpagesize="5")}) == {"warnings": []}
+    assert site.state.users[3].preferences == {}
+
+
+def test_a_refused_update_sets_no_preference(site):
+    answer = update(
+        site, {"id": 4, "email": "student1@example.com", "preferences": prefs(auth_forcepasswordchange="1")}
+    )
+    assert answer["warnings"][0]["warningcode"] == "useremailduplicate"
+    assert site.state.users[4].preferences == {}
