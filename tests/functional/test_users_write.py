@@ -256,3 +256,28 @@ def test_a_course_created_though_its_answer_was_lost_is_found_by_its_short_name_
     assert retry.json["data"]["shortname"] == shortname
     assert retry.headers["Location"].endswith(f"/api/moodle/courses/{retry.json['data']['id']}")
     assert calls(site, "core_course_create_courses") == sent
+
+
+@pytest.mark.parametrize("method", ["POST", "PATCH"])
+def test_a_write_through_one_replica_drops_the_users_entries_another_replica_reads(
+    make_gateway, site, empty_redis, method
+):
+    reader = make_gateway(site.url, site.site.token, REDIS_URL=empty_redis)
+    writer = make_gateway(site.url, site.site.token, REDIS_URL=empty_redis)
+    (user,) = fresh(1)
+    if method == "PATCH":
+        user["id"] = writer.post(USERS, {"users": [user]}, TOKEN).json["data"]["created"][0]["id"]
+    query = f"{USERS}/by-field?field=username&values={user['username']}"
+    before = reader.get(query, TOKEN)
+    assert before.headers["Cache-Status"].endswith("stored")
+    assert reader.get(query, TOKEN).headers["Cache-Status"].startswith("lms_api; hit")
+
+    if method == "POST":
+        assert writer.post(USERS, {"users": [user]}, TOKEN).status_int == 201
+    else:
+        assert writer.patch(USERS, {"users": [{"id": user["id"], "firstname": "Grace"}]}, TOKEN).status_int == 200
+
+    after = reader.get(query, TOKEN)
+    assert not after.headers["Cache-Status"].startswith("lms_api; hit")
+    (found,) = after.json["data"]["users"]
+    assert found["firstname"] == ("Grace" if method == "PATCH" else "Ada")
