@@ -203,13 +203,16 @@ class LocalIdempotencyStore:
             self._bytes -= record.size
 
     def _evict(self, now: float) -> None:
-        if self._bytes <= self._max_bytes:
-            return
-        for key, record in list(self._records.items()):
-            if self._bytes <= self._max_bytes:
-                return
+        excess = self._bytes - self._max_bytes
+        evicted = []
+        for key, record in self._records.items():  # least recently used first
+            if excess <= 0:
+                break
             if record.holder is None or record.held_until <= now:
-                self._drop(key)
+                evicted.append(key)
+                excess -= record.size
+        for key in evicted:
+            self._drop(key)
 
 
 # The record is a hash: fingerprint, and while held holder and until (ms, Redis's clock); once answered, answer and

@@ -187,7 +187,7 @@ def _operation(operation: Operation, view: Callable[..., Any], tag: str, *, writ
     if operation.query is not None:
         parameters.append({"in": "query", "schema": operation.query})
     if write:
-        parameters.append(IDEMPOTENCY_KEY_PARAMETER)
+        parameters.append(dict(IDEMPOTENCY_KEY_PARAMETER))
     result: dict[str, Any] = {
         "operationId": view.__name__,
         "summary": summary,
