@@ -115,6 +115,24 @@ _UPDATED_COLUMNS = (
     "username", "auth", "firstname", "lastname", "email", "city", "country", "timezone", "description", "idnumber",
     "institution", "department", "lang", "theme", "mailformat",
 )  # fmt: skip
+# The ISO 3166-1 codes of lang/en/countries.php: core_user::validate() clears any other country (to $CFG->country,
+# which a new site leaves empty).
+_COUNTRIES = frozenset((
+    "AD", "AE", "AF", "AG", "AI", "AL", "AM", "AO", "AQ", "AR", "AS", "AT", "AU", "AW", "AX", "AZ", "BA", "BB", "BD",
+    "BE", "BF", "BG", "BH", "BI", "BJ", "BL", "BM", "BN", "BO", "BQ", "BR", "BS", "BT", "BV", "BW", "BY", "BZ", "CA",
+    "CC", "CD", "CF", "CG", "CH", "CI", "CK", "CL", "CM", "CN", "CO", "CR", "CU", "CV", "CW", "CX", "CY", "CZ", "DE",
+    "DJ", "DK", "DM", "DO", "DZ", "EC", "EE", "EG", "EH", "ER", "ES", "ET", "FI", "FJ", "FK", "FM", "FO", "FR", "GA",
+    "GB", "GD", "GE", "GF", "GG", "GH", "GI", "GL", "GM", "GN", "GP", "GQ", "GR", "GS", "GT", "GU", "GW", "GY", "HK",
+    "HM", "HN", "HR", "HT", "HU", "ID", "IE", "IL", "IM", "IN", "IO", "IQ", "IR", "IS", "IT", "JE", "JM", "JO", "JP",
+    "KE", "KG", "KH", "KI", "KM", "KN", "KP", "KR", "KW", "KY", "KZ", "LA", "LB", "LC", "LI", "LK", "LR", "LS", "LT",
+    "LU", "LV", "LY", "MA", "MC", "MD", "ME", "MF", "MG", "MH", "MK", "ML", "MM", "MN", "MO", "MP", "MQ", "MR", "MS",
+    "MT", "MU", "MV", "MW", "MX", "MY", "MZ", "NA", "NC", "NE", "NF", "NG", "NI", "NL", "NO", "NP", "NR", "NU", "NZ",
+    "OM", "PA", "PE", "PF", "PG", "PH", "PK", "PL", "PM", "PN", "PR", "PS", "PT", "PW", "PY", "QA", "RE", "RO", "RS",
+    "RU", "RW", "SA", "SB", "SC", "SD", "SE", "SG", "SH", "SI", "SJ", "SK", "SL", "SM", "SN", "SO", "SR", "SS", "ST",
+    "SV", "SX", "SY", "SZ", "TC", "TD", "TF", "TG", "TH", "TJ", "TK", "TL", "TM", "TN", "TO", "TR", "TT", "TV", "TW",
+    "TZ", "UA", "UG", "UM", "US", "UY", "UZ", "VA", "VC", "VE", "VG", "VI", "VN", "VU", "WF", "WS", "YE", "YT", "ZA",
+    "ZM", "ZW",
+))  # fmt: skip
 # Every installed auth plugin but mnet and webservice, which create_users() refuses.
 _CREATABLE_AUTHS = ("cas", "db", "email", "ldap", "lti", "manual", "nologin", "none", "oauth2", "shibboleth")
 _INTERNAL_AUTHS = ("email", "manual", "nologin", "none")  # the ones that keep their password in Moodle
@@ -359,7 +377,7 @@ def _create_user(site: SandboxSite, fields: dict[str, Any], taken: _TakenNames) 
         department=fields.get("department", ""),
         institution=fields.get("institution", ""),
         city=fields.get("city", ""),
-        country=fields.get("country", ""),
+        country=_stored_country(fields.get("country", "")),
         description=fields.get("description"),
         timecreated=now,
         timemodified=now,
@@ -419,6 +437,8 @@ def _update_user(site: SandboxSite, fields: dict[str, Any], taken: _TakenNames) 
     changes = {column: fields[column] for column in _UPDATED_COLUMNS if column in fields}
     if "suspended" in fields:
         changes["suspended"] = int(fields["suspended"])
+    if "country" in changes:
+        changes["country"] = _stored_country(changes["country"])
     username = changes.get("username", user.username)
     if taken.username_owner(username) not in (None, user.id):
         raise _duplicate_username(username, user.id)
@@ -427,6 +447,12 @@ def _update_user(site: SandboxSite, fields: dict[str, Any], taken: _TakenNames) 
     taken.remove(user)
     taken.add(updated)
     site.state.users[user.id] = updated
+
+
+def _stored_country(country: str) -> str:
+    """PARAM_ALPHA lets any letters through; ``core_user::validate()`` then keeps only a country code Moodle lists
+    (upper case), and clears anything else."""
+    return country if country in _COUNTRIES else ""
 
 
 def _set_preferences(site: SandboxSite, user: User, preferences: list[dict[str, str]]) -> None:

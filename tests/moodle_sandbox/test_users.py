@@ -204,6 +204,22 @@ def test_update_writes_every_field_it_is_given(site):
     assert details(site, 3)["suspended"] is False
 
 
+def test_a_country_moodle_does_not_list_is_cleared_as_core_user_validate_does(site, debug_site):
+    """PARAM_ALPHA lets "uk", "gb" or "XX" through; user_create_user() and user_update_user() then keep only a code
+    of Moodle's list, and replace anything else by the site's default country (none)."""
+    assert update(site, {"id": 3, "country": "NO"}, {"id": 4, "country": "gb"}, {"id": 5, "country": "XX"}) == {
+        "warnings": []
+    }
+    assert [site.state.users[user_id].country for user_id in (3, 4, 5)] == ["NO", "", ""]
+    assert "country" not in details(site, 4)
+    [created] = create(site, new("abroad", country="uk"))
+    assert site.state.users[created["id"]].country == ""
+    assert (
+        'expecting "alpha" type'
+        in error(debug_site, "core_user_update_users", users=[{"id": 3, "country": "G1"}])["debuginfo"]
+    )
+
+
 def test_fields_not_sent_are_left_as_they_were(site):
     assert update(site, {"id": 4, "city": "Manchester"}) == {"warnings": []}
     user = site.state.users[4]
