@@ -414,7 +414,7 @@ def form_digest(form: Mapping[str, Any]) -> str:
                     digest.update(chunk)
                 value.stream.seek(0)
             else:
-                digest.update(json.dumps(["field", name, value]).encode())
+                digest.update(json.dumps(["field", name, value], default=str).encode())
     return digest.hexdigest()
 
 

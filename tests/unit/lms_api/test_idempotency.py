@@ -2,9 +2,11 @@
 deadlines, unsettled answers taken over, the TTL and the process's memory bound; and the key header's rules."""
 
 import time
+from types import SimpleNamespace
 
 import pytest
 import redis
+from marshmallow import Schema
 from pyramid.testing import DummyRequest
 
 from lms_api.errors import ApiError
@@ -17,7 +19,10 @@ from lms_api.idempotency import (
     RedisIdempotencyStore,
     requested_key,
 )
+from lms_api.operation import OPERATION, Operation
 from lms_api.redisstate import RedisLink
+from lms_api.security import Scope
+from lms_api.views import api_view, operation_view
 from tests.support.timing import FakeClock
 
 ANSWER = KeptAnswer(201, (("Content-Type", "application/json"), ("Location", "https://x/api/moodle/courses/7")), b"{}")
@@ -232,3 +237,26 @@ def test_reads_ignore_the_key_and_writes_without_one_are_refused_only_when_requi
     with pytest.raises(ApiError) as refused:
         requested_key(_request("PATCH", required=True))
     assert (refused.value.status, refused.value.code) == (428, "idempotencykeyrequired")
+
+
+def test_an_operation_answers_an_unknown_outcome_one_way_at_most():
+    with pytest.raises(TypeError, match="settled_by and resend_when_unknown"):
+        api_view(
+            request_method="POST",
+            permission=Scope.COURSES_WRITE,
+            answers=Schema(),
+            settled_by="look",
+            resend_when_unknown=True,
+        )
+
+
+def test_settled_by_naming_no_method_of_the_class_stops_the_start():
+    class Views:
+        def write(self):
+            return {}
+
+    info = SimpleNamespace(
+        options={OPERATION: Operation(Scope.COURSES_WRITE, Schema(), settled_by="lookup")}, original_view=Views
+    )
+    with pytest.raises(TypeError, match=r"settled_by='lookup'.*has no such method"):
+        operation_view(lambda context, request: None, info)
