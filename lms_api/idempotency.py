@@ -474,10 +474,14 @@ def replay(request: Request, answer: KeptAnswer) -> Response:
     return response
 
 
-def _replayed_error(answer: KeptAnswer) -> ApiError:
-    """The error a replayed error answer says, for the tweens that report on it (audit's outcome is its code)."""
-    error = json.loads(answer.body)["error"]
-    return ApiError(error["code"], error["message"], error["details"], status=answer.status)
+def _replayed_error(answer: KeptAnswer) -> ApiError | None:
+    """The error a replayed error answer says, for the tweens that report on it (audit's outcome is its code); every
+    error answer is an envelope, but a kept answer is not trusted to be one."""
+    try:
+        error = json.loads(answer.body)["error"]
+        return ApiError(error["code"], error["message"], error["details"], status=answer.status)
+    except (ValueError, LookupError, TypeError):
+        return None
 
 
 def _hold(request: Request, store: IdempotencyStore, key: str, holder: str) -> None:

@@ -17,6 +17,7 @@ from lms_api.idempotency import (
     KeptAnswer,
     LocalIdempotencyStore,
     RedisIdempotencyStore,
+    replay,
     requested_key,
 )
 from lms_api.operation import OPERATION, Operation
@@ -260,3 +261,19 @@ def test_settled_by_naming_no_method_of_the_class_stops_the_start():
     )
     with pytest.raises(TypeError, match=r"settled_by='lookup'.*has no such method"):
         operation_view(lambda context, request: None, info)
+
+
+def test_a_replayed_answer_is_sent_as_kept_and_its_error_told_to_the_audit_when_it_is_an_envelope():
+    envelope = b'{"ok":false,"error":{"code":"coursenotfound","message":"No","details":{"id":9},"request_id":"r1"}}'
+    request = DummyRequest()
+    replayed = replay(request, KeptAnswer(404, (("Content-Type", "application/json"),), envelope))
+    assert (replayed.status_int, replayed.body, replayed.headers["Idempotent-Replayed"]) == (404, envelope, "true")
+    assert (request.api_error.code, request.api_error.details) == ("coursenotfound", {"id": 9})
+
+    request = DummyRequest()
+    replayed = replay(request, KeptAnswer(409, (("Location", "/api/moodle/courses/7"),), b"<html>not ours</html>"))
+    assert (replayed.status_int, replayed.headers["Location"], request.api_error) == (
+        409,
+        "/api/moodle/courses/7",
+        None,
+    )
