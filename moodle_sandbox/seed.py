@@ -23,6 +23,9 @@ the emails of 3-6 are ``<username>@example.com``. 7 is a deleted user, once stud
 student4@example.com "S004", as Moodle's delete_user() leaves one: username ``student4@example.com.<time deleted>``,
 email the md5 of "student4", no idnumber, ``deleted`` 1, no user context. New users get ids 8, 9, ...
 
+Nobody has stored preferences: the admin's own details list only ``_lastloaded``, the time they were read. Theme
+image URLs carry revision 1795619406 (``SandboxSite.theme_revision``).
+
 Roles: 1 manager, 2 coursecreator, 3 editingteacher, 4 teacher, 5 student, 6 guest, 7 user, 8 frontpage; only
 1, 3, 4 and 5 can be given in a course. Course contacts are the editing teachers (role 3).
 

@@ -409,9 +409,9 @@ def update_users(site: SandboxSite, params: dict[str, Any]) -> dict[str, Any]:
                     "message": error.text(site.debug),
                 }
             )
-    for index, warning in enumerate(warnings):
+    for warning in warnings:
         if not _WARNING_CODE.fullmatch(warning["warningcode"]):
-            raise _invalid_response(f"warnings => {index} => warningcode => {warning['warningcode']}")
+            raise _invalid_warning_code(warning["warningcode"])
     return {"warnings": warnings}
 
 
@@ -484,7 +484,15 @@ def _duplicate_username(username: str, user_id: int) -> MoodleException:
     return MoodleException("dml_write_exception", "dmlwriteexception", "Error writing to database", debuginfo)
 
 
-def _invalid_response(debuginfo: str) -> MoodleException:
+def _invalid_warning_code(code: str) -> MoodleException:
+    """``external_api::clean_returnvalue()`` refusing a warningcode: each structure on the way names its key (a list
+    adds nothing) around the message and debuginfo of the level below."""
+    debuginfo = (
+        f'Invalid external api response: the value is "{code}" of PHP type "string", the server was expecting '
+        '"alphanum" type'
+    )
+    for key in ("warningcode", "warnings"):
+        debuginfo = f"{key} => Invalid response value detected ({debuginfo}): {debuginfo}"
     return MoodleException(
         "core\\exception\\invalid_response_exception", "invalidresponse", "Invalid response value detected", debuginfo
     )

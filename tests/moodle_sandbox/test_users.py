@@ -60,10 +60,12 @@ def warning(user_id: int, code: str, message: str) -> dict[str, Any]:
 # --- core_user_create_users -------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["firstname", "lastname"])
-def test_a_blank_name_is_refused_before_anything_else(debug_site, name):
-    """The first check of create_users(), before the username is looked up (student1 is taken)."""
-    body = error(debug_site, "core_user_create_users", users=[new("student1", **{name: " \t "})])
+@pytest.mark.parametrize(("name", "blank"), [("username", ""), ("firstname", " \t "), ("lastname", " ")])
+def test_a_blank_name_is_refused_before_anything_else(debug_site, name, blank):
+    """The first check of create_users(), before the username is looked up (student1 is taken). PARAM_USERNAME
+    lets only an empty username through, the names any whitespace."""
+    user = new("student1", email="student1@example.com", password="abc") | {name: blank}
+    body = error(debug_site, "core_user_create_users", users=[user])
     assert (body["errorcode"], body["debuginfo"]) == ("invalidparameter", f"The field {name} cannot be blank")
 
 
@@ -307,6 +309,17 @@ def test_a_weak_password_fails_the_answer_after_every_other_user_is_written(site
     assert [site.state.users[user_id].city for user_id in (3, 4, 5)] == ["Before", "", "After"]
     # An empty password is sent, so it is checked, and fails too.
     assert error(site, "core_user_update_users", users=[{"id": 4, "password": ""}])["errorcode"] == "invalidresponse"
+
+
+def test_debug_mode_shows_the_path_to_the_warningcode_the_answer_refused(debug_site):
+    body = error(debug_site, "core_user_update_users", users=[{"id": 4, "password": "abcdefgH1"}])
+    inner = (
+        'Invalid external api response: the value is "<div>The password must have at least 1 special character(s) '
+        'such as *, -, or #.</div>" of PHP type "string", the server was expecting "alphanum" type'
+    )
+    code = f"warningcode => Invalid response value detected ({inner}): {inner}"
+    assert body["debuginfo"] == f"warnings => Invalid response value detected ({code}): {code}"
+    assert body["message"] == f"Invalid response value detected ({body['debuginfo']})"
 
 
 def test_update_parameters_are_cleaned_like_moodle(debug_site):
