@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from lms_api.errors import ApiError, ErrorCode
 from lms_api.moodle.client import Moodle
@@ -52,13 +52,7 @@ def notifications(moodle: Moodle, caller: Identity, asked: int | None, limit: in
     ``usernotfound`` for a user Moodle lacks."""
     userid = notification_user(caller, asked)
     params = {"useridto": userid, "newestfirst": True, "limit": limit, "offset": offset}
-    try:
-        answer = moodle.call(MoodleFunction.GET_POPUP_NOTIFICATIONS, params)
-    except MoodleError as error:
-        # The user is the only record this function reads with MUST_EXIST.
-        if error.code in (ErrorCode.INVALID_RECORD_UNKNOWN, ErrorCode.INVALID_RECORD):
-            raise user_not_found([userid]) from error
-        raise
+    answer = _for_user(moodle, MoodleFunction.GET_POPUP_NOTIFICATIONS, params)
     unread = answer.get("unreadcount")
     if not isinstance(unread, int):
         raise unexpected_answer(MoodleFunction.GET_POPUP_NOTIFICATIONS)
@@ -67,8 +61,19 @@ def notifications(moodle: Moodle, caller: Identity, asked: int | None, limit: in
 
 
 def unread_count(moodle: Moodle, caller: Identity, asked: int | None) -> UnreadCount:
-    """How many popup notifications of the user ``asked`` (:func:`notification_user`) are unread. Moodle counts 0 for
-    a user it does not have, and so does this: telling them apart would cost a call."""
+    """How many popup notifications of the user ``asked`` (:func:`notification_user`) are unread; 404
+    ``usernotfound`` for a user Moodle lacks."""
     userid = notification_user(caller, asked)
-    count: int = moodle.call(MoodleFunction.GET_UNREAD_COUNT, {"useridto": userid})  # a bare integer
+    count: int = _for_user(moodle, MoodleFunction.GET_UNREAD_COUNT, {"useridto": userid})  # a bare integer
     return {"userid": userid, "count": count}
+
+
+def _for_user(moodle: Moodle, function: MoodleFunction, params: dict[str, Any]) -> Any:
+    """``function`` on the notifications of ``params["useridto"]``: Moodle 5.0 reads that user with MUST_EXIST, the
+    only record either function requires, so a missing record is a missing user."""
+    try:
+        return moodle.call(function, params)
+    except MoodleError as error:
+        if error.code in (ErrorCode.INVALID_RECORD_UNKNOWN, ErrorCode.INVALID_RECORD):
+            raise user_not_found([params["useridto"]]) from error
+        raise
