@@ -286,9 +286,18 @@ class ErrorCode(StrEnum):
     UPGRADE_RUNNING = "upgraderunning", 503, "Moodle is being upgraded; `Retry-After` says when to retry", Origin.MOODLE
 
     @property
+    def statuses(self) -> tuple[int, ...]:
+        """Every status an answer with this code may carry: its row's, then those its meaning names besides."""
+        return (self.status, *_OTHER_STATUSES.get(self.value, ()))
+
+    @property
     def from_moodle(self) -> bool:
         """True for Moodle's own errorcodes, passed on as Moodle named them."""
         return self.origin is Origin.MOODLE
+
+
+# The codes whose status depends on what was refused, as their meanings say: the OpenAPI document lists them under each.
+_OTHER_STATUSES = {ErrorCode.INVALID_USERS.value: (409,), ErrorCode.USERS_NOT_UPDATED.value: (400,)}
 
 
 def moodle_codes(codes: Iterable[ErrorCode]) -> dict[str, ErrorCode]:

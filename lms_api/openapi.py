@@ -225,7 +225,8 @@ def _responses(operation: Operation, write: bool) -> dict[str, Any]:
     codes += [code for code in ErrorCode if code.from_moodle]
     by_status: dict[int, list[ErrorCode]] = {}
     for code in dict.fromkeys(codes):
-        by_status.setdefault(code.status, []).append(code)
+        for status in code.statuses:
+            by_status.setdefault(status, []).append(code)
     for status, listed in sorted(by_status.items()):
         lines = [f"- `{code.value}`: {code.meaning}{_headers_note(code)}" for code in listed]
         if status == UNKNOWN_MOODLE_ERROR_STATUS:
