@@ -327,7 +327,7 @@ def test_an_enrolment_not_all_in_place_is_left_to_be_sent_again(moodle, rsps, he
 
 
 def test_a_course_gone_leaves_the_enrolment_to_be_sent_and_refused(moodle, rsps):
-    add(rsps, MoodleFunction.GET_ENROLLED_USERS, json={"exception": "dml_missing_record_exception",
-                                                       "errorcode": "invalidrecordunknown", "message": "x"})  # fmt: skip
+    missing = {"exception": "dml_missing_record_exception", "errorcode": "invalidrecordunknown", "message": "x"}
+    add(rsps, MoodleFunction.GET_ENROLLED_USERS, json=missing)
 
     assert enrolments.enrolled_already(moodle, to_enrol(1), DEFAULTS, ENROL_WRITE) is None
