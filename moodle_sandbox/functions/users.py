@@ -301,9 +301,10 @@ def create_users(site: SandboxSite, params: dict[str, Any]) -> list[dict[str, An
 
     Moodle asks the database whether each username and email is taken; the sandbox asks an index of the site's
     usernames and emails built once per call, so a call creating thousands of users does not read every user for
-    each. Users created earlier in the same call count as taken, as they do in Moodle's transaction.
+    each. Users created earlier in the same call count as taken, as they do in Moodle's transaction. The call only
+    adds users (with their preferences), so rolling back takes the new ones out again.
     """
-    with site.transaction():
+    with site.inserting("users"):
         taken = _TakenNames(site.state.users.values())
         created = []
         for fields in params["users"]:

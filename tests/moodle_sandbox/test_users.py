@@ -113,6 +113,18 @@ def test_the_names_of_a_rolled_back_batch_are_free_again(site):
     assert create(site, new("carol")) == [{"id": 12, "username": "carol"}]
 
 
+def test_a_rolled_back_creation_takes_out_only_the_rows_it_added(site):
+    """site.inserting() remembers the keys of the user table, not a copy of every row: a block that raises loses the
+    rows it added, one that ends keeps them."""
+    with pytest.raises(RuntimeError), site.lock, site.inserting("users"):
+        site.state.users[100] = User(100, "inserted", "I", "N", "inserted@example.org")
+        raise RuntimeError
+    assert sorted(site.state.users) == [1, 2, 3, 4, 5, 6, 7]
+    with site.lock, site.inserting("users"):
+        site.state.users[100] = User(100, "kept", "K", "P", "kept@example.org")
+    assert site.state.users[100].username == "kept"
+
+
 def test_created_users_keep_the_profile_fields_the_admin_sees(site):
     fields = {"institution": "MIT", "city": "Oslo", "country": "NO", "description": "Hello", "department": "Maths"}
     [created] = create(site, new("fields", **fields))
