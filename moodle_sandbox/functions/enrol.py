@@ -107,6 +107,23 @@ def _assign_role(site: SandboxSite, user_id: int) -> None:
         raise coding_exception("User ID does not exist or is deleted!", f"userid:{user_id}")
 
 
+# The user details get_enrolled_users_returns() lists before the access times, and those between them and the roles.
+_PARTICIPANT_HEAD = (
+    "id",
+    "username",
+    "firstname",
+    "lastname",
+    "fullname",
+    "email",
+    "department",
+    "institution",
+    "idnumber",
+)
+_PARTICIPANT_PROFILE = (
+    "description", "descriptionformat", "city", "country", "profileimageurlsmall", "profileimageurl",
+)  # fmt: skip
+
+
 @sandbox_function("core_enrol_get_enrolled_users", GET_ENROLLED_USERS)
 def get_enrolled_users(site: SandboxSite, params: dict[str, Any]) -> list[dict[str, Any]]:
     """Everybody enrolled in the course, suspended or not, by user id unless ``options`` say otherwise.
@@ -173,12 +190,12 @@ def _enrolled_users_options(options: list[dict[str, str]]) -> dict[str, Any]:
 
 
 def _participant(site: SandboxSite, user: User, course_id: int) -> dict[str, Any]:
-    """A user as ``get_enrolled_users`` answers (its returns description drops the account fields)."""
+    """A user as ``get_enrolled_users`` answers, in its returns description's key order (which drops the account
+    fields: auth, suspended, confirmed, lang, theme, timezone, mailformat, trackforums)."""
     details = user_details(site, user)
-    keep = ("id", "username", "firstname", "lastname", "fullname", "email", "department", "idnumber")
-    record = {name: details[name] for name in keep if name in details}
+    record = {name: details[name] for name in _PARTICIPANT_HEAD if name in details}
     record |= {"firstaccess": user.firstaccess, "lastaccess": user.lastaccess, "lastcourseaccess": 0}
-    record |= {"profileimageurlsmall": details["profileimageurlsmall"], "profileimageurl": details["profileimageurl"]}
+    record |= {name: details[name] for name in _PARTICIPANT_PROFILE if name in details}
     roles = sorted(site.state.enrolments[(course_id, user.id)].roleids)
     record["roles"] = [
         {
@@ -189,6 +206,8 @@ def _participant(site: SandboxSite, user: User, course_id: int) -> dict[str, Any
         }
         for role_id in roles
     ]
+    if "preferences" in details:  # the token user's own
+        record["preferences"] = details["preferences"]
     courses = _enrolled_courses(site, user)
     if courses:  # Moodle leaves the key out for a user without any active enrolment
         record["enrolledcourses"] = courses

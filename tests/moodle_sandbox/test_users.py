@@ -449,3 +449,24 @@ def test_a_refused_update_sets_no_preference(site):
     )
     assert answer["warnings"][0]["warningcode"] == "useremailduplicate"
     assert site.state.users[4].preferences == {}
+
+
+def test_participants_carry_the_profile_fields_and_only_the_token_user_its_preferences(site):
+    """get_enrolled_users() answers user_get_user_details() cut to its own returns description, in that order."""
+    update(site, {"id": 3, "institution": "Analytical Society", "city": "London", "country": "GB", "description": "Hi"})
+    enrolments = [{"roleid": 5, "userid": user_id, "courseid": 2} for user_id in (2, 3)]
+    call(site, "enrol_manual_enrol_users", enrolments=enrolments)
+    admin, ada = call(site, "core_enrol_get_enrolled_users", courseid=2)
+    assert list(ada) == [
+        "id", "username", "firstname", "lastname", "fullname", "email", "department", "institution", "idnumber",
+        "firstaccess", "lastaccess", "lastcourseaccess", "description", "descriptionformat", "city", "country",
+        "profileimageurlsmall", "profileimageurl", "roles", "enrolledcourses",
+    ]  # fmt: skip
+    assert (ada["institution"], ada["city"], ada["country"], ada["description"]) == (
+        "Analytical Society",
+        "London",
+        "GB",
+        "Hi",
+    )
+    assert admin["preferences"] == [{"name": "_lastloaded", "value": NOW}]
+    assert list(admin)[-3:] == ["roles", "preferences", "enrolledcourses"]
