@@ -29,9 +29,10 @@ LISTEN_BACKLOG = 1024  # waitress's own default
 # the listener, waitress's wake-up pipe, stdio, bodies and answers spooled to temporary files.
 SPARE_FILES = 64
 # With REDIS_URL, the Redis clients of one process, each with its own pool, in which every thread busy with Redis
-# holds a connection: rate limits (lms_api/ratelimit.py), the read cache (lms_api/cache/) and the owners of draft
-# items (lms_api/drafts.py). Keep it the number of redis_client() calls an app makes.
-REDIS_CLIENTS = 3
+# holds a connection: rate limits (lms_api/ratelimit.py), the read cache (lms_api/cache/), the owners of draft
+# items (lms_api/drafts.py) and idempotency keys (lms_api/idempotency.py). Keep it the number of redis_client() calls
+# an app makes.
+REDIS_CLIENTS = 4
 
 log = structlog.get_logger("lms_api.server")
 
