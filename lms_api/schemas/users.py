@@ -93,6 +93,17 @@ class UsersByFieldSchema(ResponseSchema):
 NAME_MAX, LONG_TEXT_MAX, CITY_MAX, LANG_MAX, TIMEZONE_MAX, AUTH_MAX = 100, 255, 120, 30, 100, 20
 PASSWORD_MAX = 1024
 MAX_USERS = 5000
+# The countries of Moodle's lang/en/countries.php (ISO 3166-1 alpha-2): Moodle clears any other, silently.
+_COUNTRY_CODES = (
+    "AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ BR BS BT BV BW BY "
+    "BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ DE DJ DK DM DO DZ EC EE EG EH ER ES ET FI FJ FK "
+    "FM FO FR GA GB GD GE GF GG GH GI GL GM GN GP GQ GR GS GT GU GW GY HK HM HN HR HT HU ID IE IL IM IN IO IQ IR "
+    "IS IT JE JM JO JP KE KG KH KI KM KN KP KR KW KY KZ LA LB LC LI LK LR LS LT LU LV LY MA MC MD ME MF MG MH MK "
+    "ML MM MN MO MP MQ MR MS MT MU MV MW MX MY MZ NA NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF PG PH PK PL PM "
+    "PN PR PS PT PW PY QA RE RO RS RU RW SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ TC TD TF "
+    "TG TH TJ TK TL TM TN TO TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI VN VU WF WS YE YT ZA ZM ZW"
+)
+COUNTRIES = tuple(_COUNTRY_CODES.split())
 # Moodle's own zone for "the server's timezone"; the others are IANA names.
 SERVER_TIMEZONE = "99"
 _NAME_RULES = (validate.Length(max=NAME_MAX), not_blank, single_line, no_html)
@@ -145,8 +156,10 @@ class UserFields(RequestSchema):
     department = Text(validate=_LINE_RULES)
     city = Text(validate=(validate.Length(max=CITY_MAX), single_line, no_html))
     country = fields.String(
-        validate=validate.Regexp(r"[A-Z]{2}\Z", error="An ISO 3166 alpha-2 code in upper case, such as NO"),
-        metadata={"description": "ISO 3166 alpha-2, upper case"},
+        validate=validate.OneOf(
+            COUNTRIES, error="Not a country Moodle knows: an ISO 3166 alpha-2 code in upper case, such as NO"
+        ),
+        metadata={"description": "ISO 3166 alpha-2, upper case, one Moodle lists"},
     )
     lang = Text(
         validate=(validate.Length(min=1, max=LANG_MAX), single_line),

@@ -13,12 +13,8 @@ from lms_api.moodle.functions import MoodleFunction
 from lms_api.security import Identity, Scope
 from lms_api.services.courses import courses_by_ids
 from lms_api.services.notfound import missing_ids
-from lms_api.services.users import UserIds, user_ids
+from lms_api.services.users import GUEST_USER_ID, UserIds, user_ids
 from lms_api.settings import Settings
-
-# Moodle's installer creates the guest user first ($CFG->siteguest). Moodle 5.0's enrol_manual_enrol_users enrols it
-# like anyone: it checks neither the user nor the user's state.
-GUEST_USER_ID = 1
 
 
 class EnrolResult(TypedDict):
@@ -82,6 +78,7 @@ def enrol(moodle: Moodle, wanted: list[dict[str, Any]], settings: Settings, call
     cannot be known).
     """
     enrolments = resolve_roles(wanted, settings, caller)
+    # Moodle 5.0's enrol_manual_enrol_users enrols the guest like anyone: it checks neither the user nor its state.
     guests = [index for index, enrolment in enumerate(enrolments) if enrolment["userid"] == GUEST_USER_ID]
     if guests:
         raise ApiError(

@@ -44,6 +44,7 @@ class Problem(StrEnum):
     AUTH_UNKNOWN = "authunknown"
     LANG_UNKNOWN = "langunknown"
     USER_DUPLICATE = "userduplicate"
+    USER_GUEST = "userguest"
 
     @property
     def conflict(self) -> bool:

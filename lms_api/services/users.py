@@ -21,6 +21,8 @@ MAX_SINGLE_VALUE_CALLS = 20
 # calls per request (one deleted user among 10,000 ids takes 24 more), and the values left past it are unchecked.
 MAX_DELETED_SEARCH_CALLS = 40
 _DELETED_USER_FOUND = frozenset({ErrorCode.INVALID_RECORD_UNKNOWN, ErrorCode.INVALID_USER})
+# Moodle's installer creates the guest user first ($CFG->siteguest).
+GUEST_USER_ID = 1
 
 
 class UsersFound(TypedDict):

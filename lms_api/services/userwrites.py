@@ -30,7 +30,7 @@ from lms_api.services.userchecks import (
     check_username,
     first_seen,
 )
-from lms_api.services.users import existing_users, user_not_found, users_by_field
+from lms_api.services.users import GUEST_USER_ID, existing_users, user_not_found, users_by_field
 from lms_api.settings import Settings
 
 # Moodle fails its own answer (invalid_response_exception) when core_user_update_users meets a password it refuses
@@ -148,9 +148,15 @@ def update_users(moodle: Moodle, changes: list[dict[str, Any]], settings: Settin
     ids = [change["id"] for change in changes]
     first = first_seen((index, str(user_id)) for index, user_id in enumerate(ids))
     for index, user_id in enumerate(ids):
-        if first[str(user_id)] != index:
+        if user_id == GUEST_USER_ID:
+            findings.add(
+                index, "id", Problem.USER_GUEST, f"User {user_id} is the guest user, which Moodle never changes"
+            )
+        elif first[str(user_id)] != index:
             message = f"User {user_id} is also user {first[str(user_id)]} of this request: change a user once"
             findings.add(index, "id", Problem.USER_DUPLICATE, message)
+    if findings:  # before any lookup: the request names the guest, or a user twice
+        raise findings.error("nothing was updated")
     found = existing_users(moodle, ids)
     if found.ids.missing or found.ids.unchecked:
         missing = found.ids.missing + found.ids.unchecked
@@ -326,8 +332,10 @@ def _failure(moodle: Moodle, warning: dict[str, Any], changes: dict[int, dict[st
         raise unexpected_answer(MoodleFunction.UPDATE_USERS)
     code = warning.get("warningcode")
     change = changes[user_id]
-    if code == "invaliduserid":
+    if code in ("invaliduserid", "usernotupdateddeleted"):
         return _failed(user_id, ErrorCode.USER_NOT_FOUND, f"No user with id {user_id}: deleted meanwhile")
+    if code == "useremailduplicate":
+        return _failed(user_id, Problem.EMAIL_TAKEN, f"Email {change.get('email')!r} is used by another user")
     if code == "useremailinvalid":
         return _failed(user_id, code, f"Moodle refused the email address {change.get('email')!r} as invalid")
     if code == "dmlwriteexception" and "username" in change:

@@ -6,6 +6,8 @@ import uuid
 
 import pytest
 
+from lms_api.schemas.users import COUNTRIES
+from moodle_sandbox.functions.users import _COUNTRIES as SANDBOX_COUNTRIES
 from moodle_sandbox.server import start_sandbox
 from tests.support.credentials import mint
 from tests.support.sandbox import moodle_call, queue_fault, sandbox_calls
@@ -104,6 +106,8 @@ def test_only_taken_usernames_are_a_409(gateway):
         ({"users": [{"username": "ada"}]}, "users"),
         ({"users": [{**fresh()[0], "createpassword": True}]}, "users"),
         ({"users": [{**fresh()[0], "country": "Norway"}]}, "users"),
+        ({"users": [{**fresh()[0], "country": "XX"}]}, "users"),  # Moodle would clear it, silently
+        ({"users": [{**fresh()[0], "country": "no"}]}, "users"),
         ({"users": [{**fresh()[0], "timezone": "Mars/Olympus"}]}, "users"),
         ({"users": [{**fresh()[0], "firstname": "<b>Ada</b>"}]}, "users"),
         ({"users": [{**fresh()[0], "id": 3}]}, "users"),
@@ -281,3 +285,7 @@ def test_a_write_through_one_replica_drops_the_users_entries_another_replica_rea
     assert not after.headers["Cache-Status"].startswith("lms_api; hit")
     (found,) = after.json["data"]["users"]
     assert found["firstname"] == ("Grace" if method == "PATCH" else "Ada")
+
+
+def test_the_countries_taken_are_the_ones_moodle_keeps():
+    assert set(COUNTRIES) == SANDBOX_COUNTRIES

@@ -304,15 +304,19 @@ def test_missing_users_are_a_404_and_nothing_is_updated(moodle, rsps):
         ([{"id": 3, "password": "abc"}], {0: [("password", "passwordweak")]}),
         ([{"id": 3, "username": "x"}, {"id": 4, "username": "x"}], {1: [("username", "usernameduplicate")]}),
         ([{"id": 3, "city": "A"}, {"id": 3, "city": "B"}], {1: [("id", "userduplicate")]}),
+        ([{"id": 3, "city": "A"}, {"id": 1, "city": "B"}], {1: [("id", "userguest")]}),
     ],
 )
 def test_an_update_moodle_would_refuse_is_named_before_anything_is_written(moodle, rsps, changes, reason):
     answer_lookups(rsps)
+    rsps.assert_all_requests_are_fired = False  # a user named twice, or the guest, is refused before any lookup
 
     error = api_raised(userwrites.update_users, moodle, changes, SETTINGS)
 
     assert (error.code, reasons_of(error)) == ("invalidusers", reason)
     assert UPDATE not in sent_functions(rsps)
+    id_reason = next(iter(reason.values()))[0][0] == "id"
+    assert (LOOKUP in sent_functions(rsps)) is not id_reason
 
 
 def test_a_users_own_username_and_email_are_no_change(moodle, rsps):
@@ -337,6 +341,10 @@ def test_a_users_own_username_and_email_are_no_change(moodle, rsps):
          ("usernametaken", "Username 'zed' is taken"), 409),
         ({"warningcode": "dmlwriteexception", "message": "Error writing to database"}, {"city": "X"},
          ("dmlwriteexception", "Error writing to database"), 409),
+        ({"warningcode": "usernotupdateddeleted", "message": "error/usernotupdateddeleted"}, {"city": "X"},
+         ("usernotfound", "No user with id 4: deleted meanwhile"), 409),
+        ({"warningcode": "useremailduplicate", "message": "Duplicate address"}, {"email": "b@b.example"},
+         ("emailtaken", "Email 'b@b.example' is used by another user"), 409),
         ({"warningcode": "<b>odd</b>", "message": "x"}, {"city": "X"},
          ("moodlewarning", "Moodle refused the user without a code"), 409),
     ],
@@ -355,13 +363,14 @@ def test_moodles_warnings_become_failures_in_the_gateways_terms(moodle, rsps, wa
 def test_an_update_moodle_cannot_answer_leaves_the_call_unknown(make_client, rsps):
     moodle = make_client(max_input_vars=10)  # three users of two fields per call
     prime(moodle, rsps, ROUTE_FUNCTIONS)
-    answer_lookups(rsps, [{"id": n, "username": f"u{n}", "email": f"u{n}@x.org"} for n in range(1, 6)])
-    answer_updates(rsps, [{"item": "user", "itemid": 2, "warningcode": "invaliduserid", "message": "Invalid user ID"}])
+    answer_lookups(rsps, [{"id": n, "username": f"u{n}", "email": f"u{n}@x.org"} for n in range(11, 16)])
+    answer_updates(rsps, [{"item": "user", "itemid": 12, "warningcode": "invaliduserid", "message": "Invalid user ID"}])
     add(rsps, UPDATE, json={"exception": "core\\exception\\invalid_response_exception", "errorcode": "invalidresponse",
                             "message": "Invalid response value detected"})  # fmt: skip
 
-    error = api_raised(userwrites.update_users, moodle, [{"id": n, "city": "X"} for n in range(1, 6)], SETTINGS)
+    error = api_raised(userwrites.update_users, moodle, [{"id": n, "city": "X"} for n in range(11, 16)], SETTINGS)
 
     assert error.details["outcome"] == "unknown"
-    assert (error.details["updated"], error.details["unknown"], error.details["not_attempted"]) == ([1, 3], [4, 5], [])
-    assert [failure["id"] for failure in error.details["failed"]] == [2]
+    assert (error.details["updated"], error.details["unknown"], error.details["not_attempted"]) == (
+        [11, 13], [14, 15], [])  # fmt: skip
+    assert [failure["id"] for failure in error.details["failed"]] == [12]
