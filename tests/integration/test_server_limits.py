@@ -124,7 +124,7 @@ def test_with_redis_a_hard_limit_that_fits_the_connections_but_not_each_threads_
     tmp_path,
 ):
     shutil.copy(ROOT / "production.ini", tmp_path)
-    without_redis, with_redis = CONNECTION_LIMIT + THREADS + 64, CONNECTION_LIMIT + THREADS * (1 + 3) + 64
+    without_redis, with_redis = CONNECTION_LIMIT + THREADS + 64, CONNECTION_LIMIT + THREADS * (1 + 4) + 64
     hard = (without_redis + with_redis) // 2
 
     def low_limits():
