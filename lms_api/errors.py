@@ -95,6 +95,13 @@ class ErrorCode(StrEnum):
         409,
         "a request with this `Idempotency-Key` is still being answered; `Retry-After` says when to ask again",
     )
+    IDEMPOTENCY_ABANDONED = (
+        "idempotencyabandoned",
+        409,
+        "the first request with this `Idempotency-Key` stopped before it answered (its replica stopped, or it ran "
+        "past `IDEMPOTENCY_LOCK_S`), on a route that cannot look in Moodle for what it did: check, then send with a "
+        "new key",
+    )
     USERS_NOT_UPDATED = (
         "usersnotupdated",
         409,

@@ -283,6 +283,13 @@ def _password_policy(key: str, raw: str) -> PasswordPolicy:
     return PasswordPolicy(**rules)
 
 
+def _user_ids(key: str, raw: str) -> tuple[int, ...]:
+    parts = [part.strip() for part in raw.split(",") if part.strip()]
+    if not all(part.isascii() and part.isdigit() and int(part) > 0 for part in parts):
+        raise SettingsError(f"{key} must list Moodle user ids, comma-separated, such as 2,17, got {raw!r}")
+    return tuple(dict.fromkeys(int(part) for part in parts))
+
+
 DEFAULT_AUTH_PLUGINS = "manual,nologin,email,cas,db,ldap,lti,none,oauth2,shibboleth"
 _LANG_NAME = re.compile(r"[a-z]{2,3}(_[a-z0-9]+)*")
 
@@ -456,6 +463,12 @@ class Settings:
         DEFAULT_AUTH_PLUGINS,
         meaning="the authentication plugins installed on the site; a new user's `auth` must be one of them",
     )
+    moodle_admin_user_ids: tuple[int, ...] = setting(
+        _user_ids,
+        "2",
+        meaning="the site's administrators and the gateway's own Moodle user, by id: changing them through "
+        "`PATCH /users` needs the `admin` scope",
+    )
     moodle_langs: tuple[str, ...] = setting(
         _names(_LANG_NAME, "language codes"),
         "en",
@@ -513,9 +526,9 @@ class Settings:
     )
     idempotency_lock_s: int = setting(
         _whole_number(1),
-        "300",
-        meaning="the longest a key stays in progress: past it, a replica that stopped while answering no longer "
-        "holds the key",
+        "1200",
+        meaning="the longest a key stays in progress; keep it over the longest write (nginx's `proxy_read_timeout`, "
+        "990 s): past it, the write is taken as stopped with its outcome unknown",
     )
     idempotency_max_mb: int = setting(
         _whole_number(1),
