@@ -177,10 +177,13 @@ def function_not_available(function: str, remedy: str = "") -> MoodleError:
     )
 
 
-def unexpected_answer(function: str) -> MoodleError:
-    return MoodleError(
-        ErrorCode.BAD_RESPONSE, f"Moodle's answer to {function} has an unexpected shape", {"function": function}
-    )
+def unexpected_answer(function: str, *, wrote: bool | None = None) -> MoodleError:
+    """A 502 for an answer of the wrong shape. Moodle answered, so a write ``wrote`` (by default: ``function`` is a
+    ``MoodleFunction`` that writes) may well have been applied: its outcome is unknown."""
+    details: dict[str, Any] = {"function": function}
+    if wrote if wrote is not None else getattr(function, "writes", False):
+        details["outcome"] = OUTCOME_UNKNOWN
+    return MoodleError(ErrorCode.BAD_RESPONSE, f"Moodle's answer to {function} has an unexpected shape", details)
 
 
 # One record as Moodle answers it (a course, a user, a notification): its fields are Moodle's, passed through the

@@ -384,7 +384,9 @@ def not_blank(value: str) -> None:
         raise ValidationError("Must not be blank")
 
 
-_HTML_TAG = re.compile(r"<[A-Za-z/!?]")
+# PHP's strip_tags(), which Moodle's PARAM_TEXT and PARAM_NOTAGS end with, takes every "<" not followed by a blank
+# (the end of the text included) for the start of a tag, and cuts it.
+_HTML_TAG = re.compile(r"<(?!\s)")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _CONTROL_BUT_LINE_BREAKS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
@@ -404,7 +406,7 @@ def no_control_characters(value: str) -> None:
 def no_html(value: str) -> None:
     """Moodle's PARAM_TEXT refuses tags with a bare ``invalidparameter``; say so here instead."""
     if _HTML_TAG.search(value):
-        raise ValidationError("Must not contain HTML tags")
+        raise ValidationError("Must not contain HTML tags: a '<' must be followed by a blank")
 
 
 # What each text rule above refuses, as the characters a JSON Schema pattern leaves out.
@@ -421,8 +423,8 @@ def text_rules(validators: Iterable[Any]) -> dict[str, Any]:
     elif no_control_characters in rules:
         refused = _CONTROL_BUT_LINE_BREAKS_CLASS
     patterns = []
-    if no_html in rules:  # no "<" followed by what starts a tag
-        patterns.append(f"^(?:[^<{refused}]|<+(?:[^<A-Za-z/!?{refused}]|$))*$")
+    if no_html in rules:  # every "<" followed by a blank
+        patterns.append(f"^(?:[^<{refused}]|<(?=\\s))*$")
     elif refused:
         patterns.append(f"^[^{refused}]*$")
     if not_blank in rules:

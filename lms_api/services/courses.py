@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypedDict
 
@@ -108,9 +109,10 @@ def created_already(moodle: Moodle, fields: Mapping[str, Any]) -> CreatedCourse 
     """After an answer that left a create's outcome unknown: the course an earlier attempt created, found by its
     short name (unique in Moodle) with the same full name and category; None when there is none, or it is another."""
     for course in _by_field(moodle, "shortname", fields["shortname"]):
-        ours = course.get("fullname") == fields["fullname"] and course.get("categoryid") == fields["categoryid"]
-        if course.get("shortname") == fields["shortname"] and ours:
-            return {"id": course["id"], "shortname": course["shortname"]}
+        # Moodle answers the names as its text filters show them: "R&D" as "R&amp;D".
+        names = (html.unescape(str(course.get("shortname"))), html.unescape(str(course.get("fullname"))))
+        if names == (fields["shortname"], fields["fullname"]) and course.get("categoryid") == fields["categoryid"]:
+            return {"id": course["id"], "shortname": fields["shortname"]}
     return None
 
 

@@ -21,8 +21,8 @@ from lms_api.settings import PasswordPolicy
 _USERNAME = re.compile(r"[-.@_a-z0-9]+")
 # validate_email(): PHPMailer's check, which is PHP's FILTER_VALIDATE_EMAIL (without < and >).
 _EMAIL = re.compile(
-    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
-    r"@[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+"
+    r"(?=[^@]{1,64}@)[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+([A-Za-z][A-Za-z0-9]*|xn--[A-Za-z0-9]+)(-+[A-Za-z0-9]+)*"
 )
 # The authentication plugins that keep the password in Moodle: a new user of these needs one, or createpassword.
 INTERNAL_AUTHS = frozenset({"manual", "nologin", "email", "none"})
@@ -45,6 +45,7 @@ class Problem(StrEnum):
     LANG_UNKNOWN = "langunknown"
     USER_DUPLICATE = "userduplicate"
     USER_GUEST = "userguest"
+    UNCHECKED = "unchecked"  # a username or email the bound of lookups left unchecked
 
     @property
     def conflict(self) -> bool:

@@ -3,6 +3,7 @@ the server's max_input_vars, and an exact account of what was written when a cal
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypedDict
 
@@ -19,6 +20,7 @@ from lms_api.moodle.errors import (
     unexpected_answer,
 )
 from lms_api.moodle.functions import MoodleFunction
+from lms_api.security import Identity, Scope
 from lms_api.services.notfound import missing_ids
 from lms_api.services.userchecks import (
     INTERNAL_AUTHS,
@@ -30,7 +32,7 @@ from lms_api.services.userchecks import (
     check_username,
     first_seen,
 )
-from lms_api.services.users import GUEST_USER_ID, existing_users, user_not_found, users_by_field
+from lms_api.services.users import GUEST_USER_ID, UserIds, existing_users, users_by_field
 from lms_api.settings import Settings
 
 # Moodle fails its own answer (invalid_response_exception) when core_user_update_users meets a password it refuses
@@ -66,12 +68,20 @@ def create_users(
     ``unknown`` (the failed call's), and ``not_attempted``; a failure that a second look explains (a username taken
     meanwhile) is an ``invalidusers`` naming it.
 
-    ``resume``: a request sent again after an answer that left it unknown or partial. A user whose username exists
-    with the same email is one an earlier attempt created: it is answered, not sent again.
+    ``resume``: a request sent again after an answer that left it unknown or partial. A user on the site as the
+    request describes it (username, email, names, authentication) is one an earlier attempt created: it is answered,
+    not sent again; refusing the others then still names those created, as partial.
     """
     moodle.require(MoodleFunction.GET_USERS_BY_FIELD, MoodleFunction.CREATE_USERS)
     findings = Findings(users)
     created = _find_reasons(moodle, users, range(len(users)), settings, findings, resume=resume)
+    if findings and created:
+        raise findings.error(
+            f"{len(created)} users created by an earlier attempt and no other",
+            created=[created[index] for index in sorted(created)],
+            not_created=[index for index in range(len(users)) if index not in created],
+            outcome=OUTCOME_PARTIAL,
+        )
     if findings:
         raise findings.error()
     pending = [index for index in range(len(users)) if index not in created]
@@ -81,12 +91,12 @@ def create_users(
         indexes = pending[run.start : run.stop]
         try:
             answer = moodle.call(MoodleFunction.CREATE_USERS, {"users": sent[run.start : run.stop]})
-        except MoodleError as error:
+            answered = expect_list(answer, MoodleFunction.CREATE_USERS, key="id")
+            if len(answered) != len(indexes):
+                raise unexpected_answer(MoodleFunction.CREATE_USERS)
+        except MoodleError as error:  # an answer of the wrong shape leaves the call's outcome unknown
             account = _CreateAccount(created, indexes, pending[run.stop :], len(runs), number + 1)
             raise account.error(moodle, users, settings, error) from error
-        answered = expect_list(answer, MoodleFunction.CREATE_USERS, key="id")
-        if len(answered) != len(indexes):
-            raise unexpected_answer(MoodleFunction.CREATE_USERS)
         for index, user in zip(indexes, answered, strict=True):
             created[index] = {"index": index, "id": user["id"], "username": users[index]["username"]}
     return {"created": [created[index] for index in range(len(users))]}
@@ -122,19 +132,34 @@ def _find_reasons(
     _mark_duplicates(findings, usernames, "username", Problem.USERNAME_DUPLICATE, str)
     _mark_duplicates(findings, emails, "email", Problem.EMAIL_DUPLICATE, str.casefold)
     created: dict[int, CreatedUser] = {}
-    for index, username, existing in _on_site(moodle, "username", usernames):
-        if resume and _email_key(existing.get("email")) == _email_key(users[index]["email"]):
+    for index, username, existing in _on_site(moodle, "username", usernames, findings):
+        if resume and existing is not None and _as_described(existing, users[index]):
             created[index] = {"index": index, "id": existing["id"], "username": username}
         else:
-            findings.add(
-                index, "username", Problem.USERNAME_TAKEN, f"Username {username!r} is taken (user {existing['id']})"
-            )
-    for index, email, existing in _on_site(moodle, "email", [pair for pair in emails if pair[0] not in created]):
-        findings.add(index, "email", Problem.EMAIL_TAKEN, f"Email {email!r} is used by user {existing['id']}")
+            findings.add(index, "username", Problem.USERNAME_TAKEN, f"Username {username!r} is taken{_by(existing)}")
+    for index, email, existing in _on_site(
+        moodle, "email", [pair for pair in emails if pair[0] not in created], findings
+    ):
+        findings.add(index, "email", Problem.EMAIL_TAKEN, f"Email {email!r} is used{_by(existing)}")
     return created
 
 
-def update_users(moodle: Moodle, changes: list[dict[str, Any]], settings: Settings) -> UsersUpdated:
+def _as_described(existing: MoodleRecord, user: dict[str, Any]) -> bool:
+    """``existing`` is the user the request describes: same email (without regard to case), names (Moodle answers
+    them as its text filters show them, hence unescaped) and authentication plugin."""
+    return (
+        _email_key(existing.get("email")) == _email_key(user["email"])
+        and html.unescape(str(existing.get("firstname"))) == user["firstname"]
+        and html.unescape(str(existing.get("lastname"))) == user["lastname"]
+        and existing.get("auth", user["auth"]) == user["auth"]
+    )
+
+
+def _by(existing: MoodleRecord | None) -> str:
+    return "" if existing is None else f" (user {existing['id']})"
+
+
+def update_users(moodle: Moodle, changes: list[dict[str, Any]], settings: Settings, caller: Identity) -> UsersUpdated:
     """Change the given fields of each user, and say which were changed.
 
     Checked first, nothing written otherwise: every user exists (404 ``usernotfound``), no user twice, and each new
@@ -143,9 +168,10 @@ def update_users(moodle: Moodle, changes: list[dict[str, Any]], settings: Settin
     codes are translated (``usernametaken``, ``emailtaken``, ``usernotfound``, ``useremailinvalid``), and any
     failure is a ``usersnotupdated`` naming ``updated`` and ``failed``.
     """
+    ids = [change["id"] for change in changes]
+    _require_admin_for_admins(ids, settings, caller)
     moodle.require(MoodleFunction.GET_USERS_BY_FIELD, MoodleFunction.UPDATE_USERS)
     findings = Findings(changes)
-    ids = [change["id"] for change in changes]
     first = first_seen((index, str(user_id)) for index, user_id in enumerate(ids))
     for index, user_id in enumerate(ids):
         if user_id == GUEST_USER_ID:
@@ -159,22 +185,25 @@ def update_users(moodle: Moodle, changes: list[dict[str, Any]], settings: Settin
         raise findings.error("nothing was updated")
     found = existing_users(moodle, ids)
     if found.ids.missing or found.ids.unchecked:
-        missing = found.ids.missing + found.ids.unchecked
-        error = user_not_found(missing)
-        raise ApiError(error.code, f"{error.message}; nothing was updated", error.details)
+        raise _not_found(found.ids)
     _find_update_reasons(moodle, changes, found.users, settings, findings)
     if findings:
         raise findings.error("nothing was updated")
     sent = [_as_moodle_user(change) for change in changes]
     runs = split_by_input_vars("users", sent, {}, moodle.max_input_vars)
     failed: dict[int, dict[str, Any]] = {}
+    current = {user_id: user.get("username") for user_id, user in found.users.items()}
+    renamed = {
+        change["id"] for change in changes if change.get("username", current[change["id"]]) != current[change["id"]]
+    }
     for number, run in enumerate(runs):
         try:
             answer = moodle.call(MoodleFunction.UPDATE_USERS, {"users": sent[run.start : run.stop]})
         except MoodleError as error:
             raise _update_failed(error, ids, run, failed, len(runs), number + 1) from error
+        in_run = {change["id"]: change for change in changes[run.start : run.stop]}
         for warning in expect_list(answer.get("warnings", []), MoodleFunction.UPDATE_USERS):
-            failure = _failure(moodle, warning, {change["id"]: change for change in changes[run.start : run.stop]})
+            failure = _failure(moodle, warning, in_run, renamed)
             failed.setdefault(failure["id"], failure)
     updated = [user_id for user_id in dict.fromkeys(ids) if user_id not in failed]
     if failed:
@@ -188,6 +217,32 @@ def update_users(moodle: Moodle, changes: list[dict[str, Any]], settings: Settin
             status=400 if own else None,
         )
     return {"updated": updated, "failed": []}
+
+
+def _require_admin_for_admins(ids: list[int], settings: Settings, caller: Identity) -> None:
+    """403 unless the caller has ``admin`` to change an administrator or the gateway's own Moodle user
+    (MOODLE_ADMIN_USER_IDS): a new password or email there is the whole site, and a suspended gateway user stops
+    every route."""
+    admins = sorted(set(ids) & set(settings.moodle_admin_user_ids))
+    if admins and not caller.has_scope(Scope.ADMIN):
+        raise ApiError(
+            ErrorCode.FORBIDDEN,
+            f"Changing {missing_ids('user', 'users', admins)} (MOODLE_ADMIN_USER_IDS) needs the admin scope",
+            {"required_scope": Scope.ADMIN.value, "users": admins},
+        )
+
+
+def _not_found(ids: UserIds) -> ApiError:
+    """404 ``usernotfound``: the ids no user has (a deleted user's too), and those left unchecked past the bound of
+    lookups (only ever with a deleted user among them), told apart."""
+    details: dict[str, list[int]] = {"missing_users": ids.missing}
+    sentences = [f"No {missing_ids('user', 'users', ids.missing)} in Moodle"] if ids.missing else []
+    if ids.deleted:
+        details["deleted_users"] = ids.deleted
+    if ids.unchecked:
+        details["unchecked_users"] = ids.unchecked
+        sentences.append(f"{missing_ids('user', 'users', ids.unchecked)} could not be checked: send them again")
+    return ApiError(ErrorCode.USER_NOT_FOUND, "; ".join(sentences) + "; nothing was updated", details)
 
 
 def _find_update_reasons(
@@ -214,14 +269,12 @@ def _find_update_reasons(
         check_site_choices(findings, index, change, settings.moodle_auth_plugins, settings.moodle_langs)
     _mark_duplicates(findings, usernames, "username", Problem.USERNAME_DUPLICATE, str)
     _mark_duplicates(findings, emails, "email", Problem.EMAIL_DUPLICATE, str.casefold)
-    for index, username, existing in _on_site(moodle, "username", usernames):
-        if existing["id"] != changes[index]["id"]:
-            findings.add(
-                index, "username", Problem.USERNAME_TAKEN, f"Username {username!r} is taken (user {existing['id']})"
-            )
-    for index, email, existing in _on_site(moodle, "email", emails):
-        if existing["id"] != changes[index]["id"]:
-            findings.add(index, "email", Problem.EMAIL_TAKEN, f"Email {email!r} is used by user {existing['id']}")
+    for index, username, existing in _on_site(moodle, "username", usernames, findings):
+        if existing is None or existing["id"] != changes[index]["id"]:
+            findings.add(index, "username", Problem.USERNAME_TAKEN, f"Username {username!r} is taken{_by(existing)}")
+    for index, email, existing in _on_site(moodle, "email", emails, findings):
+        if existing is None or existing["id"] != changes[index]["id"]:
+            findings.add(index, "email", Problem.EMAIL_TAKEN, f"Email {email!r} is used{_by(existing)}")
 
 
 def _mark_duplicates(
@@ -233,19 +286,32 @@ def _mark_duplicates(
             findings.add(index, field, problem, f"The {field} {value!r} is also user {first[key(value)]}'s")
 
 
-def _on_site(moodle: Moodle, field: str, values: Sequence[tuple[int, str]]) -> Iterable[tuple[int, str, MoodleRecord]]:
-    """Each of ``values`` a user of the site has in ``field``, with that user. Emails are matched without regard to
-    case, as Moodle refuses them; since its lookup compares them as the database does, each is asked as given and in
-    lower case."""
+def _on_site(
+    moodle: Moodle, field: str, values: Sequence[tuple[int, str]], findings: Findings
+) -> Iterable[tuple[int, str, MoodleRecord | None]]:
+    """Each of ``values`` some user of the site has in ``field``, with that user when Moodle shows the field to the
+    gateway's token (else None: found, but not told apart). A value is on the site unless the lookup named it
+    missing, so a field Moodle hides counts as found; values the lookup could not check within its bound of calls
+    are reasons of their own. Emails are matched without regard to case, as Moodle refuses them; since its lookup
+    compares them as the database does, each is asked as given and in lower case."""
     if not values:
         return []
-    if field == "email":
-        asked = list(dict.fromkeys(form for _, email in values for form in (email, email.lower())))
-        by_key = {_email_key(user.get("email")): user for user in users_by_field(moodle, field, asked)["users"]}
-        return [(index, email, by_key[_email_key(email)]) for index, email in values if _email_key(email) in by_key]
-    found = users_by_field(moodle, field, list(dict.fromkeys(value for _, value in values)))["users"]
-    by_value = {user.get(field): user for user in found}
-    return [(index, value, by_value[value]) for index, value in values if value in by_value]
+    forms = {value: [value, value.lower()] if field == "email" else [value] for _, value in values}
+    found = users_by_field(moodle, field, list(dict.fromkeys(form for each in forms.values() for form in each)))
+    missing, unchecked = set(found["missing"]), set(found["unchecked"])
+    shown = {_match(field, user.get(field)): user for user in found["users"] if user.get(field) is not None}
+    on_site = []
+    for index, value in values:
+        if any(form in unchecked for form in forms[value]):
+            message = f"The {field} {value!r} could not be checked within the bound of Moodle calls: send it again"
+            findings.add(index, field, Problem.UNCHECKED, message)
+        elif not all(form in missing for form in forms[value]):
+            on_site.append((index, value, shown.get(_match(field, value))))
+    return on_site
+
+
+def _match(field: str, value: Any) -> Any:
+    return _email_key(value) if field == "email" else value
 
 
 def _email_key(email: Any) -> str:
@@ -320,13 +386,20 @@ def _update_failed(
         account["outcome"] = OUTCOME_UNKNOWN
     elif earlier:
         account["outcome"] = OUTCOME_PARTIAL
-    return type(error)(
-        error.code, error.message, {**error.details, **account}, status=error.status, headers=error.headers
-    )
+    message = error.message
+    if str(error.code) == _UNREADABLE_UPDATE:
+        message = (
+            "Moodle could not answer the update (invalidresponse), as it does on a password its own policy refuses: "
+            "the site's policy is stricter than MOODLE_PASSWORD_POLICY says. Which users of the call were updated "
+            "is unknown"
+        )
+    return type(error)(error.code, message, {**error.details, **account}, status=error.status, headers=error.headers)
 
 
-def _failure(moodle: Moodle, warning: dict[str, Any], changes: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    """One warning of core_user_update_users in the gateway's terms."""
+def _failure(
+    moodle: Moodle, warning: dict[str, Any], changes: dict[int, dict[str, Any]], renamed: set[int]
+) -> dict[str, Any]:
+    """One warning of core_user_update_users in the gateway's terms; ``renamed``: the users given a new username."""
     user_id = warning.get("itemid")
     if not isinstance(user_id, int) or user_id not in changes:
         raise unexpected_answer(MoodleFunction.UPDATE_USERS)
@@ -338,7 +411,7 @@ def _failure(moodle: Moodle, warning: dict[str, Any], changes: dict[int, dict[st
         return _failed(user_id, Problem.EMAIL_TAKEN, f"Email {change.get('email')!r} is used by another user")
     if code == "useremailinvalid":
         return _failed(user_id, code, f"Moodle refused the email address {change.get('email')!r} as invalid")
-    if code == "dmlwriteexception" and "username" in change:
+    if code == "dmlwriteexception" and user_id in renamed:
         # Moodle's database refused the row: its unique index on the username, taken since the gateway looked.
         return _failed(user_id, Problem.USERNAME_TAKEN, f"Username {change['username']!r} is taken")
     if not is_moodle_code(code, moodle.clean):

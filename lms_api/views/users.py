@@ -75,7 +75,7 @@ class UserViews(ApiViews):
         its `code` and `message`), 409 (400 when every failure is the request's own). Drops the cached `users`
         entries.
         """
-        return userwrites.update_users(self.moodle, self._users(), self.request.lms_settings)
+        return userwrites.update_users(self.moodle, self._users(), self.request.lms_settings, self.caller)
 
     def _users(self) -> list[dict[str, object]]:
         wanted: list[dict[str, object]] = self.request.validated.body["users"]

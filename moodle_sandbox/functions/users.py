@@ -138,8 +138,8 @@ _CREATABLE_AUTHS = ("cas", "db", "email", "ldap", "lti", "manual", "nologin", "n
 _INTERNAL_AUTHS = ("email", "manual", "nologin", "none")  # the ones that keep their password in Moodle
 # moodle_phpmailer::validateAddress(), which is PHP's FILTER_VALIDATE_EMAIL, minus addresses with < or >.
 _EMAIL = re.compile(
-    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
-    r"@[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+"
+    r"(?=[^@]{1,64}@)[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+([A-Za-z][A-Za-z0-9]*|xn--[A-Za-z0-9]+)(-+[A-Za-z0-9]+)*"
 )
 # The site's default password policy after its length rule, in get_password_policy_errors()'s order: at least one
 # of each (the POSIX classes of those patterns are ASCII only).

@@ -110,6 +110,8 @@ def test_only_taken_usernames_are_a_409(gateway):
         ({"users": [{**fresh()[0], "country": "no"}]}, "users"),
         ({"users": [{**fresh()[0], "timezone": "Mars/Olympus"}]}, "users"),
         ({"users": [{**fresh()[0], "firstname": "<b>Ada</b>"}]}, "users"),
+        ({"users": [{**fresh()[0], "firstname": "Ada <3"}]}, "users"),  # strip_tags() would cut it: Moodle refuses
+        ({"users": [{**fresh()[0], "lastname": "Lovelace<"}]}, "users"),
         ({"users": [{**fresh()[0], "id": 3}]}, "users"),
         ({"users": fresh(5001)}, "users"),
     ],
@@ -289,3 +291,23 @@ def test_a_write_through_one_replica_drops_the_users_entries_another_replica_rea
 
 def test_the_countries_taken_are_the_ones_moodle_keeps():
     assert set(COUNTRIES) == SANDBOX_COUNTRIES
+
+
+def test_a_name_with_a_lone_less_than_sign_followed_by_a_blank_is_kept(gateway, site):
+    (user,) = fresh(1, lastname="Byron < Lovelace")
+
+    response = gateway.post(USERS, {"users": [user]}, TOKEN)
+
+    assert response.status_int == 201
+    assert on_site(site, "username", [user["username"]])[0]["lastname"] == "Byron < Lovelace"
+
+
+def test_an_administrator_is_changed_only_with_the_admin_scope(gateway, site):
+    sent_before = calls(site, UPDATE)
+
+    refused = gateway.patch(USERS, {"users": [{"id": 2, "email": "someone@evil.example"}]}, TOKEN)
+
+    assert (refused.status_int, refused.json["error"]["details"]) == (403, {"required_scope": "admin", "users": [2]})
+    assert calls(site, UPDATE) == sent_before
+    allowed = gateway.patch(USERS, {"users": [{"id": 2, "city": "Perth"}]}, mint("users:write admin"))
+    assert allowed.status_int == 200

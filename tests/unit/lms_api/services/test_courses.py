@@ -453,3 +453,14 @@ def test_no_course_or_another_one_under_the_short_name_is_not_the_one_created(mo
     add(rsps, MoodleFunction.GET_COURSES_BY_FIELD, json=by_field_answer(*found))
 
     assert courses.created_already(moodle, WANTED) is None
+
+
+def test_a_course_whose_names_moodle_answers_escaped_is_still_the_one_created(moodle, rsps):
+    add(
+        rsps,
+        MoodleFunction.GET_COURSES_BY_FIELD,
+        json=by_field_answer(course(9, shortname="R&amp;D", fullname="R&amp;D &lt;1&gt;")),
+    )
+
+    wanted = {"shortname": "R&D", "fullname": "R&D <1>", "categoryid": 1}
+    assert courses.created_already(moodle, wanted) == {"id": 9, "shortname": "R&D"}

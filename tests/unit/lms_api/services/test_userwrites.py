@@ -7,6 +7,7 @@ import json
 import pytest
 
 from lms_api.moodle.functions import MoodleFunction
+from lms_api.security import Identity
 from lms_api.services import userwrites
 from tests.support.gateway import settings_for
 from tests.unit.mocked_moodle import (
@@ -21,6 +22,7 @@ from tests.unit.mocked_moodle import (
 )
 
 SETTINGS = settings_for("https://moodle.test", "token")
+WRITER = Identity("registrar", frozenset({"users:write"}))
 ON_SITE = [
     {"id": 3, "username": "student1", "email": "student1@example.com"},
     {"id": 4, "username": "student2", "email": "Student2@Example.com"},
@@ -104,6 +106,8 @@ def test_users_are_created_in_request_order_with_their_index_and_id(moodle, rsps
         ({"username": "ada!"}, ("username", "usernameinvalid")),
         ({"username": "student1"}, ("username", "usernametaken")),
         ({"email": "not-an-email"}, ("email", "emailinvalid")),
+        ({"email": "a" * 65 + "@example.com"}, ("email", "emailinvalid")),  # a local part of 64 at most
+        ({"email": "ada@example.123"}, ("email", "emailinvalid")),  # a top-level domain starts with a letter
         ({"email": "STUDENT1@example.com"}, ("email", "emailtaken")),  # Moodle compares emails without case
         ({"email": "Student2@Example.com"}, ("email", "emailtaken")),  # stored in mixed case, asked as stored
         ({"password": "short1A!"[:7]}, ("password", "passwordweak")),
@@ -232,7 +236,15 @@ def test_a_call_whose_outcome_is_unknown_is_not_resent_and_says_so(make_client, 
 
 
 def test_resuming_answers_the_users_an_earlier_attempt_created_and_creates_the_rest(moodle, rsps):
-    answer_lookups(rsps, [*ON_SITE, {"id": 90, "username": "ada", "email": "ADA@example.com"}])
+    earlier = {
+        "id": 90,
+        "username": "ada",
+        "email": "ADA@example.com",
+        "firstname": "Ada",
+        "lastname": "L",
+        "auth": "manual",
+    }
+    answer_lookups(rsps, [*ON_SITE, earlier])
     answer_creates(rsps)
 
     result = userwrites.create_users(moodle, [new_user("ada"), new_user("bob")], SETTINGS, resume=True)
@@ -240,6 +252,91 @@ def test_resuming_answers_the_users_an_earlier_attempt_created_and_creates_the_r
     assert result["created"] == [{"index": 0, "id": 90, "username": "ada"}, {"index": 1, "id": 100, "username": "bob"}]
     (form,) = created_forms(rsps)
     assert [value for key, value in form if key.endswith("[username]")] == ["bob"]
+
+
+@pytest.mark.parametrize(
+    "differs", [{"firstname": "Adam"}, {"lastname": "Lee"}, {"auth": "ldap"}, {"email": "a@b.org"}]
+)
+def test_resuming_takes_only_an_account_as_the_request_describes_it_for_one_created(moodle, rsps, differs):
+    other = {
+        "id": 90,
+        "username": "ada",
+        "email": "ada@example.com",
+        "firstname": "Ada",
+        "lastname": "L",
+        "auth": "manual",
+    }
+    answer_lookups(rsps, [{**other, **differs}])
+    rsps.assert_all_requests_are_fired = False
+
+    error = api_raised(lambda: userwrites.create_users(moodle, [new_user("ada")], SETTINGS, resume=True))
+
+    assert reasons_of(error)[0][0] == ("username", "usernametaken")
+
+
+def test_resuming_after_a_partial_answer_still_names_the_users_created_when_others_are_refused(moodle, rsps):
+    earlier = {
+        "id": 90,
+        "username": "ada",
+        "email": "ada@example.com",
+        "firstname": "Ada",
+        "lastname": "L",
+        "auth": "manual",
+    }
+    answer_lookups(rsps, [earlier, {"id": 91, "username": "bob", "email": "else@example.com"}])
+
+    error = api_raised(
+        lambda: userwrites.create_users(moodle, [new_user("ada"), new_user("bob")], SETTINGS, resume=True)
+    )
+
+    assert (error.code, reasons_of(error)) == ("invalidusers", {1: [("username", "usernametaken")]})
+    assert error.details["created"] == [{"index": 0, "id": 90, "username": "ada"}]
+    assert (error.details["not_created"], error.details["outcome"]) == ([1], "partial")
+    assert "1 users created by an earlier attempt and no other" in error.message
+    assert CREATE not in sent_functions(rsps)
+
+
+def test_an_answer_of_the_wrong_shape_after_a_create_leaves_its_users_unknown(make_client, rsps):
+    moodle = make_client(max_input_vars=20)
+    prime(moodle, rsps, ROUTE_FUNCTIONS)
+    answer_lookups(rsps)
+    add(rsps, CREATE, json=[{"id": 100, "username": "u0"}, {"id": 101, "username": "u1"}])
+    add(rsps, CREATE, json=[{"id": 102, "username": "u2"}])  # one user answered for a call of two
+
+    error = api_raised(userwrites.create_users, moodle, [new_user(f"u{n}") for n in range(5)], SETTINGS)
+
+    assert (error.status, error.code, error.details["outcome"]) == (502, "badresponse", "unknown")
+    assert (error.details["unknown"], error.details["not_attempted"]) == ([2, 3], [4])
+    assert len(error.details["created"]) == 2
+
+
+def test_a_username_moodle_hides_from_the_token_still_counts_as_taken(moodle, rsps):
+    def hidden(request):  # this token may not see usernames: Moodle answers the user without the field
+        values = [value for key, value in form_of(request) if key.startswith("values[")]
+        return 200, {}, json.dumps([{"id": 3}] if "student1" in values else [])
+
+    rsps.add_callback("POST", "http://moodle.test/webservice/rest/server.php", callback=hidden,
+                      match=[_function(LOOKUP)])  # fmt: skip
+
+    error = api_raised(userwrites.create_users, moodle, [new_user("zed"), new_user("student1")], SETTINGS)
+
+    assert reasons_of(error) == {1: [("username", "usernametaken")]}
+    assert error.details["users"][0]["reasons"][0]["message"] == "Username 'student1' is taken"
+
+
+def test_values_past_the_bound_of_lookups_are_reasons_of_their_own(moodle, rsps):
+    def hidden(request):  # every batch finds a user whose username is hidden; each value alone finds nobody
+        values = [value for key, value in form_of(request) if key.startswith("values[")]
+        return 200, {}, json.dumps([{"id": 3}] if len(values) > 1 else [])
+
+    rsps.add_callback("POST", "http://moodle.test/webservice/rest/server.php", callback=hidden,
+                      match=[_function(LOOKUP)])  # fmt: skip
+
+    error = api_raised(userwrites.create_users, moodle, [new_user(f"u{n:02d}") for n in range(22)], SETTINGS)
+
+    past_bound = [("username", "unchecked"), ("email", "unchecked")]  # the emails' lookup meets the same bound
+    assert reasons_of(error) == {20: past_bound, 21: past_bound}
+    assert CREATE not in sent_functions(rsps)
 
 
 def test_resuming_does_not_take_another_persons_account_for_one_created(moodle, rsps):
@@ -274,7 +371,9 @@ def test_an_update_sends_only_the_given_fields_and_answers_the_ids(moodle, rsps)
     answer_lookups(rsps)
     answer_updates(rsps)
 
-    result = userwrites.update_users(moodle, [{"id": 3, "firstname": "Ada"}, {"id": 4, "suspended": True}], SETTINGS)
+    result = userwrites.update_users(
+        moodle, [{"id": 3, "firstname": "Ada"}, {"id": 4, "suspended": True}], SETTINGS, WRITER
+    )
 
     assert result == {"updated": [3, 4], "failed": []}
     (form,) = created_forms(rsps, UPDATE)
@@ -287,7 +386,9 @@ def test_an_update_sends_only_the_given_fields_and_answers_the_ids(moodle, rsps)
 def test_missing_users_are_a_404_and_nothing_is_updated(moodle, rsps):
     answer_lookups(rsps)
 
-    error = api_raised(userwrites.update_users, moodle, [{"id": 3, "city": "Oslo"}, {"id": 99, "city": "X"}], SETTINGS)
+    error = api_raised(
+        userwrites.update_users, moodle, [{"id": 3, "city": "Oslo"}, {"id": 99, "city": "X"}], SETTINGS, WRITER
+    )
 
     assert (error.status, error.code, error.details) == (404, "usernotfound", {"missing_users": [99]})
     assert error.message == "No user with id 99 in Moodle; nothing was updated"
@@ -311,7 +412,7 @@ def test_an_update_moodle_would_refuse_is_named_before_anything_is_written(moodl
     answer_lookups(rsps)
     rsps.assert_all_requests_are_fired = False  # a user named twice, or the guest, is refused before any lookup
 
-    error = api_raised(userwrites.update_users, moodle, changes, SETTINGS)
+    error = api_raised(userwrites.update_users, moodle, changes, SETTINGS, WRITER)
 
     assert (error.code, reasons_of(error)) == ("invalidusers", reason)
     assert UPDATE not in sent_functions(rsps)
@@ -324,7 +425,7 @@ def test_a_users_own_username_and_email_are_no_change(moodle, rsps):
     answer_updates(rsps)
 
     result = userwrites.update_users(
-        moodle, [{"id": 4, "username": "student2", "email": "student2@example.com"}], SETTINGS
+        moodle, [{"id": 4, "username": "student2", "email": "student2@example.com"}], SETTINGS, WRITER
     )
 
     assert result["updated"] == [4]
@@ -353,7 +454,9 @@ def test_moodles_warnings_become_failures_in_the_gateways_terms(moodle, rsps, wa
     answer_lookups(rsps)
     answer_updates(rsps, [{"item": "user", "itemid": 4, **warning}])
 
-    error = api_raised(userwrites.update_users, moodle, [{"id": 3, "city": "Oslo"}, {"id": 4, **change}], SETTINGS)
+    error = api_raised(
+        userwrites.update_users, moodle, [{"id": 3, "city": "Oslo"}, {"id": 4, **change}], SETTINGS, WRITER
+    )
 
     assert (error.status, error.code) == (status, "usersnotupdated")
     assert error.details == {"updated": [3], "failed": [{"id": 4, "code": failure[0], "message": failure[1]}]}
@@ -368,9 +471,41 @@ def test_an_update_moodle_cannot_answer_leaves_the_call_unknown(make_client, rsp
     add(rsps, UPDATE, json={"exception": "core\\exception\\invalid_response_exception", "errorcode": "invalidresponse",
                             "message": "Invalid response value detected"})  # fmt: skip
 
-    error = api_raised(userwrites.update_users, moodle, [{"id": n, "city": "X"} for n in range(11, 16)], SETTINGS)
+    error = api_raised(
+        userwrites.update_users, moodle, [{"id": n, "city": "X"} for n in range(11, 16)], SETTINGS, WRITER
+    )
 
     assert error.details["outcome"] == "unknown"
     assert (error.details["updated"], error.details["unknown"], error.details["not_attempted"]) == (
         [11, 13], [14, 15], [])  # fmt: skip
     assert [failure["id"] for failure in error.details["failed"]] == [12]
+    assert "stricter than MOODLE_PASSWORD_POLICY" in error.message
+
+
+@pytest.mark.parametrize("protected", [2, 17])
+def test_an_administrator_is_changed_only_with_the_admin_scope(moodle, rsps, protected):
+    settings = settings_for("https://moodle.test", "token", MOODLE_ADMIN_USER_IDS="2,17")
+    answer_lookups(rsps, [*ON_SITE, {"id": protected, "username": "admin", "email": "admin@example.com"}])
+    answer_updates(rsps)
+    rsps.assert_all_requests_are_fired = False
+    changes = [{"id": 3, "city": "Oslo"}, {"id": protected, "password": "Takeover#1"}]
+
+    error = api_raised(userwrites.update_users, moodle, changes, settings, WRITER)
+
+    assert (error.status, error.code) == (403, "forbidden")
+    assert error.details == {"required_scope": "admin", "users": [protected]}
+    assert sent_functions(rsps).count(LOOKUP) == 0  # refused before Moodle is asked anything
+    admin = Identity("root", frozenset({"admin"}))
+    assert userwrites.update_users(moodle, changes, settings, admin)["updated"] == [3, protected]
+
+
+def test_a_username_kept_as_it_is_is_not_taken_for_the_cause_of_a_write_failure(moodle, rsps):
+    answer_lookups(rsps)
+    warning = {"item": "user", "itemid": 3, "warningcode": "dmlwriteexception", "message": "Error writing to database"}
+    answer_updates(rsps, [warning])
+
+    error = api_raised(
+        userwrites.update_users, moodle, [{"id": 3, "username": "student1", "city": "X"}], SETTINGS, WRITER
+    )
+
+    assert error.details["failed"] == [{"id": 3, "code": "dmlwriteexception", "message": "Error writing to database"}]
