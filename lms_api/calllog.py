@@ -25,10 +25,13 @@ class CallRecord:
     """What one logical Moodle call cost; the request summary log line adds these up."""
 
     function: str
+    writes: bool  # the function changes Moodle (the function table's word)
     ms: float = 0.0
     attempts: int = 0
     deadline: float = 0.0
-    sent: bool = False  # an attempt went out: a write may have reached Moodle
+    # An attempt may have reached the function in Moodle: a write may have been applied. False when nothing went
+    # out, or when the answer says the function never ran (a connection refused, Moodle's maintenance answer).
+    sent: bool = False
     outcome: str = "error"  # "ok", or the error's code
 
 

@@ -6,14 +6,18 @@ A key is the caller's (``sub``) on one route. The first request with it is answe
 ``IDEMPOTENCY_TTL_S`` (status, body, ``Content-Type``, ``Location``, ``Retry-After``); meanwhile the key is held, for
 ``IDEMPOTENCY_LOCK_S`` at most, and the same key again is a 409. A request is told from another by its fingerprint
 (method, path with query, SHA-256 of the body; an upload's over its parts, which a browser's retry encodes with a new
-boundary): the same key on another request is a 422. Every answer below 500 is kept; a 5xx is not, as nothing was
-done, and the key is let go so that a retry runs again; except a write whose outcome is unknown or partial, kept
-unsettled: a retry asks the operation's ``settled_by`` what happened, or sends the write again when the operation says
-that is harmless (``resend_when_unknown``), or else is answered the unsettled answer again.
+boundary): the same key on another request is a 422. Every answer below 500 is kept. A 5xx after which nothing was
+written is not: the key is let go so that a retry runs again. A write whose outcome is unknown or partial, or a 5xx
+after a write was sent to Moodle, is kept unsettled: a retry asks the operation's ``settled_by`` what happened, or
+sends the write again when the operation says that is harmless (``resend_when_unknown``), or else is answered the
+unsettled answer again. A key whose lock ran out with no answer kept (its replica stopped mid-write, or the write
+outlasted the lock) is no freer: what its write did is unknown, so a retry settles or resends as above, or is refused
+(409 ``idempotencyabandoned``) on a route that can do neither; the record lasts ``IDEMPOTENCY_TTL_S`` from the claim.
 
 Kept in Redis when ``REDIS_URL`` is set, so every replica sees each key: a Redis that does not answer refuses keyed
 requests with a 503 rather than keeping them in one process, where another replica would not see them and the write
-could be done twice. Else kept in the process, within ``IDEMPOTENCY_MAX_MB``, least recently used out first.
+could be done twice. Else kept in the process, within ``IDEMPOTENCY_MAX_MB``, least recently used out first, said in a
+warning: an answer dropped before its TTL is replayed no more.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ READ_METHODS = frozenset({"GET", "HEAD"})
 KEY_PREFIX = "lms_api:idempotency:"
 MAX_KEY_CHARS = 255
 IN_PROGRESS_RETRY_AFTER_S = 1
+EVICTION_WARNING_INTERVAL_S = 60.0
 # What a kept answer costs in the process beyond its bytes: the record, its answer and their dictionaries' slots.
 ENTRY_OVERHEAD_BYTES = 512
 _PRINTABLE = re.compile(r"[\x20-\x7e]+")
@@ -98,6 +103,7 @@ class ClaimState(Enum):
     BEGAN = "began"  # the key was free: the caller holds it
     TOOK = "took"  # the key held an unsettled answer and the caller asked to take it over: it holds it
     BUSY = "busy"  # another request with the same fingerprint holds it
+    ABANDONED = "abandoned"  # its holder's lock ran out with no answer kept: the write's outcome is unknown
     REUSED = "reused"  # the key was used for a request of another fingerprint
     KEPT = "kept"  # the answer kept for it
 
@@ -105,11 +111,13 @@ class ClaimState(Enum):
 @dataclass(frozen=True)
 class Claim:
     state: ClaimState
-    answer: KeptAnswer | None = None  # the kept answer (KEPT) or the unsettled one taken over (TOOK)
+    # The kept answer (KEPT) or the unsettled one taken over (TOOK; None when the key was abandoned).
+    answer: KeptAnswer | None = None
 
 
 class IdempotencyStore(Protocol):
-    """Keys and their answers. Only the holder named when claiming a key may complete or release it."""
+    """Keys and their answers. Only the holder named when claiming a key may complete or release it; a key kept by
+    neither before its lock's deadline is abandoned, not free, for ``IDEMPOTENCY_TTL_S`` from its claim."""
 
     def claim(self, key: str, fingerprint: str, holder: str, take_unsettled: bool) -> Claim: ...
 
@@ -124,7 +132,7 @@ class _Record:
     holder: str | None  # while the key is held
     held_until: float
     answer: KeptAnswer | None  # final or unsettled; kept while a retry that took it over holds the key
-    unsettled: bool
+    unsettled: bool  # its answer, or its abandoned holder's write, may or may not have been applied
     expires: float
     size: int
 
@@ -142,6 +150,8 @@ class LocalIdempotencyStore:
         self._records: OrderedDict[str, _Record] = OrderedDict()  # least recently used first
         self._bytes = 0
         self._lock = threading.Lock()
+        self._evicted = 0  # since the last warning
+        self._warned_at: float | None = None
 
     @property
     def bytes_kept(self) -> int:
@@ -154,19 +164,22 @@ class LocalIdempotencyStore:
             if record is not None and record.expires <= now:
                 self._drop(key)
                 record = None
-            held = record is not None and record.holder is not None and record.held_until > now
-            if record is None or (record.answer is None and not held):
-                self._put(key, _Record(fingerprint, holder, now + self._lock_s, None, False, now + self._lock_s, 0))
+            if record is None:
+                expires = now + max(self._ttl_s, self._lock_s)
+                self._put(key, _Record(fingerprint, holder, now + self._lock_s, None, False, expires, 0))
                 return Claim(ClaimState.BEGAN)
             self._records.move_to_end(key)
             if record.fingerprint != fingerprint:
                 return Claim(ClaimState.REUSED)
-            if held:
+            if record.holder is not None and record.held_until > now:
                 return Claim(ClaimState.BUSY)
-            if record.unsettled and take_unsettled:
-                record.holder, record.held_until = holder, now + self._lock_s
+            abandoned = record.answer is None
+            if (record.unsettled or abandoned) and take_unsettled:
+                record.holder, record.held_until, record.unsettled = holder, now + self._lock_s, True
                 record.expires = max(record.expires, record.held_until)
                 return Claim(ClaimState.TOOK, record.answer)
+            if abandoned:
+                return Claim(ClaimState.ABANDONED)
             return Claim(ClaimState.KEPT, record.answer)
 
     def complete(self, key: str, holder: str, answer: KeptAnswer, unsettled: bool) -> bool:
@@ -184,10 +197,10 @@ class LocalIdempotencyStore:
             record = self._records.get(key)
             if record is None or record.holder != holder:
                 return False
-            if record.answer is None:
-                self._drop(key)
-            else:  # a retry that took over an unsettled answer: the answer stays, for the next retry
+            if record.unsettled:  # a retry that took over an unsettled or abandoned key: it stays so, for the next
                 record.holder = None
+            else:
+                self._drop(key)
             return True
 
     def _put(self, key: str, record: _Record) -> None:
@@ -213,29 +226,40 @@ class LocalIdempotencyStore:
                 excess -= record.size
         for key in evicted:
             self._drop(key)
+        self._evicted += len(evicted)
+        if self._evicted and (self._warned_at is None or now - self._warned_at >= EVICTION_WARNING_INTERVAL_S):
+            log.warning(
+                "idempotency.evicted",
+                answers=self._evicted,
+                max_bytes=self._max_bytes,
+                note="answers dropped before IDEMPOTENCY_TTL_S to stay within IDEMPOTENCY_MAX_MB are replayed no more",
+            )
+            self._evicted, self._warned_at = 0, now
 
 
-# The record is a hash: fingerprint, and while held holder and until (ms, Redis's clock); once answered, answer and
-# unsettled. Its time to live is the lock's while held, IDEMPOTENCY_TTL_S once answered.
+# The record is a hash: fingerprint, and while held holder and until (the lock's deadline, ms, Redis's clock); once
+# answered, answer; unsettled when its answer, or an abandoned holder's write, may or may not have been applied. It
+# lives IDEMPOTENCY_TTL_S from its claim, and from its answer once answered; a retry that takes it over extends it to
+# its own lock's deadline at least.
 _CLAIM = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lock_ms = tonumber(ARGV[3])
 local r = redis.call('HMGET', KEYS[1], 'fingerprint', 'holder', 'until', 'answer', 'unsettled')
-local held = r[2] and tonumber(r[3]) > now
-if not r[1] or (not r[4] and not held) then
-  redis.call('DEL', KEYS[1])
+if not r[1] then
   redis.call('HSET', KEYS[1], 'fingerprint', ARGV[1], 'holder', ARGV[2], 'until', now + lock_ms)
-  redis.call('PEXPIRE', KEYS[1], lock_ms)
+  redis.call('PEXPIRE', KEYS[1], math.max(tonumber(ARGV[5]), lock_ms))
   return {'began'}
 end
 if r[1] ~= ARGV[1] then return {'reused'} end
-if held then return {'busy'} end
-if r[5] == '1' and ARGV[4] == '1' then
-  redis.call('HSET', KEYS[1], 'holder', ARGV[2], 'until', now + lock_ms)
+if r[2] and tonumber(r[3]) > now then return {'busy'} end
+if (r[5] == '1' or not r[4]) and ARGV[4] == '1' then
+  redis.call('HSET', KEYS[1], 'holder', ARGV[2], 'until', now + lock_ms, 'unsettled', '1')
   if redis.call('PTTL', KEYS[1]) < lock_ms then redis.call('PEXPIRE', KEYS[1], lock_ms) end
-  return {'took', r[4]}
+  if r[4] then return {'took', r[4]} end
+  return {'took'}
 end
+if not r[4] then return {'abandoned'} end
 return {'kept', r[4]}
 """
 _COMPLETE = """
@@ -247,7 +271,7 @@ return 1
 """
 _RELEASE = """
 if redis.call('HGET', KEYS[1], 'holder') ~= ARGV[1] then return 0 end
-if redis.call('HEXISTS', KEYS[1], 'answer') == 1 then redis.call('HDEL', KEYS[1], 'holder', 'until')
+if redis.call('HGET', KEYS[1], 'unsettled') == '1' then redis.call('HDEL', KEYS[1], 'holder', 'until')
 else redis.call('DEL', KEYS[1]) end
 return 1
 """
@@ -274,7 +298,8 @@ class RedisIdempotencyStore:
             raise store_unavailable()
         try:
             found = self._claim(
-                keys=[KEY_PREFIX + key], args=[fingerprint, holder, self._lock_ms, "1" if take_unsettled else "0"]
+                keys=[KEY_PREFIX + key],
+                args=[fingerprint, holder, self._lock_ms, "1" if take_unsettled else "0", self._ttl_ms],
             )
         except redis.RedisError as error:
             self.link.went_down(error)
@@ -284,20 +309,26 @@ class RedisIdempotencyStore:
         return Claim(state, KeptAnswer.decode(found[1]) if len(found) > 1 else None)
 
     def complete(self, key: str, holder: str, answer: KeptAnswer, unsettled: bool) -> bool:
-        return self._holders_call(
-            self._complete, key, [holder, answer.encode(), "1" if unsettled else "0", self._ttl_ms]
-        )
+        """Raises when Redis does not answer: the answer is not kept, and the key stays held until its lock's
+        deadline, after which it is abandoned."""
+        try:
+            return self._holders_call(
+                self._complete, key, [holder, answer.encode(), "1" if unsettled else "0", self._ttl_ms]
+            )
+        except redis.RedisError as error:
+            self.link.went_down(error)
+            raise
 
     def release(self, key: str, holder: str) -> bool:
-        return self._holders_call(self._release, key, [holder])
-
-    def _holders_call(self, script: Any, key: str, args: list[Any]) -> bool:
-        """A failure leaves the key held until its lock's deadline, after which it is free again."""
+        """False when Redis does not answer: the key stays held until its lock's deadline, then is abandoned."""
         try:
-            done = bool(script(keys=[KEY_PREFIX + key], args=args))
+            return self._holders_call(self._release, key, [holder])
         except redis.RedisError as error:
             self.link.went_down(error)
             return False
+
+    def _holders_call(self, script: Any, key: str, args: list[Any]) -> bool:
+        done = bool(script(keys=[KEY_PREFIX + key], args=args))
         self.link.answered()
         return done
 
@@ -453,6 +484,12 @@ def answer_once(
             f"A request with this {KEY_HEADER} is still being answered; ask again in a moment",
             headers={"Retry-After": str(IN_PROGRESS_RETRY_AFTER_S)},
         )
+    if claim.state is ClaimState.ABANDONED:
+        raise ApiError(
+            ErrorCode.IDEMPOTENCY_ABANDONED,
+            f"The first request with this {KEY_HEADER} stopped before it answered, and whether its write was done is "
+            "unknown: check in Moodle, then send it with a new key",
+        )
     if claim.state is ClaimState.KEPT and claim.answer is not None:  # a kept claim always carries its answer
         _handled(request, Handling.REPLAYED)
         return replay(request, claim.answer)
@@ -485,27 +522,39 @@ def _replayed_error(answer: KeptAnswer) -> ApiError | None:
 
 
 def _hold(request: Request, store: IdempotencyStore, key: str, holder: str) -> None:
-    """Keep the final answer, as the exception views left it; a key still held when the request ends (an exception
-    no view answered) is let go."""
+    """Keep the answer, as the exception views left it. A key still held when the request ends (an exception no view
+    answered, or the answer could not be kept) is let go when no write was sent; else it stays held until its lock's
+    deadline and is then abandoned, as a retry must not write blindly again."""
     held = [True]
 
     def keep(request: Request, response: Response) -> None:
-        held[0] = False
         error: ApiError | None = request.api_error
         outcome = error.details.get("outcome") if error is not None else None
-        if outcome in UNSETTLED_OUTCOMES:
-            store.complete(key, holder, KeptAnswer.of(response), unsettled=True)
-        elif response.status_int < 500:
-            store.complete(key, holder, KeptAnswer.of(response), unsettled=False)
-        else:  # nothing was done: a retry runs again
-            store.release(key, holder)
+        try:
+            if outcome in UNSETTLED_OUTCOMES:
+                store.complete(key, holder, KeptAnswer.of(response), unsettled=True)
+            elif response.status_int < 500:
+                store.complete(key, holder, KeptAnswer.of(response), unsettled=False)
+            elif _wrote(request):  # a 5xx after Moodle may have written: what it did is unknown
+                store.complete(key, holder, KeptAnswer.of(response), unsettled=True)
+            else:  # nothing was written: a retry runs again
+                store.release(key, holder)
+        except Exception as failure:  # the caller still gets its answer; the key stays held
+            log.error("idempotency.keep_failed", error=type(failure).__name__, status=response.status_int)
+            return
+        held[0] = False
 
     def let_go(request: Request) -> None:
-        if held[0]:
+        if held[0] and not _wrote(request):
             store.release(key, holder)
 
     request.add_response_callback(keep)
     request.add_finished_callback(let_go)
+
+
+def _wrote(request: Request) -> bool:
+    """A write call of this request may have reached Moodle."""
+    return any(call.writes and call.sent for call in request.moodle_calls.calls)
 
 
 def _handled(request: Request, handling: Handling) -> None:

@@ -65,7 +65,17 @@ IDEMPOTENT_WRITE = (
     ErrorCode.IDEMPOTENCY_KEY_REQUIRED,
     ErrorCode.IDEMPOTENCY_UNAVAILABLE,
 )
-_KEY_CHAR = r"\x21\x23-\x2b\x2d-\x7e"  # printable ASCII but the space, the double quote and the comma
+# What requested_key accepts, as one pattern: 1 to 255 printable ASCII characters without a comma, but not a value
+# that opens and closes with a double quote, which is the quoted form: a structured-field string of 1 to 255 of them,
+# commas allowed, where \" and \\ stand for " and \.
+_PLAIN = r"\x20-\x2b\x2d-\x7e"  # printable ASCII but the comma
+_PLAIN_NOT_QUOTE = r"\x20\x21\x23-\x2b\x2d-\x7e"
+_QUOTED_CHAR = r"[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x22\x5c]"
+KEY_PATTERN = (
+    f"^(?:[{_PLAIN}]|[{_PLAIN_NOT_QUOTE}][{_PLAIN}]{{1,{MAX_KEY_CHARS - 1}}}"
+    f'|"[{_PLAIN}]{{0,{MAX_KEY_CHARS - 2}}}[{_PLAIN_NOT_QUOTE}]'
+    f'|"(?:{_QUOTED_CHAR}){{1,{MAX_KEY_CHARS}}}")$'
+)
 IDEMPOTENCY_KEY_PARAMETER = {
     "in": "header",
     "name": KEY_HEADER,
@@ -79,8 +89,8 @@ IDEMPOTENCY_KEY_PARAMETER = {
     "schema": {
         "type": "string",
         "minLength": 1,
-        "maxLength": MAX_KEY_CHARS,
-        "pattern": f"^[{_KEY_CHAR}]([\\x20{_KEY_CHAR}]*[{_KEY_CHAR}])?$",
+        "maxLength": 2 + 2 * MAX_KEY_CHARS,  # the quoted form of 255 escaped characters
+        "pattern": KEY_PATTERN,
     },
 }
 # Refused by the body-limit tween for a declared length over the limit, before any budget is counted: such an answer
@@ -222,6 +232,8 @@ def _responses(operation: Operation, write: bool) -> dict[str, Any]:
         codes += JSON_BODY
     if write:
         codes += IDEMPOTENT_WRITE
+        if operation.settled_by is None and not operation.resend_when_unknown:  # else an abandoned key is taken over
+            codes.append(ErrorCode.IDEMPOTENCY_ABANDONED)
     codes += [code for code in ErrorCode if code.from_moodle]
     by_status: dict[int, list[ErrorCode]] = {}
     for code in dict.fromkeys(codes):

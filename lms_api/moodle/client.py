@@ -65,6 +65,11 @@ POOL_SIZE = 4
 BUSY_RETRY_AFTER_S = 1
 # What a caller is told when no connection was made, whatever the cause: only MOODLE_DEBUG adds it to the details.
 UNREACHABLE_MESSAGE = "Moodle could not be reached"
+# Moodle's refusals made before any web-service function runs (its server checks these first): a write so refused
+# was not applied.
+REFUSED_BEFORE_RUNNING = frozenset(
+    {ErrorCode.SITE_MAINTENANCE, ErrorCode.UPGRADE_RUNNING, ErrorCode.INVALID_MOODLE_TOKEN}
+)
 UNBOUNDED = 1_000_000  # a client made without a bulkhead or a breaker (unit tests of other concerns)
 
 
@@ -323,9 +328,9 @@ class MoodleClient:
             return encoder, {"Content-Type": encoder.content_type}
 
         function = MoodleFunction.UPLOAD
-        with self._recorded(function.value, {"files": files, "itemid": itemid}, 3 + len(files)) as record:
+        with self._recorded(function, {"files": files, "itemid": itemid}, 3 + len(files)) as record:
             reply = self._send_with_retries(function, self._upload_url, body, record)
-            entries = expect_list(self._checked(function, self._parse(function.value, reply)), function.value)
+            entries = expect_list(self._checked(function, self._parse(function, reply)), function.value)
             refused = [code_of(str(entry["errortype"])) for entry in entries if "errortype" in entry]
             record.outcome = _outcome(refused[0]) if refused else "ok"
         return entries
@@ -352,20 +357,21 @@ class MoodleClient:
         name = self.name_of(function)
         form = [("wstoken", self._token), ("wsfunction", name), ("moodlewsrestformat", "json")]
         form += encode_params(params)
-        with self._recorded(name, params, len(form) - 3) as record:
+        with self._recorded(function, params, len(form) - 3) as record:
             reply = self._send_with_retries(function, self._endpoint, lambda: (form, {}), record)
-            answer = Answer(self._checked(function, self._parse(name, reply)), reply.content)
+            answer = Answer(self._checked(function, self._parse(function, reply)), reply.content)
             record.outcome = "ok"
             return answer
 
     @contextmanager
-    def _recorded(self, function: str, params: Mapping[str, Any], fields: int) -> Iterator[CallRecord]:
+    def _recorded(self, called: MoodleFunction, params: Mapping[str, Any], fields: int) -> Iterator[CallRecord]:
         """Account one logical call for the request's summary line and, with MOODLE_DEBUG, its own line.
 
         The block sets the outcome of a call that raised nothing (``ok``, or an upload's refused file); a call that
         raised a :class:`MoodleError` is recorded under its code, and Moodle found unreachable is noted.
         """
-        record = CallRecord(function)
+        function = self.name_of(called)
+        record = CallRecord(function, called.writes)
         current_call_log().calls.append(record)
         started = self._clock()
         record.deadline = started + self._timeout_s
@@ -374,6 +380,8 @@ class MoodleClient:
             yield record
         except MoodleError as error:
             record.outcome = _outcome(error.code)
+            if error.code in REFUSED_BEFORE_RUNNING:
+                record.sent = False
             if isinstance(error, MoodleUnreachable) and error.cause is not None:
                 cause = error.cause
                 self._note_unreachable(cause, function)
@@ -446,9 +454,10 @@ class MoodleClient:
             self.breaker.admit()
         except BreakerOpen as refusal:
             raise self._breaker_open_error(function, refusal.retry_after_s) from None
+        reached = record.sent
         try:
             with self.bulkhead.slot(remaining):
-                record.sent = True
+                record.sent = True  # and left so when sending fails some other way: bytes may have gone out
                 answer = self._post(url, data, headers, record.deadline - self._clock())
         except BulkheadFull:
             self.breaker.abandoned()
@@ -457,6 +466,7 @@ class MoodleClient:
             self.breaker.abandoned()
             raise
         if isinstance(answer, _TransportFailure):
+            record.sent = reached or answer.outcome_unknown
             self.breaker.failed(answer.cause.fields())
         else:
             self.breaker.succeeded()
@@ -546,17 +556,17 @@ class MoodleClient:
     def _http_cause(self, status: int) -> Cause:
         return Cause(CauseKind.HTTP, f"{self._address} answered HTTP {status}, not Moodle's REST server")
 
-    def _parse(self, function: str, reply: _Reply) -> Any:
-        status = reply.status_code
+    def _parse(self, called: MoodleFunction, reply: _Reply) -> Any:
+        status, function = reply.status_code, self.name_of(called)
         if 300 <= status < 400:
             raise self._bad_response(
-                function, status, f"Moodle answered with a redirect (HTTP {status}); check MOODLE_BASE_URL"
+                called, status, f"Moodle answered with a redirect (HTTP {status}); check MOODLE_BASE_URL"
             )
         try:
             body = loads(reply.content)
         except ValueError:
             raise self._bad_response(
-                function,
+                called,
                 status,
                 f"Moodle answered HTTP {status} with a body that is not JSON; "
                 "check MOODLE_BASE_URL and that the REST protocol is enabled",
@@ -565,7 +575,7 @@ class MoodleClient:
             self._note_answered()
             raise error_from_moodle(body, function, (self._token,), _retry_after(reply))
         if status != 200:
-            raise self._bad_response(function, status, f"Moodle answered HTTP {status}")
+            raise self._bad_response(called, status, f"Moodle answered HTTP {status}")
         self._note_answered()
         return body
 
@@ -575,8 +585,13 @@ class MoodleClient:
         """``details``, and with MOODLE_DEBUG the cause: callers never learn how the gateway reaches Moodle."""
         return details | cause.fields() if self._debug else details
 
-    def _bad_response(self, function: str, status: int, message: str) -> MoodleError:
-        details = {"function": function, "moodle_status": status}
+    def _bad_response(self, called: MoodleFunction, status: int, message: str) -> MoodleError:
+        """An answer that is not Moodle's: after a write, nothing says whether the function ran (a PHP fatal error
+        after part of the work, a proxy's page), so its outcome is unknown."""
+        details: dict[str, Any] = {"function": self.name_of(called), "moodle_status": status}
+        if called.writes:
+            details["outcome"] = OUTCOME_UNKNOWN
+            message += "; the write may or may not have been applied"
         if status == 200:  # an answer, not Moodle's: the message says what was wrong with it
             return MoodleError(ErrorCode.BAD_RESPONSE, message, details)
         cause = self._http_cause(status)

@@ -1,8 +1,9 @@
 """Idempotency-Key through the whole app: the real write routes against the sandbox, and views of this module's own
 (scanned into a gateway) that fake what Moodle cannot be made to do on cue: a write whose outcome is unknown or
-partial, a write held while a retry comes in."""
+partial, a write held while a retry comes in, a gateway failure after a write reached Moodle."""
 
 import threading
+import time
 import uuid
 
 import pytest
@@ -12,6 +13,7 @@ from pyramid.config import Configurator
 
 from lms_api.errors import ApiError, ErrorCode
 from lms_api.moodle.errors import OUTCOME_PARTIAL, OUTCOME_UNKNOWN
+from lms_api.moodle.functions import MoodleFunction
 from lms_api.schemas.base import RequestSchema, ResponseSchema
 from lms_api.security import Scope
 from lms_api.views import ApiViews, api_routes, api_view
@@ -56,7 +58,8 @@ def calls(sandbox, function):
 
 
 class Plan:
-    """What each attempt of the test views' write does, in order ("ok" once the plan is done), and what they did."""
+    """What each attempt of the test views' write does, in order ("ok" once the plan is done), and what they did. A
+    step "moodle+<step>" first updates a course in the sandbox (a write call to Moodle), then does <step>."""
 
     def __init__(self):
         self.steps = []
@@ -88,6 +91,11 @@ class FlakyViews(ApiViews):
         plan = self.request.registry.plan
         step = plan.steps.pop(0) if plan.steps else "ok"
         plan.writes.append(self.request.validated.body["n"])
+        if step.startswith("moodle+"):
+            step = step.removeprefix("moodle+")
+            self.moodle.call(
+                MoodleFunction.UPDATE_COURSES, {"courses": [{"id": 2, "summary": f"n={len(plan.writes)}"}]}
+            )
         self.request.response.location = f"https://gateway.example/written/{len(plan.writes)}"
         if step == "block":
             plan.entered.set()
@@ -473,6 +481,84 @@ def test_a_replayed_error_is_audited_with_its_code(flaky):
     assert audits == [(404, "coursenotfound")] * 2
 
 
+# -- a 5xx after a write reached Moodle, and a key whose lock ran out --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [{"kind": "notjson"}, {"kind": "http", "status": 500}],
+    ids=["200-not-json", "php-fatal-500"],
+)
+def test_an_answer_not_moodle_s_after_a_write_is_an_unknown_outcome_kept_unsettled(flaky, sandbox, fault):
+    plan, idempotency_key = flaky.router.registry.plan, key()
+    plan.steps = ["moodle+ok"]
+    queue_fault(sandbox, function=UPDATE, **fault)
+    first = post(flaky, FLAKY, 1, idempotency_key)
+    updates = calls(sandbox, UPDATE)
+    again = post(flaky, FLAKY, 1, idempotency_key)
+
+    assert (first.status_int, first.json["error"]["code"]) == (502, "badresponse"), first.text
+    assert first.json["error"]["details"]["outcome"] == "unknown"
+    assert (again.status_int, again.headers["Idempotent-Replayed"], again.body) == (502, "true", first.body)
+    assert (plan.writes, calls(sandbox, UPDATE)) == ([1], updates)
+
+
+def test_a_gateway_failure_after_a_write_reached_moodle_keeps_the_key_unsettled(flaky, sandbox):
+    plan, idempotency_key = flaky.router.registry.plan, key()
+    plan.steps = ["moodle+crash", "moodle+crash"]
+    failed = post(flaky, FLAKY, 1, idempotency_key)
+    again = post(flaky, FLAKY, 1, idempotency_key)
+    post(flaky, "/api/moodle/test/resent", 1, idempotency_key)
+    resent = post(flaky, "/api/moodle/test/resent", 1, idempotency_key)
+
+    assert (failed.status_int, failed.json["error"]["code"]) == (500, "internalerror")
+    assert (again.status_int, again.headers["Idempotent-Replayed"], again.body) == (500, "true", failed.body)
+    assert (resent.status_int, "Idempotent-Replayed" in resent.headers) == (201, False), "resend_when_unknown"
+    assert plan.writes == [1, 1, 1]
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [{"kind": "maintenance"}, {"kind": "http", "status": 503}],
+    ids=["sitemaintenance", "http-503-page"],
+)
+def test_a_write_moodle_refused_before_its_function_ran_lets_the_key_go(flaky, sandbox, fault):
+    plan, idempotency_key = flaky.router.registry.plan, key()
+    plan.steps = ["moodle+ok"]
+    queue_fault(sandbox, function=UPDATE, **fault)
+    refused = post(flaky, FLAKY, 1, idempotency_key)
+    retried = post(flaky, FLAKY, 1, idempotency_key)
+
+    assert refused.status_int == 503, refused.text
+    assert (retried.status_int, "Idempotent-Replayed" in retried.headers) == (201, False)
+    assert plan.writes == [1, 1]
+
+
+@pytest.mark.parametrize(
+    ("path", "answered"),
+    [
+        (FLAKY, (409, "idempotencyabandoned")),
+        ("/api/moodle/test/settled", (201, "found")),
+        ("/api/moodle/test/resent", (201, "written")),
+    ],
+)
+def test_a_write_that_outlasted_its_lock_leaves_the_key_abandoned_not_free(make_gateway, path, answered):
+    gateway = with_test_views(make_gateway(IDEMPOTENCY_LOCK_S="1"))
+    plan, idempotency_key = gateway.router.registry.plan, key()
+    plan.steps, plan.settled_answers = ["block"], [{"how": "found"}]
+    first = threading.Thread(target=lambda: post(gateway, path, 1, idempotency_key))
+    first.start()
+    assert plan.entered.wait(10)
+    time.sleep(1.3)
+    retried = post(gateway, path, 1, idempotency_key)
+    plan.let_go.set()
+    join([first])
+
+    said = retried.json["error"]["code"] if retried.status_int >= 400 else retried.json["data"]["how"]
+    assert (retried.status_int, said) == answered, retried.text
+    assert plan.writes == ([1, 1] if answered[1] == "written" else [1])
+
+
 # -- in Redis -------------------------------------------------------------------------------------------------------
 
 
@@ -504,6 +590,31 @@ def test_a_redis_that_does_not_answer_refuses_keyed_writes_with_a_503_and_lets_o
     assert gateway.router.registry.plan.writes == [1]
 
 
+@pytest.mark.parametrize(
+    ("step", "retried"), [("moodle+block", (409, "idempotencyinprogress")), ("block", (201, None))]
+)
+def test_an_answer_redis_cannot_keep_leaves_the_key_held_only_after_a_write(make_gateway, own_redis, step, retried):
+    _, url = own_redis
+    gateway, other = (with_test_views(make_gateway(REDIS_URL=url)) for _ in range(2))
+    plan, idempotency_key = gateway.router.registry.plan, key()
+    plan.steps = [step]
+    answers = {}
+    first = threading.Thread(target=lambda: answers.setdefault("first", post(gateway, FLAKY, 1, idempotency_key)))
+    first.start()
+    assert plan.entered.wait(10)
+    store = redis.Redis.from_url(url)
+    store.config_set("maxmemory", "1")  # no new field is stored: the answer is not kept, a delete still works
+    plan.let_go.set()
+    join([first])
+    store.config_set("maxmemory", "0")
+    again = post(other, FLAKY, 1, idempotency_key)
+
+    assert answers["first"].status_int == 201, "the caller still gets its answer"
+    failed = [line for line in gateway.log_lines if line["event"] == "idempotency.keep_failed"]
+    assert [(line["level"], line["status"]) for line in failed] == [("error", 201)]
+    assert (again.status_int, again.json["error"]["code"] if again.status_int >= 400 else None) == retried
+
+
 # -- CORS and OpenAPI -----------------------------------------------------------------------------------------------
 
 
@@ -527,7 +638,7 @@ def test_browsers_may_send_the_key_and_read_the_replayed_header(make_gateway):
 
 def test_every_write_documents_the_key_its_replayed_header_and_its_refusals(gateway):
     document = gateway.get("/api/moodle/openapi.json").json
-    writes = 0
+    writes, abandoned = 0, []
     for path, item in document["paths"].items():
         for method, operation in item.items():
             named = {parameter.get("name") for parameter in operation["parameters"]}
@@ -547,5 +658,10 @@ def test_every_write_documents_the_key_its_replayed_header_and_its_refusals(gate
             ]:
                 assert f"`{code}`" in operation["responses"][status]["description"], (method, path, code)
             assert "Retry-After" in operation["responses"]["409"]["headers"]
+            abandoned.append(("`idempotencyabandoned`" in operation["responses"]["409"]["description"], method, path))
     assert writes >= 4
+    # Only a write that can neither look in Moodle nor be sent again is refused for a key abandoned.
+    assert (True, "post", "/api/moodle/files/attach") in abandoned
+    assert (False, "post", "/api/moodle/courses") in abandoned
+    assert (False, "patch", "/api/moodle/courses/{course_id}") in abandoned
     assert "Idempotent-Replayed" in document["components"]["headers"]

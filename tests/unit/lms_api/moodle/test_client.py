@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import ssl
@@ -21,7 +22,7 @@ from lms_api.calllog import recording_calls
 from lms_api.moodle import client as client_module
 from lms_api.moodle import guard
 from lms_api.moodle.client import MoodleClient
-from lms_api.moodle.errors import scrub_paths
+from lms_api.moodle.errors import MoodleError, scrub_paths
 from lms_api.moodle.functions import AnswerShape, MoodleFunction
 from lms_api.moodle.guard import CircuitBreaker
 from lms_api.settings import MIB
@@ -632,6 +633,71 @@ def test_http_502_and_504_on_a_write_are_not_retried_and_the_outcome_is_unknown(
     assert error.headers == {}
     assert sent_functions(rsps) == [SITE_INFO, WRITE_FN]
     assert sleeps == []
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [(200, "<html>Moodle login page</html>"), (500, "<html>Fatal error in PHP</html>")],
+    ids=["not-json", "php-fatal-page"],
+)
+def test_an_answer_not_moodle_s_after_a_write_is_an_unknown_outcome(client, rsps, status, body):
+    prime(client, rsps)
+    add(rsps, WRITE_FN, body=body, status=status, content_type="text/html")
+
+    error = raised(client.call, WRITE_FN)
+
+    assert (error.status, error.code) == (502, "badresponse")
+    assert error.details == {"function": WRITE_FN, "moodle_status": status, "outcome": "unknown"}
+    assert error.message.endswith("the write may or may not have been applied")
+
+
+@pytest.mark.parametrize(
+    ("answers", "sent"),
+    [
+        ([{"json": [{"id": 3}]}], True),
+        ([{"body": INVALID_PARAMETER_BODY, "status": 400, "content_type": "application/json"}], True),
+        ([{"body": "<html>Fatal error</html>", "status": 500}], True),
+        ([{"body": requests.ReadTimeout("read timed out")}], True),
+        ([{"body": refused()}, {"body": reset()}], True),
+        ([{"body": refused()}], False),
+        ([{"body": HTML_PAGE, "status": 503}], False),
+        (
+            [{"json": {"exception": "moodle_exception", "errorcode": "sitemaintenance", "message": "Maintenance"}}],
+            False,
+        ),
+    ],
+    ids=[
+        "answered",
+        "refused-by-moodle",
+        "php-fatal",
+        "timed-out",
+        "refused-then-reset",
+        "refused-every-time",
+        "maintenance-page",
+        "sitemaintenance",
+    ],
+)
+def test_a_write_s_call_record_says_whether_it_may_have_reached_the_function(client, rsps, answers, sent):
+    prime(client, rsps)
+    for answer in answers:
+        add(rsps, WRITE_FN, **answer)
+
+    with recording_calls() as call_log, contextlib.suppress(MoodleError):
+        client.call(WRITE_FN)
+
+    assert [(record.function, record.writes, record.sent) for record in call_log.calls] == [(WRITE_FN, True, sent)]
+
+
+def test_reads_and_uploads_are_recorded_as_what_they_are(client, rsps):
+    prime(client, rsps)
+    add(rsps, READ_FN, json=[])
+    rsps.add(responses.POST, BASE_URL + "/webservice/upload.php", json=[{"filename": "a.txt", "itemid": 7}])
+
+    with recording_calls() as call_log:
+        client.call(READ_FN)
+        client.upload([UploadFile("a.txt", io.BytesIO(b"x"))])
+
+    assert [(record.function, record.writes) for record in call_log.calls] == [(READ_FN, False), ("upload.php", True)]
 
 
 def test_refused_connection_on_a_write_is_retried(client, rsps, sleeps):
