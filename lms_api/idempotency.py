@@ -539,8 +539,13 @@ def _hold(request: Request, store: IdempotencyStore, key: str, holder: str) -> N
                 store.complete(key, holder, KeptAnswer.of(response), unsettled=True)
             else:  # nothing was written: a retry runs again
                 store.release(key, holder)
-        except Exception as failure:  # the caller still gets its answer; the key stays held
-            log.error("idempotency.keep_failed", error=type(failure).__name__, status=response.status_int)
+        except Exception as failure:  # the caller still gets its answer; the key stays held, or is let go below
+            log.error(
+                "idempotency.keep_failed",
+                error=type(failure).__name__,
+                status=response.status_int,
+                write_sent=_wrote(request),  # then held until IDEMPOTENCY_LOCK_S, and abandoned
+            )
             return
         held[0] = False
 

@@ -611,7 +611,7 @@ def test_an_answer_redis_cannot_keep_leaves_the_key_held_only_after_a_write(make
 
     assert answers["first"].status_int == 201, "the caller still gets its answer"
     failed = [line for line in gateway.log_lines if line["event"] == "idempotency.keep_failed"]
-    assert [(line["level"], line["status"]) for line in failed] == [("error", 201)]
+    assert [(line["level"], line["status"], line["write_sent"]) for line in failed] == [("error", 201, step != "block")]
     assert (again.status_int, again.json["error"]["code"] if again.status_int >= 400 else None) == retried
 
 
