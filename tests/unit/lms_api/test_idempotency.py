@@ -161,7 +161,8 @@ def test_a_retry_that_took_over_an_unsettled_answer_and_stopped_leaves_it_unsett
 def test_redis_keeps_a_key_under_the_prefix_of_its_own_for_the_ttl_and_its_lock_deadline_in_the_record(empty_redis):
     store = RedisStore(empty_redis).store
     client = redis.Redis.from_url(empty_redis)
-    now_ms = int(client.time()[0] * 1000 + client.time()[1] // 1000)
+    seconds, microseconds = client.time()
+    now_ms = seconds * 1000 + microseconds // 1000
     store.claim("k", "fp", "h1", False)
     assert client.keys("*") == [(KEY_PREFIX + "k").encode()]
     assert (TTL_S - 0.3) * 1000 < client.pttl(KEY_PREFIX + "k") <= TTL_S * 1000
