@@ -346,7 +346,7 @@ class MoodleClient:
         500. The site info's function list is kept from it."""
         name = self.name_of(function)
         if not _has_shape(value, function.answer):
-            raise unexpected_answer(name)
+            raise unexpected_answer(name, wrote=function.writes)
         if function is MoodleFunction.SITE_INFO:
             functions = expect_list(value.get("functions"), name, key="name")
             expect_list(value.get("advancedfeatures", []), name)  # dumped record by record by the route
