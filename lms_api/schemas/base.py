@@ -384,9 +384,10 @@ def not_blank(value: str) -> None:
         raise ValidationError("Must not be blank")
 
 
-# PHP's strip_tags(), which Moodle's PARAM_TEXT and PARAM_NOTAGS end with, takes every "<" not followed by a blank
-# (the end of the text included) for the start of a tag, and cuts it.
-_HTML_TAG = re.compile(r"<(?!\s)")
+# PHP's strip_tags(), which Moodle's PARAM_TEXT and PARAM_NOTAGS end with, takes every "<" not followed by an ASCII
+# blank (C's isspace(): the end of the text included) for the start of a tag, and cuts it.
+_TAG_BREAKERS_CLASS = r" \t\n\x0b\x0c\r"
+_HTML_TAG = re.compile(f"<(?![{_TAG_BREAKERS_CLASS}])")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _CONTROL_BUT_LINE_BREAKS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
@@ -423,8 +424,9 @@ def text_rules(validators: Iterable[Any]) -> dict[str, Any]:
     elif no_control_characters in rules:
         refused = _CONTROL_BUT_LINE_BREAKS_CLASS
     patterns = []
-    if no_html in rules:  # every "<" followed by a blank
-        patterns.append(f"^(?:[^<{refused}]|<(?=\\s))*$")
+    if no_html in rules:  # every "<" followed by a blank the other rules keep
+        breakers = " " if single_line in rules else " \\t\\n\\r" if refused else _TAG_BREAKERS_CLASS
+        patterns.append(f"^(?:[^<{refused}]|<[{breakers}])*$")
     elif refused:
         patterns.append(f"^[^{refused}]*$")
     if not_blank in rules:

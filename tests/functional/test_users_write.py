@@ -112,6 +112,7 @@ def test_only_taken_usernames_are_a_409(gateway):
         ({"users": [{**fresh()[0], "firstname": "<b>Ada</b>"}]}, "users"),
         ({"users": [{**fresh()[0], "firstname": "Ada <3"}]}, "users"),  # strip_tags() would cut it: Moodle refuses
         ({"users": [{**fresh()[0], "lastname": "Lovelace<"}]}, "users"),
+        ({"users": [{**fresh()[0], "lastname": "Byron <\u00a0Lovelace"}]}, "users"),  # PHP's blanks are ASCII
         ({"users": [{**fresh()[0], "id": 3}]}, "users"),
         ({"users": fresh(5001)}, "users"),
     ],
