@@ -77,7 +77,7 @@ def create_users(
     created = _find_reasons(moodle, users, range(len(users)), settings, findings, resume=resume)
     if findings and created:
         raise findings.error(
-            f"{len(created)} users created by an earlier attempt and no other",
+            f"only the {len(created)} created by an earlier attempt are on the site",
             created=[created[index] for index in sorted(created)],
             not_created=[index for index in range(len(users)) if index not in created],
             outcome=OUTCOME_PARTIAL,
