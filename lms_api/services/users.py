@@ -25,6 +25,20 @@ _DELETED_USER_FOUND = frozenset({ErrorCode.INVALID_RECORD_UNKNOWN, ErrorCode.INV
 GUEST_USER_ID = 1
 
 
+class ExtraCalls:
+    """The value-by-value and halving calls that the lookups of one request may still make, shared between them; the
+    batches max_input_vars needs are always made, and not counted."""
+
+    def __init__(self, calls: int) -> None:
+        self.left = calls
+
+    def take(self, calls: int) -> bool:
+        if calls > self.left:
+            return False
+        self.left -= calls
+        return True
+
+
 class UsersFound(TypedDict):
     users: list[MoodleRecord]
     missing: list[str | int]  # values no user has (a deleted user's included), as the caller wrote them
@@ -37,17 +51,19 @@ class UserIds(NamedTuple):
     unchecked: list[int]  # ids left past MAX_DELETED_SEARCH_CALLS: neither found nor missing
 
 
-def users_by_field(moodle: Moodle, field: str, values: Sequence[str | int]) -> UsersFound:
+def users_by_field(
+    moodle: Moodle, field: str, values: Sequence[str | int], extra: ExtraCalls | None = None
+) -> UsersFound:
     """The users whose ``field`` is one of ``values``; ``missing`` lists the values no user matched.
 
     Values are compared the way Moodle looks them up: usernames are lower-case in Moodle (and sent so),
     emails are matched without regard to case, since that depends on the database's collation.
     A deleted user's value is missing: Moodle keeps no account under it. ``unchecked`` lists the values that could
-    not be checked within MAX_SINGLE_VALUE_CALLS or MAX_DELETED_SEARCH_CALLS: neither found nor missing as far as
-    the gateway knows.
+    not be checked within MAX_SINGLE_VALUE_CALLS or MAX_DELETED_SEARCH_CALLS, or the ``extra`` calls the request's
+    lookups share: neither found nor missing as far as the gateway knows.
     """
     wanted = list(dict.fromkeys(values))
-    lookup = _Lookup(moodle, field)
+    lookup = _Lookup(moodle, field, extra)
     lookup.ask(list(dict.fromkeys(_as_sent(field, value) for value in wanted)))
     users = lookup.users
     found = {_match_key(field, user.get(field)) for user in users.values()}
@@ -74,10 +90,10 @@ def user_ids(moodle: Moodle, user_ids: Iterable[int]) -> UserIds:
     return existing_users(moodle, user_ids).ids
 
 
-def existing_users(moodle: Moodle, user_ids: Iterable[int]) -> ExistingUsers:
+def existing_users(moodle: Moodle, user_ids: Iterable[int], extra: ExtraCalls | None = None) -> ExistingUsers:
     """The users of ``user_ids`` Moodle has, and which of the ids no user has (see :func:`user_ids`)."""
     wanted = list(dict.fromkeys(user_ids))
-    lookup = _Lookup(moodle, "id")
+    lookup = _Lookup(moodle, "id", extra)
     lookup.ask(wanted)
     ids = UserIds(
         missing=[user_id for user_id in wanted if user_id not in lookup.users and user_id not in lookup.unchecked],
@@ -95,8 +111,9 @@ class _Lookup:
     """core_user_get_users_by_field on one field, in as many calls as the server's max_input_vars needs, finding the
     deleted users whose values fail a call."""
 
-    def __init__(self, moodle: Moodle, field: str) -> None:
+    def __init__(self, moodle: Moodle, field: str, extra: ExtraCalls | None = None) -> None:
         self.moodle, self.field = moodle, field
+        self.extra = extra or ExtraCalls(MAX_SINGLE_VALUE_CALLS + MAX_DELETED_SEARCH_CALLS)
         self.users: dict[int, MoodleRecord] = {}
         self.deleted: set[str | int] = set()
         self.unchecked: set[str | int] = set()
@@ -118,7 +135,7 @@ class _Lookup:
                 raise
             if len(values) == 1:
                 self.deleted.add(values[0])
-            elif self._halving_calls + 2 > MAX_DELETED_SEARCH_CALLS:
+            elif self._halving_calls + 2 > MAX_DELETED_SEARCH_CALLS or not self.extra.take(2):
                 self.unchecked.update(values)
             else:
                 self._halving_calls += 2
@@ -139,7 +156,7 @@ def _ask_alone(lookup: _Lookup, values: list[str | int]) -> tuple[list[str | int
     for value in values:
         sent = _as_sent(lookup.field, value)
         if sent not in answers:
-            if len(answers) == MAX_SINGLE_VALUE_CALLS:
+            if len(answers) == MAX_SINGLE_VALUE_CALLS or not lookup.extra.take(1):
                 unchecked.append(value)
                 continue
             answers[sent] = bool(lookup.ask([sent]))

@@ -32,9 +32,12 @@ from lms_api.services.userchecks import (
     check_username,
     first_seen,
 )
-from lms_api.services.users import GUEST_USER_ID, UserIds, existing_users, users_by_field
+from lms_api.services.users import GUEST_USER_ID, ExtraCalls, UserIds, existing_users, users_by_field
 from lms_api.settings import Settings
 
+# The Moodle calls the prechecks of one request make at most, unless max_input_vars needs more batches than that: the
+# calls that ask value by value (a field Moodle hides) or halve a batch (a deleted user) share what the batches leave.
+PRECHECK_CALLS = 20
 # Moodle fails its own answer (invalid_response_exception) when core_user_update_users meets a password it refuses
 # after applying the users before it: what was written cannot be told.
 _UNREADABLE_UPDATE = "invalidresponse"
@@ -131,14 +134,17 @@ def _find_reasons(
         check_site_choices(findings, index, user, settings.moodle_auth_plugins, settings.moodle_langs)
     _mark_duplicates(findings, usernames, "username", Problem.USERNAME_DUPLICATE, str)
     _mark_duplicates(findings, emails, "email", Problem.EMAIL_DUPLICATE, str.casefold)
+    extra = _extra_calls(
+        moodle, (("username", (name for _, name in usernames)), ("email", (mail for _, mail in emails)))
+    )
     created: dict[int, CreatedUser] = {}
-    for index, username, existing in _on_site(moodle, "username", usernames, findings):
+    for index, username, existing in _on_site(moodle, "username", usernames, findings, extra):
         if resume and existing is not None and _as_described(existing, users[index]):
             created[index] = {"index": index, "id": existing["id"], "username": username}
         else:
             findings.add(index, "username", Problem.USERNAME_TAKEN, f"Username {username!r} is taken{_by(existing)}")
     for index, email, existing in _on_site(
-        moodle, "email", [pair for pair in emails if pair[0] not in created], findings
+        moodle, "email", [pair for pair in emails if pair[0] not in created], findings, extra
     ):
         findings.add(index, "email", Problem.EMAIL_TAKEN, f"Email {email!r} is used{_by(existing)}")
     return created
@@ -183,10 +189,18 @@ def update_users(moodle: Moodle, changes: list[dict[str, Any]], settings: Settin
             findings.add(index, "id", Problem.USER_DUPLICATE, message)
     if findings:  # before any lookup: the request names the guest, or a user twice
         raise findings.error("nothing was updated")
-    found = existing_users(moodle, ids)
+    extra = _extra_calls(
+        moodle,
+        (
+            ("id", ids),
+            ("username", (change["username"] for change in changes if "username" in change)),
+            ("email", (change["email"] for change in changes if "email" in change)),
+        ),
+    )
+    found = existing_users(moodle, ids, extra)
     if found.ids.missing or found.ids.unchecked:
         raise _not_found(found.ids)
-    _find_update_reasons(moodle, changes, found.users, settings, findings)
+    _find_update_reasons(moodle, changes, found.users, settings, findings, extra)
     if findings:
         raise findings.error("nothing was updated")
     sent = [_as_moodle_user(change) for change in changes]
@@ -251,6 +265,7 @@ def _find_update_reasons(
     current: dict[int, MoodleRecord],
     settings: Settings,
     findings: Findings,
+    extra: ExtraCalls,
 ) -> None:
     """The reasons of :func:`_find_reasons` for the fields a change sets; a username or email set to the user's own
     is no change, and is not another user's."""
@@ -269,10 +284,10 @@ def _find_update_reasons(
         check_site_choices(findings, index, change, settings.moodle_auth_plugins, settings.moodle_langs)
     _mark_duplicates(findings, usernames, "username", Problem.USERNAME_DUPLICATE, str)
     _mark_duplicates(findings, emails, "email", Problem.EMAIL_DUPLICATE, str.casefold)
-    for index, username, existing in _on_site(moodle, "username", usernames, findings):
+    for index, username, existing in _on_site(moodle, "username", usernames, findings, extra):
         if existing is None or existing["id"] != changes[index]["id"]:
             findings.add(index, "username", Problem.USERNAME_TAKEN, f"Username {username!r} is taken{_by(existing)}")
-    for index, email, existing in _on_site(moodle, "email", emails, findings):
+    for index, email, existing in _on_site(moodle, "email", emails, findings, extra):
         if existing is None or existing["id"] != changes[index]["id"]:
             findings.add(index, "email", Problem.EMAIL_TAKEN, f"Email {email!r} is used{_by(existing)}")
 
@@ -287,7 +302,7 @@ def _mark_duplicates(
 
 
 def _on_site(
-    moodle: Moodle, field: str, values: Sequence[tuple[int, str]], findings: Findings
+    moodle: Moodle, field: str, values: Sequence[tuple[int, str]], findings: Findings, extra: ExtraCalls
 ) -> Iterable[tuple[int, str, MoodleRecord | None]]:
     """Each of ``values`` some user of the site has in ``field``, with that user when Moodle shows the field to the
     gateway's token (else None: found, but not told apart). A value is on the site unless the lookup named it
@@ -296,8 +311,8 @@ def _on_site(
     compares them as the database does, each is asked as given and in lower case."""
     if not values:
         return []
-    forms = {value: [value, value.lower()] if field == "email" else [value] for _, value in values}
-    found = users_by_field(moodle, field, list(dict.fromkeys(form for each in forms.values() for form in each)))
+    forms = {value: _forms(field, value) for _, value in values}
+    found = users_by_field(moodle, field, _asked(field, (value for _, value in values)), extra)
     missing, unchecked = set(found["missing"]), set(found["unchecked"])
     shown = {_match(field, user.get(field)): user for user in found["users"] if user.get(field) is not None}
     on_site = []
@@ -308,6 +323,25 @@ def _on_site(
         elif not all(form in missing for form in forms[value]):
             on_site.append((index, value, shown.get(_match(field, value))))
     return on_site
+
+
+def _forms(field: str, value: str) -> list[str]:
+    return [value, value.lower()] if field == "email" else [value]
+
+
+def _asked(field: str, values: Iterable[str]) -> list[str]:
+    """What the lookup of ``values`` sends: each email as given and in lower case."""
+    return list(dict.fromkeys(form for value in values for form in _forms(field, value)))
+
+
+def _extra_calls(moodle: Moodle, lookups: Iterable[tuple[str, Iterable[Any]]]) -> ExtraCalls:
+    """The calls the prechecks' ``lookups`` (field, values) may make past the batches max_input_vars needs for them,
+    so that all of them make PRECHECK_CALLS at most (or the batches alone, when max_input_vars needs more)."""
+    batches = sum(
+        len(split_by_input_vars("values", _asked(field, values), {"field": field}, moodle.max_input_vars))
+        for field, values in lookups
+    )
+    return ExtraCalls(max(0, PRECHECK_CALLS - batches))
 
 
 def _match(field: str, value: Any) -> Any:

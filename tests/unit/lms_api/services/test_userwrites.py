@@ -334,8 +334,11 @@ def test_values_past_the_bound_of_lookups_are_reasons_of_their_own(moodle, rsps)
 
     error = api_raised(userwrites.create_users, moodle, [new_user(f"u{n:02d}") for n in range(22)], SETTINGS)
 
-    past_bound = [("username", "unchecked"), ("email", "unchecked")]  # the emails' lookup meets the same bound
-    assert reasons_of(error) == {20: past_bound, 21: past_bound}
+    # The two batches, then 18 value-by-value calls: the usernames take them all, and the emails are left unchecked.
+    assert sent_functions(rsps).count(LOOKUP) == 20
+    assert reasons_of(error) == {
+        index: [("username", "unchecked")] * (index >= 18) + [("email", "unchecked")] for index in range(22)
+    }
     assert CREATE not in sent_functions(rsps)
 
 
@@ -509,3 +512,17 @@ def test_a_username_kept_as_it_is_is_not_taken_for_the_cause_of_a_write_failure(
     )
 
     assert error.details["failed"] == [{"id": 3, "code": "dmlwriteexception", "message": "Error writing to database"}]
+
+
+def test_an_update_of_many_deleted_users_costs_twenty_lookups_at_most(moodle, rsps):
+    deleted = {"exception": "dml_missing_record_exception", "errorcode": "invalidrecordunknown", "message": "x"}
+    add(rsps, LOOKUP, json=deleted)  # every batch holds a deleted user's id, and so does every id alone
+
+    error = api_raised(
+        userwrites.update_users, moodle, [{"id": n, "city": "X"} for n in range(100, 164)], SETTINGS, WRITER
+    )
+
+    assert sent_functions(rsps).count(LOOKUP) <= 20
+    assert (error.status, error.code) == (404, "usernotfound")
+    checked = error.details["missing_users"] + error.details["unchecked_users"]
+    assert sorted(checked) == list(range(100, 164)) and error.details["unchecked_users"]
