@@ -312,3 +312,22 @@ def test_an_administrator_is_changed_only_with_the_admin_scope(gateway, site):
     assert calls(site, UPDATE) == sent_before
     allowed = gateway.patch(USERS, {"users": [{"id": 2, "city": "Perth"}]}, mint("users:write admin"))
     assert allowed.status_int == 200
+
+
+def test_passwords_reach_no_log_line_nor_answer_even_with_moodle_debug(make_gateway, site):
+    gateway = make_gateway(site.url, site.site.token, MOODLE_DEBUG="true")
+    created, weak, taken = fresh(3)
+    created["password"], weak["password"] = "Canary#Created7", "canaryweak"
+    taken["username"], taken["password"] = "student1", "Canary#Taken7"
+
+    answers = [
+        gateway.post(USERS, {"users": [created]}, TOKEN),
+        gateway.post(USERS, {"users": [weak, taken]}, TOKEN),
+        gateway.patch(USERS, {"users": [{"id": 4, "password": "canaryweak2"}]}, TOKEN),
+    ]
+
+    assert [answer.status_int for answer in answers] == [201, 400, 400]
+    logged = gateway.log_stream.getvalue()
+    assert "moodle.call" in logged  # the debug lines were written
+    for text in [logged, *(answer.text for answer in answers)]:
+        assert not [word for word in ("Canary#Created7", "canaryweak", "Canary#Taken7") if word in text]
