@@ -89,6 +89,12 @@ class ErrorCode(StrEnum):
         404,
         "the draft item was not uploaded through the gateway by this caller (`sub`), or has expired",
     )
+    JOB_NOT_FOUND = (
+        "jobnotfound",
+        404,
+        "no background job of this id is kept for this caller: never submitted, submitted by another caller (only "
+        "`admin` reads others' jobs), expired (`JOBS_TTL_S`) or lost when its process stopped",
+    )
     METHOD_NOT_ALLOWED = "methodnotallowed", 405, "the route exists, not for this method; `Allow` lists the methods"
     IDEMPOTENCY_IN_PROGRESS = (
         "idempotencyinprogress",
@@ -102,6 +108,14 @@ class ErrorCode(StrEnum):
         "past `IDEMPOTENCY_LOCK_S`), on a route that cannot look in Moodle for what it did: check, then send with a "
         "new key",
     )
+    JOB_CANCELLED = (
+        "jobcancelled",
+        409,
+        "a background job cancelled while running, between two Moodle calls: what was applied stays, and the "
+        "details say it as a failed call's would (`applied`, `created` or `updated`; `not_attempted`; `outcome: "
+        "partial` when something was applied)",
+    )
+    JOB_FINISHED = "jobfinished", 409, "the background job has finished already: there is nothing left to cancel"
     USERS_NOT_UPDATED = (
         "usersnotupdated",
         409,

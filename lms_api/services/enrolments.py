@@ -13,6 +13,7 @@ from lms_api.moodle.functions import MoodleFunction
 from lms_api.security import Identity, Scope
 from lms_api.services.courses import courses_by_ids
 from lms_api.services.notfound import missing_ids
+from lms_api.services.progress import Progress, advanced, stopped
 from lms_api.services.users import GUEST_USER_ID, UserIds, user_ids
 from lms_api.settings import Settings
 
@@ -68,14 +69,17 @@ def _hint(role: object, role_ids: Mapping[str, int]) -> str:
 
 
 def enrol(moodle: Moodle, wanted: list[dict[str, Any]], settings: Settings, caller: Identity) -> EnrolResult:
-    """Enrol everyone or say exactly who was enrolled.
+    """Enrol everyone or say exactly who was enrolled: :func:`prepare_enrol`, then its plan applied."""
+    return prepare_enrol(moodle, wanted, settings, caller).apply()
+
+
+def prepare_enrol(moodle: Moodle, wanted: list[dict[str, Any]], settings: Settings, caller: Identity) -> EnrolPlan:
+    """Every check of an enrolment, before anything is written: its plan (:class:`EnrolPlan`) writes it.
 
     The roles are resolved first (:func:`resolve_roles`, held to what ``caller`` may assign), then the guest is
     refused: Moodle 5.0 would enrol it. The courses and users are checked before anything is written: Moodle answers
     ``invalidparameter`` for a course that does not exist, fails with a PHP TypeError for a user that does not exist
-    and with a coding error for a deleted one. Each Moodle call is all-or-nothing; when one fails, ``details`` lists
-    the indexes ``applied`` by the earlier calls and ``not_applied`` (and ``unknown`` when the failed call's outcome
-    cannot be known).
+    and with a coding error for a deleted one.
     """
     enrolments = resolve_roles(wanted, settings, caller)
     # Moodle 5.0's enrol_manual_enrol_users enrols the guest like anyone: it checks neither the user nor its state.
@@ -94,24 +98,52 @@ def enrol(moodle: Moodle, wanted: list[dict[str, Any]], settings: Settings, call
     users = user_ids(moodle, (enrolment["userid"] for enrolment in enrolments))
     if missing_courses or users.missing or users.unchecked:
         raise _not_found(missing_courses, users)
-    runs = split_by_input_vars("enrolments", enrolments, {}, moodle.max_input_vars)
-    for number, run in enumerate(runs):
-        try:
-            moodle.call(MoodleFunction.ENROL_USERS, {"enrolments": enrolments[run.start : run.stop]})
-        except MoodleError as error:
-            later = list(range(run.stop, len(enrolments)))
-            account: dict[str, Any] = {"applied": list(range(run.start))}
-            if error.details.get("outcome") == OUTCOME_UNKNOWN:
-                account |= {"unknown": list(run), "not_applied": later}
-            else:
-                account["not_applied"] = list(run) + later
-                if run.start:
-                    account["outcome"] = OUTCOME_PARTIAL
-            account |= {"calls": len(runs), "failed_call": number + 1}
-            raise type(error)(
-                error.code, error.message, {**error.details, **account}, status=error.status, headers=error.headers
-            ) from error
-    return {"enrolled": len(enrolments), "calls": len(runs)}
+    return EnrolPlan(moodle, enrolments)
+
+
+class EnrolPlan:
+    """Checked enrolments, written by :meth:`apply`."""
+
+    def __init__(self, moodle: Moodle, enrolments: list[dict[str, Any]]) -> None:
+        self._moodle = moodle
+        self._enrolments = enrolments
+        self.total = len(enrolments)
+
+    def apply(self, progress: Progress | None = None) -> EnrolResult:
+        """Send the enrolments in as many calls as max_input_vars needs, each all-or-nothing. When one fails,
+        ``details`` lists the indexes ``applied`` by the earlier calls and ``not_applied`` (and ``unknown`` when the
+        failed call's outcome cannot be known); when ``progress`` stops it between calls, ``applied`` and
+        ``not_attempted`` (:func:`~lms_api.services.progress.stopped`)."""
+        moodle, enrolments = self._moodle, self._enrolments
+        runs = split_by_input_vars("enrolments", enrolments, {}, moodle.max_input_vars)
+        for number, run in enumerate(runs):
+            try:
+                moodle.call(MoodleFunction.ENROL_USERS, {"enrolments": enrolments[run.start : run.stop]})
+            except MoodleError as error:
+                later = list(range(run.stop, len(enrolments)))
+                account: dict[str, Any] = {"applied": list(range(run.start))}
+                if error.details.get("outcome") == OUTCOME_UNKNOWN:
+                    account |= {"unknown": list(run), "not_applied": later}
+                else:
+                    account["not_applied"] = list(run) + later
+                    if run.start:
+                        account["outcome"] = OUTCOME_PARTIAL
+                account |= {"calls": len(runs), "failed_call": number + 1}
+                raise type(error)(
+                    error.code, error.message, {**error.details, **account}, status=error.status, headers=error.headers
+                ) from error
+            if number + 1 < len(runs) and not advanced(progress, run.stop, self.total):
+                applied = list(range(run.stop))
+                raise stopped(
+                    f"{len(applied)} of {self.total} enrolments applied",
+                    applied_any=True,
+                    applied=applied,
+                    not_attempted=list(range(run.stop, self.total)),
+                    calls=len(runs),
+                    calls_made=number + 1,
+                )
+        advanced(progress, self.total, self.total)
+        return {"enrolled": len(enrolments), "calls": len(runs)}
 
 
 def enrolled_already(

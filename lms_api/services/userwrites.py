@@ -22,6 +22,7 @@ from lms_api.moodle.errors import (
 from lms_api.moodle.functions import MoodleFunction
 from lms_api.security import Identity, Scope
 from lms_api.services.notfound import missing_ids
+from lms_api.services.progress import Progress, advanced, stopped
 from lms_api.services.userchecks import (
     INTERNAL_AUTHS,
     Findings,
@@ -63,13 +64,17 @@ class UsersUpdated(TypedDict):
 def create_users(
     moodle: Moodle, users: list[dict[str, Any]], settings: Settings, *, resume: bool = False
 ) -> UsersCreated:
-    """Create every user or none, and say exactly which.
+    """Create every user or none, and say exactly which: :func:`prepare_create_users`, then its plan applied."""
+    return prepare_create_users(moodle, users, settings, resume=resume).apply()
+
+
+def prepare_create_users(
+    moodle: Moodle, users: list[dict[str, Any]], settings: Settings, *, resume: bool = False
+) -> CreatePlan:
+    """Every check of a creation, before anything is written: its plan (:class:`CreatePlan`) writes it.
 
     Each reason Moodle would refuse a user is found first (:func:`_find_reasons`), as Moodle names none of them:
-    any → 400 ``invalidusers``, nothing written. Then the users are sent in as many calls as max_input_vars needs;
-    each call is all or nothing. When one fails, ``details`` lists ``created`` (with ids), ``not_created`` or
-    ``unknown`` (the failed call's), and ``not_attempted``; a failure that a second look explains (a username taken
-    meanwhile) is an ``invalidusers`` naming it.
+    any → 400 ``invalidusers``, nothing written.
 
     ``resume``: a request sent again after an answer that left it unknown or partial. A user on the site as the
     request describes it (username, email, names, authentication) is one an earlier attempt created: it is answered,
@@ -87,22 +92,51 @@ def create_users(
         )
     if findings:
         raise findings.error()
-    pending = [index for index in range(len(users)) if index not in created]
-    sent = [_as_moodle_user(users[index]) for index in pending]
-    runs = split_by_input_vars("users", sent, {}, moodle.max_input_vars)
-    for number, run in enumerate(runs):
-        indexes = pending[run.start : run.stop]
-        try:
-            answer = moodle.call(MoodleFunction.CREATE_USERS, {"users": sent[run.start : run.stop]})
-            answered = expect_list(answer, MoodleFunction.CREATE_USERS, key="id")
-            if len(answered) != len(indexes):
-                raise unexpected_answer(MoodleFunction.CREATE_USERS)
-        except MoodleError as error:  # an answer of the wrong shape leaves the call's outcome unknown
-            account = _CreateAccount(created, indexes, pending[run.stop :], len(runs), number + 1)
-            raise account.error(moodle, users, settings, error) from error
-        for index, user in zip(indexes, answered, strict=True):
-            created[index] = {"index": index, "id": user["id"], "username": users[index]["username"]}
-    return {"created": [created[index] for index in range(len(users))]}
+    return CreatePlan(moodle, users, settings, created)
+
+
+class CreatePlan:
+    """Checked users, created by :meth:`apply`; ``created``: those an earlier attempt created (on a resume)."""
+
+    def __init__(
+        self, moodle: Moodle, users: list[dict[str, Any]], settings: Settings, created: dict[int, CreatedUser]
+    ) -> None:
+        self._moodle, self._users, self._settings = moodle, users, settings
+        self._created = created
+        self.total = len(users)
+
+    def apply(self, progress: Progress | None = None) -> UsersCreated:
+        """Send the users in as many calls as max_input_vars needs; each call is all or nothing. When one fails,
+        ``details`` lists ``created`` (with ids), ``not_created`` or ``unknown`` (the failed call's), and
+        ``not_attempted``; a failure that a second look explains (a username taken meanwhile) is an
+        ``invalidusers`` naming it. Stopped by ``progress`` between calls: ``created`` and ``not_attempted``."""
+        moodle, users, created = self._moodle, self._users, dict(self._created)
+        pending = [index for index in range(len(users)) if index not in created]
+        sent = [_as_moodle_user(users[index]) for index in pending]
+        runs = split_by_input_vars("users", sent, {}, moodle.max_input_vars)
+        for number, run in enumerate(runs):
+            indexes = pending[run.start : run.stop]
+            try:
+                answer = moodle.call(MoodleFunction.CREATE_USERS, {"users": sent[run.start : run.stop]})
+                answered = expect_list(answer, MoodleFunction.CREATE_USERS, key="id")
+                if len(answered) != len(indexes):
+                    raise unexpected_answer(MoodleFunction.CREATE_USERS)
+            except MoodleError as error:  # an answer of the wrong shape leaves the call's outcome unknown
+                account = _CreateAccount(created, indexes, pending[run.stop :], len(runs), number + 1)
+                raise account.error(moodle, users, self._settings, error) from error
+            for index, user in zip(indexes, answered, strict=True):
+                created[index] = {"index": index, "id": user["id"], "username": users[index]["username"]}
+            if number + 1 < len(runs) and not advanced(progress, len(created), self.total):
+                raise stopped(
+                    f"{len(created)} of {self.total} users created",
+                    applied_any=True,
+                    created=[created[index] for index in sorted(created)],
+                    not_attempted=pending[run.stop :],
+                    calls=len(runs),
+                    calls_made=number + 1,
+                )
+        advanced(progress, self.total, self.total)
+        return {"created": [created[index] for index in range(len(users))]}
 
 
 def _find_reasons(
@@ -166,13 +200,19 @@ def _by(existing: MoodleRecord | None) -> str:
 
 
 def update_users(moodle: Moodle, changes: list[dict[str, Any]], settings: Settings, caller: Identity) -> UsersUpdated:
-    """Change the given fields of each user, and say which were changed.
+    """Change the given fields of each user, and say which were changed: :func:`prepare_update_users`, then its plan
+    applied."""
+    return prepare_update_users(moodle, changes, settings, caller).apply()
+
+
+def prepare_update_users(
+    moodle: Moodle, changes: list[dict[str, Any]], settings: Settings, caller: Identity
+) -> UpdatePlan:
+    """Every check of an update, before anything is written: its plan (:class:`UpdatePlan`) writes it.
 
     Checked first, nothing written otherwise: every user exists (404 ``usernotfound``), no user twice, and each new
     username or email is valid, not given twice, and not another user's; a new password meets the policy (Moodle
-    would fail its own answer on it). Moodle then applies the users it can and warns of the others: their Moodle
-    codes are translated (``usernametaken``, ``emailtaken``, ``usernotfound``, ``useremailinvalid``), and any
-    failure is a ``usersnotupdated`` naming ``updated`` and ``failed``.
+    would fail its own answer on it).
     """
     ids = [change["id"] for change in changes]
     _require_admin_for_admins(ids, settings, caller)
@@ -203,34 +243,63 @@ def update_users(moodle: Moodle, changes: list[dict[str, Any]], settings: Settin
     _find_update_reasons(moodle, changes, found.users, settings, findings, extra)
     if findings:
         raise findings.error("nothing was updated")
-    sent = [_as_moodle_user(change) for change in changes]
-    runs = split_by_input_vars("users", sent, {}, moodle.max_input_vars)
-    failed: dict[int, dict[str, Any]] = {}
-    current = {user_id: user.get("username") for user_id, user in found.users.items()}
-    renamed = {
-        change["id"] for change in changes if change.get("username", current[change["id"]]) != current[change["id"]]
-    }
-    for number, run in enumerate(runs):
-        try:
-            answer = moodle.call(MoodleFunction.UPDATE_USERS, {"users": sent[run.start : run.stop]})
-        except MoodleError as error:
-            raise _update_failed(error, ids, run, failed, len(runs), number + 1) from error
-        in_run = {change["id"]: change for change in changes[run.start : run.stop]}
-        for warning in expect_list(answer.get("warnings", []), MoodleFunction.UPDATE_USERS):
-            failure = _failure(moodle, warning, in_run, renamed)
-            failed.setdefault(failure["id"], failure)
-    updated = [user_id for user_id in dict.fromkeys(ids) if user_id not in failed]
-    if failed:
-        failures = [failed[user_id] for user_id in dict.fromkeys(ids) if user_id in failed]
-        own = all(failure["code"] in _REQUEST_OWN_FAILURES for failure in failures)
-        raise ApiError(
-            ErrorCode.USERS_NOT_UPDATED,
-            f"Moodle updated {len(updated)} of {len(updated) + len(failures)} users and refused "
-            f"{missing_ids('user', 'users', [failure['id'] for failure in failures])}",
-            {"updated": updated, "failed": failures},
-            status=400 if own else None,
-        )
-    return {"updated": updated, "failed": []}
+    return UpdatePlan(moodle, changes, found.users)
+
+
+class UpdatePlan:
+    """Checked changes, written by :meth:`apply`; ``current``: the users as they were checked."""
+
+    def __init__(self, moodle: Moodle, changes: list[dict[str, Any]], current: dict[int, MoodleRecord]) -> None:
+        self._moodle, self._changes, self._current = moodle, changes, current
+        self.total = len(changes)
+
+    def apply(self, progress: Progress | None = None) -> UsersUpdated:
+        """Moodle applies the users it can and warns of the others: their Moodle codes are translated
+        (``usernametaken``, ``emailtaken``, ``usernotfound``, ``useremailinvalid``), and any failure is a
+        ``usersnotupdated`` naming ``updated`` and ``failed``. Stopped by ``progress`` between calls: ``updated``,
+        ``failed`` and ``not_attempted``."""
+        moodle, changes = self._moodle, self._changes
+        ids = [change["id"] for change in changes]
+        sent = [_as_moodle_user(change) for change in changes]
+        runs = split_by_input_vars("users", sent, {}, moodle.max_input_vars)
+        failed: dict[int, dict[str, Any]] = {}
+        current = {user_id: user.get("username") for user_id, user in self._current.items()}
+        renamed = {
+            change["id"] for change in changes if change.get("username", current[change["id"]]) != current[change["id"]]
+        }
+        for number, run in enumerate(runs):
+            try:
+                answer = moodle.call(MoodleFunction.UPDATE_USERS, {"users": sent[run.start : run.stop]})
+            except MoodleError as error:
+                raise _update_failed(error, ids, run, failed, len(runs), number + 1) from error
+            in_run = {change["id"]: change for change in changes[run.start : run.stop]}
+            for warning in expect_list(answer.get("warnings", []), MoodleFunction.UPDATE_USERS):
+                failure = _failure(moodle, warning, in_run, renamed)
+                failed.setdefault(failure["id"], failure)
+            if number + 1 < len(runs) and not advanced(progress, run.stop, self.total):
+                updated = [user_id for user_id in dict.fromkeys(ids[: run.stop]) if user_id not in failed]
+                raise stopped(
+                    f"{len(updated)} of {self.total} users updated",
+                    applied_any=bool(updated),
+                    updated=updated,
+                    failed=list(failed.values()),
+                    not_attempted=list(dict.fromkeys(ids[run.stop :])),
+                    calls=len(runs),
+                    calls_made=number + 1,
+                )
+        advanced(progress, self.total, self.total)
+        updated = [user_id for user_id in dict.fromkeys(ids) if user_id not in failed]
+        if failed:
+            failures = [failed[user_id] for user_id in dict.fromkeys(ids) if user_id in failed]
+            own = all(failure["code"] in _REQUEST_OWN_FAILURES for failure in failures)
+            raise ApiError(
+                ErrorCode.USERS_NOT_UPDATED,
+                f"Moodle updated {len(updated)} of {len(updated) + len(failures)} users and refused "
+                f"{missing_ids('user', 'users', [failure['id'] for failure in failures])}",
+                {"updated": updated, "failed": failures},
+                status=400 if own else None,
+            )
+        return {"updated": updated, "failed": []}
 
 
 def _require_admin_for_admins(ids: list[int], settings: Settings, caller: Identity) -> None:
