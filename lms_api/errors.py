@@ -207,6 +207,12 @@ class ErrorCode(StrEnum):
         "`MOODLE_MAX_CONCURRENCY` calls to Moodle are in flight and no slot freed within `MOODLE_QUEUE_TIMEOUT_MS`; "
         "nothing was sent; `Retry-After` says when to retry",
     )
+    JOBS_FULL = (
+        "jobsfull",
+        503,
+        "as many background jobs as the gateway keeps (10,000) are queued or running; nothing was queued; "
+        "`Retry-After` says when to ask again",
+    )
     MOODLE_TIMEOUT = "moodletimeout", 504, "no answer within `MOODLE_TIMEOUT_MS`"
 
     # -- Moodle's errorcodes, passed on ------------------------------------------------------------------------------

@@ -50,7 +50,7 @@ log = structlog.get_logger("lms_api.idempotency")
 
 KEY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
-KEPT_HEADERS = ("Content-Type", "Location", "Retry-After")
+KEPT_HEADERS = ("Content-Type", "Location", "Retry-After", "Preference-Applied")
 READ_METHODS = frozenset({"GET", "HEAD"})
 KEY_PREFIX = "lms_api:idempotency:"
 MAX_KEY_CHARS = 255

@@ -22,6 +22,7 @@ from pyramid.security import NO_PERMISSION_REQUIRED
 from lms_api.cache import ReadCache, RedisStore
 from lms_api.caller import is_operator
 from lms_api.calllog import CallLog
+from lms_api.jobs import JobEngine
 from lms_api.moodle.client import MoodleClient
 from lms_api.moodle.guard import BreakerState
 from lms_api.ratelimit import REFUSED_BUDGET, RedisCounter
@@ -30,6 +31,7 @@ from lms_api.ratelimit import Counter as RateCounter
 METRICS_PATH = "/metrics"
 BREAKER_STATES = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+JOB_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -67,6 +69,19 @@ class GatewayMetrics:
             ["group", "result"],
             registry=self.registry,
         )
+        self.jobs = Counter(
+            "lms_api_jobs",
+            "Background jobs finished, by kind and final state",
+            ["kind", "state"],
+            registry=self.registry,
+        )
+        self.job_seconds = Histogram(
+            "lms_api_job_duration_seconds",
+            "Time a background job ran, from its start to its end",
+            ["kind"],
+            buckets=JOB_BUCKETS,
+            registry=self.registry,
+        )
         self.rate_limited = Counter(
             "lms_api_rate_limit_refusals", "Requests refused over budget", ["budget"], registry=self.registry
         )
@@ -91,15 +106,19 @@ class GatewayMetrics:
 
 
 class _StateCollector:
-    """What is true now, read when scraped: the bulkhead, the breaker, the Redis fallback."""
+    """What is true now, read when scraped: the jobs queued, the bulkhead, the breaker, the Redis fallback."""
 
-    def __init__(self, client: MoodleClient, cache: ReadCache, rate_counter: RateCounter) -> None:
+    def __init__(self, client: MoodleClient, cache: ReadCache, rate_counter: RateCounter, jobs: JobEngine) -> None:
+        self._jobs = jobs
         self._client = client
         self._cache = cache
         self._rate_counter = rate_counter
 
     def collect(self) -> Iterator[Metric]:
         client = self._client
+        yield GaugeMetricFamily(
+            "lms_api_jobs_queued", "Background jobs waiting for a thread", value=self._jobs.queued()
+        )
         yield GaugeMetricFamily(
             "lms_api_moodle_calls_in_flight", "Moodle calls holding a bulkhead slot", value=client.bulkhead.in_use
         )
@@ -132,7 +151,10 @@ def metrics_view(request: Request) -> Response:
     metrics: GatewayMetrics = request.registry.metrics
     # The services this request finds, as a view would: the ones serving now (a test may have swapped the client).
     state = _StateCollector(
-        request.find_service(MoodleClient), request.find_service(ReadCache), request.registry.rate_counter
+        request.find_service(MoodleClient),
+        request.find_service(ReadCache),
+        request.registry.rate_counter,
+        request.registry.jobs,
     )
     scrape = CollectorRegistry()
     scrape.register(metrics.registry)

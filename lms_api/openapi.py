@@ -26,9 +26,11 @@ from pyramid.security import NO_PERMISSION_REQUIRED
 
 from lms_api.errors import UNKNOWN_MOODLE_ERROR_STATUS, ErrorCode
 from lms_api.idempotency import KEY_HEADER, MAX_KEY_CHARS, READ_METHODS, REPLAYED_HEADER
+from lms_api.jobs import PREFER_HEADER, PREFERENCE_APPLIED_HEADER, RESPOND_ASYNC
 from lms_api.jsoncodec import dumps
 from lms_api.operation import Operation, declared_views
 from lms_api.schemas.base import Choices, StatesJsonSchema
+from lms_api.schemas.jobs import JobSchema
 from lms_api.security import Scope
 from lms_api.settings import Settings
 
@@ -103,7 +105,17 @@ HEADERS = {
     "RateLimit-Limit": ("The caller's budget for this kind of request.", "integer"),
     "RateLimit-Remaining": ("What is left of it in this window.", "integer"),
     "RateLimit-Reset": ("Seconds until the window ends.", "integer"),
-    "Retry-After": ("Seconds to wait before trying again (429, 503; 409 `idempotencyinprogress`).", "integer"),
+    "Retry-After": (
+        "Seconds to wait before trying again (429, 503; 409 `idempotencyinprogress`), or before asking again for a "
+        "background job still queued or running.",
+        "integer",
+    ),
+    "Location": ("The background job's URL (`/api/moodle/jobs/{id}`), to poll.", "string"),
+    PREFERENCE_APPLIED_HEADER: (
+        "`respond-async` when the write runs as a background job because `Prefer` asked for it (absent when "
+        "`JOBS_FORCE_ASYNC` made it one).",
+        "string",
+    ),
     REPLAYED_HEADER: (
         "`true` on the answer kept for an `Idempotency-Key`, replayed: the write was not done again.",
         "string",
@@ -115,6 +127,19 @@ HEADERS = {
         "string",
     ),
 }
+
+
+PREFER_PARAMETER = {
+    "in": "header",
+    "name": PREFER_HEADER,
+    "required": False,
+    "description": "RFC 7240 preferences; with `respond-async` among them, the write is checked (a bad request is "
+    "still answered at once, nothing queued), then run as a background job: `202`, the job, and `Location` to poll. "
+    "Without it, a write of more than `JOBS_SYNC_MAX_ITEMS` items is a job too when `JOBS_FORCE_ASYNC` is on.",
+    "schema": {"type": "string"},
+    "example": RESPOND_ASYNC,
+}
+JOB_ROUTE_ERRORS = (ErrorCode.JOBS_FULL,)
 
 
 class Described(NamedTuple):
@@ -198,6 +223,8 @@ def _operation(operation: Operation, view: Callable[..., Any], tag: str, *, writ
         parameters.append({"in": "query", "schema": operation.query})
     if write:
         parameters.append(dict(IDEMPOTENCY_KEY_PARAMETER))
+    if operation.accepts_async:
+        parameters.append(dict(PREFER_PARAMETER))
     result: dict[str, Any] = {
         "operationId": view.__name__,
         "summary": summary,
@@ -225,7 +252,18 @@ def _responses(operation: Operation, write: bool) -> dict[str, Any]:
             "content": {"application/json": {"schema": _success_envelope(operation.answers)}},
         }
     }
+    if operation.accepts_async:
+        job_headers = [*headers, "Location", PREFERENCE_APPLIED_HEADER, REPLAYED_HEADER]
+        responses["202"] = {
+            "description": "Run as a background job (`Prefer: respond-async`): the job, queued; `Location` names it.",
+            "headers": {name: {"$ref": f"#/components/headers/{name}"} for name in job_headers},
+            "content": {"application/json": {"schema": _success_envelope(JobSchema())}},
+        }
+    if operation.scope is Scope.JOBS_READ:
+        responses[str(operation.status)]["headers"]["Retry-After"] = {"$ref": "#/components/headers/Retry-After"}
     codes = [*EVERY_ROUTE, *MOODLE_TROUBLE, *operation.errors]
+    if operation.accepts_async:
+        codes += JOB_ROUTE_ERRORS
     if operation.form is None:  # any body on any other route, a GET's included, is held to MAX_JSON_BODY_KB
         codes.append(ErrorCode.BODY_TOO_LARGE)
     if operation.body is not None:

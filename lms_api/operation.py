@@ -44,6 +44,8 @@ class Operation:
     settled_by: str | None = None
     # ...or, for a write that sets values (sending it twice is harmless), the view itself runs again.
     resend_when_unknown: bool = False
+    # The view returns a Deferred write, which may run as a background job: answered 202 with the job when asked.
+    accepts_async: bool = False
 
     def validated(self, request: Request) -> Validated:
         """The declared inputs, loaded in order: the path, the query, then the body (refused as a whole)."""

@@ -46,6 +46,7 @@ class Scope(StrEnum):
     ENROL_WRITE = "enrol:write"
     NOTIFICATIONS_READ = "notifications:read"
     FILES_WRITE = "files:write"
+    JOBS_READ = "jobs:read"  # one's own background jobs: read, list, cancel
     CACHE_REFRESH = "cache:refresh"  # a read with Cache-Control: no-cache goes to Moodle, not to the cache
     ADMIN = "admin"  # acting on other users; implies every other scope
 

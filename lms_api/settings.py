@@ -536,6 +536,25 @@ class Settings:
         meaning="memory for the kept answers in the process, least recently used out first (with `REDIS_URL`, "
         "Redis keeps them)",
     )
+    jobs_workers: int = setting(
+        _whole_number(1),
+        "2",
+        meaning="threads of the process that run background jobs (`Prefer: respond-async`), apart from waitress's",
+    )
+    jobs_ttl_s: int = setting(
+        _whole_number(1), "86400", meaning="how long a finished background job is kept for `GET /api/moodle/jobs`"
+    )
+    jobs_sync_max_items: int = setting(
+        _whole_number(1),
+        "1000",
+        meaning="with `JOBS_FORCE_ASYNC`, a write of more items (enrolments, users) is run as a background job",
+    )
+    jobs_force_async: bool = setting(
+        _boolean,
+        "false",
+        meaning="`true`: a write over `JOBS_SYNC_MAX_ITEMS` items is answered `202` with a job even without "
+        "`Prefer: respond-async`",
+    )
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = setting(
         _networks,
         "",

@@ -25,15 +25,20 @@ from pyramid.view import view_config
 from lms_api import idempotency
 from lms_api.cache import CachedMoodle
 from lms_api.errors import ErrorCode, success_body, success_json
+from lms_api.jobs import PREFERENCE_APPLIED_HEADER, RESPOND_ASYNC, Deferred, JobEngine, prefers_async, runs_as_job
 from lms_api.jsoncodec import dumps
 from lms_api.operation import OPERATION, Operation
 from lms_api.schemas.base import FormSchema, RequestSchema
+from lms_api.schemas.jobs import JobSchema
 from lms_api.security import Identity, Scope
 
 ENVELOPE_RENDERER = "lms_api:envelope"
 # How many dumps of shared answers an operation remembers. Few: each holds its answer (a real site's site info, its
 # JSON and several times that parsed), and the read cache hands out one object per stored entry, so one or two are live.
 MAX_REMEMBERED_DUMPS = 8
+
+JOB_ROUTE = "api.moodle.job"
+JOB_SCHEMA = JobSchema()
 
 ViewsClass = TypeVar("ViewsClass", bound=type)
 View = TypeVar("View", bound=Callable[..., Any])
@@ -55,6 +60,7 @@ def api_view(
     shared_answer: bool = False,
     settled_by: str | None = None,
     resend_when_unknown: bool = False,
+    accepts_async: bool = False,
 ) -> Callable[[View], View]:
     """``view_config`` for an API view method, with its :class:`Operation`: the permission is a required argument,
     never a default; the schemas given here are the ones the view's input is loaded with and its answer dumped with,
@@ -63,7 +69,10 @@ def api_view(
     A write retried with the ``Idempotency-Key`` of an attempt whose outcome is unknown (or partial) is not sent
     blindly again: ``settled_by`` names the class's method that looks in Moodle and answers as the write would have
     (or None: the view runs); ``resend_when_unknown`` says sending the write again is harmless; with neither, the
-    retry is answered the first attempt's answer."""
+    retry is answered the first attempt's answer.
+
+    ``accepts_async``: the view returns a :class:`~lms_api.jobs.Deferred` write, applied at once, or submitted as a
+    background job and answered 202 with it (:func:`~lms_api.jobs.runs_as_job`)."""
     if not isinstance(permission, Scope):
         raise TypeError(f"permission must be a Scope, got {permission!r}")
     if settled_by is not None and resend_when_unknown:
@@ -81,6 +90,7 @@ def api_view(
         shared_answer,
         settled_by=settled_by,
         resend_when_unknown=resend_when_unknown,
+        accepts_async=accepts_async,
     )
     route = {} if route_name is None else {"route_name": route_name}
     register: Callable[[View], View] = view_config(
@@ -152,6 +162,12 @@ def operation_view(view: Callable[[Any, Request], Any], info: Any) -> Callable[[
     settle = _settling(operation, info)
 
     def respond(request: Request, answer: Any) -> Response:
+        if isinstance(answer, Deferred):
+            if not operation.accepts_async:
+                raise TypeError(f"{info.original_view!r} returned a Deferred write: declare accepts_async")
+            if runs_as_job(request, answer.plan.total):
+                return _accepted(request, answer, operation.answers)
+            answer = answer.plan.apply()
         data_json = dumped(answer)
         response: Response = request.response
         response.status_int = operation.status
@@ -177,6 +193,20 @@ def operation_view(view: Callable[[Any, Request], Any], info: Any) -> Callable[[
         )
 
     return answered
+
+
+def _accepted(request: Request, deferred: Deferred, answers: Schema) -> Response:
+    """202: the write submitted as a background job, which ``Location`` names; its result is dumped by ``answers``."""
+    jobs: JobEngine = request.registry.jobs
+    job = jobs.submit(deferred.kind, request.identity.sub, request.id, deferred.plan, answers.dump)
+    response: Response = request.response
+    response.status_int = 202
+    response.content_type = "application/json"
+    response.location = request.public_url(request.route_path(JOB_ROUTE, id=job.id))
+    if prefers_async(request):
+        response.headers[PREFERENCE_APPLIED_HEADER] = RESPOND_ASYNC
+    response.text = success_json(dumps(JOB_SCHEMA.dump(job.resource())))
+    return response
 
 
 def _settling(operation: Operation, info: Any) -> Callable[[Request], Any] | None:

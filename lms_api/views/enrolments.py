@@ -3,6 +3,7 @@ from typing import Any
 from pyramid.view import view_defaults
 
 from lms_api.errors import ErrorCode
+from lms_api.jobs import Deferred, JobKind
 from lms_api.schemas.enrolments import EnrolBody, EnrolResultSchema
 from lms_api.security import Scope
 from lms_api.services import enrolments
@@ -19,6 +20,7 @@ class EnrolmentViews(ApiViews):
         answers=EnrolResultSchema(),
         errors=(ErrorCode.COURSE_NOT_FOUND, ErrorCode.USER_NOT_FOUND),
         settled_by="enrolled",
+        accepts_async=True,
     )
     def enrol(self) -> object:
         """Enrol users into courses with a role (manual enrolment).
@@ -26,9 +28,11 @@ class EnrolmentViews(ApiViews):
         Only the roles the gateway knows may be given (`MOODLE_ROLE_IDS`), and those beyond `MOODLE_ASSIGNABLE_ROLES`
         (`manager`) only with the `admin` scope as well. The guest user is refused, and courses and users are checked
         first (a deleted user counts as missing); a batch larger than Moodle's `max_input_vars` allows is split, and a
-        failure after the first call says what was applied.
+        failure after the first call says what was applied. With `Prefer: respond-async`, checked, then run as a
+        background job: 202 and the job.
         """
-        return enrolments.enrol(self.moodle, self._wanted(), self.request.lms_settings, self.caller)
+        plan = enrolments.prepare_enrol(self.moodle, self._wanted(), self.request.lms_settings, self.caller)
+        return Deferred(JobKind.ENROL, plan)
 
     def enrolled(self) -> object:
         """After an answer that left the outcome unknown or partial: the answer when everyone holds the role now."""

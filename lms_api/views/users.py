@@ -1,6 +1,7 @@
 from pyramid.view import view_defaults
 
 from lms_api.errors import ErrorCode
+from lms_api.jobs import Deferred, JobKind
 from lms_api.schemas.users import (
     UsersByFieldQuery,
     UsersByFieldSchema,
@@ -41,6 +42,7 @@ class UserViews(ApiViews):
         status=201,
         errors=(ErrorCode.INVALID_USERS,),
         settled_by="created_users",
+        accepts_async=True,
     )
     def create_users(self) -> object:
         """Create 1 to 5,000 users: all of them, or none.
@@ -49,9 +51,11 @@ class UserViews(ApiViews):
         (`invalidusers`): the username's syntax, a username or email given twice or already on the site, the email's
         syntax, the password policy, the authentication plugin and language. The users are then sent in as many calls
         as Moodle's `max_input_vars` needs; a call that fails anyway says which users were created (with ids), not
-        created, and not attempted. Drops the cached `users` entries.
+        created, and not attempted. Drops the cached `users` entries. With `Prefer: respond-async`, checked, then run
+        as a background job: 202 and the job.
         """
-        return userwrites.create_users(self.moodle, self._users(), self.request.lms_settings)
+        plan = userwrites.prepare_create_users(self.moodle, self._users(), self.request.lms_settings)
+        return Deferred(JobKind.USERS_CREATE, plan)
 
     def created_users(self) -> object:
         """After an answer that left the outcome unknown or partial: the users an earlier attempt created (the
@@ -65,6 +69,7 @@ class UserViews(ApiViews):
         answers=UsersUpdatedSchema(),
         errors=(ErrorCode.USER_NOT_FOUND, ErrorCode.INVALID_USERS, ErrorCode.USERS_NOT_UPDATED),
         resend_when_unknown=True,  # setting the same fields again leaves each user as one update would
+        accepts_async=True,
     )
     def update_users(self) -> object:
         """Change the given fields of 1 to 5,000 users (`id` and the fields to change).
@@ -73,9 +78,10 @@ class UserViews(ApiViews):
         valid, not given twice and free, a new password meets the policy (`invalidusers`). Moodle then updates the
         users it can: when it refuses some, the answer is `usersnotupdated` with `updated` and `failed` (each with
         its `code` and `message`), 409 (400 when every failure is the request's own). Drops the cached `users`
-        entries.
+        entries. With `Prefer: respond-async`, checked, then run as a background job: 202 and the job.
         """
-        return userwrites.update_users(self.moodle, self._users(), self.request.lms_settings, self.caller)
+        plan = userwrites.prepare_update_users(self.moodle, self._users(), self.request.lms_settings, self.caller)
+        return Deferred(JobKind.USERS_UPDATE, plan)
 
     def _users(self) -> list[dict[str, object]]:
         wanted: list[dict[str, object]] = self.request.validated.body["users"]

@@ -22,6 +22,9 @@ SCOPES = {
     ("api.moodle.notifications.unread_count", "GET"): Scope.NOTIFICATIONS_READ,
     ("api.moodle.files.upload", "POST"): Scope.FILES_WRITE,
     ("api.moodle.files.attach", "POST"): Scope.FILES_WRITE,
+    ("api.moodle.jobs", "GET"): Scope.JOBS_READ,
+    ("api.moodle.job", "GET"): Scope.JOBS_READ,
+    ("api.moodle.job", "DELETE"): Scope.JOBS_READ,
 }
 
 
@@ -39,6 +42,8 @@ def send(gateway, method, path, token):
         return gateway.get(path, token)
     if method == "PATCH":
         return gateway.patch(path, {}, token)
+    if method == "DELETE":
+        return gateway.delete(path, token)
     return gateway.post(path, {}, token)
 
 

@@ -70,6 +70,9 @@ class Gateway:
     def patch(self, path, body=None, token=None, **kwargs):
         return self.app.patch_json(path, body, headers=_auth(token, kwargs), expect_errors=True, **kwargs)
 
+    def delete(self, path, token=None, **kwargs):
+        return self.app.delete(path, headers=_auth(token, kwargs), expect_errors=True, **kwargs)
+
     def upload(self, path, files, token=None, fields=(), **kwargs):
         """POST multipart: ``files`` are ``(field, filename, content)`` tuples."""
         return self.app.post(
