@@ -12,6 +12,7 @@ a waitress thread; its jobs are lost when the process stops. An engine on a shar
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
 import threading
@@ -181,8 +182,9 @@ def _now() -> str:
 
 class EmbeddedEngine:
     """Jobs run by a pool of threads of the process, kept in its memory: ``ttl_s`` once finished, ``max_jobs`` at
-    most. A write stops between two Moodle calls when cancelled; :meth:`close` cancels what is queued, stops what
-    runs after its current call, and waits for the threads."""
+    most. A write stops between two Moodle calls when cancelled; :meth:`close` (the server's, once it has stopped
+    serving) cancels what is queued, stops what runs after its current call, and waits for the threads, so that a
+    stopping process never cuts a call short."""
 
     def __init__(
         self, workers: int, ttl_s: float, metrics: GatewayMetrics | None = None, *, max_jobs: int = MAX_JOBS
@@ -236,13 +238,16 @@ class EmbeddedEngine:
 
     def close(self) -> None:
         with self._lock:
-            for job in self._jobs.values():
-                if job.state not in FINISHED:
-                    job.cancel_requested = True
-        for job in list(self._jobs.values()):
-            if job.state is JobState.QUEUED:
-                self.cancel(job.id)
+            unfinished = [job for job in self._jobs.values() if job.state not in FINISHED]
+            for job in unfinished:
+                job.cancel_requested = True
+        queued = [job.id for job in unfinished if job.state is JobState.QUEUED]
+        log.info("jobs.stopping", queued=len(queued), running=len(unfinished) - len(queued))
+        for job_id in queued:
+            with contextlib.suppress(ApiError):  # it may have started meanwhile: it stops after its call
+                self.cancel(job_id)
         self._pool.shutdown(wait=True, cancel_futures=True)
+        log.info("jobs.stopped")
 
     def _run(self, job: Job, plan: Plan, dump: Callable[[Any], Any]) -> None:
         with (

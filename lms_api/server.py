@@ -21,6 +21,7 @@ from waitress.adjustments import Adjustments
 from waitress.task import ThreadedTaskDispatcher
 
 from lms_api.bodysizes import largest_body
+from lms_api.jobs import JobEngine
 from lms_api.settings import Settings
 
 DEFAULT_PORT = 6543
@@ -103,6 +104,8 @@ def server_factory(
         finally:  # a SIGTERM now would cut short the writing of the last log lines
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
         log.info("server.stopped", in_flight=dispatcher.in_flight())
+        jobs: JobEngine = app.registry.jobs
+        jobs.close()
 
     return serve
 
