@@ -10,6 +10,7 @@ import weakref
 from types import SimpleNamespace
 
 from lms_api import server
+from lms_api.jobs import EmbeddedEngine
 from lms_api.settings import load_settings
 
 
@@ -56,4 +57,6 @@ def fit_under_limits(soft, hard, needed):
 
 def _app():
     settings = load_settings({"lms_api.environment": "development"}, {})
-    return SimpleNamespace(registry=SimpleNamespace(settings={"lms_api.settings": settings}))
+    return SimpleNamespace(
+        registry=SimpleNamespace(settings={"lms_api.settings": settings}, jobs=EmbeddedEngine(1, 60))
+    )

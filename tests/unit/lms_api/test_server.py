@@ -17,6 +17,7 @@ from structlog.testing import capture_logs
 
 from lms_api import server
 from lms_api.bodysizes import MULTIPART_OVERHEAD_BYTES
+from lms_api.jobs import EmbeddedEngine
 from lms_api.settings import MIB, load_settings
 from tests.support.paths import ROOT
 from tests.support.servers import free_port
@@ -26,7 +27,8 @@ from tests.unit.lms_api.server_children import fit_under_limits, serve_and_see_w
 
 def app_with(**environ):
     settings = load_settings({"lms_api.environment": "development"}, environ)
-    return SimpleNamespace(registry=SimpleNamespace(settings={"lms_api.settings": settings}))
+    jobs = EmbeddedEngine(1, 60)  # no job: closed once the server stops, as a real app's
+    return SimpleNamespace(registry=SimpleNamespace(settings={"lms_api.settings": settings}, jobs=jobs))
 
 
 App = app_with()
