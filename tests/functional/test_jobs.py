@@ -360,3 +360,38 @@ def test_the_document_describes_the_job_routes(gateway):
     assert "jobnotfound" in job["get"]["responses"]["404"]["description"]
     assert "jobfinished" in job["delete"]["responses"]["409"]["description"]
     assert job["get"]["security"] == [{"bearer": ["jobs:read"]}]
+
+
+def test_user_jobs_cancelled_while_running_say_which_users_were_written(make_sandbox, make_gateway):
+    site = make_sandbox(max_input_vars=13, latency_ms=150)  # a few users a call, whatever fields the schema adds
+    gateway = make_gateway(base_url=site.url, token=site.site.token, MOODLE_MAX_INPUT_VARS="13")
+    wanted = fresh(5)
+    created = gateway.post("/api/moodle/users", {"users": wanted}, WRITER, headers=ASYNC)
+    poll(gateway, job_path(created), until={"running"})
+
+    assert gateway.delete(job_path(created), WRITER).status_int == 200
+    job = poll(gateway, job_path(created))[-1].json["data"]
+    details = job["error"]["details"]
+    made = [user["index"] for user in details["created"]]
+    assert (job["state"], job["error"]["code"], details["outcome"]) == ("cancelled", "jobcancelled", "partial")
+    assert 1 <= len(made) < 5 and made == list(range(len(made)))
+    assert details["not_attempted"] == list(range(len(made), 5))
+    found = on_site(site, "username", [user["username"] for user in wanted])
+    assert sorted(user["id"] for user in found) == sorted(user["id"] for user in details["created"])
+
+    ids = [user["id"] for user in details["created"]] + [
+        user["id"]
+        for user in gateway.post("/api/moodle/users", {"users": fresh(5 - len(made))}, WRITER).json["data"]["created"]
+    ]
+    changes = [{"id": i, "city": "Lyon", "firstname": "Bea", "lastname": "M", "institution": "U"} for i in ids]
+    updated = gateway.patch("/api/moodle/users", {"users": changes}, WRITER, headers=ASYNC)
+    poll(gateway, job_path(updated), until={"running"})
+
+    assert gateway.delete(job_path(updated), WRITER).status_int == 200
+    job = poll(gateway, job_path(updated))[-1].json["data"]
+    details = job["error"]["details"]
+    assert (job["state"], details["failed"], details["outcome"]) == ("cancelled", [], "partial")
+    assert 1 <= len(details["updated"]) < 5 and details["updated"] == ids[: len(details["updated"])]
+    assert details["not_attempted"] == ids[len(details["updated"]) :]
+    cities = {user["id"]: user.get("city") for user in on_site(site, "id", ids)}
+    assert [user_id for user_id in ids if cities[user_id] == "Lyon"] == details["updated"]
