@@ -13,7 +13,7 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import waitress
@@ -21,8 +21,10 @@ from waitress.adjustments import Adjustments
 from waitress.task import ThreadedTaskDispatcher
 
 from lms_api.bodysizes import largest_body
-from lms_api.jobs import JobEngine
 from lms_api.settings import Settings
+
+if TYPE_CHECKING:  # the server loads nothing of the app's
+    from lms_api.jobs import JobEngine
 
 DEFAULT_PORT = 6543
 LISTEN_BACKLOG = 1024  # waitress's own default

@@ -93,7 +93,7 @@ def test_a_preflight_for_a_path_without_a_route_is_answered_so_the_real_404_is_r
 
     assert response.status_int == 204
     assert response.headers["Access-Control-Allow-Origin"] == APP
-    assert response.headers["Access-Control-Allow-Methods"] == "GET, HEAD, PATCH, POST"
+    assert response.headers["Access-Control-Allow-Methods"] == "DELETE, GET, HEAD, PATCH, POST"
     real = gateway.get("/api/moodle/nowhere", mint("siteinfo:read"), headers={"Origin": APP})
     assert real.status_int == 404
     assert real.headers["Access-Control-Allow-Origin"] == APP

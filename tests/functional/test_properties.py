@@ -258,6 +258,7 @@ def test_every_query_a_route_reads_is_generated(gateway):
         "/api/moodle/users/by-field": ("field", "values"),
         "/api/moodle/notifications": ("userid", "limit", "offset"),
         "/api/moodle/notifications/unread-count": ("userid",),
+        "/api/moodle/jobs": ("page", "perpage"),
     }
 
 
