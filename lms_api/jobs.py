@@ -20,8 +20,8 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
@@ -102,7 +102,6 @@ class Job:
     error: dict[str, Any] | None = None
     finished_at: float = 0.0  # monotonic, for JOBS_TTL_S
     cancel_requested: bool = False
-    future: Future[None] | None = field(default=None, repr=False)
 
     def resource(self) -> dict[str, Any]:
         """The job as the API shows it (through :class:`~lms_api.schemas.jobs.JobSchema`)."""
@@ -202,7 +201,7 @@ class EmbeddedEngine:
             self._make_room()
             self._jobs[job.id] = job
             queued = copy.copy(job)
-            job.future = self._pool.submit(self._run, job, plan, dump)
+            self._pool.submit(self._run, job, plan, dump)
         log.info("job.queued", job_id=job.id, kind=kind.value, items=plan.total)
         return queued
 
@@ -219,7 +218,9 @@ class EmbeddedEngine:
 
     def cancel(self, job_id: str) -> Job:
         with self._lock:
-            job = self._jobs[job_id]
+            job = self._jobs.get(job_id)
+            if job is None:  # expired since it was read
+                raise ApiError(ErrorCode.JOB_NOT_FOUND, f"No background job {job_id} is kept")
             if job.state in FINISHED:
                 raise ApiError(
                     ErrorCode.JOB_FINISHED, f"The job has finished ({job.state.value}): there is nothing to cancel"

@@ -259,8 +259,6 @@ def _responses(operation: Operation, write: bool) -> dict[str, Any]:
             "headers": {name: {"$ref": f"#/components/headers/{name}"} for name in job_headers},
             "content": {"application/json": {"schema": _success_envelope(JobSchema())}},
         }
-    if operation.scope is Scope.JOBS_READ:
-        responses[str(operation.status)]["headers"]["Retry-After"] = {"$ref": "#/components/headers/Retry-After"}
     codes = [*EVERY_ROUTE, *MOODLE_TROUBLE, *operation.errors]
     if operation.accepts_async:
         codes += JOB_ROUTE_ERRORS
