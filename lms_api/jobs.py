@@ -290,6 +290,7 @@ class EmbeddedEngine:
                 self._finish(job, state, result=result, error=error)
             if self._metrics is not None:
                 self._metrics.job_seconds.labels(job.kind.value).observe(seconds)
+                self._metrics.observe_calls(calls)
             log.info(
                 "job.finished",
                 kind=job.kind.value,

@@ -93,16 +93,20 @@ class GatewayMetrics:
         self.requests.labels(route, method, str(response.status_code)).inc()
         self.request_seconds.labels(route, method).observe(seconds)
         calls: CallLog = request.moodle_calls
-        for call in calls.calls:
-            self.moodle_calls.labels(call.function, call.outcome).inc()
-            self.moodle_seconds.labels(call.function).observe(call.ms / 1000)
-            if call.attempts > 1:
-                self.moodle_retries.labels(call.function).inc(call.attempts - 1)
+        self.observe_calls(calls)
         for outcome in calls.cache:
             self.cache_answers.labels(outcome.group, outcome.fetch.name.lower()).inc()
         budget = request.environ.get(REFUSED_BUDGET)
         if budget is not None:
             self.rate_limited.labels(budget).inc()
+
+    def observe_calls(self, calls: CallLog) -> None:
+        """The Moodle calls of a request, or of a background job."""
+        for call in calls.calls:
+            self.moodle_calls.labels(call.function, call.outcome).inc()
+            self.moodle_seconds.labels(call.function).observe(call.ms / 1000)
+            if call.attempts > 1:
+                self.moodle_retries.labels(call.function).inc(call.attempts - 1)
 
 
 class _StateCollector:

@@ -332,6 +332,7 @@ def test_metrics_count_jobs_by_kind_and_state(gateway, sandbox):
     assert 'lms_api_jobs_total{kind="enrol",state="succeeded"} 1.0' in text
     assert 'lms_api_job_duration_seconds_count{kind="enrol"} 1.0' in text
     assert "lms_api_jobs_queued 0.0" in text
+    assert 'lms_api_moodle_calls_total{function="enrol_manual_enrol_users",outcome="ok"} 1.0' in text  # the job's
 
 
 # -- the document --------------------------------------------------------------------------------------------------
