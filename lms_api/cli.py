@@ -1,4 +1,4 @@
-"""The ``lms-api`` command: mint a development JWT, or run the Moodle sandbox on its own."""
+"""The ``lms-api`` command: mint a development JWT, run the background jobs' worker, or run the Moodle sandbox alone."""
 
 from __future__ import annotations
 
@@ -32,6 +32,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     token.add_argument("--moodle-userid", type=int, help="the caller's Moodle user id")
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
+
+    worker = commands.add_parser("worker", help="run background jobs queued in Redis (JOBS_ENGINE=rq)")
+    worker.add_argument(
+        "--ini",
+        default="production.ini",
+        help="the gateway's ini file, read as pserve reads it (default production.ini)",
+    )
+    worker.add_argument("--name", help="the worker's name in RQ (default: RQ's, unique)")
 
     sandbox = commands.add_parser("sandbox", help="run the Moodle sandbox alone")
     sandbox.add_argument("--host", default="127.0.0.1")
@@ -68,6 +76,35 @@ def _mint(args: argparse.Namespace) -> int:
         print("lms-api: tokens can only be signed with JWT_SECRET and an HS* algorithm", file=sys.stderr)
         return 2
     print(verifier.mint(args.sub, args.scope, args.moodle_userid, args.ttl))
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from pyramid.paster import get_appsettings
+
+    ini = os.path.abspath(args.ini)
+    if not os.path.isfile(ini):
+        print(f"lms-api: no ini file {ini}", file=sys.stderr)
+        return 2
+    try:
+        settings = load_settings(get_appsettings(ini), os.environ, read_dotenv(os.path.dirname(ini)))
+    except SettingsError as error:
+        for problem in error.problems:
+            print(f"lms-api: configuration error: {problem}", file=sys.stderr)
+        return 2
+    if settings.jobs_engine != "rq" or not settings.moodle_base_url or not settings.moodle_token:
+        print("lms-api: the worker needs JOBS_ENGINE=rq, MOODLE_BASE_URL and MOODLE_TOKEN", file=sys.stderr)
+        return 2
+    import redis
+
+    from lms_api.jobqueue import WorkerContext, serve
+    from lms_api.logging import configure_logging
+    from lms_api.moodle.client import MoodleClient
+
+    configure_logging(settings.log_format, settings.secrets)
+    assert settings.redis_url is not None  # load_settings refuses JOBS_ENGINE=rq without it
+    moodle = MoodleClient.from_settings(settings, settings.moodle_base_url, settings.moodle_token)
+    serve(WorkerContext(settings, redis.Redis.from_url(settings.redis_url), moodle), args.name)
     return 0
 
 
@@ -110,7 +147,8 @@ def _sandbox(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    return _mint(args) if args.command == "token" else _sandbox(args)
+    commands = {"token": _mint, "worker": _worker, "sandbox": _sandbox}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

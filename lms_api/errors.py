@@ -115,6 +115,12 @@ class ErrorCode(StrEnum):
         "details say it as a failed call's would (`applied`, `created` or `updated`; `not_attempted`; `outcome: "
         "partial` when something was applied)",
     )
+    JOB_LOST = (
+        "joblost",
+        500,
+        "the worker running a background job stopped mid-job (its heartbeat lapsed): never resent, the details say "
+        "what was `applied` and `not_applied`, and which items' call was in flight (`unknown`, `outcome: unknown`)",
+    )
     JOB_FINISHED = "jobfinished", 409, "the background job has finished already: there is nothing left to cancel"
     USERS_NOT_UPDATED = (
         "usersnotupdated",

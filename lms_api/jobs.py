@@ -6,8 +6,8 @@ or, when the caller sends ``Prefer: respond-async`` (or ``JOBS_FORCE_ASYNC`` and
 ``JOBS_SYNC_MAX_ITEMS`` items), submits it to the :class:`JobEngine` and answers 202 with the job.
 
 The engine here is the embedded one: a store in the process and a pool of ``JOBS_WORKERS`` threads of its own, never
-a waitress thread; its jobs are lost when the process stops. An engine on a shared queue (RQ on Redis) answers the same
-:class:`JobEngine` calls.
+a waitress thread; its jobs are lost when the process stops. ``JOBS_ENGINE=rq`` puts them on RQ in Redis instead
+(:mod:`lms_api.jobqueue`), run by ``lms-api worker`` processes, behind the same :class:`JobEngine` calls.
 """
 
 from __future__ import annotations
@@ -175,7 +175,26 @@ def runs_as_job(request: Request, total: int) -> bool:
     return prefers_async(request) or (settings.jobs_force_async and total > settings.jobs_sync_max_items)
 
 
-def _now() -> str:
+def outcome(
+    job: Job, plan: Plan, dump: Callable[[Any], Any], progress: Progress
+) -> tuple[Any, dict[str, Any] | None, JobState]:
+    """Apply ``plan``: its dumped result, or its error, and the state the job ends in."""
+    try:
+        return dump(plan.apply(progress)), None, JobState.SUCCEEDED
+    except ApiError as failure:
+        error = error_body(failure, job.request_id)["error"]
+        if failure.code == ErrorCode.JOB_CANCELLED:
+            return None, error, JobState.CANCELLED
+        if failure.details.get("outcome") == OUTCOME_PARTIAL:
+            return None, error, JobState.PARTIAL
+        return None, error, JobState.FAILED
+    except Exception:
+        log.exception("job.crashed", kind=job.kind.value)
+        crash = ApiError(ErrorCode.INTERNAL_ERROR, "The job failed on a gateway bug; its id finds its log lines")
+        return None, error_body(crash, job.request_id)["error"], JobState.FAILED
+
+
+def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -196,7 +215,7 @@ class EmbeddedEngine:
         self._lock = threading.Lock()
 
     def submit(self, kind: JobKind, sub: str, request_id: str, plan: Plan, dump: Callable[[Any], Any]) -> Job:
-        job = Job(uuid.uuid4().hex, kind, sub, request_id, plan.total, _now())
+        job = Job(uuid.uuid4().hex, kind, sub, request_id, plan.total, now())
         with self._lock:
             self._make_room()
             self._jobs[job.id] = job
@@ -229,9 +248,9 @@ class EmbeddedEngine:
             if job.state is JobState.QUEUED:  # its thread, when it comes, finds it finished
                 error = ApiError(ErrorCode.JOB_CANCELLED, "Cancelled before it started: nothing was written")
                 self._finish(job, JobState.CANCELLED, error=error_body(error, job.request_id)["error"])
-            now = copy.copy(job)
-        log.info("job.cancel_requested", job_id=job.id, state=now.state.value)
-        return now
+            current = copy.copy(job)
+        log.info("job.cancel_requested", job_id=job.id, state=current.state.value)
+        return current
 
     def queued(self) -> int:
         with self._lock:
@@ -258,7 +277,7 @@ class EmbeddedEngine:
             with self._lock:
                 if job.state is not JobState.QUEUED:  # cancelled while queued
                     return
-                job.state, job.started = JobState.RUNNING, _now()
+                job.state, job.started = JobState.RUNNING, now()
             started = time.perf_counter()
             log.info("job.started", kind=job.kind.value, items=job.total)
 
@@ -268,23 +287,7 @@ class EmbeddedEngine:
                     if job.cancel_requested:
                         raise JobStopped()
 
-            result, error, state = None, None, JobState.SUCCEEDED
-            try:
-                result = dump(plan.apply(progress))
-            except ApiError as failure:
-                error = error_body(failure, job.request_id)["error"]
-                if failure.code == ErrorCode.JOB_CANCELLED:
-                    state = JobState.CANCELLED
-                elif failure.details.get("outcome") == OUTCOME_PARTIAL:
-                    state = JobState.PARTIAL
-                else:
-                    state = JobState.FAILED
-            except Exception:
-                log.exception("job.crashed", kind=job.kind.value)
-                crash = ApiError(
-                    ErrorCode.INTERNAL_ERROR, "The job failed on a gateway bug; its id finds its log lines"
-                )
-                error, state = error_body(crash, job.request_id)["error"], JobState.FAILED
+            result, error, state = outcome(job, plan, dump, progress)
             seconds = time.perf_counter() - started
             with self._lock:
                 self._finish(job, state, result=result, error=error)
@@ -304,7 +307,7 @@ class EmbeddedEngine:
             )
 
     def _finish(self, job: Job, state: JobState, *, result: Any = None, error: dict[str, Any] | None = None) -> None:
-        job.state, job.finished, job.finished_at = state, _now(), time.monotonic()
+        job.state, job.finished, job.finished_at = state, now(), time.monotonic()
         job.result, job.error = result, error
         if state is JobState.SUCCEEDED:
             job.done = job.total
@@ -332,4 +335,9 @@ class EmbeddedEngine:
 
 def includeme(config: Configurator) -> None:
     settings: Settings = config.registry.settings["lms_api.settings"]
-    config.registry.jobs = EmbeddedEngine(settings.jobs_workers, settings.jobs_ttl_s, config.registry.metrics)
+    if settings.jobs_engine == "rq":
+        from lms_api.jobqueue import RQEngine  # only a gateway on RQ loads it
+
+        config.registry.jobs = RQEngine.from_settings(settings)
+    else:
+        config.registry.jobs = EmbeddedEngine(settings.jobs_workers, settings.jobs_ttl_s, config.registry.metrics)

@@ -315,6 +315,13 @@ def _dotted_name(key: str, raw: str) -> str:
     return name
 
 
+def _jobs_engine(key: str, raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in ("embedded", "rq"):
+        raise SettingsError(f"{key} must be 'embedded' or 'rq', got {raw!r}")
+    return value
+
+
 def _log_format(key: str, raw: str) -> str:
     value = raw.strip().lower()
     if value not in ("json", "console"):
@@ -536,6 +543,12 @@ class Settings:
         meaning="memory for the kept answers in the process, least recently used out first (with `REDIS_URL`, "
         "Redis keeps them)",
     )
+    jobs_engine: str = setting(
+        _jobs_engine,
+        "embedded",
+        meaning="`embedded`: jobs run in the gateway's process, lost when it stops; `rq`: queued in `REDIS_URL`'s "
+        "Redis, run by `lms-api worker`, read and cancelled by any replica",
+    )
     jobs_workers: int = setting(
         _whole_number(1),
         "2",
@@ -674,6 +687,8 @@ def load_settings(
             secrets.append(values[name])
 
     problems.extend(_moodle_problems(environment, values, refused))
+    if values["JOBS_ENGINE"] == "rq" and not values["REDIS_URL"] and "REDIS_URL" not in refused:
+        problems.append("JOBS_ENGINE=rq needs REDIS_URL: the queue and the jobs are kept in Redis")
     jwt_secret, algorithms, uses_development_secret = None, tuple[str, ...](), False
     if not any(name.startswith("JWT_") for name in refused):  # else the keys' own problems say enough
         try:

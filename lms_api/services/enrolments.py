@@ -109,6 +109,15 @@ class EnrolPlan:
         self._enrolments = enrolments
         self.total = len(enrolments)
 
+    def data(self) -> dict[str, Any]:
+        """What :meth:`from_data` rebuilds the plan from, as JSON: a job queued in Redis carries it."""
+        return {"enrolments": self._enrolments}
+
+    @classmethod
+    def from_data(cls, moodle: Moodle, settings: Settings, data: dict[str, Any]) -> EnrolPlan:
+        """The plan of :meth:`data`, checked when it was made: not checked again."""
+        return cls(moodle, data["enrolments"])
+
     def apply(self, progress: Progress | None = None) -> EnrolResult:
         """Send the enrolments in as many calls as max_input_vars needs, each all-or-nothing. When one fails,
         ``details`` lists the indexes ``applied`` by the earlier calls and ``not_applied`` (and ``unknown`` when the

@@ -105,6 +105,15 @@ class CreatePlan:
         self._created = created
         self.total = len(users)
 
+    def data(self) -> dict[str, Any]:
+        """What :meth:`from_data` rebuilds the plan from, as JSON: a job queued in Redis carries it."""
+        return {"users": self._users, "created": list(self._created.values())}
+
+    @classmethod
+    def from_data(cls, moodle: Moodle, settings: Settings, data: dict[str, Any]) -> CreatePlan:
+        """The plan of :meth:`data`, checked when it was made: not checked again."""
+        return cls(moodle, data["users"], settings, {user["index"]: user for user in data["created"]})
+
     def apply(self, progress: Progress | None = None) -> UsersCreated:
         """Send the users in as many calls as max_input_vars needs; each call is all or nothing. When one fails,
         ``details`` lists ``created`` (with ids), ``not_created`` or ``unknown`` (the failed call's), and
@@ -252,6 +261,15 @@ class UpdatePlan:
     def __init__(self, moodle: Moodle, changes: list[dict[str, Any]], current: dict[int, MoodleRecord]) -> None:
         self._moodle, self._changes, self._current = moodle, changes, current
         self.total = len(changes)
+
+    def data(self) -> dict[str, Any]:
+        """What :meth:`from_data` rebuilds the plan from, as JSON: a job queued in Redis carries it."""
+        return {"changes": self._changes, "current": list(self._current.items())}
+
+    @classmethod
+    def from_data(cls, moodle: Moodle, settings: Settings, data: dict[str, Any]) -> UpdatePlan:
+        """The plan of :meth:`data`, checked when it was made: not checked again."""
+        return cls(moodle, data["changes"], dict(data["current"]))
 
     def apply(self, progress: Progress | None = None) -> UsersUpdated:
         """Moodle applies the users it can and warns of the others: their Moodle codes are translated

@@ -262,6 +262,8 @@ def test_a_public_key_may_be_a_file_or_one_line_with_escaped_newlines(tmp_path, 
         ({"CORS_ALLOWED_ORIGINS": "https://app.example.edu/spa"}, "CORS_ALLOWED_ORIGINS"),
         ({"TRUSTED_PROXIES": "10.0.0.0/8,proxy.local"}, "TRUSTED_PROXIES"),
         ({"REDIS_URL": "http://cache:6379"}, "REDIS_URL"),
+        ({"JOBS_ENGINE": "celery"}, "JOBS_ENGINE must be 'embedded' or 'rq'"),
+        ({"JOBS_ENGINE": "rq"}, "JOBS_ENGINE=rq needs REDIS_URL"),
     ],
 )
 def test_bad_security_settings_are_refused_naming_the_key(environ, message):
@@ -291,9 +293,11 @@ def test_rate_limits_proxies_and_origins():
             "TRUSTED_PROXIES": "10.0.0.0/8, ::1",
             "CORS_ALLOWED_ORIGINS": "https://app.example.edu, http://localhost:5173/",
             "REDIS_URL": "redis://:hunter2@cache:6379/0",
+            "JOBS_ENGINE": " RQ ",
         },
     )
 
+    assert settings.jobs_engine == "rq"
     assert (settings.rate_limit_read.count, settings.rate_limit_read.period_s) == (10, 1)
     assert (settings.rate_limit_write.count, settings.rate_limit_write.period_s) == (120, 60)
     assert [str(network) for network in settings.trusted_proxies] == ["10.0.0.0/8", "::1/128"]

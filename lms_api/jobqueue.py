@@ -1,0 +1,375 @@
+"""Background jobs on RQ in Redis (``JOBS_ENGINE=rq``): the gateway only queues them, ``lms-api worker`` runs them.
+
+A job is queued as data, never as a live object: its kind and its plan's checked items (``plan.data()``), from which
+the worker rebuilds the plan on its own Moodle client without checking again. Its record is a Redis hash that every
+replica reads and cancels; the worker writes its progress there after each Moodle call, before the next, and the
+items of the call it is about to send (``in_flight``) before sending it.
+
+Exactly once: RQ never retries a job (none is queued with a retry), and a worker starts only a job still ``queued``.
+While a job runs, its worker keeps a heartbeat key alive; a replica that reads a ``running`` job whose heartbeat has
+lapsed (the worker was killed, or lost its Redis) ends it ``failed`` (``joblost``) with the items applied as of the
+last recorded call, those not applied, and the call in flight named as of unknown outcome: nothing is sent twice.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+import structlog
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from lms_api.calllog import recording_calls
+from lms_api.errors import ApiError, ErrorCode, error_body
+from lms_api.jobs import FINISHED, Job, JobKind, JobState, Plan, now, outcome
+from lms_api.moodle.client import FileUpload, Moodle, MoodleClient
+from lms_api.moodle.errors import OUTCOME_UNKNOWN
+from lms_api.moodle.functions import MoodleFunction
+from lms_api.redisstate import redis_client
+from lms_api.services.progress import JobStopped
+from lms_api.settings import Settings
+
+log = structlog.get_logger("lms_api.jobs")
+
+QUEUE = "lms_api.jobs"
+HEARTBEAT_S = 1.0  # how often a running job's worker says it is alive
+ALIVE_S = 5  # a running job whose worker has not said so for this long is lost
+
+
+def _record_key(job_id: str) -> str:
+    return f"lms_api:job:{job_id}"
+
+
+def _alive_key(job_id: str) -> str:
+    return f"lms_api:job:{job_id}:alive"
+
+
+def _owned_key(sub: str) -> str:
+    return f"lms_api:jobs:of:{sub}"
+
+
+@dataclass(frozen=True)
+class _Writes:
+    """How a kind's plan is rebuilt, the Moodle function that writes its items, and its result's schema."""
+
+    rebuild: Callable[[Moodle, Settings, dict[str, Any]], Plan]
+    function: MoodleFunction
+    items: str  # the parameter of ``function`` that carries the items
+    dump: Callable[[Any], Any]
+
+
+def _writes(kind: JobKind) -> _Writes:
+    # Imported when a job runs: the schemas and services load the app's modules, which the engine's import must not.
+    from lms_api.schemas.enrolments import EnrolResultSchema
+    from lms_api.schemas.users import UsersCreatedSchema, UsersUpdatedSchema
+    from lms_api.services.enrolments import EnrolPlan
+    from lms_api.services.userwrites import CreatePlan, UpdatePlan
+
+    return {
+        JobKind.ENROL: _Writes(EnrolPlan.from_data, MoodleFunction.ENROL_USERS, "enrolments", EnrolResultSchema().dump),
+        JobKind.USERS_CREATE: _Writes(
+            CreatePlan.from_data, MoodleFunction.CREATE_USERS, "users", UsersCreatedSchema().dump
+        ),
+        JobKind.USERS_UPDATE: _Writes(
+            UpdatePlan.from_data, MoodleFunction.UPDATE_USERS, "users", UsersUpdatedSchema().dump
+        ),
+    }[kind]
+
+
+def _text(fields: Mapping[Any, Any]) -> dict[str, str]:
+    """A record's fields as read from Redis (bytes), as text."""
+    return {key.decode(): value.decode() for key, value in fields.items()}
+
+
+def _job(fields: Mapping[Any, Any]) -> Job:
+    text = _text(fields)
+    return Job(
+        id=text["id"],
+        kind=JobKind(text["kind"]),
+        sub=text["sub"],
+        request_id=text["request_id"],
+        total=int(text["total"]),
+        created=text["created"],
+        state=JobState(text["state"]),
+        started=text.get("started") or None,
+        finished=text.get("finished") or None,
+        done=int(text.get("done", "0")),
+        result=json.loads(text["result"]) if "result" in text else None,
+        error=json.loads(text["error"]) if "error" in text else None,
+        cancel_requested=text.get("cancel") == "1",
+    )
+
+
+class RQEngine:
+    """The :class:`~lms_api.jobs.JobEngine` of a gateway on RQ: it queues, reads and cancels; workers run."""
+
+    def __init__(self, client: redis.Redis, ttl_s: int) -> None:
+        self._redis = client
+        self._ttl_s = ttl_s
+        self._queue = Queue(QUEUE, connection=client, serializer=JSONSerializer)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RQEngine:
+        assert settings.redis_url is not None  # load_settings refuses JOBS_ENGINE=rq without it
+        return cls(redis_client(settings.redis_url), settings.jobs_ttl_s)
+
+    def submit(self, kind: JobKind, sub: str, request_id: str, plan: Plan, dump: Callable[[Any], Any]) -> Job:
+        job = Job(uuid.uuid4().hex, kind, sub, request_id, plan.total, now())
+        data = plan.data()  # type: ignore[attr-defined]  # every plan a view defers has it
+        with self._redis.pipeline() as pipe:
+            pipe.hset(
+                _record_key(job.id),
+                mapping={
+                    "id": job.id,
+                    "kind": kind.value,
+                    "sub": sub,
+                    "request_id": request_id,
+                    "total": job.total,
+                    "created": job.created,
+                    "state": job.state.value,
+                },
+            )
+            pipe.zadd(_owned_key(sub), {job.id: time.time()})
+            pipe.execute()
+        # No retry, no timeout: a job's calls are sent once, and a call is never cut short.
+        # The description is what RQ logs and shows (rq info, dashboards): never the items, which may hold passwords.
+        self._queue.enqueue(
+            "lms_api.jobqueue.run",
+            job.id,
+            data,
+            job_id=job.id,
+            description=f"{kind.value} job {job.id} ({job.total} items)",
+            job_timeout=-1,
+            result_ttl=0,
+            failure_ttl=self._ttl_s,
+        )
+        log.info("job.queued", job_id=job.id, kind=kind.value, items=job.total, engine="rq")
+        return job
+
+    def get(self, job_id: str) -> Job | None:
+        fields = self._redis.hgetall(_record_key(job_id))
+        if not fields:
+            return None
+        job = _job(fields)
+        if job.state is JobState.RUNNING and not self._redis.exists(_alive_key(job_id)):
+            return self._lost(job_id) or job
+        return job
+
+    def jobs_of(self, sub: str) -> list[Job]:
+        found: list[bytes] = self._redis.zrevrange(_owned_key(sub), 0, -1)  # type: ignore[assignment]
+        ids = [job_id.decode() for job_id in found]
+        jobs = [self.get(job_id) for job_id in ids]
+        gone = [job_id for job_id, job in zip(ids, jobs, strict=True) if job is None]
+        if gone:
+            self._redis.zrem(_owned_key(sub), *gone)
+        return [job for job in jobs if job is not None]
+
+    def cancel(self, job_id: str) -> Job:
+        key = _record_key(job_id)
+        with self._redis.pipeline() as pipe:
+            pipe.watch(key)  # type: ignore[no-untyped-call]
+            fields = pipe.hgetall(key)
+            if not fields:
+                raise ApiError(ErrorCode.JOB_NOT_FOUND, f"No background job {job_id} is kept")
+            job = _job(fields)
+            if job.state in FINISHED:
+                raise ApiError(
+                    ErrorCode.JOB_FINISHED, f"The job has finished ({job.state.value}): there is nothing to cancel"
+                )
+            pipe.multi()
+            pipe.hset(key, "cancel", "1")
+            if job.state is JobState.QUEUED:  # the worker that takes it finds it finished
+                error = ApiError(ErrorCode.JOB_CANCELLED, "Cancelled before it started: nothing was written")
+                _finish(pipe, job, JobState.CANCELLED, self._ttl_s, error=error_body(error, job.request_id)["error"])
+            try:
+                pipe.execute()
+            except redis.WatchError:  # its worker took it meanwhile: it stops after its call
+                return self.cancel(job_id)
+        log.info("job.cancel_requested", job_id=job_id, state=job.state.value)
+        return self.get(job_id) or job
+
+    def queued(self) -> int:
+        return self._queue.count
+
+    def close(self) -> None:
+        self._redis.close()
+
+    def _lost(self, job_id: str) -> Job | None:
+        """End a running job whose worker is gone, as of its last recorded call; None when it changed meanwhile."""
+        key = _record_key(job_id)
+        with self._redis.pipeline() as pipe:
+            pipe.watch(key, _alive_key(job_id))  # type: ignore[no-untyped-call]
+            fields = pipe.hgetall(key)
+            if not fields or pipe.exists(_alive_key(job_id)):
+                return None
+            job = _job(fields)
+            if job.state is not JobState.RUNNING:
+                return None
+            text = _text(fields)
+            start, stop = (int(bound) for bound in text.get("in_flight", f"{job.done}:{job.done}").split(":"))
+            details = {
+                "applied": list(range(job.done)),
+                "unknown": list(range(start, stop)),
+                "not_applied": list(range(stop, job.total)),
+                "outcome": OUTCOME_UNKNOWN,
+            }
+            error = ApiError(
+                ErrorCode.JOB_LOST,
+                f"The worker stopped mid-job: {job.done} of {job.total} items applied, "
+                f"{stop - start} in a call of unknown outcome; nothing was sent again",
+                details,
+            )
+            pipe.multi()
+            _finish(pipe, job, JobState.FAILED, self._ttl_s, error=error_body(error, job.request_id)["error"])
+            try:
+                pipe.execute()
+            except redis.WatchError:
+                return None
+        log.warning("job.lost", job_id=job_id, done=job.done, unknown=stop - start)
+        return self.get(job_id)
+
+
+def _finish(
+    pipe: Any, job: Job, state: JobState, ttl_s: int, *, result: Any = None, error: dict[str, Any] | None = None
+) -> None:
+    key = _record_key(job.id)
+    fields: dict[str, Any] = {"state": state.value, "finished": now()}
+    if state is JobState.SUCCEEDED:
+        fields |= {"done": job.total, "result": json.dumps(result)}
+    if error is not None:
+        fields["error"] = json.dumps(error)
+    pipe.hset(key, mapping=fields)
+    pipe.hdel(key, "in_flight")
+    pipe.expire(key, ttl_s)
+
+
+class _JournalledMoodle:
+    """The worker's Moodle client for one job: the items of each write call are recorded as in flight before it is
+    sent, and as applied once it has answered, before anything else is sent."""
+
+    def __init__(self, moodle: Moodle, client: redis.Redis, job: Job, writes: _Writes) -> None:
+        self._moodle, self._redis, self._job, self._writes = moodle, client, job, writes
+        self._done = 0
+
+    @property
+    def max_input_vars(self) -> int:
+        return self._moodle.max_input_vars
+
+    def require(self, *functions: MoodleFunction) -> None:
+        self._moodle.require(*functions)
+
+    def clean(self, text: str) -> str:
+        return self._moodle.clean(text)
+
+    def upload(self, files: Sequence[FileUpload], itemid: int = 0) -> list[dict[str, Any]]:
+        return self._moodle.upload(files, itemid)
+
+    def forget_functions(self) -> None:
+        self._moodle.forget_functions()
+
+    def call(self, function: MoodleFunction, params: Mapping[str, Any] | None = None) -> Any:
+        if function is not self._writes.function or params is None:
+            return self._moodle.call(function, params)
+        key, sent = _record_key(self._job.id), len(params[self._writes.items])
+        self._redis.hset(key, "in_flight", f"{self._done}:{self._done + sent}")
+        answer = self._moodle.call(function, params)
+        self._done += sent
+        with self._redis.pipeline() as pipe:
+            pipe.hset(key, "done", self._done)
+            pipe.hdel(key, "in_flight")
+            pipe.execute()
+        return answer
+
+
+@dataclass
+class WorkerContext:
+    """What ``lms-api worker`` gives the jobs it runs."""
+
+    settings: Settings
+    redis: redis.Redis
+    moodle: MoodleClient
+
+
+_context: WorkerContext | None = None
+
+
+def serve(context: WorkerContext, name: str | None = None) -> None:
+    """Run jobs from the gateway's queue until stopped (SIGTERM: after the job running ends), one at a time, in this
+    process: a job killed with its worker is one whose calls stopped with it."""
+    from rq import SimpleWorker
+
+    global _context
+    _context = context
+    worker = SimpleWorker(
+        [Queue(QUEUE, connection=context.redis, serializer=JSONSerializer)],
+        connection=context.redis,
+        serializer=JSONSerializer,
+        name=name,
+    )
+    worker.work(with_scheduler=False)
+
+
+def run(job_id: str, data: dict[str, Any]) -> None:
+    """The function RQ runs: one job, from its record and its plan's data."""
+    assert _context is not None, "run by lms-api worker"
+    client, settings, key = _context.redis, _context.settings, _record_key(job_id)
+    with client.pipeline() as pipe:
+        pipe.watch(key)  # type: ignore[no-untyped-call]
+        fields = pipe.hgetall(key)
+        if not fields or _job(fields).state is not JobState.QUEUED:  # cancelled while queued, or expired
+            return
+        job = _job(fields)
+        pipe.multi()
+        pipe.hset(key, mapping={"state": JobState.RUNNING.value, "started": now()})
+        pipe.set(_alive_key(job_id), "1", ex=ALIVE_S)
+        pipe.execute()
+    stop_beating = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(client, job_id, stop_beating), daemon=True)
+    beat.start()
+    try:
+        _apply(client, settings, job, data)
+    finally:
+        stop_beating.set()
+        beat.join()
+        client.delete(_alive_key(job_id))
+
+
+def _heartbeat(client: redis.Redis, job_id: str, stop: threading.Event) -> None:
+    while not stop.wait(HEARTBEAT_S):
+        client.set(_alive_key(job_id), "1", ex=ALIVE_S)
+
+
+def _apply(client: redis.Redis, settings: Settings, job: Job, data: dict[str, Any]) -> None:
+    assert _context is not None
+    writes = _writes(job.kind)
+    key = _record_key(job.id)
+    with structlog.contextvars.bound_contextvars(job_id=job.id, request_id=job.request_id), recording_calls() as calls:
+        started = time.perf_counter()
+        log.info("job.started", kind=job.kind.value, items=job.total)
+        plan = writes.rebuild(_JournalledMoodle(_context.moodle, client, job, writes), settings, data)
+
+        def progress(done: int, total: int) -> None:
+            if client.hget(key, "cancel") == b"1":
+                raise JobStopped()
+
+        result, error, state = outcome(job, plan, writes.dump, progress)
+        with client.pipeline() as pipe:
+            _finish(pipe, job, state, settings.jobs_ttl_s, result=result, error=error)
+            pipe.execute()
+        log.info(
+            "job.finished",
+            kind=job.kind.value,
+            state=state.value,
+            items=job.total,
+            moodle_calls=len(calls.calls),
+            moodle_ms=calls.ms,
+            ms=round((time.perf_counter() - started) * 1000, 1),
+            code=None if error is None else error["code"],
+        )

@@ -1,0 +1,220 @@
+"""Background jobs on RQ (``JOBS_ENGINE=rq``): the gateway queues them in a real Redis, a real ``lms-api worker``
+process runs them against a sandbox over HTTP; any gateway on the same Redis reads and cancels them, and a worker
+killed mid-job leaves an exact record and no call sent twice."""
+
+import signal
+import time
+
+import pytest
+
+from lms_api.jobqueue import ALIVE_S
+from moodle_sandbox.server import start_sandbox
+from tests.functional.test_enrol import STUDENTS, enrolled, new_course
+from tests.support.credentials import mint
+from tests.support.paths import ROOT
+from tests.support.processes import clean_env
+from tests.support.sandbox import moodle_call, sandbox_calls
+from tests.support.timing import eventually
+
+ENROL = "enrol_manual_enrol_users"
+ASYNC = {"Prefer": "respond-async"}
+WRITER = mint("enrol:write users:write users:read jobs:read")
+OTHER = mint("enrol:write jobs:read", sub="user-2")
+SECRET = "rq-jobs-secret-" + "r" * 40
+TWO_ENROLMENTS_A_CALL = "9"  # 3 reserved fields + two enrolments of three
+FINISHED = {"succeeded", "failed", "partial", "cancelled"}
+
+
+@pytest.fixture
+def site():
+    """A sandbox over HTTP taking two enrolments a call, each call answered after 200 ms."""
+    server = start_sandbox(max_input_vars=int(TWO_ENROLMENTS_A_CALL), latency_ms=200)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def rq_gateway(make_gateway, site, empty_redis):
+    """A gateway (WebTest) on RQ; ``rq_gateway()`` makes another on the same Redis, as a replica or a restart."""
+
+    def build():
+        return make_gateway(
+            base_url=site.url,
+            token=site.site.token,
+            MOODLE_MAX_INPUT_VARS=TWO_ENROLMENTS_A_CALL,
+            JOBS_ENGINE="rq",
+            REDIS_URL=empty_redis,
+        )
+
+    return build
+
+
+@pytest.fixture
+def worker(spawn, site, empty_redis):
+    """``start()``: an ``lms-api worker`` process on the gateway's Redis and the sandbox, under production.ini."""
+
+    def start(name):
+        env = clean_env(
+            MOODLE_BASE_URL=site.url,
+            MOODLE_TOKEN=site.site.token,
+            MOODLE_MAX_INPUT_VARS=TWO_ENROLMENTS_A_CALL,
+            JWT_SECRET=SECRET,
+            JOBS_ENGINE="rq",
+            REDIS_URL=empty_redis,
+        )
+        return spawn("lms-api", "worker", "--ini", str(ROOT / "production.ini"), env=env, log=f"{name}.log")
+
+    return start
+
+
+def enrolments(courses):
+    return {
+        "enrolments": [
+            {"roleid": "student", "userid": user, "courseid": course} for course in courses for user in STUDENTS
+        ]
+    }
+
+
+def job_of(gateway, location, token=WRITER):
+    time.sleep(0.05)  # polled in loops: within the caller's rate budget
+    response = gateway.get(location, token)
+    assert response.status_int == 200, response.text
+    return response.json["data"]
+
+
+def finished(gateway, location, seconds=30):
+    eventually(lambda: job_of(gateway, location)["state"] in FINISHED, "the job finished", seconds)
+    return job_of(gateway, location)
+
+
+def test_an_async_enrolment_runs_in_the_worker_and_any_gateway_on_the_redis_answers_it(rq_gateway, site, worker):
+    gateway = rq_gateway()
+    course = new_course(site)
+
+    response = gateway.post("/api/moodle/enrol", enrolments([course]), WRITER, headers=ASYNC)
+
+    assert response.status_int == 202, response.text
+    location = response.headers["Location"]
+    assert response.json["data"]["state"] == "queued"
+    worker("worker")
+    restarted = rq_gateway()  # a new app on the same Redis: nothing of the first one's memory
+    done = finished(restarted, location)
+    assert done["state"] == "succeeded", done
+    assert done["result"] == {"enrolled": 5, "calls": 3}
+    assert done["progress"] == {"done": 5, "total": 5}
+    assert sorted(enrolled(site, course)) == STUDENTS
+    assert sandbox_calls(site)[ENROL] == 3
+    listed = restarted.get("/api/moodle/jobs", WRITER).json["data"]
+    assert [job["id"] for job in listed["jobs"]] == [done["id"]]
+    assert gateway.get(location, OTHER, status=404).json["error"]["code"] == "jobnotfound"
+    assert restarted.get("/api/moodle/jobs", OTHER).json["data"]["total"] == 0
+
+
+def test_async_user_creation_and_update_run_in_the_worker(rq_gateway, site, worker):
+    gateway = rq_gateway()
+    worker("worker")
+    users = [
+        {
+            "username": f"rq{index}",
+            "password": "Passw0rd!x",
+            "firstname": "R",
+            "lastname": "Q",
+            "email": f"rq{index}@example.org",
+        }
+        for index in range(3)
+    ]
+
+    created = finished(
+        gateway, gateway.post("/api/moodle/users", {"users": users}, WRITER, headers=ASYNC).headers["Location"]
+    )
+
+    assert created["state"] == "succeeded", created
+    ids = [user["id"] for user in created["result"]["created"]]
+    assert [user["username"] for user in created["result"]["created"]] == ["rq0", "rq1", "rq2"]
+    changes = {"users": [{"id": user_id, "firstname": "Changed"} for user_id in ids]}
+    updated = finished(gateway, gateway.patch("/api/moodle/users", changes, WRITER, headers=ASYNC).headers["Location"])
+    assert updated["state"] == "succeeded", updated
+    found = moodle_call(site, "core_user_get_users_by_field", field="id", values=ids)
+    assert {user["firstname"] for user in found} == {"Changed"}
+
+
+def test_progress_is_seen_mid_job_and_a_cancel_stops_it_between_two_calls(rq_gateway, site, worker):
+    gateway = rq_gateway()
+    courses = [new_course(site) for _ in range(4)]  # 20 enrolments, ten calls of 200 ms
+    worker("worker")
+    location = gateway.post("/api/moodle/enrol", enrolments(courses), WRITER, headers=ASYNC).headers["Location"]
+
+    eventually(lambda: 0 < job_of(gateway, location)["progress"]["done"] < 20, "progress mid-job", 20)
+    running = job_of(gateway, location)
+    assert running["state"] == "running"
+    assert running["progress"]["done"] % 2 == 0
+    cancelled = rq_gateway().delete(location, WRITER).json["data"]  # another replica cancels it
+    assert cancelled["state"] == "running"
+
+    done = finished(gateway, location)
+    assert done["state"] == "cancelled", done
+    applied = done["error"]["details"]["applied"]
+    assert applied == list(range(done["progress"]["done"])) and 0 < len(applied) < 20
+    assert done["error"]["details"]["not_attempted"] == list(range(len(applied), 20))
+    assert sandbox_calls(site)[ENROL] == len(applied) // 2
+    assert gateway.delete(location, WRITER, status=409).json["error"]["code"] == "jobfinished"
+
+
+def test_a_job_cancelled_while_queued_is_never_run(rq_gateway, site, worker):
+    gateway = rq_gateway()
+    location = gateway.post("/api/moodle/enrol", enrolments([new_course(site)]), WRITER, headers=ASYNC).headers[
+        "Location"
+    ]
+
+    assert gateway.delete(location, WRITER).json["data"]["state"] == "cancelled"
+    worker("worker")
+    after = gateway.post("/api/moodle/enrol", enrolments([new_course(site)]), WRITER, headers=ASYNC).headers["Location"]
+    assert finished(gateway, after)["state"] == "succeeded"
+    assert job_of(gateway, location)["state"] == "cancelled"
+    assert sandbox_calls(site)[ENROL] == 3  # the later job's alone
+
+
+def test_a_worker_killed_mid_job_leaves_an_exact_record_and_no_call_is_sent_twice(rq_gateway, site, worker):
+    gateway = rq_gateway()
+    courses = [new_course(site) for _ in range(4)]
+    first = worker("worker")
+    location = gateway.post("/api/moodle/enrol", enrolments(courses), WRITER, headers=ASYNC).headers["Location"]
+    eventually(lambda: job_of(gateway, location)["progress"]["done"] >= 4, "some calls made", 20)
+    eventually(lambda: site.in_flight_state()["in_flight"] == 1, "a call in flight", 5)
+
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    assert job_of(gateway, location)["state"] == "running"  # until its heartbeat lapses
+    worker("second")  # another worker on the queue must not take the job again
+
+    lost = finished(gateway, location, seconds=ALIVE_S + 10)
+    time.sleep(1)  # a resend, if any, would have reached the sandbox by now
+
+    assert lost["state"] == "failed", lost
+    error = lost["error"]
+    assert error["code"] == "joblost"
+    details = error["details"]
+    done = lost["progress"]["done"]
+    assert details["outcome"] == "unknown"
+    assert details["applied"] == list(range(done)) and done >= 4
+    assert details["unknown"] == [done, done + 1]
+    assert details["not_applied"] == list(range(done + 2, 20))
+    assert sandbox_calls(site)[ENROL] == done // 2 + 1  # the applied calls and the one in flight, each once
+    assert rq_gateway().get(location, WRITER).json["data"] == lost
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({}, "the worker needs JOBS_ENGINE=rq, MOODLE_BASE_URL and MOODLE_TOKEN"),
+        ({"JOBS_ENGINE": "rq"}, "JOBS_ENGINE=rq needs REDIS_URL"),
+    ],
+)
+def test_a_worker_without_its_queue_or_moodle_stops_with_one_line(spawn, environ, message):
+    env = clean_env(MOODLE_BASE_URL="https://moodle.example.edu", MOODLE_TOKEN="t", JWT_SECRET=SECRET, **environ)
+    process = spawn("lms-api", "worker", "--ini", str(ROOT / "production.ini"), env=env)
+
+    _, errors = process.communicate(timeout=30)
+
+    assert process.returncode == 2
+    assert message in errors and "Traceback" not in errors
