@@ -17,18 +17,19 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 import structlog
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from rq import Queue
 from rq.serializers import JSONSerializer
 
 from lms_api.calllog import recording_calls
 from lms_api.errors import ApiError, ErrorCode, error_body
-from lms_api.jobs import FINISHED, Job, JobKind, JobState, Plan, now, outcome
+from lms_api.jobs import FINISHED, JOB_BUCKETS, Job, JobKind, JobState, Plan, now, outcome
 from lms_api.moodle.client import FileUpload, Moodle, MoodleClient
 from lms_api.moodle.errors import OUTCOME_UNKNOWN
 from lms_api.moodle.functions import MoodleFunction
@@ -39,6 +40,7 @@ from lms_api.settings import Settings
 log = structlog.get_logger("lms_api.jobs")
 
 QUEUE = "lms_api.jobs"
+STATS_KEY = "lms_api:jobs:stats"  # jobs finished by kind and state, and their durations: every replica reads them
 HEARTBEAT_S = 1.0  # how often a running job's worker says it is alive
 ALIVE_S = 5  # a running job whose worker has not said so for this long is lost
 
@@ -198,6 +200,35 @@ class RQEngine:
     def queued(self) -> int:
         return self._queue.count
 
+    def shared_metrics(self) -> Iterator[Metric]:
+        """Jobs finished by kind and state, and how long they ran, as every worker and replica counted them in
+        Redis: each replica shows the same figures (aggregate them with ``max``, not ``sum``)."""
+        stats = _text(self._redis.hgetall(STATS_KEY))
+        jobs = CounterMetricFamily(
+            "lms_api_rq_jobs",
+            "Background jobs on RQ finished, by kind and final state (shared)",
+            labels=["kind", "state"],
+        )
+        durations = HistogramMetricFamily(
+            "lms_api_rq_job_duration_seconds", "Time a background job on RQ ran, start to end (shared)", labels=["kind"]
+        )
+        for kind in JobKind:
+            for state in FINISHED:
+                count = int(stats.get(f"jobs:{kind.value}:{state.value}", "0"))
+                if count:
+                    jobs.add_metric([kind.value, state.value], count)
+            buckets = [
+                (
+                    "+Inf" if bound == float("inf") else str(bound),
+                    int(stats.get(f"seconds_le:{kind.value}:{bound}", "0")),
+                )
+                for bound in (*JOB_BUCKETS, float("inf"))
+            ]
+            if buckets[-1][1]:
+                durations.add_metric([kind.value], buckets, float(stats[f"seconds_sum:{kind.value}"]))
+        yield jobs
+        yield durations
+
     def close(self) -> None:
         self._redis.close()
 
@@ -213,7 +244,8 @@ class RQEngine:
             if job.state is not JobState.RUNNING:
                 return None
             text = _text(fields)
-            start, stop = (int(bound) for bound in text.get("in_flight", f"{job.done}:{job.done}").split(":"))
+            in_flight = text.get("in_flight") or f"{job.done}:{job.done}"
+            start, stop = (int(bound) for bound in in_flight.split(":"))
             details = {
                 "applied": list(range(job.done)),
                 "unknown": list(range(start, stop)),
@@ -237,9 +269,23 @@ class RQEngine:
 
 
 def _finish(
-    pipe: Any, job: Job, state: JobState, ttl_s: int, *, result: Any = None, error: dict[str, Any] | None = None
+    pipe: Any,
+    job: Job,
+    state: JobState,
+    ttl_s: int,
+    *,
+    result: Any = None,
+    error: dict[str, Any] | None = None,
+    seconds: float | None = None,
 ) -> None:
+    """Write the job's end, and count it in :data:`STATS_KEY` (with ``seconds``, the time it ran)."""
     key = _record_key(job.id)
+    pipe.hincrby(STATS_KEY, f"jobs:{job.kind.value}:{state.value}", 1)
+    if seconds is not None:
+        pipe.hincrbyfloat(STATS_KEY, f"seconds_sum:{job.kind.value}", seconds)
+        for bound in (*JOB_BUCKETS, float("inf")):
+            if seconds <= bound:
+                pipe.hincrby(STATS_KEY, f"seconds_le:{job.kind.value}:{bound}", 1)
     fields: dict[str, Any] = {"state": state.value, "finished": now()}
     if state is JobState.SUCCEEDED:
         fields |= {"done": job.total, "result": json.dumps(result)}
@@ -278,14 +324,25 @@ class _JournalledMoodle:
         if function is not self._writes.function or params is None:
             return self._moodle.call(function, params)
         key, sent = _record_key(self._job.id), len(params[self._writes.items])
-        self._redis.hset(key, "in_flight", f"{self._done}:{self._done + sent}")
+        if not _while_running(self._redis, [key], ["in_flight", f"{self._done}:{self._done + sent}"]):
+            raise JobStopped()  # declared lost by a replica meanwhile: its record stands, and nothing more is sent
         answer = self._moodle.call(function, params)
         self._done += sent
-        with self._redis.pipeline() as pipe:
-            pipe.hset(key, "done", self._done)
-            pipe.hdel(key, "in_flight")
-            pipe.execute()
+        _while_running(self._redis, [key], ["done", str(self._done), "in_flight", ""])
         return answer
+
+
+_WHILE_RUNNING = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'running' then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
+
+def _while_running(client: redis.Redis, keys: list[str], fields: list[str]) -> bool:
+    """Set the record's ``fields`` (name, value, ...) if its job is still running: one a replica has declared lost
+    keeps the account it was given."""
+    return bool(client.eval(_WHILE_RUNNING, len(keys), *keys, *fields))
 
 
 @dataclass
@@ -343,7 +400,10 @@ def run(job_id: str, data: dict[str, Any]) -> None:
 
 def _heartbeat(client: redis.Redis, job_id: str, stop: threading.Event) -> None:
     while not stop.wait(HEARTBEAT_S):
-        client.set(_alive_key(job_id), "1", ex=ALIVE_S)
+        try:
+            client.set(_alive_key(job_id), "1", ex=ALIVE_S)
+        except redis.RedisError:  # the next beat tries again; past ALIVE_S the job is declared lost, and stops
+            log.warning("job.heartbeat_failed", job_id=job_id)
 
 
 def _apply(client: redis.Redis, settings: Settings, job: Job, data: dict[str, Any]) -> None:
@@ -356,13 +416,25 @@ def _apply(client: redis.Redis, settings: Settings, job: Job, data: dict[str, An
         plan = writes.rebuild(_JournalledMoodle(_context.moodle, client, job, writes), settings, data)
 
         def progress(done: int, total: int) -> None:
-            if client.hget(key, "cancel") == b"1":
+            # Cancelled, or declared lost by a replica (its heartbeat lapsed, Redis away): no call after that.
+            cancel, state = client.hmget(key, ["cancel", "state"])
+            if cancel == b"1" or state != JobState.RUNNING.value.encode():
                 raise JobStopped()
 
         result, error, state = outcome(job, plan, writes.dump, progress)
+        seconds = time.perf_counter() - started
         with client.pipeline() as pipe:
-            _finish(pipe, job, state, settings.jobs_ttl_s, result=result, error=error)
-            pipe.execute()
+            while True:
+                pipe.watch(key)  # type: ignore[no-untyped-call]
+                if pipe.hget(key, "state") != JobState.RUNNING.value.encode():  # a replica declared it lost
+                    break
+                pipe.multi()
+                _finish(pipe, job, state, settings.jobs_ttl_s, result=result, error=error, seconds=seconds)
+                try:
+                    pipe.execute()
+                    break
+                except redis.WatchError:  # cancelled meanwhile: its end is written all the same
+                    continue
         log.info(
             "job.finished",
             kind=job.kind.value,
@@ -370,6 +442,6 @@ def _apply(client: redis.Redis, settings: Settings, job: Job, data: dict[str, An
             items=job.total,
             moodle_calls=len(calls.calls),
             moodle_ms=calls.ms,
-            ms=round((time.perf_counter() - started) * 1000, 1),
+            ms=round(seconds * 1000, 1),
             code=None if error is None else error["code"],
         )

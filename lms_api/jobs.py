@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,6 +27,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
+from prometheus_client.core import Metric
 from pyramid.config import Configurator
 from pyramid.request import Request
 
@@ -47,6 +48,7 @@ RESPOND_ASYNC = "respond-async"
 # Jobs kept at most, finished ones out first (oldest first) when a new one comes: the store's bound in memory.
 MAX_JOBS = 10_000
 RETRY_AFTER_S = 1  # what a poll of a job still queued or running is told
+JOB_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)  # a job's duration, in seconds
 
 
 class JobKind(StrEnum):
@@ -140,7 +142,13 @@ class JobEngine(Protocol):
         """Cancel a queued job, or stop a running one between two calls; ``jobfinished`` for a finished one."""
         ...
 
-    def queued(self) -> int: ...
+    def queued(self) -> int:
+        """Jobs waiting to start."""
+        ...
+
+    def shared_metrics(self) -> Iterator[Metric]:
+        """Metrics that the engine's processes keep together (none for the embedded engine: it counts its own)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -188,6 +196,8 @@ def outcome(
         if failure.details.get("outcome") == OUTCOME_PARTIAL:
             return None, error, JobState.PARTIAL
         return None, error, JobState.FAILED
+    except JobStopped:  # stopped by its engine before a call (a job on RQ declared lost): its record says the rest
+        return None, None, JobState.FAILED
     except Exception:
         log.exception("job.crashed", kind=job.kind.value)
         crash = ApiError(ErrorCode.INTERNAL_ERROR, "The job failed on a gateway bug; its id finds its log lines")
@@ -255,6 +265,9 @@ class EmbeddedEngine:
     def queued(self) -> int:
         with self._lock:
             return sum(job.state is JobState.QUEUED for job in self._jobs.values())
+
+    def shared_metrics(self) -> Iterator[Metric]:
+        return iter(())
 
     def close(self) -> None:
         with self._lock:

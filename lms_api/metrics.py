@@ -22,7 +22,7 @@ from pyramid.security import NO_PERMISSION_REQUIRED
 from lms_api.cache import ReadCache, RedisStore
 from lms_api.caller import is_operator
 from lms_api.calllog import CallLog
-from lms_api.jobs import JobEngine
+from lms_api.jobs import JOB_BUCKETS, JobEngine
 from lms_api.moodle.client import MoodleClient
 from lms_api.moodle.guard import BreakerState
 from lms_api.ratelimit import REFUSED_BUDGET, RedisCounter
@@ -31,7 +31,6 @@ from lms_api.ratelimit import Counter as RateCounter
 METRICS_PATH = "/metrics"
 BREAKER_STATES = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-JOB_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -121,8 +120,11 @@ class _StateCollector:
     def collect(self) -> Iterator[Metric]:
         client = self._client
         yield GaugeMetricFamily(
-            "lms_api_jobs_queued", "Background jobs waiting for a thread", value=self._jobs.queued()
+            "lms_api_jobs_queued",
+            "Background jobs waiting to start (on RQ: its queue's length)",
+            value=self._jobs.queued(),
         )
+        yield from self._jobs.shared_metrics()
         yield GaugeMetricFamily(
             "lms_api_moodle_calls_in_flight", "Moodle calls holding a bulkhead slot", value=client.bulkhead.in_use
         )

@@ -22,7 +22,7 @@ class JobViews(ApiViews):
 
         Only the caller who submitted it, or one with `admin`, finds it (`jobnotfound` for anyone else). While it is
         `queued` or `running`, `Retry-After` says when to ask again. Kept `JOBS_TTL_S` once finished; lost when the
-        gateway's process stops.
+        gateway's process stops, unless `JOBS_ENGINE=rq` keeps it in Redis for every replica.
         """
         job = self._own_job()
         if job.state not in FINISHED:

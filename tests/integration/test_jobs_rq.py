@@ -108,6 +108,24 @@ def test_an_async_enrolment_runs_in_the_worker_and_any_gateway_on_the_redis_answ
     assert [job["id"] for job in listed["jobs"]] == [done["id"]]
     assert gateway.get(location, OTHER, status=404).json["error"]["code"] == "jobnotfound"
     assert restarted.get("/api/moodle/jobs", OTHER).json["data"]["total"] == 0
+    for replica in (gateway, restarted):  # counted in Redis by the worker: every replica shows them
+        text = metrics(replica)
+        assert 'lms_api_rq_jobs_total{kind="enrol",state="succeeded"} 1.0' in text
+        assert 'lms_api_rq_job_duration_seconds_count{kind="enrol"} 1.0' in text
+        assert 'lms_api_rq_job_duration_seconds_bucket{kind="enrol",le="+Inf"} 1.0' in text
+        assert "lms_api_jobs_queued 0.0" in text
+
+
+def metrics(gateway):
+    return gateway.get("/metrics", extra_environ={"REMOTE_ADDR": "127.0.0.1"}).text
+
+
+def test_the_queue_depth_is_the_rq_queue_length(rq_gateway, site):
+    gateway = rq_gateway()
+    for _ in range(2):
+        gateway.post("/api/moodle/enrol", enrolments([new_course(site)]), WRITER, headers=ASYNC)
+
+    assert "lms_api_jobs_queued 2.0" in metrics(rq_gateway())
 
 
 def test_async_user_creation_and_update_run_in_the_worker(rq_gateway, site, worker):
@@ -201,6 +219,7 @@ def test_a_worker_killed_mid_job_leaves_an_exact_record_and_no_call_is_sent_twic
     assert details["not_applied"] == list(range(done + 2, 20))
     assert sandbox_calls(site)[ENROL] == done // 2 + 1  # the applied calls and the one in flight, each once
     assert rq_gateway().get(location, WRITER).json["data"] == lost
+    assert 'lms_api_rq_jobs_total{kind="enrol",state="failed"} 1.0' in metrics(gateway)
 
 
 @pytest.mark.parametrize(
@@ -218,3 +237,24 @@ def test_a_worker_without_its_queue_or_moodle_stops_with_one_line(spawn, environ
 
     assert process.returncode == 2
     assert message in errors and "Traceback" not in errors
+
+
+def test_a_worker_paused_past_its_heartbeat_is_declared_lost_and_sends_nothing_more(rq_gateway, site, worker):
+    gateway = rq_gateway()
+    courses = [new_course(site) for _ in range(4)]
+    paused = worker("worker")
+    location = gateway.post("/api/moodle/enrol", enrolments(courses), WRITER, headers=ASYNC).headers["Location"]
+    eventually(lambda: job_of(gateway, location)["progress"]["done"] >= 2, "some calls made", 20)
+
+    paused.send_signal(signal.SIGSTOP)
+    lost = finished(gateway, location, seconds=ALIVE_S + 10)
+    paused.send_signal(signal.SIGCONT)
+    time.sleep(1)  # its call in flight ends; it must send no other
+
+    assert lost["error"]["code"] == "joblost"
+    done = lost["progress"]["done"]
+    assert sandbox_calls(site)[ENROL] <= done // 2 + 1
+    assert job_of(gateway, location) == lost  # the worker, woken, leaves the record as the replica wrote it
+    assert paused.poll() is None  # and goes on serving the queue
+    after = gateway.post("/api/moodle/enrol", enrolments([new_course(site)]), WRITER, headers=ASYNC)
+    assert finished(gateway, after.headers["Location"])["state"] == "succeeded"
