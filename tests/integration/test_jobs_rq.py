@@ -258,3 +258,18 @@ def test_a_worker_paused_past_its_heartbeat_is_declared_lost_and_sends_nothing_m
     assert paused.poll() is None  # and goes on serving the queue
     after = gateway.post("/api/moodle/enrol", enrolments([new_course(site)]), WRITER, headers=ASYNC)
     assert finished(gateway, after.headers["Location"])["state"] == "succeeded"
+
+
+def test_a_worker_told_to_stop_ends_its_job_first(rq_gateway, site, worker):
+    gateway = rq_gateway()
+    stopping = worker("worker")
+    location = gateway.post("/api/moodle/enrol", enrolments([new_course(site)]), WRITER, headers=ASYNC).headers[
+        "Location"
+    ]
+    eventually(lambda: job_of(gateway, location)["state"] == "running", "the job started", 20)
+
+    stopping.send_signal(signal.SIGTERM)
+
+    assert stopping.wait(20) == 0
+    assert job_of(gateway, location)["state"] == "succeeded"
+    assert sandbox_calls(site)[ENROL] == 3
