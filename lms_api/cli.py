@@ -97,13 +97,17 @@ def _worker(args: argparse.Namespace) -> int:
         return 2
     import redis
 
+    from lms_api.cache import ReadCache
+    from lms_api.cache.cachedmoodle import CachedMoodle
     from lms_api.jobqueue import WorkerContext, serve
     from lms_api.logging import configure_logging
     from lms_api.moodle.client import MoodleClient
 
     configure_logging(settings.log_format, settings.secrets)
     assert settings.redis_url is not None  # load_settings refuses JOBS_ENGINE=rq without it
-    moodle = MoodleClient.from_settings(settings, settings.moodle_base_url, settings.moodle_token)
+    client = MoodleClient.from_settings(settings, settings.moodle_base_url, settings.moodle_token)
+    # Through the read cache the replicas share in Redis, as a request's write: a job's writes drop what they change.
+    moodle = CachedMoodle(client, ReadCache.from_settings(settings), refresh=True)
     serve(WorkerContext(settings, redis.Redis.from_url(settings.redis_url), moodle), args.name)
     return 0
 

@@ -30,7 +30,7 @@ from rq.serializers import JSONSerializer
 from lms_api.calllog import recording_calls
 from lms_api.errors import ApiError, ErrorCode, error_body
 from lms_api.jobs import FINISHED, JOB_BUCKETS, Job, JobKind, JobState, Plan, now, outcome
-from lms_api.moodle.client import FileUpload, Moodle, MoodleClient
+from lms_api.moodle.client import FileUpload, Moodle
 from lms_api.moodle.errors import OUTCOME_UNKNOWN
 from lms_api.moodle.functions import MoodleFunction
 from lms_api.redisstate import redis_client
@@ -351,7 +351,7 @@ class WorkerContext:
 
     settings: Settings
     redis: redis.Redis
-    moodle: MoodleClient
+    moodle: Moodle
 
 
 _context: WorkerContext | None = None

@@ -149,11 +149,14 @@ def test_async_user_creation_and_update_run_in_the_worker(rq_gateway, site, work
     assert created["state"] == "succeeded", created
     ids = [user["id"] for user in created["result"]["created"]]
     assert [user["username"] for user in created["result"]["created"]] == ["rq0", "rq1", "rq2"]
+    by_id = f"/api/moodle/users/by-field?field=id&values={ids[0]}"
+    assert gateway.get(by_id, WRITER).json["data"]["users"][0]["firstname"] == "R"  # now kept in the shared cache
     changes = {"users": [{"id": user_id, "firstname": "Changed"} for user_id in ids]}
     updated = finished(gateway, gateway.patch("/api/moodle/users", changes, WRITER, headers=ASYNC).headers["Location"])
     assert updated["state"] == "succeeded", updated
     found = moodle_call(site, "core_user_get_users_by_field", field="id", values=ids)
     assert {user["firstname"] for user in found} == {"Changed"}
+    assert rq_gateway().get(by_id, WRITER).json["data"]["users"][0]["firstname"] == "Changed"  # the job dropped it
 
 
 def test_progress_is_seen_mid_job_and_a_cancel_stops_it_between_two_calls(rq_gateway, site, worker):
