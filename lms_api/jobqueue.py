@@ -23,8 +23,8 @@ from typing import Any
 
 import redis
 import structlog
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
-from rq import Queue
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from rq import Queue, Worker
 from rq.serializers import JSONSerializer
 
 from lms_api.calllog import recording_calls
@@ -228,6 +228,11 @@ class RQEngine:
                 durations.add_metric([kind.value], buckets, float(stats[f"seconds_sum:{kind.value}"]))
         yield jobs
         yield durations
+        yield GaugeMetricFamily(
+            "lms_api_rq_workers",
+            "lms-api worker processes on the queue (shared): jobs queued with none wait for one",
+            value=Worker.count(connection=self._redis, queue=self._queue),
+        )
 
     def close(self) -> None:
         self._redis.close()

@@ -114,6 +114,7 @@ def test_an_async_enrolment_runs_in_the_worker_and_any_gateway_on_the_redis_answ
         assert 'lms_api_rq_job_duration_seconds_count{kind="enrol"} 1.0' in text
         assert 'lms_api_rq_job_duration_seconds_bucket{kind="enrol",le="+Inf"} 1.0' in text
         assert "lms_api_jobs_queued 0.0" in text
+        assert "lms_api_rq_workers 1.0" in text
 
 
 def metrics(gateway):
@@ -125,7 +126,9 @@ def test_the_queue_depth_is_the_rq_queue_length(rq_gateway, site):
     for _ in range(2):
         gateway.post("/api/moodle/enrol", enrolments([new_course(site)]), WRITER, headers=ASYNC)
 
-    assert "lms_api_jobs_queued 2.0" in metrics(rq_gateway())
+    text = metrics(rq_gateway())
+    assert "lms_api_jobs_queued 2.0" in text
+    assert "lms_api_rq_workers 0.0" in text  # what to alert on: jobs waiting, no worker to run them
 
 
 def test_async_user_creation_and_update_run_in_the_worker(rq_gateway, site, worker):
