@@ -257,6 +257,8 @@ class RQEngine:
                 "not_applied": list(range(stop, job.total)),
                 "outcome": OUTCOME_UNKNOWN,
             }
+            if "created_users" in text:
+                details["created"] = json.loads(text["created_users"])
             error = ApiError(
                 ErrorCode.JOB_LOST,
                 f"The worker stopped mid-job: {job.done} of {job.total} items applied, "
@@ -308,6 +310,7 @@ class _JournalledMoodle:
     def __init__(self, moodle: Moodle, client: redis.Redis, job: Job, writes: _Writes) -> None:
         self._moodle, self._redis, self._job, self._writes = moodle, client, job, writes
         self._done = 0
+        self._created: list[dict[str, Any]] = []
 
     @property
     def max_input_vars(self) -> int:
@@ -332,8 +335,16 @@ class _JournalledMoodle:
         if not _while_running(self._redis, [key], ["in_flight", f"{self._done}:{self._done + sent}"]):
             raise JobStopped()  # declared lost by a replica meanwhile: its record stands, and nothing more is sent
         answer = self._moodle.call(function, params)
+        recorded = ["done", str(self._done + sent), "in_flight", ""]
+        if function is MoodleFunction.CREATE_USERS and isinstance(answer, list) and len(answer) == sent:
+            # The new users' ids, which a job declared lost names as a failed creation's account does.
+            self._created += [
+                {"index": self._done + offset, "id": user.get("id"), "username": user.get("username")}
+                for offset, user in enumerate(answer)
+            ]
+            recorded += ["created_users", json.dumps(self._created)]
         self._done += sent
-        _while_running(self._redis, [key], ["done", str(self._done), "in_flight", ""])
+        _while_running(self._redis, [key], recorded)
         return answer
 
 

@@ -279,3 +279,36 @@ def test_a_worker_told_to_stop_ends_its_job_first(rq_gateway, site, worker):
     assert stopping.wait(20) == 0
     assert job_of(gateway, location)["state"] == "succeeded"
     assert sandbox_calls(site)[ENROL] == 3
+
+
+def test_a_worker_killed_mid_creation_leaves_the_created_users_ids(rq_gateway, site, worker):
+    gateway = rq_gateway()
+    first = worker("worker")
+    users = [
+        {
+            "username": f"lost{n}",
+            "password": "Passw0rd!x",
+            "firstname": "L",
+            "lastname": "U",
+            "email": f"lost{n}@example.org",
+        }
+        for n in range(12)
+    ]  # one user a call under max_input_vars 9
+    location = gateway.post("/api/moodle/users", {"users": users}, WRITER, headers=ASYNC).headers["Location"]
+    eventually(lambda: job_of(gateway, location)["progress"]["done"] >= 3, "some users created", 20)
+
+    first.send_signal(signal.SIGKILL)
+    lost = finished(gateway, location, seconds=ALIVE_S + 10)
+
+    details = lost["error"]["details"]
+    done = lost["progress"]["done"]
+    on_site = {
+        user["username"]: user["id"]
+        for user in moodle_call(
+            site, "core_user_get_users_by_field", field="username", values=[f"lost{n}" for n in range(12)]
+        )
+    }
+    assert details["created"] == [{"index": n, "id": on_site[f"lost{n}"], "username": f"lost{n}"} for n in range(done)]
+    assert details["unknown"] == [done] and details["not_applied"] == list(range(done + 1, 12))
+    assert sandbox_calls(site)["core_user_create_users"] == done + 1
+    assert lost["created"].endswith("Z")  # the job's own time, apart from the users it created
