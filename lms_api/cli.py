@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
         help="the gateway's ini file, read as pserve reads it (default production.ini)",
     )
     worker.add_argument("--name", help="the worker's name in RQ (default: RQ's, unique)")
+    worker.add_argument("--burst", action="store_true", help="run the jobs queued, then exit (to drain the queue)")
 
     sandbox = commands.add_parser("sandbox", help="run the Moodle sandbox alone")
     sandbox.add_argument("--host", default="127.0.0.1")
@@ -108,7 +109,7 @@ def _worker(args: argparse.Namespace) -> int:
     client = MoodleClient.from_settings(settings, settings.moodle_base_url, settings.moodle_token)
     # Through the read cache the replicas share in Redis, as a request's write: a job's writes drop what they change.
     moodle = CachedMoodle(client, ReadCache.from_settings(settings), refresh=True)
-    serve(WorkerContext(settings, redis.Redis.from_url(settings.redis_url), moodle), args.name)
+    serve(WorkerContext(settings, redis.Redis.from_url(settings.redis_url), moodle), args.name, burst=args.burst)
     return 0
 
 

@@ -373,9 +373,9 @@ class WorkerContext:
 _context: WorkerContext | None = None
 
 
-def serve(context: WorkerContext, name: str | None = None) -> None:
-    """Run jobs from the gateway's queue until stopped (SIGTERM: after the job running ends), one at a time, in this
-    process: a job killed with its worker is one whose calls stopped with it."""
+def serve(context: WorkerContext, name: str | None = None, *, burst: bool = False) -> None:
+    """Run jobs from the gateway's queue until stopped (SIGTERM: after the job running ends), or with ``burst`` until
+    none is queued, one at a time, in this process: a job killed with its worker is one whose calls stopped with it."""
     from rq import SimpleWorker
 
     global _context
@@ -386,7 +386,7 @@ def serve(context: WorkerContext, name: str | None = None) -> None:
         serializer=JSONSerializer,
         name=name,
     )
-    worker.work(with_scheduler=False)
+    worker.work(burst=burst, with_scheduler=False)
 
 
 def run(job_id: str, data: dict[str, Any]) -> None:
