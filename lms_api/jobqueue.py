@@ -3,12 +3,15 @@
 A job is queued as data, never as a live object: its kind and its plan's checked items (``plan.data()``), from which
 the worker rebuilds the plan on its own Moodle client without checking again. Its record is a Redis hash that every
 replica reads and cancels; the worker writes its progress there after each Moodle call, before the next, and the
-items of the call it is about to send (``in_flight``) before sending it.
+items of the call it is about to send (``in_flight``) before sending it. The progress is also put in the RQ job's
+meta (``progress``), where RQ's own tools show it.
 
 Exactly once: RQ never retries a job (none is queued with a retry), and a worker starts only a job still ``queued``.
-While a job runs, its worker keeps a heartbeat key alive; a replica that reads a ``running`` job whose heartbeat has
-lapsed (the worker was killed, or lost its Redis) ends it ``failed`` (``joblost``) with the items applied as of the
-last recorded call, those not applied, and the call in flight named as of unknown outcome: nothing is sent twice.
+While a job runs, its worker renews the job's entry in RQ's started-job registry every :data:`HEARTBEAT_S`, for
+:data:`ALIVE_S`. A job whose entry has lapsed (the worker was killed, or lost its Redis) is abandoned: a replica that
+reads it, or RQ's own cleanup of the registry (through the job's failure callback), ends it ``failed`` (``joblost``)
+with the items applied as of the last recorded call, those not applied, and the call in flight named as of unknown
+outcome: nothing is sent twice.
 """
 
 from __future__ import annotations
@@ -24,8 +27,13 @@ from typing import Any
 import redis
 import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from rq import Queue, Worker
+from rq import Callback, Queue, SimpleWorker, Worker, get_current_job
+from rq.executions import Execution
+from rq.job import Job as RQJob
+from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
+from rq.utils import parse_composite_key
+from rq.worker import WorkerStatus
 
 from lms_api.calllog import recording_calls
 from lms_api.errors import ApiError, ErrorCode, error_body
@@ -41,16 +49,12 @@ log = structlog.get_logger("lms_api.jobs")
 
 QUEUE = "lms_api.jobs"
 STATS_KEY = "lms_api:jobs:stats"  # jobs finished by kind and state, and their durations: every replica reads them
-HEARTBEAT_S = 1.0  # how often a running job's worker says it is alive
-ALIVE_S = 5  # a running job whose worker has not said so for this long is lost
+HEARTBEAT_S = 1.0  # how often a running job's worker renews its entry in the started-job registry
+ALIVE_S = 5  # how long an entry lasts: a running job whose worker has not renewed it for this long is abandoned
 
 
 def _record_key(job_id: str) -> str:
     return f"lms_api:job:{job_id}"
-
-
-def _alive_key(job_id: str) -> str:
-    return f"lms_api:job:{job_id}:alive"
 
 
 def _owned_key(sub: str) -> str:
@@ -151,6 +155,8 @@ class RQEngine:
             job_timeout=-1,
             result_ttl=0,
             failure_ttl=self._ttl_s,
+            on_failure=Callback(abandoned),
+            meta={"progress": {"done": 0, "total": job.total}},
         )
         log.info("job.queued", job_id=job.id, kind=kind.value, items=job.total, engine="rq")
         return job
@@ -160,8 +166,8 @@ class RQEngine:
         if not fields:
             return None
         job = _job(fields)
-        if job.state is JobState.RUNNING and not self._redis.exists(_alive_key(job_id)):
-            return self._lost(job_id) or job
+        if job.state is JobState.RUNNING and not _executing(self._redis, job_id):
+            return _declare_lost(self._redis, job_id, self._ttl_s) or job
         return job
 
     def jobs_of(self, sub: str) -> list[Job]:
@@ -237,42 +243,56 @@ class RQEngine:
     def close(self) -> None:
         self._redis.close()
 
-    def _lost(self, job_id: str) -> Job | None:
-        """End a running job whose worker is gone, as of its last recorded call; None when it changed meanwhile."""
-        key = _record_key(job_id)
-        with self._redis.pipeline() as pipe:
-            pipe.watch(key, _alive_key(job_id))  # type: ignore[no-untyped-call]
-            fields = pipe.hgetall(key)
-            if not fields or pipe.exists(_alive_key(job_id)):
-                return None
-            job = _job(fields)
-            if job.state is not JobState.RUNNING:
-                return None
-            text = _text(fields)
-            in_flight = text.get("in_flight") or f"{job.done}:{job.done}"
-            start, stop = (int(bound) for bound in in_flight.split(":"))
-            details = {
-                "applied": list(range(job.done)),
-                "unknown": list(range(start, stop)),
-                "not_applied": list(range(stop, job.total)),
-                "outcome": OUTCOME_UNKNOWN,
-            }
-            if "created_users" in text:
-                details["created"] = json.loads(text["created_users"])
-            error = ApiError(
-                ErrorCode.JOB_LOST,
-                f"The worker stopped mid-job: {job.done} of {job.total} items applied, "
-                f"{stop - start} in a call of unknown outcome; nothing was sent again",
-                details,
-            )
-            pipe.multi()
-            _finish(pipe, job, JobState.FAILED, self._ttl_s, error=error_body(error, job.request_id)["error"])
-            try:
-                pipe.execute()
-            except redis.WatchError:
-                return None
-        log.warning("job.lost", job_id=job_id, done=job.done, unknown=stop - start)
-        return self.get(job_id)
+
+def _executing(client: redis.Redis, job_id: str) -> bool:
+    """Whether RQ's started-job registry holds an execution of the job that its worker has renewed within ALIVE_S."""
+    live = client.zrangebyscore(StartedJobRegistry(QUEUE, connection=client).key, time.time(), "+inf")
+    return any(parse_composite_key(entry.decode())[0] == job_id for entry in live)  # type: ignore[union-attr]
+
+
+def abandoned(job: RQJob, connection: redis.Redis, *exc_info: Any) -> None:
+    """The job's failure callback: RQ calls it when its cleanup of the started-job registry finds the job's worker
+    gone, or when the job's function raised. Either way no call of the job is sent any more."""
+    _declare_lost(connection, job.id, job.failure_ttl or 0)
+
+
+def _declare_lost(client: redis.Redis, job_id: str, ttl_s: int) -> Job | None:
+    """End a running job whose worker is gone, as of its last recorded call; None when it changed meanwhile."""
+    key = _record_key(job_id)
+    with client.pipeline() as pipe:
+        pipe.watch(key)  # type: ignore[no-untyped-call]  # a worker still alive writes it before any call
+        fields = pipe.hgetall(key)
+        if not fields:
+            return None
+        job = _job(fields)
+        if job.state is not JobState.RUNNING:
+            return None
+        text = _text(fields)
+        in_flight = text.get("in_flight") or f"{job.done}:{job.done}"
+        start, stop = (int(bound) for bound in in_flight.split(":"))
+        details = {
+            "applied": list(range(job.done)),
+            "unknown": list(range(start, stop)),
+            "not_applied": list(range(stop, job.total)),
+            "outcome": OUTCOME_UNKNOWN,
+        }
+        if "created_users" in text:
+            details["created"] = json.loads(text["created_users"])
+        error = ApiError(
+            ErrorCode.JOB_LOST,
+            f"The worker stopped mid-job: {job.done} of {job.total} items applied, "
+            f"{stop - start} in a call of unknown outcome; nothing was sent again",
+            details,
+        )
+        pipe.multi()
+        _finish(pipe, job, JobState.FAILED, ttl_s, error=error_body(error, job.request_id)["error"])
+        try:
+            pipe.execute()
+        except redis.WatchError:
+            return None
+    log.warning("job.lost", job_id=job_id, done=job.done, unknown=stop - start)
+    fields = client.hgetall(key)
+    return _job(fields) if fields else None
 
 
 def _finish(
@@ -345,6 +365,10 @@ class _JournalledMoodle:
             recorded += ["created_users", json.dumps(self._created)]
         self._done += sent
         _while_running(self._redis, [key], recorded)
+        job = get_current_job()
+        if job is not None:  # shown by RQ's own tools; the record above is what the gateway answers
+            job.meta["progress"] = {"done": self._done, "total": self._job.total}
+            job.save_meta()  # type: ignore[no-untyped-call]
         return answer
 
 
@@ -373,14 +397,39 @@ class WorkerContext:
 _context: WorkerContext | None = None
 
 
+class _JobWorker(SimpleWorker):
+    """RQ's worker that runs a job in its own process, renewing the job's started-job registry entry while it runs:
+    RQ's own worker renews it only between jobs, so a long job would be found abandoned while running."""
+
+    def get_heartbeat_ttl(self, job: RQJob, working_time: float = 0.0) -> int:
+        return ALIVE_S
+
+    def execute_job(self, job: RQJob, queue: Queue) -> None:
+        execution = self.prepare_execution(job)
+        stop_beating = threading.Event()
+        beat = threading.Thread(target=self._beat, args=(job, execution, stop_beating), daemon=True)
+        beat.start()
+        try:
+            self.perform_job(job, queue, execution)
+        finally:
+            stop_beating.set()
+            beat.join()
+        self.set_state(WorkerStatus.IDLE)
+
+    def _beat(self, job: RQJob, execution: Execution, stop: threading.Event) -> None:
+        while not stop.wait(HEARTBEAT_S):
+            try:
+                self.maintain_heartbeats(job, execution)
+            except redis.RedisError:  # the next beat tries again; past ALIVE_S the job is abandoned, and stops
+                log.warning("job.heartbeat_failed", job_id=job.id)
+
+
 def serve(context: WorkerContext, name: str | None = None, *, burst: bool = False) -> None:
     """Run jobs from the gateway's queue until stopped (SIGTERM: after the job running ends), or with ``burst`` until
     none is queued, one at a time, in this process: a job killed with its worker is one whose calls stopped with it."""
-    from rq import SimpleWorker
-
     global _context
     _context = context
-    worker = SimpleWorker(
+    worker = _JobWorker(
         [Queue(QUEUE, connection=context.redis, serializer=JSONSerializer)],
         connection=context.redis,
         serializer=JSONSerializer,
@@ -401,25 +450,11 @@ def run(job_id: str, data: dict[str, Any]) -> None:
         job = _job(fields)
         pipe.multi()
         pipe.hset(key, mapping={"state": JobState.RUNNING.value, "started": now()})
-        pipe.set(_alive_key(job_id), "1", ex=ALIVE_S)
-        pipe.execute()
-    stop_beating = threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(client, job_id, stop_beating), daemon=True)
-    beat.start()
-    try:
-        _apply(client, settings, job, data)
-    finally:
-        stop_beating.set()
-        beat.join()
-        client.delete(_alive_key(job_id))
-
-
-def _heartbeat(client: redis.Redis, job_id: str, stop: threading.Event) -> None:
-    while not stop.wait(HEARTBEAT_S):
         try:
-            client.set(_alive_key(job_id), "1", ex=ALIVE_S)
-        except redis.RedisError:  # the next beat tries again; past ALIVE_S the job is declared lost, and stops
-            log.warning("job.heartbeat_failed", job_id=job_id)
+            pipe.execute()
+        except redis.WatchError:  # cancelled as it was taken
+            return
+    _apply(client, settings, job, data)
 
 
 def _apply(client: redis.Redis, settings: Settings, job: Job, data: dict[str, Any]) -> None:

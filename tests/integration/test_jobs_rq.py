@@ -6,8 +6,12 @@ import signal
 import time
 
 import pytest
+import redis
+from rq.job import Job
+from rq.registry import FailedJobRegistry, StartedJobRegistry
+from rq.serializers import JSONSerializer
 
-from lms_api.jobqueue import ALIVE_S
+from lms_api.jobqueue import ALIVE_S, QUEUE
 from moodle_sandbox.server import start_sandbox
 from tests.functional.test_enrol import STUDENTS, enrolled, new_course
 from tests.support.credentials import mint
@@ -31,6 +35,12 @@ def site():
     server = start_sandbox(max_input_vars=int(TWO_ENROLMENTS_A_CALL), latency_ms=200)
     yield server
     server.stop()
+
+
+@pytest.fixture
+def rq_redis(empty_redis):
+    """The gateway's Redis, where the tests read RQ's own keys."""
+    return redis.Redis.from_url(empty_redis)
 
 
 @pytest.fixture
@@ -162,7 +172,7 @@ def test_async_user_creation_and_update_run_in_the_worker(rq_gateway, site, work
     assert rq_gateway().get(by_id, WRITER).json["data"]["users"][0]["firstname"] == "Changed"  # the job dropped it
 
 
-def test_progress_is_seen_mid_job_and_a_cancel_stops_it_between_two_calls(rq_gateway, site, worker):
+def test_progress_is_seen_mid_job_and_a_cancel_stops_it_between_two_calls(rq_gateway, site, worker, rq_redis):
     gateway = rq_gateway()
     courses = [new_course(site) for _ in range(4)]  # 20 enrolments, ten calls of 200 ms
     worker("worker")
@@ -172,6 +182,8 @@ def test_progress_is_seen_mid_job_and_a_cancel_stops_it_between_two_calls(rq_gat
     running = job_of(gateway, location)
     assert running["state"] == "running"
     assert running["progress"]["done"] % 2 == 0
+    meta = Job.fetch(running["id"], connection=rq_redis, serializer=JSONSerializer).meta["progress"]  # as RQ shows it
+    assert meta["total"] == 20 and running["progress"]["done"] <= meta["done"] < 20
     cancelled = rq_gateway().delete(location, WRITER).json["data"]  # another replica cancels it
     assert cancelled["state"] == "running"
 
@@ -312,3 +324,47 @@ def test_a_worker_killed_mid_creation_leaves_the_created_users_ids(rq_gateway, s
     assert details["unknown"] == [done] and details["not_applied"] == list(range(done + 1, 12))
     assert sandbox_calls(site)["core_user_create_users"] == done + 1
     assert lost["created"].endswith("Z")  # the job's own time, apart from the users it created
+
+
+def test_a_job_longer_than_its_heartbeat_is_never_found_abandoned_while_its_worker_lives(
+    rq_gateway, site, worker, rq_redis
+):
+    gateway = rq_gateway()
+    courses = [new_course(site) for _ in range(12)]  # 60 enrolments, thirty calls of 200 ms
+    worker("worker")
+    location = gateway.post("/api/moodle/enrol", enrolments(courses), WRITER, headers=ASYNC).headers["Location"]
+    eventually(lambda: job_of(gateway, location)["state"] == "running", "the job started", 20)
+    started = time.monotonic()
+
+    while time.monotonic() - started < ALIVE_S + 1:
+        StartedJobRegistry(QUEUE, connection=rq_redis, serializer=JSONSerializer).cleanup()  # as RQ's maintenance
+        assert job_of(gateway, location)["state"] == "running"
+        time.sleep(0.5)
+
+    done = finished(gateway, location)
+    assert done["state"] == "succeeded", done
+    assert sandbox_calls(site)[ENROL] == 30
+
+
+def test_rqs_cleanup_of_the_started_registry_ends_a_killed_workers_job_without_any_replica(
+    rq_gateway, site, worker, rq_redis
+):
+    gateway = rq_gateway()
+    courses = [new_course(site) for _ in range(4)]
+    first = worker("worker")
+    location = gateway.post("/api/moodle/enrol", enrolments(courses), WRITER, headers=ASYNC).headers["Location"]
+    job_id = location.rsplit("/", 1)[1]
+    eventually(lambda: job_of(gateway, location)["progress"]["done"] >= 4, "some calls made", 20)
+
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    registry = StartedJobRegistry(QUEUE, connection=rq_redis, serializer=JSONSerializer)
+    eventually(lambda: registry.get_expired_job_ids(time.time()), "its entry lapsed", ALIVE_S + 5)
+    registry.cleanup()  # what any worker's maintenance does, with no gateway reading the job
+
+    record = {key.decode(): value.decode() for key, value in rq_redis.hgetall(f"lms_api:job:{job_id}").items()}
+    assert record["state"] == "failed"
+    assert '"code": "joblost"' in record["error"]
+    assert job_id in FailedJobRegistry(QUEUE, connection=rq_redis, serializer=JSONSerializer)
+    lost = job_of(gateway, location)
+    assert lost["error"]["details"]["applied"] == list(range(lost["progress"]["done"]))
