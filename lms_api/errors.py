@@ -118,8 +118,9 @@ class ErrorCode(StrEnum):
     JOB_LOST = (
         "joblost",
         500,
-        "the worker running a background job stopped mid-job (its heartbeat lapsed): never resent, the details say "
-        "what was `applied` and `not_applied`, and which items' call was in flight (`unknown`, `outcome: unknown`)",
+        "the worker running a background job stopped mid-job (its entry in RQ's started-job registry lapsed): never "
+        "resent, the details say what was `applied` and `not_applied`, and which items' call was in flight (`unknown`, "
+        "`outcome: unknown`)",
     )
     JOB_FINISHED = "jobfinished", 409, "the background job has finished already: there is nothing left to cancel"
     USERS_NOT_UPDATED = (
@@ -216,8 +217,8 @@ class ErrorCode(StrEnum):
     JOBS_FULL = (
         "jobsfull",
         503,
-        "as many background jobs as the gateway keeps (10,000) are queued or running; nothing was queued; "
-        "`Retry-After` says when to ask again",
+        "as many background jobs as the gateway keeps (10,000) are queued or running (on RQ: queued); nothing was "
+        "queued; `Retry-After` says when to ask again",
     )
     MOODLE_TIMEOUT = "moodletimeout", 504, "no answer within `MOODLE_TIMEOUT_MS`"
 

@@ -37,7 +37,7 @@ from rq.worker import WorkerStatus
 
 from lms_api.calllog import recording_calls
 from lms_api.errors import ApiError, ErrorCode, error_body
-from lms_api.jobs import FINISHED, JOB_BUCKETS, Job, JobKind, JobState, Plan, now, outcome
+from lms_api.jobs import FINISHED, JOB_BUCKETS, MAX_JOBS, Job, JobKind, JobState, Plan, now, outcome
 from lms_api.moodle.client import FileUpload, Moodle
 from lms_api.moodle.errors import OUTCOME_UNKNOWN
 from lms_api.moodle.functions import MoodleFunction
@@ -116,17 +116,26 @@ def _job(fields: Mapping[Any, Any]) -> Job:
 class RQEngine:
     """The :class:`~lms_api.jobs.JobEngine` of a gateway on RQ: it queues, reads and cancels; workers run."""
 
-    def __init__(self, client: redis.Redis, ttl_s: int) -> None:
+    def __init__(self, client: redis.Redis, ttl_s: int, max_queued: int) -> None:
         self._redis = client
         self._ttl_s = ttl_s
+        self._max_queued = max_queued
         self._queue = Queue(QUEUE, connection=client, serializer=JSONSerializer)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RQEngine:
         assert settings.redis_url is not None  # load_settings refuses JOBS_ENGINE=rq without it
-        return cls(redis_client(settings.redis_url), settings.jobs_ttl_s)
+        return cls(redis_client(settings.redis_url), settings.jobs_ttl_s, MAX_JOBS)
 
     def submit(self, kind: JobKind, sub: str, request_id: str, plan: Plan, dump: Callable[[Any], Any]) -> Job:
+        # A bound on what waits in Redis (each job holds its items) when workers are gone or too few; replicas
+        # submitting at once may pass it by a few.
+        if self._queue.count >= self._max_queued:
+            raise ApiError(
+                ErrorCode.JOBS_FULL,
+                f"{self._max_queued} background jobs are queued: ask again when workers have taken some",
+                headers={"Retry-After": "10"},
+            )
         job = Job(uuid.uuid4().hex, kind, sub, request_id, plan.total, now())
         data = plan.data()  # type: ignore[attr-defined]  # every plan a view defers has it
         with self._redis.pipeline() as pipe:

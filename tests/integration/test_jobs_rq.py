@@ -7,6 +7,7 @@ import time
 
 import pytest
 import redis
+from rq import Queue
 from rq.job import Job
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
@@ -368,3 +369,19 @@ def test_rqs_cleanup_of_the_started_registry_ends_a_killed_workers_job_without_a
     assert job_id in FailedJobRegistry(QUEUE, connection=rq_redis, serializer=JSONSerializer)
     lost = job_of(gateway, location)
     assert lost["error"]["details"]["applied"] == list(range(lost["progress"]["done"]))
+
+
+def test_past_the_bound_of_queued_jobs_a_submission_is_refused_and_nothing_is_queued(
+    rq_gateway, site, rq_redis, monkeypatch
+):
+    monkeypatch.setattr("lms_api.jobqueue.MAX_JOBS", 2)
+    gateway = rq_gateway()  # and no worker
+    for _ in range(2):
+        gateway.post("/api/moodle/enrol", enrolments([new_course(site)]), WRITER, headers=ASYNC, status=202)
+
+    refused = gateway.post("/api/moodle/enrol", enrolments([new_course(site)]), WRITER, headers=ASYNC, status=503)
+
+    assert refused.json["error"]["code"] == "jobsfull"
+    assert refused.headers["Retry-After"] == "10"
+    assert gateway.get("/api/moodle/jobs", WRITER).json["data"]["total"] == 2
+    assert Queue(QUEUE, connection=rq_redis).count == 2
