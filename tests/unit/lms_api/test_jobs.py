@@ -5,8 +5,10 @@ import threading
 import time
 
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
+from lms_api import jobs
 from lms_api.errors import ApiError, ErrorCode
 from lms_api.jobs import EmbeddedEngine, JobKind, JobState, preferences
 from lms_api.metrics import GatewayMetrics
@@ -90,8 +92,10 @@ def test_a_job_runs_on_a_thread_of_its_own_to_its_result(engine):
     assert threads[0].startswith("lms-api-job")
 
 
-def test_an_unexpected_exception_ends_the_job_failed_as_internalerror_and_is_logged(engine):
+def test_an_unexpected_exception_ends_the_job_failed_as_internalerror_and_is_logged(engine, monkeypatch):
     with capture_logs() as logs:
+        # A logger made inside the capture: the module's own may be bound already to whatever configuration came first.
+        monkeypatch.setattr(jobs, "log", structlog.get_logger("lms_api.jobs"))
         job = finished(
             engine, engine.submit(JobKind.ENROL, "a", "r1", Plan(failure=RuntimeError("a detail of the bug")), dict).id
         )
