@@ -215,6 +215,16 @@ class RQEngine:
     def queued(self) -> int:
         return self._queue.count
 
+    def readiness(self) -> dict[str, Any]:
+        """The workers on the queue and the jobs waiting; none is not unready: the gateway queues, workers come."""
+        try:
+            return {"engine": "rq", "workers": self._workers(), "queued": self.queued()}
+        except redis.RedisError:
+            return {"engine": "rq", "redis": "unreachable: jobs can be neither queued nor read"}
+
+    def _workers(self) -> int:
+        return Worker.count(connection=self._redis, queue=self._queue)
+
     def shared_metrics(self) -> Iterator[Metric]:
         """Jobs finished by kind and state, and how long they ran, as every worker and replica counted them in
         Redis: each replica shows the same figures (aggregate them with ``max``, not ``sum``)."""
@@ -246,7 +256,7 @@ class RQEngine:
         yield GaugeMetricFamily(
             "lms_api_rq_workers",
             "lms-api worker processes on the queue (shared): jobs queued with none wait for one",
-            value=Worker.count(connection=self._redis, queue=self._queue),
+            value=self._workers(),
         )
 
     def close(self) -> None:

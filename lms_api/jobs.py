@@ -146,6 +146,10 @@ class JobEngine(Protocol):
         """Jobs waiting to start."""
         ...
 
+    def readiness(self) -> dict[str, Any]:
+        """What ``/readyz`` says of the jobs: the engine, the workers that run them and the jobs waiting."""
+        ...
+
     def shared_metrics(self) -> Iterator[Metric]:
         """Metrics that the engine's processes keep together (none for the embedded engine: it counts its own)."""
         ...
@@ -218,6 +222,7 @@ class EmbeddedEngine:
         self, workers: int, ttl_s: float, metrics: GatewayMetrics | None = None, *, max_jobs: int = MAX_JOBS
     ) -> None:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lms-api-job")
+        self._workers = workers
         self._ttl_s = ttl_s
         self._metrics = metrics
         self._max_jobs = max_jobs
@@ -265,6 +270,9 @@ class EmbeddedEngine:
     def queued(self) -> int:
         with self._lock:
             return sum(job.state is JobState.QUEUED for job in self._jobs.values())
+
+    def readiness(self) -> dict[str, Any]:
+        return {"engine": "embedded", "workers": self._workers, "queued": self.queued()}
 
     def shared_metrics(self) -> Iterator[Metric]:
         return iter(())

@@ -43,7 +43,8 @@ def test_readyz_waits_for_the_site_info_and_never_asks_moodle_for_it(gateway, sa
     assert error["code"] == "notready"
     assert "site info has not been read" in error["message"]
     assert error["details"] == {"breaker": "closed", "site_info": "unknown", "moodle_calls_in_flight": 0,
-                                "cache": "memory"}  # fmt: skip
+                                "cache": "memory",
+                                "jobs": {"engine": "embedded", "workers": 2, "queued": 0}}  # fmt: skip
     assert sandbox_calls(sandbox) == before
 
     gateway.get("/api/moodle/siteinfo", mint("siteinfo:read"))
@@ -51,7 +52,8 @@ def test_readyz_waits_for_the_site_info_and_never_asks_moodle_for_it(gateway, sa
 
     assert ready.status_int == 200
     assert ready.json["data"] == {"status": "ready", "breaker": "closed", "site_info": "known",
-                                  "moodle_calls_in_flight": 0, "cache": "memory"}  # fmt: skip
+                                  "moodle_calls_in_flight": 0, "cache": "memory",
+                                  "jobs": {"engine": "embedded", "workers": 2, "queued": 0}}  # fmt: skip
 
 
 def test_readyz_says_whether_the_shared_cache_answers(make_gateway, redis_url):
@@ -71,6 +73,26 @@ def test_readyz_with_redis_gone_is_still_ready_and_says_so(make_gateway, unused_
 
     assert ready.status_int == 200
     assert ready.json["data"]["redis"] == "unreachable (serving from this process)"
+
+
+def test_readyz_on_rq_counts_the_workers_and_the_jobs_waiting_and_is_ready_with_none(make_gateway, empty_redis):
+    gateway = make_gateway(REDIS_URL=empty_redis, JOBS_ENGINE="rq")
+    gateway.get("/api/moodle/siteinfo", mint("siteinfo:read"))
+
+    ready = gateway.get("/readyz")
+
+    assert ready.status_int == 200
+    assert ready.json["data"]["jobs"] == {"engine": "rq", "workers": 0, "queued": 0}
+
+
+def test_readyz_on_rq_with_redis_gone_is_ready_and_says_jobs_cannot_be_queued(make_gateway, unused_port):
+    gateway = make_gateway(REDIS_URL=f"redis://127.0.0.1:{unused_port}/0", JOBS_ENGINE="rq")
+    gateway.get("/api/moodle/siteinfo", mint("siteinfo:read"))
+
+    ready = gateway.get("/readyz")
+
+    assert ready.status_int == 200
+    assert ready.json["data"]["jobs"] == {"engine": "rq", "redis": "unreachable: jobs can be neither queued nor read"}
 
 
 def test_an_open_breaker_makes_the_gateway_not_ready_but_alive(make_gateway, sandbox):
