@@ -214,6 +214,18 @@ class ErrorCode(StrEnum):
         "`MOODLE_MAX_CONCURRENCY` calls to Moodle are in flight and no slot freed within `MOODLE_QUEUE_TIMEOUT_MS`; "
         "nothing was sent; `Retry-After` says when to retry",
     )
+    JOBS_UNAVAILABLE = (
+        "jobsunavailable",
+        503,
+        "the store of background jobs (Redis, with `JOBS_ENGINE=rq`) cannot be reached: no job was queued, read or "
+        "cancelled; `Retry-After` says when to retry",
+    )
+    JOBS_STOPPING = (
+        "jobsstopping",
+        503,
+        "the gateway is stopping: it queues no more background jobs; nothing was queued; retry on another replica or "
+        "once it has restarted",
+    )
     JOBS_FULL = (
         "jobsfull",
         503,
