@@ -109,7 +109,9 @@ def _worker(args: argparse.Namespace) -> int:
     client = MoodleClient.from_settings(settings, settings.moodle_base_url, settings.moodle_token)
     # Through the read cache the replicas share in Redis, as a request's write: a job's writes drop what they change.
     moodle = CachedMoodle(client, ReadCache.from_settings(settings), refresh=True)
-    serve(WorkerContext(settings, redis.Redis.from_url(settings.redis_url), moodle), args.name, burst=args.burst)
+    # The job's records: a stalled Redis must not hold a job for long (RQ's own blocking reads get a client of theirs).
+    records = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    serve(WorkerContext(settings, records, moodle), args.name, burst=args.burst)
     return 0
 
 

@@ -8,14 +8,15 @@ meta (``progress``), where RQ's own tools show it.
 
 Exactly once: RQ never retries a job (none is queued with a retry), and a worker starts only a job still ``queued``.
 While a job runs, its worker renews the job's entry in RQ's started-job registry every :data:`HEARTBEAT_S`, for
-:data:`ALIVE_S`. A job whose entry has lapsed (the worker was killed, or lost its Redis) is abandoned: a replica that
-reads it, or RQ's own cleanup of the registry (through the job's failure callback), ends it ``failed`` (``joblost``)
-with the items applied as of the last recorded call, those not applied, and the call in flight named as of unknown
-outcome: nothing is sent twice.
+``JOBS_WORKER_TTL_S``. A job whose entry has lapsed (the worker was killed, or lost its Redis) is abandoned: a
+replica that reads it, or RQ's own cleanup of the registry (through the job's failure callback), ends it ``failed``
+(``joblost``) with the items applied as of the last recorded call, those not applied, and the call in flight named
+as of unknown outcome: nothing is sent twice.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -28,6 +29,7 @@ import redis
 import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from rq import Callback, Queue, SimpleWorker, Worker, get_current_job
+from rq.exceptions import DuplicateJobError
 from rq.executions import Execution
 from rq.job import Job as RQJob
 from rq.registry import StartedJobRegistry
@@ -39,7 +41,7 @@ from lms_api.calllog import recording_calls
 from lms_api.errors import ApiError, ErrorCode, error_body
 from lms_api.jobs import FINISHED, JOB_BUCKETS, MAX_JOBS, Job, JobKind, JobState, Plan, now, outcome
 from lms_api.moodle.client import FileUpload, Moodle
-from lms_api.moodle.errors import OUTCOME_UNKNOWN
+from lms_api.moodle.errors import OUTCOME_PARTIAL, OUTCOME_UNKNOWN
 from lms_api.moodle.functions import MoodleFunction
 from lms_api.redisstate import redis_client
 from lms_api.services.progress import JobStopped
@@ -50,7 +52,14 @@ log = structlog.get_logger("lms_api.jobs")
 QUEUE = "lms_api.jobs"
 STATS_KEY = "lms_api:jobs:stats"  # jobs finished by kind and state, and their durations: every replica reads them
 HEARTBEAT_S = 1.0  # how often a running job's worker renews its entry in the started-job registry
-ALIVE_S = 5  # how long an entry lasts: a running job whose worker has not renewed it for this long is abandoned
+# RQ keeps a failed job (one abandoned) this long: its data holds the items, passwords included, and the job's own
+# record already says what became of them.
+FAILED_DATA_TTL_S = 60
+UNAVAILABLE_RETRY_S = "5"
+WORKER_TTL_S = 60  # how long a worker stays counted on the queue after its last sign of life (RQ's default: 420)
+# A record is kept JOBS_TTL_S once its job ended, and this long more before: a job neither run nor ended within a
+# week (no worker ever came) is forgotten; a worker that takes it later finds no record and sends nothing.
+QUEUED_TTL_S = 7 * 86_400
 
 
 def _record_key(job_id: str) -> str:
@@ -69,6 +78,18 @@ class _Writes:
     function: MoodleFunction
     items: str  # the parameter of ``function`` that carries the items
     dump: Callable[[Any], Any]
+
+
+def _sent_before(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The users an earlier attempt created, which a resumed creation answers without sending them again (with
+    ``index``, ``id`` and ``username``); none for other plans."""
+    return list(data.get("created", []))
+
+
+def _sending_order(total: int, before: Sequence[Mapping[str, Any]]) -> list[int]:
+    """The items' indexes in the order the plan sends them: all of them but those created before."""
+    skipped = {user["index"] for user in before}
+    return [index for index in range(total) if index not in skipped]
 
 
 def _writes(kind: JobKind) -> _Writes:
@@ -128,6 +149,10 @@ class RQEngine:
         return cls(redis_client(settings.redis_url), settings.jobs_ttl_s, MAX_JOBS)
 
     def submit(self, kind: JobKind, sub: str, request_id: str, plan: Plan, dump: Callable[[Any], Any]) -> Job:
+        with _redis_answers():
+            return self._submit(kind, sub, request_id, plan)
+
+    def _submit(self, kind: JobKind, sub: str, request_id: str, plan: Plan) -> Job:
         # A bound on what waits in Redis (each job holds its items) when workers are gone or too few; replicas
         # submitting at once may pass it by a few.
         if self._queue.count >= self._max_queued:
@@ -138,6 +163,7 @@ class RQEngine:
             )
         job = Job(uuid.uuid4().hex, kind, sub, request_id, plan.total, now())
         data = plan.data()  # type: ignore[attr-defined]  # every plan a view defers has it
+        before = _sent_before(data)
         with self._redis.pipeline() as pipe:
             pipe.hset(
                 _record_key(job.id),
@@ -149,28 +175,48 @@ class RQEngine:
                     "total": job.total,
                     "created": job.created,
                     "state": job.state.value,
+                    "ttl": self._ttl_s,
+                    "done": len(before),
+                    # A resumed creation: the users an earlier attempt created, answered and never sent again.
+                    **({"before": json.dumps(before), "created_users": json.dumps(before)} if before else {}),
                 },
             )
+            pipe.expire(_record_key(job.id), self._ttl_s + QUEUED_TTL_S)  # ended, it is kept JOBS_TTL_S from then
             pipe.zadd(_owned_key(sub), {job.id: time.time()})
+            pipe.expire(_owned_key(sub), self._ttl_s + QUEUED_TTL_S)
             pipe.execute()
-        # No retry, no timeout: a job's calls are sent once, and a call is never cut short.
+        # No retry, no timeout: a job's calls are sent once, and a call is never cut short. Unique: a submission
+        # the Redis client sends again after a lost answer must not queue the job twice.
         # The description is what RQ logs and shows (rq info, dashboards): never the items, which may hold passwords.
-        self._queue.enqueue(
-            "lms_api.jobqueue.run",
-            job.id,
-            data,
-            job_id=job.id,
-            description=f"{kind.value} job {job.id} ({job.total} items)",
-            job_timeout=-1,
-            result_ttl=0,
-            failure_ttl=self._ttl_s,
-            on_failure=Callback(abandoned),
-            meta={"progress": {"done": 0, "total": job.total}},
-        )
+        try:
+            self._queue.enqueue(
+                "lms_api.jobqueue.run",
+                job.id,
+                data,
+                job_id=job.id,
+                unique=True,
+                description=f"{kind.value} job {job.id} ({job.total} items)",
+                job_timeout=-1,
+                result_ttl=0,
+                failure_ttl=FAILED_DATA_TTL_S,
+                on_failure=Callback(abandoned),
+                meta={"progress": {"done": len(before), "total": job.total}},
+            )
+        except DuplicateJobError:  # queued by the first sending after all
+            pass
+        except redis.RedisError:
+            with contextlib.suppress(redis.RedisError):  # the record says it was never queued, if Redis lets it
+                self._redis.delete(_record_key(job.id))
+                self._redis.zrem(_owned_key(sub), job.id)
+            raise
         log.info("job.queued", job_id=job.id, kind=kind.value, items=job.total, engine="rq")
         return job
 
     def get(self, job_id: str) -> Job | None:
+        with _redis_answers():
+            return self._get(job_id)
+
+    def _get(self, job_id: str) -> Job | None:
         fields = self._redis.hgetall(_record_key(job_id))
         if not fields:
             return None
@@ -180,40 +226,55 @@ class RQEngine:
         return job
 
     def jobs_of(self, sub: str) -> list[Job]:
-        found: list[bytes] = self._redis.zrevrange(_owned_key(sub), 0, -1)  # type: ignore[assignment]
-        ids = [job_id.decode() for job_id in found]
-        jobs = [self.get(job_id) for job_id in ids]
-        gone = [job_id for job_id, job in zip(ids, jobs, strict=True) if job is None]
-        if gone:
-            self._redis.zrem(_owned_key(sub), *gone)
-        return [job for job in jobs if job is not None]
+        with _redis_answers():
+            # Those whose records expired leave the list: older than any kept record, they go by their score.
+            self._redis.zremrangebyscore(_owned_key(sub), "-inf", time.time() - self._ttl_s - QUEUED_TTL_S)
+            found: list[bytes] = self._redis.zrevrange(_owned_key(sub), 0, -1)  # type: ignore[assignment]
+            ids = [job_id.decode() for job_id in found]
+            jobs = [self._get(job_id) for job_id in ids]
+            gone = [job_id for job_id, job in zip(ids, jobs, strict=True) if job is None]
+            if gone:
+                self._redis.zrem(_owned_key(sub), *gone)
+            return [job for job in jobs if job is not None]
 
     def cancel(self, job_id: str) -> Job:
+        with _redis_answers():
+            job = self._cancel(job_id)
+            log.info("job.cancel_requested", job_id=job_id, state=job.state.value)
+            return self._get(job_id) or job
+
+    def _cancel(self, job_id: str) -> Job:
         key = _record_key(job_id)
-        with self._redis.pipeline() as pipe:
-            pipe.watch(key)  # type: ignore[no-untyped-call]
-            fields = pipe.hgetall(key)
-            if not fields:
-                raise ApiError(ErrorCode.JOB_NOT_FOUND, f"No background job {job_id} is kept")
-            job = _job(fields)
-            if job.state in FINISHED:
-                raise ApiError(
-                    ErrorCode.JOB_FINISHED, f"The job has finished ({job.state.value}): there is nothing to cancel"
-                )
-            pipe.multi()
-            pipe.hset(key, "cancel", "1")
-            if job.state is JobState.QUEUED:  # the worker that takes it finds it finished
-                error = ApiError(ErrorCode.JOB_CANCELLED, "Cancelled before it started: nothing was written")
-                _finish(pipe, job, JobState.CANCELLED, self._ttl_s, error=error_body(error, job.request_id)["error"])
-            try:
-                pipe.execute()
-            except redis.WatchError:  # its worker took it meanwhile: it stops after its call
-                return self.cancel(job_id)
-        log.info("job.cancel_requested", job_id=job_id, state=job.state.value)
-        return self.get(job_id) or job
+        while True:
+            with self._redis.pipeline() as pipe:
+                pipe.watch(key)  # type: ignore[no-untyped-call]
+                fields = pipe.hgetall(key)
+                if not fields:
+                    raise ApiError(ErrorCode.JOB_NOT_FOUND, f"No background job {job_id} is kept")
+                job = _job(fields)
+                if job.state in FINISHED:
+                    raise ApiError(
+                        ErrorCode.JOB_FINISHED, f"The job has finished ({job.state.value}): there is nothing to cancel"
+                    )
+                pipe.multi()
+                pipe.hset(key, "cancel", "1")
+                if job.state is JobState.QUEUED:  # the worker that takes it finds it finished
+                    error = ApiError(ErrorCode.JOB_CANCELLED, "Cancelled before it started: nothing was written")
+                    body = error_body(error, job.request_id)["error"]
+                    _finish(pipe, job, JobState.CANCELLED, self._ttl_s, error=body)
+                try:
+                    pipe.execute()
+                except redis.WatchError:  # its worker took it meanwhile: it stops after its call
+                    continue
+            if job.state is JobState.QUEUED:  # its data (the items, passwords included) leaves Redis now
+                with contextlib.suppress(redis.RedisError):
+                    self._queue.remove(job_id)
+                    RQJob(job_id, connection=self._redis, serializer=JSONSerializer).delete()
+            return job
 
     def queued(self) -> int:
-        return self._queue.count
+        with _redis_answers():
+            return self._queue.count
 
     def readiness(self) -> dict[str, Any]:
         """The workers on the queue and the jobs waiting; none is not unready: the gateway queues, workers come."""
@@ -223,12 +284,20 @@ class RQEngine:
             return {"engine": "rq", "redis": "unreachable: jobs can be neither queued nor read"}
 
     def _workers(self) -> int:
-        return Worker.count(connection=self._redis, queue=self._queue)
+        """Workers on the queue whose own key lives: RQ's set of workers keeps a killed one until a live worker's
+        maintenance prunes it, and never when none is left."""
+        keys = Worker.all_keys(connection=self._redis, queue=self._queue)
+        return int(self._redis.exists(*keys)) if keys else 0
 
     def shared_metrics(self) -> Iterator[Metric]:
         """Jobs finished by kind and state, and how long they ran, as every worker and replica counted them in
-        Redis: each replica shows the same figures (aggregate them with ``max``, not ``sum``)."""
-        stats = _text(self._redis.hgetall(STATS_KEY))
+        Redis: each replica shows the same figures (aggregate them with ``max``, not ``sum``); none while Redis
+        cannot be reached (the gateway's own metrics are still told)."""
+        try:
+            stats = _text(self._redis.hgetall(STATS_KEY))
+            workers = self._workers()
+        except redis.RedisError:
+            return
         jobs = CounterMetricFamily(
             "lms_api_rq_jobs",
             "Background jobs on RQ finished, by kind and final state (shared)",
@@ -256,27 +325,51 @@ class RQEngine:
         yield GaugeMetricFamily(
             "lms_api_rq_workers",
             "lms-api worker processes on the queue (shared): jobs queued with none wait for one",
-            value=self._workers(),
+            value=workers,
         )
 
     def close(self) -> None:
         self._redis.close()
 
 
+@contextlib.contextmanager
+def _redis_answers() -> Iterator[None]:
+    """A gateway's request on the jobs, answered ``503 jobsunavailable`` while their Redis cannot be reached."""
+    try:
+        yield
+    except redis.RedisError as error:
+        log.warning("jobs.redis_unreachable", error=type(error).__name__)
+        raise ApiError(
+            ErrorCode.JOBS_UNAVAILABLE,
+            "The store of background jobs cannot be reached: nothing was queued, read or cancelled",
+            headers={"Retry-After": UNAVAILABLE_RETRY_S},
+        ) from None
+
+
 def _executing(client: redis.Redis, job_id: str) -> bool:
-    """Whether RQ's started-job registry holds an execution of the job that its worker has renewed within ALIVE_S."""
-    live = client.zrangebyscore(StartedJobRegistry(QUEUE, connection=client).key, time.time(), "+inf")
+    """Whether RQ's started-job registry holds an execution of the job that its worker has renewed lately. Its
+    entries expire by the worker's clock, compared here with Redis's, not this host's: a replica's clock running
+    ahead must not end live jobs (``JOBS_WORKER_TTL_S`` is the margin for the worker's own)."""
+    seconds, _ = client.time()
+    live = client.zrangebyscore(StartedJobRegistry(QUEUE, connection=client).key, seconds, "+inf")
     return any(parse_composite_key(entry.decode())[0] == job_id for entry in live)  # type: ignore[union-attr]
 
 
 def abandoned(job: RQJob, connection: redis.Redis, *exc_info: Any) -> None:
     """The job's failure callback: RQ calls it when its cleanup of the started-job registry finds the job's worker
-    gone, or when the job's function raised. Either way no call of the job is sent any more."""
-    _declare_lost(connection, job.id, job.failure_ttl or 0)
+    gone, or when the job's function raised. Either way no call of the job is sent any more: a job still queued
+    (its worker died as it took it) ends failed with nothing sent."""
+    _declare_lost(connection, job.id, _kept_s(connection, job.id), queued_too=True)
 
 
-def _declare_lost(client: redis.Redis, job_id: str, ttl_s: int) -> Job | None:
-    """End a running job whose worker is gone, as of its last recorded call; None when it changed meanwhile."""
+def _kept_s(client: redis.Redis, job_id: str) -> int:
+    """How long a job's record is kept once ended: ``JOBS_TTL_S``, as its gateway wrote it."""
+    return int(client.hget(_record_key(job_id), "ttl") or 0)
+
+
+def _declare_lost(client: redis.Redis, job_id: str, ttl_s: int, *, queued_too: bool = False) -> Job | None:
+    """End a running job whose worker is gone, as of its last recorded call (with ``queued_too``, a queued one as
+    never started); None when it changed meanwhile."""
     key = _record_key(job_id)
     with client.pipeline() as pipe:
         pipe.watch(key)  # type: ignore[no-untyped-call]  # a worker still alive writes it before any call
@@ -284,17 +377,22 @@ def _declare_lost(client: redis.Redis, job_id: str, ttl_s: int) -> Job | None:
         if not fields:
             return None
         job = _job(fields)
-        if job.state is not JobState.RUNNING:
+        if job.state is not JobState.RUNNING and not (queued_too and job.state is JobState.QUEUED):
             return None
         text = _text(fields)
-        in_flight = text.get("in_flight") or f"{job.done}:{job.done}"
-        start, stop = (int(bound) for bound in in_flight.split(":"))
-        details = {
-            "applied": list(range(job.done)),
-            "unknown": list(range(start, stop)),
-            "not_applied": list(range(stop, job.total)),
-            "outcome": OUTCOME_UNKNOWN,
+        before = json.loads(text.get("before", "[]"))
+        order = _sending_order(job.total, before)
+        sent = job.done - len(before)  # items of the plan's own calls answered
+        start, stop = (int(bound) for bound in (text.get("in_flight") or f"{sent}:{sent}").split(":"))
+        details: dict[str, Any] = {
+            "applied": sorted([user["index"] for user in before] + order[:sent]),
+            "unknown": order[start:stop],
+            "not_applied": order[stop:],
         }
+        if stop > start:
+            details["outcome"] = OUTCOME_UNKNOWN
+        elif details["applied"]:
+            details["outcome"] = OUTCOME_PARTIAL
         if "created_users" in text:
             details["created"] = json.loads(text["created_users"])
         error = ApiError(
@@ -344,12 +442,16 @@ def _finish(
 
 class _JournalledMoodle:
     """The worker's Moodle client for one job: the items of each write call are recorded as in flight before it is
-    sent, and as applied once it has answered, before anything else is sent."""
+    sent, and as applied once it has answered, before anything else is sent. A record that cannot be written (Redis
+    away) stops the job: ``journal_failed``, and its end is left to :func:`_declare_lost`."""
 
-    def __init__(self, moodle: Moodle, client: redis.Redis, job: Job, writes: _Writes) -> None:
+    def __init__(self, moodle: Moodle, client: redis.Redis, job: Job, writes: _Writes, before: list[Any]) -> None:
         self._moodle, self._redis, self._job, self._writes = moodle, client, job, writes
-        self._done = 0
-        self._created: list[dict[str, Any]] = []
+        self._order = _sending_order(job.total, before)
+        self._before = len(before)
+        self._sent = 0  # items of the plan's own calls answered, in the order sent
+        self._created: list[dict[str, Any]] = list(before)
+        self.journal_failed = False
 
     @property
     def max_input_vars(self) -> int:
@@ -370,25 +472,43 @@ class _JournalledMoodle:
     def call(self, function: MoodleFunction, params: Mapping[str, Any] | None = None) -> Any:
         if function is not self._writes.function or params is None:
             return self._moodle.call(function, params)
-        key, sent = _record_key(self._job.id), len(params[self._writes.items])
-        if not _while_running(self._redis, [key], ["in_flight", f"{self._done}:{self._done + sent}"]):
+        sent = len(params[self._writes.items])
+        if not self.record(["in_flight", f"{self._sent}:{self._sent + sent}"]):
             raise JobStopped()  # declared lost by a replica meanwhile: its record stands, and nothing more is sent
         answer = self._moodle.call(function, params)
-        recorded = ["done", str(self._done + sent), "in_flight", ""]
+        recorded = ["done", str(self._before + self._sent + sent), "in_flight", ""]
         if function is MoodleFunction.CREATE_USERS and isinstance(answer, list) and len(answer) == sent:
             # The new users' ids, which a job declared lost names as a failed creation's account does.
             self._created += [
-                {"index": self._done + offset, "id": user.get("id"), "username": user.get("username")}
+                {"index": self._order[self._sent + offset], "id": user.get("id"), "username": user.get("username")}
                 for offset, user in enumerate(answer)
             ]
-            recorded += ["created_users", json.dumps(self._created)]
-        self._done += sent
-        _while_running(self._redis, [key], recorded)
+            recorded += ["created_users", json.dumps(sorted(self._created, key=lambda user: user["index"]))]
+        self._sent += sent
+        self.record(recorded)
         job = get_current_job()
         if job is not None:  # shown by RQ's own tools; the record above is what the gateway answers
-            job.meta["progress"] = {"done": self._done, "total": self._job.total}
-            job.save_meta()  # type: ignore[no-untyped-call]
+            job.meta["progress"] = {"done": self._before + self._sent, "total": self._job.total}
+            with contextlib.suppress(redis.RedisError):
+                job.save_meta()  # type: ignore[no-untyped-call]
         return answer
+
+    def record(self, fields: list[str]) -> bool:
+        """Set the record's ``fields`` while the job runs; False once it does not."""
+        try:
+            return _while_running(self._redis, [_record_key(self._job.id)], fields)
+        except redis.RedisError:
+            self.journal_failed = True
+            raise JobStopped() from None
+
+    def stop_requested(self) -> bool:
+        """Cancelled, or declared lost by a replica (its entry lapsed, Redis away): no call after that."""
+        try:
+            cancel, state = self._redis.hmget(_record_key(self._job.id), ["cancel", "state"])
+        except redis.RedisError:
+            self.journal_failed = True
+            return True
+        return bool(cancel == b"1" or state != JobState.RUNNING.value.encode())
 
 
 _WHILE_RUNNING = """
@@ -417,11 +537,16 @@ _context: WorkerContext | None = None
 
 
 class _JobWorker(SimpleWorker):
-    """RQ's worker that runs a job in its own process, renewing the job's started-job registry entry while it runs:
-    RQ's own worker renews it only between jobs, so a long job would be found abandoned while running."""
+    """RQ's worker that runs a job in its own process, renewing the job's started-job registry entry while it runs
+    (for ``JOBS_WORKER_TTL_S``): RQ's own worker renews it only between jobs, so a long job would be found abandoned
+    while running."""
+
+    def __init__(self, *args: Any, alive_s: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._alive_s = alive_s
 
     def get_heartbeat_ttl(self, job: RQJob, working_time: float = 0.0) -> int:
-        return ALIVE_S
+        return self._alive_s
 
     def execute_job(self, job: RQJob, queue: Queue) -> None:
         execution = self.prepare_execution(job)
@@ -439,20 +564,27 @@ class _JobWorker(SimpleWorker):
         while not stop.wait(HEARTBEAT_S):
             try:
                 self.maintain_heartbeats(job, execution)
-            except redis.RedisError:  # the next beat tries again; past ALIVE_S the job is abandoned, and stops
-                log.warning("job.heartbeat_failed", job_id=job.id)
+            except Exception:  # the next beat tries again; past JOBS_WORKER_TTL_S the job is abandoned, and stops
+                log.warning("job.heartbeat_failed", job_id=job.id, exc_info=True)
 
 
 def serve(context: WorkerContext, name: str | None = None, *, burst: bool = False) -> None:
     """Run jobs from the gateway's queue until stopped (SIGTERM: after the job running ends), or with ``burst`` until
-    none is queued, one at a time, in this process: a job killed with its worker is one whose calls stopped with it."""
+    none is queued, one at a time, in this process: a job killed with its worker is one whose calls stopped with it.
+
+    RQ gets a Redis client of its own: it lengthens its client's timeouts for its blocking reads, which the job's
+    records must not wait on."""
     global _context
     _context = context
+    assert context.settings.redis_url is not None
+    connection = redis.Redis.from_url(context.settings.redis_url)
     worker = _JobWorker(
-        [Queue(QUEUE, connection=context.redis, serializer=JSONSerializer)],
-        connection=context.redis,
+        [Queue(QUEUE, connection=connection, serializer=JSONSerializer)],
+        connection=connection,
         serializer=JSONSerializer,
         name=name,
+        worker_ttl=max(WORKER_TTL_S, context.settings.jobs_worker_ttl_s),
+        alive_s=context.settings.jobs_worker_ttl_s,
     )
     worker.work(burst=burst, with_scheduler=False)
 
@@ -479,32 +611,26 @@ def run(job_id: str, data: dict[str, Any]) -> None:
 def _apply(client: redis.Redis, settings: Settings, job: Job, data: dict[str, Any]) -> None:
     assert _context is not None
     writes = _writes(job.kind)
-    key = _record_key(job.id)
     with structlog.contextvars.bound_contextvars(job_id=job.id, request_id=job.request_id), recording_calls() as calls:
         started = time.perf_counter()
         log.info("job.started", kind=job.kind.value, items=job.total)
-        plan = writes.rebuild(_JournalledMoodle(_context.moodle, client, job, writes), settings, data)
+        journal = _JournalledMoodle(_context.moodle, client, job, writes, _sent_before(data))
+        plan = writes.rebuild(journal, settings, data)
 
         def progress(done: int, total: int) -> None:
-            # Cancelled, or declared lost by a replica (its heartbeat lapsed, Redis away): no call after that.
-            cancel, state = client.hmget(key, ["cancel", "state"])
-            if cancel == b"1" or state != JobState.RUNNING.value.encode():
+            if journal.stop_requested():
                 raise JobStopped()
 
         result, error, state = outcome(job, plan, writes.dump, progress)
         seconds = time.perf_counter() - started
-        with client.pipeline() as pipe:
-            while True:
-                pipe.watch(key)  # type: ignore[no-untyped-call]
-                if pipe.hget(key, "state") != JobState.RUNNING.value.encode():  # a replica declared it lost
-                    break
-                pipe.multi()
-                _finish(pipe, job, state, settings.jobs_ttl_s, result=result, error=error, seconds=seconds)
-                try:
-                    pipe.execute()
-                    break
-                except redis.WatchError:  # cancelled meanwhile: its end is written all the same
-                    continue
+        if journal.journal_failed:
+            # Its record may lack the last call's answer: the job ends as one whose worker was lost, with that
+            # call's items of unknown outcome, as soon as Redis answers again.
+            log.warning("job.record_unwritable", kind=job.kind.value)
+            _until_redis_answers(lambda: _declare_lost(client, job.id, settings.jobs_ttl_s))
+            state, error = JobState.FAILED, {"code": ErrorCode.JOB_LOST.value}
+        else:
+            _until_redis_answers(lambda: _end(client, job, state, settings.jobs_ttl_s, result, error, seconds))
         log.info(
             "job.finished",
             kind=job.kind.value,
@@ -515,3 +641,39 @@ def _apply(client: redis.Redis, settings: Settings, job: Job, data: dict[str, An
             ms=round(seconds * 1000, 1),
             code=None if error is None else error["code"],
         )
+
+
+def _end(
+    client: redis.Redis,
+    job: Job,
+    state: JobState,
+    ttl_s: int,
+    result: Any,
+    error: dict[str, Any] | None,
+    seconds: float,
+) -> None:
+    """Write the job's end, unless a replica declared it lost meanwhile (its record stands)."""
+    key = _record_key(job.id)
+    with client.pipeline() as pipe:
+        while True:
+            pipe.watch(key)  # type: ignore[no-untyped-call]
+            if pipe.hget(key, "state") != JobState.RUNNING.value.encode():
+                return
+            pipe.multi()
+            _finish(pipe, job, state, ttl_s, result=result, error=error, seconds=seconds)
+            try:
+                pipe.execute()
+                return
+            except redis.WatchError:  # cancelled meanwhile: its end is written all the same
+                continue
+
+
+def _until_redis_answers(write: Callable[[], Any]) -> None:
+    """Run ``write`` once Redis answers: a job's end is never left unwritten by a worker still running."""
+    while True:
+        try:
+            write()
+            return
+        except redis.RedisError:
+            log.warning("job.redis_unreachable")
+            time.sleep(HEARTBEAT_S)

@@ -557,6 +557,12 @@ class Settings:
     jobs_ttl_s: int = setting(
         _whole_number(1), "86400", meaning="how long a finished background job is kept for `GET /api/moodle/jobs`"
     )
+    jobs_worker_ttl_s: int = setting(
+        _whole_number(3),
+        "60",
+        meaning="with `JOBS_ENGINE=rq`, how long a running job stays alive without a sign of its worker (which gives "
+        "one every second): past it, the job is lost (`joblost`); keep the hosts' clocks closer than this",
+    )
     jobs_sync_max_items: int = setting(
         _whole_number(1),
         "1000",

@@ -12,7 +12,7 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-from lms_api.jobqueue import ALIVE_S, QUEUE
+from lms_api.jobqueue import QUEUE
 from moodle_sandbox.server import start_sandbox
 from tests.functional.test_enrol import STUDENTS, enrolled, new_course
 from tests.support.credentials import mint
@@ -26,6 +26,7 @@ ASYNC = {"Prefer": "respond-async"}
 WRITER = mint("enrol:write users:write users:read jobs:read")
 OTHER = mint("enrol:write jobs:read", sub="user-2")
 SECRET = "rq-jobs-secret-" + "r" * 40
+ALIVE_S = 3  # the workers' JOBS_WORKER_TTL_S
 TWO_ENROLMENTS_A_CALL = "9"  # 3 reserved fields + two enrolments of three
 FINISHED = {"succeeded", "failed", "partial", "cancelled"}
 
@@ -72,6 +73,7 @@ def worker(spawn, site, empty_redis):
             JWT_SECRET=SECRET,
             JOBS_ENGINE="rq",
             REDIS_URL=empty_redis,
+            JOBS_WORKER_TTL_S=str(ALIVE_S),
         )
         return spawn("lms-api", "worker", "--ini", str(ROOT / "production.ini"), env=env, log=f"{name}.log")
 
