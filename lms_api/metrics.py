@@ -7,6 +7,7 @@ bounded: route names, methods, statuses, function names and error codes of the t
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 
@@ -22,6 +23,7 @@ from pyramid.security import NO_PERMISSION_REQUIRED
 from lms_api.cache import ReadCache, RedisStore
 from lms_api.caller import is_operator
 from lms_api.calllog import CallLog
+from lms_api.errors import ApiError
 from lms_api.jobs import JOB_BUCKETS, JobEngine
 from lms_api.moodle.client import MoodleClient
 from lms_api.moodle.guard import BreakerState
@@ -119,11 +121,12 @@ class _StateCollector:
 
     def collect(self) -> Iterator[Metric]:
         client = self._client
-        yield GaugeMetricFamily(
-            "lms_api_jobs_queued",
-            "Background jobs waiting to start (on RQ: its queue's length)",
-            value=self._jobs.queued(),
-        )
+        with contextlib.suppress(ApiError):  # the jobs' Redis is away: the other metrics are told all the same
+            yield GaugeMetricFamily(
+                "lms_api_jobs_queued",
+                "Background jobs waiting to start (on RQ: its queue's length)",
+                value=self._jobs.queued(),
+            )
         yield from self._jobs.shared_metrics()
         yield GaugeMetricFamily(
             "lms_api_moodle_calls_in_flight", "Moodle calls holding a bulkhead slot", value=client.bulkhead.in_use

@@ -199,13 +199,14 @@ def test_progress_is_seen_mid_job_and_a_cancel_stops_it_between_two_calls(rq_gat
     assert gateway.delete(location, WRITER, status=409).json["error"]["code"] == "jobfinished"
 
 
-def test_a_job_cancelled_while_queued_is_never_run(rq_gateway, site, worker):
+def test_a_job_cancelled_while_queued_is_never_run(rq_gateway, site, worker, rq_redis):
     gateway = rq_gateway()
     location = gateway.post("/api/moodle/enrol", enrolments([new_course(site)]), WRITER, headers=ASYNC).headers[
         "Location"
     ]
 
     assert gateway.delete(location, WRITER).json["data"]["state"] == "cancelled"
+    assert not Job.exists(location.rsplit("/", 1)[1], connection=rq_redis)  # its items are out of Redis
     worker("worker")
     after = gateway.post("/api/moodle/enrol", enrolments([new_course(site)]), WRITER, headers=ASYNC).headers["Location"]
     assert finished(gateway, after)["state"] == "succeeded"
@@ -387,3 +388,54 @@ def test_past_the_bound_of_queued_jobs_a_submission_is_refused_and_nothing_is_qu
     assert refused.headers["Retry-After"] == "10"
     assert gateway.get("/api/moodle/jobs", WRITER).json["data"]["total"] == 2
     assert Queue(QUEUE, connection=rq_redis).count == 2
+
+
+def test_with_its_redis_gone_a_gateway_on_rq_answers_503_jobsunavailable_and_still_serves_metrics(
+    make_gateway, site, unused_port
+):
+    gateway = make_gateway(
+        base_url=site.url, token=site.site.token, JOBS_ENGINE="rq", REDIS_URL=f"redis://127.0.0.1:{unused_port}/0"
+    )
+    attempts = [
+        gateway.post("/api/moodle/enrol", enrolments([new_course(site)]), WRITER, headers=ASYNC, status=503),
+        gateway.get("/api/moodle/jobs/0123456789abcdef0123456789abcdef", WRITER, status=503),
+        gateway.get("/api/moodle/jobs", WRITER, status=503),
+        gateway.delete("/api/moodle/jobs/0123456789abcdef0123456789abcdef", WRITER, status=503),
+    ]
+
+    for refused in attempts:
+        assert refused.json["error"]["code"] == "jobsunavailable"
+        assert refused.headers["Retry-After"] == "5"
+    assert sandbox_calls(site).get(ENROL, 0) == 0
+    text = metrics(gateway)
+    assert "lms_api_requests_total" in text and "lms_api_jobs_queued" not in text
+
+
+def test_a_submission_redis_drops_while_queuing_leaves_no_job(rq_gateway, site, rq_redis, monkeypatch):
+    gateway = rq_gateway()
+
+    def dropped(*args, **kwargs):
+        raise redis.ConnectionError("Connection reset by peer")
+
+    monkeypatch.setattr(Queue, "enqueue", dropped)
+    refused = gateway.post("/api/moodle/enrol", enrolments([new_course(site)]), WRITER, headers=ASYNC, status=503)
+
+    assert refused.json["error"]["code"] == "jobsunavailable"
+    assert gateway.get("/api/moodle/jobs", WRITER).json["data"]["total"] == 0
+    assert not rq_redis.keys("lms_api:job:*")
+
+
+def test_a_replica_whose_clock_runs_ahead_does_not_end_a_live_job(rq_gateway, site, worker, monkeypatch):
+    gateway = rq_gateway()
+    worker("worker")
+    location = gateway.post("/api/moodle/enrol", enrolments([new_course(site)]), WRITER, headers=ASYNC).headers[
+        "Location"
+    ]
+    eventually(lambda: job_of(gateway, location)["state"] == "running", "the job started", 20)
+
+    ahead = time.time() + 3600
+    monkeypatch.setattr("lms_api.jobqueue.time.time", lambda: ahead)
+
+    assert job_of(gateway, location)["state"] == "running"
+    monkeypatch.undo()
+    assert finished(gateway, location)["state"] == "succeeded"
