@@ -439,3 +439,29 @@ def test_a_replica_whose_clock_runs_ahead_does_not_end_a_live_job(rq_gateway, si
     assert job_of(gateway, location)["state"] == "running"
     monkeypatch.undo()
     assert finished(gateway, location)["state"] == "succeeded"
+
+
+def test_a_record_redis_cannot_take_mid_job_ends_the_job_lost_as_of_its_last_recorded_call(
+    rq_gateway, site, worker, rq_redis
+):
+    gateway = rq_gateway()
+    courses = [new_course(site) for _ in range(4)]
+    worker("worker")
+    location = gateway.post("/api/moodle/enrol", enrolments(courses), WRITER, headers=ASYNC).headers["Location"]
+    eventually(lambda: job_of(gateway, location)["progress"]["done"] >= 4, "some calls made", 20)
+
+    # Redis away for every client but the test's: those connected are cut, and new ones are refused a while.
+    rq_redis.config_set("requirepass", "away")
+    rq_redis.client_kill_filter(_type="normal", skipme=True)
+    time.sleep(2.5)
+    rq_redis.config_set("requirepass", "")
+
+    lost = finished(gateway, location)
+    assert lost["state"] == "failed", lost
+    assert lost["error"]["code"] == "joblost"
+    details = lost["error"]["details"]
+    done = lost["progress"]["done"]
+    assert details["applied"] == list(range(done))
+    assert details["not_applied"] == list(range(done + len(details["unknown"]), 20))
+    time.sleep(1)  # a call after the record failed, if any, would have reached the sandbox by now
+    assert sandbox_calls(site)[ENROL] == (done + len(details["unknown"])) // 2
