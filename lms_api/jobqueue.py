@@ -56,7 +56,8 @@ HEARTBEAT_S = 1.0  # how often a running job's worker renews its entry in the st
 # record already says what became of them.
 FAILED_DATA_TTL_S = 60
 UNAVAILABLE_RETRY_S = "5"
-WORKER_TTL_S = 60  # how long a worker stays counted on the queue after its last sign of life (RQ's default: 420)
+# RQ's worker_ttl (its default: 420 s): an idle worker's key lives this long and 60 s more after each sign of life.
+WORKER_TTL_S = 60
 # A record is kept JOBS_TTL_S once its job ended, and this long more before: a job neither run nor ended within a
 # week (no worker ever came) is forgotten; a worker that takes it later finds no record and sends nothing.
 QUEUED_TTL_S = 7 * 86_400
