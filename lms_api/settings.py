@@ -545,9 +545,9 @@ class Settings:
     )
     jobs_engine: str = setting(
         _jobs_engine,
-        "embedded",
         meaning="`embedded`: jobs run in the gateway's process, lost when it stops; `rq`: queued in `REDIS_URL`'s "
         "Redis, run by `lms-api worker`, read and cancelled by any replica",
+        worked_out="`rq` with `REDIS_URL`, else `embedded`",
     )
     jobs_workers: int = setting(
         _whole_number(1),
@@ -693,6 +693,9 @@ def load_settings(
             secrets.append(values[name])
 
     problems.extend(_moodle_problems(environment, values, refused))
+    if values["JOBS_ENGINE"] is None and "JOBS_ENGINE" not in refused:
+        # Replicas sharing a Redis share their jobs too: a job one of them kept in its process, another would not know.
+        values["JOBS_ENGINE"] = "rq" if values["REDIS_URL"] else "embedded"
     if values["JOBS_ENGINE"] == "rq" and not values["REDIS_URL"] and "REDIS_URL" not in refused:
         problems.append("JOBS_ENGINE=rq needs REDIS_URL: the queue and the jobs are kept in Redis")
     jwt_secret, algorithms, uses_development_secret = None, tuple[str, ...](), False

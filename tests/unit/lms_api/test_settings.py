@@ -37,6 +37,18 @@ def test_defaults():
     assert not settings.uses_sandbox
 
 
+@pytest.mark.parametrize(
+    ("given", "engine"),
+    [
+        ({}, "embedded"),
+        ({"REDIS_URL": "redis://cache:6379/0"}, "rq"),  # replicas sharing a Redis share their jobs
+        ({"REDIS_URL": "redis://cache:6379/0", "JOBS_ENGINE": "embedded"}, "embedded"),
+    ],
+)
+def test_the_job_engine_is_rq_with_a_shared_redis_unless_told(given, engine):
+    assert load_settings(PRODUCTION, COMPLETE | given).jobs_engine == engine
+
+
 def test_environment_beats_dotenv_beats_ini():
     ini = {**PRODUCTION, "moodle_timeout_ms": "1000", "moodle_max_retries": "1", "log_format": "console"}
     dotenv = {"MOODLE_TIMEOUT_MS": "2000", "MOODLE_MAX_RETRIES": "3"}
