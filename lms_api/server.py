@@ -33,9 +33,9 @@ LISTEN_BACKLOG = 1024  # waitress's own default
 SPARE_FILES = 64
 # With REDIS_URL, the Redis clients of one process, each with its own pool, in which every thread busy with Redis
 # holds a connection: rate limits (lms_api/ratelimit.py), the read cache (lms_api/cache/), the owners of draft
-# items (lms_api/drafts.py) and idempotency keys (lms_api/idempotency.py). Keep it the number of redis_client() calls
-# an app makes.
-REDIS_CLIENTS = 4
+# items (lms_api/drafts.py), idempotency keys (lms_api/idempotency.py) and background jobs on RQ (lms_api/jobqueue.py,
+# the job engine with REDIS_URL unless JOBS_ENGINE=embedded). Keep it the number of redis_client() calls an app makes.
+REDIS_CLIENTS = 5
 
 log = structlog.get_logger("lms_api.server")
 
