@@ -286,13 +286,14 @@ class UpdatePlan:
             change["id"] for change in changes if change.get("username", current[change["id"]]) != current[change["id"]]
         }
         for number, run in enumerate(runs):
+            in_run = {change["id"]: change for change in changes[run.start : run.stop]}
             try:
                 answer = moodle.call(MoodleFunction.UPDATE_USERS, {"users": sent[run.start : run.stop]})
+                # Read whole before any is counted: an answer of the wrong shape leaves the whole call unknown.
+                failures = _failures(moodle, answer, in_run, renamed)
             except MoodleError as error:
                 raise _update_failed(error, ids, run, failed, len(runs), number + 1) from error
-            in_run = {change["id"]: change for change in changes[run.start : run.stop]}
-            for warning in expect_list(answer.get("warnings", []), MoodleFunction.UPDATE_USERS):
-                failure = _failure(moodle, warning, in_run, renamed)
+            for failure in failures:
                 failed.setdefault(failure["id"], failure)
             if number + 1 < len(runs) and not advanced(progress, run.stop, self.total):
                 updated = [user_id for user_id in dict.fromkeys(ids[: run.stop]) if user_id not in failed]
@@ -515,6 +516,17 @@ def _update_failed(
             "is unknown"
         )
     return type(error)(error.code, message, {**error.details, **account}, status=error.status, headers=error.headers)
+
+
+def _failures(
+    moodle: Moodle, answer: Any, changes: dict[int, dict[str, Any]], renamed: set[int]
+) -> list[dict[str, Any]]:
+    """The users core_user_update_users refused, from its answer (``{"warnings": [...]}``); a 502 of unknown outcome
+    for an answer of another shape, which Moodle sends after applying the call."""
+    if not isinstance(answer, dict):
+        raise unexpected_answer(MoodleFunction.UPDATE_USERS)
+    warnings = expect_list(answer.get("warnings", []), MoodleFunction.UPDATE_USERS)
+    return [_failure(moodle, warning, changes, renamed) for warning in warnings]
 
 
 def _failure(

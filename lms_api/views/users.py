@@ -59,8 +59,10 @@ class UserViews(ApiViews):
 
     def created_users(self) -> object:
         """After an answer that left the outcome unknown or partial: the users an earlier attempt created (the
-        username on the site with the same email) are answered, the others created."""
-        return userwrites.create_users(self.moodle, self._users(), self.request.lms_settings, resume=True)
+        username on the site with the same email) are answered, the others created, as a background job when the
+        retry asks for one (or JOBS_FORCE_ASYNC makes it one), as the first attempt would have been."""
+        plan = userwrites.prepare_create_users(self.moodle, self._users(), self.request.lms_settings, resume=True)
+        return Deferred(JobKind.USERS_CREATE, plan)
 
     @api_view(
         request_method="PATCH",

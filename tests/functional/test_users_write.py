@@ -8,6 +8,7 @@ import pytest
 
 from lms_api.schemas.users import COUNTRIES
 from moodle_sandbox.functions.users import _COUNTRIES as SANDBOX_COUNTRIES
+from moodle_sandbox.registry import FUNCTIONS, SandboxFunction
 from moodle_sandbox.server import start_sandbox
 from tests.support.credentials import mint
 from tests.support.sandbox import moodle_call, queue_fault, sandbox_calls
@@ -263,6 +264,79 @@ def test_a_course_created_though_its_answer_was_lost_is_found_by_its_short_name_
     assert retry.json["data"]["shortname"] == shortname
     assert retry.headers["Location"].endswith(f"/api/moodle/courses/{retry.json['data']['id']}")
     assert calls(site, "core_course_create_courses") == sent
+
+
+def answering(function, answer):
+    """``function`` of the sandbox run as Moodle runs it, then answered by ``answer(number, params, answered)``
+    (``number`` from 1): Moodle applied the call, whatever its answer says."""
+    original = FUNCTIONS[function]
+    sent = []
+
+    def run(site, params):
+        sent.append([user.get("id", user.get("username")) for user in params["users"]])
+        return answer(len(sent), params, original.run(site, params))
+
+    return SandboxFunction(function, original.params, run), sent
+
+
+def test_a_retry_after_an_unknown_outcome_runs_as_a_job_when_asked_and_names_every_user(
+    make_gateway, site, monkeypatch
+):
+    gateway = make_gateway(site.url, site.site.token, MOODLE_MAX_INPUT_VARS="13")
+    token, key, wanted = mint("users:write users:read jobs:read"), uuid.uuid4().hex, fresh(5)
+
+    def lost_second(number, params, answered):
+        return {"users": "?"} if number == 2 else answered  # created, then answered in the wrong shape
+
+    function, sent = answering(CREATE, lost_second)
+    monkeypatch.setitem(FUNCTIONS, CREATE, function)
+    first = gateway.post(USERS, {"users": wanted}, token, **keyed(key))
+    details = first.json["error"]["details"]
+    assert (first.status_int, details["outcome"]) == (502, "unknown")
+    assert len(details["created"]) == len(sent[0]) and details["not_attempted"]  # a call of each kind
+    before = len(sent)
+
+    retry = gateway.post(USERS, {"users": wanted}, token, headers={"Idempotency-Key": key, "Prefer": "respond-async"})
+
+    assert retry.status_int == 202, retry.text
+    assert retry.headers["Preference-Applied"] == "respond-async"
+    job = retry.json["data"]
+    assert (job["kind"], job["progress"]["total"]) == ("users.create", 5)
+    path, deadline = retry.headers["Location"], time.monotonic() + 10
+    while job["state"] in ("queued", "running") and time.monotonic() < deadline:
+        job = gateway.get(path, token).json["data"]
+    assert job["state"] == "succeeded", job
+    on = {user["username"]: user["id"] for user in on_site(site, "username", [user["username"] for user in wanted])}
+    assert job["result"]["created"] == [
+        {"index": index, "id": on[user["username"]], "username": user["username"]} for index, user in enumerate(wanted)
+    ]
+    resent = [username for users in sent[before:] for username in users]
+    assert resent == [wanted[index]["username"] for index in details["not_attempted"]]  # only those never sent
+    again = gateway.post(USERS, {"users": wanted}, token, **keyed(key))
+    assert (again.status_int, again.headers["Location"]) == (202, path)
+
+
+def test_an_update_answered_in_the_wrong_shape_after_moodle_applied_it_names_its_users_unknown(
+    make_gateway, site, monkeypatch
+):
+    gateway = make_gateway(site.url, site.site.token, MOODLE_MAX_INPUT_VARS="13")
+    ids = [user["id"] for user in gateway.post(USERS, {"users": fresh(5)}, TOKEN).json["data"]["created"]]
+    function, sent = answering(UPDATE, lambda number, params, answered: {"warnings": "?"} if number == 2 else answered)
+    monkeypatch.setitem(FUNCTIONS, UPDATE, function)
+    changes = [
+        {"id": user_id, "city": "Lyon", "firstname": "Bea", "lastname": "M", "institution": "U"} for user_id in ids
+    ]
+
+    response = gateway.patch(USERS, {"users": changes}, TOKEN)
+
+    error = response.json["error"]
+    assert (response.status_int, error["code"], error["details"]["outcome"]) == (502, "badresponse", "unknown")
+    assert len(sent) == 2 and len(sent[0]) + len(sent[1]) < len(ids)
+    assert error["details"]["updated"] == sent[0] and error["details"]["unknown"] == sent[1]
+    assert error["details"]["not_attempted"] == ids[len(sent[0]) + len(sent[1]) :]
+    assert (error["details"]["failed"], error["details"]["failed_call"]) == ([], 2)
+    cities = {user["id"]: user.get("city") for user in on_site(site, "id", ids)}
+    assert [user_id for user_id in ids if cities[user_id] == "Lyon"] == sent[0] + sent[1]  # applied: the answer lied
 
 
 @pytest.mark.parametrize("method", ["POST", "PATCH"])
