@@ -12,7 +12,6 @@ a waitress thread; its jobs are lost when the process stops. ``JOBS_ENGINE=rq`` 
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import re
 import threading
@@ -31,9 +30,11 @@ from prometheus_client.core import Metric
 from pyramid.config import Configurator
 from pyramid.request import Request
 
+from lms_api.audit import audit_job
 from lms_api.calllog import recording_calls
 from lms_api.errors import ApiError, ErrorCode, error_body
 from lms_api.moodle.errors import OUTCOME_PARTIAL
+from lms_api.security import Identity, Scope
 from lms_api.services.progress import JobStopped, Progress
 from lms_api.settings import Settings
 
@@ -48,6 +49,8 @@ RESPOND_ASYNC = "respond-async"
 # Jobs kept at most, finished ones out first (oldest first) when a new one comes: the store's bound in memory.
 MAX_JOBS = 10_000
 RETRY_AFTER_S = 1  # what a poll of a job still queued or running is told
+# The details of a failed write that name the items it applied before it failed.
+APPLIED_ITEMS = ("applied", "created", "updated")
 JOB_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)  # a job's duration, in seconds
 
 
@@ -122,6 +125,15 @@ class Job:
             shown["error"] = self.error
         return shown
 
+    def summary(self) -> dict[str, Any]:
+        """The job as a listing shows it: :meth:`resource` without the ``result``, and its ``error`` without the
+        ``details``, as both grow with the items (a creation of 5,000 users answers 1.5 MB): its own URL has them."""
+        shown = self.resource()
+        shown.pop("result", None)
+        if "error" in shown:
+            shown["error"] = {name: value for name, value in shown["error"].items() if name != "details"}
+        return shown
+
 
 class JobEngine(Protocol):
     """Where jobs are queued, run and kept; the embedded engine, or one on a shared queue."""
@@ -183,8 +195,23 @@ def preferences(header: str) -> list[str]:
 
 
 def runs_as_job(request: Request, total: int) -> bool:
+    """Whether a write of ``total`` items runs as a background job: asked for (``Prefer: respond-async``), or made one
+    by ``JOBS_FORCE_ASYNC`` past ``JOBS_SYNC_MAX_ITEMS``. Never for a caller without ``jobs:read``, who could neither
+    read nor cancel it: its preference is ignored (RFC 7240 lets a server), and a write only the setting would make a
+    job is refused (403), before anything is queued or written."""
     settings: Settings = request.lms_settings
-    return prefers_async(request) or (settings.jobs_force_async and total > settings.jobs_sync_max_items)
+    forced = settings.jobs_force_async and total > settings.jobs_sync_max_items
+    identity: Identity = request.identity
+    if identity.has_scope(Scope.JOBS_READ):
+        return forced or prefers_async(request)
+    if forced:
+        raise ApiError(
+            ErrorCode.FORBIDDEN,
+            f"A write of {total} items (over JOBS_SYNC_MAX_ITEMS, {settings.jobs_sync_max_items}) runs as a "
+            f"background job, which needs the {Scope.JOBS_READ.value} scope to be read: nothing was written",
+            {"required_scope": Scope.JOBS_READ.value},
+        )
+    return False
 
 
 def outcome(
@@ -197,15 +224,20 @@ def outcome(
         error = error_body(failure, job.request_id)["error"]
         if failure.code == ErrorCode.JOB_CANCELLED:
             return None, error, JobState.CANCELLED
-        if failure.details.get("outcome") == OUTCOME_PARTIAL:
-            return None, error, JobState.PARTIAL
-        return None, error, JobState.FAILED
+        return None, error, JobState.PARTIAL if applied_some(failure.details) else JobState.FAILED
     except JobStopped:  # stopped by its engine before a call (a job on RQ declared lost): its record says the rest
         return None, None, JobState.FAILED
     except Exception:
         log.exception("job.crashed", kind=job.kind.value)
         crash = ApiError(ErrorCode.INTERNAL_ERROR, "The job failed on a gateway bug; its id finds its log lines")
         return None, error_body(crash, job.request_id)["error"], JobState.FAILED
+
+
+def applied_some(details: dict[str, Any]) -> bool:
+    """A failed write's details say some of its items were applied: its outcome is partial, or it names items
+    ``applied`` (enrolments), ``created`` or ``updated`` (users), whatever the failed call's own outcome (a call of
+    unknown outcome after applied ones is still a write partly done)."""
+    return details.get("outcome") == OUTCOME_PARTIAL or any(details.get(name) for name in APPLIED_ITEMS)
 
 
 def now() -> str:
@@ -228,14 +260,21 @@ class EmbeddedEngine:
         self._max_jobs = max_jobs
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._lock = threading.Lock()
+        self._closing = False
 
     def submit(self, kind: JobKind, sub: str, request_id: str, plan: Plan, dump: Callable[[Any], Any]) -> Job:
         job = Job(uuid.uuid4().hex, kind, sub, request_id, plan.total, now())
+        stopping = ApiError(ErrorCode.JOBS_STOPPING, "The gateway is stopping: no background job was queued")
         with self._lock:
+            if self._closing:
+                raise stopping
             self._make_room()
-            self._jobs[job.id] = job
+            try:
+                self._pool.submit(self._run, job, plan, dump)
+            except RuntimeError as error:  # the interpreter is exiting: its pools take no more work
+                raise stopping from error
+            self._jobs[job.id] = job  # its thread waits for the lock: it finds the job kept
             queued = copy.copy(job)
-            self._pool.submit(self._run, job, plan, dump)
         log.info("job.queued", job_id=job.id, kind=kind.value, items=plan.total)
         return queued
 
@@ -261,10 +300,11 @@ class EmbeddedEngine:
                 )
             job.cancel_requested = True
             if job.state is JobState.QUEUED:  # its thread, when it comes, finds it finished
-                error = ApiError(ErrorCode.JOB_CANCELLED, "Cancelled before it started: nothing was written")
-                self._finish(job, JobState.CANCELLED, error=error_body(error, job.request_id)["error"])
+                self._finish(job, JobState.CANCELLED, error=_not_started(job))
             current = copy.copy(job)
         log.info("job.cancel_requested", job_id=job.id, state=current.state.value)
+        if current.state is JobState.CANCELLED:
+            audit_job(current, current.state, current.error, ())
         return current
 
     def queued(self) -> int:
@@ -278,15 +318,18 @@ class EmbeddedEngine:
         return iter(())
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock:  # one section: no queued job starts, and none is submitted, once it is marked
+            self._closing = True
             unfinished = [job for job in self._jobs.values() if job.state not in FINISHED]
+            queued = [job for job in unfinished if job.state is JobState.QUEUED]
             for job in unfinished:
                 job.cancel_requested = True
-        queued = [job.id for job in unfinished if job.state is JobState.QUEUED]
+            for job in queued:
+                self._finish(job, JobState.CANCELLED, error=_not_started(job, "Cancelled as the gateway stopped"))
+            cancelled = [copy.copy(job) for job in queued]
         log.info("jobs.stopping", queued=len(queued), running=len(unfinished) - len(queued))
-        for job_id in queued:
-            with contextlib.suppress(ApiError):  # it may have started meanwhile: it stops after its call
-                self.cancel(job_id)
+        for job in cancelled:
+            audit_job(job, job.state, job.error, ())
         self._pool.shutdown(wait=True, cancel_futures=True)
         log.info("jobs.stopped")
 
@@ -308,10 +351,15 @@ class EmbeddedEngine:
                     if job.cancel_requested:
                         raise JobStopped()
 
-            result, error, state = outcome(job, plan, dump, progress)
+            with self._lock:  # cancelled (or the engine closed) since it was marked running: no call at all
+                cancelled = job.cancel_requested
+            result, error, state = (
+                (None, _not_started(job), JobState.CANCELLED) if cancelled else outcome(job, plan, dump, progress)
+            )
             seconds = time.perf_counter() - started
             with self._lock:
                 self._finish(job, state, result=result, error=error)
+            audit_job(job, state, error, calls.functions)
             if self._metrics is not None:
                 self._metrics.job_seconds.labels(job.kind.value).observe(seconds)
                 self._metrics.observe_calls(calls)
@@ -352,6 +400,13 @@ class EmbeddedEngine:
                 headers={"Retry-After": "10"},
             )
         del self._jobs[oldest.id]
+
+
+def _not_started(job: Job, why: str = "Cancelled") -> dict[str, Any]:
+    """The error of a job cancelled before its first Moodle call."""
+    cancelled = ApiError(ErrorCode.JOB_CANCELLED, f"{why} before it started: nothing was written")
+    error: dict[str, Any] = error_body(cancelled, job.request_id)["error"]
+    return error
 
 
 def includeme(config: Configurator) -> None:

@@ -33,6 +33,7 @@ from lms_api.schemas.base import Choices, StatesJsonSchema
 from lms_api.schemas.jobs import JobSchema
 from lms_api.security import Scope
 from lms_api.settings import Settings
+from lms_api.views import JOB_ROUTE
 
 DOCUMENT_PATH = "/api/moodle/openapi.json"
 PUBLIC_ROUTES = frozenset({"api.moodle.openapi", "api.moodle.docs"})  # the API's description: no token
@@ -139,7 +140,10 @@ PREFER_PARAMETER = {
     "schema": {"type": "string"},
     "example": RESPOND_ASYNC,
 }
-JOB_ROUTE_ERRORS = (ErrorCode.JOBS_FULL,)
+JOB_ROUTE_ERRORS = (ErrorCode.JOBS_FULL, ErrorCode.JOBS_STOPPING, ErrorCode.JOBS_UNAVAILABLE)
+# Headers a route's success answer may carry besides every route's, by route and method: a background job still
+# queued or running says when to ask again.
+SUCCESS_HEADERS = {(JOB_ROUTE, "GET"): ("Retry-After",)}
 
 
 class Described(NamedTuple):
@@ -203,14 +207,17 @@ def _document(described: tuple[Described, ...], choices: Choices) -> dict[str, A
     by_path: dict[str, dict[str, dict[str, Any]]] = {}
     for each in described:
         tag = each.pattern.split("/")[3]  # /api/moodle/<tag>/...
-        operation = _operation(each.operation, each.view, tag, write=each.method not in READ_METHODS)
+        headers = SUCCESS_HEADERS.get((each.route_name, each.method), ())
+        operation = _operation(each.operation, each.view, tag, write=each.method not in READ_METHODS, headers=headers)
         by_path.setdefault(each.pattern, {})[each.method.lower()] = operation
     for pattern, operations in by_path.items():
         spec.path(path=pattern, operations=operations)
     return spec.to_dict()
 
 
-def _operation(operation: Operation, view: Callable[..., Any], tag: str, *, write: bool) -> dict[str, Any]:
+def _operation(
+    operation: Operation, view: Callable[..., Any], tag: str, *, write: bool, headers: tuple[str, ...]
+) -> dict[str, Any]:
     doc = inspect.getdoc(view)
     if not doc:
         raise LookupError(f"{view.__qualname__} has no docstring: it is the operation's summary")
@@ -232,7 +239,7 @@ def _operation(operation: Operation, view: Callable[..., Any], tag: str, *, writ
         "tags": [tag],
         "security": [{BEARER: [operation.scope.value]}],
         "parameters": parameters,
-        "responses": _responses(operation, write),
+        "responses": _responses(operation, write, headers),
     }
     if operation.body is not None:
         result["requestBody"] = {"required": True, "content": {"application/json": {"schema": operation.body}}}
@@ -241,10 +248,15 @@ def _operation(operation: Operation, view: Callable[..., Any], tag: str, *, writ
     return result
 
 
-def _responses(operation: Operation, write: bool) -> dict[str, Any]:
+def _responses(operation: Operation, write: bool, own_headers: tuple[str, ...]) -> dict[str, Any]:
     headers = ["X-Request-ID", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"]
     # An error answer kept for a key is replayed with it too, as the key's description says.
-    success_headers = headers + (["Cache-Status"] if operation.cached else []) + ([REPLAYED_HEADER] if write else [])
+    success_headers = (
+        headers
+        + (["Cache-Status"] if operation.cached else [])
+        + ([REPLAYED_HEADER] if write else [])
+        + list(own_headers)
+    )
     responses: dict[str, Any] = {
         str(operation.status): {
             "description": "The answer, in the success envelope.",

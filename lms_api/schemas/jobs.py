@@ -48,8 +48,28 @@ class JobSchema(ResponseSchema):
     )
 
 
+class JobSummarySchema(JobSchema):
+    """A job as the listing shows it: what grows with its items is left to the job's own URL."""
+
+    class Meta:
+        exclude = ("result",)
+
+    error = fields.Raw(
+        metadata={
+            "description": "once `failed`, `partial` or `cancelled`: the error's `code`, `message` and `request_id`, "
+            "without its `details` (which items were applied), which `GET /api/moodle/jobs/{id}` gives"
+        }
+    )
+
+
 class JobListSchema(ResponseSchema):
-    jobs = fields.List(fields.Nested(JobSchema), metadata={"description": "the caller's jobs, newest first"})
+    jobs = fields.List(
+        fields.Nested(JobSummarySchema),
+        metadata={
+            "description": "the caller's jobs, newest first, as summaries: no `result`, no `error.details` (both grow "
+            "with the job's items); the job's own URL has them"
+        },
+    )
     total = fields.Integer()
     page = fields.Integer()
     perpage = fields.Integer()

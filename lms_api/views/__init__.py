@@ -199,6 +199,7 @@ def _accepted(request: Request, deferred: Deferred, answers: Schema) -> Response
     """202: the write submitted as a background job, which ``Location`` names; its result is dumped by ``answers``."""
     jobs: JobEngine = request.registry.jobs
     job = jobs.submit(deferred.kind, request.identity.sub, request.id, deferred.plan, answers.dump)
+    request.audit_job_id = job.id
     response: Response = request.response
     response.status_int = 202
     response.content_type = "application/json"

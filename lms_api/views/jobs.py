@@ -15,7 +15,7 @@ class JobViews(ApiViews):
         permission=Scope.JOBS_READ,
         path=JobPath(),
         answers=JobSchema(),
-        errors=(ErrorCode.JOB_NOT_FOUND,),
+        errors=(ErrorCode.JOB_NOT_FOUND, ErrorCode.JOBS_UNAVAILABLE),
     )
     def job(self) -> object:
         """A background job: its state, progress, and once finished its `result` or `error`.
@@ -35,20 +35,25 @@ class JobViews(ApiViews):
         permission=Scope.JOBS_READ,
         query=JobsQuery(),
         answers=JobListSchema(),
+        errors=(ErrorCode.JOBS_UNAVAILABLE,),
     )
     def jobs(self) -> object:
-        """The caller's background jobs, newest first, paged (`page` from 0, `perpage` up to 200)."""
+        """The caller's background jobs, newest first, paged (`page` from 0, `perpage` up to 200).
+
+        Each is a summary: its state, progress and times, and once it has failed its error's `code` and `message`;
+        its `result` and the error's `details` (which grow with its items) are read at the job's own URL.
+        """
         page, perpage = self.request.validated.query["page"], self.request.validated.query["perpage"]
         jobs = self._engine.jobs_of(self.caller.sub)
         shown = jobs[page * perpage : (page + 1) * perpage]
-        return {"jobs": [job.resource() for job in shown], "total": len(jobs), "page": page, "perpage": perpage}
+        return {"jobs": [job.summary() for job in shown], "total": len(jobs), "page": page, "perpage": perpage}
 
     @api_view(
         request_method="DELETE",
         permission=Scope.JOBS_READ,
         path=JobPath(),
         answers=JobSchema(),
-        errors=(ErrorCode.JOB_NOT_FOUND, ErrorCode.JOB_FINISHED),
+        errors=(ErrorCode.JOB_NOT_FOUND, ErrorCode.JOB_FINISHED, ErrorCode.JOBS_UNAVAILABLE),
     )
     def cancel(self) -> object:
         """Cancel a background job: a queued one ends `cancelled` at once, nothing written; a running one stops

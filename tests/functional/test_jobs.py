@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 
+from moodle_sandbox.registry import FUNCTIONS, SandboxFunction
 from tests.functional.test_enrol import STUDENTS, enrolled, new_course
 from tests.functional.test_users_write import fresh, on_site
 from tests.support.credentials import mint
@@ -16,6 +17,7 @@ ASYNC = {"Prefer": "respond-async"}
 WRITER = mint("enrol:write users:write users:read jobs:read")
 OTHER = mint("enrol:write jobs:read", sub="user-2")
 ADMIN = mint("admin", sub="operator")
+NO_JOBS = mint("enrol:write users:write users:read", sub="no-jobs")  # may write, may not read jobs
 FINISHED = {"succeeded", "failed", "partial", "cancelled"}
 # 3 reserved fields + two enrolments of three: two enrolments a call, so a job of five makes three calls.
 TWO_ENROLMENTS_A_CALL = "9"
@@ -162,6 +164,40 @@ def test_jobs_force_async_makes_a_job_of_a_write_over_the_bound(make_gateway, sa
     assert poll(gateway, job_path(large))[-1].json["data"]["result"] == {"enrolled": 3, "calls": 1}
 
 
+def test_without_jobs_read_a_preference_for_a_job_is_ignored_and_the_write_answered_at_once(gateway, sandbox):
+    course_id = new_course(sandbox)
+
+    response = gateway.post("/api/moodle/enrol", enrolments(course_id), NO_JOBS, headers=ASYNC)
+
+    assert response.status_int == 200, response.text
+    assert response.json["data"] == {"enrolled": 5, "calls": 1}
+    assert "Preference-Applied" not in response.headers and "Location" not in response.headers
+    assert sorted(enrolled(sandbox, course_id)) == STUDENTS
+    assert gateway.get("/api/moodle/jobs", mint("jobs:read", sub="no-jobs")).json["data"]["total"] == 0
+
+
+def test_without_jobs_read_a_write_only_jobs_force_async_makes_a_job_is_refused_before_anything_is_written(
+    make_gateway, sandbox
+):
+    gateway = make_gateway(JOBS_FORCE_ASYNC="true", JOBS_SYNC_MAX_ITEMS="2")
+    course_id = new_course(sandbox)
+    calls = sandbox_calls(sandbox).get(ENROL, 0)
+
+    answers = [
+        gateway.post("/api/moodle/enrol", enrolments(course_id), NO_JOBS, headers=headers) for headers in ({}, ASYNC)
+    ]
+
+    for response in answers:
+        assert response.status_int == 403, response.text
+        error = response.json["error"]
+        assert (error["code"], error["details"]["required_scope"]) == ("forbidden", "jobs:read")
+        assert "5 items" in error["message"] and "background job" in error["message"]
+    assert sandbox_calls(sandbox).get(ENROL, 0) == calls and enrolled(sandbox, course_id) == {}
+    assert gateway.get("/api/moodle/jobs", mint("jobs:read", sub="no-jobs")).json["data"]["total"] == 0
+    small = gateway.post("/api/moodle/enrol", enrolments(course_id, STUDENTS[:2]), NO_JOBS)
+    assert small.status_int == 200  # under the bound: answered at once, as it needs no job
+
+
 def test_an_idempotency_key_answers_the_same_job(gateway, sandbox):
     headers = {**ASYNC, "Idempotency-Key": uuid.uuid4().hex}
     body = enrolments(new_course(sandbox))
@@ -290,6 +326,46 @@ def test_a_first_call_moodle_refuses_ends_the_job_failed(make_gateway, sandbox):
     assert "outcome" not in job["error"]["details"]
 
 
+def test_an_update_job_moodle_refused_some_users_of_ends_partial(gateway, sandbox, monkeypatch):
+    ids = [
+        user["id"] for user in gateway.post("/api/moodle/users", {"users": fresh(3)}, WRITER).json["data"]["created"]
+    ]
+    update = FUNCTIONS["core_user_update_users"]
+
+    def refusing_the_last(site, params):
+        *applied, refused = params["users"]
+        answer = update.run(site, {**params, "users": applied})
+        warning = {"item": "user", "itemid": refused["id"], "warningcode": "useremailduplicate", "message": "Taken"}
+        return {"warnings": [*answer["warnings"], warning]}
+
+    monkeypatch.setitem(FUNCTIONS, update.name, SandboxFunction(update.name, update.params, refusing_the_last))
+    changes = {"users": [{"id": user_id, "city": "Oslo"} for user_id in ids]}
+
+    response = gateway.patch("/api/moodle/users", changes, WRITER, headers=ASYNC)
+
+    job = poll(gateway, job_path(response))[-1].json["data"]
+    assert (job["state"], job["error"]["code"]) == ("partial", "usersnotupdated")
+    assert job["error"]["details"]["updated"] == ids[:2]
+    assert [failure["id"] for failure in job["error"]["details"]["failed"]] == ids[2:]
+
+
+def test_a_call_of_unknown_outcome_after_applied_ones_ends_the_job_partial(slow):
+    site, gateway = slow
+    course_id = new_course(site)
+    response = gateway.post("/api/moodle/enrol", enrolments(course_id), WRITER, headers=ASYNC)
+    poll(gateway, job_path(response), until={"running"})
+    while gateway.get(job_path(response), WRITER).json["data"]["progress"]["done"] == 0:
+        time.sleep(0.005)
+    queue_fault(site, kind="http", status=500, function=ENROL, times=5)  # the next call: applied or not, unknown
+
+    job = poll(gateway, job_path(response))[-1].json["data"]
+
+    details = job["error"]["details"]
+    assert (job["state"], details["outcome"]) == ("partial", "unknown")
+    assert details["applied"] and details["unknown"]
+    assert sorted(enrolled(site, course_id))[: len(details["applied"])] == STUDENTS[: len(details["applied"])]
+
+
 # -- who sees a job, and the list ----------------------------------------------------------------------------------
 
 
@@ -323,6 +399,26 @@ def test_the_list_is_the_callers_jobs_newest_first_paged(gateway, sandbox):
     assert gateway.get("/api/moodle/jobs?perpage=0", WRITER).status_int == 400
 
 
+def test_the_list_shows_summaries_and_the_job_its_result_and_error_details(make_gateway, sandbox):
+    gateway = make_gateway(MOODLE_ROLE_IDS="user=7")
+    token = mint("enrol:write jobs:read admin", sub=f"lister-{uuid.uuid4().hex[:6]}")
+    course_id = new_course(sandbox)
+    done = gateway.post("/api/moodle/enrol", enrolments(course_id, STUDENTS[:2]), token, headers=ASYNC)
+    refused = gateway.post(
+        "/api/moodle/enrol", {"enrolments": [{"roleid": 7, "userid": 3, "courseid": course_id}]}, token, headers=ASYNC
+    )
+    done_job, refused_job = (poll(gateway, job_path(answer), token)[-1].json["data"] for answer in (done, refused))
+
+    listed = {job["id"]: job for job in gateway.get("/api/moodle/jobs", token).json["data"]["jobs"]}
+
+    assert done_job["result"] == {"enrolled": 2, "calls": 1} and "result" not in listed[done_job["id"]]
+    assert listed[done_job["id"]] == {name: value for name, value in done_job.items() if name != "result"}
+    assert "details" in refused_job["error"]
+    summary = listed[refused_job["id"]]
+    assert summary["state"] == "failed"
+    assert summary["error"] == {name: value for name, value in refused_job["error"].items() if name != "details"}
+
+
 def test_metrics_count_jobs_by_kind_and_state(gateway, sandbox):
     response = gateway.post("/api/moodle/enrol", enrolments(new_course(sandbox), STUDENTS[:1]), WRITER, headers=ASYNC)
     poll(gateway, job_path(response))
@@ -333,6 +429,34 @@ def test_metrics_count_jobs_by_kind_and_state(gateway, sandbox):
     assert 'lms_api_job_duration_seconds_count{kind="enrol"} 1.0' in text
     assert "lms_api_jobs_queued 0.0" in text
     assert 'lms_api_moodle_calls_total{function="enrol_manual_enrol_users",outcome="ok"} 1.0' in text  # the job's
+
+
+def test_a_submission_and_its_job_are_audited_each_once(make_gateway, sandbox):
+    gateway = make_gateway(MOODLE_ROLE_IDS="user=7", MOODLE_MAX_INPUT_VARS="12")  # three enrolments a call
+    token = mint("enrol:write jobs:read admin", sub="auditor")
+    course_id = new_course(sandbox)
+    roles = [5, 5, 5, 7, 5]  # role 7 cannot be assigned in a course: the second call fails
+    body = {
+        "enrolments": [{"roleid": r, "userid": u, "courseid": course_id} for r, u in zip(roles, STUDENTS, strict=True)]
+    }
+
+    response = gateway.post("/api/moodle/enrol", body, token, headers=ASYNC)
+    job = poll(gateway, job_path(response), token)[-1].json["data"]
+
+    submitted, ended = (line for line in gateway.log_lines if line["event"] == "audit")
+    assert (submitted["sub"], submitted["route"], submitted["status"]) == ("auditor", "api.moodle.enrol", 202)
+    assert (submitted["outcome"], submitted["job_id"]) == ("queued", job["id"])
+    assert ENROL not in submitted["moodle_functions"]  # the job's calls are its own event's
+    assert {name: ended[name] for name in ("sub", "kind", "job_id", "request_id", "items", "state", "outcome")} == {
+        "sub": "auditor",
+        "kind": "enrol",
+        "job_id": job["id"],
+        "request_id": response.headers["X-Request-ID"],
+        "items": 5,
+        "state": "partial",
+        "outcome": job["error"]["code"],
+    }
+    assert ended["moodle_functions"] == [ENROL, ENROL]
 
 
 # -- the document --------------------------------------------------------------------------------------------------
@@ -361,6 +485,17 @@ def test_the_document_describes_the_job_routes(gateway):
     assert "jobnotfound" in job["get"]["responses"]["404"]["description"]
     assert "jobfinished" in job["delete"]["responses"]["409"]["description"]
     assert job["get"]["security"] == [{"bearer": ["jobs:read"]}]
+    assert "Retry-After" in job["get"]["responses"]["200"]["headers"]  # while queued or running
+    assert "Retry-After" not in job["delete"]["responses"]["200"]["headers"]
+
+
+def test_the_document_lists_jobs_as_summaries(gateway):
+    document = gateway.get("/api/moodle/openapi.json").json
+    schemas = document["components"]["schemas"]
+
+    assert schemas["JobList"]["properties"]["jobs"]["items"] == {"$ref": "#/components/schemas/JobSummary"}
+    assert "result" not in schemas["JobSummary"]["properties"] and "result" in schemas["Job"]["properties"]
+    assert "details" in schemas["JobSummary"]["properties"]["error"]["description"]
 
 
 def test_user_jobs_cancelled_while_running_say_which_users_were_written(make_sandbox, make_gateway):

@@ -31,10 +31,7 @@ def test_a_stopping_gateway_cancels_queued_jobs_and_ends_the_running_call(spawn,
     headers = {"Authorization": f"Bearer {mint('enrol:write jobs:read', secret=SECRET)}", "Prefer": "respond-async"}
     body = {"enrolments": [{"roleid": "student", "userid": 3, "courseid": 2}]}
     answers = [requests.post(f"{base}/api/moodle/enrol", json=body, headers=headers, timeout=10) for _ in range(2)]
-    assert [answer.status_code for answer in answers] == [
-        202,
-        202,
-    ]
+    assert [answer.status_code for answer in answers] == [202, 202]
     first, second = (answer.json()["data"]["id"] for answer in answers)
     eventually(lambda: moodle_calls_in_flight(moodle) == 1, "the first job's call at Moodle", 10)
 
@@ -46,7 +43,12 @@ def test_a_stopping_gateway_cancels_queued_jobs_and_ends_the_running_call(spawn,
     assert (stopping["queued"], stopping["running"]) == (1, 1)
     ended = {event["job_id"]: event for event in events if event["event"] == "job.finished"}
     assert ended[first]["state"] == "succeeded"  # its one call ended, not cut
-    assert second not in ended or ended[second]["state"] == "cancelled"
+    assert second not in ended  # cancelled while queued: it never started
+    assert [event["job_id"] for event in events if event["event"] == "job.started"] == [first]
+    audited = {event["job_id"]: event for event in events if event["event"] == "audit" and "state" in event}
+    assert (audited[first]["state"], audited[first]["moodle_functions"]) == ("succeeded", [ENROL])
+    assert (audited[second]["state"], audited[second]["outcome"]) == ("cancelled", "jobcancelled")
+    assert audited[second]["moodle_functions"] == []
     assert [event["event"] for event in events if event["event"].startswith(("server.stopped", "jobs."))] == [
         "server.stopped",
         "jobs.stopping",

@@ -8,7 +8,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from lms_api import jobs
+from lms_api import audit, jobs
 from lms_api.errors import ApiError, ErrorCode
 from lms_api.jobs import EmbeddedEngine, JobKind, JobState, preferences
 from lms_api.metrics import GatewayMetrics
@@ -118,6 +118,29 @@ def test_an_api_error_ends_the_job_failed_or_partial_as_its_outcome_says(engine)
     assert states[1].error["details"] == {"applied": [0], "outcome": "partial"}
 
 
+@pytest.mark.parametrize(
+    ("details", "state"),
+    [
+        ({"applied": [0, 1], "unknown": [2], "not_applied": [3], "outcome": "unknown"}, JobState.PARTIAL),
+        ({"applied": [], "unknown": [0, 1], "outcome": "unknown"}, JobState.FAILED),
+        ({"created": [{"index": 0, "id": 7, "username": "a"}], "unknown": [1], "outcome": "unknown"}, JobState.PARTIAL),
+        ({"created": [], "not_created": [0, 1]}, JobState.FAILED),
+        ({"updated": [3], "failed": [{"id": 4, "code": "emailtaken", "message": "m"}]}, JobState.PARTIAL),
+        ({"updated": [], "failed": [{"id": 4, "code": "emailtaken", "message": "m"}]}, JobState.FAILED),
+        ({"updated": [3], "unknown": [4], "not_attempted": [5], "outcome": "unknown"}, JobState.PARTIAL),
+    ],
+)
+def test_a_failure_after_items_were_applied_ends_the_job_partial_whatever_the_failed_calls_outcome(
+    engine, details, state
+):
+    failure = ApiError(ErrorCode.BAD_RESPONSE, "no", details)
+
+    job = finished(engine, engine.submit(JobKind.USERS_UPDATE, "a", "r", Plan(failure=failure), dict).id)
+
+    assert job.state is state
+    assert job.error["details"] == details
+
+
 def test_the_store_is_bounded_finished_jobs_out_first(engine):
     gate = threading.Event()
     done = engine.submit(JobKind.ENROL, "a", "r", Plan(), dict)
@@ -159,3 +182,107 @@ def test_closing_cancels_the_queued_and_stops_the_running_between_calls():
     stopped_job = engine.get(running.id)
     assert (stopped_job.state, running_plan.calls) == (JobState.CANCELLED, 1)
     assert stopped_job.error["details"] == {"applied": [0], "outcome": "partial"}
+
+
+def test_closing_cancels_the_queued_jobs_before_any_can_start(monkeypatch):
+    engine = EmbeddedEngine(1, 3600)
+    gate = threading.Event()
+    running_plan, queued_plan = Plan(total=1, gate=gate), Plan(total=1)
+    running = engine.submit(JobKind.ENROL, "a", "r", running_plan, dict)
+    queued = engine.submit(JobKind.ENROL, "a", "r", queued_plan, dict)
+    while engine.get(running.id).state is JobState.QUEUED:
+        time.sleep(0.005)
+
+    class FreeingTheThread:
+        """As the engine says it is stopping, the running job ends: its thread is free for any job still queued."""
+
+        def info(self, event, **fields):
+            if event == "jobs.stopping":
+                gate.set()
+                deadline = time.monotonic() + 0.5
+                while queued_plan.calls == 0 and time.monotonic() < deadline:
+                    time.sleep(0.005)
+
+    monkeypatch.setattr(jobs, "log", FreeingTheThread())
+
+    engine.close()
+
+    assert (engine.get(queued.id).state, engine.get(queued.id).started, queued_plan.calls) == (
+        JobState.CANCELLED, None, 0)  # fmt: skip
+    assert engine.get(running.id).state is JobState.SUCCEEDED
+
+
+def test_a_job_cancelled_as_it_starts_makes_no_moodle_call(engine, monkeypatch):
+    class CancellingAtStart:
+        """Cancels the job as its thread says it started, before its first call."""
+
+        def info(self, event, **fields):
+            if event == "job.started":
+                engine.cancel(structlog.contextvars.get_contextvars()["job_id"])
+
+    monkeypatch.setattr(jobs, "log", CancellingAtStart())
+    plan = Plan()
+
+    job = finished(engine, engine.submit(JobKind.ENROL, "a", "r", plan, dict).id)
+
+    assert (job.state, job.error["code"], plan.calls) == (JobState.CANCELLED, "jobcancelled", 0)
+    assert "nothing was written" in job.error["message"]
+
+
+def test_a_job_submitted_once_the_engine_is_closing_is_refused_and_not_kept():
+    engine = EmbeddedEngine(1, 3600)
+    engine.close()
+
+    with pytest.raises(ApiError) as refused:
+        engine.submit(JobKind.ENROL, "a", "r", Plan(), dict)
+
+    assert (refused.value.code, refused.value.status) == (ErrorCode.JOBS_STOPPING, 503)
+    assert engine.jobs_of("a") == [] and engine.queued() == 0
+
+
+def test_a_job_the_pool_refuses_as_the_interpreter_exits_is_refused_and_not_kept(engine, monkeypatch):
+    def exiting(*args):
+        raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    monkeypatch.setattr(engine._pool, "submit", exiting)
+
+    with pytest.raises(ApiError) as refused:
+        engine.submit(JobKind.ENROL, "a", "r", Plan(), dict)
+
+    assert refused.value.code is ErrorCode.JOBS_STOPPING
+    assert engine.jobs_of("a") == []
+
+
+def test_each_job_is_audited_once_when_it_ends_cancelled_before_it_started_too(monkeypatch):
+    engine = EmbeddedEngine(1, 3600)
+    gate = threading.Event()
+    with capture_logs() as logs:
+        monkeypatch.setattr(audit, "log", structlog.get_logger("lms_api.audit"))
+        ran = engine.submit(JobKind.USERS_CREATE, "ada", "r1", Plan(gate=gate), dict)
+        failed = engine.submit(JobKind.ENROL, "bob", "r2", Plan(failure=ApiError(ErrorCode.BAD_RESPONSE, "x")), dict)
+        waiting = engine.submit(JobKind.ENROL, "ada", "r3", Plan(), dict)
+        engine.cancel(waiting.id)
+        gate.set()
+        finished(engine, ran.id), finished(engine, failed.id)
+        engine.close()
+
+    events = {event["job_id"]: event for event in logs if event["event"] == "audit"}
+    assert len([event for event in logs if event["event"] == "audit"]) == 3
+    common = ("sub", "kind", "request_id", "items", "state", "outcome")
+    assert [tuple(events[job.id][name] for name in common) for job in (ran, failed, waiting)] == [
+        ("ada", "users.create", "r1", 2, "succeeded", "ok"),
+        ("bob", "enrol", "r2", 2, "failed", "badresponse"),
+        ("ada", "enrol", "r3", 2, "cancelled", "jobcancelled"),
+    ]
+    assert events[waiting.id]["moodle_functions"] == []
+
+
+def test_a_listed_job_is_a_summary_without_result_nor_error_details(engine):
+    failure = ApiError(ErrorCode.BAD_RESPONSE, "no", {"applied": list(range(1000))})
+    ok = finished(engine, engine.submit(JobKind.ENROL, "a", "r", Plan(), dict).id)
+    failed = finished(engine, engine.submit(JobKind.ENROL, "a", "r", Plan(failure=failure), dict).id)
+
+    assert "result" in ok.resource() and "result" not in ok.summary()
+    assert {name: value for name, value in ok.resource().items() if name != "result"} == ok.summary()
+    assert failed.summary()["error"] == {"code": "badresponse", "message": "no", "request_id": "r"}
+    assert failed.resource()["error"]["details"] == {"applied": list(range(1000))}
