@@ -136,7 +136,10 @@ PREFER_PARAMETER = {
     "required": False,
     "description": "RFC 7240 preferences; with `respond-async` among them, the write is checked (a bad request is "
     "still answered at once, nothing queued), then run as a background job: `202`, the job, and `Location` to poll. "
-    "Without it, a write of more than `JOBS_SYNC_MAX_ITEMS` items is a job too when `JOBS_FORCE_ASYNC` is on.",
+    "Without it, a write of more than `JOBS_SYNC_MAX_ITEMS` items is a job too when `JOBS_FORCE_ASYNC` is on. "
+    "A job is only ever made for a token with `jobs:read`, which reads and cancels it: without that scope the "
+    "preference is ignored (the write is answered at once), and a write `JOBS_FORCE_ASYNC` would make a job is "
+    "`403 forbidden`, nothing written.",
     "schema": {"type": "string"},
     "example": RESPOND_ASYNC,
 }

@@ -472,7 +472,8 @@ def test_the_document_says_which_writes_may_run_as_jobs(gateway, path, method):
     assert {"Location", "Preference-Applied"} <= set(accepted["headers"])
     data = accepted["content"]["application/json"]["schema"]["properties"]["data"]
     assert data == {"$ref": "#/components/schemas/Job"}
-    assert any(parameter["name"] == "Prefer" for parameter in operation["parameters"])
+    (prefer,) = [parameter for parameter in operation["parameters"] if parameter["name"] == "Prefer"]
+    assert "`jobs:read`" in prefer["description"]
     assert "202" not in document["paths"]["/api/moodle/courses"]["post"]["responses"]
 
 
