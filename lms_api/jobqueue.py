@@ -23,7 +23,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 import structlog
@@ -37,6 +37,7 @@ from rq.serializers import JSONSerializer
 from rq.utils import parse_composite_key
 from rq.worker import WorkerStatus
 
+from lms_api.audit import audit_job
 from lms_api.calllog import recording_calls
 from lms_api.errors import ApiError, ErrorCode, error_body
 from lms_api.jobs import FINISHED, JOB_BUCKETS, MAX_JOBS, Job, JobKind, JobState, Plan, now, outcome
@@ -48,6 +49,7 @@ from lms_api.services.progress import JobStopped
 from lms_api.settings import Settings
 
 log = structlog.get_logger("lms_api.jobs")
+T = TypeVar("T")
 
 QUEUE = "lms_api.jobs"
 STATS_KEY = "lms_api:jobs:stats"  # jobs finished by kind and state, and their durations: every replica reads them
@@ -268,6 +270,7 @@ class RQEngine:
                 except redis.WatchError:  # its worker took it meanwhile: it stops after its call
                     continue
             if job.state is JobState.QUEUED:  # its data (the items, passwords included) leaves Redis now
+                audit_job(job, JobState.CANCELLED, body, ())
                 with contextlib.suppress(redis.RedisError):
                     self._queue.remove(job_id)
                     RQJob(job_id, connection=self._redis, serializer=JSONSerializer).delete()
@@ -409,6 +412,7 @@ def _declare_lost(client: redis.Redis, job_id: str, ttl_s: int, *, queued_too: b
         except redis.WatchError:
             return None
     log.warning("job.lost", job_id=job_id, done=job.done, unknown=stop - start)
+    audit_job(job, JobState.FAILED, error_body(error, job.request_id)["error"], [])
     fields = client.hgetall(key)
     return _job(fields) if fields else None
 
@@ -631,7 +635,9 @@ def _apply(client: redis.Redis, settings: Settings, job: Job, data: dict[str, An
             _until_redis_answers(lambda: _declare_lost(client, job.id, settings.jobs_ttl_s))
             state, error = JobState.FAILED, {"code": ErrorCode.JOB_LOST.value}
         else:
-            _until_redis_answers(lambda: _end(client, job, state, settings.jobs_ttl_s, result, error, seconds))
+            ended = _until_redis_answers(lambda: _end(client, job, state, settings.jobs_ttl_s, result, error, seconds))
+            if ended:  # else a replica declared it lost, and audited it so
+                audit_job(job, state, error, calls.functions)
         log.info(
             "job.finished",
             kind=job.kind.value,
@@ -652,29 +658,28 @@ def _end(
     result: Any,
     error: dict[str, Any] | None,
     seconds: float,
-) -> None:
-    """Write the job's end, unless a replica declared it lost meanwhile (its record stands)."""
+) -> bool:
+    """Write the job's end, unless a replica declared it lost meanwhile (its record stands): whether it wrote it."""
     key = _record_key(job.id)
     with client.pipeline() as pipe:
         while True:
             pipe.watch(key)  # type: ignore[no-untyped-call]
             if pipe.hget(key, "state") != JobState.RUNNING.value.encode():
-                return
+                return False
             pipe.multi()
             _finish(pipe, job, state, ttl_s, result=result, error=error, seconds=seconds)
             try:
                 pipe.execute()
-                return
+                return True
             except redis.WatchError:  # cancelled meanwhile: its end is written all the same
                 continue
 
 
-def _until_redis_answers(write: Callable[[], Any]) -> None:
+def _until_redis_answers(write: Callable[[], T]) -> T:
     """Run ``write`` once Redis answers: a job's end is never left unwritten by a worker still running."""
     while True:
         try:
-            write()
-            return
+            return write()
         except redis.RedisError:
             log.warning("job.redis_unreachable")
             time.sleep(HEARTBEAT_S)

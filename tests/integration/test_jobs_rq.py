@@ -2,6 +2,7 @@
 process runs them against a sandbox over HTTP; any gateway on the same Redis reads and cancels them, and a worker
 killed mid-job leaves an exact record and no call sent twice."""
 
+import json
 import signal
 import time
 
@@ -100,7 +101,9 @@ def finished(gateway, location, seconds=30):
     return job_of(gateway, location)
 
 
-def test_an_async_enrolment_runs_in_the_worker_and_any_gateway_on_the_redis_answers_it(rq_gateway, site, worker):
+def test_an_async_enrolment_runs_in_the_worker_and_any_gateway_on_the_redis_answers_it(
+    rq_gateway, site, worker, tmp_path
+):
     gateway = rq_gateway()
     course = new_course(site)
 
@@ -116,6 +119,10 @@ def test_an_async_enrolment_runs_in_the_worker_and_any_gateway_on_the_redis_answ
     assert done["result"] == {"enrolled": 5, "calls": 3}
     assert done["progress"] == {"done": 5, "total": 5}
     assert sorted(enrolled(site, course)) == STUDENTS
+    audits = [json.loads(line) for line in (tmp_path / "worker.log").read_text().splitlines() if '"audit"' in line]
+    assert [(a["job_id"], a["state"], a["outcome"], a["moodle_functions"][-3:]) for a in audits] == [
+        (done["id"], "succeeded", "ok", [ENROL, ENROL, ENROL])  # after the site info the worker reads first
+    ]
     assert sandbox_calls(site)[ENROL] == 3
     listed = restarted.get("/api/moodle/jobs", WRITER).json["data"]
     assert [job["id"] for job in listed["jobs"]] == [done["id"]]
