@@ -19,6 +19,7 @@ from types import SimpleNamespace
 import pytest
 import requests
 
+from lms_api.server import REDIS_CLIENTS
 from tests.support.credentials import mint
 from tests.support.paths import ROOT
 from tests.support.processes import (
@@ -124,7 +125,8 @@ def test_with_redis_a_hard_limit_that_fits_the_connections_but_not_each_threads_
     tmp_path,
 ):
     shutil.copy(ROOT / "production.ini", tmp_path)
-    without_redis, with_redis = CONNECTION_LIMIT + THREADS + 64, CONNECTION_LIMIT + THREADS * (1 + 4) + 64
+    without_redis = CONNECTION_LIMIT + THREADS + 64
+    with_redis = CONNECTION_LIMIT + THREADS * (1 + REDIS_CLIENTS) + 64
     hard = (without_redis + with_redis) // 2
 
     def low_limits():
