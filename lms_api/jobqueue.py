@@ -40,7 +40,7 @@ from rq.worker import WorkerStatus
 from lms_api.audit import audit_job
 from lms_api.calllog import recording_calls
 from lms_api.errors import ApiError, ErrorCode, error_body
-from lms_api.jobs import FINISHED, JOB_BUCKETS, MAX_JOBS, Job, JobKind, JobState, Plan, now, outcome
+from lms_api.jobs import FINISHED, JOB_BUCKETS, MAX_JOBS, Job, JobKind, JobState, Plan, not_started, now, outcome
 from lms_api.moodle.client import FileUpload, Moodle
 from lms_api.moodle.errors import OUTCOME_PARTIAL, OUTCOME_UNKNOWN
 from lms_api.moodle.functions import MoodleFunction
@@ -262,8 +262,7 @@ class RQEngine:
                 pipe.multi()
                 pipe.hset(key, "cancel", "1")
                 if job.state is JobState.QUEUED:  # the worker that takes it finds it finished
-                    error = ApiError(ErrorCode.JOB_CANCELLED, "Cancelled before it started: nothing was written")
-                    body = error_body(error, job.request_id)["error"]
+                    body = not_started(job)
                     _finish(pipe, job, JobState.CANCELLED, self._ttl_s, error=body)
                 try:
                     pipe.execute()

@@ -300,7 +300,7 @@ class EmbeddedEngine:
                 )
             job.cancel_requested = True
             if job.state is JobState.QUEUED:  # its thread, when it comes, finds it finished
-                self._finish(job, JobState.CANCELLED, error=_not_started(job))
+                self._finish(job, JobState.CANCELLED, error=not_started(job))
             current = copy.copy(job)
         log.info("job.cancel_requested", job_id=job.id, state=current.state.value)
         if current.state is JobState.CANCELLED:
@@ -325,7 +325,7 @@ class EmbeddedEngine:
             for job in unfinished:
                 job.cancel_requested = True
             for job in queued:
-                self._finish(job, JobState.CANCELLED, error=_not_started(job, "Cancelled as the gateway stopped"))
+                self._finish(job, JobState.CANCELLED, error=not_started(job, "Cancelled as the gateway stopped"))
             cancelled = [copy.copy(job) for job in queued]
         log.info("jobs.stopping", queued=len(queued), running=len(unfinished) - len(queued))
         for job in cancelled:
@@ -354,7 +354,7 @@ class EmbeddedEngine:
             with self._lock:  # cancelled (or the engine closed) since it was marked running: no call at all
                 cancelled = job.cancel_requested
             result, error, state = (
-                (None, _not_started(job), JobState.CANCELLED) if cancelled else outcome(job, plan, dump, progress)
+                (None, not_started(job), JobState.CANCELLED) if cancelled else outcome(job, plan, dump, progress)
             )
             seconds = time.perf_counter() - started
             with self._lock:
@@ -402,8 +402,8 @@ class EmbeddedEngine:
         del self._jobs[oldest.id]
 
 
-def _not_started(job: Job, why: str = "Cancelled") -> dict[str, Any]:
-    """The error of a job cancelled before its first Moodle call."""
+def not_started(job: Job, why: str = "Cancelled") -> dict[str, Any]:
+    """The error of a job cancelled before its first Moodle call, whichever engine kept it."""
     cancelled = ApiError(ErrorCode.JOB_CANCELLED, f"{why} before it started: nothing was written")
     error: dict[str, Any] = error_body(cancelled, job.request_id)["error"]
     return error
