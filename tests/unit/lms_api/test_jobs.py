@@ -23,8 +23,10 @@ class Plan:
         self.gate = gate
         self.failure = failure
         self.calls = 0
+        self.applying = threading.Event()
 
     def apply(self, progress=None):
+        self.applying.set()
         for done in range(1, self.total + 1):
             if self.gate is not None:
                 self.gate.wait(5)
@@ -190,8 +192,7 @@ def test_closing_cancels_the_queued_jobs_before_any_can_start(monkeypatch):
     running_plan, queued_plan = Plan(total=1, gate=gate), Plan(total=1)
     running = engine.submit(JobKind.ENROL, "a", "r", running_plan, dict)
     queued = engine.submit(JobKind.ENROL, "a", "r", queued_plan, dict)
-    while engine.get(running.id).state is JobState.QUEUED:
-        time.sleep(0.005)
+    assert running_plan.applying.wait(5)  # past the engine's last look at a cancel before its first call
 
     class FreeingTheThread:
         """As the engine says it is stopping, the running job ends: its thread is free for any job still queued."""
