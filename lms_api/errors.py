@@ -232,6 +232,12 @@ class ErrorCode(StrEnum):
         "as many background jobs as the gateway keeps (10,000) are queued or running (on RQ: queued); nothing was "
         "queued; `Retry-After` says when to ask again",
     )
+    EVENTS_FULL = (
+        "eventsfull",
+        503,
+        "the gateway serves `EVENTS_MAX_STREAMS` event streams already; `Retry-After` says when to ask for a new "
+        "ticket and try again",
+    )
     MOODLE_TIMEOUT = "moodletimeout", 504, "no answer within `MOODLE_TIMEOUT_MS`"
 
     # -- Moodle's errorcodes, passed on ------------------------------------------------------------------------------

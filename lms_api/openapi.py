@@ -38,6 +38,24 @@ from lms_api.views import JOB_ROUTE
 DOCUMENT_PATH = "/api/moodle/openapi.json"
 PUBLIC_ROUTES = frozenset({"api.moodle.openapi", "api.moodle.docs"})  # the API's description: no token
 BEARER = "bearer"
+WEBHOOK_SECRET = "webhookSecret"  # noqa: S105 - a security scheme's name
+EVENT_TICKET = "eventTicket"
+# The paths that take credentials of their own, not a JWT (lms_api.security.add_path_credentials).
+OWN_CREDENTIALS: dict[str, dict[str, Any]] = {
+    WEBHOOK_SECRET: {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "`WEBHOOK_SECRET` as the bearer token; or, instead, `X-Signature: sha256=<hex>`: the "
+        "HMAC-SHA256 of `<X-Webhook-Timestamp>.<body>` keyed by `WEBHOOK_SECRET`, with `X-Webhook-Timestamp` (Unix "
+        "seconds) within 5 minutes of the gateway's clock.",
+    },
+    EVENT_TICKET: {
+        "type": "apiKey",
+        "in": "query",
+        "name": "ticket",
+        "description": "A ticket from `POST /api/moodle/events/tickets`: single use, valid 60 seconds.",
+    },
+}
 # Every route can answer these, whatever it does: its input checks, the token, the rate limit, the gateway itself.
 EVERY_ROUTE = (
     ErrorCode.VALIDATION_ERROR,
@@ -204,6 +222,8 @@ def _document(described: tuple[Described, ...], choices: Choices) -> dict[str, A
     spec.components.security_scheme(
         BEARER, {"type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description": _scopes_text()}
     )
+    for name, scheme in OWN_CREDENTIALS.items():
+        spec.components.security_scheme(name, scheme)
     for name, (description, kind) in HEADERS.items():
         spec.components.header(name, {"description": description, "schema": {"type": kind}})
     spec.components.schema("Error", _error_envelope())
@@ -225,7 +245,7 @@ def _operation(
     if not doc:
         raise LookupError(f"{view.__qualname__} has no docstring: it is the operation's summary")
     summary, _, description = doc.partition("\n")
-    scope = f"Scope: `{operation.scope.value}` (or `admin`)."
+    scope = f"Scope: `{operation.scope.value}` (or `admin`)." if operation.credentials is None else ""
     parameters: list[dict[str, Any]] = []
     if operation.path is not None:
         parameters.append({"in": "path", "schema": operation.path})
@@ -240,7 +260,9 @@ def _operation(
         "summary": summary,
         "description": "\n\n".join(filter(None, (description.strip(), scope))),
         "tags": [tag],
-        "security": [{BEARER: [operation.scope.value]}],
+        "security": [
+            {BEARER: [operation.scope.value]} if operation.credentials is None else {operation.credentials: []}
+        ],
         "parameters": parameters,
         "responses": _responses(operation, write, headers),
     }
@@ -267,6 +289,13 @@ def _responses(operation: Operation, write: bool, own_headers: tuple[str, ...]) 
             "content": {"application/json": {"schema": _success_envelope(operation.answers)}},
         }
     }
+    if operation.event_stream:
+        responses[str(operation.status)] = {
+            "description": "Server-sent events (`id`, `event`: the type, `data`: this JSON object), and a comment "
+            "line while idle.",
+            "headers": {name: {"$ref": f"#/components/headers/{name}"} for name in headers},
+            "content": {"text/event-stream": {"schema": operation.answers}},
+        }
     if operation.accepts_async:
         job_headers = [*headers, "Location", PREFERENCE_APPLIED_HEADER, REPLAYED_HEADER]
         responses["202"] = {

@@ -46,6 +46,12 @@ class Operation:
     resend_when_unknown: bool = False
     # The view returns a Deferred write, which may run as a background job: answered 202 with the job when asked.
     accepts_async: bool = False
+    # How the caller is authenticated: None for a JWT, else the name of the OpenAPI security scheme of the path's own
+    # credentials (lms_api.security.add_path_credentials).
+    credentials: str | None = None
+    # Answered as a stream of server-sent events: the view returns its own Response, and ``answers`` describes each
+    # event's data.
+    event_stream: bool = False
 
     def validated(self, request: Request) -> Validated:
         """The declared inputs, loaded in order: the path, the query, then the body (refused as a whole)."""

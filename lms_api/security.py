@@ -47,6 +47,9 @@ class Scope(StrEnum):
     NOTIFICATIONS_READ = "notifications:read"
     FILES_WRITE = "files:write"
     JOBS_READ = "jobs:read"  # one's own background jobs: read, list, cancel
+    EVENTS_READ = "events:read"  # one's own event stream: tickets for it
+    # Moodle's event deliveries, authenticated by WEBHOOK_SECRET on the webhook route, where no JWT is read.
+    MOODLE_EVENTS = "moodle:events"
     CACHE_REFRESH = "cache:refresh"  # a read with Cache-Control: no-cache goes to Moodle, not to the cache
     ADMIN = "admin"  # acting on other users; implies every other scope
 
@@ -422,14 +425,33 @@ def bearer_token(request: Request) -> str | None:
     return token.strip()
 
 
-class JWTSecurityPolicy:
-    """Pyramid 2 security policy: identity from ``Authorization: Bearer <JWT>``, permissions from scopes."""
+# Who a request to a path is, for the paths that take credentials of their own instead of a JWT: an identity, None
+# when no credentials were sent, or InvalidToken saying why they were refused.
+PathCredentials = Callable[[Request], Identity | None]
 
-    def __init__(self, verifier: TokenVerifier) -> None:
+
+class JWTSecurityPolicy:
+    """Pyramid 2 security policy: identity from ``Authorization: Bearer <JWT>``, permissions from scopes.
+
+    A path in ``credentials`` is authenticated by its own check instead (the webhook's shared secret, the event
+    stream's ticket), never by a JWT. By path, not by route: the tweens ask who the caller is before routing.
+    """
+
+    def __init__(self, verifier: TokenVerifier, credentials: dict[str, PathCredentials] | None = None) -> None:
         self._verifier = verifier
+        self._credentials = {} if credentials is None else credentials
         self._cache = RequestLocalCache(self._authenticate)
 
     def _authenticate(self, request: Request) -> _Authentication:
+        check = self._credentials.get(request.path_info)
+        if check is not None:
+            try:
+                return _Authentication(check(request), None)
+            except InvalidToken as error:
+                return _Authentication(None, str(error))
+        return self._authenticate_jwt(request)
+
+    def _authenticate_jwt(self, request: Request) -> _Authentication:
         if QUERY_TOKEN_PARAMETER in request.GET:
             # Query strings land in access logs, proxies and browser history; RFC 6750 allows them, we do not.
             return _Authentication(None, "a token in the query string is refused: send 'Authorization: Bearer'")
@@ -491,5 +513,17 @@ def includeme(config: Configurator) -> None:
     settings: Settings = config.registry.settings["lms_api.settings"]
     if settings.uses_development_jwt_secret:
         log.warning("jwt.development_secret", note="JWT_SECRET is unset: tokens are signed with the development secret")
-    config.set_security_policy(JWTSecurityPolicy(TokenVerifier.from_settings(settings)))
+    # Filled by the concerns whose paths take credentials of their own (add_path_credentials).
+    config.registry.path_credentials = {}
+    config.set_security_policy(
+        JWTSecurityPolicy(TokenVerifier.from_settings(settings), config.registry.path_credentials)
+    )
     config.set_default_permission(UNDECLARED_PERMISSION)  # a view that forgets its permission is closed
+
+
+def add_path_credentials(config: Configurator, path: str, check: PathCredentials) -> None:
+    """Requests to ``path`` are authenticated by ``check``, never by a JWT."""
+    credentials: dict[str, PathCredentials] = config.registry.path_credentials
+    if path in credentials:
+        raise ValueError(f"{path} takes credentials of its own already")
+    credentials[path] = check

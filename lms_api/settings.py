@@ -315,6 +315,18 @@ def _dotted_name(key: str, raw: str) -> str:
     return name
 
 
+MIN_WEBHOOK_SECRET_LENGTH = 32
+# Under development.ini on the sandbox when WEBHOOK_SECRET is unset: the sandbox posts its events with it.
+DEVELOPMENT_WEBHOOK_SECRET = "lms-api-development-only-webhook-secret-0123456789"
+
+
+def _webhook_secret(key: str, raw: str) -> str:
+    secret = raw.strip()
+    if len(secret) < MIN_WEBHOOK_SECRET_LENGTH:
+        raise SettingsError(f"{key} must be at least {MIN_WEBHOOK_SECRET_LENGTH} characters long")
+    return secret
+
+
 def _jobs_engine(key: str, raw: str) -> str:
     value = raw.strip().lower()
     if value not in ("embedded", "rq"):
@@ -574,6 +586,34 @@ class Settings:
         meaning="`true`: a write over `JOBS_SYNC_MAX_ITEMS` items is answered `202` with a job even without "
         "`Prefer: respond-async`",
     )
+    webhook_secret: str | None = setting(
+        _webhook_secret,
+        meaning="the secret Moodle's Event Trigger sends to `POST /api/moodle/webhooks/moodle` "
+        "(`Authorization: Bearer <secret>`), or signs its body with (`X-Signature`); at least 32 characters",
+        note="the webhook route answers `404`; a development secret under `development.ini` on the sandbox",
+        secret=True,
+    )
+    events_max_streams: int = setting(
+        _whole_number(1),
+        "8",
+        meaning="event streams the gateway serves itself at once, per process (each holds a waitress thread); the "
+        "next is `503 eventsfull`; unused with `NCHAN_PUBLISH_URL`",
+    )
+    events_heartbeat_s: int = setting(
+        _whole_number(1), "15", meaning="seconds between two comment lines on an idle event stream the gateway serves"
+    )
+    events_buffer_s: int = setting(
+        _whole_number(1),
+        "300",
+        meaning="how long an event is kept for a stream that resumes with `Last-Event-ID` (at most "
+        "1,000 events a channel)",
+    )
+    nchan_publish_url: str | None = setting(
+        _base_url,
+        meaning="nginx's nchan publisher location (`http://127.0.0.1:8090/lms_api/publish`, internal only): nginx "
+        "holds the event streams, EventSource and WebSocket, and the gateway publishes there",
+        note="the gateway serves event streams itself, EventSource only",
+    )
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = setting(
         _networks,
         "",
@@ -698,6 +738,13 @@ def load_settings(
         values["JOBS_ENGINE"] = "rq" if values["REDIS_URL"] else "embedded"
     if values["JOBS_ENGINE"] == "rq" and not values["REDIS_URL"] and "REDIS_URL" not in refused:
         problems.append("JOBS_ENGINE=rq needs REDIS_URL: the queue and the jobs are kept in Redis")
+    if (
+        values["WEBHOOK_SECRET"] is None
+        and "WEBHOOK_SECRET" not in refused
+        and environment == DEVELOPMENT
+        and not (values["MOODLE_BASE_URL"] or "MOODLE_BASE_URL" in refused)
+    ):
+        values["WEBHOOK_SECRET"] = DEVELOPMENT_WEBHOOK_SECRET  # the sandbox plays Moodle's Event Trigger with it
     jwt_secret, algorithms, uses_development_secret = None, tuple[str, ...](), False
     if not any(name.startswith("JWT_") for name in refused):  # else the keys' own problems say enough
         try:

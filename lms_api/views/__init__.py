@@ -31,6 +31,7 @@ from lms_api.operation import OPERATION, Operation
 from lms_api.schemas.base import FormSchema, RequestSchema
 from lms_api.schemas.jobs import JobSchema
 from lms_api.security import Identity, Scope
+from lms_api.settings import Settings
 
 ENVELOPE_RENDERER = "lms_api:envelope"
 # How many dumps of shared answers an operation remembers. Few: each holds its answer (a real site's site info, its
@@ -38,6 +39,7 @@ ENVELOPE_RENDERER = "lms_api:envelope"
 MAX_REMEMBERED_DUMPS = 8
 
 JOB_ROUTE = "api.moodle.job"
+ENABLED_BY = "enabled_by"
 JOB_SCHEMA = JobSchema()
 
 ViewsClass = TypeVar("ViewsClass", bound=type)
@@ -61,6 +63,8 @@ def api_view(
     settled_by: str | None = None,
     resend_when_unknown: bool = False,
     accepts_async: bool = False,
+    credentials: str | None = None,
+    event_stream: bool = False,
 ) -> Callable[[View], View]:
     """``view_config`` for an API view method, with its :class:`Operation`: the permission is a required argument,
     never a default; the schemas given here are the ones the view's input is loaded with and its answer dumped with,
@@ -72,7 +76,11 @@ def api_view(
     retry is answered the first attempt's answer.
 
     ``accepts_async``: the view returns a :class:`~lms_api.jobs.Deferred` write, applied at once, or submitted as a
-    background job and answered 202 with it (:func:`~lms_api.jobs.runs_as_job`)."""
+    background job and answered 202 with it (:func:`~lms_api.jobs.runs_as_job`).
+
+    ``credentials``: the route's path takes credentials of its own, not a JWT (the OpenAPI security scheme of that
+    name). ``event_stream``: the view answers server-sent events with a response of its own; ``answers`` documents
+    an event's data."""
     if not isinstance(permission, Scope):
         raise TypeError(f"permission must be a Scope, got {permission!r}")
     if settled_by is not None and resend_when_unknown:
@@ -91,6 +99,8 @@ def api_view(
         settled_by=settled_by,
         resend_when_unknown=resend_when_unknown,
         accepts_async=accepts_async,
+        credentials=credentials,
+        event_stream=event_stream,
     )
     route = {} if route_name is None else {"route_name": route_name}
     register: Callable[[View], View] = view_config(
@@ -99,13 +109,16 @@ def api_view(
     return register
 
 
-def api_routes(routes: Mapping[str, str]) -> Callable[[ViewsClass], ViewsClass]:
-    """The routes a view class serves, by name and pattern, added when its module is scanned."""
+def api_routes(routes: Mapping[str, str], *, enabled_by: str | None = None) -> Callable[[ViewsClass], ViewsClass]:
+    """The routes a view class serves, by name and pattern, added when its module is scanned. With ``enabled_by``
+    (a :class:`~lms_api.settings.Settings` field), the routes exist only while that setting is set: else they are
+    answered ``404 notfound``, as a path no route has."""
+    predicates = {} if enabled_by is None else {ENABLED_BY: enabled_by}
 
     def declare(views: ViewsClass) -> ViewsClass:
         def add_routes(context: Any, name: str, ob: Any) -> None:
             for route_name, pattern in routes.items():
-                context.config.add_route(route_name, pattern)
+                context.config.add_route(route_name, pattern, **predicates)
 
         venusian.attach(views, add_routes, category="pyramid")
         return views
@@ -162,6 +175,10 @@ def operation_view(view: Callable[[Any, Request], Any], info: Any) -> Callable[[
     settle = _settling(operation, info)
 
     def respond(request: Request, answer: Any) -> Response:
+        if operation.event_stream:
+            if not isinstance(answer, Response):
+                raise TypeError(f"{info.original_view!r} declares event_stream: it returns its own Response")
+            return answer
         if isinstance(answer, Deferred):
             if not operation.accepts_async:
                 raise TypeError(f"{info.original_view!r} returned a Deferred write: declare accepts_async")
@@ -227,6 +244,25 @@ def _settled(
     return None if answer is None else respond(request, answer)
 
 
+class EnabledBySetting:
+    """Route predicate ``enabled_by``: the route matches only while the named setting is set."""
+
+    def __init__(self, field_name: str, config: Configurator) -> None:
+        settings: Settings = config.registry.settings["lms_api.settings"]
+        if not hasattr(settings, field_name):
+            raise ValueError(f"enabled_by={field_name!r} names no setting")
+        self._enabled = bool(getattr(settings, field_name))
+        self._field_name = field_name
+
+    def text(self) -> str:
+        return f"enabled_by = {self._field_name}"
+
+    phash = text
+
+    def __call__(self, info: Any, request: Request) -> bool:
+        return self._enabled
+
+
 operation_view.options = (OPERATION,)  # type: ignore[attr-defined]  # Pyramid reads a deriver's options from it
 
 
@@ -243,6 +279,7 @@ class EnvelopeRenderer:
 
 def includeme(config: Configurator) -> None:
     config.add_renderer(ENVELOPE_RENDERER, EnvelopeRenderer)
+    config.add_route_predicate(ENABLED_BY, EnabledBySetting)
     # Under the renderer: the deriver answers with a response of its own, which the renderer passes on.
     config.add_view_deriver(operation_view, under="rendered_view", over="mapped_view")
     config.scan("lms_api.views")
