@@ -24,7 +24,7 @@ from lms_api.jsoncodec import loads
 from lms_api.moodle.client import Answer
 from lms_api.moodle.encoding import encode_params
 from lms_api.moodle.errors import MoodleError
-from lms_api.moodle.functions import CacheGroup, MoodleFunction
+from lms_api.moodle.functions import PARTITIONED_GROUPS, CacheGroup, MoodleFunction
 from lms_api.redisstate import RedisLink, redis_client
 from lms_api.settings import Settings
 
@@ -100,12 +100,12 @@ class ReadCache:
         parsed again, or, for a shared read (``function.shared``), is the object parsed from it before, shared by
         every reader (see :class:`ParsedAnswers`).
         """
-        group = self._group(function)
+        group = _scope(self._group(function), params)
         key = _key(group, function, params)
         generation, entry = self.store.get(group, key)
         now = self._clock()
         if entry is not None and not refresh and now < entry.fresh_until:
-            note(CacheOutcome(Fetch.HIT, math.ceil(entry.fresh_until - now), group=group))
+            note(CacheOutcome(Fetch.HIT, math.ceil(entry.fresh_until - now), group=self._group(function)))
             return self._parse(function, key, entry.body)
         return self._read_through(function, group, key, generation, entry, now, fetch, refresh)
 
@@ -116,7 +116,7 @@ class ReadCache:
         group's generation of before the fetch: a drop of the group while it was fetched leaves it unkept."""
         if not self.caches(function):
             return fetch()
-        group = self._group(function)
+        group = _scope(self._group(function), params)
         key = _key(group, function, params)
         generation = self.store.generation(group)
         answer = fetch()
@@ -127,8 +127,17 @@ class ReadCache:
         """A write of ``function`` has ended and may have reached Moodle: drop what it may have changed, here and in
         every replica."""
         for group in function.drops:
-            self.store.invalidate(group)
-            log.info("cache.invalidated", group=str(group), function=str(function))
+            self.invalidate(group, cause=str(function))
+
+    def invalidate(self, group: CacheGroup, partition: int | str | None = None, *, cause: str) -> None:
+        """Drop ``group``'s entries here and in every replica; of a group kept apart by a parameter
+        (:data:`~lms_api.moodle.functions.PARTITIONED_GROUPS`), the entries of that parameter's value ``partition``."""
+        partitioned = group in PARTITIONED_GROUPS
+        if partitioned != (partition is not None):
+            raise ValueError(f"cache group {group} is {'' if partitioned else 'not '}kept apart by a parameter")
+        scope = group if partition is None else f"{group}/{partition}"
+        self.store.invalidate(scope)
+        log.info("cache.invalidated", group=scope, cause=cause)
 
     def _group(self, function: MoodleFunction) -> CacheGroup:
         group = function.cache_group
@@ -139,7 +148,7 @@ class ReadCache:
     def _read_through(
         self,
         function: MoodleFunction,
-        group: CacheGroup,
+        group: str,
         key: str,
         generation: int,
         entry: Entry | None,
@@ -158,21 +167,20 @@ class ReadCache:
                 # Seconds left, or past expiry (negative); a fresh entry is served this way only to a refresh.
                 left = entry.fresh_until - now
                 ttl = math.ceil(left) if left > 0 else min(-1, math.floor(left))
-                note(CacheOutcome(Fetch.STALE, ttl, group=group))
+                note(CacheOutcome(Fetch.STALE, ttl, group=self._group(function)))
                 log.info("cache.stale_served", function=str(function), error_code=str(error.code))
                 return self._parse(function, key, entry.body)
-            note(CacheOutcome(Fetch.REFRESH if refresh else Fetch.MISS, group=group))  # errors are never kept
+            note(CacheOutcome(Fetch.REFRESH if refresh else Fetch.MISS, group=self._group(function)))  # never kept
             raise
         forwarded = Fetch.REFRESH if refresh else Fetch.MISS
+        base = self._group(function)
         note(
-            CacheOutcome(Fetch.COLLAPSED, group=group)
-            if collapsed
-            else CacheOutcome(forwarded, stored=True, group=group)
+            CacheOutcome(Fetch.COLLAPSED, group=base) if collapsed else CacheOutcome(forwarded, stored=True, group=base)
         )
         return value
 
     def _fetch_once(
-        self, function: MoodleFunction, group: CacheGroup, key: str, generation: int, fetch: Callable[[], Answer]
+        self, function: MoodleFunction, group: str, key: str, generation: int, fetch: Callable[[], Answer]
     ) -> tuple[Any, bool]:
         """Fetch and keep the answer; concurrent callers for the same key wait for one fetch (``True``: waited)."""
         with self._flights_lock:
@@ -201,7 +209,7 @@ class ReadCache:
     def _fetch_and_put(
         self,
         function: MoodleFunction,
-        group: CacheGroup,
+        group: str,
         key: str,
         generation: int,
         fetch: Callable[[], Answer],
@@ -233,9 +241,9 @@ class ReadCache:
             flight.answer = answer
         return answer.value, False
 
-    def _put(self, function: MoodleFunction, group: CacheGroup, key: str, generation: int, answer: Answer) -> None:
+    def _put(self, function: MoodleFunction, group: str, key: str, generation: int, answer: Answer) -> None:
         now = self._clock()
-        fresh_until = now + self._ttls[group]
+        fresh_until = now + self.ttl_s(function)
         self.store.put(group, key, Entry(generation, answer.body, fresh_until, fresh_until + self._stale_s))
         if function.shared:
             self._parsed.remember(key, answer.body, answer.value)
@@ -244,7 +252,7 @@ class ReadCache:
         """An entry's answer: a shared read's as parsed before (once per stored answer), any other's parsed now."""
         return self._parsed.parsed(key, body) if function.shared else loads(body)
 
-    def _wait_for_other_replica(self, store: RedisStore, group: CacheGroup, key: str, lock_name: str) -> bytes | None:
+    def _wait_for_other_replica(self, store: RedisStore, group: str, key: str, lock_name: str) -> bytes | None:
         """While another replica holds the key's lock, wait (up to a call's deadline) for the entry it stores."""
         deadline = time.monotonic() + self._wait_s
         while True:
@@ -257,6 +265,13 @@ class ReadCache:
             time.sleep(LOCK_POLL_S)
 
 
-def _key(group: CacheGroup, function: MoodleFunction, params: Mapping[str, Any]) -> str:
+def _scope(group: CacheGroup, params: Mapping[str, Any]) -> str:
+    """Where an entry of ``group`` is kept: the group, or its part for one value of the parameter that keeps its
+    entries apart (a user's notifications: ``notifications/42``)."""
+    partition_by = PARTITIONED_GROUPS.get(group)
+    return group if partition_by is None else f"{group}/{params.get(partition_by)}"
+
+
+def _key(group: str, function: MoodleFunction, params: Mapping[str, Any]) -> str:
     digest = hashlib.sha256(json.dumps(encode_params(params)).encode()).hexdigest()
     return f"{group}:{function}:{digest}"

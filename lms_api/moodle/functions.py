@@ -39,14 +39,19 @@ class Behaviour(NamedTuple):
     # the read cache keeps such an answer parsed, so a hit is one object whose dump the view remembers. Not for a
     # read a caller can vary: each of its answers would be kept parsed, several times the size of its entry.
     shared: bool = False
+    # A cached read's parameter that names whose answer it is (``useridto``): its entries are kept apart by that
+    # value, so one user's can be dropped without the others' (an event from Moodle names the user).
+    partition_by: str | None = None
     drops: tuple[CacheGroup, ...] = ()  # a write's: the groups whose entries it may make wrong
     drops_nothing_because: str = ""  # a write that drops no group says why
 
 
-def read(answer: AnswerShape, cached: CacheGroup | None = None, *, shared: bool = False) -> Behaviour:
-    if shared and cached is None:
-        raise ValueError("only a cached read's answers are kept parsed: a shared read names its cache group")
-    return Behaviour(False, answer, cached, shared=shared)
+def read(
+    answer: AnswerShape, cached: CacheGroup | None = None, *, shared: bool = False, partition_by: str | None = None
+) -> Behaviour:
+    if (shared or partition_by) and cached is None:
+        raise ValueError("only a cached read's answers are kept parsed or apart: such a read names its cache group")
+    return Behaviour(False, answer, cached, shared=shared, partition_by=partition_by)
 
 
 def write(answer: AnswerShape, *, drops: tuple[CacheGroup, ...] = (), drops_nothing_because: str = "") -> Behaviour:
@@ -89,6 +94,10 @@ class MoodleFunction(StrEnum):
         return self.behaviour.drops
 
     @property
+    def partition_by(self) -> str | None:
+        return self.behaviour.partition_by
+
+    @property
     def answer(self) -> AnswerShape:
         return self.behaviour.answer
 
@@ -112,11 +121,15 @@ class MoodleFunction(StrEnum):
     )
     GET_POPUP_NOTIFICATIONS = (
         "message_popup_get_popup_notifications",
-        read(AnswerShape.OBJECT, cached=CacheGroup.NOTIFICATIONS),
+        read(AnswerShape.OBJECT, cached=CacheGroup.NOTIFICATIONS, partition_by="useridto"),
     )
     GET_UNREAD_COUNT = (
         "message_popup_get_unread_popup_notification_count",
-        read(AnswerShape.INTEGER, cached=CacheGroup.NOTIFICATIONS),
+        read(AnswerShape.INTEGER, cached=CacheGroup.NOTIFICATIONS, partition_by="useridto"),
+    )
+    SEND_INSTANT_MESSAGES = (
+        "core_message_send_instant_messages",
+        write(AnswerShape.LIST, drops_nothing_because="messages are not popup notifications, and none is cached"),
     )
     # Not a web-service function: upload.php is its own script; the name labels its calls in logs and errors.
     UPLOAD = "upload.php", write(AnswerShape.LIST, drops_nothing_because="draft files are never cached")
@@ -129,3 +142,18 @@ class MoodleFunction(StrEnum):
 
 # The fields core_user_get_users_by_field looks users up by.
 USER_LOOKUP_FIELDS = ("id", "idnumber", "username", "email")
+
+
+def _partitions() -> dict[CacheGroup, str]:
+    """Each cache group whose entries are kept apart, and by which parameter: the same for all its reads."""
+    partitions: dict[CacheGroup, str | None] = {}
+    for function in MoodleFunction:
+        group = function.cache_group
+        if group is None:
+            continue
+        if partitions.setdefault(group, function.partition_by) != function.partition_by:
+            raise ValueError(f"the reads of cache group {group} must all be kept apart by one parameter, or none")
+    return {group: by for group, by in partitions.items() if by is not None}
+
+
+PARTITIONED_GROUPS = _partitions()
