@@ -33,6 +33,9 @@ setup(
             "openapi-spec-validator>=0.7,<1",
             "playwright>=1.40,<2",
             "schemathesis>=4,<5",
+            # Event streams as a browser's EventSource and WebSocket receive them, through nginx and nchan.
+            "requests-sse>=0.5,<1",
+            "websockets>=13,<18",
         ],
     },
     entry_points={
