@@ -47,6 +47,7 @@ class Scope(StrEnum):
     NOTIFICATIONS_READ = "notifications:read"
     FILES_WRITE = "files:write"
     JOBS_READ = "jobs:read"  # one's own background jobs: read, list, cancel
+    MESSAGES_WRITE = "messages:write"  # instant messages sent as the gateway's Moodle user
     EVENTS_READ = "events:read"  # one's own event stream: tickets for it
     # Moodle's event deliveries, authenticated by WEBHOOK_SECRET on the webhook route, where no JWT is read.
     MOODLE_EVENTS = "moodle:events"
