@@ -17,6 +17,7 @@ as of unknown outcome: nothing is sent twice.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import threading
 import time
@@ -40,7 +41,20 @@ from rq.worker import WorkerStatus
 from lms_api.audit import audit_job
 from lms_api.calllog import recording_calls
 from lms_api.errors import ApiError, ErrorCode, error_body
-from lms_api.jobs import FINISHED, JOB_BUCKETS, MAX_JOBS, Job, JobKind, JobState, Plan, not_started, now, outcome
+from lms_api.events import EventEngine, engine_from_settings
+from lms_api.jobs import (
+    FINISHED,
+    JOB_BUCKETS,
+    MAX_JOBS,
+    Job,
+    JobKind,
+    JobState,
+    Plan,
+    not_started,
+    now,
+    outcome,
+    publish_progress,
+)
 from lms_api.moodle.client import FileUpload, Moodle
 from lms_api.moodle.errors import OUTCOME_PARTIAL, OUTCOME_UNKNOWN
 from lms_api.moodle.functions import MoodleFunction
@@ -535,6 +549,7 @@ class WorkerContext:
     settings: Settings
     redis: redis.Redis
     moodle: Moodle
+    events: EventEngine | None = None  # where the jobs' progress is published
 
 
 _context: WorkerContext | None = None
@@ -579,6 +594,8 @@ def serve(context: WorkerContext, name: str | None = None, *, burst: bool = Fals
     RQ gets a Redis client of its own: it lengthens its client's timeouts for its blocking reads, which the job's
     records must not wait on."""
     global _context
+    if context.events is None:  # the jobs' progress goes where the gateway's events go
+        context = dataclasses.replace(context, events=engine_from_settings(context.settings))
     _context = context
     assert context.settings.redis_url is not None
     connection = redis.Redis.from_url(context.settings.redis_url)
@@ -618,12 +635,17 @@ def _apply(client: redis.Redis, settings: Settings, job: Job, data: dict[str, An
     with structlog.contextvars.bound_contextvars(job_id=job.id, request_id=job.request_id), recording_calls() as calls:
         started = time.perf_counter()
         log.info("job.started", kind=job.kind.value, items=job.total)
+        events = _context.events
+        job.state, job.started = JobState.RUNNING, now()
+        publish_progress(events, job.sub, job.summary())
         journal = _JournalledMoodle(_context.moodle, client, job, writes, _sent_before(data))
         plan = writes.rebuild(journal, settings, data)
 
         def progress(done: int, total: int) -> None:
             if journal.stop_requested():
                 raise JobStopped()
+            job.done = done
+            publish_progress(events, job.sub, job.summary())
 
         result, error, state = outcome(job, plan, writes.dump, progress)
         seconds = time.perf_counter() - started
@@ -637,6 +659,9 @@ def _apply(client: redis.Redis, settings: Settings, job: Job, data: dict[str, An
             ended = _until_redis_answers(lambda: _end(client, job, state, settings.jobs_ttl_s, result, error, seconds))
             if ended:  # else a replica declared it lost, and audited it so
                 audit_job(job, state, error, calls.functions)
+                job.state, job.error, job.finished = state, error, now()
+                job.done = job.total if state is JobState.SUCCEEDED else job.done
+                publish_progress(events, job.sub, job.summary())
         log.info(
             "job.finished",
             kind=job.kind.value,

@@ -33,6 +33,7 @@ from pyramid.request import Request
 from lms_api.audit import audit_job
 from lms_api.calllog import recording_calls
 from lms_api.errors import ApiError, ErrorCode, error_body
+from lms_api.events import EventEngine, EventType, caller_channel
 from lms_api.moodle.errors import OUTCOME_PARTIAL
 from lms_api.security import Identity, Scope
 from lms_api.services.progress import JobStopped, Progress
@@ -251,9 +252,16 @@ class EmbeddedEngine:
     stopping process never cuts a call short."""
 
     def __init__(
-        self, workers: int, ttl_s: float, metrics: GatewayMetrics | None = None, *, max_jobs: int = MAX_JOBS
+        self,
+        workers: int,
+        ttl_s: float,
+        metrics: GatewayMetrics | None = None,
+        *,
+        max_jobs: int = MAX_JOBS,
+        events: EventEngine | None = None,
     ) -> None:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lms-api-job")
+        self._events = events
         self._workers = workers
         self._ttl_s = ttl_s
         self._metrics = metrics
@@ -304,6 +312,7 @@ class EmbeddedEngine:
             current = copy.copy(job)
         log.info("job.cancel_requested", job_id=job.id, state=current.state.value)
         if current.state is JobState.CANCELLED:
+            publish_progress(self._events, current.sub, current.summary())
             audit_job(current, current.state, current.error, ())
         return current
 
@@ -342,6 +351,8 @@ class EmbeddedEngine:
                 if job.state is not JobState.QUEUED:  # cancelled while queued
                     return
                 job.state, job.started = JobState.RUNNING, now()
+                running = job.summary()
+            publish_progress(self._events, job.sub, running)
             started = time.perf_counter()
             log.info("job.started", kind=job.kind.value, items=job.total)
 
@@ -350,6 +361,8 @@ class EmbeddedEngine:
                     job.done = done
                     if job.cancel_requested:
                         raise JobStopped()
+                    advanced = job.summary()
+                publish_progress(self._events, job.sub, advanced)
 
             with self._lock:  # cancelled (or the engine closed) since it was marked running: no call at all
                 cancelled = job.cancel_requested
@@ -359,6 +372,8 @@ class EmbeddedEngine:
             seconds = time.perf_counter() - started
             with self._lock:
                 self._finish(job, state, result=result, error=error)
+                ended = job.summary()
+            publish_progress(self._events, job.sub, ended)
             audit_job(job, state, error, calls.functions)
             if self._metrics is not None:
                 self._metrics.job_seconds.labels(job.kind.value).observe(seconds)
@@ -402,6 +417,13 @@ class EmbeddedEngine:
         del self._jobs[oldest.id]
 
 
+def publish_progress(events: EventEngine | None, sub: str, summary: dict[str, Any]) -> None:
+    """Tell the caller's streams where its job stands (``job.progress``, the job as a listing shows it): when it
+    starts, after each Moodle call, and when it ends."""
+    if events is not None:
+        events.publish(caller_channel(sub), EventType.JOB_PROGRESS, {"job": summary})
+
+
 def not_started(job: Job, why: str = "Cancelled") -> dict[str, Any]:
     """The error of a job cancelled before its first Moodle call, whichever engine kept it."""
     cancelled = ApiError(ErrorCode.JOB_CANCELLED, f"{why} before it started: nothing was written")
@@ -416,4 +438,6 @@ def includeme(config: Configurator) -> None:
 
         config.registry.jobs = RQEngine.from_settings(settings)
     else:
-        config.registry.jobs = EmbeddedEngine(settings.jobs_workers, settings.jobs_ttl_s, config.registry.metrics)
+        config.registry.jobs = EmbeddedEngine(
+            settings.jobs_workers, settings.jobs_ttl_s, config.registry.metrics, events=config.registry.events
+        )

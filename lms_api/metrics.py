@@ -24,6 +24,7 @@ from lms_api.cache import ReadCache, RedisStore
 from lms_api.caller import is_operator
 from lms_api.calllog import CallLog
 from lms_api.errors import ApiError
+from lms_api.events import EventEngine
 from lms_api.jobs import JOB_BUCKETS, JobEngine
 from lms_api.moodle.client import MoodleClient
 from lms_api.moodle.guard import BreakerState
@@ -83,6 +84,19 @@ class GatewayMetrics:
             buckets=JOB_BUCKETS,
             registry=self.registry,
         )
+        self.events_published = Counter(
+            "lms_api_events_published",
+            "Events published to the streams, by type and outcome: sent, or failed (lost)",
+            ["type", "outcome"],
+            registry=self.registry,
+        )
+        self.webhook_deliveries = Counter(
+            "lms_api_webhook_deliveries",
+            "Moodle event deliveries to the webhook, by event (its name when the events table knows it, else other) "
+            "and outcome: handled, ignored or duplicate",
+            ["event", "outcome"],
+            registry=self.registry,
+        )
         self.rate_limited = Counter(
             "lms_api_rate_limit_refusals", "Requests refused over budget", ["budget"], registry=self.registry
         )
@@ -113,8 +127,11 @@ class GatewayMetrics:
 class _StateCollector:
     """What is true now, read when scraped: the jobs queued, the bulkhead, the breaker, the Redis fallback."""
 
-    def __init__(self, client: MoodleClient, cache: ReadCache, rate_counter: RateCounter, jobs: JobEngine) -> None:
+    def __init__(
+        self, client: MoodleClient, cache: ReadCache, rate_counter: RateCounter, jobs: JobEngine, events: EventEngine
+    ) -> None:
         self._jobs = jobs
+        self._events = events
         self._client = client
         self._cache = cache
         self._rate_counter = rate_counter
@@ -128,6 +145,11 @@ class _StateCollector:
                 value=self._jobs.queued(),
             )
         yield from self._jobs.shared_metrics()
+        yield GaugeMetricFamily(
+            "lms_api_event_streams_open",
+            "Event streams this process serves itself (none when nginx with nchan holds them)",
+            value=self._events.open_streams(),
+        )
         yield GaugeMetricFamily(
             "lms_api_moodle_calls_in_flight", "Moodle calls holding a bulkhead slot", value=client.bulkhead.in_use
         )
@@ -164,6 +186,7 @@ def metrics_view(request: Request) -> Response:
         request.find_service(ReadCache),
         request.registry.rate_counter,
         request.registry.jobs,
+        request.registry.events,
     )
     scrape = CollectorRegistry()
     scrape.register(metrics.registry)

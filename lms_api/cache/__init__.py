@@ -51,7 +51,7 @@ def includeme(config: Configurator) -> None:
         # A write's reads ask Moodle (and refresh what is kept): what a write is checked against, or reads back, is
         # Moodle's state of the moment, not an entry up to a TTL old.
         refresh = request.fresh_answer is FreshAnswer.HONOURED or request.method not in SAFE_METHODS
-        return CachedMoodle(request.find_service(MoodleClient), cache, refresh)
+        return CachedMoodle(request.find_service(MoodleClient), cache, refresh, request.registry.events)
 
     config.register_service_factory(cached_moodle, CachedMoodle)
     config.add_request_method(fresh_answer, "fresh_answer", reify=True)

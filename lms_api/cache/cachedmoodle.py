@@ -6,6 +6,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from lms_api.cache.readcache import ReadCache
+from lms_api.events import EventEngine
+from lms_api.events.writes import published_by
 from lms_api.moodle.client import FileUpload, MoodleClient
 from lms_api.moodle.functions import MoodleFunction
 
@@ -14,17 +16,21 @@ Written = TypeVar("Written")
 
 class CachedMoodle:
     """The Moodle client, with the read cache in front of it: a read of a function whose group has a time to live is
-    answered through the cache; a write that may change cached groups drops them once it has ended.
+    answered through the cache; a write that may change cached groups drops them once it has ended, and once Moodle
+    has answered it, publishes the events it makes (:mod:`lms_api.events.writes`) to ``events``.
 
     Dropping after the write, not before: a read that overlaps the write may fetch what Moodle had before it and keep
     it under the group's generation of the moment; the drop that follows hides it. Dropped before, that read would
     be kept under the new generation, and served as if the write had never been made.
     """
 
-    def __init__(self, client: MoodleClient, cache: ReadCache, refresh: bool) -> None:
+    def __init__(
+        self, client: MoodleClient, cache: ReadCache, refresh: bool, events: EventEngine | None = None
+    ) -> None:
         self._client = client
         self._cache = cache
         self._refresh = refresh
+        self._events = events
 
     @property
     def max_input_vars(self) -> int:
@@ -32,7 +38,11 @@ class CachedMoodle:
 
     def call(self, function: MoodleFunction, params: Mapping[str, Any] | None = None) -> Any:
         if function.writes:
-            return self._write(function, lambda: self._client.call(function, params))
+            answer = self._write(function, lambda: self._client.call(function, params))
+            if self._events is not None:
+                for channel, event_type, data in published_by(function, params, answer):
+                    self._events.publish(channel, event_type, data)
+            return answer
         if not self._cache.caches(function):
             return self._client.call(function, params)
         if function is not MoodleFunction.SITE_INFO:  # always offered: it is what lists the functions offered
