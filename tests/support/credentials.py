@@ -12,8 +12,10 @@ from cryptography.x509.oid import NameOID
 from lms_api.security import Scope
 
 JWT_TEST_SECRET = "test-secret-0123456789-abcdefghij-KLMNOPQRST-0123456789-abcdefghijklmn"
-# Every scope a caller of the API may hold; refreshing the cache and the admin's are not a caller's.
-ALL_SCOPES = " ".join(scope.value for scope in Scope if scope not in (Scope.ADMIN, Scope.CACHE_REFRESH))
+# Every scope a caller of the API may hold; refreshing the cache, the admin's and Moodle's webhook's are not a caller's.
+ALL_SCOPES = " ".join(
+    scope.value for scope in Scope if scope not in (Scope.ADMIN, Scope.CACHE_REFRESH, Scope.MOODLE_EVENTS)
+)
 
 
 def mint(scope=ALL_SCOPES, sub="user-1", secret=JWT_TEST_SECRET, algorithm="HS256", ttl=3600, **claims):

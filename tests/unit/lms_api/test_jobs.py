@@ -10,9 +10,11 @@ from structlog.testing import capture_logs
 
 from lms_api import audit, jobs
 from lms_api.errors import ApiError, ErrorCode
+from lms_api.events import caller_channel
 from lms_api.jobs import EmbeddedEngine, JobKind, JobState, preferences
 from lms_api.metrics import GatewayMetrics
 from lms_api.services.progress import advanced, stopped
+from tests.support.events import RecordingEvents
 
 
 class Plan:
@@ -287,3 +289,31 @@ def test_a_listed_job_is_a_summary_without_result_nor_error_details(engine):
     assert {name: value for name, value in ok.resource().items() if name != "result"} == ok.summary()
     assert failed.summary()["error"] == {"code": "badresponse", "message": "no", "request_id": "r"}
     assert failed.resource()["error"]["details"] == {"applied": list(range(1000))}
+
+
+def test_a_jobs_progress_is_published_to_its_callers_channel():
+    events = RecordingEvents()
+    engine = EmbeddedEngine(1, 3600, events=events)
+    job = finished(engine, engine.submit(JobKind.ENROL, "caller-sub", "r", Plan(total=3), dict).id)
+    engine.close()
+
+    progress = events.of_type("job.progress")
+    assert {channel for channel, _ in progress} == {caller_channel("caller-sub")}
+    shown = [(data["job"]["state"], data["job"]["progress"]["done"]) for _, data in progress]
+    assert shown == [("running", 0), ("running", 1), ("running", 2), ("succeeded", 3)]
+    assert progress[-1][1]["job"]["id"] == job.id and "result" not in progress[-1][1]["job"]
+
+
+def test_a_job_cancelled_while_queued_is_published_too():
+    events = RecordingEvents()
+    engine = EmbeddedEngine(1, 3600, events=events)
+    gate = threading.Event()
+    engine.submit(JobKind.ENROL, "a", "r", Plan(total=1, gate=gate), dict)
+    queued = engine.submit(JobKind.ENROL, "b", "r", Plan(total=1), dict)
+
+    engine.cancel(queued.id)
+    gate.set()
+    engine.close()
+
+    cancelled = [data["job"] for channel, data in events.of_type("job.progress") if channel == caller_channel("b")]
+    assert [(job["id"], job["state"]) for job in cancelled] == [(queued.id, "cancelled")]
