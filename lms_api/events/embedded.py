@@ -1,0 +1,440 @@
+"""The embedded event engine: the gateway serves each event stream itself, as server-sent events, from a waitress
+thread it holds for the stream's life; hence at most ``EVENTS_MAX_STREAMS`` at once per process (see
+:func:`lms_api.server.check_stream_threads`).
+
+An event's id is a whole number that only increases: the greater of the last id plus one and the time in
+milliseconds, so ids keep increasing across restarts of the process (or of Redis) and ``Last-Event-ID`` from before
+one never hides the events after it. Events are kept ``EVENTS_BUFFER_S`` (at most :data:`MAX_KEPT_PER_CHANNEL` a
+channel) for the streams that resume.
+
+With ``REDIS_URL`` the ids, the kept events and the delivery are shared by every replica: one Lua script numbers an
+event, keeps it in its channel's sorted set and publishes it on :data:`FANOUT_CHANNEL`, to which one thread of each
+process listens and hands what the others published to its streams. While Redis does not answer, an event reaches
+this process's streams only, with no id (so a client's ``Last-Event-ID`` stays that of the last event it can resume
+after), and is counted as failed; the change is logged once each way (:class:`~lms_api.redisstate.RedisLink`).
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+import uuid
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import redis
+import structlog
+from pyramid.request import Request
+from pyramid.response import Response
+
+from lms_api.errors import ApiError, ErrorCode
+from lms_api.events import EventType, event_data
+from lms_api.redisstate import RETRY_AFTER_S, RedisLink, redis_client
+from lms_api.settings import Settings
+
+if TYPE_CHECKING:
+    from lms_api.metrics import GatewayMetrics
+
+log = structlog.get_logger("lms_api.events")
+
+MAX_KEPT_PER_CHANNEL = 1000
+# What a stream that fell this far behind its client is ended at: the client reconnects and resumes from the kept
+# events, rather than the process queueing without bound for a client that does not read.
+MAX_QUEUED_PER_STREAM = 1000
+RECONNECT_MS = 5000  # the EventSource's wait before it reconnects, sent first on every stream
+FULL_RETRY_AFTER_S = 10
+LAST_EVENT_ID_PARAMETER = "last_event_id"
+ID_KEY = "lms_api:events:id"
+KEPT_PREFIX = "lms_api:events:kept:"
+FANOUT_CHANNEL = "lms_api:events"
+LISTEN_POLL_S = 0.5  # how soon the listener sees that the engine is closed
+STREAM_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}  # the last: nginx passes each event on
+HEARTBEAT = b": heartbeat\n\n"
+
+# KEYS: the id counter, the channel's kept events. ARGV: the least id (the time in ms), the event's JSON after its id,
+# the least id kept, the most events kept, seconds kept, the fan-out channel. Answers the event's id.
+_PUBLISH_SCRIPT = """
+local id = redis.call('INCR', KEYS[1])
+if id < tonumber(ARGV[1]) then
+  id = tonumber(ARGV[1])
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+local event = '{"id":' .. string.format('%d', id) .. ',' .. ARGV[2]
+redis.call('ZADD', KEYS[2], id, event)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[3])
+redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -1 - tonumber(ARGV[4]))
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+redis.call('PUBLISH', ARGV[6], event)
+return id
+"""
+
+
+@dataclass(frozen=True)
+class Event:
+    """An event as streams send it; ``id`` None: sent while Redis was away, so it cannot be resumed after."""
+
+    id: int | None
+    channel: str
+    type: str
+    data: str  # the JSON text of event_data()
+    at: float  # when it was published, in seconds since the epoch
+
+    def frame(self) -> bytes:
+        """The server-sent event: id, type and data lines, and the blank line that ends it."""
+        lines = [] if self.id is None else [f"id: {self.id}"]
+        lines.append(f"event: {self.type}")
+        lines.extend(f"data: {line}" for line in self.data.split("\n"))
+        return ("\n".join(lines) + "\n\n").encode()
+
+    def fields_after_id(self, origin: str) -> str:
+        """The event's JSON object without its opening brace and id, which the publish script puts first."""
+        fields = {"origin": origin, "channel": self.channel, "type": self.type, "data": self.data, "at": self.at}
+        return json.dumps(fields, separators=(",", ":"))[1:]
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Event:
+        fields = json.loads(text)
+        return cls(int(fields["id"]), fields["channel"], fields["type"], fields["data"], float(fields["at"]))
+
+
+def next_id(last: int, now: float) -> int:
+    """The id after ``last``: never below the time in milliseconds, so ids keep increasing after a restart."""
+    return max(last + 1, int(now * 1000))
+
+
+class LocalEvents:
+    """The ids and kept events of one process (no ``REDIS_URL``)."""
+
+    def __init__(self, keep_s: float, clock: Callable[[], float]) -> None:
+        self._keep_s = keep_s
+        self._clock = clock
+        self._last_id = 0
+        self._kept: dict[str, deque[Event]] = {}
+        self._next_sweep = 0.0
+        self._lock = threading.Lock()
+
+    def add(self, channel: str, event_type: str, data: str) -> Event:
+        """Number a new event and keep it."""
+        now = self._clock()
+        with self._lock:
+            self._last_id = next_id(self._last_id, now)
+            event = Event(self._last_id, channel, event_type, data, now)
+            kept = self._kept.setdefault(channel, deque(maxlen=MAX_KEPT_PER_CHANNEL))
+            kept.append(event)
+            self._drop_old(channel, now)
+        return event
+
+    def since(self, channels: Iterable[str], last_id: int) -> list[Event]:
+        """The kept events of ``channels`` after ``last_id``, in id order."""
+        cutoff = self._clock() - self._keep_s
+        with self._lock:
+            found = [
+                event
+                for channel in channels
+                for event in self._kept.get(channel, ())
+                if event.at >= cutoff and event.id is not None and event.id > last_id
+            ]
+        return sorted(found, key=_by_id)
+
+    def _drop_old(self, channel: str, now: float) -> None:
+        """Drop events past their time: the channel just published to's, and every ``keep_s`` every channel's (one
+        published to once is not kept for ever)."""
+        cutoff = now - self._keep_s
+        channels = [channel]
+        if now >= self._next_sweep:
+            self._next_sweep = now + self._keep_s
+            channels = list(self._kept)
+        for name in channels:
+            kept = self._kept[name]
+            while kept and kept[0].at < cutoff:
+                kept.popleft()
+            if not kept:
+                del self._kept[name]
+
+
+def _by_id(event: Event) -> int:
+    return event.id or 0
+
+
+class _Subscriber:
+    """One open stream: its channels and the events handed to it, which its thread sends."""
+
+    def __init__(self, channels: Sequence[str]) -> None:
+        self.channels = frozenset(channels)
+        self.ended = False  # the engine closed, or the client fell too far behind
+        self._queue: queue.Queue[Event | None] = queue.Queue(MAX_QUEUED_PER_STREAM)
+
+    def offer(self, event: Event) -> None:
+        try:
+            self._queue.put_nowait(event)
+        except queue.Full:
+            log.warning("events.stream_behind", queued=MAX_QUEUED_PER_STREAM)
+            self.end()
+
+    def end(self) -> None:
+        self.ended = True
+        with suppress(queue.Full):  # a full queue is read on at once, and the flag seen
+            self._queue.put_nowait(None)
+
+    def next(self, timeout: float) -> Event | None:
+        """The next event within ``timeout`` seconds (``queue.Empty`` if none); None once the stream is ended."""
+        return self._queue.get(timeout=timeout)
+
+
+class _StreamBody:
+    """A stream's app_iter: its frames, and the slot given back however it ends. waitress calls :meth:`close` when the
+    client went away (its write raised) or the frames ended; a body dropped unread gives it back once collected."""
+
+    def __init__(self, frames: Iterator[bytes], release: Callable[[], None]) -> None:
+        self._frames = frames
+        self._release = weakref.finalize(self, release)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self  # whoever iterates holds the body, and with it the slot
+
+    def __next__(self) -> bytes:
+        return next(self._frames)
+
+    def close(self) -> None:
+        try:
+            close_frames: Callable[[], None] | None = getattr(self._frames, "close", None)
+            if close_frames is not None:
+                close_frames()
+        finally:
+            self._release()
+
+
+class EmbeddedEvents:
+    """Event streams served by this process, shared with other replicas through ``link``'s Redis when given."""
+
+    name = "embedded"
+
+    def __init__(
+        self,
+        max_streams: int,
+        heartbeat_s: float,
+        keep_s: float,
+        link: RedisLink | None = None,
+        metrics: GatewayMetrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.max_streams = max_streams
+        self._heartbeat_s = heartbeat_s
+        self._keep_s = keep_s
+        self._link = link
+        self._metrics = metrics
+        self._clock = clock
+        self._local = LocalEvents(keep_s, clock)
+        self._streams: set[_Subscriber] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._origin = uuid.uuid4().hex  # this process, in what it publishes: its listener skips its own events
+        self._stopping = threading.Event()
+        self._subscribed = threading.Event()
+        self._listener: threading.Thread | None = None
+        if link is not None:
+            self._publish_script = link.client.register_script(_PUBLISH_SCRIPT)
+            self._listener = threading.Thread(target=self._listen, name="events-fanout", daemon=True)
+            self._listener.start()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, metrics: GatewayMetrics | None = None) -> EmbeddedEvents:
+        link = None
+        if settings.redis_url:
+            note = "events reach this process's streams only, and cannot be resumed, until Redis answers again"
+            link = RedisLink(redis_client(settings.redis_url), "events", note)
+        return cls(
+            settings.events_max_streams, settings.events_heartbeat_s, settings.events_buffer_s, link, metrics=metrics
+        )
+
+    # -- publishing ------------------------------------------------------------------------------------------------
+
+    def publish(self, channel: str, event_type: EventType, data: Mapping[str, Any]) -> None:
+        outcome = "sent"
+        try:
+            text = event_data(event_type, data)
+            if self._link is None:
+                event = self._local.add(channel, str(event_type), text)
+            else:
+                event = self._publish_shared(self._link, channel, str(event_type), text)
+                if event.id is None:
+                    outcome = "failed"  # the other replicas' streams never see it
+            self._deliver(event)
+        except Exception:  # publishing never fails the request or job that publishes
+            log.exception("events.publish_failed", channel=channel, type=str(event_type))
+            outcome = "failed"
+        if self._metrics is not None:
+            self._metrics.events_published.labels(str(event_type), outcome).inc()
+
+    def _publish_shared(self, link: RedisLink, channel: str, event_type: str, data: str) -> Event:
+        now = self._clock()
+        unnumbered = Event(None, channel, event_type, data, now)
+        if not link.usable:
+            return unnumbered
+        try:
+            event_id = self._publish_script(
+                keys=[ID_KEY, KEPT_PREFIX + channel],
+                args=[
+                    next_id(0, now),
+                    unnumbered.fields_after_id(self._origin),
+                    next_id(0, now - self._keep_s),
+                    MAX_KEPT_PER_CHANNEL,
+                    max(1, round(self._keep_s)),
+                    FANOUT_CHANNEL,
+                ],
+            )
+        except redis.RedisError as error:
+            link.went_down(error)
+            return unnumbered
+        link.answered()
+        return Event(int(event_id), channel, event_type, data, now)
+
+    def _deliver(self, event: Event) -> None:
+        with self._lock:
+            subscribers = [subscriber for subscriber in self._streams if event.channel in subscriber.channels]
+        for subscriber in subscribers:
+            subscriber.offer(event)
+
+    def _kept_since(self, channels: Iterable[str], last_id: int) -> list[Event]:
+        if self._link is None:
+            return self._local.since(channels, last_id)
+        if not self._link.usable:
+            return []
+        channels = sorted(channels)
+        try:
+            with self._link.client.pipeline(transaction=False) as pipe:
+                for channel in channels:
+                    pipe.zrangebyscore(KEPT_PREFIX + channel, f"({last_id}", "+inf")
+                found: list[list[bytes]] = pipe.execute()
+        except redis.RedisError as error:
+            self._link.went_down(error)
+            return []
+        self._link.answered()
+        cutoff = self._clock() - self._keep_s
+        events = (Event.from_json(member) for members in found for member in members)
+        return sorted((event for event in events if event.at >= cutoff), key=_by_id)
+
+    # -- the fan-out listener --------------------------------------------------------------------------------------
+
+    def _listen(self) -> None:
+        """Hand the events other replicas publish to this process's streams; subscribe again whenever Redis comes
+        back, and stop once the engine is closed."""
+        assert self._link is not None
+        link = self._link
+        while not self._stopping.is_set():
+            fanout = link.client.pubsub(ignore_subscribe_messages=True)
+            try:
+                fanout.subscribe(FANOUT_CHANNEL)
+                self._subscribed.set()
+                link.answered()
+                while not self._stopping.is_set():
+                    message = fanout.get_message(timeout=LISTEN_POLL_S)
+                    if message is not None:
+                        self._receive(message["data"])
+            except redis.RedisError as error:
+                link.went_down(error)
+                self._stopping.wait(RETRY_AFTER_S)
+            finally:
+                self._subscribed.clear()
+                with suppress(redis.RedisError):
+                    fanout.close()
+
+    def _receive(self, message: bytes) -> None:
+        try:
+            fields = json.loads(message)
+            if fields.get("origin") == self._origin:
+                return  # delivered here when it was published
+            event = Event.from_json(message)
+        except (ValueError, KeyError, TypeError):
+            log.warning("events.fanout_unreadable", size=len(message))
+            return
+        self._deliver(event)
+
+    # -- streams ---------------------------------------------------------------------------------------------------
+
+    def stream(self, request: Request, channels: Sequence[str]) -> Response:
+        last_id = _last_event_id(request)
+        subscriber = _Subscriber(channels)
+        with self._lock:
+            full = self._closed or len(self._streams) >= self.max_streams
+            if not full:
+                self._streams.add(subscriber)
+        if full:
+            log.warning("events.streams_full", max_streams=self.max_streams)
+            raise ApiError(
+                ErrorCode.EVENTS_FULL,
+                f"The gateway serves {self.max_streams} event streams already (EVENTS_MAX_STREAMS): ask for a new "
+                f"ticket and try again in {FULL_RETRY_AFTER_S} s",
+                {"max_streams": self.max_streams},
+                headers={"Retry-After": str(FULL_RETRY_AFTER_S)},
+            )
+        body = _StreamBody(self._frames(subscriber, last_id), lambda: self._release(subscriber))
+        response = Response(app_iter=body, content_type="text/event-stream", charset="utf-8")
+        response.headers.update(STREAM_HEADERS)
+        return response
+
+    def _frames(self, subscriber: _Subscriber, last_id: int | None) -> Iterator[bytes]:
+        """What a stream sends: the reconnection delay at once, the kept events after ``last_id``, then each event as
+        it comes and a heartbeat after every ``heartbeat_s`` without one."""
+        try:
+            yield f"retry: {RECONNECT_MS}\n\n".encode()
+            resent: set[int] = set()
+            if last_id is not None:
+                for kept in self._kept_since(subscriber.channels, last_id):
+                    resent.add(kept.id or 0)
+                    yield kept.frame()
+            while not subscriber.ended:
+                try:
+                    event = subscriber.next(self._heartbeat_s)
+                except queue.Empty:
+                    yield HEARTBEAT
+                    continue
+                if event is None:
+                    return
+                # Published while the kept events were read: sent already, or older than what the client has.
+                if event.id is not None and (event.id in resent or (last_id is not None and event.id <= last_id)):
+                    continue
+                yield event.frame()
+        finally:
+            self._release(subscriber)
+
+    def _release(self, subscriber: _Subscriber) -> None:
+        with self._lock:
+            self._streams.discard(subscriber)
+
+    def open_streams(self) -> int:
+        with self._lock:
+            return len(self._streams)
+
+    def readiness(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"engine": self.name, "streams": self.open_streams(), "max_streams": self.max_streams}
+        if self._link is not None:
+            answers = self._link.answers()
+            state["redis"] = "answers" if answers else "unreachable (events reach this process's streams only)"
+            state["fanout"] = "subscribed" if self._subscribed.is_set() else "subscribing"
+        return state
+
+    def close(self) -> None:
+        """End every stream (each sends nothing more, and its thread is free) and stop listening to Redis."""
+        with self._lock:
+            self._closed = True
+            subscribers = list(self._streams)
+        for subscriber in subscribers:
+            subscriber.end()
+        self._stopping.set()
+        if self._listener is not None:
+            self._listener.join(LISTEN_POLL_S * 4)
+
+
+def _last_event_id(request: Request) -> int | None:
+    """The id a stream resumes after: ``Last-Event-ID`` (an EventSource reconnecting), else ``last_event_id`` (a new
+    ticket's stream); None when neither is a whole number."""
+    given = request.headers.get("Last-Event-ID") or request.GET.get(LAST_EVENT_ID_PARAMETER) or ""
+    given = given.strip()
+    return int(given) if given.isascii() and given.isdigit() else None
