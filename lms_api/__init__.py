@@ -18,6 +18,9 @@ def main(global_config: dict[str, Any], **ini_settings: Any) -> Router:
     from lms_api.config import make_app
     from lms_api.health import keep_site_info_fresh
     from lms_api.logging import LinesAsLog, drop_pserve_log_handler
+    from lms_api.moodle.client import SANDBOX_EVENTS_URL
+    from lms_api.server import DEFAULT_PORT
+    from lms_api.webhooks import WEBHOOK_PATH
 
     try:
         settings = load_settings(ini_settings, os.environ, read_dotenv(global_config.get("here")))
@@ -26,6 +29,11 @@ def main(global_config: dict[str, Any], **ini_settings: Any) -> Router:
             print(f"lms_api: configuration error: {problem}", file=sys.stderr)
         raise SystemExit(2) from None
     pyramid_settings = {key: value for key, value in ini_settings.items() if key.upper() not in SETTING_NAMES}
+    if settings.uses_sandbox and settings.webhook_secret:
+        # The sandbox plays Moodle's Event Trigger: it posts its events to this gateway's webhook, on the port pserve
+        # serves (``http_port``, as lms_api.server reads it) from the loopback address.
+        port = global_config.get("http_port") or DEFAULT_PORT
+        pyramid_settings[SANDBOX_EVENTS_URL] = f"http://127.0.0.1:{port}{WEBHOOK_PATH}"
     drop_pserve_log_handler()
     app = make_app(settings, pyramid_settings)
     keep_site_info_fresh(app)

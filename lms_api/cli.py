@@ -59,6 +59,16 @@ def _parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--max-bytes", type=int, default=0, help="the site's maximum upload size (0: unlimited)")
     sandbox.add_argument("--functions", help="comma-separated functions of the token's service (default: all)")
     sandbox.add_argument("--debug", action="store_true", help="answer errors with debuginfo, like Moodle's debug mode")
+    sandbox.add_argument(
+        "--webhook-url",
+        help="post the Moodle events of the sandbox's writes there, as Moodle's Event Trigger plugin would "
+        "(a gateway's http://HOST:PORT/api/moodle/webhooks/moodle); default: none posted",
+    )
+    sandbox.add_argument(
+        "--webhook-secret",
+        default=os.environ.get("WEBHOOK_SECRET"),
+        help="sent as Authorization: Bearer with each event (default: WEBHOOK_SECRET)",
+    )
     return parser
 
 
@@ -122,8 +132,16 @@ def _sandbox(args: argparse.Namespace) -> int:
     if args.fault not in FAULT_KINDS:
         print(f"lms-api: --fault must be one of {', '.join(FAULT_KINDS)}", file=sys.stderr)
         return 2
+    if args.webhook_url and not args.webhook_secret:
+        print(
+            "lms-api: --webhook-url needs --webhook-secret (or WEBHOOK_SECRET), the secret the gateway checks",
+            file=sys.stderr,
+        )
+        return 2
     functions = [name.strip() for name in args.functions.split(",") if name.strip()] if args.functions else None
     options = {} if args.max_input_vars is None else {"max_input_vars": args.max_input_vars}
+    if args.webhook_url:
+        options |= {"events_url": args.webhook_url, "events_secret": args.webhook_secret}
     try:
         server = build_sandbox(
             args.host,
@@ -143,6 +161,8 @@ def _sandbox(args: argparse.Namespace) -> int:
         print(f"lms-api: cannot listen on {args.host}:{args.port}: {reason}", file=sys.stderr)
         return 2
     print(f"Moodle sandbox on {server.url}  token: {server.site.token}", flush=True)
+    if args.webhook_url:
+        print(f"Posting its Moodle events to {args.webhook_url}", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -134,7 +134,8 @@ class Role:
 
 @dataclass
 class Enrolment:
-    """A manual enrolment (``user_enrolments``) with the roles it gave in the course (``role_assignments``)."""
+    """A manual enrolment (``user_enrolments``, whose row ``id`` it keeps) with the roles it gave in the course
+    (``role_assignments``)."""
 
     courseid: int
     userid: int
@@ -144,6 +145,7 @@ class Enrolment:
     timeend: int
     timecreated: int
     timemodified: int
+    id: int = 0
 
     def is_active(self, now: int) -> bool:
         return self.status == 0 and self.timestart <= now and (self.timeend == 0 or self.timeend > now)
@@ -168,6 +170,19 @@ class Notification:
     component: str = "moodle"
     eventtype: str = "notices"
     customdata: str | None = None
+
+
+@dataclass
+class Message:
+    """A row of ``messages``: a personal message, in the conversation of its sender and recipient. Not a popup
+    notification: those are the ``notifications`` table, which messages never enter."""
+
+    id: int
+    useridfrom: int
+    conversationid: int
+    smallmessage: str
+    fullmessageformat: int
+    timecreated: int
 
 
 @dataclass
@@ -210,6 +225,9 @@ class SiteState:
     enrolments: dict[tuple[int, int], Enrolment] = field(default_factory=dict)
     drafts: dict[int, list[DraftFile]] = field(default_factory=dict)
     course_modules: dict[int, CourseModule] = field(default_factory=dict)
+    messages: dict[int, Message] = field(default_factory=dict)
+    # message_conversations of two users (or one, messaging themselves), by the ids of their members.
+    conversations: dict[frozenset[int], int] = field(default_factory=dict)
     sequences: dict[str, int] = field(default_factory=dict)
 
     def next_id(self, table: str) -> int:

@@ -33,7 +33,7 @@ Popup notifications, all from the no-reply user (-10) about PY101: to admin, 1 "
 2 "New resource in PY101", both unread (2 is newer); to student1, 3 "Welcome to PY101" (read) and 4 "Assignment due
 soon" (unread). Nobody else has any.
 
-No enrolments, draft files or course modules at the start.
+No enrolments, draft files, course modules, personal messages or conversations at the start.
 """
 
 from __future__ import annotations
@@ -154,7 +154,16 @@ def seed_state(now: int) -> SiteState:
         users={user.id: user for user in users},
         roles={role.id: role for role in roles},
         notifications={notification.id: notification for notification in notifications},
-        sequences={"course": 5, "course_modules": 0, "resource": 0, "user": DELETED_USER_ID, "context": 14},
+        sequences={
+            "course": 5,
+            "course_modules": 0,
+            "resource": 0,
+            "user": DELETED_USER_ID,
+            "context": 14,
+            "user_enrolments": 0,
+            "messages": 0,
+            "message_conversations": 0,
+        },
     )
 
 

@@ -38,6 +38,7 @@ from urllib.parse import parse_qsl
 import structlog
 
 from moodle_sandbox.errors import MoodleException, site_maintenance
+from moodle_sandbox.events import EventPoster, EventsTarget
 from moodle_sandbox.php import php_json
 from moodle_sandbox.phpform import PhpArray, parse_php_form
 from moodle_sandbox.site import SandboxSite
@@ -155,23 +156,45 @@ class SandboxServer(ThreadingHTTPServer):
     def stop(self) -> None:
         self.shutdown()
         self.server_close()
+        if self.site.events is not None:
+            self.site.events.close()
 
 
-def build_sandbox(host: str = "127.0.0.1", port: int = 0, token: str | None = None, **options: Any) -> SandboxServer:
+def build_sandbox(
+    host: str = "127.0.0.1",
+    port: int = 0,
+    token: str | None = None,
+    events_url: str | None = None,
+    events_secret: str | None = None,
+    **options: Any,
+) -> SandboxServer:
     """A sandbox bound to ``host:port`` (``port=0`` picks a free one), not yet serving.
 
-    Site options: ``service_functions``, ``debug``, ``max_input_vars``, ``max_bytes``, ``upload_files``; the rest
-    go to the server.
+    With ``events_url`` (and ``events_secret``, sent as ``Authorization: Bearer``), the sandbox posts the Moodle events
+    of its writes there, as Moodle's Event Trigger plugin would (``events.py``); without it, none. Site options:
+    ``service_functions``, ``debug``, ``max_input_vars``, ``max_bytes``, ``upload_files``; the rest go to the server.
     """
+    if (events_url is None) != (events_secret is None):
+        raise ValueError("events_url and events_secret go together: where to post events, and the secret to send")
     site_keys = ("service_functions", "debug", "max_input_vars", "max_bytes", "upload_files")
     site_options = {key: options.pop(key) for key in site_keys if key in options}
     site = SandboxSite(token or secrets.token_hex(16), **site_options)
-    return SandboxServer(site, host, port, **options)
+    server = SandboxServer(site, host, port, **options)
+    if events_url is not None and events_secret is not None:
+        site.events = EventPoster(EventsTarget(events_url, events_secret))
+    return server
 
 
-def start_sandbox(host: str = "127.0.0.1", port: int = 0, token: str | None = None, **options: Any) -> SandboxServer:
-    """A sandbox serving from a background thread."""
-    return build_sandbox(host, port, token, **options).start()
+def start_sandbox(
+    host: str = "127.0.0.1",
+    port: int = 0,
+    token: str | None = None,
+    events_url: str | None = None,
+    events_secret: str | None = None,
+    **options: Any,
+) -> SandboxServer:
+    """A sandbox serving from a background thread; ``events_url`` and ``events_secret`` as for :func:`build_sandbox`."""
+    return build_sandbox(host, port, token, events_url, events_secret, **options).start()
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -13,6 +13,7 @@ built-in emulator, imported only then.
 
 from __future__ import annotations
 
+import inspect
 import random
 import ssl
 import threading
@@ -698,6 +699,11 @@ def _retry_after(reply: _Reply) -> int | None:
     return int(value) if value.isascii() and value.isdigit() else None
 
 
+# Where a gateway on the sandbox has the sandbox post its Moodle events (the gateway's own webhook), when it knows:
+# ``lms_api.main`` sets it from the port pserve serves on. Unset (tests building the app, a real Moodle): none posted.
+SANDBOX_EVENTS_URL = "lms_api.sandbox_events_url"
+
+
 class StandInMoodle(Protocol):
     """What ``MOODLE_SANDBOX`` starts: a Moodle web-service server on ``url`` that accepts ``token``."""
 
@@ -708,17 +714,52 @@ class StandInMoodle(Protocol):
     def token(self) -> str: ...
 
 
+class StartStandIn(Protocol):
+    """``MOODLE_SANDBOX``: a callable answering a :class:`StandInMoodle`. Called without arguments, or, when it takes
+    them and the gateway knows its own webhook, with ``events_url`` and ``events_secret``: the stand-in may then post
+    Moodle's events there (``Authorization: Bearer <events_secret>``), as Moodle's Event Trigger plugin would."""
+
+    def __call__(self, *, events_url: str = ..., events_secret: str = ...) -> StandInMoodle: ...
+
+
+def _takes_events_target(start: Callable[..., Any]) -> bool:
+    """Whether ``start`` accepts ``events_url`` and ``events_secret``: a stand-in written before them does not."""
+    try:
+        parameters = inspect.signature(start).parameters
+    except (TypeError, ValueError):  # a callable without a signature Python can read
+        return False
+    if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()):
+        return True
+    return {"events_url", "events_secret"} <= parameters.keys()
+
+
+def _start_stand_in(config: Configurator, settings: Settings) -> StandInMoodle:
+    """Start ``MOODLE_SANDBOX``, telling it where to post Moodle's events when the gateway knows its webhook."""
+    # Imported only now, by its dotted name: a gateway on a real Moodle never loads the emulator.
+    start: StartStandIn = config.maybe_dotted(settings.moodle_sandbox)
+    events_url: str | None = config.registry.settings.get(SANDBOX_EVENTS_URL)
+    secret = settings.webhook_secret
+    if events_url and secret and _takes_events_target(start):
+        stand_in = start(events_url=events_url, events_secret=secret)
+    else:
+        events_url = None
+        stand_in = start()
+    structlog.get_logger("lms_api").info(
+        "sandbox.started",
+        moodle_base_url=stand_in.url,
+        events_url=events_url,
+        note="MOODLE_BASE_URL is unset: using the Moodle sandbox",
+    )
+    return stand_in
+
+
 def includeme(config: Configurator) -> None:
     settings: Settings = config.registry.settings["lms_api.settings"]
     if settings.moodle_base_url and settings.moodle_token:
         base_url, token = settings.moodle_base_url, settings.moodle_token
     else:
-        # Imported only now, by its dotted name: a gateway on a real Moodle never loads the emulator.
-        stand_in: StandInMoodle = config.maybe_dotted(settings.moodle_sandbox)()
+        stand_in = _start_stand_in(config, settings)
         base_url, token = stand_in.url, stand_in.token
-        structlog.get_logger("lms_api").info(
-            "sandbox.started", moodle_base_url=base_url, note="MOODLE_BASE_URL is unset: using the Moodle sandbox"
-        )
     scrub_from_logs(token)
     config.include("lms_api.service_lookup")
     config.register_service(MoodleClient.from_settings(settings, base_url, token), MoodleClient)

@@ -3,7 +3,7 @@
 Listing: ``core_course_get_courses`` (every field, front page included), ``core_course_get_courses_by_field`` (the
 public structure plus the manager-only extras) and ``core_course_search_courses`` (public structure, front page never
 listed). Writing: ``core_course_create_courses`` (one transaction) and ``core_course_update_courses`` (each failure a
-warning, no transaction).
+warning, no transaction); each course written triggers ``\\core\\event\\course_created`` or ``course_updated``.
 
 A course can end up in a category that does not exist: ``update_course()`` writes the new category before it looks
 for the category's context, and nothing undoes the write. Such a course is still listed by ``get_courses`` and
@@ -22,7 +22,7 @@ from moodle_sandbox.errors import (
     missing_record,
     moodle_exception,
 )
-from moodle_sandbox.functions.formatting import format_string, format_text
+from moodle_sandbox.functions.formatting import format_string, format_text, validate_format
 from moodle_sandbox.params import DEFAULT, OPTIONAL, Multiple, Single, Value, invalid_parameter
 from moodle_sandbox.php import is_valid_plugin_name, php_empty, php_intval, php_loose_equals, php_trim, strip_tags
 from moodle_sandbox.records import Course, SiteState
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
     from moodle_sandbox.site import SandboxSite
 
 AVAILABLE_LANGS = ("en",)  # get_string_manager()->get_list_of_translations() of a stock site
-TEXT_FORMATS = (0, 1, 2, 4)  # FORMAT_MOODLE, FORMAT_HTML, FORMAT_PLAIN, FORMAT_MARKDOWN
 _FORMAT_OPTION_LIST = Multiple(Single({"name": Value("alphanumext"), "value": Value("raw")}), OPTIONAL)
 _CUSTOM_FIELD_LIST = Multiple(Single({"shortname": Value("alphanumext"), "value": Value("raw")}), OPTIONAL)
 
@@ -408,13 +407,6 @@ def _invalid_param(name: str) -> MoodleException:
     return moodle_exception("errorinvalidparam", f'The param "{name}" is invalid.')
 
 
-def _validate_format(text_format: int) -> None:
-    """``util::validate_format()``; its string is missing from Moodle's language pack, hence the brackets."""
-    if text_format not in TEXT_FORMATS:
-        debuginfo = f"The format with value={text_format} is not supported by this Moodle site"
-        raise moodle_exception("formatnotsupported", "[[formatnotsupported]]", debuginfo)
-
-
 def _validate_dates(fields: dict[str, Any]) -> None:
     """``course_validate_dates()`` on the fields given (an update checks only what it sends)."""
     start, end = fields.get("startdate", 0), fields.get("enddate", 0)
@@ -495,7 +487,7 @@ def _create_course(site: SandboxSite, fields: dict[str, Any]) -> dict[str, Any]:
         raise _invalid_param("shortname")
     if "lang" in fields and fields["lang"] not in AVAILABLE_LANGS:
         raise _invalid_param("lang")
-    _validate_format(fields["summaryformat"])
+    validate_format(fields["summaryformat"])
     _check_unique(site, fields)
     _validate_dates(fields)
     now = site.now()
@@ -522,7 +514,14 @@ def _create_course(site: SandboxSite, fields: dict[str, Any]) -> dict[str, Any]:
     _apply_format_options(course, fields)
     site.state.courses[course.id] = course
     _place_first(site, course, category.id)
+    _trigger_course_event(site, "\\core\\event\\course_created", course)
     return {"id": course.id, "shortname": course.shortname}
+
+
+def _trigger_course_event(site: SandboxSite, eventname: str, course: Course) -> None:
+    """``course_created`` and ``course_updated``: the course is the object, in its own context, with no related
+    user."""
+    site.trigger(eventname, course.id, courseid=course.id, contextinstanceid=course.id)
 
 
 @sandbox_function("core_course_update_courses", UPDATE_COURSES)
@@ -562,7 +561,7 @@ def _update_course(site: SandboxSite, fields: dict[str, Any]) -> None:
     if _changes(course, fields, "shortname") and php_trim(fields["shortname"]) == "":
         raise _invalid_param("shortname")
     if _changes(course, fields, "summaryformat"):
-        _validate_format(fields["summaryformat"])
+        validate_format(fields["summaryformat"])
     if _changes(course, fields, "lang") and fields["lang"] not in AVAILABLE_LANGS:
         raise _invalid_param("lang")
     if course.id == SITE_COURSE_ID:  # update_course() refuses the front page
@@ -594,10 +593,10 @@ def _update_course(site: SandboxSite, fields: dict[str, Any]) -> None:
     now = site.now()
     course.timemodified = now
     course.cacherev = max(now, course.cacherev + 1)  # rebuild_course_cache()
-    if not moving:
-        return
-    if target is None:
-        # Moodle has written the course, its new category included, before context_coursecat::instance() fails; no
-        # transaction undoes it, and the sort order and course counts are not fixed.
-        raise missing_record("course_categories", "id,parent", new_category, site.debug)
-    _place_first(site, course, new_category)
+    if moving:
+        if target is None:
+            # Moodle has written the course, its new category included, before context_coursecat::instance() fails;
+            # no transaction undoes it, and the sort order and course counts are not fixed. No event is triggered.
+            raise missing_record("course_categories", "id,parent", new_category, site.debug)
+        _place_first(site, course, new_category)
+    _trigger_course_event(site, "\\core\\event\\course_updated", course)

@@ -5,6 +5,10 @@ message that follows (on by default for manual enrolments since Moodle 4.4) fail
 ``TypeError`` naming the Moodle server's own path. The gateway must not pass that message on. Nor does it check the
 user's state: the guest is enrolled like anyone, and only ``role_assign()``, after the welcome message, refuses a
 deleted user (or the dummy no-reply and support users) as a coding error.
+
+A new enrolment triggers ``\\core\\event\\user_enrolment_created`` then ``role_assigned``; enrolling again triggers
+``user_enrolment_updated`` when the dates or the suspension change and ``role_assigned`` for a new role. The course
+welcome message is not modelled: Moodle sends it as a popup notification (``notification_sent``), the sandbox does not.
 """
 
 from __future__ import annotations
@@ -85,19 +89,39 @@ def _enrol(site: SandboxSite, enrolment: dict[str, Any]) -> None:
     status = 1 if enrolment.get("suspend") else 0
     current = state.enrolments.get((course_id, user_id))
     if current is None:
+        enrolment_id = state.next_id("user_enrolments")
         state.enrolments[(course_id, user_id)] = Enrolment(
-            course_id, user_id, [role_id], status, timestart, timeend, now, now
+            course_id, user_id, [role_id], status, timestart, timeend, now, now, enrolment_id
         )
+        _trigger_enrolment_event(site, "\\core\\event\\user_enrolment_created", enrolment_id, course_id, user_id)
         # enrol_user() has inserted the user_enrolments row when the welcome message or role_assign() fails; the error
         # aborts the call's transaction, so the caller's rollback removes the row again, with the call's other ones.
         if user_id not in state.users and user_id not in (NOREPLY_USER_ID, SUPPORT_USER_ID):
             raise PhpError("TypeError", WELCOME_MESSAGE_TYPE_ERROR)  # core_user::get_user() gave false
         _assign_role(site, user_id)
+        _trigger_role_assigned(site, role_id, course_id, user_id)
         return
     if (current.status, current.timestart, current.timeend) != (status, timestart, timeend):
         current.status, current.timestart, current.timeend, current.timemodified = status, timestart, timeend, now
-    if role_id not in current.roleids:
+        _trigger_enrolment_event(site, "\\core\\event\\user_enrolment_updated", current.id, course_id, user_id)
+    if role_id not in current.roleids:  # role_assign() of a role the user already holds changes nothing
         current.roleids.append(role_id)
+        _trigger_role_assigned(site, role_id, course_id, user_id)
+
+
+def _trigger_enrolment_event(
+    site: SandboxSite, eventname: str, enrolment_id: int, course_id: int, user_id: int
+) -> None:
+    """``user_enrolment_created`` (before the role is assigned, as ``enrol_user()`` triggers it) and
+    ``user_enrolment_updated``: the ``user_enrolments`` row is the object, the enrolled user the related user."""
+    site.trigger(eventname, enrolment_id, courseid=course_id, contextinstanceid=course_id, relateduserid=user_id)
+
+
+def _trigger_role_assigned(site: SandboxSite, role_id: int, course_id: int, user_id: int) -> None:
+    """``role_assign()``'s event: its object is the role (the assignment's own id is in ``other``)."""
+    site.trigger(
+        "\\core\\event\\role_assigned", role_id, courseid=course_id, contextinstanceid=course_id, relateduserid=user_id
+    )
 
 
 def _assign_role(site: SandboxSite, user_id: int) -> None:

@@ -1,12 +1,19 @@
-"""Popup notifications (``message/output/popup/externallib.php``) as the token's site admin reads them."""
+"""Popup notifications (``message/output/popup/externallib.php``) as the token's site admin reads them, and personal
+messages sent as the admin (``core_message_send_instant_messages``, ``message/externallib.php``).
+
+A personal message is not a popup notification: Moodle keeps it in the ``messages`` table, in the conversation of its
+two users, and the popup notification functions (which read ``notifications``) never count it. Sending one leaves the
+recipient's unread popup notification count as it was.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 from moodle_sandbox.errors import MoodleException, missing_record, moodle_exception
-from moodle_sandbox.params import DEFAULT, Single, Value
-from moodle_sandbox.records import Notification
+from moodle_sandbox.functions.formatting import FORMAT_MOODLE, format_plain_text, validate_format
+from moodle_sandbox.params import DEFAULT, OPTIONAL, Multiple, Single, Value
+from moodle_sandbox.records import Message, Notification
 from moodle_sandbox.registry import sandbox_function
 
 if TYPE_CHECKING:
@@ -21,6 +28,21 @@ GET_POPUP_NOTIFICATIONS = Single(
     }
 )
 GET_UNREAD_COUNT = Single({"useridto": Value("int")})
+SEND_INSTANT_MESSAGES = Single(
+    {
+        "messages": Multiple(
+            Single(
+                {
+                    "touserid": Value("int"),
+                    "text": Value("raw"),
+                    "textformat": Value("int", DEFAULT, FORMAT_MOODLE),
+                    "clientmsgid": Value("alphanumext", OPTIONAL),
+                }
+            )
+        )
+    }
+)
+MESSAGE_MAX_LENGTH = 4096  # \core_message\api::MESSAGE_MAX_LENGTH, in bytes (PHP's strlen)
 _YEAR, _DAY, _HOUR, _MINUTE = 31536000, 86400, 3600, 60
 
 
@@ -133,3 +155,66 @@ def _notification_record(site: SandboxSite, notification: Notification) -> dict[
         "eventtype": notification.eventtype,
         "customdata": notification.customdata,
     }
+
+
+@sandbox_function("core_message_send_instant_messages", SEND_INSTANT_MESSAGES)
+def send_instant_messages(site: SandboxSite, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each message from the token user to ``touserid``, on its own (no transaction): a recipient who is not a user
+    of the site (deleted included) or a text over 4,096 bytes is refused in its item with ``msgid`` -1 and an
+    ``errormessage``; the site admin may message anyone else, themselves included. An unknown ``textformat`` fails
+    the call when its message is sent, those sent before it staying sent.
+
+    Each message sent to another user triggers ``\\core\\event\\message_sent`` (the sender the event's user, the
+    recipient its related user, in the system context); one to oneself goes to the self-conversation, which Moodle
+    does not process, so triggers nothing. The answer is shaped as Moodle 5.0 cleans it: once any message was sent,
+    every item (refused ones too) gets ``text``, ``conversationid`` (null for a refused one) and ``useridfrom``.
+    """
+    sender = site.admin
+    recipients = {user.id for user in site.state.users.values() if not user.deleted}
+    answers: list[dict[str, Any]] = []
+    sent: dict[int, Message] = {}
+    for wanted in params["messages"]:
+        answer: dict[str, Any] = {"msgid": -1}
+        if "clientmsgid" in wanted:
+            answer["clientmsgid"] = wanted["clientmsgid"]
+        if wanted["touserid"] not in recipients:
+            answer["errormessage"] = (
+                f"You can not send a message to a user id ({wanted['touserid']}) that doesn't exist"
+            )
+        elif len(wanted["text"].encode()) > MESSAGE_MAX_LENGTH:
+            answer["errormessage"] = "The message is longer than the maximum allowed."
+        else:
+            validate_format(wanted["textformat"])  # external_validate_format() as message_post_message() is called
+            message = _post_message(site, sender.id, wanted["touserid"], wanted["text"], wanted["textformat"])
+            sent[message.id] = message
+            answer |= {"msgid": message.id, "timecreated": message.timecreated}
+        answers.append(answer)
+    return [_sent_answer(answer, sent, sender.id) for answer in answers]
+
+
+def _post_message(site: SandboxSite, useridfrom: int, useridto: int, text: str, textformat: int) -> Message:
+    """``message_post_message()``: the message in the users' conversation (made on the first message), and its event."""
+    state = site.state
+    members = frozenset((useridfrom, useridto))
+    conversationid = state.conversations.get(members)
+    if conversationid is None:
+        conversationid = state.conversations[members] = state.next_id("message_conversations")
+    message = Message(state.next_id("messages"), useridfrom, conversationid, text, textformat, site.now())
+    state.messages[message.id] = message
+    if useridto != useridfrom:
+        site.trigger("\\core\\event\\message_sent", message.id, relateduserid=useridto)
+    return message
+
+
+def _sent_answer(answer: dict[str, Any], sent: dict[int, Message], useridfrom: int) -> dict[str, Any]:
+    """One item in the returns description's key order. Moodle adds ``conversationid``, ``useridfrom`` and ``text`` to
+    every item once any message was sent, reading a refused item's message (id -1) as nothing: null and empty text."""
+    if sent:
+        message = sent.get(answer["msgid"])
+        answer["text"] = format_plain_text(message.smallmessage) if message else ""
+        answer["conversationid"] = message.conversationid if message else None
+        answer["useridfrom"] = useridfrom
+    # The site admin has moodle/site:deleteanymessage; a refused item gets the description's default, false.
+    answer["candeletemessagesforallusers"] = answer["msgid"] != -1
+    order = ("msgid", "clientmsgid", "errormessage", "text", "timecreated", "conversationid", "useridfrom")
+    return {key: answer[key] for key in (*order, "candeletemessagesforallusers") if key in answer}

@@ -388,7 +388,14 @@ def _create_user(site: SandboxSite, fields: dict[str, Any], taken: _TakenNames) 
     _set_preferences(site, user, fields.get("preferences", []))
     state.next_id("context")  # user_create_user() gives the new user a context
     state.users[user.id] = user
+    _trigger_user_event(site, "\\core\\event\\user_created", user.id)
     return user
+
+
+def _trigger_user_event(site: SandboxSite, eventname: str, user_id: int) -> None:
+    """``user_created::create_from_userid()`` and ``user_updated``'s: the user is the object and the related user,
+    in the user's own context."""
+    site.trigger(eventname, user_id, contextinstanceid=user_id, relateduserid=user_id)
 
 
 @sandbox_function("core_user_update_users", UPDATE_USERS)
@@ -448,6 +455,7 @@ def _update_user(site: SandboxSite, fields: dict[str, Any], taken: _TakenNames) 
     taken.remove(user)
     taken.add(updated)
     site.state.users[user.id] = updated
+    _trigger_user_event(site, "\\core\\event\\user_updated", user.id)
 
 
 def _stored_country(country: str) -> str:
