@@ -33,9 +33,16 @@ LISTEN_BACKLOG = 1024  # waitress's own default
 SPARE_FILES = 64
 # With REDIS_URL, the Redis clients of one process, each with its own pool, in which every thread busy with Redis
 # holds a connection: rate limits (lms_api/ratelimit.py), the read cache (lms_api/cache/), the owners of draft
-# items (lms_api/drafts.py), idempotency keys (lms_api/idempotency.py) and background jobs on RQ (lms_api/jobqueue.py,
-# the job engine with REDIS_URL unless JOBS_ENGINE=embedded). Keep it the number of redis_client() calls an app makes.
-REDIS_CLIENTS = 5
+# items (lms_api/drafts.py), idempotency keys (lms_api/idempotency.py), background jobs on RQ (lms_api/jobqueue.py,
+# the job engine with REDIS_URL unless JOBS_ENGINE=embedded), event stream tickets (lms_api/events/tickets.py) and the
+# events the gateway serves itself (lms_api/events/embedded.py, whose listener holds one more connection, a spare).
+# Keep it the number of redis_client() calls an app makes.
+REDIS_CLIENTS = 7
+# Threads left for other requests while every event stream the gateway serves itself holds one (EVENTS_MAX_STREAMS):
+# /healthz, /readyz, /metrics and a few reads, however many streams are open.
+THREADS_BESIDES_STREAMS = 5
+# waitress's own default (4) would not start with EVENTS_MAX_STREAMS' default (8): 8 streams, and 8 for the rest.
+DEFAULT_THREADS = 16
 
 log = structlog.get_logger("lms_api.server")
 
@@ -49,14 +56,15 @@ class RaisedLimit:
 
 
 def server_factory(
-    global_conf: dict[str, Any], host: str = "127.0.0.1", threads: str = "8", **options: Any
+    global_conf: dict[str, Any], host: str = "127.0.0.1", threads: str = str(DEFAULT_THREADS), **options: Any
 ) -> Callable[[Any], None]:
     """Serve with waitress. ``http_port`` comes from the pserve command line (``http_port=8080``), else 6543.
 
     The port is read here rather than interpolated in the ini: a ``[DEFAULT] http_port`` would silently
     win over the command line. The socket is bound here too, before the app is built, so a port in use is
     one line and exit status 2, not a traceback after a started sandbox; so is a hard limit on open files too
-    low for ``connection_limit`` (checked again once the app's settings say whether Redis is used).
+    low for ``connection_limit`` (checked again once the app's settings say whether Redis is used). Once they are
+    read, too few threads for the event streams the gateway serves itself stop the start in the same way.
     """
     port = int(global_conf.get("http_port") or DEFAULT_PORT)
     thread_count = int(threads)
@@ -75,22 +83,25 @@ def server_factory(
         redis_clients = REDIS_CLIENTS if settings.redis_url else 0
         needed = open_files_needed(connection_limit, thread_count, redis_clients)
         fitted = raised
-        if redis_clients:
-            counted = "connection_limit, threads and their Redis connections (REDIS_URL)"
-            try:
+        try:
+            check_stream_threads(thread_count, settings)
+            if redis_clients:
+                counted = "connection_limit, threads and their Redis connections (REDIS_URL)"
                 fitted = fit_open_files_limit(needed, counted) or raised
-            except SystemExit:
-                # pserve makes exit status 0 of a SystemExit raised once the app is built: leave with this one, the
-                # line written first (it went to the log, which now holds stderr).
-                logging.shutdown()
-                os._exit(2)
+        except SystemExit:
+            # pserve makes exit status 0 of a SystemExit raised once the app is built: leave with this one, the
+            # line written first (it went to the log, which now holds stderr).
+            logging.shutdown()
+            os._exit(2)
         if fitted:
             log.info("server.open_files_raised", soft_before=fitted.before, soft=fitted.after, needed=needed)
         # What is built by now lives as long as the process. Frozen, it is no longer walked by the collector's full
         # passes, which the many objects of a large Moodle answer set off often, each holding up the request it is in.
         gc.collect()
         gc.freeze()
-        dispatcher = AnnouncingDispatcher()
+        # Told to stop, the event streams the gateway serves end first: each holds a thread, which waitress's grace
+        # for the requests in flight would otherwise wait out (the engine is looked up then, not now).
+        dispatcher = AnnouncingDispatcher(before_shutdown=lambda: app.registry.events.close())
         dispatcher.set_thread_count(thread_count)
         # waitress's own dispatcher, but one that says when it is told to stop. create_server's ``_dispatcher`` is
         # the shim waitress's own tests use (its source says "test shim"), not a documented option, and the one way to
@@ -120,10 +131,11 @@ class AnnouncingDispatcher(ThreadedTaskDispatcher):  # type: ignore[misc]  # wai
     The requests are counted here because waitress' own ``active_count`` also counts each thread from its start until
     it first waits for work, which on a loaded host shortly after start is most of them."""
 
-    def __init__(self) -> None:
+    def __init__(self, before_shutdown: Callable[[], None] = lambda: None) -> None:
         super().__init__()
         self._in_flight = 0
         self._counting = threading.Lock()
+        self._before_shutdown = before_shutdown
 
     def add_task(self, task: Any) -> None:
         """``task`` is a connection with a request read: served by a thread, or cancelled at shutdown."""
@@ -137,6 +149,7 @@ class AnnouncingDispatcher(ThreadedTaskDispatcher):  # type: ignore[misc]  # wai
 
     def shutdown(self, cancel_pending: bool = True, timeout: int = 5) -> bool:
         log.info("server.shutting_down", in_flight=self.in_flight(), wait_s=timeout)
+        self._before_shutdown()
         return bool(super().shutdown(cancel_pending, timeout))
 
     def _count(self, change: int) -> None:
@@ -199,6 +212,23 @@ def fit_open_files_limit(needed: int, counted: str) -> RaisedLimit | None:
         return None
     resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     return RaisedLimit(before=soft, after=target)
+
+
+def check_stream_threads(threads: int, settings: Settings) -> None:
+    """Without ``NCHAN_PUBLISH_URL`` the gateway serves event streams itself, each holding a waitress thread for as
+    long as it is open: exit status 2 with one line saying so when ``threads`` leaves fewer than
+    :data:`THREADS_BESIDES_STREAMS` for everything else with ``EVENTS_MAX_STREAMS`` streams open."""
+    if settings.nchan_publish_url:
+        return  # nginx holds the streams
+    least = settings.events_max_streams + THREADS_BESIDES_STREAMS
+    if threads < least:
+        print(
+            f"lms_api: threads = {threads} is too few for {settings.events_max_streams} event streams "
+            f"(EVENTS_MAX_STREAMS), each holding a thread, and the requests besides them: set threads to at least "
+            f"{least}, lower EVENTS_MAX_STREAMS, or let nginx with nchan hold the streams (NCHAN_PUBLISH_URL)",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
 
 
 def listen(host: str, port: int) -> socket.socket:

@@ -7,6 +7,7 @@ import multiprocessing
 import signal
 import socket
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from types import SimpleNamespace
 
@@ -25,10 +26,21 @@ from tests.support.timing import eventually
 from tests.unit.lms_api.server_children import fit_under_limits, serve_and_see_what_the_collector_does
 
 
+class Events:
+    """An app's event engine, which says when it was closed."""
+
+    def __init__(self):
+        self.closed = 0
+
+    def close(self):
+        self.closed += 1
+
+
 def app_with(**environ):
     settings = load_settings({"lms_api.environment": "development"}, environ)
     jobs = EmbeddedEngine(1, 60)  # no job: closed once the server stops, as a real app's
-    return SimpleNamespace(registry=SimpleNamespace(settings={"lms_api.settings": settings}, jobs=jobs))
+    registry = SimpleNamespace(settings={"lms_api.settings": settings}, jobs=jobs, events=Events())
+    return SimpleNamespace(registry=registry)
 
 
 App = app_with()
@@ -89,11 +101,11 @@ def in_child(function, *args):
 def test_the_port_comes_from_the_command_line_and_waitress_gets_the_bound_socket(waitress):
     port = free_port()
 
-    server.server_factory({"http_port": str(port)}, host="127.0.0.1", threads="4")(App)
+    server.server_factory({"http_port": str(port)}, host="127.0.0.1", threads="13")(App)
 
     assert waitress.listener.getsockname() == ("127.0.0.1", port)
-    assert waitress.created["threads"] == 4
-    assert len(waitress.created["_dispatcher"].threads) == 4
+    assert waitress.created["threads"] == 13
+    assert len(waitress.created["_dispatcher"].threads) == 13
 
 
 def test_forwarded_headers_reach_the_app_and_no_server_header_names_waitress(waitress):
@@ -134,7 +146,7 @@ def test_sigterm_stops_the_serve_loop_as_ctrl_c_does_and_is_ignored_once_it_has_
     while_serving = []
     waitress.while_serving = lambda: while_serving.extend(signal_handlers)
 
-    server.server_factory({"http_port": str(free_port())}, host="127.0.0.1", threads="4")(App)
+    server.server_factory({"http_port": str(free_port())}, host="127.0.0.1", threads="16")(App)
 
     ((signum, stop_serving),) = while_serving
     assert signum == signal.SIGTERM
@@ -183,6 +195,96 @@ def test_the_dispatcher_counts_requests_in_flight_and_says_when_it_shuts_down(mo
     finally:
         served.release.set()
         dispatcher.set_thread_count(0)
+
+
+def test_told_to_stop_the_dispatcher_ends_the_event_streams_before_it_waits_for_the_requests_in_flight():
+    stream = HeldTask()  # a stream holds its thread until the engine ends it
+    ended = []
+
+    def end_streams():
+        ended.append(stream.started.is_set())
+        stream.release.set()
+
+    dispatcher = server.AnnouncingDispatcher(before_shutdown=end_streams)
+    dispatcher.set_thread_count(1)
+    try:
+        dispatcher.add_task(stream)
+        eventually(stream.started.is_set, "the stream served")
+        started = time.monotonic()
+
+        dispatcher.shutdown(timeout=5)
+
+        assert ended == [True]
+        assert time.monotonic() - started < 2  # not waitress's 5 s of grace
+        assert dispatcher.in_flight() == 0
+    finally:
+        stream.release.set()
+        dispatcher.set_thread_count(0)
+
+
+def test_serve_has_the_apps_event_engine_closed_when_it_is_told_to_stop(waitress):
+    app = app_with()
+    waitress.while_serving = lambda: waitress.created["_dispatcher"].shutdown(timeout=0)
+
+    server.server_factory({"http_port": str(free_port())})(app)
+
+    assert app.registry.events.closed == 1
+
+
+@pytest.mark.parametrize(
+    ("threads", "environ"),
+    [
+        (13, {}),  # the 8 streams of EVENTS_MAX_STREAMS' default, and 5 threads besides
+        (7, {"EVENTS_MAX_STREAMS": "2"}),
+        (1, {"NCHAN_PUBLISH_URL": "http://127.0.0.1:8090/lms_api/publish"}),  # nginx holds the streams
+    ],
+)
+def test_threads_that_leave_five_besides_the_event_streams_are_enough(threads, environ):
+    server.check_stream_threads(threads, app_with(**environ).registry.settings["lms_api.settings"])
+
+
+@pytest.mark.parametrize(("threads", "environ", "least"), [(12, {}, 13), (4, {"EVENTS_MAX_STREAMS": "1"}, 6)])
+def test_too_few_threads_for_the_event_streams_is_one_line_and_status_2(capsys, threads, environ, least):
+    settings = app_with(**environ).registry.settings["lms_api.settings"]
+
+    with pytest.raises(SystemExit) as stopped:
+        server.check_stream_threads(threads, settings)
+
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == (
+        f"lms_api: threads = {threads} is too few for {settings.events_max_streams} event streams "
+        f"(EVENTS_MAX_STREAMS), each holding a thread, and the requests besides them: set threads to at least {least}, "
+        "lower EVENTS_MAX_STREAMS, or let nginx with nchan hold the streams (NCHAN_PUBLISH_URL)\n"
+    )
+
+
+def test_serve_with_too_few_threads_for_the_event_streams_exits_with_status_2_before_serving(
+    waitress, monkeypatch, capsys
+):
+    class Exited(Exception):
+        pass
+
+    def exit_now(status):
+        raise Exited(status)
+
+    monkeypatch.setattr(server.os, "_exit", exit_now)  # pserve would make status 0 of a SystemExit
+    monkeypatch.setattr(server, "listen", lambda host, port: None)
+
+    with pytest.raises(Exited) as exited:
+        server.server_factory({"http_port": str(free_port())}, threads="12")(App)
+
+    assert exited.value.args == (2,)
+    assert "too few for 8 event streams" in capsys.readouterr().err
+    assert not waitress.created
+
+
+def test_the_default_threads_and_development_ini_serve_the_default_event_streams():
+    development = configparser.ConfigParser(interpolation=None)
+    development.read_string((ROOT / "development.ini").read_text())
+    settings = App.registry.settings["lms_api.settings"]
+
+    for threads in (server.DEFAULT_THREADS, int(development["server:main"]["threads"])):
+        server.check_stream_threads(threads, settings)
 
 
 def test_a_port_in_use_is_one_line_and_status_2(capsys):
