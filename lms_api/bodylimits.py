@@ -2,10 +2,12 @@
 gateway for a body that no route would take.
 
 A route whose operation takes a multipart form (``form=``: the upload) takes MOODLE_MAX_UPLOAD_MB of files and their
-multipart framing (413 ``filetoolarge``); every other API route MAX_JSON_BODY_KB (413 ``bodytoolarge``). A declared
-Content-Length over the limit is refused at once. A body without one (chunked) is held to the same limit while it is
-read: waitress de-chunks a body and declares its length before the app runs, but another WSGI server may pass it on as
-it comes.
+multipart framing (413 ``filetoolarge``); Moodle's webhook 64 KiB (413 ``bodytoolarge``); every other API route
+MAX_JSON_BODY_KB (413 ``bodytoolarge``). A declared Content-Length over the limit is refused at once. A body without one
+(chunked) is held to the same limit while it is read: waitress de-chunks a body and declares its length before the app
+runs, but another WSGI server may pass it on as it comes. The webhook's is read whole here instead, and kept: its
+signature, which covers the body, is checked with the caller's credentials, where no exception view would render a
+refusal.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ from pyramid.request import Request
 from pyramid.response import Response
 
 from lms_api.bodysizes import json_body_limit, upload_body_limit
-from lms_api.errors import ApiError, upload_too_large
+from lms_api.errors import ApiError, ErrorCode, upload_too_large
 from lms_api.operation import declared_views
 from lms_api.routes import is_api_request
 from lms_api.schemas.base import json_body_too_large
 from lms_api.settings import Settings
+from lms_api.webhooks import MAX_BODY_BYTES as WEBHOOK_BODY_BYTES
+from lms_api.webhooks import WEBHOOK_PATH
 
 
 def upload_paths(registry: Registry) -> frozenset[str]:
@@ -74,12 +78,17 @@ def body_limit_tween_factory(
     json_limit = json_body_limit(settings)
     upload = upload_body_limit(settings.moodle_max_upload_mb), partial(upload_too_large, settings.moodle_max_upload_mb)
     other = json_limit, partial(json_body_too_large, json_limit)
+    webhook = WEBHOOK_BODY_BYTES, partial(webhook_body_too_large, WEBHOOK_BODY_BYTES)
 
     def tween(request: Request) -> Response:
         if not is_api_request(request):
             return handler(request)
-        max_bytes, refusal = upload if request.path_info in uploads else other
+        path = request.path_info
+        max_bytes, refusal = upload if path in uploads else webhook if path == WEBHOOK_PATH else other
         length = request.content_length
+        if path == WEBHOOK_PATH and (length is None or length <= max_bytes):
+            request.body = request.environ["wsgi.input"].read(max_bytes + 1 if length is None else length)
+            length = request.content_length
         if length is not None and length > max_bytes:
             error = refusal()
             # Over the exception view tween: its views are asked here, so the envelope is theirs as for any error.
@@ -90,6 +99,12 @@ def body_limit_tween_factory(
         return handler(request)
 
     return tween
+
+
+def webhook_body_too_large(max_bytes: int) -> ApiError:
+    return ApiError(
+        ErrorCode.BODY_TOO_LARGE, f"Webhook deliveries are limited to {max_bytes} bytes", {"max_bytes": max_bytes}
+    )
 
 
 def includeme(config: Configurator) -> None:
