@@ -25,6 +25,11 @@ SCOPES = {
     ("api.moodle.jobs", "GET"): Scope.JOBS_READ,
     ("api.moodle.job", "GET"): Scope.JOBS_READ,
     ("api.moodle.job", "DELETE"): Scope.JOBS_READ,
+    ("api.moodle.messages", "POST"): Scope.MESSAGES_WRITE,
+    ("api.moodle.events.tickets", "POST"): Scope.EVENTS_READ,
+    # These two take credentials of their own (a ticket, the webhook secret), never a JWT.
+    ("api.moodle.events.stream", "GET"): Scope.EVENTS_READ,
+    ("api.moodle.webhooks.moodle", "POST"): Scope.MOODLE_EVENTS,
 }
 
 
@@ -34,7 +39,7 @@ def operations(gateway):
     input is read, so a request that would be refused as invalid still tells whether its token may use the route."""
     operations = api_operations(gateway.router.registry)
     assert {(each.route_name, each.method) for each in operations} == set(SCOPES)  # none left out of the loops
-    return operations
+    return [each for each in operations if each.operation.credentials is None]
 
 
 def send(gateway, method, path, token):
@@ -76,6 +81,17 @@ def test_a_scope_opens_only_its_own_routes(gateway, operations, scope):
         else:
             assert response.status_int == 403, (each.method, each.path)
             assert response.json["error"]["details"]["required_scope"] == each.operation.scope.value
+
+
+@pytest.mark.parametrize("scope", ["admin", "events:read moodle:events"])
+def test_no_jwt_opens_the_routes_that_take_credentials_of_their_own(make_gateway, scope):
+    gateway = make_gateway(WEBHOOK_SECRET="w" * 32)
+    own = [each for each in api_operations(gateway.router.registry) if each.operation.credentials is not None]
+    assert {each.route_name for each in own} == {"api.moodle.events.stream", "api.moodle.webhooks.moodle"}
+
+    for each in own:
+        response = send(gateway, each.method, each.path, mint(scope, moodle_userid=3))
+        assert response.status_int == 401, (each.method, each.path)
 
 
 def test_admin_opens_every_route(gateway, operations):
