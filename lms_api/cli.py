@@ -110,6 +110,7 @@ def _worker(args: argparse.Namespace) -> int:
 
     from lms_api.cache import ReadCache
     from lms_api.cache.cachedmoodle import CachedMoodle
+    from lms_api.events import engine_from_settings
     from lms_api.jobqueue import WorkerContext, serve
     from lms_api.logging import configure_logging
     from lms_api.moodle.client import MoodleClient
@@ -118,10 +119,11 @@ def _worker(args: argparse.Namespace) -> int:
     assert settings.redis_url is not None  # load_settings refuses JOBS_ENGINE=rq without it
     client = MoodleClient.from_settings(settings, settings.moodle_base_url, settings.moodle_token)
     # Through the read cache the replicas share in Redis, as a request's write: a job's writes drop what they change.
-    moodle = CachedMoodle(client, ReadCache.from_settings(settings), refresh=True)
+    events = engine_from_settings(settings)  # the writes' events and the jobs' progress reach the streams
+    moodle = CachedMoodle(client, ReadCache.from_settings(settings), refresh=True, events=events)
     # The job's records: a stalled Redis must not hold a job for long (RQ's own blocking reads get a client of theirs).
     records = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
-    serve(WorkerContext(settings, records, moodle), args.name, burst=args.burst)
+    serve(WorkerContext(settings, records, moodle, events), args.name, burst=args.burst)
     return 0
 
 

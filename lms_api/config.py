@@ -38,6 +38,7 @@ def make_app(settings: Settings, pyramid_settings: Mapping[str, Any] | None = No
     config.include("lms_api.health")  # /healthz and /readyz, outside the API: no token, no rate limit
     config.include("lms_api.metrics")  # GET /metrics for Prometheus, from loopback by default
     config.include("lms_api.events")  # events out: tickets, and the engine that serves or hands over the streams
+    config.include("lms_api.webhooks")  # events in: Moodle's webhook, its secret and the deliveries done
     config.include("lms_api.jobs")  # background jobs: a pool of threads of its own, counted in the metrics
     config.include("lms_api.openapi")  # the OpenAPI document, from the views' operations and the error table
     config.include("lms_api.docs")  # Swagger UI on that document, from a package's assets
