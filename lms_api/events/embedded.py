@@ -9,9 +9,10 @@ channel) for the streams that resume.
 
 With ``REDIS_URL`` the ids, the kept events and the delivery are shared by every replica: one Lua script numbers an
 event, keeps it in its channel's sorted set and publishes it on :data:`FANOUT_CHANNEL`, to which one thread of each
-process listens and hands what the others published to its streams. While Redis does not answer, an event reaches
-this process's streams only, with no id (so a client's ``Last-Event-ID`` stays that of the last event it can resume
-after), and is counted as failed; the change is logged once each way (:class:`~lms_api.redisstate.RedisLink`).
+process listens (from its first stream on) and hands what the others published to its streams. While Redis does not
+answer, an event reaches this process's streams only, with no id (so a client's ``Last-Event-ID`` stays that of the
+last event it can resume after), and is counted as failed; the change is logged once each way
+(:class:`~lms_api.redisstate.RedisLink`).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ ID_KEY = "lms_api:events:id"
 KEPT_PREFIX = "lms_api:events:kept:"
 FANOUT_CHANNEL = "lms_api:events"
 LISTEN_POLL_S = 0.5  # how soon the listener sees that the engine is closed
+SUBSCRIBE_WAIT_S = 1.0  # how long the first stream waits for the listener to subscribe (Redis may be away)
 STREAM_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}  # the last: nginx passes each event on
 HEARTBEAT = b": heartbeat\n\n"
 
@@ -240,8 +242,6 @@ class EmbeddedEvents:
         self._listener: threading.Thread | None = None
         if link is not None:
             self._publish_script = link.client.register_script(_PUBLISH_SCRIPT)
-            self._listener = threading.Thread(target=self._listen, name="events-fanout", daemon=True)
-            self._listener.start()
 
     @classmethod
     def from_settings(cls, settings: Settings, metrics: GatewayMetrics | None = None) -> EmbeddedEvents:
@@ -322,6 +322,15 @@ class EmbeddedEvents:
 
     # -- the fan-out listener --------------------------------------------------------------------------------------
 
+    def _start_listening(self) -> bool:
+        """With Redis, start the listener with the first stream (a process that serves none needs no listener); True
+        when it was started now."""
+        if self._link is None or self._listener is not None:
+            return False
+        self._listener = threading.Thread(target=self._listen, name="events-fanout", daemon=True)
+        self._listener.start()
+        return True
+
     def _listen(self) -> None:
         """Hand the events other replicas publish to this process's streams; subscribe again whenever Redis comes
         back, and stop once the engine is closed."""
@@ -365,6 +374,7 @@ class EmbeddedEvents:
             full = self._closed or len(self._streams) >= self.max_streams
             if not full:
                 self._streams.add(subscriber)
+                listener_started = self._start_listening()
         if full:
             log.warning("events.streams_full", max_streams=self.max_streams)
             raise ApiError(
@@ -374,6 +384,8 @@ class EmbeddedEvents:
                 {"max_streams": self.max_streams},
                 headers={"Retry-After": str(FULL_RETRY_AFTER_S)},
             )
+        if listener_started:  # the first stream misses nothing the other replicas publish once it has opened
+            self._subscribed.wait(SUBSCRIBE_WAIT_S)
         body = _StreamBody(self._frames(subscriber, last_id), lambda: self._release(subscriber))
         response = Response(app_iter=body, content_type="text/event-stream", charset="utf-8")
         response.headers.update(STREAM_HEADERS)
@@ -417,7 +429,10 @@ class EmbeddedEvents:
         if self._link is not None:
             answers = self._link.answers()
             state["redis"] = "answers" if answers else "unreachable (events reach this process's streams only)"
-            state["fanout"] = "subscribed" if self._subscribed.is_set() else "subscribing"
+            if self._listener is None:
+                state["fanout"] = "not yet (no stream opened)"
+            else:
+                state["fanout"] = "subscribed" if self._subscribed.is_set() else "subscribing"
         return state
 
     def close(self) -> None:

@@ -315,10 +315,28 @@ def test_from_settings_takes_the_cap_heartbeat_and_buffer_time():
 
 
 def replica(make_engine, url, **options):
-    link = RedisLink(redis_client(url), "events", "this process only")
-    engine = make_engine(link=link, **options)
-    eventually(lambda: engine.readiness()["fanout"] == "subscribed", "the listener subscribed")
-    return engine
+    return make_engine(link=RedisLink(redis_client(url), "events", "this process only"), **options)
+
+
+def subscribed(*engines):
+    for engine in engines:
+        eventually(lambda engine=engine: engine.readiness()["fanout"] == "subscribed", "the listener subscribed", 10)
+
+
+def test_a_replica_listens_to_the_others_from_its_first_stream_on(make_engine, empty_redis):
+    engine = replica(make_engine, empty_redis)
+    assert engine.readiness() == {
+        "engine": "embedded",
+        "streams": 0,
+        "max_streams": 4,
+        "redis": "answers",
+        "fanout": "not yet (no stream opened)",
+    }
+
+    stream = open_stream(engine, "user-1")
+
+    assert engine.readiness()["fanout"] == "subscribed"  # before the stream is answered: it misses nothing
+    del stream
 
 
 def test_an_event_published_on_one_replica_reaches_the_streams_of_every_replica_once(make_engine, empty_redis):
@@ -326,6 +344,7 @@ def test_an_event_published_on_one_replica_reaches_the_streams_of_every_replica_
     _, on_a = open_stream(a, "user-1")
     _, on_b = open_stream(b, "user-1")
     next(on_a), next(on_b)
+    subscribed(a, b)
 
     a.publish("user-1", NOTE, {"unread": 1})
     b.publish("user-1", NOTE, {"unread": 2})
@@ -349,6 +368,7 @@ def test_a_stream_resumed_on_another_replica_gets_the_events_kept_in_redis(make_
 
     _, on_b = open_stream(b, "user-1", last_event_id=first["id"])
     next(on_b)
+    subscribed(b)
 
     assert [next_fields(on_b)["data"]["n"] for _ in range(2)] == [1, 2]
     assert next(on_b) == HEARTBEAT
@@ -395,6 +415,7 @@ def test_while_redis_is_away_events_reach_this_process_only_without_ids_and_fan_
     _, on_a = open_stream(a, "user-1")
     _, on_b = open_stream(b, "user-1")
     next(on_a), next(on_b)
+    subscribed(a, b)
 
     with capture_logs() as logs:
         process.terminate()
@@ -415,8 +436,7 @@ def test_while_redis_is_away_events_reach_this_process_only_without_ids_and_fan_
 
     restarted, _ = start_redis_server(int(url.rsplit(":", 1)[1].split("/")[0]))
     try:
-        for engine in (a, b):
-            eventually(lambda engine=engine: engine.readiness()["fanout"] == "subscribed", "subscribed again", 10)
+        subscribed(a, b)
         eventually(lambda: a._link.usable, "Redis asked again")
         a.publish("user-1", NOTE, {"n": 3})
         back_on_a, back_on_b = next_fields(on_a), next_fields(on_b)
@@ -434,6 +454,7 @@ def test_an_unreadable_fanout_message_is_logged_and_skipped(make_engine, empty_r
     engine = replica(make_engine, empty_redis, heartbeat_s=0.5)
     _, frames = open_stream(engine, "user-1")
     next(frames)
+    subscribed(engine)
 
     with capture_logs() as logs:
         redis_client(empty_redis).publish(engine_module.FANOUT_CHANNEL, b"not json")
@@ -445,8 +466,11 @@ def test_an_unreadable_fanout_message_is_logged_and_skipped(make_engine, empty_r
 
 def test_close_stops_the_listener(make_engine, empty_redis):
     engine = replica(make_engine, empty_redis)
+    stream = open_stream(engine, "user-1")
+    subscribed(engine)
 
     engine.close()
+    del stream
 
     assert not engine._listener.is_alive()
     assert engine.readiness()["fanout"] == "subscribing"
