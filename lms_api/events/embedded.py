@@ -24,7 +24,7 @@ import time
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -193,7 +193,7 @@ class _StreamBody:
     """A stream's app_iter: its frames, and the slot given back however it ends. waitress calls :meth:`close` when the
     client went away (its write raised) or the frames ended; a body dropped unread gives it back once collected."""
 
-    def __init__(self, frames: Iterator[bytes], release: Callable[[], None]) -> None:
+    def __init__(self, frames: Generator[bytes, None, None], release: Callable[[], None]) -> None:
         self._frames = frames
         self._release = weakref.finalize(self, release)
 
@@ -205,11 +205,9 @@ class _StreamBody:
 
     def close(self) -> None:
         try:
-            close_frames: Callable[[], None] | None = getattr(self._frames, "close", None)
-            if close_frames is not None:
-                close_frames()
+            self._frames.close()  # GeneratorExit where the frames were: their own end gives the slot back
         finally:
-            self._release()
+            self._release()  # and this, should they never have started
 
 
 class EmbeddedEvents:
@@ -391,7 +389,7 @@ class EmbeddedEvents:
         response.headers.update(STREAM_HEADERS)
         return response
 
-    def _frames(self, subscriber: _Subscriber, last_id: int | None) -> Iterator[bytes]:
+    def _frames(self, subscriber: _Subscriber, last_id: int | None) -> Generator[bytes, None, None]:
         """What a stream sends: the reconnection delay at once, the kept events after ``last_id``, then each event as
         it comes and a heartbeat after every ``heartbeat_s`` without one."""
         try:

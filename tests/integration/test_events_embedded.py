@@ -10,6 +10,7 @@ import itertools
 import json
 import queue
 import re
+import signal
 import socket
 import statistics
 import threading
@@ -183,12 +184,19 @@ def read_until(connection, wanted, deadline):
     return received
 
 
+def open_raw_stream(url):
+    """A stream read byte by byte: a connection on which its request was sent, and the bytes up to the retry line."""
+    parts = urlsplit(url)
+    connection = socket.create_connection((parts.hostname, parts.port))
+    connection.sendall(f"GET {parts.path}?{parts.query} HTTP/1.1\r\nHost: {parts.netloc}\r\n\r\n".encode())
+    return connection, read_until(connection, b"retry: 5000\n\n", time.monotonic() + 5)
+
+
 def test_a_stream_sends_the_retry_line_at_once_then_a_heartbeat_every_heartbeat_s_while_idle(gateway):
-    url = urlsplit(ticket(gateway))
-    with socket.create_connection((url.hostname, url.port)) as connection:
-        started = time.monotonic()
-        connection.sendall(f"GET {url.path}?{url.query} HTTP/1.1\r\nHost: {url.netloc}\r\n\r\n".encode())
-        head = read_until(connection, b"retry: 5000\n\n", started + 5)
+    url = ticket(gateway)
+    started = time.monotonic()
+    connection, head = open_raw_stream(url)
+    with connection:
         opened = time.monotonic()
         beats = []
         for _ in range(3):
@@ -258,6 +266,22 @@ def test_with_every_stream_open_healthz_and_a_cached_read_answer_in_under_50_ms(
     assert open_streams(gateway) == MAX_STREAMS
     notify(gateway)
     assert all(stream.next()[2] == "notification" for stream in streams)  # still streaming
+
+
+def test_a_stopping_gateway_ends_its_streams_at_once_rather_than_wait_out_its_grace_for_them(spawn):
+    env = clean_env(JWT_SECRET=JWT_TEST_SECRET, EVENTS_HEARTBEAT_S="60")  # no heartbeat would notice anything
+    base = start_gateway(spawn, "development.ini", env, "stopping.log")
+    connection, _ = open_raw_stream(ticket(base))
+    gateway = spawn.started[-1]
+    started = time.monotonic()
+
+    with connection:
+        gateway.send_signal(signal.SIGTERM)
+        ending = read_until(connection, b"0\r\n\r\n", started + 5)  # the last chunk: the stream ended, not cut
+        assert gateway.wait(10) == 0
+
+    assert time.monotonic() - started < 3  # waitress gives the requests in flight 5 s
+    assert ending.endswith(b"0\r\n\r\n")
 
 
 def test_an_event_published_on_one_replica_reaches_a_stream_on_another_through_redis(tmp_path, own_redis):
