@@ -138,13 +138,14 @@ class ErrorCode(StrEnum):
     BODY_TOO_LARGE = (
         "bodytoolarge",
         413,
-        "a body declared (or read) over `MAX_JSON_BODY_KB` on any API route but the upload; refused before the token "
-        "is checked",
+        "a body declared (or read) over `MAX_JSON_BODY_KB` on any API route but the upload, or over 64 KiB on the "
+        "webhook; refused before the token or the webhook's secret is checked",
     )
     UNSUPPORTED_MEDIA_TYPE = (
         "unsupportedmediatype",
         415,
-        "an upload that is not `multipart/form-data`, or a JSON route's body that is not `application/json`",
+        "an upload that is not `multipart/form-data`, a JSON route's body that is not `application/json`, or a webhook "
+        "delivery that is neither `application/x-www-form-urlencoded` nor `application/json`",
     )
     IDEMPOTENCY_KEY_REUSED = (
         "idempotencykeyreused",

@@ -14,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import jwt
 import structlog
@@ -431,6 +431,11 @@ def bearer_token(request: Request) -> str | None:
 PathCredentials = Callable[[Request], Identity | None]
 
 
+class OwnCredentials(NamedTuple):
+    check: PathCredentials
+    needs: str  # what to send, as a 401 says it
+
+
 class JWTSecurityPolicy:
     """Pyramid 2 security policy: identity from ``Authorization: Bearer <JWT>``, permissions from scopes.
 
@@ -438,14 +443,20 @@ class JWTSecurityPolicy:
     stream's ticket), never by a JWT. By path, not by route: the tweens ask who the caller is before routing.
     """
 
-    def __init__(self, verifier: TokenVerifier, credentials: dict[str, PathCredentials] | None = None) -> None:
+    def __init__(self, verifier: TokenVerifier, credentials: dict[str, OwnCredentials] | None = None) -> None:
         self._verifier = verifier
         self._credentials = {} if credentials is None else credentials
         self._cache = RequestLocalCache(self._authenticate)
 
+    def own_credentials(self, request: Request) -> str | None:
+        """What the request's path takes instead of a JWT, as its 401 says it; None for a JWT."""
+        own = self._credentials.get(request.path_info)
+        return None if own is None else own.needs
+
     def _authenticate(self, request: Request) -> _Authentication:
-        check = self._credentials.get(request.path_info)
-        if check is not None:
+        own = self._credentials.get(request.path_info)
+        if own is not None:
+            check = own.check
             try:
                 return _Authentication(check(request), None)
             except InvalidToken as error:
@@ -522,9 +533,10 @@ def includeme(config: Configurator) -> None:
     config.set_default_permission(UNDECLARED_PERMISSION)  # a view that forgets its permission is closed
 
 
-def add_path_credentials(config: Configurator, path: str, check: PathCredentials) -> None:
-    """Requests to ``path`` are authenticated by ``check``, never by a JWT."""
-    credentials: dict[str, PathCredentials] = config.registry.path_credentials
+def add_path_credentials(config: Configurator, path: str, check: PathCredentials, *, needs: str) -> None:
+    """Requests to ``path`` are authenticated by ``check``, never by a JWT; ``needs`` says what to send (for a 401:
+    "This route needs <needs>")."""
+    credentials: dict[str, OwnCredentials] = config.registry.path_credentials
     if path in credentials:
         raise ValueError(f"{path} takes credentials of its own already")
-    credentials[path] = check
+    credentials[path] = OwnCredentials(check, needs)

@@ -465,5 +465,6 @@ def includeme(config: Configurator) -> None:
     settings: Settings = config.registry.settings["lms_api.settings"]
     if settings.webhook_secret is None:
         return
-    add_path_credentials(config, WEBHOOK_PATH, WebhookCredentials(settings.webhook_secret))
+    needs = "'Authorization: Bearer <WEBHOOK_SECRET>', or 'X-Signature' and 'X-Webhook-Timestamp'"
+    add_path_credentials(config, WEBHOOK_PATH, WebhookCredentials(settings.webhook_secret), needs=needs)
     config.registry.webhook_deliveries = DeliveriesDone.from_settings(settings)

@@ -1,6 +1,7 @@
 """Print the parts of README.md that are printed from the code: the error catalogue, from the one table of codes
-(``lms_api.errors.ErrorCode``), and the configuration table, from the one declaration of the settings
-(``lms_api.settings.Settings``). ``--write`` puts each in README.md between its markers; a test fails when README
+(``lms_api.errors.ErrorCode``), the configuration table, from the one declaration of the settings
+(``lms_api.settings.Settings``), and what each Moodle event does, from the webhook's table
+(``lms_api.webhooks.EVENTS``). ``--write`` puts each in README.md between its markers; a test fails when README
 holds anything else there."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from lms_api.errors import UNKNOWN_MOODLE_ERROR_STATUS, ErrorCode
 from lms_api.settings import KEYS
+from lms_api.webhooks import readme_rows
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -63,7 +65,12 @@ SETTINGS_TABLE = Printed(
     "<!-- end of settings table -->",
     settings_table,
 )
-PRINTED = (ERROR_CATALOGUE, SETTINGS_TABLE)
+EVENTS_TABLE = Printed(
+    "<!-- events table: printed by scripts/readme_tables.py from lms_api.webhooks.EVENTS -->",
+    "<!-- end of events table -->",
+    readme_rows,
+)
+PRINTED = (ERROR_CATALOGUE, SETTINGS_TABLE, EVENTS_TABLE)
 
 
 def main() -> int:

@@ -138,4 +138,5 @@ def includeme(config: Configurator) -> None:
     settings: Settings = config.registry.settings["lms_api.settings"]
     store = TicketStore.from_settings(settings)
     config.registry.event_tickets = store
-    add_path_credentials(config, STREAM_PATH, _stream_credentials(store))
+    needs = "a ticket from POST /api/moodle/events/tickets: ?ticket=<ticket>"
+    add_path_credentials(config, STREAM_PATH, _stream_credentials(store), needs=needs)

@@ -92,18 +92,23 @@ def forbidden(error: HTTPForbidden, request: Request) -> Response:
     return _answered(request, _forbidden_error(error, request))
 
 
+JWT_NEEDED = "an 'Authorization: Bearer <JWT>' header"
+
+
 def _forbidden_error(error: HTTPForbidden, request: Request) -> ApiError:
     if request.identity is None:
-        problem = request.registry.getUtility(ISecurityPolicy).token_problem(request)
+        policy = request.registry.getUtility(ISecurityPolicy)
+        problem = policy.token_problem(request)
+        own = policy.own_credentials(request)  # a ticket, the webhook's secret: not a JWT
         if problem is None:
             return ApiError(
                 ErrorCode.UNAUTHENTICATED,
-                "This route needs an 'Authorization: Bearer <JWT>' header",
+                f"This route needs {own or JWT_NEEDED}",
                 headers={"WWW-Authenticate": 'Bearer realm="lms_api"'},
             )
         return ApiError(
             ErrorCode.INVALID_TOKEN,
-            f"The bearer token was refused: {problem}",
+            f"The {'credentials were' if own else 'bearer token was'} refused: {problem}",
             headers={"WWW-Authenticate": 'Bearer realm="lms_api", error="invalid_token"'},
         )
     denied = getattr(error, "result", None)

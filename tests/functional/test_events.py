@@ -102,7 +102,10 @@ def test_a_ticket_opens_one_stream_only(gateway, recorded):
 
     assert again.status_int == 401
     assert again.json["error"]["code"] == "invalid_token"
-    assert "unknown, used or expired" in again.json["error"]["message"]
+    assert again.json["error"]["message"] == (
+        "The credentials were refused: the ticket is unknown, used or expired: ask POST /api/moodle/events/tickets "
+        "for a new one"
+    )
     assert len(recorded.streams) == 1
 
 
@@ -119,6 +122,9 @@ def test_the_stream_takes_a_ticket_not_a_jwt(gateway, recorded):
 
     assert response.status_int == 401
     assert response.json["error"]["code"] == "unauthenticated"
+    assert response.json["error"]["message"] == (
+        "This route needs a ticket from POST /api/moodle/events/tickets: ?ticket=<ticket>"
+    )
     assert recorded.streams == []
 
 

@@ -131,7 +131,22 @@ def test_a_wrong_secret_is_refused_saying_why(webhook, authorization, why):
 
 
 def test_no_credentials_is_unauthenticated(webhook):
-    refused(post_form(webhook, event("course_updated", objectid=COURSE), secret=None), "unauthenticated")
+    message = refused(post_form(webhook, event("course_updated", objectid=COURSE), secret=None), "unauthenticated")
+
+    assert (
+        message
+        == "This route needs 'Authorization: Bearer <WEBHOOK_SECRET>', or 'X-Signature' and 'X-Webhook-Timestamp'"
+    )
+
+
+def test_moodles_deliveries_are_not_held_to_a_budget_but_unauthenticated_posts_are(make_gateway):
+    gateway = make_gateway(WEBHOOK_SECRET=SECRET, RATE_LIMIT_WRITE="1/minute", RATE_LIMIT_UNAUTHENTICATED="1/minute")
+
+    delivered = [post_form(gateway, event("course_updated", objectid=COURSE)) for _ in range(3)]
+    unauthenticated = [post_form(gateway, event("course_updated", objectid=COURSE), secret=None) for _ in range(2)]
+
+    assert [response.status_int for response in delivered] == [200, 200, 200]
+    assert [response.status_int for response in unauthenticated] == [401, 429]
 
 
 def test_a_signed_body_is_taken_without_the_secret(webhook):

@@ -9,6 +9,7 @@ from lms_api import main
 from lms_api.moodle.functions import CacheGroup
 from lms_api.settings import (
     DEVELOPMENT_JWT_SECRET,
+    DEVELOPMENT_WEBHOOK_SECRET,
     KEYS,
     SETTING_NAMES,
     SettingsError,
@@ -375,7 +376,27 @@ def test_every_cache_group_has_a_default_time_to_live_and_only_they_can_be_set()
 
 
 def test_the_secret_settings_are_declared_secret():
-    assert [name for name, key in KEYS.items() if key.secret] == ["MOODLE_TOKEN", "JWT_SECRET", "REDIS_URL"]
+    assert [name for name, key in KEYS.items() if key.secret] == [
+        "MOODLE_TOKEN",
+        "JWT_SECRET",
+        "REDIS_URL",
+        "WEBHOOK_SECRET",
+    ]
+
+
+def test_the_webhook_secret_is_unset_unless_given_but_on_the_sandbox():
+    assert load_settings(PRODUCTION, COMPLETE).webhook_secret is None
+    assert load_settings(DEVELOPMENT, COMPLETE).webhook_secret is None  # a real Moodle: never the public secret
+    assert load_settings(DEVELOPMENT, {}).webhook_secret == DEVELOPMENT_WEBHOOK_SECRET
+    given = load_settings(PRODUCTION, {**COMPLETE, "WEBHOOK_SECRET": "w" * 32})
+    assert given.webhook_secret == "w" * 32 and "w" * 32 in given.secrets
+
+
+def test_a_short_webhook_secret_is_refused_without_repeating_it():
+    with pytest.raises(SettingsError) as refused:
+        load_settings(PRODUCTION, {**COMPLETE, "WEBHOOK_SECRET": "short-secret"})
+
+    assert refused.value.problems == ("WEBHOOK_SECRET must be at least 32 characters long",)
 
 
 # Settings that take any text: read back as set; every other one refuses a NUL, and its problem names it.
