@@ -270,6 +270,9 @@ def _operation(
         result["requestBody"] = {"required": True, "content": {"application/json": {"schema": operation.body}}}
     if operation.form is not None:
         result["requestBody"] = {"required": True, "content": {"multipart/form-data": {"schema": operation.form}}}
+    if operation.own_body is not None:
+        forms = ("application/x-www-form-urlencoded", "application/json")
+        result["requestBody"] = {"required": True, "content": {kind: {"schema": operation.own_body} for kind in forms}}
     return result
 
 

@@ -52,6 +52,8 @@ class Operation:
     # Answered as a stream of server-sent events: the view returns its own Response, and ``answers`` describes each
     # event's data.
     event_stream: bool = False
+    # A body the view reads itself, form-encoded or JSON (Moodle's webhook deliveries): documented with this schema.
+    own_body: Schema | None = None
 
     def validated(self, request: Request) -> Validated:
         """The declared inputs, loaded in order: the path, the query, then the body (refused as a whole)."""

@@ -65,6 +65,7 @@ def api_view(
     accepts_async: bool = False,
     credentials: str | None = None,
     event_stream: bool = False,
+    own_body: Schema | None = None,
 ) -> Callable[[View], View]:
     """``view_config`` for an API view method, with its :class:`Operation`: the permission is a required argument,
     never a default; the schemas given here are the ones the view's input is loaded with and its answer dumped with,
@@ -80,7 +81,7 @@ def api_view(
 
     ``credentials``: the route's path takes credentials of its own, not a JWT (the OpenAPI security scheme of that
     name). ``event_stream``: the view answers server-sent events with a response of its own; ``answers`` documents
-    an event's data."""
+    an event's data. ``own_body``: the view reads its body itself, form-encoded or JSON; the schema documents it."""
     if not isinstance(permission, Scope):
         raise TypeError(f"permission must be a Scope, got {permission!r}")
     if settled_by is not None and resend_when_unknown:
@@ -101,6 +102,7 @@ def api_view(
         accepts_async=accepts_async,
         credentials=credentials,
         event_stream=event_stream,
+        own_body=own_body,
     )
     route = {} if route_name is None else {"route_name": route_name}
     register: Callable[[View], View] = view_config(

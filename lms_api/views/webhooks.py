@@ -2,7 +2,8 @@ from pyramid.view import view_defaults
 
 from lms_api import webhooks
 from lms_api.errors import ErrorCode
-from lms_api.schemas.webhooks import DeliveryAnswerSchema
+from lms_api.openapi import WEBHOOK_SECRET
+from lms_api.schemas.webhooks import DeliveryAnswerSchema, MoodleEventDelivery
 from lms_api.security import Scope
 from lms_api.views import ApiViews, api_routes, api_view
 
@@ -15,7 +16,8 @@ class WebhookViews(ApiViews):
         permission=Scope.MOODLE_EVENTS,
         answers=DeliveryAnswerSchema(),
         errors=(ErrorCode.UNSUPPORTED_MEDIA_TYPE, ErrorCode.INVALID_JSON, ErrorCode.BODY_TOO_LARGE),
-        credentials="webhookSecret",
+        credentials=WEBHOOK_SECRET,
+        own_body=MoodleEventDelivery(),
     )
     def receive(self) -> object:
         """A Moodle event, as the Event Trigger plugin's "HTTP post" step sends it: form-encoded, or a JSON object
