@@ -11,8 +11,6 @@ import http.client
 import itertools
 import json
 import re
-import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -27,21 +25,17 @@ from lms_api.errors import ErrorCode
 from lms_api.hygiene import EXPOSED_HEADERS
 from lms_api.settings import KEYS
 from tests.support.credentials import mint, self_signed_certificate
-from tests.support.paths import ROOT
+from tests.support.nginx import NAME, SHIPPED, SHIPPED_READ_TIMEOUT, render, start_nginx, stop_nginx
 from tests.support.processes import Processes, clean_env, queue_remote_fault, wait_for_port
 from tests.support.servers import free_port
 from tests.support.timing import eventually
 
-NGINX = "/usr/sbin/nginx"
-SHIPPED = ROOT / "deploy" / "nginx" / "lms_api.conf"
-NAME = "lms.test"
 ORIGIN = "https://app.example.edu"  # the allowed origin the shipped file names
 SECRET = "nginx-secret-" + "n" * 40
 MOODLE_TOKEN = "nginx-token"
 JSON_LIMIT = 1024 * 1024  # MAX_JSON_BODY_KB's default
 UPLOAD_LIMIT = 50 * 1024 * 1024 + 64 * 1024  # MOODLE_MAX_UPLOAD_MB's default and the multipart framing
 _course_numbers = itertools.count(1)
-SHIPPED_READ_TIMEOUT = "proxy_read_timeout 20m;"
 NGINX_DEFAULT_READ_TIMEOUT_S = 60
 # POST /enrol of 10,000 enrolments makes at most 66 Moodle calls (the shipped file says which).
 LONGEST_ROUTE_CALLS = 66
@@ -110,51 +104,9 @@ def _exchange(connection, method, path, headers, body):
         connection.close()
 
 
-def render(folder, https_port, http_port, gateway_port, read_timeout=None):
-    """The shipped file with this test's ports, name and certificate in place of the lines marked EDIT, IPv6 on;
-    ``read_timeout`` in place of the shipped ``proxy_read_timeout``."""
-    text = SHIPPED.read_text()
-    timeout = [(SHIPPED_READ_TIMEOUT, 1, f"proxy_read_timeout {read_timeout};")] if read_timeout else []
-    for line, count, replacement in [
-        *timeout,
-        ("listen 80;", 1, f"listen 127.0.0.1:{http_port};"),
-        ("listen 443 ssl", 2, f"listen 127.0.0.1:{https_port} ssl"),
-        ("# listen [::]:443 ssl", 2, f"listen [::1]:{https_port} ssl"),
-        ("server_name api.example.edu;", 2, f"server_name {NAME};"),
-        ("/etc/ssl/certs/api.example.edu.pem", 1, str(folder / "lms.test.pem")),
-        ("/etc/ssl/private/api.example.edu.key", 1, str(folder / "lms.test.key")),
-        ("server 127.0.0.1:6543;", 1, f"server 127.0.0.1:{gateway_port};"),
-    ]:
-        assert text.count(line) == count, f"{SHIPPED} no longer has {line!r} {count} time(s)"
-        text = text.replace(line, replacement)
-    (folder / "lms_api.conf").write_text(text)
-    # nginx as this user, in the foreground, everything it writes in the test's folder.
-    (folder / "nginx.conf").write_text(
-        f"""
-daemon off;
-master_process off;
-pid {folder}/nginx.pid;
-error_log {folder}/error.log info;
-events {{ worker_connections 128; }}
-http {{
-    access_log {folder}/access.log;
-    client_body_temp_path {folder}/client_body;
-    proxy_temp_path {folder}/proxy;
-    fastcgi_temp_path {folder}/fastcgi;
-    uwsgi_temp_path {folder}/uwsgi;
-    scgi_temp_path {folder}/scgi;
-    include {folder}/lms_api.conf;
-}}
-"""
-    )
-    return folder / "nginx.conf"
-
-
 @contextmanager
 def nginx_stack(folder, read_timeout=None, **environ):
     """nginx in front of ``pserve production.ini``, run from ``folder``; ``environ`` adds to the gateway's."""
-    if not Path(NGINX).exists():
-        pytest.fail(f"{NGINX} is missing: these tests run Debian's nginx (apt install nginx-light; .ci/run does)")
     processes = Processes(folder)
     nginx = None
     try:
@@ -169,22 +121,13 @@ def nginx_stack(folder, read_timeout=None, **environ):
             **environ,
         )
         moodle = env["MOODLE_BASE_URL"]
-        gateway_port, https_port, http_port = free_port(), free_port(), free_port()
+        gateway_port, https_port, http_port, publish_port = free_port(), free_port(), free_port(), free_port()
         gateway = processes("pserve", "production.ini", f"http_port={gateway_port}", env=env, log="gateway.log")
         nginx_folder = folder / "nginx"
         nginx_folder.mkdir()
         certificate, _ = self_signed_certificate(nginx_folder, NAME)
-        config = render(nginx_folder, https_port, http_port, gateway_port, read_timeout)
-        with open(nginx_folder / "error.log", "a") as error_log:  # what nginx says before it reads its configuration
-            nginx = subprocess.Popen(
-                [NGINX, "-p", str(nginx_folder), "-c", str(config), "-e", str(nginx_folder / "error.log")],
-                stdout=subprocess.DEVNULL,
-                stderr=error_log,
-            )
-        try:
-            wait_for_port(https_port, nginx)
-        except AssertionError:
-            pytest.fail(f"nginx did not start: {(nginx_folder / 'error.log').read_text()}")
+        config = render(nginx_folder, https_port, http_port, gateway_port, publish_port, read_timeout)
+        nginx = start_nginx(nginx_folder, config, https_port)
         wait_for_port(gateway_port, gateway)
         gateway_log, nginx_log = folder / "gateway.log", nginx_folder / "error.log"
         stack = Stack(https_port, gateway_port, certificate, gateway_log, nginx_log, moodle, gateway)
@@ -192,12 +135,7 @@ def nginx_stack(folder, read_timeout=None, **environ):
         yield stack
     finally:
         if nginx:
-            nginx.send_signal(signal.SIGQUIT)
-            try:
-                nginx.wait(10)
-            except subprocess.TimeoutExpired:
-                nginx.kill()
-            shutil.rmtree(folder / "nginx" / "client_body", ignore_errors=True)
+            stop_nginx(nginx, folder / "nginx")
         processes.stop_all()
 
 
