@@ -21,7 +21,17 @@ PUBLISH_PATH = "/lms_api/publish"  # nchan's publisher location, on the loopback
 STATUS_PATH = "/lms_api/nchan_status"  # nchan_stub_status, on the same server
 
 
-def render(folder, https_port, http_port, gateway_port, publish_port, read_timeout=None, redis_url=None, name=NAME):
+def render(
+    folder,
+    https_port,
+    http_port,
+    gateway_port,
+    publish_port,
+    read_timeout=None,
+    redis_url=None,
+    name=NAME,
+    worker_connections=512,
+):
     """The shipped file with this test's ports, ``name`` and its certificate (``<name>.pem`` and ``<name>.key`` in
     ``folder``) in place of the lines marked EDIT, IPv6 on;
     ``read_timeout`` in place of the shipped ``proxy_read_timeout``; nchan's channels kept in the Redis at
@@ -60,7 +70,7 @@ daemon off;
 master_process off;
 pid {folder}/nginx.pid;
 error_log {folder}/error.log info;
-events {{ worker_connections 512; }}
+events {{ worker_connections {worker_connections}; }}
 http {{
     access_log {folder}/access.log;
     client_body_temp_path {folder}/client_body;
