@@ -50,6 +50,7 @@ def readyz(request: Request) -> dict[str, Any]:
     if isinstance(cache.store, RedisStore):
         state["redis"] = "answers" if cache.store.link.answers() else "unreachable (serving from this process)"
     state["jobs"] = request.registry.jobs.readiness()
+    state["events"] = request.registry.events.readiness()
     unreachable = client.unreachable
     # /readyz needs no token: how the gateway reaches Moodle (its URL, the hosts and addresses in the reason) is told
     # only to the operators' networks; anyone else learns the kind of failure.

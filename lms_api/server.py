@@ -34,10 +34,11 @@ SPARE_FILES = 64
 # With REDIS_URL, the Redis clients of one process, each with its own pool, in which every thread busy with Redis
 # holds a connection: rate limits (lms_api/ratelimit.py), the read cache (lms_api/cache/), the owners of draft
 # items (lms_api/drafts.py), idempotency keys (lms_api/idempotency.py), background jobs on RQ (lms_api/jobqueue.py,
-# the job engine with REDIS_URL unless JOBS_ENGINE=embedded), event stream tickets (lms_api/events/tickets.py) and the
-# events the gateway serves itself (lms_api/events/embedded.py, whose listener holds one more connection, a spare).
+# the job engine with REDIS_URL unless JOBS_ENGINE=embedded), event stream tickets (lms_api/events/tickets.py), the
+# events the gateway serves itself (lms_api/events/embedded.py, whose listener holds one more connection, a spare) and
+# Moodle's webhook deliveries done (lms_api/webhooks.py, with WEBHOOK_SECRET).
 # Keep it the number of redis_client() calls an app makes.
-REDIS_CLIENTS = 7
+REDIS_CLIENTS = 8
 # Threads left for other requests while every event stream the gateway serves itself holds one (EVENTS_MAX_STREAMS):
 # /healthz, /readyz, /metrics and a few reads, however many streams are open.
 THREADS_BESIDES_STREAMS = 5

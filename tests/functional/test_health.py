@@ -44,7 +44,8 @@ def test_readyz_waits_for_the_site_info_and_never_asks_moodle_for_it(gateway, sa
     assert "site info has not been read" in error["message"]
     assert error["details"] == {"breaker": "closed", "site_info": "unknown", "moodle_calls_in_flight": 0,
                                 "cache": "memory",
-                                "jobs": {"engine": "embedded", "workers": 2, "queued": 0}}  # fmt: skip
+                                "jobs": {"engine": "embedded", "workers": 2, "queued": 0},
+                                "events": {"engine": "embedded", "streams": 0, "max_streams": 8}}  # fmt: skip
     assert sandbox_calls(sandbox) == before
 
     gateway.get("/api/moodle/siteinfo", mint("siteinfo:read"))
@@ -53,7 +54,8 @@ def test_readyz_waits_for_the_site_info_and_never_asks_moodle_for_it(gateway, sa
     assert ready.status_int == 200
     assert ready.json["data"] == {"status": "ready", "breaker": "closed", "site_info": "known",
                                   "moodle_calls_in_flight": 0, "cache": "memory",
-                                  "jobs": {"engine": "embedded", "workers": 2, "queued": 0}}  # fmt: skip
+                                  "jobs": {"engine": "embedded", "workers": 2, "queued": 0},
+                                "events": {"engine": "embedded", "streams": 0, "max_streams": 8}}  # fmt: skip
 
 
 def test_readyz_says_whether_the_shared_cache_answers(make_gateway, redis_url):

@@ -100,7 +100,9 @@ def test_a_hundred_messages_go_in_one_call(gateway, sandbox):
 
 def test_the_route_needs_messages_write(gateway):
     response = gateway.post(
-        "/api/moodle/messages", {"messages": [{"touserid": STUDENT, "text": "x"}]}, mint("notifications:read users:write")
+        "/api/moodle/messages",
+        {"messages": [{"touserid": STUDENT, "text": "x"}]},
+        mint("notifications:read users:write"),
     )
 
     assert response.status_int == 403

@@ -259,6 +259,8 @@ def test_every_query_a_route_reads_is_generated(gateway):
         "/api/moodle/notifications": ("userid", "limit", "offset"),
         "/api/moodle/notifications/unread-count": ("userid",),
         "/api/moodle/jobs": ("page", "perpage"),
+        "/api/moodle/events/tickets": ("courses",),
+        "/api/moodle/events/stream": ("ticket", "last_event_id"),  # never a ticket that opens one: a 401, not a stream
     }
 
 

@@ -66,6 +66,11 @@ def requests_per_operation(marker, draftitemid):
         ("api.moodle.jobs", "GET"): [],
         ("api.moodle.job", "GET"): [],
         ("api.moodle.job", "DELETE"): [],
+        ("api.moodle.messages", "POST"): [("message", "", {"messages": [{"touserid": 3, "text": f"Leak {marker}"}]})],
+        ("api.moodle.events.tickets", "POST"): [("ticket", "?courses=2", None)],
+        # These two take no JWT (a ticket, the webhook's secret): tests/functional/test_events.py and test_webhooks.py.
+        ("api.moodle.events.stream", "GET"): [],
+        ("api.moodle.webhooks.moodle", "POST"): [],
     }
 
 

@@ -218,7 +218,11 @@ def test_sigterm_logs_shutting_down_and_stopped_with_the_requests_in_flight(spaw
     production = (ROOT / "production.ini").read_text()
     assert production.count("\nthreads = 128\n") == 1
     (tmp_path / "two-threads.ini").write_text(production.replace("\nthreads = 128\n", "\nthreads = 2\n"))
-    gateway, base, log_file = start_gateway(spawn, tmp_path, moodle, ini="two-threads.ini", CACHE_TTLS="users=0")
+    # Two threads are too few for event streams the gateway would serve itself: nginx (never reached here) holds them.
+    nchan = f"http://127.0.0.1:{free_port()}/lms_api/publish"
+    gateway, base, log_file = start_gateway(
+        spawn, tmp_path, moodle, ini="two-threads.ini", CACHE_TTLS="users=0", NCHAN_PUBLISH_URL=nchan
+    )
     # One call that ends within waitress's 5 s of grace, one that does not.
     queue_delays(moodle, USERS_BY_FIELD, 3.0, 30.0)
     token = mint("users:read", secret=SECRET, sub="stopping")

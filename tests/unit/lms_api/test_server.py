@@ -323,7 +323,8 @@ def test_the_redis_clients_counted_are_those_an_app_with_redis_makes(make_gatewa
 
     monkeypatch.setattr(redis.Redis, "from_url", counted)
 
-    make_gateway(REDIS_URL="redis://127.0.0.1:1/0")  # clients connect on first use: no Redis is needed here
+    # Clients connect on first use: no Redis is needed here. With a webhook secret, as every client is then made.
+    make_gateway(REDIS_URL="redis://127.0.0.1:1/0", WEBHOOK_SECRET="w" * 32)
 
     assert len(made) == server.REDIS_CLIENTS
 

@@ -50,9 +50,11 @@ def test_every_write_in_the_table_drops_a_group_or_says_why_and_no_read_drops_an
             assert function.retried, function
 
 
-def test_a_shared_read_names_its_cache_group():
-    with pytest.raises(ValueError, match="a shared read names its cache group"):
+def test_a_shared_or_partitioned_read_names_its_cache_group():
+    with pytest.raises(ValueError, match="such a read names its cache group"):
         read(AnswerShape.OBJECT, shared=True)
+    with pytest.raises(ValueError, match="such a read names its cache group"):
+        read(AnswerShape.OBJECT, partition_by="useridto")
 
     assert read(AnswerShape.OBJECT, cached=CacheGroup.SITE_INFO, shared=True).shared
     assert not read(AnswerShape.OBJECT, cached=CacheGroup.SITE_INFO).shared

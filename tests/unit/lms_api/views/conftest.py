@@ -17,6 +17,7 @@ from zope.interface import alsoProvides
 from lms_api.moodle.client import MoodleClient
 from lms_api.security import Identity
 from lms_api.settings import load_settings
+from tests.support.events import RecordingEvents
 
 DEVELOPMENT = {"lms_api.environment": "development"}
 
@@ -43,6 +44,7 @@ def pyramid_config(moodle, identity):
         config.include("lms_api.drafts")
         config.include("lms_api.audit")
         config.register_service(moodle, MoodleClient)
+        config.registry.events = RecordingEvents()  # where the writes' events go
         config.include("lms_api.cache")  # views reach the client through the read cache
         config.include("lms_api.views")  # the view classes, their routes and the operations' deriver
         config.testing_securitypolicy(identity=identity)
