@@ -185,16 +185,10 @@ def build_sandbox(
     return server
 
 
-def start_sandbox(
-    host: str = "127.0.0.1",
-    port: int = 0,
-    token: str | None = None,
-    events_url: str | None = None,
-    events_secret: str | None = None,
-    **options: Any,
-) -> SandboxServer:
-    """A sandbox serving from a background thread; ``events_url`` and ``events_secret`` as for :func:`build_sandbox`."""
-    return build_sandbox(host, port, token, events_url, events_secret, **options).start()
+def start_sandbox(host: str = "127.0.0.1", port: int = 0, token: str | None = None, **options: Any) -> SandboxServer:
+    """A sandbox serving from a background thread; ``events_url``, ``events_secret`` and the rest as for
+    :func:`build_sandbox`."""
+    return build_sandbox(host, port, token, **options).start()
 
 
 class _Handler(BaseHTTPRequestHandler):
