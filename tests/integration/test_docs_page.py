@@ -93,7 +93,7 @@ def test_the_docs_page_lists_every_route_and_tries_site_info_with_a_pasted_token
             browser.close()
 
     assert landed_on == docs
-    assert operations == 16  # every route and method of the document
+    assert operations == 20  # every route and method of the document
     assert answered == "200"
     assert '"sitename": "lms_api Moodle sandbox"' in body
     assert violations == []
