@@ -231,7 +231,8 @@ def _document(described: tuple[Described, ...], choices: Choices) -> dict[str, A
     for each in described:
         tag = each.pattern.split("/")[3]  # /api/moodle/<tag>/...
         headers = SUCCESS_HEADERS.get((each.route_name, each.method), ())
-        operation = _operation(each.operation, each.view, tag, write=each.method not in READ_METHODS, headers=headers)
+        write = each.method not in READ_METHODS and each.operation.takes_idempotency_key
+        operation = _operation(each.operation, each.view, tag, write=write, headers=headers)
         by_path.setdefault(each.pattern, {})[each.method.lower()] = operation
     for pattern, operations in by_path.items():
         spec.path(path=pattern, operations=operations)

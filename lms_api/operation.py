@@ -54,6 +54,9 @@ class Operation:
     event_stream: bool = False
     # A body the view reads itself, form-encoded or JSON (Moodle's webhook deliveries): documented with this schema.
     own_body: Schema | None = None
+    # A POST that writes nothing an Idempotency-Key would guard (a stream's ticket, Moodle's deliveries, which are
+    # deduplicated by their own key): the header is not read, and IDEMPOTENCY_REQUIRED does not ask for it.
+    takes_idempotency_key: bool = True
 
     def validated(self, request: Request) -> Validated:
         """The declared inputs, loaded in order: the path, the query, then the body (refused as a whole)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import threading
 import time
 from collections import OrderedDict
@@ -183,9 +184,13 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode(errors="surrogatepass")).hexdigest()
 
 
-def delivery_key(delivery: Mapping[str, Any]) -> str:
-    """What makes two deliveries one event: its name, object, related user and time."""
-    return "|".join(str(delivery.get(name)) for name in ("eventname", "objectid", "relateduserid", "timecreated"))
+def delivery_key(delivery: Mapping[str, Any]) -> str | None:
+    """What makes two deliveries one event: every field Moodle sent, its time included (two role assignments of one
+    user in one second differ by their course); None without a time, when a delivery cannot be told from a later
+    event of the same fields, and is handled each time."""
+    if delivery.get("timecreated") is None:
+        return None
+    return json.dumps(sorted(delivery.items()), default=str)
 
 
 # -- the events table -----------------------------------------------------------------------------------------------
@@ -415,17 +420,23 @@ class Webhook:
             log.info("webhook.ignored", eventname=name)
             return {"event": name, "ignored": True}
         missing = {field: [f"Required by {name}"] for field in reaction.needs if delivery.get(field) is None}
+        missing |= {
+            field: [f"Must be a Moodle id (1 or more) for {name}"]
+            for field in reaction.needs
+            if field not in missing and delivery[field] < 1
+        }
         if missing:
             raise ValidationError(missing)
         key = delivery_key(delivery)
-        if not self.done.claim(key):
+        if key is not None and not self.done.claim(key):
             self.metrics.webhook_deliveries.labels(name, "duplicate").inc()
             log.info("webhook.duplicate", eventname=name)
             return {"event": name, "duplicate": True}
         try:
             outcome = self._apply(name, reaction, delivery)
         except BaseException:
-            self.done.release(key)
+            if key is not None:
+                self.done.release(key)
             raise
         self.metrics.webhook_deliveries.labels(name, "handled").inc()
         log.info("webhook.handled", eventname=name, dropped=outcome["dropped"], published=len(outcome["published"]))

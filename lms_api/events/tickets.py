@@ -82,25 +82,31 @@ class TicketStore:
         return text
 
     def redeem(self, text: str) -> Ticket | None:
-        """The ticket ``text`` names, used up; None when it is unknown, used or expired."""
+        """The ticket ``text`` names, used up; None when it is unknown, used or expired.
+
+        Both places are emptied: a ticket whose ``SET`` reached Redis though its answer did not is kept in both."""
         digest = _digest(text)
         with self._lock:
             kept = self._local.pop(digest, None)
+        stored = self._take_from_redis(digest)
         if kept is not None:
             expires, ticket = kept
             return ticket if self._clock() < expires else None
-        if self._link is None or not self._link.usable:
-            return None
-        try:
-            stored = self._link.client.getdel(_REDIS_PREFIX + digest)
-        except redis.RedisError as error:
-            self._link.went_down(error)
-            return None
-        self._link.answered()
         if stored is None:
             return None
         fields = json.loads(stored)
         return Ticket(fields["sub"], fields["moodle_userid"], tuple(fields["channels"]))
+
+    def _take_from_redis(self, digest: str) -> bytes | None:
+        if self._link is None or not self._link.usable:
+            return None
+        try:
+            stored: bytes | None = self._link.client.getdel(_REDIS_PREFIX + digest)  # type: ignore[assignment]
+        except redis.RedisError as error:
+            self._link.went_down(error)
+            return None
+        self._link.answered()
+        return stored
 
     def _sweep(self, now: float) -> None:
         while self._local:
@@ -122,9 +128,13 @@ def redeemed_ticket(request: Request) -> Ticket:
 
 def _stream_credentials(store: TicketStore) -> Callable[[Request], Identity | None]:
     def check(request: Request) -> Identity | None:
-        text = request.GET.get(TICKET_PARAMETER)
-        if not text:
+        # Only a stream's GET uses its ticket up: a HEAD or a wrong method (405) leaves it for the stream.
+        given = request.GET.getall(TICKET_PARAMETER) if request.method == "GET" else []
+        if not given or not given[0]:
             return None
+        if len(given) > 1:
+            raise InvalidToken("give the ticket once")
+        text = given[0]
         ticket = store.redeem(text)
         if ticket is None:
             raise InvalidToken(_REFUSED)

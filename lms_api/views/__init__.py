@@ -66,6 +66,7 @@ def api_view(
     credentials: str | None = None,
     event_stream: bool = False,
     own_body: Schema | None = None,
+    takes_idempotency_key: bool = True,
 ) -> Callable[[View], View]:
     """``view_config`` for an API view method, with its :class:`Operation`: the permission is a required argument,
     never a default; the schemas given here are the ones the view's input is loaded with and its answer dumped with,
@@ -81,7 +82,8 @@ def api_view(
 
     ``credentials``: the route's path takes credentials of its own, not a JWT (the OpenAPI security scheme of that
     name). ``event_stream``: the view answers server-sent events with a response of its own; ``answers`` documents
-    an event's data. ``own_body``: the view reads its body itself, form-encoded or JSON; the schema documents it."""
+    an event's data. ``own_body``: the view reads its body itself, form-encoded or JSON; the schema documents it.
+    ``takes_idempotency_key=False``: a POST that writes nothing an ``Idempotency-Key`` would guard."""
     if not isinstance(permission, Scope):
         raise TypeError(f"permission must be a Scope, got {permission!r}")
     if settled_by is not None and resend_when_unknown:
@@ -103,6 +105,7 @@ def api_view(
         credentials=credentials,
         event_stream=event_stream,
         own_body=own_body,
+        takes_idempotency_key=takes_idempotency_key,
     )
     route = {} if route_name is None else {"route_name": route_name}
     register: Callable[[View], View] = view_config(
@@ -195,7 +198,7 @@ def operation_view(view: Callable[[Any, Request], Any], info: Any) -> Callable[[
         return response
 
     def answered(context: Any, request: Request) -> Response:
-        key = idempotency.requested_key(request)
+        key = idempotency.requested_key(request) if operation.takes_idempotency_key else None
         if key is None:
             request.validated = operation.validated(request)
             return respond(request, view(context, request))

@@ -24,6 +24,7 @@ class EventViews(ApiViews):
         answers=TicketSchema(),
         status=201,
         errors=(ErrorCode.COURSE_NOT_FOUND,),
+        takes_idempotency_key=False,  # a ticket is single use: never kept for a replay
     )
     def ticket(self) -> object:
         """A ticket for one event stream: single use, valid 60 seconds.

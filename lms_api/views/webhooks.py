@@ -18,6 +18,7 @@ class WebhookViews(ApiViews):
         errors=(ErrorCode.UNSUPPORTED_MEDIA_TYPE, ErrorCode.INVALID_JSON, ErrorCode.BODY_TOO_LARGE),
         credentials=WEBHOOK_SECRET,
         own_body=MoodleEventDelivery(),
+        takes_idempotency_key=False,  # deliveries are deduplicated by Moodle's own fields
     )
     def receive(self) -> object:
         """A Moodle event, as the Event Trigger plugin's "HTTP post" step sends it: form-encoded, or a JSON object

@@ -193,3 +193,25 @@ def test_a_partitioned_group_is_dropped_by_its_part_only(gateway):
         cache.invalidate(CacheGroup.NOTIFICATIONS, cause="test")
     with pytest.raises(ValueError, match="not kept apart"):
         cache.invalidate(CacheGroup.COURSES, 2, cause="test")
+
+
+@pytest.mark.parametrize("method", ["HEAD", "POST", "DELETE"])
+def test_only_a_streams_get_uses_its_ticket_up(gateway, recorded, method):
+    data = ticket_of(gateway, events_token())
+
+    other = gateway.app.request(data["stream_url"], method=method, expect_errors=True)
+    stream = gateway.get(data["stream_url"])
+
+    assert other.status_int in (401, 405)
+    assert stream.status_int == 200
+    assert len(recorded.streams) == 1
+
+
+def test_a_ticket_given_twice_is_refused(gateway, recorded):
+    data = ticket_of(gateway, events_token())
+
+    response = gateway.get(f"{data['stream_url']}&ticket={data['ticket']}")
+
+    assert response.status_int == 401
+    assert response.json["error"]["message"] == "The credentials were refused: give the ticket once"
+    assert recorded.streams == []

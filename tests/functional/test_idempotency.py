@@ -642,7 +642,8 @@ def test_every_write_documents_the_key_its_replayed_header_and_its_refusals(gate
     for path, item in document["paths"].items():
         for method, operation in item.items():
             named = {parameter.get("name") for parameter in operation["parameters"]}
-            if method in ("get", "head"):
+            # A stream's ticket and Moodle's deliveries write nothing a key would guard: neither takes one.
+            if method in ("get", "head") or path in ("/api/moodle/events/tickets", "/api/moodle/webhooks/moodle"):
                 assert "Idempotency-Key" not in named, path
                 continue
             writes += 1
@@ -665,3 +666,18 @@ def test_every_write_documents_the_key_its_replayed_header_and_its_refusals(gate
     assert (False, "post", "/api/moodle/courses") in abandoned
     assert (False, "patch", "/api/moodle/courses/{course_id}") in abandoned
     assert "Idempotent-Replayed" in document["components"]["headers"]
+
+
+@pytest.mark.parametrize("required", ["false", "true"])
+def test_a_ticket_post_takes_no_key_and_is_never_replayed(make_gateway, required):
+    gateway = make_gateway(IDEMPOTENCY_REQUIRED=required)
+    token = mint("events:read", moodle_userid=3)
+    headers = {"Idempotency-Key": "ticket-1"}
+
+    first = gateway.post("/api/moodle/events/tickets", None, token, headers=dict(headers))
+    second = gateway.post("/api/moodle/events/tickets", None, token, headers=dict(headers))
+    without = gateway.post("/api/moodle/events/tickets", None, token)
+
+    assert [first.status_int, second.status_int, without.status_int] == [201, 201, 201]
+    assert first.json["data"]["ticket"] != second.json["data"]["ticket"]
+    assert "Idempotent-Replayed" not in second.headers

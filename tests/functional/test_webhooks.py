@@ -537,3 +537,47 @@ def test_every_row_of_the_table_is_handled(webhook):
         response = post_form(webhook, {**event("x", **fields), "eventname": name})
         assert response.json["data"]["handled"] is True, (name, response.text)
         assert deliveries(webhook, name, "handled") == 1
+
+
+def test_two_role_assignments_of_one_user_in_one_second_are_two_events(webhook):
+    stamp = next(EVENT_TIMES)
+    first = event("role_assigned", objectid=5, relateduserid=STUDENT, courseid=COURSE, timecreated=stamp)
+    second = {**first, "courseid": "4", "contextinstanceid": "4"}
+
+    answers = [post_form(webhook, fields).json["data"] for fields in (first, second)]
+
+    assert [answer.get("handled") for answer in answers] == [True, True]
+    assert [data["courseid"] for _, kind, data in webhook.events.published if kind == "enrolment.role_assigned"] == [
+        COURSE,
+        4,
+    ]
+
+
+def test_a_delivery_without_its_time_is_handled_each_time(webhook):
+    fields = event("course_updated", objectid=COURSE, timecreated="")
+
+    answers = [post_form(webhook, fields).json["data"] for _ in range(2)]
+
+    assert [answer.get("handled") for answer in answers] == [True, True]
+
+
+@pytest.mark.parametrize(("name", "field"), [("notification_sent", "relateduserid"), ("course_updated", "objectid")])
+def test_an_id_the_event_needs_must_be_a_moodle_id(webhook, name, field):
+    response = post_form(webhook, event(name, **{"objectid": COURSE, "relateduserid": STUDENT, field: 0}))
+
+    assert response.status_int == 400
+    assert response.json["error"]["details"]["fields"][field] == [
+        f"Must be a Moodle id (1 or more) for \\core\\event\\{name}"
+    ]
+    assert webhook.events.published == []
+
+
+@pytest.mark.parametrize("required", ["false", "true"])
+def test_a_delivery_takes_no_idempotency_key(make_gateway, required):
+    gateway = make_gateway(WEBHOOK_SECRET=SECRET, IDEMPOTENCY_REQUIRED=required)
+    gateway.router.registry.events = RecordingEvents()
+
+    response = post_form(gateway, event("course_updated", objectid=COURSE), headers={"Idempotency-Key": "k-1"})
+
+    assert response.status_int == 200, response.text
+    assert response.json["data"]["handled"] is True

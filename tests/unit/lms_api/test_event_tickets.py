@@ -69,3 +69,18 @@ def test_while_redis_is_away_tickets_are_kept_in_the_process(own_redis):
 
     assert store.redeem(text) == TICKET
     assert store.redeem(text) is None
+
+
+def test_a_ticket_whose_redis_answer_was_lost_is_still_used_once(empty_redis):
+    class AnswerLost(redis.Redis):
+        def set(self, *args, **kwargs):  # stored, but the answer times out
+            super().set(*args, **kwargs)
+            raise redis.TimeoutError("Timeout reading from socket")
+
+    issuing = TicketStore(RedisLink(AnswerLost.from_url(empty_redis), "events.tickets", "in process"))
+    text = issuing.issue(TICKET)
+    another_replica = TicketStore(RedisLink(redis_client(empty_redis), "events.tickets", ""))
+    issuing._link.answered()  # Redis answers again by the time the stream comes
+
+    assert issuing.redeem(text) == TICKET
+    assert another_replica.redeem(text) is None

@@ -124,12 +124,16 @@ def test_the_process_keeps_a_bounded_number_of_deliveries(monkeypatch):
     assert done.claim("d") is False
 
 
-def test_the_key_is_name_object_related_user_and_time():
+def test_the_key_is_every_field_moodle_sent():
     delivery = {"eventname": "\\core\\event\\x", "objectid": 1, "relateduserid": None, "timecreated": 5, "userid": 9}
 
-    assert delivery_key(delivery) == delivery_key({**delivery, "userid": 10, "courseid": 3})
-    for field in ("eventname", "objectid", "relateduserid", "timecreated"):
+    assert delivery_key(delivery) == delivery_key(dict(reversed(delivery.items())))
+    for field in ("eventname", "objectid", "relateduserid", "timecreated", "userid", "courseid"):
         assert delivery_key(delivery) != delivery_key({**delivery, field: 2})
+
+
+def test_a_delivery_without_its_time_is_never_taken_for_another():
+    assert delivery_key({"eventname": "\\core\\event\\x", "objectid": 1, "timecreated": None}) is None
 
 
 def test_replicas_sharing_a_redis_claim_a_delivery_once(empty_redis):
