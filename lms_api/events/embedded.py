@@ -9,10 +9,15 @@ channel) for the streams that resume.
 
 With ``REDIS_URL`` the ids, the kept events and the delivery are shared by every replica: one Lua script numbers an
 event, keeps it in its channel's sorted set and publishes it on :data:`FANOUT_CHANNEL`, to which one thread of each
-process listens (from its first stream on) and hands what the others published to its streams. While Redis does not
-answer, an event reaches this process's streams only, with no id (so a client's ``Last-Event-ID`` stays that of the
+process listens (from its first stream on) and hands every event, this process's own too, to its streams in the order
+the fan-out brings them: the order of their ids, as the script runs alone. The listener pings Redis when the fan-out is
+quiet, so a connection that died without a word is noticed; each time it subscribes again after losing the fan-out it
+hands each open stream the kept events after the last one the stream had, which it missed meanwhile. While Redis does
+not answer, an event reaches this process's streams only, with no id (so a client's ``Last-Event-ID`` stays that of the
 last event it can resume after), and is counted as failed; the change is logged once each way
 (:class:`~lms_api.redisstate.RedisLink`).
+
+Without Redis, an event is numbered and handed to the streams under one lock, so they too get ids in order.
 """
 
 from __future__ import annotations
@@ -21,7 +26,6 @@ import json
 import queue
 import threading
 import time
-import uuid
 import weakref
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
@@ -55,12 +59,17 @@ ID_KEY = "lms_api:events:id"
 KEPT_PREFIX = "lms_api:events:kept:"
 FANOUT_CHANNEL = "lms_api:events"
 LISTEN_POLL_S = 0.5  # how soon the listener sees that the engine is closed
+# The listener pings Redis after this long without a word on the fan-out, and subscribes again on a new connection
+# when twice this passes without one: a connection whose peer vanished (no FIN, no RST) would otherwise be read for
+# ever. redis-py's own health check sends the ping but never misses the answer.
+HEALTH_CHECK_S = 5.0
 SUBSCRIBE_WAIT_S = 1.0  # how long the first stream waits for the listener to subscribe (Redis may be away)
 STREAM_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}  # the last: nginx passes each event on
 HEARTBEAT = b": heartbeat\n\n"
 
 # KEYS: the id counter, the channel's kept events. ARGV: the least id (the time in ms), the event's JSON after its id,
-# the least id kept, the most events kept, seconds kept, the fan-out channel. Answers the event's id.
+# the least id kept, the most events kept, seconds kept, the fan-out channel. Answers the event's id. Redis runs the
+# script alone, so events are published on the fan-out in id order.
 _PUBLISH_SCRIPT = """
 local id = redis.call('INCR', KEYS[1])
 if id < tonumber(ARGV[1]) then
@@ -94,15 +103,21 @@ class Event:
         lines.extend(f"data: {line}" for line in self.data.split("\n"))
         return ("\n".join(lines) + "\n\n").encode()
 
-    def fields_after_id(self, origin: str) -> str:
+    def fields_after_id(self) -> str:
         """The event's JSON object without its opening brace and id, which the publish script puts first."""
-        fields = {"origin": origin, "channel": self.channel, "type": self.type, "data": self.data, "at": self.at}
+        fields = {"channel": self.channel, "type": self.type, "data": self.data, "at": self.at}
         return json.dumps(fields, separators=(",", ":"))[1:]
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Event:
+        """The event the publish script stored; ValueError, KeyError or TypeError when ``text`` is not one."""
         fields = json.loads(text)
-        return cls(int(fields["id"]), fields["channel"], fields["type"], fields["data"], float(fields["at"]))
+        if not isinstance(fields, dict):
+            raise TypeError(f"an event is a JSON object, not {type(fields).__name__}")
+        event = cls(int(fields["id"]), fields["channel"], fields["type"], fields["data"], float(fields["at"]))
+        if not all(isinstance(value, str) for value in (event.channel, event.type, event.data)):
+            raise TypeError("an event's channel, type and data are strings")
+        return event
 
 
 def next_id(last: int, now: float) -> int:
@@ -167,8 +182,11 @@ def _by_id(event: Event) -> int:
 class _Subscriber:
     """One open stream: its channels and the events handed to it, which its thread sends."""
 
-    def __init__(self, channels: Sequence[str]) -> None:
+    def __init__(self, channels: Sequence[str], last_id: int | None) -> None:
         self.channels = frozenset(channels)
+        # The id of the last event sent, else the one the stream started after: what comes later with an id no
+        # greater was sent already (or is older than what the client has), and a replay starts after it.
+        self.last_id = last_id
         self.ended = False  # the engine closed, or the client fell too far behind
         self._queue: queue.Queue[Event | None] = queue.Queue(MAX_QUEUED_PER_STREAM)
 
@@ -233,8 +251,8 @@ class EmbeddedEvents:
         self._local = LocalEvents(keep_s, clock)
         self._streams: set[_Subscriber] = set()
         self._lock = threading.Lock()
+        self._publish_lock = threading.Lock()  # without Redis: an event is numbered and handed on before the next
         self._closed = False
-        self._origin = uuid.uuid4().hex  # this process, in what it publishes: its listener skips its own events
         self._stopping = threading.Event()
         self._subscribed = threading.Event()
         self._listener: threading.Thread | None = None
@@ -258,12 +276,14 @@ class EmbeddedEvents:
         try:
             text = event_data(event_type, data)
             if self._link is None:
-                event = self._local.add(channel, str(event_type), text)
+                with self._publish_lock:
+                    self._deliver(self._local.add(channel, str(event_type), text))
             else:
+                # A numbered event reaches this process's streams through the fan-out, as the others' do, in id order.
                 event = self._publish_shared(self._link, channel, str(event_type), text)
                 if event.id is None:
                     outcome = "failed"  # the other replicas' streams never see it
-            self._deliver(event)
+                    self._deliver(event)
         except Exception:  # publishing never fails the request or job that publishes
             log.exception("events.publish_failed", channel=channel, type=str(event_type))
             outcome = "failed"
@@ -280,7 +300,7 @@ class EmbeddedEvents:
                 keys=[ID_KEY, KEPT_PREFIX + channel],
                 args=[
                     next_id(0, now),
-                    unnumbered.fields_after_id(self._origin),
+                    unnumbered.fields_after_id(),
                     next_id(0, now - self._keep_s),
                     MAX_KEPT_PER_CHANNEL,
                     max(1, round(self._keep_s)),
@@ -304,19 +324,36 @@ class EmbeddedEvents:
             return self._local.since(channels, last_id)
         if not self._link.usable:
             return []
-        channels = sorted(channels)
         try:
-            with self._link.client.pipeline(transaction=False) as pipe:
-                for channel in channels:
-                    pipe.zrangebyscore(KEPT_PREFIX + channel, f"({last_id}", "+inf")
-                found: list[list[bytes]] = pipe.execute()
+            events = self._read_kept(self._link, channels, last_id)
         except redis.RedisError as error:
             self._link.went_down(error)
             return []
         self._link.answered()
+        return events
+
+    def _read_kept(self, link: RedisLink, channels: Iterable[str], last_id: int) -> list[Event]:
+        """The events Redis keeps for ``channels`` after ``last_id``, in id order, read at one instant: an event
+        published meanwhile is in all of them or none, so one it holds back comes later with an id above theirs."""
+        with link.client.pipeline(transaction=True) as pipe:
+            for channel in sorted(channels):
+                pipe.zrangebyscore(KEPT_PREFIX + channel, f"({last_id}", "+inf")
+            found: list[list[bytes]] = pipe.execute()
         cutoff = self._clock() - self._keep_s
-        events = (Event.from_json(member) for members in found for member in members)
-        return sorted((event for event in events if event.at >= cutoff), key=_by_id)
+        events = (_readable(member, "kept") for members in found for member in members)
+        return sorted((event for event in events if event is not None and event.at >= cutoff), key=_by_id)
+
+    def _last_id_given(self) -> int | None:
+        """The last id Redis gave an event (0 before the first), None when Redis does not answer."""
+        if self._link is None or not self._link.usable:
+            return None
+        try:
+            given = self._link.client.get(ID_KEY)
+        except redis.RedisError as error:
+            self._link.went_down(error)
+            return None
+        self._link.answered()
+        return int(given or 0)
 
     # -- the fan-out listener --------------------------------------------------------------------------------------
 
@@ -330,44 +367,77 @@ class EmbeddedEvents:
         return True
 
     def _listen(self) -> None:
-        """Hand the events other replicas publish to this process's streams; subscribe again whenever Redis comes
-        back, and stop once the engine is closed."""
+        """Hand what the fan-out brings to this process's streams; subscribe again whenever it is lost (Redis went
+        away, or kept silent, or a bug), after a pause, and stop once the engine is closed."""
         assert self._link is not None
         link = self._link
+        replay = False  # the first subscription comes with the first stream, which reads the kept events itself
         while not self._stopping.is_set():
-            fanout = link.client.pubsub(ignore_subscribe_messages=True)
+            fanout = link.client.pubsub()
             try:
                 fanout.subscribe(FANOUT_CHANNEL)
-                self._subscribed.set()
-                link.answered()
-                while not self._stopping.is_set():
-                    message = fanout.get_message(timeout=LISTEN_POLL_S)
-                    if message is not None:
-                        self._receive(message["data"])
+                self._follow(link, fanout, replay)
             except redis.RedisError as error:
                 link.went_down(error)
-                self._stopping.wait(RETRY_AFTER_S)
+            except Exception:  # never the end of listening: this process's streams would get no event again
+                log.exception("events.listener_failed")
             finally:
                 self._subscribed.clear()
-                with suppress(redis.RedisError):
+                with suppress(Exception):
                     fanout.close()
+            replay = True
+            self._stopping.wait(RETRY_AFTER_S)
+
+    def _follow(self, link: RedisLink, fanout: redis.client.PubSub, replay: bool) -> None:
+        """Read the fan-out until the engine is closed: once subscribed, hand each open stream what it missed when
+        ``replay`` (the fan-out was lost), then every event; raise ``redis.ConnectionError`` once Redis has not
+        answered for twice :data:`HEALTH_CHECK_S`."""
+        heard = pinged = time.monotonic()
+        while not self._stopping.is_set():
+            message = fanout.get_message(timeout=LISTEN_POLL_S)
+            now = time.monotonic()
+            if message is None:
+                if now - heard > 2 * HEALTH_CHECK_S:
+                    raise redis.ConnectionError(f"no answer on the fan-out in {2 * HEALTH_CHECK_S:g} s")
+                if now - heard >= HEALTH_CHECK_S and now - pinged >= HEALTH_CHECK_S:
+                    fanout.ping()
+                    pinged = now
+                continue
+            heard = now
+            if message["type"] == "subscribe":
+                link.answered()
+                self._subscribed.set()
+                if replay:
+                    self._replay(link)
+            elif message["type"] == "message":
+                self._receive(message["data"])
+
+    def _replay(self, link: RedisLink) -> None:
+        """Hand each open stream the kept events after the last it had: those published while the fan-out was lost.
+        Read after subscribing, so what is published later comes by the fan-out, behind them; a stream skips an event
+        it has had."""
+        with self._lock:
+            subscribers = list(self._streams)
+        for subscriber in subscribers:
+            if subscriber.last_id is None:
+                continue  # opened while Redis was away: it has nothing to resume after
+            for event in self._read_kept(link, subscriber.channels, subscriber.last_id):
+                subscriber.offer(event)
 
     def _receive(self, message: bytes) -> None:
-        try:
-            fields = json.loads(message)
-            if fields.get("origin") == self._origin:
-                return  # delivered here when it was published
-            event = Event.from_json(message)
-        except (ValueError, KeyError, TypeError):
-            log.warning("events.fanout_unreadable", size=len(message))
-            return
-        self._deliver(event)
+        event = _readable(message, "fanout")
+        if event is not None:
+            self._deliver(event)
 
     # -- streams ---------------------------------------------------------------------------------------------------
 
     def stream(self, request: Request, channels: Sequence[str]) -> Response:
         last_id = _last_event_id(request)
-        subscriber = _Subscriber(channels)
+        if last_id is None:
+            # With Redis, a new stream starts after the last event numbered: it reads what is published while it
+            # opens from the kept events, and a replay knows where it started.
+            last_id = self._last_id_given()
+        subscriber = _Subscriber(channels, last_id)
         with self._lock:
             full = self._closed or len(self._streams) >= self.max_streams
             if not full:
@@ -382,22 +452,21 @@ class EmbeddedEvents:
                 {"max_streams": self.max_streams},
                 headers={"Retry-After": str(FULL_RETRY_AFTER_S)},
             )
-        if listener_started:  # the first stream misses nothing the other replicas publish once it has opened
+        if listener_started:  # the first stream misses nothing published once it has opened
             self._subscribed.wait(SUBSCRIBE_WAIT_S)
-        body = _StreamBody(self._frames(subscriber, last_id), lambda: self._release(subscriber))
+        body = _StreamBody(self._frames(subscriber), lambda: self._release(subscriber))
         response = Response(app_iter=body, content_type="text/event-stream", charset="utf-8")
         response.headers.update(STREAM_HEADERS)
         return response
 
-    def _frames(self, subscriber: _Subscriber, last_id: int | None) -> Generator[bytes, None, None]:
-        """What a stream sends: the reconnection delay at once, the kept events after ``last_id``, then each event as
-        it comes and a heartbeat after every ``heartbeat_s`` without one."""
+    def _frames(self, subscriber: _Subscriber) -> Generator[bytes, None, None]:
+        """What a stream sends: the reconnection delay at once, the kept events after the id it starts after, then
+        each event as it comes and a heartbeat after every ``heartbeat_s`` without one."""
         try:
             yield f"retry: {RECONNECT_MS}\n\n".encode()
-            resent: set[int] = set()
-            if last_id is not None:
-                for kept in self._kept_since(subscriber.channels, last_id):
-                    resent.add(kept.id or 0)
+            if subscriber.last_id is not None:
+                for kept in self._kept_since(subscriber.channels, subscriber.last_id):
+                    subscriber.last_id = kept.id
                     yield kept.frame()
             while not subscriber.ended:
                 try:
@@ -407,9 +476,12 @@ class EmbeddedEvents:
                     continue
                 if event is None:
                     return
-                # Published while the kept events were read: sent already, or older than what the client has.
-                if event.id is not None and (event.id in resent or (last_id is not None and event.id <= last_id)):
-                    continue
+                if event.id is not None:
+                    # Events come in id order: one no newer than the last was sent already (read with the kept
+                    # events, or handed on again by a replay), or is older than what the client has.
+                    if subscriber.last_id is not None and event.id <= subscriber.last_id:
+                        continue
+                    subscriber.last_id = event.id
                 yield event.frame()
         finally:
             self._release(subscriber)
@@ -443,6 +515,16 @@ class EmbeddedEvents:
         self._stopping.set()
         if self._listener is not None:
             self._listener.join(LISTEN_POLL_S * 4)
+
+
+def _readable(text: bytes, source: str) -> Event | None:
+    """The event ``text`` from Redis holds; None, logged, when it holds none (anyone who can write to Redis may have
+    put it there), rather than an error that would end a stream or the listener."""
+    try:
+        return Event.from_json(text)
+    except Exception:
+        log.warning(f"events.{source}_unreadable", size=len(text))
+        return None
 
 
 def _last_event_id(request: Request) -> int | None:

@@ -3,8 +3,10 @@ and replicas sharing events through a real Redis (and going on without it)."""
 
 import gc
 import json
+import socket
 import threading
 import time
+from contextlib import suppress
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter
@@ -19,7 +21,7 @@ from lms_api.events.embedded import HEARTBEAT, MAX_KEPT_PER_CHANNEL, EmbeddedEve
 from lms_api.redisstate import RedisLink, redis_client
 from lms_api.settings import load_settings
 from tests.support.servers import start_redis_server
-from tests.support.timing import FakeClock, eventually
+from tests.support.timing import FakeClock, eventually, join
 
 RETRY = b"retry: 5000\n\n"
 NOTE = EventType.NOTIFICATION
@@ -46,6 +48,15 @@ def fields(frame):
 
 def next_fields(frames):
     return fields(next(frames))
+
+
+def next_event(frames, heartbeats=20):
+    """The next event's fields, past the heartbeats before it (failing after ``heartbeats`` of them)."""
+    for _ in range(heartbeats):
+        frame = next(frames)
+        if frame != HEARTBEAT:
+            return fields(frame)
+    pytest.fail(f"no event in {heartbeats} heartbeats")
 
 
 class Metrics:
@@ -280,6 +291,34 @@ def test_a_stream_whose_client_falls_1000_events_behind_is_ended_to_resume_from_
     assert [log["event"] for log in logs] == ["events.stream_behind"]
 
 
+def test_an_event_numbered_first_reaches_the_streams_first_whatever_thread_publishes_it(make_engine, monkeypatch):
+    engine = make_engine(heartbeat_s=0.2)
+    _, frames = open_stream(engine, "user-1")
+    next(frames)
+    numbered, go_on = threading.Event(), threading.Event()
+    deliver = engine._deliver
+
+    def held_for_the_job(event):
+        if threading.current_thread().name == "job":  # numbered, then held before its streams get it
+            numbered.set()
+            go_on.wait(10)
+        deliver(event)
+
+    monkeypatch.setattr(engine, "_deliver", held_for_the_job)
+    job = threading.Thread(target=engine.publish, args=("user-1", EventType.JOB_PROGRESS, {"by": "job"}), name="job")
+    job.start()
+    assert numbered.wait(10)
+    webhook = threading.Thread(target=engine.publish, args=("user-1", NOTE, {"by": "webhook"}))
+    webhook.start()
+    webhook.join(0.2)  # time enough to overtake the job's event, were it let
+    go_on.set()
+    join([job, webhook])
+
+    received = [next_fields(frames) for _ in range(2)]
+    assert [event["data"]["by"] for event in received] == ["job", "webhook"]
+    assert received[0]["id"] < received[1]["id"]
+
+
 def test_publishing_counts_what_was_sent_and_never_raises(make_engine):
     metrics = Metrics()
     engine = make_engine(metrics=metrics)
@@ -318,6 +357,14 @@ def replica(make_engine, url, **options):
     return make_engine(link=RedisLink(redis_client(url), "events", "this process only"), **options)
 
 
+def past_the_kept_events(*streams):
+    """Read each new stream up to its first heartbeat: what comes later comes through the fan-out (or a replay), not
+    with the kept events a stream reads first."""
+    for frames in streams:
+        assert next(frames) == RETRY
+        assert next(frames) == HEARTBEAT
+
+
 def subscribed(*engines):
     for engine in engines:
         eventually(lambda engine=engine: engine.readiness()["fanout"] == "subscribed", "the listener subscribed", 10)
@@ -352,8 +399,7 @@ def test_an_event_published_on_one_replica_reaches_the_streams_of_every_replica_
     from_a = [next_fields(on_a) for _ in range(2)]
     from_b = [next_fields(on_b) for _ in range(2)]
     assert [event["data"]["unread"] for event in from_a] == [1, 2]
-    # The same events and ids (one sequence for every replica); B has its own first, A's after the fan-out.
-    assert sorted(from_b, key=lambda event: event["id"]) == from_a
+    assert from_b == from_a  # the same events, ids and order (one sequence for every replica, its own included)
     assert from_a[0]["id"] < from_a[1]["id"]
     assert next(on_a) == next(on_b) == HEARTBEAT  # each event once, not again through the fan-out
 
@@ -450,18 +496,215 @@ def test_while_redis_is_away_events_reach_this_process_only_without_ids_and_fan_
         restarted.wait(10)
 
 
-def test_an_unreadable_fanout_message_is_logged_and_skipped(make_engine, empty_redis):
+@pytest.mark.parametrize(
+    "message",
+    [
+        b"not json",
+        b"[1]",
+        b"null",
+        b'{"id": 1}',
+        b'{"id":1,"channel":["user-1"],"type":"notification","data":"{}","at":0}',
+        b'{"id":1,"channel":"user-1","type":"notification","data":5,"at":0}',
+        b"[" * 100_000,
+    ],
+    ids=["not-json", "array", "null", "no-fields", "channel-not-a-string", "data-not-a-string", "nested-too-deep"],
+)
+def test_a_fanout_message_that_is_no_event_is_logged_and_skipped_and_the_listener_goes_on(
+    make_engine, empty_redis, message
+):
     engine = replica(make_engine, empty_redis, heartbeat_s=0.5)
+    other = replica(make_engine, empty_redis)
     _, frames = open_stream(engine, "user-1")
-    next(frames)
+    past_the_kept_events(frames)
     subscribed(engine)
 
     with capture_logs() as logs:
-        redis_client(empty_redis).publish(engine_module.FANOUT_CHANNEL, b"not json")
+        redis_client(empty_redis).publish(engine_module.FANOUT_CHANNEL, message)
         eventually(lambda: logs, "the message read")
+        other.publish("user-1", NOTE, {"n": 1})
+        received = next_event(frames)
 
+    assert received["data"] == {"type": "notification", "n": 1}
     assert [log["event"] for log in logs] == ["events.fanout_unreadable"]
     assert next(frames) == HEARTBEAT
+
+
+def test_a_kept_entry_that_is_no_event_is_logged_and_skipped_by_a_resuming_stream(make_engine, empty_redis):
+    engine = replica(make_engine, empty_redis, heartbeat_s=0.3)
+    engine.publish("user-1", NOTE, {"n": 1})
+    redis_client(empty_redis).zadd(engine_module.KEPT_PREFIX + "user-1", {b"[1]": 1})
+
+    with capture_logs() as logs:
+        _, frames = open_stream(engine, "user-1", last_event_id=0)
+        next(frames)
+        assert next_fields(frames)["data"]["n"] == 1
+        assert next(frames) == HEARTBEAT
+
+    assert [log["event"] for log in logs] == ["events.kept_unreadable"]
+
+
+def test_the_listener_outlives_a_failure_of_its_own_and_hands_on_the_event_it_failed_at(
+    make_engine, empty_redis, monkeypatch
+):
+    monkeypatch.setattr(engine_module, "RETRY_AFTER_S", 0.1)
+    engine = replica(make_engine, empty_redis, heartbeat_s=0.5)
+    other = replica(make_engine, empty_redis)
+    _, frames = open_stream(engine, "user-1")
+    past_the_kept_events(frames)
+    subscribed(engine)
+    receive, failed = engine._receive, []
+
+    def fails_once(message):
+        if not failed:
+            failed.append(message)
+            raise RuntimeError("a bug")
+        receive(message)
+
+    monkeypatch.setattr(engine, "_receive", fails_once)
+    with capture_logs() as logs:
+        other.publish("user-1", NOTE, {"n": 1})
+        first = next_event(frames)
+        other.publish("user-1", NOTE, {"n": 2})
+        second = next_event(frames)
+
+    assert (first["data"]["n"], second["data"]["n"]) == (1, 2)
+    assert [log["event"] for log in logs] == ["events.listener_failed"]
+    assert engine._listener.is_alive()
+
+
+def test_events_published_while_the_fanout_was_lost_reach_the_open_streams_once_it_is_back(
+    make_engine, own_redis, monkeypatch
+):
+    monkeypatch.setattr(engine_module, "RETRY_AFTER_S", 1.0)  # the others publish meanwhile
+    _, url = own_redis
+    a = replica(make_engine, url, heartbeat_s=0.3)
+    b = replica(make_engine, url)  # publishes only (a webhook, a job): no stream, no listener
+    _, fresh = open_stream(a, "user-1")
+    _, going = open_stream(a, "user-1", "course-2")
+    past_the_kept_events(fresh, going)
+    subscribed(a)
+    b.publish("course-2", NOTE, {"n": 0})
+    assert next_event(going)["data"]["n"] == 0
+
+    with capture_logs() as logs:
+        redis_client(url).client_kill_filter(_type="pubsub")  # Redis dropped the connection; the rest works on
+        eventually(lambda: a.readiness()["fanout"] == "subscribing", "the listener lost the fan-out")
+        b.publish("user-1", NOTE, {"n": 1})
+        b.publish("course-2", NOTE, {"n": 2})
+        subscribed(a)
+    b.publish("user-1", NOTE, {"n": 3})
+
+    assert [next_event(fresh)["data"]["n"] for _ in range(2)] == [1, 3]
+    assert [next_event(going)["data"]["n"] for _ in range(3)] == [1, 2, 3]
+    assert next(fresh) == next(going) == HEARTBEAT  # none twice
+    assert [log["event"] for log in logs] == ["events.redis_unavailable", "events.redis_restored"]
+
+
+class SilencingProxy:
+    """A TCP proxy to a local ``port`` that can stop passing bytes on while every connection stays open: a peer gone
+    silent behind a network partition, which sends no FIN and no RST."""
+
+    def __init__(self, port):
+        self.silent = threading.Event()
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self._connections = []
+        self.port = self._server.getsockname()[1]
+        threading.Thread(target=self._accept, args=(port,), daemon=True).start()
+
+    def _accept(self, port):
+        with suppress(OSError):
+            while True:
+                client, _ = self._server.accept()
+                upstream = socket.create_connection(("127.0.0.1", port))
+                self._connections += [client, upstream]
+                for source, sink in ((client, upstream), (upstream, client)):
+                    threading.Thread(target=self._pass_on, args=(source, sink), daemon=True).start()
+
+    def _pass_on(self, source, sink):
+        with suppress(OSError):
+            while data := source.recv(65536):
+                while self.silent.is_set():
+                    time.sleep(0.01)
+                sink.sendall(data)
+        with suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def close(self):
+        self._server.close()
+        for connection in self._connections:
+            connection.close()
+
+
+def quick_health_checks(monkeypatch):
+    monkeypatch.setattr(engine_module, "HEALTH_CHECK_S", 0.2)
+    monkeypatch.setattr(engine_module, "LISTEN_POLL_S", 0.02)
+    monkeypatch.setattr(engine_module, "RETRY_AFTER_S", 0.2)
+
+
+def test_a_fanout_connection_gone_silent_is_noticed_and_the_events_published_meanwhile_follow(
+    make_engine, empty_redis, monkeypatch
+):
+    quick_health_checks(monkeypatch)
+    proxy = SilencingProxy(int(empty_redis.rsplit(":", 1)[1].split("/")[0]))
+    a = replica(make_engine, f"redis://127.0.0.1:{proxy.port}/0", heartbeat_s=0.3)
+    b = replica(make_engine, empty_redis)
+    _, frames = open_stream(a, "user-1")
+    past_the_kept_events(frames)
+    subscribed(a)
+
+    try:
+        proxy.silent.set()
+        b.publish("user-1", NOTE, {"n": 1})  # held in the silent connection
+        eventually(lambda: not a._subscribed.is_set(), "the silent connection noticed")
+        proxy.silent.clear()
+        subscribed(a)
+        b.publish("user-1", NOTE, {"n": 2})
+
+        assert [next_event(frames)["data"]["n"] for _ in range(2)] == [1, 2]
+        assert next(frames) == HEARTBEAT
+    finally:
+        proxy.close()
+
+
+def test_a_quiet_fanout_is_pinged_and_kept(make_engine, empty_redis, monkeypatch):
+    quick_health_checks(monkeypatch)
+    engine = replica(make_engine, empty_redis)
+    stream = open_stream(engine, "user-1")
+    subscribed(engine)
+    store = redis_client(empty_redis)
+
+    with capture_logs() as logs:
+        store.config_resetstat()
+        time.sleep(1.2)  # six health-check periods without an event
+        pings = store.info("commandstats").get("cmdstat_ping", {}).get("calls", 0)
+
+    assert pings >= 3
+    assert engine.readiness()["fanout"] == "subscribed"
+    assert logs == []
+    del stream
+
+
+def test_events_published_at_once_on_two_replicas_reach_every_stream_once_in_id_order(make_engine, empty_redis):
+    a, b = (replica(make_engine, empty_redis, heartbeat_s=0.3) for _ in range(2))
+    _, on_a = open_stream(a, "user-1")
+    _, on_b = open_stream(b, "user-1")
+    past_the_kept_events(on_a, on_b)
+    subscribed(a, b)
+    each = 25
+
+    def publish(engine):
+        for n in range(each):
+            engine.publish("user-1", NOTE, {"n": n})
+
+    publishers = [threading.Thread(target=publish, args=(engine,)) for engine in (a, a, b, b)]
+    for publisher in publishers:
+        publisher.start()
+    join(publishers)
+
+    on_a_ids = [next_event(on_a)["id"] for _ in range(4 * each)]
+    on_b_ids = [next_event(on_b)["id"] for _ in range(4 * each)]
+    assert on_a_ids == sorted(set(on_a_ids))  # each once, in id order
+    assert on_b_ids == on_a_ids
 
 
 def test_close_stops_the_listener(make_engine, empty_redis):
