@@ -233,6 +233,13 @@ class ErrorCode(StrEnum):
         "as many background jobs as the gateway keeps (10,000) are queued or running (on RQ: queued); nothing was "
         "queued; `Retry-After` says when to ask again",
     )
+    EVENTS_UNPUBLISHED = (
+        "eventsunpublished",
+        503,
+        "the webhook: Moodle's event was taken and its cache entries dropped (`details.dropped`), but nchan or the "
+        "events' Redis did not take the event for the streams; it is not kept as done, so the sender's retry "
+        "publishes it; `Retry-After`",
+    )
     EVENTS_FULL = (
         "eventsfull",
         503,

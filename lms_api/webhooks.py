@@ -52,6 +52,7 @@ SIGNATURE_WINDOW_S = 300
 SIGNATURE_HEADER = "X-Signature"
 TIMESTAMP_HEADER = "X-Webhook-Timestamp"
 DEDUPE_S = 3600
+UNPUBLISHED_RETRY_AFTER_S = 30
 MAX_DELIVERIES_IN_PROCESS = 100_000  # a digest and a time each: a few MiB at most
 WEBHOOK_IDENTITY = Identity("moodle-webhook", frozenset({Scope.MOODLE_EVENTS.value}))
 OTHER_EVENT = "other"  # the metrics' label of an event the table does not know: the labels stay bounded
@@ -458,7 +459,13 @@ class Webhook:
                 outcome["unreadcount"] = count = self._unread_count(data["userid"])
                 if count is not None:
                     data["unreadcount"] = count
-            self.events.publish(channel, reaction.publishes, data)
+            if not self.events.publish(channel, reaction.publishes, data):
+                raise ApiError(
+                    ErrorCode.EVENTS_UNPUBLISHED,
+                    f"{name} was taken, but its event could not be published to the streams: send it again",
+                    {"dropped": outcome["dropped"]},
+                    headers={"Retry-After": str(UNPUBLISHED_RETRY_AFTER_S)},
+                )
             outcome["published"].append({"channel": channel, "type": str(reaction.publishes)})
         return outcome
 

@@ -16,7 +16,8 @@ Two engines deliver them, one per process, chosen by the settings:
 
 On the wire an event is its id (the engine's: ``Last-Event-ID`` resumes after it), its type (the ``event`` line) and
 a JSON object, its data, which names its type again (``{"type": "notification", ...}``): a WebSocket message has only
-the data. Publishing never fails the request or job that publishes: a lost event is logged and counted.
+the data. Publishing never fails the request or job that publishes: a lost event is logged and counted (the webhook
+alone answers it, so that Moodle sends it again).
 """
 
 from __future__ import annotations
@@ -75,9 +76,10 @@ class EventEngine(Protocol):
 
     name: str  # "embedded" or "nchan", as /readyz shows it
 
-    def publish(self, channel: str, event_type: EventType, data: Mapping[str, Any]) -> None:
-        """Send an event to ``channel``'s subscribers, wherever they are connected. Never raises: an event that
-        cannot be sent is logged and counted (``lms_api_events_published{outcome="failed"}``)."""
+    def publish(self, channel: str, event_type: EventType, data: Mapping[str, Any]) -> bool:
+        """Send an event to ``channel``'s subscribers, wherever they are connected: whether every one of them can
+        receive it. Never raises: an event that cannot be sent is logged and counted
+        (``lms_api_events_published{outcome="failed"}``)."""
 
     def stream(self, request: Request, channels: Sequence[str]) -> Response:
         """The answer to a stream request whose ticket names ``channels`` (``Last-Event-ID`` is read from

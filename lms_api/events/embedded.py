@@ -271,7 +271,7 @@ class EmbeddedEvents:
 
     # -- publishing ------------------------------------------------------------------------------------------------
 
-    def publish(self, channel: str, event_type: EventType, data: Mapping[str, Any]) -> None:
+    def publish(self, channel: str, event_type: EventType, data: Mapping[str, Any]) -> bool:
         outcome = "sent"
         try:
             text = event_data(event_type, data)
@@ -289,6 +289,7 @@ class EmbeddedEvents:
             outcome = "failed"
         if self._metrics is not None:
             self._metrics.events_published.labels(str(event_type), outcome).inc()
+        return outcome == "sent"
 
     def _publish_shared(self, link: RedisLink, channel: str, event_type: str, data: str) -> Event:
         now = self._clock()

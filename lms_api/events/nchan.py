@@ -66,7 +66,7 @@ class NchanEvents:
         assert settings.nchan_publish_url, "the nchan engine needs NCHAN_PUBLISH_URL"
         return cls(settings.nchan_publish_url, metrics)
 
-    def publish(self, channel: str, event_type: EventType, data: Mapping[str, Any]) -> None:
+    def publish(self, channel: str, event_type: EventType, data: Mapping[str, Any]) -> bool:
         """POST the event to nchan's publisher location for ``channel``; a failure is logged and counted."""
         headers = {"Content-Type": "application/json", "X-EventSource-Event": event_type.value}
         failure: dict[str, Any] = {}
@@ -79,12 +79,13 @@ class NchanEvents:
             )
             if answer.status_code not in PUBLISHED:
                 failure = {"status": answer.status_code}
-        except requests.RequestException as error:
+        except Exception as error:
             failure = {"error": type(error).__name__}
         if failure:
             log.warning("events.publish_failed", engine=self.name, channel=channel, type=event_type.value, **failure)
         if self._metrics is not None:
             self._metrics.events_published.labels(event_type.value, "failed" if failure else "sent").inc()
+        return not failure
 
     def stream(self, request: Request, channels: Sequence[str]) -> Response:
         """An empty answer that sends nginx to its subscriber location for ``channels``; nginx keeps the client's

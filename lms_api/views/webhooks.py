@@ -15,7 +15,12 @@ class WebhookViews(ApiViews):
         request_method="POST",
         permission=Scope.MOODLE_EVENTS,
         answers=DeliveryAnswerSchema(),
-        errors=(ErrorCode.UNSUPPORTED_MEDIA_TYPE, ErrorCode.INVALID_JSON, ErrorCode.BODY_TOO_LARGE),
+        errors=(
+            ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode.INVALID_JSON,
+            ErrorCode.BODY_TOO_LARGE,
+            ErrorCode.EVENTS_UNPUBLISHED,
+        ),
         credentials=WEBHOOK_SECRET,
         own_body=MoodleEventDelivery(),
         takes_idempotency_key=False,  # deliveries are deduplicated by Moodle's own fields

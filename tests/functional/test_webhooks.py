@@ -15,6 +15,7 @@ import webtest
 from lms_api.webhooks import EVENTS, MAX_BODY_BYTES, WEBHOOK_PATH
 from tests.support.credentials import ALL_SCOPES, mint
 from tests.support.sandbox import moodle_call, queue_fault, sandbox_calls
+from tests.support.servers import free_port
 
 SECRET = "webhook-test-secret-0123456789-abcdefghijklmnop"
 READER = mint(ALL_SCOPES, sub="webhook-reader", moodle_userid=3)
@@ -26,7 +27,8 @@ EVENT_TIMES = itertools.count(1_700_000_000)  # a time of its own for each event
 
 
 class RecordingEvents:
-    """An events engine that keeps what is published (and can fail the first ``failures`` publishes)."""
+    """An events engine that keeps what is published (and, as nchan or a Redis away would, cannot take the first
+    ``failures`` events)."""
 
     name = "recording"
 
@@ -37,8 +39,9 @@ class RecordingEvents:
     def publish(self, channel, event_type, data):
         if self._failures:
             self._failures -= 1
-            raise RuntimeError("publish failed")
+            return False
         self.published.append((channel, str(event_type), dict(data)))
+        return True
 
     def open_streams(self):
         return 0
@@ -370,16 +373,30 @@ def test_another_time_object_or_user_is_another_delivery(webhook):
     assert len(webhook.events.published) == 4
 
 
-def test_a_delivery_whose_handling_failed_is_handled_when_retried(make_gateway):
+def test_a_delivery_whose_event_was_not_published_is_handled_when_retried(make_gateway):
     gateway = make_gateway(WEBHOOK_SECRET=SECRET)
     gateway.router.registry.events = events = RecordingEvents(failures=1)
     fields = event("course_updated", objectid=COURSE)
 
-    assert post_form(gateway, fields).status_int == 500
+    unpublished = post_form(gateway, fields)
     retried = post_form(gateway, fields)
 
+    assert unpublished.status_int == 503
+    assert unpublished.headers["Retry-After"] == "30"
+    assert unpublished.json["error"]["code"] == "eventsunpublished"
+    assert unpublished.json["error"]["details"] == {"dropped": ["courses"]}
     assert retried.json["data"]["handled"] is True
     assert events.published == [(f"course-{COURSE}", "course.updated", {"courseid": COURSE})]
+
+
+def test_an_event_nchan_does_not_take_is_sent_again_by_moodle(make_gateway):
+    nchan = f"http://127.0.0.1:{free_port()}/lms_api/publish"  # nothing listens: nchan is down
+    gateway = make_gateway(WEBHOOK_SECRET=SECRET, NCHAN_PUBLISH_URL=nchan)
+    fields = event("course_updated", objectid=COURSE)
+
+    answers = [post_form(gateway, fields) for _ in range(2)]
+
+    assert [answer.status_int for answer in answers] == [503, 503]  # never taken for a duplicate while unpublished
 
 
 def test_an_event_the_table_does_not_know_is_ignored_and_counted(webhook, sandbox):

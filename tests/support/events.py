@@ -13,6 +13,7 @@ class RecordingEvents:
 
     def publish(self, channel, event_type, data):
         self.published.append((channel, str(event_type), dict(data)))
+        return True
 
     def stream(self, request, channels):
         self.streams.append(tuple(channels))

@@ -323,10 +323,11 @@ def test_publishing_counts_what_was_sent_and_never_raises(make_engine):
     metrics = Metrics()
     engine = make_engine(metrics=metrics)
 
-    engine.publish("user-1", NOTE, {"unread": 1})
+    sent = engine.publish("user-1", NOTE, {"unread": 1})
     with capture_logs() as logs:
-        engine.publish("user-1", NOTE, {"unread": object()})  # no JSON for it
+        failed = engine.publish("user-1", NOTE, {"unread": object()})  # no JSON for it
 
+    assert (sent, failed) == (True, False)
     assert metrics.count("notification", "sent") == 1
     assert metrics.count("notification", "failed") == 1
     assert [log["event"] for log in logs] == ["events.publish_failed"]
@@ -466,10 +467,12 @@ def test_while_redis_is_away_events_reach_this_process_only_without_ids_and_fan_
     with capture_logs() as logs:
         process.terminate()
         process.wait(10)
-        a.publish("user-1", NOTE, {"n": 1})
+        taken = a.publish("user-1", NOTE, {"n": 1})
         time.sleep(0.5)  # the listeners try again meanwhile
         a.publish("user-1", NOTE, {"n": 2})
         readiness = a.readiness()
+
+    assert taken is False  # the other replicas' streams never hear it: the webhook has Moodle send it again
 
     assert [(event.get("id"), event["data"]["n"]) for event in (next_fields(on_a), next_fields(on_a))] == [
         (None, 1),
