@@ -16,6 +16,7 @@ from rq.registry import StartedJobRegistry
 
 from lms_api import cli, jobqueue
 from lms_api.errors import ApiError, ErrorCode, error_body
+from lms_api.events import caller_channel
 from lms_api.jobqueue import RQEngine, WorkerContext, serve
 from lms_api.jobs import JobKind, JobState
 from lms_api.logging import configure_logging
@@ -29,6 +30,7 @@ from lms_api.services.userwrites import prepare_create_users, prepare_update_use
 from lms_api.settings import SETTING_NAMES
 from moodle_sandbox.server import start_sandbox
 from tests.functional.test_enrol import STUDENTS, enrolled, new_course
+from tests.support.events import RecordingEvents
 from tests.support.gateway import capture_logs, settings_for
 from tests.support.paths import ROOT
 from tests.support.sandbox import moodle_call, queue_fault
@@ -746,3 +748,24 @@ def test_lms_api_worker_without_its_queue_moodle_or_ini_stops_with_one_line(
 
     errors = capsys.readouterr().err.splitlines()
     assert len(errors) == 1 and errors[0].startswith(message), errors
+
+
+def test_a_workers_job_publishes_its_progress_to_its_submitters_channel(engine, moodle, settings, site, empty_redis):
+    course = new_course(site)
+    queued = submit_enrol(engine, client_for(settings), settings, enrolments(course), sub="progress-writer")
+    events = RecordingEvents()
+    client = redis.Redis.from_url(empty_redis)
+
+    serve(WorkerContext(settings, client, moodle, events), burst=True)
+    client.close()
+
+    progress = events.of_type("job.progress")
+    assert {channel for channel, _ in progress} == {caller_channel("progress-writer")}
+    shown = [(data["job"]["id"], data["job"]["state"], data["job"]["progress"]["done"]) for _, data in progress]
+    assert shown == [
+        (queued.id, "running", 0),
+        (queued.id, "running", 2),
+        (queued.id, "running", 4),
+        (queued.id, "running", 5),  # after its last call, then its end
+        (queued.id, "succeeded", 5),
+    ]
