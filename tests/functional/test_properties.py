@@ -8,7 +8,7 @@ bodies, odd headers. Bounded by the ``hypothesis`` profiles in ``tests/conftest.
 
 import json
 import string
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from lms_api.schemas.courses import CourseFields
 from lms_api.schemas.enrolments import EnrolmentSchema
 from lms_api.schemas.files import AttachBody
+from lms_api.webhooks import EVENTS
 from tests.support.credentials import mint
 from tests.support.gateway import Gateway, settings_for
 from tests.support.operations import api_operations
@@ -40,6 +41,7 @@ REFUSED_BY_THE_GATEWAY = frozenset(
 )
 ORIGIN = "https://app.example.edu"
 TOKEN = mint(scope="admin", moodle_userid=3)
+WEBHOOK_SECRET = "property-webhook-secret-0123456789abcdef"
 
 # The fields each body takes, as its schema declares them.
 COURSE_FIELDS = tuple(CourseFields().fields)
@@ -216,6 +218,7 @@ def gateway(sandbox):
             RATE_LIMIT_READ="1000000/minute",
             RATE_LIMIT_WRITE="1000000/minute",
             RATE_LIMIT_UNAUTHENTICATED="1000000/minute",
+            WEBHOOK_SECRET=WEBHOOK_SECRET,
         )
     )
 
@@ -309,3 +312,22 @@ def test_attach(gateway, sandbox, body, content_type):
 def test_upload(gateway, sandbox, upload, query):
     body, content_type = upload
     send(gateway, sandbox, "POST", f"/api/moodle/files/upload?{query}", body, content_type)
+
+
+WEBHOOK_FIELDS = ("eventname", "objectid", "courseid", "userid", "relateduserid", "contextinstanceid", "timecreated")
+EVENT_NAMES = st.sampled_from([*EVENTS, "\\core\\event\\course_viewed", "core\\event\\course_updated", "", " ", "\\"])
+DELIVERY_VALUES = st.one_of(EVENT_NAMES, TEXT, NUMBERS.map(str), st.just(""))
+FORM_BODIES = st.dictionaries(st.one_of(st.sampled_from(WEBHOOK_FIELDS), TEXT), DELIVERY_VALUES, max_size=9).map(
+    lambda fields: urlencode(fields).encode()
+)
+FORM_TYPES = st.sampled_from(["application/x-www-form-urlencoded", "application/x-www-form-urlencoded; charset=x"])
+
+
+@PROPERTY
+@given(
+    body=st.one_of(FORM_BODIES, json_payloads(objects_with(WEBHOOK_FIELDS)), st.binary(max_size=300)),
+    content_type=st.one_of(FORM_TYPES, st.just("application/json"), CONTENT_TYPES),
+)
+def test_webhook_deliveries(gateway, sandbox, body, content_type):
+    authorization = {"Authorization": f"Bearer {WEBHOOK_SECRET}"}
+    send(gateway, sandbox, "POST", "/api/moodle/webhooks/moodle", body, content_type, headers=authorization)
