@@ -4,6 +4,7 @@ killed mid-job leaves an exact record and no call sent twice."""
 
 import json
 import signal
+import subprocess
 import time
 
 import pytest
@@ -289,7 +290,7 @@ def test_a_worker_paused_past_its_heartbeat_is_declared_lost_and_sends_nothing_m
     assert finished(gateway, after.headers["Location"])["state"] == "succeeded"
 
 
-def test_a_worker_told_to_stop_ends_its_job_first(rq_gateway, site, worker):
+def test_a_worker_told_to_stop_ends_its_job_first(rq_gateway, site, worker, tmp_path):
     gateway = rq_gateway()
     stopping = worker("worker")
     location = gateway.post("/api/moodle/enrol", enrolments([new_course(site)]), WRITER, headers=ASYNC).headers[
@@ -299,7 +300,11 @@ def test_a_worker_told_to_stop_ends_its_job_first(rq_gateway, site, worker):
 
     stopping.send_signal(signal.SIGTERM)
 
-    assert stopping.wait(20) == 0
+    try:
+        stopped = stopping.wait(20)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the worker did not stop; its log:\n" + (tmp_path / "worker.log").read_text()[-4000:])
+    assert stopped == 0
     assert job_of(gateway, location)["state"] == "succeeded"
     assert sandbox_calls(site)[ENROL] == 3
 
