@@ -76,6 +76,9 @@ def server_factory(
     # waitress would otherwise clear them (no trusted_proxy here), and with them what a trusted nginx forwarded.
     options["clear_untrusted_proxy_headers"] = False
     options["ident"] = ""  # no Server header naming waitress on any answer
+    # waitress keeps reading a connection while its request runs, so an event stream the gateway serves learns that its
+    # client has gone (waitress.client_disconnected) within a second, not at its next write, and frees its slot.
+    options.setdefault("channel_request_lookahead", 1)
 
     def serve(app: Any) -> None:
         settings: Settings = app.registry.settings["lms_api.settings"]

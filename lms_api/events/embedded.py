@@ -63,9 +63,13 @@ LISTEN_POLL_S = 0.5  # how soon the listener sees that the engine is closed
 # when twice this passes without one: a connection whose peer vanished (no FIN, no RST) would otherwise be read for
 # ever. redis-py's own health check sends the ping but never misses the answer.
 HEALTH_CHECK_S = 5.0
+# How often an idle stream asks waitress whether its client has gone (waitress keeps reading a connection whose request
+# runs, channel_request_lookahead): a page reloaded frees its stream's slot within this, not at the next heartbeat.
+GONE_CHECK_S = 1.0
 SUBSCRIBE_WAIT_S = 1.0  # how long the first stream waits for the listener to subscribe (Redis may be away)
 STREAM_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}  # the last: nginx passes each event on
 HEARTBEAT = b": heartbeat\n\n"
+CLIENT_GONE = "waitress.client_disconnected"
 
 # KEYS: the id counter, the channel's kept events. ARGV: the least id (the time in ms), the event's JSON after its id,
 # the least id kept, the most events kept, seconds kept, the fan-out channel. Answers the event's id. Redis runs the
@@ -455,25 +459,33 @@ class EmbeddedEvents:
             )
         if listener_started:  # the first stream misses nothing published once it has opened
             self._subscribed.wait(SUBSCRIBE_WAIT_S)
-        body = _StreamBody(self._frames(subscriber), lambda: self._release(subscriber))
+        gone = request.environ.get(CLIENT_GONE)  # waitress's; None elsewhere (a test's WSGI call)
+        body = _StreamBody(self._frames(subscriber, gone), lambda: self._release(subscriber))
         response = Response(app_iter=body, content_type="text/event-stream", charset="utf-8")
         response.headers.update(STREAM_HEADERS)
         return response
 
-    def _frames(self, subscriber: _Subscriber) -> Generator[bytes, None, None]:
+    def _frames(self, subscriber: _Subscriber, gone: Callable[[], bool] | None = None) -> Generator[bytes, None, None]:
         """What a stream sends: the reconnection delay at once, the kept events after the id it starts after, then
-        each event as it comes and a heartbeat after every ``heartbeat_s`` without one."""
+        each event as it comes and a heartbeat after every ``heartbeat_s`` without one; it ends when ``gone`` says
+        its client has left."""
         try:
             yield f"retry: {RECONNECT_MS}\n\n".encode()
             if subscriber.last_id is not None:
                 for kept in self._kept_since(subscriber.channels, subscriber.last_id):
                     subscriber.last_id = kept.id
                     yield kept.frame()
+            sent_at = time.monotonic()
             while not subscriber.ended:
+                wait = self._heartbeat_s - (time.monotonic() - sent_at)
                 try:
-                    event = subscriber.next(self._heartbeat_s)
+                    event = subscriber.next(max(0.0, wait if gone is None else min(wait, GONE_CHECK_S)))
                 except queue.Empty:
-                    yield HEARTBEAT
+                    if gone is not None and gone():
+                        return
+                    if time.monotonic() - sent_at >= self._heartbeat_s:
+                        sent_at = time.monotonic()
+                        yield HEARTBEAT
                     continue
                 if event is None:
                     return
@@ -483,6 +495,7 @@ class EmbeddedEvents:
                     if subscriber.last_id is not None and event.id <= subscriber.last_id:
                         continue
                     subscriber.last_id = event.id
+                sent_at = time.monotonic()
                 yield event.frame()
         finally:
             self._release(subscriber)

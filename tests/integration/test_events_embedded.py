@@ -167,7 +167,7 @@ def test_past_the_cap_a_stream_is_503_eventsfull_with_retry_after_until_a_client
     assert answer.json()["error"]["code"] == "eventsfull"
     assert answer.json()["error"]["details"] == {"max_streams": MAX_STREAMS}
     subscribers[0].close()
-    # The gateway sees the client gone when its next heartbeat cannot be written.
+    # waitress reads the connection while the stream runs: the gateway sees the client gone within a second.
     eventually(lambda: open_streams(gateway) == MAX_STREAMS - 1, "the stream of the client that left freed", 5)
     another = subscribe(ticket(gateway))
     notify(gateway)
@@ -266,6 +266,21 @@ def test_with_every_stream_open_healthz_and_a_cached_read_answer_in_under_50_ms(
     assert open_streams(gateway) == MAX_STREAMS
     notify(gateway)
     assert all(stream.next()[2] == "notification" for stream in streams)  # still streaming
+
+
+def test_a_client_that_leaves_frees_its_slot_within_seconds_without_waiting_for_a_heartbeat(spawn):
+    env = clean_env(JWT_SECRET=JWT_TEST_SECRET, EVENTS_HEARTBEAT_S="60", EVENTS_MAX_STREAMS="1")
+    base = start_gateway(spawn, "development.ini", env, "leaving.log")
+    connection, _ = open_raw_stream(ticket(base))
+    assert open_streams(base) == 1
+
+    connection.close()  # a page reloaded, a tab closed
+    left = time.monotonic()
+    eventually(lambda: open_streams(base) == 0, "the slot of the client that left freed", 5)
+
+    assert time.monotonic() - left < 3
+    again, _ = open_raw_stream(ticket(base))
+    again.close()
 
 
 def test_a_stopping_gateway_ends_its_streams_at_once_rather_than_wait_out_its_grace_for_them(spawn):
