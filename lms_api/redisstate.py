@@ -6,9 +6,12 @@ their in-process fallback for a few seconds, then try Redis again; the change is
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
+from typing import Generic, TypeVar
 
 import redis
 import structlog
@@ -16,6 +19,7 @@ import structlog
 log = structlog.get_logger("lms_api.redis")
 
 RETRY_AFTER_S = 5.0
+Kept = TypeVar("Kept")
 
 
 def redis_client(url: str) -> redis.Redis:
@@ -71,3 +75,44 @@ class RedisLink:
             self.went_down(error)
             return False
         return True
+
+
+def digest(text: str) -> str:
+    """What is kept of a key that must not be kept as it is (a ticket, a delivery's fields): its SHA-256."""
+    return hashlib.sha256(text.encode(errors="surrogatepass")).hexdigest()
+
+
+class ExpiringKeys(Generic[Kept]):
+    """The in-process stand-in for keys with an expiry in Redis: at most ``max_keys``, the oldest forgotten first,
+    each until its time to live runs out."""
+
+    def __init__(self, max_keys: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._max_keys = max_keys
+        self._clock = clock
+        self._kept: OrderedDict[str, tuple[float, Kept]] = OrderedDict()  # key -> (forgotten at, value), oldest first
+        self._lock = threading.Lock()
+
+    def add(self, key: str, value: Kept, ttl_s: float) -> bool:
+        """Keep ``value`` under ``key`` unless a live one is kept there (as Redis's ``SET NX``): whether it was."""
+        now = self._clock()
+        with self._lock:
+            while self._kept:
+                oldest, (forgotten_at, _) = next(iter(self._kept.items()))
+                if forgotten_at > now and len(self._kept) < self._max_keys:
+                    break
+                del self._kept[oldest]
+            if key in self._kept:
+                return False
+            self._kept[key] = (now + ttl_s, value)
+            return True
+
+    def pop(self, key: str) -> Kept | None:
+        """The live value under ``key``, forgotten now (as Redis's ``GETDEL``)."""
+        with self._lock:
+            kept = self._kept.pop(key, None)
+        if kept is None or kept[0] <= self._clock():
+            return None
+        return kept[1]
+
+    def __len__(self) -> int:
+        return len(self._kept)

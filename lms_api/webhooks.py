@@ -19,9 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, NotRequired, TypedDict
@@ -38,7 +36,7 @@ from lms_api.errors import ApiError, ErrorCode
 from lms_api.events import EventEngine, EventType, course_channel, user_channel
 from lms_api.metrics import GatewayMetrics
 from lms_api.moodle.functions import CacheGroup, MoodleFunction
-from lms_api.redisstate import RedisLink, redis_client
+from lms_api.redisstate import ExpiringKeys, RedisLink, digest, redis_client
 from lms_api.schemas.base import parse_json
 from lms_api.schemas.webhooks import MoodleEventDelivery
 from lms_api.security import Identity, InvalidToken, Scope, add_path_credentials
@@ -132,9 +130,7 @@ class DeliveriesDone:
 
     def __init__(self, link: RedisLink | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self._link = link
-        self._clock = clock
-        self._local: OrderedDict[str, float] = OrderedDict()  # digest -> forgotten at, oldest first
-        self._lock = threading.Lock()
+        self._local: ExpiringKeys[bool] = ExpiringKeys(MAX_DELIVERIES_IN_PROCESS, clock)  # by digest
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DeliveriesDone:
@@ -145,44 +141,26 @@ class DeliveriesDone:
 
     def claim(self, key: str) -> bool:
         """True for the first delivery of ``key`` within the hour, which is then the one to handle it."""
-        digest = _digest(key)
+        kept = digest(key)
         if self._link is not None and self._link.usable:
             try:
-                claimed = self._link.client.set(_REDIS_PREFIX + digest, 1, nx=True, ex=DEDUPE_S)
+                claimed = self._link.client.set(_REDIS_PREFIX + kept, 1, nx=True, ex=DEDUPE_S)
             except redis.RedisError as error:
                 self._link.went_down(error)
             else:
                 self._link.answered()
                 return bool(claimed)
-        now = self._clock()
-        with self._lock:
-            self._sweep(now)
-            if digest in self._local:
-                return False
-            self._local[digest] = now + DEDUPE_S
-            return True
+        return self._local.add(kept, True, DEDUPE_S)
 
     def release(self, key: str) -> None:
         """Forget a claim whose handling failed, so that the sender's retry handles it."""
-        digest = _digest(key)
-        with self._lock:
-            self._local.pop(digest, None)
+        kept = digest(key)
+        self._local.pop(kept)
         if self._link is not None and self._link.usable:
             try:
-                self._link.client.delete(_REDIS_PREFIX + digest)
+                self._link.client.delete(_REDIS_PREFIX + kept)
             except redis.RedisError as error:
                 self._link.went_down(error)
-
-    def _sweep(self, now: float) -> None:
-        while self._local:
-            digest, forgotten_at = next(iter(self._local.items()))
-            if forgotten_at > now and len(self._local) < MAX_DELIVERIES_IN_PROCESS:
-                return
-            del self._local[digest]
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode(errors="surrogatepass")).hexdigest()
 
 
 def delivery_key(delivery: Mapping[str, Any]) -> str | None:

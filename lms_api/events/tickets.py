@@ -9,12 +9,9 @@ issued and redeemed in the process that holds them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import secrets
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -23,7 +20,7 @@ from pyramid.config import Configurator
 from pyramid.request import Request
 
 from lms_api.events import STREAM_PATH
-from lms_api.redisstate import RedisLink, redis_client
+from lms_api.redisstate import ExpiringKeys, RedisLink, digest, redis_client
 from lms_api.security import Identity, InvalidToken, Scope, add_path_credentials
 from lms_api.settings import Settings
 
@@ -53,9 +50,7 @@ class TicketStore:
 
     def __init__(self, link: RedisLink | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self._link = link
-        self._clock = clock
-        self._local: OrderedDict[str, tuple[float, Ticket]] = OrderedDict()  # by digest, oldest first
-        self._lock = threading.Lock()
+        self._local: ExpiringKeys[Ticket] = ExpiringKeys(MAX_TICKETS_IN_PROCESS, clock)  # by digest
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TicketStore:
@@ -67,57 +62,41 @@ class TicketStore:
     def issue(self, ticket: Ticket) -> str:
         """A new ticket's text, for :data:`TICKET_TTL_S`."""
         text = secrets.token_urlsafe(32)
-        digest = _digest(text)
+        key = digest(text)
         if self._link is not None and self._link.usable:
             try:
-                self._link.client.set(_REDIS_PREFIX + digest, json.dumps(asdict(ticket)), ex=TICKET_TTL_S)
+                self._link.client.set(_REDIS_PREFIX + key, json.dumps(asdict(ticket)), ex=TICKET_TTL_S)
                 self._link.answered()
                 return text
             except redis.RedisError as error:
                 self._link.went_down(error)
-        now = self._clock()
-        with self._lock:
-            self._sweep(now)
-            self._local[digest] = (now + TICKET_TTL_S, ticket)
+        self._local.add(key, ticket, TICKET_TTL_S)
         return text
 
     def redeem(self, text: str) -> Ticket | None:
         """The ticket ``text`` names, used up; None when it is unknown, used or expired.
 
         Both places are emptied: a ticket whose ``SET`` reached Redis though its answer did not is kept in both."""
-        digest = _digest(text)
-        with self._lock:
-            kept = self._local.pop(digest, None)
-        stored = self._take_from_redis(digest)
+        key = digest(text)
+        kept = self._local.pop(key)
+        stored = self._take_from_redis(key)
         if kept is not None:
-            expires, ticket = kept
-            return ticket if self._clock() < expires else None
+            return kept
         if stored is None:
             return None
         fields = json.loads(stored)
         return Ticket(fields["sub"], fields["moodle_userid"], tuple(fields["channels"]))
 
-    def _take_from_redis(self, digest: str) -> bytes | None:
+    def _take_from_redis(self, key: str) -> bytes | None:
         if self._link is None or not self._link.usable:
             return None
         try:
-            stored: bytes | None = self._link.client.getdel(_REDIS_PREFIX + digest)  # type: ignore[assignment]
+            stored: bytes | None = self._link.client.getdel(_REDIS_PREFIX + key)  # type: ignore[assignment]
         except redis.RedisError as error:
             self._link.went_down(error)
             return None
         self._link.answered()
         return stored
-
-    def _sweep(self, now: float) -> None:
-        while self._local:
-            digest, (expires, _) = next(iter(self._local.items()))
-            if expires > now and len(self._local) < MAX_TICKETS_IN_PROCESS:
-                return
-            del self._local[digest]
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def redeemed_ticket(request: Request) -> Ticket:

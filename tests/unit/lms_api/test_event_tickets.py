@@ -3,7 +3,7 @@
 import redis
 
 from lms_api.events.tickets import TICKET_TTL_S, Ticket, TicketStore
-from lms_api.redisstate import RedisLink, redis_client
+from lms_api.redisstate import ExpiringKeys, RedisLink, redis_client
 
 TICKET = Ticket("user-1", 3, ("user-3", "caller-ab"))
 
@@ -84,3 +84,14 @@ def test_a_ticket_whose_redis_answer_was_lost_is_still_used_once(empty_redis):
 
     assert issuing.redeem(text) == TICKET
     assert another_replica.redeem(text) is None
+
+
+def test_keys_kept_in_the_process_expire_and_are_bounded_oldest_first():
+    clock = Clock()
+    keys = ExpiringKeys(2, clock)
+
+    assert keys.add("a", 1, 10) and not keys.add("a", 2, 10)  # as SET NX: the live key stays
+    assert keys.add("b", 2, 10) and keys.add("c", 3, 10)  # the third pushes the oldest out
+    assert (keys.pop("a"), keys.pop("b")) == (None, 2)
+    clock.now += 10
+    assert keys.pop("c") is None  # its time ran out

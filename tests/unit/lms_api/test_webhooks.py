@@ -10,7 +10,7 @@ from pyramid.testing import DummyRequest
 
 from lms_api import webhooks
 from lms_api.moodle.functions import CacheGroup
-from lms_api.redisstate import RedisLink, redis_client
+from lms_api.redisstate import RedisLink, digest, redis_client
 from lms_api.security import InvalidToken, Scope
 from lms_api.webhooks import EVENTS, DeliveriesDone, Reaction, WebhookCredentials, delivery_key, readme_rows
 from tests.support.timing import FakeClock
@@ -142,7 +142,7 @@ def test_replicas_sharing_a_redis_claim_a_delivery_once(empty_redis):
 
     assert one.claim("a") is True
     assert other.claim("a") is False
-    ttl = redis.Redis.from_url(empty_redis).ttl(webhooks._REDIS_PREFIX + webhooks._digest("a"))
+    ttl = redis.Redis.from_url(empty_redis).ttl(webhooks._REDIS_PREFIX + digest("a"))
     assert webhooks.DEDUPE_S - 5 <= ttl <= webhooks.DEDUPE_S
     other.release("a")
     assert one.claim("a") is True
