@@ -68,6 +68,7 @@ T = TypeVar("T")
 QUEUE = "lms_api.jobs"
 STATS_KEY = "lms_api:jobs:stats"  # jobs finished by kind and state, and their durations: every replica reads them
 HEARTBEAT_S = 1.0  # how often a running job's worker renews its entry in the started-job registry
+COMMANDS_WAKE_S = 1.0  # the longest a stopping worker waits on its listener for RQ's commands
 # RQ keeps a failed job (one abandoned) this long: its data holds the items, passwords included, and the job's own
 # record already says what became of them.
 FAILED_DATA_TTL_S = 60
@@ -566,6 +567,17 @@ class _JobWorker(SimpleWorker):
 
     def get_heartbeat_ttl(self, job: RQJob, working_time: float = 0.0) -> int:
         return self._alive_s
+
+    def subscribe(self) -> None:
+        """RQ's listener for commands sent to this worker, waking each ``COMMANDS_WAKE_S`` rather than RQ's 60 s:
+        redis-py's ``stop()`` waits for the listener to see it, and a listener that read the reply to RQ's
+        unsubscribe before that went back to a 60 s read, so a SIGTERM held the worker up to a minute after its job."""
+        self.log.info("Worker %s: subscribing to channel %s", self.name, self.pubsub_channel_name)
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(  # type: ignore[assignment]  # RQ declares it None
+            sleep_time=COMMANDS_WAKE_S, daemon=True, exception_handler=self._pubsub_exception_handler
+        )
 
     def execute_job(self, job: RQJob, queue: Queue) -> None:
         execution = self.prepare_execution(job)

@@ -12,6 +12,7 @@ import uuid
 
 import pytest
 import redis
+from rq import Queue
 from rq.registry import StartedJobRegistry
 
 from lms_api import cli, jobqueue
@@ -630,6 +631,21 @@ def test_a_worker_stopped_cold_mid_call_leaves_its_job_lost_naming_the_call_in_f
     assert details == {"applied": [0, 1], "unknown": [2, 3], "not_applied": [4], "outcome": "unknown"}
     assert moodle.writes == [MoodleFunction.ENROL_USERS] * 2
     assert sorted(enrolled(site, course)) == STUDENTS[:2]
+
+
+def test_a_stopping_worker_waits_on_its_command_listener_a_second_at_most(empty_redis, monkeypatch):
+    connection = redis.Redis.from_url(empty_redis)
+    worker = jobqueue._JobWorker([Queue(jobqueue.QUEUE, connection=connection)], connection=connection, alive_s=5)
+    worker.subscribe()
+    time.sleep(0.2)  # the listener waits on its connection
+    # As when the listener read the reply to the unsubscribe before being told to stop: nothing more arrives.
+    monkeypatch.setattr(worker.pubsub, "unsubscribe", lambda *channels: None)
+
+    started = time.monotonic()
+    worker.unsubscribe()
+
+    assert time.monotonic() - started < jobqueue.COMMANDS_WAKE_S + 1
+    assert not worker.pubsub_thread.is_alive()
 
 
 # -- kept for JOBS_TTL_S -----------------------------------------------------------------------------------------
