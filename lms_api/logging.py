@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from queue import Empty, Full, Queue
+from queue import Empty, Full, SimpleQueue
 from typing import Any, TextIO
 
 import structlog
@@ -31,6 +31,7 @@ from lms_api.settings import Settings
 REQUEST_ID_HEADER = "X-Request-ID"
 FLUSH_TIMEOUT_S = 5.0  # how long flush() and close() wait for the writer thread
 MAX_QUEUED_LINES = 10_000
+ROOM_POLL_S = 0.001  # how often a caller waiting for room in a full queue looks again
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 log = structlog.get_logger("lms_api.request")
@@ -70,7 +71,7 @@ class _FlushRequest(logging.LogRecord):
         self.written = threading.Event()
 
 
-_Queued = Queue[logging.LogRecord | None]  # None: the writer's stop
+_Queued = SimpleQueue[logging.LogRecord | None]  # None: the writer's stop
 
 
 class GatewayLogHandler(logging.handlers.QueueHandler):
@@ -88,8 +89,9 @@ class GatewayLogHandler(logging.handlers.QueueHandler):
     queue: _Queued
 
     def __init__(self, stream: TextIO) -> None:
-        # Bounded: when stderr is read slower than lines come, callers wait for the writer rather than memory grow.
-        super().__init__(Queue(MAX_QUEUED_LINES))
+        # A SimpleQueue: its put is reentrant, so a signal handler that logs (RQ's on SIGTERM) while this thread was
+        # queueing a line does not wait on a lock its own thread holds, for ever. Bounded by put_when_room.
+        super().__init__(SimpleQueue())
         self.stream = stream
         self._closed = False
         self.listener = LogWriter(self)
@@ -119,7 +121,19 @@ class GatewayLogHandler(logging.handlers.QueueHandler):
         return record if hasattr(record, "_logger") else _RenderedLine(record, self.render(record))
 
     def enqueue(self, record: logging.LogRecord) -> None:
-        self.queue.put(record)  # waits for room, where QueueHandler's own put_nowait would drop the line
+        self.put_when_room(record)  # waits, where QueueHandler's own put_nowait would drop the line
+
+    def put_when_room(self, record: logging.LogRecord | None, timeout: float | None = None) -> bool:
+        """Queue ``record`` once fewer than ``MAX_QUEUED_LINES`` wait, so that when stderr is read slower than lines
+        come, callers wait for the writer rather than memory grow: whether it was queued within ``timeout``. It
+        polls, as any lock or condition it held could be wanted again by a signal handler logging on this thread."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.queue.qsize() >= MAX_QUEUED_LINES:
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(ROOM_POLL_S)
+        self.queue.put(record)
+        return True
 
     def flush(self) -> None:
         flushed = _FlushRequest()
@@ -179,11 +193,7 @@ class GatewayLogHandler(logging.handlers.QueueHandler):
     def _hand_to_writer(self, record: logging.LogRecord) -> bool:
         if not self._writer_reachable():
             return False
-        try:
-            self.queue.put(record, timeout=FLUSH_TIMEOUT_S)
-        except Full:  # the writer is stuck on a stalled stderr
-            return False
-        return True
+        return self.put_when_room(record, FLUSH_TIMEOUT_S)  # else the writer is stuck on a stalled stderr
 
 
 class LogWriter(logging.handlers.QueueListener):
@@ -232,7 +242,8 @@ class LogWriter(logging.handlers.QueueListener):
             self._lines = []
 
     def enqueue_sentinel(self) -> None:
-        self.queue.put(self._sentinel, timeout=FLUSH_TIMEOUT_S)  # Full: the writer is stuck on a stalled stderr
+        if not self._handler.put_when_room(self._sentinel, FLUSH_TIMEOUT_S):
+            raise Full  # the writer is stuck on a stalled stderr
 
     def stop(self) -> None:
         """Write what is queued and end the thread, waiting ``FLUSH_TIMEOUT_S`` at most (QueueListener's own waits

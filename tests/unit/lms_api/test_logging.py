@@ -3,6 +3,7 @@
 import io
 import json
 import logging
+import subprocess
 import sys
 import threading
 
@@ -10,6 +11,7 @@ import pytest
 import structlog
 
 from lms_api.logging import GatewayLogHandler, LinesAsLog, configure_logging, log_formatter, scrub_from_logs
+from tests.support.paths import ROOT
 from tests.support.timing import eventually
 
 
@@ -307,7 +309,7 @@ def test_a_caller_waits_for_room_in_a_full_queue_and_no_line_is_dropped(monkeypa
         target=lambda: [handler.handle(logging.makeLogRecord({"msg": f"line {n}"})) for n in range(4)]
     )
     caller.start()
-    eventually(lambda: handler.queue.full(), "the queue filled")
+    eventually(lambda: handler.queue.qsize() == 2, "the queue filled")
     caller.join(0.2)
 
     assert caller.is_alive()  # waiting for room, not dropping what does not fit
@@ -332,3 +334,39 @@ def test_close_on_a_stalled_stderr_gives_up_after_the_flush_timeout(monkeypatch)
     handler.stream.may_write.set()  # let the writer go, so it ends with the test
     assert not stalled, "close() waited for the stalled stderr"
     assert not writer_stopped  # the writer was still held when close() gave up
+
+
+# Logs one line with every Python function it enters interrupted, as a signal handler would interrupt it (RQ's, on
+# SIGTERM, logs), by a line logged on the same thread; in a process of its own, as a lock taken twice hangs it.
+INTERRUPTED_AT_EVERY_CALL = """
+import logging, sys
+import structlog
+from lms_api.logging import configure_logging
+
+configure_logging("json", [])
+interrupting = False
+
+def interrupt(frame, event, arg):
+    global interrupting
+    if event == "call" and not interrupting:
+        interrupting = True
+        logging.getLogger("rq.worker").info("warm shut down requested")
+        interrupting = False
+
+sys.setprofile(interrupt)
+structlog.get_logger("lms_api.jobs").info("job.started")
+sys.setprofile(None)
+logging.shutdown()
+"""
+
+
+def test_a_line_logged_while_this_thread_is_queueing_one_is_queued_too():
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", INTERRUPTED_AT_EVERY_CALL], capture_output=True, text=True, timeout=30, cwd=ROOT
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("logging hung, waiting on a lock its own thread held")
+    events = [json.loads(line)["event"] for line in done.stderr.splitlines()]
+    assert "job.started" in events
+    assert events.count("warm shut down requested") > 10  # every call on the way interrupted
