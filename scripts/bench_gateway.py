@@ -1,22 +1,29 @@
-"""GET /api/moodle/siteinfo through the gateway, side by side with what bounds it, in one run.
+"""GET /api/moodle/siteinfo through the gateway as it is deployed, side by side with what bounds it, in one run.
 
-Five paths, each loaded by wrk at one caller (-t1 -c1) and sixteen (-t2 -c16):
+Against nginx serving the recorded site info of a real Moodle 5.0 as a static file, wrk (`--latency`) loads:
 
-1. direct: nginx serving the recorded site info of a real Moodle 5.0 as a static file (the floor);
+1. direct: that static upstream (the floor);
 2. nginx proxy: an nginx reverse proxy, keep-alive upstream, in front of it (what a gateway is compared with);
-3. gateway, forwarding: `pserve production.ini` on that static upstream, `Cache-Control: no-cache` on every request;
-4. gateway, cached: the same request without that header, so the gateway may answer from its read cache;
-5. bare Pyramid: Pyramid + waitress (production.ini's thread count) returning the gateway's answer bytes (the ceiling).
+3. bare Pyramid returning the gateway's answer bytes (the ceiling), in 1 process (waitress, production.ini's thread
+   count) and in 2 (gunicorn gthread, 2 workers of 16 threads, as the gateway runs below);
+4. the gateway on that upstream, forwarded (`Cache-Control: no-cache`, with a token holding `cache:refresh`) and
+   cached (the same request without that header), in three set-ups: `pserve production.ini` without Redis;
+   `pserve production.ini` with REDIS_URL (a redis-server started here); and `gunicorn --paste production.ini
+   -k gthread -w 2 --threads 16` with REDIS_URL, with the repository's gunicorn.conf.py when there is one.
 
-Prints a markdown table, the gateway's memory and the derived figures as ratios of this one run: figures from
-different runs on a shared machine do not compare. `--profile` then records the gateway with py-spy while it
-forwards at four callers.
+Each path at 1 caller (-t1 -c1) and 16 (-t2 -c16), the gateway's at 64 too (-t2 -c64). With `--repeat N` the paths
+take turns, in an order shifted at each repeat, and each figure is the median of its N runs: on a shared machine a
+path measured only before or after a disturbance would not compare. Prints one markdown table, the resident memory
+of each gateway process (each gunicorn worker) after the runs and the targets, met or not, as ratios of this one run:
+figures from different runs do not compare. `--profile` then records the one-process gateway with Redis with py-spy
+while it forwards at four callers.
 
-Needs nginx and wrk (Debian: `apt-get install nginx-light wrk`); `--profile` needs py-spy (`.venv/bin/pip install
-py-spy`). Every process runs as the invoking user on a free loopback port; everything but the profile is written
-to a temporary directory that is removed at the end.
+Needs nginx, wrk and redis-server (Debian: `apt-get install nginx-light wrk redis-server`) and gunicorn in the venv;
+`--profile` needs py-spy (`.venv/bin/pip install py-spy`). Every process runs as the invoking user on a free loopback
+port; everything but the profile is written to a temporary directory that is removed at the end.
 
-    .venv/bin/python scripts/bench_gateway.py [--duration 6] [--profile [--profile-output PATH]]
+    .venv/bin/python scripts/bench_gateway.py [--duration 6] [--warmup 1] [--repeat 3] [--profile]
+    .venv/bin/python scripts/bench_gateway.py --quick   # 1 s per point, no warm-up: does the script work?
 """
 
 from __future__ import annotations
@@ -30,14 +37,14 @@ import pwd
 import re
 import shutil
 import signal
-import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from email.message import Message
@@ -45,34 +52,51 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import redis
+from benchlib import BIN, JWT_SECRET, MOODLE_TOKEN, ROOT, documented_parser, free_port, positive
+
 from lms_api.settings import SETTING_NAMES
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 GOLDEN_SITE_INFO = ROOT / "tests" / "moodle_golden" / "core_webservice_get_site_info.json"
 SITE_INFO_ROUTE = "/api/moodle/siteinfo"
-MOODLE_TOKEN = "bench-token"
-JWT_SECRET = "bench-secret-" + "x" * 40
 # What the gateway sends to Moodle for this route; the direct paths send the same, so they differ only by the hop.
 MOODLE_FORM = {"wstoken": MOODLE_TOKEN, "wsfunction": "core_webservice_get_site_info", "moodlewsrestformat": "json"}
-# A real Moodle 5.0 answers core_webservice_get_site_info in 50 ms at p50 (753 functions, 51 KB, same machine class).
-REAL_MOODLE_P50_MS = 50.0
+# Far past what any set-up serves in a minute, in one process or counted in Redis by several: the path is measured,
+# not the limiter, and no answer is a 429.
+READ_BUDGET = "1000000000/minute"
+GUNICORN_WORKERS = 2
+GUNICORN_THREADS = 16
+# Read by gunicorn from its working directory by default; named here, as gunicorn runs in the temp dir (see below).
+GUNICORN_CONFIG = ROOT / "gunicorn.conf.py"
 PROFILE_SECONDS = 10
 PROFILE_CONNECTIONS = 4
 TOP_FUNCTIONS = 20
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
+DEFAULT_DURATION_S = 6
+DEFAULT_WARMUP_S = 1
+QUICK_DURATION_S = 1
 
+# The targets of the request path, as this run's ratios.
+REDIS_CACHED_SHARE_MIN = 90  # % of the in-process cache's req/s, one process each, at 16 callers
+GUNICORN_CACHED_SHARE_MIN = 50  # % of bare Pyramid's req/s in as many processes, at 16 callers
+FORWARDED_RATE_MIN = 1000  # req/s at 16 callers, gunicorn with its workers
+FORWARDED_P50_OVER_DIRECT_MAX_MS = 1.0  # at one caller
+FORWARDED_P99_OVER_DIRECT_MAX_MS = 3.0
+CACHED_P99_MAX_MS = 250.0  # at 64 callers
+RSS_PER_WORKER_MAX_MIB = 150  # MB, as the *_MB settings say it: MiB
+
+# Pyramid + one view returning the gateway's answer bytes: served by waitress when run, by gunicorn as bare_app:app.
 BARE_APP = """
+import os
 import sys
 from pathlib import Path
 
-import waitress
 from pyramid.config import Configurator
 from pyramid.response import Response
 
-body_path, content_type, port, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-body = Path(body_path).read_bytes()
+body = Path(os.environ["BARE_BODY"]).read_bytes()
+content_type = os.environ["BARE_CONTENT_TYPE"]
 
 
 def answer(request):
@@ -83,7 +107,11 @@ with Configurator() as config:
     config.add_route("any", "/*path")
     config.add_view(answer, route_name="any")
     app = config.make_wsgi_app()
-waitress.serve(app, host="127.0.0.1", port=port, threads=threads, _quiet=True)
+
+if __name__ == "__main__":
+    import waitress
+
+    waitress.serve(app, host="127.0.0.1", port=int(sys.argv[1]), threads=int(sys.argv[2]), _quiet=True)
 """
 
 
@@ -95,7 +123,9 @@ class Load:
 
 ONE_CALLER = Load(threads=1, connections=1)
 SIXTEEN_CALLERS = Load(threads=2, connections=16)
-LOADS = (ONE_CALLER, SIXTEEN_CALLERS)
+SIXTY_FOUR_CALLERS = Load(threads=2, connections=64)
+LOADS = (ONE_CALLER, SIXTEEN_CALLERS, SIXTY_FOUR_CALLERS)
+REFERENCE_LOADS = (ONE_CALLER, SIXTEEN_CALLERS)  # of the paths that are not the gateway's: no target at 64 callers
 
 
 @dataclass(frozen=True)
@@ -105,6 +135,7 @@ class Target:
     method: str = "GET"
     headers: Mapping[str, str] | None = None
     body: str = ""
+    loads: tuple[Load, ...] = REFERENCE_LOADS
 
 
 @dataclass(frozen=True)
@@ -120,6 +151,32 @@ class Answer:
     status: int
     headers: Message
     body: bytes
+
+
+@dataclass(frozen=True)
+class GatewaySetup:
+    name: str
+    redis_db: int | None  # the Redis database it keeps its state in, its own; None: no REDIS_URL
+    under_gunicorn: bool  # else pserve, serving in its own process
+
+
+IN_PROCESS = GatewaySetup("1 process, no Redis", redis_db=None, under_gunicorn=False)
+WITH_REDIS = GatewaySetup("1 process + Redis", redis_db=0, under_gunicorn=False)
+GUNICORN = GatewaySetup(f"gunicorn {GUNICORN_WORKERS} workers + Redis", redis_db=1, under_gunicorn=True)
+SETUPS = (IN_PROCESS, WITH_REDIS, GUNICORN)
+
+
+@dataclass(frozen=True)
+class Gateway:
+    setup: GatewaySetup
+    process: subprocess.Popen[bytes]
+    redis_url: str | None
+    forwarded: Target
+    cached: Target
+
+    def serving_pids(self) -> list[int]:
+        """The processes that answer requests: gunicorn's workers, or pserve itself."""
+        return descendants(self.process.pid) if self.setup.under_gunicorn else [self.process.pid]
 
 
 class Processes:
@@ -163,12 +220,6 @@ def stop(process: subprocess.Popen[Any]) -> None:
         process.wait()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def fetch(target: Target) -> Answer:
     url = urllib.parse.urlsplit(target.url)
     connection = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=10)
@@ -194,9 +245,9 @@ def wait_until_answering(name: str, process: subprocess.Popen[bytes], processes:
     raise SystemExit(f"{name} did not answer {target.url} within {START_TIMEOUT_S:.0f} s:\n{processes.log_tail(name)}")
 
 
-def expect_ok(name: str, answer: Answer, body: bytes | None = None) -> None:
+def expect_ok(name: str, answer: Answer, body: bytes | None = None, log: str = "") -> None:
     if answer.status != 200:
-        raise SystemExit(f"{name} answered HTTP {answer.status}, not 200: {answer.body[:300]!r}")
+        raise SystemExit(f"{name} answered HTTP {answer.status}, not 200: {answer.body[:300]!r}\n{log}".rstrip())
     if body is not None and answer.body != body:
         raise SystemExit(f"{name} answered {len(answer.body)} bytes that are not the expected {len(body)}")
 
@@ -211,8 +262,10 @@ def require_tools(profile: bool) -> dict[str, str]:
     wanted = {
         "nginx": "nginx (Debian: sudo apt-get install nginx-light)",
         "wrk": "wrk (Debian: sudo apt-get install wrk)",
+        "redis-server": "redis-server (Debian: sudo apt-get install redis-server)",
         "pserve": f"pserve in {BIN} (run this script with .venv/bin/python after `make install`)",
         "lms-api": f"lms-api in {BIN} (run this script with .venv/bin/python after `make install`)",
+        "gunicorn": f"gunicorn in {BIN} (`make install`, or {BIN / 'pip'} install gunicorn)",
     }
     if profile:
         wanted["py-spy"] = f"py-spy ({BIN / 'pip'} install py-spy)"
@@ -287,15 +340,21 @@ def production_threads() -> int:
     return ini.getint("server:main", "threads")
 
 
-def gateway_env(moodle_url: str) -> dict[str, str]:
-    # Settings left in the caller's shell (a REDIS_URL, LOG_FORMAT=console) would change what is measured.
-    inherited = {name: value for name, value in os.environ.items() if name not in SETTING_NAMES}
+def clean_environ() -> dict[str, str]:
+    """The caller's environment without what would change what is measured: the gateway's settings (a REDIS_URL,
+    LOG_FORMAT=console) and gunicorn's GUNICORN_CMD_ARGS."""
     return {
-        **inherited,
+        name: value for name, value in os.environ.items() if name not in SETTING_NAMES and name != "GUNICORN_CMD_ARGS"
+    }
+
+
+def gateway_env(moodle_url: str) -> dict[str, str]:
+    return {
+        **clean_environ(),
         "MOODLE_BASE_URL": moodle_url,
         "MOODLE_TOKEN": MOODLE_TOKEN,
         "JWT_SECRET": JWT_SECRET,
-        "RATE_LIMIT_READ": "1000000/minute",  # measure the path, not the limiter
+        "RATE_LIMIT_READ": READ_BUDGET,
     }
 
 
@@ -371,15 +430,38 @@ def run_wrk(wrk: str, target: Target, load: Load, seconds: int, script: Path) ->
     return parse_wrk(finished.stdout)
 
 
-def measure(wrk: str, target: Target, args: argparse.Namespace, workdir: Path) -> dict[Load, Point]:
-    script = wrk_script(target, workdir)
-    if args.warmup:  # the first requests fill connection pools and caches: not the steady state
-        run_wrk(wrk, target, SIXTEEN_CALLERS, args.warmup, script)
-    points = {}
-    for load in LOADS:
-        points[load] = run_wrk(wrk, target, load, args.duration, script)
-        print(f"  {target.label}, c={load.connections}: {format_point(points[load])}", file=sys.stderr)
-    return points
+def measure(
+    wrk: str, targets: Sequence[Target], args: argparse.Namespace, workdir: Path, processes: Processes
+) -> dict[str, dict[Load, Point]]:
+    """Each target at each of its loads, `args.repeat` times: the targets take turns, from a later one at each repeat,
+    so that a disturbance of the machine falls on different paths; each figure is the median of its runs."""
+    scripts = {target.label: wrk_script(target, workdir) for target in targets}
+    runs: dict[str, dict[Load, list[Point]]] = {target.label: {load: [] for load in target.loads} for target in targets}
+    for repeat in range(args.repeat):
+        shift = repeat * len(targets) // args.repeat
+        for target in [*targets[shift:], *targets[:shift]]:
+            script = scripts[target.label]
+            if args.warmup:  # the first requests fill connection pools and caches: not the steady state
+                run_wrk(wrk, target, SIXTEEN_CALLERS, args.warmup, script)
+            for load in target.loads:
+                point = run_wrk(wrk, target, load, args.duration, script)
+                runs[target.label][load].append(point)
+                print(
+                    f"  [{repeat + 1}/{args.repeat}] {target.label}, c={load.connections}: {format_point(point)}",
+                    file=sys.stderr,
+                )
+            processes.check_running()
+    return {label: {load: median_point(points) for load, points in by_load.items()} for label, by_load in runs.items()}
+
+
+def median_point(points: Sequence[Point]) -> Point:
+    """Each figure's median over the repeats (so p50, p99 and req/s may come from different runs); every failure."""
+    return Point(
+        statistics.median(point.p50_ms for point in points),
+        statistics.median(point.p99_ms for point in points),
+        statistics.median(point.requests_per_s for point in points),
+        sum(point.failed for point in points),
+    )
 
 
 def format_ms(value: float) -> str:
@@ -426,67 +508,139 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def memory_line(gateway_pid: int) -> str:
-    memories = [process_memory(pid) for pid in [gateway_pid, *descendants(gateway_pid)]]
-    parts = [f"pid {m.pid} VmRSS {m.rss_kib / 1024:.1f} MiB (peak VmHWM {m.peak_kib / 1024:.1f} MiB)" for m in memories]
-    children = "no child processes" if len(memories) == 1 else f"{len(memories) - 1} child process(es)"
-    total = sum(m.rss_kib for m in memories) / 1024
-    return f"Gateway memory after its runs (pserve, {children}): {total:.1f} MiB resident; " + "; ".join(parts)
+def mib(memory: Memory) -> float:
+    return memory.rss_kib / 1024
+
+
+def memory_line(gateway: Gateway, serving: Sequence[Memory]) -> str:
+    parts = "; ".join(f"pid {m.pid} {mib(m):.1f} MiB (peak {m.peak_kib / 1024:.1f})" for m in serving)
+    if not gateway.setup.under_gunicorn:
+        return f"- {gateway.setup.name} (pserve): {parts}"
+    master = process_memory(gateway.process.pid)
+    return f"- {gateway.setup.name}: workers {parts}; master pid {master.pid} {mib(master):.1f} MiB"
 
 
 def print_table(results: Mapping[str, Mapping[Load, Point]]) -> None:
-    print("| path | c=1 p50 ms | c=1 p99 ms | c=1 req/s | c=16 p50 ms | c=16 p99 ms | c=16 req/s |")
-    print("|---|---|---|---|---|---|---|")
+    columns = [f"c={load.connections} {figure}" for load in LOADS for figure in ("p50 ms", "p99 ms", "req/s")]
+    print("| path | " + " | ".join(columns) + " |")
+    print("|---|" + "---|" * len(columns))
     for label, points in results.items():
         cells = [
             cell
             for load in LOADS
             for cell in (
-                format_ms(points[load].p50_ms),
-                format_ms(points[load].p99_ms),
-                f"{points[load].requests_per_s:.0f}",
+                (format_ms(points[load].p50_ms), format_ms(points[load].p99_ms), f"{points[load].requests_per_s:.0f}")
+                if load in points
+                else ("-", "-", "-")
             )
         ]
         print(f"| {label} | " + " | ".join(cells) + " |")
     failures = [
-        f"{label} at c={load.connections}: {points[load].failed}"
+        f"{label} at c={load.connections}: {point.failed}"
         for label, points in results.items()
-        for load in LOADS
-        if points[load].failed
+        for load, point in points.items()
+        if point.failed
     ]
     if failures:
         print("\nWarning: requests failed (non-2xx answers or socket errors); these figures do not compare:")
         print("; ".join(failures))
 
 
-def print_derived(
-    direct: Mapping[Load, Point],
-    proxy: Mapping[Load, Point],
-    forwarding: Mapping[Load, Point],
-    cached: Mapping[Load, Point],
-    bare: Mapping[Load, Point],
-) -> None:
-    one = ONE_CALLER
-    print(
-        f"Forwarding overhead over direct at c=1: p50 +{forwarding[one].p50_ms - direct[one].p50_ms:.2f} ms, "
-        f"p99 +{forwarding[one].p99_ms - direct[one].p99_ms:.2f} ms "
-        f"(the nginx proxy adds p50 +{proxy[one].p50_ms - direct[one].p50_ms:.2f} ms, "
-        f"p99 +{proxy[one].p99_ms - direct[one].p99_ms:.2f} ms)"
-    )
-    shares = ", ".join(
-        f"c={load.connections} {100 * cached[load].requests_per_s / bare[load].requests_per_s:.0f} %" for load in LOADS
-    )
-    print(f"Cached req/s as % of bare Pyramid: {shares}")
-    print(
-        f"Cached vs a real Moodle (50 ms p50) at c=1 p50: {REAL_MOODLE_P50_MS / cached[one].p50_ms:.1f}x "
-        f"(50 / {cached[one].p50_ms:.2f} ms)"
-    )
+@dataclass(frozen=True)
+class Verdict:
+    target: str
+    measured: str
+    met: bool
+
+
+def verdict(target: str, measured: str, met: bool, points: Iterable[Point]) -> Verdict:
+    """Not met when a request it rests on failed: a fast failure must not pass for a fast answer."""
+    failed = sum(point.failed for point in points)
+    if failed:
+        return Verdict(target, f"{measured} ({failed} requests failed)", False)
+    return Verdict(target, measured, met)
+
+
+def share(part: Point, whole: Point) -> float:
+    return 100 * part.requests_per_s / whole.requests_per_s
+
+
+def judge(
+    results: Mapping[str, Mapping[Load, Point]],
+    direct: Target,
+    bare_processes: Target,
+    gateways: Mapping[GatewaySetup, Gateway],
+    serving: Mapping[GatewaySetup, Sequence[Memory]],
+) -> list[Verdict]:
+    one, sixteen, many = ONE_CALLER, SIXTEEN_CALLERS, SIXTY_FOUR_CALLERS
+    in_process, with_redis = results[gateways[IN_PROCESS].cached.label], results[gateways[WITH_REDIS].cached.label]
+    gunicorn_cached = results[gateways[GUNICORN].cached.label][sixteen]
+    gunicorn_forwarded = results[gateways[GUNICORN].forwarded.label][sixteen]
+    bare = results[bare_processes.label][sixteen]
+    floor = results[direct.label][one]
+    verdicts = [
+        verdict(
+            f"cached, {WITH_REDIS.name}: req/s at c=16 at least {REDIS_CACHED_SHARE_MIN} % of {IN_PROCESS.name}'s",
+            f"{share(with_redis[sixteen], in_process[sixteen]):.0f} % ({with_redis[sixteen].requests_per_s:.0f} vs "
+            f"{in_process[sixteen].requests_per_s:.0f}; at c=1 {share(with_redis[one], in_process[one]):.0f} %)",
+            share(with_redis[sixteen], in_process[sixteen]) >= REDIS_CACHED_SHARE_MIN,
+            [with_redis[sixteen], in_process[sixteen]],
+        ),
+        verdict(
+            f"cached, {GUNICORN.name}: req/s at c=16 at least {GUNICORN_CACHED_SHARE_MIN} % of bare Pyramid's in "
+            f"{GUNICORN_WORKERS} processes",
+            f"{share(gunicorn_cached, bare):.0f} % ({gunicorn_cached.requests_per_s:.0f} vs {bare.requests_per_s:.0f})",
+            share(gunicorn_cached, bare) >= GUNICORN_CACHED_SHARE_MIN,
+            [gunicorn_cached, bare],
+        ),
+        verdict(
+            f"forwarded, {GUNICORN.name}: at least {FORWARDED_RATE_MIN:,} req/s at c=16",
+            f"{gunicorn_forwarded.requests_per_s:,.0f} req/s",
+            gunicorn_forwarded.requests_per_s >= FORWARDED_RATE_MIN,
+            [gunicorn_forwarded],
+        ),
+    ]
+    for setup, gateway in gateways.items():
+        forwarded = results[gateway.forwarded.label][one]
+        added_p50, added_p99 = forwarded.p50_ms - floor.p50_ms, forwarded.p99_ms - floor.p99_ms
+        verdicts.append(
+            verdict(
+                f"forwarded, {setup.name}: at c=1 at most +{FORWARDED_P50_OVER_DIRECT_MAX_MS:g} ms p50, "
+                f"+{FORWARDED_P99_OVER_DIRECT_MAX_MS:g} ms p99 over direct",
+                f"+{added_p50:.2f} ms p50, +{added_p99:.2f} ms p99",
+                added_p50 <= FORWARDED_P50_OVER_DIRECT_MAX_MS and added_p99 <= FORWARDED_P99_OVER_DIRECT_MAX_MS,
+                [forwarded, floor],
+            )
+        )
+    for setup, gateway in gateways.items():
+        cached = results[gateway.cached.label][many]
+        target = f"cached, {setup.name}: p99 under {CACHED_P99_MAX_MS:g} ms at c={many.connections}"
+        verdicts.append(verdict(target, f"{cached.p99_ms:.1f} ms", cached.p99_ms < CACHED_P99_MAX_MS, [cached]))
+    for setup, memories in serving.items():
+        per_process = "worker" if setup.under_gunicorn else "process"
+        verdicts.append(
+            verdict(
+                f"{setup.name}: resident memory per {per_process} under {RSS_PER_WORKER_MAX_MIB} MiB after the run",
+                (", ".join(f"{mib(memory):.1f}" for memory in memories) + " MiB") if memories else "no worker found",
+                bool(memories) and all(mib(memory) < RSS_PER_WORKER_MAX_MIB for memory in memories),
+                [],
+            )
+        )
+    return verdicts
+
+
+def print_verdicts(verdicts: Sequence[Verdict]) -> None:
+    print("| target | measured | |")
+    print("|---|---|---|")
+    for each in verdicts:
+        print(f"| {each.target} | {each.measured} | {'met' if each.met else 'not met'} |")
 
 
 # ---------------------------------------------------------------------------------------------------- profile
 
 
-def profile_gateway(tools: Mapping[str, str], gateway_pid: int, target: Target, workdir: Path, output: Path) -> None:
+def profile_gateway(tools: Mapping[str, str], gateway: Gateway, workdir: Path, output: Path) -> None:
+    gateway_pid, target = gateway.process.pid, gateway.forwarded
     script = wrk_script(target, workdir)
     # wrk starts first and outlasts py-spy, so that every sample is taken under load.
     load = Load(threads=2, connections=PROFILE_CONNECTIONS)
@@ -509,7 +663,8 @@ def profile_gateway(tools: Mapping[str, str], gateway_pid: int, target: Target, 
             f"(same user and kernel.yama.ptrace_scope=0, or root / CAP_SYS_PTRACE):\n{spied.stderr.strip()}"
         )
     print(
-        f"\nProfile: py-spy record -r 200 -f raw, {PROFILE_SECONDS} s of the gateway (pid {gateway_pid}) forwarding "
+        f"\nProfile: py-spy record -r 200 -f raw, {PROFILE_SECONDS} s of the gateway, {gateway.setup.name} "
+        f"(pid {gateway_pid}), forwarding "
         f"at c={PROFILE_CONNECTIONS} ({format_point(parse_wrk(wrk_output))} under the profiler)"
     )
     print(f"Wrote {output}")
@@ -600,11 +755,122 @@ def stopped_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def start_redis(redis_server: str, processes: Processes, workdir: Path) -> int:
+    """A redis-server without persistence on a free port, once it answers; returns the port."""
+    port = free_port()
+    argv = [redis_server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    process = processes.start("redis", [*argv, "--dir", str(workdir)])
+    client = redis.Redis(host="127.0.0.1", port=port)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"redis-server exited with status {process.returncode}:\n{processes.log_tail('redis')}")
+        try:
+            client.ping()
+            return port
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    raise SystemExit(f"redis-server did not answer within {START_TIMEOUT_S:.0f} s:\n{processes.log_tail('redis')}")
+
+
+def gunicorn_argv(gunicorn: str, port: int) -> list[str]:
+    return [
+        gunicorn,
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--worker-class",
+        "gthread",
+        "--workers",
+        str(GUNICORN_WORKERS),
+        "--threads",
+        str(GUNICORN_THREADS),
+    ]
+
+
+def start_gateway(
+    setup: GatewaySetup,
+    tools: Mapping[str, str],
+    processes: Processes,
+    workdir: Path,
+    ini: Path,
+    env: Mapping[str, str],
+    redis_port: int,
+    token: str,
+) -> Gateway:
+    port = free_port()
+    redis_url = None if setup.redis_db is None else f"redis://127.0.0.1:{redis_port}/{setup.redis_db}"
+    setup_env = {**env, "REDIS_URL": redis_url} if redis_url else dict(env)
+    if setup.under_gunicorn:
+        # In the temp dir, as pserve: a .env in the repository must not set what is measured; so gunicorn is given
+        # the repository's configuration, which it would have read there.
+        config = ["--config", str(GUNICORN_CONFIG)] if GUNICORN_CONFIG.exists() else []
+        argv = [*gunicorn_argv(tools["gunicorn"], port), *config, "--paste", str(ini)]
+    else:
+        argv = [tools["pserve"], str(ini), f"http_port={port}"]
+    name = "gateway-" + re.sub(r"\W+", "-", setup.name)
+    process = processes.start(name, argv, env=setup_env, cwd=workdir)
+    url = f"http://127.0.0.1:{port}{SITE_INFO_ROUTE}"
+    authorized = {"Authorization": f"Bearer {token}"}
+    gateway = Gateway(
+        setup,
+        process,
+        redis_url,
+        forwarded=Target(
+            f"gateway forwarded, {setup.name}", url, headers={**authorized, "Cache-Control": "no-cache"}, loads=LOADS
+        ),
+        cached=Target(f"gateway cached, {setup.name}", url, headers=authorized, loads=LOADS),
+    )
+    expect_ok(name, wait_until_answering(name, process, processes, gateway.forwarded), log=processes.log_tail(name))
+    return gateway
+
+
+def check_gateway(gateway: Gateway) -> None:
+    """Stop before printing a table that would name paths that were not measured: read after the cached path's runs,
+    so its cache is warm, and with no-cache, which the forwarded path must forward; with REDIS_URL, Redis used."""
+    cache_status = header(fetch(gateway.cached), "Cache-Status")
+    forwarded_status = header(fetch(gateway.forwarded), "Cache-Status")
+    if not cache_status.startswith("lms_api; hit") or not forwarded_status.startswith("lms_api; fwd=request"):
+        raise SystemExit(
+            f"{gateway.setup.name}: the cached path answered Cache-Status {cache_status!r} and the forwarded path "
+            f"{forwarded_status!r}"
+        )
+    if gateway.redis_url and not redis.Redis.from_url(gateway.redis_url).dbsize():
+        raise SystemExit(f"{gateway.setup.name}: the gateway kept nothing in Redis, as if it ran without REDIS_URL")
+
+
+def start_bare(
+    tools: Mapping[str, str], processes: Processes, workdir: Path, gateway_answer: Answer
+) -> tuple[Target, Target]:
+    """Bare Pyramid returning the gateway's answer bytes, in one waitress process and in gunicorn's workers."""
+    (workdir / "bare_app.py").write_text(BARE_APP)
+    (workdir / "answer.json").write_bytes(gateway_answer.body)
+    env = {
+        **clean_environ(),
+        "BARE_BODY": str(workdir / "answer.json"),
+        "BARE_CONTENT_TYPE": gateway_answer.headers.get("Content-Type", "application/json"),
+    }
+    waitress_port, gunicorn_port = free_port(), free_port()
+    threads = production_threads()
+    servers = {
+        "bare-waitress": (
+            [sys.executable, "bare_app.py", str(waitress_port), str(threads)],
+            Target(f"bare Pyramid, 1 process (waitress, {threads} threads)", f"http://127.0.0.1:{waitress_port}/"),
+        ),
+        "bare-gunicorn": (
+            [*gunicorn_argv(tools["gunicorn"], gunicorn_port), "bare_app:app"],
+            Target(f"bare Pyramid, {GUNICORN_WORKERS} processes (gunicorn)", f"http://127.0.0.1:{gunicorn_port}/"),
+        ),
+    }
+    for name, (argv, target) in servers.items():
+        process = processes.start(name, argv, env=env, cwd=workdir)
+        expect_ok(name, wait_until_answering(name, process, processes, target), gateway_answer.body)
+    return servers["bare-waitress"][1], servers["bare-gunicorn"][1]
+
+
 def run(args: argparse.Namespace) -> None:
     tools = require_tools(args.profile)
     golden = GOLDEN_SITE_INFO.read_bytes()
     json.loads(golden)  # the recording is the raw answer body; anything else must stop here, not be served
-    threads = production_threads()
 
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench_gateway-")))
@@ -612,7 +878,7 @@ def run(args: argparse.Namespace) -> None:
         (workdir / "www").mkdir()
         (workdir / "www" / "siteinfo.json").write_bytes(golden)
 
-        static_port, proxy_port, gateway_port, bare_port = (free_port() for _ in range(4))
+        static_port, proxy_port = free_port(), free_port()
         (workdir / "nginx.conf").write_text(nginx_config(workdir, tools["nginx"], static_port, proxy_port))
         nginx = processes.start(
             "nginx",
@@ -637,88 +903,77 @@ def run(args: argparse.Namespace) -> None:
         expect_ok("static nginx", wait_until_answering("nginx", nginx, processes, direct), golden)
         expect_ok("nginx proxy", fetch(proxy), golden)
 
+        redis_port = start_redis(tools["redis-server"], processes, workdir)
         env = gateway_env(f"http://127.0.0.1:{static_port}")
-        gateway = processes.start(
-            "gateway", [tools["pserve"], str(gateway_ini(workdir)), f"http_port={gateway_port}"], env=env, cwd=workdir
-        )
+        ini = gateway_ini(workdir)
         token = mint_token(tools["lms-api"], env, workdir)
-        gateway_url = f"http://127.0.0.1:{gateway_port}{SITE_INFO_ROUTE}"
-        forwarding = Target(
-            "gateway, forwarding",
-            gateway_url,
-            headers={"Authorization": f"Bearer {token}", "Cache-Control": "no-cache"},
-        )
-        cached = Target("gateway, cached", gateway_url, headers={"Authorization": f"Bearer {token}"})
-        gateway_answer = wait_until_answering("gateway", gateway, processes, forwarding)
+        gateways = {
+            setup: start_gateway(setup, tools, processes, workdir, ini, env, redis_port, token) for setup in SETUPS
+        }
+        gateway_answer = fetch(gateways[IN_PROCESS].forwarded)
         expect_ok("gateway", gateway_answer)
+        bare_process, bare_processes = start_bare(tools, processes, workdir, gateway_answer)
 
-        (workdir / "answer.json").write_bytes(gateway_answer.body)
-        content_type = gateway_answer.headers.get("Content-Type", "application/json")
-        bare_argv = [
-            sys.executable,
-            "-c",
-            BARE_APP,
-            str(workdir / "answer.json"),
-            content_type,
-            str(bare_port),
-            str(threads),
-        ]
-        bare_process = processes.start("bare", bare_argv, cwd=workdir)
-        bare = Target("bare Pyramid + waitress", f"http://127.0.0.1:{bare_port}/api/moodle/siteinfo")
-        expect_ok("bare Pyramid app", wait_until_answering("bare", bare_process, processes, bare), gateway_answer.body)
-
+        gunicorn_config = GUNICORN_CONFIG.name if GUNICORN_CONFIG.exists() else "no gunicorn.conf.py"
         setting = (
             f"Upstream: {GOLDEN_SITE_INFO.relative_to(ROOT)} ({len(golden):,} bytes); gateway answer "
-            f"{len(gateway_answer.body):,} bytes; waitress threads {threads}; wrk {args.duration} s per point, "
-            f"{args.warmup} s warm-up per path; {os.cpu_count()} CPUs"
+            f"{len(gateway_answer.body):,} bytes; waitress threads {production_threads()}; gunicorn gthread "
+            f"{GUNICORN_WORKERS} workers x {GUNICORN_THREADS} threads ({gunicorn_config}); wrk {args.duration} s per "
+            f"point, {args.warmup} s warm-up per path, median of {args.repeat} run(s); {os.cpu_count()} CPUs"
         )
         print(setting, file=sys.stderr)
-        results = {}
-        for target in (direct, proxy, forwarding, cached):
-            results[target.label] = measure(tools["wrk"], target, args, workdir)
-            processes.check_running()
-        # Read after the cached path's runs, so the cache, if any, is warm; no-cache shows that path 3 forwards.
-        cache_status = header(fetch(cached), "Cache-Status")
-        forwarding_status = header(fetch(forwarding), "Cache-Status")
-        if not cache_status.startswith("lms_api; hit") or not forwarding_status.startswith("lms_api; fwd=request"):
-            raise SystemExit(  # the table would name paths that were not measured
-                f"the cached path answered Cache-Status {cache_status!r} and the forwarding path {forwarding_status!r}"
-            )
-        memory = memory_line(gateway.pid)
-        results[bare.label] = measure(tools["wrk"], bare, args, workdir)
-        processes.check_running()
+        targets = [direct, proxy, bare_process, bare_processes]
+        targets += [target for gateway in gateways.values() for target in (gateway.cached, gateway.forwarded)]
+        results = measure(tools["wrk"], targets, args, workdir, processes)
+        for gateway in gateways.values():
+            check_gateway(gateway)
+        serving = {
+            setup: [process_memory(pid) for pid in gateway.serving_pids()] for setup, gateway in gateways.items()
+        }
 
         print()
         print(setting)
         print()
         print_table(results)
         print()
-        print(memory)
-        print(f"Cache-Status on the cached path: {cache_status} (with Cache-Control: no-cache: {forwarding_status})")
-        print_derived(*(results[target.label] for target in (direct, proxy, forwarding, cached, bare)))
+        print("Resident memory (VmRSS) after the runs:")
+        for setup, gateway in gateways.items():
+            print(memory_line(gateway, serving[setup]))
+        print()
+        print_verdicts(judge(results, direct, bare_processes, gateways, serving))
+        reference, floor = results[proxy.label][ONE_CALLER], results[direct.label][ONE_CALLER]
+        print(
+            f"\nThe nginx proxy adds at c=1 p50 +{reference.p50_ms - floor.p50_ms:.2f} ms, "
+            f"p99 +{reference.p99_ms - floor.p99_ms:.2f} ms over direct."
+        )
 
         if args.profile:
-            profile_gateway(tools, gateway.pid, forwarding, workdir, args.profile_output.resolve())
+            profile_gateway(tools, gateways[WITH_REDIS], workdir, args.profile_output.resolve())
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    summary, _, details = (__doc__ or "").partition("\n\n")
-    parser = argparse.ArgumentParser(
-        description=summary,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=details,
+    parser = documented_parser(__doc__)
+    parser.add_argument(
+        "--duration", type=positive, help=f"whole seconds of load per point (default {DEFAULT_DURATION_S})"
     )
-    parser.add_argument("--duration", type=int, default=6, help="whole seconds of load per point (default 6)")
     parser.add_argument(
         "--warmup",
         type=int,
-        default=1,
-        help="whole seconds of unmeasured load before each path, 0 for none (default 1)",
+        help=f"whole seconds of unmeasured load before each path, 0 for none (default {DEFAULT_WARMUP_S})",
+    )
+    parser.add_argument(
+        "--repeat", type=positive, default=1, help="runs of every path, taking turns; figures are medians (default 1)"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"check that the script works: {QUICK_DURATION_S} s per point and no warm-up unless given",
     )
     parser.add_argument(
         "--profile",
         action="store_true",
-        help=f"then record the gateway with py-spy ({PROFILE_SECONDS} s at c={PROFILE_CONNECTIONS}, forwarding)",
+        help=f"then record the gateway, {WITH_REDIS.name}, with py-spy ({PROFILE_SECONDS} s at "
+        f"c={PROFILE_CONNECTIONS}, forwarding)",
     )
     parser.add_argument(
         "--profile-output",
@@ -727,8 +982,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="where py-spy writes its collapsed stacks (default: a time-stamped file in the system temp dir)",
     )
     args = parser.parse_args(argv)
-    if args.duration < 1 or args.warmup < 0:
-        parser.error("--duration must be at least 1 second and --warmup not negative")
+    if args.duration is None:
+        args.duration = QUICK_DURATION_S if args.quick else DEFAULT_DURATION_S
+    if args.warmup is None:
+        args.warmup = 0 if args.quick else DEFAULT_WARMUP_S
+    if args.warmup < 0:
+        parser.error("--warmup must not be negative")
     return args
 
 
