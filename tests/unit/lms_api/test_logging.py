@@ -3,14 +3,24 @@
 import io
 import json
 import logging
+import os
+import re
 import subprocess
 import sys
 import threading
 
 import pytest
 import structlog
+from pyramid.request import Request
 
-from lms_api.logging import GatewayLogHandler, LinesAsLog, configure_logging, log_formatter, scrub_from_logs
+from lms_api.logging import (
+    GatewayLogHandler,
+    LinesAsLog,
+    configure_logging,
+    log_formatter,
+    request_id,
+    scrub_from_logs,
+)
 from tests.support.paths import ROOT
 from tests.support.timing import eventually
 
@@ -370,3 +380,56 @@ def test_a_line_logged_while_this_thread_is_queueing_one_is_queued_too():
     events = [json.loads(line)["event"] for line in done.stderr.splitlines()]
     assert "job.started" in events
     assert events.count("warm shut down requested") > 10  # every call on the way interrupted
+
+
+REQUEST_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def new_request_ids(count):
+    request = Request.blank("/")  # no X-Request-ID: a new id each time
+    return [request_id(request) for _ in range(count)]
+
+
+def test_request_ids_are_unique_across_threads_and_look_as_uuid4_hex_did():
+    made = [[] for _ in range(4)]
+    threads = [threading.Thread(target=lambda ids=ids: ids.extend(new_request_ids(20_000))) for ids in made]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    every = [one for ids in made for one in ids]
+    assert len(set(every)) == len(every) == 80_000
+    assert all(REQUEST_ID.fullmatch(one) for one in every)
+
+
+def test_a_forked_child_and_another_process_count_after_prefixes_of_their_own():
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: its ids to the parent, then out, without pytest's clean-up
+        try:
+            os.write(write_end, " ".join(new_request_ids(3)).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as from_child:
+        in_child = from_child.read().split()
+    os.waitpid(child, 0)
+    spawned = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from tests.unit.lms_api.test_logging import new_request_ids; print(*new_request_ids(3))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+        check=True,
+    ).stdout.split()
+    here = new_request_ids(3)
+
+    assert len(in_child) == len(spawned) == 3
+    prefixes = {ids[0][:20] for ids in (here, in_child, spawned)}
+    assert len(prefixes) == 3
+    assert len(set(here + in_child + spawned)) == 9
