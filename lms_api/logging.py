@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import io
 import itertools
 import json
@@ -18,12 +19,14 @@ from collections.abc import Callable, Iterable, Iterator
 from queue import Empty, Full, SimpleQueue
 from typing import Any, TextIO
 
+import orjson
 import structlog
 from pyramid.config import Configurator
 from pyramid.registry import Registry
 from pyramid.request import Request
 from pyramid.response import Response
 from pyramid.tweens import EXCVIEW
+from structlog.typing import EventDict
 
 from lms_api.calllog import CallLog
 from lms_api.moodle.errors import redact
@@ -35,8 +38,10 @@ FLUSH_TIMEOUT_S = 5.0  # how long flush() and close() wait for the writer thread
 MAX_QUEUED_LINES = 10_000
 ROOM_POLL_S = 0.001  # how often a caller waiting for room in a full queue looks again
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+SUMMARY_LOGGER = "lms_api.request"
 
-log = structlog.get_logger("lms_api.request")
+log = structlog.get_logger(SUMMARY_LOGGER)
+_summary_logger = logging.getLogger(SUMMARY_LOGGER)
 
 
 # Scrubbed from every rendered line as a last line of defence: nothing should log them in the first place. One list
@@ -57,14 +62,6 @@ def _written_forms(secret: str) -> set[str]:
     return {secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1], repr(secret)[1:-1]}
 
 
-class _RenderedLine(logging.LogRecord):
-    """Another library's line, rendered on the thread that logged it, while that thread's request id was bound."""
-
-    def __init__(self, record: logging.LogRecord, line: str) -> None:
-        super().__init__(record.name, record.levelno, record.pathname, record.lineno, line, None, None)
-        self.line = line
-
-
 class _FlushRequest(logging.LogRecord):
     """Not a line: the writer answers it once every line queued before it is written."""
 
@@ -73,14 +70,15 @@ class _FlushRequest(logging.LogRecord):
         self.written = threading.Event()
 
 
-_Queued = SimpleQueue[logging.LogRecord | None]  # None: the writer's stop
+# structlog's events, rendered on the writer; lines rendered already, as text; None: the writer's stop
+_Queued = SimpleQueue[logging.LogRecord | str | None]
 
 
 class GatewayLogHandler(logging.handlers.QueueHandler):
     """The gateway's own handler on the root logger: a request thread only queues its event; rendering it, and
     writing to stderr (a system call, which lets go of the GIL and then waits for it again), happen on the writer
     thread (:class:`LogWriter`), a batch of lines per write. With many callers, request threads no longer queue on a
-    lock held across a write.
+    lock held across a write. The request's summary line comes rendered already (:func:`log_summary`), as text.
 
     ``flush()`` returns once every line queued before it is written, and ``close()`` (run by ``logging.shutdown`` at
     exit, which the waitress runner also reaches on SIGTERM) writes the rest first; each waits ``FLUSH_TIMEOUT_S`` at
@@ -90,11 +88,13 @@ class GatewayLogHandler(logging.handlers.QueueHandler):
 
     queue: _Queued
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, log_format: str = "json") -> None:
         # A SimpleQueue: its put is reentrant, so a signal handler that logs (RQ's on SIGTERM) while this thread was
         # queueing a line does not wait on a lock its own thread holds, for ever. Bounded by put_when_room.
         super().__init__(SimpleQueue())
         self.stream = stream
+        self.log_format = log_format
+        self.setFormatter(log_formatter(log_format))
         self._closed = False
         self.listener = LogWriter(self)
         self.listener.start()
@@ -108,24 +108,30 @@ class GatewayLogHandler(logging.handlers.QueueHandler):
         return True
 
     def emit(self, record: logging.LogRecord) -> None:
+        self._pass_on(record)
+
+    def emit_rendered(self, line: str) -> None:
+        """Write ``line``, rendered and scrubbed already (the request's summary line), as an event is written."""
+        self._pass_on(line)
+
+    def _pass_on(self, record: logging.LogRecord | str) -> None:
         if self.listener.is_current_thread():  # the writer logging: written now, not queued behind itself
             self.write(self.render(record))
         elif self.listener.stopped.is_set():  # closed: written by the caller, one at a time
             self._write_leftovers(record)
         else:
-            self.enqueue(self.prepare(record))
+            # waits for room, where QueueHandler's own put_nowait would drop the line
+            self.put_when_room(self._as_queued(record))
             if self._closed and self.listener.stopped.is_set():  # queued behind the writer's stop: nobody else will
                 self._write_leftovers()
 
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+    def _as_queued(self, record: logging.LogRecord | str) -> logging.LogRecord | str:
         """structlog's event as it is: its request id, and its traceback as text, are in it already, and it is
-        rendered on the writer. Another library's line is rendered now, while this thread's request id is bound."""
-        return record if hasattr(record, "_logger") else _RenderedLine(record, self.render(record))
+        rendered on the writer. Another library's line is rendered now, while this thread's request id is bound; a
+        line rendered already is queued as its text."""
+        return record if isinstance(record, str) or hasattr(record, "_logger") else self.render(record)
 
-    def enqueue(self, record: logging.LogRecord) -> None:
-        self.put_when_room(record)  # waits, where QueueHandler's own put_nowait would drop the line
-
-    def put_when_room(self, record: logging.LogRecord | None, timeout: float | None = None) -> bool:
+    def put_when_room(self, record: logging.LogRecord | str | None, timeout: float | None = None) -> bool:
         """Queue ``record`` once fewer than ``MAX_QUEUED_LINES`` wait, so that when stderr is read slower than lines
         come, callers wait for the writer rather than memory grow: whether it was queued within ``timeout``. It
         polls, as any lock or condition it held could be wanted again by a signal handler logging on this thread."""
@@ -151,9 +157,9 @@ class GatewayLogHandler(logging.handlers.QueueHandler):
             self._write_leftovers()
         super().close()
 
-    def render(self, record: logging.LogRecord) -> str:
-        if isinstance(record, _RenderedLine):
-            return record.line
+    def render(self, record: logging.LogRecord | str) -> str:
+        if isinstance(record, str):
+            return record
         try:
             return self.format(record) + "\n"
         except Exception as error:
@@ -169,7 +175,7 @@ class GatewayLogHandler(logging.handlers.QueueHandler):
         except Exception:  # noqa: S110  # stderr is closed, broken or gone: there is nowhere left to say so
             pass
 
-    def _write_leftovers(self, *records: logging.LogRecord) -> None:
+    def _write_leftovers(self, *records: logging.LogRecord | str) -> None:
         """Write, on this thread, what the stopped writer left in the queue, then ``records``."""
         self.acquire()
         try:
@@ -179,7 +185,7 @@ class GatewayLogHandler(logging.handlers.QueueHandler):
         finally:
             self.release()
 
-    def _queued(self) -> Iterator[logging.LogRecord]:
+    def _queued(self) -> Iterator[logging.LogRecord | str]:
         """What is in the queue now, without waiting for more; the writer's stop left out."""
         while True:
             try:
@@ -216,8 +222,8 @@ class LogWriter(logging.handlers.QueueListener):
     def is_current_thread(self) -> bool:
         return threading.current_thread() is self._thread_seen
 
-    # typeshed says a LogRecord, though QueueListener takes its stop, None, through dequeue() too
-    def dequeue(self, block: bool) -> logging.LogRecord | None:  # type: ignore[override]
+    # typeshed says a LogRecord, though QueueListener takes its stop, None, and lines rendered already through it too
+    def dequeue(self, block: bool) -> logging.LogRecord | str | None:  # type: ignore[override]
         self._thread_seen = threading.current_thread()
         try:
             record = self.queue.get_nowait()
@@ -229,7 +235,7 @@ class LogWriter(logging.handlers.QueueListener):
             self.stopped.set()
         return record
 
-    def handle(self, record: logging.LogRecord) -> None:
+    def handle(self, record: logging.LogRecord | str) -> None:
         if isinstance(record, _FlushRequest):
             self.write_lines()
             record.written.set()
@@ -277,8 +283,7 @@ def configure_logging(log_format: str, secrets: Iterable[str]) -> None:
     # The real stderr, not what pserve's lines go through once a first app has replaced it (that would log each
     # line again as an event of its own).
     stderr = sys.stderr._fallback if isinstance(sys.stderr, LinesAsLog) else sys.stderr
-    handler = GatewayLogHandler(stderr)
-    handler.setFormatter(log_formatter(log_format))
+    handler = GatewayLogHandler(stderr, log_format)
     root.addHandler(handler)  # before the old one goes: no moment without a handler, when logging's last resort
     root.setLevel(logging.INFO)  # would print unscrubbed lines
     for old in replaced:
@@ -304,12 +309,8 @@ _SHARED_PROCESSORS: list[Any] = [
 
 def log_formatter(log_format: str) -> logging.Formatter:
     """One line per event, JSON or for people, secrets scrubbed."""
-    renderer: Any
-    if log_format == "console":
-        # In call order, so a request line reads status, method, path, ms and sub first.
-        renderer = structlog.dev.ConsoleRenderer(colors=False, sort_keys=False)
-    else:
-        renderer = structlog.processors.JSONRenderer()
+    # The console's in call order, so a request line reads status, method, path, ms and sub first.
+    renderer = structlog.dev.ConsoleRenderer(colors=False, sort_keys=False) if log_format == "console" else _json_line
     return structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=_SHARED_PROCESSORS,
         processors=[
@@ -371,8 +372,7 @@ def request_tween_factory(handler: Callable[[Request], Response], registry: Regi
             response.headers[REQUEST_ID_HEADER] = request.id
             identity = checked_identity(request)
             calls: CallLog = request.moodle_calls
-            log.info(
-                "request",
+            log_summary(
                 status=response.status_code,
                 method=request.method,
                 path=request.path,
@@ -387,6 +387,55 @@ def request_tween_factory(handler: Callable[[Request], Response], registry: Regi
         return response
 
     return tween
+
+
+def log_summary(**fields: Any) -> None:
+    """Log the request's summary line, ``fields`` first, then what structlog adds to every line.
+
+    Where the gateway's handler renders JSON and is the only one the line would reach (as under pserve), the line is
+    rendered here with orjson and handed to the writer as text: the one line of every request skips structlog's
+    processors and logging's record, and the writer only writes it. Anywhere else (console logs, a host's or a test's
+    handler on the root logger) it is logged like any other line.
+    """
+    handler = _json_handler_alone()
+    if handler is None:
+        log.info("request", **fields)
+        return
+    event = {**fields, "event": "request"}
+    structlog.contextvars.merge_contextvars(None, "info", event)  # the request id, and what else is bound
+    event["level"] = "info"
+    event["logger"] = SUMMARY_LOGGER
+    event["timestamp"] = datetime.datetime.now(tz=datetime.UTC).isoformat().replace("+00:00", "Z")  # as TimeStamper
+    handler.emit_rendered(redact(_json_line(None, "info", event), _SECRETS) + "\n")
+
+
+def _json_handler_alone() -> GatewayLogHandler | None:
+    """The gateway's handler, when it renders JSON and is the only one an info line of the summary logger reaches."""
+    if _summary_logger.filters or not _summary_logger.isEnabledFor(logging.INFO):
+        return None
+    alone = None
+    logger: logging.Logger | None = _summary_logger
+    while logger is not None:
+        for handler in logger.handlers:
+            if alone is not None or not isinstance(handler, GatewayLogHandler):
+                return None
+            alone = handler
+        logger = logger.parent if logger.propagate else None
+    if alone is None or alone.log_format != "json" or alone.filters or alone.level > logging.INFO:
+        return None
+    return alone
+
+
+_STDLIB_JSON = structlog.processors.JSONRenderer(separators=(",", ":"))
+
+
+def _json_line(_logger: Any, _name: str, event: EventDict) -> str:
+    """The renderer of every JSON line, the summary line's included: orjson, compact."""
+    try:
+        # A date or a dataclass orjson would write its own way: refused, so it is written as structlog writes it.
+        return orjson.dumps(event, option=orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS).decode()
+    except TypeError:  # what orjson does not write (an object, a lone surrogate): structlog's JSON, with its repr
+        return str(_STDLIB_JSON(None, "", event))
 
 
 class LinesAsLog(io.TextIOBase):

@@ -1,5 +1,6 @@
 """The gateway's log handler: lines rendered and written by a thread of their own, none lost at flush or close."""
 
+import contextlib
 import io
 import json
 import logging
@@ -14,10 +15,12 @@ import structlog
 from pyramid.request import Request
 
 from lms_api.logging import (
+    SUMMARY_LOGGER,
     GatewayLogHandler,
     LinesAsLog,
     configure_logging,
     log_formatter,
+    log_summary,
     request_id,
     scrub_from_logs,
 )
@@ -364,22 +367,163 @@ def interrupt(frame, event, arg):
         interrupting = False
 
 sys.setprofile(interrupt)
-structlog.get_logger("lms_api.jobs").info("job.started")
+LOG_THE_LINE
 sys.setprofile(None)
 logging.shutdown()
 """
 
 
-def test_a_line_logged_while_this_thread_is_queueing_one_is_queued_too():
+@pytest.mark.parametrize(
+    ("logged", "event"),
+    [
+        ('structlog.get_logger("lms_api.jobs").info("job.started")', "job.started"),
+        ("from lms_api.logging import log_summary; log_summary(status=200)", "request"),  # rendered on this thread
+    ],
+)
+def test_a_line_logged_while_this_thread_is_queueing_one_is_queued_too(logged, event):
+    script = INTERRUPTED_AT_EVERY_CALL.replace("LOG_THE_LINE", logged)
     try:
-        done = subprocess.run(
-            [sys.executable, "-c", INTERRUPTED_AT_EVERY_CALL], capture_output=True, text=True, timeout=30, cwd=ROOT
-        )
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30, cwd=ROOT)
     except subprocess.TimeoutExpired:
         pytest.fail("logging hung, waiting on a lock its own thread held")
     events = [json.loads(line)["event"] for line in done.stderr.splitlines()]
-    assert "job.started" in events
-    assert events.count("warm shut down requested") > 10  # every call on the way interrupted
+    assert event in events
+    assert events.count("warm shut down requested") > 5  # every call on the way interrupted
+
+
+SUMMARY = {
+    "status": 200,
+    "method": "GET",
+    "path": "/api/moodle/siteinfo",
+    "ms": 1.5,
+    "sub": "ops",
+    "route": "api.moodle.siteinfo",
+    "moodle_functions": ["core_webservice_get_site_info"],
+    "moodle_ms": 0.9,
+    "retries": 0,
+    "cache": None,
+}
+
+
+@pytest.fixture
+def handler_alone(gateway_handler):
+    """The gateway's handler, writing at once; alone on the root logger within :func:`alone_on_the_root`."""
+    gateway_handler.stream.may_write.set()
+    return gateway_handler
+
+
+@contextlib.contextmanager
+def alone_on_the_root(handler):
+    """``handler`` as the only one on the root logger, as under pserve: pytest puts its own there for each test."""
+    root = logging.getLogger()
+    others = root.handlers
+    root.handlers = [handler]
+    try:
+        yield
+    finally:
+        root.handlers = others
+
+
+class CountsFormats:
+    """Counts what a handler formats: a line rendered before it was queued is not formatted again."""
+
+    def __init__(self, handler, monkeypatch):
+        self.formatted = []
+        format_record = handler.format
+        monkeypatch.setattr(handler, "format", lambda record: self.formatted.append(record) or format_record(record))
+
+
+def without_timestamp(line):
+    return re.sub(r'"timestamp":"[^"]*"', '"timestamp":""', line)
+
+
+def test_the_summary_line_is_rendered_on_the_request_thread_as_the_writer_would_render_it(handler_alone, monkeypatch):
+    formats = CountsFormats(handler_alone, monkeypatch)
+    with structlog.contextvars.bound_contextvars(request_id="r-1", job_id="j-1"):
+        with alone_on_the_root(handler_alone):
+            log_summary(**SUMMARY)
+            handler_alone.flush()
+        assert formats.formatted == []  # queued as its text: the writer only wrote it
+        log_summary(**SUMMARY)  # with pytest's handlers on the root too: logged through logging
+    handler_alone.flush()
+
+    rendered_here, logged = handler_alone.stream.getvalue().splitlines()
+    assert len(formats.formatted) == 1
+    assert without_timestamp(rendered_here) == without_timestamp(logged)
+    line = json.loads(rendered_here)
+    assert list(line)[: len(SUMMARY) + 1] == [*SUMMARY, "event"]
+    assert list(line)[len(SUMMARY) + 1 :] in (
+        ["request_id", "job_id", "level", "logger", "timestamp"],
+        ["job_id", "request_id", "level", "logger", "timestamp"],
+    )
+    assert (line["event"], line["request_id"], line["job_id"]) == ("request", "r-1", "j-1")
+    assert (line["level"], line["logger"]) == ("info", SUMMARY_LOGGER)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", line["timestamp"])
+
+
+def test_the_summary_line_reaches_any_other_handler_on_the_root_and_reads_as_before_in_console_logs(gateway_handler):
+    gateway_handler.stream.may_write.set()
+    console, json_lines = io.StringIO(), io.StringIO()
+    root = logging.getLogger()
+    others = [logging.StreamHandler(console), logging.StreamHandler(json_lines)]
+    others[0].setFormatter(log_formatter("console"))
+    others[1].setFormatter(log_formatter("json"))
+    for other in others:
+        root.addHandler(other)
+    try:
+        with structlog.contextvars.bound_contextvars(request_id="r-2"):
+            log_summary(**SUMMARY)
+    finally:
+        for other in others:
+            root.removeHandler(other)
+    gateway_handler.flush()
+
+    assert json.loads(json_lines.getvalue())["request_id"] == "r-2"
+    assert lines(gateway_handler)[0]["request_id"] == "r-2"
+    assert re.fullmatch(
+        r"\S+Z \[info +\] request +\[lms_api\.request\] status=200 method=GET path=/api/moodle/siteinfo .* cache=None "
+        r"request_id=r-2\n",
+        console.getvalue(),
+    )
+
+
+@pytest.mark.parametrize(
+    "secret",
+    ['jwt"secret\\with-quotes-0123456789', "sécret-with-non-ascii-0123456789", "tab\tsecret-0123456789"],
+)
+def test_a_secret_is_scrubbed_from_the_summary_line_however_it_is_escaped(handler_alone, secret):
+    scrub_from_logs(secret)
+    with structlog.contextvars.bound_contextvars(request_id="r-3", leaked=secret), alone_on_the_root(handler_alone):
+        log_summary(**{**SUMMARY, "path": f"/api/{secret}", "moodle_functions": [secret]})
+    handler_alone.flush()
+
+    written = handler_alone.stream.getvalue()
+    assert written.count("[redacted]") == 3, written
+    assert "0123456789" not in written
+
+
+def test_a_summary_line_that_orjson_does_not_write_is_written_as_structlog_writes_it(handler_alone):
+    with alone_on_the_root(handler_alone):
+        log_summary(**{**SUMMARY, "path": "/api/\udcff", "sub": object(), "retries": 2**70})
+    handler_alone.flush()
+
+    (line,) = lines(handler_alone)
+    assert line["path"] == "/api/\udcff"
+    assert line["sub"].startswith("<object object at")
+    assert line["retries"] == 2**70
+
+
+def test_close_writes_the_summary_lines_still_queued_and_one_logged_after_it(handler_alone):
+    handler_alone.stream = SlowStream()  # held: the lines wait in the queue
+    with alone_on_the_root(handler_alone):
+        for status in (200, 201):
+            log_summary(**{**SUMMARY, "status": status})
+        handler_alone.stream.may_write.set()
+
+        handler_alone.close()
+        log_summary(**{**SUMMARY, "status": 202})  # the writer has stopped: written by this thread
+
+    assert [line["status"] for line in lines(handler_alone)] == [200, 201, 202]
 
 
 REQUEST_ID = re.compile(r"[0-9a-f]{32}")
