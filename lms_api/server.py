@@ -197,17 +197,17 @@ def open_files_needed(connection_limit: int, threads: int, redis_clients: int = 
     return connection_limit + threads * (1 + redis_clients) + SPARE_FILES
 
 
-def fit_open_files_limit(needed: int, counted: str) -> RaisedLimit | None:
+def fit_open_files_limit(needed: int, counted: str, lower: str = "connection_limit") -> RaisedLimit | None:
     """Raise the soft limit on open files (``ulimit -n``) to the hard one whenever it is below it: past the soft
     limit, new connections would be refused by accept() while waitress still counts room for them, and ``needed``
     is a count of what is known, not a bound on every file a request may open. Without a hard limit, to ``needed``.
-    Exit status 2 with one line naming both numbers and what ``counted`` when the hard limit (``ulimit -Hn``) is
-    below ``needed``."""
+    Exit status 2 with one line naming both numbers, what ``counted`` and the setting to ``lower`` when the hard
+    limit (``ulimit -Hn``) is below ``needed``."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < needed:
         print(
             f"lms_api: {counted} need {needed} open files, but the hard limit is {hard} (ulimit -Hn): raise it, "
-            "or lower connection_limit",
+            f"or lower {lower}",
             file=sys.stderr,
         )
         raise SystemExit(2)

@@ -1,0 +1,177 @@
+"""gunicorn's hooks for the gateway, which ``gunicorn.conf.py`` at the repository root hands to gunicorn.
+
+``gunicorn --paste production.ini -k gthread -w <cores> --threads 16`` serves the ini's app from a process per core,
+each with its threads, where ``pserve`` serves it from one (:mod:`lms_api.server`), bound by the GIL to about one core.
+What the waitress runner does for its one process is done here for each worker: the start refused, in the master and
+before any worker serves, on settings the workers could not serve with; the app's objects kept out of the collector's
+passes; the event streams the gateway serves itself ended at SIGTERM, and the embedded job engine stopped with the
+worker. Logging needs nothing of its own: a worker leaves through ``sys.exit``, and ``logging.shutdown`` at exit writes
+the lines still queued.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import sys
+from typing import Any, NoReturn, Protocol
+
+import structlog
+
+from lms_api.server import (
+    REDIS_CLIENTS,
+    RaisedLimit,
+    check_stream_threads,
+    fit_open_files_limit,
+    open_files_needed,
+)
+from lms_api.settings import Settings, SettingsError, load_settings, read_dotenv
+
+log = structlog.get_logger("lms_api.gunicorn")
+
+
+class GunicornSettings(Protocol):
+    """What the hooks read of gunicorn's ``Config``, as the command line and ``gunicorn.conf.py`` left it."""
+
+    paste: str | None
+    paste_global_conf: dict[str, str] | None
+    workers: int
+    threads: int
+    worker_connections: int
+
+
+class Arbiter(Protocol):
+    """gunicorn's master process."""
+
+    cfg: GunicornSettings
+    worker_class: type
+    pidfile: Any  # gunicorn's Pidfile, or None
+    log: Any  # gunicorn's own logger (the app's is set up in each worker)
+
+
+class Worker(Protocol):
+    """A gunicorn worker process (a gthread ``ThreadWorker``, which :func:`on_starting` made sure of)."""
+
+    pid: int
+    alive: bool
+    method_queue: Any  # runs a callable on the worker's main loop
+
+    def handle_exit(self, signum: int, frame: Any) -> None: ...
+
+
+def on_starting(arbiter: Arbiter) -> None:
+    """In the master, before it listens or starts a worker: exit status 2 with one line on stderr when the workers
+    could not serve as the ini, ``.env`` and the environment say, rather than each worker failing on its own (which
+    gunicorn would start again, and again)."""
+    try:
+        raised = check_start(arbiter.cfg, arbiter.worker_class, settings_for(arbiter.cfg))
+    except SystemExit:
+        if arbiter.pidfile is not None:
+            arbiter.pidfile.unlink()
+        raise
+    if raised:
+        arbiter.log.info("lms_api: soft limit on open files raised from %s to %s", raised.before, raised.after)
+
+
+def settings_for(cfg: GunicornSettings) -> Settings:
+    """The settings the app of ``--paste`` will read: from the environment, the ``.env`` beside the ini and the ini's
+    app section, as :func:`lms_api.main` reads them. Exit status 2 with a line per problem when they are not valid."""
+    if not cfg.paste:
+        refuse("run the gateway as gunicorn --paste production.ini (or development.ini): the app is built from the ini")
+    from paste.deploy import appconfig  # PasteDeploy's, which pserve and gunicorn --paste read the ini with
+
+    path = os.path.abspath(cfg.paste)
+    ini = appconfig(f"config:{path}", relative_to=os.getcwd(), global_conf=cfg.paste_global_conf)
+    try:
+        return load_settings(ini.local_conf, os.environ, read_dotenv(ini.global_conf.get("here")))
+    except SettingsError as error:
+        for problem in error.problems:
+            print(f"lms_api: configuration error: {problem}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def check_start(cfg: GunicornSettings, worker_class: type, settings: Settings) -> RaisedLimit | None:
+    """Exit status 2 with one line when the workers ``cfg`` describes could not serve with ``settings``: not
+    gthread; several without Redis to share what each would keep to itself; too few threads for the event streams;
+    too low a hard limit on open files. The soft limit on open files is raised here, for every worker to inherit:
+    how, when it was."""
+    from gunicorn.workers.gthread import ThreadWorker
+
+    if not issubclass(worker_class, ThreadWorker):
+        refuse(
+            f"gunicorn serves the gateway with its gthread workers (-k gthread), not {worker_class.__name__}: a "
+            "worker's threads serve its requests"
+        )
+    if cfg.workers > 1 and not settings.redis_url:
+        refuse(
+            f"{cfg.workers} workers without REDIS_URL would each keep their own rate budgets, read cache, idempotency "
+            "keys, event tickets and jobs: set REDIS_URL, or run one worker (-w 1)"
+        )
+    if cfg.workers > 1 and settings.jobs_engine == "embedded":
+        refuse(
+            f"{cfg.workers} workers with JOBS_ENGINE=embedded would each keep their own jobs, which could not be read "
+            "or cancelled through another: use JOBS_ENGINE=rq, or run one worker (-w 1)"
+        )
+    check_stream_threads(cfg.threads, settings)
+    redis_clients = REDIS_CLIENTS if settings.redis_url else 0
+    counted = "worker_connections, threads" + (" and their Redis connections (REDIS_URL)" if redis_clients else "")
+    needed = open_files_needed(cfg.worker_connections, cfg.threads, redis_clients)
+    return fit_open_files_limit(needed, counted, lower="worker_connections")
+
+
+def refuse(reason: str) -> NoReturn:
+    print(f"lms_api: {reason}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def post_worker_init(worker: Worker) -> None:
+    """In each worker, its app loaded and before it serves."""
+    # What is built by now lives as long as the worker. Frozen, it is no longer walked by the collector's full passes,
+    # which the many objects of a large Moodle answer set off often, each holding up the request it is in.
+    gc.collect()
+    gc.freeze()
+    end_streams_when_told_to_stop(worker, _app(worker))
+
+
+def end_streams_when_told_to_stop(worker: Worker, app: Any) -> None:
+    """At SIGTERM (gunicorn's master passes it on), the event streams the gateway serves end first: each holds a
+    thread and its connection, which the worker would otherwise wait out for its whole ``graceful_timeout``."""
+    stop = worker.handle_exit  # gthread's own: stop accepting, finish the requests in flight
+
+    def told_to_stop(signum: int, frame: Any) -> None:
+        first = worker.alive
+        stop(signum, frame)
+        if first:  # closed on the worker's main loop, not in this handler, which may have interrupted a lock's holder
+            worker.method_queue.defer(close_streams, app)
+
+    signal.signal(signal.SIGTERM, told_to_stop)
+    signal.siginterrupt(signal.SIGTERM, False)  # as gunicorn set it: requests in flight are not disturbed
+
+
+def close_streams(app: Any) -> None:
+    log.info("server.shutting_down", streams=app.registry.events.open_streams())
+    app.registry.events.close()
+
+
+def pre_request(worker: Worker, request: Any) -> None:
+    """Each log line of a request names the worker process that served it."""
+    structlog.contextvars.bind_contextvars(pid=worker.pid)
+
+
+def worker_exit(arbiter: Arbiter, worker: Worker) -> None:
+    """In a worker once it has served its last request: the events stop listening to Redis (closed again, for a
+    worker that had no connection left to run its main loop once more when told to stop), and the embedded job engine
+    cancels its queued jobs and waits for the running ones. Also called in the master for a worker already gone,
+    which has no app there."""
+    app = _app(worker)
+    if app is None:
+        return
+    app.registry.events.close()
+    app.registry.jobs.close()
+    log.info("server.stopped")
+
+
+def _app(worker: Worker) -> Any:
+    """The Pyramid app the worker loaded (gunicorn's ``wsgi``); None where it has none."""
+    return getattr(worker, "wsgi", None)
