@@ -5,6 +5,9 @@ A window starts at a caller's first request and lasts the rate's period; the cou
 goes away the gateway keeps serving with in-process counters, says so once in the log, and goes back to Redis
 once it answers again.
 
+The count's round trip also reads the Redis keys other concerns registered (:class:`~lms_api.redisstate.ReadAlong`:
+the read cache's generations), for the request's snapshot: a cached read then asks Redis nothing more.
+
 Counted here, not with the ``limits`` package: its limiters answer allowed or not, so the ``RateLimit-*`` headers
 would take two more Redis round trips per request (and read a count other replicas may have moved meanwhile); it
 has no fallback from one storage to another; and its in-process storage runs on the wall clock, keeps every key
@@ -16,7 +19,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from ipaddress import ip_address, ip_network
 from typing import Protocol
@@ -31,7 +34,7 @@ from pyramid.tweens import EXCVIEW
 
 from lms_api.caller import client_address
 from lms_api.errors import ApiError, ErrorCode
-from lms_api.redisstate import RedisLink, redis_client
+from lms_api.redisstate import RedisLink, Snapshot, read_along, redis_client, taking_snapshot
 from lms_api.routes import is_api_request
 from lms_api.security import Scope
 from lms_api.settings import Rate, Settings
@@ -43,13 +46,15 @@ REFUSED_BUDGET = "lms_api.refused_budget"  # in the WSGI environ of a refused re
 KEY_PREFIX = "lms_api:ratelimit:"
 MAX_LOCAL_KEYS = 100_000
 
-# INCR, and start the window's clock on the first hit: atomic, so replicas never lose a count.
+# INCR, and start the window's clock on the first hit: atomic, so replicas never lose a count. The keys after the
+# first are read along, at the same instant.
 _REDIS_HIT = """
 local count = redis.call('INCR', KEYS[1])
 if count == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]); ttl = tonumber(ARGV[1]) end
-return {count, ttl}
+if #KEYS == 1 then return {count, ttl} end
+return {count, ttl, redis.call('MGET', unpack(KEYS, 2))}
 """
 
 
@@ -79,6 +84,10 @@ def _decision(count: int, rate: Rate, remaining_ms: float) -> Decision:
 class Counter(Protocol):
     def hit(self, key: str, rate: Rate) -> Decision: ...
 
+    def hit_reading(self, key: str, rate: Rate, along: Sequence[str]) -> tuple[Decision, Snapshot | None]:
+        """``hit``, and the values of the Redis keys ``along`` read in the same round trip (None: not read)."""
+        ...
+
 
 class LocalCounter:
     """Counts in this process only."""
@@ -100,6 +109,9 @@ class LocalCounter:
             count += 1
             self._windows[key] = (ends, count)
         return _decision(count, rate, (ends - now) * 1000)
+
+    def hit_reading(self, key: str, rate: Rate, along: Sequence[str]) -> tuple[Decision, Snapshot | None]:
+        return self.hit(key, rate), None
 
     def _sweep(self, now: float) -> None:
         """Forget ended windows; past MAX_LOCAL_KEYS also the half nearest to ending, so memory stays bounded."""
@@ -126,15 +138,18 @@ class RedisCounter:
         return cls(link, LocalCounter())
 
     def hit(self, key: str, rate: Rate) -> Decision:
+        return self.hit_reading(key, rate, ())[0]
+
+    def hit_reading(self, key: str, rate: Rate, along: Sequence[str]) -> tuple[Decision, Snapshot | None]:
         if not self.link.usable:
-            return self._fallback.hit(key, rate)
+            return self._fallback.hit(key, rate), None
         try:
-            count, ttl_ms = self._script(keys=[KEY_PREFIX + key], args=[rate.period_s * 1000])
+            count, ttl_ms, *read = self._script(keys=[KEY_PREFIX + key, *along], args=[rate.period_s * 1000])
         except redis.RedisError as error:
             self.link.went_down(error)
-            return self._fallback.hit(key, rate)
+            return self._fallback.hit(key, rate), None
         self.link.answered()
-        return _decision(int(count), rate, float(ttl_ms))
+        return _decision(int(count), rate, float(ttl_ms)), dict(zip(along, read[0] if read else (), strict=True))
 
 
 def counter_from_settings(settings: Settings) -> Counter:
@@ -156,6 +171,7 @@ def rate_limit_tween_factory(
     """429 ``ratelimited`` over budget; the ``RateLimit-*`` headers on every API answer, errors included."""
     settings: Settings = registry.settings["lms_api.settings"]
     counter: Counter = registry.rate_counter
+    along = read_along(registry)
 
     def tween(request: Request) -> Response:
         if not is_api_request(request):
@@ -176,9 +192,10 @@ def rate_limit_tween_factory(
             budget, key, rate = "read", "read:" + identity.sub, settings.rate_limit_read
         else:
             budget, key, rate = "write", "write:" + identity.sub, settings.rate_limit_write
-        decision = counter.hit(key, rate)
+        decision, snapshot = counter.hit_reading(key, rate, along.keys)
         if decision.allowed:
-            response = handler(request)
+            with taking_snapshot(snapshot):
+                response = handler(request)
         else:
             request.environ[REFUSED_BUDGET] = budget
             refusal = ApiError(

@@ -2,6 +2,9 @@
 
 Rate limits and the read cache keep their state in Redis when ``REDIS_URL`` is set. When Redis fails they use
 their in-process fallback for a few seconds, then try Redis again; the change is logged once each way.
+
+A request's first round trip to Redis (the rate limit's) also reads the keys other concerns registered with
+:class:`ReadAlong` (the read cache's generations); they find what it read in :func:`request_snapshot`.
 """
 
 from __future__ import annotations
@@ -10,11 +13,14 @@ import hashlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Generic, TypeVar
 
 import redis
 import structlog
+from pyramid.registry import Registry
 
 log = structlog.get_logger("lms_api.redis")
 
@@ -75,6 +81,51 @@ class RedisLink:
             self.went_down(error)
             return False
         return True
+
+
+class ReadAlong:
+    """Redis keys that a request's concerns read at its start, in the round trip the request makes anyway: the rate
+    limit's. Registered once, at configuration (the read cache names its groups' generations); the rate limit reads
+    them with its count, and the values are the request's snapshot (:func:`request_snapshot`) while it is handled."""
+
+    def __init__(self) -> None:
+        self.keys: tuple[str, ...] = ()
+
+    def add(self, keys: Iterable[str]) -> None:
+        self.keys = tuple(dict.fromkeys((*self.keys, *keys)))
+
+
+def read_along(registry: Registry) -> ReadAlong:
+    """The registry's keys read along: one object, however many concerns add theirs or read them."""
+    kept: ReadAlong | None = getattr(registry, "redis_read_along", None)
+    if kept is None:
+        kept = registry.redis_read_along = ReadAlong()
+    return kept
+
+
+Snapshot = dict[str, bytes | None]  # a Redis key -> its value (None: no such key) at the moment it was read
+
+_snapshot: ContextVar[Snapshot | None] = ContextVar("redis_snapshot", default=None)
+
+
+@contextmanager
+def taking_snapshot(values: Snapshot | None) -> Iterator[None]:
+    """``values`` (read at the request's start) are the snapshot of the request handled in the block; None: it has
+    none (the rate limit counted in the process), and each reader asks Redis itself."""
+    if values is None:
+        yield
+        return
+    reset_token = _snapshot.set(values)
+    try:
+        yield
+    finally:
+        _snapshot.reset(reset_token)
+
+
+def request_snapshot() -> Snapshot | None:
+    """The Redis values of the request being handled, as read at its start, and as its own reads and writes have
+    changed them since (a key missing is unknown: ask Redis); None outside a request (a job, a background thread)."""
+    return _snapshot.get()
 
 
 def digest(text: str) -> str:

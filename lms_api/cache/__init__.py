@@ -12,6 +12,10 @@ outcome (in Redis, so every replica sees it before the write's answer is sent); 
 never served, and an answer fetched before the bump is never stored after it. The function table
 (``lms_api.moodle.functions``) says which group keeps a read's answers and which groups a write drops.
 
+With Redis, each process keeps copies of the entries near, served while their group is at the generation they were
+stored under and they are fresh. A request reads the generations at its start, along with its rate limit's count:
+a hit is that one round trip to Redis, which never carries the answer.
+
 Views hand services :class:`CachedMoodle`, for reads and writes alike: it is where both happen.
 """
 
@@ -29,6 +33,7 @@ from lms_api.cache.readcache import ReadCache
 from lms_api.cache.redisstore import RedisStore
 from lms_api.cache.tween import SAFE_METHODS, FreshAnswer, cache_tween_factory, fresh_answer
 from lms_api.moodle.client import MoodleClient
+from lms_api.redisstate import read_along
 from lms_api.settings import Settings
 
 __all__ = [
@@ -46,6 +51,7 @@ def includeme(config: Configurator) -> None:
     cache = ReadCache.from_settings(settings)
     config.include("lms_api.service_lookup")
     config.register_service(cache, ReadCache)
+    read_along(config.registry).add(cache.generations_read_along())
 
     def cached_moodle(context: Any, request: Request) -> CachedMoodle:
         # A write's reads ask Moodle (and refresh what is kept): what a write is checked against, or reads back, is

@@ -37,9 +37,9 @@ class ParsedAnswers:
         """``body`` parsed: the object remembered for ``key`` when it came from the same bytes."""
         with self._lock:
             kept = self._answers.get(key)
-            # Equal bytes, not the same bytes object: Redis hands out a new copy at every read. An entry replaced
-            # since (a refresh, another replica's fetch) has other bytes, and is parsed again.
-            if kept is not None and kept[0] == body:
+            # The same bytes object, as a copy kept near hands out, or equal bytes: the one read from Redis when it
+            # was not kept near. An entry replaced since (a refresh, another replica's fetch) is parsed again.
+            if kept is not None and (kept[0] is body or kept[0] == body):
                 self._answers.move_to_end(key)
                 return kept[1]
         value = loads(body)

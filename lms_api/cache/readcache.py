@@ -14,7 +14,7 @@ from typing import Any
 
 import structlog
 
-from lms_api.cache.entry import Entry
+from lms_api.cache.entry import Entry, Generation
 from lms_api.cache.localstore import LocalStore
 from lms_api.cache.outcomes import CacheOutcome, Fetch, note
 from lms_api.cache.parsed import PARSED_SHARE_OF_CACHE, ParsedAnswers
@@ -62,7 +62,7 @@ class ReadCache:
         self._wait_s = wait_s
         self._clock = clock
         # By key and generation: a read that starts after a write never waits for a fetch that started before it.
-        self._flights: dict[tuple[str, int], _Flight] = {}
+        self._flights: dict[tuple[str, Generation], _Flight] = {}
         self._flights_lock = threading.Lock()
         self._parsed = ParsedAnswers(parsed_max_bytes)
 
@@ -78,6 +78,15 @@ class ReadCache:
             store = RedisStore(RedisLink(redis_client(settings.redis_url), "cache", note), local)
         wait_s = settings.moodle_timeout_ms / 1000
         return cls(store, settings.cache_ttls, settings.cache_stale_s, wait_s, parsed_max_bytes, clock)
+
+    def generations_read_along(self) -> list[str]:
+        """The Redis keys of the generations every request may read at its start (see
+        :class:`~lms_api.redisstate.ReadAlong`): the kept groups', but those kept apart by a parameter, which are many
+        and each read by few requests."""
+        if not isinstance(self.store, RedisStore):
+            return []
+        kept = (group for group, ttl in self._ttls.items() if ttl > 0 and group not in PARTITIONED_GROUPS)
+        return [self.store.generation_key(group) for group in kept]
 
     def ttl_s(self, function: MoodleFunction) -> int:
         """How long ``function``'s answers are kept fresh: its group's time to live (0: not kept, or no group)."""
@@ -150,7 +159,7 @@ class ReadCache:
         function: MoodleFunction,
         group: str,
         key: str,
-        generation: int,
+        generation: Generation,
         entry: Entry | None,
         now: float,
         fetch: Callable[[], Answer],
@@ -180,7 +189,7 @@ class ReadCache:
         return value
 
     def _fetch_once(
-        self, function: MoodleFunction, group: str, key: str, generation: int, fetch: Callable[[], Answer]
+        self, function: MoodleFunction, group: str, key: str, generation: Generation, fetch: Callable[[], Answer]
     ) -> tuple[Any, bool]:
         """Fetch and keep the answer; concurrent callers for the same key wait for one fetch (``True``: waited)."""
         with self._flights_lock:
@@ -211,7 +220,7 @@ class ReadCache:
         function: MoodleFunction,
         group: str,
         key: str,
-        generation: int,
+        generation: Generation,
         fetch: Callable[[], Answer],
         share: bool,
         flight: _Flight | None = None,
@@ -221,7 +230,7 @@ class ReadCache:
         waiters."""
         shared_store = self.store if isinstance(self.store, RedisStore) else None  # replicas share a key's lock
         # One lock per generation, as for fetches in flight: a read after a write never waits for an older fetch.
-        lock_name = f"{key}@{generation}"
+        lock_name = f"{key}@{generation.value}"
         token = shared_store.lock(lock_name, self._wait_s) if shared_store else None
         if shared_store and token is None and share:
             shared = self._wait_for_other_replica(shared_store, group, key, lock_name)
@@ -241,7 +250,7 @@ class ReadCache:
             flight.answer = answer
         return answer.value, False
 
-    def _put(self, function: MoodleFunction, group: str, key: str, generation: int, answer: Answer) -> None:
+    def _put(self, function: MoodleFunction, group: str, key: str, generation: Generation, answer: Answer) -> None:
         now = self._clock()
         fresh_until = now + self.ttl_s(function)
         self.store.put(group, key, Entry(generation, answer.body, fresh_until, fresh_until + self._stale_s))

@@ -1,24 +1,61 @@
 """The read cache's entries in Redis, shared by every replica: each group's generation, the entries, and a short lock
-per key so that replicas missing the same key make one Moodle call."""
+per key so that replicas missing the same key make one Moodle call; with near copies of the entries in the process,
+so that a hit asks Redis for its group's generation alone (which a request has mostly read already, see
+:func:`~lms_api.redisstate.request_snapshot`), never for the answer."""
 
 from __future__ import annotations
 
 import math
+import secrets
 import threading
 import time
 import uuid
+from dataclasses import replace
+from typing import cast
 
 import redis
 
-from lms_api.cache.entry import Entry
-from lms_api.cache.localstore import LocalStore
-from lms_api.redisstate import RedisLink
+from lms_api.cache.entry import Entry, Generation
+from lms_api.cache.localstore import Entries, LocalStore
+from lms_api.redisstate import RedisLink, request_snapshot
 
 KEY_PREFIX = "lms_api:cache:"
+ABSENT = 0  # the generation of a group without a key in Redis: none of its entries is kept near
+# A group's first generation in Redis, drawn at random: a Redis that restarted empty under a running gateway counts
+# afresh, and must not reach again, by counting from a known start, a generation that copies kept near were stored
+# under. Within a double's exact integers, as the scripts compare them in Lua.
+_FIRST_GENERATIONS = 2**48
+
+# Moves a group to its next generation; a group without a key begins at a random one.
+_BUMP = """
+local generation = redis.call('INCR', KEYS[1])
+if generation == 1 then redis.call('SET', KEYS[1], ARGV[1]); return tonumber(ARGV[1]) end
+return generation
+"""
+# An entry is kept only while its group is still at the generation it was fetched under, as in the process: a fetch
+# that began before a write must not replace what a read after the write stored. An answer fetched while the group
+# had no key is kept under the group's first generation, given then.
+_PUT_IF_CURRENT = """
+local current = redis.call('GET', KEYS[1])
+if current then
+    if tonumber(current) ~= tonumber(ARGV[1]) then return 0 end
+elseif ARGV[1] ~= '0' then return 0
+else redis.call('SET', KEYS[1], ARGV[4]) end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+return 1
+"""
+# Only the holder's token unlocks: a fetch that outlived its lock must not free a lock taken since.
+_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
 
 class RedisStore:
-    """Entries in Redis, shared by every replica; this process's :class:`LocalStore` while Redis does not answer.
+    """Entries in Redis, shared by every replica, with copies near, in the process; this process's
+    :class:`LocalStore` while Redis does not answer.
+
+    A copy kept near is served while its group is at the generation it was stored under, as Redis says at the
+    request's start, and while the entry is fresh; the same object each time, so what was parsed or dumped of it is
+    reused. The copies have the fallback's budget of memory: only one of them holds entries at a time, as Redis going
+    away or coming back begins an epoch (:class:`~lms_api.cache.entry.Generation`), emptying both.
 
     Invalidations made while Redis was away are replayed on it when it answers again, so no replica reads an entry
     a write has made wrong.
@@ -29,61 +66,88 @@ class RedisStore:
     def __init__(self, link: RedisLink, fallback: LocalStore) -> None:
         self.link = link
         self._fallback = fallback
-        # Only the holder's token unlocks: a fetch that outlived its lock must not free a lock taken since.
-        self._release = link.client.register_script(
-            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
-        )
-        # An entry is kept only while its group is still at the generation it was fetched under, as in the process:
-        # a fetch that began before a write must not replace what a read after the write stored.
-        self._put_if_current = link.client.register_script(
-            "if (tonumber(redis.call('GET', KEYS[1])) or 0) == tonumber(ARGV[1]) then "
-            "redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3]) return 1 end return 0"
-        )
+        self._near = Entries(fallback.entries.max_bytes)
+        self._clock = fallback.clock
+        self._bump = link.client.register_script(_BUMP)
+        self._put_if_current = link.client.register_script(_PUT_IF_CURRENT)
+        self._release = link.client.register_script(_RELEASE)
         self._missed_invalidations: set[str] = set()
         self._lock = threading.Lock()
+        # The scripts are run on ``link.client`` of the moment (tests swap it for one that fails).
+        # Whether Redis is used, and the epoch: one tuple, read at once by threads that do not take the lock.
+        self._mode = (True, fallback.begin_epoch())
+        self._mode_lock = threading.Lock()
 
-    def generation(self, group: str) -> int:
-        if not self._usable():
-            return self._fallback.generation(group)
-        try:
-            generation = self.link.client.get(_generation_key(group))
-        except redis.RedisError as error:
-            self.link.went_down(error)
-            return self._fallback.generation(group)
-        return int(generation or 0)
+    @staticmethod
+    def generation_key(group: str) -> str:
+        return f"{KEY_PREFIX}generation:{group}"
 
-    def get(self, group: str, key: str) -> tuple[int, Entry | None]:
-        if not self._usable():
-            return self._fallback.get(group, key)
+    def generation(self, group: str) -> Generation:
+        on_redis, epoch = self._current_mode()
+        if on_redis:
+            try:
+                return Generation(epoch, self._redis_generation(group))
+            except redis.RedisError as error:
+                epoch = self._failed(error)
+        return self._fallback_generation(group, epoch)
+
+    def get(self, group: str, key: str) -> tuple[Generation, Entry | None]:
+        on_redis, epoch = self._current_mode()
+        if not on_redis:
+            return self._fallback_get(group, key, epoch)
         try:
-            generation, raw = self.link.client.mget(_generation_key(group), KEY_PREFIX + key)
+            generation = Generation(epoch, self._redis_generation(group))
+            near = self._near.get(key) if generation.value != ABSENT else None
+            if near is not None and near.generation != generation:
+                near = None
+            if near is not None and self._clock() < near.fresh_until:
+                return generation, near
+            raw = self.link.client.get(KEY_PREFIX + key)
         except redis.RedisError as error:
-            self.link.went_down(error)
-            return self._fallback.get(group, key)
-        current = int(generation or 0)
-        entry = Entry.decode(raw) if isinstance(raw, bytes) else None
-        return current, entry if entry is not None and entry.generation == current else None
+            return self._fallback_get(group, key, self._failed(error))
+        shared = Entry.decode(raw, epoch) if isinstance(raw, bytes) else None
+        if shared is None or shared.generation != generation:
+            return generation, near  # a stale copy, or none: for stale-if-error
+        if generation.value != ABSENT:
+            self._near.put(key, shared)
+        return generation, shared
 
     def put(self, group: str, key: str, entry: Entry) -> None:
-        if not self._usable():
+        on_redis, epoch = self._current_mode()
+        if entry.generation.epoch != epoch:
+            return  # fetched under the other counter: Redis went away or came back since
+        if not on_redis:
             self._fallback.put(group, key, entry)
             return
         expires_ms = max(1, math.ceil((entry.stale_until - time.time()) * 1000))
+        generation = entry.generation.value or _first_generation()
         try:
-            self._put_if_current(
-                keys=[_generation_key(group), KEY_PREFIX + key], args=[entry.generation, entry.encode(), expires_ms]
+            stored = self._put_if_current(
+                keys=[self.generation_key(group), KEY_PREFIX + key],
+                args=[entry.generation.value, entry.encode(generation), expires_ms, generation],
+                client=self.link.client,
             )
         except redis.RedisError as error:
-            self.link.went_down(error)
+            self._failed(error)
+            return
+        if stored:
+            self._near.put(key, replace(entry, generation=Generation(epoch, generation)))
 
     def invalidate(self, group: str) -> None:
         self._fallback.invalidate(group)
-        if self._usable():
+        snapshot = request_snapshot()
+        name = self.generation_key(group)
+        if self._current_mode()[0]:
             try:
-                self.link.client.incr(_generation_key(group))
-                return
+                generation = self._bump(keys=[name], args=[_first_generation()], client=self.link.client)
             except redis.RedisError as error:
-                self.link.went_down(error)
+                self._failed(error)
+            else:
+                if snapshot is not None:  # the request's own reads after its write see the write
+                    snapshot[name] = str(generation).encode()
+                return
+        if snapshot is not None:
+            snapshot.pop(name, None)  # asked again, once Redis answers and the invalidation is replayed there
         with self._lock:
             self._missed_invalidations.add(group)
 
@@ -103,7 +167,7 @@ class RedisStore:
         if not self._usable():
             return
         try:
-            self._release(keys=[_lock_key(key)], args=[token])
+            self._release(keys=[_lock_key(key)], args=[token], client=self.link.client)
         except redis.RedisError as error:
             self.link.went_down(error)
 
@@ -115,6 +179,46 @@ class RedisStore:
         except redis.RedisError as error:
             self.link.went_down(error)
             return False
+
+    def _redis_generation(self, group: str) -> int:
+        """The group's generation in Redis as the request read it at its start, else as Redis says now."""
+        name = self.generation_key(group)
+        snapshot = request_snapshot()
+        if snapshot is not None and name in snapshot:
+            raw = snapshot[name]
+        else:
+            raw = cast("bytes | None", self.link.client.get(name))  # the client does not decode answers
+            if snapshot is not None:
+                snapshot[name] = raw
+        return int(raw or ABSENT)
+
+    def _current_mode(self) -> tuple[bool, int]:
+        """Whether to use Redis now, and the epoch that began when that last changed (emptying the copies near and
+        the fallback, as neither may be served under the other's counter)."""
+        usable = self._usable()
+        mode = self._mode
+        if mode[0] == usable:
+            return mode
+        with self._mode_lock:
+            if self._mode[0] != usable:
+                self._near.clear()
+                self._mode = (usable, self._fallback.begin_epoch())
+            return self._mode
+
+    def _failed(self, error: redis.RedisError) -> int:
+        """Note that Redis failed: the epoch of the fallback, begun now."""
+        self.link.went_down(error)
+        return self._current_mode()[1]
+
+    def _fallback_generation(self, group: str, epoch: int) -> Generation:
+        # Of the epoch the caller works in: when Redis came back meanwhile, an answer fetched under it is not kept.
+        return Generation(epoch, self._fallback.generation(group).value)
+
+    def _fallback_get(self, group: str, key: str, epoch: int) -> tuple[Generation, Entry | None]:
+        generation, entry = self._fallback.get(group, key)
+        if generation.epoch != epoch:
+            return Generation(epoch, generation.value), None
+        return generation, entry
 
     def _usable(self) -> bool:
         if not self.link.usable:
@@ -128,21 +232,19 @@ class RedisStore:
             missed = sorted(self._missed_invalidations)
             try:
                 for group in missed:
-                    self.link.client.incr(_generation_key(group))
+                    self._bump(keys=[self.generation_key(group)], args=[_first_generation()], client=self.link.client)
                 if not missed:
                     self.link.client.ping()  # nothing to replay: Redis must still answer before it is used again
             except redis.RedisError as error:
                 self.link.went_down(error)
                 return False
             self._missed_invalidations.clear()
-        if self.link.answered():
-            # Writes made meanwhile through other replicas reached Redis alone: what was kept here may be wrong.
-            self._fallback.clear()
+        self.link.answered()
         return True
 
 
-def _generation_key(group: str) -> str:
-    return f"{KEY_PREFIX}generation:{group}"
+def _first_generation() -> int:
+    return 2 + secrets.randbelow(_FIRST_GENERATIONS)
 
 
 def _lock_key(key: str) -> str:

@@ -19,6 +19,7 @@ from tests.support.gateway import settings_for
 from tests.support.operations import api_operations
 from tests.support.sandbox import moodle_call, queue_fault, sandbox_calls
 from tests.support.timing import FakeClock, eventually, join
+from tests.unit.lms_api.cache.support import RedisRoundTrips
 
 API = "/api/moodle"
 SITEINFO = f"{API}/siteinfo"
@@ -656,11 +657,31 @@ def test_an_entry_stored_by_one_replica_is_a_hit_on_the_other(replicas, sandbox,
     assert calls_since(sandbox, before) == {}
 
 
+@pytest.mark.parametrize("path", [SITEINFO, f"{COURSES}/2"])
+def test_with_redis_a_hit_is_one_round_trip_the_rate_limits_which_never_reads_the_answer(
+    replicas, sandbox, monkeypatch, path
+):
+    first, second = replicas
+    first.get(path, TOKEN)
+    second.get(path, TOKEN)  # a hit on the entry the first stored, kept near from now
+    redis_trips = RedisRoundTrips(monkeypatch)
+
+    with redis_trips.counting() as trips:
+        hits = [replica.get(path, TOKEN) for replica in (first, second, first, second)]
+
+    assert all(hit_ttl(hit) is not None for hit in hits)
+    assert [[command[0] for command in trip] for trip in trips] == [[b"EVALSHA"]] * 4
+    assert not redis_trips.reads_entries(trips)
+    assert all(b"lms_api:ratelimit:read:cache-reader" in trip[0] for trip in trips)
+
+
 def test_a_write_on_one_replica_is_seen_by_the_next_read_on_the_other(replicas):
     first, second = replicas
     course_id = create_course(first)
     assert second.get(f"{COURSES}/{course_id}", TOKEN).headers["Cache-Status"] == MISS
     assert hit_ttl(second.get(f"{COURSES}/{course_id}", TOKEN)) is not None
+
+    assert hit_ttl(second.get(f"{COURSES}/{course_id}", TOKEN)) is not None  # kept near on the second
 
     first.patch(f"{COURSES}/{course_id}", {"fullname": "Renamed on the first replica"}, TOKEN)
     seen = second.get(f"{COURSES}/{course_id}", TOKEN)

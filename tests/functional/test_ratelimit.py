@@ -130,6 +130,30 @@ def test_the_redis_window_expires(redis_url):
     assert counter.hit(key, rate).allowed
 
 
+def test_the_count_reads_the_keys_asked_along_in_its_round_trip(redis_url):
+    counter = RedisCounter.from_url(redis_url)
+    key = f"along-{uuid.uuid4().hex}"
+    redis.Redis.from_url(redis_url).set(f"{key}:kept", b"41")
+
+    decision, read = counter.hit_reading(key, Rate(2, 60), [f"{key}:kept", f"{key}:absent"])
+    again, nothing_asked = counter.hit_reading(key, Rate(2, 60), [])
+
+    assert (decision.remaining, read) == (1, {f"{key}:kept": b"41", f"{key}:absent": None})
+    assert (again.remaining, nothing_asked) == (0, {})
+
+
+def test_a_count_in_the_process_reads_nothing_along(own_redis):
+    process, url = own_redis
+    counter = RedisCounter.from_url(url)
+    process.kill()
+    process.wait(10)
+
+    decision, read = counter.hit_reading("along", Rate(2, 60), ["kept"])
+
+    assert (decision.allowed, read) == (True, None)
+    assert LocalCounter().hit_reading("along", Rate(2, 60), ["kept"])[1] is None
+
+
 def test_when_redis_goes_away_the_gateway_keeps_serving_and_says_so_once(make_gateway, own_redis):
     process, url = own_redis
     gateway = make_gateway(REDIS_URL=url, RATE_LIMIT_READ="100/minute")

@@ -1,12 +1,17 @@
-"""Two gateway processes behind one Redis enforce one rate-limit budget together and share one read cache."""
+"""Two gateway processes behind one Redis enforce one rate-limit budget together and share one read cache, whose hits
+each replica answers from its process with no Redis round trip but its rate limit's."""
 
+import threading
+import time
 import uuid
 
+import redis
 import requests
 
 from tests.support.credentials import mint
 from tests.support.processes import clean_env, wait_for_port
 from tests.support.servers import free_port
+from tests.support.timing import eventually
 
 SECRET = "replica-secret-" + "r" * 40
 
@@ -98,3 +103,70 @@ def test_two_gateway_processes_share_one_read_cache_and_see_each_others_writes(s
     assert status_b == "lms_api; fwd=uri-miss; stored"
     assert listed(list_b)[created.json()["data"]["id"]] == "Shared cache"
     assert lists_sent() == sent + 3
+
+
+class RedisCommands:
+    """The commands Redis receives from its clients (not those its scripts run), as MONITOR shows them, in a thread."""
+
+    def __init__(self, url):
+        self.lines = []
+        self._monitor = redis.Redis.from_url(url).monitor().__enter__()  # MONITOR sent, and its OK read
+        threading.Thread(target=self._listen, daemon=True).start()
+
+    def _listen(self):
+        try:
+            for command in self._monitor.listen():
+                if command["client_type"] != "lua":
+                    self.lines.append(command["command"])
+        except (redis.RedisError, OSError, ValueError):
+            return  # its connection closed at the end of the test
+
+    def naming(self, since, *words):
+        """The commands received since ``since`` lines that name any of ``words`` (a key, or part of one)."""
+        return [line for line in self.lines[since:] if any(word in line for word in words)]
+
+    def close(self):
+        self._monitor.connection.disconnect()
+
+
+def test_a_replica_answers_a_hit_from_its_process_until_a_write_on_another_replica(
+    spawn, standalone_sandbox, own_redis
+):
+    _, redis_url = own_redis
+    moodle = standalone_sandbox("near-token")
+    env = clean_env(MOODLE_BASE_URL=moodle, MOODLE_TOKEN="near-token", JWT_SECRET=SECRET, REDIS_URL=redis_url)
+    ports = [free_port(), free_port()]
+    for port in ports:
+        wait_for_port(port, spawn("pserve", "production.ini", f"http_port={port}", env=env))
+        assert requests.get(f"http://127.0.0.1:{port}/readyz", timeout=20).status_code == 200
+    a, b = (f"http://127.0.0.1:{port}/api/moodle/courses/2" for port in ports)
+    headers = {"Authorization": "Bearer " + mint("courses:read courses:write", secret=SECRET, sub="near-copies")}
+
+    def read(url):
+        response = requests.get(url, headers=headers, timeout=10)
+        assert response.status_code == 200, response.text
+        return response.headers["Cache-Status"], response.json()["data"]["fullname"]
+
+    read(a)
+    read(b)  # B keeps the entry A stored near from now
+    commands = RedisCommands(redis_url)
+    try:
+        since = len(commands.lines)
+        status, before = read(b)
+        # Its rate limit's count, and any key of the courses (not the site info's, which the refresher may read).
+        of_this_read = ("near-copies", "lms_api:cache:courses", "generation:courses")
+        eventually(lambda: commands.naming(since, *of_this_read), "B's round trip seen by MONITOR")
+        time.sleep(0.2)  # any other command of B's read would be seen by now
+        (only,) = commands.naming(since, *of_this_read)
+        assert status.startswith("lms_api; hit; ttl=") and only.startswith("EVALSHA ")
+        assert "lms_api:cache:generation:courses" in only
+
+        renamed = f"Near copies {uuid.uuid4().hex[:6]}"
+        patched = requests.patch(a, json={"fullname": renamed}, headers=headers, timeout=10)
+        assert patched.status_code == 200, patched.text
+
+        status, after = read(b)
+        # What A read back once its write had moved the courses on, from Redis: never B's copy from before the write.
+        assert (status.startswith("lms_api; hit; ttl="), before != renamed, after) == (True, True, renamed)
+    finally:
+        commands.close()

@@ -1,12 +1,17 @@
 """What the read cache's tests build it from: a fake fetch for ReadCache and one that blocks, reads and their threads
-(and which of them wait on an event), Redis stores on a real redis-server (replicas sharing one Redis), and the TTLs
-and sizes they are made with."""
+(and which of them wait on an event), Redis stores on a real redis-server (replicas sharing one Redis), the TTLs
+and sizes they are made with, requests that read the generations along with their rate limit's count, and the round
+trips a thread makes to Redis."""
 
+import functools
 import json
 import sys
 import threading
+import uuid
+from contextlib import contextmanager
 
 import pytest
+import redis
 
 from lms_api.cache.localstore import LocalStore
 from lms_api.cache.readcache import ReadCache
@@ -15,7 +20,9 @@ from lms_api.calllog import recording_calls
 from lms_api.moodle.client import Answer
 from lms_api.moodle.errors import MoodleError
 from lms_api.moodle.functions import MoodleFunction
-from lms_api.redisstate import RedisLink, redis_client
+from lms_api.ratelimit import RedisCounter
+from lms_api.redisstate import RedisLink, redis_client, taking_snapshot
+from lms_api.settings import Rate
 from tests.support.timing import eventually
 
 TTLS = {"siteinfo": 300, "courses": 60, "users": 30, "notifications": 0}
@@ -131,3 +138,66 @@ def redis_store(url, clock, link_clock):
 
 def make_read_cache(store, clock, wait_s=2.0, ttls=TTLS):
     return ReadCache(store, ttls, STALE_S, wait_s, PARSED_MAX_BYTES, clock=clock)
+
+
+@contextmanager
+def in_request(cache, url):
+    """A request to ``cache``'s process: its rate limit counted in Redis at ``url``, which reads the generations
+    along, as the gateway's tween does for the request's handling."""
+    decision, snapshot = _counter(url).hit_reading(
+        f"test:{uuid.uuid4().hex}", Rate(1000, 60), cache.generations_read_along()
+    )
+    assert decision.allowed and snapshot is not None
+    with taking_snapshot(snapshot):
+        yield
+
+
+@functools.cache
+def _counter(url):
+    """One counter per Redis, as one gateway has: its connection made once."""
+    return RedisCounter.from_url(url)
+
+
+class RedisRoundTrips:
+    """The round trips this thread makes to Redis, through any client: each as the commands it sent, decoded."""
+
+    def __init__(self, monkeypatch):
+        self.trips = []
+        thread = threading.get_ident()
+        send = redis.connection.AbstractConnection.send_packed_command
+
+        def counted(connection, command, check_health=True):
+            if threading.get_ident() == thread:
+                self.trips.append(_commands(b"".join(command) if isinstance(command, list) else command))
+            return send(connection, command, check_health)
+
+        monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
+
+    @contextmanager
+    def counting(self):
+        """The trips made in the block (a list, complete once it ends)."""
+        start = len(self.trips)
+        made = []
+        yield made
+        made.extend(self.trips[start:])
+
+    def reads_entries(self, trips):
+        """Whether any of ``trips`` named an entry's key (its answer), not only generations or counts."""
+        names = [arg for trip in trips for command in trip for arg in command[1:]]
+        return any(name.startswith(b"lms_api:cache:") and b":generation:" not in name for name in names)
+
+
+def _commands(packed):
+    """The commands of a request in Redis's protocol (RESP arrays of bulk strings), each as its arguments."""
+    commands, at = [], 0
+    while at < len(packed):
+        end = packed.index(b"\r\n", at)
+        assert packed[at : at + 1] == b"*", packed
+        count, at, args = int(packed[at + 1 : end]), end + 2, []
+        for _ in range(count):
+            end = packed.index(b"\r\n", at)
+            length = int(packed[at + 1 : end])
+            args.append(packed[end + 2 : end + 2 + length])
+            at = end + 2 + length + 2
+        commands.append(args)
+    return commands

@@ -194,7 +194,9 @@ def test_redis_going_away_during_a_fetch_still_answers_and_the_process_takes_ove
     assert events(logs) == ["cache.redis_unavailable"]
 
 
-def test_redis_going_away_once_a_miss_is_found_still_fetches_and_keeps_the_answer(own_redis, clock, link_clock):
+def test_redis_going_away_once_a_miss_is_found_still_fetches_and_the_process_keeps_the_next(
+    own_redis, clock, link_clock
+):
     process, url = own_redis
     cache = make_read_cache(redis_store(url, clock, link_clock), clock)
     find = cache.store.get
@@ -202,14 +204,17 @@ def test_redis_going_away_once_a_miss_is_found_still_fetches_and_keeps_the_answe
     def found_then_gone(group, key):
         found = find(group, key)
         stop(process)  # before the key's lock is taken
+        cache.store.get = find
         return found
 
     cache.store.get = found_then_gone
     moodle = FakeMoodle(OLD)
 
     assert read(cache, moodle) == (OLD, CacheOutcome(Fetch.MISS, stored=True))
+    # Fetched under Redis's generation, it is not kept under the process's, whatever their values.
+    assert read(cache, moodle) == (OLD, CacheOutcome(Fetch.MISS, stored=True))
     assert read(cache, moodle) == (OLD, CacheOutcome(Fetch.HIT, 60))
-    assert moodle.calls == 1
+    assert moodle.calls == 2
 
 
 def test_a_replica_waiting_on_a_lock_when_redis_goes_away_fetches_itself(own_redis, clock, link_clock):

@@ -2,7 +2,7 @@
 
 import redis
 
-from lms_api.cache.entry import Entry
+from lms_api.cache.entry import Entry, Generation
 from lms_api.cache.localstore import ENTRY_OVERHEAD_BYTES, LocalStore
 from lms_api.cache.outcomes import Fetch
 from lms_api.cache.parsed import PARSED_SHARE_OF_CACHE
@@ -15,7 +15,7 @@ from tests.unit.lms_api.cache.support import MAX_BYTES, OLD, FakeMoodle, read
 
 
 def entry(body=b"{}", generation=0, fresh_until=1060.0, stale_until=1660.0):
-    return Entry(generation, body, fresh_until, stale_until)
+    return Entry(Generation(0, generation), body, fresh_until, stale_until)
 
 
 def room_for(count, key, body):
@@ -31,9 +31,10 @@ def kept(store, *keys):
 
 
 def test_an_entry_survives_encoding_with_line_breaks_and_utf8_in_its_body():
-    original = Entry(41, '{"name":"Caf\u00e9\\n"}\n{"second":"line"}'.encode(), 1712345678.123456, 1712346278.987654)
+    body = '{"name":"Caf\u00e9\\n"}\n{"second":"line"}'.encode()
+    original = Entry(Generation(3, 41), body, 1712345678.123456, 1712346278.987654)
 
-    assert Entry.decode(original.encode()) == original
+    assert Entry.decode(original.encode(), epoch=3) == original
 
 
 # -- in the process --------------------------------------------------------------------------------
@@ -60,7 +61,7 @@ def test_an_entry_bigger_than_the_whole_store_is_not_kept_and_pushes_nothing_out
     store.put("courses", "huge", entry(b"h" * 1000))
     store.put("courses", "k2", entry(b"s"))  # fits beside k1: the refused entry took no room
 
-    assert store.get("courses", "huge") == (0, None)
+    assert store.get("courses", "huge") == (Generation(0, 0), None)
     assert kept(store, "k1", "k2") == ["k1", "k2"]
 
 
@@ -82,9 +83,9 @@ def test_invalidating_a_group_hides_its_entries_and_refuses_answers_fetched_befo
 
     store.invalidate("courses")
 
-    assert store.get("courses", "course") == (1, None)
+    assert store.get("courses", "course") == (Generation(0, 1), None)
     store.put("courses", "course", entry(b"fetched before the write", generation=0))
-    assert store.get("courses", "course") == (1, None)
+    assert store.get("courses", "course") == (Generation(0, 1), None)
     store.put("courses", "course", entry(b"fetched after", generation=1))
     assert store.get("courses", "course")[1].body == b"fetched after"
     assert store.get("siteinfo", "info")[1].body == b"info"  # another group keeps its entries
@@ -99,7 +100,7 @@ def test_an_entry_past_its_stale_time_is_gone_and_its_bytes_freed():
 
     clock.advance(2)
 
-    assert store.get("courses", "k1") == (0, None)
+    assert store.get("courses", "k1") == (Generation(0, 0), None)
     for key in ("k2", "k3"):
         store.put("courses", key, entry(fresh_until=2060.0, stale_until=2660.0))
     assert kept(store, "k2", "k3") == ["k2", "k3"]  # room for two: the expired entry's bytes were given back

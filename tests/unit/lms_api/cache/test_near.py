@@ -1,0 +1,221 @@
+"""Copies of Redis's entries kept near, in the process: a hit asks Redis for its group's generation alone (nothing,
+when the request's rate limit read it along), hands out the same bytes each time, and is never served once a write
+anywhere has moved the group on, nor across Redis going away, coming back, or restarting empty."""
+
+import redis
+
+from lms_api.cache.outcomes import CacheOutcome, Fetch
+from lms_api.cache.redisstore import KEY_PREFIX
+from lms_api.errors import ErrorCode
+from lms_api.moodle.functions import MoodleFunction
+from lms_api.redisstate import RETRY_AFTER_S, redis_client
+from tests.support.servers import free_port, start_redis_server
+from tests.unit.lms_api.cache.support import (
+    MAX_BYTES,
+    NEW,
+    OLD,
+    STALE_S,
+    FakeMoodle,
+    RedisRoundTrips,
+    in_request,
+    make_read_cache,
+    moodle_error,
+    read,
+    redis_store,
+)
+
+SITE_INFO = MoodleFunction.SITE_INFO
+UPDATE_COURSES = MoodleFunction.UPDATE_COURSES
+TTL = 60  # the courses'
+
+
+def unreachable():
+    return redis_client(f"redis://127.0.0.1:{free_port()}/0")
+
+
+def stored_key(url, group):
+    """The store's key of the one entry of ``group`` in Redis."""
+    (key,) = redis.Redis.from_url(url).keys(f"{KEY_PREFIX}{group}:*")
+    return key.decode().removeprefix(KEY_PREFIX)
+
+
+# -- hits ------------------------------------------------------------------------------------------
+
+
+def test_a_hit_asks_redis_for_its_generation_alone_and_hands_out_the_same_bytes(replicas, empty_redis, monkeypatch):
+    cache = replicas[0]
+    read(cache, FakeMoodle(OLD), SITE_INFO)
+    redis_trips = RedisRoundTrips(monkeypatch)
+
+    with redis_trips.counting() as trips:
+        hits = [read(cache, FakeMoodle(NEW), SITE_INFO) for _ in range(3)]
+
+    assert hits == [(OLD, CacheOutcome(Fetch.HIT, 300))] * 3
+    assert [[command[0] for command in trip] for trip in trips] == [[b"GET"]] * 3
+    assert not redis_trips.reads_entries(trips)
+    key = stored_key(empty_redis, "siteinfo")
+    assert cache.store.get("siteinfo", key)[1].body is cache.store.get("siteinfo", key)[1].body
+    assert hits[0][0] is hits[1][0]  # a shared read's answer, parsed once
+
+
+def test_in_a_request_a_hit_asks_redis_nothing_beyond_the_rate_limits_round_trip(replicas, empty_redis, monkeypatch):
+    cache = replicas[0]
+    read(cache, FakeMoodle(OLD))
+    read(cache, FakeMoodle(OLD), SITE_INFO)
+    redis_trips = RedisRoundTrips(monkeypatch)
+    with in_request(cache, empty_redis):  # the counter's script, loaded once
+        pass
+
+    with redis_trips.counting() as trips, in_request(cache, empty_redis):
+        hits = [read(cache, FakeMoodle(NEW)), read(cache, FakeMoodle(NEW), SITE_INFO)]
+
+    assert hits == [(OLD, CacheOutcome(Fetch.HIT, TTL)), (OLD, CacheOutcome(Fetch.HIT, 300))]
+    ((evalsha,),) = trips
+    assert evalsha[0] == b"EVALSHA"
+    assert {KEY_PREFIX.encode() + b"generation:courses", KEY_PREFIX.encode() + b"generation:siteinfo"} <= set(evalsha)
+    assert not redis_trips.reads_entries(trips)
+
+
+def test_the_groups_read_along_are_those_kept_and_not_kept_apart_by_a_parameter(empty_redis, clock, link_clock):
+    ttls = {"siteinfo": 300, "courses": 60, "users": 0, "notifications": 30}
+    cache = make_read_cache(redis_store(empty_redis, clock, link_clock), clock, ttls=ttls)
+
+    assert cache.generations_read_along() == [f"{KEY_PREFIX}generation:{group}" for group in ("siteinfo", "courses")]
+
+
+def test_copies_near_stay_within_the_fallbacks_bytes_the_least_recently_read_out_first(replicas, monkeypatch):
+    cache = replicas[0]
+    half = {"courses": ["x" * (MAX_BYTES // 2 - 1000)]}  # two fit within the bytes of the fallback, not three
+    for n in range(3):
+        read(cache, FakeMoodle(half), params={"n": n})
+    redis_trips = RedisRoundTrips(monkeypatch)
+
+    with redis_trips.counting() as latest:
+        assert read(cache, FakeMoodle(), params={"n": 2})[1].fetch == Fetch.HIT
+    with redis_trips.counting() as first:
+        assert read(cache, FakeMoodle(), params={"n": 0})[1].fetch == Fetch.HIT
+
+    assert not redis_trips.reads_entries(latest)
+    assert redis_trips.reads_entries(first)  # its copy went to make room: read from Redis again
+
+
+def test_a_replica_refetches_an_entry_another_replica_replaced_once_its_copy_expires(replicas, clock):
+    first, second = replicas
+    read(first, FakeMoodle(OLD))
+    read(second, FakeMoodle())  # a copy near on the second
+    clock.advance(TTL)
+    assert read(first, FakeMoodle(NEW)) == (NEW, CacheOutcome(Fetch.MISS, stored=True))
+
+    assert read(second, FakeMoodle(OLD)) == (NEW, CacheOutcome(Fetch.HIT, TTL))
+
+
+def test_a_copy_near_is_served_stale_when_moodle_cannot_be_reached(replicas, empty_redis, clock):
+    cache = replicas[0]
+    read(cache, FakeMoodle(OLD))
+    redis.Redis.from_url(empty_redis).delete(KEY_PREFIX + stored_key(empty_redis, "courses"))
+    clock.advance(TTL + 10)
+
+    failing = FakeMoodle(NEW, moodle_error(ErrorCode.MOODLE_UNAVAILABLE))
+
+    assert read(cache, failing) == (OLD, CacheOutcome(Fetch.STALE, -10))
+    clock.advance(STALE_S)
+    assert read(cache, failing) == (NEW, CacheOutcome(Fetch.MISS, stored=True))
+
+
+# -- writes ----------------------------------------------------------------------------------------
+
+
+def test_a_write_on_one_replica_hides_the_copy_near_on_the_other_from_its_next_request(replicas, empty_redis):
+    first, second = replicas
+    with in_request(second, empty_redis):
+        read(second, FakeMoodle(OLD))
+    with in_request(second, empty_redis):
+        assert read(second, FakeMoodle(NEW)) == (OLD, CacheOutcome(Fetch.HIT, TTL))  # from its copy near
+
+    with in_request(first, empty_redis):
+        first.invalidate_after(UPDATE_COURSES)
+
+    with in_request(second, empty_redis):
+        assert read(second, FakeMoodle(NEW)) == (NEW, CacheOutcome(Fetch.MISS, stored=True))
+    assert read(second, FakeMoodle(OLD)) == (NEW, CacheOutcome(Fetch.HIT, TTL))  # outside a request too
+
+
+def test_a_write_then_a_read_in_one_request_sees_the_write(replicas, empty_redis):
+    cache = replicas[0]
+    read(cache, FakeMoodle(OLD))
+
+    with in_request(cache, empty_redis):
+        assert read(cache, FakeMoodle(NEW)) == (OLD, CacheOutcome(Fetch.HIT, TTL))
+        cache.invalidate_after(UPDATE_COURSES)
+        assert read(cache, FakeMoodle(NEW)) == (NEW, CacheOutcome(Fetch.MISS, stored=True))
+        assert read(cache, FakeMoodle(OLD)) == (NEW, CacheOutcome(Fetch.HIT, TTL))
+
+
+def test_a_write_that_missed_redis_in_a_request_is_seen_by_its_reads_once_redis_answers(
+    replicas, empty_redis, link_clock
+):
+    cache = replicas[0]
+    read(cache, FakeMoodle(OLD))
+
+    with in_request(cache, empty_redis):
+        assert read(cache, FakeMoodle(NEW))[1].fetch == Fetch.HIT
+        reachable = cache.store.link.client
+        cache.store.link.client = unreachable()
+        cache.invalidate_after(UPDATE_COURSES)  # kept to be replayed
+        cache.store.link.client = reachable
+        link_clock.advance(RETRY_AFTER_S)
+
+        assert read(cache, FakeMoodle(NEW)) == (NEW, CacheOutcome(Fetch.MISS, stored=True))
+
+
+# -- Redis going away, coming back, restarting -----------------------------------------------------
+
+
+def test_an_answer_fetched_while_redis_was_away_is_not_kept_once_it_is_back(empty_redis, clock, link_clock):
+    cache = make_read_cache(redis_store(empty_redis, clock, link_clock), clock)
+    reachable = cache.store.link.client
+    cache.store.link.client = unreachable()
+    read(cache, FakeMoodle(OLD), SITE_INFO)  # Redis is found away: the process's generations from now
+
+    class RedisComesBack(FakeMoodle):
+        def __call__(self):
+            cache.store.link.client = reachable
+            link_clock.advance(RETRY_AFTER_S)
+            return super().__call__()
+
+    # Fetched under the process's generation (its first, as the group's first in Redis), kept under neither.
+    assert read(cache, RedisComesBack(OLD)) == (OLD, CacheOutcome(Fetch.MISS, stored=True))
+    assert redis.Redis.from_url(empty_redis).keys(KEY_PREFIX + "courses:*") == []
+    assert read(cache, FakeMoodle(NEW)) == (NEW, CacheOutcome(Fetch.MISS, stored=True))
+
+
+def test_copies_near_are_not_served_while_redis_is_away_nor_after(replicas, empty_redis, link_clock):
+    cache, other_replica = replicas
+    read(cache, FakeMoodle(OLD))
+    reachable = cache.store.link.client
+    cache.store.link.client = unreachable()
+
+    assert read(cache, FakeMoodle(NEW)) == (NEW, CacheOutcome(Fetch.MISS, stored=True))  # not the copy near
+    other_replica.invalidate_after(UPDATE_COURSES)
+    cache.store.link.client = reachable
+    link_clock.advance(RETRY_AFTER_S)
+
+    assert read(cache, FakeMoodle(NEW)) == (NEW, CacheOutcome(Fetch.MISS, stored=True))  # nor the fallback's
+    assert read(cache, FakeMoodle(OLD)) == (NEW, CacheOutcome(Fetch.HIT, TTL))
+
+
+def test_a_redis_restarted_empty_never_serves_a_copy_near_from_before(own_redis, clock, link_clock):
+    process, url = own_redis
+    reader, writer = (make_read_cache(redis_store(url, clock, link_clock), clock) for _ in range(2))
+    writer.invalidate_after(UPDATE_COURSES)
+    read(reader, FakeMoodle(OLD))  # a copy near, under the courses' generation of the moment
+    process.kill()
+    process.wait(10)
+    restarted, _ = start_redis_server(port=int(url.rsplit(":", 1)[1].split("/")[0]))
+    try:
+        writer.invalidate_after(UPDATE_COURSES)  # the first write Redis counts since it restarted
+
+        assert read(reader, FakeMoodle(NEW)) == (NEW, CacheOutcome(Fetch.MISS, stored=True))
+    finally:
+        restarted.terminate()
+        restarted.wait(10)
