@@ -31,6 +31,9 @@ def request_class(registry: Registry) -> type[Request]:
 
 
 def serve_one_request_class(router: Router) -> None:
-    """Make ``router`` build every request from one :func:`request_class`, rather than a class per request."""
+    """Make ``router`` build every request from one :func:`request_class`, rather than a class per request.
+
+    The router no longer puts the methods on a request it is handed: a subrequest (``invoke_subrequest``, which the
+    gateway does not make) is to be made of ``router.request_factory`` too."""
     router.request_factory = request_class(router.registry)
     router.request_extensions = None  # on the class already
