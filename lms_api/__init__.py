@@ -19,7 +19,6 @@ def main(global_config: dict[str, Any], **ini_settings: Any) -> Router:
     from lms_api.health import keep_site_info_fresh
     from lms_api.logging import LinesAsLog, drop_pserve_log_handler
     from lms_api.moodle.client import SANDBOX_EVENTS_URL
-    from lms_api.requestclass import serve_one_request_class
     from lms_api.server import DEFAULT_PORT
     from lms_api.webhooks import WEBHOOK_PATH
 
@@ -37,7 +36,6 @@ def main(global_config: dict[str, Any], **ini_settings: Any) -> Router:
         pyramid_settings[SANDBOX_EVENTS_URL] = f"http://127.0.0.1:{port}{WEBHOOK_PATH}"
     drop_pserve_log_handler()
     app = make_app(settings, pyramid_settings)
-    serve_one_request_class(app)
     keep_site_info_fresh(app)
     if settings.log_format == "json":
         sys.stderr = LinesAsLog(sys.stderr)

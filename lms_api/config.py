@@ -15,6 +15,7 @@ from typing import Any
 from pyramid.config import Configurator
 from pyramid.router import Router
 
+from lms_api.requestclass import serve_one_request_class
 from lms_api.settings import Settings
 
 
@@ -44,4 +45,6 @@ def make_app(settings: Settings, pyramid_settings: Mapping[str, Any] | None = No
     config.include("lms_api.docs")  # Swagger UI on that document, from a package's assets
     config.include("lms_api.views")  # the envelope renderer, the API views and the exception views
     config.commit()
-    return config.make_wsgi_app()
+    app = config.make_wsgi_app()
+    serve_one_request_class(app)
+    return app
