@@ -4,9 +4,9 @@
 each with its threads, where ``pserve`` serves it from one (:mod:`lms_api.server`), bound by the GIL to about one core.
 What the waitress runner does for its one process is done here for each worker: the start refused, in the master and
 before any worker serves, on settings the workers could not serve with; the app's objects kept out of the collector's
-passes; the event streams the gateway serves itself ended at SIGTERM, and the embedded job engine stopped with the
-worker. Logging needs nothing of its own: a worker leaves through ``sys.exit``, and ``logging.shutdown`` at exit writes
-the lines still queued.
+passes; the event streams the gateway serves itself told when their client has gone, and ended at SIGTERM; the
+embedded job engine stopped with the worker. Logging needs nothing of its own: a worker leaves through ``sys.exit``,
+and ``logging.shutdown`` at exit writes the lines still queued.
 """
 
 from __future__ import annotations
@@ -14,11 +14,16 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import socket
+import ssl
 import sys
+from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any, NoReturn, Protocol
 
 import structlog
 
+from lms_api.events.embedded import CLIENT_GONE
 from lms_api.server import (
     REDIS_CLIENTS,
     RaisedLimit,
@@ -55,6 +60,7 @@ class Worker(Protocol):
 
     pid: int
     alive: bool
+    wsgi: Any  # the app it loaded
     method_queue: Any  # runs a callable on the worker's main loop
 
     def handle_exit(self, signum: int, frame: Any) -> None: ...
@@ -131,7 +137,36 @@ def post_worker_init(worker: Worker) -> None:
     # which the many objects of a large Moodle answer set off often, each holding up the request it is in.
     gc.collect()
     gc.freeze()
-    end_streams_when_told_to_stop(worker, _app(worker))
+    worker.wsgi = ToldWhenClientLeaves(worker.wsgi)
+    end_streams_when_told_to_stop(worker, worker.wsgi)
+
+
+class ToldWhenClientLeaves:
+    """The app, with a way for a request to learn that its client has closed the connection: an idle event stream the
+    gateway serves asks every second (:mod:`lms_api.events.embedded`), so that a page reloaded frees its stream's slot
+    at once rather than at the stream's next heartbeat. It asks under waitress's name for it, which serves the same
+    purpose there."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.registry = app.registry
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        client = environ.get("gunicorn.socket")
+        if isinstance(client, socket.socket) and not isinstance(client, ssl.SSLSocket):  # TLS reads no bytes unread
+            environ[CLIENT_GONE] = partial(client_gone, client)
+        answer: Iterable[bytes] = self.app(environ, start_response)
+        return answer
+
+
+def client_gone(client: socket.socket) -> bool:
+    """Whether the peer closed ``client`` or reset it: the bytes it may have sent meanwhile are left to be read."""
+    try:
+        return client.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:  # nothing to read: still there
+        return False
+    except OSError:
+        return True
 
 
 def end_streams_when_told_to_stop(worker: Worker, app: Any) -> None:

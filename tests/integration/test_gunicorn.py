@@ -6,9 +6,12 @@ serve; SIGTERM ends the event streams and stops every process, their last lines 
 import gc
 import json
 import os
+import re
 import resource
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import uuid
 from dataclasses import dataclass
@@ -19,7 +22,16 @@ import pytest
 import requests
 import structlog
 
-from lms_api.gunicorn import on_starting, post_worker_init, pre_request, settings_for, worker_exit
+from lms_api.events.embedded import CLIENT_GONE
+from lms_api.gunicorn import (
+    ToldWhenClientLeaves,
+    client_gone,
+    on_starting,
+    post_worker_init,
+    pre_request,
+    settings_for,
+    worker_exit,
+)
 from lms_api.server import REDIS_CLIENTS, THREADS_BESIDES_STREAMS, open_files_needed
 from tests.support.credentials import mint
 from tests.support.paths import ROOT
@@ -32,6 +44,7 @@ MOODLE_TOKEN = "gunicorn-token"
 READ_BUDGET = 6  # RATE_LIMIT_READ, per minute: counted in Redis, whichever worker serves
 GUNICORN = ["-k", "gthread", "-w", "2", "--threads", "16"]  # as the README runs it, on two cores
 EVENTS_MAX_STREAMS = 8  # its default
+HEARTBEAT_S = 15  # EVENTS_HEARTBEAT_S's default
 
 
 def gunicorn_command(folder, *options):
@@ -138,8 +151,8 @@ def pid_of(gateway, request_id):
 
 
 def connection_to_each_worker(gateway):
-    """A kept-alive connection (a requests.Session) served by each worker, in worker order: each request on one is
-    served by the worker that accepted it."""
+    """A kept-alive connection (a requests.Session) to each worker, by its pid: each request on one is served by the
+    worker that accepted it."""
     sessions = {}
     for _ in range(100):
         session = requests.Session()
@@ -151,7 +164,7 @@ def connection_to_each_worker(gateway):
         else:
             sessions[pid] = session
         if len(sessions) == 2:
-            return [sessions[pid] for pid in sorted(sessions)]
+            return sessions
     raise AssertionError(f"100 connections were all accepted by {set(sessions)}")
 
 
@@ -159,7 +172,7 @@ def test_both_workers_serve_and_each_request_line_names_its_worker(gateway):
     sessions = connection_to_each_worker(gateway)
 
     served = set()
-    for session in sessions:
+    for session in sessions.values():
         request_id = f"served-{uuid.uuid4().hex}"
         assert session.get(f"{gateway.base}/healthz", headers={"X-Request-ID": request_id}, timeout=10).ok
         served.add(pid_of(gateway, request_id))
@@ -169,7 +182,7 @@ def test_both_workers_serve_and_each_request_line_names_its_worker(gateway):
 
 
 def test_requests_spread_over_both_workers_spend_one_rate_budget(gateway):
-    first, second = connection_to_each_worker(gateway)
+    first, second = connection_to_each_worker(gateway).values()
     token = mint("siteinfo:read", secret=SECRET, sub=f"budget-{uuid.uuid4().hex}")
     answers = []
     for number in range(READ_BUDGET + 4):
@@ -192,7 +205,7 @@ def sandbox_calls(moodle, function):
 
 
 def test_what_one_worker_read_from_moodle_the_other_answers_from_the_one_cache(gateway, moodle):
-    first, second = connection_to_each_worker(gateway)
+    first, second = connection_to_each_worker(gateway).values()
     headers = {"Authorization": "Bearer " + mint("courses:read", secret=SECRET, sub=f"cache-{uuid.uuid4().hex}")}
     sent = sandbox_calls(moodle, "core_course_get_courses")
 
@@ -204,6 +217,30 @@ def test_what_one_worker_read_from_moodle_the_other_answers_from_the_one_cache(g
     assert hit.headers["Cache-Status"].startswith("lms_api; hit; ttl=")
     assert hit.json()["data"] == missed.json()["data"]
     assert sandbox_calls(moodle, "core_course_get_courses") == sent + 1
+
+
+def test_a_stream_whose_client_left_frees_its_slot_within_seconds_not_at_its_next_heartbeat(gateway):
+    sessions = connection_to_each_worker(gateway)
+    token = mint("events:read", secret=SECRET, sub=f"left-{uuid.uuid4().hex}", moodle_userid=3)
+    ticket = requests.post(
+        f"{gateway.base}/api/moodle/events/tickets", headers={"Authorization": f"Bearer {token}"}, timeout=10
+    )
+    assert ticket.status_code == 201, ticket.text
+    opened = f"stream-{uuid.uuid4().hex}"
+    stream = requests.get(
+        gateway.base + ticket.json()["data"]["stream_url"], headers={"X-Request-ID": opened}, stream=True, timeout=20
+    )
+    assert next(stream.iter_content(chunk_size=None)).startswith(b"retry:")
+    its_worker = sessions[pid_of(gateway, opened)]  # /metrics counts the streams of the worker that answers it
+
+    def streams_open():
+        text = its_worker.get(f"{gateway.base}/metrics", timeout=10).text
+        return int(float(re.search(r"^lms_api_event_streams_open (\S+)$", text, re.MULTILINE).group(1)))
+
+    assert streams_open() == 1
+    stream.close()
+
+    eventually(lambda: streams_open() == 0, "the stream of the client that left freed", HEARTBEAT_S / 3)
 
 
 def refusal(tmp_path, *options, **settings):
@@ -492,3 +529,42 @@ def test_the_master_lets_workers_that_can_serve_start_with_the_soft_limit_on_ope
 
     assert soft >= needed
     assert logged == [f"lms_api: soft limit on open files raised from 1024 to {soft}"]
+
+
+def test_a_client_is_gone_once_it_closed_or_reset_its_connection_not_while_it_is_idle_or_sending():
+    server_side, client_side = socket.socketpair()
+    with server_side, client_side:
+        assert client_gone(server_side) is False  # idle
+        client_side.sendall(b"GET /next HTTP/1.1\r\n")
+        assert client_gone(server_side) is False  # sending: what it sent is left to be read
+        assert server_side.recv(100) == b"GET /next HTTP/1.1\r\n"
+        client_side.close()
+        assert client_gone(server_side) is True
+
+    server_side, client_side = socket.socketpair()
+    with server_side:
+        client_side.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # closed with a reset
+        server_side.sendall(b"unread by the client")
+        client_side.close()
+        assert client_gone(server_side) is True
+
+
+def test_a_request_served_by_gunicorn_can_ask_whether_its_client_left(gateway_app):
+    app = ToldWhenClientLeaves(gateway_app.router)
+    seen = {}
+
+    def asks(environ, start_response):
+        seen.update(environ)
+        return []
+
+    app.app = asks
+    server_side, client_side = socket.socketpair()
+    with server_side, client_side:
+        app({"gunicorn.socket": server_side}, None)
+        assert seen[CLIENT_GONE]() is False
+        client_side.close()
+        assert seen[CLIENT_GONE]() is True
+    seen.clear()
+    app({}, None)  # no socket of gunicorn's: nothing to ask
+    assert CLIENT_GONE not in seen
+    assert app.registry is gateway_app.router.registry
