@@ -1,4 +1,6 @@
-"""gunicorn's hooks for the gateway, which ``gunicorn.conf.py`` at the repository root hands to gunicorn.
+"""gunicorn's settings and hooks for the gateway, which gunicorn reads by name: from ``gunicorn.conf.py`` when started
+at the repository root, or with ``-c python:lms_api.gunicorn`` from anywhere the package is installed. The command line
+wins over the settings.
 
 ``gunicorn --paste production.ini -k gthread -w <cores> --threads 16`` serves the ini's app from a process per core,
 each with its threads, where ``pserve`` serves it from one (:mod:`lms_api.server`), bound by the GIL to about one core.
@@ -25,6 +27,7 @@ import structlog
 
 from lms_api.events.embedded import CLIENT_GONE
 from lms_api.server import (
+    DEFAULT_THREADS,
     REDIS_CLIENTS,
     RaisedLimit,
     check_stream_threads,
@@ -34,6 +37,16 @@ from lms_api.server import (
 from lms_api.settings import Settings, SettingsError, load_settings, read_dotenv
 
 log = structlog.get_logger("lms_api.gunicorn")
+
+worker_class = "gthread"
+# gunicorn --paste reads no [server:main], where pserve finds its threads.
+threads = DEFAULT_THREADS
+# Idle connections are kept as long as waitress keeps them (120 s): nginx keeps its own to the gateway for 60 s
+# (deploy/nginx), and one the gateway closed first could carry nginx's next request, lost (gunicorn's default: 2 s).
+keepalive = 120
+# X-Forwarded-* are left to lms_api.caller (TRUSTED_PROXIES), as waitress leaves them: gunicorn would otherwise take
+# the scheme from X-Forwarded-Proto sent from 127.0.0.1.
+secure_scheme_headers: dict[str, str] = {}
 
 
 class GunicornSettings(Protocol):

@@ -85,13 +85,14 @@ def _json_or_none(line):
         return None
 
 
-def start_gunicorn(processes, *options, env):
-    """gunicorn from the repository root, its output in gunicorn.log in the processes' folder, stopped with them."""
+def start_gunicorn(processes, *options, env, cwd=ROOT):
+    """gunicorn from the repository root (or ``cwd``), its output in gunicorn.log in the processes' folder, stopped
+    with them."""
     folder = processes.folder
     command, base = gunicorn_command(folder, *options)
     log = folder / "gunicorn.log"
     with open(log, "w") as output:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=output, text=True)
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=output, stderr=output, text=True)
     processes.started.append(process)
     wait_for_port(int(base.rsplit(":", 1)[1]), process)
     eventually(lambda: ready(base), "the gateway ready", 30)
@@ -360,6 +361,21 @@ def test_two_workers_start_with_redis_url_from_wherever_the_gateway_reads_it(tmp
         ready = requests.get(f"{gateway.base}/readyz", timeout=10).json()["data"]
         assert ready["cache"] == "redis"
         assert len(worker_pids(gateway.process)) == 2
+    finally:
+        processes.stop_all()
+
+
+def test_started_elsewhere_gunicorn_reads_the_gateways_settings_and_hooks_from_the_package(tmp_path, moodle):
+    processes = Processes(tmp_path)
+    env = gunicorn_env(tmp_path, MOODLE_BASE_URL=moodle, MOODLE_TOKEN=MOODLE_TOKEN, JWT_SECRET=SECRET)
+    try:
+        # No gunicorn.conf.py here, no -k nor --threads: gthread with 16 threads, from lms_api.gunicorn.
+        gateway = start_gunicorn(processes, "-c", "python:lms_api.gunicorn", env=env, cwd=tmp_path)
+        request_id = f"elsewhere-{uuid.uuid4().hex}"
+        assert requests.get(f"{gateway.base}/healthz", headers={"X-Request-ID": request_id}, timeout=10).ok
+
+        assert {pid_of(gateway, request_id)} == worker_pids(gateway.process)  # the hooks ran
+        assert "Using worker: gthread" in gateway.log.read_text()
     finally:
         processes.stop_all()
 
