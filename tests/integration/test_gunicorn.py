@@ -4,6 +4,7 @@ budget and one read cache between them; the start is refused in the master, in o
 serve; SIGTERM ends the event streams and stops every process, their last lines written."""
 
 import gc
+import http.client
 import json
 import os
 import re
@@ -584,3 +585,21 @@ def test_a_request_served_by_gunicorn_can_ask_whether_its_client_left(gateway_ap
     app({}, None)  # no socket of gunicorn's: nothing to ask
     assert CLIENT_GONE not in seen
     assert app.registry is gateway_app.router.registry
+
+
+def test_a_body_past_its_routes_limit_is_refused_on_its_declared_length_by_the_gateway_itself(gateway):
+    """gunicorn has no cap of its own on bodies (waitress's max_request_body_size): the gateway's holds."""
+    host, port = gateway.base.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        connection.putrequest("POST", "/api/moodle/courses")
+        connection.putheader("Content-Type", "application/json")
+        connection.putheader("Content-Length", str(64 * 1024 * 1024))  # declared, never sent
+        connection.endheaders()
+        answer = connection.getresponse()
+        body = json.loads(answer.read())
+    finally:
+        connection.close()
+
+    assert answer.status == 413
+    assert body["error"]["code"] == "bodytoolarge"
