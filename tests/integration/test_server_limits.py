@@ -36,7 +36,7 @@ SECRET = "limits-secret-" + "l" * 40
 MOODLE_TOKEN = "limits-token"
 USERS_BY_FIELD = "core_user_get_users_by_field"
 CONNECTION_LIMIT = 1000  # production.ini
-THREADS = 128  # production.ini
+THREADS = 48  # production.ini
 IDLE_CONNECTIONS = 1100  # past production.ini's connection limit, and past descriptor 1023 in the gateway
 
 
@@ -216,8 +216,8 @@ def test_sigterm_logs_shutting_down_and_stopped_with_the_requests_in_flight(spaw
     # is left to be counted in flight. With more, the thread that answered /readyz may still be counted, as waitress
     # counts a thread active from the end of its request until it takes its lock again.
     production = (ROOT / "production.ini").read_text()
-    assert production.count("\nthreads = 128\n") == 1
-    (tmp_path / "two-threads.ini").write_text(production.replace("\nthreads = 128\n", "\nthreads = 2\n"))
+    assert production.count("\nthreads = 48\n") == 1
+    (tmp_path / "two-threads.ini").write_text(production.replace("\nthreads = 48\n", "\nthreads = 2\n"))
     # Two threads are too few for event streams the gateway would serve itself: nginx (never reached here) holds them.
     nchan = f"http://127.0.0.1:{free_port()}/lms_api/publish"
     gateway, base, log_file = start_gateway(
