@@ -18,7 +18,8 @@ import random
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -72,6 +73,11 @@ REFUSED_BEFORE_RUNNING = frozenset(
     {ErrorCode.SITE_MAINTENANCE, ErrorCode.UPGRADE_RUNNING, ErrorCode.INVALID_MOODLE_TOKEN}
 )
 UNBOUNDED = 1_000_000  # a client made without a bulkhead or a breaker (unit tests of other concerns)
+# The shared reads' answers the client keeps derived (see DerivedAnswers): how many, and how many bytes of Moodle's
+# JSON in all. A shared read's parameters are the gateway's, never a caller's, so a few keys hold them all; an answer
+# alone over the budget is derived at each call. Its parsed form takes several times these bytes.
+MAX_DERIVED_ANSWERS = 8
+MAX_DERIVED_JSON_BYTES = 4 * MIB
 
 
 class FileUpload(Protocol):
@@ -160,6 +166,47 @@ class Answer(NamedTuple):
     body: bytes  # as Moodle sent it: JSON
 
 
+class DerivedAnswers:
+    """The last answer derived from Moodle's bytes for each shared read (``MoodleFunction.shared``) and parameters:
+    bytes identical to the last ones give the same object again, neither parsed nor checked anew, so that the read
+    cache's parsed answers and the view's remembered dump of it are reused too. Other bytes are derived in full and
+    replace it. Least recently used out first past ``max_count`` answers or ``max_bytes`` of JSON.
+
+    Only a shared read's answers come here: the same for every caller, and never changed by anyone who reads them.
+    """
+
+    def __init__(self, max_count: int, max_bytes: int) -> None:
+        self._max_count = max_count
+        self._max_bytes = max_bytes
+        self._answers: OrderedDict[Hashable, tuple[bytes, Any]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, body: bytes) -> tuple[bytes, Any] | None:
+        """The bytes and the answer kept for ``key``, when derived from bytes equal to ``body``; else None."""
+        with self._lock:
+            kept = self._answers.get(key)
+            if kept is None or kept[0] != body:
+                return None
+            self._answers.move_to_end(key)
+            return kept
+
+    def keep(self, key: Hashable, body: bytes, answer: Any) -> None:
+        with self._lock:
+            self._forget(key)
+            if len(body) > self._max_bytes:
+                return
+            self._answers[key] = (body, answer)
+            self._bytes += len(body)
+            while self._bytes > self._max_bytes or len(self._answers) > self._max_count:
+                self._forget(next(iter(self._answers)))
+
+    def _forget(self, key: Hashable) -> None:
+        kept = self._answers.pop(key, None)
+        if kept is not None:
+            self._bytes -= len(kept[0])
+
+
 class Moodle(Protocol):
     """What route services need of Moodle: :class:`MoodleClient`, or the read cache in front of it.
 
@@ -220,6 +267,7 @@ class MoodleClient:
         self.breaker = breaker or CircuitBreaker(UNBOUNDED, 0.0, clock)
         self._local = threading.local()
         self._functions: frozenset[str] | None = None
+        self._listed: tuple[list[MoodleRecord], frozenset[str]] | None = None  # a function list and its names
         self._functions_expire_at = 0.0
         self._functions_lock = threading.Lock()
         self._max_answer_bytes = max_answer_bytes
@@ -228,6 +276,7 @@ class MoodleClient:
         self._unreachable: Cause | None = None
         self._unreachable_since = 0.0
         self._failed_calls = 0
+        self._derived = DerivedAnswers(MAX_DERIVED_ANSWERS, MAX_DERIVED_JSON_BYTES)
 
     @classmethod
     def from_settings(cls, settings: Settings, base_url: str, token: str, **overrides: Any) -> MoodleClient:
@@ -339,7 +388,13 @@ class MoodleClient:
     # -- one logical call -------------------------------------------------------------------------
 
     def _remember_functions(self, functions: list[MoodleRecord]) -> None:
-        self._functions = frozenset(entry["name"] for entry in functions) | {MoodleFunction.SITE_INFO.value}
+        listed = self._listed
+        if listed is not None and listed[0] is functions:  # the site info derived before: its names are known
+            names = listed[1]
+        else:
+            names = frozenset(entry["name"] for entry in functions) | {MoodleFunction.SITE_INFO.value}
+            self._listed = (functions, names)
+        self._functions = names
         self._functions_expire_at = self._clock() + self._functions_ttl_s
 
     def _checked(self, function: MoodleFunction, value: Any) -> Any:
@@ -360,9 +415,26 @@ class MoodleClient:
         form += encode_params(params)
         with self._recorded(function, params, len(form) - 3) as record:
             reply = self._send_with_retries(function, self._endpoint, lambda: (form, {}), record)
-            answer = Answer(self._checked(function, self._parse(function, reply)), reply.content)
+            answer = self._derive(function, tuple(form[1:]), reply)
             record.outcome = "ok"
             return answer
+
+    def _derive(self, function: MoodleFunction, key: Hashable, reply: _Reply) -> Answer:
+        """Moodle's answer parsed and checked; a shared read's the same object as last time when Moodle sent the same
+        bytes (comparing them costs far less than parsing, checking and dumping them again), with what a fresh answer
+        does besides: Moodle noted as answering, the site info's function list kept anew."""
+        if not function.shared:
+            return Answer(self._checked(function, self._parse(function, reply)), reply.content)
+        kept = self._derived.get(key, reply.content) if reply.status_code == 200 else None
+        if kept is None:
+            answer = Answer(self._checked(function, self._parse(function, reply)), reply.content)
+            self._derived.keep(key, answer.body, answer.value)
+            return answer
+        self._note_answered()
+        body, value = kept
+        if function is MoodleFunction.SITE_INFO:
+            self._remember_functions(value["functions"])
+        return Answer(value, body)
 
     @contextmanager
     def _recorded(self, called: MoodleFunction, params: Mapping[str, Any], fields: int) -> Iterator[CallRecord]:

@@ -1708,3 +1708,163 @@ def test_an_upload_takes_any_object_with_a_filename_a_stream_and_a_content_type(
     body = body.read() if hasattr(body, "read") else body
     assert b'filename="a.txt"' in body and b"Content-Type: text/plain" in body and b"hello" in body
     assert [record.function for record in call_log.calls] == [MoodleFunction.UPLOAD]
+
+
+# -- a shared read's answer derived once per distinct body -------------------------------------------
+
+
+@pytest.fixture
+def parses(monkeypatch):
+    """The bodies the client parsed from here on."""
+    parsed = []
+
+    def counting_loads(body):
+        parsed.append(body)
+        return json.loads(body)
+
+    monkeypatch.setattr(client_module, "loads", counting_loads)
+    return parsed
+
+
+def test_the_same_site_info_bytes_give_the_same_answer_without_parsing_them_again(client, rsps, parses):
+    body = golden("core_webservice_get_site_info")
+    add(rsps, SITE_INFO, body=body, content_type="application/json")
+
+    first = client.answer(SITE_INFO)
+    second = client.answer(SITE_INFO)
+
+    assert second.value is first.value
+    assert second.body == body.encode()
+    assert len(parses) == 1
+    assert len(rsps.calls) == 2  # each call still asks Moodle
+
+
+def test_other_bytes_are_parsed_checked_and_replace_the_kept_answer(client, rsps, parses):
+    add(rsps, SITE_INFO, json=site_info_body())
+    add(rsps, SITE_INFO, json=site_info_body((READ_FN,)))
+
+    first = client.call(SITE_INFO)
+    second = client.call(SITE_INFO)
+    third = client.call(SITE_INFO)
+
+    assert second is not first and third is second
+    assert len(parses) == 2
+    assert client.available_functions() == {READ_FN, SITE_INFO}
+
+
+@pytest.mark.parametrize(
+    ("answer", "status", "code"),
+    [
+        ({"body": '{"sitename": "x", "functions": "none"}'}, 502, "badresponse"),
+        ({"body": HTML_PAGE}, 502, "badresponse"),
+        ({"body": '{"exception": "moodle_exception", "errorcode": "sitemaintenance", "message": "m"}'}, 503,
+         "sitemaintenance"),
+    ],
+)  # fmt: skip
+def test_a_changed_answer_after_a_kept_one_is_checked_and_refused_like_any(client, rsps, answer, status, code):
+    add(rsps, SITE_INFO, json=site_info_body())
+    add(rsps, SITE_INFO, **answer)
+    kept = client.call(SITE_INFO)
+
+    error = raised(client.call, SITE_INFO)
+
+    assert (error.status, error.code) == (status, code)
+    rsps.replace(responses.POST, URL, json=site_info_body())
+    assert client.call(SITE_INFO) is kept  # what was refused was never kept
+
+
+def test_the_same_bytes_with_another_status_than_200_are_not_taken_for_the_answer(client, rsps):
+    body = json.dumps(site_info_body())
+    add(rsps, SITE_INFO, body=body)
+    add(rsps, SITE_INFO, body=body, status=500)
+    client.call(SITE_INFO)
+
+    error = raised(client.call, SITE_INFO)
+
+    assert (error.status, error.code, error.details["moodle_status"]) == (502, "badresponse", 500)
+
+
+def test_a_kept_site_info_keeps_the_function_list_for_another_ttl(client, rsps, clock):
+    add(rsps, SITE_INFO, json=site_info_body())
+    client.call(SITE_INFO)
+    clock.advance(200)
+    client.call(SITE_INFO)  # the same bytes: the list is kept from now
+    clock.advance(200)
+
+    client.require(READ_FN)
+
+    assert sent_functions(rsps) == [SITE_INFO, SITE_INFO]
+
+
+def test_a_kept_answer_says_moodle_answers_again_and_closes_the_breaker(make_client, rsps, clock, captured_logs):
+    client = make_client(max_retries=0, breaker=CircuitBreaker(1, 10, clock))
+    add(rsps, SITE_INFO, json=site_info_body())
+    add(rsps, SITE_INFO, body=reset())
+    add(rsps, SITE_INFO, json=site_info_body())
+    kept = client.call(SITE_INFO)
+    raised(client.call, SITE_INFO)
+    assert client.breaker.state == guard.BreakerState.OPEN
+    clock.advance(10)
+
+    assert client.call(SITE_INFO) is kept  # the trial call
+
+    reach = [line["event"] for line in captured_logs if "reachable" in line["event"]]
+    assert reach == ["moodle.unreachable", "moodle.reachable"]
+    assert client.unreachable is None
+    assert client.breaker.state == guard.BreakerState.CLOSED
+
+
+@pytest.mark.parametrize("function", [READ_FN, WRITE_FN, MoodleFunction.GET_UNREAD_COUNT], ids=str)
+def test_reads_a_caller_can_vary_and_writes_are_derived_at_each_call(client, rsps, parses, function):
+    prime(client, rsps)
+    answer = 3 if function.answer is AnswerShape.INTEGER else [{"id": 1}]
+    add(rsps, function, json=answer)
+
+    first, second = client.call(function), client.call(function)
+
+    assert first == second
+    assert len(parses) == 3  # the site info, then both answers
+    if function.answer is not AnswerShape.INTEGER:
+        assert first is not second
+
+
+def test_each_parameters_site_info_is_kept_apart(client, rsps):
+    add(rsps, SITE_INFO, json=site_info_body())
+    one = client.call(SITE_INFO, {"serviceshortnames": ["a"]})
+    other = client.call(SITE_INFO, {"serviceshortnames": ["b"]})
+
+    assert other is not one
+    assert client.call(SITE_INFO, {"serviceshortnames": ["a"]}) is one
+    assert client.call(SITE_INFO, {"serviceshortnames": ["b"]}) is other
+
+
+def test_kept_answers_are_bounded_in_number_least_recently_used_out_first():
+    kept = client_module.DerivedAnswers(max_count=2, max_bytes=100)
+    kept.keep("a", b"1", {"a": 1})
+    kept.keep("b", b"2", {"b": 2})
+    assert kept.get("a", b"1") is not None  # "b" is now the least recently used
+    kept.keep("c", b"3", {"c": 3})
+
+    assert kept.get("b", b"2") is None
+    assert kept.get("a", b"1") == (b"1", {"a": 1})
+    assert kept.get("c", b"3") == (b"3", {"c": 3})
+
+
+def test_kept_answers_are_bounded_in_bytes_and_one_over_the_budget_is_never_kept():
+    kept = client_module.DerivedAnswers(max_count=10, max_bytes=10)
+    kept.keep("a", b"123456", "a")
+    kept.keep("b", b"123456", "b")  # 12 bytes in all: "a" goes
+    kept.keep("c", b"12345678901", "c")  # alone over the budget
+
+    assert kept.get("a", b"123456") is None
+    assert kept.get("b", b"123456") == (b"123456", "b")
+    assert kept.get("c", b"12345678901") is None
+    assert kept.get("b", b"654321") is None  # other bytes for the key
+
+
+def test_an_answer_replaced_by_one_over_the_budget_is_forgotten():
+    kept = client_module.DerivedAnswers(max_count=10, max_bytes=10)
+    kept.keep("a", b"1", "old")
+    kept.keep("a", b"12345678901", "new")
+
+    assert kept.get("a", b"1") is None
