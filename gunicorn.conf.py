@@ -6,24 +6,32 @@ They and the hooks are lms_api/gunicorn.py's (``-c python:lms_api.gunicorn`` rea
 """
 
 from lms_api.gunicorn import (
+    child_exit,
     keepalive,
+    on_exit,
     on_starting,
+    post_fork,
     post_worker_init,
     pre_request,
     secure_scheme_headers,
     threads,
+    when_ready,
     worker_class,
     worker_exit,
 )
 
 # gunicorn reads its settings and hooks by name from this module.
 __all__ = [
+    "child_exit",
     "keepalive",
+    "on_exit",
     "on_starting",
+    "post_fork",
     "post_worker_init",
     "pre_request",
     "secure_scheme_headers",
     "threads",
+    "when_ready",
     "worker_class",
     "worker_exit",
 ]

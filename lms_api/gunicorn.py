@@ -8,24 +8,30 @@ What the waitress runner does for its one process is done here for each worker: 
 before any worker serves, on settings the workers could not serve with; the app's objects kept out of the collector's
 passes; the event streams the gateway serves itself told when their client has gone, and ended at SIGTERM; the
 embedded job engine stopped with the worker. Logging needs nothing of its own: a worker leaves through ``sys.exit``,
-and ``logging.shutdown`` at exit writes the lines still queued.
+and ``logging.shutdown`` at exit writes the lines still queued. With more than one worker, the metrics each counts
+are written to a directory they share, so that ``/metrics``, answered by one of them, tells the sums over all
+(:mod:`lms_api.metrics`).
 """
 
 from __future__ import annotations
 
 import gc
 import os
+import shutil
 import signal
 import socket
 import ssl
 import sys
+import tempfile
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, NoReturn, Protocol
 
 import structlog
 
 from lms_api.events.embedded import CLIENT_GONE
+from lms_api.metrics import MULTIPROCESS_DIRECTORY, empty_directory, forget_process
 from lms_api.server import (
     DEFAULT_THREADS,
     REDIS_CLIENTS,
@@ -91,6 +97,60 @@ def on_starting(arbiter: Arbiter) -> None:
         raise
     if raised:
         arbiter.log.info("lms_api: soft limit on open files raised from %s to %s", raised.before, raised.after)
+
+
+@dataclass(frozen=True)
+class SharedMetrics:
+    """The directory the workers of this master write their metrics to."""
+
+    directory: str
+    private: bool  # made by the master, and removed when it exits; the operator's own is left
+
+
+# The master's, chosen when it is ready, before its first worker: read by the hooks run for each worker since.
+shared_metrics: SharedMetrics | None = None
+
+
+def when_ready(arbiter: Arbiter) -> None:
+    """In the master, listening, before it starts any worker: the directory the workers write their metrics to, which
+    a scrape sums. The operator's ``PROMETHEUS_MULTIPROC_DIR`` when set (with one worker too, whose app reads it),
+    emptied of a previous run's files; else, with more than one worker, a private one of the master's. Exit status 2
+    with one line when the operator's cannot be used."""
+    # Not at on_starting: a start that then failed to listen would leave its private directory behind (no on_exit).
+    global shared_metrics
+    given = os.environ.get(MULTIPROCESS_DIRECTORY)
+    if given:
+        try:
+            os.makedirs(given, exist_ok=True)
+            empty_directory(given)
+        except OSError as error:
+            if arbiter.pidfile is not None:
+                arbiter.pidfile.unlink()
+            refuse(f"{MULTIPROCESS_DIRECTORY}={given} cannot hold the workers' metrics: {error.strerror}")
+        shared_metrics = SharedMetrics(given, private=False)
+    elif arbiter.cfg.workers > 1:
+        shared_metrics = SharedMetrics(tempfile.mkdtemp(prefix="lms_api-metrics-"), private=True)
+    else:
+        return
+    arbiter.log.info("lms_api: the workers' metrics are summed from %s", shared_metrics.directory)
+
+
+def post_fork(arbiter: Arbiter, worker: Worker) -> None:
+    """In each worker, before it loads the app, which then writes its metrics to the master's directory."""
+    if shared_metrics is not None:
+        os.environ[MULTIPROCESS_DIRECTORY] = shared_metrics.directory
+
+
+def child_exit(arbiter: Arbiter, worker: Worker) -> None:
+    """In the master, for a worker that has ended: what it counted stays in the sums."""
+    if shared_metrics is not None:
+        forget_process(worker.pid, shared_metrics.directory)
+
+
+def on_exit(arbiter: Arbiter) -> None:
+    """In the master, its workers gone: its private directory of metrics goes with it."""
+    if shared_metrics is not None and shared_metrics.private:
+        shutil.rmtree(shared_metrics.directory, ignore_errors=True)
 
 
 def settings_for(cfg: GunicornSettings) -> Settings:
