@@ -63,6 +63,7 @@ class GunicornSettings(Protocol):
     workers: int
     threads: int
     worker_connections: int
+    preload_app: bool
 
 
 class Arbiter(Protocol):
@@ -186,6 +187,11 @@ def check_start(cfg: GunicornSettings, worker_class: type, settings: Settings) -
         refuse(
             f"{cfg.workers} workers without REDIS_URL would each keep their own rate budgets, read cache, idempotency "
             "keys, event tickets and jobs: set REDIS_URL, or run one worker (-w 1)"
+        )
+    if cfg.workers > 1 and cfg.preload_app:
+        refuse(
+            f"{cfg.workers} workers from an app preloaded in the master (--preload) would share its metrics in "
+            "memory, each counting alone: leave --preload out"
         )
     if cfg.workers > 1 and settings.jobs_engine == "embedded":
         refuse(

@@ -303,6 +303,12 @@ def master(folder, *options):
             "through another: use JOBS_ENGINE=rq, or run one worker (-w 1)",
         ),
         (
+            [*GUNICORN, "--preload"],
+            {"REDIS_URL": "redis://127.0.0.1:9/0"},
+            "2 workers from an app preloaded in the master (--preload) would share its metrics in memory, each "
+            "counting alone: leave --preload out",
+        ),
+        (
             ["-k", "gthread", "-w", "1", "--threads", "4"],
             {},
             f"threads = 4 is too few for {EVENTS_MAX_STREAMS} event streams (EVENTS_MAX_STREAMS), each holding a "
@@ -318,7 +324,14 @@ def master(folder, *options):
         ),
         (GUNICORN, {"MOODLE_TOKEN": None, "JWT_SECRET": "short"}, None),
     ],
-    ids=["two-workers-no-redis", "two-workers-embedded-jobs", "too-few-threads", "sync-worker", "bad-settings"],
+    ids=[
+        "two-workers-no-redis",
+        "two-workers-embedded-jobs",
+        "preload",
+        "too-few-threads",
+        "sync-worker",
+        "bad-settings",
+    ],
 )
 def test_the_master_refuses_workers_that_could_not_serve(tmp_path, monkeypatch, capsys, options, settings, said):
     for key in ("REDIS_URL", "JOBS_ENGINE", "NCHAN_PUBLISH_URL", "EVENTS_MAX_STREAMS"):
