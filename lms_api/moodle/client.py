@@ -24,14 +24,23 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import IO, Any, NamedTuple, Protocol, Self, assert_never
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, unquote, urlencode, urlsplit
 
-import requests
+import certifi
 import structlog
 from pyramid.config import Configurator
-from requests.adapters import HTTPAdapter
 from requests_toolbelt.multipart.encoder import MultipartEncoder
-from urllib3.exceptions import NameResolutionError, NewConnectionError
+from urllib3 import BaseHTTPResponse, HTTPConnectionPool, HTTPSConnectionPool, Timeout
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    HTTPError,
+    NameResolutionError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+    SSLError,
+)
+from urllib3.util import create_urllib3_context, make_headers
 
 from lms_api.calllog import CallRecord, current_call_log
 from lms_api.errors import ErrorCode
@@ -63,7 +72,8 @@ BACKOFF_BASE_S = 0.1
 MAX_CONNECT_TIMEOUT_S = 3.0
 READ_CHUNK_BYTES = 1 << 20  # an answer is read in reads this large at most
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
-POOL_SIZE = 4
+POOL_SIZE = 4  # keep-alive connections per server thread
+FORM_HEADERS = {"Content-Type": "application/x-www-form-urlencoded"}
 BUSY_RETRY_AFTER_S = 1
 # What a caller is told when no connection was made, whatever the cause: only MOODLE_DEBUG adds it to the details.
 UNREACHABLE_MESSAGE = "Moodle could not be reached"
@@ -252,8 +262,11 @@ class MoodleClient:
         # The URL as logs and /readyz name it: without a user and password it may carry.
         self.public_url = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
         self._address = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
-        self._endpoint = self.base_url + REST_PATH
-        self._upload_url = self.base_url + UPLOAD_PATH
+        self._endpoint = parts.path + REST_PATH
+        self._upload_path = parts.path + UPLOAD_PATH
+        self._base_parts = parts
+        self._headers = _credentials_of(parts)
+        self._tls = _trusted_context() if parts.scheme == "https" else None
         self._token = token
         self._timeout_s = timeout_s
         self._max_retries = max_retries
@@ -375,11 +388,12 @@ class MoodleClient:
                 upload.stream.seek(0)
                 fields.append((f"file_{number}", (upload.filename, upload.stream, upload.content_type)))
             encoder = MultipartEncoder(fields)
-            return encoder, {"Content-Type": encoder.content_type}
+            # With its length, the body goes out as it is read, without chunked transfer encoding.
+            return encoder, {"Content-Type": encoder.content_type, "Content-Length": str(encoder.len)}
 
         function = MoodleFunction.UPLOAD
         with self._recorded(function, {"files": files, "itemid": itemid}, 3 + len(files)) as record:
-            reply = self._send_with_retries(function, self._upload_url, body, record)
+            reply = self._send_with_retries(function, self._upload_path, body, record)
             entries = expect_list(self._checked(function, self._parse(function, reply)), function.value)
             refused = [code_of(str(entry["errortype"])) for entry in entries if "errortype" in entry]
             record.outcome = _outcome(refused[0]) if refused else "ok"
@@ -414,7 +428,8 @@ class MoodleClient:
         form = [("wstoken", self._token), ("wsfunction", name), ("moodlewsrestformat", "json")]
         form += encode_params(params)
         with self._recorded(function, params, len(form) - 3) as record:
-            reply = self._send_with_retries(function, self._endpoint, lambda: (form, {}), record)
+            body = urlencode(form).encode("ascii")
+            reply = self._send_with_retries(function, self._endpoint, lambda: (body, FORM_HEADERS), record)
             answer = self._derive(function, tuple(form[1:]), reply)
             record.outcome = "ok"
             return answer
@@ -546,45 +561,52 @@ class MoodleClient:
         return answer
 
     def _post(
-        self, url: str, data: Any, headers: dict[str, str], remaining: float
+        self, path: str, data: Any, headers: dict[str, str], remaining: float
     ) -> _Reply | _TransportFailure | _Oversized:
         connect_s = min(remaining, MAX_CONNECT_TIMEOUT_S)
         try:
-            # Straight to the pooled transport: no session cookies, hooks, proxies from the environment or
-            # redirects (a POST would lose its body), which also spares the work a Session does for each call.
-            prepared = requests.Request("POST", url, data=data, headers=headers).prepare()
-            response = self._transport().send(prepared, timeout=(connect_s, remaining))
-            content = self._read_capped(response)
-            if content is None:
-                return _Oversized(response.status_code)
-            reply = _Reply(response.status_code, response.headers, content)
-        except requests.ConnectTimeout:
+            # Straight to the thread's pool: no retries nor redirects of urllib3's (a redirected POST would lose its
+            # body), and the answer read here, within the cap.
+            response: BaseHTTPResponse = self._pool().urlopen(
+                "POST",
+                path,
+                body=data,
+                headers=self._headers | headers,
+                retries=False,
+                redirect=False,
+                timeout=Timeout(connect=connect_s, read=remaining),
+                preload_content=False,
+            )
+        except NewConnectionError as error:  # no connection, so no byte of the request reached Moodle
+            cause = self._connect_cause(error)
+            return _TransportFailure(ErrorCode.MOODLE_UNAVAILABLE, UNREACHABLE_MESSAGE, False, False, cause)
+        except ConnectTimeoutError:  # of which urllib3 makes NewConnectionError a kind: caught after it
             cause = Cause(CauseKind.TIMEOUT, f"no connection to {self._address} within {connect_s:g} s")
             return _TransportFailure(
                 ErrorCode.MOODLE_TIMEOUT, "Moodle did not accept a connection in time", False, False, cause
             )
-        except requests.ReadTimeout:
-            cause = Cause(CauseKind.TIMEOUT, f"no answer from {self._address} within {remaining:.1f} s")
-            return _TransportFailure(ErrorCode.MOODLE_TIMEOUT, "Moodle did not answer in time", True, True, cause)
-        except requests.exceptions.SSLError as error:
-            cause = Cause(CauseKind.TLS, f"TLS with {self._address} failed: {_tls_reason(error)}")
-            # A certificate is refused in the handshake, before any byte of the request; any other TLS failure may
-            # come once it was sent (urllib3 wraps both alike), so a write is then not sent again.
-            sent = not any(isinstance(link, ssl.SSLCertVerificationError) for link in _links(error))
-            return _TransportFailure(ErrorCode.MOODLE_UNAVAILABLE, UNREACHABLE_MESSAGE, sent, sent, cause)
-        except requests.ConnectionError as error:
-            never_connected = _never_connected(error)
-            if never_connected is not None:
-                cause = self._connect_cause(never_connected)
-                return _TransportFailure(ErrorCode.MOODLE_UNAVAILABLE, UNREACHABLE_MESSAGE, False, False, cause)
+        except ReadTimeoutError:
+            return self._no_answer_in_time(remaining)
+        except SSLError as error:
+            return self._tls_failure(error)
+        except ProtocolError:  # after connecting: the request may have gone out
             cause = Cause(CauseKind.RESET, f"the connection to {self._address} was closed before an answer came")
             return _TransportFailure(
                 ErrorCode.MOODLE_UNAVAILABLE, "The connection to Moodle was reset", True, True, cause
             )
-        except requests.RequestException as error:
-            message = f"Moodle's answer could not be read ({type(error).__name__})"
-            cause = Cause(CauseKind.RESET, f"the answer from {self._address} broke off ({type(error).__name__})")
-            return _TransportFailure(ErrorCode.BAD_RESPONSE, message, True, True, cause)
+        except HTTPError as error:
+            return self._broken_off(error)
+        try:
+            content = self._read_capped(response)
+        except ReadTimeoutError:
+            return self._no_answer_in_time(remaining)
+        except SSLError as error:
+            return self._tls_failure(error)
+        except HTTPError as error:  # the answer broke off, or its encoding is not what it says
+            return self._broken_off(error)
+        if content is None:
+            return _Oversized(response.status)
+        reply = _Reply(response.status, response.headers, content)
         if reply.status_code in RETRYABLE_STATUSES:
             status = reply.status_code
             return _TransportFailure(
@@ -597,24 +619,41 @@ class MoodleClient:
             )
         return reply
 
-    def _read_capped(self, response: requests.Response) -> bytes | None:
+    def _no_answer_in_time(self, remaining: float) -> _TransportFailure:
+        cause = Cause(CauseKind.TIMEOUT, f"no answer from {self._address} within {remaining:.1f} s")
+        return _TransportFailure(ErrorCode.MOODLE_TIMEOUT, "Moodle did not answer in time", True, True, cause)
+
+    def _tls_failure(self, error: SSLError) -> _TransportFailure:
+        cause = Cause(CauseKind.TLS, f"TLS with {self._address} failed: {_tls_reason(error)}")
+        # A certificate is refused in the handshake, before any byte of the request; any other TLS failure may
+        # come once it was sent (urllib3 wraps both alike), so a write is then not sent again.
+        sent = not any(isinstance(link, ssl.SSLCertVerificationError) for link in _links(error))
+        return _TransportFailure(ErrorCode.MOODLE_UNAVAILABLE, UNREACHABLE_MESSAGE, sent, sent, cause)
+
+    def _broken_off(self, error: HTTPError) -> _TransportFailure:
+        message = f"Moodle's answer could not be read ({type(error).__name__})"
+        cause = Cause(CauseKind.RESET, f"the answer from {self._address} broke off ({type(error).__name__})")
+        return _TransportFailure(ErrorCode.BAD_RESPONSE, message, True, True, cause)
+
+    def _read_capped(self, response: BaseHTTPResponse) -> bytes | None:
         """The whole answer, or None past MOODLE_MAX_ANSWER_MB: a Content-Length over it is refused before reading,
         and a body without one (chunked) is read no further than the limit. The connection is then closed, not
-        returned to the pool, as the rest of the answer is still on it."""
+        returned to the pool for another call, as the rest of the answer is still on it."""
         declared = response.headers.get("Content-Length", "")
         if declared.isascii() and declared.isdigit() and int(declared) > self._max_answer_bytes:
-            response.close()
+            _discard(response)
             return None
         # Read in as few reads as the socket allows, inside the deadline and the bulkhead slot: each read lets go of
-        # the GIL and, with many threads busy, may wait a whole switch interval to get it back, so requests' own
-        # small chunks made a site info several waits, and many callers together got fewer answers than one alone.
+        # the GIL and, with many threads busy, may wait a whole switch interval to get it back, so small chunks made
+        # a site info several waits, and many callers together got fewer answers than one alone.
         chunks, size = [], 0
-        for chunk in response.iter_content(READ_CHUNK_BYTES):
+        for chunk in response.stream(READ_CHUNK_BYTES, decode_content=True):
             size += len(chunk)
             if size > self._max_answer_bytes:
-                response.close()
+                _discard(response)
                 return None
             chunks.append(chunk)
+        response.release_conn()
         return b"".join(chunks)
 
     def _connect_cause(self, error: NewConnectionError) -> Cause:
@@ -700,12 +739,17 @@ class MoodleClient:
         headers = retry_after_header(failure.retry_after_s) if failure.code.status == 503 else {}
         return MoodleUnreachable.because(failure.cause, failure.code, failure.message, details, headers=headers)
 
-    def _transport(self) -> HTTPAdapter:
+    def _pool(self) -> HTTPConnectionPool:
         # One pool of keep-alive connections per server thread.
-        adapter: HTTPAdapter | None = getattr(self._local, "adapter", None)
-        if adapter is None:
-            adapter = self._local.adapter = HTTPAdapter(pool_connections=1, pool_maxsize=POOL_SIZE)
-        return adapter
+        pool: HTTPConnectionPool | None = getattr(self._local, "pool", None)
+        if pool is None:
+            host, port = self._base_parts.hostname or "", self._base_parts.port
+            if self._tls is not None:
+                pool = HTTPSConnectionPool(host, port, maxsize=POOL_SIZE, ssl_context=self._tls)
+            else:
+                pool = HTTPConnectionPool(host, port, maxsize=POOL_SIZE)
+            self._local.pool = pool
+        return pool
 
 
 def _has_shape(value: Any, shape: AnswerShape) -> bool:
@@ -737,7 +781,7 @@ def _busy_error(function: str, limit: int) -> MoodleError:
 
 
 def _links(error: BaseException) -> Iterator[BaseException]:
-    """``error`` and what it wraps, as requests and urllib3 wrap them: ``reason``, the first argument, the cause."""
+    """``error`` and what it wraps, as urllib3 wraps them: ``reason``, the first argument, the cause."""
     seen: set[int] = set()
     pending = [error]
     while pending:
@@ -750,12 +794,7 @@ def _links(error: BaseException) -> Iterator[BaseException]:
         pending.extend(link for link in wrapped if isinstance(link, BaseException))
 
 
-def _never_connected(error: requests.ConnectionError) -> NewConnectionError | None:
-    """What stopped the connection when none was made, so no byte of the request reached Moodle; else None."""
-    return next((link for link in _links(error) if isinstance(link, NewConnectionError)), None)
-
-
-def _tls_reason(error: requests.exceptions.SSLError) -> str:
+def _tls_reason(error: SSLError) -> str:
     """What TLS said, without the rest of urllib3's text: "certificate verify failed: self-signed certificate"."""
     failure = next((link for link in _links(error) if isinstance(link, ssl.SSLError)), None)
     if isinstance(failure, ssl.SSLCertVerificationError) and failure.verify_message:
@@ -764,6 +803,26 @@ def _tls_reason(error: requests.exceptions.SSLError) -> str:
     if reason:
         return str(reason).lower().replace("_", " ")
     return str(failure or error)
+
+
+def _discard(response: BaseHTTPResponse) -> None:
+    """Close the connection an answer is on, unread, and give its place in the pool back to a new one."""
+    response.close()
+    response.release_conn()
+
+
+def _credentials_of(parts: SplitResult) -> dict[str, str]:
+    """Basic auth for a user and a password in MOODLE_BASE_URL (a site behind a password), as browsers send it."""
+    if parts.username is None or parts.password is None:
+        return {}
+    return make_headers(basic_auth=f"{unquote(parts.username)}:{unquote(parts.password)}")
+
+
+def _trusted_context() -> ssl.SSLContext:
+    """TLS that trusts the certificates certifi lists, and checks Moodle's is one for its name."""
+    context = create_urllib3_context()
+    context.load_verify_locations(certifi.where())
+    return context
 
 
 def _retry_after(reply: _Reply) -> int | None:

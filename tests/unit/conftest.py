@@ -1,11 +1,11 @@
-"""Fixtures for MoodleClient tests against a mocked Moodle (``responses``) with a fake clock."""
+"""Fixtures for MoodleClient tests against a mocked Moodle (``responses``, see mocked_moodle) with a fake clock."""
 
 import pytest
 import responses
 
 from lms_api.moodle.client import MoodleClient
 from tests.support.timing import FakeClock
-from tests.unit.mocked_moodle import BASE_URL, TOKEN
+from tests.unit.mocked_moodle import BASE_URL, TOKEN, PoolAnsweredByResponses
 
 
 @pytest.fixture
@@ -45,6 +45,8 @@ def client(make_client):
 
 
 @pytest.fixture
-def rsps():
+def rsps(monkeypatch):
+    """Moodle as ``responses`` answers it, for every MoodleClient of the test."""
+    monkeypatch.setattr(MoodleClient, "_pool", lambda client: PoolAnsweredByResponses(client.base_url))
     with responses.RequestsMock() as mock:
         yield mock

@@ -1,15 +1,24 @@
-"""A Moodle mocked with ``responses``: its answers, the errors requests raises, and what was sent to it."""
+"""A Moodle mocked with ``responses``: its answers, the errors urllib3 raises, and what was sent to it.
+
+MoodleClient sends through a urllib3 pool; :class:`PoolAnsweredByResponses` stands in for it and hands each request
+to ``responses`` as requests would have sent it, so that ``responses``' registry answers it (``add``, callbacks,
+matchers, ``calls``) and an answer is read from a urllib3 response, as from Moodle.
+"""
 
 from __future__ import annotations
 
+import http.client
+import io
 from dataclasses import dataclass
-from typing import IO
-from urllib.parse import parse_qsl
+from typing import IO, Any
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 import requests
 import responses
-from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
+from requests.adapters import HTTPAdapter
+from urllib3 import BaseHTTPResponse, Timeout
+from urllib3.exceptions import NewConnectionError, ProtocolError
 
 from lms_api.errors import ApiError
 from lms_api.moodle.client import MoodleError
@@ -67,15 +76,45 @@ class UploadFile:
     content_type: str = "application/octet-stream"
 
 
-def refused() -> requests.ConnectionError:
-    """What requests raises when nothing listens: no byte of the request reached Moodle."""
-    reason = NewConnectionError(None, "Failed to establish a new connection: [Errno 111] Connection refused")
-    return requests.ConnectionError(MaxRetryError(None, "/webservice/rest/server.php", reason))
+class PoolAnsweredByResponses:
+    """The urllib3 pool of a MoodleClient on ``base_url``, answered by ``responses`` (see the module)."""
+
+    def __init__(self, base_url: str) -> None:
+        parts = urlsplit(base_url)
+        self._origin = f"{parts.scheme}://{parts.netloc}"
+        self._adapter = HTTPAdapter()
+
+    def urlopen(self, method: str, url: str, *, body: Any, headers: dict[str, str], timeout: Timeout,
+                **options: Any) -> BaseHTTPResponse:  # fmt: skip
+        # The client reads the answer itself, and lets urllib3 neither retry nor follow a redirect.
+        assert options == {"retries": False, "redirect": False, "preload_content": False}, options
+        request = requests.Request(method, self._origin + url, data=body, headers=headers).prepare()
+        # ``calls[n].request.req_kwargs["timeout"]`` is (connect, read), as requests was given them.
+        sent = self._adapter.send(request, stream=True, timeout=(timeout.connect_timeout, timeout.read_timeout))
+        return sent.raw
 
 
-def reset() -> requests.ConnectionError:
-    """What requests raises when the connection drops after the request was sent."""
-    return requests.ConnectionError(ProtocolError("Connection aborted.", ConnectionResetError(104, "reset by peer")))
+def refused() -> NewConnectionError:
+    """What urllib3 raises when nothing listens: no byte of the request reached Moodle."""
+    return NewConnectionError(None, "Failed to establish a new connection: [Errno 111] Connection refused")
+
+
+def reset() -> ProtocolError:
+    """What urllib3 raises when the connection drops after the request was sent."""
+    return ProtocolError("Connection aborted.", ConnectionResetError(104, "reset by peer"))
+
+
+class _BrokenOff(io.RawIOBase):
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        raise http.client.IncompleteRead(b'{"id": ', 100)
+
+
+def broken_off() -> io.BufferedReader:
+    """An answer whose body breaks off after its headers, as a truncated chunked answer does."""
+    return io.BufferedReader(_BrokenOff())
 
 
 def form_of(request) -> list[tuple[str, str]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import json
@@ -10,13 +11,13 @@ import threading
 import time
 import tracemalloc
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
-import requests
 import responses
 import structlog
 from structlog.testing import capture_logs
+from urllib3.exceptions import ConnectTimeoutError, ReadTimeoutError, SSLError
 
 from lms_api.calllog import recording_calls
 from lms_api.moodle import client as client_module
@@ -46,6 +47,7 @@ from tests.unit.mocked_moodle import (
     UploadFile,
     add,
     assert_token_absent,
+    broken_off,
     form_of,
     golden,
     prime,
@@ -520,7 +522,7 @@ def test_max_retries_zero_makes_one_attempt(make_client, rsps, sleeps):
 
 def test_read_timeout_on_a_read_is_retried_then_504(client, rsps, sleeps):
     prime(client, rsps)
-    add(rsps, READ_FN, body=requests.ReadTimeout("read timed out"))
+    add(rsps, READ_FN, body=ReadTimeoutError(None, URL, "read timed out"))
 
     error = raised(client.call, READ_FN)
 
@@ -533,7 +535,7 @@ def test_read_timeout_on_a_read_is_retried_then_504(client, rsps, sleeps):
 
 
 def test_connect_timeout_on_a_read_is_retried_then_504(client, rsps, sleeps):
-    add(rsps, SITE_INFO, body=requests.ConnectTimeout("connect timed out"))
+    add(rsps, SITE_INFO, body=ConnectTimeoutError("connect timed out"))
 
     error = raised(client.call, SITE_INFO)
 
@@ -558,7 +560,7 @@ def test_connection_reset_on_a_read_is_retried_then_503(client, rsps, sleeps):
 
 def test_unreadable_answer_on_a_read_is_retried_then_502(client, rsps):
     prime(client, rsps)
-    add(rsps, READ_FN, body=requests.exceptions.ChunkedEncodingError("truncated"))
+    add(rsps, READ_FN, body=broken_off())
 
     error = raised(client.call, READ_FN)
 
@@ -587,7 +589,7 @@ def test_reset_on_a_write_is_not_retried_and_the_outcome_is_unknown(client, rsps
 
 def test_read_timeout_on_a_write_is_not_retried_and_the_outcome_is_unknown(client, rsps, sleeps):
     prime(client, rsps)
-    add(rsps, WRITE_FN, body=requests.ReadTimeout("read timed out"))
+    add(rsps, WRITE_FN, body=ReadTimeoutError(None, URL, "read timed out"))
 
     error = raised(client.call, WRITE_FN)
 
@@ -599,7 +601,7 @@ def test_read_timeout_on_a_write_is_not_retried_and_the_outcome_is_unknown(clien
 
 def test_unreadable_answer_on_a_write_is_not_retried_and_the_outcome_is_unknown(client, rsps):
     prime(client, rsps)
-    add(rsps, WRITE_FN, body=requests.exceptions.ChunkedEncodingError("truncated"))
+    add(rsps, WRITE_FN, body=broken_off())
 
     error = raised(client.call, WRITE_FN)
 
@@ -657,7 +659,7 @@ def test_an_answer_not_moodle_s_after_a_write_is_an_unknown_outcome(client, rsps
         ([{"json": [{"id": 3}]}], True),
         ([{"body": INVALID_PARAMETER_BODY, "status": 400, "content_type": "application/json"}], True),
         ([{"body": "<html>Fatal error</html>", "status": 500}], True),
-        ([{"body": requests.ReadTimeout("read timed out")}], True),
+        ([{"body": ReadTimeoutError(None, URL, "read timed out")}], True),
         ([{"body": refused()}, {"body": reset()}], True),
         ([{"body": refused()}], False),
         ([{"body": HTML_PAGE, "status": 503}], False),
@@ -712,7 +714,7 @@ def test_refused_connection_on_a_write_is_retried(client, rsps, sleeps):
 
 def test_connect_timeout_on_a_write_is_retried(client, rsps, sleeps):
     prime(client, rsps)
-    add(rsps, WRITE_FN, body=requests.ConnectTimeout("connect timed out"))
+    add(rsps, WRITE_FN, body=ConnectTimeoutError("connect timed out"))
     add(rsps, WRITE_FN, json=[{"id": 3}])
 
     assert client.call(WRITE_FN) == [{"id": 3}]
@@ -750,7 +752,7 @@ def test_backoff_past_the_deadline_is_not_slept(make_client, rsps, clock, sleeps
     rsps.add_callback(
         responses.POST,
         URL,
-        callback=slow_failure(clock, 0.9, lambda: requests.ReadTimeout("read timed out")),
+        callback=slow_failure(clock, 0.9, lambda: ReadTimeoutError(None, URL, "read timed out")),
         match=[ws_function(SITE_INFO)],
     )
 
@@ -976,7 +978,7 @@ def test_no_call_log_line_without_debug(client, rsps, captured_logs):
         {"body": "not json"},
         {"body": reset()},
         {"body": refused()},
-        {"body": requests.ReadTimeout(f"read timed out for wstoken={TOKEN}")},
+        {"body": ReadTimeoutError(None, URL, f"read timed out for wstoken={TOKEN}")},
     ],
     ids=["invalidtoken", "http-503", "not-json", "reset", "refused", "timeout-mentioning-token"],
 )
@@ -1204,7 +1206,8 @@ class LocalMoodle(ThreadingHTTPServer):
 
     An answer is ``("json", body)``, ``("chunked", size)`` (chunked, no Content-Length) or ``("declared", size)``
     (a Content-Length of ``size``, the body sent as long as the client reads it); ``("silent", 0)`` reads the request
-    and never answers.
+    and never answers, ``("stalled", size)`` sends the headers of a body of ``size`` and nothing more, and
+    ``("redirect", location)`` answers 302. ``seen`` holds each request's headers and body.
     """
 
     daemon_threads = True
@@ -1213,6 +1216,7 @@ class LocalMoodle(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _LocalMoodleHandler)
         self.answers = list(answers)
         self.connections = self.requests = self.served = 0
+        self.seen = []
         self.streamed = threading.Event()  # a streamed body ended: sent whole, or cut off by the client
         self.stop = threading.Event()
         threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True).start()
@@ -1239,15 +1243,29 @@ class _LocalMoodleHandler(BaseHTTPRequestHandler):
         pass
 
     def do_POST(self):
-        self.rfile.read(int(self.headers["Content-Length"]))
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.seen.append((self.headers, body))
         self.server.requests += 1
         kind, value = self.server.answers.pop(0) if self.server.answers else ("json", b"[]")
         if kind == "silent":
             self.server.stop.wait(30)
             self.close_connection = True
             return
+        if kind == "redirect":
+            self.send_response(302)
+            self.send_header("Location", value)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
+        if kind == "stalled":
+            self.send_header("Content-Length", str(value))
+            self.end_headers()
+            self.wfile.flush()
+            self.server.stop.wait(30)
+            self.close_connection = True
+            return
         if kind == "json":
             self.send_header("Content-Length", str(len(value)))
             self.end_headers()
@@ -1418,7 +1436,7 @@ def test_a_refused_certificate_on_a_write_is_sent_again_as_nothing_was_sent(make
     prime(client := make_client(), rsps)
     refused_certificate = ssl.SSLCertVerificationError(1, "certificate verify failed")
     refused_certificate.verify_message = "self-signed certificate"
-    add(rsps, WRITE_FN, body=requests.exceptions.SSLError(refused_certificate))
+    add(rsps, WRITE_FN, body=SSLError(refused_certificate))
     add(rsps, WRITE_FN, json=[{"id": 3}])
 
     assert client.call(WRITE_FN) == [{"id": 3}]
@@ -1426,7 +1444,7 @@ def test_a_refused_certificate_on_a_write_is_sent_again_as_nothing_was_sent(make
 
 def test_another_tls_failure_on_a_write_may_have_come_after_sending(client, rsps):
     prime(client, rsps)
-    add(rsps, WRITE_FN, body=requests.exceptions.SSLError(ssl.SSLEOFError(8, "EOF occurred in violation of protocol")))
+    add(rsps, WRITE_FN, body=SSLError(ssl.SSLEOFError(8, "EOF occurred in violation of protocol")))
 
     error = raised(client.call, WRITE_FN)
 
@@ -1444,7 +1462,7 @@ def test_no_answer_in_time_is_a_timeout(local_moodle):
 
 
 def test_no_connection_in_time_is_a_timeout(make_client, rsps):
-    add(rsps, SITE_INFO, body=requests.ConnectTimeout())
+    add(rsps, SITE_INFO, body=ConnectTimeoutError())
 
     error = raised(make_client(max_retries=0).call, SITE_INFO)
 
@@ -1489,7 +1507,7 @@ def test_a_cause_is_in_the_details_only_with_moodle_debug(unused_port):
     assert error.details == {"function": SITE_INFO}
 
 
-def test_the_token_is_in_no_cause(make_client, rsps, unused_port):
+def test_the_token_is_in_no_cause(unused_port):
     error = cause_of(f"http://127.0.0.1:{unused_port}")
 
     assert TOKEN not in repr(error.cause)
@@ -1868,3 +1886,50 @@ def test_an_answer_replaced_by_one_over_the_budget_is_forgotten():
     kept.keep("a", b"12345678901", "new")
 
     assert kept.get("a", b"1") is None
+
+
+# -- the transport: urllib3's pool, over real HTTP ---------------------------------------------------
+
+
+def test_calls_of_one_thread_share_one_kept_alive_connection(local_moodle):
+    moodle = local_moodle(*[("json", site_info_json())] * 3)
+    client = MoodleClient(moodle.url, TOKEN, timeout_s=2, max_retries=0, functions_ttl_s=300)
+
+    for _ in range(3):
+        client.call(SITE_INFO)
+
+    assert (moodle.requests, moodle.connections) == (3, 1)
+
+
+def test_the_form_is_url_encoded_and_a_password_in_the_url_is_sent_as_basic_auth(local_moodle):
+    moodle = local_moodle(("json", site_info_json()), ("json", b"[]"))
+    base_url = moodle.url.replace("http://", "http://gateway:pa%40ss@")
+    client = MoodleClient(base_url, TOKEN, timeout_s=2, max_retries=0, functions_ttl_s=300)
+
+    client.call(READ_FN, {"options": {"ids": [2]}, "name": "é & ü"})
+
+    headers, body = moodle.seen[-1]
+    assert headers["Content-Type"] == "application/x-www-form-urlencoded"
+    assert headers["Authorization"] == "Basic " + base64.b64encode(b"gateway:pa@ss").decode()
+    assert parse_qsl(body.decode(), keep_blank_values=True) == [
+        ("wstoken", TOKEN), ("wsfunction", READ_FN), ("moodlewsrestformat", "json"), ("options[ids][0]", "2"),
+        ("name", "é & ü"),
+    ]  # fmt: skip
+
+
+def test_a_redirect_is_not_followed(local_moodle):
+    moodle = local_moodle(("redirect", "/elsewhere/webservice/rest/server.php"))
+
+    error = cause_of(moodle.url)
+
+    assert (error.status, error.code, error.details["moodle_status"]) == (502, "badresponse", 302)
+    assert moodle.requests == 1
+
+
+def test_an_answer_that_stalls_after_its_headers_is_a_timeout(local_moodle):
+    stalled = local_moodle(("stalled", 100))
+
+    error = cause_of(stalled.url, timeout_s=0.3)
+
+    assert (error.status, error.code, error.cause.kind) == (504, "moodletimeout", "timeout")
+    assert error.cause.reason == f"no answer from {stalled.url[7:]} within 0.3 s"
