@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import ip_address, ip_network
 from typing import Protocol
@@ -34,7 +34,7 @@ from pyramid.tweens import EXCVIEW
 
 from lms_api.caller import client_address
 from lms_api.errors import ApiError, ErrorCode
-from lms_api.redisstate import RedisLink, Snapshot, read_along, redis_client, taking_snapshot
+from lms_api.redisstate import ReadAlong, RedisLink, Snapshot, read_along, redis_client, taking_snapshot
 from lms_api.routes import is_api_request
 from lms_api.security import Scope
 from lms_api.settings import Rate, Settings
@@ -81,11 +81,15 @@ def _decision(count: int, rate: Rate, remaining_ms: float) -> Decision:
     return Decision(count <= rate.count, rate.count, max(0, rate.count - count), reset_s)
 
 
+_NOTHING_ALONG = ReadAlong()
+
+
 class Counter(Protocol):
     def hit(self, key: str, rate: Rate) -> Decision: ...
 
-    def hit_reading(self, key: str, rate: Rate, along: Sequence[str]) -> tuple[Decision, Snapshot | None]:
-        """``hit``, and the values of the Redis keys ``along`` read in the same round trip (None: not read)."""
+    def hit_reading(self, key: str, rate: Rate, along: ReadAlong) -> tuple[Decision, Snapshot | None]:
+        """``hit``, and the values of the Redis keys ``along`` read in the same round trip, with the stamps of its
+        concerns taken just before it (None: not read)."""
         ...
 
 
@@ -110,7 +114,7 @@ class LocalCounter:
             self._windows[key] = (ends, count)
         return _decision(count, rate, (ends - now) * 1000)
 
-    def hit_reading(self, key: str, rate: Rate, along: Sequence[str]) -> tuple[Decision, Snapshot | None]:
+    def hit_reading(self, key: str, rate: Rate, along: ReadAlong) -> tuple[Decision, Snapshot | None]:
         return self.hit(key, rate), None
 
     def _sweep(self, now: float) -> None:
@@ -138,18 +142,20 @@ class RedisCounter:
         return cls(link, LocalCounter())
 
     def hit(self, key: str, rate: Rate) -> Decision:
-        return self.hit_reading(key, rate, ())[0]
+        return self.hit_reading(key, rate, _NOTHING_ALONG)[0]
 
-    def hit_reading(self, key: str, rate: Rate, along: Sequence[str]) -> tuple[Decision, Snapshot | None]:
+    def hit_reading(self, key: str, rate: Rate, along: ReadAlong) -> tuple[Decision, Snapshot | None]:
         if not self.link.usable:
             return self._fallback.hit(key, rate), None
+        stamps = along.stamps()
         try:
-            count, ttl_ms, *read = self._script(keys=[KEY_PREFIX + key, *along], args=[rate.period_s * 1000])
+            count, ttl_ms, *read = self._script(keys=[KEY_PREFIX + key, *along.keys], args=[rate.period_s * 1000])
         except redis.RedisError as error:
             self.link.went_down(error)
             return self._fallback.hit(key, rate), None
         self.link.answered()
-        return _decision(int(count), rate, float(ttl_ms)), dict(zip(along, read[0] if read else (), strict=True))
+        snapshot = Snapshot(zip(along.keys, read[0] if read else (), strict=True), stamps)
+        return _decision(int(count), rate, float(ttl_ms)), snapshot
 
 
 def counter_from_settings(settings: Settings) -> Counter:
@@ -192,7 +198,7 @@ def rate_limit_tween_factory(
             budget, key, rate = "read", "read:" + identity.sub, settings.rate_limit_read
         else:
             budget, key, rate = "write", "write:" + identity.sub, settings.rate_limit_write
-        decision, snapshot = counter.hit_reading(key, rate, along.keys)
+        decision, snapshot = counter.hit_reading(key, rate, along)
         if decision.allowed:
             with taking_snapshot(snapshot):
                 response = handler(request)

@@ -13,10 +13,10 @@ import hashlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import redis
 import structlog
@@ -83,16 +83,32 @@ class RedisLink:
         return True
 
 
+class Stamped(Protocol):
+    """A concern whose state in Redis may change in ways a snapshot read before cannot show (the read cache replaying
+    invalidations Redis missed): its stamp moves after each such change has reached Redis."""
+
+    def stamp(self) -> int: ...
+
+
 class ReadAlong:
     """Redis keys that a request's concerns read at its start, in the round trip the request makes anyway: the rate
-    limit's. Registered once, at configuration (the read cache names its groups' generations); the rate limit reads
-    them with its count, and the values are the request's snapshot (:func:`request_snapshot`) while it is handled."""
+    limit's. Registered once, at configuration (the read cache names its groups' generations, and itself as
+    :class:`Stamped`); the rate limit reads them with its count, and the values are the request's snapshot
+    (:func:`request_snapshot`) while it is handled."""
 
     def __init__(self) -> None:
         self.keys: tuple[str, ...] = ()
+        self._stamped: tuple[Stamped, ...] = ()
 
-    def add(self, keys: Iterable[str]) -> None:
+    def add(self, keys: Iterable[str], stamped: Stamped | None = None) -> None:
         self.keys = tuple(dict.fromkeys((*self.keys, *keys)))
+        if stamped is not None:
+            self._stamped = (*self._stamped, stamped)
+
+    def stamps(self) -> dict[Stamped, int]:
+        """Each stamped concern's stamp now: taken before the keys are read, so that a stamp moved since tells its
+        concern that the values may predate a change it made."""
+        return {stamped: stamped.stamp() for stamped in self._stamped}
 
 
 def read_along(registry: Registry) -> ReadAlong:
@@ -103,7 +119,14 @@ def read_along(registry: Registry) -> ReadAlong:
     return kept
 
 
-Snapshot = dict[str, bytes | None]  # a Redis key -> its value (None: no such key) at the moment it was read
+class Snapshot(dict[str, bytes | None]):
+    """Redis keys -> their values (None: no such key) at the moment they were read, with the ``stamps`` of the
+    concerns that read them, taken just before (see :meth:`ReadAlong.stamps`)."""
+
+    def __init__(self, values: Iterable[tuple[str, bytes | None]], stamps: Mapping[Stamped, int]) -> None:
+        super().__init__(values)
+        self.stamps = dict(stamps)
+
 
 _snapshot: ContextVar[Snapshot | None] = ContextVar("redis_snapshot", default=None)
 

@@ -51,7 +51,8 @@ def includeme(config: Configurator) -> None:
     cache = ReadCache.from_settings(settings)
     config.include("lms_api.service_lookup")
     config.register_service(cache, ReadCache)
-    read_along(config.registry).add(cache.generations_read_along())
+    if isinstance(cache.store, RedisStore):
+        read_along(config.registry).add(cache.generations_read_along(), stamped=cache.store)
 
     def cached_moodle(context: Any, request: Request) -> CachedMoodle:
         # A write's reads ask Moodle (and refresh what is kept): what a write is checked against, or reads back, is

@@ -58,7 +58,9 @@ class RedisStore:
     away or coming back begins an epoch (:class:`~lms_api.cache.entry.Generation`), emptying both.
 
     Invalidations made while Redis was away are replayed on it when it answers again, so no replica reads an entry
-    a write has made wrong.
+    a write has made wrong. A request's snapshot of the generations read before a replay does not show it: the
+    store's :meth:`stamp` moves once the replay has reached Redis (and at each epoch), and a snapshot stamped
+    otherwise is not trusted.
     """
 
     name = "redis"
@@ -77,6 +79,13 @@ class RedisStore:
         # Whether Redis is used, and the epoch: one tuple, read at once by threads that do not take the lock.
         self._mode = (True, fallback.begin_epoch())
         self._mode_lock = threading.Lock()
+        self._stamp = 0
+        self._stamp_lock = threading.Lock()
+
+    def stamp(self) -> int:
+        """Moved after each replay of missed invalidations has reached Redis, and at each epoch: a request's snapshot
+        is trusted only while the stamp it was taken with, before its values were read, is the store's."""
+        return self._stamp
 
     @staticmethod
     def generation_key(group: str) -> str:
@@ -146,8 +155,6 @@ class RedisStore:
                 if snapshot is not None:  # the request's own reads after its write see the write
                     snapshot[name] = str(generation).encode()
                 return
-        if snapshot is not None:
-            snapshot.pop(name, None)  # asked again, once Redis answers and the invalidation is replayed there
         with self._lock:
             self._missed_invalidations.add(group)
 
@@ -184,6 +191,8 @@ class RedisStore:
         """The group's generation in Redis as the request read it at its start, else as Redis says now."""
         name = self.generation_key(group)
         snapshot = request_snapshot()
+        if snapshot is not None and snapshot.stamps.get(self) != self._stamp:
+            snapshot = None  # read before a replay, or in another epoch: it may not show a write made here
         if snapshot is not None and name in snapshot:
             raw = snapshot[name]
         else:
@@ -203,7 +212,12 @@ class RedisStore:
             if self._mode[0] != usable:
                 self._near.clear()
                 self._mode = (usable, self._fallback.begin_epoch())
+                self._move_stamp()
             return self._mode
+
+    def _move_stamp(self) -> None:
+        with self._stamp_lock:
+            self._stamp += 1
 
     def _failed(self, error: redis.RedisError) -> int:
         """Note that Redis failed: the epoch of the fallback, begun now."""
@@ -238,6 +252,8 @@ class RedisStore:
             except redis.RedisError as error:
                 self.link.went_down(error)
                 return False
+            if missed:
+                self._move_stamp()  # after the replay reached Redis: a snapshot stamped since shows it
             self._missed_invalidations.clear()
         self.link.answered()
         return True

@@ -8,7 +8,7 @@ import redis
 
 from lms_api import ratelimit
 from lms_api.ratelimit import LocalCounter, RedisCounter
-from lms_api.redisstate import RETRY_AFTER_S, RedisLink
+from lms_api.redisstate import RETRY_AFTER_S, ReadAlong, RedisLink
 from lms_api.settings import Rate
 from tests.support.credentials import mint
 from tests.support.gateway import capture_logs
@@ -130,16 +130,45 @@ def test_the_redis_window_expires(redis_url):
     assert counter.hit(key, rate).allowed
 
 
+def along(*keys, stamped=None):
+    read_along = ReadAlong()
+    read_along.add(keys, stamped)
+    return read_along
+
+
 def test_the_count_reads_the_keys_asked_along_in_its_round_trip(redis_url):
     counter = RedisCounter.from_url(redis_url)
     key = f"along-{uuid.uuid4().hex}"
     redis.Redis.from_url(redis_url).set(f"{key}:kept", b"41")
 
-    decision, read = counter.hit_reading(key, Rate(2, 60), [f"{key}:kept", f"{key}:absent"])
-    again, nothing_asked = counter.hit_reading(key, Rate(2, 60), [])
+    decision, read = counter.hit_reading(key, Rate(2, 60), along(f"{key}:kept", f"{key}:absent"))
+    again, nothing_asked = counter.hit_reading(key, Rate(2, 60), along())
 
     assert (decision.remaining, read) == (1, {f"{key}:kept": b"41", f"{key}:absent": None})
     assert (again.remaining, nothing_asked) == (0, {})
+
+
+def test_the_stamps_are_taken_before_the_keys_along_are_read(redis_url):
+    counter = RedisCounter.from_url(redis_url)
+    key = f"along-{uuid.uuid4().hex}"
+    client = redis.Redis.from_url(redis_url)
+
+    class Stamped:
+        """Stamps with the value it sets the key read along to: the snapshot shows it only if stamped before."""
+
+        stamps = 0
+
+        def stamp(self):
+            self.stamps += 1
+            client.set(f"{key}:state", self.stamps)
+            return self.stamps
+
+    stamped = Stamped()
+    _, first = counter.hit_reading(key, Rate(5, 60), along(f"{key}:state", stamped=stamped))
+    _, second = counter.hit_reading(key, Rate(5, 60), along(f"{key}:state", stamped=stamped))
+
+    assert (first, first.stamps) == ({f"{key}:state": b"1"}, {stamped: 1})
+    assert (second, second.stamps) == ({f"{key}:state": b"2"}, {stamped: 2})
 
 
 def test_a_count_in_the_process_reads_nothing_along(own_redis):
@@ -148,10 +177,10 @@ def test_a_count_in_the_process_reads_nothing_along(own_redis):
     process.kill()
     process.wait(10)
 
-    decision, read = counter.hit_reading("along", Rate(2, 60), ["kept"])
+    decision, read = counter.hit_reading("along", Rate(2, 60), along("kept"))
 
     assert (decision.allowed, read) == (True, None)
-    assert LocalCounter().hit_reading("along", Rate(2, 60), ["kept"])[1] is None
+    assert LocalCounter().hit_reading("along", Rate(2, 60), along("kept"))[1] is None
 
 
 def test_when_redis_goes_away_the_gateway_keeps_serving_and_says_so_once(make_gateway, own_redis):

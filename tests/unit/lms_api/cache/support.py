@@ -21,7 +21,7 @@ from lms_api.moodle.client import Answer
 from lms_api.moodle.errors import MoodleError
 from lms_api.moodle.functions import MoodleFunction
 from lms_api.ratelimit import RedisCounter
-from lms_api.redisstate import RedisLink, redis_client, taking_snapshot
+from lms_api.redisstate import ReadAlong, RedisLink, redis_client, taking_snapshot
 from lms_api.settings import Rate
 from tests.support.timing import eventually
 
@@ -144,9 +144,9 @@ def make_read_cache(store, clock, wait_s=2.0, ttls=TTLS):
 def in_request(cache, url):
     """A request to ``cache``'s process: its rate limit counted in Redis at ``url``, which reads the generations
     along, as the gateway's tween does for the request's handling."""
-    decision, snapshot = _counter(url).hit_reading(
-        f"test:{uuid.uuid4().hex}", Rate(1000, 60), cache.generations_read_along()
-    )
+    along = ReadAlong()
+    along.add(cache.generations_read_along(), stamped=cache.store)
+    decision, snapshot = _counter(url).hit_reading(f"test:{uuid.uuid4().hex}", Rate(1000, 60), along)
     assert decision.allowed and snapshot is not None
     with taking_snapshot(snapshot):
         yield

@@ -2,6 +2,8 @@
 when the request's rate limit read it along), hands out the same bytes each time, and is never served once a write
 anywhere has moved the group on, nor across Redis going away, coming back, or restarting empty."""
 
+import contextvars
+
 import redis
 
 from lms_api.cache.outcomes import CacheOutcome, Fetch
@@ -166,6 +168,42 @@ def test_a_write_that_missed_redis_in_a_request_is_seen_by_its_reads_once_redis_
         link_clock.advance(RETRY_AFTER_S)
 
         assert read(cache, FakeMoodle(NEW)) == (NEW, CacheOutcome(Fetch.MISS, stored=True))
+
+
+def miss_a_write(cache, link_clock):
+    """A write through ``cache`` whose invalidation Redis missed (kept to be replayed), then Redis answering again."""
+    reachable = cache.store.link.client
+    cache.store.link.client = unreachable()
+    cache.invalidate_after(UPDATE_COURSES)
+    cache.store.link.client = reachable
+    link_clock.advance(RETRY_AFTER_S)
+
+
+def test_a_request_begun_after_a_write_redis_missed_sees_it_once_its_read_replays_it(replicas, empty_redis, link_clock):
+    cache, other_replica = replicas
+    read(other_replica, FakeMoodle(OLD))
+    miss_a_write(cache, link_clock)
+
+    with in_request(cache, empty_redis):  # its snapshot read before the replay
+        assert read(cache, FakeMoodle(NEW)) == (NEW, CacheOutcome(Fetch.MISS, stored=True))
+        assert read(cache, FakeMoodle(OLD)) == (NEW, CacheOutcome(Fetch.HIT, TTL))
+
+
+def test_a_request_begun_after_a_write_redis_missed_sees_it_once_another_request_replays_it(
+    replicas, empty_redis, link_clock
+):
+    cache, other_replica = replicas
+    read(other_replica, FakeMoodle(OLD))
+    miss_a_write(cache, link_clock)
+    later = contextvars.copy_context()
+    request = in_request(cache, empty_redis)
+    later.run(request.__enter__)  # its snapshot read before the replay
+
+    with in_request(cache, empty_redis):
+        assert read(cache, FakeMoodle(), SITE_INFO)[1].fetch == Fetch.MISS  # Redis used again: the write replayed
+
+    assert later.run(read, cache, FakeMoodle(NEW)) == (NEW, CacheOutcome(Fetch.MISS, stored=True))
+    later.run(request.__exit__, None, None, None)
 
 
 # -- Redis going away, coming back, restarting -----------------------------------------------------
