@@ -21,17 +21,12 @@ from lms_api.redisstate import RedisLink, request_snapshot
 
 KEY_PREFIX = "lms_api:cache:"
 ABSENT = 0  # the generation of a group without a key in Redis: none of its entries is kept near
-# A group's first generation in Redis, drawn at random: a Redis that restarted empty under a running gateway counts
-# afresh, and must not reach again, by counting from a known start, a generation that copies kept near were stored
-# under. Within a double's exact integers, as the scripts compare them in Lua.
-_FIRST_GENERATIONS = 2**48
+# A group's generations in Redis, its first and each after a write, are drawn at random, never counted: a Redis that
+# lost generations (restarted empty, or from an older snapshot; failed over to a replica behind) must not reach
+# again, by counting on from where it went back to, a generation that copies kept near were stored under. Only
+# equality is ever asked of them. Within a double's exact integers, as the scripts compare them in Lua.
+_GENERATIONS = 2**48
 
-# Moves a group to its next generation; a group without a key begins at a random one.
-_BUMP = """
-local generation = redis.call('INCR', KEYS[1])
-if generation == 1 then redis.call('SET', KEYS[1], ARGV[1]); return tonumber(ARGV[1]) end
-return generation
-"""
 # An entry is kept only while its group is still at the generation it was fetched under, as in the process: a fetch
 # that began before a write must not replace what a read after the write stored. An answer fetched while the group
 # had no key is kept under the group's first generation, given then.
@@ -70,7 +65,6 @@ class RedisStore:
         self._fallback = fallback
         self._near = Entries(fallback.entries.max_bytes)
         self._clock = fallback.clock
-        self._bump = link.client.register_script(_BUMP)
         self._put_if_current = link.client.register_script(_PUT_IF_CURRENT)
         self._release = link.client.register_script(_RELEASE)
         self._missed_invalidations: set[str] = set()
@@ -129,7 +123,7 @@ class RedisStore:
             self._fallback.put(group, key, entry)
             return
         expires_ms = max(1, math.ceil((entry.stale_until - time.time()) * 1000))
-        generation = entry.generation.value or _first_generation()
+        generation = entry.generation.value or _new_generation()
         try:
             stored = self._put_if_current(
                 keys=[self.generation_key(group), KEY_PREFIX + key],
@@ -148,7 +142,7 @@ class RedisStore:
         name = self.generation_key(group)
         if self._current_mode()[0]:
             try:
-                generation = self._bump(keys=[name], args=[_first_generation()], client=self.link.client)
+                generation = self._bump(group)
             except redis.RedisError as error:
                 self._failed(error)
             else:
@@ -215,6 +209,12 @@ class RedisStore:
                 self._move_stamp()
             return self._mode
 
+    def _bump(self, group: str) -> int:
+        """Move the group to a new generation in Redis: the generation."""
+        generation = _new_generation()
+        self.link.client.set(self.generation_key(group), generation)
+        return generation
+
     def _move_stamp(self) -> None:
         with self._stamp_lock:
             self._stamp += 1
@@ -246,7 +246,7 @@ class RedisStore:
             missed = sorted(self._missed_invalidations)
             try:
                 for group in missed:
-                    self._bump(keys=[self.generation_key(group)], args=[_first_generation()], client=self.link.client)
+                    self._bump(group)
                 if not missed:
                     self.link.client.ping()  # nothing to replay: Redis must still answer before it is used again
             except redis.RedisError as error:
@@ -259,8 +259,8 @@ class RedisStore:
         return True
 
 
-def _first_generation() -> int:
-    return 2 + secrets.randbelow(_FIRST_GENERATIONS)
+def _new_generation() -> int:
+    return 2 + secrets.randbelow(_GENERATIONS)
 
 
 def _lock_key(key: str) -> str:

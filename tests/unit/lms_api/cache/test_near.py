@@ -257,3 +257,25 @@ def test_a_redis_restarted_empty_never_serves_a_copy_near_from_before(own_redis,
     finally:
         restarted.terminate()
         restarted.wait(10)
+
+
+def test_a_redis_gone_back_to_an_older_generation_never_serves_a_copy_near_stored_after_it(replicas, empty_redis):
+    reader, writer = replicas
+    answers = [{"courses": [{"id": 2, "fullname": name}]} for name in ("first", "second", "third")]
+    with in_request(reader, empty_redis):
+        read(reader, FakeMoodle(answers[0]))
+    client = redis.Redis.from_url(empty_redis)
+    generation = KEY_PREFIX + "generation:courses"
+    saved = client.get(generation)  # as a snapshot on disk, or a replica behind, keeps it
+    with in_request(writer, empty_redis):
+        writer.invalidate_after(UPDATE_COURSES)
+    with in_request(reader, empty_redis):
+        assert read(reader, FakeMoodle(answers[1]))[0] == answers[1]  # a copy near, under the generation after
+    client.flushall()
+    client.set(generation, saved)  # Redis restarted from that snapshot, or failed over to that replica
+
+    with in_request(writer, empty_redis):
+        writer.invalidate_after(UPDATE_COURSES)
+
+    with in_request(reader, empty_redis):
+        assert read(reader, FakeMoodle(answers[2])) == (answers[2], CacheOutcome(Fetch.MISS, stored=True))
