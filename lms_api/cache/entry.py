@@ -24,10 +24,13 @@ class Entry:
     fresh_until: float  # wall-clock seconds, comparable across replicas
     stale_until: float
 
-    def encode(self, generation: int | None = None) -> bytes:
-        """As Redis keeps it: under the generation's value, or ``generation`` (a group's first, given as it is kept)."""
-        value = self.generation.value if generation is None else generation
-        return f"{value} {self.fresh_until} {self.stale_until}\n".encode() + self.body
+    def encode(self) -> bytes:
+        """As Redis keeps it."""
+        return str(self.generation.value).encode() + self.encode_after_generation()
+
+    def encode_after_generation(self) -> bytes:
+        """As Redis keeps it, but the generation it begins with: the script that stores it decides that."""
+        return f" {self.fresh_until} {self.stale_until}\n".encode() + self.body
 
     @classmethod
     def decode(cls, raw: bytes, epoch: int) -> Entry:

@@ -27,17 +27,30 @@ ABSENT = 0  # the generation of a group without a key in Redis: none of its entr
 # equality is ever asked of them. Within a double's exact integers, as the scripts compare them in Lua.
 _GENERATIONS = 2**48
 
-# An entry is kept only while its group is still at the generation it was fetched under, as in the process: a fetch
-# that began before a write must not replace what a read after the write stored. An answer fetched while the group
-# had no key is kept under the group's first generation, given then.
+# An entry is kept only while its group is still at the generation it was fetched under (ARGV[1]; 0: the group had no
+# key), as in the process: a fetch that began before a write must not replace what a read after the write stored.
+# The group moves to a new generation (ARGV[4]) first when it had no key, and when the entry replaces the key's entry
+# of the same generation with other bytes: other replicas' copies of that entry would be served, fresh, until their
+# own time ran out. Answers the generation the entry is kept under (0: not kept). Generations are compared as Redis
+# keeps them, the decimal digits of an integer, as ``redis-py`` sends them too.
 _PUT_IF_CURRENT = """
 local current = redis.call('GET', KEYS[1])
-if current then
-    if tonumber(current) ~= tonumber(ARGV[1]) then return 0 end
-elseif ARGV[1] ~= '0' then return 0
-else redis.call('SET', KEYS[1], ARGV[4]) end
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-return 1
+local generation = current
+if not current then
+    if ARGV[1] ~= '0' then return 0 end
+    generation = ARGV[4]
+elseif current ~= ARGV[1] then
+    return 0
+else
+    local kept = redis.call('GET', KEYS[2])
+    if kept and string.match(kept, '^%d+') == current then
+        local kept_body = string.sub(kept, string.find(kept, '\\n', 1, true) + 1)
+        if kept_body ~= string.sub(ARGV[2], string.find(ARGV[2], '\\n', 1, true) + 1) then generation = ARGV[4] end
+    end
+end
+if generation ~= current then redis.call('SET', KEYS[1], generation) end
+redis.call('SET', KEYS[2], generation .. ARGV[2], 'PX', ARGV[3])
+return tonumber(generation)
 """
 # Only the holder's token unlocks: a fetch that outlived its lock must not free a lock taken since.
 _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
@@ -50,7 +63,9 @@ class RedisStore:
     A copy kept near is served while its group is at the generation it was stored under, as Redis says at the
     request's start, and while the entry is fresh; the same object each time, so what was parsed or dumped of it is
     reused. The copies have the fallback's budget of memory: only one of them holds entries at a time, as Redis going
-    away or coming back begins an epoch (:class:`~lms_api.cache.entry.Generation`), emptying both.
+    away or coming back begins an epoch (:class:`~lms_api.cache.entry.Generation`), emptying both. An answer kept
+    over its key's entry with other bytes (a refresh, or a fetch once the entry expired) moves its group to a new
+    generation, so that no replica serves its copy of the entry replaced: every copy of the group misses once.
 
     Invalidations made while Redis was away are replayed on it when it answers again, so no replica reads an entry
     a write has made wrong. A request's snapshot of the generations read before a replay does not show it: the
@@ -123,18 +138,22 @@ class RedisStore:
             self._fallback.put(group, key, entry)
             return
         expires_ms = max(1, math.ceil((entry.stale_until - time.time()) * 1000))
-        generation = entry.generation.value or _new_generation()
+        name = self.generation_key(group)
         try:
             stored = self._put_if_current(
-                keys=[self.generation_key(group), KEY_PREFIX + key],
-                args=[entry.generation.value, entry.encode(generation), expires_ms, generation],
+                keys=[name, KEY_PREFIX + key],
+                args=[entry.generation.value, entry.encode_after_generation(), expires_ms, _new_generation()],
                 client=self.link.client,
             )
         except redis.RedisError as error:
             self._failed(error)
             return
-        if stored:
-            self._near.put(key, replace(entry, generation=Generation(epoch, generation)))
+        if not stored:
+            return
+        snapshot = request_snapshot()
+        if stored != entry.generation.value and snapshot is not None:
+            snapshot[name] = str(stored).encode()  # the group moved on: the request's own reads see it
+        self._near.put(key, replace(entry, generation=Generation(epoch, stored)))
 
     def invalidate(self, group: str) -> None:
         self._fallback.invalidate(group)

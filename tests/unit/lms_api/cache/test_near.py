@@ -17,9 +17,11 @@ from tests.unit.lms_api.cache.support import (
     NEW,
     OLD,
     STALE_S,
+    BlockingMoodle,
     FakeMoodle,
     RedisRoundTrips,
     in_request,
+    in_threads,
     make_read_cache,
     moodle_error,
     read,
@@ -168,6 +170,53 @@ def test_a_write_that_missed_redis_in_a_request_is_seen_by_its_reads_once_redis_
         link_clock.advance(RETRY_AFTER_S)
 
         assert read(cache, FakeMoodle(NEW)) == (NEW, CacheOutcome(Fetch.MISS, stored=True))
+
+
+def test_a_refresh_that_brings_another_answer_hides_the_copies_near_of_its_group_on_every_replica(
+    replicas, empty_redis
+):
+    first, second = replicas
+    with in_request(second, empty_redis):
+        read(second, FakeMoodle(OLD))
+        read(second, FakeMoodle(OLD), params={"other": 1})
+
+    with in_request(first, empty_redis):
+        assert read(first, FakeMoodle(NEW), refresh=True) == (NEW, CacheOutcome(Fetch.REFRESH, stored=True))
+        assert read(first, FakeMoodle(OLD)) == (NEW, CacheOutcome(Fetch.HIT, TTL))  # its own reads see it
+
+    with in_request(second, empty_redis):
+        assert read(second, FakeMoodle(OLD)) == (NEW, CacheOutcome(Fetch.HIT, TTL))  # Redis's entry, not its copy
+        assert read(second, FakeMoodle(NEW), params={"other": 1}) == (NEW, CacheOutcome(Fetch.MISS, stored=True))
+
+
+def test_a_refresh_that_brings_the_same_answer_leaves_its_group_at_its_generation(replicas, empty_redis):
+    first, second = replicas
+    with in_request(second, empty_redis):
+        read(second, FakeMoodle(OLD))
+        read(second, FakeMoodle(OLD), params={"other": 1})
+    generation = redis.Redis.from_url(empty_redis).get(KEY_PREFIX + "generation:courses")
+
+    with in_request(first, empty_redis):
+        assert read(first, FakeMoodle(OLD), refresh=True) == (OLD, CacheOutcome(Fetch.REFRESH, stored=True))
+
+    assert redis.Redis.from_url(empty_redis).get(KEY_PREFIX + "generation:courses") == generation
+    with in_request(second, empty_redis):
+        assert read(second, FakeMoodle(NEW), params={"other": 1}) == (OLD, CacheOutcome(Fetch.HIT, TTL))
+
+
+def test_an_answer_fetched_before_a_refresh_brought_another_is_not_kept_over_it(replicas, empty_redis):
+    first, second = replicas
+    read(first, FakeMoodle(OLD))
+    slow_fetch = BlockingMoodle(OLD)
+    threads, _ = in_threads(1, lambda _: read(second, slow_fetch, refresh=True))  # under the generation of before
+    assert slow_fetch.entered.wait(5)
+
+    assert read(first, FakeMoodle(NEW), refresh=True)[0] == NEW
+    slow_fetch.release.set()
+    threads[0].join(5)
+
+    assert read(first, FakeMoodle(OLD)) == (NEW, CacheOutcome(Fetch.HIT, TTL))
+    assert read(second, FakeMoodle(OLD)) == (NEW, CacheOutcome(Fetch.HIT, TTL))
 
 
 def miss_a_write(cache, link_clock):

@@ -11,7 +11,7 @@ from lms_api.cache.redisstore import KEY_PREFIX, RedisStore
 from lms_api.moodle.functions import MoodleFunction
 from tests.support.gateway import settings_for
 from tests.support.timing import FakeClock
-from tests.unit.lms_api.cache.support import MAX_BYTES, OLD, FakeMoodle, read
+from tests.unit.lms_api.cache.support import MAX_BYTES, NEW, OLD, FakeMoodle, read
 
 
 def entry(body=b"{}", generation=0, fresh_until=1060.0, stale_until=1660.0):
@@ -134,12 +134,13 @@ def keyspace_misses(url):
     return redis.Redis.from_url(url).info("stats")["keyspace_misses"]
 
 
-def test_keeping_an_answer_reads_only_keys_that_exist(empty_redis, replicas):
+def test_keeping_an_answer_reads_no_key_but_its_groups_generation_and_the_entry_it_replaces(empty_redis, replicas):
     cache = replicas[0]
     cache.invalidate_after(MoodleFunction.UPDATE_COURSES)  # the group's generation is a key now
+    cache.fetch_and_store(MoodleFunction.GET_COURSES, {}, FakeMoodle(OLD))  # the entry is a key now
     misses = keyspace_misses(empty_redis)
 
-    cache.fetch_and_store(MoodleFunction.GET_COURSES, {}, FakeMoodle(OLD))
+    cache.fetch_and_store(MoodleFunction.GET_COURSES, {}, FakeMoodle(NEW))
 
     assert keyspace_misses(empty_redis) == misses
-    assert read(cache, FakeMoodle(), params={})[0] == OLD
+    assert read(cache, FakeMoodle(), params={})[0] == NEW
