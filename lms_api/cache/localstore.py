@@ -31,10 +31,10 @@ class Entries:
 
     def put(self, key: str, entry: Entry) -> None:
         size = _size(key, entry)
-        if size > self.max_bytes:
-            return
         with self._lock:
-            self._remove(key)
+            self._remove(key)  # first: an entry too big to keep still replaces the key's older one
+            if size > self.max_bytes:
+                return
             self._entries[key] = entry
             self._bytes += size
             while self._bytes > self.max_bytes:

@@ -4,14 +4,14 @@ import redis
 
 from lms_api.cache.entry import Entry, Generation
 from lms_api.cache.localstore import ENTRY_OVERHEAD_BYTES, LocalStore
-from lms_api.cache.outcomes import Fetch
+from lms_api.cache.outcomes import CacheOutcome, Fetch
 from lms_api.cache.parsed import PARSED_SHARE_OF_CACHE
 from lms_api.cache.readcache import ReadCache
 from lms_api.cache.redisstore import KEY_PREFIX, RedisStore
 from lms_api.moodle.functions import MoodleFunction
 from tests.support.gateway import settings_for
 from tests.support.timing import FakeClock
-from tests.unit.lms_api.cache.support import MAX_BYTES, NEW, OLD, FakeMoodle, read
+from tests.unit.lms_api.cache.support import MAX_BYTES, NEW, OLD, FakeMoodle, make_read_cache, read
 
 
 def entry(body=b"{}", generation=0, fresh_until=1060.0, stale_until=1660.0):
@@ -63,6 +63,15 @@ def test_an_entry_bigger_than_the_whole_store_is_not_kept_and_pushes_nothing_out
 
     assert store.get("courses", "huge") == (Generation(0, 0), None)
     assert kept(store, "k1", "k2") == ["k1", "k2"]
+
+
+def test_an_answer_too_big_to_keep_still_drops_the_older_answer_of_its_key(clock):
+    cache = make_read_cache(LocalStore(ENTRY_OVERHEAD_BYTES + 500, clock), clock)  # room for the first answer
+    read(cache, FakeMoodle(OLD))
+    big = {"courses": [{"id": 2, "fullname": "x" * 1000}]}
+
+    assert read(cache, FakeMoodle(big), refresh=True)[0] == big
+    assert read(cache, FakeMoodle(NEW)) == (NEW, CacheOutcome(Fetch.MISS, stored=True))
 
 
 def test_storing_a_key_again_replaces_its_entry_without_counting_it_twice():
