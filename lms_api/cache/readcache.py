@@ -35,6 +35,7 @@ TRANSPORT_FAILURES = frozenset(
     {ErrorCode.MOODLE_TIMEOUT, ErrorCode.MOODLE_UNAVAILABLE, ErrorCode.BAD_GATEWAY, ErrorCode.MOODLE_BUSY}
 )
 LOCK_POLL_S = 0.02
+GENERATION_OUTLIVES_ENTRIES_S = 60
 
 
 class _Flight:
@@ -75,7 +76,8 @@ class ReadCache:
         store: LocalStore | RedisStore = local
         if settings.redis_url:
             note = "cache entries are kept per process until Redis answers again"
-            store = RedisStore(RedisLink(redis_client(settings.redis_url), "cache", note), local)
+            link = RedisLink(redis_client(settings.redis_url), "cache", note)
+            store = RedisStore(link, local, expiring_generations(settings.cache_ttls, settings.cache_stale_s))
         wait_s = settings.moodle_timeout_ms / 1000
         return cls(store, settings.cache_ttls, settings.cache_stale_s, wait_s, parsed_max_bytes, clock)
 
@@ -272,6 +274,17 @@ class ReadCache:
             if not held or time.monotonic() >= deadline:
                 return None
             time.sleep(LOCK_POLL_S)
+
+
+def expiring_generations(ttls: Mapping[str, int], stale_s: int) -> dict[str, int]:
+    """How long Redis keeps the generation of each part of a group kept apart by a parameter (one per user who reads
+    their notifications) once it is set or used: longer than an entry stored under it lives, its group's TTL and
+    ``stale_s``. A part not read for that long begins again, at a new first generation."""
+    return {
+        group: ttls[group] + stale_s + GENERATION_OUTLIVES_ENTRIES_S
+        for group in PARTITIONED_GROUPS
+        if ttls.get(group, 0) > 0
+    }
 
 
 def _scope(group: CacheGroup, params: Mapping[str, Any]) -> str:

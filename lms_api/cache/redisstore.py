@@ -10,6 +10,7 @@ import secrets
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import cast
 
@@ -31,8 +32,9 @@ _GENERATIONS = 2**48
 # key), as in the process: a fetch that began before a write must not replace what a read after the write stored.
 # The group moves to a new generation (ARGV[4]) first when it had no key, and when the entry replaces the key's entry
 # of the same generation with other bytes: other replicas' copies of that entry would be served, fresh, until their
-# own time ran out. Answers the generation the entry is kept under (0: not kept). Generations are compared as Redis
-# keeps them, the decimal digits of an integer, as ``redis-py`` sends them too.
+# own time ran out. The generation is kept ARGV[5] ms longer (0: until it is set again), as it is set or used. Answers
+# the generation the entry is kept under (0: not kept). Generations are compared as Redis keeps them, the decimal
+# digits of an integer, as ``redis-py`` sends them too.
 _PUT_IF_CURRENT = """
 local current = redis.call('GET', KEYS[1])
 local generation = current
@@ -49,6 +51,7 @@ else
     end
 end
 if generation ~= current then redis.call('SET', KEYS[1], generation) end
+if ARGV[5] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[5]) end
 redis.call('SET', KEYS[2], generation .. ARGV[2], 'PX', ARGV[3])
 return tonumber(generation)
 """
@@ -75,8 +78,12 @@ class RedisStore:
 
     name = "redis"
 
-    def __init__(self, link: RedisLink, fallback: LocalStore) -> None:
+    def __init__(self, link: RedisLink, fallback: LocalStore, expiring_generations: Mapping[str, int]) -> None:
+        """``expiring_generations``: for each group kept apart by a parameter (one part, and one generation, per user
+        who reads: ``notifications/42``), the seconds each part's generation is kept after it is last set or used;
+        longer than what is stored under it lives. Other groups' generations are kept until Redis forgets them."""
         self.link = link
+        self._expiring_generations = expiring_generations
         self._fallback = fallback
         self._near = Entries(fallback.entries.max_bytes)
         self._clock = fallback.clock
@@ -142,7 +149,13 @@ class RedisStore:
         try:
             stored = self._put_if_current(
                 keys=[name, KEY_PREFIX + key],
-                args=[entry.generation.value, entry.encode_after_generation(), expires_ms, _new_generation()],
+                args=[
+                    entry.generation.value,
+                    entry.encode_after_generation(),
+                    expires_ms,
+                    _new_generation(),
+                    self._generation_ttl_ms(group),
+                ],
                 client=self.link.client,
             )
         except redis.RedisError as error:
@@ -231,8 +244,13 @@ class RedisStore:
     def _bump(self, group: str) -> int:
         """Move the group to a new generation in Redis: the generation."""
         generation = _new_generation()
-        self.link.client.set(self.generation_key(group), generation)
+        self.link.client.set(self.generation_key(group), generation, px=self._generation_ttl_ms(group) or None)
         return generation
+
+    def _generation_ttl_ms(self, group: str) -> int:
+        """How long the generation of ``group`` is kept once set or used (a part of a group kept apart by a parameter is
+        named ``group/value``); 0: until it is set again. Once gone, the group begins again at a new first one."""
+        return 1000 * self._expiring_generations.get(group.partition("/")[0], 0)
 
     def _move_stamp(self) -> None:
         with self._stamp_lock:

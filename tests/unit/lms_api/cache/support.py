@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from lms_api.cache.localstore import LocalStore
-from lms_api.cache.readcache import ReadCache
+from lms_api.cache.readcache import ReadCache, expiring_generations
 from lms_api.cache.redisstore import RedisStore
 from lms_api.calllog import recording_calls
 from lms_api.moodle.client import Answer
@@ -130,10 +130,9 @@ class EventWaits:
         eventually(lambda: self._calls >= count, f"{count} readers waiting on the fetch in flight")
 
 
-def redis_store(url, clock, link_clock):
-    return RedisStore(
-        RedisLink(redis_client(url), "cache", "kept in the process", clock=link_clock), LocalStore(MAX_BYTES, clock)
-    )
+def redis_store(url, clock, link_clock, ttls=TTLS):
+    link = RedisLink(redis_client(url), "cache", "kept in the process", clock=link_clock)
+    return RedisStore(link, LocalStore(MAX_BYTES, clock), expiring_generations(ttls, STALE_S))
 
 
 def make_read_cache(store, clock, wait_s=2.0, ttls=TTLS):

@@ -7,9 +7,10 @@ import contextvars
 import redis
 
 from lms_api.cache.outcomes import CacheOutcome, Fetch
+from lms_api.cache.readcache import GENERATION_OUTLIVES_ENTRIES_S
 from lms_api.cache.redisstore import KEY_PREFIX
 from lms_api.errors import ErrorCode
-from lms_api.moodle.functions import MoodleFunction
+from lms_api.moodle.functions import CacheGroup, MoodleFunction
 from lms_api.redisstate import RETRY_AFTER_S, redis_client
 from tests.support.servers import free_port, start_redis_server
 from tests.unit.lms_api.cache.support import (
@@ -17,6 +18,7 @@ from tests.unit.lms_api.cache.support import (
     NEW,
     OLD,
     STALE_S,
+    TTLS,
     BlockingMoodle,
     FakeMoodle,
     RedisRoundTrips,
@@ -29,6 +31,7 @@ from tests.unit.lms_api.cache.support import (
 )
 
 SITE_INFO = MoodleFunction.SITE_INFO
+NOTIFICATIONS = MoodleFunction.GET_POPUP_NOTIFICATIONS
 UPDATE_COURSES = MoodleFunction.UPDATE_COURSES
 TTL = 60  # the courses'
 
@@ -253,6 +256,45 @@ def test_a_request_begun_after_a_write_redis_missed_sees_it_once_another_request
 
     assert later.run(read, cache, FakeMoodle(NEW)) == (NEW, CacheOutcome(Fetch.MISS, stored=True))
     later.run(request.__exit__, None, None, None)
+
+
+# -- generations of the parts of a group kept apart by a parameter ---------------------------------
+
+
+def notifications_replicas(url, clock, link_clock):
+    ttls = {**TTLS, "notifications": 30}
+    return [make_read_cache(redis_store(url, clock, link_clock, ttls), clock, ttls=ttls) for _ in range(2)]
+
+
+def test_a_users_generation_is_kept_longer_than_its_entries_live_and_no_longer(empty_redis, clock, link_clock):
+    reader, writer = notifications_replicas(empty_redis, clock, link_clock)
+    client = redis.Redis.from_url(empty_redis)
+    kept_ms = (30 + STALE_S + GENERATION_OUTLIVES_ENTRIES_S) * 1000
+
+    read(reader, FakeMoodle({"notifications": []}), NOTIFICATIONS, {"useridto": 3})  # its first generation
+    writer.invalidate(CacheGroup.NOTIFICATIONS, 4, cause="a write")  # a new one
+    read(reader, FakeMoodle(OLD))
+
+    read_ms = client.pttl(KEY_PREFIX + "generation:notifications/3")
+    assert client.pttl(KEY_PREFIX + stored_key(empty_redis, "notifications/3")) < read_ms - 30_000 < kept_ms
+    assert kept_ms - 5000 < read_ms <= kept_ms
+    assert kept_ms - 5000 < client.pttl(KEY_PREFIX + "generation:notifications/4") <= kept_ms
+    assert client.pttl(KEY_PREFIX + "generation:courses") == -1  # one for the whole group: kept
+
+
+def test_a_users_generation_gone_begins_again_at_a_new_one(empty_redis, clock, link_clock):
+    reader, writer = notifications_replicas(empty_redis, clock, link_clock)
+    client = redis.Redis.from_url(empty_redis)
+    params = {"useridto": 3}
+    read(reader, FakeMoodle(OLD), NOTIFICATIONS, params)
+    read(writer, FakeMoodle(), NOTIFICATIONS, params)  # a copy near on the writer too
+    generation = client.get(KEY_PREFIX + "generation:notifications/3")
+
+    client.delete(KEY_PREFIX + "generation:notifications/3")  # as Redis expires it
+
+    assert read(reader, FakeMoodle(NEW), NOTIFICATIONS, params) == (NEW, CacheOutcome(Fetch.MISS, stored=True))
+    assert client.get(KEY_PREFIX + "generation:notifications/3") not in (None, generation)
+    assert read(writer, FakeMoodle(OLD), NOTIFICATIONS, params) == (NEW, CacheOutcome(Fetch.HIT, 30))
 
 
 # -- Redis going away, coming back, restarting -----------------------------------------------------
