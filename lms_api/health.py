@@ -25,6 +25,7 @@ from lms_api.moodle.client import MoodleClient, MoodleUnreachable
 from lms_api.moodle.errors import MoodleError
 from lms_api.moodle.functions import MoodleFunction
 from lms_api.moodle.guard import BreakerState
+from lms_api.redisstate import no_request_snapshot
 from lms_api.views import ENVELOPE_RENDERER
 
 log = structlog.get_logger("lms_api.health")
@@ -131,6 +132,7 @@ class SiteInfoRefresher:
         )
 
     def _run(self) -> None:
+        no_request_snapshot()
         delay = 0.0
         while not self._stop.wait(delay):
             delay = self.refresh()

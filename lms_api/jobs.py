@@ -35,6 +35,7 @@ from lms_api.calllog import recording_calls
 from lms_api.errors import ApiError, ErrorCode, error_body
 from lms_api.events import EventEngine, EventType, caller_channel
 from lms_api.moodle.errors import OUTCOME_PARTIAL
+from lms_api.redisstate import no_request_snapshot
 from lms_api.security import Identity, Scope
 from lms_api.services.progress import JobStopped, Progress
 from lms_api.settings import Settings
@@ -343,6 +344,7 @@ class EmbeddedEngine:
         log.info("jobs.stopped")
 
     def _run(self, job: Job, plan: Plan, dump: Callable[[Any], Any]) -> None:
+        no_request_snapshot()
         with (
             structlog.contextvars.bound_contextvars(job_id=job.id, request_id=job.request_id),
             recording_calls() as calls,

@@ -145,6 +145,12 @@ def taking_snapshot(values: Snapshot | None) -> Iterator[None]:
         _snapshot.reset(reset_token)
 
 
+def no_request_snapshot() -> None:
+    """The thread running this serves no request (a job's, a background refresher's): it has no snapshot, even where
+    threads start with a copy of their starter's context, a request's."""
+    _snapshot.set(None)
+
+
 def request_snapshot() -> Snapshot | None:
     """The Redis values of the request being handled, as read at its start, and as its own reads and writes have
     changed them since (a key missing is unknown: ask Redis); None outside a request (a job, a background thread)."""
