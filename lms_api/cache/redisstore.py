@@ -45,7 +45,9 @@ elseif current ~= ARGV[1] then
     return 0
 else
     local kept = redis.call('GET', KEYS[2])
-    if kept and string.match(kept, '^%d+') == current then
+    local kept_generation, kept_fresh_until = nil, nil
+    if kept then kept_generation, kept_fresh_until = string.match(kept, '^(%d+) (%S+)') end
+    if kept_generation == current and tonumber(kept_fresh_until) > tonumber(ARGV[6]) then
         local kept_body = string.sub(kept, string.find(kept, '\\n', 1, true) + 1)
         if kept_body ~= string.sub(ARGV[2], string.find(ARGV[2], '\\n', 1, true) + 1) then generation = ARGV[4] end
     end
@@ -67,8 +69,9 @@ class RedisStore:
     request's start, and while the entry is fresh; the same object each time, so what was parsed or dumped of it is
     reused. The copies have the fallback's budget of memory: only one of them holds entries at a time, as Redis going
     away or coming back begins an epoch (:class:`~lms_api.cache.entry.Generation`), emptying both. An answer kept
-    over its key's entry with other bytes (a refresh, or a fetch once the entry expired) moves its group to a new
-    generation, so that no replica serves its copy of the entry replaced: every copy of the group misses once.
+    over its key's fresh entry with other bytes (a refresh) moves its group to a new
+    generation, so that no replica serves its copy of the entry replaced: every copy of the group misses once. An
+    entry replaced once it expired moves nothing: no replica serves a copy of it as fresh any longer.
 
     Invalidations made while Redis was away are replayed on it when it answers again, so no replica reads an entry
     a write has made wrong. A request's snapshot of the generations read before a replay does not show it: the
@@ -155,6 +158,7 @@ class RedisStore:
                     expires_ms,
                     _new_generation(),
                     self._generation_ttl_ms(group),
+                    repr(self._clock()),  # copies of an entry past this are served fresh nowhere
                 ],
                 client=self.link.client,
             )

@@ -207,6 +207,25 @@ def test_a_refresh_that_brings_the_same_answer_leaves_its_group_at_its_generatio
         assert read(second, FakeMoodle(NEW), params={"other": 1}) == (OLD, CacheOutcome(Fetch.HIT, TTL))
 
 
+def test_an_entry_replaced_once_it_expired_leaves_its_group_at_its_generation(replicas, empty_redis, clock):
+    first, second = replicas
+    with in_request(second, empty_redis):
+        read(second, FakeMoodle(OLD))
+    clock.advance(TTL // 2)
+    with in_request(second, empty_redis):
+        read(second, FakeMoodle(OLD), params={"other": 1})
+    generation = redis.Redis.from_url(empty_redis).get(KEY_PREFIX + "generation:courses")
+    clock.advance(TTL // 2 + 1)  # no copy of the first entry is served as fresh anywhere now; the other's still is
+
+    with in_request(first, empty_redis):
+        assert read(first, FakeMoodle(NEW)) == (NEW, CacheOutcome(Fetch.MISS, stored=True))
+
+    assert redis.Redis.from_url(empty_redis).get(KEY_PREFIX + "generation:courses") == generation
+    with in_request(second, empty_redis):
+        assert read(second, FakeMoodle(OLD)) == (NEW, CacheOutcome(Fetch.HIT, TTL))  # Redis's new entry
+        assert read(second, FakeMoodle(NEW), params={"other": 1}) == (OLD, CacheOutcome(Fetch.HIT, TTL // 2 - 1))
+
+
 def test_an_answer_fetched_before_a_refresh_brought_another_is_not_kept_over_it(replicas, empty_redis):
     first, second = replicas
     read(first, FakeMoodle(OLD))
