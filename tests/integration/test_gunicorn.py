@@ -65,6 +65,11 @@ def gunicorn_env(folder, **settings):
     return {**env, "XDG_RUNTIME_DIR": str(folder)}
 
 
+def gateway_env(folder, moodle, **settings):
+    """:func:`gunicorn_env` of a gateway on ``moodle``, with the tests' Moodle token and JWT secret."""
+    return gunicorn_env(folder, MOODLE_BASE_URL=moodle, MOODLE_TOKEN=MOODLE_TOKEN, JWT_SECRET=SECRET, **settings)
+
+
 @dataclass
 class Running:
     process: subprocess.Popen
@@ -120,11 +125,9 @@ def moodle(tmp_path_factory):
 def gateway(tmp_path_factory, moodle, module_redis_url):
     """Two gthread workers, one Redis, a small read budget."""
     processes = Processes(tmp_path_factory.mktemp("gunicorn"))
-    env = gunicorn_env(
+    env = gateway_env(
         processes.folder,
-        MOODLE_BASE_URL=moodle,
-        MOODLE_TOKEN=MOODLE_TOKEN,
-        JWT_SECRET=SECRET,
+        moodle,
         REDIS_URL=module_redis_url,
         RATE_LIMIT_READ=f"{READ_BUDGET}/minute",
     )
@@ -370,7 +373,7 @@ def test_two_workers_start_with_redis_url_from_wherever_the_gateway_reads_it(tmp
         gateway = start_gunicorn(
             processes,
             *GUNICORN,
-            env=gunicorn_env(tmp_path, MOODLE_BASE_URL=moodle, MOODLE_TOKEN=MOODLE_TOKEN, JWT_SECRET=SECRET),
+            env=gateway_env(tmp_path, moodle),
         )
         ready = requests.get(f"{gateway.base}/readyz", timeout=10).json()["data"]
         assert ready["cache"] == "redis"
@@ -381,7 +384,7 @@ def test_two_workers_start_with_redis_url_from_wherever_the_gateway_reads_it(tmp
 
 def test_started_elsewhere_gunicorn_reads_the_gateways_settings_and_hooks_from_the_package(tmp_path, moodle):
     processes = Processes(tmp_path)
-    env = gunicorn_env(tmp_path, MOODLE_BASE_URL=moodle, MOODLE_TOKEN=MOODLE_TOKEN, JWT_SECRET=SECRET)
+    env = gateway_env(tmp_path, moodle)
     try:
         # No gunicorn.conf.py here, no -k nor --threads: gthread with 16 threads, from lms_api.gunicorn.
         gateway = start_gunicorn(processes, "-c", "python:lms_api.gunicorn", env=env, cwd=tmp_path)
@@ -398,9 +401,7 @@ def test_sigterm_ends_the_event_streams_and_stops_every_process_with_its_last_li
     tmp_path, moodle, module_redis_url
 ):
     processes = Processes(tmp_path)
-    env = gunicorn_env(
-        tmp_path, MOODLE_BASE_URL=moodle, MOODLE_TOKEN=MOODLE_TOKEN, JWT_SECRET=SECRET, REDIS_URL=module_redis_url
-    )
+    env = gateway_env(tmp_path, moodle, REDIS_URL=module_redis_url)
     try:
         gateway = start_gunicorn(processes, *GUNICORN, env=env)
         workers = worker_pids(gateway.process)

@@ -23,7 +23,7 @@ from tests.integration.test_gunicorn import (
     MOODLE_TOKEN,
     SECRET,
     connection_to_each_worker,
-    gunicorn_env,
+    gateway_env,
     pid_of,
     start_gunicorn,
     worker_pids,
@@ -46,11 +46,9 @@ def gateway(tmp_path_factory, moodle, module_redis_url):
     """Two workers behind a trusted proxy on loopback, each with one bulkhead slot; the private directory of their
     metrics in the folder."""
     processes = Processes(tmp_path_factory.mktemp("gunicorn-metrics"))
-    env = gunicorn_env(
+    env = gateway_env(
         processes.folder,
-        MOODLE_BASE_URL=moodle,
-        MOODLE_TOKEN=MOODLE_TOKEN,
-        JWT_SECRET=SECRET,
+        moodle,
         REDIS_URL=module_redis_url,
         TRUSTED_PROXIES="127.0.0.1",
         MOODLE_MAX_CONCURRENCY="1",
@@ -195,11 +193,9 @@ def stop(running):
 
 def test_the_masters_private_directory_goes_when_it_stops(tmp_path, moodle, module_redis_url):
     processes = Processes(tmp_path)
-    env = gunicorn_env(
+    env = gateway_env(
         tmp_path,
-        MOODLE_BASE_URL=moodle,
-        MOODLE_TOKEN=MOODLE_TOKEN,
-        JWT_SECRET=SECRET,
+        moodle,
         REDIS_URL=module_redis_url,
         TMPDIR=str(tmp_path),
     )
@@ -233,11 +229,9 @@ def test_the_operators_directory_is_emptied_of_a_previous_runs_counts_at_start_a
     stale_counts(directory, 999_999, 1000)
     (directory / "README").write_text("the operator's")
     processes = Processes(tmp_path)
-    env = gunicorn_env(
+    env = gateway_env(
         tmp_path,
-        MOODLE_BASE_URL=moodle,
-        MOODLE_TOKEN=MOODLE_TOKEN,
-        JWT_SECRET=SECRET,
+        moodle,
         REDIS_URL=module_redis_url,
         PROMETHEUS_MULTIPROC_DIR=str(directory),
         TMPDIR=str(tmp_path),
