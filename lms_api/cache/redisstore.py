@@ -21,6 +21,7 @@ from lms_api.cache.localstore import Entries, LocalStore
 from lms_api.redisstate import RedisLink, request_snapshot
 
 KEY_PREFIX = "lms_api:cache:"
+HEADER_MAX = "127"  # the last byte of an entry's header a script reads: generation, times and digest fit well within
 ABSENT = 0  # the generation of a group without a key in Redis: none of its entries is kept near
 # A group's generations in Redis, its first and each after a write, are drawn at random, never counted: a Redis that
 # lost generations (restarted empty, or from an older snapshot; failed over to a replica behind) must not reach
@@ -44,18 +45,28 @@ if not current then
 elseif current ~= ARGV[1] then
     return 0
 else
-    local kept = redis.call('GET', KEYS[2])
-    local kept_generation, kept_fresh_until = nil, nil
-    if kept then kept_generation, kept_fresh_until = string.match(kept, '^(%d+) (%S+)') end
-    if kept_generation == current and tonumber(kept_fresh_until) > tonumber(ARGV[6]) then
-        local kept_body = string.sub(kept, string.find(kept, '\\n', 1, true) + 1)
-        if kept_body ~= string.sub(ARGV[2], string.find(ARGV[2], '\\n', 1, true) + 1) then generation = ARGV[4] end
+    local kept_generation, kept_fresh_until, kept_digest = string.match(
+        redis.call('GETRANGE', KEYS[2], 0, HEADER_MAX), '^(%d+) (%S+) %S+ (%x+)\\n')
+    if kept_generation == current and tonumber(kept_fresh_until) > tonumber(ARGV[6]) and kept_digest ~= ARGV[7] then
+        generation = ARGV[4]
     end
 end
 if generation ~= current then redis.call('SET', KEYS[1], generation) end
 if ARGV[5] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[5]) end
 redis.call('SET', KEYS[2], generation .. ARGV[2], 'PX', ARGV[3])
 return tonumber(generation)
+"""
+# An answer fetched again with the bytes of the entry kept under the same generation: its times written over the
+# kept ones, in place, rather than the answer sent again.
+_RENEW = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local kept_generation, kept_digest = string.match(
+    redis.call('GETRANGE', KEYS[2], 0, HEADER_MAX), '^(%d+) %S+ %S+ (%x+)\\n')
+if kept_generation ~= ARGV[1] or kept_digest ~= ARGV[2] then return 0 end
+redis.call('SETRANGE', KEYS[2], string.len(kept_generation), ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+if ARGV[5] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[5]) end
+return 1
 """
 # Only the holder's token unlocks: a fetch that outlived its lock must not free a lock taken since.
 _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
@@ -90,7 +101,8 @@ class RedisStore:
         self._fallback = fallback
         self._near = Entries(fallback.entries.max_bytes)
         self._clock = fallback.clock
-        self._put_if_current = link.client.register_script(_PUT_IF_CURRENT)
+        self._put_if_current = link.client.register_script(_PUT_IF_CURRENT.replace("HEADER_MAX", HEADER_MAX))
+        self._renew = link.client.register_script(_RENEW.replace("HEADER_MAX", HEADER_MAX))
         self._release = link.client.register_script(_RELEASE)
         self._missed_invalidations: set[str] = set()
         self._lock = threading.Lock()
@@ -150,6 +162,10 @@ class RedisStore:
         expires_ms = max(1, math.ceil((entry.stale_until - time.time()) * 1000))
         name = self.generation_key(group)
         try:
+            renewed = self._renewed(group, key, entry, expires_ms)
+            if renewed is not None:
+                self._near.put(key, renewed)
+                return
             stored = self._put_if_current(
                 keys=[name, KEY_PREFIX + key],
                 args=[
@@ -159,6 +175,7 @@ class RedisStore:
                     _new_generation(),
                     self._generation_ttl_ms(group),
                     repr(self._clock()),  # copies of an entry past this are served fresh nowhere
+                    entry.digest,
                 ],
                 client=self.link.client,
             )
@@ -171,6 +188,20 @@ class RedisStore:
         if stored != entry.generation.value and snapshot is not None:
             snapshot[name] = str(stored).encode()  # the group moved on: the request's own reads see it
         self._near.put(key, replace(entry, generation=Generation(epoch, stored)))
+
+    def _renewed(self, group: str, key: str, entry: Entry, expires_ms: int) -> Entry | None:
+        """This process's copy with ``entry``'s times, once the entry kept in Redis under the same generation and with
+        the same bytes took them; tried only when the copy has those bytes (a forwarded answer that did not change),
+        so that they are not sent again. The copy keeps its bytes object: what was parsed or dumped of it stays."""
+        near = self._near.get(key)
+        if near is None or near.generation != entry.generation or near.body != entry.body:
+            return None
+        renewed = self._renew(
+            keys=[self.generation_key(group), KEY_PREFIX + key],
+            args=[entry.generation.value, entry.digest, entry.times(), expires_ms, self._generation_ttl_ms(group)],
+            client=self.link.client,
+        )
+        return replace(near, fresh_until=entry.fresh_until, stale_until=entry.stale_until) if renewed else None
 
     def invalidate(self, group: str) -> None:
         self._fallback.invalidate(group)

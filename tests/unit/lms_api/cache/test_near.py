@@ -3,6 +3,7 @@ when the request's rate limit read it along), hands out the same bytes each time
 anywhere has moved the group on, nor across Redis going away, coming back, or restarting empty."""
 
 import contextvars
+import json
 
 import redis
 
@@ -205,6 +206,41 @@ def test_a_refresh_that_brings_the_same_answer_leaves_its_group_at_its_generatio
     assert redis.Redis.from_url(empty_redis).get(KEY_PREFIX + "generation:courses") == generation
     with in_request(second, empty_redis):
         assert read(second, FakeMoodle(NEW), params={"other": 1}) == (OLD, CacheOutcome(Fetch.HIT, TTL))
+
+
+def test_a_refresh_that_brings_the_same_bytes_renews_the_entrys_times_without_sending_them_again(
+    replicas, empty_redis, clock, monkeypatch
+):
+    first, second = replicas
+    read(first, FakeMoodle(OLD))
+    read(first, FakeMoodle(OLD), refresh=True)  # Redis has the renewal's script from now on
+    kept = first.store.get("courses", stored_key(empty_redis, "courses"))[1].body
+    clock.advance(TTL // 2)
+    redis_trips = RedisRoundTrips(monkeypatch)
+
+    with redis_trips.counting() as trips:
+        assert read(first, FakeMoodle(OLD), refresh=True) == (OLD, CacheOutcome(Fetch.REFRESH, stored=True))
+
+    assert not any(len(arg) > 200 for trip in trips for command in trip for arg in command)  # no answer sent
+    assert first.store.get("courses", stored_key(empty_redis, "courses"))[1].body is kept  # what was parsed stays
+    clock.advance(TTL // 2 + 1)  # past the first fetch's time, within the refresh's
+    assert read(second, FakeMoodle(NEW)) == (OLD, CacheOutcome(Fetch.HIT, TTL // 2 - 1))  # Redis's entry, renewed
+
+
+def test_a_renewal_finds_other_bytes_kept_in_redis_and_sends_the_answer(replicas, empty_redis):
+    first, second = replicas
+    read(first, FakeMoodle(OLD))
+    key = stored_key(empty_redis, "courses")
+    kept = redis.Redis.from_url(empty_redis).get(KEY_PREFIX + key)
+    header = kept.partition(b"\n")[0]
+    other = json.dumps({"courses": [{"id": 2, "fullname": "Other name"}]}).encode()  # as another replica kept it
+    redis.Redis.from_url(empty_redis).set(
+        KEY_PREFIX + key, header.rsplit(b" ", 1)[0] + b" " + b"0" * 32 + b"\n" + other
+    )
+
+    assert read(first, FakeMoodle(OLD), refresh=True)[0] == OLD
+
+    assert read(second, FakeMoodle(NEW)) == (OLD, CacheOutcome(Fetch.HIT, TTL))  # the answer, sent after all
 
 
 def test_an_entry_replaced_once_it_expired_leaves_its_group_at_its_generation(replicas, empty_redis, clock):
