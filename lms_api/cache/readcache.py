@@ -170,7 +170,9 @@ class ReadCache:
         """No fresh entry (or a refresh): fetch it, or serve the entry stale if Moodle cannot be reached."""
         try:
             if refresh:  # asked to go to Moodle: never served by a fetch that started before this request
-                value, collapsed = self._fetch_and_put(function, group, key, generation, fetch, share=False)
+                # Nor under the key's lock in Redis: two round trips more for each refresh, to spare a replica that
+                # misses the same key at the same moment a Moodle call of its own.
+                value, collapsed = self._fetch_and_put(function, group, key, generation, fetch, share=False, lock=False)
             else:
                 value, collapsed = self._fetch_once(function, group, key, generation, fetch)
         except MoodleError as error:
@@ -226,11 +228,13 @@ class ReadCache:
         fetch: Callable[[], Answer],
         share: bool,
         flight: _Flight | None = None,
+        lock: bool = True,
     ) -> tuple[Any, bool]:
-        """Fetch and keep the answer under the key's lock in Redis; with ``share``, when another replica holds the
-        lock, its answer instead (``True``: another replica's). ``flight`` gets the answer for this process's
-        waiters."""
-        shared_store = self.store if isinstance(self.store, RedisStore) else None  # replicas share a key's lock
+        """Fetch and keep the answer under the key's lock in Redis (unless not to ``lock``); with ``share``, when
+        another replica holds the lock, its answer instead (``True``: another replica's). ``flight`` gets the answer
+        for this process's waiters."""
+        # Replicas share a key's lock.
+        shared_store = self.store if lock and isinstance(self.store, RedisStore) else None
         # One lock per generation, as for fetches in flight: a read after a write never waits for an older fetch.
         lock_name = f"{key}@{generation.value}"
         token = shared_store.lock(lock_name, self._wait_s) if shared_store else None

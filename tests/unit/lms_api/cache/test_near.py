@@ -222,6 +222,7 @@ def test_a_refresh_that_brings_the_same_bytes_renews_the_entrys_times_without_se
         assert read(first, FakeMoodle(OLD), refresh=True) == (OLD, CacheOutcome(Fetch.REFRESH, stored=True))
 
     assert not any(len(arg) > 200 for trip in trips for command in trip for arg in command)  # no answer sent
+    assert [[command[0] for command in trip] for trip in trips] == [[b"GET"], [b"EVALSHA"]]  # no lock for a refresh
     assert first.store.get("courses", stored_key(empty_redis, "courses"))[1].body is kept  # what was parsed stays
     clock.advance(TTL // 2 + 1)  # past the first fetch's time, within the refresh's
     assert read(second, FakeMoodle(NEW)) == (OLD, CacheOutcome(Fetch.HIT, TTL // 2 - 1))  # Redis's entry, renewed
