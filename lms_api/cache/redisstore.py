@@ -21,6 +21,9 @@ from lms_api.cache.localstore import Entries, LocalStore
 from lms_api.redisstate import RedisLink, request_snapshot
 
 KEY_PREFIX = "lms_api:cache:"
+# Entries apart from the generations and locks, by the version of their format: replicas of a version that reads
+# another format (a rolling deploy) keep their own entries, while every replica moves the same generations.
+ENTRY_PREFIX = f"{KEY_PREFIX}v2:"
 HEADER_MAX = "127"  # the last byte of an entry's header a script reads: generation, times and digest fit well within
 ABSENT = 0  # the generation of a group without a key in Redis: none of its entries is kept near
 # A group's generations in Redis, its first and each after a write, are drawn at random, never counted: a Redis that
@@ -32,10 +35,11 @@ _GENERATIONS = 2**48
 # An entry is kept only while its group is still at the generation it was fetched under (ARGV[1]; 0: the group had no
 # key), as in the process: a fetch that began before a write must not replace what a read after the write stored.
 # The group moves to a new generation (ARGV[4]) first when it had no key, and when the entry replaces the key's entry
-# of the same generation with other bytes: other replicas' copies of that entry would be served, fresh, until their
-# own time ran out. The generation is kept ARGV[5] ms longer (0: until it is set again), as it is set or used. Answers
-# the generation the entry is kept under (0: not kept). Generations are compared as Redis keeps them, the decimal
-# digits of an integer, as ``redis-py`` sends them too.
+# of the same generation with other bytes (its digest, ARGV[6], against the one in the kept entry's header): other
+# replicas' copies of that entry would be served, fresh, until their own time ran out, and a fetch that began before
+# could be kept over it. The generation is kept ARGV[5] ms longer (0: until it is set again), as it is set or used.
+# Answers the generation the entry is kept under (0: not kept). Generations are compared as Redis keeps them, the
+# decimal digits of an integer, as ``redis-py`` sends them too.
 _PUT_IF_CURRENT = """
 local current = redis.call('GET', KEYS[1])
 local generation = current
@@ -45,11 +49,9 @@ if not current then
 elseif current ~= ARGV[1] then
     return 0
 else
-    local kept_generation, kept_fresh_until, kept_digest = string.match(
-        redis.call('GETRANGE', KEYS[2], 0, HEADER_MAX), '^(%d+) (%S+) %S+ (%x+)\\n')
-    if kept_generation == current and tonumber(kept_fresh_until) > tonumber(ARGV[6]) and kept_digest ~= ARGV[7] then
-        generation = ARGV[4]
-    end
+    local kept_generation, kept_digest = string.match(
+        redis.call('GETRANGE', KEYS[2], 0, HEADER_MAX), '^(%d+) %S+ %S+ (%x+)\\n')
+    if kept_generation == current and kept_digest ~= ARGV[6] then generation = ARGV[4] end
 end
 if generation ~= current then redis.call('SET', KEYS[1], generation) end
 if ARGV[5] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[5]) end
@@ -80,9 +82,9 @@ class RedisStore:
     request's start, and while the entry is fresh; the same object each time, so what was parsed or dumped of it is
     reused. The copies have the fallback's budget of memory: only one of them holds entries at a time, as Redis going
     away or coming back begins an epoch (:class:`~lms_api.cache.entry.Generation`), emptying both. An answer kept
-    over its key's fresh entry with other bytes (a refresh) moves its group to a new
-    generation, so that no replica serves its copy of the entry replaced: every copy of the group misses once. An
-    entry replaced once it expired moves nothing: no replica serves a copy of it as fresh any longer.
+    over its key's entry with other bytes (a refresh, or a fetch once the entry expired) moves its group to a new
+    generation, so that no replica serves its copy of the entry replaced, and a fetch that began before is not kept
+    over it: every copy of the group misses once.
 
     Invalidations made while Redis was away are replayed on it when it answers again, so no replica reads an entry
     a write has made wrong. A request's snapshot of the generations read before a replay does not show it: the
@@ -142,7 +144,7 @@ class RedisStore:
                 near = None
             if near is not None and self._clock() < near.fresh_until:
                 return generation, near
-            raw = self.link.client.get(KEY_PREFIX + key)
+            raw = self.link.client.get(ENTRY_PREFIX + key)
         except redis.RedisError as error:
             return self._fallback_get(group, key, self._failed(error))
         shared = Entry.decode(raw, epoch) if isinstance(raw, bytes) else None
@@ -167,14 +169,13 @@ class RedisStore:
                 self._near.put(key, renewed)
                 return
             stored = self._put_if_current(
-                keys=[name, KEY_PREFIX + key],
+                keys=[name, ENTRY_PREFIX + key],
                 args=[
                     entry.generation.value,
                     entry.encode_after_generation(),
                     expires_ms,
                     _new_generation(),
                     self._generation_ttl_ms(group),
-                    repr(self._clock()),  # copies of an entry past this are served fresh nowhere
                     entry.digest,
                 ],
                 client=self.link.client,
@@ -197,7 +198,7 @@ class RedisStore:
         if near is None or near.generation != entry.generation or near.body != entry.body:
             return None
         renewed = self._renew(
-            keys=[self.generation_key(group), KEY_PREFIX + key],
+            keys=[self.generation_key(group), ENTRY_PREFIX + key],
             args=[entry.generation.value, entry.digest, entry.times(), expires_ms, self._generation_ttl_ms(group)],
             client=self.link.client,
         )

@@ -7,7 +7,7 @@ import redis
 from structlog.testing import capture_logs
 
 from lms_api.cache.outcomes import CacheOutcome, Fetch
-from lms_api.cache.redisstore import KEY_PREFIX
+from lms_api.cache.redisstore import ENTRY_PREFIX
 from lms_api.moodle.functions import MoodleFunction
 from lms_api.redisstate import RETRY_AFTER_S, redis_client
 from tests.support.servers import free_port, start_redis_server
@@ -55,7 +55,7 @@ def test_an_entry_stored_by_one_replica_is_a_hit_on_another_and_a_write_on_eithe
 def test_redis_forgets_an_entry_once_its_stale_window_is_over(empty_redis, replicas):
     read(replicas[0], FakeMoodle(OLD))
 
-    (key,) = redis.Redis.from_url(empty_redis).keys(KEY_PREFIX + "courses:*")
+    (key,) = redis.Redis.from_url(empty_redis).keys(ENTRY_PREFIX + "courses:*")
     expires_ms = redis.Redis.from_url(empty_redis).pttl(key)
 
     assert (60 + STALE_S - 5) * 1000 < expires_ms <= (60 + STALE_S) * 1000

@@ -7,7 +7,7 @@ from lms_api.cache.localstore import ENTRY_OVERHEAD_BYTES, LocalStore
 from lms_api.cache.outcomes import CacheOutcome, Fetch
 from lms_api.cache.parsed import PARSED_SHARE_OF_CACHE
 from lms_api.cache.readcache import ReadCache
-from lms_api.cache.redisstore import KEY_PREFIX, RedisStore
+from lms_api.cache.redisstore import ENTRY_PREFIX, RedisStore
 from lms_api.moodle.functions import MoodleFunction
 from tests.support.gateway import settings_for
 from tests.support.timing import FakeClock
@@ -136,7 +136,7 @@ def test_the_settings_make_a_redis_cache_with_redis_url(empty_redis):
     read(cache, FakeMoodle(OLD))
 
     assert isinstance(cache.store, RedisStore)
-    assert redis.Redis.from_url(empty_redis).keys(KEY_PREFIX + "courses:*") != []
+    assert redis.Redis.from_url(empty_redis).keys(ENTRY_PREFIX + "courses:*") != []
 
 
 def keyspace_misses(url):
