@@ -564,6 +564,8 @@ class MoodleClient:
         self, path: str, data: Any, headers: dict[str, str], remaining: float
     ) -> _Reply | _TransportFailure | _Oversized:
         connect_s = min(remaining, MAX_CONNECT_TIMEOUT_S)
+        # urllib3's timeouts bound each wait on the socket; an answer sent a byte now and then would pass them all.
+        deadline = time.monotonic() + remaining
         try:
             # Straight to the thread's pool: no retries nor redirects of urllib3's (a redirected POST would lose its
             # body), and the answer read here, within the cap.
@@ -574,7 +576,7 @@ class MoodleClient:
                 headers=self._headers | headers,
                 retries=False,
                 redirect=False,
-                timeout=Timeout(connect=connect_s, read=remaining),
+                timeout=Timeout(connect=connect_s, read=remaining, total=remaining),
                 preload_content=False,
             )
         except NewConnectionError as error:  # no connection, so no byte of the request reached Moodle
@@ -597,7 +599,7 @@ class MoodleClient:
         except HTTPError as error:
             return self._broken_off(error)
         try:
-            content = self._read_capped(response)
+            content = self._read_capped(response, deadline)
         except ReadTimeoutError:
             return self._no_answer_in_time(remaining)
         except SSLError as error:
@@ -635,10 +637,11 @@ class MoodleClient:
         cause = Cause(CauseKind.RESET, f"the answer from {self._address} broke off ({type(error).__name__})")
         return _TransportFailure(ErrorCode.BAD_RESPONSE, message, True, True, cause)
 
-    def _read_capped(self, response: BaseHTTPResponse) -> bytes | None:
+    def _read_capped(self, response: BaseHTTPResponse, deadline: float) -> bytes | None:
         """The whole answer, or None past MOODLE_MAX_ANSWER_MB: a Content-Length over it is refused before reading,
         and a body without one (chunked) is read no further than the limit. The connection is then closed, not
-        returned to the pool for another call, as the rest of the answer is still on it."""
+        returned to the pool for another call, as the rest of the answer is still on it. ``ReadTimeoutError`` once
+        ``deadline`` (``time.monotonic()``) has passed, the connection closed too."""
         declared = response.headers.get("Content-Length", "")
         if declared.isascii() and declared.isdigit() and int(declared) > self._max_answer_bytes:
             _discard(response)
@@ -647,7 +650,10 @@ class MoodleClient:
         # the GIL and, with many threads busy, may wait a whole switch interval to get it back, so small chunks made
         # a site info several waits, and many callers together got fewer answers than one alone.
         chunks, size = [], 0
-        for chunk in response.stream(READ_CHUNK_BYTES, decode_content=True):
+        while chunk := response.read1(READ_CHUNK_BYTES, decode_content=True):  # what the socket has, one read
+            if time.monotonic() >= deadline:
+                _discard(response)
+                raise ReadTimeoutError(None, None, "the answer did not end within the call's deadline")  # type: ignore[arg-type]
             size += len(chunk)
             if size > self._max_answer_bytes:
                 _discard(response)

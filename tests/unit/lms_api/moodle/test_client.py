@@ -1206,7 +1206,8 @@ class LocalMoodle(ThreadingHTTPServer):
 
     An answer is ``("json", body)``, ``("chunked", size)`` (chunked, no Content-Length) or ``("declared", size)``
     (a Content-Length of ``size``, the body sent as long as the client reads it); ``("silent", 0)`` reads the request
-    and never answers, ``("stalled", size)`` sends the headers of a body of ``size`` and nothing more, and
+    and never answers, ``("stalled", size)`` sends the headers of a body of ``size`` and nothing more,
+    ``("trickled", size)`` sends them and then the body a byte every 0.1 s, and
     ``("redirect", location)`` answers 302. ``seen`` holds each request's headers and body.
     """
 
@@ -1264,6 +1265,19 @@ class _LocalMoodleHandler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.flush()
             self.server.stop.wait(30)
+            self.close_connection = True
+            return
+        if kind == "trickled":
+            self.send_header("Content-Length", str(value))
+            self.end_headers()
+            try:
+                for _ in range(value):
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    if self.server.stop.wait(0.1):
+                        break
+            except OSError:  # the client gave up
+                pass
             self.close_connection = True
             return
         if kind == "json":
@@ -1924,6 +1938,16 @@ def test_a_redirect_is_not_followed(local_moodle):
 
     assert (error.status, error.code, error.details["moodle_status"]) == (502, "badresponse", 302)
     assert moodle.requests == 1
+
+
+def test_an_answer_sent_a_byte_at_a_time_past_the_deadline_is_a_timeout_at_the_deadline(local_moodle):
+    trickled = local_moodle(("trickled", 100))  # 10 s in all, each byte well within the read timeout
+    started = time.monotonic()
+
+    error = cause_of(trickled.url, timeout_s=0.5)
+
+    assert time.monotonic() - started < 1.5
+    assert (error.status, error.code, error.cause.kind) == (504, "moodletimeout", "timeout")
 
 
 def test_an_answer_that_stalls_after_its_headers_is_a_timeout(local_moodle):
