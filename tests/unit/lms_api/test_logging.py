@@ -461,6 +461,19 @@ def test_the_summary_line_is_rendered_on_the_request_thread_as_the_writer_would_
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", line["timestamp"])
 
 
+@pytest.mark.parametrize("bound", [{(1, 2): 3}, "loop"], ids=["tuple-key", "circular"])
+def test_a_summary_line_no_json_writer_takes_is_said_unrenderable_and_the_request_goes_on(handler_alone, bound):
+    if bound == "loop":
+        bound = []
+        bound.append(bound)
+    with structlog.contextvars.bound_contextvars(request_id="r-4", odd=bound), alone_on_the_root(handler_alone):
+        log_summary(**SUMMARY)
+    handler_alone.flush()
+
+    (line,) = handler_alone.stream.getvalue().splitlines()
+    assert json.loads(line)["event"] == "log.unrenderable"
+
+
 def test_the_summary_line_reaches_any_other_handler_on_the_root_and_reads_as_before_in_console_logs(gateway_handler):
     gateway_handler.stream.may_write.set()
     console, json_lines = io.StringIO(), io.StringIO()
