@@ -11,6 +11,7 @@ from tests.functional.test_enrol import STUDENTS, enrolled, new_course
 from tests.functional.test_users_write import fresh, on_site
 from tests.support.credentials import mint
 from tests.support.sandbox import queue_fault, sandbox_calls
+from tests.support.timing import eventually
 
 ENROL = "enrol_manual_enrol_users"
 ASYNC = {"Prefer": "respond-async"}
@@ -39,6 +40,12 @@ def poll(gateway, location, token=WRITER, until=FINISHED, seconds=20):
             return answers
         time.sleep(0.01)
     raise AssertionError(f"the job never reached {until}: {answers[-1].json}")
+
+
+def first_call_sent(site, function, before=0, seconds=20):
+    """Wait until the sandbox has received a call of ``function`` past the ``before`` it had (a job's first, while it
+    runs): a job cancelled as soon as it runs may stop before its first call."""
+    eventually(lambda: sandbox_calls(site).get(function, 0) > before, f"a first {function} call", seconds)
 
 
 def job_path(response):
@@ -232,9 +239,10 @@ def test_progress_is_seen_while_the_job_runs(slow):
 def test_a_running_job_cancelled_stops_between_calls_and_says_what_was_applied(slow):
     site, gateway = slow
     course_id = new_course(site)
+    earlier_calls = sandbox_calls(site).get(ENROL, 0)
     response = gateway.post("/api/moodle/enrol", enrolments(course_id), WRITER, headers=ASYNC)
     path = job_path(response)
-    poll(gateway, path, until={"running"})
+    first_call_sent(site, ENROL, before=earlier_calls)
     calls_before = sandbox_calls(site).get(ENROL, 0)
 
     cancelled = gateway.delete(path, WRITER)
@@ -504,7 +512,7 @@ def test_user_jobs_cancelled_while_running_say_which_users_were_written(make_san
     gateway = make_gateway(base_url=site.url, token=site.site.token, MOODLE_MAX_INPUT_VARS="13")
     wanted = fresh(5)
     created = gateway.post("/api/moodle/users", {"users": wanted}, WRITER, headers=ASYNC)
-    poll(gateway, job_path(created), until={"running"})
+    first_call_sent(site, "core_user_create_users")  # running, and not stopped before its first call
 
     assert gateway.delete(job_path(created), WRITER).status_int == 200
     job = poll(gateway, job_path(created))[-1].json["data"]
@@ -522,7 +530,7 @@ def test_user_jobs_cancelled_while_running_say_which_users_were_written(make_san
     ]
     changes = [{"id": i, "city": "Lyon", "firstname": "Bea", "lastname": "M", "institution": "U"} for i in ids]
     updated = gateway.patch("/api/moodle/users", {"users": changes}, WRITER, headers=ASYNC)
-    poll(gateway, job_path(updated), until={"running"})
+    first_call_sent(site, "core_user_update_users")
 
     assert gateway.delete(job_path(updated), WRITER).status_int == 200
     job = poll(gateway, job_path(updated))[-1].json["data"]
