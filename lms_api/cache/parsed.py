@@ -3,11 +3,11 @@ stored answer is the same object, parsed once, within a byte budget taken from t
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
+import sys
 from typing import Any
 
 from lms_api.jsoncodec import loads
+from lms_api.moodle.client import DerivedAnswers
 
 # The share of CACHE_MAX_MB kept for parsed answers, the rest going to entries: the process's cache stays within the
 # memory its operator gave it, and a shared answer is few keys, so a small share holds them all.
@@ -19,7 +19,9 @@ KEPT_BYTES_PER_JSON_BYTE = 6
 
 class ParsedAnswers:
     """The last answer parsed for each key, with the bytes it was parsed from; least recently read out first past
-    ``max_bytes``, and an answer that alone would pass it never kept (it is parsed again at each hit).
+    ``max_bytes``, and an answer that alone would pass it never kept (it is parsed again at each hit). Kept as the
+    client keeps the answers it derived (:class:`~lms_api.moodle.client.DerivedAnswers`), each counted
+    ``KEPT_BYTES_PER_JSON_BYTE`` times its JSON.
 
     Only shared reads' answers come here: every page load of an SPA asks for the site info, and served from an entry
     it is parsed once, and the same object lets the view deriver reuse the JSON it dumped of it. The answers a caller
@@ -28,41 +30,19 @@ class ParsedAnswers:
     """
 
     def __init__(self, max_bytes: int) -> None:
-        self._max_bytes = max_bytes
-        self._answers: OrderedDict[str, tuple[bytes, Any]] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
+        self._kept = DerivedAnswers(sys.maxsize, max_bytes // KEPT_BYTES_PER_JSON_BYTE)
 
     def parsed(self, key: str, body: bytes) -> Any:
-        """``body`` parsed: the object remembered for ``key`` when it came from the same bytes."""
-        with self._lock:
-            kept = self._answers.get(key)
-            # The same bytes object, as a copy kept near hands out, or equal bytes: the one read from Redis when it
-            # was not kept near. An entry replaced since (a refresh, another replica's fetch) is parsed again.
-            if kept is not None and (kept[0] is body or kept[0] == body):
-                self._answers.move_to_end(key)
-                return kept[1]
+        """``body`` parsed: the object remembered for ``key`` when it came from the same bytes (the same bytes
+        object, as a copy kept near hands out, or equal bytes, as read from Redis); an entry replaced since is parsed
+        again."""
+        kept = self._kept.get(key, body)
+        if kept is not None:
+            return kept[1]
         value = loads(body)
         self.remember(key, body, value)
         return value
 
     def remember(self, key: str, body: bytes, value: Any) -> None:
         """``value`` is ``body`` parsed (as the client parsed Moodle's answer): the answer for ``key`` from now on."""
-        size = _kept_bytes(body)
-        with self._lock:
-            self._forget(key)
-            if size > self._max_bytes:
-                return
-            self._answers[key] = (body, value)
-            self._bytes += size
-            while self._bytes > self._max_bytes:
-                self._forget(next(iter(self._answers)))
-
-    def _forget(self, key: str) -> None:
-        kept = self._answers.pop(key, None)
-        if kept is not None:
-            self._bytes -= _kept_bytes(kept[0])
-
-
-def _kept_bytes(body: bytes) -> int:
-    return len(body) * KEPT_BYTES_PER_JSON_BYTE
+        self._kept.keep(key, body, value)
